@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Model-based fidelity check: rebuild a watched tree from watchd's events alone.
+
+Applies a long random sequence of file-system operations to a watched tree while a client is
+subscribed, keeps a model of the tree built only from the events it receives, and at every
+pause compares the model with the real tree. Every difference is a bug unless an `overflow`
+notice came first (then the model is re-read from disk and the difference is counted as
+announced).
+
+    .venv/bin/python bench/fidelity.py --ops 10000 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NON_UTF8 = [b"caf\xe9", b"\xff\xfename", b"ok-\x80"]
+
+
+@dataclass
+class Model:
+    """The tree as the events describe it: relative path (bytes) -> is_dir."""
+
+    root: bytes
+    entries: dict[bytes, bool] = field(default_factory=dict)
+    moved: dict[int, dict[bytes, bool]] = field(default_factory=dict)  # cookie -> moved subtree
+
+    def rel(self, path: str) -> bytes:
+        raw = os.fsencode(path)
+        assert raw.startswith(self.root + b"/"), raw
+        return raw[len(self.root) + 1:]
+
+    def subtree(self, rel: bytes) -> dict[bytes, bool]:
+        prefix = rel + b"/"
+        return {p: d for p, d in self.entries.items() if p == rel or p.startswith(prefix)}
+
+    def remove(self, rel: bytes) -> dict[bytes, bool]:
+        gone = self.subtree(rel)
+        for p in gone:
+            del self.entries[p]
+        return gone
+
+    def apply(self, event: dict[str, object]) -> None:
+        kind = event["kind"]
+        path = str(event["path"])
+        if os.fsencode(path) == self.root:
+            return
+        rel = self.rel(path)
+        if kind == "create":
+            self.entries[rel] = bool(event["is_dir"])
+        elif kind == "delete":
+            self.remove(rel)
+        elif kind == "moved_from":
+            self.moved[int(event["cookie"])] = self.remove(rel)  # type: ignore[call-overload]
+        elif kind == "moved_to":
+            old = self.moved.pop(int(event["cookie"]), None)  # type: ignore[call-overload]
+            self.remove(rel)  # a rename over an existing entry replaces it
+            if old and "src_path" in event:
+                src = self.rel(str(event["src_path"]))
+                for p, d in old.items():
+                    self.entries[rel + p[len(src):]] = d
+            else:
+                self.entries[rel] = bool(event["is_dir"])
+
+    def reset_from_disk(self) -> None:
+        self.entries = snapshot(self.root)
+        self.moved.clear()
+
+
+def snapshot(root: bytes) -> dict[bytes, bool]:
+    out: dict[bytes, bool] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = dirpath[len(root) + 1:]
+        for name in dirnames:
+            out[os.path.join(base, name) if base else name] = True
+        for name in filenames:
+            out[os.path.join(base, name) if base else name] = False
+    return out
+
+
+class Ops:
+    """Random operations on the watched tree (and an outside area for moves in and out)."""
+
+    def __init__(self, root: bytes, outside: bytes, rng: random.Random) -> None:
+        self.root, self.outside, self.rng = root, outside, rng
+        self.counter = 0
+
+    def name(self) -> bytes:
+        self.counter += 1
+        if self.rng.random() < 0.05:
+            return self.rng.choice(NON_UTF8) + b"%d" % self.counter
+        return b"n%d" % self.counter
+
+    def dirs(self) -> list[bytes]:
+        out = [self.root]
+        for dirpath, dirnames, _ in os.walk(self.root):
+            out += [os.path.join(dirpath, d) for d in dirnames]
+        return out
+
+    def files(self) -> list[bytes]:
+        out = []
+        for dirpath, _, filenames in os.walk(self.root):
+            out += [os.path.join(dirpath, f) for f in filenames]
+        return out
+
+    def run_one(self) -> str:
+        rng = self.rng
+        op = rng.choice(["create", "create", "write", "chmod", "rename", "mkdir", "mkdir",
+                         "rmdir", "rmtree", "movedir", "move_in", "move_out", "mkdir_p",
+                         "unlink"])
+        dirs = self.dirs()
+        files = self.files()
+        here = rng.choice(dirs)
+        try:
+            if op == "create":
+                with open(os.path.join(here, self.name()), "wb") as f:
+                    f.write(b"x")
+            elif op == "write" and files:
+                with open(rng.choice(files), "ab") as f:
+                    f.write(b"y")
+            elif op == "chmod" and files:
+                os.chmod(rng.choice(files), rng.choice([0o600, 0o644]))
+            elif op == "rename" and files:
+                os.rename(rng.choice(files), os.path.join(rng.choice(dirs), self.name()))
+            elif op == "unlink" and files:
+                os.unlink(rng.choice(files))
+            elif op == "mkdir":
+                os.mkdir(os.path.join(here, self.name()))
+            elif op == "mkdir_p":
+                deep = os.path.join(here, *[self.name() for _ in range(rng.randint(2, 5))])
+                os.makedirs(deep)
+                with open(os.path.join(deep, b"leaf"), "wb"):
+                    pass
+            elif op == "rmdir" and len(dirs) > 1:
+                empty = [d for d in dirs[1:] if not os.listdir(d)]
+                if empty:
+                    os.rmdir(rng.choice(empty))
+            elif op == "rmtree" and len(dirs) > 1 and rng.random() < 0.3:
+                shutil.rmtree(rng.choice(dirs[1:]))
+            elif op == "movedir" and len(dirs) > 1:
+                src = rng.choice(dirs[1:])
+                dst_parent = rng.choice(dirs)
+                if not (dst_parent + b"/").startswith(src + b"/"):
+                    os.rename(src, os.path.join(dst_parent, self.name()))
+            elif op == "move_in":
+                staged = os.path.join(self.outside, self.name())
+                os.makedirs(os.path.join(staged, b"inner"))
+                for i in range(rng.randint(0, 4)):
+                    with open(os.path.join(staged, b"inner", b"f%d" % i), "wb"):
+                        pass
+                os.rename(staged, os.path.join(here, self.name()))
+            elif op == "move_out" and len(dirs) > 1 and rng.random() < 0.5:
+                os.rename(rng.choice(dirs[1:]), os.path.join(self.outside, self.name()))
+        except FileNotFoundError:
+            pass  # a race with our own earlier choice (e.g. a dir removed by an rmtree)
+        return op
+
+
+class Subscriber:
+    def __init__(self, sock_path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sock_path)
+        self.file = self.sock.makefile("rb")
+        json.loads(self.file.readline())  # hello
+        self.sock.sendall(b'{"op":"subscribe","id":1}\n')
+        reply = json.loads(self.file.readline())
+        assert reply["type"] == "subscribed", reply
+
+    def until_marker(self, model: Model, marker: str, timeout: float = 60) -> int:
+        """Apply events to the model until the marker's create; returns overflow notices seen."""
+        self.sock.settimeout(timeout)
+        overflows = 0
+        while True:
+            msg = json.loads(self.file.readline())
+            if msg["type"] == "event":
+                model.apply(msg)
+                if msg["kind"] == "create" and msg["path"] == marker:
+                    return overflows
+            elif msg["type"] in ("overflow", "dropped"):
+                overflows += 1
+
+
+@dataclass
+class Result:
+    ops: int
+    pauses: int
+    differences: int  # unannounced: bugs
+    announced: int  # after an overflow/dropped notice
+    details: list[str]
+
+
+def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, seed: int) -> Result:
+    rng = random.Random(seed)
+    broot = os.fsencode(root)
+    model = Model(broot, snapshot(broot))
+    sub = Subscriber(sock_path)
+    runner = Ops(broot, os.fsencode(outside), rng)
+    differences = announced = pauses = 0
+    details: list[str] = []
+    for done in range(1, ops + 1):
+        runner.run_one()
+        if done % pause_every and done != ops:
+            continue
+        pauses += 1
+        marker = root / f"marker-{pauses}"
+        marker.touch()
+        overflows = sub.until_marker(model, str(marker))
+        real = snapshot(broot)
+        if model.entries != real:
+            if overflows:
+                announced += 1
+            else:
+                differences += 1
+                missing = sorted(set(real) - set(model.entries))[:5]
+                extra = sorted(set(model.entries) - set(real))[:5]
+                details.append(f"after op {done}: missing {missing}, extra {extra}")
+            model.reset_from_disk()
+    return Result(ops, pauses, differences, announced, details)
+
+
+def wait_ready(sock_path: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    """Wait until the daemon answers and its watch is active."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError), socket.socket(socket.AF_UNIX) as s:
+            s.connect(sock_path)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b'{"op":"status"}\n')
+            if all(w["state"] == "active" for w in json.loads(f.readline())["watches"]):
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=10000)
+    parser.add_argument("--pause-every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="wd-fid.", dir="/tmp"))
+    root, outside = work / "tree", work / "outside"
+    root.mkdir()
+    outside.mkdir()
+    cfg = work / "w.toml"
+    sock = str(work / "w.sock")
+    cfg.write_text(f'[daemon]\nsocket = "{sock}"\nreplay_buffer = 1000\n'
+                   f'[[watch]]\nname = "t"\npath = "{root}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)],
+                            stderr=subprocess.DEVNULL)
+    try:
+        if not wait_ready(sock, proc):
+            print("watchd did not start", file=sys.stderr)
+            return 1
+        started = time.monotonic()
+        result = run(root, outside, sock, args.ops, args.pause_every, args.seed)
+        took = time.monotonic() - started
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{result.ops} operations, {result.pauses} comparisons, seed {args.seed}, {took:.1f} s: "
+          f"{result.differences} unannounced differences, {result.announced} after a notice")
+    for line in result.details:
+        print("  " + line)
+    return 1 if result.differences else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

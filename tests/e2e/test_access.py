@@ -1,0 +1,107 @@
+"""Access control by peer credentials, with a real client running as another user."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import config, watch
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user"),
+]
+
+NOBODY = 65534
+
+# Runs as `nobody`: connects, sends each request line from argv, prints every line received
+# until it has seen as many replies as requests plus the hello and, if asked, one event.
+CLIENT = r"""
+import json, socket, sys
+path, want_event = sys.argv[1], sys.argv[2] == "1"
+requests = [json.loads(a) for a in sys.argv[3:]]
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(path)
+f = s.makefile("rb")
+print(f.readline().decode().strip(), flush=True)
+for r in requests:
+    s.sendall(json.dumps(r).encode() + b"\n")
+    while True:
+        line = f.readline().decode().strip()
+        print(line, flush=True)
+        if json.loads(line)["type"] not in ("event",):
+            break
+if want_event:
+    print("READY", flush=True)
+    sys.stdin.readline()  # the test creates files, then lets us read on
+    while True:
+        line = f.readline().decode().strip()
+        print(line, flush=True)
+        if "marker" in line:
+            break
+"""
+
+
+@pytest.fixture
+def daemon(start_daemon, watched: Path, workdir: str):
+    os.chmod(workdir, 0o755)
+    for name in ("public", "secret", "group"):
+        (watched / name).mkdir()
+    return start_daemon(config(
+        daemon_extra='socket_mode = "0666"',
+        watches=watch("public", watched / "public")
+        + watch("secret", watched / "secret", allow_users=["root"])
+        + watch("group", watched / "group", allow_groups=[NOBODY])))
+
+
+def as_nobody(path: str, *requests: dict, want_event: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT, path, "1" if want_event else "0",
+         *[json.dumps(r) for r in requests]],
+        user=NOBODY, group=NOBODY, extra_groups=[], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+
+
+def test_named_forbidden_watch(daemon) -> None:
+    proc = as_nobody(daemon.socket, {"op": "subscribe", "id": 1, "watch": "secret"},
+                     {"op": "subscribe", "id": 2, "watch": "public"},
+                     {"op": "subscribe", "id": 3, "watch": "group"})
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert lines[0]["type"] == "hello"
+    assert lines[1]["type"] == "error" and lines[1]["code"] == "forbidden" and lines[1]["id"] == 1
+    assert "secret" in lines[1]["message"]
+    assert lines[2]["type"] == "subscribed"
+    assert lines[3]["type"] == "subscribed"  # allowed by group
+
+
+def test_subscribe_everything_never_leaks(daemon, watched: Path) -> None:
+    proc = as_nobody(daemon.socket, {"op": "subscribe", "id": 1}, want_event=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    for expected in ("hello", "subscribed"):
+        assert expected in proc.stdout.readline()
+    assert proc.stdout.readline().strip() == "READY"
+    (watched / "secret" / "hidden").touch()
+    (watched / "group" / "shared").touch()
+    (watched / "public" / "marker").touch()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    paths = [json.loads(x)["path"] for x in out.splitlines() if x.startswith("{")]
+    assert str(watched / "public" / "marker") in paths
+    assert str(watched / "group" / "shared") in paths
+    assert not [p for p in paths if "secret" in p]
+
+
+def test_root_sees_everything(daemon, watched: Path) -> None:
+    line, _ = daemon.subscribe(watch="secret")
+    (watched / "secret" / "f").touch()
+    line.until(lambda m: m.get("path") == str(watched / "secret" / "f"))

@@ -1,0 +1,139 @@
+"""Start-up, --check, exit statuses, pending and lost roots, orderly stop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import config, wait_for, watch
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run_watchd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "watchd", *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_check_valid_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(config(socket_line=f'socket = "{tmp_path}/s"', watches=watch("w", tmp_path)))
+    result = run_watchd("--check", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout and "w:" in result.stdout
+
+
+def test_check_invalid_file_exits_78(tmp_path: Path) -> None:
+    cfg = tmp_path / "w.toml"
+    cfg.write_text('[[watch]]\nname = "w"\npath = "/x"\nevents = ["crete"]\n')
+    result = run_watchd("--check", "--config", str(cfg))
+    assert result.returncode == 78
+    assert str(cfg) in result.stderr and "watch[0].events[0]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_file_at_start_exits_78(tmp_path: Path) -> None:
+    cfg = tmp_path / "w.toml"
+    cfg.write_text("[daemon]\nbogus = 1\n")
+    result = run_watchd("--config", str(cfg))
+    assert result.returncode == 78
+    assert "daemon.bogus" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_file_exits_78(tmp_path: Path) -> None:
+    result = run_watchd("--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 78
+    assert "nope.toml" in result.stderr
+
+
+def test_config_from_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(config(socket_line=f'socket = "{tmp_path}/s"'))
+    result = subprocess.run([sys.executable, "-m", "watchd", "--check"], capture_output=True,
+                            text=True, env=dict(os.environ, WATCHD_CONFIG=str(cfg)), timeout=30)
+    assert result.returncode == 0 and str(cfg) in result.stdout
+
+
+def test_sigterm_stops_cleanly_and_removes_the_socket(start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    line = daemon.connect()
+    watcher = daemon.watcher_pid()
+    assert os.path.exists(daemon.socket)
+    assert daemon.stop() == 0
+    assert not os.path.exists(daemon.socket)
+    with pytest.raises(EOFError):
+        line.recv()
+    wait_for(lambda: not os.path.exists(f"/proc/{watcher}"), what="the watcher to be reaped")
+    assert "STOPPING=1" in "\n".join(daemon.notify.messages)
+
+
+def test_sigint_stops_cleanly(start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    daemon.proc.send_signal(signal.SIGINT)
+    assert daemon.proc.wait(10) == 0
+    assert "Traceback" not in daemon.log_text()
+
+
+def test_socket_mode(start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(daemon_extra='socket_mode = "0640"', watches=watch("w", watched)))
+    assert os.stat(daemon.socket).st_mode & 0o777 == 0o640
+
+
+def test_stale_socket_is_replaced_live_one_refused(start_daemon, watched: Path) -> None:
+    import socket as socketlib
+
+    first = start_daemon(config(watches=watch("w", watched)))
+    # A second daemon on the same socket path is refused with a clear message.
+    second_cfg = os.path.join(first.dir, "second.toml")
+    with open(second_cfg, "w") as f:
+        f.write(config(socket_line=f'socket = "{first.socket}"', watches=watch("w", watched)))
+    result = run_watchd("--config", second_cfg)
+    assert result.returncode != 0
+    assert "already serving" in result.stderr
+    assert first.connect().request({"op": "ping"})["type"] == "pong"
+    # A stale file (nobody listening) is replaced.
+    first.proc.kill()
+    first.proc.wait()
+    stale = socketlib.socket(socketlib.AF_UNIX)
+    if not os.path.exists(first.socket):
+        stale.bind(first.socket)
+    stale.close()
+    again = start_daemon(config(socket_line=f'socket = "{first.socket}"',
+                                watches=watch("w", watched)))
+    assert again.connect().request({"op": "ping"})["type"] == "pong"
+
+
+def test_pending_root_becomes_active(start_daemon, workdir: str) -> None:
+    root = Path(workdir) / "later"
+    daemon = start_daemon(config(watches=watch("w", root)))
+    line, sid = daemon.subscribe()
+    assert daemon.status()["watches"][0]["state"] == "pending"
+    root.mkdir()
+    restored = line.until(lambda m: m.get("type") == "watch_restored")[-1]
+    assert restored == {"type": "watch_restored", "subscription": sid, "watch": "w",
+                        "path": str(root)}
+    (root / "f").touch()
+    line.until(lambda m: m.get("path") == str(root / "f"))
+    assert daemon.status()["watches"][0]["state"] == "active"
+
+
+def test_deleted_root_is_lost_then_restored(start_daemon, workdir: str) -> None:
+    root = Path(workdir) / "root"
+    (root / "sub").mkdir(parents=True)
+    daemon = start_daemon(config(watches=watch("w", root)))
+    line, sid = daemon.subscribe()
+    shutil.rmtree(root)
+    lost = line.until(lambda m: m.get("type") == "watch_lost")[-1]
+    assert lost == {"type": "watch_lost", "subscription": sid, "watch": "w", "path": str(root),
+                    "reason": "deleted"}
+    wait_for(lambda: daemon.status()["watches"][0]["state"] == "pending", what="pending state")
+    root.mkdir()
+    line.until(lambda m: m.get("type") == "watch_restored")
+    (root / "back").touch()
+    line.until(lambda m: m.get("path") == str(root / "back"))

@@ -1,0 +1,178 @@
+"""Faults the daemon survives: watcher crash and hang, kernel overflow, watch limit, bad clients."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import config, wait_for, watch
+
+pytestmark = pytest.mark.timeout(90)
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change inotify sysctls")
+
+
+@contextlib.contextmanager
+def sysctl(name: str, value: int) -> Iterator[int]:
+    """Set /proc/sys/fs/inotify/<name> for the duration; yields the old value."""
+    path = f"/proc/sys/fs/inotify/{name}"
+    with open(path) as f:
+        old = int(f.read())
+    try:
+        with open(path, "w") as f:
+            f.write(str(value))
+    except OSError as e:
+        pytest.skip(f"cannot write {path}: {e}")
+    try:
+        yield old
+    finally:
+        with open(path, "w") as f:
+            f.write(str(old))
+
+
+def inotify_watches_in_use() -> int:
+    """Inotify watches held by every process on the machine (what max_user_watches counts)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    total += sum(1 for line in f if line.startswith("inotify wd:"))
+    return total
+
+
+def is_event(path: Path):
+    return lambda m: m.get("type") == "event" and m["path"] == str(path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM])
+def test_watcher_killed_is_replaced_with_notice_first(start_daemon, watched: Path, sig) -> None:
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    line, sid = daemon.subscribe()
+    old = daemon.watcher_pid()
+    os.kill(old, sig)
+    notice = line.until(lambda m: m.get("type") == "overflow")[-1]
+    assert notice == {"type": "overflow", "subscription": sid, "seq": notice["seq"],
+                      "reason": "watcher_restart", "watch": None}
+    wait_for(lambda: daemon.status()["watches"][0]["state"] == "active",
+             what="the watch re-established")
+    (watched / "after").touch()
+    got = line.until(is_event(watched / "after"))
+    assert all(m["type"] == "event" for m in got)
+    status = daemon.status()
+    assert status["watcher"]["pid"] != old
+    assert status["watcher"]["restarts"] == 1
+    assert "watcher" in daemon.log_text()
+
+
+def test_crash_loop_backs_off(start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    for expected in (1, 2, 3):
+        pid = daemon.watcher_pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda p=pid: daemon.status()["watcher"]["pid"] not in (None, p), timeout=20,
+                 what="a new watcher")
+        assert daemon.status()["watcher"]["crashes_in_a_row"] == expected
+    assert "next start in" in daemon.log_text()
+    assert any("watcher restarts" in m for m in daemon.notify.messages)
+
+
+def test_hung_watcher_is_killed_and_replaced(start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(daemon_extra="watcher_timeout = 1.5", watches=watch("w", watched)))
+    line, _ = daemon.subscribe()
+    old = daemon.watcher_pid()
+    os.kill(old, signal.SIGSTOP)
+    notice = line.until(lambda m: m.get("type") == "overflow", timeout=15)[-1]
+    assert notice["reason"] == "watcher_restart"
+    assert "sent nothing for" in daemon.log_text()
+    wait_for(lambda: daemon.status()["watches"][0]["state"] == "active",
+             what="the watch re-established")
+    (watched / "after").touch()
+    line.until(is_event(watched / "after"))
+    assert not os.path.exists(f"/proc/{old}")
+
+
+@root_only
+def test_kernel_queue_overflow_is_announced_and_resynced(start_daemon, watched: Path) -> None:
+    # The queue limit is taken when the inotify instance is created: start under a low limit.
+    with sysctl("max_queued_events", 64):
+        daemon = start_daemon(config(watches=watch("w", watched)))
+    line, sid = daemon.subscribe()
+    watcher = daemon.watcher_pid()
+    os.kill(watcher, signal.SIGSTOP)
+    try:
+        for i in range(300):
+            (watched / f"f{i}").touch()
+        (watched / "newdir").mkdir()  # created while events are being lost
+    finally:
+        os.kill(watcher, signal.SIGCONT)
+    notice = line.until(lambda m: m.get("type") == "overflow")[-1]
+    assert notice == {"type": "overflow", "subscription": sid, "seq": notice["seq"],
+                      "reason": "kernel_queue", "watch": "w"}
+    wait_for(lambda: daemon.status()["overflows"] >= 1, what="overflow counted")
+    # The tree was re-synchronised: the directory created in the lost window is watched.
+    (watched / "newdir" / "inside").touch()
+    line.until(is_event(watched / "newdir" / "inside"))
+
+
+@root_only
+def test_watch_limit_degrades_only_that_watch(start_daemon, watched: Path) -> None:
+    (watched / "small").mkdir()
+    big = watched / "big"
+    for i in range(60):
+        (big / f"d{i}").mkdir(parents=True)
+    with sysctl("max_user_watches", inotify_watches_in_use() + 25) as old_limit:
+        daemon = start_daemon(config(watches=watch("small", watched / "small")
+                                     + watch("big", big)))
+        status = daemon.status()
+        by_name = {w["name"]: w for w in status["watches"]}
+        assert by_name["small"]["state"] == "active"
+        assert by_name["big"]["state"] == "degraded"
+        assert by_name["big"]["unwatched"] > 0
+        assert "max_user_watches" in by_name["big"]["problem"]
+        assert status["max_user_watches"] != old_limit
+        assert daemon.log_text().count("is degraded") == 1
+        assert any("watch limit" in m for m in daemon.notify.messages)
+        line, _ = daemon.subscribe(watch="small")
+        (watched / "small" / "f").touch()
+        line.until(is_event(watched / "small" / "f"))
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_bad_clients_leave_nothing_behind(start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(daemon_extra="max_line_bytes = 4096", watches=watch("w", watched)))
+    good, _ = daemon.subscribe()
+    pid = daemon.proc.pid
+    baseline = fd_count(pid)
+    for i in range(30):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(daemon.socket)
+        kind = i % 5
+        if kind == 0:
+            s.sendall(b'{"op": "ping", "id"')  # vanishes mid-line
+        elif kind == 1:
+            s.sendall(os.urandom(512) + b"\n")  # garbage
+        elif kind == 2:
+            s.sendall(b'{"op":"ping"}\n' * 2000)  # a flood, never read
+        elif kind == 3:
+            s.sendall(b"x" * 10000)  # too long, no newline
+        else:
+            s.sendall(b'{"op":"subscribe"}\n')  # subscribes and never reads
+        s.close()
+    for i in range(200):
+        (watched / f"f{i}").touch()
+    good.until(is_event(watched / "f199"))
+    assert good.request({"op": "ping"})["type"] == "pong"
+    wait_for(lambda: fd_count(pid) <= baseline, what="every bad client's fd closed")
+    wait_for(lambda: daemon.status()["clients"] == 1, what="only the good client left")

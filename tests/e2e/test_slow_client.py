@@ -1,0 +1,56 @@
+"""A client that does not read never slows the others, and is told exactly what it missed."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.harness import config, watch
+
+pytestmark = pytest.mark.timeout(90)
+
+FILES = 3000
+
+
+def test_slow_client_beside_a_fast_one(start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(daemon_extra="client_queue = 100\nreplay_buffer = 100000",
+                                 watches=watch("w", watched, events=["create"])))
+    slow, slow_sid = daemon.subscribe()
+    # A tiny receive buffer makes the daemon's writes to it back up quickly.
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    fast, _ = daemon.subscribe()
+    for i in range(FILES):
+        (watched / f"f{i:05}").touch()
+    (watched / "zz-end").touch()
+    got = fast.until(lambda m: m.get("path") == str(watched / "zz-end"), timeout=60)
+    fast_events = [m for m in got if m["type"] == "event"]
+    assert len(fast_events) == FILES + 1  # the fast one got everything, in order
+    assert [m["seq"] for m in fast_events] == sorted(m["seq"] for m in fast_events)
+
+    # Now the slow one reads: every event is either delivered or counted in a dropped notice.
+    got = slow.until(lambda m: m.get("path") == str(watched / "zz-end"), timeout=60)
+    delivered = [m["seq"] for m in got if m["type"] == "event"]
+    notices = [m for m in got if m["type"] == "dropped"]
+    assert notices, "the slow client was never told it missed events"
+    missed: list[int] = []
+    for n in notices:
+        assert n["subscription"] == slow_sid
+        assert n["count"] == n["last_seq"] - n["first_seq"] + 1
+        missed += range(n["first_seq"], n["last_seq"] + 1)
+    assert sorted(delivered + missed) == [m["seq"] for m in fast_events]
+    # Each notice sits exactly at its gap.
+    order = [(m["seq"] if m["type"] == "event" else m["first_seq"]) for m in got
+             if m["type"] in ("event", "dropped")]
+    assert order == sorted(order)
+    status = daemon.status()
+    assert status["dropped"] == len(missed)
+    # What was dropped can be asked for again while the daemon still holds it.
+    again = daemon.connect()
+    reply = again.request({"op": "subscribe", "id": 1, "since": notices[0]["first_seq"] - 1,
+                           "instance": again.hello["instance"]})
+    assert reply["type"] == "subscribed"
+    replayed = again.until(lambda m: m.get("seq") == notices[0]["last_seq"], timeout=30)
+    assert [m["seq"] for m in replayed] == list(range(notices[0]["first_seq"],
+                                                      notices[0]["last_seq"] + 1))

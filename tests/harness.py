@@ -1,0 +1,269 @@
+"""Running the real daemon as a subprocess and talking to it over its real socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TIMEOUT = 10.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
+             what: str = "condition", interval: float = 0.01) -> Any:
+    """Poll until predicate() is truthy; fail the test with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Notify:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.messages: list[str] = []
+
+    def poll(self) -> None:
+        self.sock.setblocking(False)
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            self.messages.append(data.decode("latin-1"))
+
+    def wait(self, field: str, timeout: float = DEFAULT_TIMEOUT, after: int = 0) -> int:
+        """Index of the first datagram (from `after` on) that holds the line `field`."""
+        def find() -> int | None:
+            self.poll()
+            for i in range(after, len(self.messages)):
+                if field in self.messages[i].split("\n"):
+                    return i + 1  # +1 so that index 0 is truthy
+            return None
+        return int(wait_for(find, timeout, f"{field!r} on NOTIFY_SOCKET")) - 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Line:
+    """A raw protocol client: send objects, receive decoded lines, with deadlines."""
+
+    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.raw: list[bytes] = []
+        self.pushed: list[dict[str, Any]] = []  # events and notices that arrived before a reply
+        self.hello: dict[str, Any] = {}
+
+    def send(self, obj: Any) -> None:
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode() + b"\n"
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """The next message; AssertionError if none arrives in time, EOFError on close."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no message within {timeout} s")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                raise AssertionError(f"no message within {timeout} s") from None
+            if not chunk:
+                raise EOFError("the daemon closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        self.raw.append(line)
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def request(self, obj: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """Send a request and return its reply, skipping pushed messages (kept in .pushed)."""
+        self.send(obj)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.01, deadline - time.monotonic()))
+            if msg.get("type") in ("event", "overflow", "dropped", "watch_lost", "watch_restored"):
+                self.pushed.append(msg)
+                continue
+            return msg
+
+    def until(self, predicate: Callable[[dict[str, Any]], bool],
+              timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+        """Receive messages until one satisfies predicate; returns all received, that one last."""
+        deadline = time.monotonic() + timeout
+        got: list[dict[str, Any]] = []
+        backlog, self.pushed = self.pushed, []
+        for msg in backlog:
+            got.append(msg)
+            if predicate(msg):
+                self.pushed = backlog[len(got):]
+                return got
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout} s; received {got[-5:]}")
+            msg = self.recv(left)
+            got.append(msg)
+            if predicate(msg):
+                return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    """The real daemon, `python -m watchd`, on a config of the test's own."""
+
+    def __init__(self, workdir: str, config_text: str, env: dict[str, str] | None = None) -> None:
+        self.dir = workdir
+        self.socket = os.path.join(workdir, "w.sock")
+        self.config = os.path.join(workdir, "watchd.toml")
+        self.write_config(config_text)
+        self.notify = Notify(os.path.join(workdir, "n.sock"))
+        self.log_path = os.path.join(workdir, "watchd.log")
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, text: str) -> None:
+        text = text.replace("@SOCKET@", self.socket)
+        with open(self.config + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(self.config + ".tmp", self.config)
+
+    def start(self, *, wait_ready: bool = True, args: tuple[str, ...] = (),
+              shell_prefix: str | None = None, pass_fds: tuple[int, ...] = ()) -> Daemon:
+        """Start it; shell_prefix is sh code run before `exec` of the daemon (an exec wrapper)."""
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify.path)
+        for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+                     "JOURNAL_STREAM", "INVOCATION_ID"):
+            env.pop(name, None)
+        env.update(self.extra_env)
+        argv = [sys.executable, "-m", "watchd", "--config", self.config, "--log-level", "debug",
+                *args]
+        if shell_prefix is not None:
+            argv = ["sh", "-c", shell_prefix + '\nexec "$@"', "sh", *argv]
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True, pass_fds=pass_fds)
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"watchd exited with {self.proc.returncode}:\n{self.log_text()}")
+            self.notify.poll()
+            return any("READY=1" in m.split("\n") for m in self.notify.messages)
+        wait_for(ready, timeout, "READY=1")
+
+    def log_text(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def connect(self) -> Line:
+        line = Line(self.socket)
+        hello = line.recv()
+        assert hello["type"] == "hello", hello
+        line.hello = hello
+        return line
+
+    def subscribe(self, **filters: Any) -> tuple[Line, str]:
+        line = self.connect()
+        reply = line.request({"op": "subscribe", "id": 1, **filters})
+        assert reply["type"] == "subscribed", reply
+        return line, reply["subscription"]
+
+    def status(self) -> dict[str, Any]:
+        line = self.connect()
+        try:
+            return line.request({"op": "status"})
+        finally:
+            line.close()
+
+    def watcher_pid(self) -> int:
+        pid = self.status()["watcher"]["pid"]
+        assert pid, "no watcher process"
+        return int(pid)
+
+    def reload(self, text: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Rewrite the config (if given), SIGHUP, and wait for the READY=1 that ends the reload."""
+        if text is not None:
+            self.write_config(text)
+        self.notify.poll()
+        mark = len(self.notify.messages)
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        reloading = self.notify.wait("RELOADING=1", timeout, after=mark)
+        self.notify.wait("READY=1", timeout, after=reloading)
+
+    def stop(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                raise AssertionError("watchd did not stop within the deadline") from None
+        self.log.close()
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        with contextlib.suppress(Exception):
+            self.log.close()
+        self.notify.close()
+
+
+@contextlib.contextmanager
+def short_tmpdir() -> Iterator[str]:
+    """A directory under /tmp: socket paths must stay under 108 bytes."""
+    path = tempfile.mkdtemp(prefix="wd.", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def config(socket_line: str = 'socket = "@SOCKET@"', daemon_extra: str = "",
+           watches: str = "") -> str:
+    return f"[daemon]\n{socket_line}\n{daemon_extra}\n{watches}"
+
+
+def watch(name: str, path: str | Path, **keys: Any) -> str:
+    lines = ["[[watch]]", f"name = {json.dumps(name)}", f"path = {json.dumps(str(path))}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"

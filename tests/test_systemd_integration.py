@@ -1,0 +1,228 @@
+"""The daemon under a real systemd: the project's units booted in a throw-away container.
+
+The host's own systemd runs as PID 1 of a systemd-nspawn container (see tests/systemd_lab).
+Needs root and systemd-nspawn (installed from the distribution when missing); skipped
+with the reason otherwise. WATCHD_LAB_STANDIN=1 runs the same checks against a stand-in
+daemon, to tell a broken harness from a broken daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.systemd_lab import Lab, unavailable_reason
+from tests.systemd_lab.service import SOCKET, WATCHED, Service, wait_for
+
+pytestmark = [pytest.mark.systemd, pytest.mark.root]
+
+CAP_DAC_READ_SEARCH = 2
+EX_CONFIG = 78
+
+
+def _binds() -> list[str]:
+    """The repository, the virtualenv and the Python it was made from, at the same paths."""
+    repo = Path(__file__).resolve().parents[1]
+    paths = [repo, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
+    kept: list[Path] = []
+    for path in paths:
+        if path.is_relative_to("/usr") or any(path.is_relative_to(k) for k in kept):
+            continue
+        kept = [k for k in kept if not k.is_relative_to(path)] + [path]
+    return [f"{p}:{p}" for p in kept]
+
+
+@pytest.fixture(scope="module")
+def timings(request: pytest.FixtureRequest) -> Iterator[dict[str, float]]:
+    """Seconds each step took; printed at the end of the module."""
+    measured: dict[str, float] = {}
+    yield measured
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and measured:
+        figures = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in measured.items())
+        reporter.write_line(f"\nsystemd integration timings: {figures}")
+
+
+@pytest.fixture(scope="module")
+def service(timings: dict[str, float]) -> Iterator[Service]:
+    """A booted container with the units installed and the socket listening."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("needs the package installed in a virtualenv (bound into the container)")
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    lab = Lab(f"watchd-it-{os.getpid()}", binds=_binds())
+    try:
+        timings["boot"] = lab.boot()
+        svc = Service(lab, python=sys.executable,
+                      standin=os.environ.get("WATCHD_LAB_STANDIN") == "1")
+        svc.install()
+        yield svc
+    finally:
+        leftovers = lab.teardown()
+        timings["teardown"] = lab.timings["teardown"]
+        assert not leftovers, f"the container left things behind: {leftovers}"
+
+
+@pytest.fixture
+def fresh(service: Service) -> Service:
+    """The socket listening, the service stopped, the default configuration."""
+    service.reset()
+    return service
+
+
+def _activate(svc: Service, timings: dict[str, float] | None = None) -> dict[str, object]:
+    """Connect through the socket (starting the service) and see one event arrive."""
+    started = time.monotonic()
+    result = svc.probe_ok("events", SOCKET, WATCHED)
+    if timings is not None:
+        timings["start (connect to hello)"] = result["hello_s"]
+        timings["first event (connect to event)"] = time.monotonic() - started
+        timings["event latency"] = result["event_s"]
+    return result
+
+
+def test_socket_activation_starts_the_service_and_events_flow(
+    fresh: Service, timings: dict[str, float]
+) -> None:
+    svc = fresh
+    assert svc.state("watchd.socket") == "active"
+    assert svc.state() == "inactive", "the service must wait for its first client"
+    socket_stat = svc.lab.path(SOCKET).stat()
+    assert oct(socket_stat.st_mode & 0o777) == "0o660"
+    assert svc.lab.check("stat", "-c", "%U:%G", SOCKET).strip() == "root:watchd"
+
+    result = _activate(svc, timings)
+
+    assert svc.state() == "active"
+    pid = svc.main_pid()
+    hello = result["hello"]
+    assert isinstance(hello, dict)
+    assert svc.standin or hello["pid"] == pid
+    event = result["event"]
+    assert isinstance(event, dict)
+    assert event["kind"] in ("create", "close_write")
+    assert svc.show("watchd.service", "TriggeredBy") == "watchd.socket"
+
+    # The dedicated user, with only the capability that lets it read any directory.
+    status = svc.proc_status(pid)
+    assert status["Uid"].split()[1] != "0"
+    assert int(status["CapEff"], 16) == 1 << CAP_DAC_READ_SEARCH
+
+    # Only the main process talks to systemd.
+    for child in (p for p in svc.service_pids() if p != pid):
+        leaked = {k for k in svc.proc_environ(child) if k.startswith(("NOTIFY_", "WATCHDOG_",
+                                                                      "LISTEN_"))}
+        assert not leaked, f"process {child} inherited {leaked}"
+
+    # `systemctl status` shows the daemon's STATUS= line.
+    text = wait_for("a STATUS= line", lambda: svc.show("watchd.service", "StatusText"))
+    out = svc.lab.run("systemctl", "status", "--no-pager", "watchd.service").stdout
+    assert f'Status: "{text}"' in out
+
+    # The journal understood the <N> priority prefixes: none left in a message.
+    records = svc.journal_records()
+    messages = [r for r in records if r.get("_PID") == str(pid)]
+    assert messages, svc.journal()
+    assert not [r for r in messages if re.match(r"<\d>", str(r.get("MESSAGE", "")))]
+    if not svc.standin:
+        assert {r["PRIORITY"] for r in messages} & {"7"}, "debug lines should have priority 7"
+
+
+def test_group_membership_decides_who_may_connect(fresh: Service) -> None:
+    svc = fresh
+    code, output = svc.probe("hello", SOCKET, groups=())
+    assert code == 2, output
+    assert output["errno"] == 13  # EACCES
+    assert svc.state() == "inactive", "a refused connection must not start the service"
+
+    code, output = svc.probe("hello", SOCKET, groups=("watchd",))
+    assert code == 0, output
+    assert output["hello"]["type"] == "hello"
+
+
+def test_reload_applies_a_changed_configuration(fresh: Service, timings: dict[str, float]) -> None:
+    svc = fresh
+    _activate(svc)
+    pid = svc.main_pid()
+    svc.lab.check("install", "-d", "-m", "0700", "/srv/lab2")
+    svc.write_config({"lab": WATCHED, "lab2": "/srv/lab2"})
+
+    started = time.monotonic()
+    svc.systemctl("reload", "watchd.service")
+
+    def applied() -> dict[str, object] | None:
+        status = svc.probe_ok("status", SOCKET)
+        names = {w["name"] for w in status["watches"]}
+        return status if "lab2" in names and status["reloads"] >= 1 else None
+
+    # With Type=notify, `systemctl reload` may return before the daemon has reloaded.
+    status = wait_for("the reloaded configuration", applied)
+    timings["reload"] = time.monotonic() - started
+    assert svc.main_pid() == pid
+    assert svc.state() == "active"
+    assert status["pid"] == pid or svc.standin
+
+    # A file that does not parse is refused by ExecReload before the daemon hears of it.
+    svc.lab.path("/etc/watchd/watchd.toml").write_text("[daemon\n")
+    result = svc.lab.run("systemctl", "reload", "watchd.service")
+    assert result.returncode != 0
+    assert svc.main_pid() == pid
+    assert svc.state() == "active"
+    after = svc.probe_ok("status", SOCKET)
+    assert after["reloads"] == status["reloads"]
+    assert {w["name"] for w in after["watches"]} == {"lab", "lab2"}
+
+
+def test_stop_is_clean(fresh: Service, timings: dict[str, float]) -> None:
+    svc = fresh
+    _activate(svc)
+    pid = svc.main_pid()
+    since = svc.lab.check("date", "+%Y-%m-%d %H:%M:%S").strip()
+
+    started = time.monotonic()
+    svc.systemctl("stop", "watchd.service")
+    timings["stop"] = time.monotonic() - started
+    assert svc.state() == "inactive"
+    assert svc.show("watchd.service", "Result") == "success"
+    assert svc.show("watchd.service", "ExecMainStatus") == "0"
+    assert svc.service_pids() == []
+    # The socket is systemd's: it stays, and the next client starts the daemon again.
+    assert svc.lab.path(SOCKET).exists()
+    assert svc.state("watchd.socket") == "active"
+    assert "Traceback" not in svc.journal("--since", since), f"daemon {pid} stopped uncleanly"
+
+    svc.systemctl("stop", "watchd.socket")
+    assert not svc.lab.path(SOCKET).exists()
+
+
+def test_watchdog_restarts_a_hung_daemon(fresh: Service, timings: dict[str, float]) -> None:
+    svc = fresh
+    _activate(svc)
+    pid = svc.main_pid()
+    assert svc.show("watchd.service", "WatchdogUSec") == "2s"
+    # Still alive well past the watchdog interval: the pings arrive.
+    time_active = time.monotonic()
+    wait_for("3 s of service", lambda: time.monotonic() - time_active > 3.0, timeout=5)
+    assert svc.main_pid() == pid
+    assert svc.state() == "active"
+
+    svc.lab.check("kill", "-STOP", str(pid))
+    started = time.monotonic()
+
+    def replaced() -> int | None:
+        new = svc.main_pid()
+        return new if new not in (0, pid) and svc.state() == "active" else None
+
+    new_pid = wait_for("a restarted daemon", replaced, timeout=15)
+    timings["watchdog restart (SIGSTOP to active)"] = time.monotonic() - started
+    assert "Watchdog timeout" in svc.journal()
+    assert int(svc.show("watchd.service", "NRestarts")) >= 1
+    hello = svc.probe_ok("hello", SOCKET)["hello"]
+    assert svc.standin or hello["pid"] == new_pid

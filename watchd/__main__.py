@@ -1,0 +1,7 @@
+"""`python -m watchd` is the same as `watchd`."""
+
+import sys
+
+from watchd.cli import main
+
+sys.exit(main())

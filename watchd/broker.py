@@ -1,0 +1,577 @@
+"""Subscriptions, filters, sequence numbers, replay and fan-out with a drop policy; no sockets.
+
+The daemon's event loop owns one Broker. Every event is numbered and serialized once; each
+subscription that wants it gets the same tail bytes behind its own prefix. A connection whose
+transport is paused gets a bounded queue of its own: past `client_queue` events its events are
+discarded and each subscription is told exactly which seqs it missed, so a slow reader never slows
+the others and never misses anything silently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Protocol
+
+from watchd import protocol
+from watchd.events import ALL_KINDS, KIND_BITS, Kind, kinds_mask
+from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError, Subscribe
+
+# Lines handed to a sink per write while draining a queue: a transport that pauses part-way
+# is overfilled by at most this much, and the syscalls are still batched.
+FLUSH_LINES = 512
+
+# Every kind bit; each event's mask carries exactly one of them.
+_KIND_BITS_ALL = kinds_mask(ALL_KINDS)
+
+# One held event: (seq, watch, kind bit, path, tail). A plain tuple because publish builds one
+# per event on the hot path, where a NamedTuple or dataclass constructor costs measurably more.
+_Held = tuple[int, str, int, str, bytes]
+
+
+class Sink(Protocol):
+    """Where a connection's bytes go: the server's per-connection transport glue."""
+
+    def write(self, chunks: list[bytes]) -> None:
+        """Hand bytes to the transport; never blocks."""
+
+    def writable(self) -> bool:
+        """False while the transport is paused (its buffer is above its high-water mark)."""
+
+
+class WatchInfo(Protocol):
+    """What the broker needs of a configured watch (watchd.config.WatchConfig fits)."""
+
+    @property
+    def name(self) -> str:
+        """The watch's unique name."""
+
+    def may_see(self, uid: int, gid: int, groups: frozenset[int]) -> bool:
+        """Whether a peer with these credentials may receive this watch's events."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The credentials of the process at the other end of a connection."""
+
+    uid: int
+    gid: int
+    groups: frozenset[int]
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A subscription's filters; all must match. None (or all kinds) means absent."""
+
+    watches: frozenset[str] | None
+    kinds: int  # the kind bits wanted
+    paths: frozenset[str] | None  # exact paths; below any of them is `prefixes`
+    prefixes: tuple[str, ...]  # each path with a trailing "/"
+    glob: re.Pattern[str] | None  # every pattern in one regex, matched on the base name
+
+    @classmethod
+    def of(cls, req: Subscribe) -> Filter:
+        """The filter of a subscribe request."""
+        paths = req.paths
+        if paths is not None and "/" in paths:
+            paths = None  # everything lies below the root
+        glob = None
+        if req.glob is not None:
+            glob = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in req.glob))
+        return cls(
+            watches=None if req.watch is None else frozenset(req.watch),
+            kinds=_KIND_BITS_ALL if req.events is None else kinds_mask(req.events),
+            paths=None if paths is None else frozenset(paths),
+            prefixes=() if paths is None else tuple(p + "/" for p in paths),
+            glob=glob,
+        )
+
+    @property
+    def simple(self) -> bool:
+        """True when only the watch names (and the ACL) decide: every event of a watch matches."""
+        return self.kinds == _KIND_BITS_ALL and self.paths is None and self.glob is None
+
+    def matches(self, bit: int, path: str) -> bool:
+        """Whether an event of this kind bit on this path passes the kind, path and glob filters."""
+        if not self.kinds & bit:
+            return False
+        if self.paths is not None and path not in self.paths and not path.startswith(
+            self.prefixes
+        ):
+            return False
+        # The base name starts after the last "/"; match there instead of slicing a copy.
+        return self.glob is None or self.glob.match(path, path.rfind("/") + 1) is not None
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One subscription of a connection, with the range of its events dropped since last told."""
+
+    sid: str
+    conn: Connection
+    filter: Filter
+    prefix: bytes  # EVENT_HEAD + sid: an event line is this + the shared tail
+    visible: frozenset[str]  # watch names it receives: its watch filter within the ACL
+    drop_count: int = 0
+    drop_first: int = 0
+    drop_last: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """A client connection as the broker sees it; the server only hands it back."""
+
+    sink: Sink
+    peer: Peer
+    subs: dict[str, Subscription] = field(default_factory=dict)
+    # Lines waiting for the sink to become writable, in the order they must be sent.
+    queue: deque[bytes] = field(default_factory=deque)
+    queued_events: int = 0  # event lines in `queue`: what client_queue bounds
+    lagging: dict[str, Subscription] = field(default_factory=dict)  # subs with a dropped range
+    closed: bool = False
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """The sids this connection holds."""
+        return tuple(self.subs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """The subscriptions of one connection that receive a given watch."""
+
+    conn: Connection
+    subs: tuple[Subscription, ...]
+    prefixes: tuple[bytes, ...]  # of `subs`, when every one of them is simple
+    simple: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Marker:
+    """An overflow held in the replay history: events may be lost after seq."""
+
+    seq: int
+    watch: str | None
+    reason: str
+
+
+def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
+    """[p1, t1, p2, t1, ..., p1, t2, p2, t2, ...]: every tail behind every prefix, in seq order."""
+    n = len(tails)
+    step = 2 * len(prefixes)
+    chunks: list[bytes] = [b""] * (step * n)
+    # Slice assignment does the per-event work in C: one pass per subscription, not per event.
+    for j, prefix in enumerate(prefixes):
+        chunks[2 * j :: step] = [prefix] * n
+        chunks[2 * j + 1 :: step] = tails
+    return chunks
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text)
+
+
+class Broker:
+    """Numbers, serializes, holds and fans out events to the subscriptions of connections."""
+
+    def __init__(
+        self, *, instance: str, client_queue: int, replay_buffer: int, max_subscriptions: int
+    ) -> None:
+        self.instance = instance
+        self.client_queue = client_queue
+        self.replay_buffer = replay_buffer
+        self.max_subscriptions = max_subscriptions
+        self.last_seq = 0
+        self.events = 0  # published
+        self.dropped = 0  # event lines discarded for slow connections
+        self.overflows = 0  # overflow occasions, however many subscriptions were told
+        self._encoder = protocol.EventEncoder()
+        self._kinds: dict[int, Kind] = {bit: kind for kind, bit in KIND_BITS.items()}
+        self._watches: dict[str, WatchInfo] = {}
+        self._conns: dict[Connection, None] = {}  # insertion-ordered set
+        self._held: deque[_Held] = deque(maxlen=replay_buffer)
+        self._markers: deque[_Marker] = deque()
+        self._routes: dict[str, tuple[_Route, ...]] = {}  # per watch; cleared on any change
+        self._sids = 0
+
+    # --- configuration ---------------------------------------------------------------------------
+
+    def set_watches(self, watches: Iterable[WatchInfo]) -> None:
+        """Take the configured watches (at start and after a reload) and recompute every ACL."""
+        self._watches = {w.name: w for w in watches}
+        for conn in self._conns:
+            for sub in conn.subs.values():
+                sub.visible = self._visible(conn.peer, sub.filter)
+        self._routes.clear()
+
+    def set_limits(self, *, client_queue: int, replay_buffer: int, max_subscriptions: int) -> None:
+        """Apply new limits (a reload); the replay history keeps its newest events."""
+        self.client_queue = client_queue
+        self.max_subscriptions = max_subscriptions
+        if replay_buffer != self.replay_buffer:
+            self.replay_buffer = replay_buffer
+            self._held = deque(self._held, maxlen=replay_buffer)
+            self._prune_markers()
+        # A larger queue may let lagging connections report their gaps now.
+        for conn in self._conns:
+            self._pump(conn)
+
+    # --- connections -----------------------------------------------------------------------------
+
+    def connect(self, sink: Sink, peer: Peer) -> Connection:
+        """Register a new connection."""
+        conn = Connection(sink=sink, peer=peer)
+        self._conns[conn] = None
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        """Forget a connection: its subscriptions, its queue and its dropped ranges."""
+        conn.closed = True
+        conn.subs.clear()
+        conn.lagging.clear()
+        conn.queue.clear()
+        conn.queued_events = 0
+        self._conns.pop(conn, None)
+        self._routes.clear()
+
+    def reply(self, conn: Connection, line: bytes) -> None:
+        """Send a reply or notice line to a connection, in order with its events; never dropped."""
+        if conn.closed:
+            return
+        conn.queue.append(line)
+        self._pump(conn)
+
+    def resume(self, conn: Connection) -> None:
+        """The connection's sink is writable again: drain its queue and report its gaps."""
+        if not conn.closed:
+            self._pump(conn)
+
+    # --- subscriptions ---------------------------------------------------------------------------
+
+    def subscribe(self, conn: Connection, req: Subscribe) -> str:
+        """Add a subscription; queue `subscribed` then the replayed events; return its sid."""
+        self._check_watches(conn.peer, req)
+        if len(conn.subs) >= self.max_subscriptions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"this connection already holds {len(conn.subs)} subscriptions, the most allowed "
+                "(daemon.max_subscriptions); unsubscribe one or open another connection",
+                req.id,
+            )
+        if req.since is not None:
+            self._check_since(req.since, req.instance, req.id)
+        self._sids += 1
+        sid = f"s{self._sids}"
+        flt = Filter.of(req)
+        sub = Subscription(
+            sid=sid,
+            conn=conn,
+            filter=flt,
+            prefix=EVENT_HEAD + sid.encode("ascii"),
+            visible=self._visible(conn.peer, flt),
+        )
+        conn.subs[sid] = sub
+        self._routes.clear()
+        # The reply's seq and the replay are taken at the same instant as the subscription starts
+        # to receive live events, so the client sees every seq after `since` exactly once.
+        conn.queue.append(protocol.subscribed(req.id, sid, self.last_seq))
+        if req.since is not None:
+            self._replay(sub, req.since)
+        self._pump(conn)
+        return sid
+
+    def unsubscribe(self, conn: Connection, sid: str, req_id: JsonScalar) -> None:
+        """End one of the connection's subscriptions and queue `unsubscribed`."""
+        sub = conn.subs.pop(sid, None)
+        if sub is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_SUBSCRIPTION,
+                f'"subscription": {_quote(sid)} is not a subscription of this connection',
+                req_id,
+            )
+        self._routes.clear()
+        if sub.drop_count:
+            self._settle(sub)  # its gap is still news to the client
+        conn.queue.append(protocol.unsubscribed(req_id, sid))
+        self._pump(conn)
+
+    @property
+    def subscription_count(self) -> int:
+        """Subscriptions over all connections."""
+        return sum(len(conn.subs) for conn in self._conns)
+
+    @property
+    def oldest(self) -> int:
+        """The oldest seq held for replay; last_seq + 1 when none is held."""
+        return self._held[0][0] if self._held else self.last_seq + 1
+
+    def stats(self) -> dict[str, int]:
+        """The counters reported by status."""
+        return {
+            "clients": len(self._conns),
+            "subscriptions": self.subscription_count,
+            "events": self.events,
+            "dropped": self.dropped,
+            "overflows": self.overflows,
+            "seq": self.last_seq,
+            "oldest": self.oldest,
+        }
+
+    # --- events and notices ----------------------------------------------------------------------
+
+    def publish(
+        self, watch: str, time: float, items: list[tuple[int, int, str, str | None]]
+    ) -> None:
+        """Number, serialize, hold and fan out a batch of events of one watch read at `time`."""
+        routes = self._routes.get(watch)
+        if routes is None:
+            routes = self._routes[watch] = self._route(watch)
+        # Decide once per batch how each connection is served: the state of a sink only changes
+        # when it is written to, which happens after the loop.
+        fast: list[_Route] = []  # writable, every subscription simple: all events, no tests
+        general: list[tuple[Subscription, list[bytes] | None]] = []  # None: via the queue
+        outs: list[tuple[Connection, list[bytes]]] = []
+        for route in routes:
+            if not self._direct(route.conn):
+                general.extend((sub, None) for sub in route.subs)
+            elif route.simple:
+                fast.append(route)
+            else:
+                out: list[bytes] = []
+                outs.append((route.conn, out))
+                general.extend((sub, out) for sub in route.subs)
+
+        kinds = self._kinds
+        tail_of = self._encoder.tail
+        hold = self._held.append
+        tails: list[bytes] = []
+        seq = self.last_seq
+        for mask, cookie, path, src_path in items:
+            bit = mask & _KIND_BITS_ALL
+            kind = kinds.get(bit)
+            if kind is None:
+                continue  # not exactly one kind bit: nothing a client could be told
+            seq += 1
+            tail = tail_of(seq, time, watch, kind, path, mask, cookie, src_path)
+            hold((seq, watch, bit, path, tail))
+            tails.append(tail)
+            for sub, sink_out in general:
+                if sub.filter.matches(bit, path):
+                    if sink_out is None:
+                        self._queue_event(sub, seq, tail)
+                    else:
+                        sink_out.append(sub.prefix)
+                        sink_out.append(tail)
+        self.events += seq - self.last_seq
+        self.last_seq = seq
+
+        if tails:
+            for route in fast:
+                route.conn.sink.write(_interleave(route.prefixes, tails))
+        for conn, chunks in outs:
+            if chunks:
+                conn.sink.write(chunks)
+
+    def overflow(self, watch: str | None, reason: str) -> None:
+        """Tell the subscribers of a watch (all, for None) that events may have been lost here."""
+        self.overflows += 1
+        seq = self.last_seq
+        marker = _Marker(seq, watch, reason)
+        # The same occasion twice at one seq tells a re-subscriber nothing new; skipping it also
+        # bounds the markers when overflows repeat with no event in between.
+        if not self._marked(marker):
+            self._markers.append(marker)
+            self._prune_markers()
+        self._notify(watch, lambda sid: protocol.overflow(sid, seq, reason, watch))
+
+    def watch_lost(self, watch: str, path: str, reason: str) -> None:
+        """Tell a watch's subscribers that its root went away (call before a reload removes it)."""
+        self._notify(watch, lambda sid: protocol.watch_lost(sid, watch, path, reason))
+
+    def watch_restored(self, watch: str, path: str) -> None:
+        """Tell a watch's subscribers that its root is watched again."""
+        self._notify(watch, lambda sid: protocol.watch_restored(sid, watch, path))
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _check_watches(self, peer: Peer, req: Subscribe) -> None:
+        for name in req.watch or ():
+            watch = self._watches.get(name)
+            if watch is None:
+                known = ", ".join(
+                    sorted(n for n, w in self._watches.items() if self._sees(peer, w))
+                )
+                raise ProtocolError(
+                    ErrorCode.UNKNOWN_WATCH,
+                    f'"watch": no watch named {_quote(name)} is configured; '
+                    f"known: {known or 'none'}",
+                    req.id,
+                )
+            if not self._sees(peer, watch):
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN,
+                    f'"watch": uid {peer.uid} may not see the watch {_quote(name)} '
+                    "(its allow_users / allow_groups); ask the administrator",
+                    req.id,
+                )
+
+    def _check_since(self, since: int, instance: str | None, req_id: JsonScalar) -> None:
+        oldest = self.oldest
+        if instance is not None and instance != self.instance:
+            raise ProtocolError(
+                ErrorCode.SINCE_EXPIRED,
+                f'"instance": {_quote(instance)} is not this daemon\'s instance '
+                f"({_quote(self.instance)}): the daemon restarted and its seqs began anew; "
+                "rescan, then subscribe without since",
+                req_id,
+                extra={"oldest": oldest},
+            )
+        if since > self.last_seq:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f'"since": {since} is past the last seq assigned ({self.last_seq}); '
+                "use a seq this daemon sent",
+                req_id,
+            )
+        if since < oldest - 1:
+            raise ProtocolError(
+                ErrorCode.SINCE_EXPIRED,
+                f'"since": the events after {since} are no longer held (the oldest is {oldest}, '
+                "daemon.replay_buffer); rescan, then subscribe without since",
+                req_id,
+                extra={"oldest": oldest},
+            )
+
+    @staticmethod
+    def _sees(peer: Peer, watch: WatchInfo) -> bool:
+        return watch.may_see(peer.uid, peer.gid, peer.groups)
+
+    def _visible(self, peer: Peer, flt: Filter) -> frozenset[str]:
+        """The configured watches a subscription receives: named by its filter and allowed."""
+        return frozenset(
+            name
+            for name, watch in self._watches.items()
+            if (flt.watches is None or name in flt.watches) and self._sees(peer, watch)
+        )
+
+    def _route(self, watch: str) -> tuple[_Route, ...]:
+        routes = []
+        for conn in self._conns:
+            subs = tuple(sub for sub in conn.subs.values() if watch in sub.visible)
+            if subs:
+                simple = all(sub.filter.simple for sub in subs)
+                routes.append(_Route(conn, subs, tuple(sub.prefix for sub in subs), simple))
+        return tuple(routes)
+
+    def _direct(self, conn: Connection) -> bool:
+        """Whether lines for this connection may go straight to its sink, bypassing the queue."""
+        if conn.queue or conn.lagging:
+            self._pump(conn)
+        return not conn.queue and conn.sink.writable()
+
+    def _queue_event(self, sub: Subscription, seq: int, tail: bytes) -> None:
+        """Queue an event line for a connection that is behind, or count it as dropped."""
+        conn = sub.conn
+        if conn.queued_events >= self.client_queue:
+            if not sub.drop_count:
+                sub.drop_first = seq
+                conn.lagging[sub.sid] = sub
+            sub.drop_count += 1
+            sub.drop_last = seq
+            self.dropped += 1
+            return
+        if sub.drop_count:
+            # _pump reports gaps as soon as there is room, so this only guards the order: a
+            # gap must never be reported after an event that came later.
+            self._settle(sub)
+        conn.queue.append(sub.prefix + tail)
+        conn.queued_events += 1
+
+    def _settle(self, sub: Subscription) -> None:
+        """Queue the `dropped` notice of a subscription's gap and start a new range."""
+        sub.conn.queue.append(
+            protocol.dropped(sub.sid, sub.drop_count, sub.drop_first, sub.drop_last)
+        )
+        sub.drop_count = sub.drop_first = sub.drop_last = 0
+        sub.conn.lagging.pop(sub.sid, None)
+
+    def _pump(self, conn: Connection) -> None:
+        """Move queued lines to the sink while it is writable; report gaps once there is room."""
+        if conn.closed:
+            return
+        queue = conn.queue
+        sink = conn.sink
+        while True:
+            while queue and sink.writable():
+                chunk = [queue.popleft() for _ in range(min(len(queue), FLUSH_LINES))]
+                # Event lines, and no other line, begin with EVENT_HEAD.
+                conn.queued_events -= sum(1 for line in chunk if line.startswith(EVENT_HEAD))
+                sink.write(chunk)
+            if not conn.lagging or (queue and conn.queued_events >= self.client_queue):
+                return
+            for sub in list(conn.lagging.values()):
+                self._settle(sub)
+
+    def _notify(self, watch: str | None, line_for: Callable[[str], bytes]) -> None:
+        """Queue a notice to every subscription concerned by a watch (all of them for None)."""
+        for conn in self._conns:
+            touched = False
+            for sub in conn.subs.values():
+                if watch is None or watch in sub.visible:
+                    if sub.drop_count:
+                        self._settle(sub)
+                    conn.queue.append(line_for(sub.sid))
+                    touched = True
+            if touched:
+                self._pump(conn)
+
+    def _replay(self, sub: Subscription, since: int) -> None:
+        """Queue the held events after `since` that a new subscription matches, overflows included.
+
+        Replayed lines are queued whatever the queue holds: they are bounded by the history.
+        """
+        conn = sub.conn
+        flt = sub.filter
+        visible = sub.visible
+        queue = conn.queue
+        # A marker at seq s sits between events s and s + 1; one at `since` itself may not have
+        # reached the client before it went away, so it is replayed.
+        markers = [
+            m for m in self._markers if m.seq >= since and (m.watch is None or m.watch in visible)
+        ]
+        m = 0
+        start = max(0, since + 1 - self.oldest)  # held seqs are consecutive
+        for seq, watch, bit, path, tail in islice(self._held, start, None):
+            while m < len(markers) and markers[m].seq < seq:
+                queue.append(self._marker_line(sub.sid, markers[m]))
+                m += 1
+            if watch in visible and flt.matches(bit, path):
+                queue.append(sub.prefix + tail)
+                conn.queued_events += 1
+        for marker in markers[m:]:
+            queue.append(self._marker_line(sub.sid, marker))
+
+    @staticmethod
+    def _marker_line(sid: str, marker: _Marker) -> bytes:
+        return protocol.overflow(sid, marker.seq, marker.reason, marker.watch)
+
+    def _marked(self, marker: _Marker) -> bool:
+        """Whether this very marker is already held (markers at one seq are at the right end)."""
+        for held in reversed(self._markers):
+            if held.seq != marker.seq:
+                return False
+            if held == marker:
+                return True
+        return False
+
+    def _prune_markers(self) -> None:
+        """Forget overflow markers that lie before every `since` still accepted."""
+        floor = self.oldest - 1
+        while self._markers and self._markers[0].seq < floor:
+            self._markers.popleft()

@@ -1,0 +1,196 @@
+"""The `watchd` command: foreground, --check and --daemonize; the only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import logging.handlers
+import os
+import sys
+from types import TracebackType
+
+from watchd import __version__
+from watchd.config import Config, load_config
+from watchd.errors import ConfigError, WatchdError
+from watchd.systemd import Notifier, configure_logging, listen_sockets, under_systemd
+
+DEFAULT_CONFIG = "/etc/watchd/watchd.toml"
+EX_CONFIG = 78  # sysexits.h: a unit says RestartPreventExitStatus=78 so a bad file is not respawned
+EX_FAILURE = 1
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+log = logging.getLogger("watchd")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="watchd",
+        description="Watch directories with inotify and serve their events over a Unix socket.")
+    parser.add_argument("--config", metavar="FILE",
+                        default=os.environ.get("WATCHD_CONFIG", DEFAULT_CONFIG),
+                        help="configuration file (default: $WATCHD_CONFIG, else %(default)s)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the configuration, print a summary and exit (0, or 78)")
+    parser.add_argument("--daemonize", action="store_true",
+                        help="detach as a classic daemon (for hosts without systemd)")
+    parser.add_argument("--pidfile", metavar="FILE",
+                        help="with --daemonize: where to write the pid")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="with --daemonize: append the log here (default: syslog)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
+                        help="overrides daemon.log_level of the configuration")
+    parser.add_argument("--version", action="version", version=f"watchd {__version__}")
+    args = parser.parse_args(argv)
+    if args.daemonize and not args.pidfile:
+        parser.error("--daemonize needs --pidfile FILE")
+    if args.pidfile and not args.daemonize:
+        parser.error("--pidfile is used with --daemonize only")
+    if args.log_file and not args.daemonize:
+        parser.error("--log-file is used with --daemonize only "
+                     "(in the foreground logs go to stderr)")
+    return args
+
+
+def summary(config: Config) -> str:
+    """What --check prints about a valid file."""
+    lines = [f"{config.path}: OK, {len(config.watches)} watch(es); socket {config.daemon.socket}"]
+    for w in config.watches:
+        state = "" if os.path.isdir(w.path) else "  (does not exist yet: pending)"
+        kind = "recursive" if w.recursive else "not recursive"
+        lines.append(f"  {w.name}: {w.path} ({kind}, {len(w.events)} event kinds){state}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `watchd` command."""
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"watchd: invalid configuration: {e}", file=sys.stderr)
+        return EX_CONFIG
+    if args.check:
+        print(summary(config))
+        return 0
+    level = args.log_level or config.daemon.log_level
+    if args.daemonize:
+        return daemonize(config, level, args.pidfile, args.log_file)
+    configure_logging(level)
+    return serve(config)
+
+
+def serve(config: Config) -> int:
+    """Run the daemon in this process until it is told to stop."""
+    from watchd.daemon import Daemon  # the server side is imported only by the server
+
+    faulthandler.enable()  # a watchdog abort (SIGABRT) leaves Python tracebacks in the journal
+    try:
+        listen = listen_sockets()
+        notifier = Notifier.from_env()  # after any daemonization: sdnotify connects when built
+        daemon = Daemon(config, notifier, listen[0] if listen else None)
+        return asyncio.run(daemon.run())
+    except WatchdError as e:
+        log.error("%s", e)
+        return EX_FAILURE
+    except KeyboardInterrupt:
+        return 0
+
+
+def daemonize(config: Config, level: str, pidfile: str, log_file: str | None) -> int:
+    """The classic detached daemon, for hosts without systemd."""
+    if under_systemd():
+        # DaemonContext would close systemd's fds, send stderr to /dev/null and set umask 0.
+        print("watchd: --daemonize is for hosts without systemd; under systemd run "
+              "`watchd --config FILE` in the foreground (Type=notify)", file=sys.stderr)
+        return EX_CONFIG
+    import daemon
+
+    pidfile = os.path.abspath(pidfile)
+    lock = PidFile(pidfile)
+    try:
+        lock.check()
+    except WatchdError as e:
+        print(f"watchd: {e}", file=sys.stderr)
+        return EX_FAILURE
+    stream = open(log_file, "a", buffering=1) if log_file else None  # noqa: SIM115
+    context = daemon.DaemonContext(
+        pidfile=lock, umask=0o022, working_directory="/",
+        stdout=stream, stderr=stream,
+        files_preserve=[stream] if stream is not None else None,
+    )
+    with context:
+        if stream is None:
+            _log_to_syslog(level)
+        else:
+            configure_logging(level)
+        return serve(config)
+
+
+def _log_to_syslog(level: str) -> None:
+    handler: logging.Handler
+    if os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter("watchd[%(process)d]: %(levelname)s %(message)s"))
+    else:
+        handler = logging.FileHandler("/tmp/watchd.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("watchd")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class PidFile:
+    """The pid file of --daemonize: refuses a live owner, replaces a stale one, removed at exit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def owner(self) -> int | None:
+        """The pid of a live process named in the file, if any."""
+        try:
+            with open(self.path) as f:
+                pid = int(f.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return None
+        if pid <= 0:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def check(self) -> None:
+        pid = self.owner()
+        if pid is not None and pid != os.getpid():
+            raise WatchdError(f"already running with pid {pid} (pid file {self.path}); "
+                              "stop it first, or remove the pid file if that process is not watchd")
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise WatchdError(f"cannot write the pid file {self.path}: {directory} does not exist")
+
+    def __enter__(self) -> PidFile:
+        self.check()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # stale: its process is gone
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.owner() == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""The daemon's lifecycle: start-up, signals, reload, watcher supervision, shutdown.
+
+Order of start-up: the socket is bound (or taken from systemd), the watcher is started and
+given the configuration, and READY=1 goes out only once the watcher reports every watch
+established, so a client that connects right after READY sees every later change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from watchd import __version__, channel, protocol
+from watchd.broker import Broker, Connection
+from watchd.config import Config, ConfigDiff, WatchConfig, diff_config, load_config
+from watchd.errors import ConfigError
+from watchd.events import kinds_mask
+from watchd.inotify import read_limits
+from watchd.server import ClientProtocol, bind_socket
+from watchd.supervisor import BACKOFF_S, STABLE_AFTER_S, WatcherProcess
+from watchd.systemd import Notifier, watchdog_interval
+
+log = logging.getLogger("watchd")
+
+TICK_S = 1.0  # supervision, watchdog and STATUS= cadence
+HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
+EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while the initial scan is still running
+
+
+@dataclass(slots=True)
+class WatchState:
+    """What the daemon knows of one watch, from the watcher's reports."""
+
+    config: WatchConfig
+    state: str = "pending"
+    directories: int = 0
+    unwatched: int = 0
+    limit_message: str | None = None
+    logged_limit: bool = False
+
+
+@dataclass(slots=True)
+class Counters:
+    reloads: int = 0
+    watcher_restarts: int = 0
+    crashes_in_a_row: int = 0
+    last_reload_error: str | None = None
+    restart_needed: tuple[str, ...] = ()
+    started: float = field(default_factory=time.monotonic)
+
+
+def watch_spec(watch: WatchConfig) -> tuple[Any, ...]:
+    """The watch as the watcher process receives it (see watchd.watcher.Spec)."""
+    return (watch.name, watch.path, watch.recursive, kinds_mask(watch.events),
+            tuple(watch.include), tuple(watch.exclude))
+
+
+class Daemon:
+    """The main process: owns the configuration, the server, the broker and the watcher."""
+
+    def __init__(self, config: Config, notifier: Notifier, listen: socket.socket | None) -> None:
+        self.config = config
+        self.notifier = notifier
+        self.listen = listen  # a socket passed by systemd, or None to bind daemon.socket
+        self.instance = secrets.token_hex(8)
+        self.broker = Broker(instance=self.instance, client_queue=config.daemon.client_queue,
+                             replay_buffer=config.daemon.replay_buffer,
+                             max_subscriptions=config.daemon.max_subscriptions)
+        self.broker.set_watches(config.watches)
+        self.watches = {w.name: WatchState(w) for w in config.watches}
+        self.clients: set[ClientProtocol] = set()
+        self.counters = Counters()
+        self.generation = 0
+        self.applied_waiters: dict[int, asyncio.Future[None]] = {}
+        self.watcher: WatcherProcess | None = None
+        self.restart_handle: asyncio.TimerHandle | None = None
+        self.stopping = asyncio.Event()
+        self.owned_socket_path: str | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.last_status = ""
+        self.watchdog_s = watchdog_interval()
+        self.last_ping = 0.0
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        await self.start_server(loop)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        # Signal handlers only record; the loop acts (reload runs as a task, one at a time).
+        reload_lock = asyncio.Lock()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload(reload_lock)))
+        self.start_watcher(loop)
+        # Supervision runs from the start: a watcher that hangs in its first scan is replaced too.
+        ticker = loop.create_task(self.tick_forever())
+        await self.wait_applied(self.send_config(), initial=True)
+        if not self.stopping.is_set():
+            self.notifier.ready(self.status_line())
+            log.info("watchd %s ready on %s: %s", __version__, self.socket_name(),
+                     self.status_line())
+            await self.stopping.wait()
+        ticker.cancel()
+        await self.shutdown()
+        return 0
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop) -> None:
+        sock = self.listen
+        if sock is None:
+            d = self.config.daemon
+            sock = bind_socket(d.socket, d.socket_mode, d.socket_group)
+            self.owned_socket_path = d.socket
+        sock.setblocking(False)
+        # Read per connection: a reload's max_line_bytes applies to connections opened after it.
+        self.server = await loop.create_unix_server(
+            lambda: ClientProtocol(self.broker, self, self.config.daemon.max_line_bytes,
+                                   self.clients), sock=sock)
+
+    def socket_name(self) -> str:
+        if self.owned_socket_path is not None:
+            return self.owned_socket_path
+        name = self.listen.getsockname() if self.listen is not None else ""
+        return f"{name} (from systemd)"
+
+    # -- the watcher ---------------------------------------------------------------------------
+
+    def start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.restart_handle = None
+        if self.stopping.is_set():
+            return
+        try:
+            self.watcher = WatcherProcess(loop, self.config.daemon.log_level,
+                                          self.on_watcher_message, self.on_watcher_exit)
+        except OSError as e:
+            log.error("cannot start the watcher process: %s; retrying", e)
+            self.schedule_restart(loop)
+            return
+        log.debug("watcher process %d started", self.watcher.pid)
+
+    def send_config(self) -> int:
+        self.generation += 1
+        if self.watcher is not None and not self.watcher.exited:
+            specs = [watch_spec(w) for w in self.config.watches]
+            self.watcher.send((channel.CONFIG, self.generation, specs))
+        return self.generation
+
+    async def wait_applied(self, generation: int, *, initial: bool = False) -> None:
+        """Wait until the watcher confirms a configuration (or is replaced meanwhile)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.applied_waiters[generation] = future
+        while not future.done() and not self.stopping.is_set():
+            done, _ = await asyncio.wait({future}, timeout=5.0)
+            if not done and initial:
+                # A large tree takes a while to scan: say so, and ask systemd for more time.
+                self.notifier.send(f"EXTEND_TIMEOUT_USEC={EXTEND_TIMEOUT_USEC}",
+                                   f"STATUS=Establishing watches: {self.directories()} directories")
+
+    def resolve_applied(self, generation: int | None = None) -> None:
+        for gen in list(self.applied_waiters):
+            if generation is None or gen <= generation:
+                future = self.applied_waiters.pop(gen)
+                if not future.done():
+                    future.set_result(None)
+
+    def on_watcher_message(self, message: tuple[Any, ...]) -> None:
+        tag = message[0]
+        if tag == channel.EVENTS:
+            self.broker.publish(message[1], message[2], message[3])
+        elif tag == channel.HEARTBEAT:
+            self.on_heartbeat(message[1])
+        elif tag == channel.APPLIED:
+            self.resolve_applied(message[1])
+        elif tag == channel.OVERFLOW:
+            log.warning("watch %s: the kernel event queue overflowed; "
+                        "subscribers are told to rescan", message[1])
+            self.broker.overflow(message[1], "kernel_queue")
+        elif tag == channel.LOST:
+            _, name, path, reason = message
+            state = self.watches.get(name)
+            if state is not None:
+                state.state, state.directories = "pending", 0
+            log.warning("watch %s: %s was %s; waiting for it to come back", name, path, reason)
+            self.broker.watch_lost(name, path, reason)
+        elif tag == channel.RESTORED:
+            _, name, path = message
+            state = self.watches.get(name)
+            if state is not None:
+                state.state = "active"
+            log.info("watch %s: %s is watched again", name, path)
+            self.broker.watch_restored(name, path)
+        elif tag == channel.HELLO:
+            log.debug("watcher process %d says hello", message[1])
+
+    def on_heartbeat(self, states: dict[str, tuple[str, int, int, str | None]]) -> None:
+        for name, (state, directories, unwatched, problem) in states.items():
+            ws = self.watches.get(name)
+            if ws is None:
+                continue
+            ws.state, ws.directories, ws.unwatched = state, directories, unwatched
+            ws.limit_message = problem if state == "degraded" else None
+            if state == "degraded" and not ws.logged_limit:
+                log.error("watch %s is degraded: %d directories not watched: %s",
+                          name, unwatched, problem)
+                ws.logged_limit = True
+            elif state != "degraded":
+                ws.logged_limit = False
+
+    def on_watcher_exit(self, watcher: WatcherProcess) -> None:
+        if watcher is not self.watcher:
+            return
+        self.watcher = None
+        if self.stopping.is_set():
+            return
+        lived = time.monotonic() - watcher.started
+        c = self.counters
+        c.crashes_in_a_row = 0 if lived >= STABLE_AFTER_S else c.crashes_in_a_row + 1
+        c.watcher_restarts += 1
+        log.error("watcher process %d %s; replacing it (restart %d)",
+                  watcher.pid, watcher.describe_exit(), c.watcher_restarts)
+        # Everything the old watcher saw has been published; what happened since it died may be
+        # lost, and every subscriber is told so before any event of the new watcher.
+        self.broker.overflow(None, "watcher_restart")
+        for ws in self.watches.values():
+            ws.state = "pending"
+        self.schedule_restart(asyncio.get_running_loop())
+
+    def schedule_restart(self, loop: asyncio.AbstractEventLoop) -> None:
+        delay = BACKOFF_S[min(self.counters.crashes_in_a_row, len(BACKOFF_S) - 1)]
+        if delay:
+            log.warning("watcher crashed %d times in a row; next start in %.1f s",
+                        self.counters.crashes_in_a_row, delay)
+
+        def restart() -> None:
+            self.start_watcher(loop)
+            # The new watcher gets the current configuration under a new generation; its
+            # APPLIED also answers whoever waits on an older one.
+            self.send_config()
+
+        self.restart_handle = loop.call_later(delay, restart)
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def may_connect(self) -> bool:
+        return len(self.clients) < self.config.daemon.max_clients
+
+    def greet(self, conn: Connection) -> None:
+        self.broker.reply(conn, protocol.hello(__version__, os.getpid(), self.instance,
+                                               self.broker.last_seq))
+
+    def handle_line(self, conn: Connection, line: bytes) -> None:
+        try:
+            request = protocol.decode_request(line)
+            if isinstance(request, protocol.Ping):
+                self.broker.reply(conn, protocol.pong(request.id))
+            elif isinstance(request, protocol.Status):
+                self.broker.reply(conn, protocol.status(request.id, self.status_fields()))
+            elif isinstance(request, protocol.Subscribe):
+                self.broker.subscribe(conn, request)
+            else:
+                self.broker.unsubscribe(conn, request.subscription, request.id)
+        except protocol.ProtocolError as e:
+            self.broker.reply(conn, e.reply())
+
+    # -- status --------------------------------------------------------------------------------
+
+    def directories(self) -> int:
+        return sum(ws.directories for ws in self.watches.values())
+
+    def status_fields(self) -> dict[str, Any]:
+        stats = self.broker.stats()
+        limits = read_limits()
+        fields: dict[str, Any] = {
+            "pid": os.getpid(),
+            "instance": self.instance,
+            "uptime_s": round(time.monotonic() - self.counters.started, 3),
+            "seq": self.broker.last_seq,
+            "config": self.config.path,
+            "reloads": self.counters.reloads,
+            "last_reload_error": self.counters.last_reload_error,
+            "clients": stats["clients"],
+            "subscriptions": stats["subscriptions"],
+            "events": stats["events"],
+            "dropped": stats["dropped"],
+            "overflows": stats["overflows"],
+            "watches": [self.watch_status(ws) for ws in self.watches.values()],
+            "version": __version__,
+            "watcher": {
+                "pid": self.watcher.pid if self.watcher is not None else None,
+                "restarts": self.counters.watcher_restarts,
+                "crashes_in_a_row": self.counters.crashes_in_a_row,
+            },
+            "inotify_watches": self.directories(),
+            "max_user_watches": limits.max_user_watches,
+            "restart_needed": list(self.counters.restart_needed),
+        }
+        return fields
+
+    @staticmethod
+    def watch_status(ws: WatchState) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": ws.config.name,
+            "path": ws.config.path,
+            "recursive": ws.config.recursive,
+            "state": ws.state,
+            "directories": ws.directories,
+            "inotify_watches": ws.directories,
+        }
+        if ws.state == "degraded":
+            out["unwatched"] = ws.unwatched
+            out["problem"] = ws.limit_message
+        return out
+
+    def status_line(self) -> str:
+        states = [ws.state for ws in self.watches.values()]
+        parts = [f"{len(states)} watches ({states.count('active')} active"]
+        for name in ("degraded", "pending"):
+            if states.count(name):
+                parts[-1] += f", {states.count(name)} {name}"
+        parts[-1] += ")"
+        parts.append(f"{self.directories()} directories")
+        parts.append(f"{len(self.clients)} clients")
+        parts.append(f"{self.broker.events} events")
+        c = self.counters
+        if c.watcher_restarts:
+            parts.append(f"{c.watcher_restarts} watcher restarts")
+        if self.watcher is None and not self.stopping.is_set():
+            parts.append("watcher restarting")
+        for ws in self.watches.values():
+            if ws.state == "degraded":
+                parts.append(f"watch limit reached on {ws.config.name}")
+        if c.last_reload_error:
+            parts.append(f"last reload failed: {c.last_reload_error}")
+        return "; ".join(parts)
+
+    async def tick_forever(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(min(TICK_S, self.watchdog_s or TICK_S))
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        watcher = self.watcher
+        if watcher is not None and not watcher.exited:
+            silent = now - watcher.last_heard
+            if silent > self.config.daemon.watcher_timeout:
+                log.error("watcher process %d sent nothing for %.1f s (daemon.watcher_timeout); "
+                          "killing it", watcher.pid, silent)
+                watcher.kill()
+            elif self.watchdog_s is not None and silent < HEARTBEAT_FRESH_S:
+                # Pinged from the loop itself and only while the watcher is alive and talking,
+                # so a wedged loop or a hung watcher both get the service restarted by systemd.
+                self.notifier.watchdog()
+        line = self.status_line()
+        if line != self.last_status:
+            self.notifier.status(line)
+            self.last_status = line
+
+    # -- reload --------------------------------------------------------------------------------
+
+    async def reload(self, lock: asyncio.Lock) -> None:
+        async with lock:
+            self.notifier.reloading()
+            path = self.config.path
+            log.info("reloading %s", path)
+            try:
+                new = load_config(path)
+            except ConfigError as e:
+                self.counters.last_reload_error = str(e)
+                log.error("reload refused, still running the previous configuration: %s", e)
+                self.notifier.ready(f"reload refused: {e}")
+                return
+            diff = diff_config(self.config, new)
+            self.apply(new, diff)
+            generation = self.send_config()
+            await self.wait_applied(generation)
+            self.notifier.ready(self.status_line())
+            log.info("reload applied: %s", self.describe_diff(diff))
+
+    def apply(self, new: Config, diff: ConfigDiff) -> None:
+        old = self.config
+        if diff.restart_needed:
+            log.warning("changed %s: this takes effect only after a restart of watchd",
+                        ", ".join(diff.restart_needed))
+        d = new.daemon
+        self.config = new
+        self.counters.reloads += 1
+        self.counters.last_reload_error = None
+        self.counters.restart_needed = diff.restart_needed
+        self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
+                               max_subscriptions=d.max_subscriptions)
+        if d.log_level != old.daemon.log_level:
+            logging.getLogger("watchd").setLevel(d.log_level.upper())
+        for watch in diff.removed:
+            self.broker.watch_lost(watch.name, watch.path, "removed")
+        current = self.watches
+        # An unchanged watch keeps its state; a new or changed one starts over (the watcher's
+        # heartbeat right after it applies the configuration fills it in).
+        self.watches = {
+            w.name: current[w.name] if w.name in current and current[w.name].config == w
+            else WatchState(w)
+            for w in new.watches
+        }
+        self.broker.set_watches(new.watches)
+
+    @staticmethod
+    def describe_diff(diff: ConfigDiff) -> str:
+        parts = [f"{len(diff.added)} added", f"{len(diff.removed)} removed",
+                 f"{len(diff.changed)} changed"]
+        if diff.restart_needed:
+            parts.append("needs restart: " + ", ".join(diff.restart_needed))
+        return ", ".join(parts)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping")
+        if self.server is not None:
+            self.server.close()  # stop accepting first
+        if self.restart_handle is not None:
+            self.restart_handle.cancel()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        for client in list(self.clients):
+            client.close()
+        if self.owned_socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.owned_socket_path)
+        # Let the transports flush and close before the loop goes away.
+        await asyncio.sleep(0)
+        log.info("stopped")

@@ -1,0 +1,121 @@
+"""Starting, talking to and replacing the watcher process, from the daemon's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from watchd import channel
+from watchd.systemd import child_environment
+
+log = logging.getLogger("watchd.supervisor")
+
+# Delays before each further restart while the watcher keeps dying young. A watcher that ran
+# for STABLE_AFTER_S resets the count: one crash a day must not be treated like a crash loop.
+BACKOFF_S = (0.0, 0.25, 1.0, 2.0, 5.0, 10.0, 30.0)
+STABLE_AFTER_S = 30.0
+STOP_GRACE_S = 3.0
+
+
+class WatcherProcess:
+    """One running watcher child: its process, its channel and its exit notification."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, log_level: str,
+                 on_message: Callable[[tuple[Any, ...]], None],
+                 on_exit: Callable[[WatcherProcess], None]) -> None:
+        self.loop = loop
+        self.on_message = on_message
+        self.on_exit = on_exit
+        self.started = time.monotonic()
+        self.last_heard = self.started
+        self.reader = channel.FrameReader()
+        self.exited = False
+        self._exit_event = asyncio.Event()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # exec, not fork: the child starts clean, with none of our threads, locks or loop.
+            # It gets no NOTIFY_SOCKET/WATCHDOG_*/LISTEN_*: only the main process talks to systemd.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "watchd.watcher", "--fd", str(theirs.fileno()),
+                 "--log-level", log_level],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                env=child_environment(os.environ), close_fds=True,
+            )
+        finally:
+            theirs.close()
+        self.pid = self.proc.pid
+        self.sock = ours
+        ours.setblocking(False)
+        self.pidfd = os.pidfd_open(self.pid)
+        loop.add_reader(ours.fileno(), self._readable)
+        loop.add_reader(self.pidfd, self._died)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Send a control message; lost silently if the child is already gone (it is replaced)."""
+        with contextlib.suppress(OSError):
+            self.sock.sendall(channel.frame(message))
+
+    def _readable(self) -> None:
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.loop.remove_reader(self.sock.fileno())
+                return
+            self.last_heard = time.monotonic()
+            for message in self.reader.feed(data):
+                self.on_message(message)
+
+    def _died(self) -> None:
+        # Deliver what the child sent before it died, so its last events precede the notice.
+        self._drain()
+        self.loop.remove_reader(self.pidfd)
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
+        os.close(self.pidfd)
+        self.sock.close()
+        self.proc.wait()
+        self.exited = True
+        self._exit_event.set()
+        self.on_exit(self)
+
+    def describe_exit(self) -> str:
+        code = self.proc.returncode
+        if code is None:
+            return "is running"
+        if code < 0:
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"exited with status {code}"
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """Ask the child to exit, and kill it if it does not within STOP_GRACE_S."""
+        if self.exited:
+            return
+        self.send((channel.STOP,))
+        try:
+            await asyncio.wait_for(self._exit_event.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning("watcher process %d did not stop in %.0f s; killing it",
+                        self.pid, STOP_GRACE_S)
+            self.kill()
+            await self._exit_event.wait()

@@ -1,0 +1,313 @@
+"""The systemd side of the daemon: sd_notify, the watchdog, socket activation and journal logging.
+
+Everything here reads the environment systemd sets up for a service and does nothing
+when it is absent, so the same daemon runs unchanged in a terminal or under systemd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from sdnotify import SystemdNotifier
+
+from watchd.errors import WatchdError
+
+LOGGER_NAME = "watchd"
+
+# First descriptor systemd passes on socket activation (SD_LISTEN_FDS_START).
+LISTEN_FDS_START = 3
+
+# The variables that only the main process may act on: a watcher child that inherited
+# them could notify systemd in the daemon's name or serve the daemon's sockets.
+SYSTEMD_ONLY_VARIABLES = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+)
+
+# Syslog priorities understood by the journal as a "<N>" line prefix (sd-daemon(3)).
+_PRIORITIES = (
+    (logging.CRITICAL, 2),
+    (logging.ERROR, 3),
+    (logging.WARNING, 4),
+    (logging.INFO, 6),
+)
+_DEBUG_PRIORITY = 7
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _log() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)
+
+
+def ascii_field(text: str) -> str:
+    """`text` as one line of plain ASCII, safe to send in a notification datagram."""
+    one_line = " ".join(text.splitlines())
+    return one_line.encode("ascii", "backslashreplace").decode("ascii")
+
+
+class Notifier:
+    """Sends sd_notify messages to systemd; every method is a no-op when not started by it."""
+
+    __slots__ = ("_notifier",)
+
+    def __init__(self, notifier: Any | None) -> None:
+        self._notifier = notifier
+
+    @classmethod
+    def from_env(cls) -> Notifier:
+        """A notifier for $NOTIFY_SOCKET; call it after any fork, as it connects at once."""
+        address = os.environ.get("NOTIFY_SOCKET")
+        if not address:
+            return cls(None)
+        # sdnotify opens its socket before connecting and drops it unclosed when the
+        # connect fails; the ResourceWarning of that socket is sdnotify's, not ours.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            try:
+                notifier = SystemdNotifier(debug=True)
+            except OSError as e:
+                _log().warning(
+                    "cannot reach systemd's notification socket %s (%s): systemd will not "
+                    "learn that watchd is ready, and may stop it after its start timeout",
+                    ascii_field(address),
+                    e.strerror or e,
+                )
+                return cls(None)
+        return cls(notifier)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether messages go anywhere."""
+        return self._notifier is not None
+
+    def close(self) -> None:
+        """Close the connection to systemd; later messages are dropped."""
+        if self._notifier is not None:
+            sock = getattr(self._notifier, "socket", None)
+            if sock is not None:
+                sock.close()
+            self._notifier = None
+
+    def __enter__(self) -> Notifier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def send(self, *fields: str) -> bool:
+        """Send `fields` (each "KEY=value") in one datagram; True when it went out."""
+        if self._notifier is None or not fields:
+            return False
+        # sdnotify encodes latin-1 and silently drops the whole datagram on the first
+        # character outside it, READY=1 included; a newline inside a value would start a
+        # new assignment. So every field goes out as one line of ASCII.
+        message = "\n".join(ascii_field(field) for field in fields)
+        try:
+            self._notifier.notify(message)
+        except OSError as e:
+            _log().warning("cannot notify systemd (%s): %s", e.strerror or e, message)
+            return False
+        return True
+
+    def ready(self, status: str | None = None) -> None:
+        """Tell systemd start-up or a reload is complete."""
+        self.send("READY=1", *_status_field(status))
+
+    def reloading(self, status: str | None = None) -> None:
+        """Tell systemd a reload has begun (with the timestamp Type=notify-reload wants)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", *_status_field(status))
+
+    def stopping(self, status: str | None = None) -> None:
+        """Tell systemd an orderly stop has begun."""
+        self.send("STOPPING=1", *_status_field(status))
+
+    def status(self, text: str) -> None:
+        """Set the one-line STATUS shown by `systemctl status`."""
+        self.send(*_status_field(text))
+
+    def watchdog(self) -> None:
+        """Tell systemd's watchdog the daemon is alive."""
+        self.send("WATCHDOG=1")
+
+    def extend_timeout(self, usec: int) -> None:
+        """Ask for `usec` more microseconds before systemd gives up on the current phase."""
+        self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(usec))}")
+
+
+def _status_field(text: str | None) -> tuple[str, ...]:
+    return () if text is None else (f"STATUS={text}",)
+
+
+def _int_variable(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name, "").strip()
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def watchdog_interval(
+    *, env: Mapping[str, str] | None = None, pid: int | None = None
+) -> float | None:
+    """Seconds between WATCHDOG=1 pings systemd expects of this process, or None."""
+    env = os.environ if env is None else env
+    pid = os.getpid() if pid is None else pid
+    usec = _int_variable(env, "WATCHDOG_USEC")
+    if usec is None or usec <= 0:
+        return None
+    if env.get("WATCHDOG_PID") and _int_variable(env, "WATCHDOG_PID") != pid:
+        return None
+    # systemd wants a ping at least every WATCHDOG_USEC/2; a third leaves room for a
+    # busy event loop to run late without the service being killed.
+    return usec / 1_000_000 / 3
+
+
+def listen_sockets(
+    *, env: Mapping[str, str] | None = None, pid: int | None = None
+) -> list[socket.socket]:
+    """The listening sockets systemd passed to this process (fd 3 on), or [] when none."""
+    env = os.environ if env is None else env
+    pid = os.getpid() if pid is None else pid
+    if _int_variable(env, "LISTEN_PID") != pid:
+        return []
+    count = _int_variable(env, "LISTEN_FDS")
+    if count is None or count < 0:
+        raise WatchdError(
+            f"systemd socket activation: LISTEN_FDS={env.get('LISTEN_FDS', '')!r} is not a "
+            "count of file descriptors; check the [Socket] section of watchd.socket"
+        )
+    names = env.get("LISTEN_FDNAMES", "").split(":")
+    sockets: list[socket.socket] = []
+    try:
+        for index in range(count):
+            name = names[index] if index < len(names) else ""
+            sockets.append(_listening_socket(LISTEN_FDS_START + index, name))
+    except WatchdError:
+        # The descriptors stay systemd's: release them without closing.
+        for sock in sockets:
+            sock.detach()
+        raise
+    return sockets
+
+
+def _listening_socket(fd: int, name: str) -> socket.socket:
+    label = f"fd {fd}" + (f" ({name})" if name else "")
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:
+        raise WatchdError(
+            f"systemd socket activation: {label} is not a usable socket ({e.strerror or e}); "
+            "watchd.socket must use ListenStream= with a path"
+        ) from e
+    try:
+        accepting = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        accepting = 0
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not accepting:
+        what = f"{_name(sock.family)} {_name(sock.type)}{'' if accepting else ', not listening'}"
+        sock.detach()
+        raise WatchdError(
+            f"systemd socket activation: {label} is {what}, but watchd serves a listening "
+            "AF_UNIX stream socket; use ListenStream=/path/to/socket in watchd.socket"
+        )
+    # systemd hands the descriptors over inheritable; the watcher child must not hold
+    # them, or the socket would outlive a daemon that has gone.
+    os.set_inheritable(fd, False)
+    return sock
+
+
+def _name(value: int) -> str:
+    return getattr(value, "name", str(value))
+
+
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `env` without the variables only the main process may act on."""
+    return {key: value for key, value in env.items() if key not in SYSTEMD_ONLY_VARIABLES}
+
+
+def under_systemd(env: Mapping[str, str] | None = None) -> bool:
+    """Whether systemd started this process (it sets one of these for every service)."""
+    env = os.environ if env is None else env
+    return any(env.get(name) for name in ("INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET"))
+
+
+def _stream_is_journal(stream: TextIO, env: Mapping[str, str]) -> bool:
+    # JOURNAL_STREAM survives into children whose stderr was redirected elsewhere;
+    # only trust it when it names the very file our stream writes to.
+    device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(stream.fileno())
+        return (int(device), int(inode)) == (stat.st_dev, stat.st_ino)
+    except (ValueError, OSError):
+        return False
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level."""
+    for threshold, priority in _PRIORITIES:
+        if levelno >= threshold:
+            return priority
+    return _DEBUG_PRIORITY
+
+
+class _LineFormatter(logging.Formatter):
+    """One line per record, tracebacks included; optionally with the journal priority."""
+
+    def __init__(self, *, journal: bool) -> None:
+        if journal:
+            # The journal adds its own timestamp and reads the priority from the prefix.
+            super().__init__("%(name)s: %(message)s")
+        else:
+            super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = [line.rstrip() for line in super().format(record).splitlines()]
+        text = " | ".join(line for line in lines if line)
+        if self._journal:
+            return f"<{syslog_priority(record.levelno)}>{text}"
+        return text
+
+
+def log_level(name: str) -> int:
+    """The logging level of a configured level name (debug, info, warning, error)."""
+    try:
+        return _LEVELS[name.strip().lower()]
+    except KeyError as e:
+        raise WatchdError(f"unknown log level {name!r}: use one of {', '.join(_LEVELS)}") from e
+
+
+def configure_logging(
+    level: str, *, stream: TextIO | None = None, env: Mapping[str, str] | None = None
+) -> None:
+    """Log "watchd" records to stderr, one line each, journal-style when stderr is the journal."""
+    numeric = log_level(level)
+    stream = sys.stderr if stream is None else stream
+    env = os.environ if env is None else env
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_LineFormatter(journal=_stream_is_journal(stream, env)))
+    logger = _log()
+    # Calling again (a reload with a new level) replaces the handler instead of adding one.
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(numeric)
+    logger.propagate = False

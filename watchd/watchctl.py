@@ -1,0 +1,255 @@
+"""`watchctl`: ping a running watchd, show its status, or print its events as they happen."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+from watchd import __version__
+from watchd.client import DEFAULT_SOCKET, SOCKET_ENV, Client, ClientError, ServerError
+from watchd.events import Kind
+from watchd.protocol import encode
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the daemon could not be reached, or refused the request
+EXIT_INTERRUPTED = 130  # Ctrl-C during a one-shot command (subscribe ends with 0 instead)
+
+# What a "reason" of a notice means, for a person.
+_LOST_REASONS = {
+    "deleted": "was deleted",
+    "unmounted": "was unmounted",
+    "removed": "was removed from the configuration",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The watchctl command line."""
+    parser = argparse.ArgumentParser(
+        prog="watchctl",
+        description="Talk to a running watchd: check it, show its status, follow its events.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help=f"watchd's socket (default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("ping", help="check that watchd answers")
+    status = commands.add_parser("status", help="show what watchd is doing")
+    status.add_argument("--json", action="store_true", help="print the status object as JSON")
+    sub = commands.add_parser("subscribe", help="print events as they happen, until Ctrl-C")
+    sub.add_argument(
+        "--watch", metavar="NAME", action="append", help="only this watch (repeatable)"
+    )
+    sub.add_argument(
+        "--event",
+        metavar="KIND",
+        action="append",
+        choices=[kind.value for kind in Kind],
+        help="only this kind of event (repeatable): " + ", ".join(kind.value for kind in Kind),
+    )
+    sub.add_argument(
+        "--path", metavar="PATH", action="append", help="only events at or below PATH (repeatable)"
+    )
+    sub.add_argument(
+        "--glob", metavar="PATTERN", action="append", help="only base names matching (repeatable)"
+    )
+    sub.add_argument(
+        "--since", metavar="SEQ", type=_seq, help="first replay the held events after SEQ"
+    )
+    sub.add_argument(
+        "--json", action="store_true", help="print each line exactly as watchd sent it"
+    )
+    return parser
+
+
+def _seq(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a seq number, got {text!r}") from e
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seq is 0 or more, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run watchctl; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return EXIT_OK if args.command == "subscribe" else EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and point stdout at /dev/null so the
+        # interpreter's final flush does not complain about the pipe again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+    except ServerError as e:
+        print(f"watchctl: watchd refused the request: {e.code}: {e.message}", file=sys.stderr)
+        hint = _server_error_hint(e)
+        if hint:
+            print(f"watchctl: {hint}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ClientError as e:
+        print(f"watchctl: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    with Client(args.socket) as client:
+        if args.command == "ping":
+            _write(out, _pong_line(client.hello))
+        elif args.command == "status":
+            _print_status(out, client, as_json=args.json)
+        else:
+            _follow(out, client, args)
+    return EXIT_OK
+
+
+def _pong_line(hello: dict[str, Any]) -> str:
+    return f"pong from watchd {hello.get('version', '?')} (pid {hello.get('pid', '?')})"
+
+
+def _print_status(out: BinaryIO, client: Client, as_json: bool) -> None:
+    status = client.status()
+    if as_json:
+        out.write(encode(status))
+        out.flush()
+        return
+    for line in format_status(status, client.hello):
+        _write(out, line)
+
+
+def format_status(status: dict[str, Any], hello: dict[str, Any]) -> list[str]:
+    """The readable status summary, one string per line."""
+    error = status.get("last_reload_error")
+    lines = [
+        f"watchd {hello.get('version', '?')}, pid {status.get('pid')}, "
+        f"instance {status.get('instance')}, up {format_duration(status.get('uptime_s', 0))}",
+        f"config:  {status.get('config')} (reloads: {status.get('reloads', 0)}, "
+        f"last reload error: {error if error else 'none'})",
+        f"seq:     {status.get('seq')}",
+        f"clients: {status.get('clients')} ({status.get('subscriptions')} subscriptions)",
+        f"events:  {status.get('events')}, dropped {status.get('dropped')}, "
+        f"overflows {status.get('overflows')}",
+    ]
+    watches = status.get("watches") or []
+    lines.append(f"watches: {len(watches)}")
+    width = max((len(str(w.get("name"))) for w in watches), default=0)
+    for watch in watches:
+        tree = "recursive" if watch.get("recursive") else "not recursive"
+        count = watch.get("directories")
+        lines.append(
+            f"  {watch.get('name')!s:<{width}}  {watch.get('state')!s:<7}  {watch.get('path')}"
+            f"  ({tree}, {count} {'directory' if count == 1 else 'directories'})"
+        )
+    return lines
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as e.g. "3d 04h 05m", "1h 02m 03s" or "42s"."""
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _follow(out: BinaryIO, client: Client, args: argparse.Namespace) -> None:
+    paths = None if args.path is None else [os.path.abspath(p) for p in args.path]
+    subscription = client.subscribe(
+        watch=args.watch, events=args.event, paths=paths, glob=args.glob, since=args.since
+    )
+    while True:
+        message = subscription.get_message()
+        if message is None:
+            continue
+        if args.json:
+            out.write(message.raw)
+            out.flush()
+        else:
+            _write(out, format_message(message.data))
+
+
+def format_message(message: dict[str, Any]) -> str:
+    """One readable line for an event or a notice."""
+    kind = message.get("type")
+    when = message.get("time")
+    stamp = format_clock(when if isinstance(when, int | float) else time.time())
+    if kind == "event":
+        line = f"{stamp} {message.get('kind')!s:<13} {message.get('path')}"
+        if message.get("is_dir"):
+            line += " (dir)"
+        if message.get("src_path") is not None:
+            line += f" <- {message['src_path']}"
+        return line
+    return f"{stamp} !! {format_notice(message)}"
+
+
+def format_notice(message: dict[str, Any]) -> str:
+    """What a notice means, for a person."""
+    kind = message.get("type")
+    watch = message.get("watch")
+    if kind == "overflow":
+        where = f" on watch {watch}" if watch else " on all watches"
+        return f"overflow ({message.get('reason')}){where}: events may have been lost; rescan"
+    if kind == "dropped":
+        first = message.get("first_seq")
+        since = first - 1 if isinstance(first, int) else "SEQ"
+        return (
+            f"dropped {message.get('count')} events (seq {first}..{message.get('last_seq')}): "
+            f"this client read too slowly; subscribe again with --since {since} to get them"
+        )
+    if kind == "watch_lost":
+        reason = message.get("reason")
+        why = _LOST_REASONS.get(str(reason), f"is gone ({reason})")
+        return f"watch {watch} lost: {message.get('path')} {why}"
+    if kind == "watch_restored":
+        return f"watch {watch} restored: {message.get('path')} is watched again"
+    return f"{kind}: {message}"
+
+
+def format_clock(when: float) -> str:
+    """Local wall-clock time as HH:MM:SS.mmm."""
+    millis = int(when * 1000) % 1000
+    return time.strftime("%H:%M:%S", time.localtime(when)) + f".{millis:03d}"
+
+
+def _server_error_hint(error: ServerError) -> str | None:
+    if error.code == "since_expired" and isinstance(error.reply.get("oldest"), int):
+        oldest = error.reply["oldest"]
+        return (
+            f"the oldest event watchd still holds is seq {oldest}: use --since {oldest - 1} "
+            "(and accept the gap), or subscribe without --since"
+        )
+    if error.code == "unknown_watch":
+        return "see `watchctl status` for the configured watches"
+    if error.code == "too_many_clients":
+        return "try again later, or raise daemon.max_clients in the configuration"
+    return None
+
+
+def _write(out: BinaryIO, line: str) -> None:
+    # Bytes out, with surrogateescape, so a name that is not UTF-8 prints as the bytes it is;
+    # flushed per line so that a pipe sees each event as it happens.
+    out.write(line.encode("utf-8", "surrogateescape") + b"\n")
+    out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The watcher process: owns every inotify fd and blocks in epoll over them and its channel.
+
+It runs as a child of the daemon (`python -m watchd.watcher --fd N`), started with exec rather
+than fork so that it never inherits the daemon's threads, locks or event loop. It reads the
+kernel queues as fast as it can into its own bounded outgoing buffer, independently of how fast
+the daemon takes batches, so a busy daemon does not make the kernel overflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fnmatch
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from watchd import channel
+from watchd.inotify import (
+    IN_IGNORED,
+    IN_Q_OVERFLOW,
+    InotifyError,
+    InotifyFd,
+    PathNotFoundError,
+    WatchLimitError,
+)
+from watchd.tree import Tree
+
+log = logging.getLogger("watchd.watcher")
+
+HEARTBEAT_S = 1.0  # how often the daemon hears from us when nothing else happens
+PENDING_POLL_S = 1.0  # how often a pending root is looked for again
+OUTBUF_LIMIT = 64 << 20  # bytes of batches held for a daemon that does not read; then overflow
+SEND_CHUNK = 1 << 20
+
+# A watch as the daemon sends it: (name, path, recursive, mask, include, exclude)
+Spec = tuple[str, str, bool, int, tuple[str, ...], tuple[str, ...]]
+
+
+def _name_filter(include: tuple[str, ...],
+                 exclude: tuple[str, ...]) -> Callable[[str], bool] | None:
+    """A predicate on a base name: True when the name is reported; None when all are."""
+    if not include and not exclude:
+        return None
+    inc = re.compile("|".join(fnmatch.translate(p) for p in include)).match if include else None
+    exc = re.compile("|".join(fnmatch.translate(p) for p in exclude)).match if exclude else None
+
+    def wanted(name: str) -> bool:
+        if exc is not None and exc(name):
+            return False
+        return inc is None or inc(name) is not None
+
+    return wanted
+
+
+def _excluder(exclude: tuple[str, ...]) -> Callable[[str], bool] | None:
+    if not exclude:
+        return None
+    match = re.compile("|".join(fnmatch.translate(p) for p in exclude)).match
+    return lambda name: match(name) is not None
+
+
+@dataclass(slots=True)
+class Watch:
+    """One configured watch inside the watcher: its spec, and its tree while active."""
+
+    spec: Spec
+    ino: InotifyFd | None = None
+    tree: Tree | None = None
+    wanted: Callable[[str], bool] | None = None
+    problem: str | None = None  # why it is pending, logged once per distinct problem
+    was_active: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec[0]
+
+    @property
+    def path(self) -> str:
+        return self.spec[1]
+
+
+class Watcher:
+    """The child's whole state: the watches, the epoll set and the outgoing buffer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        self.epoll = select.epoll()
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.watches: dict[str, Watch] = {}
+        self.by_fd: dict[int, Watch] = {}
+        self.out = bytearray()
+        self.out_registered = False
+        self.reader = channel.FrameReader()
+        self.running = True
+        self.next_heartbeat = 0.0
+        self.next_pending_poll = 0.0
+
+    # -- the channel -------------------------------------------------------------------------
+
+    def send(self, message: tuple[object, ...]) -> None:
+        """Queue a message for the daemon and push what the socket takes now."""
+        data = channel.frame(message)
+        if len(self.out) + len(data) > OUTBUF_LIMIT and message[0] == channel.EVENTS:
+            # The daemon has stopped reading. Losing events is allowed only when announced.
+            self.send((channel.OVERFLOW, message[1]))
+            return
+        self.out += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self.out:
+            try:
+                sent = self.sock.send(memoryview(self.out)[:SEND_CHUNK])
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno in (errno.EPIPE, errno.ECONNRESET):
+                    self.running = False  # the daemon is gone; nothing left to serve
+                    return
+                raise
+            del self.out[:sent]
+        want_out = bool(self.out)
+        if want_out != self.out_registered:
+            events = select.EPOLLIN | (select.EPOLLOUT if want_out else 0)
+            self.epoll.modify(self.sock.fileno(), events)
+            self.out_registered = want_out
+
+    def on_channel(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            self.running = False
+            return
+        for message in self.reader.feed(data):
+            tag = message[0]
+            if tag == channel.CONFIG:
+                self.apply(message[2])
+                self.heartbeat()  # fresh states first, so the daemon's view is current at APPLIED
+                self.send((channel.APPLIED, message[1]))
+            elif tag == channel.STOP:
+                self.running = False
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def apply(self, specs: list[Spec]) -> None:
+        """Make the set of watches equal to specs, touching only what changed."""
+        wanted: dict[str, Spec] = {spec[0]: tuple(spec) for spec in specs}  # type: ignore[misc]
+        for name in [n for n in self.watches if n not in wanted]:
+            self.deactivate(self.watches.pop(name))
+        for name, spec in wanted.items():
+            old = self.watches.get(name)
+            if old is not None and old.spec == spec:
+                continue
+            watch = Watch(spec=spec, was_active=old is not None and old.was_active)
+            self.watches[name] = watch
+            self.activate(watch, announce=False)
+            if old is not None:
+                # The new tree is in place before the old one goes: what happened in between is
+                # read from the old fd now, so a changed watch misses nothing.
+                if old.ino is not None:
+                    self.on_inotify(old)
+                self.deactivate(old)
+
+    def activate(self, watch: Watch, *, announce: bool) -> None:
+        """Try to establish a watch; on a missing root it stays pending."""
+        name, path, recursive, mask, include, exclude = watch.spec
+        try:
+            ino = InotifyFd()
+        except InotifyError as e:
+            self.pending(watch, str(e))
+            return
+        tree = Tree(ino, path, mask, recursive=recursive, prune=_excluder(exclude), synthetic=True)
+        try:
+            tree.start()
+        except PathNotFoundError:
+            ino.close()
+            self.pending(watch, None)
+            return
+        except InotifyError as e:
+            ino.close()
+            self.pending(watch, str(e))
+            return
+        watch.ino, watch.tree = ino, tree
+        watch.wanted = _name_filter(include, exclude)
+        watch.problem = None
+        self.by_fd[ino.fileno()] = watch
+        self.epoll.register(ino.fileno(), select.EPOLLIN)
+        if tree.limit_error is not None:
+            log.warning("watch %s: %s", name, tree.limit_error)
+        if announce or watch.was_active:
+            self.send((channel.RESTORED, name, path))
+        watch.was_active = True
+        log.debug("watch %s: %d directories watched under %s", name, tree.directories, path)
+
+    def pending(self, watch: Watch, problem: str | None) -> None:
+        if problem is not None and problem != watch.problem:
+            log.warning("watch %s: %s; will retry", watch.name, problem)
+        watch.problem = problem
+
+    def deactivate(self, watch: Watch) -> None:
+        if watch.ino is None:
+            return
+        self.by_fd.pop(watch.ino.fileno(), None)
+        self.epoll.unregister(watch.ino.fileno())
+        # Closing the fd drops every watch on it at once; no rm_watch per directory needed.
+        watch.ino.close()
+        watch.ino = watch.tree = None
+
+    def poll_pending(self) -> None:
+        for watch in self.watches.values():
+            if watch.ino is None and os.path.isdir(watch.path):
+                self.activate(watch, announce=True)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def on_inotify(self, watch: Watch) -> None:
+        ino, tree = watch.ino, watch.tree
+        assert ino is not None and tree is not None
+        raw = ino.read_events()
+        if not raw:
+            return
+        now = time.time()
+        events = tree.handle(raw)
+        wanted = watch.wanted
+        items = []
+        overflowed = False
+        for ev in events:
+            mask = ev.mask
+            if mask & (IN_Q_OVERFLOW | IN_IGNORED):
+                overflowed = overflowed or bool(mask & IN_Q_OVERFLOW)
+                continue
+            if wanted is not None and not wanted(ev.path.rpartition("/")[2]):
+                continue
+            items.append((mask, ev.cookie, ev.path, ev.src_path))
+        if items:
+            self.send((channel.EVENTS, watch.name, now, items))
+        if overflowed:
+            self.send((channel.OVERFLOW, watch.name))
+            resync = tree.resync()
+            if resync:
+                items = [(e.mask, e.cookie, e.path, e.src_path) for e in resync]
+                self.send((channel.EVENTS, watch.name, now, items))
+        if tree.lost is not None:
+            reason = "unmounted" if tree.lost == "unmounted" else "deleted"
+            self.deactivate(watch)
+            self.send((channel.LOST, watch.name, watch.path, reason))
+
+    def heartbeat(self) -> None:
+        states = {}
+        for name, watch in self.watches.items():
+            tree = watch.tree
+            if tree is None:
+                states[name] = ("pending", 0, 0, watch.problem)
+            elif tree.limit_error is not None:
+                states[name] = ("degraded", tree.directories, tree.unwatched, str(tree.limit_error))
+            else:
+                states[name] = ("active", tree.directories, 0, None)
+        self.send((channel.HEARTBEAT, states))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.send((channel.HELLO, os.getpid()))
+        sock_fd = self.sock.fileno()
+        while self.running:
+            now = time.monotonic()
+            if now >= self.next_heartbeat:
+                self.heartbeat()
+                self.next_heartbeat = now + HEARTBEAT_S
+            if now >= self.next_pending_poll:
+                self.poll_pending()
+                self.next_pending_poll = now + PENDING_POLL_S
+            timeout = max(0.0, min(self.next_heartbeat, self.next_pending_poll) - now)
+            for fd, mask in self.epoll.poll(timeout):
+                if fd == sock_fd:
+                    if mask & select.EPOLLOUT:
+                        self.flush()
+                    if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                        self.on_channel()
+                else:
+                    watch = self.by_fd.get(fd)
+                    if watch is not None:
+                        self.on_inotify(watch)
+        for watch in self.watches.values():
+            self.deactivate(watch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the watcher child process."""
+    parser = argparse.ArgumentParser(prog="watchd-watcher")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    # The daemon handles SIGINT/SIGTERM for the whole service and tells us to stop over the
+    # channel; a terminal's Ctrl-C reaching the process group must not kill us first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from watchd.systemd import configure_logging
+
+    configure_logging(args.log_level)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        Watcher(sock).run()
+    except WatchLimitError as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
