@@ -5,7 +5,8 @@ Three measurements, every candidate in the same run, alternating, medians of the
   burst   a C generator creates N files (open O_CREAT, write 1 byte, close) then unlinks them,
           under the "standard mask" (CREATE MODIFY ATTRIB CLOSE_WRITE DELETE MOVED_FROM
           MOVED_TO DELETE_SELF MOVE_SELF): 4 events per file. Rate = workload events /
-          (last receipt - first receipt); lost = 4N - events received.
+          (last receipt - generator start), so a reader that falls behind shows it; lag = last
+          receipt - generator end; lost = 4N - events received.
   drain   the same burst while the reader is stopped (SIGSTOP; its queue is made large enough
           to hold it all), then SIGCONT: events / (last receipt - SIGCONT), the reader's own
           capacity, which the burst (bound by the generator) cannot show.
@@ -165,7 +166,7 @@ def consume_raw(root: str, recursive: bool, ready: Callable[[], None], tally: Ta
 
 def consume_binding(root: str, recursive: bool, ready: Callable[[], None], tally: Tally) -> None:
     """watchd.inotify.InotifyFd: FIONREAD-sized read, parse_events, then the same path join."""
-    from watchd.inotify import InotifyFd  # noqa: PLC0415
+    from watchd.inotify import InotifyFd
 
     fsdecode = os.fsdecode
     with InotifyFd() as ino:
@@ -190,9 +191,8 @@ def consume_binding(root: str, recursive: bool, ready: Callable[[], None], tally
 
 def consume_tree(root: str, recursive: bool, ready: Callable[[], None], tally: Tally) -> None:
     """watchd.tree.Tree over an InotifyFd, as the daemon's watcher runs it."""
-    from watchd.tree import Tree  # noqa: PLC0415
-
-    from watchd.inotify import InotifyFd  # noqa: PLC0415
+    from watchd.inotify import InotifyFd
+    from watchd.tree import Tree
 
     with InotifyFd() as ino:
         tree = Tree(ino, root, STD_MASK, recursive=recursive)
@@ -233,7 +233,7 @@ def _consume_gen(gen: Iterator[Any], tally: Tally) -> None:
 
 def consume_compat(root: str, recursive: bool, ready: Callable[[], None], tally: Tally) -> None:
     """The compatible API: Inotify.event_gen with yield_nones marking each read."""
-    from watchd.inotify.adapters import Inotify  # noqa: PLC0415
+    from watchd.inotify.adapters import Inotify
 
     with Inotify() as i:
         i.add_watch(root, STD_MASK)
@@ -244,7 +244,7 @@ def consume_compat(root: str, recursive: bool, ready: Callable[[], None], tally:
 def consume_compat_tree(root: str, recursive: bool, ready: Callable[[], None],
                         tally: Tally) -> None:
     """The compatible API: InotifyTree.event_gen."""
-    from watchd.inotify.adapters import InotifyTree  # noqa: PLC0415
+    from watchd.inotify.adapters import InotifyTree
 
     with InotifyTree(root, STD_MASK) as t:
         ready()
@@ -429,10 +429,11 @@ def one_burst(cand: str, gen: str, fs: str, n: int, drain: bool) -> dict[str, An
     finally:
         shutil.rmtree(root, ignore_errors=True)
     expected = EVENTS_PER_FILE * n
-    start = t_cont if drain else res["t_first"]
+    start = t_cont if drain else g["t_start"]
     span = max(res["t_last"] - start, 1) / 1e9
     return {"rate": res["n"] / span, "lost": expected - res["n"], "overflow": res["overflow"],
-            "gen_s": (g["t_end"] - g["t_start"]) / 1e9, "batches": res["batches"]}
+            "gen_s": (g["t_end"] - g["t_start"]) / 1e9, "batches": res["batches"],
+            "lag_ms": (res["t_last"] - g["t_end"]) / 1e6}
 
 
 def one_setup(cand: str, tree_root: str) -> dict[str, Any]:
@@ -462,9 +463,9 @@ def table(burst: dict[str, list[dict[str, Any]]], drain: dict[str, list[dict[str
           setup: dict[str, list[dict[str, Any]]], n: int, dirs: int) -> str:
     rows = [
         f"| candidate | burst ev/s (n={n:,}) | vs raw | lost (of {EVENTS_PER_FILE * n:,}) "
-        f"| overflow runs | drain ev/s | vs raw | setup s ({dirs:,} dirs) | vs raw "
+        f"| overflow runs | lag ms | drain ev/s | vs raw | setup s ({dirs:,} dirs) | vs raw "
         "| vs inotifywait | VmHWM MB | watches |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     raw_b = median_of(burst["raw"], "rate") if burst.get("raw") else 0.0
     raw_d = median_of(drain["raw"], "rate") if drain.get("raw") else 0.0
@@ -477,9 +478,10 @@ def table(burst: dict[str, list[dict[str, Any]]], drain: dict[str, list[dict[str
             rate = median_of(b, "rate")
             overflow_runs = sum(1 for r in b if r["overflow"])
             cells += [f"{rate:,.0f}", fmt_ratio(rate, raw_b),
-                      f"{median_of(b, 'lost'):,.0f}", f"{overflow_runs}/{len(b)}"]
+                      f"{median_of(b, 'lost'):,.0f}", f"{overflow_runs}/{len(b)}",
+                      f"{median_of(b, 'lag_ms'):.1f}"]
         else:
-            cells += ["-"] * 4
+            cells += ["-"] * 5
         if d:
             rate = median_of(d, "rate")
             cells += [f"{rate:,.0f}", fmt_ratio(rate, raw_d)]

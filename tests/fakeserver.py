@@ -78,7 +78,7 @@ class FakeServer:
         self.connections: list[Connection] = []
         # Called with each decoded request before its reply is sent (with the lock held), so
         # a test can push lines that the client must read before the reply it waits for.
-        self.on_request: Callable[[protocol.Request], None] | None = None
+        self.on_request: Callable[[protocol.Request], object] | None = None
         self.reply_delay = 0.0
         self.status_extra: dict[str, Any] = {}
         self._lock = threading.RLock()

@@ -61,6 +61,13 @@ class Notify:
             return None
         return int(wait_for(find, timeout, f"{field!r} on NOTIFY_SOCKET")) - 1
 
+    def wait_for_text(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """The first datagram that contains text anywhere (e.g. inside a STATUS= line)."""
+        def find() -> str | None:
+            self.poll()
+            return next((m for m in self.messages if text in m), None)
+        return str(wait_for(find, timeout, f"{text!r} on NOTIFY_SOCKET"))
+
     def close(self) -> None:
         self.sock.close()
 
@@ -165,7 +172,7 @@ class Daemon:
         argv = [sys.executable, "-m", "watchd", "--config", self.config, "--log-level", "debug",
                 *args]
         if shell_prefix is not None:
-            argv = ["sh", "-c", shell_prefix + '\nexec "$@"', "sh", *argv]
+            argv = ["bash", "-c", shell_prefix + '\nexec "$@"', "bash", *argv]
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,

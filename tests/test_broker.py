@@ -810,6 +810,23 @@ def test_gap_is_reported_as_soon_as_the_queue_has_room() -> None:
     assert msgs[600]["type"] == "dropped"
 
 
+def test_zero_client_queue_buffers_nothing_and_still_reports_every_gap() -> None:
+    broker = make_broker(client_queue=0)
+    sink, conn = join(broker)
+    sid = sub(broker, conn)
+    sink.take()
+    sink.open = False
+    broker.publish("a", 1.0, creates("/a/1", "/a/2"))
+    assert conn.queued_events == 0
+    sink.open = True  # the transport drained; resume has not been called yet
+    broker.publish("a", 2.0, creates("/a/3"))
+    assert sink.take() == [
+        {"type": "dropped", "subscription": sid, "count": 2, "first_seq": 1, "last_seq": 2},
+        json.loads(protocol.EVENT_HEAD + sid.encode() + protocol.EventEncoder().tail(
+            3, 2.0, "a", Kind.CREATE, "/a/3", KIND_BITS[Kind.CREATE], 0, None)),
+    ]
+
+
 def test_paused_fast_path_connection_queues_then_resumes_in_order() -> None:
     broker = make_broker()
     sink, conn = join(broker)

@@ -335,17 +335,21 @@ class Broker:
         # Decide once per batch how each connection is served: the state of a sink only changes
         # when it is written to, which happens after the loop.
         fast: list[_Route] = []  # writable, every subscription simple: all events, no tests
-        general: list[tuple[Subscription, list[bytes] | None]] = []  # None: via the queue
+        # The others, grouped by filter so that subscriptions asking the same thing (many clients
+        # running the same command) cost one test per event. Out None: via the queue.
+        groups: dict[Filter, list[tuple[Subscription, list[bytes] | None]]] = {}
         outs: list[tuple[Connection, list[bytes]]] = []
         for route in routes:
-            if not self._direct(route.conn):
-                general.extend((sub, None) for sub in route.subs)
-            elif route.simple:
-                fast.append(route)
-            else:
-                out: list[bytes] = []
+            out: list[bytes] | None = None
+            if self._direct(route.conn):
+                if route.simple:
+                    fast.append(route)
+                    continue
+                out = []
                 outs.append((route.conn, out))
-                general.extend((sub, out) for sub in route.subs)
+            for sub in route.subs:
+                groups.setdefault(sub.filter, []).append((sub, out))
+        general = list(groups.items())
 
         kinds = self._kinds
         tail_of = self._encoder.tail
@@ -361,13 +365,14 @@ class Broker:
             tail = tail_of(seq, time, watch, kind, path, mask, cookie, src_path)
             hold((seq, watch, bit, path, tail))
             tails.append(tail)
-            for sub, sink_out in general:
-                if sub.filter.matches(bit, path):
-                    if sink_out is None:
-                        self._queue_event(sub, seq, tail)
-                    else:
-                        sink_out.append(sub.prefix)
-                        sink_out.append(tail)
+            for flt, targets in general:
+                if flt.matches(bit, path):
+                    for sub, sink_out in targets:
+                        if sink_out is None:
+                            self._queue_event(sub, seq, tail)
+                        else:
+                            sink_out.append(sub.prefix)
+                            sink_out.append(tail)
         self.events += seq - self.last_seq
         self.last_seq = seq
 

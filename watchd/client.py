@@ -25,6 +25,19 @@ from typing import Any, Self
 from watchd.errors import WatchdError
 from watchd.protocol import PROTOCOL_VERSION, ProtocolError, decode_message, encode
 
+__all__ = [
+    "DEFAULT_SOCKET",
+    "SOCKET_ENV",
+    "AsyncClient",
+    "AsyncSubscription",
+    "Client",
+    "ClientError",
+    "Message",
+    "ServerError",
+    "Subscription",
+    "resolve_socket_path",
+]
+
 DEFAULT_SOCKET = "/run/watchd/watchd.sock"
 SOCKET_ENV = "WATCHD_SOCKET"
 
@@ -617,7 +630,12 @@ class AsyncClient:
 
     async def _send_and_wait(self, op: str, fields: JSONDict | None) -> Message:
         self._check_usable()
-        assert self._writer is not None
+        if self._writer is None:
+            raise ClientError(
+                "this AsyncClient is not connected: use `async with AsyncClient(...)` "
+                "or `await AsyncClient.connect(...)`",
+                self.socket_path,
+            )
         # Ids are taken and lines written with no await between, so the wire order matches.
         rid, line = self._router.request(op, fields)
         try:

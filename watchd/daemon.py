@@ -105,6 +105,8 @@ class Daemon:
         ticker = loop.create_task(self.tick_forever())
         await self.wait_applied(self.send_config(), initial=True)
         if not self.stopping.is_set():
+            assert self.server is not None
+            await self.server.start_serving()
             self.notifier.ready(self.status_line())
             log.info("watchd %s ready on %s: %s", __version__, self.socket_name(),
                      self.status_line())
@@ -121,9 +123,11 @@ class Daemon:
             self.owned_socket_path = d.socket
         sock.setblocking(False)
         # Read per connection: a reload's max_line_bytes applies to connections opened after it.
+        # Bound (or taken over) now, served only once the watches are established: a client that
+        # connects early waits in the listen queue instead of missing its first changes.
         self.server = await loop.create_unix_server(
             lambda: ClientProtocol(self.broker, self, self.config.daemon.max_line_bytes,
-                                   self.clients), sock=sock)
+                                   self.clients), sock=sock, start_serving=False)
 
     def socket_name(self) -> str:
         if self.owned_socket_path is not None:

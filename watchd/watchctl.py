@@ -131,9 +131,10 @@ def _print_status(out: BinaryIO, client: Client, as_json: bool) -> None:
 
 def format_status(status: dict[str, Any], hello: dict[str, Any]) -> list[str]:
     """The readable status summary, one string per line."""
+    version = status.get("version", hello.get("version", "?"))
     error = status.get("last_reload_error")
     lines = [
-        f"watchd {hello.get('version', '?')}, pid {status.get('pid')}, "
+        f"watchd {version}, pid {status.get('pid')}, "
         f"instance {status.get('instance')}, up {format_duration(status.get('uptime_s', 0))}",
         f"config:  {status.get('config')} (reloads: {status.get('reloads', 0)}, "
         f"last reload error: {error if error else 'none'})",
@@ -142,6 +143,7 @@ def format_status(status: dict[str, Any], hello: dict[str, Any]) -> list[str]:
         f"events:  {status.get('events')}, dropped {status.get('dropped')}, "
         f"overflows {status.get('overflows')}",
     ]
+    lines.extend(_optional_status_lines(status))
     watches = status.get("watches") or []
     lines.append(f"watches: {len(watches)}")
     width = max((len(str(w.get("name"))) for w in watches), default=0)
@@ -152,6 +154,23 @@ def format_status(status: dict[str, Any], hello: dict[str, Any]) -> list[str]:
             f"  {watch.get('name')!s:<{width}}  {watch.get('state')!s:<7}  {watch.get('path')}"
             f"  ({tree}, {count} {'directory' if count == 1 else 'directories'})"
         )
+        if watch.get("problem"):
+            lines.append(f"  {'':<{width}}  problem: {watch['problem']}")
+    return lines
+
+
+def _optional_status_lines(status: dict[str, Any]) -> list[str]:
+    # Fields a daemon may add beyond the documented ones: shown when present.
+    lines = []
+    watcher = status.get("watcher")
+    if isinstance(watcher, dict):
+        lines.append(f"watcher: pid {watcher.get('pid')}, restarts {watcher.get('restarts', 0)}")
+    if "inotify_watches" in status:
+        limit = status.get("max_user_watches")
+        of_limit = f" (fs.inotify.max_user_watches={limit})" if limit else ""
+        lines.append(f"inotify: {status['inotify_watches']} watches{of_limit}")
+    if status.get("restart_needed"):
+        lines.append("restart needed to apply: " + ", ".join(map(str, status["restart_needed"])))
     return lines
 
 

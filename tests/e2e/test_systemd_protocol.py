@@ -189,7 +189,11 @@ def test_daemonize(workdir: str, watched: Path) -> None:
         assert line.recv()["pid"] == pid
         # SIGHUP reloads as in the foreground.
         os.kill(pid, signal.SIGHUP)
-        wait_for(lambda: Line(sock).request({"op": "status"})["reloads"] == 1, what="a reload")
+        def reloads() -> int:
+            probe = Line(sock)
+            probe.recv()  # hello
+            return int(probe.request({"op": "status"})["reloads"])
+        wait_for(lambda: reloads() == 1, what="a reload")
         # A second start is refused while it runs.
         again = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile",
                                 pidfile, "--config", cfg],

@@ -286,6 +286,7 @@ def test_mask_create_refuses_an_inode_already_watched(
         ino.add_watch(tmp_path, IN_CREATE | IN_MASK_CREATE)
     assert info.value.errno == errno.EEXIST
     assert str(tmp_path) in str(info.value)
+    assert "already watches it" in str(info.value)
 
 
 def test_a_path_with_a_nul_byte_is_refused(ino: InotifyFd, tmp_path: pathlib.Path) -> None:

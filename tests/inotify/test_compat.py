@@ -1,4 +1,4 @@
-"""The `inotify`-package-compatible API (watchd.inotify.adapters/calls/constants) on real inotify."""
+"""The API compatible with the `inotify` package (adapters, calls, constants) on real inotify."""
 
 from __future__ import annotations
 
@@ -81,9 +81,8 @@ def test_event_names_follow_the_table_and_reject_unknown_bits() -> None:
 
 def test_calls_error_carries_errno_errmsg_and_kind(tmp_path: Path) -> None:
     missing = tmp_path / "missing"
-    with Inotify() as i:
-        with pytest.raises(calls.InotifyError) as info:
-            i.add_watch(missing)
+    with Inotify() as i, pytest.raises(calls.InotifyError) as info:
+        i.add_watch(missing)
     err = info.value
     assert err.errno == errno.ENOENT
     assert err.errmsg == "No such file or directory"
@@ -143,7 +142,7 @@ def test_non_utf8_names_are_reported_with_surrogateescape(tmp_path: Path) -> Non
     with Inotify() as i:
         i.add_watch(raw_dir, constants.IN_CREATE)
         touch(raw_dir + b"/caf\xe9")
-        events = collect_until(i, lambda ev: bool(ev))
+        events = collect_until(i, bool)
     assert events[0][2] == os.fsdecode(raw_dir)
     assert events[0][3] == "caf\udce9"
     assert os.fsencode(events[0][3]) == b"caf\xe9"

@@ -42,7 +42,8 @@ SKIPPED_BY_UPSTREAM = {f"{TEST_FILE}::TestInotify::test__international_naming_py
 
 def _cache_dir() -> Path:
     """~/.cache/watchd-test when writable, else a directory under the system temp dir."""
-    for base in (Path.home() / ".cache" / "watchd-test", Path(tempfile.gettempdir()) / "watchd-test"):
+    candidates = (Path.home() / ".cache", Path(tempfile.gettempdir()))
+    for base in (c / "watchd-test" for c in candidates):
         try:
             base.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -102,7 +103,10 @@ def _extract(sdist: Path, dest: Path) -> None:
 
 
 def test_rewrite_touches_module_references_only() -> None:
-    src = "import inotify.adapters\nx = inotify.adapters._INOTIFY_EVENT\nwith inotify.test_support.temp_path():\n"
+    src = (
+        "import inotify.adapters\nx = inotify.adapters._INOTIFY_EVENT\n"
+        "with inotify.test_support.temp_path():\n"
+    )
     assert _rewrite(src) == (
         "import watchd.inotify.adapters\nx = watchd.inotify.adapters._INOTIFY_EVENT\n"
         f"with {SUPPORT_MODULE}.temp_path():\n"

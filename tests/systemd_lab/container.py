@@ -12,6 +12,7 @@ leave them behind at the root of the hierarchy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -261,10 +262,8 @@ class Lab:
             # /run is not a tmpfs everywhere; nspawn's empty bookkeeping directories
             # would pile up on the host.
             for directory in NSPAWN_RUN_DIRS:
-                try:
+                with contextlib.suppress(OSError):
                     os.rmdir(directory)
-                except OSError:
-                    pass
         shutil.rmtree(self.state, ignore_errors=True)
         self.timings["teardown"] = time.monotonic() - started
         return problems
@@ -289,10 +288,8 @@ class Lab:
         while cgroup.exists():
             for directory in sorted(cgroup.rglob("*"), key=lambda p: len(p.parts), reverse=True):
                 if directory.is_dir():
-                    try:
+                    with contextlib.suppress(OSError):
                         directory.rmdir()
-                    except OSError:
-                        pass
             try:
                 cgroup.rmdir()
             except OSError:

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 TIMEOUT_S = 10.0
@@ -110,13 +111,14 @@ def events(path: str, directory: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"hello": (hello, 1), "status": (status, 1), "events": (events, 2)}
-    if len(argv) < 2 or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
+    commands: dict[str, Callable[..., dict[str, Any]]] = {
+        "hello": hello, "status": status, "events": events}
+    arity = {"hello": 1, "status": 1, "events": 2}
+    if not argv or argv[0] not in commands or len(argv) - 1 != arity[argv[0]]:
         print(__doc__, file=sys.stderr)
         return 2
-    function, _ = commands[argv[0]]
     try:
-        result = function(*argv[1:])
+        result = commands[argv[0]](*argv[1:])
     except (ProbeFailed, ValueError) as e:
         print(json.dumps({"error": str(e)}))
         return 1

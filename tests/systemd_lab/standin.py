@@ -40,7 +40,7 @@ def load(path: str) -> list[dict[str, Any]]:
 
 
 def listing(watches: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    found = set()
+    found: set[tuple[str, str]] = set()
     for watch in watches:
         try:
             names = os.listdir(watch["path"])

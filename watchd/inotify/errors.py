@@ -121,6 +121,13 @@ def error_for(
             "watch a directory instead",
             shown,
         )
+    if errno == _errno.EEXIST:
+        return InotifyError(
+            errno,
+            f"cannot watch{where}: this inotify instance already watches it "
+            "(under this or another name)",
+            shown,
+        )
     return InotifyError(errno, f"inotify {op} failed{where}: {os.strerror(errno)}", shown)
 
 

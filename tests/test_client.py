@@ -1,0 +1,523 @@
+"""Client and AsyncClient against a real Unix-socket server speaking the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakeserver import FakeServer
+from watchd.client import (
+    DEFAULT_SOCKET,
+    AsyncClient,
+    AsyncSubscription,
+    Client,
+    ClientError,
+    ServerError,
+    resolve_socket_path,
+)
+from watchd.events import Kind
+
+
+@pytest.fixture
+def sock_path() -> Iterator[str]:
+    # Not tmp_path: a Unix socket path must fit in 108 bytes.
+    directory = tempfile.mkdtemp(dir="/tmp", prefix="wdc-")
+    yield os.path.join(directory, "s")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def server(sock_path: str) -> Iterator[FakeServer]:
+    with FakeServer(sock_path) as fake:
+        yield fake
+
+
+def seqs(messages: Sequence[Mapping[str, Any] | None]) -> list[object]:
+    return [m["seq"] if m else None for m in messages]
+
+
+# --- connecting ---------------------------------------------------------------------------------
+
+
+def test_hello_and_ping(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        assert client.hello["type"] == "hello"
+        assert client.hello["pid"] == os.getpid()
+        assert client.hello["instance"] == server.instance
+        client.ping()
+        client.ping()
+    assert server.requests == [{"op": "ping", "id": 1}, {"op": "ping", "id": 2}]
+
+
+def test_socket_path_comes_from_the_environment(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WATCHD_SOCKET", raising=False)
+    assert resolve_socket_path() == DEFAULT_SOCKET
+    assert resolve_socket_path("/x/y") == "/x/y"
+    monkeypatch.setenv("WATCHD_SOCKET", server.socket_path)
+    with Client() as client:
+        assert client.socket_path == server.socket_path
+        client.ping()
+
+
+def test_missing_socket_names_the_path_and_what_to_do(sock_path: str) -> None:
+    with pytest.raises(ClientError) as info:
+        Client(sock_path)
+    message = str(info.value)
+    assert sock_path in message
+    assert "is watchd running? start it or set WATCHD_SOCKET" in message
+    assert info.value.socket_path == sock_path
+    assert not isinstance(info.value, ServerError)
+
+
+def test_stale_socket_file_says_nothing_listens(sock_path: str) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(sock_path)
+    stale.close()
+    with pytest.raises(ClientError, match="nothing is listening"):
+        Client(sock_path)
+
+
+def _in_child(action: Callable[[], str]) -> str:
+    """Run action in a forked child and return what it reported."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            try:
+                report = action()
+            except BaseException as e:
+                report = f"child failed: {e!r}"
+            os.write(write_end, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return report
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
+def test_permission_denied_says_to_join_the_group(server: FakeServer) -> None:
+    os.chmod(server.socket_path, 0o600)
+
+    def connect_as_nobody() -> str:
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            Client(server.socket_path)
+        except ClientError as e:
+            return str(e)
+        return "connected"
+
+    report = _in_child(connect_as_nobody)
+    assert "socket's group" in report
+    assert f"ls -l {server.socket_path}" in report
+
+
+def test_too_many_clients_is_a_server_error(sock_path: str) -> None:
+    with FakeServer(sock_path, max_clients=1) as fake, Client(sock_path) as first:
+        with pytest.raises(ServerError) as info:
+            Client(sock_path)
+        assert info.value.code == "too_many_clients"
+        assert info.value.reply["type"] == "error"
+        assert "max_clients" in info.value.message
+        first.ping()  # the connection that got in is unaffected
+        assert fake.live_clients() == 1
+
+
+def test_no_greeting_times_out_with_a_message(sock_path: str) -> None:
+    with FakeServer(sock_path, greet=False), pytest.raises(ClientError) as info:
+        Client(sock_path, timeout=0.2)
+    assert "did not answer within 0.2s" in str(info.value)
+
+
+def test_late_reply_after_a_timeout_is_not_taken_for_the_next(server: FakeServer) -> None:
+    with Client(server.socket_path, timeout=0.1) as client:
+        server.reply_delay = 0.4
+        with pytest.raises(ClientError, match="did not answer"):
+            client.ping()
+        server.reply_delay = 0.0
+        client.timeout = 5.0
+        status = client.status()  # the late pong arrives first and must be skipped
+        assert status["type"] == "status"
+        assert status["id"] == 2
+
+
+# --- requests and replies -----------------------------------------------------------------------
+
+
+def test_status(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        status = client.status()
+    assert status["type"] == "status"
+    assert status["pid"] == os.getpid()
+    assert [w["name"] for w in status["watches"]] == ["uploads", "logs"]
+
+
+def test_subscribe_sends_every_filter(server: FakeServer, tmp_path: Path) -> None:
+    with Client(server.socket_path) as client:
+        sub = client.subscribe(
+            watch=["uploads"],
+            events=[Kind.CREATE, "delete"],
+            paths=[tmp_path / "a", str(tmp_path / "b")],
+            glob="*.csv",
+            since=0,
+            instance=server.instance,
+        )
+        assert sub.subscription == server.subscriptions()[0]
+        assert sub.seq == 0
+    assert server.requests[-1] == {
+        "op": "subscribe",
+        "id": 1,
+        "watch": ["uploads"],
+        "events": ["create", "delete"],
+        "paths": [str(tmp_path / "a"), str(tmp_path / "b")],
+        "glob": ["*.csv"],
+        "since": 0,
+        "instance": server.instance,
+    }
+
+
+def test_subscribe_leaves_out_absent_filters_and_takes_one_watch_name(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        client.subscribe()
+        client.subscribe(watch="logs")
+    assert server.requests == [
+        {"op": "subscribe", "id": 1},
+        {"op": "subscribe", "id": 2, "watch": "logs"},
+    ]
+
+
+def test_events_arrive_as_sent(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        sub = client.subscribe(watch="uploads")
+        server.publish("logs", "create", "/var/log/app/x")  # filtered out by the server
+        seq = server.publish("uploads", "moved_to", "/srv/uploads/b", src_path="/srv/uploads/a")
+        message = sub.get_message(timeout=5)
+    assert message is not None
+    event = message.data
+    assert event["type"] == "event"
+    assert event["subscription"] == sub.subscription
+    assert event["seq"] == seq == 2
+    assert event["kind"] == "moved_to"
+    assert event["path"] == "/srv/uploads/b"
+    assert event["src_path"] == "/srv/uploads/a"
+    assert event["mask"] == ["IN_MOVED_TO"]
+    assert message.raw.endswith(b"\n")
+    assert sub.last_seq == 2
+
+
+def test_get_returns_none_when_nothing_comes(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        sub = client.subscribe()
+        assert sub.get(timeout=0.05) is None
+        server.publish("uploads", "create", "/srv/uploads/a")
+        assert seqs([sub.get(timeout=5)]) == [1]
+
+
+def test_status_while_subscribed_loses_no_event(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        sub = client.subscribe()
+        for i in range(3):
+            server.publish("uploads", "create", f"/srv/uploads/{i}")
+        # More events land between the request and its reply.
+        server.on_request = lambda request: [
+            server.publish("uploads", "delete", f"/srv/uploads/{i}") for i in range(2)
+        ]
+        status = client.status()
+        client.ping()
+        server.on_request = None
+        assert status["seq"] == 5
+        got = [sub.get(timeout=5) for _ in range(7)]
+    assert seqs(got) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_several_subscriptions_each_get_their_events(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        everything = client.subscribe()
+        logs = client.subscribe(watch="logs")
+        server.publish("uploads", "create", "/srv/uploads/a")
+        server.publish("logs", "create", "/var/log/app/b")
+        server.publish("uploads", "delete", "/srv/uploads/a")
+        # Reading `logs` first queues what `everything` gets meanwhile.
+        assert seqs([logs.get(timeout=5), logs.get(timeout=0.05)]) == [2, None]
+        assert seqs([everything.get(timeout=5) for _ in range(3)]) == [1, 2, 3]
+        assert everything.subscription != logs.subscription
+
+
+def test_since_replays_held_events_then_live_ones(server: FakeServer) -> None:
+    for i in range(3):
+        server.publish("uploads", "create", f"/srv/uploads/{i}")
+    with Client(server.socket_path) as client:
+        sub = client.subscribe(since=1, instance=client.hello["instance"])
+        assert sub.seq == 3
+        server.publish("uploads", "create", "/srv/uploads/3")
+        assert seqs([sub.get(timeout=5) for _ in range(3)]) == [2, 3, 4]
+        assert sub.last_seq == 4
+
+
+def test_error_reply_raises_and_the_connection_stays_usable(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        with pytest.raises(ServerError) as info:
+            client.subscribe(watch="nope")
+        assert info.value.code == "unknown_watch"
+        assert info.value.reply["id"] == 1
+        assert "nope" in str(info.value)
+        client.ping()
+        sub = client.subscribe(watch="uploads")
+        server.publish("uploads", "create", "/srv/uploads/a")
+        assert seqs([sub.get(timeout=5)]) == [1]
+
+
+def test_since_expired_carries_the_oldest_seq(server: FakeServer) -> None:
+    server.publish("uploads", "create", "/srv/uploads/a")
+    with Client(server.socket_path) as client, pytest.raises(ServerError) as info:
+        client.subscribe(since=0, instance="an-earlier-daemon")
+    assert info.value.code == "since_expired"
+    assert info.value.reply["oldest"] == 1
+
+
+def test_unsubscribe_ends_the_iteration(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        sub = client.subscribe()
+        server.publish("uploads", "create", "/srv/uploads/a")
+        sub.close()
+        assert server.subscriptions() == []
+        assert list(sub) == []
+        assert sub.get(timeout=0.05) is None
+        with pytest.raises(ServerError) as info:
+            client.unsubscribe(sub.subscription)
+        assert info.value.code == "unknown_subscription"
+
+
+def test_line_too_long_closes_the_connection(sock_path: str) -> None:
+    with FakeServer(sock_path, max_line_bytes=200), Client(sock_path) as client:
+        with pytest.raises(ServerError) as info:
+            client.subscribe(paths=["/" + "x" * 300])
+        assert info.value.code == "line_too_long"
+        with pytest.raises(ClientError, match="closed the connection"):
+            client.ping()
+
+
+def test_daemon_going_away_ends_iteration_with_an_error(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        sub = client.subscribe()
+        server.publish("uploads", "create", "/srv/uploads/a")
+        server.disconnect_all()
+        assert seqs([next(sub)]) == [1]  # what was sent before is still delivered
+        with pytest.raises(ClientError, match=r"watchd closed the connection \(/tmp/"):
+            next(sub)
+        with pytest.raises(ClientError, match="closed the connection"):
+            client.ping()
+
+
+def test_use_after_close_is_an_error(server: FakeServer) -> None:
+    client = Client(server.socket_path)
+    client.close()
+    with pytest.raises(ClientError, match="is closed"):
+        client.ping()
+
+
+def test_non_utf8_name_round_trips(server: FakeServer, tmp_path: Path) -> None:
+    raw_dir = os.fsencode(tmp_path)
+    raw_file = raw_dir + b"/caf\xe9.csv"
+    with open(raw_file, "wb"):
+        pass
+    (name,) = os.listdir(tmp_path)  # surrogateescape-decoded, as the watcher does
+    path = os.path.join(str(tmp_path), name)
+    with Client(server.socket_path) as client:
+        by_dir = client.subscribe(paths=raw_dir)  # bytes are accepted as they are
+        by_name = client.subscribe(paths=[path], glob=["caf*"])
+        server.publish("uploads", "create", path)
+        for sub in (by_dir, by_name):
+            message = sub.get_message(timeout=5)
+            assert message is not None
+            assert b"caf\\udce9.csv" in message.raw
+            assert os.fsencode(message.data["path"]) == raw_file
+            assert os.path.exists(message.data["path"])
+    assert server.requests[0]["paths"] == [str(tmp_path)]
+    assert server.requests[1]["paths"] == [path]
+
+
+def test_fork_guard(server: FakeServer) -> None:
+    client = Client(server.socket_path)
+
+    def use_inherited_client() -> str:
+        try:
+            client.ping()
+            report = "no error"
+        except ClientError as e:
+            report = str(e)
+        client.close()  # closes only the child's copy
+        return report
+
+    report = _in_child(use_inherited_client)
+    assert f"opened by process {os.getpid()}" in report
+    assert "open a new client in the child" in report
+    client.ping()  # the parent's connection survived the child's close
+    client.close()
+
+
+# --- AsyncClient --------------------------------------------------------------------------------
+
+
+def test_async_hello_ping_status(server: FakeServer) -> None:
+    async def main() -> dict[str, object]:
+        async with AsyncClient(server.socket_path) as client:
+            assert client.hello["instance"] == server.instance
+            await client.ping()
+            return await client.status()
+
+    status = asyncio.run(main())
+    assert status["type"] == "status"
+    assert server.requests == [{"op": "ping", "id": 1}, {"op": "status", "id": 2}]
+
+
+def test_async_events_interleaved_with_replies(server: FakeServer) -> None:
+    async def main() -> tuple[list[object], dict[str, object]]:
+        client = await AsyncClient.connect(server.socket_path)
+        try:
+            sub = await client.subscribe(watch="uploads", events=["create"])
+            server.on_request = lambda request: [
+                server.publish("uploads", "create", f"/srv/uploads/{i}") for i in range(3)
+            ]
+
+            async def collect() -> list[object]:
+                return [event["seq"] async for event in _take(sub, 6)]
+
+            collector = asyncio.create_task(collect())
+            status = await client.status()
+            await client.ping()
+            server.on_request = None
+            return await asyncio.wait_for(collector, 5), status
+        finally:
+            await client.close()
+
+    got, status = asyncio.run(main())
+    assert got == [1, 2, 3, 4, 5, 6]
+    assert status["seq"] == 3
+
+
+async def _take(sub: AsyncSubscription, count: int) -> AsyncIterator[dict[str, Any]]:
+    async for event in sub:
+        yield event
+        count -= 1
+        if not count:
+            return
+
+
+def test_async_several_subscriptions(server: FakeServer) -> None:
+    async def main() -> tuple[list[object], list[object]]:
+        async with AsyncClient(server.socket_path) as client:
+            every = await client.subscribe()
+            logs = await client.subscribe(watch=["logs"])
+            server.publish("uploads", "create", "/srv/uploads/a")
+            server.publish("logs", "create", "/var/log/app/b")
+            first = [await logs.get(timeout=5), await logs.get(timeout=0.05)]
+            second = [await every.get(timeout=5) for _ in range(2)]
+            return seqs(first), seqs(second)
+
+    assert asyncio.run(main()) == ([2, None], [1, 2])
+
+
+def test_async_error_reply_and_unsubscribe(server: FakeServer) -> None:
+    async def main() -> list[dict[str, Any] | None]:
+        async with AsyncClient(server.socket_path) as client:
+            with pytest.raises(ServerError) as info:
+                await client.subscribe(watch="nope")
+            assert info.value.code == "unknown_watch"
+            sub = await client.subscribe()
+            server.publish("uploads", "create", "/srv/uploads/a")
+            first = await sub.get(timeout=5)
+            await sub.close()
+            rest = [event async for event in sub]
+            assert await sub.get(timeout=0.05) is None
+            return [first, *rest]
+
+    assert seqs(asyncio.run(main())) == [1]
+
+
+def test_async_too_many_clients_and_missing_socket(sock_path: str) -> None:
+    async def main() -> None:
+        with pytest.raises(ClientError, match="is watchd running"):
+            await AsyncClient.connect(sock_path)
+        with FakeServer(sock_path, max_clients=1):
+            async with AsyncClient(sock_path):
+                with pytest.raises(ServerError) as info:
+                    await AsyncClient.connect(sock_path)
+                assert info.value.code == "too_many_clients"
+
+    asyncio.run(main())
+
+
+def test_async_daemon_going_away(server: FakeServer) -> None:
+    async def main() -> None:
+        async with AsyncClient(server.socket_path) as client:
+            sub = await client.subscribe()
+            server.disconnect_all()
+            with pytest.raises(ClientError, match="closed the connection"):
+                await sub.get(timeout=5)
+            with pytest.raises(ClientError, match="closed the connection"):
+                await client.ping()
+
+    asyncio.run(main())
+
+
+def test_async_reply_timeout(server: FakeServer) -> None:
+    async def main() -> None:
+        async with AsyncClient(server.socket_path, timeout=0.1) as client:
+            server.reply_delay = 0.4
+            with pytest.raises(ClientError, match=r"did not answer within 0\.1s"):
+                await client.ping()
+            server.reply_delay = 0.0
+            client.timeout = 5.0
+            assert (await client.status())["id"] == 2
+
+    asyncio.run(main())
+
+
+def test_async_fork_guard(server: FakeServer) -> None:
+    async def main() -> str:
+        async with AsyncClient(server.socket_path) as client:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    try:
+                        await client.ping()
+                        report = b"no error"
+                    except ClientError as e:
+                        report = str(e).encode()
+                    os.write(write_end, report)
+                finally:
+                    os._exit(0)
+            os.close(write_end)
+            os.waitpid(pid, 0)
+            with os.fdopen(read_end, "rb") as pipe:
+                report_text = pipe.read().decode()
+            await client.ping()
+            return report_text
+
+    assert "open a new client in the child" in asyncio.run(main())
+
+
+def test_async_client_used_before_connecting(sock_path: str) -> None:
+    async def main() -> None:
+        client = AsyncClient(sock_path)
+        with pytest.raises(ClientError, match="not connected"):
+            await client.ping()
+
+    asyncio.run(main())

@@ -1,0 +1,430 @@
+"""`watchctl` run as a real subprocess against a real Unix-socket server."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakeserver import FakeServer, wait_until
+from watchd import __version__
+
+CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
+
+
+@pytest.fixture
+def sock_path() -> Iterator[str]:
+    # Not tmp_path: a Unix socket path must fit in 108 bytes.
+    directory = tempfile.mkdtemp(dir="/tmp", prefix="wdctl-")
+    yield os.path.join(directory, "s")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def server(sock_path: str) -> Iterator[FakeServer]:
+    with FakeServer(sock_path) as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _sigint_not_ignored() -> Iterator[None]:
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+    # across exec, so watchctl would never see the Ctrl-C these tests send. Any handler here
+    # becomes the default disposition in the child.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous is not None:  # None: a handler not set from Python, which cannot be restored
+        signal.signal(signal.SIGINT, previous)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "WATCHD_SOCKET"}
+    env["TZ"] = "UTC"  # so that printed clock times can be checked exactly
+    env.update(extra)
+    return env
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run watchctl to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "watchd.watchctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env or _env(),
+    )
+
+
+class Follower:
+    """A running `watchctl subscribe`, its stdout read line by line on a thread."""
+
+    def __init__(self, *args: str, cwd: str | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "watchd.watchctl", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(),
+            cwd=cwd,
+        )
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def line(self, timeout: float = 5.0) -> bytes:
+        """The next line of output, waited for up to timeout seconds."""
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output line within {timeout}s") from None
+
+    def interrupt(self) -> tuple[int, str]:
+        """Ctrl-C; returns the exit status and stderr."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.finish()
+
+    def finish(self) -> tuple[int, str]:
+        """Wait for the exit; returns the exit status and stderr."""
+        code = self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read().decode()
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.proc.stderr.close()
+        return code, err
+
+    def kill(self) -> None:
+        """Clean up after a failed test."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.finish()
+
+
+@pytest.fixture
+def follow(server: FakeServer) -> Iterator[type[Follower]]:
+    started: list[Follower] = []
+
+    class Tracked(Follower):
+        def __init__(self, *args: str, cwd: str | None = None) -> None:
+            super().__init__("--socket", server.socket_path, *args, cwd=cwd)
+            started.append(self)
+
+    yield Tracked
+    for follower in started:
+        follower.kill()
+
+
+# --- one-shot commands ----------------------------------------------------------------------------
+
+
+def test_ping(server: FakeServer) -> None:
+    result = run("--socket", server.socket_path, "ping")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"pong from watchd 0.1.0 (pid {os.getpid()})\n"
+    assert result.stderr == ""
+
+
+def test_socket_from_environment(server: FakeServer) -> None:
+    result = run("ping", env=_env(WATCHD_SOCKET=server.socket_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pong from watchd")
+
+
+def test_status_readable(server: FakeServer) -> None:
+    server.status_extra = {
+        "uptime_s": 3723.5,
+        "reloads": 2,
+        "last_reload_error": "watch[1].path: must be absolute, got 'srv'",
+        "dropped": 7,
+        "overflows": 1,
+        "watches": [
+            {
+                "name": "uploads",
+                "path": "/srv/uploads",
+                "recursive": True,
+                "state": "active",
+                "directories": 12,
+            },
+            {
+                "name": "l",
+                "path": "/var/log/app",
+                "recursive": False,
+                "state": "pending",
+                "directories": 0,
+            },
+        ],
+        # Beyond the documented fields: shown when present.
+        "version": "0.1.1",
+        "watcher": {"pid": 4242, "restarts": 3},
+        "inotify_watches": 12,
+        "max_user_watches": 8192,
+        "restart_needed": ["daemon.socket"],
+    }
+    server.publish("uploads", "create", "/srv/uploads/a")
+    result = run("--socket", server.socket_path, "status")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[0] == f"watchd 0.1.1, pid {os.getpid()}, instance {server.instance}, up 1h 02m 03s"
+    assert (
+        "config:  /etc/watchd/watchd.toml (reloads: 2, last reload error: "
+        "watch[1].path: must be absolute, got 'srv')"
+    ) in out
+    assert "seq:     1" in out
+    assert "clients: 1 (0 subscriptions)" in out
+    assert "events:  1, dropped 7, overflows 1" in out
+    assert "watcher: pid 4242, restarts 3" in out
+    assert "inotify: 12 watches (fs.inotify.max_user_watches=8192)" in out
+    assert "restart needed to apply: daemon.socket" in out
+    assert out[-3:] == [
+        "watches: 2",
+        "  uploads  active   /srv/uploads  (recursive, 12 directories)",
+        "  l        pending  /var/log/app  (not recursive, 0 directories)",
+    ]
+
+
+def test_status_readable_with_only_the_documented_fields(server: FakeServer) -> None:
+    result = run("--socket", server.socket_path, "status")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[0].startswith("watchd 0.1.0, pid")
+    assert not [line for line in out if line.startswith(("watcher:", "inotify:", "restart"))]
+    assert "  uploads  active   /srv/uploads  (recursive, 1 directory)" in out
+
+
+def test_status_json(server: FakeServer) -> None:
+    result = run("--socket", server.socket_path, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["type"] == "status"
+    assert status["pid"] == os.getpid()
+    assert [w["name"] for w in status["watches"]] == ["uploads", "logs"]
+    assert result.stdout.count("\n") == 1
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"watchctl {__version__}\n"
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_missing_socket_exits_1_with_a_helpful_message(sock_path: str) -> None:
+    result = run("--socket", sock_path, "ping")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert sock_path in result.stderr
+    assert "is watchd running? start it or set WATCHD_SOCKET" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_missing_socket_from_environment(sock_path: str) -> None:
+    result = run("status", env=_env(WATCHD_SOCKET=sock_path))
+    assert result.returncode == 1
+    assert sock_path in result.stderr
+
+
+def test_server_error_reply_exits_1_with_code_and_message(server: FakeServer) -> None:
+    result = run("--socket", server.socket_path, "subscribe", "--watch", "nope")
+    assert result.returncode == 1
+    assert "unknown_watch: no watch named 'nope'" in result.stderr
+    assert "watchctl status" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_since_expired_says_what_to_do(server: FakeServer) -> None:
+    server.hold = 2
+    for i in range(5):
+        server.publish("uploads", "create", f"/srv/uploads/{i}")
+    result = run("--socket", server.socket_path, "subscribe", "--since", "1")
+    assert result.returncode == 1
+    assert "since_expired" in result.stderr
+    assert "--since 3" in result.stderr
+
+
+def test_too_many_clients(sock_path: str) -> None:
+    with FakeServer(sock_path, max_clients=0):
+        result = run("--socket", sock_path, "ping")
+    assert result.returncode == 1
+    assert "too_many_clients" in result.stderr
+    assert "max_clients" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["frobnicate"],
+        ["subscribe", "--event", "bogus"],
+        ["subscribe", "--since", "-1"],
+        ["subscribe", "--since", "x"],
+        ["status", "--verbose"],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: watchctl")
+    assert "Traceback" not in result.stderr
+
+
+# --- subscribe ------------------------------------------------------------------------------------
+
+
+def test_subscribe_sends_the_filters(
+    server: FakeServer, follow: type[Follower], tmp_path: Path
+) -> None:
+    follower = follow(
+        "subscribe",
+        *("--watch", "uploads", "--watch", "logs"),
+        *("--event", "create", "--event", "close_write"),
+        *("--path", "incoming", "--path", "/srv/uploads/../x"),
+        *("--glob", "*.csv", "--since", "0"),
+        cwd=str(tmp_path),
+    )
+    server.wait_subscriptions(1)
+    assert server.requests[-1] == {
+        "op": "subscribe",
+        "id": 1,
+        "watch": ["uploads", "logs"],
+        "events": ["create", "close_write"],
+        "paths": [str(tmp_path / "incoming"), "/srv/x"],
+        "glob": ["*.csv"],
+        "since": 0,
+    }
+    code, err = follower.interrupt()
+    assert (code, err) == (0, "")
+
+
+def test_subscribe_json_prints_the_raw_lines(server: FakeServer, follow: type[Follower]) -> None:
+    follower = follow("subscribe", "--json")
+    (sid,) = server.wait_subscriptions(1)
+    server.publish("uploads", "create", "/srv/uploads/a")
+    # Spacing, key order and escapes that re-serializing would change.
+    template = (
+        '{ "seq": 2, "type": "event", "subscription": "SID", "time": 1.50, "watch": "uploads", '
+        '"kind": "delete", "path": "/srv/uploads/\\u00e9t\\u00e9", "is_dir": false, '
+        '"mask": ["IN_DELETE"], "cookie": 0, "future": {"x": [1e3]} }\n'
+    )
+    odd = template.replace("SID", sid).encode()
+    server.push_raw(sid, odd)
+    first = follower.line()
+    assert first.startswith(b'{"type":"event","subscription":"%s","seq":1,' % sid.encode())
+    assert json.loads(first)["path"] == "/srv/uploads/a"
+    assert follower.line() == odd
+    server.notice("overflow", watch="uploads")
+    assert json.loads(follower.line())["type"] == "overflow"
+    code, err = follower.interrupt()
+    assert code == 0
+    assert "Traceback" not in err
+
+
+def test_subscribe_readable_lines(server: FakeServer, follow: type[Follower]) -> None:
+    follower = follow("subscribe")
+    (sid,) = server.wait_subscriptions(1)
+    at = 5 * 3600 + 61.25  # 05:01:01.250 UTC
+    server.publish("uploads", "create", "/srv/uploads/a.csv", when=at)
+    server.publish("uploads", "create", "/srv/uploads/new", is_dir=True, when=at)
+    server.publish(
+        "uploads", "moved_to", "/srv/uploads/b.csv", src_path="/srv/uploads/a.csv", when=at
+    )
+    assert follower.line() == b"05:01:01.250 create        /srv/uploads/a.csv\n"
+    assert follower.line() == b"05:01:01.250 create        /srv/uploads/new (dir)\n"
+    assert (
+        follower.line() == b"05:01:01.250 moved_to      /srv/uploads/b.csv <- /srv/uploads/a.csv\n"
+    )
+
+    server.notice("overflow", watch="uploads")
+    server.notice("overflow", reason="watcher_restart")
+    server.dropped(sid, 10, 19)
+    server.notice("watch_lost", watch="uploads", reason="deleted")
+    server.notice("watch_restored", watch="uploads")
+    notices = [follower.line().decode().rstrip("\n") for _ in range(5)]
+    expected = [
+        "!! overflow (kernel_queue) on watch uploads: events may have been lost; rescan",
+        "!! overflow (watcher_restart) on all watches: events may have been lost; rescan",
+        "!! dropped 10 events (seq 10..19): this client read too slowly; "
+        "subscribe again with --since 9 to get them",
+        "!! watch uploads lost: /srv/uploads was deleted",
+        "!! watch uploads restored: /srv/uploads is watched again",
+    ]
+    for line, text in zip(notices, expected, strict=True):
+        assert re.fullmatch(CLOCK + " " + re.escape(text), line), line
+    assert follower.interrupt() == (0, "")
+
+
+def test_subscribe_prints_non_utf8_names_as_their_bytes(
+    server: FakeServer, follow: type[Follower]
+) -> None:
+    follower = follow("subscribe")
+    server.wait_subscriptions(1)
+    server.publish("uploads", "create", os.fsdecode(b"/srv/uploads/caf\xe9.csv"))
+    assert follower.line().endswith(b" /srv/uploads/caf\xe9.csv\n")
+    assert follower.interrupt() == (0, "")
+
+
+def test_ctrl_c_while_waiting_ends_with_0(server: FakeServer, follow: type[Follower]) -> None:
+    follower = follow("subscribe", "--watch", "uploads")
+    server.wait_subscriptions(1)
+    code, err = follower.interrupt()
+    assert code == 0
+    assert err == ""
+
+
+def test_closed_pipe_ends_quietly(server: FakeServer) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchd.watchctl", "--socket", server.socket_path, "subscribe"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    try:
+        server.wait_subscriptions(1)
+        server.publish("uploads", "create", "/srv/uploads/first")
+        assert proc.stdout is not None
+        assert proc.stdout.readline().endswith(b"/srv/uploads/first\n")
+        proc.stdout.close()  # as `| head -n 1` does once it has its line
+
+        def exited_after_another_event() -> bool:
+            server.publish("uploads", "create", "/srv/uploads/more")
+            return proc.poll() is not None
+
+        wait_until(exited_after_another_event, what="watchctl to notice the closed pipe")
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+        assert proc.returncode == 0
+        assert err == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_daemon_going_away_exits_1(server: FakeServer, follow: type[Follower]) -> None:
+    follower = follow("subscribe")
+    server.wait_subscriptions(1)
+    server.disconnect_all()
+    code, err = follower.finish()
+    assert code == 1
+    assert "watchd closed the connection" in err
+    assert server.socket_path in err
+    assert "Traceback" not in err
