@@ -178,6 +178,10 @@ class Subscriber:
         reply = json.loads(self.file.readline())
         assert reply["type"] == "subscribed", reply
 
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
     def until_marker(self, model: Model, marker: str, timeout: float = 60) -> int:
         """Apply events to the model until the marker's create; returns overflow notices seen."""
         self.sock.settimeout(timeout)
@@ -209,24 +213,27 @@ def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, s
     runner = Ops(broot, os.fsencode(outside), rng)
     differences = announced = pauses = 0
     details: list[str] = []
-    for done in range(1, ops + 1):
-        runner.run_one()
-        if done % pause_every and done != ops:
-            continue
-        pauses += 1
-        marker = root / f"marker-{pauses}"
-        marker.touch()
-        overflows = sub.until_marker(model, str(marker))
-        real = snapshot(broot)
-        if model.entries != real:
-            if overflows:
-                announced += 1
-            else:
-                differences += 1
-                missing = sorted(set(real) - set(model.entries))[:5]
-                extra = sorted(set(model.entries) - set(real))[:5]
-                details.append(f"after op {done}: missing {missing}, extra {extra}")
-            model.reset_from_disk()
+    try:
+        for done in range(1, ops + 1):
+            runner.run_one()
+            if done % pause_every and done != ops:
+                continue
+            pauses += 1
+            marker = root / f"marker-{pauses}"
+            marker.touch()
+            overflows = sub.until_marker(model, str(marker))
+            real = snapshot(broot)
+            if model.entries != real:
+                if overflows:
+                    announced += 1
+                else:
+                    differences += 1
+                    missing = sorted(set(real) - set(model.entries))[:5]
+                    extra = sorted(set(model.entries) - set(real))[:5]
+                    details.append(f"after op {done}: missing {missing}, extra {extra}")
+                model.reset_from_disk()
+    finally:
+        sub.close()
     return Result(ops, pauses, differences, announced, details)
 
 

@@ -154,6 +154,7 @@ class Daemon:
         self.log_path = os.path.join(workdir, "watchd.log")
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[Line] = []  # every connection a test opened, closed at cleanup
 
     def write_config(self, text: str) -> None:
         text = text.replace("@SOCKET@", self.socket)
@@ -195,8 +196,14 @@ class Daemon:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
+    def line(self, path: str | None = None) -> Line:
+        """A raw connection (to our socket, or to path), closed at cleanup."""
+        line = Line(path or self.socket)
+        self.lines.append(line)
+        return line
+
     def connect(self) -> Line:
-        line = Line(self.socket)
+        line = self.line()
         hello = line.recv()
         assert hello["type"] == "hello", hello
         line.hello = hello
@@ -209,11 +216,9 @@ class Daemon:
         return line, reply["subscription"]
 
     def status(self) -> dict[str, Any]:
-        line = self.connect()
-        try:
+        with contextlib.closing(Line(self.socket)) as line:
+            line.recv()  # hello
             return line.request({"op": "status"})
-        finally:
-            line.close()
 
     def watcher_pid(self) -> int:
         pid = self.status()["watcher"]["pid"]
@@ -246,6 +251,8 @@ class Daemon:
         return self.proc.returncode
 
     def cleanup(self) -> None:
+        for line in self.lines:
+            line.close()
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)

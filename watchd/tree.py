@@ -97,6 +97,7 @@ class Tree:
         "_follow",
         "_full",
         "_ino",
+        "_missed",
         "_moves",
         "_narrow",
         "_path_of",
@@ -152,6 +153,10 @@ class Tree:
         self._moves: dict[int, tuple[str, list[int] | None]] = {}
         self._synth_cur: dict[int, set[str]] = {}
         self._synth_prev: dict[int, set[str]] = {}
+        # New directories whose watch could not be added because their path had already changed
+        # (an ancestor renamed before we got to them): prefix -> batches seen since. The rename's
+        # events follow in this batch or the next, and then they are watched at their new path.
+        self._missed: dict[str, int] = {}
         self.lost: str | None = None
         self.overflowed = False
         self.unwatched = 0
@@ -288,6 +293,8 @@ class Tree:
         child = path + "/"
         if moved and src_path is not None:
             self._rename(moved, src_path + "/", child)
+            if self._missed:
+                self._recover(src_path + "/", child, out)
         else:
             self._watch_new(wd, prefix, child, out if self._synthetic else None)
 
@@ -316,6 +323,21 @@ class Tree:
         if self._synth_cur or self._synth_prev:
             self._synth_prev = self._synth_cur
             self._synth_cur = {}
+        if self._missed:
+            self._missed = {p: age + 1 for p, age in self._missed.items() if age < 1}
+
+    def _recover(self, old: str, new: str, out: list[TreeEvent]) -> None:
+        """Watch, at their new path, the new directories missed under a renamed `old`."""
+        cut = len(old)
+        found = [p for p in self._missed if p.startswith(old)]
+        for prefix in found:
+            del self._missed[prefix]
+            moved = new + prefix[cut:]
+            if moved not in self._wd_of and os.path.isdir(moved):
+                parent = moved[: moved.rstrip("/").rfind("/") + 1]
+                parent_wd = self._wd_of.get(parent)
+                if parent_wd is not None:
+                    self._watch_new(parent_wd, parent, moved, out if self._synthetic else None)
 
     # -- overflow ----------------------------------------------------------------------------
 
@@ -448,8 +470,10 @@ class Tree:
             if self.limit_error is None:
                 self.limit_error = e
             return _OVER_LIMIT
-        except InotifyError:
+        except InotifyError as e:
             # Gone, replaced by a file or symlink, unreadable, or already watched on this fd.
+            if e.errno == errno.ENOENT and prefix != self._root_prefix:
+                self._missed[prefix] = 0  # perhaps renamed away: see _recover
             return None
 
     def _watch_new(

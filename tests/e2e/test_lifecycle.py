@@ -106,7 +106,7 @@ def test_stale_socket_is_replaced_live_one_refused(start_daemon, watched: Path) 
     stale.close()
     again = start_daemon(config(socket_line=f'socket = "{first.socket}"',
                                 watches=watch("w", watched)))
-    line = Line(first.socket)
+    line = again.line(first.socket)
     assert line.recv()["pid"] == again.proc.pid
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_line_too_long_closes_the_connection(daemon) -> None:
 def test_too_many_clients(start_daemon, watched: Path) -> None:
     daemon = start_daemon(config(daemon_extra="max_clients = 2", watches=watch("w", watched)))
     kept = [daemon.connect(), daemon.connect()]
-    extra = Line(daemon.socket)
+    extra = daemon.line()
     reply = extra.recv()
     assert reply["type"] == "error"
     assert reply["code"] == "too_many_clients"
@@ -155,10 +156,7 @@ def test_too_many_clients(start_daemon, watched: Path) -> None:
 
     # A slot frees up once a client leaves.
     def can_connect() -> bool:
-        probe = Line(daemon.socket)
-        try:
+        with contextlib.closing(Line(daemon.socket)) as probe:
             return probe.recv()["type"] == "hello"
-        finally:
-            probe.close()
     wait_for(can_connect, what="a free client slot")
     assert kept[1].request({"op": "ping"})["type"] == "pong"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -145,7 +146,7 @@ def test_socket_activation(start_daemon, watched: Path, workdir: str) -> None:
                                  watches=watch("w", watched)),
                           shell_prefix=prefix, pass_fds=(fd,))
     listener.close()  # only the daemon holds it now
-    line = Line(path)
+    line = daemon.line(path)
     assert line.recv()["type"] == "hello"
     assert line.request({"op": "ping"})["type"] == "pong"
     line.close()
@@ -185,14 +186,14 @@ def test_daemonize(workdir: str, watched: Path) -> None:
     pid = int(wait_for(new_pid, what="the pid file"))
     try:
         wait_for(lambda: os.path.exists(sock), what="the daemon's socket")
-        line = Line(sock)
-        assert line.recv()["pid"] == pid
+        with contextlib.closing(Line(sock)) as line:
+            assert line.recv()["pid"] == pid
         # SIGHUP reloads as in the foreground.
         os.kill(pid, signal.SIGHUP)
         def reloads() -> int:
-            probe = Line(sock)
-            probe.recv()  # hello
-            return int(probe.request({"op": "status"})["reloads"])
+            with contextlib.closing(Line(sock)) as probe:
+                probe.recv()  # hello
+                return int(probe.request({"op": "status"})["reloads"])
         wait_for(lambda: reloads() == 1, what="a reload")
         # A second start is refused while it runs.
         again = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile",

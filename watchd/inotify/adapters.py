@@ -35,6 +35,9 @@ _LOGGER = logging.getLogger(__name__)
 _DEFAULT_EPOLL_BLOCK_DURATION_S = 1
 _DEFAULT_TERMINAL_EVENTS = ("IN_Q_OVERFLOW", "IN_UNMOUNT")
 
+# Headers kept for reuse; past this many (cookies and watches vary) the cache starts over.
+_HEADER_CACHE_SIZE = 4096
+
 # Bits a tree adds to the caller's mask, as that package does: its trees always report
 # creations and deletions, whatever the mask asked for.
 _TREE_MASK_BITS = IN_CREATE | IN_DELETE
@@ -132,6 +135,7 @@ class Inotify:
         self._had_trees = False
         self._warned: list[Tree] = []
         self._names: dict[int, tuple[str, ...]] = {}
+        self._headers: dict[tuple[int, int, int, int], _INOTIFY_EVENT] = {}
         self._encoding = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
         # What was read and not yet handed out, as one iterator per read (or per run of one
         # tree's events): a caller that leaves event_gen early (filter, terminal event, break)
@@ -253,8 +257,8 @@ class Inotify:
     # The generators below build one event per kernel event, lazily: each event is made as
     # it is handed out, so a caller that drops it right away keeps the garbage collector
     # idle (a whole read of events kept alive at once costs ~1 us per event in collections).
-    # Locals are bound once; headers are made with tuple.__new__ (NamedTuple's own __new__
-    # is Python code); names are decoded as os.fsdecode does, without its per-call checks.
+    # Locals are bound once, headers are reused, and names are decoded as os.fsdecode does,
+    # without its per-call checks.
 
     def _read(self) -> None:
         """Read what is queued and queue the events it holds for event_gen."""
@@ -271,20 +275,21 @@ class Inotify:
         path_of = self._path_of
         cache = self._names
         names_of = self._names_of
-        new = tuple.__new__
-        header = _INOTIFY_EVENT
+        header_of = self._header_of
+        headers = self._headers
         encoding, errors_ = self._encoding
         for wd, mask, cookie, length, name in raw:
             path = path_of.get(wd)
             if path is None:
                 if wd == -1:
-                    yield (new(header, (wd, mask, cookie, length)), list(names_of(mask)), "", "")
+                    yield (header_of((wd, mask, cookie, length)), list(names_of(mask)), "", "")
                 continue  # a watch removed (or only forgotten) by the caller
             if mask & IN_IGNORED:  # the kernel dropped the watch: so do we
                 del path_of[wd]
                 del self._wd_of[path]
+            key = (wd, mask, cookie, length)
             yield (
-                new(header, (wd, mask, cookie, length)),
+                headers.get(key) or header_of(key),
                 list(cache.get(mask) or names_of(mask)),
                 path,
                 name.decode(encoding, errors_) if name else "",
@@ -294,8 +299,8 @@ class Inotify:
         """The events a tree reported, as they are handed out."""
         cache = self._names
         names_of = self._names_of
-        new = tuple.__new__
-        header = _INOTIFY_EVENT
+        header_of = self._header_of
+        headers = self._headers
         for mask, cookie, path, _src, wd, name, length in tree_events:
             if name:
                 # The directory as it was named when the event happened (a rename later in
@@ -304,12 +309,25 @@ class Inotify:
                 watch_path = watch_path or "/"
             else:
                 watch_path, filename = path, ""
+            key = (wd, mask, cookie, length)
             yield (
-                new(header, (wd, mask, cookie, length)),
+                headers.get(key) or header_of(key),
                 list(cache.get(mask) or names_of(mask)),
                 watch_path,
                 filename,
             )
+
+    def _header_of(self, key: tuple[int, int, int, int]) -> _INOTIFY_EVENT:
+        """The header for (wd, mask, cookie, len), made once and then reused.
+
+        Headers are immutable and repeat (a burst is one wd, a few kinds, one name length),
+        and building a NamedTuple costs more than looking one up.
+        """
+        headers = self._headers
+        if len(headers) >= _HEADER_CACHE_SIZE:
+            headers.clear()
+        header = headers[key] = tuple.__new__(_INOTIFY_EVENT, key)
+        return header
 
     def _route(self, raw: Sequence[RawEvent]) -> None:
         """Hand each event to its plain watch or to the tree that owns its wd, in order.
