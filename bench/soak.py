@@ -251,9 +251,9 @@ def main() -> int:
     delivered = sum(len(s.seen) for s in streams) - sum(s.dropped for s in streams)
     dropped = sum(s.dropped for s in streams)
     lost = sum(s.lost(final) for s in streams)
-    print(f"soak: {args.minutes:g} min, {len(streams)} clients ({args.fast} fast, {args.slow} slow, "
-          f"{args.reconnect} reconnecting), {created[0]} files written, {hups} SIGHUPs, "
-          f"{kills} watcher kills, {reconnects} reconnections")
+    print(f"soak: {args.minutes:g} min, {len(streams)} clients ({args.fast} fast, "
+          f"{args.slow} slow, {args.reconnect} reconnecting), {created[0]} files written, "
+          f"{hups} SIGHUPs, {kills} watcher kills, {reconnects} reconnections")
     print(f"events published {final}, delivered {delivered}, reported dropped {dropped}, "
           f"overflow notices {sum(s.overflows for s in streams)}, since_expired "
           f"{sum(s.expired for s in streams)}, lost without notice {lost}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Line, config, wait_for, watch
+from tests.harness import config, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -181,7 +181,10 @@ def test_daemonize(workdir: str, watched: Path) -> None:
                             env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     def new_pid() -> int | None:
-        text = Path(pidfile).read_text().strip() if os.path.exists(pidfile) else ""
+        try:
+            text = Path(pidfile).read_text().strip()
+        except FileNotFoundError:
+            return None  # between the stale file's removal and the new one
         return int(text) if text and text != "999999" else None
     pid = int(wait_for(new_pid, what="the pid file"))
     try:

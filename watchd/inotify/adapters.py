@@ -167,6 +167,7 @@ class Inotify:
     def close(self) -> None:
         """Close the inotify fd and forget every watch; calling it again does nothing."""
         self._fd.close()
+        self._pending.clear()
         self._trees.clear()
         self._wd_of.clear()
         self._path_of.clear()
