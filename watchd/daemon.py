@@ -31,6 +31,8 @@ from watchd.systemd import Notifier, watchdog_interval
 log = logging.getLogger("watchd")
 
 TICK_S = 1.0  # supervision, watchdog and STATUS= cadence
+# How long the watcher's batches may wait in its own buffer while every subscriber is behind.
+STALL_LIMIT_S = 2.0
 HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
 EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while the initial scan is still running
 
@@ -87,7 +89,8 @@ class Daemon:
         self.server: asyncio.AbstractServer | None = None
         self.last_status = ""
         self.watchdog_s = watchdog_interval()
-        self.last_ping = 0.0
+        self.stalled_since: float | None = None  # reading from the watcher paused: all are behind
+        self.stall_spent = False  # the limit was reached; wait for a subscriber to catch up
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -222,6 +225,7 @@ class Daemon:
         if watcher is not self.watcher:
             return
         self.watcher = None
+        self.stalled_since = None
         if self.stopping.is_set():
             return
         lived = time.monotonic() - watcher.started
@@ -273,6 +277,33 @@ class Daemon:
                 self.broker.unsubscribe(conn, request.subscription, request.id)
         except protocol.ProtocolError as e:
             self.broker.reply(conn, e.reply())
+
+    def congestion_changed(self) -> None:
+        """Pause taking batches from the watcher while every subscriber is behind.
+
+        Nobody is slowed by another then: each one waits for its own backlog. The watcher keeps
+        draining the kernel queue into its own buffer, so a burst larger than client_queue still
+        reaches clients that read steadily, where dropping it would only make them ask again.
+        The pause is bounded by STALL_LIMIT_S; past it, the usual drop-and-notice policy applies.
+        """
+        subscribed = [c for c in self.clients if c.subscribed]
+        all_behind = bool(subscribed) and all(c.paused for c in subscribed)
+        watcher = self.watcher
+        if watcher is None:
+            return
+        if all_behind and not self.stall_spent:
+            if self.stalled_since is None:
+                self.stalled_since = time.monotonic()
+                watcher.pause_reading()
+        else:
+            if not all_behind:
+                self.stall_spent = False
+            self.end_stall()
+
+    def end_stall(self) -> None:
+        self.stalled_since = None
+        if self.watcher is not None:
+            self.watcher.resume_reading()
 
     # -- status --------------------------------------------------------------------------------
 
@@ -352,9 +383,13 @@ class Daemon:
 
     def tick(self) -> None:
         now = time.monotonic()
+        if self.stalled_since is not None and now - self.stalled_since > STALL_LIMIT_S:
+            log.debug("every subscriber is behind for %.1f s; publishing again", STALL_LIMIT_S)
+            self.stall_spent = True
+            self.end_stall()
         watcher = self.watcher
         if watcher is not None and not watcher.exited:
-            silent = now - watcher.last_heard
+            silent = 0.0 if watcher.reading_paused else now - watcher.last_heard
             if silent > self.config.daemon.watcher_timeout:
                 log.error("watcher process %d sent nothing for %.1f s (daemon.watcher_timeout); "
                           "killing it", watcher.pid, silent)

@@ -43,6 +43,8 @@ class Handler(Protocol):
 
     def handle_line(self, conn: Connection, line: bytes) -> None: ...
 
+    def congestion_changed(self) -> None: ...
+
 
 def peer_of(sock: socket.socket) -> Peer:
     """The credentials of the process at the other end (SO_PEERCRED, SO_PEERGROUPS)."""
@@ -118,12 +120,14 @@ class ClientProtocol(asyncio.Protocol):
             self.conn = None
         self.transport = None
         self.registry.discard(self)
+        self.handler.congestion_changed()
 
     def pause_writing(self) -> None:
         self.paused = True
         # A client that does not read must not make us buffer its replies without bound.
         if self.transport is not None:
             self.transport.pause_reading()
+        self.handler.congestion_changed()
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -131,6 +135,12 @@ class ClientProtocol(asyncio.Protocol):
             self.broker.resume(self.conn)
         if self.transport is not None and not self.paused:
             self.transport.resume_reading()
+        self.handler.congestion_changed()
+
+    @property
+    def subscribed(self) -> bool:
+        """True when the connection holds a subscription (so it is owed events)."""
+        return self.conn is not None and bool(self.conn.subs)
 
     def close(self) -> None:
         if self.transport is not None:

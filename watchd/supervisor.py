@@ -24,6 +24,7 @@ log = logging.getLogger("watchd.supervisor")
 BACKOFF_S = (0.0, 0.25, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_AFTER_S = 30.0
 STOP_GRACE_S = 3.0
+RECV_SIZE = 64 * 1024
 
 
 class WatcherProcess:
@@ -39,6 +40,8 @@ class WatcherProcess:
         self.last_heard = self.started
         self.reader = channel.FrameReader()
         self.exited = False
+        self.reading_paused = False
+        self.at_eof = False
         self._exit_event = asyncio.Event()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -59,6 +62,22 @@ class WatcherProcess:
         loop.add_reader(ours.fileno(), self._readable)
         loop.add_reader(self.pidfd, self._died)
 
+    def pause_reading(self) -> None:
+        """Stop taking batches; the child keeps draining the kernel into its own buffer."""
+        if not self.exited and not self.reading_paused:
+            self.reading_paused = True
+            if not self.at_eof:
+                self.loop.remove_reader(self.sock.fileno())
+
+    def resume_reading(self) -> None:
+        if not self.exited and self.reading_paused:
+            self.reading_paused = False
+            if self.at_eof:
+                return
+            # Its silence while we did not listen says nothing about its health.
+            self.last_heard = time.monotonic()
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+
     def send(self, message: tuple[Any, ...]) -> None:
         """Send a control message; lost silently if the child is already gone (it is replaced)."""
         with contextlib.suppress(OSError):
@@ -67,16 +86,21 @@ class WatcherProcess:
     def _readable(self) -> None:
         self._drain()
 
-    def _drain(self) -> None:
-        while True:
+    def _drain(self, *, all_of_it: bool = False) -> None:
+        while all_of_it or not self.reading_paused:
             try:
-                data = self.sock.recv(1 << 20)
+                # Small enough that a pause asked for while publishing takes effect within a
+                # thousand-odd events, well inside any client_queue.
+                data = self.sock.recv(RECV_SIZE)
             except BlockingIOError:
                 return
             except OSError:
                 data = b""
             if not data:
-                self.loop.remove_reader(self.sock.fileno())
+                if not self.at_eof:
+                    self.at_eof = True  # nothing more will come; its exit follows
+                    if not self.reading_paused:
+                        self.loop.remove_reader(self.sock.fileno())
                 return
             self.last_heard = time.monotonic()
             for message in self.reader.feed(data):
@@ -84,7 +108,7 @@ class WatcherProcess:
 
     def _died(self) -> None:
         # Deliver what the child sent before it died, so its last events precede the notice.
-        self._drain()
+        self._drain(all_of_it=True)
         self.loop.remove_reader(self.pidfd)
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())

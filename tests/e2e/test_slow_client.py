@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import config, watch
+from tests.harness import config, wait_for, watch
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -64,3 +64,35 @@ def test_slow_client_beside_a_fast_one(start_daemon, watched: Path) -> None:
     replayed = again.until(lambda m: m.get("seq") == notices[0]["last_seq"], timeout=30)
     assert [m["seq"] for m in replayed] == list(range(notices[0]["first_seq"],
                                                       notices[0]["last_seq"] + 1))
+
+
+def test_a_lone_client_behind_a_burst_loses_nothing(start_daemon, watched: Path) -> None:
+    # Every subscriber is behind: the daemon lets the watcher hold the burst instead of dropping
+    # what the client would only ask for again. A client that keeps reading gets all of it.
+    daemon = start_daemon(config(daemon_extra="client_queue = 50",
+                                 watches=watch("w", watched, events=["create"])))
+    line, _ = daemon.subscribe()
+    line.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    for i in range(FILES):
+        (watched / f"f{i:05}").touch()
+    (watched / "zz-end").touch()
+    got = line.until(lambda m: m.get("path") == str(watched / "zz-end"), timeout=60)
+    assert not [m for m in got if m["type"] == "dropped"]
+    assert len([m for m in got if m["type"] == "event"]) == FILES + 1
+    assert daemon.status()["dropped"] == 0
+
+
+def test_a_client_that_never_reads_stalls_nobody_for_long(start_daemon, watched: Path) -> None:
+    # The pause for a lone stuck client is bounded; after it events are dropped and counted,
+    # and a newcomer is served right away.
+    daemon = start_daemon(config(daemon_extra="client_queue = 50",
+                                 watches=watch("w", watched, events=["create"])))
+    stuck, _ = daemon.subscribe()
+    stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    for i in range(FILES):
+        (watched / f"f{i:05}").touch()
+    wait_for(lambda: daemon.status()["seq"] == FILES, timeout=30, what="every event published")
+    assert daemon.status()["dropped"] > 0
+    newcomer, _ = daemon.subscribe()
+    (watched / "fresh").touch()
+    newcomer.until(lambda m: m.get("path") == str(watched / "fresh"))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.inotify.test_compat import Event, collect_until, has, seen, touch
+from tests.inotify.test_compat import collect_until, has, seen, touch
 from watchd.inotify import adapters, constants
-from watchd.inotify.adapters import Inotify, InotifyTree
+from watchd.inotify.adapters import Event, Inotify, InotifyTree
 
 MAX_QUEUED = "/proc/sys/fs/inotify/max_queued_events"
 SMALL_QUEUE = 64
@@ -241,3 +242,37 @@ def test_tree_reports_non_utf8_names(tmp_path: Path) -> None:
         collect_until(t, has(tmp_path, "caf\udce9", "IN_CREATE"))
         touch(raw_dir + b"/\xff")
         collect_until(t, has(os.fsdecode(raw_dir), "\udcff", "IN_CLOSE_WRITE"))
+
+
+# -- unmount -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path) -> Iterator[Path]:
+    """A small tmpfs mounted at `where` (root only); unmounted at the end if still mounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        if os.path.ismount(where):
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.root
+def test_unmounted_tree_root_is_terminal_then_ends(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "mnt") as mnt, InotifyTree(mnt) as t:
+        subprocess.run(["umount", str(mnt)], check=True)
+        with pytest.raises(adapters.TerminalEventException) as info:
+            list(t.event_gen(timeout_s=5))
+        assert info.value.type_name == "IN_UNMOUNT"
+        assert info.value.event[2] == str(mnt)
+        assert str(mnt) in str(info.value)
+        # Received as an event instead, it is followed by IN_IGNORED and the end.
+        rest = [e for e in t.event_gen(terminal_events=()) if e is not None]
+        assert [e[1] for e in rest] == [["IN_IGNORED"]]
+        assert t.lost == [str(mnt)]

@@ -15,7 +15,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple, Self, TypeAlias
 
 from watchd.errors import WatchdError
 from watchd.inotify import calls, errors
@@ -172,7 +172,7 @@ class Inotify:
         self._wd_of.clear()
         self._path_of.clear()
 
-    def __enter__(self) -> Inotify:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -543,7 +543,7 @@ class _BaseTree:
         """Close the inotify fd and every watch of the trees."""
         self._i.close()
 
-    def __enter__(self) -> _BaseTree:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
