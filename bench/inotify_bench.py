@@ -23,8 +23,10 @@ Candidates (each in its own process):
   inotifywait  inotifywait -m [-r] --format '%e %w%f', read over a pipe
 
 Run as root on Linux:  .venv/bin/python bench/inotify_bench.py [--quick] [--reps 3]
-It mounts a tmpfs at /tmp/benchfs-inotify (or reuses /tmp/benchfs) and compiles the shared
-generator (/work/shared/bench/gen/gen.c, override with --gen-src) to /tmp.
+It mounts a tmpfs at /tmp/benchfs-inotify (or reuses /tmp/benchfs), compiles the shared
+generator (/work/shared/bench/gen/gen.c, override with --gen-src) to /tmp, runs itself, the
+generator and the candidates at nice -10 (ahead of other load on the machine), and raises
+fs.inotify.max_user_watches during the set-ups (restored after).
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ class Stream:
         elif t == "dropped":
             self.dropped += msg["count"]
             self.seen.update(range(msg["first_seq"], msg["last_seq"] + 1))
+            self.last_seq = max(self.last_seq, msg["last_seq"])
         elif t == "overflow":
             self.overflows += 1
 

@@ -31,8 +31,9 @@ from watchd.systemd import Notifier, watchdog_interval
 log = logging.getLogger("watchd")
 
 TICK_S = 1.0  # supervision, watchdog and STATUS= cadence
-# How long the watcher's batches may wait in its own buffer while every subscriber is behind.
-STALL_LIMIT_S = 2.0
+# How long the watcher's batches may wait in its own buffer while every subscriber is behind
+# (no longer than a hung watcher may go unnoticed: we do not hear it meanwhile).
+STALL_LIMIT_S = 10.0
 HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
 EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while the initial scan is still running
 
@@ -273,6 +274,7 @@ class Daemon:
                 self.broker.reply(conn, protocol.status(request.id, self.status_fields()))
             elif isinstance(request, protocol.Subscribe):
                 self.broker.subscribe(conn, request)
+                self.congestion_changed()  # a newcomer is not behind: no reason to hold back
             else:
                 self.broker.unsubscribe(conn, request.subscription, request.id)
         except protocol.ProtocolError as e:
@@ -383,8 +385,9 @@ class Daemon:
 
     def tick(self) -> None:
         now = time.monotonic()
-        if self.stalled_since is not None and now - self.stalled_since > STALL_LIMIT_S:
-            log.debug("every subscriber is behind for %.1f s; publishing again", STALL_LIMIT_S)
+        limit = min(STALL_LIMIT_S, self.config.daemon.watcher_timeout)
+        if self.stalled_since is not None and now - self.stalled_since > limit:
+            log.debug("every subscriber is behind for %.1f s; publishing again", limit)
             self.stall_spent = True
             self.end_stall()
         watcher = self.watcher

@@ -103,6 +103,7 @@ class Tree:
         "_path_of",
         "_prune",
         "_quiet",
+        "_quiet_parent",
         "_recursive",
         "_report",
         "_root_prefix",
@@ -129,6 +130,7 @@ class Tree:
         follow_symlinks: bool = False,
         synthetic: bool = False,
         quiet_listing: bool = True,
+        quiet_parent: bool = True,
     ) -> None:
         self._ino = ino
         self.root = os.path.abspath(os.fsdecode(root))
@@ -144,6 +146,9 @@ class Tree:
         self._full = base | (0 if follow_symlinks else IN_DONT_FOLLOW)
         self._quiet = quiet_listing and bool(self._report & _LISTING_NOISE)
         self._narrow = self._full & ~_LISTING_NOISE if self._quiet else self._full
+        # The parent's watch would report the listing of a new directory too; narrowing it for
+        # that moment hides it (quiet_parent=False keeps it, as the `inotify` package does).
+        self._quiet_parent = self._quiet and quiet_parent
         self._encoding = sys.getfilesystemencoding()
         self._decode_errors = sys.getfilesystemencodeerrors()
         self._path_of: dict[int, str] = {}
@@ -481,12 +486,13 @@ class Tree:
     ) -> None:
         """Watch a directory that appeared under `parent`, and everything in it."""
         added: list[tuple[str, int]] = []
-        if self._quiet:
+        if self._quiet_parent:
             # Listing the new directory opens it, which the parent's watch would report.
             self._set_mask(parent, parent_wd, self._mask_of(parent_wd, narrow=True))
         self._scan([prefix], out, added, set() if self._follow else None)
         if self._quiet:
             self._widen(added)
+        if self._quiet_parent:
             self._set_mask(parent, parent_wd, self._mask_of(parent_wd, narrow=False))
 
     def _mask_of(self, wd: int, *, narrow: bool) -> int:

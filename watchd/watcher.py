@@ -36,7 +36,8 @@ log = logging.getLogger("watchd.watcher")
 
 HEARTBEAT_S = 1.0  # how often the daemon hears from us when nothing else happens
 PENDING_POLL_S = 1.0  # how often a pending root is looked for again
-OUTBUF_LIMIT = 64 << 20  # bytes of batches held for a daemon that does not read; then overflow
+# Bytes of batches held for a daemon that does not read (~2M events); past it, overflow.
+OUTBUF_LIMIT = 128 << 20
 SEND_CHUNK = 1 << 20
 # Events per message: the daemon can stop taking batches (all its clients are behind) only
 # between messages, so one message must stay well inside a client's queue.

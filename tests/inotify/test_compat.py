@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import select
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import watchd.inotify
+from tests.inotify.isolation import run_isolated
 from watchd.inotify import adapters, calls, constants
 from watchd.inotify.adapters import Event, Inotify, InotifyTree, InotifyTrees
 
@@ -369,3 +371,70 @@ def test_tree_event_gen_accepts_ignore_missing_new_folders(tmp_path: Path) -> No
             if seen(events, tmp_path, "marker", "IN_CLOSE_WRITE"):
                 break
     assert seen(events, tmp_path, "gone", "IN_DELETE")
+
+
+def test_tree_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with InotifyTree("sub") as t:
+        touch(tmp_path / "sub" / "f")
+        events = collect_until(t, has(tmp_path / "sub", "f", "IN_CREATE"))
+    assert events[0][2] == str(tmp_path / "sub")
+
+
+def test_tree_out_of_watches_at_start_raises(tmp_path: Path) -> None:
+    for n in range(4):
+        (tmp_path / f"d{n}").mkdir()
+
+    def attempt() -> tuple[str, int | None, str]:
+        try:
+            InotifyTree(tmp_path).close()
+        except calls.InotifyError as e:
+            return type(e).__name__, e.errno, str(e)
+        return "no error", None, ""
+
+    name, err, text = run_isolated(attempt, watches=3)
+    assert (name, err) == ("WatchLimitError", errno.ENOSPC)
+    assert "max_user_watches" in text
+
+
+def test_tree_out_of_watches_later_warns_and_goes_on(tmp_path: Path) -> None:
+    def attempt() -> tuple[list[str], list[str]]:
+        warnings: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("watchd.inotify.adapters").addHandler(handler)
+        with InotifyTree(tmp_path, mask=constants.IN_CREATE) as t:
+            (tmp_path / "a").mkdir()  # the second watch: the last one allowed
+            (tmp_path / "b").mkdir()  # over the limit
+            collect_until(t, has(tmp_path, "b", "IN_CREATE"))
+            touch(tmp_path / "a" / "f")
+            touch(tmp_path / "b" / "g")
+            touch(tmp_path / "h")
+            events = collect_until(t, has(tmp_path, "h", "IN_CREATE"))
+        return warnings, [e[3] for e in events]
+
+    warnings, names = run_isolated(attempt, watches=2)
+    assert names == ["f", "h"]  # events go on, but not from the directory left unwatched
+    assert len(warnings) == 1
+    assert "max_user_watches" in warnings[0]
+    assert f"directories left unwatched under {tmp_path}: 1" in warnings[0]
+
+
+def test_an_unclosed_instance_warns_and_closes() -> None:
+    def open_and_drop() -> int:
+        return Inotify().fileno()  # the instance goes as soon as this returns
+
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        fd = open_and_drop()
+    with pytest.raises(OSError) as info:
+        os.fstat(fd)
+    assert info.value.errno == errno.EBADF
+
+
+def test_a_trees_watches_are_the_trees(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    with InotifyTree(tmp_path) as t:
+        t.inotify.remove_watch(tmp_path / "sub")
+        touch(tmp_path / "sub" / "f")
+        collect_until(t, has(tmp_path / "sub", "f", "IN_CLOSE_WRITE"))

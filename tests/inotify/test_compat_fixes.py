@@ -276,3 +276,32 @@ def test_unmounted_tree_root_is_terminal_then_ends(tmp_path: Path) -> None:
         rest = [e for e in t.event_gen(terminal_events=()) if e is not None]
         assert [e[1] for e in rest] == [["IN_IGNORED"]]
         assert t.lost == [str(mnt)]
+
+
+@pytest.mark.root
+def test_unmount_below_the_root_is_reported(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "mnt") as mnt, InotifyTree(tmp_path) as t:
+        subprocess.run(["umount", str(mnt)], check=True)
+        with pytest.raises(adapters.TerminalEventException) as info:
+            list(t.event_gen(timeout_s=5))
+        assert info.value.type_name == "IN_UNMOUNT"
+        assert info.value.event[2:] == (str(mnt), "")
+        rest = collect_until(t, has(mnt, "", "IN_IGNORED"), terminal_events=())
+        assert len(rest) == 1
+        assert t.lost == []
+
+
+def test_events_before_a_rename_in_the_same_read_keep_the_old_path(tmp_path: Path) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    with InotifyTree(tmp_path, mask=constants.IN_CREATE | constants.IN_MOVE) as t:
+        # All of it queued before the tree reads anything.
+        touch(tmp_path / "d" / "sub" / "before")
+        os.rename(tmp_path / "d", tmp_path / "e")
+        touch(tmp_path / "e" / "sub" / "after")
+        events = collect_until(t, has(tmp_path / "e" / "sub", "after", "IN_CREATE"))
+    assert [(e[2], e[3]) for e in events] == [
+        (str(tmp_path / "d" / "sub"), "before"),
+        (str(tmp_path), "d"),
+        (str(tmp_path), "e"),
+        (str(tmp_path / "e" / "sub"), "after"),
+    ]
