@@ -27,6 +27,7 @@ from watchd.inotify import read_limits
 from watchd.server import ClientProtocol, bind_socket
 from watchd.supervisor import BACKOFF_S, STABLE_AFTER_S, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
+from watchd.watcher import tune_gc
 
 log = logging.getLogger("watchd")
 
@@ -104,6 +105,7 @@ class Daemon:
         # Signal handlers only record; the loop acts (reload runs as a task, one at a time).
         reload_lock = asyncio.Lock()
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload(reload_lock)))
+        tune_gc()  # the replay buffer is long-lived; see tune_gc
         self.start_watcher(loop)
         # Supervision runs from the start: a watcher that hangs in its first scan is replaced too.
         ticker = loop.create_task(self.tick_forever())
@@ -126,9 +128,9 @@ class Daemon:
             sock = bind_socket(d.socket, d.socket_mode, d.socket_group)
             self.owned_socket_path = d.socket
         sock.setblocking(False)
-        # Read per connection: a reload's max_line_bytes applies to connections opened after it.
         # Bound (or taken over) now, served only once the watches are established: a client that
         # connects early waits in the listen queue instead of missing its first changes.
+        # max_line_bytes is read per connection, so a reload applies it to later connections.
         self.server = await loop.create_unix_server(
             lambda: ClientProtocol(self.broker, self, self.config.daemon.max_line_bytes,
                                    self.clients), sock=sock, start_serving=False)

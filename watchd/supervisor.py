@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,8 @@ class WatcherProcess:
         self.started = time.monotonic()
         self.last_heard = self.started
         self.reader = channel.FrameReader()
+        # Messages read but not yet handed on: a pause takes effect between two of them.
+        self.backlog: deque[tuple[Any, ...]] = deque()
         self.exited = False
         self.reading_paused = False
         self.at_eof = False
@@ -77,6 +80,8 @@ class WatcherProcess:
             # Its silence while we did not listen says nothing about its health.
             self.last_heard = time.monotonic()
             self.loop.add_reader(self.sock.fileno(), self._readable)
+            if self.backlog:
+                self.loop.call_soon(self._dispatch)
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Send a control message; lost silently if the child is already gone (it is replaced)."""
@@ -86,11 +91,16 @@ class WatcherProcess:
     def _readable(self) -> None:
         self._drain()
 
+    def _dispatch(self, *, all_of_it: bool = False) -> None:
+        """Hand on read messages, stopping as soon as the daemon pauses us (between messages)."""
+        backlog = self.backlog
+        while backlog and (all_of_it or not self.reading_paused):
+            self.on_message(backlog.popleft())
+
     def _drain(self, *, all_of_it: bool = False) -> None:
+        self._dispatch(all_of_it=all_of_it)
         while all_of_it or not self.reading_paused:
             try:
-                # Small enough that a pause asked for while publishing takes effect within a
-                # thousand-odd events, well inside any client_queue.
                 data = self.sock.recv(RECV_SIZE)
             except BlockingIOError:
                 return
@@ -103,8 +113,8 @@ class WatcherProcess:
                         self.loop.remove_reader(self.sock.fileno())
                 return
             self.last_heard = time.monotonic()
-            for message in self.reader.feed(data):
-                self.on_message(message)
+            self.backlog.extend(self.reader.feed(data))
+            self._dispatch(all_of_it=all_of_it)
 
     def _died(self) -> None:
         # Deliver what the child sent before it died, so its last events precede the notice.

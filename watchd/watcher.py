@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import errno
 import fnmatch
+import gc
+import itertools
 import logging
 import operator
 import os
@@ -20,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,7 +41,7 @@ HEARTBEAT_S = 1.0  # how often the daemon hears from us when nothing else happen
 PENDING_POLL_S = 1.0  # how often a pending root is looked for again
 # Bytes of batches held for a daemon that does not read (~2M events); past it, overflow.
 OUTBUF_LIMIT = 128 << 20
-SEND_CHUNK = 1 << 20
+SEND_FRAMES = 64  # buffers per sendmsg (far below IOV_MAX)
 # Events per message: the daemon can stop taking batches (all its clients are behind) only
 # between messages, so one message must stay well inside a client's queue.
 BATCH_MAX = 1024
@@ -103,7 +106,9 @@ class Watcher:
         self.epoll.register(sock.fileno(), select.EPOLLIN)
         self.watches: dict[str, Watch] = {}
         self.by_fd: dict[int, Watch] = {}
-        self.out = bytearray()
+        self.out: deque[bytes] = deque()  # frames not yet written, whole
+        self.out_offset = 0  # bytes of out[0] already written
+        self.out_bytes = 0
         self.out_registered = False
         self.reader = channel.FrameReader()
         self.running = True
@@ -115,17 +120,28 @@ class Watcher:
     def send(self, message: tuple[object, ...]) -> None:
         """Queue a message for the daemon and push what the socket takes now."""
         data = channel.frame(message)
-        if len(self.out) + len(data) > OUTBUF_LIMIT and message[0] == channel.EVENTS:
+        if self.out_bytes + len(data) > OUTBUF_LIMIT and message[0] == channel.EVENTS:
             # The daemon has stopped reading. Losing events is allowed only when announced.
             self.send((channel.OVERFLOW, message[1]))
             return
-        self.out += data
+        self.out.append(data)
+        self.out_bytes += len(data)
         self.flush()
 
     def flush(self) -> None:
-        while self.out:
+        """Write queued frames until the socket is full.
+
+        Frames stay whole objects in a deque, written with one sendmsg of many buffers: a
+        backlog of megabytes (the daemon paused reading) drains in linear time, where slicing
+        one big buffer from the front would copy the rest at every write.
+        """
+        out = self.out
+        while out:
+            if self.out_offset:
+                out[0] = out[0][self.out_offset :]
+                self.out_offset = 0
             try:
-                sent = self.sock.send(memoryview(self.out)[:SEND_CHUNK])
+                sent = self.sock.sendmsg(list(itertools.islice(out, SEND_FRAMES)))
             except BlockingIOError:
                 break
             except OSError as e:
@@ -133,8 +149,11 @@ class Watcher:
                     self.running = False  # the daemon is gone; nothing left to serve
                     return
                 raise
-            del self.out[:sent]
-        want_out = bool(self.out)
+            self.out_bytes -= sent
+            while sent and sent >= len(out[0]):
+                sent -= len(out.popleft())
+            self.out_offset = sent
+        want_out = bool(out)
         if want_out != self.out_registered:
             events = select.EPOLLIN | (select.EPOLLOUT if want_out else 0)
             self.epoll.modify(self.sock.fileno(), events)
@@ -299,6 +318,17 @@ class Watcher:
             self.deactivate(watch)
 
 
+def tune_gc() -> None:
+    """Make the cyclic garbage collector rare: the event path allocates, but never cycles.
+
+    With the default thresholds a burst of events triggers a collection every 700 tuples, and
+    each batch that is still alive gets traversed again and again: a third of the cost of
+    parsing. Freezing moves what start-up created out of the collector's sight for good.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 100)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the watcher child process."""
     parser = argparse.ArgumentParser(prog="watchd-watcher")
@@ -312,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level)
     sock = socket.socket(fileno=args.fd)
+    tune_gc()
     try:
         Watcher(sock).run()
     except WatchLimitError as e:

@@ -69,7 +69,8 @@ def test_slow_client_beside_a_fast_one(start_daemon, watched: Path) -> None:
 def test_a_lone_client_behind_a_burst_loses_nothing(start_daemon, watched: Path) -> None:
     # Every subscriber is behind: the daemon lets the watcher hold the burst instead of dropping
     # what the client would only ask for again. A client that keeps reading gets all of it.
-    daemon = start_daemon(config(daemon_extra="client_queue = 50",
+    # (The queue must hold one watcher message, up to 1024 events: the daemon pauses between.)
+    daemon = start_daemon(config(daemon_extra="client_queue = 1500",
                                  watches=watch("w", watched, events=["create"])))
     line, _ = daemon.subscribe()
     line.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
