@@ -9,7 +9,7 @@ import time
 import pytest
 
 from watchd import protocol
-from watchd.events import ALL_KINDS, Event, Kind
+from watchd.events import ALL_KINDS, Kind
 from watchd.protocol import (
     EVENT_HEAD,
     ErrorCode,
@@ -415,13 +415,6 @@ def test_encoder_caches_give_the_same_bytes_as_the_plain_function() -> None:
                 seq, 2.5, '"up"', "create", "/p", mask, seq, None if seq else "/q"
             )
             assert got == want
-
-
-def test_event_tail_of_a_watcher_event() -> None:
-    event = Event("w", "moved_to", "/a/b", False, 0x80, 5, 3.0, "/a/c")
-    assert EventEncoder().event_tail(9, event) == EventEncoder().tail(
-        9, 3.0, "w", "moved_to", "/a/b", 0x80, 5, "/a/c"
-    )
 
 
 # --- framing ------------------------------------------------------------------------------------

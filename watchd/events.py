@@ -1,9 +1,8 @@
-"""Event kinds and the normalized event record shared by the watcher, the daemon and clients."""
+"""Event kinds and their inotify bits, shared by the watcher, the daemon and clients."""
 
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
 
 
 class Kind(enum.StrEnum):
@@ -58,20 +57,3 @@ def kind_of(mask: int) -> Kind | None:
         if mask & bit:
             return kind
     return None
-
-
-class Event(NamedTuple):
-    """One normalized file event as the watcher process hands it to the daemon.
-
-    A NamedTuple rather than a dataclass: it is built per kernel event on the hot path and
-    shipped between processes in batches with marshal, which takes plain tuples only.
-    """
-
-    watch: str  # the configured watch's name
-    kind: str  # a Kind value
-    path: str  # absolute; os.fsdecode (surrogateescape) of the kernel's bytes
-    is_dir: bool
-    mask: int  # the kernel's mask bits, IN_ISDIR included
-    cookie: int  # pairs moved_from with moved_to; 0 otherwise
-    time: float  # unix time at which the watcher read the event
-    src_path: str | None  # moved_to only: where the entry came from, when known

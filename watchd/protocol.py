@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Final, TypeGuard
 
 from watchd.errors import WatchdError
-from watchd.events import Event, Kind
+from watchd.events import Kind
 
 PROTOCOL_VERSION: Final = 1
 
@@ -573,19 +573,6 @@ class EventEncoder:
             f'"kind":"{kind}","path":'
         )
         return before, f',{fragment},"cookie":'
-
-    def event_tail(self, seq: int, event: Event) -> bytes:
-        """The tail of an Event from the watcher, numbered seq."""
-        return self.tail(
-            seq,
-            event.time,
-            event.watch,
-            event.kind,
-            event.path,
-            event.mask,
-            event.cookie,
-            event.src_path,
-        )
 
 
 def event_line(sid: str, tail: bytes) -> bytes:
