@@ -26,7 +26,7 @@ HEARTBEAT = "hb"  # (HEARTBEAT, {watch: (state, directories, unwatched, limit_me
 OVERFLOW = "overflow"  # (OVERFLOW, watch)  the kernel (or our own buffer) dropped events
 LOST = "lost"  # (LOST, watch, path, reason)
 RESTORED = "restored"  # (RESTORED, watch, path)
-PROGRESS = "progress"  # (PROGRESS, directories)  during a long initial scan
+PROGRESS = "progress"  # (PROGRESS, watch, directories)  during a long scan
 
 
 def frame(message: tuple[Any, ...]) -> bytes:

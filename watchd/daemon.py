@@ -36,7 +36,8 @@ TICK_S = 1.0  # supervision, watchdog and STATUS= cadence
 # (no longer than a hung watcher may go unnoticed: we do not hear it meanwhile).
 STALL_LIMIT_S = 10.0
 HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
-EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while the initial scan is still running
+EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while a scan is still running
+PROGRESS_INTERVAL_S = 1.0  # at most this often a STATUS= line of a long scan
 
 
 @dataclass(slots=True)
@@ -93,6 +94,7 @@ class Daemon:
         self.watchdog_s = watchdog_interval()
         self.stalled_since: float | None = None  # reading from the watcher paused: all are behind
         self.stall_spent = False  # the limit was reached; wait for a subscriber to catch up
+        self.last_progress = -PROGRESS_INTERVAL_S
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -207,8 +209,21 @@ class Daemon:
                 state.state = "active"
             log.info("watch %s: %s is watched again", name, path)
             self.broker.watch_restored(name, path)
+        elif tag == channel.PROGRESS:
+            self.on_progress(message[1], message[2])
         elif tag == channel.HELLO:
             log.debug("watcher process %d says hello", message[1])
+
+    def on_progress(self, name: str, directories: int) -> None:
+        """A long scan is under way: say how far it got, and ask systemd for more time."""
+        ws = self.watches.get(name)
+        if ws is not None:
+            ws.directories = directories
+        now = time.monotonic()
+        if now - self.last_progress >= PROGRESS_INTERVAL_S:
+            self.last_progress = now
+            self.notifier.send(f"EXTEND_TIMEOUT_USEC={EXTEND_TIMEOUT_USEC}",
+                               f"STATUS=Establishing watches: {self.directories()} directories")
 
     def on_heartbeat(self, states: dict[str, tuple[str, int, int, str | None]]) -> None:
         for name, (state, directories, unwatched, problem) in states.items():

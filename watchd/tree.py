@@ -66,6 +66,7 @@ _SLOW = IN_ISDIR | IN_MOVED_FROM | IN_MOVED_TO | IN_IGNORED | IN_UNMOUNT | IN_Q_
 _ROOT_LOSS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
 # Events that make, unmake or rename a name in a directory.
 _NAMING = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+PROGRESS_EVERY = 4096  # directories between two progress reports of a long scan
 _OVER_LIMIT = -1  # _try_add's answer past the watch limit (a real wd is never negative)
 
 
@@ -101,6 +102,7 @@ class Tree:
         "_moves",
         "_narrow",
         "_path_of",
+        "_progress",
         "_prune",
         "_quiet",
         "_quiet_parent",
@@ -131,6 +133,7 @@ class Tree:
         synthetic: bool = False,
         quiet_listing: bool = True,
         quiet_parent: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         self._ino = ino
         self.root = os.path.abspath(os.fsdecode(root))
@@ -149,6 +152,8 @@ class Tree:
         # The parent's watch would report the listing of a new directory too; narrowing it for
         # that moment hides it (quiet_parent=False keeps it, as the `inotify` package does).
         self._quiet_parent = self._quiet and quiet_parent
+        # Told the number of directories watched so far, every PROGRESS_EVERY, during a scan.
+        self._progress = progress
         self._encoding = sys.getfilesystemencoding()
         self._decode_errors = sys.getfilesystemencodeerrors()
         self._path_of: dict[int, str] = {}
@@ -538,6 +543,8 @@ class Tree:
                 self._list(prefix, -1, stack, None)
                 continue
             added.append((prefix, wd))
+            if self._progress is not None and not len(added) % PROGRESS_EVERY:
+                self._progress(len(self._path_of))
             self._list(prefix, wd, stack, out)
 
     def _first_visit(self, prefix: str, visited: set[tuple[int, int]]) -> bool:

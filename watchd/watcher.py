@@ -205,7 +205,8 @@ class Watcher:
         except InotifyError as e:
             self.pending(watch, str(e))
             return
-        tree = Tree(ino, path, mask, recursive=recursive, prune=_excluder(exclude), synthetic=True)
+        tree = Tree(ino, path, mask, recursive=recursive, prune=_excluder(exclude), synthetic=True,
+                    progress=lambda n: self.send((channel.PROGRESS, name, n)))
         try:
             tree.start()
         except PathNotFoundError:

@@ -219,3 +219,17 @@ def test_daemonize_refused_under_systemd(workdir: str, watched: Path) -> None:
                             env=dict(os.environ, INVOCATION_ID="abc"), capture_output=True,
                             text=True, timeout=30)
     assert result.returncode != 0 and "systemd" in result.stderr
+
+
+def test_a_long_scan_reports_progress_before_ready(start_daemon, watched: Path) -> None:
+    for i in range(100):
+        for j in range(90):
+            os.makedirs(watched / f"a{i}" / f"b{j}")
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    msgs = daemon.notify.messages
+    ready = next(i for i, m in enumerate(msgs) if "READY=1" in fields(m))
+    progress = [m for m in msgs[:ready] if "STATUS=Establishing watches" in m]
+    assert progress, msgs[:ready]
+    assert f"EXTEND_TIMEOUT_USEC={30_000_000}" in fields(progress[0])
+    count = int(progress[0].split("Establishing watches: ")[1].split()[0])
+    assert 4096 <= count <= 9101
