@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     level = args.log_level or config.daemon.log_level
     if args.daemonize:
-        return daemonize(config, level, args.pidfile, args.log_file)
+        return daemonize(config, level, args.pidfile, args.log_file, args.log_level)
     configure_logging(level)
-    return serve(config)
+    return serve(config, args.log_level)
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, log_level: str | None = None) -> int:
     """Run the daemon in this process until it is told to stop."""
     from watchd.daemon import Daemon  # the server side is imported only by the server
 
@@ -90,7 +90,7 @@ def serve(config: Config) -> int:
     try:
         listen = listen_sockets()
         notifier = Notifier.from_env()  # after any daemonization: sdnotify connects when built
-        daemon = Daemon(config, notifier, listen[0] if listen else None)
+        daemon = Daemon(config, notifier, listen[0] if listen else None, log_level)
         return asyncio.run(daemon.run())
     except WatchdError as e:
         log.error("%s", e)
@@ -99,7 +99,8 @@ def serve(config: Config) -> int:
         return 0
 
 
-def daemonize(config: Config, level: str, pidfile: str, log_file: str | None) -> int:
+def daemonize(config: Config, level: str, pidfile: str, log_file: str | None,
+              level_override: str | None) -> int:
     """The classic detached daemon, for hosts without systemd."""
     if under_systemd():
         # DaemonContext would close systemd's fds, send stderr to /dev/null and set umask 0.
@@ -126,7 +127,7 @@ def daemonize(config: Config, level: str, pidfile: str, log_file: str | None) ->
             _log_to_syslog(level)
         else:
             configure_logging(level)
-        return serve(config)
+        return serve(config, level_override)
 
 
 def _log_to_syslog(level: str) -> None:

@@ -38,6 +38,8 @@ STALL_LIMIT_S = 10.0
 HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
 EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while a scan is still running
 PROGRESS_INTERVAL_S = 1.0  # at most this often a STATUS= line of a long scan
+SHUTDOWN_GRACE_S = 2.0  # for clients to read what was buffered for them at a stop
+RELOAD_WAIT_S = 30.0  # how long a reload waits for the watcher before READY=1 all the same
 
 
 @dataclass(slots=True)
@@ -71,8 +73,10 @@ def watch_spec(watch: WatchConfig) -> tuple[Any, ...]:
 class Daemon:
     """The main process: owns the configuration, the server, the broker and the watcher."""
 
-    def __init__(self, config: Config, notifier: Notifier, listen: socket.socket | None) -> None:
+    def __init__(self, config: Config, notifier: Notifier, listen: socket.socket | None,
+                 log_level: str | None = None) -> None:
         self.config = config
+        self.log_level_override = log_level  # --log-level wins over daemon.log_level
         self.notifier = notifier
         self.listen = listen  # a socket passed by systemd, or None to bind daemon.socket
         self.instance = secrets.token_hex(8)
@@ -95,6 +99,7 @@ class Daemon:
         self.stalled_since: float | None = None  # reading from the watcher paused: all are behind
         self.stall_spent = False  # the limit was reached; wait for a subscriber to catch up
         self.last_progress = -PROGRESS_INTERVAL_S
+        self.lost: set[str] = set()  # watches whose subscribers were told watch_lost
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -143,6 +148,9 @@ class Daemon:
         name = self.listen.getsockname() if self.listen is not None else ""
         return f"{name} (from systemd)"
 
+    def log_level(self) -> str:
+        return self.log_level_override or self.config.daemon.log_level
+
     # -- the watcher ---------------------------------------------------------------------------
 
     def start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -150,10 +158,11 @@ class Daemon:
         if self.stopping.is_set():
             return
         try:
-            self.watcher = WatcherProcess(loop, self.config.daemon.log_level,
+            self.watcher = WatcherProcess(loop, self.log_level(),
                                           self.on_watcher_message, self.on_watcher_exit)
         except OSError as e:
             log.error("cannot start the watcher process: %s; retrying", e)
+            self.counters.crashes_in_a_row += 1  # back off: this rarely cures itself at once
             self.schedule_restart(loop)
             return
         log.debug("watcher process %d started", self.watcher.pid)
@@ -165,16 +174,22 @@ class Daemon:
             self.watcher.send((channel.CONFIG, self.generation, specs))
         return self.generation
 
-    async def wait_applied(self, generation: int, *, initial: bool = False) -> None:
-        """Wait until the watcher confirms a configuration (or is replaced meanwhile)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def wait_applied(self, generation: int, *, initial: bool = False,
+                           deadline: float | None = None) -> bool:
+        """Wait until the watcher confirms a configuration; False at the deadline or on stop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self.applied_waiters[generation] = future
+        give_up = None if deadline is None else loop.time() + deadline
         while not future.done() and not self.stopping.is_set():
-            done, _ = await asyncio.wait({future}, timeout=5.0)
+            if give_up is not None and loop.time() >= give_up:
+                break
+            done, _ = await asyncio.wait({future}, timeout=1.0)
             if not done and initial:
                 # A large tree takes a while to scan: say so, and ask systemd for more time.
                 self.notifier.send(f"EXTEND_TIMEOUT_USEC={EXTEND_TIMEOUT_USEC}",
                                    f"STATUS=Establishing watches: {self.directories()} directories")
+        return future.done()
 
     def resolve_applied(self, generation: int | None = None) -> None:
         for gen in list(self.applied_waiters):
@@ -201,14 +216,14 @@ class Daemon:
             if state is not None:
                 state.state, state.directories = "pending", 0
             log.warning("watch %s: %s was %s; waiting for it to come back", name, path, reason)
+            self.lost.add(name)
             self.broker.watch_lost(name, path, reason)
         elif tag == channel.RESTORED:
             _, name, path = message
             state = self.watches.get(name)
             if state is not None:
                 state.state = "active"
-            log.info("watch %s: %s is watched again", name, path)
-            self.broker.watch_restored(name, path)
+            self.restored(name, path)
         elif tag == channel.PROGRESS:
             self.on_progress(message[1], message[2])
         elif tag == channel.HELLO:
@@ -225,11 +240,19 @@ class Daemon:
             self.notifier.send(f"EXTEND_TIMEOUT_USEC={EXTEND_TIMEOUT_USEC}",
                                f"STATUS=Establishing watches: {self.directories()} directories")
 
+    def restored(self, name: str, path: str) -> None:
+        self.lost.discard(name)
+        log.info("watch %s: %s is watched again", name, path)
+        self.broker.watch_restored(name, path)
+
     def on_heartbeat(self, states: dict[str, tuple[str, int, int, str | None]]) -> None:
         for name, (state, directories, unwatched, problem) in states.items():
             ws = self.watches.get(name)
             if ws is None:
                 continue
+            if name in self.lost and state != "pending":
+                # Came back while no watcher that knew it was lost was running.
+                self.restored(name, ws.config.path)
             ws.state, ws.directories, ws.unwatched = state, directories, unwatched
             ws.limit_message = problem if state == "degraded" else None
             if state == "degraded" and not ws.logged_limit:
@@ -313,6 +336,7 @@ class Daemon:
         if all_behind and not self.stall_spent:
             if self.stalled_since is None:
                 self.stalled_since = time.monotonic()
+                log.debug("every subscriber is behind: the watcher holds its batches meanwhile")
                 watcher.pause_reading()
         else:
             if not all_behind:
@@ -440,9 +464,17 @@ class Daemon:
             diff = diff_config(self.config, new)
             self.apply(new, diff)
             generation = self.send_config()
-            await self.wait_applied(generation)
-            self.notifier.ready(self.status_line())
-            log.info("reload applied: %s", self.describe_diff(diff))
+            applied = await self.wait_applied(generation, deadline=RELOAD_WAIT_S)
+            if self.stopping.is_set():
+                return  # STOPPING=1 is on its way; READY=1 now would contradict it
+            if applied:
+                log.info("reload applied: %s", self.describe_diff(diff))
+                self.notifier.ready(self.status_line())
+            else:
+                log.warning("reload accepted, but the watcher has not confirmed it within %.0f s "
+                            "(it is being restarted); it gets the new configuration when it starts",
+                            RELOAD_WAIT_S)
+                self.notifier.ready("reload accepted; the watcher is restarting")
 
     def apply(self, new: Config, diff: ConfigDiff) -> None:
         old = self.config
@@ -456,9 +488,11 @@ class Daemon:
         self.counters.restart_needed = diff.restart_needed
         self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
                                max_subscriptions=d.max_subscriptions)
-        if d.log_level != old.daemon.log_level:
+        if d.log_level != old.daemon.log_level and self.log_level_override is None:
+            # The watcher process takes it at its next start.
             logging.getLogger("watchd").setLevel(d.log_level.upper())
         for watch in diff.removed:
+            self.lost.discard(watch.name)
             self.broker.watch_lost(watch.name, watch.path, "removed")
         current = self.watches
         # An unchanged watch keeps its state; a new or changed one starts over (the watcher's
@@ -490,10 +524,14 @@ class Daemon:
         if self.watcher is not None:
             await self.watcher.stop()
         for client in list(self.clients):
-            client.close()
+            client.close()  # flushes what is buffered, then closes
         if self.owned_socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.owned_socket_path)
-        # Let the transports flush and close before the loop goes away.
-        await asyncio.sleep(0)
+        # Give the clients a moment to take what was still buffered for them.
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while self.clients and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for client in list(self.clients):
+            client.abort()
         log.info("stopped")

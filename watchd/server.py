@@ -146,6 +146,10 @@ class ClientProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered, then closes
 
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
 
 def bind_socket(path: str, mode: int, group: int | None) -> socket.socket:
     """Bind and listen on path with the given mode and group, never wider at any moment.

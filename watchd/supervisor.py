@@ -45,7 +45,9 @@ class WatcherProcess:
         self.exited = False
         self.reading_paused = False
         self.at_eof = False
+        self.writer = False
         self._exit_event = asyncio.Event()
+        self.outbuf = bytearray()  # control frames the socket did not take yet
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # exec, not fork: the child starts clean, with none of our threads, locks or loop.
@@ -56,12 +58,21 @@ class WatcherProcess:
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                 env=child_environment(os.environ), close_fds=True,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self.pid = self.proc.pid
         self.sock = ours
         ours.setblocking(False)
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            self.proc.kill()
+            self.proc.wait()
+            ours.close()
+            raise
         loop.add_reader(ours.fileno(), self._readable)
         loop.add_reader(self.pidfd, self._died)
 
@@ -84,9 +95,33 @@ class WatcherProcess:
                 self.loop.call_soon(self._dispatch)
 
     def send(self, message: tuple[Any, ...]) -> None:
-        """Send a control message; lost silently if the child is already gone (it is replaced)."""
-        with contextlib.suppress(OSError):
-            self.sock.sendall(channel.frame(message))
+        """Send a control message, never blocking the loop on a child that does not read.
+
+        Lost silently if the child is already gone: it is replaced, and its successor gets the
+        configuration anew.
+        """
+        if self.exited:
+            return
+        pending = bool(self.outbuf)
+        self.outbuf += channel.frame(message)
+        if not pending:
+            self._write()
+
+    def _write(self) -> None:
+        try:
+            sent = self.sock.send(self.outbuf)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.outbuf.clear()  # the child is gone; its exit is on its way
+            sent = 0
+        del self.outbuf[:sent]
+        if self.outbuf and not self.writer:
+            self.loop.add_writer(self.sock.fileno(), self._write)
+            self.writer = True
+        elif not self.outbuf and self.writer:
+            self.loop.remove_writer(self.sock.fileno())
+            self.writer = False
 
     def _readable(self) -> None:
         self._drain()
@@ -122,6 +157,8 @@ class WatcherProcess:
         self.loop.remove_reader(self.pidfd)
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())
+        if self.writer:
+            self.loop.remove_writer(self.sock.fileno())
         os.close(self.pidfd)
         self.sock.close()
         self.proc.wait()

@@ -190,12 +190,19 @@ class Tree:
 
     # -- set-up and tear-down ----------------------------------------------------------------
 
-    def start(self) -> list[TreeEvent]:
-        """Watch the root (raising the binding's error if it cannot be) and all below it."""
+    def start(self, *, report: bool = False) -> list[TreeEvent]:
+        """Watch the root (raising the binding's error if it cannot be) and all below it.
+
+        With report, what is already there comes back as synthetic creates: for a root that
+        reappeared, whose contents nobody has been told about.
+        """
         narrow = self._narrow & ~IN_DONT_FOLLOW
         wd = self._ino.add_watch(self.root, narrow | IN_MASK_CREATE)
         self._remember(wd, self._root_prefix)
         self._root_wd = wd
+        out: list[TreeEvent] | None = [] if report else None
+        if not self._recursive and out is not None:
+            self._list(self._root_prefix, wd, [], out)
         if self._recursive:
             added: list[tuple[str, int]] = []
             stack: list[str] = []
@@ -203,13 +210,13 @@ class Tree:
             if self._follow:
                 visited = set()
                 self._first_visit(self._root_prefix, visited)
-            self._list(self._root_prefix, wd, stack, None)
-            self._scan(stack, None, added, visited)
+            self._list(self._root_prefix, wd, stack, out)
+            self._scan(stack, out, added, visited)
             if self._quiet:
                 self._widen(added)
         if self._quiet:
             self._set_mask(self._root_prefix, wd, self._mask_of(wd, narrow=False))
-        return []
+        return out or []
 
     def close(self) -> None:
         """Remove every watch of this tree (the fd stays open: it is the caller's)."""

@@ -28,12 +28,13 @@ from dataclasses import dataclass
 
 from watchd import channel
 from watchd.inotify import (
+    IN_Q_OVERFLOW,
     InotifyError,
     InotifyFd,
     PathNotFoundError,
     WatchLimitError,
 )
-from watchd.tree import Tree
+from watchd.tree import Tree, TreeEvent
 
 log = logging.getLogger("watchd.watcher")
 
@@ -110,6 +111,7 @@ class Watcher:
         self.out_offset = 0  # bytes of out[0] already written
         self.out_bytes = 0
         self.out_registered = False
+        self.dropping: set[str] = set()  # watches whose batches our full buffer is discarding
         self.reader = channel.FrameReader()
         self.running = True
         self.next_heartbeat = 0.0
@@ -120,10 +122,16 @@ class Watcher:
     def send(self, message: tuple[object, ...]) -> None:
         """Queue a message for the daemon and push what the socket takes now."""
         data = channel.frame(message)
-        if self.out_bytes + len(data) > OUTBUF_LIMIT and message[0] == channel.EVENTS:
-            # The daemon has stopped reading. Losing events is allowed only when announced.
-            self.send((channel.OVERFLOW, message[1]))
-            return
+        if message[0] == channel.EVENTS:
+            name = str(message[1])
+            if self.out_bytes + len(data) > OUTBUF_LIMIT:
+                # The daemon has stopped reading. Losing events is allowed only when announced,
+                # once per episode and per watch, at the point where the loss begins.
+                if name not in self.dropping:
+                    self.dropping.add(name)
+                    self.send((channel.OVERFLOW, name))
+                return
+            self.dropping.discard(name)
         self.out.append(data)
         self.out_bytes += len(data)
         self.flush()
@@ -187,7 +195,8 @@ class Watcher:
             old = self.watches.get(name)
             if old is not None and old.spec == spec:
                 continue
-            watch = Watch(spec=spec, was_active=old is not None and old.was_active)
+            # A changed watch is not a lost one coming back: no watch_restored for it.
+            watch = Watch(spec=spec)
             self.watches[name] = watch
             self.activate(watch, announce=False)
             if old is not None:
@@ -207,8 +216,9 @@ class Watcher:
             return
         tree = Tree(ino, path, mask, recursive=recursive, prune=_excluder(exclude), synthetic=True,
                     progress=lambda n: self.send((channel.PROGRESS, name, n)))
+        restoring = announce or watch.was_active
         try:
-            tree.start()
+            existing = tree.start(report=restoring)
         except PathNotFoundError:
             ino.close()
             self.pending(watch, None)
@@ -224,8 +234,9 @@ class Watcher:
         self.epoll.register(ino.fileno(), select.EPOLLIN)
         if tree.limit_error is not None:
             log.warning("watch %s: %s", name, tree.limit_error)
-        if announce or watch.was_active:
+        if restoring:
             self.send((channel.RESTORED, name, path))
+            self.send_items(watch, existing, time.time())
         watch.was_active = True
         log.debug("watch %s: %d directories watched under %s", name, tree.directories, path)
 
@@ -259,25 +270,30 @@ class Watcher:
             return
         now = time.time()
         events = tree.handle(raw)
+        if tree.overflowed:
+            # The notice goes where the loss is: after what came before it, before the rest.
+            cut = next(i for i, ev in enumerate(events) if ev.mask & IN_Q_OVERFLOW)
+            self.send_items(watch, events[:cut], now)
+            self.send((channel.OVERFLOW, watch.name))
+            self.send_items(watch, tree.resync(), now)
+            self.send_items(watch, events[cut + 1 :], now)
+        else:
+            self.send_items(watch, events, now)
+        if tree.lost is not None:
+            reason = "unmounted" if tree.lost == "unmounted" else "deleted"
+            self.deactivate(watch)
+            self.send((channel.LOST, watch.name, watch.path, reason))
+
+    def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
+        """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches."""
         wanted = watch.wanted
         if wanted is None:
-            # The common case, at C speed: the overflow pseudo-event (no kind bit) rides along
-            # and the daemon skips it; the tree never reports IN_IGNORED.
-            items = list(map(_ITEM, events))
+            items = list(map(_ITEM, events))  # the common case, at C speed
         else:
             items = [_ITEM(ev) for ev in events if wanted(ev.path.rpartition("/")[2])]
         name = watch.name
         for start in range(0, len(items), BATCH_MAX):
             self.send((channel.EVENTS, name, now, items[start : start + BATCH_MAX]))
-        if tree.overflowed:
-            self.send((channel.OVERFLOW, watch.name))
-            resync = tree.resync()
-            if resync:
-                self.send((channel.EVENTS, watch.name, now, list(map(_ITEM, resync))))
-        if tree.lost is not None:
-            reason = "unmounted" if tree.lost == "unmounted" else "deleted"
-            self.deactivate(watch)
-            self.send((channel.LOST, watch.name, watch.path, reason))
 
     def heartbeat(self) -> None:
         states = {}

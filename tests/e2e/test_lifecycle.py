@@ -138,3 +138,20 @@ def test_deleted_root_is_lost_then_restored(start_daemon, workdir: str) -> None:
     line.until(lambda m: m.get("type") == "watch_restored")
     (root / "back").touch()
     line.until(lambda m: m.get("path") == str(root / "back"))
+
+
+def test_a_root_that_comes_back_reports_what_it_holds(start_daemon, workdir: str) -> None:
+    root = Path(workdir) / "root"
+    root.mkdir()
+    daemon = start_daemon(config(watches=watch("w", root)))
+    line, _ = daemon.subscribe()
+    root.rmdir()
+    line.until(lambda m: m.get("type") == "watch_lost")
+    # Recreated with content before the daemon looks again: the content is reported.
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "early.csv").touch()
+    got = line.until(lambda m: m.get("path") == str(root / "sub" / "early.csv"))
+    kinds = [m["type"] for m in got]
+    assert "watch_restored" in kinds
+    assert kinds.index("watch_restored") < len(kinds) - 1
+    assert got[-1]["kind"] == "create"
