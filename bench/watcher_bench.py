@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The watcher process's own costs, in one run, so that the ratios mean something.
 
-1. The per-event path (read, parse, tree, extract, marshal) on a real inotify burst, with the
-   collector's default thresholds and with the watcher's tuned ones, alternating.
+1. The per-event path (read, parse, tree, extract, marshal) on a real inotify burst: with the
+   collector's default thresholds, with the watcher's tuned ones, and with those and plain
+   tuples from the parser (read_raw) instead of RawEvents (read_events); alternating.
 2. Draining a backlog of frames to a daemon that reads 64 KiB at a time: one bytearray cut
    from the front after every write (the earlier design) against whole frames in a deque
    written with sendmsg (the watcher's design).
@@ -34,7 +35,7 @@ ITEM = operator.itemgetter(0, 1, 2, 3)
 FILES = 3500  # 4 events each: 14,000, inside the default kernel queue of 16,384
 
 
-def event_path_ns(root: Path) -> float:
+def event_path_ns(root: Path, *, plain: bool) -> float:
     """Nanoseconds of watcher CPU per event for one burst."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -49,7 +50,8 @@ def event_path_ns(root: Path) -> float:
             p.unlink()
         start = time.process_time_ns()
         events = 0
-        while raw := ino.read_events():
+        read = ino.read_raw if plain else ino.read_events
+        while raw := read():
             items = list(map(ITEM, tree.handle(raw)))
             marshal.dumps(("ev", "w", 1.0, items))
             events += len(raw)
@@ -95,20 +97,22 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     root = args.fs / f"watcher-bench-{os.getpid()}"
-    default, tuned = [], []
+    default, tuned, plain = [], [], []
     try:
         for _ in range(args.reps):
             gc.set_threshold(700, 10, 10)
-            default.append(event_path_ns(root))
+            default.append(event_path_ns(root, plain=False))
             gc.freeze()
             gc.set_threshold(100_000, 20, 100)
-            tuned.append(event_path_ns(root))
+            tuned.append(event_path_ns(root, plain=False))
+            plain.append(event_path_ns(root, plain=True))
             gc.unfreeze()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    d, t = statistics.median(default), statistics.median(tuned)
-    print(f"event path, ns/event (median of {args.reps}): default gc {d:.0f}, "
-          f"tuned gc {t:.0f}, ratio {t / d:.2f}")
+    d, t, p = (statistics.median(x) for x in (default, tuned, plain))
+    print(f"event path, ns/event (median of {args.reps}): default gc {d:.0f}; tuned gc {t:.0f} "
+          f"({t / d:.2f}x); tuned gc and plain tuples {p:.0f} ({p / d:.2f}x, {p / t:.2f}x of "
+          "tuned alone)")
     frames = [os.urandom(40_000) for _ in range(500)]  # 20 MB: a backlog after a pause
     old = [drain_s("bytearray", frames) for _ in range(3)]
     new = [drain_s("deque", frames) for _ in range(3)]

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from watchd.inotify._binding import InotifyFd, RawEvent
+from watchd.inotify._binding import InotifyFd, RawTuple
 from watchd.inotify.errors import InotifyError, WatchLimitError
 from watchd.inotify.flags import (
     IN_ACCESS,
@@ -233,7 +233,7 @@ class Tree:
 
     # -- events ------------------------------------------------------------------------------
 
-    def handle(self, raw: Sequence[RawEvent]) -> list[TreeEvent]:
+    def handle(self, raw: Sequence[RawTuple]) -> list[TreeEvent]:
         """Apply a batch of this tree's kernel events and return those to report."""
         out: list[TreeEvent] = []
         append = out.append
@@ -272,7 +272,7 @@ class Tree:
         self._end_batch()
         return out
 
-    def _slow(self, ev: RawEvent, prefix: str, out: list[TreeEvent]) -> None:
+    def _slow(self, ev: RawTuple, prefix: str, out: list[TreeEvent]) -> None:
         """An event on a named entry that needs bookkeeping before it is reported."""
         wd, mask, cookie, length, raw_name = ev
         name = raw_name.decode(self._encoding, self._decode_errors)
@@ -315,7 +315,7 @@ class Tree:
         else:
             self._watch_new(wd, prefix, child, out if self._synthetic else None)
 
-    def _root_event(self, ev: RawEvent, out: list[TreeEvent]) -> None:
+    def _root_event(self, ev: RawTuple, out: list[TreeEvent]) -> None:
         """A deletion, move, unmount or IN_IGNORED of the root itself."""
         wd, mask, cookie, length, name = ev
         if mask & IN_IGNORED:

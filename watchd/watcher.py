@@ -265,7 +265,7 @@ class Watcher:
         ino, tree = watch.ino, watch.tree
         assert ino is not None
         assert tree is not None
-        raw = ino.read_events()
+        raw = ino.read_raw()
         if not raw:
             return
         now = time.time()

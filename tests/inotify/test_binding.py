@@ -56,6 +56,7 @@ from watchd.inotify import (
     PermissionDeniedError,
     RawEvent,
     WatchLimitError,
+    _binding,
     error_for,
     parse_events,
     read_limits,
@@ -502,3 +503,15 @@ def test_read_limits() -> None:
     assert limits.max_user_instances > 0
     assert limits.max_queued_events is not None
     assert limits.max_queued_events > 0
+
+
+def test_parse_raw_gives_the_fields_of_parse_events_as_plain_tuples() -> None:
+    header = struct.Struct("iIII")
+    buf = (header.pack(3, 0x100, 0, 16) + b"caf\xe9".ljust(16, b"\0")
+           + header.pack(-1, 0x4000, 0, 0)
+           + header.pack(4, 0x40, 77, 32) + b"x" * 20 + b"\0" * 12)
+    raw = _binding.parse_raw(buf)
+    assert [type(t) for t in raw] == [tuple, tuple, tuple]
+    assert raw == [tuple(e) for e in _binding.parse_events(buf)]
+    assert raw[0] == (3, 0x100, 0, 16, b"caf\xe9")
+    assert raw[2] == (4, 0x40, 77, 32, b"x" * 20)
