@@ -78,7 +78,11 @@ class Line:
     def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
         self.buf = b""
         self.raw: list[bytes] = []
         self.pushed: list[dict[str, Any]] = []  # events and notices that arrived before a reply

@@ -167,6 +167,7 @@ def bind_socket(path: str, mode: int, group: int | None) -> socket.socket:
     old_umask = os.umask(0o777 & ~mode)
     try:
         sock.bind(path)
+        sock.listen(512)  # at once: a client that finds the file is queued, not refused
     except OSError as e:
         sock.close()
         raise ServerError(f"cannot create the socket {path}: {e.strerror}") from e
@@ -176,7 +177,6 @@ def bind_socket(path: str, mode: int, group: int | None) -> socket.socket:
         if group is not None:
             os.chown(path, -1, group)
         os.chmod(path, mode)  # exact bits even where the umask cannot express them (setgid etc.)
-        sock.listen(512)
     except OSError as e:
         sock.close()
         with contextlib.suppress(OSError):

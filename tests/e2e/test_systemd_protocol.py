@@ -188,7 +188,13 @@ def test_daemonize(workdir: str, watched: Path) -> None:
         return int(text) if text and text != "999999" else None
     pid = int(wait_for(new_pid, what="the pid file"))
     try:
-        wait_for(lambda: os.path.exists(sock), what="the daemon's socket")
+        def connectable() -> bool:
+            try:
+                with contextlib.closing(Line(sock)):
+                    return True
+            except OSError:
+                return False  # not created yet, or bound but not yet listening
+        wait_for(connectable, what="the daemon's socket")
         with contextlib.closing(Line(sock)) as line:
             assert line.recv()["pid"] == pid
         # SIGHUP reloads as in the foreground.
