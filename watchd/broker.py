@@ -9,7 +9,6 @@ the others and never misses anything silently.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from collections import deque
@@ -20,6 +19,7 @@ from typing import Protocol
 
 from watchd import protocol
 from watchd.events import ALL_KINDS, KIND_BITS, Kind, kinds_mask
+from watchd.globs import compile_globs
 from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError, Subscribe
 
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
@@ -81,9 +81,7 @@ class Filter:
         paths = req.paths
         if paths is not None and "/" in paths:
             paths = None  # everything lies below the root
-        glob = None
-        if req.glob is not None:
-            glob = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in req.glob))
+        glob = None if req.glob is None else compile_globs(req.glob)
         return cls(
             watches=None if req.watch is None else frozenset(req.watch),
             kinds=_KIND_BITS_ALL if req.events is None else kinds_mask(req.events),

@@ -296,16 +296,41 @@ def _closed_error(socket_path: str) -> ClientError:
     )
 
 
-class Client:
-    """A blocking connection to watchd; a context manager. Not safe to share between threads."""
+class _Connection:
+    """What the blocking and the asyncio client share: their settings and how they fail."""
 
-    def __init__(self, socket_path: str | None = None, timeout: float | None = 10.0) -> None:
+    def __init__(self, socket_path: str | None, timeout: float | None) -> None:
         self.socket_path = resolve_socket_path(socket_path)
         self.timeout = timeout
         self._pid = os.getpid()
         self._router = Router(self.socket_path)
-        self._buffer = bytearray()
         self._failure: ClientError | None = None
+
+    def _fail(self, error: ClientError) -> ClientError:
+        self._failure = error
+        return error
+
+    def _long_line_error(self) -> ClientError:
+        return ClientError(
+            f"watchd at {self.socket_path} sent a line over {MAX_LINE_BYTES} bytes; "
+            "is it really watchd's socket?",
+            self.socket_path,
+        )
+
+    def _timeout_error(self) -> ClientError:
+        return ClientError(
+            f"watchd at {self.socket_path} did not answer within {self.timeout}s; "
+            "it may be overloaded or stuck",
+            self.socket_path,
+        )
+
+
+class Client(_Connection):
+    """A blocking connection to watchd; a context manager. Not safe to share between threads."""
+
+    def __init__(self, socket_path: str | None = None, timeout: float | None = 10.0) -> None:
+        super().__init__(socket_path, timeout)
+        self._buffer = bytearray()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.settimeout(timeout)
@@ -454,23 +479,6 @@ class Client:
         del self._buffer[: end + 1]
         return decode_line(raw, self.socket_path)
 
-    def _fail(self, error: ClientError) -> ClientError:
-        self._failure = error
-        return error
-
-    def _long_line_error(self) -> ClientError:
-        return ClientError(
-            f"watchd at {self.socket_path} sent a line over {MAX_LINE_BYTES} bytes; "
-            "is it really watchd's socket?",
-            self.socket_path,
-        )
-
-    def _timeout_error(self) -> ClientError:
-        return ClientError(
-            f"watchd at {self.socket_path} did not answer within {self.timeout}s; "
-            "it may be overloaded or stuck",
-            self.socket_path,
-        )
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -524,19 +532,15 @@ class Subscription(Iterator[JSONDict]):
         self.client.unsubscribe(self.subscription)
 
 
-class AsyncClient:
+class AsyncClient(_Connection):
     """An asyncio connection to watchd: `async with AsyncClient(path) as c` or `await connect()`."""
 
     def __init__(self, socket_path: str | None = None, timeout: float | None = 10.0) -> None:
-        self.socket_path = resolve_socket_path(socket_path)
-        self.timeout = timeout
+        super().__init__(socket_path, timeout)
         self.hello: JSONDict = {}
-        self._pid = os.getpid()
-        self._router = Router(self.socket_path)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._read_lock = asyncio.Lock()
-        self._failure: ClientError | None = None
 
     @classmethod
     async def connect(
@@ -697,23 +701,6 @@ class AsyncClient:
         if self._failure is not None:
             raise self._failure
 
-    def _fail(self, error: ClientError) -> ClientError:
-        self._failure = error
-        return error
-
-    def _long_line_error(self) -> ClientError:
-        return ClientError(
-            f"watchd at {self.socket_path} sent a line over {MAX_LINE_BYTES} bytes; "
-            "is it really watchd's socket?",
-            self.socket_path,
-        )
-
-    def _timeout_error(self) -> ClientError:
-        return ClientError(
-            f"watchd at {self.socket_path} did not answer within {self.timeout}s; "
-            "it may be overloaded or stuck",
-            self.socket_path,
-        )
 
 
 class AsyncSubscription(AsyncIterator[JSONDict]):

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fnmatch
 import gc
 import itertools
 import logging
 import operator
 import os
-import re
 import select
 import signal
 import socket
@@ -27,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from watchd import channel
+from watchd.globs import glob_predicate
 from watchd.inotify import (
     IN_Q_OVERFLOW,
     InotifyError,
@@ -59,22 +58,15 @@ def _name_filter(include: tuple[str, ...],
     """A predicate on a base name: True when the name is reported; None when all are."""
     if not include and not exclude:
         return None
-    inc = re.compile("|".join(fnmatch.translate(p) for p in include)).match if include else None
-    exc = re.compile("|".join(fnmatch.translate(p) for p in exclude)).match if exclude else None
+    inc = glob_predicate(include)
+    exc = glob_predicate(exclude)
 
     def wanted(name: str) -> bool:
         if exc is not None and exc(name):
             return False
-        return inc is None or inc(name) is not None
+        return inc is None or inc(name)
 
     return wanted
-
-
-def _excluder(exclude: tuple[str, ...]) -> Callable[[str], bool] | None:
-    if not exclude:
-        return None
-    match = re.compile("|".join(fnmatch.translate(p) for p in exclude)).match
-    return lambda name: match(name) is not None
 
 
 @dataclass(slots=True)
@@ -214,8 +206,8 @@ class Watcher:
         except InotifyError as e:
             self.pending(watch, str(e))
             return
-        tree = Tree(ino, path, mask, recursive=recursive, prune=_excluder(exclude), synthetic=True,
-                    progress=lambda n: self.send((channel.PROGRESS, name, n)))
+        tree = Tree(ino, path, mask, recursive=recursive, prune=glob_predicate(exclude),
+                    synthetic=True, progress=lambda n: self.send((channel.PROGRESS, name, n)))
         restoring = announce or watch.was_active
         try:
             existing = tree.start(report=restoring)

@@ -7,10 +7,8 @@ docs/inotify.md.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
-import re
 import sys
 import time
 from collections import deque
@@ -18,6 +16,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import NamedTuple, Self, TypeAlias
 
 from watchd.errors import WatchdError
+from watchd.globs import glob_predicate
 from watchd.inotify import calls, errors
 from watchd.inotify._binding import InotifyFd, RawEvent
 from watchd.inotify.constants import (
@@ -108,11 +107,7 @@ def _pruner(exclude: Exclude) -> Callable[[str], bool] | None:
     """A predicate on a directory's base name from globs or a predicate; None for no pruning."""
     if exclude is None or callable(exclude):
         return exclude
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude)
-    if not patterns:
-        return None
-    match = re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
-    return lambda name: match(name) is not None
+    return glob_predicate([exclude] if isinstance(exclude, str) else exclude)
 
 
 class Inotify:
