@@ -16,8 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 10.0
+NOBODY = 65534  # uid and gid of the unprivileged user some tests run a process as
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
@@ -285,3 +288,16 @@ def watch(name: str, path: str | Path, **keys: Any) -> str:
     lines = ["[[watch]]", f"name = {json.dumps(name)}", f"path = {json.dumps(str(path))}"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
     return "\n".join(lines) + "\n"
+
+
+def python_for_nobody() -> str:
+    """An interpreter another user may run (ours may live under root's home)."""
+    for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        try:
+            probe = subprocess.run([candidate, "-c", "pass"], user=NOBODY, group=NOBODY,
+                                   extra_groups=[], capture_output=True, check=False, cwd="/")
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return candidate
+    pytest.skip("no Python interpreter that the user nobody may run")

@@ -121,6 +121,15 @@ def test_socket_activation_starts_the_service_and_events_flow(
     assert status["Uid"].split()[1] != "0"
     assert int(status["CapEff"], 16) == 1 << CAP_DAC_READ_SEARCH
 
+    # The watcher runs below the daemon's nice value as far as its RLIMIT_NICE allows: the
+    # unit's LimitNICE= gives it the room (where the container lets systemd raise the limit),
+    # and its system call filter lets setpriority() through.
+    if not svc.standin:
+        assert "setpriority" in svc.show("watchd.service", "SystemCallFilter").split()
+    watcher = next(p for p in svc.service_pids() if p != pid)
+    own, room = svc.proc_nice(pid), 20 - svc.proc_rlimit_nice(watcher)
+    assert svc.proc_nice(watcher) == min(own, max(own - 10, room))
+
     # Only the main process talks to systemd.
     for child in (p for p in svc.service_pids() if p != pid):
         leaked = {k for k in svc.proc_environ(child) if k.startswith(("NOTIFY_", "WATCHDOG_",

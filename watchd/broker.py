@@ -33,6 +33,9 @@ _KIND_BITS_ALL = kinds_mask(ALL_KINDS)
 # per event on the hot path, where a NamedTuple or dataclass constructor costs measurably more.
 _Held = tuple[int, str, int, str, bytes]
 
+# One event as the watcher sends it: (mask, cookie, path, src_path or None).
+Item = tuple[int, int, str, str | None]
+
 
 class Sink(Protocol):
     """Where a connection's bytes go: the server's per-connection transport glue."""
@@ -323,10 +326,16 @@ class Broker:
 
     # --- events and notices ----------------------------------------------------------------------
 
-    def publish(
-        self, watch: str, time: float, items: list[tuple[int, int, str, str | None]]
-    ) -> None:
+    def publish(self, watch: str, time: float, items: list[Item]) -> None:
         """Number, serialize, hold and fan out a batch of events of one watch read at `time`."""
+        self.publish_reads(watch, [(time, items)])
+
+    def publish_reads(self, watch: str, reads: list[tuple[float, list[Item]]]) -> None:
+        """publish for several reads of one watch in a row, each (time, items): one write each.
+
+        A daemon that fell behind finds many small batches waiting; handing them on together
+        costs one write per connection instead of one per batch.
+        """
         routes = self._routes.get(watch)
         if routes is None:
             routes = self._routes[watch] = self._route(watch)
@@ -354,23 +363,24 @@ class Broker:
         hold = self._held.append
         tails: list[bytes] = []
         seq = self.last_seq
-        for mask, cookie, path, src_path in items:
-            bit = mask & _KIND_BITS_ALL
-            kind = kinds.get(bit)
-            if kind is None:
-                continue  # not exactly one kind bit: nothing a client could be told
-            seq += 1
-            tail = tail_of(seq, time, watch, kind, path, mask, cookie, src_path)
-            hold((seq, watch, bit, path, tail))
-            tails.append(tail)
-            for flt, targets in general:
-                if flt.matches(bit, path):
-                    for sub, sink_out in targets:
-                        if sink_out is None:
-                            self._queue_event(sub, seq, tail)
-                        else:
-                            sink_out.append(sub.prefix)
-                            sink_out.append(tail)
+        for time, items in reads:
+            for mask, cookie, path, src_path in items:
+                bit = mask & _KIND_BITS_ALL
+                kind = kinds.get(bit)
+                if kind is None:
+                    continue  # not exactly one kind bit: nothing a client could be told
+                seq += 1
+                tail = tail_of(seq, time, watch, kind, path, mask, cookie, src_path)
+                hold((seq, watch, bit, path, tail))
+                tails.append(tail)
+                for flt, targets in general:
+                    if flt.matches(bit, path):
+                        for sub, sink_out in targets:
+                            if sink_out is None:
+                                self._queue_event(sub, seq, tail)
+                            else:
+                                sink_out.append(sub.prefix)
+                                sink_out.append(tail)
         self.events += seq - self.last_seq
         self.last_seq = seq
 

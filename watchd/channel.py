@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import marshal
 import struct
+from collections import deque
 from typing import Any
 
 _LEN = struct.Struct("<I")
@@ -21,12 +22,18 @@ STOP = "stop"  # (STOP,)
 # Watcher -> daemon:
 HELLO = "hello"  # (HELLO, pid)
 APPLIED = "applied"  # (APPLIED, generation)  every watch of that config is established or pending
-EVENTS = "ev"  # (EVENTS, watch, time, [(mask, cookie, path, src_path), ...])
+EVENTS = "ev"  # (EVENTS, watch, [(time, [(mask, cookie, path, src_path), ...]), ...]) reads
+
 HEARTBEAT = "hb"  # (HEARTBEAT, {watch: (state, directories, unwatched, limit_message)})
 OVERFLOW = "overflow"  # (OVERFLOW, watch)  the kernel (or our own buffer) dropped events
 LOST = "lost"  # (LOST, watch, path, reason)
 RESTORED = "restored"  # (RESTORED, watch, path)
 PROGRESS = "progress"  # (PROGRESS, watch, directories)  during a long scan
+
+
+# Events in one EVENTS message at most. The daemon can stop taking messages (all its clients are
+# behind) only between them, so one must stay well inside a client's queue.
+BATCH_MAX = 1024
 
 
 def frame(message: tuple[Any, ...]) -> bytes:
@@ -58,3 +65,31 @@ class FrameReader:
             offset = start + size
         del buf[:offset]
         return out
+
+
+def next_message(backlog: deque[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Take the next message from a non-empty backlog.
+
+    Consecutive EVENTS messages of one watch come out as one (up to BATCH_MAX events): a
+    daemon that fell behind finds many small reads waiting, and handing them on together costs
+    it one serialization pass and one write per client instead of one per read.
+    """
+    message = backlog.popleft()
+    if message[0] != EVENTS or not backlog or backlog[0][0] != EVENTS:
+        return message
+    watch, reads = message[1], message[2]
+    count = sum(len(items) for _, items in reads)
+    merged: list[Any] | None = None
+    while backlog:
+        following = backlog[0]
+        if following[0] != EVENTS or following[1] != watch:
+            break
+        more = sum(len(items) for _, items in following[2])
+        if count + more > BATCH_MAX:
+            break
+        backlog.popleft()
+        if merged is None:
+            merged = list(reads)
+        merged.extend(following[2])
+        count += more
+    return message if merged is None else (EVENTS, watch, merged)

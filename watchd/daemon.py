@@ -201,7 +201,7 @@ class Daemon:
     def on_watcher_message(self, message: tuple[Any, ...]) -> None:
         tag = message[0]
         if tag == channel.EVENTS:
-            self.broker.publish(message[1], message[2], message[3])
+            self.broker.publish_reads(message[1], message[2])
         elif tag == channel.HEARTBEAT:
             self.on_heartbeat(message[1])
         elif tag == channel.APPLIED:

@@ -492,6 +492,10 @@ def _mask_fragment(mask: int) -> str:
     return f'"is_dir":{is_dir},"mask":[{names}]'
 
 
+# Cached event fragments: far more than watches times the masks a watch produces.
+_FRAGMENTS_MAX: Final = 4096
+
+
 def _time_json(time: float) -> str:
     # Microseconds are what the clock is good for; fewer digits on the wire.
     return repr(round(float(time), 6))
@@ -521,19 +525,20 @@ def event_tail(  # noqa: PLR0917 -- positional on the hot path: one call per eve
 class EventEncoder:
     """Serializes events once for every subscriber, caching what repeats.
 
-    The events of one watcher batch share their time and watch, and their masks take a handful
-    of values: so everything but seq, path and cookie is formatted once per (batch, mask) and
-    an event costs one small f-string. Formatting the float time alone took longer than all
-    the rest together.
+    An event line is the same text around three values of its own (seq, path, cookie): what
+    depends on the watch and the mask (kind, is_dir, mask) is formatted once per pair and kept,
+    and the time once per watcher read, which its events share. Formatting the float time
+    alone took longer than all the rest together.
     """
 
-    __slots__ = ("_batch", "_batch_key", "_masks")
+    __slots__ = ("_fragments", "_time", "_time_text")
 
     def __init__(self) -> None:
-        self._masks: dict[int, str] = {}
-        self._batch_key: tuple[float, str] | None = None
-        # mask -> (text from "time" to the path's opening, text from after the path to cookie)
-        self._batch: dict[int, tuple[str, str]] = {}
+        # (watch, mask) -> (text from "watch" to the path's opening, text from after the path
+        # to the cookie's value)
+        self._fragments: dict[tuple[str, int], tuple[str, str]] = {}
+        self._time = math.nan  # equal to no time: the first event formats its own
+        self._time_text = ""
 
     def tail(  # noqa: PLR0917 -- positional on the hot path: one call per event
         self,
@@ -547,32 +552,33 @@ class EventEncoder:
         src_path: str | None,
     ) -> bytes:
         """An event line after its sid (watch is the plain name); see event_tail."""
-        # Only the named bits matter, which also bounds the caches.
+        if time != self._time:
+            self._time = time
+            self._time_text = _time_json(time)
+        # Only the named bits matter, which also bounds the cache.
         mask &= _KNOWN_BITS
-        if self._batch_key != (time, watch):
-            self._batch_key = (time, watch)
-            self._batch = {}
-        parts = self._batch.get(mask)
+        parts = self._fragments.get((watch, mask))
         if parts is None:
-            parts = self._batch[mask] = self._parts(time, watch, kind, mask)
+            parts = self._fragment(watch, kind, mask)
         before, after = parts
         if src_path is None:
-            line = f'","seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie}}}\n'
+            line = (f'","seq":{seq},"time":{self._time_text}{before}'
+                    f'{encode_basestring_ascii(path)}{after}{cookie}}}\n')
             return line.encode("ascii")
         return (
-            f'","seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie},'
-            f'"src_path":{encode_basestring_ascii(src_path)}}}\n'
+            f'","seq":{seq},"time":{self._time_text}{before}{encode_basestring_ascii(path)}'
+            f'{after}{cookie},"src_path":{encode_basestring_ascii(src_path)}}}\n'
         ).encode("ascii")
 
-    def _parts(self, time: float, watch: str, kind: str, mask: int) -> tuple[str, str]:
-        fragment = self._masks.get(mask)
-        if fragment is None:
-            fragment = self._masks[mask] = _mask_fragment(mask)
-        before = (
-            f',"time":{_time_json(time)},"watch":{encode_basestring_ascii(watch)},'
-            f'"kind":"{kind}","path":'
+    def _fragment(self, watch: str, kind: str, mask: int) -> tuple[str, str]:
+        if len(self._fragments) >= _FRAGMENTS_MAX:
+            self._fragments.clear()  # watches renamed by many reloads: start afresh
+        parts = (
+            f',"watch":{encode_basestring_ascii(watch)},"kind":"{kind}","path":',
+            f',{_mask_fragment(mask)},"cookie":',
         )
-        return before, f',{fragment},"cookie":'
+        self._fragments[watch, mask] = parts
+        return parts
 
 
 def event_line(sid: str, tail: bytes) -> bytes:

@@ -130,7 +130,7 @@ class WatcherProcess:
         """Hand on read messages, stopping as soon as the daemon pauses us (between messages)."""
         backlog = self.backlog
         while backlog and (all_of_it or not self.reading_paused):
-            self.on_message(backlog.popleft())
+            self.on_message(channel.next_message(backlog))
 
     def _drain(self, *, all_of_it: bool = False) -> None:
         self._dispatch(all_of_it=all_of_it)

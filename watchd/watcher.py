@@ -15,6 +15,7 @@ import itertools
 import logging
 import operator
 import os
+import resource
 import select
 import signal
 import socket
@@ -42,9 +43,10 @@ PENDING_POLL_S = 1.0  # how often a pending root is looked for again
 # Bytes of batches held for a daemon that does not read (~2M events); past it, overflow.
 OUTBUF_LIMIT = 128 << 20
 SEND_FRAMES = 64  # buffers per sendmsg (far below IOV_MAX)
-# Events per message: the daemon can stop taking batches (all its clients are behind) only
-# between messages, so one message must stay well inside a client's queue.
-BATCH_MAX = 1024
+# How far below the daemon's nice value we run, where allowed. The kernel queue is the one
+# place where events are lost for good; every stage after it buffers. So when the CPUs are
+# contended (a burst: the writer, we, the daemon and its clients), we must be scheduled first.
+NICE_BOOST = 10
 # What the daemon needs of a TreeEvent: (mask, cookie, path, src_path), as a plain tuple
 # (marshal takes no NamedTuple).
 _ITEM = operator.itemgetter(0, 1, 2, 3)
@@ -284,8 +286,9 @@ class Watcher:
         else:
             items = [_ITEM(ev) for ev in events if wanted(ev.path.rpartition("/")[2])]
         name = watch.name
-        for start in range(0, len(items), BATCH_MAX):
-            self.send((channel.EVENTS, name, now, items[start : start + BATCH_MAX]))
+        step = channel.BATCH_MAX
+        for start in range(0, len(items), step):
+            self.send((channel.EVENTS, name, [(now, items[start : start + step])]))
 
     def heartbeat(self) -> None:
         states = {}
@@ -327,6 +330,36 @@ class Watcher:
             self.deactivate(watch)
 
 
+def priority_targets(current: int, rlimit_nice: int) -> list[int]:
+    """The nice values to try, best first: NICE_BOOST below current, then RLIMIT_NICE's floor.
+
+    Unprivileged, RLIMIT_NICE r allows going down to 20 - r (RLIM_INFINITY: anywhere).
+    """
+    wanted = max(-20, current - NICE_BOOST)
+    floor = wanted if rlimit_nice == resource.RLIM_INFINITY else max(wanted, 20 - rlimit_nice)
+    return [value for value in dict.fromkeys((wanted, floor)) if value < current]
+
+
+def raise_priority() -> int:
+    """Lower our nice value by NICE_BOOST where allowed; returns the value we run at.
+
+    Allowed with CAP_SYS_NICE (root) or by an RLIMIT_NICE that reaches far enough (systemd's
+    LimitNICE=, as the shipped unit sets); otherwise we stay at the daemon's priority.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    for value in priority_targets(current, soft):
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+        except PermissionError:
+            continue
+        log.debug("watcher runs at nice %d, the daemon at %d", value, current)
+        return value
+    log.debug("watcher runs at the daemon's nice value %d (not allowed to lower it: no "
+              "CAP_SYS_NICE, RLIMIT_NICE %s)", current, soft)
+    return current
+
+
 def tune_gc() -> None:
     """Make the cyclic garbage collector rare: the event path allocates, but never cycles.
 
@@ -351,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level)
     sock = socket.socket(fileno=args.fd)
+    raise_priority()
     tune_gc()
     try:
         Watcher(sock).run()

@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness import config, watch
+from tests.harness import NOBODY, config, python_for_nobody, watch
 
 pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user"),
 ]
 
-NOBODY = 65534
 
 # Runs as `nobody`: connects, sends each request line from argv, prints every line received
 # until it has seen as many replies as requests plus the hello and, if asked, one event.
@@ -58,19 +56,6 @@ def daemon(start_daemon, watched: Path, workdir: str):
         watches=watch("public", watched / "public")
         + watch("secret", watched / "secret", allow_users=["root"])
         + watch("group", watched / "group", allow_groups=[NOBODY])))
-
-
-def python_for_nobody() -> str:
-    """An interpreter another user may run (ours may live under root's home)."""
-    for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
-        try:
-            probe = subprocess.run([candidate, "-c", "pass"], user=NOBODY, group=NOBODY,
-                                   extra_groups=[], capture_output=True, check=False, cwd="/")
-        except OSError:
-            continue
-        if probe.returncode == 0:
-            return candidate
-    pytest.skip("no Python interpreter that the user nobody may run")
 
 
 def as_nobody(path: str, *requests: dict, want_event: bool = False) -> subprocess.Popen[str]:

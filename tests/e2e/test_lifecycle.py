@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import config, wait_for, watch
+from tests.harness import NOBODY, REPO, config, python_for_nobody, wait_for, watch
+from watchd.watcher import priority_targets
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -155,3 +157,43 @@ def test_a_root_that_comes_back_reports_what_it_holds(start_daemon, workdir: str
     assert "watch_restored" in kinds
     assert kinds.index("watch_restored") < len(kinds) - 1
     assert got[-1]["kind"] == "create"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs CAP_SYS_NICE")
+def test_the_watcher_is_scheduled_before_the_daemon(start_daemon, watched: Path) -> None:
+    # The kernel queue is the one place where events are lost for good: under load, the
+    # process that drains it must get the CPU before the fan-out does.
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    assert daemon.proc is not None
+    own = os.getpriority(os.PRIO_PROCESS, daemon.proc.pid)
+    assert os.getpriority(os.PRIO_PROCESS, daemon.watcher_pid()) == max(-20, own - 10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+def test_an_unprivileged_watcher_stays_at_the_daemons_priority() -> None:
+    # No CAP_SYS_NICE and no RLIMIT_NICE to spare: the boost is skipped, not an error.
+    def drop() -> None:
+        resource.setrlimit(resource.RLIMIT_NICE, (0, 0))
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    code = "from watchd.watcher import raise_priority; print(raise_priority())"
+    result = subprocess.run([python_for_nobody(), "-c", code], preexec_fn=drop,
+                            env={"PYTHONPATH": str(REPO)}, cwd="/", capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@pytest.mark.parametrize(("current", "rlimit", "targets"), [
+    (0, 0, [-10]),  # root: the whole boost (RLIMIT_NICE does not bind CAP_SYS_NICE)
+    (0, 25, [-10, -5]),  # LimitNICE=-5: the boost, else what the limit allows
+    (0, 30, [-10]),  # LimitNICE=-10, as the shipped unit sets
+    (0, resource.RLIM_INFINITY, [-10]),
+    (-15, 0, [-20]),  # never past -20
+    (-20, 40, []),  # nothing to gain
+    (5, 0, [-5]),  # relative to the daemon's own value (a unit's Nice=)
+])
+def test_priority_targets(current: int, rlimit: int, targets: list[int]) -> None:
+    assert priority_targets(current, rlimit) == targets

@@ -13,6 +13,7 @@ from tests.harness import config, wait_for, watch
 pytestmark = pytest.mark.timeout(90)
 
 FILES = 3000
+LONG = "x" * 200
 
 
 def test_slow_client_beside_a_fast_one(start_daemon, watched: Path) -> None:
@@ -92,8 +93,10 @@ def test_a_client_that_never_reads_stalls_nobody_for_long(start_daemon, watched:
                                  watches=watch("w", watched, events=["create"])))
     stuck, _ = daemon.subscribe()
     stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # Long names: more than the socket's send buffer and the transport's can hold (~1.2 MB of
+    # lines), so the connection's queue must take the rest.
     for i in range(FILES):
-        (watched / f"f{i:05}").touch()
+        (watched / f"f{i:05}-{LONG}").touch()
     wait_for(lambda: daemon.status()["seq"] == FILES, timeout=30, what="every event published")
     assert daemon.status()["dropped"] > 0
     newcomer, _ = daemon.subscribe()

@@ -163,6 +163,16 @@ class Service:
         text = self.lab.path(f"/proc/{pid}/status").read_text()
         return dict(re.findall(r"^(\w+):\s*(.*)$", text, re.MULTILINE))
 
+    def proc_nice(self, pid: int) -> int:
+        fields = self.lab.path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[16])  # field 19 of proc_pid_stat(5); fields[0] is field 3
+
+    def proc_rlimit_nice(self, pid: int) -> int:
+        text = self.lab.path(f"/proc/{pid}/limits").read_text()
+        match = re.search(r"^Max nice priority\s+(\d+)", text, re.MULTILINE)
+        assert match, text
+        return int(match.group(1))
+
     def proc_environ(self, pid: int) -> dict[str, str]:
         raw = self.lab.path(f"/proc/{pid}/environ").read_bytes()
         pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
