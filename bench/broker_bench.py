@@ -47,9 +47,12 @@ def request(mode: str, i: int) -> Subscribe:
     return Subscribe()
 
 
-def run(n_events: int, batch: int, n_subs: int, mode: str) -> tuple[float, int]:
+def run(n_events: int, batch: int, n_subs: int, mode: str, per_read: int = 0
+        ) -> tuple[float, int]:
     """Publish n_events in batches to n_subs subscriptions (one per connection).
 
+    per_read > 0: the events come as watcher reads of that many, each with its own time, and
+    a batch is the reads the daemon merges into one publish (a daemon that fell behind).
     Returns events/s and the number of event lines delivered.
     """
     broker = Broker(instance="bench", client_queue=10_000, replay_buffer=65_536,
@@ -64,11 +67,21 @@ def run(n_events: int, batch: int, n_subs: int, mode: str) -> tuple[float, int]:
     items: list[tuple[int, int, str, str | None]] = [
         (mask, 0, f"/srv/data/dir{n % 97}/file{n}.csv", None) for n in range(n_events)
     ]
-    batches = [items[i : i + batch] for i in range(0, n_events, batch)]
-    start = time.perf_counter()
-    for items in batches:
-        broker.publish("w", 1700000000.123456, items)
-    elapsed = time.perf_counter() - start
+    if per_read:
+        reads = [(1700000000.0 + i * 1e-5, items[i : i + per_read])
+                 for i in range(0, n_events, per_read)]
+        step = max(1, batch // per_read)
+        merged = [reads[i : i + step] for i in range(0, len(reads), step)]
+        start = time.perf_counter()
+        for group in merged:
+            broker.publish_reads("w", group)
+        elapsed = time.perf_counter() - start
+    else:
+        batches = [items[i : i + batch] for i in range(0, n_events, batch)]
+        start = time.perf_counter()
+        for items in batches:
+            broker.publish("w", 1700000000.123456, items)
+        elapsed = time.perf_counter() - start
     assert broker.events == n_events
     lines = (sum(s.chunks for s in sinks) - n_subs) // 2  # prefix + tail each; `subscribed`
     if mode != "paths":
@@ -83,14 +96,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.events} events, {args.batch} per publish call")
     cases = (
-        (1, "none", "no filter"),
-        (100, "none", "no filter"),
-        (100, "glob", "the same glob, all match"),
-        (100, "paths", "a path each, ~1% match"),
+        (1, "none", 0, "no filter"),
+        (1, "none", 5, "no filter, reads of 5 merged"),
+        (100, "none", 0, "no filter"),
+        (100, "glob", 0, "the same glob, all match"),
+        (100, "paths", 0, "a path each, ~1% match"),
     )
-    for n_subs, mode, label in cases:
-        rate, lines = run(args.events, args.batch, n_subs, mode)
-        print(f"{n_subs:>3} subscription(s), {label:<26} {rate:>10,.0f} events/s "
+    for n_subs, mode, per_read, label in cases:
+        rate, lines = run(args.events, args.batch, n_subs, mode, per_read)
+        print(f"{n_subs:>3} subscription(s), {label:<30} {rate:>10,.0f} events/s "
               f"({lines:,} lines out)")
 
 

@@ -216,6 +216,26 @@ def test_one_write_per_connection_per_batch() -> None:
     assert len(events(sink2.messages())) == 50
 
 
+def test_reads_published_together_keep_their_times_and_cost_one_write() -> None:
+    broker = make_broker()
+    sink, conn = join(broker)
+    sub(broker, conn)
+    sink2, conn2 = join(broker)
+    sub(broker, conn2, events=[Kind.DELETE])  # a filtered connection: one write as well
+    before = (sink.writes, sink2.writes)
+    broker.publish_reads("a", [(10.5, creates("/a/1", "/a/2")), (11.25, []),
+                               (12.75, [item(Kind.DELETE, "/a/1")])])
+    assert (sink.writes, sink2.writes) == (before[0] + 1, before[1] + 1)
+    got = events(sink.messages())
+    assert [(m["seq"], m["time"], m["path"]) for m in got] == [
+        (1, 10.5, "/a/1"), (2, 10.5, "/a/2"), (3, 12.75, "/a/1")]
+    assert [(m["seq"], m["kind"]) for m in events(sink2.messages())] == [(3, "delete")]
+    # The replay history holds them as they were sent.
+    sink3, conn3 = join(broker)
+    sid3 = sub(broker, conn3, since=0)
+    assert events(sink3.messages()) == [dict(m, subscription=sid3) for m in got]
+
+
 # --- filters -----------------------------------------------------------------------------------
 
 

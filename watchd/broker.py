@@ -25,6 +25,9 @@ from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError, Su
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
 # is overfilled by at most this much, and the syscalls are still batched.
 FLUSH_LINES = 512
+# Room kept in a connection's queue before it counts as near full (see Broker.crowded): the
+# most events one batch from the watcher brings.
+QUEUE_HEADROOM = 1024
 
 # Every kind bit; each event's mask carries exactly one of them.
 _KIND_BITS_ALL = kinds_mask(ALL_KINDS)
@@ -174,6 +177,10 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
     return chunks
 
 
+def _near_full(client_queue: int) -> int:
+    return client_queue - min(QUEUE_HEADROOM, client_queue // 2)
+
+
 def _quote(text: str) -> str:
     return json.dumps(text)
 
@@ -188,6 +195,9 @@ class Broker:
         self.client_queue = client_queue
         self.replay_buffer = replay_buffer
         self.max_subscriptions = max_subscriptions
+        # Set when a connection's queue reaches _near_full: a hint that crowded() may be true.
+        self.near_full = False
+        self._near_full = _near_full(client_queue)
         self.last_seq = 0
         self.events = 0  # published
         self.dropped = 0  # event lines discarded for slow connections
@@ -214,6 +224,7 @@ class Broker:
     def set_limits(self, *, client_queue: int, replay_buffer: int, max_subscriptions: int) -> None:
         """Apply new limits (a reload); the replay history keeps its newest events."""
         self.client_queue = client_queue
+        self._near_full = _near_full(client_queue)
         self.max_subscriptions = max_subscriptions
         if replay_buffer != self.replay_buffer:
             self.replay_buffer = replay_buffer
@@ -306,6 +317,11 @@ class Broker:
     def subscription_count(self) -> int:
         """Subscriptions over all connections."""
         return sum(len(conn.subs) for conn in self._conns)
+
+    def crowded(self) -> bool:
+        """Whether some connection's queue is so full that the next batch may overflow it."""
+        self.near_full = any(c.queued_events >= self._near_full for c in self._conns)
+        return self.near_full
 
     @property
     def oldest(self) -> int:
@@ -505,6 +521,8 @@ class Broker:
             self._settle(sub)
         conn.queue.append(sub.prefix + tail)
         conn.queued_events += 1
+        if conn.queued_events >= self._near_full:
+            self.near_full = True
 
     def _settle(self, sub: Subscription) -> None:
         """Queue the `dropped` notice of a subscription's gap and start a new range."""

@@ -22,8 +22,8 @@ STOP = "stop"  # (STOP,)
 # Watcher -> daemon:
 HELLO = "hello"  # (HELLO, pid)
 APPLIED = "applied"  # (APPLIED, generation)  every watch of that config is established or pending
-EVENTS = "ev"  # (EVENTS, watch, [(time, [(mask, cookie, path, src_path), ...]), ...]) reads
-
+# (EVENTS, watch, [(time, [(mask, cookie, path, src_path), ...]), ...]): reads, oldest first
+EVENTS = "ev"
 HEARTBEAT = "hb"  # (HEARTBEAT, {watch: (state, directories, unwatched, limit_message)})
 OVERFLOW = "overflow"  # (OVERFLOW, watch)  the kernel (or our own buffer) dropped events
 LOST = "lost"  # (LOST, watch, path, reason)
@@ -34,6 +34,10 @@ PROGRESS = "progress"  # (PROGRESS, watch, directories)  during a long scan
 # Events in one EVENTS message at most. The daemon can stop taking messages (all its clients are
 # behind) only between them, so one must stay well inside a client's queue.
 BATCH_MAX = 1024
+# Events in a message merged from several (see next_message): enough to spread the cost of a
+# publish and a write over hundreds of events, and small, because every subscriber that is
+# behind queues a whole message after the daemon has decided to hold the watcher back.
+MERGE_MAX = 256
 
 
 def frame(message: tuple[Any, ...]) -> bytes:
@@ -70,7 +74,7 @@ class FrameReader:
 def next_message(backlog: deque[tuple[Any, ...]]) -> tuple[Any, ...]:
     """Take the next message from a non-empty backlog.
 
-    Consecutive EVENTS messages of one watch come out as one (up to BATCH_MAX events): a
+    Consecutive EVENTS messages of one watch come out as one (up to MERGE_MAX events): a
     daemon that fell behind finds many small reads waiting, and handing them on together costs
     it one serialization pass and one write per client instead of one per read.
     """
@@ -85,7 +89,7 @@ def next_message(backlog: deque[tuple[Any, ...]]) -> tuple[Any, ...]:
         if following[0] != EVENTS or following[1] != watch:
             break
         more = sum(len(items) for _, items in following[2])
-        if count + more > BATCH_MAX:
+        if count + more > MERGE_MAX:
             break
         backlog.popleft()
         if merged is None:

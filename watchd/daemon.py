@@ -35,6 +35,11 @@ TICK_S = 1.0  # supervision, watchdog and STATUS= cadence
 # How long the watcher's batches may wait in its own buffer while every subscriber is behind
 # (no longer than a hung watcher may go unnoticed: we do not hear it meanwhile).
 STALL_LIMIT_S = 10.0
+# A subscriber counts as keeping up once it has not been behind for this long. Clients that take
+# turns reading (one process serving many connections) are each behind most of the time and
+# caught up for a moment; that moment must not decide for the others.
+KEEPING_UP_S = 1.0
+STALL_RECHECK_S = 0.05  # while held back: how often to look whether someone keeps up again
 HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
 EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while a scan is still running
 PROGRESS_INTERVAL_S = 1.0  # at most this often a STATUS= line of a long scan
@@ -96,7 +101,9 @@ class Daemon:
         self.server: asyncio.AbstractServer | None = None
         self.last_status = ""
         self.watchdog_s = watchdog_interval()
-        self.stalled_since: float | None = None  # reading from the watcher paused: all are behind
+        # Reading from the watcher paused (see congestion_changed) since then.
+        self.stalled_since: float | None = None
+        self.stall_recheck: asyncio.TimerHandle | None = None
         self.stall_spent = False  # the limit was reached; wait for a subscriber to catch up
         self.last_progress = -PROGRESS_INTERVAL_S
         self.lost: set[str] = set()  # watches whose subscribers were told watch_lost
@@ -202,6 +209,8 @@ class Daemon:
         tag = message[0]
         if tag == channel.EVENTS:
             self.broker.publish_reads(message[1], message[2])
+            if self.broker.near_full:
+                self.congestion_changed()
         elif tag == channel.HEARTBEAT:
             self.on_heartbeat(message[1])
         elif tag == channel.APPLIED:
@@ -321,30 +330,50 @@ class Daemon:
             self.broker.reply(conn, e.reply())
 
     def congestion_changed(self) -> None:
-        """Pause taking batches from the watcher while every subscriber is behind.
+        """Pause taking batches from the watcher while holding them back slows nobody.
 
-        Nobody is slowed by another then: each one waits for its own backlog. The watcher keeps
-        draining the kernel queue into its own buffer, so a burst larger than client_queue still
-        reaches clients that read steadily, where dropping it would only make them ask again.
-        The pause is bounded by STALL_LIMIT_S; past it, the usual drop-and-notice policy applies.
+        That is while every subscriber is behind, or while one is about to drop events and none
+        of the others has kept up for KEEPING_UP_S. Each then waits for its own backlog only.
+        The watcher keeps draining the kernel queue into its own buffer, so a burst larger than
+        client_queue still reaches clients that read steadily, where dropping it would only make
+        them ask again. A subscriber that keeps up is never held back for the others. The pause
+        is bounded by STALL_LIMIT_S; past it, the usual drop-and-notice policy applies.
         """
-        subscribed = [c for c in self.clients if c.subscribed]
-        all_behind = bool(subscribed) and all(c.paused for c in subscribed)
         watcher = self.watcher
         if watcher is None:
             return
-        if all_behind and not self.stall_spent:
+        now = time.monotonic()
+        subscribed = [c for c in self.clients if c.subscribed]
+        all_behind = bool(subscribed) and all(c.paused for c in subscribed)
+        crowded = (bool(subscribed) and self.broker.crowded()
+                   and not any(not c.paused and now - c.paused_at >= KEEPING_UP_S
+                               for c in subscribed))
+        if (all_behind or crowded) and not self.stall_spent:
             if self.stalled_since is None:
-                self.stalled_since = time.monotonic()
-                log.debug("every subscriber is behind: the watcher holds its batches meanwhile")
+                self.stalled_since = now
+                log.debug("%s: the watcher holds its batches meanwhile",
+                          "every subscriber is behind" if all_behind else
+                          "a subscriber's queue is nearly full and none keeps up")
                 watcher.pause_reading()
+            if crowded and self.stall_recheck is None:
+                # Nothing else tells us when a subscriber has kept up for long enough.
+                self.stall_recheck = asyncio.get_running_loop().call_later(
+                    STALL_RECHECK_S, self._recheck)
         else:
-            if not all_behind:
+            if not all_behind and not crowded:
                 self.stall_spent = False
             self.end_stall()
 
+    def _recheck(self) -> None:
+        self.stall_recheck = None
+        if self.stalled_since is not None:
+            self.congestion_changed()
+
     def end_stall(self) -> None:
         self.stalled_since = None
+        if self.stall_recheck is not None:
+            self.stall_recheck.cancel()
+            self.stall_recheck = None
         if self.watcher is not None:
             self.watcher.resume_reading()
 

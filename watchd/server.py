@@ -12,10 +12,12 @@ import contextlib
 import errno
 import grp
 import logging
+import math
 import os
 import socket
 import stat
 import struct
+import time
 from typing import Protocol
 
 from watchd import protocol
@@ -28,12 +30,6 @@ log = logging.getLogger("watchd.server")
 # queue in the broker (where they are counted against daemon.client_queue).
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
-# Kernel send buffer asked for on each client connection: the default size (208 KiB), which
-# the kernel doubles when it is asked for, so twice the default room. A burst leaves the daemon
-# in half as many writes and wake-ups. Not more: a client that reads until EAGAIN into a
-# growing buffer would then be kept reading by the daemon's refills for ever longer rounds
-# (seen with 2 MiB), and what a client does not read is held in kernel memory.
-CLIENT_SNDBUF = 208 * 1024
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _UCRED = struct.Struct("3i")
 
@@ -75,6 +71,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.paused = False
+        self.paused_at = -math.inf  # when writing to it was last paused (monotonic)
 
     # The broker's Sink -------------------------------------------------------------------------
     def write(self, chunks: list[bytes]) -> None:
@@ -97,8 +94,6 @@ class ClientProtocol(asyncio.Protocol):
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         sock = transport.get_extra_info("socket")
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SNDBUF)
         self.conn = self.broker.connect(self, peer_of(sock))
         self.registry.add(self)
         self.handler.greet(self.conn)
@@ -132,6 +127,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.paused_at = time.monotonic()
         # A client that does not read must not make us buffer its replies without bound.
         if self.transport is not None:
             self.transport.pause_reading()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,32 @@ def test_a_client_that_never_reads_stalls_nobody_for_long(start_daemon, watched:
     newcomer, _ = daemon.subscribe()
     (watched / "fresh").touch()
     newcomer.until(lambda m: m.get("path") == str(watched / "fresh"))
+
+
+def test_clients_that_take_turns_reading_lose_nothing(start_daemon, watched: Path) -> None:
+    # One process serving several connections in turn: each is behind most of the time and
+    # caught up for a moment after its turn. That moment must not release the burst into the
+    # others' queues (they would drop); none of them keeps up, so the watcher holds it.
+    # Each connection's share of the burst (~1.4 MB of lines) is several times what its socket,
+    # its transport and client_queue hold together.
+    files, subs, turn = 4000, 5, 300
+    daemon = start_daemon(config(daemon_extra="client_queue = 500",
+                                 watches=watch("w", watched, events=["create"])))
+    lines = [daemon.subscribe()[0] for _ in range(subs)]
+    for i in range(files):
+        (watched / f"f{i:05}-{LONG}").touch()
+    (watched / "zz-end").touch()
+    end = str(watched / "zz-end")
+    got: list[list[dict]] = [[] for _ in range(subs)]
+    deadline = time.monotonic() + 60
+    while not all(g and g[-1].get("path") == end for g in got):
+        assert time.monotonic() < deadline, [len(g) for g in got]
+        for line, mine in zip(lines, got, strict=True):
+            for _ in range(turn):
+                if mine and mine[-1].get("path") == end:
+                    break
+                mine.append(line.recv(timeout=30))
+    for mine in got:
+        assert not [m for m in mine if m["type"] == "dropped"]
+        assert len([m for m in mine if m["type"] == "event"]) == files + 1
+    assert daemon.status()["dropped"] == 0
