@@ -47,12 +47,13 @@ def request(mode: str, i: int) -> Subscribe:
     return Subscribe()
 
 
-def run(n_events: int, batch: int, n_subs: int, mode: str, per_read: int = 0
-        ) -> tuple[float, int]:
+def run(n_events: int, batch: int, n_subs: int, mode: str, per_read: int = 0,
+        merge: bool = True) -> tuple[float, int]:
     """Publish n_events in batches to n_subs subscriptions (one per connection).
 
     per_read > 0: the events come as watcher reads of that many, each with its own time, and
-    a batch is the reads the daemon merges into one publish (a daemon that fell behind).
+    a batch is the reads the daemon merges into one publish (a daemon that fell behind), or
+    each read is published alone (merge=False).
     Returns events/s and the number of event lines delivered.
     """
     broker = Broker(instance="bench", client_queue=10_000, replay_buffer=65_536,
@@ -70,7 +71,7 @@ def run(n_events: int, batch: int, n_subs: int, mode: str, per_read: int = 0
     if per_read:
         reads = [(1700000000.0 + i * 1e-5, items[i : i + per_read])
                  for i in range(0, n_events, per_read)]
-        step = max(1, batch // per_read)
+        step = max(1, batch // per_read) if merge else 1
         merged = [reads[i : i + step] for i in range(0, len(reads), step)]
         start = time.perf_counter()
         for group in merged:
@@ -97,13 +98,14 @@ def main() -> None:
     print(f"{args.events} events, {args.batch} per publish call")
     cases = (
         (1, "none", 0, "no filter"),
+        (1, "none", -5, "no filter, reads of 5, alone"),
         (1, "none", 5, "no filter, reads of 5 merged"),
         (100, "none", 0, "no filter"),
         (100, "glob", 0, "the same glob, all match"),
         (100, "paths", 0, "a path each, ~1% match"),
     )
     for n_subs, mode, per_read, label in cases:
-        rate, lines = run(args.events, args.batch, n_subs, mode, per_read)
+        rate, lines = run(args.events, args.batch, n_subs, mode, abs(per_read), per_read > 0)
         print(f"{n_subs:>3} subscription(s), {label:<30} {rate:>10,.0f} events/s "
               f"({lines:,} lines out)")
 
