@@ -181,6 +181,12 @@ def _near_full(client_queue: int) -> int:
     return client_queue - min(QUEUE_HEADROOM, client_queue // 2)
 
 
+def _hold_level(client_queue: int) -> int:
+    # Room for two more batches: the one being published when the watcher is held back, and
+    # the one a reader that is already past its socket buffer takes from it.
+    return max(0, client_queue - 2 * QUEUE_HEADROOM)
+
+
 def _quote(text: str) -> str:
     return json.dumps(text)
 
@@ -198,6 +204,10 @@ class Broker:
         # Set when a connection's queue reaches _near_full: a hint that crowded() may be true.
         self.near_full = False
         self._near_full = _near_full(client_queue)
+        # Queued events from which a connection counts as behind (see Daemon.congestion_changed):
+        # a queue that is used, not only a paused socket, so a burst reaches a slow reader
+        # already encoded, with room left for what the watcher sends meanwhile.
+        self.hold_level = _hold_level(client_queue)
         self.last_seq = 0
         self.events = 0  # published
         self.dropped = 0  # event lines discarded for slow connections
@@ -225,6 +235,7 @@ class Broker:
         """Apply new limits (a reload); the replay history keeps its newest events."""
         self.client_queue = client_queue
         self._near_full = _near_full(client_queue)
+        self.hold_level = _hold_level(client_queue)
         self.max_subscriptions = max_subscriptions
         if replay_buffer != self.replay_buffer:
             self.replay_buffer = replay_buffer

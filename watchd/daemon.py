@@ -332,8 +332,9 @@ class Daemon:
     def congestion_changed(self) -> None:
         """Pause taking batches from the watcher while holding them back slows nobody.
 
-        That is while every subscriber is behind, or while one is about to drop events and none
-        of the others has kept up for KEEPING_UP_S. Each then waits for its own backlog only.
+        That is while every subscriber is behind (its socket full and its queue filled to the
+        broker's hold_level), or while one is about to drop events and none of the others has
+        kept up for KEEPING_UP_S. Each then waits for its own backlog only, already encoded.
         The watcher keeps draining the kernel queue into its own buffer, so a burst larger than
         client_queue still reaches clients that read steadily, where dropping it would only make
         them ask again. A subscriber that keeps up is never held back for the others. The pause
@@ -344,7 +345,9 @@ class Daemon:
             return
         now = time.monotonic()
         subscribed = [c for c in self.clients if c.subscribed]
-        all_behind = bool(subscribed) and all(c.paused for c in subscribed)
+        level = self.broker.hold_level
+        all_behind = bool(subscribed) and all(
+            c.paused and c.conn is not None and c.conn.queued_events >= level for c in subscribed)
         crowded = (bool(subscribed) and self.broker.crowded()
                    and not any(not c.paused and now - c.paused_at >= KEEPING_UP_S
                                for c in subscribed))

@@ -133,6 +133,12 @@ class WatcherProcess:
             self.on_message(channel.next_message(backlog))
 
     def _drain(self, *, all_of_it: bool = False) -> None:
+        """Read and hand on what the child sent: one read per call, unless all_of_it.
+
+        The reader is level-triggered, so what is left brings us back on the loop's next turn;
+        between turns the loop writes to the clients. Reading a large backlog in one go would
+        leave a client whose socket ran dry waiting until all of it is published.
+        """
         self._dispatch(all_of_it=all_of_it)
         while all_of_it or not self.reading_paused:
             try:
@@ -150,6 +156,8 @@ class WatcherProcess:
             self.last_heard = time.monotonic()
             self.backlog.extend(self.reader.feed(data))
             self._dispatch(all_of_it=all_of_it)
+            if not all_of_it:
+                return
 
     def _died(self) -> None:
         # Deliver what the child sent before it died, so its last events precede the notice.

@@ -68,13 +68,16 @@ def test_slow_client_beside_a_fast_one(start_daemon, watched: Path) -> None:
                                                       notices[0]["last_seq"] + 1))
 
 
-def test_a_lone_client_behind_a_burst_loses_nothing(start_daemon, watched: Path) -> None:
+@pytest.mark.parametrize("client_queue", [1100, 5000])
+def test_a_lone_client_behind_a_burst_loses_nothing(start_daemon, watched: Path,
+                                                     client_queue: int) -> None:
     # Every subscriber is behind: the daemon lets the watcher hold the burst instead of dropping
     # what the client would only ask for again. A client that keeps reading gets all of it.
-    # (The queue must hold one watcher message, up to 1024 events: the daemon pauses between.)
+    # (The queue must hold one watcher message, up to 1024 events: the daemon pauses between;
+    # with room for more, it first fills the queue to within two messages of full.)
     # The burst is several times what the socket, the transport and client_queue can hold.
     files = 12000
-    daemon = start_daemon(config(daemon_extra="client_queue = 1100",
+    daemon = start_daemon(config(daemon_extra=f"client_queue = {client_queue}",
                                  watches=watch("w", watched, events=["create"])))
     line, _ = daemon.subscribe()
     for i in range(files):
