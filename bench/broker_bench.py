@@ -71,11 +71,14 @@ def run(n_events: int, batch: int, n_subs: int, mode: str, per_read: int = 0,
     if per_read:
         reads = [(1700000000.0 + i * 1e-5, items[i : i + per_read])
                  for i in range(0, n_events, per_read)]
-        step = max(1, batch // per_read) if merge else 1
-        merged = [reads[i : i + step] for i in range(0, len(reads), step)]
         start = time.perf_counter()
-        for group in merged:
-            broker.publish_reads("w", group)
+        if merge:
+            step = max(1, batch // per_read)
+            for i in range(0, len(reads), step):
+                broker.publish_reads("w", reads[i : i + step])
+        else:
+            for read_time, read in reads:
+                broker.publish("w", read_time, read)
         elapsed = time.perf_counter() - start
     else:
         batches = [items[i : i + batch] for i in range(0, n_events, batch)]

@@ -48,15 +48,17 @@ def read_counting(s: socket.socket, want: int, deadline: float) -> float:
     """Receive until `want` event lines arrived; returns the time of the last receipt."""
     ep = select.epoll()
     ep.register(s.fileno(), select.EPOLLIN)
-    got, last = 0, 0.0
+    got, last, carry = 0, 0.0, b""
     while got < want and time.monotonic() < deadline:
         for _ in ep.poll(1.0):
             while True:
                 try:
-                    chunk = s.recv(1 << 18)
+                    chunk = carry + s.recv(1 << 18)
                 except BlockingIOError:
                     break
-                got += chunk.count(b'"type":"event"')
+                cut = chunk.rfind(b"\n") + 1  # whole lines only: a token may span two reads
+                got += chunk.count(b'"type":"event"', 0, cut)
+                carry = chunk[cut:]
             last = time.monotonic()
     ep.close()
     return last if got >= want else float("nan")

@@ -525,13 +525,14 @@ def event_tail(  # noqa: PLR0917 -- positional on the hot path: one call per eve
 class EventEncoder:
     """Serializes events once for every subscriber, caching what repeats.
 
-    An event line is the same text around three values of its own (seq, path, cookie): what
-    depends on the watch and the mask (kind, is_dir, mask) is formatted once per pair and kept,
-    and the time once per watcher read, which its events share. Formatting the float time
-    alone took longer than all the rest together.
+    An event line is the same text around three values of its own (seq, path, cookie). What
+    depends on the watch and the mask (kind, is_dir, mask) is formatted once per pair and kept;
+    the time once per watcher read, which its events share (formatting the float alone took
+    longer than all the rest together); and the two joined once per read and mask, so that an
+    event costs one small f-string.
     """
 
-    __slots__ = ("_fragments", "_time", "_time_text")
+    __slots__ = ("_fragments", "_read", "_time", "_time_text", "_watch")
 
     def __init__(self) -> None:
         # (watch, mask) -> (text from "watch" to the path's opening, text from after the path
@@ -539,6 +540,9 @@ class EventEncoder:
         self._fragments: dict[tuple[str, int], tuple[str, str]] = {}
         self._time = math.nan  # equal to no time: the first event formats its own
         self._time_text = ""
+        self._watch = ""
+        # mask -> the fragments of the current read's watch, the first with the time before it
+        self._read: dict[int, tuple[str, str]] = {}
 
     def tail(  # noqa: PLR0917 -- positional on the hot path: one call per event
         self,
@@ -552,32 +556,36 @@ class EventEncoder:
         src_path: str | None,
     ) -> bytes:
         """An event line after its sid (watch is the plain name); see event_tail."""
-        if time != self._time:
-            self._time = time
-            self._time_text = _time_json(time)
-        # Only the named bits matter, which also bounds the cache.
+        if time != self._time or watch != self._watch:
+            if time != self._time:
+                self._time = time
+                self._time_text = _time_json(time)
+            self._watch = watch
+            self._read = {}
+        # Only the named bits matter, which also bounds the caches.
         mask &= _KNOWN_BITS
-        parts = self._fragments.get((watch, mask))
+        parts = self._read.get(mask)
         if parts is None:
-            parts = self._fragment(watch, kind, mask)
+            before, after = self._fragment(watch, kind, mask)
+            parts = self._read[mask] = (f',"time":{self._time_text}{before}', after)
         before, after = parts
         if src_path is None:
-            line = (f'","seq":{seq},"time":{self._time_text}{before}'
-                    f'{encode_basestring_ascii(path)}{after}{cookie}}}\n')
+            line = f'","seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie}}}\n'
             return line.encode("ascii")
         return (
-            f'","seq":{seq},"time":{self._time_text}{before}{encode_basestring_ascii(path)}'
-            f'{after}{cookie},"src_path":{encode_basestring_ascii(src_path)}}}\n'
+            f'","seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie},'
+            f'"src_path":{encode_basestring_ascii(src_path)}}}\n'
         ).encode("ascii")
 
     def _fragment(self, watch: str, kind: str, mask: int) -> tuple[str, str]:
-        if len(self._fragments) >= _FRAGMENTS_MAX:
-            self._fragments.clear()  # watches renamed by many reloads: start afresh
-        parts = (
-            f',"watch":{encode_basestring_ascii(watch)},"kind":"{kind}","path":',
-            f',{_mask_fragment(mask)},"cookie":',
-        )
-        self._fragments[watch, mask] = parts
+        parts = self._fragments.get((watch, mask))
+        if parts is None:
+            if len(self._fragments) >= _FRAGMENTS_MAX:
+                self._fragments.clear()  # watches renamed by many reloads: start afresh
+            parts = self._fragments[watch, mask] = (
+                f',"watch":{encode_basestring_ascii(watch)},"kind":"{kind}","path":',
+                f',{_mask_fragment(mask)},"cookie":',
+            )
         return parts
 
 
