@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watchd import protocol
-from watchd.broker import Broker, Connection, Filter, Peer
+from watchd.broker import Broker, Connection, Filter, Peer, QueueLevels
 from watchd.events import KIND_BITS, Kind
 from watchd.protocol import ErrorCode, ProtocolError, Subscribe
 
@@ -1000,3 +1000,16 @@ def test_every_event_is_delivered_or_reported_exactly_once(
             i for op in ops if op[0] == "reply" for i in [op[1]]
             if clients[i][1] is conn]
     assert total_dropped == broker.dropped
+
+
+@pytest.mark.parametrize(("client_queue", "levels"), [
+    (10000, (1024, 7952, 8976)),  # the default: a batch of room, then another
+    (3000, (1024, 952, 1976)),
+    (1100, (550, 0, 550)),  # too small to use before holding back: behind when paused
+    (50, (25, 0, 25)),
+    (1, (0, 1, 1)),
+])
+def test_queue_levels(client_queue: int, levels: tuple[int, int, int]) -> None:
+    got = QueueLevels.of(client_queue)
+    assert (got.headroom, got.behind, got.near_full) == levels
+    assert got.behind <= got.near_full <= client_queue

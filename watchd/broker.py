@@ -25,7 +25,7 @@ from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError, Su
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
 # is overfilled by at most this much, and the syscalls are still batched.
 FLUSH_LINES = 512
-# Room kept in a connection's queue before it counts as near full (see Broker.crowded): the
+# Room kept in a connection's queue before it counts as near full (see QueueLevels): the
 # most events one batch from the watcher brings.
 QUEUE_HEADROOM = 1024
 
@@ -177,14 +177,23 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
     return chunks
 
 
-def _near_full(client_queue: int) -> int:
-    return client_queue - min(QUEUE_HEADROOM, client_queue // 2)
+@dataclass(frozen=True, slots=True)
+class QueueLevels:
+    """Where a connection's queue stands against client_queue (see Daemon.congestion_changed).
 
+    headroom: room kept for what arrives between two looks (merged batches are smaller);
+    behind: from here a paused connection counts as behind: its queue is used, so a burst
+    reaches it already encoded; near_full: from here the next batch might overflow it.
+    """
 
-def _hold_level(client_queue: int) -> int:
-    # Room for two more batches: the one being published when the watcher is held back, and
-    # the one a reader that is already past its socket buffer takes from it.
-    return max(0, client_queue - 2 * QUEUE_HEADROOM)
+    headroom: int
+    behind: int
+    near_full: int
+
+    @classmethod
+    def of(cls, client_queue: int) -> QueueLevels:
+        headroom = min(QUEUE_HEADROOM, client_queue // 2)
+        return cls(headroom, max(0, client_queue - 2 * headroom), client_queue - headroom)
 
 
 def _quote(text: str) -> str:
@@ -201,13 +210,9 @@ class Broker:
         self.client_queue = client_queue
         self.replay_buffer = replay_buffer
         self.max_subscriptions = max_subscriptions
-        # Set when a connection's queue reaches _near_full: a hint that crowded() may be true.
-        self.near_full = False
-        self._near_full = _near_full(client_queue)
-        # Queued events from which a connection counts as behind (see Daemon.congestion_changed):
-        # a queue that is used, not only a paused socket, so a burst reaches a slow reader
-        # already encoded, with room left for what the watcher sends meanwhile.
-        self.hold_level = _hold_level(client_queue)
+        self.levels = QueueLevels.of(client_queue)
+        # Set when a connection's queue reaches levels.behind: worth a look at the congestion.
+        self.queues_filling = False
         self.last_seq = 0
         self.events = 0  # published
         self.dropped = 0  # event lines discarded for slow connections
@@ -234,8 +239,7 @@ class Broker:
     def set_limits(self, *, client_queue: int, replay_buffer: int, max_subscriptions: int) -> None:
         """Apply new limits (a reload); the replay history keeps its newest events."""
         self.client_queue = client_queue
-        self._near_full = _near_full(client_queue)
-        self.hold_level = _hold_level(client_queue)
+        self.levels = QueueLevels.of(client_queue)
         self.max_subscriptions = max_subscriptions
         if replay_buffer != self.replay_buffer:
             self.replay_buffer = replay_buffer
@@ -328,11 +332,6 @@ class Broker:
     def subscription_count(self) -> int:
         """Subscriptions over all connections."""
         return sum(len(conn.subs) for conn in self._conns)
-
-    def crowded(self) -> bool:
-        """Whether some connection's queue is so full that the next batch may overflow it."""
-        self.near_full = any(c.queued_events >= self._near_full for c in self._conns)
-        return self.near_full
 
     @property
     def oldest(self) -> int:
@@ -532,8 +531,8 @@ class Broker:
             self._settle(sub)
         conn.queue.append(sub.prefix + tail)
         conn.queued_events += 1
-        if conn.queued_events >= self._near_full:
-            self.near_full = True
+        if conn.queued_events >= self.levels.behind:
+            self.queues_filling = True
 
     def _settle(self, sub: Subscription) -> None:
         """Queue the `dropped` notice of a subscription's gap and start a new range."""

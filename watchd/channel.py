@@ -71,10 +71,10 @@ class FrameReader:
         return out
 
 
-def next_message(backlog: deque[tuple[Any, ...]]) -> tuple[Any, ...]:
+def next_message(backlog: deque[tuple[Any, ...]], limit: int = MERGE_MAX) -> tuple[Any, ...]:
     """Take the next message from a non-empty backlog.
 
-    Consecutive EVENTS messages of one watch come out as one (up to MERGE_MAX events): a
+    Consecutive EVENTS messages of one watch come out as one (up to `limit` events): a
     daemon that fell behind finds many small reads waiting, and handing them on together costs
     it one serialization pass and one write per client instead of one per read.
     """
@@ -89,7 +89,7 @@ def next_message(backlog: deque[tuple[Any, ...]]) -> tuple[Any, ...]:
         if following[0] != EVENTS or following[1] != watch:
             break
         more = sum(len(items) for _, items in following[2])
-        if count + more > MERGE_MAX:
+        if count + more > limit:
             break
         backlog.popleft()
         if merged is None:

@@ -71,7 +71,8 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.paused = False
-        self.paused_at = -math.inf  # when writing to it was last paused (monotonic)
+        # When writing to it was last paused and resumed (monotonic): how it keeps up.
+        self.paused_at = self.resumed_at = -math.inf
 
     # The broker's Sink -------------------------------------------------------------------------
     def write(self, chunks: list[bytes]) -> None:
@@ -135,11 +136,18 @@ class ClientProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.resumed_at = time.monotonic()
         if self.conn is not None:
             self.broker.resume(self.conn)
         if self.transport is not None and not self.paused:
             self.transport.resume_reading()
         self.handler.congestion_changed()
+
+    def keeping_up(self, now: float, brief: float, settled: float) -> bool:
+        """Not behind now, and either its last pause was brief (it reads as fast as we write)
+        or it has not been behind for `settled` seconds."""
+        return not self.paused and (self.resumed_at - self.paused_at < brief
+                                    or now - self.resumed_at >= settled)
 
     @property
     def subscribed(self) -> bool:

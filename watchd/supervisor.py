@@ -44,6 +44,7 @@ class WatcherProcess:
         self.backlog: deque[tuple[Any, ...]] = deque()
         self.exited = False
         self.reading_paused = False
+        self.merge_max = channel.MERGE_MAX  # events per message handed on (see next_message)
         self.at_eof = False
         self.writer = False
         self._exit_event = asyncio.Event()
@@ -130,7 +131,7 @@ class WatcherProcess:
         """Hand on read messages, stopping as soon as the daemon pauses us (between messages)."""
         backlog = self.backlog
         while backlog and (all_of_it or not self.reading_paused):
-            self.on_message(channel.next_message(backlog))
+            self.on_message(channel.next_message(backlog, self.merge_max))
 
     def _drain(self, *, all_of_it: bool = False) -> None:
         """Read and hand on what the child sent: one read per call, unless all_of_it.
