@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from watchd import channel
+from watchd import __version__, channel
 from watchd.systemd import child_environment
 
 log = logging.getLogger("watchd.supervisor")
@@ -55,7 +55,7 @@ class WatcherProcess:
             # It gets no NOTIFY_SOCKET/WATCHDOG_*/LISTEN_*: only the main process talks to systemd.
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "watchd.watcher", "--fd", str(theirs.fileno()),
-                 "--log-level", log_level],
+                 "--log-level", log_level, "--daemon-version", __version__],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                 env=child_environment(os.environ), close_fds=True,
             )

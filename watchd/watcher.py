@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from watchd import channel
+from watchd import __version__, channel
 from watchd.globs import glob_predicate
 from watchd.inotify import (
     IN_Q_OVERFLOW,
@@ -388,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="watchd-watcher")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--daemon-version", help="the running daemon's version, if not ours")
     args = parser.parse_args(argv)
     # The daemon handles SIGINT/SIGTERM for the whole service and tells us to stop over the
     # channel; a terminal's Ctrl-C reaching the process group must not kill us first.
@@ -395,6 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     from watchd.systemd import configure_logging
 
     configure_logging(args.log_level)
+    if args.daemon_version not in (None, __version__):
+        # The package was replaced under a running daemon: the channel between the two may
+        # differ, so do not talk at all. Exit status 78: restarting us cannot help.
+        log.error("the installed watchd is version %s but the running daemon is %s; restart "
+                  "the service (systemctl restart watchd) to run the installed version",
+                  __version__, args.daemon_version)
+        return 78
     sock = socket.socket(fileno=args.fd)
     raise_priority()
     tune_gc()

@@ -197,3 +197,15 @@ def test_an_unprivileged_watcher_stays_at_the_daemons_priority() -> None:
 ])
 def test_priority_targets(current: int, rlimit: int, targets: list[int]) -> None:
     assert priority_targets(current, rlimit) == targets
+
+
+def test_a_watcher_of_another_version_refuses_to_talk() -> None:
+    # A package upgrade under a running daemon: the old daemon must not misread the new
+    # watcher's channel; the watcher says what to do and exits with EX_CONFIG.
+    result = subprocess.run([sys.executable, "-m", "watchd.watcher", "--fd", "99",
+                             "--daemon-version", "0.0.1"], capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert result.returncode == 78
+    assert "running daemon is 0.0.1" in result.stderr
+    assert "restart the service" in result.stderr
+    assert "Traceback" not in result.stderr
