@@ -486,7 +486,7 @@ class Daemon:
         now = time.monotonic()
         limit = min(STALL_LIMIT_S, self.config.daemon.watcher_timeout)
         if self.stalled_since is not None and now - self.stalled_since > limit:
-            log.debug("every subscriber is behind for %.1f s; publishing again", limit)
+            log.debug("the watcher was held back for %.1f s; publishing again", limit)
             self.stall_spent = True
             self.end_stall()
         watcher = self.watcher
