@@ -1017,16 +1017,14 @@ def test_queue_levels(client_queue: int, levels: tuple[int, int, int]) -> None:
     assert got.behind <= got.near_full <= client_queue
 
 
-@pytest.mark.parametrize(("paused", "paused_at", "resumed_at", "now", "expected"), [
-    (False, -math.inf, -math.inf, 100.0, True),  # never behind
-    (True, 99.0, 98.0, 100.0, False),  # behind now
-    (False, 99.0, 99.01, 99.02, True),  # its last pause was brief: it reads as fast as we write
-    (False, 90.0, 99.5, 100.0, False),  # caught up after a long pause, half a second ago
-    (False, 90.0, 98.5, 100.0, True),  # ... and one and a half seconds ago
+@pytest.mark.parametrize(("paused", "paused_at", "now", "expected"), [
+    (False, -math.inf, 100.0, True),  # never behind
+    (True, 98.0, 100.0, False),  # behind now
+    (False, 99.5, 100.0, False),  # fell behind half a second ago
+    (False, 98.5, 100.0, True),  # ... and one and a half seconds ago
 ])
-def test_keeping_up(paused: bool, paused_at: float, resumed_at: float, now: float,
-                    expected: bool) -> None:
-    client = ClientProtocol(make_broker(), handler=None, max_line_bytes=1024,  # type: ignore[arg-type]
-                            registry=set())
-    client.paused, client.paused_at, client.resumed_at = paused, paused_at, resumed_at
-    assert client.keeping_up(now, brief=0.03, settled=1.0) is expected
+def test_keeping_up(paused: bool, paused_at: float, now: float, expected: bool) -> None:
+    client = ClientProtocol(make_broker(), handler=None,  # type: ignore[arg-type]
+                            max_line_bytes=1024, registry=set())
+    client.paused, client.paused_at = paused, paused_at
+    assert client.keeping_up(now, settled=1.0) is expected

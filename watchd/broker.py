@@ -211,7 +211,7 @@ class Broker:
         self.replay_buffer = replay_buffer
         self.max_subscriptions = max_subscriptions
         self.levels = QueueLevels.of(client_queue)
-        # Set when a connection's queue reaches levels.behind: worth a look at the congestion.
+        # Set when a connection's queue reaches levels.near_full: worth a look at the congestion.
         self.queues_filling = False
         self.last_seq = 0
         self.events = 0  # published
@@ -531,7 +531,7 @@ class Broker:
             self._settle(sub)
         conn.queue.append(sub.prefix + tail)
         conn.queued_events += 1
-        if conn.queued_events >= self.levels.behind:
+        if conn.queued_events >= self.levels.near_full:
             self.queues_filling = True
 
     def _settle(self, sub: Subscription) -> None:

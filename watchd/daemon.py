@@ -35,11 +35,9 @@ TICK_S = 1.0  # supervision, watchdog and STATUS= cadence
 # How long the watcher's batches may wait in its own buffer while every subscriber is behind
 # (no longer than a hung watcher may go unnoticed: we do not hear it meanwhile).
 STALL_LIMIT_S = 10.0
-# A subscriber keeps up when its last pause was shorter than BRIEF_PAUSE_S (it reads as fast as
-# we write), or once it has not been behind for KEEPING_UP_S. Clients that take turns reading
-# (one process serving many connections) are each behind most of the time and caught up for a
-# moment after their turn; that moment must not decide for the others.
-BRIEF_PAUSE_S = 0.03
+# A subscriber keeps up once it has not been behind for this long. Clients that take turns
+# reading (one process serving many connections) are each behind most of the time and caught
+# up for a moment after their turn; that moment must not decide for the others.
 KEEPING_UP_S = 1.0
 STALL_RECHECK_S = 0.05  # while held back: how often to look whether someone keeps up again
 HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
@@ -69,12 +67,6 @@ class Counters:
     last_reload_error: str | None = None
     restart_needed: tuple[str, ...] = ()
     started: float = field(default_factory=time.monotonic)
-
-
-def _process_of(client: ClientProtocol) -> int:
-    """The peer's pid, or a key of the connection's own when the pid is not known (0)."""
-    pid = client.conn.peer.pid if client.conn is not None else 0
-    return pid or -id(client)
 
 
 def watch_spec(watch: WatchConfig) -> tuple[Any, ...]:
@@ -180,7 +172,7 @@ class Daemon:
             self.counters.crashes_in_a_row += 1  # back off: this rarely cures itself at once
             self.schedule_restart(loop)
             return
-        self.watcher.merge_max = self.broker.levels.headroom // 2 or 1
+        self.watcher.merge_max = min(channel.MERGE_MAX, self.broker.levels.headroom // 2) or 1
         log.debug("watcher process %d started", self.watcher.pid)
 
     def send_config(self) -> int:
@@ -343,15 +335,14 @@ class Daemon:
         """Pause taking batches from the watcher while holding them back slows nobody.
 
         That is while every subscriber is behind (its socket full and its queue used up to the
-        broker's `levels.behind`), or while a subscriber that is reading is about to drop events
-        and no client process keeps up with all its connections (see BRIEF_PAUSE_S: one
-        process reading many connections in turn is one reader, as slow as its slowest
-        turn). Each then works through its own backlog, already
+        broker's `levels.behind`), or while a subscriber is about to drop events and none keeps
+        up (none has gone KEEPING_UP_S without falling behind). Each then works through its own
+        backlog, already
         encoded, and the watcher keeps draining the kernel queue into its own buffer: a burst
         larger than client_queue still reaches clients that read steadily, where dropping it
         would only make them ask again. A subscriber that keeps up is never held back for the
-        others, nor is anyone for one that has stopped reading. A pause lasts STALL_LIMIT_S at
-        most; past it, the usual drop-and-notice policy applies until someone keeps up again.
+        others. A pause lasts STALL_LIMIT_S at most; past it, the usual drop-and-notice policy
+        applies until someone keeps up again.
         """
         watcher = self.watcher
         if watcher is None:
@@ -360,23 +351,11 @@ class Daemon:
         levels = self.broker.levels
         subscribed = [c for c in self.clients if c.subscribed and c.conn is not None]
         queued = {c: c.conn.queued_events for c in subscribed if c.conn is not None}
-        self.broker.queues_filling = any(n >= levels.behind for n in queued.values())
+        self.broker.queues_filling = any(n >= levels.near_full for n in queued.values())
         all_behind = bool(subscribed) and all(
             c.paused and queued[c] >= levels.behind for c in subscribed)
-        crowded = False
-        if any(n >= levels.near_full for n in queued.values()):
-            # Connections of one process are read by it in turn: it keeps up only if all of
-            # them do, and it is reading if any of them drained lately.
-            processes: dict[int, list[ClientProtocol]] = {}
-            for c in subscribed:
-                processes.setdefault(_process_of(c), []).append(c)
-            reading = {pid for pid, conns in processes.items()
-                       if any(now - c.resumed_at < KEEPING_UP_S for c in conns)}
-            crowded = (
-                any(queued[c] >= levels.near_full and _process_of(c) in reading
-                    for c in subscribed)
-                and not any(all(c.keeping_up(now, BRIEF_PAUSE_S, KEEPING_UP_S) for c in conns)
-                            for conns in processes.values()))
+        crowded = (any(n >= levels.near_full for n in queued.values())
+                   and not any(c.keeping_up(now, KEEPING_UP_S) for c in subscribed))
         if (all_behind or crowded) and not self.stall_spent:
             if self.stalled_since is None:
                 self.stalled_since = now
@@ -547,7 +526,7 @@ class Daemon:
         self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
                                max_subscriptions=d.max_subscriptions)
         if self.watcher is not None:
-            self.watcher.merge_max = self.broker.levels.headroom // 2 or 1
+            self.watcher.merge_max = min(channel.MERGE_MAX, self.broker.levels.headroom // 2) or 1
         self.congestion_changed()  # the levels may have moved
         if d.log_level != old.daemon.log_level and self.log_level_override is None:
             # The watcher process takes it at its next start.

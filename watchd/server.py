@@ -143,11 +143,9 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.resume_reading()
         self.handler.congestion_changed()
 
-    def keeping_up(self, now: float, brief: float, settled: float) -> bool:
-        """Not behind now, and either its last pause was brief (it reads as fast as we write)
-        or it has not been behind for `settled` seconds."""
-        return not self.paused and (self.resumed_at - self.paused_at < brief
-                                    or now - self.resumed_at >= settled)
+    def keeping_up(self, now: float, settled: float) -> bool:
+        """Not behind now, and its last fall behind began `settled` seconds ago or more."""
+        return not self.paused and now - self.paused_at >= settled
 
     @property
     def subscribed(self) -> bool:
