@@ -17,31 +17,16 @@ import argparse
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.fidelity import wait_ready
+from bench.daemon import running, subscribe
 
 KINDS_PER_FILE = 3  # create, modify, close_write: the default kinds for a file written once
-
-
-def subscribe(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(path)
-    f = s.makefile("rb")
-    f.readline()  # hello
-    s.sendall(b'{"op":"subscribe","id":1}\n')
-    assert b'"subscribed"' in f.readline()
-    f.close()
-    s.setblocking(False)
-    return s
 
 
 def read_counting(s: socket.socket, want: int, deadline: float) -> float:
@@ -91,20 +76,9 @@ def read_decoding(s: socket.socket, want: int, deadline: float) -> float:
 
 
 def run(files: int, fs: Path, decode: bool) -> float:
-    work = Path(tempfile.mkdtemp(prefix="wd-drain.", dir="/tmp"))
-    root = fs / f"drain-{os.getpid()}"
-    root.mkdir()
-    sock = str(work / "w.sock")
-    cfg = work / "w.toml"
-    cfg.write_text(f'[daemon]\nsocket = "{sock}"\nlog_level = "warning"\n'
-                   f'[[watch]]\nname = "bench"\npath = "{root}"\n')
-    prof = os.environ.get("DRAIN_PROFILE")
-    extra = ["-m", "cProfile", "-o", prof] if prof else []
-    proc = subprocess.Popen([sys.executable, *extra, "-m", "watchd", "--config", str(cfg)])
-    try:
-        if not wait_ready(sock, proc):
-            raise RuntimeError("watchd did not start")
-        s = subscribe(sock)
+    with running(fs, "bench", "DRAIN_PROFILE") as daemon:
+        proc, root = daemon.proc, daemon.root
+        s = subscribe(daemon.socket)
         os.kill(proc.pid, signal.SIGSTOP)
         try:
             for i in range(files):
@@ -119,11 +93,6 @@ def run(files: int, fs: Path, decode: bool) -> float:
         last = reader(s, files * KINDS_PER_FILE, time.monotonic() + 60)
         s.close()
         return files * KINDS_PER_FILE / (last - t_cont)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> int:

@@ -11,46 +11,17 @@ every line in one Python process, which for 100 subscribers is most of its time)
 from __future__ import annotations
 
 import argparse
-import os
 import selectors
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.fidelity import wait_ready
-
-
-def subscribe(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(path)
-    f = s.makefile("rb")
-    f.readline()  # hello
-    s.sendall(b'{"op":"subscribe","id":1}\n')  # every default kind, as the peer harness does
-    assert b'"subscribed"' in f.readline()
-    f.close()
-    s.setblocking(False)
-    return s
+from bench.daemon import running, subscribe
 
 
 def run(subs: int, files: int, fs: Path) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix="wd-fan.", dir="/tmp"))
-    root = fs / f"fanout-{os.getpid()}"
-    root.mkdir()
-    sock = str(work / "w.sock")
-    cfg = work / "w.toml"
-    cfg.write_text(f'[daemon]\nsocket = "{sock}"\nlog_level = "warning"\n'
-                   f'[[watch]]\nname = "b"\npath = "{root}"\n')
-    prefix = os.environ.get("FANOUT_PROFILE")  # a file: profile the daemon into it
-    extra = ["-m", "cProfile", "-o", prefix] if prefix else []
-    proc = subprocess.Popen([sys.executable, *extra, "-m", "watchd", "--config", str(cfg)])
-    try:
-        if not wait_ready(sock, proc):
-            raise RuntimeError("watchd did not start")
-        conns = [subscribe(sock) for _ in range(subs)]
+    with running(fs, "fanout", "FANOUT_PROFILE") as daemon:
+        conns = [subscribe(daemon.socket) for _ in range(subs)]
         sel = selectors.DefaultSelector()
         lines = {c.fileno(): 0 for c in conns}
         carry = {c.fileno(): b"" for c in conns}
@@ -59,7 +30,7 @@ def run(subs: int, files: int, fs: Path) -> dict[str, float]:
             sel.register(c, selectors.EVENT_READ)
         t0 = time.monotonic()
         for i in range(files):
-            with open(root / f"f{i:06}", "wb"):
+            with open(daemon.root / f"f{i:06}", "wb"):
                 pass
         t_gen = time.monotonic() - t0
         done = 0
@@ -86,11 +57,6 @@ def run(subs: int, files: int, fs: Path) -> dict[str, float]:
         return {"subs": subs, "files": files, "gen_s": t_gen, "total_s": took,
                 "complete": sum(min(v, files) for v in lines.values()) / (subs * files),
                 "notices": notices}
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> int:

@@ -1,4 +1,5 @@
-"""Fixtures shared by the end-to-end tests: the real daemon in a short temporary directory."""
+"""Shared fixtures: the real daemon in a short temporary directory (end-to-end tests), and a
+stand-in server for the client and watchctl tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakeserver import FakeServer
 from tests.harness import Daemon, short_tmpdir
 
 
@@ -40,3 +42,17 @@ def start_daemon(workdir: str) -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in daemons:
         daemon.cleanup()
+
+
+@pytest.fixture
+def sock_path() -> Iterator[str]:
+    # Not tmp_path: a Unix socket path must fit in 108 bytes.
+    with short_tmpdir() as directory:
+        yield os.path.join(directory, "s")
+
+
+@pytest.fixture
+def server(sock_path: str) -> Iterator[FakeServer]:
+    """A stand-in watchd on sock_path that the test scripts."""
+    with FakeServer(sock_path) as fake:
+        yield fake

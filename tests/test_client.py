@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +22,6 @@ from watchd.client import (
     resolve_socket_path,
 )
 from watchd.events import Kind
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    # Not tmp_path: a Unix socket path must fit in 108 bytes.
-    directory = tempfile.mkdtemp(dir="/tmp", prefix="wdc-")
-    yield os.path.join(directory, "s")
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def server(sock_path: str) -> Iterator[FakeServer]:
-    with FakeServer(sock_path) as fake:
-        yield fake
 
 
 def seqs(messages: Sequence[Mapping[str, Any] | None]) -> list[object]:

@@ -6,11 +6,9 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,20 +19,6 @@ from tests.fakeserver import FakeServer, wait_until
 from watchd import __version__
 
 CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    # Not tmp_path: a Unix socket path must fit in 108 bytes.
-    directory = tempfile.mkdtemp(dir="/tmp", prefix="wdctl-")
-    yield os.path.join(directory, "s")
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def server(sock_path: str) -> Iterator[FakeServer]:
-    with FakeServer(sock_path) as fake:
-        yield fake
 
 
 @pytest.fixture(autouse=True)

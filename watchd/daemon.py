@@ -172,8 +172,12 @@ class Daemon:
             self.counters.crashes_in_a_row += 1  # back off: this rarely cures itself at once
             self.schedule_restart(loop)
             return
-        self.watcher.merge_max = min(channel.MERGE_MAX, self.broker.levels.headroom // 2) or 1
+        self.watcher.merge_max = self.merge_limit()
         log.debug("watcher process %d started", self.watcher.pid)
+
+    def merge_limit(self) -> int:
+        """Events per merged batch: half the room a queue keeps before it counts as near full."""
+        return min(channel.MERGE_MAX, self.broker.levels.headroom // 2) or 1
 
     def send_config(self) -> int:
         self.generation += 1
@@ -349,8 +353,9 @@ class Daemon:
             return
         now = time.monotonic()
         levels = self.broker.levels
-        subscribed = [c for c in self.clients if c.subscribed and c.conn is not None]
-        queued = {c: c.conn.queued_events for c in subscribed if c.conn is not None}
+        queued = {c: c.conn.queued_events for c in self.clients
+                  if c.conn is not None and c.conn.subs}
+        subscribed = list(queued)
         self.broker.queues_filling = any(n >= levels.near_full for n in queued.values())
         all_behind = bool(subscribed) and all(
             c.paused and queued[c] >= levels.behind for c in subscribed)
@@ -526,7 +531,7 @@ class Daemon:
         self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
                                max_subscriptions=d.max_subscriptions)
         if self.watcher is not None:
-            self.watcher.merge_max = min(channel.MERGE_MAX, self.broker.levels.headroom // 2) or 1
+            self.watcher.merge_max = self.merge_limit()
         self.congestion_changed()  # the levels may have moved
         if d.log_level != old.daemon.log_level and self.log_level_override is None:
             # The watcher process takes it at its next start.

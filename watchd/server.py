@@ -71,8 +71,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.paused = False
-        # When writing to it was last paused and resumed (monotonic): how it keeps up.
-        self.paused_at = self.resumed_at = -math.inf
+        self.paused_at = -math.inf  # when writing to it was last paused (monotonic)
 
     # The broker's Sink -------------------------------------------------------------------------
     def write(self, chunks: list[bytes]) -> None:
@@ -136,7 +135,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        self.resumed_at = time.monotonic()
         if self.conn is not None:
             self.broker.resume(self.conn)
         if self.transport is not None and not self.paused:

@@ -112,11 +112,10 @@ def test_clients_that_take_turns_reading_lose_nothing(start_daemon, watched: Pat
     # One process serving several connections in turn: each is behind most of the time and
     # caught up for a moment after its turn. That moment must not release the burst into the
     # others' queues (they would drop); none of them keeps up, so the watcher holds it.
-    # Each connection's share of the burst (~2.7 MB of lines) is twice what its socket, its
-    # transport and client_queue hold together. (A queue of at least two batches, 2,048
-    # events: the watcher's batches are not split, so a smaller one can overflow by one.)
-    files, subs, turn = 8000, 5, 300
-    daemon = start_daemon(config(daemon_extra="client_queue = 3000",
+    # Each connection's share of the burst (~1.4 MB of lines) is several times what its socket,
+    # its transport and client_queue hold together.
+    files, subs, turn = 4000, 5, 300
+    daemon = start_daemon(config(daemon_extra="client_queue = 500",
                                  watches=watch("w", watched, events=["create"])))
     lines = [daemon.subscribe()[0] for _ in range(subs)]
     for i in range(files):
