@@ -9,6 +9,7 @@ import faulthandler
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 from types import TracebackType
 
@@ -18,6 +19,7 @@ from watchd.errors import ConfigError, WatchdError
 from watchd.systemd import Notifier, configure_logging, listen_sockets, under_systemd
 
 DEFAULT_CONFIG = "/etc/watchd/watchd.toml"
+SYSLOG_SOCKET = "/dev/log"
 EX_CONFIG = 78  # sysexits.h: a unit says RestartPreventExitStatus=78 so a bad file is not respawned
 EX_FAILURE = 1
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -40,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --daemonize: where to write the pid")
     parser.add_argument("--log-file", metavar="FILE",
                         help="with --daemonize: append the log here (default: syslog)")
+    parser.add_argument("--syslog-socket", metavar="PATH", default=SYSLOG_SOCKET,
+                        help="with --daemonize and no --log-file: the syslog daemon's socket "
+                             "(default: %(default)s)")
     parser.add_argument("--log-level", choices=LOG_LEVELS,
                         help="overrides daemon.log_level of the configuration")
     parser.add_argument("--version", action="version", version=f"watchd {__version__}")
@@ -77,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     level = args.log_level or config.daemon.log_level
     if args.daemonize:
-        return daemonize(config, level, args.pidfile, args.log_file, args.log_level)
+        return daemonize(config, level, pidfile=args.pidfile, log_file=args.log_file,
+                         level_override=args.log_level, syslog_socket=args.syslog_socket)
     configure_logging(level)
     return serve(config, args.log_level)
 
@@ -99,8 +105,8 @@ def serve(config: Config, log_level: str | None = None) -> int:
         return 0
 
 
-def daemonize(config: Config, level: str, pidfile: str, log_file: str | None,
-              level_override: str | None) -> int:
+def daemonize(config: Config, level: str, *, pidfile: str, log_file: str | None,
+              level_override: str | None, syslog_socket: str = SYSLOG_SOCKET) -> int:
     """The classic detached daemon, for hosts without systemd."""
     if under_systemd():
         # DaemonContext would close systemd's fds, send stderr to /dev/null and set umask 0.
@@ -116,6 +122,14 @@ def daemonize(config: Config, level: str, pidfile: str, log_file: str | None,
     except WatchdError as e:
         print(f"watchd: {e}", file=sys.stderr)
         return EX_FAILURE
+    if log_file is None:
+        problem = _syslog_problem(syslog_socket)
+        if problem is not None:
+            # A detached daemon with nowhere to log would fail unseen; a fallback file of a
+            # fixed name in a shared directory could be planted by anyone (see docs/security.md).
+            print(f"watchd: --daemonize logs to syslog, but {problem}; start a syslog daemon, "
+                  "or give --log-file FILE", file=sys.stderr)
+            return EX_CONFIG
     stream = open(log_file, "a", buffering=1) if log_file else None  # noqa: SIM115
     context = daemon.DaemonContext(
         pidfile=lock, umask=0o022, working_directory="/",
@@ -123,22 +137,36 @@ def daemonize(config: Config, level: str, pidfile: str, log_file: str | None,
         files_preserve=[stream] if stream is not None else None,
     )
     with context:
+        # With the standard descriptors closed, python-daemon opens /dev/null onto each of them
+        # and dup2()s it onto itself, which keeps the close-on-exec flag: the watcher child
+        # would then start with no stdout or stderr and die before it could say why.
+        for fd in (0, 1, 2):
+            os.set_inheritable(fd, True)
         if stream is None:
-            _log_to_syslog(level)
+            _log_to_syslog(level, syslog_socket)
         else:
             configure_logging(level)
         return serve(config, level_override)
 
 
-def _log_to_syslog(level: str) -> None:
-    handler: logging.Handler
-    if os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter("watchd[%(process)d]: %(levelname)s %(message)s"))
-    else:
-        handler = logging.FileHandler("/tmp/watchd.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+def _syslog_problem(path: str) -> str | None:
+    """Why the syslog socket at `path` cannot take our messages, or None when it can."""
+    errors: list[str] = []
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):  # the two SysLogHandler tries
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(path)
+            except OSError as e:
+                errors.append(e.strerror or str(e))
+            else:
+                return None
+    return f"its socket {path} cannot be reached ({errors[0]})"
+
+
+def _log_to_syslog(level: str, path: str) -> None:
+    handler = logging.handlers.SysLogHandler(
+        address=path, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    handler.setFormatter(logging.Formatter("watchd[%(process)d]: %(name)s: %(message)s"))
     root = logging.getLogger("watchd")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

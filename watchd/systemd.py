@@ -296,14 +296,21 @@ def log_level(name: str) -> int:
 
 
 def configure_logging(
-    level: str, *, stream: TextIO | None = None, env: Mapping[str, str] | None = None
+    level: str, *, stream: TextIO | None = None, env: Mapping[str, str] | None = None,
+    priority_prefix: bool | None = None,
 ) -> None:
-    """Log "watchd" records to stderr, one line each, journal-style when stderr is the journal."""
+    """Log "watchd" records to stderr, one line each, journal-style when stderr is the journal.
+
+    priority_prefix forces (True) or forbids (False) the journal's "<N>" line prefix; the
+    watcher child, whose output the daemon reads and logs at that priority, forces it.
+    """
     numeric = log_level(level)
     stream = sys.stderr if stream is None else stream
     env = os.environ if env is None else env
+    if priority_prefix is None:
+        priority_prefix = _stream_is_journal(stream, env)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(_LineFormatter(journal=_stream_is_journal(stream, env)))
+    handler.setFormatter(_LineFormatter(journal=priority_prefix))
     logger = _log()
     # Calling again (a reload with a new level) replaces the handler instead of adding one.
     for old in list(logger.handlers):

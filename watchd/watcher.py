@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from watchd.systemd import configure_logging
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, priority_prefix=True)  # read by the daemon: see childlog
     if args.daemon_version not in (None, __version__):
         # The package was replaced under a running daemon: the channel between the two may
         # differ, so do not talk at all. Exit status 78: restarting us cannot help.
