@@ -95,9 +95,11 @@ def serve(config: Config, log_level: str | None = None) -> int:
     faulthandler.enable()  # a watchdog abort (SIGABRT) leaves Python tracebacks in the journal
     try:
         listen = listen_sockets()
-        notifier = Notifier.from_env()  # after any daemonization: sdnotify connects when built
-        daemon = Daemon(config, notifier, listen[0] if listen else None, log_level)
-        return asyncio.run(daemon.run())
+        # After any daemonization: sdnotify connects when built. Closing it at exit delivers a
+        # STOPPING=1 that systemd's socket could not take yet.
+        with Notifier.from_env() as notifier:
+            daemon = Daemon(config, notifier, listen[0] if listen else None, log_level)
+            return asyncio.run(daemon.run())
     except WatchdError as e:
         log.error("%s", e)
         return EX_FAILURE

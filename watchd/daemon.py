@@ -467,6 +467,7 @@ class Daemon:
             await asyncio.sleep(min(TICK_S, self.watchdog_s or TICK_S))
 
     def tick(self) -> None:
+        self.notifier.flush()  # READY=1 and the like that systemd's socket could not take yet
         now = time.monotonic()
         limit = min(STALL_LIMIT_S, self.config.daemon.watcher_timeout)
         if self.stalled_since is not None and now - self.stalled_since > limit:
@@ -485,8 +486,7 @@ class Daemon:
                 # so a wedged loop or a hung watcher both get the service restarted by systemd.
                 self.notifier.watchdog()
         line = self.status_line()
-        if line != self.last_status:
-            self.notifier.status(line)
+        if line != self.last_status and self.notifier.status(line):
             self.last_status = line
 
     # -- reload --------------------------------------------------------------------------------

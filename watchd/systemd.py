@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from sdnotify import SystemdNotifier
@@ -62,13 +64,38 @@ def ascii_field(text: str) -> str:
     return one_line.encode("ascii", "backslashreplace").decode("ascii")
 
 
-class Notifier:
-    """Sends sd_notify messages to systemd; every method is a no-op when not started by it."""
+# Notifications that change the state systemd holds of the service: a lost READY=1 leaves a
+# start or a reload pending until it times out, a lost STOPPING=1 makes a stop look like a
+# crash. When the receiver's queue is full they wait and are retried, in order; everything
+# else (WATCHDOG=1, STATUS=, EXTEND_TIMEOUT_USEC=) is periodic and dropped, as the next one
+# replaces it.
+LASTING_FIELDS = ("READY=", "RELOADING=", "STOPPING=")
+# A bound on what waits: only a receiver that never reads again reaches it.
+PENDING_MAX = 64
+# A receiver that does not read is reported at once, then at most this often.
+COMPLAINT_INTERVAL_S = 60.0
+# At exit, how long to wait for a stalled receiver to take what still waits (STOPPING=1).
+CLOSE_FLUSH_S = 3.0
 
-    __slots__ = ("_notifier",)
+
+class Notifier:
+    """Sends sd_notify messages to systemd; every method is a no-op when not started by it.
+
+    Never blocks: a receiver that stops reading must not stall the event loop (and so every
+    client) on this side channel. sdnotify finds and connects the socket; the datagrams go out
+    on that socket with MSG_DONTWAIT.
+    """
+
+    __slots__ = ("_complained_at", "_dropped", "_pending", "_sock", "_told")
 
     def __init__(self, notifier: Any | None) -> None:
-        self._notifier = notifier
+        self._sock: socket.socket | None = None if notifier is None else notifier.socket
+        if self._sock is not None:
+            self._sock.setblocking(False)
+        self._pending: deque[bytes] = deque()
+        self._dropped = 0  # periodic datagrams dropped since the last complaint
+        self._complained_at: float | None = None
+        self._told = False  # a stall was reported and its end is not yet
 
     @classmethod
     def from_env(cls) -> Notifier:
@@ -95,15 +122,30 @@ class Notifier:
     @property
     def enabled(self) -> bool:
         """Whether messages go anywhere."""
-        return self._notifier is not None
+        return self._sock is not None
 
-    def close(self) -> None:
-        """Close the connection to systemd; later messages are dropped."""
-        if self._notifier is not None:
-            sock = getattr(self._notifier, "socket", None)
-            if sock is not None:
-                sock.close()
-            self._notifier = None
+    @property
+    def pending(self) -> int:
+        """How many lasting notifications wait for the receiver to read."""
+        return len(self._pending)
+
+    def close(self, flush_s: float = CLOSE_FLUSH_S) -> None:
+        """Deliver what waits (up to flush_s), then close; later messages are dropped."""
+        sock = self._sock
+        if sock is None:
+            return
+        deadline = time.monotonic() + flush_s
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while not self.flush() and (left := deadline - time.monotonic()) > 0:
+            # A connected datagram socket polls writable once the receiver's queue has room.
+            poller.poll(max(1, int(left * 1000)))
+        if self._pending:
+            _log().warning("systemd did not read its notification socket for %.0f s; "
+                           "not delivered: %s", flush_s, _show(self._pending))
+            self._pending.clear()
+        sock.close()
+        self._sock = None
 
     def __enter__(self) -> Notifier:
         return self
@@ -112,19 +154,71 @@ class Notifier:
         self.close()
 
     def send(self, *fields: str) -> bool:
-        """Send `fields` (each "KEY=value") in one datagram; True when it went out."""
-        if self._notifier is None or not fields:
+        """Send `fields` (each "KEY=value") in one datagram; True when it went out.
+
+        A lasting notification (see LASTING_FIELDS) that cannot go out now waits for flush();
+        a periodic one is dropped.
+        """
+        if self._sock is None or not fields:
             return False
-        # sdnotify encodes latin-1 and silently drops the whole datagram on the first
-        # character outside it, READY=1 included; a newline inside a value would start a
-        # new assignment. So every field goes out as one line of ASCII.
-        message = "\n".join(ascii_field(field) for field in fields)
+        # systemd reads the datagram as lines of KEY=value; a newline inside a value would
+        # start a new assignment, and anything but ASCII is best not left to its parser.
+        data = "\n".join(ascii_field(field) for field in fields).encode("ascii")
+        lasting = any(field.startswith(LASTING_FIELDS) for field in fields)
+        if not self.flush():
+            # Nothing overtakes what waits: systemd must see the states in their order.
+            self._stalled(data, lasting, "earlier notifications still wait")
+            return False
+        return self._send_now(data, lasting)
+
+    def flush(self) -> bool:
+        """Retry what waits, oldest first; True when nothing waits any more."""
+        while self._pending and self._sock is not None:
+            data = self._pending[0]
+            try:
+                self._sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError as e:
+                _log().warning("cannot notify systemd (%s): %s", e.strerror or e, _show([data]))
+            self._pending.popleft()
+            if not self._pending and self._told:
+                _log().info("systemd reads its notification socket again; the waiting "
+                            "notifications went out")
+                self._told = False
+        return True
+
+    def _send_now(self, data: bytes, lasting: bool) -> bool:
+        assert self._sock is not None
         try:
-            self._notifier.notify(message)
+            self._sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self._stalled(data, lasting, "its receive queue is full")
+            return False
         except OSError as e:
-            _log().warning("cannot notify systemd (%s): %s", e.strerror or e, message)
+            _log().warning("cannot notify systemd (%s): %s", e.strerror or e, _show([data]))
             return False
         return True
+
+    def _stalled(self, data: bytes, lasting: bool, why: str) -> None:
+        if lasting:
+            if len(self._pending) >= PENDING_MAX:
+                _log().warning("too many notifications wait for systemd; dropped the oldest: %s",
+                               _show([self._pending.popleft()]))
+            self._pending.append(data)
+        else:
+            self._dropped += 1
+        now = time.monotonic()
+        if self._complained_at is not None and now - self._complained_at < COMPLAINT_INTERVAL_S:
+            return
+        self._complained_at = now
+        self._told = True
+        _log().warning(
+            "systemd is not reading its notification socket (%s): %d periodic notification(s) "
+            "dropped, %d waiting to be retried (%s); watchd keeps serving, and says this again "
+            "at most every %.0f s", why, self._dropped, len(self._pending),
+            _show(self._pending), COMPLAINT_INTERVAL_S)
+        self._dropped = 0
 
     def ready(self, status: str | None = None) -> None:
         """Tell systemd start-up or a reload is complete."""
@@ -139,9 +233,9 @@ class Notifier:
         """Tell systemd an orderly stop has begun."""
         self.send("STOPPING=1", *_status_field(status))
 
-    def status(self, text: str) -> None:
-        """Set the one-line STATUS shown by `systemctl status`."""
-        self.send(*_status_field(text))
+    def status(self, text: str) -> bool:
+        """Set the one-line STATUS shown by `systemctl status`; True when it went out."""
+        return self.send(*_status_field(text))
 
     def watchdog(self) -> None:
         """Tell systemd's watchdog the daemon is alive."""
@@ -150,6 +244,11 @@ class Notifier:
     def extend_timeout(self, usec: int) -> None:
         """Ask for `usec` more microseconds before systemd gives up on the current phase."""
         self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(usec))}")
+
+
+def _show(datagrams: Iterable[bytes]) -> str:
+    """The first line of each datagram, for a log line."""
+    return ", ".join(d.split(b"\n", 1)[0].decode("ascii") for d in datagrams) or "none"
 
 
 def _status_field(text: str | None) -> tuple[str, ...]:
