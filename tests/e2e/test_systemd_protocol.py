@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Line, config, wait_for, watch
+from tests.harness import Daemon, Line, config, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,13 +66,25 @@ def test_stopping(start_daemon, watched: Path) -> None:
     assert any("STOPPING=1" in fields(m) for m in daemon.notify.messages)
 
 
-def test_status_is_ascii_even_for_non_latin1_paths(start_daemon, workdir: str) -> None:
-    root = Path(workdir) / "写真"
-    root.mkdir()
-    daemon = start_daemon(config(watches=watch("w", root)))
-    daemon.reload("this is not = = toml")  # the refusal STATUS names the file
-    for m in daemon.notify.messages:
-        m.encode("ascii")
+def test_status_is_ascii_even_for_non_latin1_paths(workdir: str, watched: Path) -> None:
+    # The configuration lives under a non-Latin-1 name: the STATUS= of a refused reload names
+    # that file, and so does the status line of every tick after it.
+    home = Path(workdir) / "写真"
+    home.mkdir()
+    daemon = Daemon(str(home), config(watches=watch("w", watched)))
+    try:
+        daemon.start()
+        daemon.reload("this is not = = toml")
+        escaped = str(home).replace("写真", "\\u5199\\u771f")
+        refused = daemon.notify.wait_for_text(f"reload refused: {escaped}/watchd.toml: ")
+        daemon.notify.wait_for_text(f"last reload failed: {escaped}/watchd.toml: ")
+        assert "READY=1" in fields(refused)
+        # Each datagram is one line per field, plain ASCII (the harness decodes latin-1).
+        for m in daemon.notify.messages:
+            m.encode("ascii")
+            assert all("=" in f for f in fields(m)), m
+    finally:
+        daemon.cleanup()
 
 
 def test_watchdog_cadence_with_our_pid(start_daemon, watched: Path) -> None:
