@@ -16,7 +16,15 @@ from types import TracebackType
 from watchd import __version__
 from watchd.config import Config, load_config
 from watchd.errors import ConfigError, WatchdError
-from watchd.systemd import Notifier, configure_logging, listen_sockets, under_systemd
+from watchd.systemd import (
+    Notifier,
+    configure_logging,
+    journal_stream,
+    listen_sockets,
+    print_error,
+    stderr_is_journal,
+    under_systemd,
+)
 
 DEFAULT_CONFIG = "/etc/watchd/watchd.toml"
 SYSLOG_SOCKET = "/dev/log"
@@ -75,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as e:
-        print(f"watchd: invalid configuration: {e}", file=sys.stderr)
+        # Also what `systemctl reload` shows for a refused file (ExecReload= runs --check):
+        # at error priority in the journal, so `journalctl -p warning` says why.
+        print_error(f"watchd: invalid configuration: {e}")
         return EX_CONFIG
     if args.check:
         print(summary(config))
@@ -92,7 +102,8 @@ def serve(config: Config, log_level: str | None = None) -> int:
     """Run the daemon in this process until it is told to stop."""
     from watchd.daemon import Daemon  # the server side is imported only by the server
 
-    faulthandler.enable()  # a watchdog abort (SIGABRT) leaves Python tracebacks in the journal
+    # A watchdog abort (SIGABRT) leaves the Python stack of every thread in the log.
+    crash_stream = _enable_faulthandler()
     try:
         listen = listen_sockets()
         # After any daemonization: sdnotify connects when built. Closing it at exit delivers a
@@ -105,6 +116,26 @@ def serve(config: Config, log_level: str | None = None) -> int:
         return EX_FAILURE
     except KeyboardInterrupt:
         return 0
+    except Exception:
+        # Through the log, not Python's raw print: one record, at its priority in the journal.
+        log.critical("watchd stopped on an unexpected error; please report it", exc_info=True)
+        return EX_FAILURE
+    finally:
+        faulthandler.disable()
+        if crash_stream is not None:
+            crash_stream.close()
+
+
+def _enable_faulthandler() -> socket.socket | None:
+    """Dump stacks on a fatal signal: into the journal at error priority when stderr is the
+    journal (whose stderr stream logs every raw line at info), else to stderr."""
+    if stderr_is_journal():
+        stream = journal_stream("watchd")
+        if stream is not None:
+            faulthandler.enable(file=stream)
+            return stream
+    faulthandler.enable()
+    return None
 
 
 def daemonize(config: Config, level: str, *, pidfile: str, log_file: str | None,
@@ -112,8 +143,8 @@ def daemonize(config: Config, level: str, *, pidfile: str, log_file: str | None,
     """The classic detached daemon, for hosts without systemd."""
     if under_systemd():
         # DaemonContext would close systemd's fds, send stderr to /dev/null and set umask 0.
-        print("watchd: --daemonize is for hosts without systemd; under systemd run "
-              "`watchd --config FILE` in the foreground (Type=notify)", file=sys.stderr)
+        print_error("watchd: --daemonize is for hosts without systemd; under systemd run "
+                    "`watchd --config FILE` in the foreground (Type=notify)")
         return EX_CONFIG
     import daemon
 

@@ -45,6 +45,9 @@ _PRIORITIES = (
     (logging.INFO, 6),
 )
 _DEBUG_PRIORITY = 7
+ERROR_PRIORITY = 3
+# journald's socket for stdout/stderr streams (what systemd connects a unit's stderr to).
+JOURNAL_STDOUT_SOCKET = "/run/systemd/journal/stdout"
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -357,6 +360,39 @@ def _stream_is_journal(stream: TextIO, env: Mapping[str, str]) -> bool:
         return (int(device), int(inode)) == (stat.st_dev, stat.st_ino)
     except (ValueError, OSError):
         return False
+
+
+def stderr_is_journal(env: Mapping[str, str] | None = None) -> bool:
+    """Whether our stderr is a stream into the journal (which reads "<N>" line prefixes)."""
+    return _stream_is_journal(sys.stderr, os.environ if env is None else env)
+
+
+def print_error(message: str) -> None:
+    """Write `message` to stderr; at error priority, line by line, when stderr is the journal."""
+    if stderr_is_journal():
+        message = "\n".join(f"<{ERROR_PRIORITY}>{line}" for line in message.splitlines())
+    print(message, file=sys.stderr)
+
+
+def journal_stream(identifier: str, priority: int = 3) -> socket.socket | None:
+    """A new stream into the journal whose every line is logged at `priority`; None on failure.
+
+    What sd_journal_stream_fd(3) opens: a connection to journald's stdout socket, introduced
+    by a header that fixes the identifier and the priority. Raw writes to it, such as a
+    faulthandler dump from a signal handler, need no cooperation from our own event loop.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(JOURNAL_STDOUT_SOCKET)
+        sock.shutdown(socket.SHUT_RD)
+        # identifier, unit id (empty: journald takes ours), priority, no "<N>" parsing, and
+        # not forwarded to syslog, kmsg or the console beyond what journald is set up to do.
+        header = f"{identifier}\n\n{priority}\n0\n0\n0\n0\n"
+        sock.sendall(header.encode("ascii", "replace"))
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def syslog_priority(levelno: int) -> int:

@@ -169,6 +169,8 @@ class Watcher:
             data = self.sock.recv(1 << 16)
         except BlockingIOError:
             return
+        except ConnectionResetError:
+            data = b""  # the daemon was killed: as final as its orderly close, and no error of ours
         if not data:
             self.running = False
             return

@@ -176,6 +176,27 @@ def test_journal_stream_logging_has_priorities(start_daemon, watched: Path) -> N
     assert lines and all(re.match(r"<[3467]>", x) for x in lines), lines[:5]
 
 
+@pytest.mark.parametrize("journal", [True, False])
+def test_check_errors_are_at_error_priority_in_the_journal(workdir: str, journal: bool) -> None:
+    # ExecReload= runs --check: its refusal must pass `journalctl -p warning`.
+    cfg = os.path.join(workdir, "bad.toml")
+    with open(cfg, "w") as f:
+        f.write("[daemon\n")
+    err = os.path.join(workdir, "stderr")
+    with open(err, "wb") as stream:
+        stat = os.fstat(stream.fileno())
+        env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+        if journal:
+            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+        result = subprocess.run([sys.executable, "-m", "watchd", "--check", "--config", cfg],
+                                env=env, stdout=subprocess.PIPE, stderr=stream, timeout=30)
+    assert result.returncode == 78
+    lines = Path(err).read_text().splitlines()
+    assert lines and lines[0].startswith(
+        ("<3>" if journal else "") + f"watchd: invalid configuration: {cfg}: "), lines
+    assert all(line.startswith("<3>") for line in lines) == journal
+
+
 def test_daemonize(workdir: str, watched: Path) -> None:
     sock = os.path.join(workdir, "d.sock")
     cfg = os.path.join(workdir, "d.toml")
