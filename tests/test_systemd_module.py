@@ -307,6 +307,26 @@ def test_a_full_receiver_never_blocks_and_the_lasting_notices_wait(
     filler.close()
 
 
+def test_a_receiver_gone_for_good_is_not_retried_and_said_once(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, records: _Records,
+) -> None:
+    path = str(short_dir / "notify")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    with Notifier.from_env() as n:
+        receiver.close()  # our socket stays connected to a peer that is gone: refused
+        n.ready()
+        for _ in range(20):
+            n.watchdog()
+        assert n.pending == 0  # nothing to retry: a refused datagram is dropped
+        assert n.flush()
+        warnings = [m for m in records.messages if "notification socket" in m]
+        assert len(warnings) == 1, records.messages
+        assert "cannot send to systemd's notification socket" in warnings[0]
+        assert "READY x1" in warnings[0]
+
+
 def test_close_gives_up_on_a_receiver_that_never_reads(
     notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch,
     records: _Records,

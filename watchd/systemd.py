@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
@@ -73,6 +73,7 @@ def ascii_field(text: str) -> str:
 # else (WATCHDOG=1, STATUS=, EXTEND_TIMEOUT_USEC=) is periodic and dropped, as the next one
 # replaces it.
 LASTING_FIELDS = ("READY=", "RELOADING=", "STOPPING=")
+_NOT_READING = "systemd is not reading its notification socket"
 # A bound on what waits: only a receiver that never reads again reaches it.
 PENDING_MAX = 64
 # A receiver that does not read is reported at once, then at most this often.
@@ -96,7 +97,7 @@ class Notifier:
         if self._sock is not None:
             self._sock.setblocking(False)
         self._pending: deque[bytes] = deque()
-        self._dropped = 0  # periodic datagrams dropped since the last complaint
+        self._dropped: Counter[str] = Counter()  # what was dropped since the last complaint
         self._complained_at: float | None = None
         self._told = False  # a stall was reported and its end is not yet
 
@@ -170,58 +171,67 @@ class Notifier:
         lasting = any(field.startswith(LASTING_FIELDS) for field in fields)
         if not self.flush():
             # Nothing overtakes what waits: systemd must see the states in their order.
-            self._stalled(data, lasting, "earlier notifications still wait")
+            self._keep_or_drop(data, lasting, f"{_NOT_READING} (earlier notifications wait)")
             return False
-        return self._send_now(data, lasting)
+        error = self._try_send(data)
+        if error is None:
+            return True
+        if isinstance(error, BlockingIOError):
+            self._keep_or_drop(data, lasting, f"{_NOT_READING} (its receive queue is full)")
+        else:
+            self._refused(data, error)
+        return False
 
     def flush(self) -> bool:
         """Retry what waits, oldest first; True when nothing waits any more."""
         while self._pending and self._sock is not None:
-            data = self._pending[0]
-            try:
-                self._sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
+            error = self._try_send(self._pending[0])
+            if isinstance(error, BlockingIOError):
                 return False
-            except OSError as e:
-                _log().warning("cannot notify systemd (%s): %s", e.strerror or e, _show([data]))
-            self._pending.popleft()
-            if not self._pending and self._told:
-                _log().info("systemd reads its notification socket again; the waiting "
-                            "notifications went out")
+            data = self._pending.popleft()
+            if error is not None:
+                self._refused(data, error)
+            elif not self._pending and self._told:
+                _log().info("systemd reads its notification socket again; the notifications "
+                            "that waited went out")
                 self._told = False
         return True
 
-    def _send_now(self, data: bytes, lasting: bool) -> bool:
+    def _try_send(self, data: bytes) -> OSError | None:
         assert self._sock is not None
         try:
             self._sock.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            self._stalled(data, lasting, "its receive queue is full")
-            return False
         except OSError as e:
-            _log().warning("cannot notify systemd (%s): %s", e.strerror or e, _show([data]))
-            return False
-        return True
+            return e
+        return None
 
-    def _stalled(self, data: bytes, lasting: bool, why: str) -> None:
+    def _keep_or_drop(self, data: bytes, lasting: bool, why: str) -> None:
+        """A lasting notification waits for flush(); a periodic one is dropped."""
         if lasting:
             if len(self._pending) >= PENDING_MAX:
-                _log().warning("too many notifications wait for systemd; dropped the oldest: %s",
-                               _show([self._pending.popleft()]))
+                self._dropped[_key(self._pending.popleft())] += 1
             self._pending.append(data)
         else:
-            self._dropped += 1
+            self._dropped[_key(data)] += 1
+        self._complain(why)
+
+    def _refused(self, data: bytes, error: OSError) -> None:
+        # Refused, not stalled: retrying cannot help, so even a lasting one is dropped.
+        self._dropped[_key(data)] += 1
+        self._complain(f"cannot send to systemd's notification socket ({error.strerror or error})")
+
+    def _complain(self, why: str) -> None:
+        """Log what was lost and what waits: at once the first time, then rarely."""
         now = time.monotonic()
         if self._complained_at is not None and now - self._complained_at < COMPLAINT_INTERVAL_S:
             return
         self._complained_at = now
         self._told = True
+        dropped = ", ".join(f"{key} x{n}" for key, n in self._dropped.items()) or "none"
         _log().warning(
-            "systemd is not reading its notification socket (%s): %d periodic notification(s) "
-            "dropped, %d waiting to be retried (%s); watchd keeps serving, and says this again "
-            "at most every %.0f s", why, self._dropped, len(self._pending),
-            _show(self._pending), COMPLAINT_INTERVAL_S)
-        self._dropped = 0
+            "%s: dropped %s; waiting to be retried: %s; watchd keeps serving, and says this "
+            "again at most every %.0f s", why, dropped, _show(self._pending), COMPLAINT_INTERVAL_S)
+        self._dropped.clear()
 
     def ready(self, status: str | None = None) -> None:
         """Tell systemd start-up or a reload is complete."""
@@ -247,6 +257,11 @@ class Notifier:
     def extend_timeout(self, usec: int) -> None:
         """Ask for `usec` more microseconds before systemd gives up on the current phase."""
         self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(usec))}")
+
+
+def _key(datagram: bytes) -> str:
+    """The name of the first field of a datagram (READY, STATUS, ...)."""
+    return datagram.split(b"=", 1)[0].decode("ascii")
 
 
 def _show(datagrams: Iterable[bytes]) -> str:
