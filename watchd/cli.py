@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import faulthandler
 import logging
-import logging.handlers
 import os
 import socket
 import sys
@@ -23,11 +22,13 @@ from watchd.systemd import (
     listen_sockets,
     print_error,
     stderr_is_journal,
+    syslog_priority,
     under_systemd,
 )
 
 DEFAULT_CONFIG = "/etc/watchd/watchd.toml"
 SYSLOG_SOCKET = "/dev/log"
+SYSLOG_DAEMON_FACILITY = 3 << 3  # LOG_DAEMON, added to a message's priority
 EX_CONFIG = 78  # sysexits.h: a unit says RestartPreventExitStatus=78 so a bad file is not respawned
 EX_FAILURE = 1
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -184,26 +185,77 @@ def daemonize(config: Config, level: str, *, pidfile: str, log_file: str | None,
 
 def _syslog_problem(path: str) -> str | None:
     """Why the syslog socket at `path` cannot take our messages, or None when it can."""
-    errors: list[str] = []
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):  # the two SysLogHandler tries
-        with socket.socket(socket.AF_UNIX, kind) as probe:
-            try:
-                probe.connect(path)
-            except OSError as e:
-                errors.append(e.strerror or str(e))
-            else:
-                return None
-    return f"its socket {path} cannot be reached ({errors[0]})"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError as e:
+            return f"its socket {path} cannot be reached ({e.strerror or e})"
+    return None
 
 
 def _log_to_syslog(level: str, path: str) -> None:
-    handler = logging.handlers.SysLogHandler(
-        address=path, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    handler = SyslogHandler(path)
     handler.setFormatter(logging.Formatter("watchd[%(process)d]: %(name)s: %(message)s"))
     root = logging.getLogger("watchd")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class SyslogHandler(logging.Handler):
+    """Log to syslog's datagram socket (facility daemon) without ever waiting.
+
+    A syslog daemon that stops reading its socket must not freeze the event loop, and with it
+    every client: a line it cannot take is dropped, counted, and the count is logged once it
+    reads again.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.sock = self._connect()
+        self.dropped = 0
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.dropped and self._send(
+                    logging.WARNING, f"watchd[{os.getpid()}]: watchd: {self.dropped} log "
+                    "line(s) dropped: syslog did not read its socket"):
+                self.dropped = 0
+            if not self._send(record.levelno, self.format(record)):
+                self.dropped += 1
+        except Exception:
+            self.handleError(record)
+
+    def _send(self, levelno: int, text: str) -> bool:
+        """Send one message without waiting; False when syslog's queue is full."""
+        data = f"<{SYSLOG_DAEMON_FACILITY + syslog_priority(levelno)}>{text}".encode()
+        try:
+            self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            # Syslog was restarted and its socket is a new one: reconnect, once.
+            self.sock.close()
+            self.sock = self._connect()
+            try:
+                self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
 
 
 class PidFile:

@@ -172,3 +172,30 @@ def test_daemonize_refused_by_default_on_a_host_without_syslog(
     assert result.returncode == EX_CONFIG, result.stderr
     assert "/dev/log" in result.stderr and "--log-file" in result.stderr, result.stderr
     assert not os.path.exists(pidfile)
+
+
+def test_a_syslog_that_stops_reading_does_not_stall_clients(
+        workdir: str, watched: Path, syslog: Syslog) -> None:
+    cfg, sock = _write_config(workdir, watched)
+    pidfile = os.path.join(workdir, "d.pid")
+    argv = ["--config", cfg, "--syslog-socket", syslog.path, "--log-level", "debug"]
+    with daemonized(argv, pidfile, _env()) as pid, contextlib.closing(_connect(sock)) as line:
+        line.recv(timeout=20)
+        syslog.wait(r"ready on ")
+        # The syslog daemon stops reading: its queue fills up (a sender of ours fills it).
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    filler.sendto(b"<30>filler", syslog.path)
+            # Reloads log several lines each; the daemon still answers and applies them.
+            for reloads in (1, 2, 3):
+                os.kill(pid, signal.SIGHUP)
+                wait_for(lambda n=reloads: line.request({"op": "status"}, timeout=5)[
+                    "reloads"] == n, what=f"reload {reloads}")
+            assert line.request({"op": "ping"}, timeout=5)["type"] == "pong"
+        # Reading again, syslog hears that lines were lost (with the next line logged).
+        syslog.poll()
+        os.kill(pid, signal.SIGHUP)
+        dropped = syslog.wait(r"\d+ log line\(s\) dropped")
+        assert dropped.startswith("<28>"), dropped  # LOG_DAEMON, LOG_WARNING
