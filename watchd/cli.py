@@ -238,7 +238,9 @@ class SyslogHandler(logging.Handler):
 
     def _send(self, levelno: int, text: str) -> bool:
         """Send one message without waiting; False when syslog's queue is full."""
-        data = f"<{SYSLOG_DAEMON_FACILITY + syslog_priority(levelno)}>{text}".encode()
+        # A file name that is not UTF-8 is logged with its bytes escaped, not lost.
+        data = f"<{SYSLOG_DAEMON_FACILITY + syslog_priority(levelno)}>{text}".encode(
+            "utf-8", "backslashreplace")
         try:
             self.sock.send(data, socket.MSG_DONTWAIT)
         except BlockingIOError:
