@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import gc
 import itertools
 import logging
@@ -398,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     from watchd.systemd import configure_logging
 
     configure_logging(args.log_level, priority_prefix=True)  # read by the daemon: see childlog
+    # A fatal signal (a crash in the ctypes binding, say) leaves our stack in the daemon's log,
+    # at error priority: our stderr is the daemon's, not a stream of our own.
+    faulthandler.enable()
     if args.daemon_version not in (None, __version__):
         # The package was replaced under a running daemon: the channel between the two may
         # differ, so do not talk at all. Exit status 78: restarting us cannot help.

@@ -176,6 +176,22 @@ def test_journal_stream_logging_has_priorities(start_daemon, watched: Path) -> N
     assert lines and all(re.match(r"<[3467]>", x) for x in lines), lines[:5]
 
 
+def test_a_crashing_watchers_stack_reaches_the_journal_at_error_priority(
+        start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(watches=watch("w", watched)),
+                          shell_prefix='export JOURNAL_STREAM='
+                                       '"$(stat -L -c %d:%i /proc/self/fd/2)"')
+    pid = daemon.watcher_pid()
+    os.kill(pid, signal.SIGSEGV)
+    wait_for(lambda: f"watcher process {pid} was killed by SIGSEGV" in daemon.log_text(),
+             what="the crash to be reported")
+    lines = daemon.log_text().splitlines()
+    stack = [x for x in lines if f"watcher process {pid}: " in x]
+    assert any("Fatal Python error: Segmentation fault" in x for x in stack), lines[-20:]
+    assert any('File "' in x and "watcher.py" in x for x in stack), stack
+    assert all(x.startswith("<3>watchd.watcher: ") for x in stack), stack
+
+
 @pytest.mark.parametrize("journal", [True, False])
 def test_check_errors_are_at_error_priority_in_the_journal(workdir: str, journal: bool) -> None:
     # ExecReload= runs --check: its refusal must pass `journalctl -p warning`.
