@@ -1,0 +1,197 @@
+"""A tree against a hostile writer or file system: swapped links, unreadable and deep directories.
+
+Each attack is driven deterministically: the tree's `prune` callback runs while a directory is
+being listed, so a test can change the file system at exactly that point of a walk.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.test_tree import QUIET, Run, kernel_inodes
+from watchd.inotify import IN_CREATE, IN_ISDIR, InotifyFd
+from watchd.tree import Tree
+
+
+@pytest.fixture
+def private(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A directory outside the tree, mode 0700, with subdirectories named like the tree's."""
+    secret = tmp_path / "private"
+    for sub in ("inner", "zz", "proc"):
+        (secret / sub).mkdir(parents=True)
+        (secret / sub / f"secret-{sub}").write_text("x")
+    secret.chmod(0o700)
+    return secret
+
+
+@pytest.fixture
+def fds() -> Iterator[list[InotifyFd]]:
+    made: list[InotifyFd] = []
+    yield made
+    for ino in made:
+        ino.close()
+
+
+def _swap_on(name: str, what: pathlib.Path, target: pathlib.Path) -> Callable[[str], bool]:
+    """A prune callback that, when the walk lists `name`, renames `what` away and puts a
+    symbolic link to `target` in its place (once)."""
+    done: list[bool] = []
+
+    def prune(seen: str) -> bool:
+        if seen == name and not done:
+            done.append(True)
+            what.rename(what.with_name(what.name + "-moved"))
+            what.symlink_to(target)
+        return False
+
+    return prune
+
+
+def _inodes_below(path: pathlib.Path) -> set[int]:
+    return {os.stat(d).st_ino for d, _, _ in os.walk(path)}
+
+
+def _leaks(run: Run, secret: pathlib.Path) -> list[str]:
+    return [e.path for e in run.events if "secret" in e.path or str(secret) in e.path]
+
+
+def test_a_link_swapped_in_for_a_parent_during_the_start_is_not_followed(
+    tmp_path: pathlib.Path, private: pathlib.Path, fds: list[InotifyFd]
+) -> None:
+    root = tmp_path / "pub"
+    for sub in ("inner", "zz"):
+        (root / "a" / sub).mkdir(parents=True)
+    ino = InotifyFd()
+    fds.append(ino)
+    # While a/ is being listed, a/ becomes a link to the private directory; a/zz and
+    # a/inner are still to be watched and listed.
+    tree = Tree(ino, root, QUIET, synthetic=True, prune=_swap_on("inner", root / "a", private))
+    created = tree.start(report=True)
+    assert not [e.path for e in created if "secret" in e.path]
+    assert kernel_inodes(ino).isdisjoint(_inodes_below(private))
+    # What was listed is the directory that was there, now at a-moved.
+    assert tree.directories == 4
+    assert kernel_inodes(ino) == _inodes_below(root / "a-moved") | {os.stat(root).st_ino}
+
+
+def test_a_link_swapped_in_for_a_new_directory_is_not_followed(
+    tmp_path: pathlib.Path, private: pathlib.Path, fds: list[InotifyFd]
+) -> None:
+    root = tmp_path / "pub"
+    root.mkdir()
+    ino = InotifyFd()
+    fds.append(ino)
+    tree = Tree(ino, root, QUIET, synthetic=True, prune=_swap_on("inner", root / "a", private))
+    tree.start()
+    run = Run(ino, tree, root)
+    # A new directory, and before the tree handles its IN_CREATE, its own subdirectories;
+    # the swap comes while the tree lists it: mv pub/a pub/a-moved; ln -s private pub/a.
+    for sub in ("inner", "zz"):
+        (root / "a" / sub).mkdir(parents=True)
+    run.drain()
+    (private / "zz" / "later").write_text("x")
+    (root / "a-moved" / "zz" / "probe").write_text("x")
+    run.drain()
+    assert _leaks(run, private) == []
+    assert kernel_inodes(ino).isdisjoint(_inodes_below(private))
+    assert (IN_CREATE, str(root / "a-moved" / "zz" / "probe")) in run.reported(IN_CREATE)
+    assert (IN_CREATE | IN_ISDIR, str(root / "a" / "inner")) in run.reported(IN_CREATE)
+    assert kernel_inodes(ino) == _inodes_below(root / "a-moved") | {os.stat(root).st_ino}
+    assert run.watched() == {str(root), *(str(root / "a-moved" / d) for d in ("", "inner", "zz"))}
+
+
+def test_a_link_to_the_root_directory_does_not_lead_into_proc(
+    tmp_path: pathlib.Path, fds: list[InotifyFd]
+) -> None:
+    root = tmp_path / "pub"
+    (root / "a" / "proc").mkdir(parents=True)
+    (root / "a" / "sys").mkdir()
+    ino = InotifyFd()
+    fds.append(ino)
+    swap = _swap_on("proc", root / "a", pathlib.Path("/"))
+    tree = Tree(ino, root, QUIET, synthetic=True, prune=swap)
+    created = tree.start(report=True)
+    assert tree.directories == 4  # pub, a (now a-moved), its proc and its sys
+    assert tree.failed == {}
+    assert all(e.path.startswith(str(root) + "/") for e in created)
+    assert kernel_inodes(ino) == _inodes_below(root / "a-moved") | {os.stat(root).st_ino}
+
+
+def test_each_watch_is_on_the_inode_it_was_added_for(
+    tmp_path: pathlib.Path, fds: list[InotifyFd]
+) -> None:
+    root = tmp_path / "root"
+    for d in ("a/b", "c"):
+        (root / d).mkdir(parents=True)
+    ino = InotifyFd()
+    fds.append(ino)
+    tree = Tree(ino, root, QUIET)
+    tree.start()
+    with open(f"/proc/self/fdinfo/{ino.fileno()}") as f:
+        watches = {
+            int(fields["wd"]): int(fields["ino"], 16)
+            for line in f
+            if line.startswith("inotify ")
+            for fields in [dict(x.split(":", 1) for x in line.split()[1:])]
+        }
+    assert len(watches) == 4
+    for wd, inode in watches.items():
+        path = tree.path_of(wd)
+        assert path is not None
+        assert os.stat(path).st_ino == inode
+
+
+# --- deeper than PATH_MAX -------------------------------------------------------------------
+
+LONG = 200  # bytes per name; 24 levels make a path of more than 4,096 bytes
+
+
+def _deep(top: pathlib.Path, levels: int, start: int = 0) -> tuple[str, int]:
+    """Make `levels` nested directories of LONG-byte names below `top`, by fd (the paths
+    are too long to name); return the path of the deepest and an fd of it."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    path = str(top)
+    for i in range(start, start + levels):
+        name = f"{i:03d}" + "d" * (LONG - 3)
+        os.mkdir(name, dir_fd=fd)
+        nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+        path += "/" + name
+    return path, fd
+
+
+def test_directories_deeper_than_path_max_are_watched(
+    tmp_path: pathlib.Path, fds: list[InotifyFd]
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    deep, fd = _deep(root, 24)
+    assert len(os.fsencode(deep)) > 4096
+    ino = InotifyFd()
+    fds.append(ino)
+    tree = Tree(ino, root, QUIET, synthetic=True)
+    tree.start()
+    assert tree.directories == 25
+    assert tree.failed == {}
+    run = Run(ino, tree, root)
+    try:
+        os.close(os.open("file", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+        run.until(lambda ev: any(e.path == deep + "/file" for e in ev))
+        # And a new chain as deep again below it, made while the tree watches.
+        os.mkdir("x", dir_fd=fd)
+        sub = os.open("x", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        deeper, fd2 = _deep(pathlib.Path(f"/proc/self/fd/{sub}"), 3)
+        os.close(sub)
+        os.close(os.open("f2", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd2))
+        os.close(fd2)
+        tail = deeper.split("/", 5)[5]  # the names below x
+        want = f"{deep}/x/{tail}/f2"
+        run.until(lambda ev: any(e.path == want for e in ev))
+        assert tree.directories == 29
+    finally:
+        os.close(fd)
