@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.test_tree import QUIET, Run, kernel_inodes
-from watchd.inotify import IN_CREATE, IN_ISDIR, InotifyFd
-from watchd.tree import Tree
+from watchd.inotify import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, IN_Q_OVERFLOW, InotifyFd
+from watchd.tree import RESCAN_TRIES, Tree
 
 
 @pytest.fixture
@@ -195,3 +197,149 @@ def test_directories_deeper_than_path_max_are_watched(
         assert tree.directories == 29
     finally:
         os.close(fd)
+
+
+# --- fast renames ---------------------------------------------------------------------------
+
+
+def _probe_all(run: Run, x: pathlib.Path, tag: str) -> list[str]:
+    """Write a probe in x, x/y and x/y/z; the ones the tree did not report."""
+    probes = [x / tag, x / "y" / tag, x / "y" / "z" / tag]
+    for probe in probes:
+        probe.touch()
+    run.drain()
+    reported = set(run.paths(IN_CREATE))
+    return [str(p) for p in probes if str(p) not in reported]
+
+
+def test_a_directory_renamed_while_it_is_listed_keeps_its_subtree(
+    tmp_path: pathlib.Path, fds: list[InotifyFd]
+) -> None:
+    root = tmp_path / "pub"
+    (root / "pp" / "A" / "x" / "y" / "z").mkdir(parents=True)
+    (root / "pp" / "B").mkdir()
+    a, b = root / "pp" / "A" / "x", root / "pp" / "B" / "x"
+    armed: list[bool] = []
+
+    def prune(name: str) -> bool:
+        if name == "y" and armed:
+            armed.clear()
+            b.rename(a)  # x moves on while the tree lists it
+        return False
+
+    ino = InotifyFd()
+    fds.append(ino)
+    tree = Tree(ino, root, QUIET, synthetic=True, prune=prune)
+    tree.start()
+    run = Run(ino, tree, root)
+    a.rename(b)
+    assert ino.wait_readable(5)
+    raw = ino.read_events()
+    # The read split the rename: its IN_MOVED_FROM ends one batch, so x left the tree, and
+    # its IN_MOVED_TO starts the next, so x is new there and is watched and listed again.
+    cut = next(i for i, ev in enumerate(raw) if ev.mask & IN_MOVED_FROM) + 1
+    run.events.extend(tree.handle(raw[:cut]))
+    armed.append(True)
+    run.events.extend(tree.handle(raw[cut:]))
+    a.rename(b)  # and once more before the tree has read the rename made during the listing
+    assert _probe_all(run, b, "probe") == []
+    assert run.watched() == {str(root / d) for d in ("", "pp", "pp/A", "pp/B", "pp/B/x",
+                                                     "pp/B/x/y", "pp/B/x/y/z")}
+
+
+RENAMER = """
+import os, sys, time
+a, b, until = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
+while time.monotonic() < until:  # about as fast as `mv` in a shell loop
+    os.rename(a, b)
+    time.sleep(0.0005)
+    os.rename(b, a)
+    time.sleep(0.0005)
+if int(sys.argv[4]):
+    os.rename(a, b)
+"""
+
+
+def test_fast_renames_leave_no_directory_unwatched(
+    tmp_path: pathlib.Path, fds: list[InotifyFd]
+) -> None:
+    root = tmp_path / "pub"
+    (root / "pp" / "A" / "x" / "y" / "z").mkdir(parents=True)
+    (root / "pp" / "B").mkdir()
+    ino = InotifyFd()
+    fds.append(ino)
+    tree = Tree(ino, root, QUIET, synthetic=True)
+    tree.start()
+    run = Run(ino, tree, root)
+    missed: list[str] = []
+    here, there = root / "pp" / "A" / "x", root / "pp" / "B" / "x"
+    for attempt in range(20):
+        # The tree handles the renames while they happen, as a busy watcher would; every
+        # other run ends with x on the other side.
+        flip = attempt % 2
+        renamer = subprocess.Popen([sys.executable, "-c", RENAMER, str(here), str(there),
+                                    "0.15", str(flip)])
+        while renamer.poll() is None:
+            run.pump(0.01)
+        assert renamer.wait() == 0
+        assert not tree.overflowed  # no event lost: the tree's bookkeeping alone is tested
+        if flip:
+            here, there = there, here
+        missed += _probe_all(run, here, f"probe{attempt}")
+    assert missed == []
+    assert tree.directories == 7
+
+
+def test_a_new_directory_whose_parent_was_replaced_is_found_again(
+    tmp_path: pathlib.Path, fds: list[InotifyFd]
+) -> None:
+    root = tmp_path / "pub"
+    (root / "p").mkdir(parents=True)
+    ino = InotifyFd()
+    fds.append(ino)
+    tree = Tree(ino, root, QUIET, synthetic=True)
+    tree.start()
+    run = Run(ino, tree, root)
+    # All queued before the tree reads: when it handles the IN_CREATE of new/ in p/, the
+    # path p/ names another directory, which has a new/ too.
+    (root / "p" / "new").mkdir()
+    (root / "p").rename(root / "q")
+    (root / "p" / "new").mkdir(parents=True)
+    run.drain()
+    (root / "q" / "new" / "f").touch()
+    (root / "p" / "new" / "g").touch()
+    run.drain()
+    assert run.watched() == {str(root / d) for d in ("", "q", "q/new", "p", "p/new")}
+    created = run.paths(IN_CREATE)
+    assert str(root / "q/new/f") in created
+    assert str(root / "p/new/g") in created
+    assert not any(p.endswith(("q/new/g", "p/new/f")) for p in created)
+
+
+def test_a_directory_out_of_reach_for_long_is_announced_as_a_loss(
+    tmp_path: pathlib.Path, fds: list[InotifyFd]
+) -> None:
+    root = tmp_path / "pub"
+    (root / "p").mkdir(parents=True)
+    ino = InotifyFd()
+    fds.append(ino)
+    tree = Tree(ino, root, QUIET, synthetic=True)
+    tree.start()
+    (root / "p" / "new").mkdir()
+    (root / "p").rename(root / "q")
+    (root / "p").mkdir()
+    assert ino.wait_readable(5)
+    raw = ino.read_events()
+    # The tree gets the IN_CREATE of new/ in p/, and then (as if its reader were stuck) not
+    # the rename that would tell it where p/ went: it cannot account for new/.
+    events = tree.handle(raw[:1])
+    for _ in range(RESCAN_TRIES - 1):
+        assert not tree.overflowed
+        events += tree.handle([])
+    assert tree.overflowed
+    assert [e.mask for e in events if e.mask & IN_Q_OVERFLOW] == [IN_Q_OVERFLOW]
+    events += tree.handle(raw[1:])
+    assert tree.resync() == [(IN_CREATE | IN_ISDIR, 0, str(root / "q" / "new"), None, -1,
+                              b"new", 0)]
+    watched = {tree.path_of(wd) for wd in range(1, 20)} - {None}
+    assert watched == {str(root / d) for d in ("", "q", "q/new", "p")}

@@ -509,12 +509,35 @@ class Tree:
                     self.overflowed = True
                     out.append(TreeEvent(IN_Q_OVERFLOW, 0, "", None, -1, b"", 0))
                 continue
-            fd, dev = hit
+            self._rescan_one(wd, prefix, hit, emit)
+
+    def _rescan_one(self, wd: int, prefix: str, hit: tuple[int, int],
+                    out: list[TreeEvent] | None) -> None:
+        """List a watched directory again and watch what it holds unwatched."""
+        path_fd, dev = hit
+        quiet: list[tuple[int, int]] = []  # (fd, wd) of the watches that would see the listing
+        if self._quiet:
+            quiet.append((path_fd, wd))
+            parent = prefix[: prefix.rstrip("/").rfind("/") + 1]
+            parent_wd = self._wd_of.get(parent)
+            if self._quiet_parent and parent_wd is not None:
+                up = self._dir_fd(parent, parent_wd)
+                if up is not None:
+                    quiet.append((up[0], parent_wd))
+        for qfd, qwd in quiet:
+            self._set_mask(qfd, qwd, self._narrow)
+        try:
+            fd = os.open(".", fs.DIR_FLAGS, dir_fd=path_fd)
+        except OSError as e:
+            self._cannot_read(prefix, e)
+        else:
             # Only the subdirectories matter here: its files were reported by the kernel.
-            top = _Frame(fd, "", prefix, dev, wd,
-                         subdirs=self._entries(fd, prefix, wd, None, None),
-                         fresh=False, own=False, widen=False)
-            self._walk(top, emit, visited=None)
+            subdirs = self._entries(fd, prefix, wd, None, None)
+            top = _Frame(_path_fd(fd), "", prefix, dev, wd, subdirs=subdirs,
+                         fresh=False, own=True, widen=False)
+            self._walk(top, out, visited=None)
+        for qfd, qwd in quiet:
+            self._set_mask(qfd, qwd, self._full)
 
     def _cannot_read(self, prefix: str, e: OSError | int) -> None:
         """Record a directory that cannot be opened or listed, and log it (rate-limited)."""
@@ -624,38 +647,46 @@ class Tree:
     def _dir_fd(self, prefix: str, wd: int) -> tuple[int, int] | None:
         """An fd of the directory that watch `wd` (at `prefix`) is on, open until the batch ends.
 
-        Opened from the root one name at a time with O_NOFOLLOW, and checked to be the
-        watched directory; None when the path no longer leads to it.
+        Opened from the root one name at a time with O_NOFOLLOW (O_PATH: no event), and
+        checked to be the watched directory; None when the path no longer leads to it.
         """
         hit = self._batch_fds.get(prefix)
         if hit is not None:
             return hit
         if len(self._batch_fds) >= BATCH_FDS:
             self._close_batch_fds()
+        root_prefix = self._root_prefix
         try:
-            root = self._batch_fds.get(self._root_prefix)
+            root = self._batch_fds.get(root_prefix)
             if root is None:
                 fd = self._open_root(fs.PATH_FLAGS)
                 root = (fd, os.fstat(fd).st_dev)
-                self._batch_fds[self._root_prefix] = root
-            if prefix == self._root_prefix:
-                fd, dev = root
-            else:
-                names = prefix[len(self._root_prefix):-1].split("/")
-                fd = fs.open_below(root[0], names, follow=self._follow)
-                dev = os.fstat(fd).st_dev
-                self._batch_fds[prefix] = (fd, dev)
+                if not self._is_watch(fd, self._root_wd):
+                    os.close(fd)
+                    return None
+                self._batch_fds[root_prefix] = root
+            if prefix == root_prefix:
+                return root if wd == self._root_wd else None
+            fd = fs.open_below(root[0], prefix[len(root_prefix):-1].split("/"),
+                               follow=self._follow)
+            hit = (fd, os.fstat(fd).st_dev)
         except OSError:
             return None
+        if not self._is_watch(fd, wd):
+            os.close(fd)
+            return None
+        self._batch_fds[prefix] = hit
+        return hit
+
+    def _is_watch(self, fd: int, wd: int) -> bool:
+        """Whether the directory open as `fd` is the one that watch `wd` is on."""
         # The path may name another directory than the watch's now (renamed, and its rename
         # not read yet). Adding bits it has returns the wd of the inode the fd holds.
         got = self._ino.add_watch_raw(fs.proc_path(fd, os.getpid()), self._narrow | IN_MASK_ADD)
-        if got == wd:
-            return (fd, dev)
-        if got >= 0 and got not in self._path_of:
+        if got >= 0 and got != wd and got not in self._path_of:
             with contextlib.suppress(InotifyError):
                 self._ino.rm_watch(got)  # not a directory we watch: undo the watch just made
-        return None
+        return got == wd
 
     def _close_batch_fds(self) -> None:
         for fd, _ in self._batch_fds.values():
