@@ -6,6 +6,7 @@ being listed, so a test can change the file system at exactly that point of a wa
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import subprocess
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.harness import short_tmpdir
+from tests.inotify.isolation import run_isolated
 from tests.test_tree import QUIET, Run, kernel_inodes
 from watchd.inotify import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, IN_Q_OVERFLOW, InotifyFd
 from watchd.tree import RESCAN_TRIES, Tree
@@ -343,3 +346,58 @@ def test_a_directory_out_of_reach_for_long_is_announced_as_a_loss(
                               b"new", 0)]
     watched = {tree.path_of(wd) for wd in range(1, 20)} - {None}
     assert watched == {str(root / d) for d in ("", "q", "q/new", "p")}
+
+
+# --- unreadable directories -------------------------------------------------------------------
+
+CAP_DAC_READ_SEARCH = 1 << 2
+NOBODY = 65534
+
+
+def test_a_directory_that_cannot_be_listed_is_recorded_and_the_walk_goes_on() -> None:
+    # As the shipped unit runs the watcher: another user with CAP_DAC_READ_SEARCH, which opens
+    # any directory; /proc/1/map_files (and fd/) then opens, but listing it fails (EACCES).
+    def attempt() -> tuple[int, dict[str, str], int]:
+        with InotifyFd() as ino:
+            tree = Tree(ino, "/proc/1", QUIET, synthetic=True)
+            tree.start()
+            return tree.directories, dict(tree.failed), tree.unreadable
+
+    directories, failed, unreadable = run_isolated(attempt, uid=NOBODY, caps=CAP_DAC_READ_SEARCH)
+    assert failed["/proc/1/map_files/"] == os.strerror(errno.EACCES)
+    assert unreadable == len(failed)
+    assert directories > 10  # task/, net/... were watched all the same
+
+
+@pytest.fixture
+def shared() -> Iterator[pathlib.Path]:
+    """A directory that another user can reach (tmp_path's parents are root's alone)."""
+    with short_tmpdir() as path:
+        os.chmod(path, 0o755)
+        yield pathlib.Path(path)
+
+
+def test_unreadable_directories_are_counted_and_the_rest_is_watched(
+    shared: pathlib.Path,
+) -> None:
+    top = shared / "top"
+    (top / "open" / "sub").mkdir(parents=True)
+    (top / "closed" / "inner").mkdir(parents=True)
+    (top / "closed").chmod(0o700)  # root's: another user cannot list it
+    for d in (top, top / "open", top / "open" / "sub"):
+        os.chown(d, NOBODY, NOBODY)
+
+    def attempt() -> tuple[int, list[str], list[str]]:
+        with InotifyFd() as ino:
+            tree = Tree(ino, top, QUIET, synthetic=True)
+            tree.start()
+            run = Run(ino, tree, top)
+            (top / "open" / "new").mkdir()
+            (top / "open" / "new" / "f").touch()
+            run.drain()
+            return tree.directories, sorted(tree.failed), run.paths(IN_CREATE)
+
+    directories, failed, created = run_isolated(attempt, uid=NOBODY)
+    assert failed == [f"{top}/closed/"]
+    assert directories == 4  # top, open, open/sub, open/new
+    assert f"{top}/open/new/f" in created

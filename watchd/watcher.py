@@ -404,8 +404,9 @@ def degraded_problem(tree: Tree) -> str:
     if tree.unreadable:
         prefix, reason = next(iter(tree.failed.items()), ("", "?"))
         example = f" (first: {prefix[:-1] or '/'}: {reason})" if prefix else ""
-        parts.append(f"{tree.unreadable} directories could not be read{example}; what is below "
-                     "them is not watched")
+        many = tree.unreadable > 1
+        parts.append(f"{tree.unreadable} {'directories' if many else 'directory'} could not be "
+                     f"read{example}; what is below {'them' if many else 'it'} is not watched")
     return "; ".join(parts)
 
 
