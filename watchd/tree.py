@@ -533,9 +533,17 @@ class Tree:
         else:
             # Only the subdirectories matter here: its files were reported by the kernel.
             subdirs = self._entries(fd, prefix, wd, None, None)
-            top = _Frame(_path_fd(fd), "", prefix, dev, wd, subdirs=subdirs,
-                         fresh=False, own=True, widen=False)
-            self._walk(top, out, visited=None)
+            try:
+                fd = _path_fd(fd)
+            except OSError as e:
+                self._cannot_read(prefix, e)
+                fd, subdirs = -1, []  # closed by _path_fd
+            if subdirs:
+                top = _Frame(fd, "", prefix, dev, wd, subdirs=subdirs,
+                             fresh=False, own=True, widen=False)
+                self._walk(top, out, visited=None)
+            elif fd >= 0:
+                os.close(fd)
         for qfd, qwd in quiet:
             self._set_mask(qfd, qwd, self._full)
 
@@ -835,12 +843,20 @@ class Tree:
                         continue
                 watched = wd >= 0
                 subdirs = self._entries(fd, prefix, wd, out if fresh and watched else None, st)
-                widen = quiet and fresh and watched
-                if widen:
-                    fd = _path_fd(fd)  # closed (and its close reported) while still narrow
+            except OSError as e:  # fstat, statfs: EMFILE, EIO... this directory's problem
+                os.close(fd)
+                self._cannot_read(prefix, e)
+                continue
             except BaseException:
                 os.close(fd)
                 raise
+            widen = quiet and fresh and watched
+            if widen:
+                try:
+                    fd = _path_fd(fd)  # closed (and its close reported) while still narrow
+                except OSError as e:
+                    self._cannot_read(prefix, e)
+                    continue
             frames.append(_Frame(fd, name, prefix, dev, wd, subdirs=subdirs, fresh=fresh, own=True,
                                  widen=widen))
             if len(frames) > MAX_HELD_FDS + 1:
@@ -918,7 +934,10 @@ class Tree:
 
 
 def _path_fd(fd: int) -> int:
-    """Trade an fd of a directory for an O_PATH one, whose close inotify does not report."""
+    """Trade an fd of a directory for an O_PATH one, whose close inotify does not report.
+
+    `fd` is closed in any case.
+    """
     try:
         return os.open(".", fs.PATH_FLAGS, dir_fd=fd)
     finally:
