@@ -228,7 +228,9 @@ class Tree:
         self._quiet_parent = self._quiet and quiet_parent
         # A directory that cannot hold a subdirectory (see _entries) need not be listed, unless
         # the listing is to be seen: the parent's watch reports it when it is not narrowed.
-        self._skip_leaves = self._quiet_parent or not self._report & _LISTING_NOISE
+        # (Nor when links are followed: a link to a directory does not count in the link count.)
+        self._skip_leaves = not follow_symlinks and (
+            self._quiet_parent or not self._report & _LISTING_NOISE)
         # Told the number of directories watched so far, every PROGRESS_EVERY, during a scan.
         self._progress = progress
         self._encoding = sys.getfilesystemencoding()
@@ -302,13 +304,10 @@ class Tree:
             if out is not None:
                 self._entries(fd, self._root_prefix, wd, out, None)
             if self._quiet:
-                fd = _path_fd(fd)
                 self._set_mask(fd, wd, self._full)
             os.close(fd)
             return out or []
         subdirs = self._entries(fd, self._root_prefix, wd, out, st)
-        if self._quiet:
-            fd = _path_fd(fd)
         top = _Frame(fd, "", self._root_prefix, st.st_dev, wd, subdirs=subdirs,
                      fresh=True, own=True, widen=self._quiet)
         self._walk(top, out, visited=self._visited_set(st))
@@ -329,7 +328,7 @@ class Tree:
         self._synth_prev.clear()
         self._rescan.clear()
 
-    def _open_root(self, flags: int = fs.DIR_FLAGS) -> int:
+    def _open_root(self, flags: int = fs.PATH_FLAGS) -> int:
         """Open the root directory (see the rules); raises OSError."""
         if self._follow and self._real_root is None:
             return os.open(self.root, flags & ~os.O_NOFOLLOW)
@@ -526,24 +525,12 @@ class Tree:
                     quiet.append((up[0], parent_wd))
         for qfd, qwd in quiet:
             self._set_mask(qfd, qwd, self._narrow)
-        try:
-            fd = os.open(".", fs.DIR_FLAGS, dir_fd=path_fd)
-        except OSError as e:
-            self._cannot_read(prefix, e)
-        else:
-            # Only the subdirectories matter here: its files were reported by the kernel.
-            subdirs = self._entries(fd, prefix, wd, None, None)
-            try:
-                fd = _path_fd(fd)
-            except OSError as e:
-                self._cannot_read(prefix, e)
-                fd, subdirs = -1, []  # closed by _path_fd
-            if subdirs:
-                top = _Frame(fd, "", prefix, dev, wd, subdirs=subdirs,
-                             fresh=False, own=True, widen=False)
-                self._walk(top, out, visited=None)
-            elif fd >= 0:
-                os.close(fd)
+        # Only the subdirectories matter here: its files were reported by the kernel.
+        subdirs = self._entries(path_fd, prefix, wd, None, None)
+        if subdirs:
+            top = _Frame(path_fd, "", prefix, dev, wd, subdirs=subdirs,
+                         fresh=False, own=False, widen=False)
+            self._walk(top, out, visited=None)
         for qfd, qwd in quiet:
             self._set_mask(qfd, qwd, self._full)
 
@@ -667,7 +654,7 @@ class Tree:
         try:
             root = self._batch_fds.get(root_prefix)
             if root is None:
-                fd = self._open_root(fs.PATH_FLAGS)
+                fd = self._open_root()
                 root = (fd, os.fstat(fd).st_dev)
                 if not self._is_watch(fd, self._root_wd):
                     os.close(fd)
@@ -761,7 +748,8 @@ class Tree:
         ino = self._ino
         add = ino.add_watch_raw
         narrow_new = self._narrow | IN_MASK_CREATE
-        flags = fs.DIR_FLAGS_FOLLOW if self._follow else fs.DIR_FLAGS
+        # O_PATH: opening it is not reported to the parent's watch; _entries opens it to list.
+        flags = fs.PATH_FLAGS_FOLLOW if self._follow else fs.PATH_FLAGS
         real_fs_only = self._real_fs_only
         quiet = self._quiet
         progress = self._progress
@@ -851,12 +839,9 @@ class Tree:
                 os.close(fd)
                 raise
             widen = quiet and fresh and watched
-            if widen:
-                try:
-                    fd = _path_fd(fd)  # closed (and its close reported) while still narrow
-                except OSError as e:
-                    self._cannot_read(prefix, e)
-                    continue
+            if not subdirs and not widen:
+                os.close(fd)  # a leaf: done with it (saves a frame per directory)
+                continue
             frames.append(_Frame(fd, name, prefix, dev, wd, subdirs=subdirs, fresh=fresh, own=True,
                                  widen=widen))
             if len(frames) > MAX_HELD_FDS + 1:
@@ -909,20 +894,28 @@ class Tree:
             names = self._synth_cur.setdefault(wd, set())
         subdirs: list[str] = []
         try:
-            with os.scandir(fd) as it:
-                for entry in it:
-                    name = entry.name
-                    try:
-                        is_dir = entry.is_dir(follow_symlinks=follow)
-                    except OSError:
-                        is_dir = False
-                    if is_dir:
-                        if prune is not None and prune(name):
-                            continue
-                        subdirs.append(name)
-                    if names is not None and out is not None:
-                        names.add(name)
-                        out.append(self._synthetic_create(prefix + name, is_dir))
+            # Opened for reading just for the listing: its open and close are reported to its
+            # watch and its parent's while those are still narrow.
+            lfd = os.open(".", fs.DIR_FLAGS, dir_fd=fd)
+            try:
+                # Not closed before the end: an entry's stat (a link followed, or a file system
+                # that gives no d_type) is made relative to it.
+                with os.scandir(lfd) as it:
+                    for entry in it:
+                        name = entry.name
+                        try:
+                            is_dir = entry.is_dir(follow_symlinks=follow)
+                        except OSError:
+                            is_dir = False
+                        if is_dir:
+                            if prune is not None and prune(name):
+                                continue
+                            subdirs.append(name)
+                        if names is not None and out is not None:
+                            names.add(name)
+                            out.append(self._synthetic_create(prefix + name, is_dir))
+            finally:
+                os.close(lfd)
         except OSError as e:
             self._cannot_read(prefix, e)  # what was listed before the error is kept
         return subdirs
@@ -931,17 +924,6 @@ class Tree:
         mask = IN_CREATE | IN_ISDIR if is_dir else IN_CREATE
         name = os.fsencode(path.rpartition("/")[2])
         return TreeEvent(mask, 0, path, None, -1, name, 0)
-
-
-def _path_fd(fd: int) -> int:
-    """Trade an fd of a directory for an O_PATH one, whose close inotify does not report.
-
-    `fd` is closed in any case.
-    """
-    try:
-        return os.open(".", fs.PATH_FLAGS, dir_fd=fd)
-    finally:
-        os.close(fd)
 
 
 def _is_symlink(path: str) -> bool:
