@@ -71,3 +71,32 @@ def test_an_unreadable_directory_degrades_its_watch_only(shared: pathlib.Path) -
     assert problem == (f"1 directory could not be read (first: {top}/closed: "
                        "Permission denied); what is below it is not watched")
     assert states["other"] == ("active", 1, 0, None)
+
+
+def test_a_watch_that_fails_unexpectedly_fails_alone(tmp_path: pathlib.Path) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    # A spec no daemon of this version sends (a mask that is no number): the watch cannot be
+    # made, and that must stay its own problem.
+    bad = ("bad", str(tmp_path), True, "no mask", (), (), str(tmp_path))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        watcher = Watcher(ours)
+        try:
+            watcher.apply([bad, _spec("good", good)])  # type: ignore[list-item]
+            watcher.heartbeat()
+            states = dict([m for m in _messages(theirs) if m[0] == channel.HEARTBEAT][-1][1])
+            assert states["good"] == ("active", 1, 0, None)
+            state, _, _, problem = states["bad"]
+            assert state == "pending"
+            assert problem.startswith("failed (ValueError: ")
+            assert problem.endswith("retrying in 1 s")
+            # Tried again only after the back-off, and failing again backs off longer.
+            watcher.watches["bad"].retry_at = 0.0
+            watcher.poll_pending()
+            again = watcher.watches["bad"].problem
+            assert again is not None
+            assert again.endswith("retrying in 2 s")
+        finally:
+            for watch in watcher.watches.values():
+                watcher.deactivate(watch)

@@ -745,6 +745,25 @@ class Tree:
         rescan_missing, a subdirectory of the top that has vanished gets the top listed again
         at the end of the batch.
         """
+        frames = [top]
+        try:
+            self._walk_frames(frames, out, visited, seen, rescan_missing)
+        finally:
+            for f in frames:  # left by an exception: nothing may keep their fds
+                if f.own and f.fd >= 0:
+                    os.close(f.fd)
+                    f.fd = -1
+
+    def _walk_frames(
+        self,
+        frames: list[_Frame],
+        out: list[TreeEvent] | None,
+        visited: set[tuple[int, int]] | None,
+        seen: set[int] | None,
+        rescan_missing: bool,
+    ) -> None:
+        """The loop of _walk, over its stack of frames."""
+        top = frames[0]
         ino = self._ino
         add = ino.add_watch_raw
         narrow_new = self._narrow | IN_MASK_CREATE
@@ -758,7 +777,6 @@ class Tree:
         pid = os.getpid()
         counting = False  # past the watch limit: only count what stays unwatched
         added = 0
-        frames = [top]
         while frames:
             f = frames[-1]
             if not f.subdirs:

@@ -224,27 +224,25 @@ class Watcher:
         except InotifyError as e:
             self.pending(watch, str(e))
             return
-        tree = Tree(ino, path, mask, recursive=recursive, prune=glob_predicate(exclude),
-                    synthetic=True, progress=lambda n: self.send((channel.PROGRESS, name, n)),
-                    real_root=real_path, real_fs_only=True)
         restoring = announce or (watch.was_active and not watch.lost_events)
+        tree: Tree | None = None
         try:
+            tree = Tree(ino, path, mask, recursive=recursive, prune=glob_predicate(exclude),
+                        synthetic=True, progress=lambda n: self.send((channel.PROGRESS, name, n)),
+                        real_root=real_path, real_fs_only=True)
             existing = tree.start(report=restoring)
         except PathNotFoundError:
-            tree.close()
-            ino.close()
+            ino.close()  # and every watch on it
             self.pending(watch, None)
             return
         except InotifyError as e:
             # Also a symbolic link or a pseudo file system where the directory was.
-            tree.close()
             ino.close()
             self.pending(watch, str(e))
             return
         except Exception as e:
             # A bug or an unforeseen error of the file system: this watch's problem alone.
             log.exception("watch %s: cannot be established", name)
-            tree.close()
             ino.close()
             self.fail(watch, e)
             return
@@ -273,7 +271,8 @@ class Watcher:
         watch.failures += 1
         delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (watch.failures - 1))
         watch.retry_at = time.monotonic() + delay
-        self.pending(watch, f"failed ({type(error).__name__}: {error}); retrying in {delay:.0f} s")
+        watch.problem = f"failed ({type(error).__name__}: {error}); retrying in {delay:.0f} s"
+        log.warning("watch %s: %s", watch.name, watch.problem)
 
     def pending(self, watch: Watch, problem: str | None) -> None:
         if problem is not None and problem != watch.problem:
