@@ -72,7 +72,7 @@ class Counters:
 def watch_spec(watch: WatchConfig) -> tuple[Any, ...]:
     """The watch as the watcher process receives it (see watchd.watcher.Spec)."""
     return (watch.name, watch.path, watch.recursive, kinds_mask(watch.events),
-            tuple(watch.include), tuple(watch.exclude))
+            tuple(watch.include), tuple(watch.exclude), watch.real_path)
 
 
 class Daemon:
