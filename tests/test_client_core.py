@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ from watchd.client.core import (
     PUSHED_TYPES,
     ClientCore,
     Message,
+    SubscribeRequest,
     SubscriptionState,
     check_hello,
     check_reply,
@@ -175,6 +177,12 @@ def test_request_lines_carry_fresh_ids_and_the_daemon_accepts_them() -> None:
         since=0,
         instance="inst-1",
     )
+
+
+def test_a_subscribe_names_only_fields_the_daemon_knows() -> None:
+    sent = [field.name for field in dataclasses.fields(SubscribeRequest)]
+    known = [field.name for field in dataclasses.fields(protocol.Subscribe)]
+    assert sent == [name for name in known if name in sent]
 
 
 def test_subscribe_leaves_out_absent_filters() -> None:

@@ -20,7 +20,13 @@ from watchd.client.core import (
     resolve_socket_path,
     subscribe_request,
 )
-from watchd.client.errors import MAX_LINE_BYTES, ClientError, JSONDict, connect_error, timeout_error
+from watchd.client.errors import (
+    MAX_LINE_BYTES,
+    JSONDict,
+    connect_error,
+    not_connected_error,
+    timeout_error,
+)
 from watchd.protocol import Ping, Status
 
 
@@ -119,11 +125,7 @@ class AsyncClient:
     async def _request(self, request: ClientRequest, expected: str) -> JSONDict:
         self._core.check_usable()
         if self._writer is None:
-            raise ClientError(
-                "this AsyncClient is not connected: use `async with AsyncClient(...)` "
-                "or `await AsyncClient.connect(...)`",
-                self.socket_path,
-            )
+            raise not_connected_error(self.socket_path)
         # Ids are taken and lines written with no await between, so the wire order matches.
         with self._core.exchange(request, expected) as exchange:
             try:

@@ -147,7 +147,7 @@ class SubscribeRequest:
             value = getattr(self, field.name)
             if value is not None and field.name != "id":
                 body[field.name] = list(value) if isinstance(value, tuple) else value
-        # encode escapes a name that is not UTF-8 (surrogateescape characters) as \\udcXX,
+        # encode escapes a name that is not UTF-8 (surrogateescape characters) as \udcXX,
         # which the daemon turns back into the same bytes.
         return encode(body)
 

@@ -87,6 +87,15 @@ def long_line_error(socket_path: str) -> ClientError:
     )
 
 
+def not_connected_error(socket_path: str) -> ClientError:
+    """An AsyncClient used before open()."""
+    return ClientError(
+        "this AsyncClient is not connected: use `async with AsyncClient(...)` "
+        "or `await AsyncClient.connect(...)`",
+        socket_path,
+    )
+
+
 def fork_error(owner: int) -> ClientError:
     """The connection is used in a process other than the one that opened it."""
     return ClientError(
