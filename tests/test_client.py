@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -308,6 +310,41 @@ def test_daemon_going_away_ends_iteration_with_an_error(server: FakeServer) -> N
             client.ping()
 
 
+# Lines up to 16 MiB are accepted; a peer that sends more is not watchd.
+LONG_LINE_ERROR = r"sent a line over 16777216 bytes; is it really watchd's socket\?"
+
+
+def _push_long_line(server: FakeServer, sid: str) -> threading.Thread:
+    """Write an event line one byte past the client's limit, from a thread: the client reads it."""
+    head = b'{"type":"event","subscription":"%s","seq":1,"path":"/' % sid.encode()
+    line = head + b"x" * (16 * 1024 * 1024 + 1 - len(head) - 2) + b'"}'
+    assert len(line) == 16 * 1024 * 1024 + 1
+    pusher = threading.Thread(target=server.push_raw, args=(sid, line + b"\n"))
+    pusher.start()
+    return pusher
+
+
+def test_a_line_over_the_limit_ends_the_connection(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        sub = client.subscribe()
+        pusher = _push_long_line(server, sub.subscription)
+        with pytest.raises(ClientError, match=LONG_LINE_ERROR) as info:
+            sub.get(timeout=30)
+        assert info.value.socket_path == server.socket_path
+        with pytest.raises(ClientError, match=LONG_LINE_ERROR):
+            client.ping()
+    pusher.join(timeout=30)  # the closed connection ends the write
+    assert not pusher.is_alive()
+
+
+def test_a_subscribe_that_cannot_be_sent_leaves_the_connection_in_step(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        with pytest.raises(ValueError, match="Out of range float"):
+            client.subscribe(since=math.nan)  # type: ignore[arg-type]
+        client.ping()  # its reply is not taken for the subscribe's
+        assert server.requests == [{"op": "ping", "id": 2}]
+
+
 def test_use_after_close_is_an_error(server: FakeServer) -> None:
     client = Client(server.socket_path)
     client.close()
@@ -458,6 +495,22 @@ def test_async_daemon_going_away(server: FakeServer) -> None:
                 await client.ping()
 
     asyncio.run(main())
+
+
+def test_async_line_over_the_limit_ends_the_connection(server: FakeServer) -> None:
+    async def main() -> threading.Thread:
+        async with AsyncClient(server.socket_path) as client:
+            sub = await client.subscribe()
+            pusher = _push_long_line(server, sub.subscription)
+            with pytest.raises(ClientError, match=LONG_LINE_ERROR):
+                await sub.get(timeout=30)
+            with pytest.raises(ClientError, match=LONG_LINE_ERROR):
+                await client.ping()
+            return pusher
+
+    pusher = asyncio.run(main())
+    pusher.join(timeout=30)
+    assert not pusher.is_alive()
 
 
 def test_async_reply_timeout(server: FakeServer) -> None:

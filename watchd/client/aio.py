@@ -1,0 +1,210 @@
+"""The asyncio client: a stream under the sans-IO core, read by whichever task is waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import Self
+
+from watchd.client.core import (
+    READ_BYTES,
+    ClientCore,
+    ClientRequest,
+    Message,
+    PathsArg,
+    SubscriptionState,
+    check_hello,
+    confirmation,
+    resolve_socket_path,
+    subscribe_request,
+)
+from watchd.client.errors import (
+    MAX_LINE_BYTES,
+    JSONDict,
+    connect_error,
+    not_connected_error,
+    timeout_error,
+)
+from watchd.protocol import Ping, Status
+
+
+class AsyncClient:
+    """An asyncio connection to watchd: `async with AsyncClient(path) as c` or `await connect()`."""
+
+    def __init__(self, socket_path: str | None = None, timeout: float | None = 10.0) -> None:
+        self.socket_path = resolve_socket_path(socket_path)
+        self.timeout = timeout
+        self.hello: JSONDict = {}
+        self._core = ClientCore(self.socket_path)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._read_lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(
+        cls, socket_path: str | None = None, timeout: float | None = 10.0
+    ) -> AsyncClient:
+        """A connected client that has read the daemon's greeting."""
+        client = cls(socket_path, timeout)
+        await client.open()
+        return client
+
+    async def open(self) -> None:
+        """Connect and read the greeting."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                # Lines are framed, and their length bounded, by the core; the stream's limit
+                # only caps what it buffers before it stops reading from the socket.
+                self._reader, self._writer = await asyncio.open_unix_connection(
+                    self.socket_path, limit=MAX_LINE_BYTES
+                )
+                self.hello = check_hello(await self._read_message(), self.socket_path)
+        except TimeoutError as e:
+            await self.close()
+            raise timeout_error(self.socket_path, self.timeout) from e
+        except OSError as e:
+            await self.close()
+            raise connect_error(self.socket_path, e) from e
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        self._core.close()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            # The peer may have gone first; the connection is closed either way.
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    aclose = close
+
+    async def ping(self) -> None:
+        """Ask the daemon for a pong."""
+        await self._request(Ping(), "pong")
+
+    async def status(self) -> JSONDict:
+        """The daemon's status object."""
+        return await self._request(Status(), "status")
+
+    # The filters are positional too, in the documented order, like the wire's field list.
+    async def subscribe(  # noqa: PLR0917
+        self,
+        watch: str | Iterable[str] | None = None,
+        events: str | Iterable[str] | None = None,
+        paths: PathsArg = None,
+        glob: str | Iterable[str] | None = None,
+        since: int | None = None,
+        instance: str | None = None,
+    ) -> AsyncSubscription:
+        """Subscribe; returns, once the daemon confirmed, an async iterator of message dicts."""
+        request = subscribe_request(watch, events, paths, glob, since, instance)
+        reply = await self._request(request, "subscribed")
+        return AsyncSubscription(self, *confirmation(reply), since)
+
+    async def unsubscribe(self, subscription: str) -> None:
+        """End a subscription; its unread messages are dropped."""
+        await self._request(self._core.unsubscribe(subscription), "unsubscribed")
+
+    async def _request(self, request: ClientRequest, expected: str) -> JSONDict:
+        self._core.check_usable()
+        if self._writer is None:
+            raise not_connected_error(self.socket_path)
+        # Ids are taken and lines written with no await between, so the wire order matches.
+        with self._core.exchange(request, expected) as exchange:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    self._writer.write(exchange.line)
+                    try:
+                        await self._writer.drain()
+                    except OSError as e:
+                        raise self._core.lost() from e
+                    reply = await self._wait(lambda: self._core.router.take_reply(exchange.rid))
+            except TimeoutError as e:
+                raise timeout_error(self.socket_path, self.timeout) from e
+            return exchange.answer(reply)
+
+    async def next_message(self, sid: str, timeout: float | None) -> Message | None:
+        """The next pushed message of subscription sid; None once timeout seconds passed."""
+        self._core.check_usable()
+
+        def ready() -> Message | None:
+            if not self._core.router.is_open(sid):
+                raise StopAsyncIteration
+            return self._core.router.pop(sid)
+
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._wait(ready)
+        except TimeoutError:
+            return None
+
+    async def _wait(self, ready: Callable[[], Message | None]) -> Message:
+        # Whoever holds the lock reads one message and routes it, then lets the others look: a
+        # reply read by a subscription's reader is found by its caller on the next pass.
+        while True:
+            if (found := ready()) is not None:
+                return found
+            async with self._read_lock:
+                if (found := ready()) is not None:
+                    return found
+                self._core.router.feed(await self._read_message())
+
+    async def _read_message(self) -> Message:
+        assert self._reader is not None
+        while (message := self._core.next_message()) is None:
+            try:
+                # A bounded read: the core's framer refuses a line over MAX_LINE_BYTES.
+                chunk = await self._reader.read(READ_BYTES)
+            except OSError as e:
+                raise self._core.lost() from e
+            self._core.receive(chunk)
+        return message
+
+
+class AsyncSubscription(SubscriptionState, AsyncIterator[JSONDict]):
+    """The messages of one subscription, as dicts, for `async for`."""
+
+    def __init__(self, client: AsyncClient, subscription: str, seq: int, since: int | None) -> None:
+        super().__init__(subscription, seq, since)
+        self.client = client
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> JSONDict:
+        message = await self.get_message()
+        assert message is not None  # no timeout: only StopAsyncIteration or an error ends it
+        return message.data
+
+    async def get(self, timeout: float | None = None) -> JSONDict | None:
+        """The next message, or None when none came within timeout seconds."""
+        try:
+            message = await self.get_message(timeout)
+        except StopAsyncIteration:
+            return None
+        return None if message is None else message.data
+
+    async def get_message(self, timeout: float | None = None) -> Message | None:
+        """Like get(), with the raw line; raises StopAsyncIteration after unsubscribe."""
+        return self._note(await self.client.next_message(self.subscription, timeout))
+
+    async def close(self) -> None:
+        """Unsubscribe."""
+        await self.client.unsubscribe(self.subscription)
