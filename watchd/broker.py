@@ -138,6 +138,7 @@ class Connection:
     queue: deque[bytes] = field(default_factory=deque)
     queued_events: int = 0  # event lines in `queue`: what client_queue bounds
     lagging: dict[str, Subscription] = field(default_factory=dict)  # subs with a dropped range
+    dropped: int = 0  # event lines discarded for this connection (its owner's status)
     closed: bool = False
 
     @property
@@ -217,6 +218,9 @@ class Broker:
         self.events = 0  # published
         self.dropped = 0  # event lines discarded for slow connections
         self.overflows = 0  # overflow occasions, however many subscriptions were told
+        # The same per watch ("" for every watch at once), for a status limited to some watches.
+        self._events_of: dict[str, int] = {}
+        self._overflows_of: dict[str, int] = {}
         self._encoder = protocol.EventEncoder()
         self._kinds: dict[int, Kind] = {bit: kind for kind, bit in KIND_BITS.items()}
         self._watches: dict[str, WatchInfo] = {}
@@ -350,6 +354,24 @@ class Broker:
             "oldest": self.oldest,
         }
 
+    def stats_for(self, uid: int, visible: Iterable[str]) -> dict[str, int]:
+        """stats() as a peer that sees only some watches may read them.
+
+        Counters of events and overflows cover the visible watches; clients, subscriptions and
+        drops those of the peer's own user, so that nothing is told of the others' activity.
+        """
+        mine = [conn for conn in self._conns if conn.peer.uid == uid]
+        names = set(visible)
+        return {
+            "clients": len(mine),
+            "subscriptions": sum(len(conn.subs) for conn in mine),
+            "events": sum(n for w, n in self._events_of.items() if w in names),
+            "dropped": sum(conn.dropped for conn in mine),
+            "overflows": sum(n for w, n in self._overflows_of.items() if w in names or not w),
+            "seq": self.last_seq,
+            "oldest": self.oldest,
+        }
+
     # --- events and notices ----------------------------------------------------------------------
 
     def publish(self, watch: str, time: float, items: list[Item]) -> None:
@@ -407,7 +429,10 @@ class Broker:
                             else:
                                 sink_out.append(sub.prefix)
                                 sink_out.append(tail)
-        self.events += seq - self.last_seq
+        published = seq - self.last_seq
+        if published:
+            self.events += published
+            self._events_of[watch] = self._events_of.get(watch, 0) + published
         self.last_seq = seq
 
         if tails:
@@ -420,6 +445,7 @@ class Broker:
     def overflow(self, watch: str | None, reason: str) -> None:
         """Tell the subscribers of a watch (all, for None) that events may have been lost here."""
         self.overflows += 1
+        self._overflows_of[watch or ""] = self._overflows_of.get(watch or "", 0) + 1
         seq = self.last_seq
         marker = _Marker(seq, watch, reason)
         # The same occasion twice at one seq tells a re-subscriber nothing new; skipping it also
@@ -524,6 +550,7 @@ class Broker:
             sub.drop_count += 1
             sub.drop_last = seq
             self.dropped += 1
+            conn.dropped += 1
             return
         if sub.drop_count:
             # _pump reports gaps as soon as there is room, so this only guards the order: a

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watchd import __version__, channel, protocol
-from watchd.broker import Broker, Connection
+from watchd.broker import Broker, Connection, Peer
 from watchd.config import Config, ConfigDiff, WatchConfig, diff_config, load_config
 from watchd.errors import ConfigError
 from watchd.events import kinds_mask
@@ -326,7 +326,8 @@ class Daemon:
             if isinstance(request, protocol.Ping):
                 self.broker.reply(conn, protocol.pong(request.id))
             elif isinstance(request, protocol.Status):
-                self.broker.reply(conn, protocol.status(request.id, self.status_fields()))
+                self.broker.reply(conn, protocol.status(request.id,
+                                                        self.status_fields(conn.peer)))
             elif isinstance(request, protocol.Subscribe):
                 self.broker.subscribe(conn, request)
                 self.congestion_changed()  # a newcomer is not behind: no reason to hold back
@@ -395,8 +396,30 @@ class Daemon:
     def directories(self) -> int:
         return sum(ws.directories for ws in self.watches.values())
 
-    def status_fields(self) -> dict[str, Any]:
-        stats = self.broker.stats()
+    def sees_all(self, peer: Peer) -> bool:
+        """Root and the daemon's own user are shown everything; see docs/security.md."""
+        return peer.uid in (0, os.geteuid())
+
+    def status_fields(self, peer: Peer | None = None) -> dict[str, Any]:
+        """The status reply as this peer may read it (None: everything, for the operator).
+
+        A peer other than root or the daemon's user is shown only the watches it may see, and
+        totals over those watches and over its own user's connections: what the ACLs hide must
+        not show through a name, a path or a count.
+        """
+        if peer is None or self.sees_all(peer):
+            shown = list(self.watches.values())
+            stats = self.broker.stats()
+            reload_error = self.counters.last_reload_error
+            view = "full"
+        else:
+            shown = [ws for ws in self.watches.values()
+                     if ws.config.may_see(peer.uid, peer.gid, peer.groups)]
+            stats = self.broker.stats_for(peer.uid, (ws.config.name for ws in shown))
+            # The message may quote any watch of the file.
+            reload_error = (None if self.counters.last_reload_error is None
+                            else "the last reload was refused; the daemon's log says why")
+            view = "limited"
         limits = read_limits()
         fields: dict[str, Any] = {
             "pid": os.getpid(),
@@ -405,20 +428,21 @@ class Daemon:
             "seq": self.broker.last_seq,
             "config": self.config.path,
             "reloads": self.counters.reloads,
-            "last_reload_error": self.counters.last_reload_error,
+            "last_reload_error": reload_error,
+            "view": view,
             "clients": stats["clients"],
             "subscriptions": stats["subscriptions"],
             "events": stats["events"],
             "dropped": stats["dropped"],
             "overflows": stats["overflows"],
-            "watches": [self.watch_status(ws) for ws in self.watches.values()],
+            "watches": [self.watch_status(ws) for ws in shown],
             "version": __version__,
             "watcher": {
                 "pid": self.watcher.pid if self.watcher is not None else None,
                 "restarts": self.counters.watcher_restarts,
                 "crashes_in_a_row": self.counters.crashes_in_a_row,
             },
-            "inotify_watches": self.directories(),
+            "inotify_watches": sum(ws.directories for ws in shown),
             "max_user_watches": limits.max_user_watches,
             "restart_needed": list(self.counters.restart_needed),
         }

@@ -103,3 +103,33 @@ def test_root_sees_everything(daemon, watched: Path) -> None:
     line, _ = daemon.subscribe(watch="secret")
     (watched / "secret" / "f").touch()
     line.until(lambda m: m.get("path") == str(watched / "secret" / "f"))
+
+
+def test_status_shows_only_visible_watches(daemon, watched: Path) -> None:
+    # Some activity on every watch first, so that hidden counts would show in the totals.
+    root_line, _ = daemon.subscribe()
+    for name in ("public", "secret", "group"):
+        (watched / name / "sub").mkdir()
+        (watched / name / "f").write_bytes(b"")
+    root_line.until(lambda m: m.get("path") == str(watched / "group" / "f")
+                    and m.get("kind") == "close_write")
+    daemon.subscribe(watch="secret")  # someone else's subscription, on a watch nobody may not see
+    full = daemon.status()
+    by_name = {w["name"]: w for w in full["watches"]}
+    assert set(by_name) == {"public", "secret", "group"}
+
+    proc = as_nobody(daemon.socket, {"op": "status", "id": 1})
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "secret" not in out  # neither the watch's name nor its path
+    status = json.loads(out.splitlines()[1])
+    assert status["type"] == "status"
+    assert [w["name"] for w in status["watches"]] == ["public", "group"]
+    visible = ("public", "group")
+    assert status["inotify_watches"] == sum(by_name[n]["directories"] for n in visible)
+    assert status["inotify_watches"] < full["inotify_watches"]
+    # Counters cover the watches it may see and the connections of its own user only.
+    assert status["events"] == 6  # create sub, create f, close_write f, on two watches
+    assert status["clients"] == 1
+    assert status["subscriptions"] == 0
+    assert status["view"] == "limited" and full["view"] == "full"
