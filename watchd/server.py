@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import ctypes
 import errno
 import grp
 import logging
@@ -31,6 +32,8 @@ log = logging.getLogger("watchd.server")
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
+_GROUPS_BUFLEN = 1024  # the most socket.getsockopt accepts
+NGROUPS_MAX = 65536  # Linux's limit on supplementary groups
 _UCRED = struct.Struct("3i")
 
 
@@ -52,11 +55,45 @@ def peer_of(sock: socket.socket) -> Peer:
     """The credentials of the process at the other end (SO_PEERCRED, SO_PEERGROUPS)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    groups: frozenset[int] = frozenset()
-    with contextlib.suppress(OSError):
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
-        groups = frozenset(array.array("I", raw[: len(raw) - len(raw) % 4]))
-    return Peer(uid=uid, gid=gid, groups=groups, pid=pid)
+    return Peer(uid=uid, gid=gid, groups=peer_groups(sock), pid=pid)
+
+
+def peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The supplementary groups of the peer, as the kernel recorded them at connect time.
+
+    socket.getsockopt takes at most 1024 bytes (256 groups); a peer with more makes the
+    kernel answer ERANGE with the size it needs, which only the C call reports: ask again
+    through libc with that size. Read from the socket, not /proc/<pid>: a pid can be reused.
+    """
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _GROUPS_BUFLEN)
+    except OSError as e:
+        if e.errno == errno.ENOPROTOOPT:
+            return frozenset()  # a kernel older than 4.13: primary group and uid only
+        if e.errno != errno.ERANGE:
+            log.warning("cannot read the groups of a client: %s; judging it by its uid and "
+                        "primary group only", e.strerror)
+            return frozenset()  # fewer groups only ever means less access
+        try:
+            raw = _peer_groups_large(sock.fileno())
+        except OSError as e2:
+            log.warning("cannot read the groups of a client: %s; judging it by its uid and "
+                        "primary group only", e2.strerror)
+            return frozenset()
+    return frozenset(array.array("I", raw[: len(raw) - len(raw) % 4]))
+
+
+def _peer_groups_large(fd: int) -> bytes:
+    """SO_PEERGROUPS through libc, with a buffer as large as the kernel says it needs."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = ctypes.c_uint32(4 * NGROUPS_MAX)
+    while True:
+        buf = ctypes.create_string_buffer(size.value)
+        if libc.getsockopt(fd, socket.SOL_SOCKET, SO_PEERGROUPS, buf, ctypes.byref(size)) == 0:
+            return buf.raw[: size.value]
+        err = ctypes.get_errno()
+        if err != errno.ERANGE:  # size now holds what is needed; anything else is an error
+            raise OSError(err, f"getsockopt(SO_PEERGROUPS): {os.strerror(err)}")
 
 
 class ClientProtocol(asyncio.Protocol):

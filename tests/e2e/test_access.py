@@ -133,3 +133,27 @@ def test_status_shows_only_visible_watches(daemon, watched: Path) -> None:
     assert status["clients"] == 1
     assert status["subscriptions"] == 0
     assert status["view"] == "limited" and full["view"] == "full"
+
+
+SUPPLEMENTARY = 4242  # a group nobody is given as a supplementary group only
+
+
+@pytest.mark.parametrize("others", [0, 300], ids=["one-group", "300-groups"])
+def test_supplementary_group_is_honoured(start_daemon, watched: Path, workdir: str,
+                                         others: int) -> None:
+    os.chmod(workdir, 0o755)
+    (watched / "team").mkdir()
+    # With 300 groups the allowed one sorts last, past what a 1 KiB answer (256 groups) holds.
+    allowed = SUPPLEMENTARY + 10_000 if others else SUPPLEMENTARY
+    extra = [*range(5000, 5000 + others), allowed]
+    d = start_daemon(config(daemon_extra='socket_mode = "0666"',
+                            watches=watch("team", watched / "team", allow_groups=[allowed])))
+    proc = subprocess.Popen(
+        [python_for_nobody(), "-c", CLIENT, d.socket, "0",
+         json.dumps({"op": "subscribe", "id": 1, "watch": "team"})],
+        user=NOBODY, group=NOBODY, extra_groups=extra, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    reply = json.loads(out.splitlines()[1])
+    assert reply["type"] == "subscribed", reply
