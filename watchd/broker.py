@@ -10,6 +10,7 @@ the others and never misses anything silently.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -25,6 +26,9 @@ from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError, Su
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
 # is overfilled by at most this much, and the syscalls are still batched.
 FLUSH_LINES = 512
+# Held events a replay looks at per turn of the loop and connection before it lets the others
+# have theirs: a replay never holds the loop for long, however selective its filter.
+REPLAY_STEP = 4096
 # Room kept in a connection's queue before it counts as near full (see QueueLevels): the
 # most events one batch from the watcher brings.
 QUEUE_HEADROOM = 1024
@@ -114,6 +118,14 @@ class Filter:
 
 
 @dataclass(eq=False, slots=True)
+class _Cursor:
+    """How far a replay has come: it reads the history as the client reads its lines."""
+
+    pos: int  # the next seq to look at
+    marked: int  # overflow markers at seqs up to this one have been queued
+
+
+@dataclass(eq=False, slots=True)
 class Subscription:
     """One subscription of a connection, with the range of its events dropped since last told."""
 
@@ -125,6 +137,9 @@ class Subscription:
     drop_count: int = 0
     drop_first: int = 0
     drop_last: int = 0
+    # Set while it catches up with `since`: it then takes its events, live ones included, from
+    # the history (in seq order) instead of from publish.
+    replay: _Cursor | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -139,6 +154,8 @@ class Connection:
     queued_events: int = 0  # event lines in `queue`: what client_queue bounds
     lagging: dict[str, Subscription] = field(default_factory=dict)  # subs with a dropped range
     dropped: int = 0  # event lines discarded for this connection (its owner's status)
+    replays: dict[str, Subscription] = field(default_factory=dict)  # subs catching up
+    replay_deferred: bool = False  # a turn of its replays is scheduled
     closed: bool = False
 
     @property
@@ -205,9 +222,18 @@ class Broker:
     """Numbers, serializes, holds and fans out events to the subscriptions of connections."""
 
     def __init__(
-        self, *, instance: str, client_queue: int, replay_buffer: int, max_subscriptions: int
+        self,
+        *,
+        instance: str,
+        client_queue: int,
+        replay_buffer: int,
+        max_subscriptions: int,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.instance = instance
+        # Runs a callback at the next turn of the loop (loop.call_soon), so that a long replay
+        # lets the others be served in between; None replays to the end at once (tests).
+        self._defer = defer
         self.client_queue = client_queue
         self.replay_buffer = replay_buffer
         self.max_subscriptions = max_subscriptions
@@ -228,6 +254,7 @@ class Broker:
         self._held: deque[_Held] = deque(maxlen=replay_buffer)
         self._markers: deque[_Marker] = deque()
         self._routes: dict[str, tuple[_Route, ...]] = {}  # per watch; cleared on any change
+        self._replaying: dict[Subscription, None] = {}  # subscriptions with a replay under way
         self._sids = 0
 
     # --- configuration ---------------------------------------------------------------------------
@@ -246,6 +273,7 @@ class Broker:
         self.levels = QueueLevels.of(client_queue)
         self.max_subscriptions = max_subscriptions
         if replay_buffer != self.replay_buffer:
+            self._before_evict(len(self._held) - replay_buffer)
             self.replay_buffer = replay_buffer
             self._held = deque(self._held, maxlen=replay_buffer)
             self._prune_markers()
@@ -264,6 +292,9 @@ class Broker:
     def disconnect(self, conn: Connection) -> None:
         """Forget a connection: its subscriptions, its queue and its dropped ranges."""
         conn.closed = True
+        for sub in conn.replays.values():
+            self._replaying.pop(sub, None)
+        conn.replays.clear()
         conn.subs.clear()
         conn.lagging.clear()
         conn.queue.clear()
@@ -309,11 +340,13 @@ class Broker:
         )
         conn.subs[sid] = sub
         self._routes.clear()
-        # The reply's seq and the replay are taken at the same instant as the subscription starts
-        # to receive live events, so the client sees every seq after `since` exactly once.
         conn.queue.append(protocol.subscribed(req.id, sid, self.last_seq))
         if req.since is not None:
-            self._replay(sub, req.since)
+            # The replay reads the history up to the newest event, live ones included, and only
+            # then hands the subscription to publish: every seq after `since` once, in order.
+            sub.replay = _Cursor(pos=req.since + 1, marked=req.since - 1)
+            conn.replays[sid] = sub
+            self._replaying[sub] = None
         self._pump(conn)
         return sid
 
@@ -327,6 +360,8 @@ class Broker:
                 req_id,
             )
         self._routes.clear()
+        if sub.replay is not None:
+            self._end_replay(sub)
         if sub.drop_count:
             self._settle(sub)  # its gap is still news to the client
         conn.queue.append(protocol.unsubscribed(req_id, sid))
@@ -384,6 +419,11 @@ class Broker:
         A daemon that fell behind finds many small batches waiting; handing them on together
         costs one write per connection instead of one per batch.
         """
+        if self._replaying:
+            # What the history is about to forget, replays that have not reached it count as
+            # dropped (asked for again, it is since_expired: the client then rescans).
+            incoming = sum(len(items) for _, items in reads)
+            self._before_evict(len(self._held) + incoming - self.replay_buffer)
         routes = self._routes.get(watch)
         if routes is None:
             routes = self._routes[watch] = self._route(watch)
@@ -453,7 +493,8 @@ class Broker:
         if not self._marked(marker):
             self._markers.append(marker)
             self._prune_markers()
-        self._notify(watch, lambda sid: protocol.overflow(sid, seq, reason, watch))
+        # A replay under way meets the marker in the history, in its place among the events.
+        self._notify(watch, lambda sid: protocol.overflow(sid, seq, reason, watch), live_only=True)
 
     def watch_lost(self, watch: str, path: str, reason: str) -> None:
         """Tell a watch's subscribers that its root went away (call before a reload removes it)."""
@@ -528,7 +569,11 @@ class Broker:
     def _route(self, watch: str) -> tuple[_Route, ...]:
         routes = []
         for conn in self._conns:
-            subs = tuple(sub for sub in conn.subs.values() if watch in sub.visible)
+            subs = tuple(
+                sub
+                for sub in conn.subs.values()
+                if watch in sub.visible and sub.replay is None
+            )
             if subs:
                 simple = all(sub.filter.simple for sub in subs)
                 routes.append(_Route(conn, subs, tuple(sub.prefix for sub in subs), simple))
@@ -544,13 +589,7 @@ class Broker:
         """Queue an event line for a connection that is behind, or count it as dropped."""
         conn = sub.conn
         if conn.queued_events >= self.client_queue:
-            if not sub.drop_count:
-                sub.drop_first = seq
-                conn.lagging[sub.sid] = sub
-            sub.drop_count += 1
-            sub.drop_last = seq
-            self.dropped += 1
-            conn.dropped += 1
+            self._drop(sub, seq)
             return
         if sub.drop_count:
             # _pump reports gaps as soon as there is room, so this only guards the order: a
@@ -561,6 +600,16 @@ class Broker:
         if conn.queued_events >= self.levels.near_full:
             self.queues_filling = True
 
+    def _drop(self, sub: Subscription, seq: int) -> None:
+        """Count an event of a subscription as dropped, in its range to be reported."""
+        if not sub.drop_count:
+            sub.drop_first = seq
+            sub.conn.lagging[sub.sid] = sub
+        sub.drop_count += 1
+        sub.drop_last = seq
+        self.dropped += 1
+        sub.conn.dropped += 1
+
     def _settle(self, sub: Subscription) -> None:
         """Queue the `dropped` notice of a subscription's gap and start a new range."""
         sub.conn.queue.append(
@@ -570,27 +619,137 @@ class Broker:
         sub.conn.lagging.pop(sub.sid, None)
 
     def _pump(self, conn: Connection) -> None:
-        """Move queued lines to the sink while it is writable; report gaps once there is room."""
+        """Move queued lines to the sink while it is writable; report gaps once there is room;
+        go on with replays while the sink takes their lines (a bounded step per turn)."""
         if conn.closed:
             return
         queue = conn.queue
         sink = conn.sink
+        budget = REPLAY_STEP
         while True:
             while queue and sink.writable():
                 chunk = [queue.popleft() for _ in range(min(len(queue), FLUSH_LINES))]
                 # Event lines, and no other line, begin with EVENT_HEAD.
                 conn.queued_events -= sum(1 for line in chunk if line.startswith(EVENT_HEAD))
                 sink.write(chunk)
-            if not conn.lagging or (queue and conn.queued_events >= self.client_queue):
+            if conn.lagging and not (queue and conn.queued_events >= self.client_queue):
+                for sub in list(conn.lagging.values()):
+                    self._settle(sub)
+                continue
+            # A replay is produced only as fast as the client reads it: nothing of it waits in
+            # the queue while the sink is paused.
+            if not conn.replays or queue or not sink.writable():
                 return
-            for sub in list(conn.lagging.values()):
-                self._settle(sub)
+            if budget <= 0:
+                if self._defer is not None:
+                    if not conn.replay_deferred:
+                        conn.replay_deferred = True
+                        self._defer(lambda: self._replay_turn(conn))
+                    return
+                budget = REPLAY_STEP
+            sub = next(iter(conn.replays.values()))
+            cur = sub.replay
+            assert cur is not None
+            budget -= self._advance(sub, min(self.last_seq + 1, cur.pos + budget), FLUSH_LINES)
 
-    def _notify(self, watch: str | None, line_for: Callable[[str], bytes]) -> None:
-        """Queue a notice to every subscription concerned by a watch (all of them for None)."""
+    def _replay_turn(self, conn: Connection) -> None:
+        conn.replay_deferred = False
+        self._pump(conn)
+
+    def _advance(self, sub: Subscription, stop: int, max_lines: int | None) -> int:
+        """Move a replay through the history up to seq `stop` (excluded); returns how many
+        held events it looked at.
+
+        With max_lines, it queues what matches and stops after that many lines; with None,
+        what matches counts as dropped (the history is about to forget it). A replay that
+        reaches the newest event ends: the subscription then takes live events.
+        """
+        cur = sub.replay
+        assert cur is not None
+        conn = sub.conn
+        oldest = self.oldest
+        if cur.pos < oldest:  # not expected (see _before_evict), but never silent
+            for seq in range(cur.pos, oldest):
+                self._drop(sub, seq)
+            cur.pos = oldest
+        flt = sub.filter
+        visible = sub.visible
+        queue = conn.queue
+        prefix = sub.prefix
+        next_mark = self._next_marker(cur.marked)
+        start = cur.pos - oldest
+        pos = cur.pos
+        lines = 0
+        for seq, watch, bit, path, tail in islice(self._held, start, start + stop - cur.pos):
+            if seq - 1 >= next_mark:
+                self._replay_markers(sub, seq - 1)
+                next_mark = self._next_marker(cur.marked)
+            pos = seq + 1
+            if watch in visible and flt.matches(bit, path):
+                if max_lines is None:
+                    self._drop(sub, seq)
+                    continue
+                if sub.drop_count:
+                    self._settle(sub)
+                queue.append(prefix + tail)
+                conn.queued_events += 1
+                lines += 1
+                if lines >= max_lines:
+                    break
+        examined = pos - cur.pos
+        cur.pos = pos
+        if pos > self.last_seq:
+            self._replay_markers(sub, self.last_seq)
+            self._end_replay(sub)
+        return examined
+
+    def _next_marker(self, after: int) -> float:
+        """The seq of the first overflow marker past `after` (inf when there is none)."""
+        for marker in self._markers:
+            if marker.seq > after:
+                return marker.seq
+        return math.inf
+
+    def _replay_markers(self, sub: Subscription, upto: int) -> None:
+        """Queue the overflow markers a replay passes, up to seq `upto`, in their place."""
+        cur = sub.replay
+        assert cur is not None
+        for marker in self._markers:
+            if cur.marked < marker.seq <= upto and (
+                marker.watch is None or marker.watch in sub.visible
+            ):
+                if sub.drop_count:
+                    self._settle(sub)
+                sub.conn.queue.append(self._marker_line(sub.sid, marker))
+        cur.marked = max(cur.marked, upto)
+
+    def _end_replay(self, sub: Subscription) -> None:
+        sub.replay = None
+        sub.conn.replays.pop(sub.sid, None)
+        self._replaying.pop(sub, None)
+        self._routes.clear()  # it takes live events from now on
+
+    def _before_evict(self, count: int) -> None:
+        """The `count` oldest held events are about to be forgotten: replays that have not
+        reached them yet count what of them they match as dropped."""
+        if count <= 0:
+            return
+        first_kept = self.oldest + count
+        for sub in list(self._replaying):
+            cur = sub.replay
+            if cur is not None and cur.pos < first_kept:
+                self._advance(sub, first_kept, None)
+
+    def _notify(
+        self, watch: str | None, line_for: Callable[[str], bytes], *, live_only: bool = False
+    ) -> None:
+        """Queue a notice to every subscription concerned by a watch (all of them for None);
+        live_only leaves out replays under way."""
         for conn in self._conns:
             touched = False
             for sub in conn.subs.values():
+                if live_only and sub.replay is not None:
+                    continue
                 if watch is None or watch in sub.visible:
                     if sub.drop_count:
                         self._settle(sub)
@@ -598,32 +757,6 @@ class Broker:
                     touched = True
             if touched:
                 self._pump(conn)
-
-    def _replay(self, sub: Subscription, since: int) -> None:
-        """Queue the held events after `since` that a new subscription matches, overflows included.
-
-        Replayed lines are queued whatever the queue holds: they are bounded by the history.
-        """
-        conn = sub.conn
-        flt = sub.filter
-        visible = sub.visible
-        queue = conn.queue
-        # A marker at seq s sits between events s and s + 1; one at `since` itself may not have
-        # reached the client before it went away, so it is replayed.
-        markers = [
-            m for m in self._markers if m.seq >= since and (m.watch is None or m.watch in visible)
-        ]
-        m = 0
-        start = max(0, since + 1 - self.oldest)  # held seqs are consecutive
-        for seq, watch, bit, path, tail in islice(self._held, start, None):
-            while m < len(markers) and markers[m].seq < seq:
-                queue.append(self._marker_line(sub.sid, markers[m]))
-                m += 1
-            if watch in visible and flt.matches(bit, path):
-                queue.append(sub.prefix + tail)
-                conn.queued_events += 1
-        for marker in markers[m:]:
-            queue.append(self._marker_line(sub.sid, marker))
 
     @staticmethod
     def _marker_line(sid: str, marker: _Marker) -> bytes:

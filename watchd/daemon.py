@@ -87,7 +87,8 @@ class Daemon:
         self.instance = secrets.token_hex(8)
         self.broker = Broker(instance=self.instance, client_queue=config.daemon.client_queue,
                              replay_buffer=config.daemon.replay_buffer,
-                             max_subscriptions=config.daemon.max_subscriptions)
+                             max_subscriptions=config.daemon.max_subscriptions,
+                             defer=lambda fn: asyncio.get_running_loop().call_soon(fn))
         self.broker.set_watches(config.watches)
         self.watches = {w.name: WatchState(w) for w in config.watches}
         self.clients: set[ClientProtocol] = set()

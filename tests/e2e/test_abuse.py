@@ -1,0 +1,129 @@
+"""What one local user can do to the daemon's other clients: never stall them, never make it
+grow past its configured bounds."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Daemon, Line, config, wait_for, watch
+
+pytestmark = pytest.mark.timeout(120)
+
+MiB = 1024 * 1024
+
+
+def rss(daemon: Daemon) -> int:
+    """The daemon's resident set size in bytes."""
+    assert daemon.proc is not None
+    with open(f"/proc/{daemon.proc.pid}/status") as f:
+        for row in f:
+            if row.startswith("VmRSS:"):
+                return int(row.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def make_files(directory: Path, count: int, first: int = 0) -> None:
+    """Files first..count-1, each made and closed: a create and a close_write event."""
+    for i in range(first, count):
+        fd = os.open(directory / f"f{i:05}", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.close(fd)
+
+
+def ping_times(daemon: Daemon, seconds: float) -> list[float]:
+    """How long each ping of a fresh client took, pinging for `seconds`."""
+    line = daemon.connect()
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.monotonic()
+        reply = line.request({"op": "ping"}, timeout=30)
+        times.append(time.monotonic() - start)
+        assert reply["type"] == "pong", reply
+    return times
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def raw_connect(daemon: Daemon) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(daemon.socket)
+    # A small receive buffer: what the daemon writes for it backs up on the daemon's side.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+def test_replays_to_a_client_that_never_reads_are_bounded(start_daemon, watched: Path) -> None:
+    files = 25_000
+    d = start_daemon(config(watches=watch("w", watched)))
+    make_files(watched, files)
+    wait_for(lambda: d.status()["seq"] >= 2 * files, timeout=60, what="every event held")
+    before = rss(d)
+    greedy = raw_connect(d)
+    greedy.sendall(b"".join(
+        json.dumps({"op": "subscribe", "id": i, "since": 0}).encode() + b"\n" for i in range(64)))
+    times = ping_times(d, 3.0)
+    grown = rss(d) - before
+    # Without a bound: 64 replays of 50,000 lines (~14 MB each) buffered at once.
+    assert grown < 64 * MiB, f"the daemon grew by {grown / MiB:.0f} MiB"
+    assert quantile(times, 0.9) < 0.1, sorted(times)[-5:]
+    assert max(times) < 1.0, sorted(times)[-5:]
+    greedy.close()
+
+
+def drain(line: Line, sids: set[str], last: int, timeout: float = 60) -> dict[str, list[Any]]:
+    """Everything each subscription receives until each has accounted for seq `last`."""
+    got: dict[str, list[Any]] = {sid: [] for sid in sids}
+    reached: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while reached != sids:
+        msg = (line.pushed.pop(0) if line.pushed
+               else line.recv(max(0.01, deadline - time.monotonic())))
+        sid = msg.get("subscription")
+        if sid not in got:
+            continue
+        got[sid].append(msg)
+        if msg.get("seq", msg.get("last_seq")) == last:
+            reached.add(sid)
+    return got
+
+
+def test_a_replay_read_slowly_delivers_each_event_once_in_order(start_daemon,
+                                                               watched: Path) -> None:
+    d = start_daemon(config(daemon_extra="client_queue = 100",
+                            watches=watch("w", watched)))
+    make_files(watched, 2000)
+    wait_for(lambda: d.status()["seq"] >= 4000, timeout=30, what="every event held")
+    line = d.connect()
+    line.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sids = set()
+    for i in range(4):
+        line.send({"op": "subscribe", "id": i, "since": 0})
+        while "subscription" not in (reply := line.recv()) or reply["type"] != "subscribed":
+            line.pushed.append(reply)  # replayed events of the subscriptions before it
+        sids.add(reply["subscription"])
+    # Live events while the replays are under way.
+    make_files(watched, 2500, first=2000)
+    last = 5000
+    got = drain(line, sids, last)
+    for sid, msgs in got.items():
+        seen: list[int] = []
+        for msg in msgs:
+            if msg["type"] == "event":
+                seen.append(msg["seq"])
+            elif msg["type"] == "dropped":
+                seen.extend(range(msg["first_seq"], msg["last_seq"] + 1))
+                again, _ = d.subscribe(since=msg["first_seq"] - 1)
+                resent = again.until(lambda m, msg=msg: m.get("seq") == msg["last_seq"])
+                assert [m["seq"] for m in resent if m["type"] == "event"][:msg["count"]] == \
+                    list(range(msg["first_seq"], msg["last_seq"] + 1))
+        assert seen == list(range(1, last + 1)), sid
