@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import signal
@@ -108,6 +109,9 @@ class Daemon:
         self.stall_spent = False  # the limit was reached; wait for a subscriber to catch up
         self.last_progress = -PROGRESS_INTERVAL_S
         self.lost: set[str] = set()  # watches whose subscribers were told watch_lost
+        # fs.inotify.max_user_watches for status, with when it was read: reading /proc costs
+        # more than the rest of a status reply, and anyone may ask for thousands of them.
+        self.max_user_watches: tuple[float, int | None] = (-math.inf, None)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -421,7 +425,6 @@ class Daemon:
             reload_error = (None if self.counters.last_reload_error is None
                             else "the last reload was refused; the daemon's log says why")
             view = "limited"
-        limits = read_limits()
         fields: dict[str, Any] = {
             "pid": os.getpid(),
             "instance": self.instance,
@@ -444,10 +447,19 @@ class Daemon:
                 "crashes_in_a_row": self.counters.crashes_in_a_row,
             },
             "inotify_watches": sum(ws.directories for ws in shown),
-            "max_user_watches": limits.max_user_watches,
+            "max_user_watches": self.user_watch_limit(),
             "restart_needed": list(self.counters.restart_needed),
         }
         return fields
+
+    def user_watch_limit(self) -> int | None:
+        """fs.inotify.max_user_watches, read again at most once a second."""
+        now = time.monotonic()
+        read_at, value = self.max_user_watches
+        if now - read_at >= TICK_S:
+            value = read_limits().max_user_watches
+            self.max_user_watches = (now, value)
+        return value
 
     @staticmethod
     def watch_status(ws: WatchState) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import socket
 import stat
 import struct
 import time
+from collections import deque
 from typing import Protocol
 
 from watchd import protocol
@@ -31,6 +32,9 @@ log = logging.getLogger("watchd.server")
 # queue in the broker (where they are counted against daemon.client_queue).
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+# Requests handled per connection and turn of the loop: a read of 256 KiB can hold thousands,
+# and handling them all at once would keep every other client waiting meanwhile.
+REQUESTS_PER_TURN = 4
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _GROUPS_BUFLEN = 1024  # the most socket.getsockopt accepts
 NGROUPS_MAX = 65536  # Linux's limit on supplementary groups
@@ -109,6 +113,15 @@ class ClientProtocol(asyncio.Protocol):
         self.conn: Connection | None = None
         self.paused = False
         self.paused_at = -math.inf  # when writing to it was last paused (monotonic)
+        # Bytes read and not yet framed, from `inbox_at` on: handled a few lines per turn, and
+        # kept as the one bytes object they came in (thousands of small lines cost more).
+        # Reading stays paused while any are left.
+        self.inbox = b""
+        self.inbox_at = 0
+        self.pending: deque[bytes] = deque()  # complete lines framed and not yet handled
+        self.too_long: protocol.LineTooLong | None = None
+        self.reading = True
+        self.work_scheduled = False
 
     # The broker's Sink -------------------------------------------------------------------------
     def write(self, chunks: list[bytes]) -> None:
@@ -136,20 +149,73 @@ class ClientProtocol(asyncio.Protocol):
         self.handler.greet(self.conn)
 
     def data_received(self, data: bytes) -> None:
-        if self.conn is None:
+        if self.conn is None or self.too_long is not None:
             return
-        too_long: protocol.LineTooLong | None = None
+        if self.inbox_at < len(self.inbox):
+            data = self.inbox[self.inbox_at:] + data  # only after a pause: rare
+        self.inbox, self.inbox_at = data, 0
+        self.work()
+
+    def frame_some(self) -> None:
+        """Frame the next few lines of the inbox into `pending`."""
+        inbox = self.inbox
+        start = self.inbox_at
+        end = start
+        for _ in range(REQUESTS_PER_TURN):
+            found = inbox.find(b"\n", end)
+            if found < 0:
+                end = len(inbox)
+                break
+            end = found + 1
+        self.inbox_at = end
+        if end == len(inbox):
+            self.inbox, self.inbox_at = b"", 0
         try:
-            lines = self.framer.feed(data)
+            self.pending.extend(self.framer.feed(inbox[start:end]))
         except protocol.LineTooLong as e:
-            lines, too_long = e.lines, e
+            self.pending.extend(e.lines)
+            self.too_long = e
+            self.inbox, self.inbox_at = b"", 0
+
+    def work(self) -> None:
+        """Handle a few pending requests; the rest wait for the next turn of the loop, and
+        for the client to read its replies (they count against the same bounds as events)."""
+        self.work_scheduled = False
         conn = self.conn
-        for line in lines:
+        if conn is None:
+            return
+        pending = self.pending
+        handled = 0
+        while handled < REQUESTS_PER_TURN and self.writable():
+            if not pending:
+                if not self.inbox:
+                    break
+                self.frame_some()
+                continue
+            line = pending.popleft()
             if line.strip():
                 self.handler.handle_line(conn, line)
-        if too_long is not None:
-            self.broker.reply(conn, too_long.reply())
+                handled += 1
+        more = bool(pending or self.inbox)
+        if not more and self.too_long is not None:
+            self.broker.reply(conn, self.too_long.reply())
             self.close()
+            return
+        if more and self.writable() and not self.work_scheduled:
+            self.work_scheduled = True
+            asyncio.get_running_loop().call_soon(self.work)
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """Read while requests are handled as they come and replies are taken."""
+        want = not self.paused and not self.pending and not self.inbox and self.too_long is None
+        if self.transport is None or want == self.reading:
+            return
+        self.reading = want
+        if want:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too: a client that is done writing is done
@@ -166,16 +232,15 @@ class ClientProtocol(asyncio.Protocol):
         self.paused = True
         self.paused_at = time.monotonic()
         # A client that does not read must not make us buffer its replies without bound.
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.update_reading()
         self.handler.congestion_changed()
 
     def resume_writing(self) -> None:
         self.paused = False
         if self.conn is not None:
             self.broker.resume(self.conn)
-        if self.transport is not None and not self.paused:
-            self.transport.resume_reading()
+        if not self.paused:
+            self.work()  # the requests that waited for it, then reading again
         self.handler.congestion_changed()
 
     def keeping_up(self, now: float, settled: float) -> bool:

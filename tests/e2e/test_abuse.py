@@ -3,9 +3,11 @@ grow past its configured bounds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,35 @@ def test_a_replay_read_slowly_delivers_each_event_once_in_order(start_daemon,
                 assert [m["seq"] for m in resent if m["type"] == "event"][:msg["count"]] == \
                     list(range(msg["first_seq"], msg["last_seq"] + 1))
         assert seen == list(range(1, last + 1)), sid
+
+
+def flood(daemon: Daemon, conns: int, payload: bytes) -> list[socket.socket]:
+    """conns connections that each write payload (in a thread: it blocks once the daemon stops
+    reading) and never read."""
+    socks = [raw_connect(daemon) for _ in range(conns)]
+
+    def send(sock: socket.socket) -> None:
+        sock.settimeout(30)
+        with contextlib.suppress(OSError):
+            sock.sendall(payload)
+
+    for sock in socks:
+        threading.Thread(target=send, args=(sock,), daemon=True).start()
+    return socks
+
+
+def test_requests_from_clients_that_never_read_stall_nobody(start_daemon, watched: Path) -> None:
+    d = start_daemon(config(watches=watch("w", watched)))
+    before = rss(d)
+    status = b'{"op":"status"}\n'
+    socks = flood(d, 45, status * (233_000 // len(status)))
+    times = ping_times(d, 3.0)
+    grown = rss(d) - before
+    print(f"ping p90 {quantile(times, 0.9):.4f} s, max {max(times):.4f} s; "
+          f"grown {grown / MiB:.1f} MiB")
+    for sock in socks:
+        sock.close()
+    # Without a bound: some 400 MB of status replies queued for readers that never read.
+    assert grown < 64 * MiB, f"the daemon grew by {grown / MiB:.0f} MiB"
+    assert quantile(times, 0.9) < 0.1, sorted(times)[-5:]
+    assert max(times) < 1.0, sorted(times)[-5:]
