@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -21,11 +23,18 @@ from typing import Any
 
 from watchd import __version__, channel, protocol
 from watchd.broker import Broker, Connection, Peer
-from watchd.config import Config, ConfigDiff, WatchConfig, diff_config, load_config
+from watchd.config import (
+    RESERVED_CLIENTS,
+    Config,
+    ConfigDiff,
+    WatchConfig,
+    diff_config,
+    load_config,
+)
 from watchd.errors import ConfigError
 from watchd.events import kinds_mask
 from watchd.inotify import read_limits
-from watchd.server import ClientProtocol, bind_socket
+from watchd.server import ClientProtocol, bind_socket, raise_fd_limit
 from watchd.supervisor import BACKOFF_S, STABLE_AFTER_S, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
 from watchd.watcher import tune_gc
@@ -46,6 +55,8 @@ EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while a scan is still running
 PROGRESS_INTERVAL_S = 1.0  # at most this often a STATUS= line of a long scan
 SHUTDOWN_GRACE_S = 2.0  # for clients to read what was buffered for them at a stop
 RELOAD_WAIT_S = 30.0  # how long a reload waits for the watcher before READY=1 all the same
+# What accept fails with when the process or the system is out of descriptors or memory.
+ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(slots=True)
@@ -112,6 +123,7 @@ class Daemon:
         # fs.inotify.max_user_watches for status, with when it was read: reading /proc costs
         # more than the rest of a status reply, and anyone may ask for thousands of them.
         self.max_user_watches: tuple[float, int | None] = (-math.inf, None)
+        self.accept_failing = False  # out of descriptors: logged once until an accept works
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -141,6 +153,8 @@ class Daemon:
         return 0
 
     async def start_server(self, loop: asyncio.AbstractEventLoop) -> None:
+        raise_fd_limit()  # each client holds a descriptor; load_config checked the hard limit
+        loop.set_exception_handler(self.on_loop_exception)
         sock = self.listen
         if sock is None:
             d = self.config.daemon
@@ -318,8 +332,47 @@ class Daemon:
 
     # -- clients -------------------------------------------------------------------------------
 
-    def may_connect(self) -> bool:
-        return len(self.clients) < self.config.daemon.max_clients
+    def may_connect(self, peer: Peer) -> str | None:
+        """None to serve a new connection from peer, or why not.
+
+        Root and the daemon's own user have RESERVED_CLIENTS slots beyond max_clients and no
+        per-user cap, so that the others filling every slot never lock the administrator out.
+        """
+        if self.accept_failing:
+            self.accept_failing = False
+            log.info("accepting connections again")
+        d = self.config.daemon
+        if self.sees_all(peer):
+            if len(self.clients) < d.max_clients + RESERVED_CLIENTS:
+                return None
+            return ("the daemon serves its maximum number of clients (daemon.max_clients, and "
+                    "the slots kept for root); try again later")
+        if len(self.clients) >= d.max_clients:
+            return ("the daemon serves its maximum number of clients (daemon.max_clients); "
+                    "try again later")
+        mine = sum(1 for c in self.clients if c.conn is not None and c.conn.peer.uid == peer.uid)
+        if mine >= d.max_clients_per_user:
+            return (f"uid {peer.uid} already holds {mine} connections, the most one user may "
+                    "(daemon.max_clients_per_user); close one and try again")
+        return None
+
+    def request_timeout(self) -> float:
+        return self.config.daemon.request_timeout
+
+    def on_loop_exception(self, loop: asyncio.AbstractEventLoop,
+                          context: dict[str, Any]) -> None:
+        """asyncio reports each failed accept (and retries a second later): one line per run
+        of failures instead of a traceback for each."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in ACCEPT_RESOURCE_ERRORS:
+            if not self.accept_failing:
+                self.accept_failing = True
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                log.error("cannot accept new connections: %s (open file limit %d, %d clients); "
+                          "retrying every second until resources are freed",
+                          exc.strerror, soft, len(self.clients))
+            return
+        loop.default_exception_handler(context)
 
     def greet(self, conn: Connection) -> None:
         self.broker.reply(conn, protocol.hello(__version__, os.getpid(), self.instance,

@@ -15,6 +15,7 @@ import grp
 import logging
 import math
 import os
+import resource
 import socket
 import stat
 import struct
@@ -46,7 +47,11 @@ class ServerError(WatchdError):
 
 
 class Handler(Protocol):
-    def may_connect(self) -> bool: ...
+    def may_connect(self, peer: Peer) -> str | None:
+        """None to serve this peer, or why it is refused (too_many_clients)."""
+
+    def request_timeout(self) -> float:
+        """Seconds a started request line may take to be finished."""
 
     def greet(self, conn: Connection) -> None: ...
 
@@ -122,6 +127,7 @@ class ClientProtocol(asyncio.Protocol):
         self.too_long: protocol.LineTooLong | None = None
         self.reading = True
         self.work_scheduled = False
+        self.line_timer: asyncio.TimerHandle | None = None  # a started line's deadline
 
     # The broker's Sink -------------------------------------------------------------------------
     def write(self, chunks: list[bytes]) -> None:
@@ -135,16 +141,15 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if not self.handler.may_connect():
-            transport.write(protocol.error(protocol.ErrorCode.TOO_MANY_CLIENTS,
-                                           "the daemon serves its maximum number of clients "
-                                           "(daemon.max_clients); try again later"))
+        peer = peer_of(transport.get_extra_info("socket"))
+        refusal = self.handler.may_connect(peer)
+        if refusal is not None:
+            transport.write(protocol.error(protocol.ErrorCode.TOO_MANY_CLIENTS, refusal))
             transport.close()
             self.transport = None
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        self.conn = self.broker.connect(self, peer_of(sock))
+        self.conn = self.broker.connect(self, peer)
         self.registry.add(self)
         self.handler.greet(self.conn)
 
@@ -171,7 +176,11 @@ class ClientProtocol(asyncio.Protocol):
         if end == len(inbox):
             self.inbox, self.inbox_at = b"", 0
         try:
-            self.pending.extend(self.framer.feed(inbox[start:end]))
+            lines = self.framer.feed(inbox[start:end])
+            if lines and self.line_timer is not None:
+                self.line_timer.cancel()  # that line is done; a new one gets its own deadline
+                self.line_timer = None
+            self.pending.extend(lines)
         except protocol.LineTooLong as e:
             self.pending.extend(e.lines)
             self.too_long = e
@@ -209,18 +218,45 @@ class ClientProtocol(asyncio.Protocol):
     def update_reading(self) -> None:
         """Read while requests are handled as they come and replies are taken."""
         want = not self.paused and not self.pending and not self.inbox and self.too_long is None
-        if self.transport is None or want == self.reading:
+        if self.transport is not None and want != self.reading:
+            self.reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+        self.update_deadline()
+
+    def update_deadline(self) -> None:
+        """A line started and not finished while we read has request_timeout to be finished
+        (while we do not read, the rest may be waiting on our side)."""
+        started = self.reading and self.framer.buffered > 0 and self.transport is not None
+        if started and self.line_timer is None:
+            self.line_timer = asyncio.get_running_loop().call_later(
+                self.handler.request_timeout(), self.line_timed_out)
+        elif not started and self.line_timer is not None:
+            self.line_timer.cancel()
+            self.line_timer = None
+
+    def line_timed_out(self) -> None:
+        self.line_timer = None
+        if self.conn is None:
             return
-        self.reading = want
-        if want:
-            self.transport.resume_reading()
-        else:
-            self.transport.pause_reading()
+        timeout = self.handler.request_timeout()
+        self.broker.reply(self.conn, protocol.error(
+            protocol.ErrorCode.REQUEST_TIMEOUT,
+            f"a request line was started and not finished within {timeout:g} s "
+            "(daemon.request_timeout); closing the connection"))
+        self.too_long = None
+        self.inbox, self.pending = b"", deque()
+        self.close()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too: a client that is done writing is done
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.line_timer is not None:
+            self.line_timer.cancel()
+            self.line_timer = None
         if self.conn is not None:
             self.broker.disconnect(self.conn)
             self.conn = None
@@ -259,6 +295,30 @@ class ClientProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (clients each hold one); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = _nr_open()
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as e:
+            log.warning("cannot raise the file descriptor limit from %d to %d: %s", soft, hard, e)
+            return soft
+        return hard
+    return soft
+
+
+def _nr_open() -> int:
+    """The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open)."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024 * 1024
 
 
 def bind_socket(path: str, mode: int, group: int | None) -> socket.socket:
