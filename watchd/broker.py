@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Protocol
 
 from watchd import protocol
 from watchd.events import ALL_KINDS, KIND_BITS, Kind, kinds_mask
-from watchd.globs import compile_globs
+from watchd.globs import GlobSet
 from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError, Subscribe
 
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
@@ -75,7 +74,14 @@ class Peer:
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+# Distinct filters kept compiled: subscriptions asking the same share one Filter (and so one
+# test per event, see publish_reads), and a request repeated costs no compiling.
+FILTER_CACHE = 1024
+
+
+# eq=False: compared and hashed by identity, which is cheap where publish groups subscriptions
+# by filter; equal requests get the same object from the broker's cache.
+@dataclass(frozen=True, slots=True, eq=False)
 class Filter:
     """A subscription's filters; all must match. None (or all kinds) means absent."""
 
@@ -83,7 +89,7 @@ class Filter:
     kinds: int  # the kind bits wanted
     paths: frozenset[str] | None  # exact paths; below any of them is `prefixes`
     prefixes: tuple[str, ...]  # each path with a trailing "/"
-    glob: re.Pattern[str] | None  # every pattern in one regex, matched on the base name
+    glob: GlobSet | None  # matched on the base name
 
     @classmethod
     def of(cls, req: Subscribe) -> Filter:
@@ -91,7 +97,7 @@ class Filter:
         paths = req.paths
         if paths is not None and "/" in paths:
             paths = None  # everything lies below the root
-        glob = None if req.glob is None else compile_globs(req.glob)
+        glob = None if req.glob is None else GlobSet.of(req.glob)
         return cls(
             watches=None if req.watch is None else frozenset(req.watch),
             kinds=_KIND_BITS_ALL if req.events is None else kinds_mask(req.events),
@@ -113,8 +119,7 @@ class Filter:
             self.prefixes
         ):
             return False
-        # The base name starts after the last "/"; match there instead of slicing a copy.
-        return self.glob is None or self.glob.match(path, path.rfind("/") + 1) is not None
+        return self.glob is None or self.glob.match(path[path.rfind("/") + 1 :])
 
 
 @dataclass(eq=False, slots=True)
@@ -228,6 +233,8 @@ class Broker:
         client_queue: int,
         replay_buffer: int,
         max_subscriptions: int,
+        max_patterns: int = 256,
+        max_paths: int = 256,
         defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.instance = instance
@@ -237,6 +244,9 @@ class Broker:
         self.client_queue = client_queue
         self.replay_buffer = replay_buffer
         self.max_subscriptions = max_subscriptions
+        self.max_patterns = max_patterns
+        self.max_paths = max_paths
+        self._filters: dict[tuple[object, ...], Filter] = {}  # see FILTER_CACHE
         self.levels = QueueLevels.of(client_queue)
         # Set when a connection's queue reaches levels.near_full: worth a look at the congestion.
         self.queues_filling = False
@@ -267,11 +277,21 @@ class Broker:
                 sub.visible = self._visible(conn.peer, sub.filter)
         self._routes.clear()
 
-    def set_limits(self, *, client_queue: int, replay_buffer: int, max_subscriptions: int) -> None:
+    def set_limits(
+        self,
+        *,
+        client_queue: int,
+        replay_buffer: int,
+        max_subscriptions: int,
+        max_patterns: int = 256,
+        max_paths: int = 256,
+    ) -> None:
         """Apply new limits (a reload); the replay history keeps its newest events."""
         self.client_queue = client_queue
         self.levels = QueueLevels.of(client_queue)
         self.max_subscriptions = max_subscriptions
+        self.max_patterns = max_patterns
+        self.max_paths = max_paths
         if replay_buffer != self.replay_buffer:
             self._before_evict(len(self._held) - replay_buffer)
             self.replay_buffer = replay_buffer
@@ -328,9 +348,9 @@ class Broker:
             )
         if req.since is not None:
             self._check_since(req.since, req.instance, req.id)
+        flt = self._filter(req)
         self._sids += 1
         sid = f"s{self._sids}"
-        flt = Filter.of(req)
         sub = Subscription(
             sid=sid,
             conn=conn,
@@ -450,6 +470,8 @@ class Broker:
         tail_of = self._encoder.tail
         hold = self._held.append
         tails: list[bytes] = []
+        batch: list[_Held] = []  # for the filters, when there are any
+        keep = batch.append if general else None
         seq = self.last_seq
         for time, items in reads:
             for mask, cookie, path, src_path in items:
@@ -459,25 +481,30 @@ class Broker:
                     continue  # not exactly one kind bit: nothing a client could be told
                 seq += 1
                 tail = tail_of(seq, time, watch, kind, path, mask, cookie, src_path)
-                hold((seq, watch, bit, path, tail))
+                entry = (seq, watch, bit, path, tail)
+                hold(entry)
                 tails.append(tail)
-                for flt, targets in general:
-                    if flt.matches(bit, path):
-                        for sub, sink_out in targets:
-                            if sink_out is None:
-                                self._queue_event(sub, seq, tail)
-                            else:
-                                sink_out.append(sub.prefix)
-                                sink_out.append(tail)
+                if keep is not None:
+                    keep(entry)
         published = seq - self.last_seq
         if published:
             self.events += published
             self._events_of[watch] = self._events_of.get(watch, 0) + published
         self.last_seq = seq
 
+        # Subscribers without filters first: what others' filters cost never delays them.
         if tails:
             for route in fast:
                 route.conn.sink.write(_interleave(route.prefixes, tails))
+        for seq, _, bit, path, tail in batch:
+            for flt, targets in general:
+                if flt.matches(bit, path):
+                    for sub, sink_out in targets:
+                        if sink_out is None:
+                            self._queue_event(sub, seq, tail)
+                        else:
+                            sink_out.append(sub.prefix)
+                            sink_out.append(tail)
         for conn, chunks in outs:
             if chunks:
                 conn.sink.write(chunks)
@@ -526,6 +553,30 @@ class Broker:
                     "(its allow_users / allow_groups); ask the administrator",
                     req.id,
                 )
+
+    def _filter(self, req: Subscribe) -> Filter:
+        """The request's filter within the caps, compiled once per distinct request."""
+        for name, items, cap, key in (
+            ("glob", req.glob, self.max_patterns, "max_patterns"),
+            ("paths", req.paths, self.max_paths, "max_paths"),
+        ):
+            if items is not None and len(items) > cap:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f'"{name}": {len(items)} given, more than one subscription may have '
+                    f"(daemon.{key} = {cap}); split it over several subscriptions",
+                    req.id,
+                )
+        key_of = tuple(
+            None if v is None else tuple(v)
+            for v in (req.watch, req.events, req.paths, req.glob)
+        )
+        flt = self._filters.get(key_of)
+        if flt is None:
+            if len(self._filters) >= FILTER_CACHE:
+                del self._filters[next(iter(self._filters))]  # the oldest
+            flt = self._filters[key_of] = Filter.of(req)
+        return flt
 
     def _check_since(self, since: int, instance: str | None, req_id: JsonScalar) -> None:
         oldest = self.oldest

@@ -100,6 +100,8 @@ class Daemon:
         self.broker = Broker(instance=self.instance, client_queue=config.daemon.client_queue,
                              replay_buffer=config.daemon.replay_buffer,
                              max_subscriptions=config.daemon.max_subscriptions,
+                             max_patterns=config.daemon.max_patterns,
+                             max_paths=config.daemon.max_paths,
                              defer=lambda fn: asyncio.get_running_loop().call_soon(fn))
         self.broker.set_watches(config.watches)
         self.watches = {w.name: WatchState(w) for w in config.watches}
@@ -619,7 +621,8 @@ class Daemon:
         self.counters.last_reload_error = None
         self.counters.restart_needed = diff.restart_needed
         self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
-                               max_subscriptions=d.max_subscriptions)
+                               max_subscriptions=d.max_subscriptions,
+                               max_patterns=d.max_patterns, max_paths=d.max_paths)
         if self.watcher is not None:
             self.watcher.merge_max = self.merge_limit()
         self.congestion_changed()  # the levels may have moved

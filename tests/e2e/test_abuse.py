@@ -161,3 +161,52 @@ def test_requests_from_clients_that_never_read_stall_nobody(start_daemon, watche
     assert grown < 64 * MiB, f"the daemon grew by {grown / MiB:.0f} MiB"
     assert quantile(times, 0.9) < 0.1, sorted(times)[-5:]
     assert max(times) < 1.0, sorted(times)[-5:]
+
+
+def expensive_subscriptions(line: Line, count: int, patterns: int, paths: int,
+                            root: Path) -> None:
+    """count subscriptions, each with its own patterns and paths, none of them matching."""
+    for i in range(count):
+        req: dict[str, Any] = {"op": "subscribe", "id": i}
+        if patterns:
+            req["glob"] = [f"*{i:02}{j:04}*x?y[ab]*z*" for j in range(patterns)]
+        if paths:
+            req["paths"] = [f"{root}/nowhere{i:02}/{j:04}" for j in range(paths)]
+        reply = line.request(req, timeout=30)
+        assert reply["type"] == "subscribed", reply
+
+
+def event_latencies(d: Daemon, directory: Path, count: int) -> list[float]:
+    """For `count` files made one by one: how long after the watcher read each event a
+    subscriber without filters received it."""
+    victim, _ = d.subscribe()
+    late = []
+    for i in range(count):
+        (directory / f"probe{i:04}").touch()
+        msg = victim.until(lambda m: m.get("type") == "event" and m["kind"] == "create")[-1]
+        late.append(time.time() - msg["time"])
+    return late
+
+
+def test_expensive_filters_at_the_caps_slow_no_one(start_daemon, watched: Path) -> None:
+    d = start_daemon(config(watches=watch("w", watched, events=["create"])))
+    for _ in range(3):
+        expensive_subscriptions(d.connect(), 64, 256, 256, watched)
+    late = event_latencies(d, watched, 300)
+    print(f"event latency beside 3 x 64 subscriptions at the caps: "
+          f"p50 {quantile(late, 0.5):.4f} s, p99 {quantile(late, 0.99):.4f} s")
+    assert quantile(late, 0.99) < 0.01, sorted(late)[-5:]
+
+
+def test_filters_past_the_caps_are_refused(start_daemon, watched: Path) -> None:
+    d = start_daemon(config(daemon_extra="max_patterns = 4\nmax_paths = 2",
+                            watches=watch("w", watched)))
+    line = d.connect()
+    reply = line.request({"op": "subscribe", "id": 1, "glob": ["a*"] * 5})
+    assert (reply["type"], reply["code"]) == ("error", "bad_request")
+    assert "daemon.max_patterns" in reply["message"]
+    reply = line.request({"op": "subscribe", "id": 2, "paths": ["/a", "/b", "/c"]})
+    assert (reply["type"], reply["code"]) == ("error", "bad_request")
+    assert "daemon.max_paths" in reply["message"]
+    reply = line.request({"op": "subscribe", "id": 3, "glob": ["a*"] * 4, "paths": ["/a", "/b"]})
+    assert reply["type"] == "subscribed"
