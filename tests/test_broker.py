@@ -63,6 +63,7 @@ class FakeWatch:
     name: str
     users: frozenset[int] | None = None
     groups: frozenset[int] | None = None
+    path: str = "/srv"
 
     def may_see(self, uid: int, gid: int, groups: frozenset[int]) -> bool:
         if self.users is None and self.groups is None:
@@ -423,6 +424,15 @@ def test_set_watches_recomputes_the_acl() -> None:
     msgs = sink.messages()
     assert paths(msgs, sid_all) == ["/b/1", "/b/4", "/a/5"]
     assert paths(msgs, sid_b) == ["/b/1", "/b/4"]
+    # Each is told when it loses b to the ACL and when it gets it back (a is gone: the daemon
+    # tells them "removed" before it reloads).
+    notices = [(m["type"], m["subscription"], m["watch"], m.get("reason"))
+               for m in msgs if m["type"] in ("watch_lost", "watch_restored")]
+    assert notices == [
+        ("watch_lost", sid_all, "b", "forbidden"), ("watch_lost", sid_b, "b", "forbidden"),
+        ("watch_restored", sid_all, "b", None), ("watch_restored", sid_b, "b", None)]
+    lost = next(m for m in msgs if m["type"] == "watch_lost")
+    assert lost["path"] == "/srv"
     # A watch a reload added is named in new subscriptions and seen by existing catch-alls.
     broker.set_watches([FakeWatch("a"), FakeWatch("b"), FakeWatch("c")])
     sid_c = sub(broker, conn, watch=("c",))

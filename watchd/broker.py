@@ -20,7 +20,14 @@ from typing import Protocol
 from watchd import protocol
 from watchd.events import ALL_KINDS, KIND_BITS, Kind, kinds_mask
 from watchd.globs import GlobSet
-from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError, Subscribe
+from watchd.protocol import (
+    EVENT_HEAD,
+    ErrorCode,
+    JsonScalar,
+    LostReason,
+    ProtocolError,
+    Subscribe,
+)
 
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
 # is overfilled by at most this much, and the syscalls are still batched.
@@ -59,6 +66,10 @@ class WatchInfo(Protocol):
     @property
     def name(self) -> str:
         """The watch's unique name."""
+
+    @property
+    def path(self) -> str:
+        """The watch's root, as configured."""
 
     def may_see(self, uid: int, gid: int, groups: frozenset[int]) -> bool:
         """Whether a peer with these credentials may receive this watch's events."""
@@ -142,6 +153,8 @@ class Subscription:
     drop_count: int = 0
     drop_first: int = 0
     drop_last: int = 0
+    # Watches a reload took away from it (it was told watch_lost, reason forbidden).
+    revoked: frozenset[str] = frozenset()
     # Set while it catches up with `since`: it then takes its events, live ones included, from
     # the history (in seq order) instead of from publish.
     replay: _Cursor | None = None
@@ -270,11 +283,32 @@ class Broker:
     # --- configuration ---------------------------------------------------------------------------
 
     def set_watches(self, watches: Iterable[WatchInfo]) -> None:
-        """Take the configured watches (at start and after a reload) and recompute every ACL."""
+        """Take the configured watches (at start and after a reload) and recompute every ACL.
+
+        A subscription that loses a watch it received is told watch_lost (reason forbidden);
+        one that gets such a watch back, watch_restored.
+        """
         self._watches = {w.name: w for w in watches}
         for conn in self._conns:
+            touched = False
             for sub in conn.subs.values():
+                before = sub.visible
                 sub.visible = self._visible(conn.peer, sub.filter)
+                lost = (before - sub.visible) & self._watches.keys()
+                back = sub.revoked & sub.visible
+                for name in sorted(lost):
+                    line = protocol.watch_lost(
+                        sub.sid, name, self._watches[name].path, LostReason.FORBIDDEN
+                    )
+                    self._notice(sub, line)
+                for name in sorted(back):
+                    line = protocol.watch_restored(sub.sid, name, self._watches[name].path)
+                    self._notice(sub, line)
+                if lost or back:
+                    sub.revoked = (sub.revoked | lost) - back
+                    touched = True
+            if touched:
+                self._pump(conn)
         self._routes.clear()
 
     def set_limits(
@@ -650,6 +684,12 @@ class Broker:
         conn.queued_events += 1
         if conn.queued_events >= self.levels.near_full:
             self.queues_filling = True
+
+    def _notice(self, sub: Subscription, line: bytes) -> None:
+        """Queue a notice for a subscription, after the report of any gap it has."""
+        if sub.drop_count:
+            self._settle(sub)
+        sub.conn.queue.append(line)
 
     def _drop(self, sub: Subscription, seq: int) -> None:
         """Count an event of a subscription as dropped, in its range to be reported."""

@@ -50,6 +50,7 @@ class LostReason(enum.StrEnum):
     DELETED = "deleted"
     UNMOUNTED = "unmounted"
     REMOVED = "removed"
+    FORBIDDEN = "forbidden"
 
 
 class ProtocolError(WatchdError):

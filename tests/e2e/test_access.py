@@ -157,3 +157,27 @@ def test_supplementary_group_is_honoured(start_daemon, watched: Path, workdir: s
     assert proc.returncode == 0, err
     reply = json.loads(out.splitlines()[1])
     assert reply["type"] == "subscribed", reply
+
+
+def test_a_reload_that_revokes_access_says_so(daemon, watched: Path) -> None:
+    proc = as_nobody(daemon.socket, {"op": "subscribe", "id": 1}, want_event=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    for expected in ("hello", "subscribed"):
+        assert expected in proc.stdout.readline()
+    assert proc.stdout.readline().strip() == "READY"
+    daemon.reload(config(
+        daemon_extra='socket_mode = "0666"',
+        watches=watch("public", watched / "public")
+        + watch("secret", watched / "secret", allow_users=["root"])
+        + watch("group", watched / "group", allow_users=["root"])))
+    (watched / "group" / "after").touch()
+    (watched / "public" / "marker").touch()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    msgs = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    lost = [m for m in msgs if m["type"] == "watch_lost"]
+    assert [(m["watch"], m["reason"], m["path"]) for m in lost] == [
+        ("group", "forbidden", str(watched / "group"))]
+    assert not [m for m in msgs if m.get("path", "").startswith(str(watched / "group") + "/")]
