@@ -202,9 +202,9 @@ class ClientProtocol(asyncio.Protocol):
                 self.frame_some()
                 continue
             line = pending.popleft()
+            handled += 1  # blank lines too: a read of nothing but newlines is no free pass
             if line.strip():
                 self.handler.handle_line(conn, line)
-                handled += 1
         more = bool(pending or self.inbox)
         if not more and self.too_long is not None:
             self.broker.reply(conn, self.too_long.reply())
