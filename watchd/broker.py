@@ -246,7 +246,7 @@ class Broker:
         client_queue: int,
         replay_buffer: int,
         max_subscriptions: int,
-        max_patterns: int = 256,
+        max_patterns: int = 64,
         max_paths: int = 256,
         defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
@@ -317,7 +317,7 @@ class Broker:
         client_queue: int,
         replay_buffer: int,
         max_subscriptions: int,
-        max_patterns: int = 256,
+        max_patterns: int = 64,
         max_paths: int = 256,
     ) -> None:
         """Apply new limits (a reload); the replay history keeps its newest events."""

@@ -47,7 +47,7 @@ class DaemonConfig:
     max_clients: int = 1024
     max_clients_per_user: int = 64
     max_subscriptions: int = 64
-    max_patterns: int = 256  # glob patterns in one subscription
+    max_patterns: int = 64  # glob patterns in one subscription
     max_paths: int = 256  # paths in one subscription
     client_queue: int = 10000
     replay_buffer: int = 65536

@@ -34,7 +34,7 @@ from watchd.config import (
 from watchd.errors import ConfigError
 from watchd.events import kinds_mask
 from watchd.inotify import read_limits
-from watchd.server import ClientProtocol, bind_socket, raise_fd_limit
+from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit, trusted
 from watchd.supervisor import BACKOFF_S, STABLE_AFTER_S, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
 from watchd.watcher import tune_gc
@@ -166,9 +166,10 @@ class Daemon:
         # Bound (or taken over) now, served only once the watches are established: a client that
         # connects early waits in the listen queue instead of missing its first changes.
         # max_line_bytes is read per connection, so a reload applies it to later connections.
+        budget = TurnBudget()  # one for every connection
         self.server = await loop.create_unix_server(
             lambda: ClientProtocol(self.broker, self, self.config.daemon.max_line_bytes,
-                                   self.clients), sock=sock, start_serving=False)
+                                   self.clients, budget), sock=sock, start_serving=False)
 
     def socket_name(self) -> str:
         if self.owned_socket_path is not None:
@@ -456,9 +457,10 @@ class Daemon:
     def directories(self) -> int:
         return sum(ws.directories for ws in self.watches.values())
 
-    def sees_all(self, peer: Peer) -> bool:
+    @staticmethod
+    def sees_all(peer: Peer) -> bool:
         """Root and the daemon's own user are shown everything; see docs/security.md."""
-        return peer.uid in (0, os.geteuid())
+        return trusted(peer)
 
     def status_fields(self, peer: Peer | None = None) -> dict[str, Any]:
         """The status reply as this peer may read it (None: everything, for the operator).

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import grp
+import heapq
 import logging
 import math
 import os
@@ -36,6 +37,10 @@ WRITE_LOW_WATER = 64 * 1024
 # Requests handled per connection and turn of the loop: a read of 256 KiB can hold thousands,
 # and handling them all at once would keep every other client waiting meanwhile.
 REQUESTS_PER_TURN = 4
+# Time spent on requests per turn of the loop over all connections; past it, the others wait
+# for the next turn. Many connections flooding costly requests (a subscribe compiles its
+# patterns) then delay a newcomer by about one request each, not by a few each.
+TURN_BUDGET_S = 0.005
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _GROUPS_BUFLEN = 1024  # the most socket.getsockopt accepts
 NGROUPS_MAX = 65536  # Linux's limit on supplementary groups
@@ -105,12 +110,77 @@ def _peer_groups_large(fd: int) -> bytes:
             raise OSError(err, f"getsockopt(SO_PEERGROUPS): {os.strerror(err)}")
 
 
+def trusted(peer: Peer) -> bool:
+    """Root and the daemon's own user: they see everything and are never made to wait."""
+    return peer.uid in (0, os.geteuid())
+
+
+class TurnBudget:
+    """The time requests took in this turn of the loop over every connection, and the
+    connections waiting for a turn, the one that has used the least time first.
+
+    Each connection accounts the time its requests took (`used`). One that begins to wait
+    starts no lower than the last one served, so a newcomer or one that asks little (a ping)
+    goes before those that flood costly requests, and none waits forever.
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.clock = 0.0  # `used` of the connection served last
+        self.waiting: list[tuple[float, int, ClientProtocol]] = []  # a heap
+        self.order = 0  # ties go first come, first served
+        self.scheduled = False
+
+    def spent(self) -> bool:
+        return self.started is not None and time.monotonic() - self.started >= TURN_BUDGET_S
+
+    def begin(self) -> None:
+        """A request is about to be handled: the turn's clock starts at its first."""
+        if self.started is None:
+            self.started = time.monotonic()
+            asyncio.get_running_loop().call_soon(self.next_turn)
+
+    def next_turn(self) -> None:
+        self.started = None
+
+    def wait(self, client: ClientProtocol) -> None:
+        """client has requests left: it gets a turn."""
+        if client.waiting:
+            return
+        client.waiting = True
+        client.used = max(client.used, self.clock)
+        self.order += 1
+        heapq.heappush(self.waiting, (client.used, self.order, client))
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.run)
+
+    def run(self) -> None:
+        """A new turn: the waiting connections, least used first, while time is left."""
+        self.scheduled = False
+        self.started = None
+        for _ in range(len(self.waiting)):
+            if self.spent() or not self.waiting:
+                break
+            used, _, client = heapq.heappop(self.waiting)
+            client.waiting = False
+            self.clock = max(self.clock, used)
+            client.work()  # waits again if it still has requests
+        if self.waiting and not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.run)
+
+
 class ClientProtocol(asyncio.Protocol):
     """One client connection: lines in, bytes out, reading paused while writing is."""
 
     def __init__(self, broker: Broker, handler: Handler, max_line_bytes: int,
-                 registry: set[ClientProtocol]) -> None:
+                 registry: set[ClientProtocol], budget: TurnBudget | None = None) -> None:
         self.broker = broker
+        self.budget = budget or TurnBudget()
+        self.trusted = False
+        self.used = 0.0  # seconds its requests took (see TurnBudget)
+        self.waiting = False  # in budget.waiting
         self.handler = handler
         self.framer = protocol.LineFramer(max_line_bytes)
         self.registry = registry
@@ -126,7 +196,6 @@ class ClientProtocol(asyncio.Protocol):
         self.pending: deque[bytes] = deque()  # complete lines framed and not yet handled
         self.too_long: protocol.LineTooLong | None = None
         self.reading = True
-        self.work_scheduled = False
         self.line_timer: asyncio.TimerHandle | None = None  # a started line's deadline
 
     # The broker's Sink -------------------------------------------------------------------------
@@ -149,6 +218,7 @@ class ClientProtocol(asyncio.Protocol):
             self.transport = None
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        self.trusted = trusted(peer)
         self.conn = self.broker.connect(self, peer)
         self.registry.add(self)
         self.handler.greet(self.conn)
@@ -159,7 +229,13 @@ class ClientProtocol(asyncio.Protocol):
         if self.inbox_at < len(self.inbox):
             data = self.inbox[self.inbox_at:] + data  # only after a pause: rare
         self.inbox, self.inbox_at = data, 0
-        self.work()
+        if self.waiting:
+            return  # its turn comes
+        if self.budget.waiting and not self.trusted:
+            self.budget.wait(self)  # others were first
+            self.update_reading()
+        else:
+            self.work()
 
     def frame_some(self) -> None:
         """Frame the next few lines of the inbox into `pending`."""
@@ -187,15 +263,17 @@ class ClientProtocol(asyncio.Protocol):
             self.inbox, self.inbox_at = b"", 0
 
     def work(self) -> None:
-        """Handle a few pending requests; the rest wait for the next turn of the loop, and
+        """Handle a few pending requests; the rest wait for a later turn of the loop, and
         for the client to read its replies (they count against the same bounds as events)."""
-        self.work_scheduled = False
         conn = self.conn
         if conn is None:
             return
         pending = self.pending
         handled = 0
+        budget = self.budget
         while handled < REQUESTS_PER_TURN and self.writable():
+            if not self.trusted and budget.spent():
+                break
             if not pending:
                 if not self.inbox:
                     break
@@ -204,15 +282,17 @@ class ClientProtocol(asyncio.Protocol):
             line = pending.popleft()
             handled += 1  # blank lines too: a read of nothing but newlines is no free pass
             if line.strip():
+                budget.begin()
+                start = time.monotonic()
                 self.handler.handle_line(conn, line)
+                self.used += time.monotonic() - start
         more = bool(pending or self.inbox)
         if not more and self.too_long is not None:
             self.broker.reply(conn, self.too_long.reply())
             self.close()
             return
-        if more and self.writable() and not self.work_scheduled:
-            self.work_scheduled = True
-            asyncio.get_running_loop().call_soon(self.work)
+        if more and self.writable():
+            self.budget.wait(self)
         self.update_reading()
 
     def update_reading(self) -> None:
@@ -254,6 +334,7 @@ class ClientProtocol(asyncio.Protocol):
         return False  # close our side too: a client that is done writing is done
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # A closed connection left in budget.waiting does nothing when its turn comes.
         if self.line_timer is not None:
             self.line_timer.cancel()
             self.line_timer = None

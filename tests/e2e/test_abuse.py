@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Daemon, Line, config, wait_for, watch
+from tests.harness import NOBODY, Daemon, Line, config, python_for_nobody, wait_for, watch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -190,8 +191,8 @@ def event_latencies(d: Daemon, directory: Path, count: int) -> list[float]:
 
 def test_expensive_filters_at_the_caps_slow_no_one(start_daemon, watched: Path) -> None:
     d = start_daemon(config(watches=watch("w", watched, events=["create"])))
-    for _ in range(3):
-        expensive_subscriptions(d.connect(), 64, 256, 256, watched)
+    for _ in range(3):  # the default caps: 64 subscriptions of 64 patterns and 256 paths
+        expensive_subscriptions(d.connect(), 64, 64, 256, watched)
     late = event_latencies(d, watched, 300)
     print(f"event latency beside 3 x 64 subscriptions at the caps: "
           f"p50 {quantile(late, 0.5):.4f} s, p99 {quantile(late, 0.99):.4f} s")
@@ -210,3 +211,66 @@ def test_filters_past_the_caps_are_refused(start_daemon, watched: Path) -> None:
     assert "daemon.max_paths" in reply["message"]
     reply = line.request({"op": "subscribe", "id": 3, "glob": ["a*"] * 4, "paths": ["/a", "/b"]})
     assert reply["type"] == "subscribed"
+
+
+# Runs as another user: floods subscribes with many patterns of its own on each of N
+# connections, never reads, and holds them until stdin closes.
+FLOODER = r"""
+import json, socket, sys, threading
+path, conns, patterns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def flood(k):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(b"".join(json.dumps({"op": "subscribe", "id": i, "glob": [
+        f"*{k}-{i:02}{j:04}*x?y[ab]*z*" for j in range(patterns)]}).encode() + b"\n"
+        for i in range(64)))
+    held.append(s)
+held = []
+threads = [threading.Thread(target=flood, args=(k,), daemon=True) for k in range(conns)]
+for t in threads:
+    t.start()
+print("FLOODING", flush=True)
+sys.stdin.read()
+"""
+
+# Runs as another user: pings for a while and prints how long each answer took.
+PINGER = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(30)
+s.connect(sys.argv[1])
+f = s.makefile("rb")
+f.readline()
+times, end = [], time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    start = time.monotonic()
+    s.sendall(b'{"op":"ping"}\n')
+    assert json.loads(f.readline())["type"] == "pong"
+    times.append(time.monotonic() - start)
+print(json.dumps(times))
+"""
+
+
+def run_as(uid: int, script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([python_for_nobody(), "-c", script, *args], user=uid, group=uid,
+                            extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd="/")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run clients as other users")
+def test_costly_subscribes_on_many_connections_stall_no_other_user(start_daemon, watched: Path,
+                                                                  workdir: str) -> None:
+    os.chmod(workdir, 0o755)
+    d = start_daemon(config(daemon_extra='socket_mode = "0666"', watches=watch("w", watched)))
+    flooder = run_as(NOBODY, FLOODER, d.socket, "6", "64")
+    assert flooder.stdout is not None and flooder.stdin is not None
+    assert flooder.stdout.readline().strip() == "FLOODING"
+    pinger = run_as(NOBODY - 1, PINGER, d.socket, "3")
+    out, _ = pinger.communicate(timeout=60)
+    times = json.loads(out)
+    flooder.stdin.close()
+    flooder.wait(10)
+    flooder.stdout.close()
+    print(f"ping p90 {quantile(times, 0.9):.4f} s, max {max(times):.4f} s, {len(times)} pings")
+    assert quantile(times, 0.9) < 0.1, sorted(times)[-5:]
+    assert max(times) < 1.0, sorted(times)[-5:]
