@@ -1082,3 +1082,17 @@ def test_keeping_up(paused: bool, paused_at: float, now: float, expected: bool) 
                             max_line_bytes=1024, registry=set())
     client.paused, client.paused_at = paused, paused_at
     assert client.keeping_up(now, settled=1.0) is expected
+
+
+def test_a_replay_that_ends_while_events_are_published_misses_none() -> None:
+    broker = make_broker(client_queue=2)
+    sink, conn = join(broker)
+    sink.open = False
+    live = sub(broker, conn)
+    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 6))))  # live drops 3 of 5
+    replayed = sub(broker, conn, since=0)
+    sink.open = True  # the transport drained; the next publish is the first to look
+    broker.publish("a", 2.0, creates("/a/6"))
+    msgs = sink.messages()
+    assert seqs(msgs, replayed) == [1, 2, 3, 4, 5, 6]
+    assert seqs(msgs, live) == [1, 2, 6]

@@ -481,6 +481,16 @@ class Broker:
         routes = self._routes.get(watch)
         if routes is None:
             routes = self._routes[watch] = self._route(watch)
+        # Connections with lines waiting send them first. That may end a replay, which puts its
+        # subscription among the routes: take them again then.
+        pumped = False
+        for route in routes:
+            conn = route.conn
+            if conn.queue or conn.lagging:
+                self._pump(conn)
+                pumped = True
+        if pumped and watch not in self._routes:
+            routes = self._routes[watch] = self._route(watch)
         # Decide once per batch how each connection is served: the state of a sink only changes
         # when it is written to, which happens after the loop.
         fast: list[_Route] = []  # writable, every subscription simple: all events, no tests
@@ -490,7 +500,7 @@ class Broker:
         outs: list[tuple[Connection, list[bytes]]] = []
         for route in routes:
             out: list[bytes] | None = None
-            if self._direct(route.conn):
+            if not route.conn.queue and route.conn.sink.writable():
                 if route.simple:
                     fast.append(route)
                     continue
@@ -663,12 +673,6 @@ class Broker:
                 simple = all(sub.filter.simple for sub in subs)
                 routes.append(_Route(conn, subs, tuple(sub.prefix for sub in subs), simple))
         return tuple(routes)
-
-    def _direct(self, conn: Connection) -> bool:
-        """Whether lines for this connection may go straight to its sink, bypassing the queue."""
-        if conn.queue or conn.lagging:
-            self._pump(conn)
-        return not conn.queue and conn.sink.writable()
 
     def _queue_event(self, sub: Subscription, seq: int, tail: bytes) -> None:
         """Queue an event line for a connection that is behind, or count it as dropped."""
