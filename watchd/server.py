@@ -381,15 +381,16 @@ class ClientProtocol(asyncio.Protocol):
 def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit (clients each hold one); returns it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = _nr_open()
-    if soft != resource.RLIM_INFINITY and soft < hard:
+    # An unlimited hard limit still stops at the kernel's fs.nr_open.
+    target = _nr_open() if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (OSError, ValueError) as e:
-            log.warning("cannot raise the file descriptor limit from %d to %d: %s", soft, hard, e)
+            log.warning("cannot raise the file descriptor limit from %d to %d: %s",
+                        soft, target, e)
             return soft
-        return hard
+        return target
     return soft
 
 
