@@ -33,6 +33,7 @@ class NullSink:
 @dataclass(frozen=True)
 class Watch:
     name: str
+    path: str = "/srv"
 
     def may_see(self, uid: int, gid: int, groups: frozenset[int]) -> bool:
         return True

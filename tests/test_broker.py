@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watchd import protocol
-from watchd.broker import Broker, Connection, Filter, Peer, QueueLevels
+from watchd.broker import REPLAY_STEP, Broker, Connection, Filter, Peer, QueueLevels
 from watchd.events import KIND_BITS, Kind
 from watchd.protocol import ErrorCode, ProtocolError, Subscribe
 from watchd.server import ClientProtocol
@@ -63,6 +63,7 @@ class FakeWatch:
     name: str
     users: frozenset[int] | None = None
     groups: frozenset[int] | None = None
+    path: str = "/srv"
 
     def may_see(self, uid: int, gid: int, groups: frozenset[int]) -> bool:
         if self.users is None and self.groups is None:
@@ -423,6 +424,15 @@ def test_set_watches_recomputes_the_acl() -> None:
     msgs = sink.messages()
     assert paths(msgs, sid_all) == ["/b/1", "/b/4", "/a/5"]
     assert paths(msgs, sid_b) == ["/b/1", "/b/4"]
+    # Each is told when it loses b to the ACL and when it gets it back (a is gone: the daemon
+    # tells them "removed" before it reloads).
+    notices = [(m["type"], m["subscription"], m["watch"], m.get("reason"))
+               for m in msgs if m["type"] in ("watch_lost", "watch_restored")]
+    assert notices == [
+        ("watch_lost", sid_all, "b", "forbidden"), ("watch_lost", sid_b, "b", "forbidden"),
+        ("watch_restored", sid_all, "b", None), ("watch_restored", sid_b, "b", None)]
+    lost = next(m for m in msgs if m["type"] == "watch_lost")
+    assert lost["path"] == "/srv"
     # A watch a reload added is named in new subscriptions and seen by existing catch-alls.
     broker.set_watches([FakeWatch("a"), FakeWatch("b"), FakeWatch("c")])
     sid_c = sub(broker, conn, watch=("c",))
@@ -646,20 +656,64 @@ def test_since_past_the_last_seq_is_a_bad_request() -> None:
     assert conn.subscriptions == ()
 
 
-def test_replayed_events_are_queued_never_dropped() -> None:
+def test_a_replay_waits_for_the_client_to_read_and_keeps_seq_order() -> None:
     broker = make_broker(client_queue=2, replay_buffer=100)
     broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 21))))
     sink, conn = join(broker)
     sink.open = False
-    sub(broker, conn, since=0)
-    assert conn.queued_events == 20
-    broker.publish("a", 2.0, creates("/a/21"))  # the queue is past client_queue: dropped
+    sid = sub(broker, conn, since=0)
+    assert conn.queued_events == 0  # nothing of it is produced while the client does not read
+    # Live events while the replay is under way: taken from the history in their turn.
+    broker.publish("a", 2.0, creates("/a/21"))
+    broker.overflow("a", "kernel_queue")
+    broker.publish("a", 3.0, creates("/a/22"))
+    assert conn.queued_events == 0
     sink.open = True
     broker.resume(conn)
-    msgs = sink.messages()
-    assert seqs(msgs) == list(range(1, 21))
-    assert msgs[-1]["type"] == "dropped"
-    assert (msgs[-1]["count"], msgs[-1]["first_seq"], msgs[-1]["last_seq"]) == (1, 21, 21)
+    msgs = [m for m in sink.messages()
+            if m.get("subscription") == sid and m["type"] != "subscribed"]
+    assert [m["type"] for m in msgs[:20]] == ["event"] * 20
+    assert [(m["type"], m.get("seq")) for m in msgs[19:]] == [
+        ("event", 20), ("event", 21), ("overflow", 21), ("event", 22)]
+    assert seqs(msgs) == list(range(1, 23))
+    broker.publish("a", 4.0, creates("/a/23"))  # live now
+    assert seqs(sink.take(), sid)[-1] == 23
+    assert not conn.replays
+
+
+def test_a_replay_takes_bounded_steps_between_turns_of_the_loop() -> None:
+    deferred: list[Any] = []
+    broker = Broker(instance=INSTANCE, client_queue=100, replay_buffer=50_000,
+                    max_subscriptions=8, defer=deferred.append)
+    broker.set_watches((FakeWatch("a"), FakeWatch("b")))
+    total = 3 * REPLAY_STEP
+    broker.publish("b", 1.0, creates(*(f"/b/{i}" for i in range(total))))
+    sink, conn = join(broker)
+    sub(broker, conn, since=0, watch=("a",))  # matches none of them: only looking costs
+    assert len(deferred) == 1 and conn.replays
+    turns = 0
+    while deferred:
+        deferred.pop()()
+        turns += 1
+    assert turns == 2 and not conn.replays
+    assert [m["type"] for m in sink.take()] == ["subscribed"]
+
+
+def test_what_the_history_forgets_before_a_replay_reaches_it_is_reported_dropped() -> None:
+    broker = make_broker(client_queue=100, replay_buffer=10)
+    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 11))))
+    broker.publish("b", 1.0, creates("/b/x"))  # seq 11, not for this subscription
+    sink, conn = join(broker)
+    sink.open = False
+    sid = sub(broker, conn, since=1, watch=("a",))
+    broker.publish("a", 2.0, creates(*(f"/a/{i}" for i in range(12, 17))))  # forgets 2..6
+    sink.open = True
+    broker.resume(conn)
+    msgs = [m for m in sink.messages()
+            if m.get("subscription") == sid and m["type"] != "subscribed"]
+    assert msgs[0]["type"] == "dropped"
+    assert (msgs[0]["count"], msgs[0]["first_seq"], msgs[0]["last_seq"]) == (5, 2, 6)
+    assert seqs(msgs) == [7, 8, 9, 10, 12, 13, 14, 15, 16]
 
 
 # --- flow control and drops ----------------------------------------------------------------------
@@ -1028,3 +1082,17 @@ def test_keeping_up(paused: bool, paused_at: float, now: float, expected: bool) 
                             max_line_bytes=1024, registry=set())
     client.paused, client.paused_at = paused, paused_at
     assert client.keeping_up(now, settled=1.0) is expected
+
+
+def test_a_replay_that_ends_while_events_are_published_misses_none() -> None:
+    broker = make_broker(client_queue=2)
+    sink, conn = join(broker)
+    sink.open = False
+    live = sub(broker, conn)
+    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 6))))  # live drops 3 of 5
+    replayed = sub(broker, conn, since=0)
+    sink.open = True  # the transport drained; the next publish is the first to look
+    broker.publish("a", 2.0, creates("/a/6"))
+    msgs = sink.messages()
+    assert seqs(msgs, replayed) == [1, 2, 3, 4, 5, 6]
+    assert seqs(msgs, live) == [1, 2, 6]

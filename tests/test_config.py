@@ -248,7 +248,8 @@ def test_indexes_are_zero_based_and_count_every_watch() -> None:
             "[daemon]\nsockt = 'x'",
             "daemon.sockt",
             "unknown key; the keys allowed here are client_queue, log_level, max_clients,"
-            " max_line_bytes, max_subscriptions, replay_buffer, socket, socket_group,"
+            " max_clients_per_user, max_line_bytes, max_paths, max_patterns,"
+            " max_subscriptions, replay_buffer, request_timeout, socket, socket_group,"
             " socket_mode, watcher_timeout; did you mean 'socket'?",
         ),
         ("[daemon]\nsocket = 5", "daemon.socket", "expected a string, got an integer (5)"),

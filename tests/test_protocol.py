@@ -289,6 +289,7 @@ def test_error_codes_are_the_wire_codes() -> None:
         "too_many_subscriptions",
         "since_expired",
         "line_too_long",
+        "request_timeout",
         "too_many_clients",
     }
 

@@ -10,7 +10,7 @@ the others and never misses anything silently.
 from __future__ import annotations
 
 import json
-import re
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,12 +19,22 @@ from typing import Protocol
 
 from watchd import protocol
 from watchd.events import ALL_KINDS, KIND_BITS, Kind, kinds_mask
-from watchd.globs import compile_globs
-from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError, Subscribe
+from watchd.globs import GlobSet
+from watchd.protocol import (
+    EVENT_HEAD,
+    ErrorCode,
+    JsonScalar,
+    LostReason,
+    ProtocolError,
+    Subscribe,
+)
 
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
 # is overfilled by at most this much, and the syscalls are still batched.
 FLUSH_LINES = 512
+# Held events a replay looks at per turn of the loop and connection before it lets the others
+# have theirs: a replay never holds the loop for long, however selective its filter.
+REPLAY_STEP = 4096
 # Room kept in a connection's queue before it counts as near full (see QueueLevels): the
 # most events one batch from the watcher brings.
 QUEUE_HEADROOM = 1024
@@ -57,6 +67,10 @@ class WatchInfo(Protocol):
     def name(self) -> str:
         """The watch's unique name."""
 
+    @property
+    def path(self) -> str:
+        """The watch's root, as configured."""
+
     def may_see(self, uid: int, gid: int, groups: frozenset[int]) -> bool:
         """Whether a peer with these credentials may receive this watch's events."""
 
@@ -71,7 +85,14 @@ class Peer:
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+# Distinct filters kept compiled: subscriptions asking the same share one Filter (and so one
+# test per event, see publish_reads), and a request repeated costs no compiling.
+FILTER_CACHE = 1024
+
+
+# eq=False: compared and hashed by identity, which is cheap where publish groups subscriptions
+# by filter; equal requests get the same object from the broker's cache.
+@dataclass(frozen=True, slots=True, eq=False)
 class Filter:
     """A subscription's filters; all must match. None (or all kinds) means absent."""
 
@@ -79,7 +100,7 @@ class Filter:
     kinds: int  # the kind bits wanted
     paths: frozenset[str] | None  # exact paths; below any of them is `prefixes`
     prefixes: tuple[str, ...]  # each path with a trailing "/"
-    glob: re.Pattern[str] | None  # every pattern in one regex, matched on the base name
+    glob: GlobSet | None  # matched on the base name
 
     @classmethod
     def of(cls, req: Subscribe) -> Filter:
@@ -87,7 +108,7 @@ class Filter:
         paths = req.paths
         if paths is not None and "/" in paths:
             paths = None  # everything lies below the root
-        glob = None if req.glob is None else compile_globs(req.glob)
+        glob = None if req.glob is None else GlobSet.of(req.glob)
         return cls(
             watches=None if req.watch is None else frozenset(req.watch),
             kinds=_KIND_BITS_ALL if req.events is None else kinds_mask(req.events),
@@ -109,8 +130,15 @@ class Filter:
             self.prefixes
         ):
             return False
-        # The base name starts after the last "/"; match there instead of slicing a copy.
-        return self.glob is None or self.glob.match(path, path.rfind("/") + 1) is not None
+        return self.glob is None or self.glob.match(path[path.rfind("/") + 1 :])
+
+
+@dataclass(eq=False, slots=True)
+class _Cursor:
+    """How far a replay has come: it reads the history as the client reads its lines."""
+
+    pos: int  # the next seq to look at
+    marked: int  # overflow markers at seqs up to this one have been queued
 
 
 @dataclass(eq=False, slots=True)
@@ -125,6 +153,11 @@ class Subscription:
     drop_count: int = 0
     drop_first: int = 0
     drop_last: int = 0
+    # Watches a reload took away from it (it was told watch_lost, reason forbidden).
+    revoked: frozenset[str] = frozenset()
+    # Set while it catches up with `since`: it then takes its events, live ones included, from
+    # the history (in seq order) instead of from publish.
+    replay: _Cursor | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -138,6 +171,9 @@ class Connection:
     queue: deque[bytes] = field(default_factory=deque)
     queued_events: int = 0  # event lines in `queue`: what client_queue bounds
     lagging: dict[str, Subscription] = field(default_factory=dict)  # subs with a dropped range
+    dropped: int = 0  # event lines discarded for this connection (its owner's status)
+    replays: dict[str, Subscription] = field(default_factory=dict)  # subs catching up
+    replay_deferred: bool = False  # a turn of its replays is scheduled
     closed: bool = False
 
     @property
@@ -204,12 +240,26 @@ class Broker:
     """Numbers, serializes, holds and fans out events to the subscriptions of connections."""
 
     def __init__(
-        self, *, instance: str, client_queue: int, replay_buffer: int, max_subscriptions: int
+        self,
+        *,
+        instance: str,
+        client_queue: int,
+        replay_buffer: int,
+        max_subscriptions: int,
+        max_patterns: int = 64,
+        max_paths: int = 256,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.instance = instance
+        # Runs a callback at the next turn of the loop (loop.call_soon), so that a long replay
+        # lets the others be served in between; None replays to the end at once (tests).
+        self._defer = defer
         self.client_queue = client_queue
         self.replay_buffer = replay_buffer
         self.max_subscriptions = max_subscriptions
+        self.max_patterns = max_patterns
+        self.max_paths = max_paths
+        self._filters: dict[tuple[object, ...], Filter] = {}  # see FILTER_CACHE
         self.levels = QueueLevels.of(client_queue)
         # Set when a connection's queue reaches levels.near_full: worth a look at the congestion.
         self.queues_filling = False
@@ -217,6 +267,9 @@ class Broker:
         self.events = 0  # published
         self.dropped = 0  # event lines discarded for slow connections
         self.overflows = 0  # overflow occasions, however many subscriptions were told
+        # The same per watch ("" for every watch at once), for a status limited to some watches.
+        self._events_of: dict[str, int] = {}
+        self._overflows_of: dict[str, int] = {}
         self._encoder = protocol.EventEncoder()
         self._kinds: dict[int, Kind] = {bit: kind for kind, bit in KIND_BITS.items()}
         self._watches: dict[str, WatchInfo] = {}
@@ -224,24 +277,57 @@ class Broker:
         self._held: deque[_Held] = deque(maxlen=replay_buffer)
         self._markers: deque[_Marker] = deque()
         self._routes: dict[str, tuple[_Route, ...]] = {}  # per watch; cleared on any change
+        self._replaying: dict[Subscription, None] = {}  # subscriptions with a replay under way
         self._sids = 0
 
     # --- configuration ---------------------------------------------------------------------------
 
     def set_watches(self, watches: Iterable[WatchInfo]) -> None:
-        """Take the configured watches (at start and after a reload) and recompute every ACL."""
+        """Take the configured watches (at start and after a reload) and recompute every ACL.
+
+        A subscription that loses a watch it received is told watch_lost (reason forbidden);
+        one that gets such a watch back, watch_restored.
+        """
         self._watches = {w.name: w for w in watches}
         for conn in self._conns:
+            touched = False
             for sub in conn.subs.values():
+                before = sub.visible
                 sub.visible = self._visible(conn.peer, sub.filter)
+                lost = (before - sub.visible) & self._watches.keys()
+                back = sub.revoked & sub.visible
+                for name in sorted(lost):
+                    line = protocol.watch_lost(
+                        sub.sid, name, self._watches[name].path, LostReason.FORBIDDEN
+                    )
+                    self._notice(sub, line)
+                for name in sorted(back):
+                    line = protocol.watch_restored(sub.sid, name, self._watches[name].path)
+                    self._notice(sub, line)
+                if lost or back:
+                    sub.revoked = (sub.revoked | lost) - back
+                    touched = True
+            if touched:
+                self._pump(conn)
         self._routes.clear()
 
-    def set_limits(self, *, client_queue: int, replay_buffer: int, max_subscriptions: int) -> None:
+    def set_limits(
+        self,
+        *,
+        client_queue: int,
+        replay_buffer: int,
+        max_subscriptions: int,
+        max_patterns: int = 64,
+        max_paths: int = 256,
+    ) -> None:
         """Apply new limits (a reload); the replay history keeps its newest events."""
         self.client_queue = client_queue
         self.levels = QueueLevels.of(client_queue)
         self.max_subscriptions = max_subscriptions
+        self.max_patterns = max_patterns
+        self.max_paths = max_paths
         if replay_buffer != self.replay_buffer:
+            self._before_evict(len(self._held) - replay_buffer)
             self.replay_buffer = replay_buffer
             self._held = deque(self._held, maxlen=replay_buffer)
             self._prune_markers()
@@ -260,6 +346,9 @@ class Broker:
     def disconnect(self, conn: Connection) -> None:
         """Forget a connection: its subscriptions, its queue and its dropped ranges."""
         conn.closed = True
+        for sub in conn.replays.values():
+            self._replaying.pop(sub, None)
+        conn.replays.clear()
         conn.subs.clear()
         conn.lagging.clear()
         conn.queue.clear()
@@ -293,9 +382,9 @@ class Broker:
             )
         if req.since is not None:
             self._check_since(req.since, req.instance, req.id)
+        flt = self._filter(req)
         self._sids += 1
         sid = f"s{self._sids}"
-        flt = Filter.of(req)
         sub = Subscription(
             sid=sid,
             conn=conn,
@@ -305,11 +394,13 @@ class Broker:
         )
         conn.subs[sid] = sub
         self._routes.clear()
-        # The reply's seq and the replay are taken at the same instant as the subscription starts
-        # to receive live events, so the client sees every seq after `since` exactly once.
         conn.queue.append(protocol.subscribed(req.id, sid, self.last_seq))
         if req.since is not None:
-            self._replay(sub, req.since)
+            # The replay reads the history up to the newest event, live ones included, and only
+            # then hands the subscription to publish: every seq after `since` once, in order.
+            sub.replay = _Cursor(pos=req.since + 1, marked=req.since - 1)
+            conn.replays[sid] = sub
+            self._replaying[sub] = None
         self._pump(conn)
         return sid
 
@@ -323,6 +414,8 @@ class Broker:
                 req_id,
             )
         self._routes.clear()
+        if sub.replay is not None:
+            self._end_replay(sub)
         if sub.drop_count:
             self._settle(sub)  # its gap is still news to the client
         conn.queue.append(protocol.unsubscribed(req_id, sid))
@@ -350,6 +443,24 @@ class Broker:
             "oldest": self.oldest,
         }
 
+    def stats_for(self, uid: int, visible: Iterable[str]) -> dict[str, int]:
+        """stats() as a peer that sees only some watches may read them.
+
+        Counters of events and overflows cover the visible watches; clients, subscriptions and
+        drops those of the peer's own user, so that nothing is told of the others' activity.
+        """
+        mine = [conn for conn in self._conns if conn.peer.uid == uid]
+        names = set(visible)
+        return {
+            "clients": len(mine),
+            "subscriptions": sum(len(conn.subs) for conn in mine),
+            "events": sum(n for w, n in self._events_of.items() if w in names),
+            "dropped": sum(conn.dropped for conn in mine),
+            "overflows": sum(n for w, n in self._overflows_of.items() if w in names or not w),
+            "seq": self.last_seq,
+            "oldest": self.oldest,
+        }
+
     # --- events and notices ----------------------------------------------------------------------
 
     def publish(self, watch: str, time: float, items: list[Item]) -> None:
@@ -362,8 +473,23 @@ class Broker:
         A daemon that fell behind finds many small batches waiting; handing them on together
         costs one write per connection instead of one per batch.
         """
+        if self._replaying:
+            # What the history is about to forget, replays that have not reached it count as
+            # dropped (asked for again, it is since_expired: the client then rescans).
+            incoming = sum(len(items) for _, items in reads)
+            self._before_evict(len(self._held) + incoming - self.replay_buffer)
         routes = self._routes.get(watch)
         if routes is None:
+            routes = self._routes[watch] = self._route(watch)
+        # Connections with lines waiting send them first. That may end a replay, which puts its
+        # subscription among the routes: take them again then.
+        pumped = False
+        for route in routes:
+            conn = route.conn
+            if conn.queue or conn.lagging:
+                self._pump(conn)
+                pumped = True
+        if pumped and watch not in self._routes:
             routes = self._routes[watch] = self._route(watch)
         # Decide once per batch how each connection is served: the state of a sink only changes
         # when it is written to, which happens after the loop.
@@ -374,7 +500,7 @@ class Broker:
         outs: list[tuple[Connection, list[bytes]]] = []
         for route in routes:
             out: list[bytes] | None = None
-            if self._direct(route.conn):
+            if not route.conn.queue and route.conn.sink.writable():
                 if route.simple:
                     fast.append(route)
                     continue
@@ -388,6 +514,8 @@ class Broker:
         tail_of = self._encoder.tail
         hold = self._held.append
         tails: list[bytes] = []
+        batch: list[_Held] = []  # for the filters, when there are any
+        keep = batch.append if general else None
         seq = self.last_seq
         for time, items in reads:
             for mask, cookie, path, src_path in items:
@@ -397,22 +525,30 @@ class Broker:
                     continue  # not exactly one kind bit: nothing a client could be told
                 seq += 1
                 tail = tail_of(seq, time, watch, kind, path, mask, cookie, src_path)
-                hold((seq, watch, bit, path, tail))
+                entry = (seq, watch, bit, path, tail)
+                hold(entry)
                 tails.append(tail)
-                for flt, targets in general:
-                    if flt.matches(bit, path):
-                        for sub, sink_out in targets:
-                            if sink_out is None:
-                                self._queue_event(sub, seq, tail)
-                            else:
-                                sink_out.append(sub.prefix)
-                                sink_out.append(tail)
-        self.events += seq - self.last_seq
+                if keep is not None:
+                    keep(entry)
+        published = seq - self.last_seq
+        if published:
+            self.events += published
+            self._events_of[watch] = self._events_of.get(watch, 0) + published
         self.last_seq = seq
 
+        # Subscribers without filters first: what others' filters cost never delays them.
         if tails:
             for route in fast:
                 route.conn.sink.write(_interleave(route.prefixes, tails))
+        for seq, _, bit, path, tail in batch:
+            for flt, targets in general:
+                if flt.matches(bit, path):
+                    for sub, sink_out in targets:
+                        if sink_out is None:
+                            self._queue_event(sub, seq, tail)
+                        else:
+                            sink_out.append(sub.prefix)
+                            sink_out.append(tail)
         for conn, chunks in outs:
             if chunks:
                 conn.sink.write(chunks)
@@ -420,6 +556,7 @@ class Broker:
     def overflow(self, watch: str | None, reason: str) -> None:
         """Tell the subscribers of a watch (all, for None) that events may have been lost here."""
         self.overflows += 1
+        self._overflows_of[watch or ""] = self._overflows_of.get(watch or "", 0) + 1
         seq = self.last_seq
         marker = _Marker(seq, watch, reason)
         # The same occasion twice at one seq tells a re-subscriber nothing new; skipping it also
@@ -427,7 +564,8 @@ class Broker:
         if not self._marked(marker):
             self._markers.append(marker)
             self._prune_markers()
-        self._notify(watch, lambda sid: protocol.overflow(sid, seq, reason, watch))
+        # A replay under way meets the marker in the history, in its place among the events.
+        self._notify(watch, lambda sid: protocol.overflow(sid, seq, reason, watch), live_only=True)
 
     def watch_lost(self, watch: str, path: str, reason: str) -> None:
         """Tell a watch's subscribers that its root went away (call before a reload removes it)."""
@@ -459,6 +597,30 @@ class Broker:
                     "(its allow_users / allow_groups); ask the administrator",
                     req.id,
                 )
+
+    def _filter(self, req: Subscribe) -> Filter:
+        """The request's filter within the caps, compiled once per distinct request."""
+        for name, items, cap, key in (
+            ("glob", req.glob, self.max_patterns, "max_patterns"),
+            ("paths", req.paths, self.max_paths, "max_paths"),
+        ):
+            if items is not None and len(items) > cap:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f'"{name}": {len(items)} given, more than one subscription may have '
+                    f"(daemon.{key} = {cap}); split it over several subscriptions",
+                    req.id,
+                )
+        key_of = tuple(
+            None if v is None else tuple(v)
+            for v in (req.watch, req.events, req.paths, req.glob)
+        )
+        flt = self._filters.get(key_of)
+        if flt is None:
+            if len(self._filters) >= FILTER_CACHE:
+                del self._filters[next(iter(self._filters))]  # the oldest
+            flt = self._filters[key_of] = Filter.of(req)
+        return flt
 
     def _check_since(self, since: int, instance: str | None, req_id: JsonScalar) -> None:
         oldest = self.oldest
@@ -502,28 +664,21 @@ class Broker:
     def _route(self, watch: str) -> tuple[_Route, ...]:
         routes = []
         for conn in self._conns:
-            subs = tuple(sub for sub in conn.subs.values() if watch in sub.visible)
+            subs = tuple(
+                sub
+                for sub in conn.subs.values()
+                if watch in sub.visible and sub.replay is None
+            )
             if subs:
                 simple = all(sub.filter.simple for sub in subs)
                 routes.append(_Route(conn, subs, tuple(sub.prefix for sub in subs), simple))
         return tuple(routes)
 
-    def _direct(self, conn: Connection) -> bool:
-        """Whether lines for this connection may go straight to its sink, bypassing the queue."""
-        if conn.queue or conn.lagging:
-            self._pump(conn)
-        return not conn.queue and conn.sink.writable()
-
     def _queue_event(self, sub: Subscription, seq: int, tail: bytes) -> None:
         """Queue an event line for a connection that is behind, or count it as dropped."""
         conn = sub.conn
         if conn.queued_events >= self.client_queue:
-            if not sub.drop_count:
-                sub.drop_first = seq
-                conn.lagging[sub.sid] = sub
-            sub.drop_count += 1
-            sub.drop_last = seq
-            self.dropped += 1
+            self._drop(sub, seq)
             return
         if sub.drop_count:
             # _pump reports gaps as soon as there is room, so this only guards the order: a
@@ -534,6 +689,22 @@ class Broker:
         if conn.queued_events >= self.levels.near_full:
             self.queues_filling = True
 
+    def _notice(self, sub: Subscription, line: bytes) -> None:
+        """Queue a notice for a subscription, after the report of any gap it has."""
+        if sub.drop_count:
+            self._settle(sub)
+        sub.conn.queue.append(line)
+
+    def _drop(self, sub: Subscription, seq: int) -> None:
+        """Count an event of a subscription as dropped, in its range to be reported."""
+        if not sub.drop_count:
+            sub.drop_first = seq
+            sub.conn.lagging[sub.sid] = sub
+        sub.drop_count += 1
+        sub.drop_last = seq
+        self.dropped += 1
+        sub.conn.dropped += 1
+
     def _settle(self, sub: Subscription) -> None:
         """Queue the `dropped` notice of a subscription's gap and start a new range."""
         sub.conn.queue.append(
@@ -543,27 +714,137 @@ class Broker:
         sub.conn.lagging.pop(sub.sid, None)
 
     def _pump(self, conn: Connection) -> None:
-        """Move queued lines to the sink while it is writable; report gaps once there is room."""
+        """Move queued lines to the sink while it is writable; report gaps once there is room;
+        go on with replays while the sink takes their lines (a bounded step per turn)."""
         if conn.closed:
             return
         queue = conn.queue
         sink = conn.sink
+        budget = REPLAY_STEP
         while True:
             while queue and sink.writable():
                 chunk = [queue.popleft() for _ in range(min(len(queue), FLUSH_LINES))]
                 # Event lines, and no other line, begin with EVENT_HEAD.
                 conn.queued_events -= sum(1 for line in chunk if line.startswith(EVENT_HEAD))
                 sink.write(chunk)
-            if not conn.lagging or (queue and conn.queued_events >= self.client_queue):
+            if conn.lagging and not (queue and conn.queued_events >= self.client_queue):
+                for sub in list(conn.lagging.values()):
+                    self._settle(sub)
+                continue
+            # A replay is produced only as fast as the client reads it: nothing of it waits in
+            # the queue while the sink is paused.
+            if not conn.replays or queue or not sink.writable():
                 return
-            for sub in list(conn.lagging.values()):
-                self._settle(sub)
+            if budget <= 0:
+                if self._defer is not None:
+                    if not conn.replay_deferred:
+                        conn.replay_deferred = True
+                        self._defer(lambda: self._replay_turn(conn))
+                    return
+                budget = REPLAY_STEP
+            sub = next(iter(conn.replays.values()))
+            cur = sub.replay
+            assert cur is not None
+            budget -= self._advance(sub, min(self.last_seq + 1, cur.pos + budget), FLUSH_LINES)
 
-    def _notify(self, watch: str | None, line_for: Callable[[str], bytes]) -> None:
-        """Queue a notice to every subscription concerned by a watch (all of them for None)."""
+    def _replay_turn(self, conn: Connection) -> None:
+        conn.replay_deferred = False
+        self._pump(conn)
+
+    def _advance(self, sub: Subscription, stop: int, max_lines: int | None) -> int:
+        """Move a replay through the history up to seq `stop` (excluded); returns how many
+        held events it looked at.
+
+        With max_lines, it queues what matches and stops after that many lines; with None,
+        what matches counts as dropped (the history is about to forget it). A replay that
+        reaches the newest event ends: the subscription then takes live events.
+        """
+        cur = sub.replay
+        assert cur is not None
+        conn = sub.conn
+        oldest = self.oldest
+        if cur.pos < oldest:  # not expected (see _before_evict), but never silent
+            for seq in range(cur.pos, oldest):
+                self._drop(sub, seq)
+            cur.pos = oldest
+        flt = sub.filter
+        visible = sub.visible
+        queue = conn.queue
+        prefix = sub.prefix
+        next_mark = self._next_marker(cur.marked)
+        start = cur.pos - oldest
+        pos = cur.pos
+        lines = 0
+        for seq, watch, bit, path, tail in islice(self._held, start, start + stop - cur.pos):
+            if seq - 1 >= next_mark:
+                self._replay_markers(sub, seq - 1)
+                next_mark = self._next_marker(cur.marked)
+            pos = seq + 1
+            if watch in visible and flt.matches(bit, path):
+                if max_lines is None:
+                    self._drop(sub, seq)
+                    continue
+                if sub.drop_count:
+                    self._settle(sub)
+                queue.append(prefix + tail)
+                conn.queued_events += 1
+                lines += 1
+                if lines >= max_lines:
+                    break
+        examined = pos - cur.pos
+        cur.pos = pos
+        if pos > self.last_seq:
+            self._replay_markers(sub, self.last_seq)
+            self._end_replay(sub)
+        return examined
+
+    def _next_marker(self, after: int) -> float:
+        """The seq of the first overflow marker past `after` (inf when there is none)."""
+        for marker in self._markers:
+            if marker.seq > after:
+                return marker.seq
+        return math.inf
+
+    def _replay_markers(self, sub: Subscription, upto: int) -> None:
+        """Queue the overflow markers a replay passes, up to seq `upto`, in their place."""
+        cur = sub.replay
+        assert cur is not None
+        for marker in self._markers:
+            if cur.marked < marker.seq <= upto and (
+                marker.watch is None or marker.watch in sub.visible
+            ):
+                if sub.drop_count:
+                    self._settle(sub)
+                sub.conn.queue.append(self._marker_line(sub.sid, marker))
+        cur.marked = max(cur.marked, upto)
+
+    def _end_replay(self, sub: Subscription) -> None:
+        sub.replay = None
+        sub.conn.replays.pop(sub.sid, None)
+        self._replaying.pop(sub, None)
+        self._routes.clear()  # it takes live events from now on
+
+    def _before_evict(self, count: int) -> None:
+        """The `count` oldest held events are about to be forgotten: replays that have not
+        reached them yet count what of them they match as dropped."""
+        if count <= 0:
+            return
+        first_kept = self.oldest + count
+        for sub in list(self._replaying):
+            cur = sub.replay
+            if cur is not None and cur.pos < first_kept:
+                self._advance(sub, first_kept, None)
+
+    def _notify(
+        self, watch: str | None, line_for: Callable[[str], bytes], *, live_only: bool = False
+    ) -> None:
+        """Queue a notice to every subscription concerned by a watch (all of them for None);
+        live_only leaves out replays under way."""
         for conn in self._conns:
             touched = False
             for sub in conn.subs.values():
+                if live_only and sub.replay is not None:
+                    continue
                 if watch is None or watch in sub.visible:
                     if sub.drop_count:
                         self._settle(sub)
@@ -571,32 +852,6 @@ class Broker:
                     touched = True
             if touched:
                 self._pump(conn)
-
-    def _replay(self, sub: Subscription, since: int) -> None:
-        """Queue the held events after `since` that a new subscription matches, overflows included.
-
-        Replayed lines are queued whatever the queue holds: they are bounded by the history.
-        """
-        conn = sub.conn
-        flt = sub.filter
-        visible = sub.visible
-        queue = conn.queue
-        # A marker at seq s sits between events s and s + 1; one at `since` itself may not have
-        # reached the client before it went away, so it is replayed.
-        markers = [
-            m for m in self._markers if m.seq >= since and (m.watch is None or m.watch in visible)
-        ]
-        m = 0
-        start = max(0, since + 1 - self.oldest)  # held seqs are consecutive
-        for seq, watch, bit, path, tail in islice(self._held, start, None):
-            while m < len(markers) and markers[m].seq < seq:
-                queue.append(self._marker_line(sub.sid, markers[m]))
-                m += 1
-            if watch in visible and flt.matches(bit, path):
-                queue.append(sub.prefix + tail)
-                conn.queued_events += 1
-        for marker in markers[m:]:
-            queue.append(self._marker_line(sub.sid, marker))
 
     @staticmethod
     def _marker_line(sid: str, marker: _Marker) -> bytes:

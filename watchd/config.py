@@ -10,6 +10,7 @@ import math
 import os
 import pwd
 import re
+import resource
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -28,6 +29,12 @@ _MAX_ID: Final = 2**32 - 2  # (uid_t) -1 means "no change" to the kernel, so it 
 # sun_path holds 108 bytes with the terminating NUL.
 _MAX_SOCKET_PATH: Final = 107
 _KIND_LIST: Final = ", ".join(k.value for k in Kind)
+# Connections root and the daemon's own user may open beyond daemon.max_clients, so that the
+# others filling every slot cannot lock the administrator out.
+RESERVED_CLIENTS: Final = 8
+# File descriptors the daemon needs besides its clients: the listening socket, the watcher's
+# pipes (two watchers for a moment while one is replaced), logging, the notify socket, stdio.
+FD_RESERVE: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +46,14 @@ class DaemonConfig:
     socket_group: int | None = None  # a gid, resolved from a name when the file gives one
     log_level: str = "info"
     max_clients: int = 1024
+    max_clients_per_user: int = 64
     max_subscriptions: int = 64
+    max_patterns: int = 64  # glob patterns in one subscription
+    max_paths: int = 256  # paths in one subscription
     client_queue: int = 10000
     replay_buffer: int = 65536
     max_line_bytes: int = 65536
+    request_timeout: float = 10.0
     watcher_timeout: float = 10.0
 
 
@@ -124,7 +135,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(
             file, "", f"not UTF-8 text: byte 0x{data[e.start]:02x} on line {line}; save it as UTF-8"
         ) from e
-    return resolve_paths(parse_config(text, file))
+    config = resolve_paths(parse_config(text, file))
+    check_fd_limit(config)
+    return config
 
 
 def resolve_paths(config: Config) -> Config:
@@ -148,6 +161,27 @@ def resolve_paths(config: Config) -> Config:
         resolved = real if real != watch.path else ""
         watches.append(dataclasses.replace(watch, resolved=resolved))
     return dataclasses.replace(config, watches=tuple(watches))
+
+
+def fds_needed(daemon: DaemonConfig) -> int:
+    """The file descriptors the daemon needs at most with this configuration."""
+    return daemon.max_clients + RESERVED_CLIENTS + FD_RESERVE
+
+
+def check_fd_limit(config: Config) -> None:
+    """Refuse a max_clients the hard RLIMIT_NOFILE cannot hold (the daemon raises its soft
+    limit up to the hard one at start); raises ConfigError."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    need = fds_needed(config.daemon)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        most = hard - RESERVED_CLIENTS - FD_RESERVE
+        raise ConfigError(
+            config.path,
+            "daemon.max_clients",
+            f"{config.daemon.max_clients} clients need {need} file descriptors, more than the "
+            f"limit of this process allows (RLIMIT_NOFILE {hard}); lower max_clients to "
+            f"{max(most, 0)} or less, or raise the limit (LimitNOFILE= in the unit, ulimit -Hn)",
+        )
 
 
 def parse_config(text: str, path: str) -> Config:
@@ -359,7 +393,7 @@ def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
                     f"unknown log level {_show(level)}; expected one of {', '.join(LOG_LEVELS)}",
                 )
             values[key] = level
-        elif key == "watcher_timeout":
+        elif key in ("watcher_timeout", "request_timeout"):
             values[key] = r.positive_number(value, full)
         else:
             values[key] = r.positive_int(value, full)
@@ -457,14 +491,18 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
 
 
 __all__ = [
+    "FD_RESERVE",
     "LOG_LEVELS",
+    "RESERVED_CLIENTS",
     "RESTART_KEYS",
     "WATCH_KEYS",
     "Config",
     "ConfigDiff",
     "DaemonConfig",
     "WatchConfig",
+    "check_fd_limit",
     "diff_config",
+    "fds_needed",
     "load_config",
     "parse_config",
     "resolve_paths",

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import math
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -19,12 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watchd import __version__, channel, protocol
-from watchd.broker import Broker, Connection
-from watchd.config import Config, ConfigDiff, WatchConfig, diff_config, load_config
+from watchd.broker import Broker, Connection, Peer
+from watchd.config import (
+    RESERVED_CLIENTS,
+    Config,
+    ConfigDiff,
+    WatchConfig,
+    diff_config,
+    load_config,
+)
 from watchd.errors import ConfigError
 from watchd.events import kinds_mask
 from watchd.inotify import read_limits
-from watchd.server import ClientProtocol, bind_socket
+from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit, trusted
 from watchd.supervisor import BACKOFF_S, STABLE_AFTER_S, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
 from watchd.watcher import tune_gc
@@ -45,6 +55,8 @@ EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while a scan is still running
 PROGRESS_INTERVAL_S = 1.0  # at most this often a STATUS= line of a long scan
 SHUTDOWN_GRACE_S = 2.0  # for clients to read what was buffered for them at a stop
 RELOAD_WAIT_S = 30.0  # how long a reload waits for the watcher before READY=1 all the same
+# What accept fails with when the process or the system is out of descriptors or memory.
+ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(slots=True)
@@ -87,7 +99,10 @@ class Daemon:
         self.instance = secrets.token_hex(8)
         self.broker = Broker(instance=self.instance, client_queue=config.daemon.client_queue,
                              replay_buffer=config.daemon.replay_buffer,
-                             max_subscriptions=config.daemon.max_subscriptions)
+                             max_subscriptions=config.daemon.max_subscriptions,
+                             max_patterns=config.daemon.max_patterns,
+                             max_paths=config.daemon.max_paths,
+                             defer=lambda fn: asyncio.get_running_loop().call_soon(fn))
         self.broker.set_watches(config.watches)
         self.watches = {w.name: WatchState(w) for w in config.watches}
         self.clients: set[ClientProtocol] = set()
@@ -107,6 +122,10 @@ class Daemon:
         self.stall_spent = False  # the limit was reached; wait for a subscriber to catch up
         self.last_progress = -PROGRESS_INTERVAL_S
         self.lost: set[str] = set()  # watches whose subscribers were told watch_lost
+        # fs.inotify.max_user_watches for status, with when it was read: reading /proc costs
+        # more than the rest of a status reply, and anyone may ask for thousands of them.
+        self.max_user_watches: tuple[float, int | None] = (-math.inf, None)
+        self.accept_failing = False  # out of descriptors: logged once until an accept works
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -136,6 +155,8 @@ class Daemon:
         return 0
 
     async def start_server(self, loop: asyncio.AbstractEventLoop) -> None:
+        raise_fd_limit()  # each client holds a descriptor; load_config checked the hard limit
+        loop.set_exception_handler(self.on_loop_exception)
         sock = self.listen
         if sock is None:
             d = self.config.daemon
@@ -145,9 +166,10 @@ class Daemon:
         # Bound (or taken over) now, served only once the watches are established: a client that
         # connects early waits in the listen queue instead of missing its first changes.
         # max_line_bytes is read per connection, so a reload applies it to later connections.
+        budget = TurnBudget()  # one for every connection
         self.server = await loop.create_unix_server(
             lambda: ClientProtocol(self.broker, self, self.config.daemon.max_line_bytes,
-                                   self.clients), sock=sock, start_serving=False)
+                                   self.clients, budget), sock=sock, start_serving=False)
 
     def socket_name(self) -> str:
         if self.owned_socket_path is not None:
@@ -313,8 +335,47 @@ class Daemon:
 
     # -- clients -------------------------------------------------------------------------------
 
-    def may_connect(self) -> bool:
-        return len(self.clients) < self.config.daemon.max_clients
+    def may_connect(self, peer: Peer) -> str | None:
+        """None to serve a new connection from peer, or why not.
+
+        Root and the daemon's own user have RESERVED_CLIENTS slots beyond max_clients and no
+        per-user cap, so that the others filling every slot never lock the administrator out.
+        """
+        if self.accept_failing:
+            self.accept_failing = False
+            log.info("accepting connections again")
+        d = self.config.daemon
+        if self.sees_all(peer):
+            if len(self.clients) < d.max_clients + RESERVED_CLIENTS:
+                return None
+            return ("the daemon serves its maximum number of clients (daemon.max_clients, and "
+                    "the slots kept for root); try again later")
+        if len(self.clients) >= d.max_clients:
+            return ("the daemon serves its maximum number of clients (daemon.max_clients); "
+                    "try again later")
+        mine = sum(1 for c in self.clients if c.conn is not None and c.conn.peer.uid == peer.uid)
+        if mine >= d.max_clients_per_user:
+            return (f"uid {peer.uid} already holds {mine} connections, the most one user may "
+                    "(daemon.max_clients_per_user); close one and try again")
+        return None
+
+    def request_timeout(self) -> float:
+        return self.config.daemon.request_timeout
+
+    def on_loop_exception(self, loop: asyncio.AbstractEventLoop,
+                          context: dict[str, Any]) -> None:
+        """asyncio reports each failed accept (and retries a second later): one line per run
+        of failures instead of a traceback for each."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in ACCEPT_RESOURCE_ERRORS:
+            if not self.accept_failing:
+                self.accept_failing = True
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                log.error("cannot accept new connections: %s (open file limit %d, %d clients); "
+                          "retrying every second until resources are freed",
+                          exc.strerror, soft, len(self.clients))
+            return
+        loop.default_exception_handler(context)
 
     def greet(self, conn: Connection) -> None:
         self.broker.reply(conn, protocol.hello(__version__, os.getpid(), self.instance,
@@ -326,7 +387,8 @@ class Daemon:
             if isinstance(request, protocol.Ping):
                 self.broker.reply(conn, protocol.pong(request.id))
             elif isinstance(request, protocol.Status):
-                self.broker.reply(conn, protocol.status(request.id, self.status_fields()))
+                self.broker.reply(conn, protocol.status(request.id,
+                                                        self.status_fields(conn.peer)))
             elif isinstance(request, protocol.Subscribe):
                 self.broker.subscribe(conn, request)
                 self.congestion_changed()  # a newcomer is not behind: no reason to hold back
@@ -395,9 +457,31 @@ class Daemon:
     def directories(self) -> int:
         return sum(ws.directories for ws in self.watches.values())
 
-    def status_fields(self) -> dict[str, Any]:
-        stats = self.broker.stats()
-        limits = read_limits()
+    @staticmethod
+    def sees_all(peer: Peer) -> bool:
+        """Root and the daemon's own user are shown everything; see docs/security.md."""
+        return trusted(peer)
+
+    def status_fields(self, peer: Peer | None = None) -> dict[str, Any]:
+        """The status reply as this peer may read it (None: everything, for the operator).
+
+        A peer other than root or the daemon's user is shown only the watches it may see, and
+        totals over those watches and over its own user's connections: what the ACLs hide must
+        not show through a name, a path or a count.
+        """
+        if peer is None or self.sees_all(peer):
+            shown = list(self.watches.values())
+            stats = self.broker.stats()
+            reload_error = self.counters.last_reload_error
+            view = "full"
+        else:
+            shown = [ws for ws in self.watches.values()
+                     if ws.config.may_see(peer.uid, peer.gid, peer.groups)]
+            stats = self.broker.stats_for(peer.uid, (ws.config.name for ws in shown))
+            # The message may quote any watch of the file.
+            reload_error = (None if self.counters.last_reload_error is None
+                            else "the last reload was refused; the daemon's log says why")
+            view = "limited"
         fields: dict[str, Any] = {
             "pid": os.getpid(),
             "instance": self.instance,
@@ -405,24 +489,34 @@ class Daemon:
             "seq": self.broker.last_seq,
             "config": self.config.path,
             "reloads": self.counters.reloads,
-            "last_reload_error": self.counters.last_reload_error,
+            "last_reload_error": reload_error,
+            "view": view,
             "clients": stats["clients"],
             "subscriptions": stats["subscriptions"],
             "events": stats["events"],
             "dropped": stats["dropped"],
             "overflows": stats["overflows"],
-            "watches": [self.watch_status(ws) for ws in self.watches.values()],
+            "watches": [self.watch_status(ws) for ws in shown],
             "version": __version__,
             "watcher": {
                 "pid": self.watcher.pid if self.watcher is not None else None,
                 "restarts": self.counters.watcher_restarts,
                 "crashes_in_a_row": self.counters.crashes_in_a_row,
             },
-            "inotify_watches": self.directories(),
-            "max_user_watches": limits.max_user_watches,
+            "inotify_watches": sum(ws.directories for ws in shown),
+            "max_user_watches": self.user_watch_limit(),
             "restart_needed": list(self.counters.restart_needed),
         }
         return fields
+
+    def user_watch_limit(self) -> int | None:
+        """fs.inotify.max_user_watches, read again at most once a second."""
+        now = time.monotonic()
+        read_at, value = self.max_user_watches
+        if now - read_at >= TICK_S:
+            value = read_limits().max_user_watches
+            self.max_user_watches = (now, value)
+        return value
 
     @staticmethod
     def watch_status(ws: WatchState) -> dict[str, Any]:
@@ -529,7 +623,8 @@ class Daemon:
         self.counters.last_reload_error = None
         self.counters.restart_needed = diff.restart_needed
         self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
-                               max_subscriptions=d.max_subscriptions)
+                               max_subscriptions=d.max_subscriptions,
+                               max_patterns=d.max_patterns, max_paths=d.max_paths)
         if self.watcher is not None:
             self.watcher.merge_max = self.merge_limit()
         self.congestion_changed()  # the levels may have moved

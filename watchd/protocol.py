@@ -33,6 +33,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     SINCE_EXPIRED = "since_expired"
     LINE_TOO_LONG = "line_too_long"
+    REQUEST_TIMEOUT = "request_timeout"
     TOO_MANY_CLIENTS = "too_many_clients"
 
 
@@ -49,6 +50,7 @@ class LostReason(enum.StrEnum):
     DELETED = "deleted"
     UNMOUNTED = "unmounted"
     REMOVED = "removed"
+    FORBIDDEN = "forbidden"
 
 
 class ProtocolError(WatchdError):

@@ -9,15 +9,19 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import ctypes
 import errno
 import grp
+import heapq
 import logging
 import math
 import os
+import resource
 import socket
 import stat
 import struct
 import time
+from collections import deque
 from typing import Protocol
 
 from watchd import protocol
@@ -30,7 +34,16 @@ log = logging.getLogger("watchd.server")
 # queue in the broker (where they are counted against daemon.client_queue).
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+# Requests handled per connection and turn of the loop: a read of 256 KiB can hold thousands,
+# and handling them all at once would keep every other client waiting meanwhile.
+REQUESTS_PER_TURN = 4
+# Time spent on requests per turn of the loop over all connections; past it, the others wait
+# for the next turn. Many connections flooding costly requests (a subscribe compiles its
+# patterns) then delay a newcomer by about one request each, not by a few each.
+TURN_BUDGET_S = 0.005
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
+_GROUPS_BUFLEN = 1024  # the most socket.getsockopt accepts
+NGROUPS_MAX = 65536  # Linux's limit on supplementary groups
 _UCRED = struct.Struct("3i")
 
 
@@ -39,7 +52,11 @@ class ServerError(WatchdError):
 
 
 class Handler(Protocol):
-    def may_connect(self) -> bool: ...
+    def may_connect(self, peer: Peer) -> str | None:
+        """None to serve this peer, or why it is refused (too_many_clients)."""
+
+    def request_timeout(self) -> float:
+        """Seconds a started request line may take to be finished."""
 
     def greet(self, conn: Connection) -> None: ...
 
@@ -52,19 +69,118 @@ def peer_of(sock: socket.socket) -> Peer:
     """The credentials of the process at the other end (SO_PEERCRED, SO_PEERGROUPS)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    groups: frozenset[int] = frozenset()
-    with contextlib.suppress(OSError):
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
-        groups = frozenset(array.array("I", raw[: len(raw) - len(raw) % 4]))
-    return Peer(uid=uid, gid=gid, groups=groups, pid=pid)
+    return Peer(uid=uid, gid=gid, groups=peer_groups(sock), pid=pid)
+
+
+def peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The supplementary groups of the peer, as the kernel recorded them at connect time.
+
+    socket.getsockopt takes at most 1024 bytes (256 groups); a peer with more makes the
+    kernel answer ERANGE with the size it needs, which only the C call reports: ask again
+    through libc with that size. Read from the socket, not /proc/<pid>: a pid can be reused.
+    """
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _GROUPS_BUFLEN)
+    except OSError as e:
+        if e.errno == errno.ENOPROTOOPT:
+            return frozenset()  # a kernel older than 4.13: primary group and uid only
+        if e.errno != errno.ERANGE:
+            log.warning("cannot read the groups of a client: %s; judging it by its uid and "
+                        "primary group only", e.strerror)
+            return frozenset()  # fewer groups only ever means less access
+        try:
+            raw = _peer_groups_large(sock.fileno())
+        except OSError as e2:
+            log.warning("cannot read the groups of a client: %s; judging it by its uid and "
+                        "primary group only", e2.strerror)
+            return frozenset()
+    return frozenset(array.array("I", raw[: len(raw) - len(raw) % 4]))
+
+
+def _peer_groups_large(fd: int) -> bytes:
+    """SO_PEERGROUPS through libc, with a buffer as large as the kernel says it needs."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = ctypes.c_uint32(4 * NGROUPS_MAX)
+    while True:
+        buf = ctypes.create_string_buffer(size.value)
+        if libc.getsockopt(fd, socket.SOL_SOCKET, SO_PEERGROUPS, buf, ctypes.byref(size)) == 0:
+            return buf.raw[: size.value]
+        err = ctypes.get_errno()
+        if err != errno.ERANGE:  # size now holds what is needed; anything else is an error
+            raise OSError(err, f"getsockopt(SO_PEERGROUPS): {os.strerror(err)}")
+
+
+def trusted(peer: Peer) -> bool:
+    """Root and the daemon's own user: they see everything and are never made to wait."""
+    return peer.uid in (0, os.geteuid())
+
+
+class TurnBudget:
+    """The time requests took in this turn of the loop over every connection, and the
+    connections waiting for a turn, the one that has used the least time first.
+
+    Each connection accounts the time its requests took (`used`). One that begins to wait
+    starts no lower than the last one served, so a newcomer or one that asks little (a ping)
+    goes before those that flood costly requests, and none waits forever.
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.clock = 0.0  # `used` of the connection served last
+        self.waiting: list[tuple[float, int, ClientProtocol]] = []  # a heap
+        self.order = 0  # ties go first come, first served
+        self.scheduled = False
+
+    def spent(self) -> bool:
+        return self.started is not None and time.monotonic() - self.started >= TURN_BUDGET_S
+
+    def begin(self) -> None:
+        """A request is about to be handled: the turn's clock starts at its first."""
+        if self.started is None:
+            self.started = time.monotonic()
+            asyncio.get_running_loop().call_soon(self.next_turn)
+
+    def next_turn(self) -> None:
+        self.started = None
+
+    def wait(self, client: ClientProtocol) -> None:
+        """client has requests left: it gets a turn."""
+        if client.waiting:
+            return
+        client.waiting = True
+        client.used = max(client.used, self.clock)
+        self.order += 1
+        heapq.heappush(self.waiting, (client.used, self.order, client))
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.run)
+
+    def run(self) -> None:
+        """A new turn: the waiting connections, least used first, while time is left."""
+        self.scheduled = False
+        self.started = None
+        for _ in range(len(self.waiting)):
+            if self.spent() or not self.waiting:
+                break
+            used, _, client = heapq.heappop(self.waiting)
+            client.waiting = False
+            self.clock = max(self.clock, used)
+            client.work()  # waits again if it still has requests
+        if self.waiting and not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.run)
 
 
 class ClientProtocol(asyncio.Protocol):
     """One client connection: lines in, bytes out, reading paused while writing is."""
 
     def __init__(self, broker: Broker, handler: Handler, max_line_bytes: int,
-                 registry: set[ClientProtocol]) -> None:
+                 registry: set[ClientProtocol], budget: TurnBudget | None = None) -> None:
         self.broker = broker
+        self.budget = budget or TurnBudget()
+        self.trusted = False
+        self.used = 0.0  # seconds its requests took (see TurnBudget)
+        self.waiting = False  # in budget.waiting
         self.handler = handler
         self.framer = protocol.LineFramer(max_line_bytes)
         self.registry = registry
@@ -72,6 +188,15 @@ class ClientProtocol(asyncio.Protocol):
         self.conn: Connection | None = None
         self.paused = False
         self.paused_at = -math.inf  # when writing to it was last paused (monotonic)
+        # Bytes read and not yet framed, from `inbox_at` on: handled a few lines per turn, and
+        # kept as the one bytes object they came in (thousands of small lines cost more).
+        # Reading stays paused while any are left.
+        self.inbox = b""
+        self.inbox_at = 0
+        self.pending: deque[bytes] = deque()  # complete lines framed and not yet handled
+        self.too_long: protocol.LineTooLong | None = None
+        self.reading = True
+        self.line_timer: asyncio.TimerHandle | None = None  # a started line's deadline
 
     # The broker's Sink -------------------------------------------------------------------------
     def write(self, chunks: list[bytes]) -> None:
@@ -85,39 +210,134 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if not self.handler.may_connect():
-            transport.write(protocol.error(protocol.ErrorCode.TOO_MANY_CLIENTS,
-                                           "the daemon serves its maximum number of clients "
-                                           "(daemon.max_clients); try again later"))
+        peer = peer_of(transport.get_extra_info("socket"))
+        refusal = self.handler.may_connect(peer)
+        if refusal is not None:
+            transport.write(protocol.error(protocol.ErrorCode.TOO_MANY_CLIENTS, refusal))
             transport.close()
             self.transport = None
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        self.conn = self.broker.connect(self, peer_of(sock))
+        self.trusted = trusted(peer)
+        self.conn = self.broker.connect(self, peer)
         self.registry.add(self)
         self.handler.greet(self.conn)
 
     def data_received(self, data: bytes) -> None:
+        if self.conn is None or self.too_long is not None:
+            return
+        if self.inbox_at < len(self.inbox):
+            data = self.inbox[self.inbox_at:] + data  # only after a pause: rare
+        self.inbox, self.inbox_at = data, 0
+        if self.waiting:
+            return  # its turn comes
+        if self.budget.waiting and not self.trusted:
+            self.budget.wait(self)  # others were first
+            self.update_reading()
+        else:
+            self.work()
+
+    def frame_some(self) -> None:
+        """Frame the next few lines of the inbox into `pending`."""
+        inbox = self.inbox
+        start = self.inbox_at
+        end = start
+        for _ in range(REQUESTS_PER_TURN):
+            found = inbox.find(b"\n", end)
+            if found < 0:
+                end = len(inbox)
+                break
+            end = found + 1
+        self.inbox_at = end
+        if end == len(inbox):
+            self.inbox, self.inbox_at = b"", 0
+        try:
+            lines = self.framer.feed(inbox[start:end])
+            if lines and self.line_timer is not None:
+                self.line_timer.cancel()  # that line is done; a new one gets its own deadline
+                self.line_timer = None
+            self.pending.extend(lines)
+        except protocol.LineTooLong as e:
+            self.pending.extend(e.lines)
+            self.too_long = e
+            self.inbox, self.inbox_at = b"", 0
+
+    def work(self) -> None:
+        """Handle a few pending requests; the rest wait for a later turn of the loop, and
+        for the client to read its replies (they count against the same bounds as events)."""
+        conn = self.conn
+        if conn is None:
+            return
+        pending = self.pending
+        handled = 0
+        budget = self.budget
+        while handled < REQUESTS_PER_TURN and self.writable():
+            if not self.trusted and budget.spent():
+                break
+            if not pending:
+                if not self.inbox:
+                    break
+                self.frame_some()
+                continue
+            line = pending.popleft()
+            handled += 1  # blank lines too: a read of nothing but newlines is no free pass
+            if line.strip():
+                budget.begin()
+                start = time.monotonic()
+                self.handler.handle_line(conn, line)
+                self.used += time.monotonic() - start
+        more = bool(pending or self.inbox)
+        if not more and self.too_long is not None:
+            self.broker.reply(conn, self.too_long.reply())
+            self.close()
+            return
+        if more and self.writable():
+            self.budget.wait(self)
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """Read while requests are handled as they come and replies are taken."""
+        want = not self.paused and not self.pending and not self.inbox and self.too_long is None
+        if self.transport is not None and want != self.reading:
+            self.reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+        self.update_deadline()
+
+    def update_deadline(self) -> None:
+        """A line started and not finished while we read has request_timeout to be finished
+        (while we do not read, the rest may be waiting on our side)."""
+        started = self.reading and self.framer.buffered > 0 and self.transport is not None
+        if started and self.line_timer is None:
+            self.line_timer = asyncio.get_running_loop().call_later(
+                self.handler.request_timeout(), self.line_timed_out)
+        elif not started and self.line_timer is not None:
+            self.line_timer.cancel()
+            self.line_timer = None
+
+    def line_timed_out(self) -> None:
+        self.line_timer = None
         if self.conn is None:
             return
-        too_long: protocol.LineTooLong | None = None
-        try:
-            lines = self.framer.feed(data)
-        except protocol.LineTooLong as e:
-            lines, too_long = e.lines, e
-        conn = self.conn
-        for line in lines:
-            if line.strip():
-                self.handler.handle_line(conn, line)
-        if too_long is not None:
-            self.broker.reply(conn, too_long.reply())
-            self.close()
+        timeout = self.handler.request_timeout()
+        self.broker.reply(self.conn, protocol.error(
+            protocol.ErrorCode.REQUEST_TIMEOUT,
+            f"a request line was started and not finished within {timeout:g} s "
+            "(daemon.request_timeout); closing the connection"))
+        self.too_long = None
+        self.inbox, self.pending = b"", deque()
+        self.close()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too: a client that is done writing is done
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # A closed connection left in budget.waiting does nothing when its turn comes.
+        if self.line_timer is not None:
+            self.line_timer.cancel()
+            self.line_timer = None
         if self.conn is not None:
             self.broker.disconnect(self.conn)
             self.conn = None
@@ -129,16 +349,15 @@ class ClientProtocol(asyncio.Protocol):
         self.paused = True
         self.paused_at = time.monotonic()
         # A client that does not read must not make us buffer its replies without bound.
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.update_reading()
         self.handler.congestion_changed()
 
     def resume_writing(self) -> None:
         self.paused = False
         if self.conn is not None:
             self.broker.resume(self.conn)
-        if self.transport is not None and not self.paused:
-            self.transport.resume_reading()
+        if not self.paused:
+            self.work()  # the requests that waited for it, then reading again
         self.handler.congestion_changed()
 
     def keeping_up(self, now: float, settled: float) -> bool:
@@ -157,6 +376,31 @@ class ClientProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (clients each hold one); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit still stops at the kernel's fs.nr_open.
+    target = _nr_open() if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as e:
+            log.warning("cannot raise the file descriptor limit from %d to %d: %s",
+                        soft, target, e)
+            return soft
+        return target
+    return soft
+
+
+def _nr_open() -> int:
+    """The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open)."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024 * 1024
 
 
 def bind_socket(path: str, mode: int, group: int | None) -> socket.socket:

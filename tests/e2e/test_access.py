@@ -103,3 +103,81 @@ def test_root_sees_everything(daemon, watched: Path) -> None:
     line, _ = daemon.subscribe(watch="secret")
     (watched / "secret" / "f").touch()
     line.until(lambda m: m.get("path") == str(watched / "secret" / "f"))
+
+
+def test_status_shows_only_visible_watches(daemon, watched: Path) -> None:
+    # Some activity on every watch first, so that hidden counts would show in the totals.
+    root_line, _ = daemon.subscribe()
+    for name in ("public", "secret", "group"):
+        (watched / name / "sub").mkdir()
+        (watched / name / "f").write_bytes(b"")
+    root_line.until(lambda m: m.get("path") == str(watched / "group" / "f")
+                    and m.get("kind") == "close_write")
+    daemon.subscribe(watch="secret")  # someone else's subscription, on a watch nobody may not see
+    full = daemon.status()
+    by_name = {w["name"]: w for w in full["watches"]}
+    assert set(by_name) == {"public", "secret", "group"}
+
+    proc = as_nobody(daemon.socket, {"op": "status", "id": 1})
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "secret" not in out  # neither the watch's name nor its path
+    status = json.loads(out.splitlines()[1])
+    assert status["type"] == "status"
+    assert [w["name"] for w in status["watches"]] == ["public", "group"]
+    visible = ("public", "group")
+    assert status["inotify_watches"] == sum(by_name[n]["directories"] for n in visible)
+    assert status["inotify_watches"] < full["inotify_watches"]
+    # Counters cover the watches it may see and the connections of its own user only.
+    assert status["events"] == 6  # create sub, create f, close_write f, on two watches
+    assert status["clients"] == 1
+    assert status["subscriptions"] == 0
+    assert status["view"] == "limited" and full["view"] == "full"
+
+
+SUPPLEMENTARY = 4242  # a group nobody is given as a supplementary group only
+
+
+@pytest.mark.parametrize("others", [0, 300], ids=["one-group", "300-groups"])
+def test_supplementary_group_is_honoured(start_daemon, watched: Path, workdir: str,
+                                         others: int) -> None:
+    os.chmod(workdir, 0o755)
+    (watched / "team").mkdir()
+    # With 300 groups the allowed one sorts last, past what a 1 KiB answer (256 groups) holds.
+    allowed = SUPPLEMENTARY + 10_000 if others else SUPPLEMENTARY
+    extra = [*range(5000, 5000 + others), allowed]
+    d = start_daemon(config(daemon_extra='socket_mode = "0666"',
+                            watches=watch("team", watched / "team", allow_groups=[allowed])))
+    proc = subprocess.Popen(
+        [python_for_nobody(), "-c", CLIENT, d.socket, "0",
+         json.dumps({"op": "subscribe", "id": 1, "watch": "team"})],
+        user=NOBODY, group=NOBODY, extra_groups=extra, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    reply = json.loads(out.splitlines()[1])
+    assert reply["type"] == "subscribed", reply
+
+
+def test_a_reload_that_revokes_access_says_so(daemon, watched: Path) -> None:
+    proc = as_nobody(daemon.socket, {"op": "subscribe", "id": 1}, want_event=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    for expected in ("hello", "subscribed"):
+        assert expected in proc.stdout.readline()
+    assert proc.stdout.readline().strip() == "READY"
+    daemon.reload(config(
+        daemon_extra='socket_mode = "0666"',
+        watches=watch("public", watched / "public")
+        + watch("secret", watched / "secret", allow_users=["root"])
+        + watch("group", watched / "group", allow_users=["root"])))
+    (watched / "group" / "after").touch()
+    (watched / "public" / "marker").touch()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    msgs = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    lost = [m for m in msgs if m["type"] == "watch_lost"]
+    assert [(m["watch"], m["reason"], m["path"]) for m in lost] == [
+        ("group", "forbidden", str(watched / "group"))]
+    assert not [m for m in msgs if m.get("path", "").startswith(str(watched / "group") + "/")]
