@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,9 @@ EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while a scan is still running
 PROGRESS_INTERVAL_S = 1.0  # at most this often a STATUS= line of a long scan
 SHUTDOWN_GRACE_S = 2.0  # for clients to read what was buffered for them at a stop
 RELOAD_WAIT_S = 30.0  # how long a reload waits for the watcher before READY=1 all the same
+# Daemon.restart_notice_at while no replacement has been given its configuration yet: no
+# APPLIED (of a dead watcher, drained before its exit is handled) reaches it.
+NOT_YET_SENT = sys.maxsize
 
 
 @dataclass(slots=True)
@@ -107,6 +111,9 @@ class Daemon:
         self.stall_spent = False  # the limit was reached; wait for a subscriber to catch up
         self.last_progress = -PROGRESS_INTERVAL_S
         self.lost: set[str] = set()  # watches whose subscribers were told watch_lost
+        # A watcher died and its subscribers are owed the watcher_restart notice, sent at the
+        # APPLIED of this generation or a later one (see announce_restart); None: nothing owed.
+        self.restart_notice_at: int | None = None
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -219,6 +226,7 @@ class Daemon:
         elif tag == channel.HEARTBEAT:
             self.on_heartbeat(message[1])
         elif tag == channel.APPLIED:
+            self.announce_restart(message[1])
             self.resolve_applied(message[1])
         elif tag == channel.OVERFLOW:
             log.warning("watch %s: the kernel event queue overflowed; "
@@ -289,12 +297,27 @@ class Daemon:
         c.watcher_restarts += 1
         log.error("watcher process %d %s; replacing it (restart %d)",
                   watcher.pid, watcher.describe_exit(), c.watcher_restarts)
-        # Everything the old watcher saw has been published; what happened since it died may be
-        # lost, and every subscriber is told so before any event of the new watcher.
-        self.broker.overflow(None, "watcher_restart")
+        # Everything the old watcher saw has been published; what happens from now until its
+        # successor's watches exist is lost. The notice is owed until then (announce_restart):
+        # sent now, it would invite a rescan that the blind window can still make incomplete.
+        # Several deaths before one replacement is established owe one notice.
+        self.restart_notice_at = NOT_YET_SENT
         for ws in self.watches.values():
             ws.state = "pending"
         self.schedule_restart(asyncio.get_running_loop())
+
+    def announce_restart(self, generation: int) -> None:
+        """Send the owed watcher_restart notice once the replacement applied its configuration.
+
+        From that APPLIED on, every watch is established (or pending on a missing root): a
+        client that rescans on the notice and then applies the events that follow misses
+        nothing. The replay marker lands here too, after every event published before it.
+        """
+        due = self.restart_notice_at
+        if due is not None and generation >= due:
+            self.restart_notice_at = None
+            log.info("the new watcher's watches are established; subscribers are told to rescan")
+            self.broker.overflow(None, "watcher_restart")
 
     def schedule_restart(self, loop: asyncio.AbstractEventLoop) -> None:
         delay = BACKOFF_S[min(self.counters.crashes_in_a_row, len(BACKOFF_S) - 1)]
@@ -306,8 +329,11 @@ class Daemon:
             self.start_watcher(loop)
             self.congestion_changed()  # subscribers may still be behind the old one's events
             # The new watcher gets the current configuration under a new generation; its
-            # APPLIED also answers whoever waits on an older one.
-            self.send_config()
+            # APPLIED also answers whoever waits on an older one, and sends the owed notice.
+            # (A watcher that failed to start leaves the notice owed to the next one's.)
+            generation = self.send_config()
+            if self.restart_notice_at is not None and self.watcher is not None:
+                self.restart_notice_at = generation
 
         self.restart_handle = loop.call_later(delay, restart)
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,80 @@ def test_watcher_killed_is_replaced_with_notice_first(start_daemon, watched: Pat
     assert status["watcher"]["pid"] != old
     assert status["watcher"]["restarts"] == 1
     assert "watcher" in daemon.log_text()
+
+
+def notice_then_create(line, path: Path, timeout: float = 20) -> dict:
+    """Wait for the watcher_restart notice and create `path` the moment it arrives.
+
+    What a client that rescans on the notice does: anything made after the notice must be
+    reported, or the rescan (done before it was made) and the events miss it both.
+    """
+    notice = line.until(lambda m: m.get("type") == "overflow", timeout=timeout)[-1]
+    path.touch()
+    assert notice["reason"] == "watcher_restart", notice
+    return notice
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])
+def test_restart_notice_comes_once_the_new_watches_exist(start_daemon, watched: Path,
+                                                         sig) -> None:
+    # SIGSTOP: a hung watcher, killed after daemon.watcher_timeout and replaced.
+    daemon = start_daemon(config(daemon_extra="watcher_timeout = 1.5",
+                                 watches=watch("w", watched)))
+    line, _ = daemon.subscribe(events=["create"])
+    (watched / "before").touch()
+    before = line.until(is_event(watched / "before"))[-1]
+    os.kill(daemon.watcher_pid(), sig)
+    notice = notice_then_create(line, watched / "at-notice")
+    got = line.until(is_event(watched / "at-notice"), timeout=20)
+    assert not [m for m in got if m["type"] == "overflow"]  # one notice per restart
+    # A replay holds the notice at the same point: after what came before, before the rest.
+    again = daemon.connect()
+    again.request({"op": "subscribe", "id": 1, "since": before["seq"] - 1,
+                   "instance": again.hello["instance"], "events": ["create"]})
+    replayed = again.until(is_event(watched / "at-notice"))
+    assert [(m["type"], m["seq"]) for m in replayed] == [
+        ("event", before["seq"]), ("overflow", notice["seq"]), ("event", got[-1]["seq"])]
+
+
+def test_one_notice_when_the_watches_are_back_after_a_crash_loop(start_daemon,
+                                                                 watched: Path) -> None:
+    # Each replacement is killed as soon as it appears, most likely before its watches exist;
+    # meanwhile a reader creates a file the moment any notice arrives, as a rescan would look.
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    line, _ = daemon.subscribe()
+    sentinel = watched / "sentinel"
+    got: list[dict] = []
+    made: list[Path] = []
+
+    def read() -> None:
+        while not got or got[-1].get("path") != str(sentinel):
+            got.append(line.recv(timeout=60))
+            if got[-1]["type"] == "overflow":
+                made.append(watched / f"at-notice-{len(made)}")
+                made[-1].touch()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(3):
+            pid = daemon.watcher_pid()
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda p=pid: daemon.status()["watcher"]["pid"] not in (None, p),
+                     timeout=20, what="a new watcher")
+        wait_for(lambda: daemon.status()["watches"][0]["state"] == "active", timeout=20,
+                 what="the watches back")
+        # Its event comes after the last watcher's notice, if any: that watcher is established.
+        sentinel.touch()
+    finally:
+        reader.join(70)
+    notices = [m for m in got if m["type"] == "overflow"]
+    # One per replacement whose watches got established; the last one's at least.
+    assert 1 <= len(notices) <= 3, notices
+    assert all(m["reason"] == "watcher_restart" for m in notices)
+    # What was made at the last notice is reported: then the watches were in place.
+    line.pushed = [m for m in got if m["type"] == "event"]
+    line.until(is_event(made[-1]), timeout=20)
 
 
 def test_crash_loop_backs_off(start_daemon, watched: Path) -> None:
