@@ -19,15 +19,13 @@ from typing import Protocol
 
 from watchd import protocol
 from watchd.events import ALL_KINDS, KIND_BITS, Kind, kinds_mask
+from watchd.flow import QueueLevels
 from watchd.globs import compile_globs
 from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError, Subscribe
 
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
 # is overfilled by at most this much, and the syscalls are still batched.
 FLUSH_LINES = 512
-# Room kept in a connection's queue before it counts as near full (see QueueLevels): the
-# most events one batch from the watcher brings.
-QUEUE_HEADROOM = 1024
 
 # Every kind bit; each event's mask carries exactly one of them.
 _KIND_BITS_ALL = kinds_mask(ALL_KINDS)
@@ -175,25 +173,6 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
         chunks[2 * j :: step] = [prefix] * n
         chunks[2 * j + 1 :: step] = tails
     return chunks
-
-
-@dataclass(frozen=True, slots=True)
-class QueueLevels:
-    """Where a connection's queue stands against client_queue (see Daemon.congestion_changed).
-
-    headroom: room kept for what arrives between two looks (merged batches are smaller);
-    behind: from here a paused connection counts as behind: its queue is used, so a burst
-    reaches it already encoded; near_full: from here the next batch might overflow it.
-    """
-
-    headroom: int
-    behind: int
-    near_full: int
-
-    @classmethod
-    def of(cls, client_queue: int) -> QueueLevels:
-        headroom = min(QUEUE_HEADROOM, client_queue // 2)
-        return cls(headroom, max(0, client_queue - 2 * headroom), client_queue - headroom)
 
 
 def _quote(text: str) -> str:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from watchd import __version__, channel, protocol
+from watchd import __version__, channel, flow, protocol
 from watchd.broker import Broker, Connection
 from watchd.config import Config, ConfigDiff, WatchConfig, diff_config, load_config
 from watchd.errors import ConfigError
@@ -33,14 +33,7 @@ from watchd.watcher import tune_gc
 log = logging.getLogger("watchd")
 
 TICK_S = 1.0  # supervision, watchdog and STATUS= cadence
-# How long the watcher's batches may wait in its own buffer while every subscriber is behind
-# (no longer than a hung watcher may go unnoticed: we do not hear it meanwhile).
-STALL_LIMIT_S = 10.0
-# A subscriber keeps up once it has not been behind for this long. Clients that take turns
-# reading (one process serving many connections) are each behind most of the time and caught
-# up for a moment after their turn; that moment must not decide for the others.
-KEEPING_UP_S = 1.0
-STALL_RECHECK_S = 0.05  # while held back: how often to look whether someone keeps up again
+STALL_RECHECK_S = 0.05  # while held back: how often to look at the levels again
 HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
 EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while a scan is still running
 PROGRESS_INTERVAL_S = 1.0  # at most this often a STATUS= line of a long scan
@@ -105,8 +98,8 @@ class Daemon:
         self.server: asyncio.AbstractServer | None = None
         self.last_status = ""
         self.watchdog_s = watchdog_interval()
-        # Reading from the watcher paused (see congestion_changed) since then.
-        self.stalled_since: float | None = None
+        # Reading from the watcher is paused while the clock holds (see congestion_changed).
+        self.flow_clock = flow.FlowClock()
         self.stall_recheck: asyncio.TimerHandle | None = None
         self.stall_spent = False  # the limit was reached; wait for a subscriber to catch up
         self.last_progress = -PROGRESS_INTERVAL_S
@@ -361,55 +354,46 @@ class Daemon:
         except protocol.ProtocolError as e:
             self.broker.reply(conn, e.reply())
 
-    def congestion_changed(self) -> None:
-        """Pause taking batches from the watcher while holding them back slows nobody.
+    def flow_time(self) -> float:
+        """Now on the clock the hold-back rule judges by (see watchd.flow)."""
+        return self.flow_clock.now(time.monotonic())
 
-        That is while every subscriber is behind (its socket full and its queue used up to the
-        broker's `levels.behind`), or while a subscriber is about to drop events and none keeps
-        up (none has gone KEEPING_UP_S without falling behind). Each then works through its own
-        backlog, already
-        encoded, and the watcher keeps draining the kernel queue into its own buffer: a burst
-        larger than client_queue still reaches clients that read steadily, where dropping it
-        would only make them ask again. A subscriber that keeps up is never held back for the
-        others. A pause lasts STALL_LIMIT_S at most; past it, the usual drop-and-notice policy
-        applies until someone keeps up again.
+    def congestion_changed(self) -> None:
+        """Hold the watcher back, or let it go, as the rule in watchd.flow decides.
+
+        While held, each subscriber works through its own backlog, already encoded, and the
+        watcher keeps draining the kernel queue into its own buffer: a burst larger than
+        client_queue still reaches clients that read steadily, where dropping it would only
+        make them ask again.
         """
         watcher = self.watcher
         if watcher is None:
             return
         now = time.monotonic()
-        levels = self.broker.levels
-        queued = {c: c.conn.queued_events for c in self.clients
-                  if c.conn is not None and c.conn.subs}
-        subscribed = list(queued)
-        self.broker.queues_filling = any(n >= levels.near_full for n in queued.values())
-        all_behind = bool(subscribed) and all(
-            c.paused and queued[c] >= levels.behind for c in subscribed)
-        crowded = (any(n >= levels.near_full for n in queued.values())
-                   and not any(c.keeping_up(now, KEEPING_UP_S) for c in subscribed))
-        if (all_behind or crowded) and not self.stall_spent:
-            if self.stalled_since is None:
-                self.stalled_since = now
-                log.debug("%s: the watcher holds its batches meanwhile",
-                          "every subscriber is behind" if all_behind else
-                          "a subscriber's queue is nearly full and none keeps up")
-                watcher.pause_reading()
-            if self.stall_recheck is None:
-                # Nothing else tells us when a subscriber has kept up for long enough.
-                self.stall_recheck = asyncio.get_running_loop().call_later(
-                    STALL_RECHECK_S, self._recheck)
-        else:
-            if not all_behind and not crowded:
-                self.stall_spent = False
+        views = [c.view() for c in self.clients if c.subscribed]
+        decision = flow.decide(views, self.broker.levels, now, self.flow_clock.now(now),
+                               spent=self.stall_spent)
+        self.broker.queues_filling = decision.filling
+        self.stall_spent = decision.spent
+        if not decision.hold:
             self.end_stall()
+            return
+        if not self.flow_clock.holding:
+            self.flow_clock.hold(now)
+            log.debug("%s: the watcher holds its batches meanwhile", decision.reason)
+            watcher.pause_reading()
+        if self.stall_recheck is None:
+            # Not every change of the levels comes with a call (an unsubscribe, a drained queue).
+            self.stall_recheck = asyncio.get_running_loop().call_later(
+                STALL_RECHECK_S, self._recheck)
 
     def _recheck(self) -> None:
         self.stall_recheck = None
-        if self.stalled_since is not None:
+        if self.flow_clock.holding:
             self.congestion_changed()
 
     def end_stall(self) -> None:
-        self.stalled_since = None
+        self.flow_clock.release(time.monotonic())
         if self.stall_recheck is not None:
             self.stall_recheck.cancel()
             self.stall_recheck = None
@@ -494,8 +478,9 @@ class Daemon:
 
     def tick(self) -> None:
         now = time.monotonic()
-        limit = min(STALL_LIMIT_S, self.config.daemon.watcher_timeout)
-        if self.stalled_since is not None and now - self.stalled_since > limit:
+        limit = min(flow.STALL_LIMIT_S, self.config.daemon.watcher_timeout)
+        held_since = self.flow_clock.since
+        if held_since is not None and now - held_since > limit:
             log.debug("the watcher was held back for %.1f s; publishing again", limit)
             self.stall_spent = True
             self.end_stall()

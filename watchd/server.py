@@ -20,7 +20,7 @@ import struct
 import time
 from typing import Protocol
 
-from watchd import protocol
+from watchd import flow, protocol
 from watchd.broker import Broker, Connection, Peer
 from watchd.errors import WatchdError
 
@@ -47,6 +47,8 @@ class Handler(Protocol):
 
     def congestion_changed(self) -> None: ...
 
+    def flow_time(self) -> float: ...
+
 
 def peer_of(sock: socket.socket) -> Peer:
     """The credentials of the process at the other end (SO_PEERCRED, SO_PEERGROUPS)."""
@@ -71,7 +73,9 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.paused = False
-        self.paused_at = -math.inf  # when writing to it was last paused (monotonic)
+        # When writing to it was last paused: monotonic, and on the flow clock (watchd.flow).
+        self.paused_at = -math.inf
+        self.paused_at_flow = -math.inf
 
     # The broker's Sink -------------------------------------------------------------------------
     def write(self, chunks: list[bytes]) -> None:
@@ -128,6 +132,7 @@ class ClientProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.paused = True
         self.paused_at = time.monotonic()
+        self.paused_at_flow = self.handler.flow_time()
         # A client that does not read must not make us buffer its replies without bound.
         if self.transport is not None:
             self.transport.pause_reading()
@@ -141,9 +146,12 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.resume_reading()
         self.handler.congestion_changed()
 
-    def keeping_up(self, now: float, settled: float) -> bool:
-        """Not behind now, and its last fall behind began `settled` seconds ago or more."""
-        return not self.paused and now - self.paused_at >= settled
+    def view(self) -> flow.View:
+        """The connection as the hold-back rule sees it."""
+        conn = self.conn
+        queued, pid = (0, 0) if conn is None else (conn.queued_events, conn.peer.pid)
+        return flow.View(paused=self.paused, queued=queued, process=pid,
+                         behind_at=self.paused_at, behind_at_flow=self.paused_at_flow)
 
     @property
     def subscribed(self) -> bool:
