@@ -416,6 +416,10 @@ class Broker:
         """Tell a watch's subscribers that its root is watched again."""
         self._notify(watch, lambda sid: protocol.watch_restored(sid, watch, path))
 
+    def watch_degraded(self, watch: str, unwatched: int, reason: str) -> None:
+        """Tell a watch's subscribers that a limit leaves some of its directories unwatched."""
+        self._notify(watch, lambda sid: protocol.watch_degraded(sid, watch, unwatched, reason))
+
     # --- internals -------------------------------------------------------------------------------
 
     def _check_watches(self, peer: Peer, req: Subscribe) -> None:

@@ -48,7 +48,8 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 _RECV_BYTES = 65536
 
 # Messages the daemon pushes on its own; everything else answers a request.
-PUSHED_TYPES = frozenset({"event", "overflow", "dropped", "watch_lost", "watch_restored"})
+PUSHED_TYPES = frozenset({"event", "overflow", "dropped", "watch_lost", "watch_restored",
+                          "watch_degraded"})
 
 JSONDict = dict[str, Any]
 PathLikeArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]

@@ -53,7 +53,7 @@ class WatchState:
     directories: int = 0
     unwatched: int = 0
     limit_message: str | None = None
-    logged_limit: bool = False
+    limit: str | None = None  # the limit that leaves directories unwatched, as last announced
 
 
 @dataclass(slots=True)
@@ -183,7 +183,8 @@ class Daemon:
         self.generation += 1
         if self.watcher is not None and not self.watcher.exited:
             specs = [watch_spec(w) for w in self.config.watches]
-            self.watcher.send((channel.CONFIG, self.generation, specs))
+            budgets = self.config.directory_budgets(read_limits().max_user_watches)
+            self.watcher.send((channel.CONFIG, self.generation, specs, budgets))
         return self.generation
 
     async def wait_applied(self, generation: int, *, initial: bool = False,
@@ -260,8 +261,9 @@ class Daemon:
         log.info("watch %s: %s is watched again", name, path)
         self.broker.watch_restored(name, path)
 
-    def on_heartbeat(self, states: dict[str, tuple[str, int, int, str | None]]) -> None:
-        for name, (state, directories, unwatched, problem) in states.items():
+    def on_heartbeat(self, states: dict[str, tuple[str, int, int, str | None, str | None]],
+                     ) -> None:
+        for name, (state, directories, unwatched, problem, limit) in states.items():
             ws = self.watches.get(name)
             if ws is None:
                 continue
@@ -270,12 +272,27 @@ class Daemon:
                 self.restored(name, ws.config.path)
             ws.state, ws.directories, ws.unwatched = state, directories, unwatched
             ws.limit_message = problem if state == "degraded" else None
-            if state == "degraded" and not ws.logged_limit:
-                log.error("watch %s is degraded: %d directories not watched: %s",
-                          name, unwatched, problem)
-                ws.logged_limit = True
-            elif state != "degraded":
-                ws.logged_limit = False
+            self.limit_changed(ws, limit if state == "degraded" else None)
+
+    def limit_changed(self, ws: WatchState, limit: str | None) -> None:
+        """Tell a watch's subscribers when a limit starts or stops leaving directories unwatched.
+
+        watch_degraded when it starts (or the limit in the way changes); when every directory
+        is watched again, an overflow (reason watch_limit): what happened in the directories
+        that were not watched is lost, and a rescan from now on is complete.
+        """
+        name = ws.config.name
+        if limit == ws.limit:
+            return
+        if limit is not None:
+            log.error("watch %s is degraded: %d directories not watched: %s",
+                      name, ws.unwatched, ws.limit_message)
+            self.broker.watch_degraded(name, ws.unwatched, limit)
+        elif ws.state == "active":
+            log.warning("watch %s: every directory is watched again; subscribers are told to "
+                        "rescan", name)
+            self.broker.overflow(name, "watch_limit")
+        ws.limit = limit
 
     def on_watcher_exit(self, watcher: WatcherProcess) -> None:
         if watcher is not self.watcher:

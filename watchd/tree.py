@@ -89,6 +89,19 @@ def _dir_path(prefix: str) -> str:
     return prefix[:-1] or "/"
 
 
+class DirectoryBudgetError(WatchLimitError):
+    """A tree's own max_directories is used up (the kernel's limit may not be)."""
+
+    def __init__(self, budget: int, path: str) -> None:
+        super().__init__(
+            errno.ENOSPC,
+            f"this watch's budget of {budget} directories is used up (its max_directories, "
+            "by default a fair share of fs.inotify.max_user_watches): raise max_directories "
+            "for this watch, or watch a smaller tree",
+            path,
+        )
+
+
 class Tree:
     """One watched directory (and, if recursive, everything below it) on a shared InotifyFd."""
 
@@ -116,6 +129,7 @@ class Tree:
         "_wd_of",
         "limit_error",
         "lost",
+        "max_directories",
         "overflowed",
         "root",
         "unwatched",
@@ -134,6 +148,7 @@ class Tree:
         quiet_listing: bool = True,
         quiet_parent: bool = True,
         progress: Callable[[int], None] | None = None,
+        max_directories: int | None = None,
     ) -> None:
         self._ino = ino
         self.root = os.path.abspath(os.fsdecode(root))
@@ -171,6 +186,9 @@ class Tree:
         self.overflowed = False
         self.unwatched = 0
         self.limit_error: WatchLimitError | None = None
+        # This tree's share of the watch limit: past it, directories stay unwatched exactly as
+        # past the kernel's limit (limit_error, unwatched), so one tree cannot starve the others.
+        self.max_directories = max_directories
 
     # -- public state ------------------------------------------------------------------------
 
@@ -361,6 +379,7 @@ class Tree:
     def resync(self) -> list[TreeEvent]:
         """After an overflow: watch directories that appeared, forget those that vanished."""
         self.overflowed = False
+        self.limit_error = None  # found again below if a limit still stands in the way
         out: list[TreeEvent] = []
         root_wd = self._root_wd
         if self.lost is not None or root_wd not in self._path_of or not self._recursive:
@@ -475,6 +494,9 @@ class Tree:
 
     def _add(self, prefix: str) -> int:
         """Add a watch for a new directory, refusing an inode this fd already watches."""
+        budget = self.max_directories
+        if budget is not None and len(self._path_of) >= budget:
+            raise DirectoryBudgetError(budget, _dir_path(prefix))
         wd = self._ino.add_watch(_dir_path(prefix), self._narrow | IN_MASK_CREATE)
         self._remember(wd, prefix)
         return wd
