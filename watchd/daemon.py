@@ -25,6 +25,7 @@ from watchd.config import Config, ConfigDiff, WatchConfig, diff_config, load_con
 from watchd.errors import ConfigError
 from watchd.events import kinds_mask
 from watchd.inotify import read_limits
+from watchd.inotify.errors import effective_watch_limit
 from watchd.server import ClientProtocol, bind_socket
 from watchd.supervisor import BACKOFF_S, STABLE_AFTER_S, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
@@ -183,7 +184,7 @@ class Daemon:
         self.generation += 1
         if self.watcher is not None and not self.watcher.exited:
             specs = [watch_spec(w) for w in self.config.watches]
-            budgets = self.config.directory_budgets(read_limits().max_user_watches)
+            budgets = self.config.directory_budgets(effective_watch_limit())
             self.watcher.send((channel.CONFIG, self.generation, specs, budgets))
         return self.generation
 
