@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from watchd.config import (
+    WATCH_KEYS,
     Config,
     DaemonConfig,
     WatchConfig,
@@ -610,7 +611,7 @@ def test_the_system_example_mentions_every_key() -> None:
     keys = {line.split("=")[0].strip() for line in text.splitlines() if "=" in line[:30]}
     keys.discard("")
     daemon_keys = set(DaemonConfig.__dataclass_fields__)
-    watch_keys = set(WatchConfig.__dataclass_fields__)
+    watch_keys = set(WATCH_KEYS)
     assert daemon_keys | watch_keys <= keys
 
 
@@ -622,3 +623,23 @@ def test_the_development_template_loads_once_rendered(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.daemon == DaemonConfig(socket=f"{root}/.dev/watchd.sock", socket_mode=0o600)
     assert config.watches == (WatchConfig(name="dev", path=f"{root}/.dev/watched"),)
+
+
+# --- roots resolved at load ---------------------------------------------------------------------
+
+
+def test_a_root_through_a_symlink_is_resolved_when_loaded(tmp_path: Path) -> None:
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    conf = tmp_path / "w.toml"
+    conf.write_text(watch_toml(name="a", path=f"{tmp_path}/link/sub")
+                    + watch_toml(name="b", path=f"{tmp_path}/real"))
+    a, b = load_config(conf).watches
+    assert (a.path, a.resolved, a.real_path) == (
+        f"{tmp_path}/link/sub", f"{tmp_path}/real/sub", f"{tmp_path}/real/sub")
+    assert (b.path, b.resolved, b.real_path) == (f"{tmp_path}/real", "", f"{tmp_path}/real")
+
+
+def test_resolved_is_not_a_key_of_the_file() -> None:
+    with pytest.raises(ConfigError, match="unknown key"):
+        only_watch('resolved = "/elsewhere"')

@@ -193,6 +193,10 @@ def test_reload_applies_a_changed_configuration(fresh: Service, timings: dict[st
     after = svc.probe_ok("status", SOCKET)
     assert after["reloads"] == status["reloads"]
     assert {w["name"] for w in after["watches"]} == {"lab", "lab2"}
+    # And why, at error priority: `journalctl -p warning` shows it.
+    if not svc.standin:
+        assert "watchd: invalid configuration: /etc/watchd/watchd.toml" in svc.journal(
+            "-p", "warning"), svc.journal()
 
 
 def test_stop_is_clean(fresh: Service, timings: dict[str, float]) -> None:
@@ -240,8 +244,28 @@ def test_watchdog_restarts_a_hung_daemon(fresh: Service, timings: dict[str, floa
     journal = svc.journal()
     assert "Watchdog timeout" in journal
     if not svc.standin:
-        # faulthandler: the abort leaves the Python stack of the hung daemon in the journal.
+        # faulthandler: the abort leaves the Python stack of the hung daemon in the journal,
+        # every line of it at error priority; and nothing else prints a stack at info.
         assert "Fatal Python error: Aborted" in journal
+        records = svc.journal_records()
+        stack = [r for r in records if str(r.get("MESSAGE", "")).startswith(
+            ("Fatal Python error", "Current thread", "  File ", "Traceback"))]
+        assert stack and all(r["PRIORITY"] == "3" for r in stack), [
+            (r["PRIORITY"], r.get("_PID"), r["MESSAGE"]) for r in stack]
     assert int(svc.show("watchd.service", "NRestarts")) >= 1
     hello = svc.probe_ok("hello", SOCKET)["hello"]
     assert svc.standin or hello["pid"] == new_pid
+
+
+def test_security_exposure_is_the_one_the_readme_quotes(service: Service) -> None:
+    # The figure a reader gets from `systemd-analyze security watchd.service` once installed.
+    if service.standin:
+        pytest.skip("the stand-in runs under the same unit: nothing new to measure")
+    out = service.lab.check("systemd-analyze", "security", "--no-pager", "watchd.service")
+    measured = re.search(r"Overall exposure level for watchd.service: (\d+\.\d+)", out)
+    assert measured, out
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    quoted = re.search(r"`systemd-analyze security watchd.service` exposure \*\*(\d+\.\d+)\*\*",
+                       " ".join(readme.split()))
+    assert quoted, "README.md no longer quotes the exposure"
+    assert quoted.group(1) == measured.group(1)

@@ -6,6 +6,7 @@ runs in a child process that is given that environment, as systemd would give it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,6 +218,128 @@ def test_send_after_close_is_dropped(notify_socket: tuple[socket.socket, str]) -
     )
     assert child.stdout.split() == ["False", "False"], child.stderr
     assert nothing_more(sock)
+
+
+def _fill(path: str) -> socket.socket:
+    """A sender that has filled the receive queue of `path` (kept open: it owns the queue)."""
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filler.sendto(b"FILLER=1", path)
+    return filler
+
+
+def _drain(sock: socket.socket) -> list[str]:
+    """Every datagram waiting on `sock`, the filler's left out."""
+    got = []
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            got.append(sock.recv(65536).decode("ascii"))
+    sock.settimeout(RECV_TIMEOUT_S)
+    return [m for m in got if m != "FILLER=1"]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def records() -> Iterator[_Records]:
+    handler = _Records()
+    logger = logging.getLogger("watchd")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.DEBUG
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_a_full_receiver_never_blocks_and_the_lasting_notices_wait(
+    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch,
+    records: _Records,
+) -> None:
+    sock, path = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    filler = _fill(path)
+    with Notifier.from_env() as n:
+        started = time.monotonic()
+        n.ready("up")
+        for _ in range(50):
+            assert n.send("WATCHDOG=1") is False
+        n.reloading()
+        assert n.status("periodic") is False
+        n.ready()
+        assert time.monotonic() - started < 1.0
+        assert n.pending == 3
+        assert not n.flush()
+        complaints = [m for m in records.messages if "is not reading" in m]
+        assert len(complaints) == 1, records.messages  # rate-limited
+        assert "READY=1" in complaints[0]
+
+        assert _drain(sock) == []
+        assert n.flush()
+        ready, reloading, ready_again = datagrams(sock, 3)
+        assert ready == "READY=1\nSTATUS=up"
+        assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert ready_again == "READY=1"
+        assert nothing_more(sock)  # the periodic ones were dropped, not delayed
+        assert any("reads its notification socket again" in m for m in records.messages)
+        filler.close()
+
+        # At exit, what waits is delivered once the receiver reads, within the close's wait.
+        filler = _fill(path)
+        n.stopping()
+        assert n.pending == 1
+        got: list[str] = []
+        reader = threading.Timer(0.2, lambda: got.extend(_drain(sock)))
+        reader.start()
+        n.close()
+        reader.join()
+        assert [*got, *_drain(sock)] == ["STOPPING=1"]
+        assert not n.enabled
+    filler.close()
+
+
+def test_a_receiver_gone_for_good_is_not_retried_and_said_once(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, records: _Records,
+) -> None:
+    path = str(short_dir / "notify")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    with Notifier.from_env() as n:
+        receiver.close()  # our socket stays connected to a peer that is gone: refused
+        n.ready()
+        for _ in range(20):
+            n.watchdog()
+        assert n.pending == 0  # nothing to retry: a refused datagram is dropped
+        assert n.flush()
+        warnings = [m for m in records.messages if "notification socket" in m]
+        assert len(warnings) == 1, records.messages
+        assert "cannot send to systemd's notification socket" in warnings[0]
+        assert "READY x1" in warnings[0]
+
+
+def test_close_gives_up_on_a_receiver_that_never_reads(
+    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch,
+    records: _Records,
+) -> None:
+    _, path = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    with contextlib.closing(_fill(path)):
+        n = Notifier.from_env()
+        n.stopping()
+        started = time.monotonic()
+        n.close(flush_s=0.2)
+        assert 0.2 <= time.monotonic() - started < 2.0
+        assert any("not delivered: STOPPING=1" in m for m in records.messages), records.messages
 
 
 def test_ascii_field() -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.systemd_lab.readme import install_block
+
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
 SERVICE = UNITS / "watchd.service"
 SOCKET = UNITS / "watchd.socket"
@@ -188,3 +190,25 @@ def test_tmpfiles_creates_the_socket_directory(tmp_path: Path) -> None:
                (tmp_path / "etc/group").read_text().splitlines() if line.startswith("watchd:"))
     st = made.stat()
     assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o750, 0, gid)
+
+
+# -- the install commands of the documentation ---------------------------------------------------
+
+DOCS = [UNITS.parent / "README.md", *sorted((UNITS.parent / "docs").glob("*.md"))]
+
+
+def test_docs_carry_the_readme_install_block_word_for_word() -> None:
+    # The integration test runs the README's block in a real systemd; the page that explains
+    # the install must not drift from it.
+    block = install_block()
+    assert "systemd-sysusers" in block
+    assert block in (UNITS.parent / "docs/systemd.md").read_text()
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_install_command_creates_its_directories(doc: Path) -> None:
+    # `install SRC /etc/x.d/file` fails where /etc/x.d does not exist (Debian 12 has no
+    # /etc/sysusers.d); -D (or -d for a directory) creates what is missing.
+    commands = re.findall(r"^\s*install\s+(.*)$", doc.read_text(), re.MULTILINE)
+    bad = [c for c in commands if not re.search(r"(^|\s)-[a-zA-Z]*[Dd]", c)]
+    assert not bad, f"{doc.name}: install without -D/-d: {bad}"

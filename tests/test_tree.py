@@ -140,6 +140,18 @@ def make_run(tmp_path: pathlib.Path) -> Iterator[Callable[..., Run]]:
         ino.close()
 
 
+def kernel_inodes(ino: InotifyFd) -> set[int]:
+    """The inode numbers of the directories the fd watches, as /proc shows them."""
+    with open(f"/proc/self/fdinfo/{ino.fileno()}") as f:
+        return {
+            int(field.split(":")[1], 16)
+            for line in f
+            if line.startswith("inotify ")
+            for field in line.split()
+            if field.startswith("ino:")
+        }
+
+
 def burst(script: str, cwd: pathlib.Path) -> None:
     """Run a shell command line, as fast as the kernel lets it, in another process."""
     subprocess.run(["sh", "-ec", script], cwd=cwd, check=True)
@@ -188,17 +200,26 @@ def test_a_missing_root_raises_the_binding_error(tmp_path: pathlib.Path) -> None
             Tree(ino, tmp_path / "file", QUIET).start()
 
 
-def test_a_symlinked_root_is_followed(tmp_path: pathlib.Path) -> None:
+def test_a_symlinked_root_is_refused(tmp_path: pathlib.Path) -> None:
     (tmp_path / "real" / "sub").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with InotifyFd() as ino:
-        tree = Tree(ino, tmp_path / "link", QUIET)
+        with pytest.raises(NotADirectoryPathError, match="symbolic link, which is not followed"):
+            Tree(ino, tmp_path / "link", QUIET).start()
+        assert not kernel_inodes(ino)
+
+
+def test_a_real_root_is_opened_without_following_any_link(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "via").symlink_to(tmp_path)
+    with InotifyFd() as ino:
+        # Events are reported under the root as given; the real root is what is opened.
+        tree = Tree(ino, "/configured/name", QUIET, real_root=str(tmp_path / "real"))
         tree.start()
         assert tree.directories == 2
-        (tmp_path / "real" / "sub" / "f").touch()
-        run = Run(ino, tree, tmp_path / "real")
-        run.drain()
-        assert (IN_CREATE, str(tmp_path / "link" / "sub" / "f")) in run.reported()
+        assert tree.path_of(1) == "/configured/name"
+        with pytest.raises(NotADirectoryPathError):
+            Tree(ino, tmp_path / "x", QUIET, real_root=str(tmp_path / "via" / "real")).start()
 
 
 def test_deep_trees_need_no_recursion(tmp_path: pathlib.Path, make_run: Callable[..., Run]) -> None:

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.fakeserver import FakeServer, wait_until
+from tests.harness import config, watch
 from watchd import __version__
+from watchd.watchctl import escape
 
 CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
 
@@ -360,8 +362,82 @@ def test_subscribe_prints_non_utf8_names_as_their_bytes(
     follower = follow("subscribe")
     server.wait_subscriptions(1)
     server.publish("uploads", "create", os.fsdecode(b"/srv/uploads/caf\xe9.csv"))
-    assert follower.line().endswith(b" /srv/uploads/caf\xe9.csv\n")
+    # Shown as ls -b shows it: the byte that is not UTF-8 as \xNN, never raw.
+    assert follower.line().endswith(b" /srv/uploads/caf\\xe9.csv\n")
     assert follower.interrupt() == (0, "")
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("plain name.txt", "plain name.txt"),
+    ("caf\u00e9 \u5199\u771f", "caf\u00e9 \u5199\u771f"),  # printable: as it is
+    ("a\nb", "a\\nb"),
+    ("tab\there\r", "tab\\there\\r"),
+    ("\x1b[2Jclear", "\\033[2Jclear"),
+    ("del\x7f nul\x00 bell\x07", "del\\177 nul\\000 bell\\a"),
+    ("back\\slash", "back\\\\slash"),
+    (os.fsdecode(b"bad\xff\xfe"), "bad\\xff\\xfe"),
+    ("\u202egnp.exe", "\\u202egnp.exe"),  # right-to-left override
+    ("csi\u009b", "csi\\u009b"),  # the one-byte CSI of some terminals
+])
+def test_escape_shows_names_as_ls_b_does(name: str, shown: str) -> None:
+    assert escape(name) == shown
+    assert escape(name).isprintable()
+
+
+def test_a_hostile_name_cannot_forge_a_line(server: FakeServer, follow: type[Follower]) -> None:
+    follower = follow("subscribe")
+    server.wait_subscriptions(1)
+    server.publish("uploads", "create",
+                   "/srv/uploads/report.txt\n15:40:00.000 delete        /var/log/audit.log",
+                   when=61.25)
+    server.notice("watch_lost", watch="uploads", reason="\x1b]0;pwned\x07")
+    assert follower.line() == (b"00:01:01.250 create        /srv/uploads/report.txt\\n"
+                               b"15:40:00.000 delete        /var/log/audit.log\n")
+    assert follower.line().endswith(b"!! watch uploads lost: /srv/uploads is gone "
+                                    b"(\\033]0;pwned\\a)\n")
+    assert follower.interrupt() == (0, "")
+
+
+HOSTILE = [
+    b"report.txt\n15:40:00.000 delete        audit.log",
+    b"\x1b[2J\x1b[31mred",
+    b"tab\there",
+    b"bad\xff\xfe",
+    b"back\\slash",
+    "\u202egnp.exe".encode(),
+]
+SHOWN = [
+    "report.txt\\n15:40:00.000 delete        audit.log",
+    "\\033[2J\\033[31mred",
+    "tab\\there",
+    "bad\\xff\\xfe",
+    "back\\\\slash",
+    "\\u202egnp.exe",
+]
+
+
+def test_hostile_names_of_real_files_through_the_daemon(start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    readable = Follower("--socket", daemon.socket, "subscribe", "--event", "create")
+    exact = Follower("--socket", daemon.socket, "subscribe", "--event", "create", "--json")
+    try:
+        wait_until(lambda: daemon.status()["subscriptions"] == 2, what="both subscriptions")
+        root = os.fsencode(watched)
+        for name in HOSTILE:
+            with open(root + b"/" + name, "wb"):
+                pass
+        for shown in SHOWN:
+            line = readable.line().decode("ascii")  # one line each, nothing raw
+            assert re.fullmatch(CLOCK + r" create +" + re.escape(f"{watched}/{shown}") + "\n",
+                                line), line
+        for name in HOSTILE:
+            event = json.loads(exact.line())  # --json: the daemon's line, byte-exact
+            assert os.fsencode(event["path"]) == root + b"/" + name
+        assert readable.interrupt()[0] == 0
+        assert exact.interrupt()[0] == 0
+    finally:
+        readable.kill()
+        exact.kill()
 
 
 def test_ctrl_c_while_waiting_ends_with_0(server: FakeServer, follow: type[Follower]) -> None:

@@ -7,17 +7,28 @@ import asyncio
 import contextlib
 import faulthandler
 import logging
-import logging.handlers
 import os
+import socket
 import sys
 from types import TracebackType
 
 from watchd import __version__
 from watchd.config import Config, load_config
 from watchd.errors import ConfigError, WatchdError
-from watchd.systemd import Notifier, configure_logging, listen_sockets, under_systemd
+from watchd.systemd import (
+    Notifier,
+    configure_logging,
+    journal_stream,
+    listen_sockets,
+    print_error,
+    stderr_is_journal,
+    syslog_priority,
+    under_systemd,
+)
 
 DEFAULT_CONFIG = "/etc/watchd/watchd.toml"
+SYSLOG_SOCKET = "/dev/log"
+SYSLOG_DAEMON_FACILITY = 3 << 3  # LOG_DAEMON, added to a message's priority
 EX_CONFIG = 78  # sysexits.h: a unit says RestartPreventExitStatus=78 so a bad file is not respawned
 EX_FAILURE = 1
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -40,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --daemonize: where to write the pid")
     parser.add_argument("--log-file", metavar="FILE",
                         help="with --daemonize: append the log here (default: syslog)")
+    parser.add_argument("--syslog-socket", metavar="PATH", default=SYSLOG_SOCKET,
+                        help="with --daemonize and no --log-file: the syslog daemon's socket "
+                             "(default: %(default)s)")
     parser.add_argument("--log-level", choices=LOG_LEVELS,
                         help="overrides daemon.log_level of the configuration")
     parser.add_argument("--version", action="version", version=f"watchd {__version__}")
@@ -70,14 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as e:
-        print(f"watchd: invalid configuration: {e}", file=sys.stderr)
+        # Also what `systemctl reload` shows for a refused file (ExecReload= runs --check):
+        # at error priority in the journal, so `journalctl -p warning` says why.
+        print_error(f"watchd: invalid configuration: {e}")
         return EX_CONFIG
     if args.check:
         print(summary(config))
         return 0
     level = args.log_level or config.daemon.log_level
     if args.daemonize:
-        return daemonize(config, level, args.pidfile, args.log_file, args.log_level)
+        return daemonize(config, level, pidfile=args.pidfile, log_file=args.log_file,
+                         level_override=args.log_level, syslog_socket=args.syslog_socket)
     configure_logging(level)
     return serve(config, args.log_level)
 
@@ -86,26 +103,49 @@ def serve(config: Config, log_level: str | None = None) -> int:
     """Run the daemon in this process until it is told to stop."""
     from watchd.daemon import Daemon  # the server side is imported only by the server
 
-    faulthandler.enable()  # a watchdog abort (SIGABRT) leaves Python tracebacks in the journal
+    # A watchdog abort (SIGABRT) leaves the Python stack of every thread in the log.
+    crash_stream = _enable_faulthandler()
     try:
         listen = listen_sockets()
-        notifier = Notifier.from_env()  # after any daemonization: sdnotify connects when built
-        daemon = Daemon(config, notifier, listen[0] if listen else None, log_level)
-        return asyncio.run(daemon.run())
+        # After any daemonization: sdnotify connects when built. Closing it at exit delivers a
+        # STOPPING=1 that systemd's socket could not take yet.
+        with Notifier.from_env() as notifier:
+            daemon = Daemon(config, notifier, listen[0] if listen else None, log_level)
+            return asyncio.run(daemon.run())
     except WatchdError as e:
         log.error("%s", e)
         return EX_FAILURE
     except KeyboardInterrupt:
         return 0
+    except Exception:
+        # Through the log, not Python's raw print: one record, at its priority in the journal.
+        log.critical("watchd stopped on an unexpected error; please report it", exc_info=True)
+        return EX_FAILURE
+    finally:
+        faulthandler.disable()
+        if crash_stream is not None:
+            crash_stream.close()
 
 
-def daemonize(config: Config, level: str, pidfile: str, log_file: str | None,
-              level_override: str | None) -> int:
+def _enable_faulthandler() -> socket.socket | None:
+    """Dump stacks on a fatal signal: into the journal at error priority when stderr is the
+    journal (whose stderr stream logs every raw line at info), else to stderr."""
+    if stderr_is_journal():
+        stream = journal_stream("watchd")
+        if stream is not None:
+            faulthandler.enable(file=stream)
+            return stream
+    faulthandler.enable()
+    return None
+
+
+def daemonize(config: Config, level: str, *, pidfile: str, log_file: str | None,
+              level_override: str | None, syslog_socket: str = SYSLOG_SOCKET) -> int:
     """The classic detached daemon, for hosts without systemd."""
     if under_systemd():
         # DaemonContext would close systemd's fds, send stderr to /dev/null and set umask 0.
-        print("watchd: --daemonize is for hosts without systemd; under systemd run "
-              "`watchd --config FILE` in the foreground (Type=notify)", file=sys.stderr)
+        print_error("watchd: --daemonize is for hosts without systemd; under systemd run "
+                    "`watchd --config FILE` in the foreground (Type=notify)")
         return EX_CONFIG
     import daemon
 
@@ -116,6 +156,14 @@ def daemonize(config: Config, level: str, pidfile: str, log_file: str | None,
     except WatchdError as e:
         print(f"watchd: {e}", file=sys.stderr)
         return EX_FAILURE
+    if log_file is None:
+        problem = _syslog_problem(syslog_socket)
+        if problem is not None:
+            # A detached daemon with nowhere to log would fail unseen; a fallback file of a
+            # fixed name in a shared directory could be planted by anyone (see docs/security.md).
+            print(f"watchd: --daemonize logs to syslog, but {problem}; start a syslog daemon, "
+                  "or give --log-file FILE", file=sys.stderr)
+            return EX_CONFIG
     stream = open(log_file, "a", buffering=1) if log_file else None  # noqa: SIM115
     context = daemon.DaemonContext(
         pidfile=lock, umask=0o022, working_directory="/",
@@ -123,26 +171,93 @@ def daemonize(config: Config, level: str, pidfile: str, log_file: str | None,
         files_preserve=[stream] if stream is not None else None,
     )
     with context:
+        # With the standard descriptors closed, python-daemon opens /dev/null onto each of them
+        # and dup2()s it onto itself, which keeps the close-on-exec flag: the watcher child
+        # would then start with no stdout or stderr and die before it could say why.
+        for fd in (0, 1, 2):
+            os.set_inheritable(fd, True)
         if stream is None:
-            _log_to_syslog(level)
+            _log_to_syslog(level, syslog_socket)
         else:
             configure_logging(level)
         return serve(config, level_override)
 
 
-def _log_to_syslog(level: str) -> None:
-    handler: logging.Handler
-    if os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter("watchd[%(process)d]: %(levelname)s %(message)s"))
-    else:
-        handler = logging.FileHandler("/tmp/watchd.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+def _syslog_problem(path: str) -> str | None:
+    """Why the syslog socket at `path` cannot take our messages, or None when it can."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError as e:
+            return f"its socket {path} cannot be reached ({e.strerror or e})"
+    return None
+
+
+def _log_to_syslog(level: str, path: str) -> None:
+    handler = SyslogHandler(path)
+    handler.setFormatter(logging.Formatter("watchd[%(process)d]: %(name)s: %(message)s"))
     root = logging.getLogger("watchd")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class SyslogHandler(logging.Handler):
+    """Log to syslog's datagram socket (facility daemon) without ever waiting.
+
+    A syslog daemon that stops reading its socket must not freeze the event loop, and with it
+    every client: a line it cannot take is dropped, counted, and the count is logged once it
+    reads again.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.sock = self._connect()
+        self.dropped = 0
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.dropped and self._send(
+                    logging.WARNING, f"watchd[{os.getpid()}]: watchd: {self.dropped} log "
+                    "line(s) dropped: syslog did not read its socket"):
+                self.dropped = 0
+            if not self._send(record.levelno, self.format(record)):
+                self.dropped += 1
+        except Exception:
+            self.handleError(record)
+
+    def _send(self, levelno: int, text: str) -> bool:
+        """Send one message without waiting; False when syslog's queue is full."""
+        # A file name that is not UTF-8 is logged with its bytes escaped, not lost.
+        data = f"<{SYSLOG_DAEMON_FACILITY + syslog_priority(levelno)}>{text}".encode(
+            "utf-8", "backslashreplace")
+        try:
+            self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            # Syslog was restarted and its socket is a new one: reconnect, once.
+            self.sock.close()
+            self.sock = self._connect()
+            try:
+                self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
 
 
 class PidFile:

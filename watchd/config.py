@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import grp
@@ -58,6 +59,14 @@ class WatchConfig:
     allow_users: frozenset[int] | None = None  # uids
     allow_groups: frozenset[int] | None = None  # gids
     max_directories: int | None = None  # None: a fair share (Config.directory_budgets)
+    # Not a key of the file: `path` with its symbolic links resolved when the file was loaded,
+    # where it differs from `path` (the watcher opens this one, following no link at all).
+    resolved: str = ""
+
+    @property
+    def real_path(self) -> str:
+        """The directory the watcher opens: `path`, its symbolic links resolved at load."""
+        return self.resolved or self.path
 
     def may_see(self, uid: int, gid: int, groups: Iterable[int]) -> bool:
         """Whether a peer with these credentials may subscribe to this watch."""
@@ -68,6 +77,10 @@ class WatchConfig:
         if self.allow_groups is None:
             return False
         return gid in self.allow_groups or any(g in self.allow_groups for g in groups)
+
+
+# The keys a [[watch]] table may have: WatchConfig's fields but those computed at load.
+WATCH_KEYS: Final = tuple(f.name for f in fields(WatchConfig) if f.name != "resolved")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +139,30 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(
             file, "", f"not UTF-8 text: byte 0x{data[e.start]:02x} on line {line}; save it as UTF-8"
         ) from e
-    return parse_config(text, file)
+    return resolve_paths(parse_config(text, file))
+
+
+def resolve_paths(config: Config) -> Config:
+    """Resolve each watch's symbolic links, once, and refuse a pseudo file system as a root.
+
+    The watcher then opens the resolved path following no link, so a link put in place of
+    the directory (or of a parent) later is never followed; a reload resolves again.
+    """
+    from watchd.inotify.fs import pseudo_fs_at
+
+    watches = []
+    for i, watch in enumerate(config.watches):
+        real = os.path.realpath(watch.path)
+        pseudo = pseudo_fs_at(real)
+        if pseudo is not None:
+            raise ConfigError(
+                config.path, f"watch[{i}].path",
+                f"{_show(watch.path)} is on the pseudo file system {pseudo}, whose changes "
+                f"inotify does not report; watch a directory of a real file system "
+                f"(in watch {watch.name!r})")
+        resolved = real if real != watch.path else ""
+        watches.append(dataclasses.replace(watch, resolved=resolved))
+    return dataclasses.replace(config, watches=tuple(watches))
 
 
 def parse_config(text: str, path: str) -> Config:
@@ -412,7 +448,7 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
             f"{_show(name)} is not a valid name: use letters, digits, '_', '.' and '-' only",
         )
     r.where = f" (in watch {name!r})"
-    r.only_keys(table, f"{prefix}.", [f.name for f in fields(WatchConfig)])
+    r.only_keys(table, f"{prefix}.", WATCH_KEYS)
     if "path" not in table:
         raise r.error(f"{prefix}.path", "missing; every watch needs an absolute path")
     values: dict[str, object] = {
@@ -440,6 +476,7 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
 __all__ = [
     "LOG_LEVELS",
     "RESTART_KEYS",
+    "WATCH_KEYS",
     "Config",
     "ConfigDiff",
     "DaemonConfig",
@@ -447,4 +484,5 @@ __all__ = [
     "diff_config",
     "load_config",
     "parse_config",
+    "resolve_paths",
 ]

@@ -70,7 +70,7 @@ class Counters:
 def watch_spec(watch: WatchConfig) -> tuple[Any, ...]:
     """The watch as the watcher process receives it (see watchd.watcher.Spec)."""
     return (watch.name, watch.path, watch.recursive, kinds_mask(watch.events),
-            tuple(watch.include), tuple(watch.exclude))
+            tuple(watch.include), tuple(watch.exclude), watch.real_path)
 
 
 class Daemon:
@@ -495,6 +495,7 @@ class Daemon:
             await asyncio.sleep(min(TICK_S, self.watchdog_s or TICK_S))
 
     def tick(self) -> None:
+        self.notifier.flush()  # READY=1 and the like that systemd's socket could not take yet
         now = time.monotonic()
         limit = min(flow.STALL_LIMIT_S, self.config.daemon.watcher_timeout)
         held_since = self.flow_clock.since
@@ -514,8 +515,7 @@ class Daemon:
                 # so a wedged loop or a hung watcher both get the service restarted by systemd.
                 self.notifier.watchdog()
         line = self.status_line()
-        if line != self.last_status:
-            self.notifier.status(line)
+        if line != self.last_status and self.notifier.status(line):
             self.last_status = line
 
     # -- reload --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from watchd import __version__, channel
+from watchd import __version__, channel, childlog
 from watchd.systemd import child_environment
 
 log = logging.getLogger("watchd.supervisor")
@@ -57,6 +57,9 @@ class WatcherProcess:
                 [sys.executable, "-m", "watchd.watcher", "--fd", str(theirs.fileno()),
                  "--log-level", log_level, "--daemon-version", __version__],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                # Its output goes to our log (see childlog), not to our stderr, which may be
+                # /dev/null in a detached daemon.
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 env=child_environment(os.environ), close_fds=True,
             )
         except BaseException:
@@ -67,14 +70,20 @@ class WatcherProcess:
         self.pid = self.proc.pid
         self.sock = ours
         ours.setblocking(False)
+        assert self.proc.stdout is not None
+        self.output = self.proc.stdout.fileno()
+        self.output_lines = childlog.LineSplitter()
+        os.set_blocking(self.output, False)
         try:
             self.pidfd = os.pidfd_open(self.pid)
         except OSError:
             self.proc.kill()
             self.proc.wait()
             ours.close()
+            self.proc.stdout.close()
             raise
         loop.add_reader(ours.fileno(), self._readable)
+        loop.add_reader(self.output, self._read_output)
         loop.add_reader(self.pidfd, self._died)
 
     def pause_reading(self) -> None:
@@ -160,9 +169,34 @@ class WatcherProcess:
             if not all_of_it:
                 return
 
+    def _read_output(self, *, to_the_end: bool = False) -> None:
+        """Pass the child's output lines on to our log: one read per call, unless to_the_end."""
+        while True:
+            try:
+                data = os.read(self.output, RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            lines = self.output_lines.feed(data) if data else self.output_lines.finish()
+            for line in lines:
+                record = childlog.parse_line(line, self.pid)
+                if record is not None:
+                    childlog.emit(record)
+            if not data:
+                self.loop.remove_reader(self.output)
+                assert self.proc.stdout is not None
+                self.proc.stdout.close()
+                return
+            if not to_the_end:
+                return
+
     def _died(self) -> None:
-        # Deliver what the child sent before it died, so its last events precede the notice.
+        # Deliver what the child sent before it died, so its last events precede the notice;
+        # and what it wrote, so the reason for its end precedes the line that reports it.
         self._drain(all_of_it=True)
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self._read_output(to_the_end=True)
         self.loop.remove_reader(self.pidfd)
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())

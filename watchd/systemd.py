@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from sdnotify import SystemdNotifier
@@ -43,6 +45,9 @@ _PRIORITIES = (
     (logging.INFO, 6),
 )
 _DEBUG_PRIORITY = 7
+ERROR_PRIORITY = 3
+# journald's socket for stdout/stderr streams (what systemd connects a unit's stderr to).
+JOURNAL_STDOUT_SOCKET = "/run/systemd/journal/stdout"
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -62,13 +67,39 @@ def ascii_field(text: str) -> str:
     return one_line.encode("ascii", "backslashreplace").decode("ascii")
 
 
-class Notifier:
-    """Sends sd_notify messages to systemd; every method is a no-op when not started by it."""
+# Notifications that change the state systemd holds of the service: a lost READY=1 leaves a
+# start or a reload pending until it times out, a lost STOPPING=1 makes a stop look like a
+# crash. When the receiver's queue is full they wait and are retried, in order; everything
+# else (WATCHDOG=1, STATUS=, EXTEND_TIMEOUT_USEC=) is periodic and dropped, as the next one
+# replaces it.
+LASTING_FIELDS = ("READY=", "RELOADING=", "STOPPING=")
+_NOT_READING = "systemd is not reading its notification socket"
+# A bound on what waits: only a receiver that never reads again reaches it.
+PENDING_MAX = 64
+# A receiver that does not read is reported at once, then at most this often.
+COMPLAINT_INTERVAL_S = 60.0
+# At exit, how long to wait for a stalled receiver to take what still waits (STOPPING=1).
+CLOSE_FLUSH_S = 3.0
 
-    __slots__ = ("_notifier",)
+
+class Notifier:
+    """Sends sd_notify messages to systemd; every method is a no-op when not started by it.
+
+    Never blocks: a receiver that stops reading must not stall the event loop (and so every
+    client) on this side channel. sdnotify finds and connects the socket; the datagrams go out
+    on that socket with MSG_DONTWAIT.
+    """
+
+    __slots__ = ("_complained_at", "_dropped", "_pending", "_sock", "_told")
 
     def __init__(self, notifier: Any | None) -> None:
-        self._notifier = notifier
+        self._sock: socket.socket | None = None if notifier is None else notifier.socket
+        if self._sock is not None:
+            self._sock.setblocking(False)
+        self._pending: deque[bytes] = deque()
+        self._dropped: Counter[str] = Counter()  # what was dropped since the last complaint
+        self._complained_at: float | None = None
+        self._told = False  # a stall was reported and its end is not yet
 
     @classmethod
     def from_env(cls) -> Notifier:
@@ -95,15 +126,30 @@ class Notifier:
     @property
     def enabled(self) -> bool:
         """Whether messages go anywhere."""
-        return self._notifier is not None
+        return self._sock is not None
 
-    def close(self) -> None:
-        """Close the connection to systemd; later messages are dropped."""
-        if self._notifier is not None:
-            sock = getattr(self._notifier, "socket", None)
-            if sock is not None:
-                sock.close()
-            self._notifier = None
+    @property
+    def pending(self) -> int:
+        """How many lasting notifications wait for the receiver to read."""
+        return len(self._pending)
+
+    def close(self, flush_s: float = CLOSE_FLUSH_S) -> None:
+        """Deliver what waits (up to flush_s), then close; later messages are dropped."""
+        sock = self._sock
+        if sock is None:
+            return
+        deadline = time.monotonic() + flush_s
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while not self.flush() and (left := deadline - time.monotonic()) > 0:
+            # A connected datagram socket polls writable once the receiver's queue has room.
+            poller.poll(max(1, int(left * 1000)))
+        if self._pending:
+            _log().warning("systemd did not read its notification socket for %.0f s; "
+                           "not delivered: %s", flush_s, _show(self._pending))
+            self._pending.clear()
+        sock.close()
+        self._sock = None
 
     def __enter__(self) -> Notifier:
         return self
@@ -112,19 +158,80 @@ class Notifier:
         self.close()
 
     def send(self, *fields: str) -> bool:
-        """Send `fields` (each "KEY=value") in one datagram; True when it went out."""
-        if self._notifier is None or not fields:
+        """Send `fields` (each "KEY=value") in one datagram; True when it went out.
+
+        A lasting notification (see LASTING_FIELDS) that cannot go out now waits for flush();
+        a periodic one is dropped.
+        """
+        if self._sock is None or not fields:
             return False
-        # sdnotify encodes latin-1 and silently drops the whole datagram on the first
-        # character outside it, READY=1 included; a newline inside a value would start a
-        # new assignment. So every field goes out as one line of ASCII.
-        message = "\n".join(ascii_field(field) for field in fields)
-        try:
-            self._notifier.notify(message)
-        except OSError as e:
-            _log().warning("cannot notify systemd (%s): %s", e.strerror or e, message)
+        # systemd reads the datagram as lines of KEY=value; a newline inside a value would
+        # start a new assignment, and anything but ASCII is best not left to its parser.
+        data = "\n".join(ascii_field(field) for field in fields).encode("ascii")
+        lasting = any(field.startswith(LASTING_FIELDS) for field in fields)
+        if not self.flush():
+            # Nothing overtakes what waits: systemd must see the states in their order.
+            self._keep_or_drop(data, lasting, f"{_NOT_READING} (earlier notifications wait)")
             return False
+        error = self._try_send(data)
+        if error is None:
+            return True
+        if isinstance(error, BlockingIOError):
+            self._keep_or_drop(data, lasting, f"{_NOT_READING} (its receive queue is full)")
+        else:
+            self._refused(data, error)
+        return False
+
+    def flush(self) -> bool:
+        """Retry what waits, oldest first; True when nothing waits any more."""
+        while self._pending and self._sock is not None:
+            error = self._try_send(self._pending[0])
+            if isinstance(error, BlockingIOError):
+                return False
+            data = self._pending.popleft()
+            if error is not None:
+                self._refused(data, error)
+            elif not self._pending and self._told:
+                _log().info("systemd reads its notification socket again; the notifications "
+                            "that waited went out")
+                self._told = False
         return True
+
+    def _try_send(self, data: bytes) -> OSError | None:
+        assert self._sock is not None
+        try:
+            self._sock.send(data, socket.MSG_DONTWAIT)
+        except OSError as e:
+            return e
+        return None
+
+    def _keep_or_drop(self, data: bytes, lasting: bool, why: str) -> None:
+        """A lasting notification waits for flush(); a periodic one is dropped."""
+        if lasting:
+            if len(self._pending) >= PENDING_MAX:
+                self._dropped[_key(self._pending.popleft())] += 1
+            self._pending.append(data)
+        else:
+            self._dropped[_key(data)] += 1
+        self._complain(why)
+
+    def _refused(self, data: bytes, error: OSError) -> None:
+        # Refused, not stalled: retrying cannot help, so even a lasting one is dropped.
+        self._dropped[_key(data)] += 1
+        self._complain(f"cannot send to systemd's notification socket ({error.strerror or error})")
+
+    def _complain(self, why: str) -> None:
+        """Log what was lost and what waits: at once the first time, then rarely."""
+        now = time.monotonic()
+        if self._complained_at is not None and now - self._complained_at < COMPLAINT_INTERVAL_S:
+            return
+        self._complained_at = now
+        self._told = True
+        dropped = ", ".join(f"{key} x{n}" for key, n in self._dropped.items()) or "none"
+        _log().warning(
+            "%s: dropped %s; waiting to be retried: %s; watchd keeps serving, and says this "
+            "again at most every %.0f s", why, dropped, _show(self._pending), COMPLAINT_INTERVAL_S)
+        self._dropped.clear()
 
     def ready(self, status: str | None = None) -> None:
         """Tell systemd start-up or a reload is complete."""
@@ -139,9 +246,9 @@ class Notifier:
         """Tell systemd an orderly stop has begun."""
         self.send("STOPPING=1", *_status_field(status))
 
-    def status(self, text: str) -> None:
-        """Set the one-line STATUS shown by `systemctl status`."""
-        self.send(*_status_field(text))
+    def status(self, text: str) -> bool:
+        """Set the one-line STATUS shown by `systemctl status`; True when it went out."""
+        return self.send(*_status_field(text))
 
     def watchdog(self) -> None:
         """Tell systemd's watchdog the daemon is alive."""
@@ -150,6 +257,16 @@ class Notifier:
     def extend_timeout(self, usec: int) -> None:
         """Ask for `usec` more microseconds before systemd gives up on the current phase."""
         self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(usec))}")
+
+
+def _key(datagram: bytes) -> str:
+    """The name of the first field of a datagram (READY, STATUS, ...)."""
+    return datagram.split(b"=", 1)[0].decode("ascii")
+
+
+def _show(datagrams: Iterable[bytes]) -> str:
+    """The first line of each datagram, for a log line."""
+    return ", ".join(d.split(b"\n", 1)[0].decode("ascii") for d in datagrams) or "none"
 
 
 def _status_field(text: str | None) -> tuple[str, ...]:
@@ -260,6 +377,39 @@ def _stream_is_journal(stream: TextIO, env: Mapping[str, str]) -> bool:
         return False
 
 
+def stderr_is_journal(env: Mapping[str, str] | None = None) -> bool:
+    """Whether our stderr is a stream into the journal (which reads "<N>" line prefixes)."""
+    return _stream_is_journal(sys.stderr, os.environ if env is None else env)
+
+
+def print_error(message: str) -> None:
+    """Write `message` to stderr; at error priority, line by line, when stderr is the journal."""
+    if stderr_is_journal():
+        message = "\n".join(f"<{ERROR_PRIORITY}>{line}" for line in message.splitlines())
+    print(message, file=sys.stderr)
+
+
+def journal_stream(identifier: str, priority: int = 3) -> socket.socket | None:
+    """A new stream into the journal whose every line is logged at `priority`; None on failure.
+
+    What sd_journal_stream_fd(3) opens: a connection to journald's stdout socket, introduced
+    by a header that fixes the identifier and the priority. Raw writes to it, such as a
+    faulthandler dump from a signal handler, need no cooperation from our own event loop.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(JOURNAL_STDOUT_SOCKET)
+        sock.shutdown(socket.SHUT_RD)
+        # identifier, unit id (empty: journald takes ours), priority, no "<N>" parsing, and
+        # not forwarded to syslog, kmsg or the console beyond what journald is set up to do.
+        header = f"{identifier}\n\n{priority}\n0\n0\n0\n0\n"
+        sock.sendall(header.encode("ascii", "replace"))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 def syslog_priority(levelno: int) -> int:
     """The syslog priority of a logging level."""
     for threshold, priority in _PRIORITIES:
@@ -296,14 +446,21 @@ def log_level(name: str) -> int:
 
 
 def configure_logging(
-    level: str, *, stream: TextIO | None = None, env: Mapping[str, str] | None = None
+    level: str, *, stream: TextIO | None = None, env: Mapping[str, str] | None = None,
+    priority_prefix: bool | None = None,
 ) -> None:
-    """Log "watchd" records to stderr, one line each, journal-style when stderr is the journal."""
+    """Log "watchd" records to stderr, one line each, journal-style when stderr is the journal.
+
+    priority_prefix forces (True) or forbids (False) the journal's "<N>" line prefix; the
+    watcher child, whose output the daemon reads and logs at that priority, forces it.
+    """
     numeric = log_level(level)
     stream = sys.stderr if stream is None else stream
     env = os.environ if env is None else env
+    if priority_prefix is None:
+        priority_prefix = _stream_is_journal(stream, env)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(_LineFormatter(journal=_stream_is_journal(stream, env)))
+    handler.setFormatter(_LineFormatter(journal=priority_prefix))
     logger = _log()
     # Calling again (a reload with a new level) replaces the handler instead of adding one.
     for old in list(logger.handlers):

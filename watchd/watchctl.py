@@ -26,6 +26,47 @@ _LOST_REASONS = {
 }
 
 
+# How `escape` shows the control characters that have a name in C (as `ls -b` does).
+_NAMED_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
+                  "\f": "\\f", "\r": "\\r", "\\": "\\\\"}
+# The daemon sends a byte of a name that is not UTF-8 as this surrogate plus the byte.
+_SURROGATE_BYTES = range(0xDC80, 0xDD00)
+
+
+def escape(text: str) -> str:
+    """`text` safe to print on a terminal line, as `ls -b` shows names.
+
+    A file name is chosen by whoever may write in a watched tree: printed raw, a newline in it
+    would forge an output line and an escape character would drive the terminal. Control and
+    other unprintable characters become C escapes (\\n, \\t, \\033, \\u202e), a byte that
+    is not UTF-8 becomes \\xNN, and a backslash is doubled so the output stays unambiguous.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text  # almost every name: no copy
+    return "".join(_escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    named = _NAMED_ESCAPES.get(c)
+    if named is not None:
+        return named
+    if c.isprintable():
+        return c
+    code = ord(c)
+    if code in _SURROGATE_BYTES:
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x80:
+        return f"\\{code:03o}"  # ESC as \033, DEL as \177, as ls -b prints them
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _show(value: object) -> str:
+    """A value from the daemon, escaped for a terminal line."""
+    return escape(str(value))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The watchctl command line."""
     parser = argparse.ArgumentParser(
@@ -116,7 +157,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _pong_line(hello: dict[str, Any]) -> str:
-    return f"pong from watchd {hello.get('version', '?')} (pid {hello.get('pid', '?')})"
+    version, pid = _show(hello.get("version", "?")), _show(hello.get("pid", "?"))
+    return f"pong from watchd {version} (pid {pid})"
 
 
 def _print_status(out: BinaryIO, client: Client, as_json: bool) -> None:
@@ -134,10 +176,11 @@ def format_status(status: dict[str, Any], hello: dict[str, Any]) -> list[str]:
     version = status.get("version", hello.get("version", "?"))
     error = status.get("last_reload_error")
     lines = [
-        f"watchd {version}, pid {status.get('pid')}, "
-        f"instance {status.get('instance')}, up {format_duration(status.get('uptime_s', 0))}",
-        f"config:  {status.get('config')} (reloads: {status.get('reloads', 0)}, "
-        f"last reload error: {error if error else 'none'})",
+        f"watchd {_show(version)}, pid {status.get('pid')}, "
+        f"instance {_show(status.get('instance'))}, "
+        f"up {format_duration(status.get('uptime_s', 0))}",
+        f"config:  {_show(status.get('config'))} (reloads: {status.get('reloads', 0)}, "
+        f"last reload error: {_show(error) if error else 'none'})",
         f"seq:     {status.get('seq')}",
         f"clients: {status.get('clients')} ({status.get('subscriptions')} subscriptions)",
         f"events:  {status.get('events')}, dropped {status.get('dropped')}, "
@@ -146,16 +189,17 @@ def format_status(status: dict[str, Any], hello: dict[str, Any]) -> list[str]:
     lines.extend(_optional_status_lines(status))
     watches = status.get("watches") or []
     lines.append(f"watches: {len(watches)}")
-    width = max((len(str(w.get("name"))) for w in watches), default=0)
+    width = max((len(_show(w.get("name"))) for w in watches), default=0)
     for watch in watches:
         tree = "recursive" if watch.get("recursive") else "not recursive"
         count = watch.get("directories")
         lines.append(
-            f"  {watch.get('name')!s:<{width}}  {watch.get('state')!s:<7}  {watch.get('path')}"
+            f"  {_show(watch.get('name')):<{width}}  {_show(watch.get('state')):<7}  "
+            f"{_show(watch.get('path'))}"
             f"  ({tree}, {count} {'directory' if count == 1 else 'directories'})"
         )
         if watch.get("problem"):
-            lines.append(f"  {'':<{width}}  problem: {watch['problem']}")
+            lines.append(f"  {'':<{width}}  problem: {_show(watch['problem'])}")
     return lines
 
 
@@ -170,7 +214,7 @@ def _optional_status_lines(status: dict[str, Any]) -> list[str]:
         of_limit = f" (fs.inotify.max_user_watches={limit})" if limit else ""
         lines.append(f"inotify: {status['inotify_watches']} watches{of_limit}")
     if status.get("restart_needed"):
-        lines.append("restart needed to apply: " + ", ".join(map(str, status["restart_needed"])))
+        lines.append("restart needed to apply: " + ", ".join(map(_show, status["restart_needed"])))
     return lines
 
 
@@ -211,11 +255,11 @@ def format_message(message: dict[str, Any]) -> str:
     when = message.get("time")
     stamp = format_clock(when if isinstance(when, int | float) else time.time())
     if kind == "event":
-        line = f"{stamp} {message.get('kind')!s:<13} {message.get('path')}"
+        line = f"{stamp} {_show(message.get('kind')):<13} {_show(message.get('path'))}"
         if message.get("is_dir"):
             line += " (dir)"
         if message.get("src_path") is not None:
-            line += f" <- {message['src_path']}"
+            line += f" <- {_show(message['src_path'])}"
         return line
     return f"{stamp} !! {format_notice(message)}"
 
@@ -223,24 +267,27 @@ def format_message(message: dict[str, Any]) -> str:
 def format_notice(message: dict[str, Any]) -> str:
     """What a notice means, for a person."""
     kind = message.get("type")
-    watch = message.get("watch")
+    watch = _show(message.get("watch"))
+    path = _show(message.get("path"))
     if kind == "overflow":
-        where = f" on watch {watch}" if watch else " on all watches"
-        return f"overflow ({message.get('reason')}){where}: events may have been lost; rescan"
+        where = f" on watch {watch}" if message.get("watch") else " on all watches"
+        reason = _show(message.get("reason"))
+        return f"overflow ({reason}){where}: events may have been lost; rescan"
     if kind == "dropped":
         first = message.get("first_seq")
         since = first - 1 if isinstance(first, int) else "SEQ"
         return (
-            f"dropped {message.get('count')} events (seq {first}..{message.get('last_seq')}): "
+            f"dropped {_show(message.get('count'))} events "
+            f"(seq {_show(first)}..{_show(message.get('last_seq'))}): "
             f"this client read too slowly; subscribe again with --since {since} to get them"
         )
     if kind == "watch_lost":
-        reason = message.get("reason")
-        why = _LOST_REASONS.get(str(reason), f"is gone ({reason})")
-        return f"watch {watch} lost: {message.get('path')} {why}"
+        lost = str(message.get("reason"))
+        why = _LOST_REASONS.get(lost, f"is gone ({_show(lost)})")
+        return f"watch {watch} lost: {path} {why}"
     if kind == "watch_restored":
-        return f"watch {watch} restored: {message.get('path')} is watched again"
-    return f"{kind}: {message}"
+        return f"watch {watch} restored: {path} is watched again"
+    return f"{_show(kind)}: {_show(message)}"
 
 
 def format_clock(when: float) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import gc
 import itertools
 import logging
@@ -55,8 +56,14 @@ COALESCE_S = 0.0001
 # (marshal takes no NamedTuple).
 _ITEM = operator.itemgetter(0, 1, 2, 3)
 
-# A watch as the daemon sends it: (name, path, recursive, mask, include, exclude)
-Spec = tuple[str, str, bool, int, tuple[str, ...], tuple[str, ...]]
+# A watch as the daemon sends it: (name, path, recursive, mask, include, exclude, real_path).
+# Events are reported under path; real_path (path with its links resolved when the
+# configuration was loaded) is what is opened, following no symbolic link.
+Spec = tuple[str, str, bool, int, tuple[str, ...], tuple[str, ...], str]
+# After a watch failed unexpectedly, it is tried again after this long, doubled at each failure
+# in a row up to the maximum, so that one broken watch cannot keep the watcher busy.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 def _name_filter(include: tuple[str, ...],
@@ -85,6 +92,9 @@ class Watch:
     wanted: Callable[[str], bool] | None = None
     problem: str | None = None  # why it is pending, logged once per distinct problem
     was_active: bool = False
+    failures: int = 0  # unexpected errors in a row (see fail)
+    lost_events: bool = False  # it failed while active: events were lost since
+    retry_at: float = 0.0  # monotonic time before which a failed watch is not tried again
     limit_retry_at: float = 0.0  # monotonic; see Watcher.retry_limited
 
     @property
@@ -94,6 +104,10 @@ class Watch:
     @property
     def path(self) -> str:
         return self.spec[1]
+
+    @property
+    def real_path(self) -> str:
+        return self.spec[6]
 
 
 class Watcher:
@@ -172,6 +186,8 @@ class Watcher:
             data = self.sock.recv(1 << 16)
         except BlockingIOError:
             return
+        except ConnectionResetError:
+            data = b""  # the daemon was killed: as final as its orderly close, and no error of ours
         if not data:
             self.running = False
             return
@@ -207,30 +223,39 @@ class Watcher:
                 # The new tree is in place before the old one goes: what happened in between is
                 # read from the old fd now, so a changed watch misses nothing.
                 if old.ino is not None:
-                    self.on_inotify(old)
+                    self.read_watch(old)
                 self.deactivate(old)
 
     def activate(self, watch: Watch, *, announce: bool) -> None:
         """Try to establish a watch; on a missing root it stays pending."""
-        name, path, recursive, mask, include, exclude = watch.spec
+        name, path, recursive, mask, include, exclude, real_path = watch.spec
         try:
             ino = InotifyFd()
         except InotifyError as e:
             self.pending(watch, str(e))
             return
-        tree = Tree(ino, path, mask, recursive=recursive, prune=glob_predicate(exclude),
-                    synthetic=True, progress=lambda n: self.send((channel.PROGRESS, name, n)),
-                    max_directories=self.budgets.get(name))
-        restoring = announce or watch.was_active
+        restoring = announce or (watch.was_active and not watch.lost_events)
+        tree: Tree | None = None
         try:
+            tree = Tree(ino, path, mask, recursive=recursive, prune=glob_predicate(exclude),
+                        synthetic=True, progress=lambda n: self.send((channel.PROGRESS, name, n)),
+                        real_root=real_path, real_fs_only=True,
+                        max_directories=self.budgets.get(name))
             existing = tree.start(report=restoring)
         except PathNotFoundError:
-            ino.close()
+            ino.close()  # and every watch on it
             self.pending(watch, None)
             return
         except InotifyError as e:
+            # Also a symbolic link or a pseudo file system where the directory was.
             ino.close()
             self.pending(watch, str(e))
+            return
+        except Exception as e:
+            # A bug or an unforeseen error of the file system: this watch's problem alone.
+            log.exception("watch %s: cannot be established", name)
+            ino.close()
+            self.fail(watch, e)
             return
         watch.ino, watch.tree = ino, tree
         watch.wanted = _name_filter(include, exclude)
@@ -239,11 +264,26 @@ class Watcher:
         self.epoll.register(ino.fileno(), select.EPOLLIN)
         if tree.limit_error is not None:
             log.warning("watch %s: %s", name, tree.limit_error)
-        if restoring:
+        if watch.lost_events:
+            # It failed while active: events were lost. Its subscribers are told to rescan now
+            # that its watches are in place again, so that their rescan misses nothing.
+            watch.lost_events = False
+            self.send((channel.OVERFLOW, name))
+        elif restoring:
             self.send((channel.RESTORED, name, path))
             self.send_items(watch, existing, time.time())
         watch.was_active = True
         log.debug("watch %s: %d directories watched under %s", name, tree.directories, path)
+
+    def fail(self, watch: Watch, error: Exception) -> None:
+        """An unexpected error in one watch: drop its tree and try again later, with backoff."""
+        watch.lost_events = watch.lost_events or watch.ino is not None
+        self.deactivate(watch)
+        watch.failures += 1
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (watch.failures - 1))
+        watch.retry_at = time.monotonic() + delay
+        watch.problem = f"failed ({type(error).__name__}: {error}); retrying in {delay:.0f} s"
+        log.warning("watch %s: %s", watch.name, watch.problem)
 
     def pending(self, watch: Watch, problem: str | None) -> None:
         if problem is not None and problem != watch.problem:
@@ -260,11 +300,26 @@ class Watcher:
         watch.ino = watch.tree = None
 
     def poll_pending(self) -> None:
+        now = time.monotonic()
         for watch in self.watches.values():
-            if watch.ino is None and os.path.isdir(watch.path):
+            # Not only a directory: whatever is there (a link, a file) is tried, so that the
+            # reason it is refused is logged.
+            if watch.ino is None and now >= watch.retry_at and os.path.lexists(watch.real_path):
                 self.activate(watch, announce=True)
 
     # -- events ------------------------------------------------------------------------------
+
+    def read_watch(self, watch: Watch) -> int:
+        """on_inotify, where an unexpected error fails this watch alone, not the process."""
+        try:
+            read = self.on_inotify(watch)
+        except Exception as e:
+            log.exception("watch %s: failed while handling its events", watch.name)
+            self.fail(watch, e)
+            return 0
+        if read and watch.failures and watch.tree is not None:
+            watch.failures = 0  # working again
+        return read
 
     def on_inotify(self, watch: Watch) -> int:
         """Read and forward what the watch's queue holds; returns how many kernel events."""
@@ -330,11 +385,14 @@ class Watcher:
             tree = watch.tree
             if tree is None:
                 states[name] = ("pending", 0, 0, watch.problem, None)
-            elif tree.limit_error is not None:
-                limit = ("max_directories" if isinstance(tree.limit_error, DirectoryBudgetError)
+            elif tree.limit_error is not None or tree.unreadable:
+                # Only a watch limit is announced to subscribers (watch_degraded).
+                limit = (None if tree.limit_error is None
+                         else "max_directories" if isinstance(tree.limit_error,
+                                                              DirectoryBudgetError)
                          else "max_user_watches")
-                states[name] = ("degraded", tree.directories, tree.unwatched,
-                                str(tree.limit_error), limit)
+                states[name] = ("degraded", tree.directories, tree.unwatched + tree.unreadable,
+                                degraded_problem(tree), limit)
             else:
                 states[name] = ("active", tree.directories, 0, None, None)
         self.send((channel.HEARTBEAT, states))
@@ -364,7 +422,7 @@ class Watcher:
                 else:
                     watch = self.by_fd.get(fd)
                     if watch is not None:
-                        read += self.on_inotify(watch)
+                        read += self.read_watch(watch)
             if 0 < read < COALESCE_BELOW:
                 # Events are trickling in: what we read is already on its way, so a short pause
                 # delays nothing read, and lets the next events gather into one read instead of
@@ -373,6 +431,20 @@ class Watcher:
                 time.sleep(COALESCE_S)
         for watch in self.watches.values():
             self.deactivate(watch)
+
+
+def degraded_problem(tree: Tree) -> str:
+    """Why some directories of a tree are not watched, for status and the log."""
+    parts = []
+    if tree.limit_error is not None:
+        parts.append(str(tree.limit_error))
+    if tree.unreadable:
+        prefix, reason = next(iter(tree.failed.items()), ("", "?"))
+        example = f" (first: {prefix[:-1] or '/'}: {reason})" if prefix else ""
+        many = tree.unreadable > 1
+        parts.append(f"{tree.unreadable} {'directories' if many else 'directory'} could not be "
+                     f"read{example}; what is below {'them' if many else 'it'} is not watched")
+    return "; ".join(parts)
 
 
 def priority_targets(current: int, rlimit_nice: int) -> list[int]:
@@ -428,7 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from watchd.systemd import configure_logging
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, priority_prefix=True)  # read by the daemon: see childlog
+    # A fatal signal (a crash in the ctypes binding, say) leaves our stack in the daemon's log,
+    # at error priority: our stderr is the daemon's, not a stream of our own.
+    faulthandler.enable()
     if args.daemon_version not in (None, __version__):
         # The package was replaced under a running daemon: the channel between the two may
         # differ, so do not talk at all. Exit status 78: restarting us cannot help.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Line, config, wait_for, watch
+from tests.harness import Daemon, Line, config, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,13 +66,25 @@ def test_stopping(start_daemon, watched: Path) -> None:
     assert any("STOPPING=1" in fields(m) for m in daemon.notify.messages)
 
 
-def test_status_is_ascii_even_for_non_latin1_paths(start_daemon, workdir: str) -> None:
-    root = Path(workdir) / "写真"
-    root.mkdir()
-    daemon = start_daemon(config(watches=watch("w", root)))
-    daemon.reload("this is not = = toml")  # the refusal STATUS names the file
-    for m in daemon.notify.messages:
-        m.encode("ascii")
+def test_status_is_ascii_even_for_non_latin1_paths(workdir: str, watched: Path) -> None:
+    # The configuration lives under a non-Latin-1 name: the STATUS= of a refused reload names
+    # that file, and so does the status line of every tick after it.
+    home = Path(workdir) / "写真"
+    home.mkdir()
+    daemon = Daemon(str(home), config(watches=watch("w", watched)))
+    try:
+        daemon.start()
+        daemon.reload("this is not = = toml")
+        escaped = str(home).replace("写真", "\\u5199\\u771f")
+        refused = daemon.notify.wait_for_text(f"reload refused: {escaped}/watchd.toml: ")
+        daemon.notify.wait_for_text(f"last reload failed: {escaped}/watchd.toml: ")
+        assert "READY=1" in fields(refused)
+        # Each datagram is one line per field, plain ASCII (the harness decodes latin-1).
+        for m in daemon.notify.messages:
+            m.encode("ascii")
+            assert all("=" in f for f in fields(m)), m
+    finally:
+        daemon.cleanup()
 
 
 def test_watchdog_cadence_with_our_pid(start_daemon, watched: Path) -> None:
@@ -162,6 +174,43 @@ def test_journal_stream_logging_has_priorities(start_daemon, watched: Path) -> N
     assert daemon.stop() == 0
     lines = [x for x in daemon.log_text().splitlines() if x.strip()]
     assert lines and all(re.match(r"<[3467]>", x) for x in lines), lines[:5]
+
+
+def test_a_crashing_watchers_stack_reaches_the_journal_at_error_priority(
+        start_daemon, watched: Path) -> None:
+    daemon = start_daemon(config(watches=watch("w", watched)),
+                          shell_prefix='export JOURNAL_STREAM='
+                                       '"$(stat -L -c %d:%i /proc/self/fd/2)"')
+    pid = daemon.watcher_pid()
+    os.kill(pid, signal.SIGSEGV)
+    wait_for(lambda: f"watcher process {pid} was killed by SIGSEGV" in daemon.log_text(),
+             what="the crash to be reported")
+    lines = daemon.log_text().splitlines()
+    stack = [x for x in lines if f"watcher process {pid}: " in x]
+    assert any("Fatal Python error: Segmentation fault" in x for x in stack), lines[-20:]
+    assert any('File "' in x and "watcher.py" in x for x in stack), stack
+    assert all(x.startswith("<3>watchd.watcher: ") for x in stack), stack
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_check_errors_are_at_error_priority_in_the_journal(workdir: str, journal: bool) -> None:
+    # ExecReload= runs --check: its refusal must pass `journalctl -p warning`.
+    cfg = os.path.join(workdir, "bad.toml")
+    with open(cfg, "w") as f:
+        f.write("[daemon\n")
+    err = os.path.join(workdir, "stderr")
+    with open(err, "wb") as stream:
+        stat = os.fstat(stream.fileno())
+        env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+        if journal:
+            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+        result = subprocess.run([sys.executable, "-m", "watchd", "--check", "--config", cfg],
+                                env=env, stdout=subprocess.PIPE, stderr=stream, timeout=30)
+    assert result.returncode == 78
+    lines = Path(err).read_text().splitlines()
+    assert lines and lines[0].startswith(
+        ("<3>" if journal else "") + f"watchd: invalid configuration: {cfg}: "), lines
+    assert all(line.startswith("<3>") for line in lines) == journal
 
 
 def test_daemonize(workdir: str, watched: Path) -> None:

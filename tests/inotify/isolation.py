@@ -33,8 +33,32 @@ def _enter_user_namespace() -> None:
         f.write(f"0 {gid} 1")
 
 
+_PR_SET_KEEPCAPS = 8
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _set_caps(caps: int) -> None:
+    """Make `caps` (a mask of the first 32 capability bits) this process's only capabilities."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    data = (_CapData * 2)()
+    data[0].effective = data[0].permitted = caps
+    if libc.capset(ctypes.byref(_CapHeader(_CAP_VERSION_3, 0)), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
+
+
 def _child(
-    fn: Callable[[], Any], watches: int | None, instances: int | None, uid: int | None
+    fn: Callable[[], Any], watches: int | None, instances: int | None, uid: int | None,
+    caps: int | None = None,
 ) -> tuple[str, Any]:
     if watches is not None or instances is not None:
         try:
@@ -49,8 +73,14 @@ def _child(
             return ("skip", f"cannot lower inotify limits in a user namespace: {e}")
     if uid is not None:
         try:
+            if caps is not None:
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0)
+            os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
+            if caps is not None:
+                _set_caps(caps)
         except OSError as e:
             return ("skip", f"cannot switch to uid {uid}: {e}")
     return ("ok", fn())
@@ -62,8 +92,10 @@ def run_isolated(
     watches: int | None = None,
     instances: int | None = None,
     uid: int | None = None,
+    caps: int | None = None,
 ) -> Any:
-    """Run fn in a forked child (in a user namespace with the given limits, or as uid)."""
+    """Run fn in a forked child (in a user namespace with the given limits, or as uid, keeping
+    the capabilities of the mask `caps`, e.g. 1 << 2 for CAP_DAC_READ_SEARCH)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -71,7 +103,7 @@ def run_isolated(
         try:
             os.close(r)
             try:
-                outcome = _child(fn, watches, instances, uid)
+                outcome = _child(fn, watches, instances, uid, caps)
             except BaseException as e:
                 outcome = ("error", f"{type(e).__name__}: {e}")
             try:

@@ -191,6 +191,22 @@ def test_deleted_root_is_reported_and_ends_the_generator(tmp_path: Path) -> None
 
 # -- 5. symlinks are not followed --------------------------------------------------------------
 
+def test_a_symlinked_root_is_resolved_once(tmp_path: Path) -> None:
+    real, other = tmp_path / "real", tmp_path / "other"
+    (real / "sub").mkdir(parents=True)
+    other.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with InotifyTree(link) as t:
+        assert watch_count(t.fileno()) == 2
+        link.unlink()
+        link.symlink_to(other)  # changes nothing for the tree: it watches what it resolved
+        touch(other / "elsewhere")
+        touch(real / "sub" / "marker")
+        events = collect_until(t, has(str(link / "sub"), "marker", "IN_CLOSE_WRITE"))
+        assert not any(e[3] == "elsewhere" for e in events)
+
+
 def test_symlinked_directory_is_an_entry_not_a_subtree(tmp_path: Path) -> None:
     root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
     root.mkdir()

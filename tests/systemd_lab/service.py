@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.systemd_lab.container import Lab, LabError
+from tests.systemd_lab.readme import install_block
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
@@ -66,27 +68,32 @@ class Service:
         return str(Path(self.python).with_name("watchd"))
 
     def install(self) -> None:
-        """Units, user, runtime directory, configuration and watched directory."""
-        etc = self.lab.path("/etc")
-        units = etc / "systemd/system"
-        units.mkdir(parents=True, exist_ok=True)
-        service = (UNITS / "watchd.service").read_text()
-        # The unit names the packaged path; here the virtualenv's entry point stands in.
-        (units / "watchd.service").write_text(service.replace(INSTALLED_BINARY, self.exec_start()))
-        (units / "watchd.socket").write_text((UNITS / "watchd.socket").read_text())
-        (units / "watchd.service.d").mkdir(exist_ok=True)
-        (units / "watchd.service.d/lab.conf").write_text(DROP_IN)
-        for kind in ("sysusers", "tmpfiles"):
-            (etc / f"{kind}.d").mkdir(exist_ok=True)
-            (etc / f"{kind}.d/watchd.conf").write_text((UNITS / f"watchd.{kind}.conf").read_text())
+        """The README's install block as written, then what the tests change in a drop-in."""
         self.open_bind_parents()
-        self.lab.check("systemd-sysusers")
-        self.lab.check("systemd-tmpfiles", "--create", "/etc/tmpfiles.d/watchd.conf")
+        script = f"cd {shlex.quote(str(REPO))}\n{install_block()}"
+        result = self.lab.run("sh", "-e", "-x", "-c", script, timeout=120)
+        if result.returncode != 0:
+            raise LabError(f"the README's install block failed in the container (exit "
+                           f"{result.returncode}):\n{result.stdout}{result.stderr}")
+        # The shipped unit runs /usr/bin/watchd, which a read-only /usr here cannot hold: a
+        # drop-in points it at the virtualenv's entry point, as docs/systemd.md shows.
+        drop_ins = self.lab.path("/etc/systemd/system/watchd.service.d")
+        drop_ins.mkdir(exist_ok=True)
+        (drop_ins / "lab.conf").write_text(self.drop_in())
         # Only root may read the watched directory: the daemon, user watchd, needs the
         # unit's CAP_DAC_READ_SEARCH to watch it.
         self.lab.check("install", "-d", "-m", "0700", WATCHED)
         self.write_config({"lab": WATCHED})
         self.lab.check("systemctl", "daemon-reload")
+
+    def drop_in(self) -> str:
+        """The shipped ExecStart=/ExecReload= on our entry point, and DROP_IN."""
+        shipped = [line for line in (UNITS / "watchd.service").read_text().splitlines()
+                   if line.startswith(("ExecStart=", "ExecReload="))]
+        commands = [line.replace(INSTALLED_BINARY, self.exec_start()) for line in shipped]
+        # The empty assignments clear the shipped lists before ours are added.
+        return "\n".join(["[Service]", "ExecStart=", "ExecReload=", *commands]) + "\n" + \
+            DROP_IN.removeprefix("[Service]\n")
 
     def open_bind_parents(self) -> None:
         """Let the service user pass through the directories above the bound-in paths."""

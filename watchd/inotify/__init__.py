@@ -15,6 +15,7 @@ from watchd.inotify.errors import (
     NotADirectoryPathError,
     PathNotFoundError,
     PermissionDeniedError,
+    PseudoFileSystemError,
     WatchLimitError,
     error_for,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "NotADirectoryPathError",
     "PathNotFoundError",
     "PermissionDeniedError",
+    "PseudoFileSystemError",
     "RawEvent",
     "WatchLimitError",
     "error_for",

@@ -171,6 +171,13 @@ class InotifyFd:
             raise error_for(-wd, raw, "inotify_add_watch")
         return wd
 
+    def add_watch_raw(self, path: bytes, mask: int) -> int:
+        """add_watch for a path already encoded and free of NUL bytes: the wd, or -errno.
+
+        For walks that add thousands of watches and handle each failure themselves.
+        """
+        return _call(_libc().add_watch, self.fileno(), path, mask)
+
     def rm_watch(self, wd: int) -> None:
         """Remove a watch; a watch that is already gone (EINVAL) is not an error."""
         ret = _call(_libc().rm_watch, self.fileno(), int(wd))

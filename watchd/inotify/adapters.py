@@ -208,9 +208,12 @@ class Inotify:
         """Start a recursive Tree of `path` on this instance's fd; its events join event_gen."""
         # That package lists a new directory before watching it, so its parent's watch reports
         # the listing and the directory's own watch does not; its tests check exactly that.
+        # A root given as a symbolic link is resolved now, once (events keep the path as
+        # given); the tree then opens it following no link, as it does everything below it.
         tree = Tree(
             self._fd, os.fsdecode(path), mask, recursive=True, prune=prune,
             follow_symlinks=False, synthetic=False, quiet_listing=True, quiet_parent=False,
+            real_root=os.path.realpath(os.fsdecode(path)),
         )
         try:
             tree.start()

@@ -57,6 +57,10 @@ class NotADirectoryPathError(InotifyError, NotADirectoryError):
     """ENOTDIR: the path (or one of its parents) is not a directory."""
 
 
+class PseudoFileSystemError(InotifyError):
+    """The directory is on a pseudo file system (/proc, /sys, ...), which is not watched."""
+
+
 def _user_ns_limit(name: str) -> int | None:
     # /proc/sys/user/max_inotify_* hold the limit of this process's user namespace, which
     # a container may set lower than the host-wide fs.inotify value it cannot change.
@@ -144,6 +148,7 @@ __all__ = [
     "NotADirectoryPathError",
     "PathNotFoundError",
     "PermissionDeniedError",
+    "PseudoFileSystemError",
     "WatchLimitError",
     "error_for",
     "proc_limit",
