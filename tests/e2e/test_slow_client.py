@@ -120,14 +120,25 @@ def test_a_lone_client_behind_a_burst_loses_nothing(start_daemon, watched: Path,
     daemon = start_daemon(config(daemon_extra=f"client_queue = {client_queue}",
                                  watches=watch("w", watched, events=["create"])))
     line, _ = daemon.subscribe()
-    for i in range(files):
-        (watched / f"f{i:05}").touch()
-    (watched / "zz-end").touch()
-    got = line.until(lambda m: m.get("path") == str(watched / "zz-end"), timeout=60)
+
+    def create() -> None:
+        for i in range(files):
+            (watched / f"f{i:05}").touch()
+        (watched / "zz-end").touch()
+
+    # The client reads once the watcher is held back for it, while the burst goes on: a hold
+    # lasts STALL_LIMIT_S at most, and on a busy machine making the files takes longer.
+    writer = threading.Thread(target=create)
+    writer.start()
+    try:
+        wait_for(lambda: "the watcher holds its batches" in daemon.log_text(), timeout=60,
+                 what="the watcher held back")
+        got = line.until(lambda m: m.get("path") == str(watched / "zz-end"), timeout=60)
+    finally:
+        writer.join()
     assert not [m for m in got if m["type"] == "dropped"]
     assert len([m for m in got if m["type"] == "event"]) == files + 1
     assert daemon.status()["dropped"] == 0
-    assert "the watcher holds its batches" in daemon.log_text()
 
 
 def test_a_client_that_never_reads_stalls_nobody_for_long(start_daemon, watched: Path) -> None:
