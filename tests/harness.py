@@ -120,7 +120,8 @@ class Line:
         deadline = time.monotonic() + timeout
         while True:
             msg = self.recv(max(0.01, deadline - time.monotonic()))
-            if msg.get("type") in ("event", "overflow", "dropped", "watch_lost", "watch_restored"):
+            if msg.get("type") in ("event", "overflow", "dropped", "watch_lost", "watch_restored",
+                                   "watch_degraded"):
                 self.pushed.append(msg)
                 continue
             return msg

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watchd import protocol
-from watchd.broker import REPLAY_STEP, Broker, Connection, Filter, Peer, QueueLevels
+from watchd.broker import REPLAY_STEP, Broker, Connection, Filter, Peer
 from watchd.events import KIND_BITS, Kind
 from watchd.protocol import ErrorCode, ProtocolError, Subscribe
-from watchd.server import ClientProtocol
 
 INSTANCE = "i-test"
 ALICE = Peer(uid=1000, gid=1000, groups=frozenset({1000}), pid=4242)
@@ -1056,32 +1054,6 @@ def test_every_event_is_delivered_or_reported_exactly_once(
             i for op in ops if op[0] == "reply" for i in [op[1]]
             if clients[i][1] is conn]
     assert total_dropped == broker.dropped
-
-
-@pytest.mark.parametrize(("client_queue", "levels"), [
-    (10000, (1024, 7952, 8976)),  # the default: a batch of room, then another
-    (3000, (1024, 952, 1976)),
-    (1100, (550, 0, 550)),  # too small to use before holding back: behind when paused
-    (50, (25, 0, 25)),
-    (1, (0, 1, 1)),
-])
-def test_queue_levels(client_queue: int, levels: tuple[int, int, int]) -> None:
-    got = QueueLevels.of(client_queue)
-    assert (got.headroom, got.behind, got.near_full) == levels
-    assert got.behind <= got.near_full <= client_queue
-
-
-@pytest.mark.parametrize(("paused", "paused_at", "now", "expected"), [
-    (False, -math.inf, 100.0, True),  # never behind
-    (True, 98.0, 100.0, False),  # behind now
-    (False, 99.5, 100.0, False),  # fell behind half a second ago
-    (False, 98.5, 100.0, True),  # ... and one and a half seconds ago
-])
-def test_keeping_up(paused: bool, paused_at: float, now: float, expected: bool) -> None:
-    client = ClientProtocol(make_broker(), handler=None,  # type: ignore[arg-type]
-                            max_line_bytes=1024, registry=set())
-    client.paused, client.paused_at = paused, paused_at
-    assert client.keeping_up(now, settled=1.0) is expected
 
 
 def test_a_replay_that_ends_while_events_are_published_misses_none() -> None:

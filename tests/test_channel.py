@@ -17,7 +17,7 @@ def events(watch: str, time: float, n: int) -> tuple[Any, ...]:
 
 
 def test_frames_survive_any_chunking() -> None:
-    messages = [events("a", 1.0, 3), (channel.HEARTBEAT, {"a": ("active", 1, 0, None)}),
+    messages = [events("a", 1.0, 3), (channel.HEARTBEAT, {"a": ("active", 1, 0, None, None)}),
                 (channel.OVERFLOW, "a")]
     data = b"".join(channel.frame(m) for m in messages)
     for size in (1, 2, 7, len(data)):

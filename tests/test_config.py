@@ -385,7 +385,8 @@ def test_indexes_are_zero_based_and_count_every_watch() -> None:
             watch_toml("recurse = false", name="a"),
             "watch[0].recurse",
             "unknown key; the keys allowed here are allow_groups, allow_users, events, exclude,"
-            " include, name, path, recursive; did you mean 'recursive'? (in watch 'a')",
+            " include, max_directories, name, path, recursive; did you mean 'recursive'?"
+            " (in watch 'a')",
         ),
         (
             watch_toml("recursive = 'yes'"),

@@ -257,11 +257,13 @@ def test_start_up_is_fast(tmp_path: pathlib.Path, make_run: Callable[..., Run]) 
     root = tmp_path / "root"
     root.mkdir()
     _make_wide_tree(root, 10_000)
-    started = time.perf_counter()
+    # CPU time, not wall time: on a busy machine the walk waits for a CPU, which says nothing
+    # of its cost. (Its system calls count: they run in this process.)
+    started = time.process_time()
     run = make_run()
-    took = time.perf_counter() - started
+    took = time.process_time() - started
     assert run.tree.directories == 10_000 + 10 + 1
-    assert took < 1.0, f"10,000 directories took {took:.2f}s to watch"
+    assert took < 1.0, f"10,000 directories took {took:.2f}s of CPU to watch"
 
 
 @pytest.mark.slow

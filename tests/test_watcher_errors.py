@@ -66,11 +66,11 @@ def test_an_unreadable_directory_degrades_its_watch_only(shared: pathlib.Path) -
             return dict(beats[-1][1])
 
     states = run_isolated(attempt, uid=NOBODY)
-    state, directories, unwatched, problem = states["top"]
-    assert (state, directories, unwatched) == ("degraded", 2, 1)
+    state, directories, unwatched, problem, limit = states["top"]
+    assert (state, directories, unwatched, limit) == ("degraded", 2, 1, None)
     assert problem == (f"1 directory could not be read (first: {top}/closed: "
                        "Permission denied); what is below it is not watched")
-    assert states["other"] == ("active", 1, 0, None)
+    assert states["other"] == ("active", 1, 0, None, None)
 
 
 def test_a_watch_that_fails_unexpectedly_fails_alone(tmp_path: pathlib.Path) -> None:
@@ -86,8 +86,8 @@ def test_a_watch_that_fails_unexpectedly_fails_alone(tmp_path: pathlib.Path) -> 
             watcher.apply([bad, _spec("good", good)])  # type: ignore[list-item]
             watcher.heartbeat()
             states = dict([m for m in _messages(theirs) if m[0] == channel.HEARTBEAT][-1][1])
-            assert states["good"] == ("active", 1, 0, None)
-            state, _, _, problem = states["bad"]
+            assert states["good"] == ("active", 1, 0, None, None)
+            state, _, _, problem, _ = states["bad"]
             assert state == "pending"
             assert problem.startswith("failed (ValueError: ")
             assert problem.endswith("retrying in 1 s")

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from watchd import protocol
 from watchd.events import ALL_KINDS, KIND_BITS, Kind, kinds_mask
+from watchd.flow import QueueLevels
 from watchd.globs import GlobSet
 from watchd.protocol import (
     EVENT_HEAD,
@@ -35,9 +36,6 @@ FLUSH_LINES = 512
 # Held events a replay looks at per turn of the loop and connection before it lets the others
 # have theirs: a replay never holds the loop for long, however selective its filter.
 REPLAY_STEP = 4096
-# Room kept in a connection's queue before it counts as near full (see QueueLevels): the
-# most events one batch from the watcher brings.
-QUEUE_HEADROOM = 1024
 
 # Every kind bit; each event's mask carries exactly one of them.
 _KIND_BITS_ALL = kinds_mask(ALL_KINDS)
@@ -211,25 +209,6 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
         chunks[2 * j :: step] = [prefix] * n
         chunks[2 * j + 1 :: step] = tails
     return chunks
-
-
-@dataclass(frozen=True, slots=True)
-class QueueLevels:
-    """Where a connection's queue stands against client_queue (see Daemon.congestion_changed).
-
-    headroom: room kept for what arrives between two looks (merged batches are smaller);
-    behind: from here a paused connection counts as behind: its queue is used, so a burst
-    reaches it already encoded; near_full: from here the next batch might overflow it.
-    """
-
-    headroom: int
-    behind: int
-    near_full: int
-
-    @classmethod
-    def of(cls, client_queue: int) -> QueueLevels:
-        headroom = min(QUEUE_HEADROOM, client_queue // 2)
-        return cls(headroom, max(0, client_queue - 2 * headroom), client_queue - headroom)
 
 
 def _quote(text: str) -> str:
@@ -574,6 +553,10 @@ class Broker:
     def watch_restored(self, watch: str, path: str) -> None:
         """Tell a watch's subscribers that its root is watched again."""
         self._notify(watch, lambda sid: protocol.watch_restored(sid, watch, path))
+
+    def watch_degraded(self, watch: str, unwatched: int, reason: str) -> None:
+        """Tell a watch's subscribers that a limit leaves some of its directories unwatched."""
+        self._notify(watch, lambda sid: protocol.watch_degraded(sid, watch, unwatched, reason))
 
     # --- internals -------------------------------------------------------------------------------
 

@@ -17,14 +17,17 @@ _LEN = struct.Struct("<I")
 _LEN_SIZE = _LEN.size
 
 # Message tags. Daemon -> watcher:
-CONFIG = "config"  # (CONFIG, generation, [spec, ...])  the whole desired set of watches
+# (CONFIG, generation, [spec, ...], {watch: max_directories})  the whole desired set of watches
+CONFIG = "config"
 STOP = "stop"  # (STOP,)
 # Watcher -> daemon:
 HELLO = "hello"  # (HELLO, pid)
 APPLIED = "applied"  # (APPLIED, generation)  every watch of that config is established or pending
 # (EVENTS, watch, [(time, [(mask, cookie, path, src_path), ...]), ...]): reads, oldest first
 EVENTS = "ev"
-HEARTBEAT = "hb"  # (HEARTBEAT, {watch: (state, directories, unwatched, limit_message)})
+# (HEARTBEAT, {watch: (state, directories, unwatched, limit_message, limit)}), limit naming the
+# limit a degraded watch reached: "max_directories" (its own budget) or "max_user_watches"
+HEARTBEAT = "hb"
 OVERFLOW = "overflow"  # (OVERFLOW, watch)  the kernel (or our own buffer) dropped events
 LOST = "lost"  # (LOST, watch, path, reason)
 RESTORED = "restored"  # (RESTORED, watch, path)

@@ -69,6 +69,7 @@ class WatchConfig:
     exclude: tuple[str, ...] = ()
     allow_users: frozenset[int] | None = None  # uids
     allow_groups: frozenset[int] | None = None  # gids
+    max_directories: int | None = None  # None: a fair share (Config.directory_budgets)
     # Not a key of the file: `path` with its symbolic links resolved when the file was loaded,
     # where it differs from `path` (the watcher opens this one, following no link at all).
     resolved: str = ""
@@ -107,6 +108,20 @@ class Config:
             if watch.name == name:
                 return watch
         return None
+
+    def directory_budgets(self, max_user_watches: int | None) -> dict[str, int | None]:
+        """How many directories each watch may watch, so that none starves the others.
+
+        A watch's own max_directories, else a fair share: the kernel's limit less what the
+        watches with a max_directories of their own take, divided equally among the others
+        (at least 1). None where the kernel's limit is unknown and none is configured.
+        """
+        explicit = sum(w.max_directories or 0 for w in self.watches)
+        shared = sum(1 for w in self.watches if w.max_directories is None)
+        share = None
+        if max_user_watches is not None and shared:
+            share = max(1, (max_user_watches - explicit) // shared)
+        return {w.name: w.max_directories or share for w in self.watches}
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +501,8 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
             values[key] = r.identities(value, full, "user", _uid)
         elif key == "allow_groups":
             values[key] = r.identities(value, full, "group", _gid)
+        elif key == "max_directories":
+            values[key] = r.positive_int(value, full)
     r.where = ""
     return WatchConfig(**values)  # type: ignore[arg-type]  # each value was checked above
 

@@ -17,11 +17,12 @@ import resource
 import secrets
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from watchd import __version__, channel, protocol
+from watchd import __version__, channel, flow, protocol
 from watchd.broker import Broker, Connection, Peer
 from watchd.config import (
     RESERVED_CLIENTS,
@@ -34,6 +35,7 @@ from watchd.config import (
 from watchd.errors import ConfigError
 from watchd.events import kinds_mask
 from watchd.inotify import read_limits
+from watchd.inotify.errors import effective_watch_limit
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit, trusted
 from watchd.supervisor import BACKOFF_S, STABLE_AFTER_S, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
@@ -42,14 +44,7 @@ from watchd.watcher import tune_gc
 log = logging.getLogger("watchd")
 
 TICK_S = 1.0  # supervision, watchdog and STATUS= cadence
-# How long the watcher's batches may wait in its own buffer while every subscriber is behind
-# (no longer than a hung watcher may go unnoticed: we do not hear it meanwhile).
-STALL_LIMIT_S = 10.0
-# A subscriber keeps up once it has not been behind for this long. Clients that take turns
-# reading (one process serving many connections) are each behind most of the time and caught
-# up for a moment after their turn; that moment must not decide for the others.
-KEEPING_UP_S = 1.0
-STALL_RECHECK_S = 0.05  # while held back: how often to look whether someone keeps up again
+STALL_RECHECK_S = 0.05  # while held back: how often to look at the levels again
 HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
 EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while a scan is still running
 PROGRESS_INTERVAL_S = 1.0  # at most this often a STATUS= line of a long scan
@@ -57,6 +52,9 @@ SHUTDOWN_GRACE_S = 2.0  # for clients to read what was buffered for them at a st
 RELOAD_WAIT_S = 30.0  # how long a reload waits for the watcher before READY=1 all the same
 # What accept fails with when the process or the system is out of descriptors or memory.
 ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Daemon.restart_notice_at while no replacement has been given its configuration yet: no
+# APPLIED (of a dead watcher, drained before its exit is handled) reaches it.
+NOT_YET_SENT = sys.maxsize
 
 
 @dataclass(slots=True)
@@ -68,7 +66,7 @@ class WatchState:
     directories: int = 0
     unwatched: int = 0
     limit_message: str | None = None
-    logged_limit: bool = False
+    limit: str | None = None  # the limit that leaves directories unwatched, as last announced
 
 
 @dataclass(slots=True)
@@ -116,8 +114,8 @@ class Daemon:
         self.server: asyncio.AbstractServer | None = None
         self.last_status = ""
         self.watchdog_s = watchdog_interval()
-        # Reading from the watcher paused (see congestion_changed) since then.
-        self.stalled_since: float | None = None
+        # Reading from the watcher is paused while the clock holds (see congestion_changed).
+        self.flow_clock = flow.FlowClock()
         self.stall_recheck: asyncio.TimerHandle | None = None
         self.stall_spent = False  # the limit was reached; wait for a subscriber to catch up
         self.last_progress = -PROGRESS_INTERVAL_S
@@ -126,6 +124,9 @@ class Daemon:
         # more than the rest of a status reply, and anyone may ask for thousands of them.
         self.max_user_watches: tuple[float, int | None] = (-math.inf, None)
         self.accept_failing = False  # out of descriptors: logged once until an accept works
+        # A watcher died and its subscribers are owed the watcher_restart notice, sent at the
+        # APPLIED of this generation or a later one (see announce_restart); None: nothing owed.
+        self.restart_notice_at: int | None = None
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -205,7 +206,8 @@ class Daemon:
         self.generation += 1
         if self.watcher is not None and not self.watcher.exited:
             specs = [watch_spec(w) for w in self.config.watches]
-            self.watcher.send((channel.CONFIG, self.generation, specs))
+            budgets = self.config.directory_budgets(effective_watch_limit())
+            self.watcher.send((channel.CONFIG, self.generation, specs, budgets))
         return self.generation
 
     async def wait_applied(self, generation: int, *, initial: bool = False,
@@ -241,6 +243,7 @@ class Daemon:
         elif tag == channel.HEARTBEAT:
             self.on_heartbeat(message[1])
         elif tag == channel.APPLIED:
+            self.announce_restart(message[1])
             self.resolve_applied(message[1])
         elif tag == channel.OVERFLOW:
             log.warning("watch %s: the kernel event queue overflowed; "
@@ -281,8 +284,9 @@ class Daemon:
         log.info("watch %s: %s is watched again", name, path)
         self.broker.watch_restored(name, path)
 
-    def on_heartbeat(self, states: dict[str, tuple[str, int, int, str | None]]) -> None:
-        for name, (state, directories, unwatched, problem) in states.items():
+    def on_heartbeat(self, states: dict[str, tuple[str, int, int, str | None, str | None]],
+                     ) -> None:
+        for name, (state, directories, unwatched, problem, limit) in states.items():
             ws = self.watches.get(name)
             if ws is None:
                 continue
@@ -291,12 +295,27 @@ class Daemon:
                 self.restored(name, ws.config.path)
             ws.state, ws.directories, ws.unwatched = state, directories, unwatched
             ws.limit_message = problem if state == "degraded" else None
-            if state == "degraded" and not ws.logged_limit:
-                log.error("watch %s is degraded: %d directories not watched: %s",
-                          name, unwatched, problem)
-                ws.logged_limit = True
-            elif state != "degraded":
-                ws.logged_limit = False
+            self.limit_changed(ws, limit if state == "degraded" else None)
+
+    def limit_changed(self, ws: WatchState, limit: str | None) -> None:
+        """Tell a watch's subscribers when a limit starts or stops leaving directories unwatched.
+
+        watch_degraded when it starts (or the limit in the way changes); when every directory
+        is watched again, an overflow (reason watch_limit): what happened in the directories
+        that were not watched is lost, and a rescan from now on is complete.
+        """
+        name = ws.config.name
+        if limit == ws.limit:
+            return
+        if limit is not None:
+            log.error("watch %s is degraded: %d directories not watched: %s",
+                      name, ws.unwatched, ws.limit_message)
+            self.broker.watch_degraded(name, ws.unwatched, limit)
+        elif ws.state == "active":
+            log.warning("watch %s: every directory is watched again; subscribers are told to "
+                        "rescan", name)
+            self.broker.overflow(name, "watch_limit")
+        ws.limit = limit
 
     def on_watcher_exit(self, watcher: WatcherProcess) -> None:
         if watcher is not self.watcher:
@@ -311,12 +330,27 @@ class Daemon:
         c.watcher_restarts += 1
         log.error("watcher process %d %s; replacing it (restart %d)",
                   watcher.pid, watcher.describe_exit(), c.watcher_restarts)
-        # Everything the old watcher saw has been published; what happened since it died may be
-        # lost, and every subscriber is told so before any event of the new watcher.
-        self.broker.overflow(None, "watcher_restart")
+        # Everything the old watcher saw has been published; what happens from now until its
+        # successor's watches exist is lost. The notice is owed until then (announce_restart):
+        # sent now, it would invite a rescan that the blind window can still make incomplete.
+        # Several deaths before one replacement is established owe one notice.
+        self.restart_notice_at = NOT_YET_SENT
         for ws in self.watches.values():
             ws.state = "pending"
         self.schedule_restart(asyncio.get_running_loop())
+
+    def announce_restart(self, generation: int) -> None:
+        """Send the owed watcher_restart notice once the replacement applied its configuration.
+
+        From that APPLIED on, every watch is established (or pending on a missing root): a
+        client that rescans on the notice and then applies the events that follow misses
+        nothing. The replay marker lands here too, after every event published before it.
+        """
+        due = self.restart_notice_at
+        if due is not None and generation >= due:
+            self.restart_notice_at = None
+            log.info("the new watcher's watches are established; subscribers are told to rescan")
+            self.broker.overflow(None, "watcher_restart")
 
     def schedule_restart(self, loop: asyncio.AbstractEventLoop) -> None:
         delay = BACKOFF_S[min(self.counters.crashes_in_a_row, len(BACKOFF_S) - 1)]
@@ -328,8 +362,11 @@ class Daemon:
             self.start_watcher(loop)
             self.congestion_changed()  # subscribers may still be behind the old one's events
             # The new watcher gets the current configuration under a new generation; its
-            # APPLIED also answers whoever waits on an older one.
-            self.send_config()
+            # APPLIED also answers whoever waits on an older one, and sends the owed notice.
+            # (A watcher that failed to start leaves the notice owed to the next one's.)
+            generation = self.send_config()
+            if self.restart_notice_at is not None and self.watcher is not None:
+                self.restart_notice_at = generation
 
         self.restart_handle = loop.call_later(delay, restart)
 
@@ -397,55 +434,46 @@ class Daemon:
         except protocol.ProtocolError as e:
             self.broker.reply(conn, e.reply())
 
-    def congestion_changed(self) -> None:
-        """Pause taking batches from the watcher while holding them back slows nobody.
+    def flow_time(self) -> float:
+        """Now on the clock the hold-back rule judges by (see watchd.flow)."""
+        return self.flow_clock.now(time.monotonic())
 
-        That is while every subscriber is behind (its socket full and its queue used up to the
-        broker's `levels.behind`), or while a subscriber is about to drop events and none keeps
-        up (none has gone KEEPING_UP_S without falling behind). Each then works through its own
-        backlog, already
-        encoded, and the watcher keeps draining the kernel queue into its own buffer: a burst
-        larger than client_queue still reaches clients that read steadily, where dropping it
-        would only make them ask again. A subscriber that keeps up is never held back for the
-        others. A pause lasts STALL_LIMIT_S at most; past it, the usual drop-and-notice policy
-        applies until someone keeps up again.
+    def congestion_changed(self) -> None:
+        """Hold the watcher back, or let it go, as the rule in watchd.flow decides.
+
+        While held, each subscriber works through its own backlog, already encoded, and the
+        watcher keeps draining the kernel queue into its own buffer: a burst larger than
+        client_queue still reaches clients that read steadily, where dropping it would only
+        make them ask again.
         """
         watcher = self.watcher
         if watcher is None:
             return
         now = time.monotonic()
-        levels = self.broker.levels
-        queued = {c: c.conn.queued_events for c in self.clients
-                  if c.conn is not None and c.conn.subs}
-        subscribed = list(queued)
-        self.broker.queues_filling = any(n >= levels.near_full for n in queued.values())
-        all_behind = bool(subscribed) and all(
-            c.paused and queued[c] >= levels.behind for c in subscribed)
-        crowded = (any(n >= levels.near_full for n in queued.values())
-                   and not any(c.keeping_up(now, KEEPING_UP_S) for c in subscribed))
-        if (all_behind or crowded) and not self.stall_spent:
-            if self.stalled_since is None:
-                self.stalled_since = now
-                log.debug("%s: the watcher holds its batches meanwhile",
-                          "every subscriber is behind" if all_behind else
-                          "a subscriber's queue is nearly full and none keeps up")
-                watcher.pause_reading()
-            if self.stall_recheck is None:
-                # Nothing else tells us when a subscriber has kept up for long enough.
-                self.stall_recheck = asyncio.get_running_loop().call_later(
-                    STALL_RECHECK_S, self._recheck)
-        else:
-            if not all_behind and not crowded:
-                self.stall_spent = False
+        views = [c.view() for c in self.clients if c.subscribed]
+        decision = flow.decide(views, self.broker.levels, now, self.flow_clock.now(now),
+                               spent=self.stall_spent)
+        self.broker.queues_filling = decision.filling
+        self.stall_spent = decision.spent
+        if not decision.hold:
             self.end_stall()
+            return
+        if not self.flow_clock.holding:
+            self.flow_clock.hold(now)
+            log.debug("%s: the watcher holds its batches meanwhile", decision.reason)
+            watcher.pause_reading()
+        if self.stall_recheck is None:
+            # Not every change of the levels comes with a call (an unsubscribe, a drained queue).
+            self.stall_recheck = asyncio.get_running_loop().call_later(
+                STALL_RECHECK_S, self._recheck)
 
     def _recheck(self) -> None:
         self.stall_recheck = None
-        if self.stalled_since is not None:
+        if self.flow_clock.holding:
             self.congestion_changed()
 
     def end_stall(self) -> None:
-        self.stalled_since = None
+        self.flow_clock.release(time.monotonic())
         if self.stall_recheck is not None:
             self.stall_recheck.cancel()
             self.stall_recheck = None
@@ -563,8 +591,9 @@ class Daemon:
     def tick(self) -> None:
         self.notifier.flush()  # READY=1 and the like that systemd's socket could not take yet
         now = time.monotonic()
-        limit = min(STALL_LIMIT_S, self.config.daemon.watcher_timeout)
-        if self.stalled_since is not None and now - self.stalled_since > limit:
+        limit = min(flow.STALL_LIMIT_S, self.config.daemon.watcher_timeout)
+        held_since = self.flow_clock.since
+        if held_since is not None and now - held_since > limit:
             log.debug("the watcher was held back for %.1f s; publishing again", limit)
             self.stall_spent = True
             self.end_stall()

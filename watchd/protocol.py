@@ -455,6 +455,12 @@ def watch_restored(sid: str, watch: str, path: str) -> bytes:
     return encode({"type": "watch_restored", "subscription": sid, "watch": watch, "path": path})
 
 
+def watch_degraded(sid: str, watch: str, unwatched: int, reason: str) -> bytes:
+    """Directories of the watch are left unwatched (reason: the limit reached)."""
+    return encode({"type": "watch_degraded", "subscription": sid, "watch": watch,
+                   "unwatched": unwatched, "reason": reason})
+
+
 # --- events: the hot path -------------------------------------------------------------------------
 
 EVENT_HEAD: Final = b'{"type":"event","subscription":"'

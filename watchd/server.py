@@ -24,7 +24,7 @@ import time
 from collections import deque
 from typing import Protocol
 
-from watchd import protocol
+from watchd import flow, protocol
 from watchd.broker import Broker, Connection, Peer
 from watchd.errors import WatchdError
 
@@ -63,6 +63,8 @@ class Handler(Protocol):
     def handle_line(self, conn: Connection, line: bytes) -> None: ...
 
     def congestion_changed(self) -> None: ...
+
+    def flow_time(self) -> float: ...
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -187,7 +189,9 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.paused = False
-        self.paused_at = -math.inf  # when writing to it was last paused (monotonic)
+        # When writing to it was last paused: monotonic, and on the flow clock (watchd.flow).
+        self.paused_at = -math.inf
+        self.paused_at_flow = -math.inf
         # Bytes read and not yet framed, from `inbox_at` on: handled a few lines per turn, and
         # kept as the one bytes object they came in (thousands of small lines cost more).
         # Reading stays paused while any are left.
@@ -348,6 +352,7 @@ class ClientProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.paused = True
         self.paused_at = time.monotonic()
+        self.paused_at_flow = self.handler.flow_time()
         # A client that does not read must not make us buffer its replies without bound.
         self.update_reading()
         self.handler.congestion_changed()
@@ -360,9 +365,12 @@ class ClientProtocol(asyncio.Protocol):
             self.work()  # the requests that waited for it, then reading again
         self.handler.congestion_changed()
 
-    def keeping_up(self, now: float, settled: float) -> bool:
-        """Not behind now, and its last fall behind began `settled` seconds ago or more."""
-        return not self.paused and now - self.paused_at >= settled
+    def view(self) -> flow.View:
+        """The connection as the hold-back rule sees it."""
+        conn = self.conn
+        queued, pid = (0, 0) if conn is None else (conn.queued_events, conn.peer.pid)
+        return flow.View(paused=self.paused, queued=queued, process=pid,
+                         behind_at=self.paused_at, behind_at_flow=self.paused_at_flow)
 
     @property
     def subscribed(self) -> bool:

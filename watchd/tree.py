@@ -125,6 +125,19 @@ def _dir_path(prefix: str) -> str:
     return prefix[:-1] or "/"
 
 
+class DirectoryBudgetError(WatchLimitError):
+    """A tree's own max_directories is used up (the kernel's limit may not be)."""
+
+    def __init__(self, budget: int, path: str) -> None:
+        super().__init__(
+            errno.ENOSPC,
+            f"this watch's budget of {budget} directories is used up (its max_directories, "
+            "by default a fair share of fs.inotify.max_user_watches): raise max_directories "
+            "for this watch, or watch a smaller tree",
+            path,
+        )
+
+
 class _Frame:
     """One directory of a walk: open (fd >= 0, or closed to spare fds), with subdirs to visit.
 
@@ -182,6 +195,7 @@ class Tree:
         "failed",
         "limit_error",
         "lost",
+        "max_directories",
         "overflowed",
         "root",
         "unwatched",
@@ -202,6 +216,7 @@ class Tree:
         progress: Callable[[int], None] | None = None,
         real_root: str | None = None,
         real_fs_only: bool = False,
+        max_directories: int | None = None,
     ) -> None:
         self._ino = ino
         self.root = os.path.abspath(os.fsdecode(root))
@@ -256,6 +271,9 @@ class Tree:
         self.overflowed = False
         self.unwatched = 0
         self.limit_error: WatchLimitError | None = None
+        # This tree's share of the watch limit: past it, directories stay unwatched exactly as
+        # past the kernel's limit (limit_error, unwatched), so one tree cannot starve the others.
+        self.max_directories = max_directories
 
     # -- public state ------------------------------------------------------------------------
 
@@ -557,6 +575,7 @@ class Tree:
     def resync(self) -> list[TreeEvent]:
         """After an overflow: watch directories that appeared, forget those that vanished."""
         self.overflowed = False
+        self.limit_error = None  # found again below if a limit still stands in the way
         out: list[TreeEvent] = []
         root_wd = self._root_wd
         self._rescan.clear()
@@ -818,7 +837,11 @@ class Tree:
                     wd = -1
                     self.unwatched += 1
                 else:
-                    wd = add(fs.proc_path(fd, pid), narrow_new)
+                    # Past this tree's own budget, as past the kernel's limit (see max_directories).
+                    budget = self.max_directories
+                    over = budget if budget is not None and len(path_of) >= budget else None
+                    wd = -errno.ENOSPC if over is not None else add(fs.proc_path(fd, pid),
+                                                                       narrow_new)
                     if wd >= 0:
                         path_of[wd] = prefix
                         wd_of[prefix] = wd
@@ -830,7 +853,9 @@ class Tree:
                         if progress is not None and not added % PROGRESS_EVERY:
                             progress(len(path_of))
                     elif wd == -errno.ENOSPC:
-                        if self.limit_error is None:
+                        if self.limit_error is None and over is not None:
+                            self.limit_error = DirectoryBudgetError(over, _dir_path(prefix))
+                        elif self.limit_error is None:
                             error = error_for(errno.ENOSPC, _dir_path(prefix), "inotify_add_watch")
                             assert isinstance(error, WatchLimitError)
                             self.limit_error = error

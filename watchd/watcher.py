@@ -35,12 +35,13 @@ from watchd.inotify import (
     PathNotFoundError,
     WatchLimitError,
 )
-from watchd.tree import Tree, TreeEvent
+from watchd.tree import DirectoryBudgetError, Tree, TreeEvent
 
 log = logging.getLogger("watchd.watcher")
 
 HEARTBEAT_S = 1.0  # how often the daemon hears from us when nothing else happens
 PENDING_POLL_S = 1.0  # how often a pending root is looked for again
+LIMIT_RETRY_S = 10.0  # how often a tree stopped by the kernel's watch limit tries again
 # Bytes of batches held for a daemon that does not read (~2M events); past it, overflow.
 OUTBUF_LIMIT = 128 << 20
 SEND_FRAMES = 64  # buffers per sendmsg (far below IOV_MAX)
@@ -94,6 +95,7 @@ class Watch:
     failures: int = 0  # unexpected errors in a row (see fail)
     lost_events: bool = False  # it failed while active: events were lost since
     retry_at: float = 0.0  # monotonic time before which a failed watch is not tried again
+    limit_retry_at: float = 0.0  # monotonic; see Watcher.retry_limited
 
     @property
     def name(self) -> str:
@@ -127,6 +129,7 @@ class Watcher:
         self.running = True
         self.next_heartbeat = 0.0
         self.next_pending_poll = 0.0
+        self.budgets: dict[str, int | None] = {}  # watch name -> max_directories
 
     # -- the channel -------------------------------------------------------------------------
 
@@ -191,6 +194,7 @@ class Watcher:
         for message in self.reader.feed(data):
             tag = message[0]
             if tag == channel.CONFIG:
+                self.budgets = message[3] if len(message) > 3 else {}
                 self.apply(message[2])
                 self.heartbeat()  # fresh states first, so the daemon's view is current at APPLIED
                 self.send((channel.APPLIED, message[1]))
@@ -207,6 +211,9 @@ class Watcher:
         for name, spec in wanted.items():
             old = self.watches.get(name)
             if old is not None and old.spec == spec:
+                if old.tree is not None:
+                    # A new budget applies to what is added from now on (see retry_limited).
+                    old.tree.max_directories = self.budgets.get(name)
                 continue
             # A changed watch is not a lost one coming back: no watch_restored for it.
             watch = Watch(spec=spec)
@@ -232,7 +239,8 @@ class Watcher:
         try:
             tree = Tree(ino, path, mask, recursive=recursive, prune=glob_predicate(exclude),
                         synthetic=True, progress=lambda n: self.send((channel.PROGRESS, name, n)),
-                        real_root=real_path, real_fs_only=True)
+                        real_root=real_path, real_fs_only=True,
+                        max_directories=self.budgets.get(name))
             existing = tree.start(report=restoring)
         except PathNotFoundError:
             ino.close()  # and every watch on it
@@ -350,17 +358,43 @@ class Watcher:
         for start in range(0, len(items), step):
             self.send((channel.EVENTS, name, [(now, items[start : start + step])]))
 
+    def retry_limited(self, now: float) -> None:
+        """Watch what a limit left unwatched again, once watches may have been freed.
+
+        Past its own budget, a tree is rescanned as soon as it holds fewer watches (deletions,
+        IN_IGNORED); past the kernel's limit, which other watches and programs share, every
+        LIMIT_RETRY_S. The rescan reports what it finds in the newly watched directories as
+        creates, like the one after a kernel queue overflow.
+        """
+        for watch in self.watches.values():
+            tree = watch.tree
+            if tree is None or tree.limit_error is None:
+                continue
+            if isinstance(tree.limit_error, DirectoryBudgetError):
+                budget = tree.max_directories
+                if budget is not None and tree.directories >= budget:
+                    continue
+            elif now < watch.limit_retry_at:
+                continue
+            watch.limit_retry_at = now + LIMIT_RETRY_S
+            self.send_items(watch, tree.resync(), time.time())
+
     def heartbeat(self) -> None:
-        states = {}
+        states: dict[str, tuple[str, int, int, str | None, str | None]] = {}
         for name, watch in self.watches.items():
             tree = watch.tree
             if tree is None:
-                states[name] = ("pending", 0, 0, watch.problem)
+                states[name] = ("pending", 0, 0, watch.problem, None)
             elif tree.limit_error is not None or tree.unreadable:
+                # Only a watch limit is announced to subscribers (watch_degraded).
+                limit = (None if tree.limit_error is None
+                         else "max_directories" if isinstance(tree.limit_error,
+                                                              DirectoryBudgetError)
+                         else "max_user_watches")
                 states[name] = ("degraded", tree.directories, tree.unwatched + tree.unreadable,
-                                degraded_problem(tree))
+                                degraded_problem(tree), limit)
             else:
-                states[name] = ("active", tree.directories, 0, None)
+                states[name] = ("active", tree.directories, 0, None, None)
         self.send((channel.HEARTBEAT, states))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -371,6 +405,7 @@ class Watcher:
         while self.running:
             now = time.monotonic()
             if now >= self.next_heartbeat:
+                self.retry_limited(now)
                 self.heartbeat()
                 self.next_heartbeat = now + HEARTBEAT_S
             if now >= self.next_pending_poll:

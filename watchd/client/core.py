@@ -42,7 +42,9 @@ from watchd.protocol import (
 )
 
 # Messages the daemon pushes on its own; everything else answers a request.
-PUSHED_TYPES = frozenset({"event", "overflow", "dropped", "watch_lost", "watch_restored"})
+PUSHED_TYPES = frozenset(
+    {"event", "overflow", "dropped", "watch_lost", "watch_restored", "watch_degraded"}
+)
 
 # How much a transport asks its socket for at once: a burst of events is read in few calls.
 READ_BYTES = 65536

@@ -71,6 +71,13 @@ def _user_ns_limit(name: str) -> int | None:
         return None
 
 
+def effective_watch_limit() -> int | None:
+    """The watches this user may hold: the host-wide limit or its user namespace's, the lower."""
+    limits = (proc_limit("max_user_watches"), _user_ns_limit("watches"))
+    known = [v for v in limits if v is not None]
+    return min(known, default=None)
+
+
 def _limit_text(name: str, ns_name: str) -> str:
     value = proc_limit(name)
     text = f"fs.inotify.{name}={'unknown' if value is None else value}"
