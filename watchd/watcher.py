@@ -35,7 +35,7 @@ from watchd.inotify import (
     PathNotFoundError,
     WatchLimitError,
 )
-from watchd.tree import Tree, TreeEvent
+from watchd.inotify.tree import Tree, TreeEvent
 
 log = logging.getLogger("watchd.watcher")
 

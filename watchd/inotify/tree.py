@@ -85,7 +85,7 @@ from watchd.inotify.flags import (
     IN_UNMOUNT,
 )
 
-log = logging.getLogger("watchd.tree")
+log = logging.getLogger("watchd.inotify.tree")
 
 # The bits the tree itself needs, whatever the caller asked for.
 _BOOKKEEPING = IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
