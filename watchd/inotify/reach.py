@@ -32,8 +32,8 @@ class Reach:
     Mutable (the fds of the batch): not a value.
     """
 
-    __slots__ = ("_batch_fds", "_follow", "_ino", "_narrow", "_real_fs_only", "_real_root",
-                 "_watches", "root", "root_prefix")
+    __slots__ = ("_follow", "_ino", "_narrow", "_real_fs_only", "_real_root", "_watches",
+                 "batch_fds", "root", "root_prefix")
 
     def __init__(self, ino: InotifyFd, watches: Watches, root: str, *, real_root: str | None,
                  follow: bool, real_fs_only: bool, narrow: int) -> None:
@@ -48,7 +48,8 @@ class Reach:
         self._follow = follow
         self._real_fs_only = real_fs_only
         self._narrow = narrow
-        self._batch_fds: dict[str, tuple[int, int]] = {}  # prefix -> (fd, st_dev), one batch
+        # prefix -> (fd, st_dev), for one batch; read by the tree, which closes them at its end
+        self.batch_fds: dict[str, tuple[int, int]] = {}
 
     # -- the root ----------------------------------------------------------------------------
 
@@ -106,21 +107,21 @@ class Reach:
         Opened from the root one name at a time with O_NOFOLLOW (O_PATH: no event), and
         checked to be the watched directory; None when the path no longer leads to it.
         """
-        hit = self._batch_fds.get(prefix)
+        hit = self.batch_fds.get(prefix)
         if hit is not None:
             return hit
-        if len(self._batch_fds) >= BATCH_FDS:
+        if len(self.batch_fds) >= BATCH_FDS:
             self.close_batch_fds()
         root_prefix = self.root_prefix
         try:
-            root = self._batch_fds.get(root_prefix)
+            root = self.batch_fds.get(root_prefix)
             if root is None:
                 fd = self.open_root()
                 root = (fd, os.fstat(fd).st_dev)
                 if not self.is_watch(fd, self._watches.root_wd):
                     os.close(fd)
                     return None
-                self._batch_fds[root_prefix] = root
+                self.batch_fds[root_prefix] = root
             if prefix == root_prefix:
                 return root if wd == self._watches.root_wd else None
             fd = fs.open_below(root[0], prefix[len(root_prefix):-1].split("/"),
@@ -131,7 +132,7 @@ class Reach:
         if not self.is_watch(fd, wd):
             os.close(fd)
             return None
-        self._batch_fds[prefix] = hit
+        self.batch_fds[prefix] = hit
         return hit
 
     def is_watch(self, fd: int, wd: int) -> bool:
@@ -154,14 +155,9 @@ class Reach:
 
     def close_batch_fds(self) -> None:
         """Close the fds opened during this batch."""
-        for fd, _ in self._batch_fds.values():
+        for fd, _ in self.batch_fds.values():
             os.close(fd)
-        self._batch_fds.clear()
-
-    @property
-    def holds_fds(self) -> bool:
-        """Whether fds of this batch are open."""
-        return bool(self._batch_fds)
+        self.batch_fds.clear()
 
 
 def _is_symlink(path: str) -> bool:

@@ -322,7 +322,7 @@ class Tree:
                 self.overflowed = self._rescanner.run(out, overflowed=self.overflowed)
             else:
                 watches.rescan.clear()  # the tree is gone: nothing of it to account for
-        if self._reach.holds_fds:
+        if self._reach.batch_fds:
             self._reach.close_batch_fds()
 
     # -- overflow ----------------------------------------------------------------------------
