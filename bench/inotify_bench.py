@@ -17,7 +17,7 @@ Three measurements, every candidate in the same run, alternating, medians of the
 Candidates (each in its own process):
   raw          ctypes inotify_init1 + select.epoll + 64 KiB os.read + struct parsing, path join
   binding      watchd.inotify.InotifyFd: wait_readable + read_events (FIONREAD, one read, parse)
-  tree         watchd.tree.Tree over an InotifyFd (the daemon's watcher path)
+  tree         watchd.inotify.tree.Tree over an InotifyFd (the daemon's watcher path)
   compat       watchd.inotify.adapters.Inotify(...).event_gen()
   compat-tree  watchd.inotify.adapters.InotifyTree(...).event_gen()
   inotifywait  inotifywait -m [-r] --format '%e %w%f', read over a pipe
@@ -198,9 +198,9 @@ def consume_binding(root: str, recursive: bool, ready: Callable[[], None], tally
 
 
 def consume_tree(root: str, recursive: bool, ready: Callable[[], None], tally: Tally) -> None:
-    """watchd.tree.Tree over an InotifyFd, as the daemon's watcher runs it."""
+    """watchd.inotify.tree.Tree over an InotifyFd, as the daemon's watcher runs it."""
     from watchd.inotify import InotifyFd
-    from watchd.tree import Tree
+    from watchd.inotify.tree import Tree
 
     with InotifyFd() as ino:
         tree = Tree(ino, root, STD_MASK, recursive=recursive)
@@ -313,7 +313,7 @@ def _read_lines(fd: int, tally: Tally) -> None:
 # Each candidate imports its layer only when it runs, so that its VmHWM holds what it uses.
 LAYERS: dict[str, tuple[str, ...]] = {
     "binding": ("watchd.inotify",),
-    "tree": ("watchd.inotify", "watchd.tree"),
+    "tree": ("watchd.inotify", "watchd.inotify.tree"),
     "compat": ("watchd.inotify.adapters",),
     "compat-tree": ("watchd.inotify.adapters",),
 }

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from watchd.events import DEFAULT_KINDS, kinds_mask
 from watchd.inotify import InotifyFd
-from watchd.tree import Tree
+from watchd.inotify.tree import Tree
 
 ITEM = operator.itemgetter(0, 1, 2, 3)
 FILES = 3500  # 4 events each: 14,000, inside the default kernel queue of 16,384

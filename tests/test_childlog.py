@@ -10,8 +10,8 @@ from watchd.childlog import MAX_LINE, LineSplitter, Record, parse_line
 def test_prefixed_lines_keep_their_logger_and_priority() -> None:
     assert parse_line(b"<3>watchd.watcher: cannot watch /x", 7) == Record(
         "watchd.watcher", logging.ERROR, "cannot watch /x")
-    assert parse_line(b"<7>watchd.tree: scanned", 7) == Record(
-        "watchd.tree", logging.DEBUG, "scanned")
+    assert parse_line(b"<7>watchd.inotify.tree: scanned", 7) == Record(
+        "watchd.inotify.tree", logging.DEBUG, "scanned")
     assert parse_line(b"<4>watchd: w", 7) == Record("watchd", logging.WARNING, "w")
 
 

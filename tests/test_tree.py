@@ -41,7 +41,7 @@ from watchd.inotify import (
     RawEvent,
     WatchLimitError,
 )
-from watchd.tree import Tree, TreeEvent
+from watchd.inotify.tree import Tree, TreeEvent
 
 QUIET = IN_ALL_EVENTS & ~(IN_OPEN | IN_ACCESS | IN_CLOSE_NOWRITE)
 SENTINEL = "zz-sentinel"

@@ -19,7 +19,7 @@ from tests.harness import short_tmpdir
 from tests.inotify.isolation import run_isolated
 from tests.test_tree import QUIET, Run, kernel_inodes
 from watchd.inotify import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, IN_Q_OVERFLOW, InotifyFd
-from watchd.tree import RESCAN_TRIES, Tree
+from watchd.inotify.tree import RESCAN_TRIES, Tree
 
 
 @pytest.fixture

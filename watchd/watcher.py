@@ -35,7 +35,8 @@ from watchd.inotify import (
     PathNotFoundError,
     WatchLimitError,
 )
-from watchd.tree import DirectoryBudgetError, Tree, TreeEvent
+from watchd.inotify.errors import DirectoryBudgetError
+from watchd.inotify.tree import Tree, TreeEvent
 
 log = logging.getLogger("watchd.watcher")
 

@@ -31,7 +31,7 @@ from watchd.inotify.constants import (
     IN_UNMOUNT,
     MASK_LOOKUP,
 )
-from watchd.tree import Tree, TreeEvent
+from watchd.inotify.tree import Tree, TreeEvent
 
 _LOGGER = logging.getLogger(__name__)
 

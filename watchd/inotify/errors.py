@@ -41,6 +41,19 @@ class WatchLimitError(InotifyError):
     """ENOSPC from inotify_add_watch: the per-user watch limit is reached."""
 
 
+class DirectoryBudgetError(WatchLimitError):
+    """A tree's own max_directories is used up (the kernel's limit may not be)."""
+
+    def __init__(self, budget: int, path: str) -> None:
+        super().__init__(
+            _errno.ENOSPC,
+            f"this watch's budget of {budget} directories is used up (its max_directories, "
+            "by default a fair share of fs.inotify.max_user_watches): raise max_directories "
+            "for this watch, or watch a smaller tree",
+            path,
+        )
+
+
 class InstanceLimitError(InotifyError):
     """EMFILE from inotify_init1: too many inotify instances (or open files)."""
 
@@ -143,6 +156,7 @@ def error_for(
 
 
 __all__ = [
+    "DirectoryBudgetError",
     "InotifyError",
     "InstanceLimitError",
     "NotADirectoryPathError",

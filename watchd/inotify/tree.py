@@ -1,0 +1,350 @@
+"""Recursive watching of one directory tree over an InotifyFd that the caller owns and reads.
+
+The tree keeps two maps and nothing else per directory: wd -> path prefix and prefix -> wd,
+where a prefix is the directory's absolute path with a trailing "/" (so that a rename
+rewrites every descendant with one `startswith` pass and never matches a sibling such as
+"/a/bc" when "/a/b" moves).
+
+Rules worth knowing:
+
+* The tree is walked by file descriptor, never by path string. Each directory is opened
+  relative to its parent's fd with O_NOFOLLOW, watched through that fd (/proc/<pid>/fd/N,
+  which the kernel resolves to the very inode the fd holds), and listed from it. A symbolic
+  link swapped in for a directory (or for one of its parents) while the tree works is met as
+  a link and never followed, so the walk cannot leave the tree; and no path is ever longer
+  than one name, so trees deeper than PATH_MAX are watched too. To reach a directory named
+  in an event, the tree opens it from the root one name at a time, with O_NOFOLLOW each, and
+  checks that it is the directory of that event's watch. Fds are held only during a walk
+  (at most MAX_HELD_FDS at once, and those of one batch of events until its end).
+* The root's last component is never followed (its parents are, unless `real_root` is
+  given: then none is). A symbolic link at the root's path is refused like a file.
+* A new directory is watched before it is listed, so nothing created in it is missed.
+  With `synthetic`, its entries are reported as IN_CREATE events. The kernel may report
+  the same entry too (created between the watch and the listing); such a kernel IN_CREATE
+  is dropped when the listing already reported that name in that directory. The names
+  listed are remembered until the end of the next handle() call: the kernel events they
+  could duplicate are queued before the listing returns, hence read by then. A delete or
+  move of the name forgets it, so a later re-creation is reported.
+* A directory's IN_MOVED_FROM is paired by cookie with the IN_MOVED_TO of the same
+  handle() call. When none comes, the directory left the tree: its watches are removed.
+  (The kernel queues both during one rename, so they share a read unless the read split
+  them; the directory is then watched again, as moved in, when its IN_MOVED_TO comes.)
+* A new directory that the tree cannot reach (gone, or its parent's path changed before
+  the rename's events were read) is not forgotten: its parent is listed again at the end of
+  the batch, and of the following batches until that works, and what it holds unwatched is
+  watched then (with synthetic creates). Past RESCAN_TRIES batches the tree gives up and
+  reports an overflow, so that the caller resyncs and its subscribers rescan.
+* A directory that cannot be opened or listed (EACCES, EIO...) is that directory's problem:
+  it is recorded in `failed` (and logged, at most once per LOG_EVERY_S), and the walk goes on.
+* A directory already watched on the same fd (a bind mount, or another tree or watch of
+  the same fd) is detected with IN_MASK_CREATE and skipped, never re-mapped.
+* With `real_fs_only`, a root on a pseudo file system (proc, sysfs, cgroup...) is refused
+  and such file systems mounted below the root are not descended into.
+* Links below the root are not followed, unless follow_symlinks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from watchd.inotify import fs
+from watchd.inotify._binding import InotifyFd, RawTuple
+from watchd.inotify.errors import WatchLimitError
+from watchd.inotify.flags import (
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MASK_CREATE,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    IN_UNMOUNT,
+)
+from watchd.inotify.reach import Reach
+from watchd.inotify.rescan import RESCAN_TRIES, Rescanner
+from watchd.inotify.walk import Frame, Settings, Walker
+from watchd.inotify.watches import TreeEvent, Watches, dir_path
+
+__all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
+
+# Events that need more than a lookup and a report (see Tree._slow).
+_SLOW = IN_ISDIR | IN_MOVED_FROM | IN_MOVED_TO | IN_IGNORED | IN_UNMOUNT | IN_Q_OVERFLOW
+_ROOT_LOSS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
+# Events that make, unmake or rename a name in a directory.
+_NAMING = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+
+
+class Tree:
+    """One watched directory (and, if recursive, everything below it) on a shared InotifyFd.
+
+    Its parts: Watches (the bookkeeping), Reach (opening its directories by fd), Walker
+    (watching and listing them) and Rescanner (walks that events call for). The tree itself
+    reads the events and decides.
+    """
+
+    __slots__ = (
+        "_decode_errors",
+        "_encoding",
+        "_ino",
+        "_path_of",
+        "_reach",
+        "_rescanner",
+        "_settings",
+        "_walker",
+        "_watches",
+        "lost",
+        "overflowed",
+        "root",
+    )
+
+    def __init__(
+        self,
+        ino: InotifyFd,
+        root: str | bytes | os.PathLike[str],
+        mask: int,
+        *,
+        recursive: bool = True,
+        prune: Callable[[str], bool] | None = None,
+        follow_symlinks: bool = False,
+        synthetic: bool = False,
+        quiet_listing: bool = True,
+        quiet_parent: bool = True,
+        progress: Callable[[int], None] | None = None,
+        real_root: str | None = None,
+        real_fs_only: bool = False,
+        max_directories: int | None = None,
+    ) -> None:
+        self._ino = ino
+        self.root = os.path.abspath(os.fsdecode(root))
+        self._settings = settings = Settings.of(
+            mask, recursive=recursive, prune=prune, follow_symlinks=follow_symlinks,
+            synthetic=synthetic, quiet_listing=quiet_listing, quiet_parent=quiet_parent,
+            progress=progress, real_fs_only=real_fs_only)
+        self._watches = watches = Watches(ino)
+        # The map itself, not through `_watches`: handle() and the adapters' routing read it
+        # per event. Watches only ever clears it, never replaces it.
+        self._path_of = watches.path_of
+        self._reach = Reach(ino, watches, self.root, real_root=real_root,
+                            follow=follow_symlinks, real_fs_only=real_fs_only,
+                            narrow=settings.narrow)
+        self._walker = Walker(ino, watches, self._reach, settings)
+        self._walker.max_directories = max_directories
+        self._rescanner = Rescanner(watches, self._reach, self._walker, settings)
+        self._encoding = sys.getfilesystemencoding()
+        self._decode_errors = sys.getfilesystemencodeerrors()
+        self.lost: str | None = None
+        self.overflowed = False
+
+    # -- public state ------------------------------------------------------------------------
+
+    @property
+    def directories(self) -> int:
+        """How many directories are watched now."""
+        return len(self._path_of)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Directories that could not be opened or listed: prefix -> what went wrong."""
+        return self._walker.unreadable.failed
+
+    @property
+    def unreadable(self) -> int:
+        """How many directories could not be opened or listed (see `failed`)."""
+        return len(self._walker.unreadable)
+
+    @property
+    def unwatched(self) -> int:
+        """How many directories are left unwatched past the watch limit."""
+        return self._walker.unwatched
+
+    @property
+    def limit_error(self) -> WatchLimitError | None:
+        """The error of the watch limit, once this tree has reached it."""
+        return self._walker.limit_error
+
+    @property
+    def max_directories(self) -> int | None:
+        """This tree's share of the watch limit (None: the kernel's limit alone)."""
+        return self._walker.max_directories
+
+    @max_directories.setter
+    def max_directories(self, budget: int | None) -> None:
+        self._walker.max_directories = budget
+
+    def owns(self, wd: int) -> bool:
+        """True when `wd` is one of this tree's watches."""
+        return wd in self._path_of
+
+    def path_of(self, wd: int) -> str | None:
+        """The directory path of one of this tree's watches, or None."""
+        prefix = self._path_of.get(wd)
+        return None if prefix is None else dir_path(prefix)
+
+    # -- set-up and tear-down ----------------------------------------------------------------
+
+    def start(self, *, report: bool = False) -> list[TreeEvent]:
+        """Watch the root (raising the binding's error if it cannot be) and all below it.
+
+        With report, what is already there comes back as synthetic creates: for a root that
+        reappeared, whose contents nobody has been told about.
+        """
+        s, reach, walker = self._settings, self._reach, self._walker
+        fd = reach.open_root_checked()
+        try:
+            st = os.fstat(fd)
+            walker.fs_type(st.st_dev, fd)
+            wd = self._ino.add_watch_raw(fs.proc_path(fd, os.getpid()), s.narrow | IN_MASK_CREATE)
+            if wd < 0:
+                raise reach.root_error(-wd)
+        except BaseException:
+            os.close(fd)
+            raise
+        root_prefix = reach.root_prefix
+        self._watches.remember(wd, root_prefix)
+        self._watches.root_wd = wd
+        out: list[TreeEvent] | None = [] if report else None
+        if not s.recursive:
+            if out is not None:
+                walker.entries(fd, root_prefix, wd, out, None)
+            if s.quiet:
+                reach.set_mask(fd, wd, s.full, os.getpid())
+            os.close(fd)
+            return out or []
+        subdirs = walker.entries(fd, root_prefix, wd, out, st)
+        top = Frame(fd, "", root_prefix, st.st_dev, wd, subdirs=subdirs,
+                    fresh=True, own=True, widen=s.quiet)
+        walker.walk(top, out, visited=walker.visited_set(st))
+        return out or []
+
+    def close(self) -> None:
+        """Remove every watch of this tree (the fd stays open: it is the caller's)."""
+        self._reach.close_batch_fds()
+        self._watches.clear()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def handle(self, raw: Sequence[RawTuple]) -> list[TreeEvent]:
+        """Apply a batch of this tree's kernel events and return those to report."""
+        out: list[TreeEvent] = []
+        append = out.append
+        path_of = self._path_of
+        watches = self._watches
+        report = self._settings.report
+        encoding, errors = self._encoding, self._decode_errors
+        new = tuple.__new__  # skips NamedTuple.__new__'s Python-level argument handling
+        slow_bits = _SLOW
+        if watches.synth_cur or watches.synth_prev:
+            slow_bits |= IN_CREATE | IN_DELETE
+        elif self._settings.follow:
+            slow_bits |= IN_CREATE  # a new symlink may lead to a directory
+
+        root_wd = watches.root_wd
+        for ev in raw:
+            wd, mask, cookie, length, name = ev
+            prefix = path_of.get(wd)
+            if prefix is None:
+                if wd == -1 and mask & IN_Q_OVERFLOW:
+                    self.overflowed = True
+                    append(new(TreeEvent, (mask, cookie, "", None, -1, b"", 0)))
+                continue  # a watch this tree has already dropped
+            if name:
+                if mask & slow_bits:
+                    self._slow(ev, prefix, out)
+                elif mask & report:
+                    path = prefix + name.decode(encoding, errors)
+                    append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
+            elif wd == root_wd and mask & (_ROOT_LOSS | IN_IGNORED):
+                self._root_event(ev, out)
+            elif mask & IN_IGNORED:
+                watches.forget(wd)
+            elif mask & report:
+                path = dir_path(prefix)
+                append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
+        self._end_batch(out)
+        return out
+
+    def _slow(self, ev: RawTuple, prefix: str, out: list[TreeEvent]) -> None:
+        """An event on a named entry that needs bookkeeping before it is reported."""
+        wd, mask, cookie, length, raw_name = ev
+        name = raw_name.decode(self._encoding, self._decode_errors)
+        path = prefix + name
+        is_dir = bool(mask & IN_ISDIR)
+        s, watches = self._settings, self._watches
+        if is_dir and s.prune is not None and s.prune(name):
+            if mask & IN_MOVED_TO:
+                # A watched directory renamed to a pruned name leaves the tree.
+                src = watches.move_to(cookie)
+                if src is not None and src[1]:
+                    watches.rm_all(src[1])
+            return
+        if (mask & _NAMING and (watches.synth_cur or watches.synth_prev)
+                and watches.unlist(wd, name) and mask & IN_CREATE):
+            return  # the listing of the new directory already reported it
+        failed = self._walker.unreadable.failed
+        if is_dir and failed and mask & (IN_DELETE | IN_MOVED_FROM):
+            failed.pop(path + "/", None)  # an unreadable directory that went away
+        src_path = None
+        moved: list[int] | None = None
+        if mask & IN_MOVED_FROM:
+            watches.move_from(cookie, path, is_dir)
+        elif mask & IN_MOVED_TO:
+            src = watches.move_to(cookie)
+            if src is not None:
+                src_path, moved = src
+        if mask & s.report:
+            out.append(TreeEvent(mask, cookie, path, src_path, wd, raw_name, length))
+        if not (s.recursive and mask & (IN_CREATE | IN_MOVED_TO)):
+            return
+        if not is_dir and not (s.follow and os.path.isdir(path)):
+            return
+        if self.lost is not None:
+            return
+        if moved and src_path is not None:
+            watches.rename(moved, src_path + "/", path + "/")
+        else:
+            self._rescanner.watch_new(wd, prefix, name, out if s.synthetic else None)
+
+    def _root_event(self, ev: RawTuple, out: list[TreeEvent]) -> None:
+        """A deletion, move, unmount or IN_IGNORED of the root itself."""
+        wd, mask, cookie, length, name = ev
+        if mask & IN_IGNORED:
+            self.lost = self.lost or "deleted"
+            self._watches.forget(wd)
+            return
+        if mask & IN_UNMOUNT:
+            self.lost = "unmounted"
+        elif mask & IN_DELETE_SELF:
+            self.lost = self.lost or "deleted"
+        elif mask & IN_MOVE_SELF:
+            self.lost = self.lost or "moved"
+        out.append(TreeEvent(mask, cookie, self.root, None, wd, name, length))
+
+    def _end_batch(self, out: list[TreeEvent]) -> None:
+        watches = self._watches
+        if watches.moves or watches.synth_cur or watches.synth_prev:
+            watches.end_batch()
+        if watches.rescan:
+            if self.lost is None:
+                self.overflowed = self._rescanner.run(out, overflowed=self.overflowed)
+            else:
+                watches.rescan.clear()  # the tree is gone: nothing of it to account for
+        if self._reach.batch_fds:
+            self._reach.close_batch_fds()
+
+    # -- overflow ----------------------------------------------------------------------------
+
+    def resync(self) -> list[TreeEvent]:
+        """After an overflow: watch directories that appeared, forget those that vanished."""
+        self.overflowed = False
+        self._walker.limit_error = None  # found again below if a limit still stands in the way
+        watches = self._watches
+        watches.rescan.clear()
+        if self.lost is not None or watches.root_wd not in self._path_of \
+                or not self._settings.recursive:
+            return []
+        return self._rescanner.resync()

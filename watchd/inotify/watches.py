@@ -1,0 +1,162 @@
+"""A tree's bookkeeping: wd <-> path maps, renames, moves paired by cookie, names just listed.
+
+A directory is known by its prefix: its absolute path with a trailing "/", so that a rename
+rewrites every descendant with one `startswith` pass and never matches a sibling such as
+"/a/bc" when "/a/b" moves. Nothing here opens a directory or reads an event: the tree
+(watchd.inotify.tree) decides, this records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import NamedTuple
+
+from watchd.inotify._binding import InotifyFd
+from watchd.inotify.errors import InotifyError
+from watchd.inotify.flags import IN_CREATE, IN_ISDIR
+
+
+class TreeEvent(NamedTuple):
+    """One event of the tree, with its absolute path.
+
+    A NamedTuple because one is built per kernel event on the hot path.
+    """
+
+    mask: int  # kernel mask bits, IN_ISDIR included
+    cookie: int
+    path: str  # absolute; os.fsdecode (surrogateescape) of the kernel's bytes
+    src_path: str | None  # IN_MOVED_TO only: the source path when its IN_MOVED_FROM was seen
+    wd: int  # the kernel's watch descriptor, -1 for synthetic and overflow events
+    name: bytes  # the kernel's name (b"" for events on the watched directory itself)
+    length: int  # the kernel's padded len field (0 for synthetic events)
+
+
+def dir_path(prefix: str) -> str:
+    """The path of the directory whose prefix this is ("/" for the root of the file system)."""
+    return prefix[:-1] or "/"
+
+
+def synthetic_create(path: str, is_dir: bool) -> TreeEvent:
+    """The IN_CREATE that reports an entry found by listing a new directory."""
+    mask = IN_CREATE | IN_ISDIR if is_dir else IN_CREATE
+    name = os.fsencode(path.rpartition("/")[2])
+    return TreeEvent(mask, 0, path, None, -1, name, 0)
+
+
+class Watches:
+    """The directories one tree watches, and what its current batch of events left pending.
+
+    Mutable, and shared by the parts of one tree (they alias `path_of` and `wd_of`, which are
+    therefore only ever cleared, never replaced): not a value.
+    """
+
+    __slots__ = ("_ino", "moves", "path_of", "rescan", "root_wd", "synth_cur", "synth_prev",
+                 "wd_of")
+
+    def __init__(self, ino: InotifyFd) -> None:
+        self._ino = ino
+        self.path_of: dict[int, str] = {}
+        self.wd_of: dict[str, int] = {}
+        self.root_wd = -1
+        # cookie -> (source path, the wds at and below it for a directory, None for a file)
+        self.moves: dict[int, tuple[str, list[int] | None]] = {}
+        # Names reported by listing new directories, per wd: of this batch and of the last one
+        # (see the tree's rules: a kernel IN_CREATE of one of them is a duplicate).
+        self.synth_cur: dict[int, set[str]] = {}
+        self.synth_prev: dict[int, set[str]] = {}
+        # Watched directories to list again at the end of the batch (see the tree's rules):
+        # wd -> batches it has been out of reach.
+        self.rescan: dict[int, int] = {}
+
+    # -- the maps ----------------------------------------------------------------------------
+
+    def remember(self, wd: int, prefix: str) -> None:
+        """Record watch `wd` as the directory at `prefix`."""
+        self.path_of[wd] = prefix
+        self.wd_of[prefix] = wd
+
+    def forget(self, wd: int) -> None:
+        """Drop watch `wd` (gone with its directory, or removed) and all that waits on it."""
+        prefix = self.path_of.pop(wd, None)
+        if prefix is not None and self.wd_of.get(prefix) == wd:
+            del self.wd_of[prefix]
+        self.synth_cur.pop(wd, None)
+        self.synth_prev.pop(wd, None)
+        self.rescan.pop(wd, None)
+
+    def rm(self, wd: int) -> None:
+        """Remove watch `wd` from the kernel and forget it."""
+        with contextlib.suppress(InotifyError):  # already gone with its directory
+            self._ino.rm_watch(wd)
+        self.forget(wd)
+
+    def rm_all(self, wds: list[int]) -> None:
+        """Remove the watches `wds` that are still ours, but the root's."""
+        for wd in wds:
+            if wd != self.root_wd and wd in self.path_of:
+                self.rm(wd)
+
+    def below(self, prefix: str) -> list[int]:
+        """The wds of the directory at `prefix` and of everything below it."""
+        return [wd for wd, p in self.path_of.items() if p.startswith(prefix)]
+
+    def rename(self, wds: list[int], old: str, new: str) -> None:
+        """Move the watches `wds` from under prefix `old` to under prefix `new`."""
+        path_of, wd_of = self.path_of, self.wd_of
+        cut = len(old)
+        moved = [(wd, p) for wd in wds if (p := path_of.get(wd)) is not None and p.startswith(old)]
+        for wd, p in moved:
+            if wd_of.get(p) == wd:
+                del wd_of[p]
+        for wd, p in moved:
+            q = new + p[cut:]
+            path_of[wd] = q
+            wd_of[q] = wd
+
+    def clear(self) -> None:
+        """Remove every watch (unless the fd is closed already) and forget everything."""
+        if not self._ino.closed:
+            rm = self._ino.rm_watch
+            for wd in self.path_of:
+                # A watch that went with its directory has nothing left to remove.
+                with contextlib.suppress(InotifyError):
+                    rm(wd)
+        self.path_of.clear()
+        self.wd_of.clear()
+        self.synth_cur.clear()
+        self.synth_prev.clear()
+        self.rescan.clear()
+
+    # -- one batch of events -----------------------------------------------------------------
+
+    def move_from(self, cookie: int, path: str, is_dir: bool) -> None:
+        """An IN_MOVED_FROM: keep its source (and a directory's watches) for its IN_MOVED_TO."""
+        self.moves[cookie] = (path, self.below(path + "/") if is_dir else None)
+
+    def move_to(self, cookie: int) -> tuple[str, list[int] | None] | None:
+        """An IN_MOVED_TO: the source path and watches of its IN_MOVED_FROM, if it was seen."""
+        return self.moves.pop(cookie, None)
+
+    def unlist(self, wd: int, name: str) -> bool:
+        """Whether listing a new directory `wd` reported `name`; it is forgotten either way.
+
+        A later event on the name is then the kernel's own: reported, even a re-creation.
+        """
+        listed = self.synth_cur.get(wd) or self.synth_prev.get(wd)
+        if listed is not None and name in listed:
+            listed.discard(name)
+            return True
+        return False
+
+    def end_batch(self) -> None:
+        """The batch is read: what moved out of the tree goes, and listed names age."""
+        moves = self.moves
+        if moves:
+            for _, moved in moves.values():
+                if moved:  # its IN_MOVED_TO did not come: it left the tree
+                    self.rm_all(moved)
+            moves.clear()
+        if self.synth_cur or self.synth_prev:
+            self.synth_prev = self.synth_cur
+            self.synth_cur = {}
