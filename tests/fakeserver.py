@@ -193,7 +193,7 @@ class FakeServer:
         return seq
 
     def notice(self, kind: str, watch: str | None = None, **fields: Any) -> None:
-        """Send a notice (overflow, watch_lost, watch_restored) to the subscriptions of watch."""
+        """Send a notice (overflow, watch_lost, watch_restored, watch_degraded) to watch's subs."""
         with self._lock:
             for conn, sid, sub in self._live_subs():
                 if watch is not None and sub.watch is not None and watch not in sub.watch:
@@ -204,6 +204,10 @@ class FakeServer:
                 elif kind == "watch_lost":
                     assert watch is not None
                     line = protocol.watch_lost(sid, watch, self.watches[watch], fields["reason"])
+                elif kind == "watch_degraded":
+                    assert watch is not None
+                    line = protocol.watch_degraded(sid, watch, fields["unwatched"],
+                                                   fields["reason"])
                 else:
                     assert kind == "watch_restored"
                     assert watch is not None

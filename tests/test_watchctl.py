@@ -342,7 +342,9 @@ def test_subscribe_readable_lines(server: FakeServer, follow: type[Follower]) ->
     server.dropped(sid, 10, 19)
     server.notice("watch_lost", watch="uploads", reason="deleted")
     server.notice("watch_restored", watch="uploads")
-    notices = [follower.line().decode().rstrip("\n") for _ in range(5)]
+    server.notice("watch_lost", watch="uploads", reason="forbidden")
+    server.notice("watch_degraded", watch="uploads", unwatched=3500, reason="max_directories")
+    notices = [follower.line().decode().rstrip("\n") for _ in range(7)]
     expected = [
         "!! overflow (kernel_queue) on watch uploads: events may have been lost; rescan",
         "!! overflow (watcher_restart) on all watches: events may have been lost; rescan",
@@ -350,6 +352,11 @@ def test_subscribe_readable_lines(server: FakeServer, follow: type[Follower]) ->
         "subscribe again with --since 9 to get them",
         "!! watch uploads lost: /srv/uploads was deleted",
         "!! watch uploads restored: /srv/uploads is watched again",
+        "!! watch uploads lost: /srv/uploads may no longer be seen by this user "
+        "(the watch's allow_users / allow_groups)",
+        "!! watch uploads degraded: 3500 directories are not watched, past the watch's "
+        "max_directories; changes in them are not reported until watches are freed "
+        "(then an overflow notice says to rescan)",
     ]
     for line, text in zip(notices, expected, strict=True):
         assert re.fullmatch(CLOCK + " " + re.escape(text), line), line

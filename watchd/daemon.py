@@ -551,6 +551,8 @@ class Daemon:
         out: dict[str, Any] = {
             "name": ws.config.name,
             "path": ws.config.path,
+            # The directory the watcher opens: path with its symbolic links resolved at load.
+            "real_path": ws.config.real_path,
             "recursive": ws.config.recursive,
             "state": ws.state,
             "directories": ws.directories,
@@ -578,7 +580,9 @@ class Daemon:
             parts.append("watcher restarting")
         for ws in self.watches.values():
             if ws.state == "degraded":
-                parts.append(f"watch limit reached on {ws.config.name}")
+                # A limit (max_directories or the kernel's) or unreadable directories.
+                why = ws.limit or "unreadable directories"
+                parts.append(f"{ws.unwatched} directories unwatched on {ws.config.name} ({why})")
         if c.last_reload_error:
             parts.append(f"last reload failed: {c.last_reload_error}")
         return "; ".join(parts)

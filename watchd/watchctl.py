@@ -23,6 +23,12 @@ _LOST_REASONS = {
     "deleted": "was deleted",
     "unmounted": "was unmounted",
     "removed": "was removed from the configuration",
+    "forbidden": "may no longer be seen by this user (the watch's allow_users / allow_groups)",
+}
+# What a limit named by a watch_degraded notice is, for a person.
+_LIMITS = {
+    "max_directories": "the watch's max_directories",
+    "max_user_watches": "the kernel's fs.inotify.max_user_watches",
 }
 
 
@@ -287,6 +293,13 @@ def format_notice(message: dict[str, Any]) -> str:
         return f"watch {watch} lost: {path} {why}"
     if kind == "watch_restored":
         return f"watch {watch} restored: {path} is watched again"
+    if kind == "watch_degraded":
+        limit = str(message.get("reason"))
+        return (
+            f"watch {watch} degraded: {_show(message.get('unwatched'))} directories are not "
+            f"watched, past {_LIMITS.get(limit, _show(limit))}; changes in them are not "
+            "reported until watches are freed (then an overflow notice says to rescan)"
+        )
     return f"{_show(kind)}: {_show(message)}"
 
 

@@ -56,6 +56,8 @@ def test_a_root_configured_through_a_symlink_is_resolved_at_load(
     clock = Path(workdir) / "clock"
     daemon = start_daemon(config(watches=watch("w", link) + watch("clock", clock)))
     line, _ = daemon.subscribe()
+    shown = daemon.status()["watches"][0]
+    assert (shown["path"], shown["real_path"]) == (str(link), str(real))
     # Events carry the configured path; the directory watched is the one it named at load.
     (real / "a").touch()
     line.until(lambda m: m.get("path") == str(link / "a"))
@@ -77,6 +79,7 @@ def test_a_root_configured_through_a_symlink_is_resolved_at_load(
     # The reload resolved the link again (the operator's choice): the new target is watched.
     (private / "after-reload").touch()
     line.until(lambda m: m.get("path") == str(link / "after-reload"))
+    assert daemon.status()["watches"][0]["real_path"] == str(private)
 
 
 @pytest.fixture
