@@ -18,7 +18,14 @@ import pytest
 from tests.harness import short_tmpdir
 from tests.inotify.isolation import run_isolated
 from tests.test_tree import QUIET, Run, kernel_inodes
-from watchd.inotify import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, IN_Q_OVERFLOW, InotifyFd
+from watchd.inotify import (
+    IN_ALL_EVENTS,
+    IN_CREATE,
+    IN_ISDIR,
+    IN_MOVED_FROM,
+    IN_Q_OVERFLOW,
+    InotifyFd,
+)
 from watchd.inotify.tree import RESCAN_TRIES, Tree
 
 
@@ -406,3 +413,44 @@ def test_unreadable_directories_are_counted_and_the_rest_is_watched(
     assert failed == [f"{top}/closed/"]
     assert directories == 4  # top, open, open/sub, open/new
     assert f"{top}/open/new/f" in created
+
+
+def test_a_resync_at_the_budget_keeps_every_watch(tmp_path: pathlib.Path) -> None:
+    # A tree at its max_directories that resyncs (after an overflow, or to heal) must keep the
+    # watches it has: the budget stops new watches only.
+    for i in range(10):
+        (tmp_path / f"d{i}").mkdir()
+    with InotifyFd() as ino:
+        tree = Tree(ino, tmp_path, IN_CREATE, synthetic=True, max_directories=11)
+        tree.start()
+        assert tree.directories == 11
+        (tmp_path / "d0" / "over").mkdir()  # one more than the budget allows
+        tree.resync()
+        assert tree.directories == 11
+        assert tree.limit_error is not None
+        assert tree.unwatched == 1
+
+
+@pytest.mark.parametrize("fill", [62, 63, 64])
+def test_a_rescan_with_the_batch_fds_full_watches_what_it_finds(
+    tmp_path: pathlib.Path, fill: int
+) -> None:
+    # Opening a directory's parent to quiet its watch (a listing would be reported: IN_OPEN is
+    # asked for) may close the fds opened in the batch so far; the directory being listed
+    # again must not be one of them.
+    for i in range(70):
+        (tmp_path / f"d{i:02}").mkdir()
+    (tmp_path / "p" / "t").mkdir(parents=True)
+    with InotifyFd() as ino:
+        tree = Tree(ino, tmp_path, IN_ALL_EVENTS, synthetic=True)
+        tree.start()
+        reach, watches = tree._reach, tree._watches
+        for i in range(fill):
+            prefix = f"{tmp_path}/d{i:02}/"
+            assert reach.dir_fd(prefix, watches.wd_of[prefix]) is not None
+        new = tmp_path / "p" / "t" / "new"
+        new.mkdir()  # not seen by the tree: its event is never read
+        watches.rescan[watches.wd_of[f"{tmp_path}/p/t/"]] = 0
+        tree._rescanner.run([], overflowed=False)
+        reach.close_batch_fds()
+        assert f"{new}/" in watches.wd_of

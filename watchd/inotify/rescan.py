@@ -91,6 +91,14 @@ class Rescanner:
                 up = reach.dir_fd(parent, parent_wd)
                 if up is not None:
                     quiet.append((up[0], parent_wd))
+                    # Opening the parent may have closed the batch's fds, path_fd among them;
+                    # asked again, it is found (or opened again) and the parent's stays open.
+                    again = reach.dir_fd(prefix, wd)
+                    if again is None:
+                        self._watches.rescan.setdefault(wd, 0)  # out of reach: next batch
+                        return
+                    path_fd, dev = again
+                    quiet[0] = (path_fd, wd)
         pid = os.getpid()
         for qfd, qwd in quiet:
             reach.set_mask(qfd, qwd, s.narrow, pid)

@@ -291,7 +291,13 @@ class Walker:
                         continue
                     visited.add(key)
                 fresh = True
-                if counting:
+                known = self._wd_of.get(prefix) if seen is not None else None
+                if known is not None and self._reach.is_watch(fd, known):
+                    # A resync meets a directory it already watches: it keeps its watch,
+                    # whatever limit stops new ones (they would otherwise be dropped below).
+                    seen.add(known)  # type: ignore[union-attr]  # seen is set: see above
+                    wd, fresh = known, False
+                elif counting:
                     wd = -1
                     self.unwatched += 1
                 else:
