@@ -267,7 +267,7 @@ class Broker:
         A subscription that loses a watch it received is told watch_lost (reason forbidden);
         one that gets such a watch back, watch_restored.
         """
-        self._watches = {w.name: w for w in watches}
+        old, self._watches = self._watches, {w.name: w for w in watches}
         for conn in self._conns:
             touched = False
             for sub in conn.subs.values():
@@ -276,9 +276,8 @@ class Broker:
                 lost = (before - sub.visible) & self._watches.keys()
                 back = sub.revoked & sub.visible
                 for name in sorted(lost):
-                    line = protocol.watch_lost(
-                        sub.sid, name, self._watches[name].path, LostReason.FORBIDDEN
-                    )
+                    # The path the client knew: a reload that moved the watch must not say where.
+                    line = protocol.watch_lost(sub.sid, name, old[name].path, LostReason.FORBIDDEN)
                     self._notice(sub, line)
                 for name in sorted(back):
                     line = protocol.watch_restored(sub.sid, name, self._watches[name].path)
@@ -563,7 +562,9 @@ class Broker:
     def _check_watches(self, peer: Peer, req: Subscribe) -> None:
         for name in req.watch or ():
             watch = self._watches.get(name)
-            if watch is None:
+            # A watch this peer may not see is answered as one that does not exist: the
+            # difference would tell any socket user which names are configured.
+            if watch is None or not self._sees(peer, watch):
                 known = ", ".join(
                     sorted(n for n, w in self._watches.items() if self._sees(peer, w))
                 )
@@ -571,13 +572,6 @@ class Broker:
                     ErrorCode.UNKNOWN_WATCH,
                     f'"watch": no watch named {_quote(name)} is configured; '
                     f"known: {known or 'none'}",
-                    req.id,
-                )
-            if not self._sees(peer, watch):
-                raise ProtocolError(
-                    ErrorCode.FORBIDDEN,
-                    f'"watch": uid {peer.uid} may not see the watch {_quote(name)} '
-                    "(its allow_users / allow_groups); ask the administrator",
                     req.id,
                 )
 

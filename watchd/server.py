@@ -161,16 +161,19 @@ class TurnBudget:
         """A new turn: the waiting connections, least used first, while time is left."""
         self.scheduled = False
         self.started = None
-        for _ in range(len(self.waiting)):
-            if self.spent() or not self.waiting:
-                break
-            used, _, client = heapq.heappop(self.waiting)
-            client.waiting = False
-            self.clock = max(self.clock, used)
-            client.work()  # waits again if it still has requests
-        if self.waiting and not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.run)
+        try:
+            for _ in range(len(self.waiting)):
+                if self.spent() or not self.waiting:
+                    break
+                used, _, client = heapq.heappop(self.waiting)
+                client.waiting = False
+                self.clock = max(self.clock, used)
+                client.work()  # waits again if it still has requests
+        finally:
+            # Even if a request raised: the others must not be left waiting for a turn.
+            if self.waiting and not self.scheduled:
+                self.scheduled = True
+                asyncio.get_running_loop().call_soon(self.run)
 
 
 class ClientProtocol(asyncio.Protocol):

@@ -43,6 +43,7 @@ log = logging.getLogger("watchd.watcher")
 HEARTBEAT_S = 1.0  # how often the daemon hears from us when nothing else happens
 PENDING_POLL_S = 1.0  # how often a pending root is looked for again
 LIMIT_RETRY_S = 10.0  # how often a tree stopped by the kernel's watch limit tries again
+BUDGET_RETRY_S = 2.0  # at most this often, a tree stopped by its own budget is rescanned
 # Bytes of batches held for a daemon that does not read (~2M events); past it, overflow.
 OUTBUF_LIMIT = 128 << 20
 SEND_FRAMES = 64  # buffers per sendmsg (far below IOV_MAX)
@@ -375,10 +376,21 @@ class Watcher:
                 budget = tree.max_directories
                 if budget is not None and tree.directories >= budget:
                     continue
+                # Freed watches are looked for at once, but a rescan of the whole tree at
+                # most every BUDGET_RETRY_S: one rmdir a second must not cost a walk each.
+                if now < watch.limit_retry_at:
+                    continue
+                watch.limit_retry_at = now + BUDGET_RETRY_S
             elif now < watch.limit_retry_at:
                 continue
-            watch.limit_retry_at = now + LIMIT_RETRY_S
-            self.send_items(watch, tree.resync(), time.time())
+            else:
+                watch.limit_retry_at = now + LIMIT_RETRY_S
+            try:
+                self.send_items(watch, tree.resync(), time.time())
+            except Exception as e:
+                log.exception("watch %s: failed while watching again what a limit left out",
+                              watch.name)
+                self.fail(watch, e)
 
     def heartbeat(self) -> None:
         states: dict[str, tuple[str, int, int, str | None, str | None]] = {}

@@ -74,8 +74,11 @@ def test_named_forbidden_watch(daemon) -> None:
     assert proc.returncode == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
     assert lines[0]["type"] == "hello"
-    assert lines[1]["type"] == "error" and lines[1]["code"] == "forbidden" and lines[1]["id"] == 1
-    assert "secret" in lines[1]["message"]
+    # Answered as a name that is not configured: nobody cannot tell that "secret" exists.
+    assert lines[1]["type"] == "error" and lines[1]["code"] == "unknown_watch"
+    assert lines[1]["id"] == 1
+    assert lines[1]["message"].startswith('"watch": no watch named "secret" is configured')
+    assert "known: group, public" in lines[1]["message"]
     assert lines[2]["type"] == "subscribed"
     assert lines[3]["type"] == "subscribed"  # allowed by group
 
