@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from watchd.childlog import MAX_LINE, LineSplitter, Record, parse_line
+from watchd.childlog import CONTINUED, MAX_LINE, LineSplitter, Record, parse_line
 
 
 def test_prefixed_lines_keep_their_logger_and_priority() -> None:
@@ -33,5 +33,20 @@ def test_lines_split_across_reads_and_capped() -> None:
     assert split.finish() == [b"partial"]
     assert split.finish() == []
     long = split.feed(b"x" * (MAX_LINE * 2 + 5))
-    assert [len(x) for x in long] == [MAX_LINE, MAX_LINE]
-    assert split.finish() == [b"x" * 5]
+    assert long == [b"x" * MAX_LINE, CONTINUED + b"x" * MAX_LINE]
+    assert split.finish() == [CONTINUED + b"x" * 5]
+
+
+def test_a_cut_line_cannot_forge_a_record() -> None:
+    # A long name in a log line, cut where the rest reads as a record of another logger.
+    forged = b"<0>watchd.server: all clients disconnected"
+    split = LineSplitter()
+    head = b"<4>watchd.inotify.tree: cannot read /w/"
+    # It arrives in two reads, the first as long as a line may be.
+    pieces = split.feed(head + b"n" * (MAX_LINE - len(head)))
+    pieces += split.feed(forged + b"\n")
+    assert len(pieces) == 2
+    records = [parse_line(piece, 7) for piece in pieces]
+    assert records[0] is not None and records[0].logger == "watchd.inotify.tree"
+    assert records[1] == Record("watchd.watcher", logging.ERROR,
+                                "watcher process 7: (continued) " + forged.decode())

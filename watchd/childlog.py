@@ -43,26 +43,41 @@ def parse_line(line: bytes, pid: int) -> Record | None:
     return Record(DEFAULT_LOGGER, logging.ERROR, f"watcher process {pid}: {text}")
 
 
-class LineSplitter:
-    """Whole lines out of a byte stream, each at most MAX_LINE bytes."""
+# Put before every piece of a cut line but the first. A piece could otherwise begin with
+# `<N>watchd...: ` where a long file name in a log line was cut, and be taken for a record of
+# the priority and logger a writer in a watched tree chose.
+CONTINUED = b"(continued) "
 
-    __slots__ = ("_buf",)
+
+class LineSplitter:
+    """Whole lines out of a byte stream, each at most MAX_LINE bytes (and CONTINUED)."""
+
+    __slots__ = ("_buf", "_cut")
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._cut = False  # the line under way was cut: its next piece is a continuation
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
         *lines, rest = bytes(self._buf).split(b"\n")
         self._buf[:] = rest
+        if lines and self._cut:
+            lines[0] = CONTINUED + lines[0]
+            self._cut = False
         while len(self._buf) >= MAX_LINE:
-            lines.append(bytes(self._buf[:MAX_LINE]))
+            piece = bytes(self._buf[:MAX_LINE])
             del self._buf[:MAX_LINE]
+            lines.append(CONTINUED + piece if self._cut else piece)
+            self._cut = True
         return lines
 
     def finish(self) -> list[bytes]:
         """What is left at the end of the stream, as a last line."""
         rest, self._buf = bytes(self._buf), bytearray()
+        if rest and self._cut:
+            rest = CONTINUED + rest
+        self._cut = False
         return [rest] if rest else []
 
 
