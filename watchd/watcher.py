@@ -363,10 +363,10 @@ class Watcher:
     def retry_limited(self, now: float) -> None:
         """Watch what a limit left unwatched again, once watches may have been freed.
 
-        Past its own budget, a tree is rescanned as soon as it holds fewer watches (deletions,
-        IN_IGNORED); past the kernel's limit, which other watches and programs share, every
-        LIMIT_RETRY_S. The rescan reports what it finds in the newly watched directories as
-        creates, like the one after a kernel queue overflow.
+        Past its own budget, a tree is rescanned once it holds fewer watches (deletions,
+        IN_IGNORED), at most every BUDGET_RETRY_S; past the kernel's limit, which other
+        watches and programs share, every LIMIT_RETRY_S. The rescan reports what it finds in
+        the newly watched directories as creates, like the one after a kernel queue overflow.
         """
         for watch in self.watches.values():
             tree = watch.tree
