@@ -1,0 +1,417 @@
+"""The per-watch index and the diff of an index against a rescan, on real directories.
+
+The check used throughout is the client's: start from the set of paths the old index holds,
+apply the synthetic events in order as a client would (a move takes its subtree along, a
+delete its subtree), and compare with the set of paths the new scan holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pathlib
+import random
+import shutil
+import time
+import tracemalloc
+
+import pytest
+
+from watchd.diff import SYNTHETIC, diff
+from watchd.globs import glob_predicate
+from watchd.index import (
+    IN_ATTRIB,
+    IN_CREATE,
+    IN_DELETE,
+    IN_ISDIR,
+    IN_MODIFY,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    UNKNOWN_FILE,
+    Dirs,
+    Item,
+    TreeIndex,
+    count,
+    pack,
+    scan,
+)
+from watchd.inotify import IN_ACCESS, IN_ALL_EVENTS, IN_CLOSE_NOWRITE, IN_OPEN, InotifyFd
+from watchd.inotify.tree import Tree
+
+KIND = {IN_CREATE: "create", IN_DELETE: "delete", IN_MODIFY: "modify", IN_ATTRIB: "attrib",
+        IN_MOVED_FROM: "moved_from", IN_MOVED_TO: "moved_to"}
+QUIET = IN_ALL_EVENTS & ~(IN_OPEN | IN_ACCESS | IN_CLOSE_NOWRITE)
+
+
+def snap(root: pathlib.Path, **kw: object) -> Dirs:
+    options: dict[str, object] = {"recursive": True, "wanted": None, "prune": None}
+    options.update(kw)
+    return scan(str(root), str(root), **options)  # type: ignore[arg-type]
+
+
+def paths(dirs: Dirs) -> set[str]:
+    return {parent.rstrip("/") + "/" + name for parent, kids in dirs.items() for name in kids}
+
+
+def kind(item: Item) -> str:
+    mask = item[0]
+    return next(name for bit, name in KIND.items() if mask & bit)
+
+
+def replay(picture: set[str], items: list[Item], roots: set[str]) -> set[str]:
+    """Apply events as a client keeping a set of paths does; fail on an inapplicable one."""
+    out = set(picture)
+    for mask, _cookie, path, src in items:
+        assert mask & SYNTHETIC
+        k = kind((mask, 0, path, src))
+        parent = path.rpartition("/")[0]
+        if k == "create":
+            assert path not in out, f"create of a path the client has: {path}"
+            assert parent in out or parent in roots, f"create before its parent: {path}"
+            out.add(path)
+        elif k == "delete":
+            assert path in out, f"delete of a path the client does not have: {path}"
+            assert not any(p.startswith(path + "/") for p in out), f"delete before children: {path}"
+            out.discard(path)
+        elif k == "moved_to":
+            assert src is not None
+            assert src in out, f"move of a path the client does not have: {src}"
+            assert parent in out or parent in roots, f"move before its parent: {path}"
+            moved = {p for p in out if p == src or p.startswith(src + "/")}
+            out -= moved
+            out -= {p for p in out if p == path or p.startswith(path + "/")}
+            out |= {path + p[len(src):] for p in moved}
+        elif k in ("modify", "attrib"):
+            assert path in out, f"{k} of a path the client does not have: {path}"
+    return out
+
+
+def check(old: Dirs, new: Dirs, root: pathlib.Path) -> list[Item]:
+    result = diff(old, new, str(root), itertools.count(1 << 32))
+    assert replay(paths(old), result.items, {str(root)}) == paths(new)
+    return result.items
+
+
+def simple(items: list[Item]) -> list[tuple[str, str]]:
+    return [(kind(i), i[2]) for i in items]
+
+
+@pytest.fixture
+def tree(tmp_path: pathlib.Path) -> pathlib.Path:
+    root = tmp_path / "t"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "c").mkdir()
+    for i in range(3):
+        (root / "a" / f"f{i}").write_text("x")
+        (root / "a" / "b" / f"g{i}").write_text("y")
+    (root / "top").write_text("z")
+    return root
+
+
+# -- records and the scan ---------------------------------------------------------------------
+
+
+def test_scan_lists_every_path_and_records_types(tree: pathlib.Path) -> None:
+    dirs = snap(tree)
+    assert set(dirs) == {str(tree), f"{tree}/a", f"{tree}/a/b", f"{tree}/c"}
+    assert dirs[str(tree)]["a"] & 1 and not dirs[str(tree)]["top"] & 1
+    assert count(dirs) == 3 + 3 + 3 + 1
+
+
+def test_record_changes_with_content_mode_and_inode(tree: pathlib.Path) -> None:
+    f = tree / "top"
+    before = pack(os.lstat(f))
+    assert pack(os.lstat(f)) == before
+    os.utime(f, ns=(1, 2))
+    after_mtime = pack(os.lstat(f))
+    assert after_mtime != before
+    os.chmod(f, 0o600)
+    assert pack(os.lstat(f)) != after_mtime
+
+
+def test_scan_does_not_track_excluded_paths_nor_follow_links(tree: pathlib.Path,
+                                                             tmp_path: pathlib.Path) -> None:
+    (tree / "node_modules" / "x").mkdir(parents=True)
+    (tree / "a" / "skip.tmp").write_text("")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("")
+    (tree / "link").symlink_to(outside)
+    exclude = ("node_modules", "*.tmp")
+    prune = glob_predicate(exclude)
+    dirs = snap(tree, wanted=lambda n: not (prune and prune(n)), prune=prune)
+    every = paths(dirs)
+    assert not any("node_modules" in p or p.endswith(".tmp") for p in every)
+    assert f"{tree}/link" in every
+    assert not any("secret" in p for p in every)
+
+
+def test_index_memory_per_path(tmp_path: pathlib.Path) -> None:
+    """A bound that catches a blown-up layout; bench/index_memory.py measures 20,000 files."""
+    root = tmp_path / "big"
+    for d in range(20):
+        sub = root / f"d{d:03}"
+        sub.mkdir(parents=True)
+        for f in range(100):
+            (sub / f"file{f:05}.txt").touch()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        dirs = snap(root)
+        used = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert count(dirs) == 2020
+    assert used / count(dirs) < 160
+
+
+# -- the diff -----------------------------------------------------------------------------------
+
+
+def test_nothing_changed_nothing_reported(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    assert check(old, snap(tree), tree) == []
+
+
+def test_creates_parents_before_children(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    (tree / "n1" / "n2").mkdir(parents=True)
+    (tree / "n1" / "n2" / "f").write_text("")
+    (tree / "c" / "new").write_text("")
+    items = check(old, snap(tree), tree)
+    got = simple(items)
+    assert sorted(got) == sorted([("create", f"{tree}/n1"), ("create", f"{tree}/n1/n2"),
+                                  ("create", f"{tree}/n1/n2/f"), ("create", f"{tree}/c/new")])
+    order = [p for _, p in got]
+    assert order.index(f"{tree}/n1") < order.index(f"{tree}/n1/n2") < order.index(
+        f"{tree}/n1/n2/f")
+    assert items[0][0] & IN_ISDIR or items[0][2].endswith("new")
+
+
+def test_deletes_children_before_parents(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    shutil.rmtree(tree / "a")
+    got = simple(check(old, snap(tree), tree))
+    assert all(k == "delete" for k, _ in got)
+    order = [p for _, p in got]
+    assert len(order) == 8
+    assert order[-1] == f"{tree}/a"
+    assert order.index(f"{tree}/a/b/g0") < order.index(f"{tree}/a/b")
+
+
+def test_modify_on_content_and_attrib_on_mode(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    (tree / "a" / "f0").write_text("longer")
+    os.chmod(tree / "a" / "f1", 0o600)
+    os.chmod(tree / "c", 0o700)
+    got = simple(check(old, snap(tree), tree))
+    assert sorted(got) == [("attrib", f"{tree}/a/f1"), ("attrib", f"{tree}/c"),
+                           ("modify", f"{tree}/a/f0")]
+
+
+def test_file_renamed_is_one_pair(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    os.rename(tree / "a" / "f0", tree / "c" / "moved")
+    items = check(old, snap(tree), tree)
+    assert simple(items) == [("moved_from", f"{tree}/a/f0"), ("moved_to", f"{tree}/c/moved")]
+    assert items[0][1] == items[1][1] and items[0][1] >= 1 << 32
+    assert items[1][3] == f"{tree}/a/f0"
+    assert diff(old, snap(tree), str(tree), itertools.count(1)).changes == 1
+
+
+def test_directory_renamed_is_one_pair_and_changes_inside_are_reported_at_the_new_name(
+        tree: pathlib.Path) -> None:
+    old = snap(tree)
+    os.rename(tree / "a", tree / "c" / "a2")
+    (tree / "c" / "a2" / "b" / "g0").write_text("changed!")
+    (tree / "c" / "a2" / "b" / "g1").unlink()
+    (tree / "c" / "a2" / "new").write_text("")
+    got = simple(check(old, snap(tree), tree))
+    assert ("moved_from", f"{tree}/a") in got and ("moved_to", f"{tree}/c/a2") in got
+    assert len([k for k, _ in got if k.startswith("moved")]) == 2
+    # The delete of what it lost comes before it moved, or after, at its name at that time.
+    assert ("delete", f"{tree}/a/b/g1") in got or ("delete", f"{tree}/c/a2/b/g1") in got
+    assert ("create", f"{tree}/c/a2/new") in got
+    assert ("modify", f"{tree}/c/a2/b/g0") in got
+    assert len(got) == 5
+
+
+def test_renamed_over_an_existing_file(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    os.rename(tree / "a" / "f0", tree / "top")
+    got = simple(check(old, snap(tree), tree))
+    assert got == [("delete", f"{tree}/top"), ("moved_from", f"{tree}/a/f0"),
+                   ("moved_to", f"{tree}/top")]
+
+
+def test_save_by_rename_of_a_new_file_is_a_modify(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    (tree / "top.tmp").write_text("new content")
+    os.rename(tree / "top.tmp", tree / "top")
+    assert simple(check(old, snap(tree), tree)) == [("modify", f"{tree}/top")]
+
+
+def test_moved_away_and_a_new_file_in_its_place(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    os.rename(tree / "top", tree / "c" / "top")
+    (tree / "top").write_text("another")
+    got = simple(check(old, snap(tree), tree))
+    assert got[:2] == [("moved_from", f"{tree}/top"), ("moved_to", f"{tree}/c/top")]
+    assert got[2:] == [("create", f"{tree}/top")]
+
+
+def test_swapped_files_and_directories(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    os.rename(tree / "a" / "f0", tree / "tmp")
+    os.rename(tree / "a" / "f1", tree / "a" / "f0")
+    os.rename(tree / "tmp", tree / "a" / "f1")
+    os.rename(tree / "a", tree / "tmpd")
+    os.rename(tree / "c", tree / "a")
+    os.rename(tree / "tmpd", tree / "c")
+    check(old, snap(tree), tree)
+
+
+def test_directory_replaced_and_its_entry_moved_into_the_new_one(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    os.rename(tree / "a", tree / "a.old")
+    (tree / "a").mkdir()
+    os.rename(tree / "a.old" / "f0", tree / "a" / "f0")
+    got = simple(check(old, snap(tree), tree))
+    assert got[:2] == [("moved_from", f"{tree}/a"), ("moved_to", f"{tree}/a.old")]
+    assert ("create", f"{tree}/a") in got
+    assert ("moved_to", f"{tree}/a/f0") in got
+
+
+def test_type_changes_are_a_delete_and_a_create(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    shutil.rmtree(tree / "a" / "b")
+    (tree / "a" / "b").write_text("now a file")
+    (tree / "top").unlink()
+    (tree / "top").mkdir()
+    got = simple(check(old, snap(tree), tree))
+    assert ("delete", f"{tree}/a/b") in got and ("create", f"{tree}/a/b") in got
+    assert got.index(("delete", f"{tree}/top")) < got.index(("create", f"{tree}/top"))
+
+
+def test_hard_links_are_never_taken_for_moves(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    os.link(tree / "top", tree / "c" / "l1")
+    os.link(tree / "top", tree / "c" / "l2")
+    (tree / "top").unlink()
+    got = simple(check(old, snap(tree), tree))
+    assert not any(k.startswith("moved") for k, _ in got)
+
+
+def test_unknown_record_differs_from_anything(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    old[str(tree)]["top"] = UNKNOWN_FILE
+    old[str(tree)]["ghost"] = UNKNOWN_FILE
+    got = simple(check(old, snap(tree), tree))
+    assert sorted(got) == [("delete", f"{tree}/ghost"), ("modify", f"{tree}/top")]
+
+
+def test_events_are_marked_synthetic_with_their_type(tree: pathlib.Path) -> None:
+    old = snap(tree)
+    (tree / "d").mkdir()
+    items = check(old, snap(tree), tree)
+    assert items == [(IN_CREATE | IN_ISDIR | SYNTHETIC, 0, f"{tree}/d", None)]
+
+
+def _random_op(rng: random.Random, root: pathlib.Path) -> None:
+    every = list(root.rglob("*"))
+    dirs = [root, *[p for p in every if p.is_dir() and not p.is_symlink()]]
+    op = rng.choice(["mkdir", "create", "create", "delete", "move", "move", "modify", "chmod",
+                     "swap"])
+    target = rng.choice(dirs) / f"n{rng.randrange(1000)}"
+    try:
+        if op == "mkdir":
+            target.mkdir()
+        elif op == "create":
+            target.write_text("x" * rng.randrange(3))
+        elif op == "delete" and every:
+            victim = rng.choice(every)
+            shutil.rmtree(victim) if victim.is_dir() else victim.unlink()
+        elif op == "move" and every:
+            src = rng.choice(every)
+            if not str(target).startswith(str(src) + "/"):
+                os.rename(src, target)
+        elif op == "modify" and every:
+            f = rng.choice(every)
+            if f.is_file():
+                f.write_text("y" * rng.randrange(1, 9))
+                os.utime(f, ns=(rng.randrange(10**9), rng.randrange(10**18)))
+        elif op == "chmod" and every:
+            os.chmod(rng.choice(every), rng.choice([0o700, 0o755, 0o644]))
+        elif op == "swap" and len(every) > 1:
+            a, b = rng.sample(every, 2)
+            if not (str(a).startswith(str(b) + "/") or str(b).startswith(str(a) + "/")):
+                tmp = root / "swap-tmp"
+                os.rename(a, tmp)
+                os.rename(b, a)
+                os.rename(tmp, b)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_changes_replay_exactly(tmp_path: pathlib.Path, seed: int) -> None:
+    rng = random.Random(seed)
+    root = tmp_path / "r"
+    root.mkdir()
+    for _ in range(30):
+        _random_op(rng, root)
+    for _ in range(5):
+        old = snap(root)
+        for _ in range(rng.randrange(1, 25)):
+            _random_op(rng, root)
+        check(old, snap(root), root)
+
+
+# -- keeping the index up to date from events -------------------------------------------------
+
+
+def _events(ino: InotifyFd, tree: Tree, settle: pathlib.Path) -> list[Item]:
+    """Read the tree's events until the marker file's create shows up."""
+    settle.write_text("")
+    items: list[Item] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ino.wait_readable(0.5)
+        batch = [(ev[0], ev[1], ev[2], ev[3]) for ev in tree.handle(ino.read_raw())]
+        items.extend(batch)
+        if any(i[2] == str(settle) and i[0] & IN_CREATE for i in batch):
+            return items
+    raise AssertionError("the marker's create never came")
+
+
+def test_index_follows_events_to_equal_a_scan(tree: pathlib.Path) -> None:
+    index = TreeIndex(str(tree))
+    with InotifyFd() as ino:
+        t = Tree(ino, str(tree), QUIET, synthetic=True)
+        t.start()
+        index.replace(snap(tree))
+        rng = random.Random(7)
+        for round_ in range(6):
+            for _ in range(15):
+                _random_op(rng, tree)
+            index.apply(_events(ino, t, tree / f"settle{round_}"))
+            assert index.dirs == snap(tree)
+
+
+def test_index_keeps_a_path_whose_state_could_not_be_read(tree: pathlib.Path) -> None:
+    index = TreeIndex(str(tree))
+    index.replace(snap(tree))
+    index.apply([(IN_CREATE, 0, f"{tree}/vanished", None)])
+    assert index.dirs[str(tree)]["vanished"] == UNKNOWN_FILE
+    got = diff(index.dirs, snap(tree), str(tree), itertools.count(1))
+    assert simple(got.items) == [("delete", f"{tree}/vanished")]
+
+
+def test_index_moves_a_directory_subtree_by_cookie(tree: pathlib.Path) -> None:
+    index = TreeIndex(str(tree))
+    index.replace(snap(tree))
+    os.rename(tree / "a", tree / "c" / "a")
+    index.apply([(IN_MOVED_FROM | IN_ISDIR, 9, f"{tree}/a", None)])
+    # The pair split across two batches still finds the subtree.
+    index.apply([(IN_MOVED_TO | IN_ISDIR, 9, f"{tree}/c/a", f"{tree}/a")])
+    assert index.dirs == snap(tree)
