@@ -121,7 +121,7 @@ class Line:
         while True:
             msg = self.recv(max(0.01, deadline - time.monotonic()))
             if msg.get("type") in ("event", "overflow", "dropped", "watch_lost", "watch_restored",
-                                   "watch_degraded"):
+                                   "watch_degraded", "resynced"):
                 self.pushed.append(msg)
                 continue
             return msg

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from watchd import protocol
 from watchd.broker import REPLAY_STEP, Broker, Connection, Filter, Peer
-from watchd.events import KIND_BITS, Kind
+from watchd.events import KIND_BITS, SYNTHETIC, Kind
 from watchd.protocol import ErrorCode, ProtocolError, Subscribe
 
 INSTANCE = "i-test"
@@ -404,8 +404,34 @@ def test_notices_respect_the_acl_and_the_watch_filter() -> None:
     broker.overflow(None, "watcher_restart")
     assert len(alice_sink.take()) == 2
     assert bob_sink.take() == [{"type": "overflow", "subscription": sid_bob, "seq": 0,
-                                "reason": "watcher_restart", "watch": None}]
+                                "reason": "watcher_restart", "watch": None, "resync": False}]
     assert broker.overflows == 2  # occasions, not notices
+
+
+def test_resync_flag_is_per_subscription_and_resynced_is_replayed_in_place() -> None:
+    broker = acl_broker()
+    alice_sink, alice = join(broker, ALICE)
+    sid_all = sub(broker, alice)  # sees public and private
+    sid_public = sub(broker, alice, watch=("public",))
+    broker.publish("public", 1.0, creates("/public/before"))
+    alice_sink.take()
+    # A restart with only "public" resynced: whoever also receives "private" must rescan.
+    broker.overflow(None, "watcher_restart", frozenset({"public"}))
+    flags = {m["subscription"]: m["resync"] for m in alice_sink.take()}
+    assert flags == {sid_all: False, sid_public: True}
+    broker.publish("public", 1.0, [(0x100 | SYNTHETIC, 0, "/public/new", None)])
+    broker.resynced("public", 1, 2.5)
+    got = [m for m in alice_sink.take() if m["subscription"] == sid_public]
+    assert [m["type"] for m in got] == ["event", "resynced"]
+    assert got[0]["synthetic"] is True
+    assert got[1] == {"type": "resynced", "subscription": sid_public, "seq": 2,
+                      "watch": "public", "changes": 1, "duration_ms": 2.5}
+    # A replay from before the loss meets both notices in their place among the events.
+    replay_sink, late = join(broker, ALICE)
+    sid = sub(broker, late, since=0, instance=broker.instance, watch=("public",))
+    assert [(m["type"], m["seq"]) for m in replay_sink.messages()[1:]
+            if m["subscription"] == sid] == [
+        ("event", 1), ("overflow", 1), ("event", 2), ("resynced", 2)]
 
 
 def test_set_watches_recomputes_the_acl() -> None:

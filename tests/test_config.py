@@ -385,8 +385,13 @@ def test_indexes_are_zero_based_and_count_every_watch() -> None:
             watch_toml("recurse = false", name="a"),
             "watch[0].recurse",
             "unknown key; the keys allowed here are allow_groups, allow_users, events, exclude,"
-            " include, max_directories, name, path, recursive; did you mean 'recursive'?"
-            " (in watch 'a')",
+            " include, max_directories, name, path, recursive, resync; did you mean"
+            " 'recursive'? (in watch 'a')",
+        ),
+        (
+            watch_toml("resync = 'no'"),
+            "watch[0].resync",
+            "expected true or false, got a string ('no')",
         ),
         (
             watch_toml("recursive = 'yes'"),

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from watchd import protocol
-from watchd.events import ALL_KINDS, Kind
+from watchd.events import ALL_KINDS, SYNTHETIC, Kind
 from watchd.protocol import (
     EVENT_HEAD,
     ErrorCode,
@@ -295,11 +295,17 @@ def test_error_codes_are_the_wire_codes() -> None:
 
 
 def test_notices() -> None:
-    assert protocol.overflow("s", 7, protocol.OverflowReason.KERNEL_QUEUE, "up") == (
-        b'{"type":"overflow","subscription":"s","seq":7,"reason":"kernel_queue","watch":"up"}\n'
+    assert protocol.overflow("s", 7, protocol.OverflowReason.KERNEL_QUEUE, "up", True) == (
+        b'{"type":"overflow","subscription":"s","seq":7,"reason":"kernel_queue","watch":"up",'
+        b'"resync":true}\n'
     )
     assert protocol.overflow("s", 7, "watcher_restart", None) == (
-        b'{"type":"overflow","subscription":"s","seq":7,"reason":"watcher_restart","watch":null}\n'
+        b'{"type":"overflow","subscription":"s","seq":7,"reason":"watcher_restart","watch":null,'
+        b'"resync":false}\n'
+    )
+    assert protocol.resynced("s", 9, "up", 3, 12.5) == (
+        b'{"type":"resynced","subscription":"s","seq":9,"watch":"up","changes":3,'
+        b'"duration_ms":12.5}\n'
     )
     assert protocol.dropped("s", 3, 10, 12) == (
         b'{"type":"dropped","subscription":"s","count":3,"first_seq":10,"last_seq":12}\n'
@@ -366,6 +372,17 @@ def test_moved_to_carries_src_path_last() -> None:
     assert obj["cookie"] == 77
     assert list(obj)[-1] == "src_path"
     assert obj["src_path"] == "/a/old"
+
+
+def test_synthetic_event_has_an_empty_mask_and_says_so() -> None:
+    mask = 0x100 | 0x40000000 | SYNTHETIC
+    tail = protocol.EventEncoder().tail(5, 1.5, "w", "create", "/w/d", mask, 0, None)
+    assert tail == protocol.event_tail(5, 1.5, '"w"', "create", "/w/d", mask, 0, None)
+    event = json.loads(protocol.event_line("s", tail))
+    assert event["mask"] == [] and event["synthetic"] is True and event["is_dir"] is True
+    plain = json.loads(protocol.event_line("s", protocol.EventEncoder().tail(
+        5, 1.5, "w", "create", "/w/d", 0x100, 0, None)))
+    assert "synthetic" not in plain
 
 
 def test_mask_names_in_ascending_bit_order_unknown_bits_left_out() -> None:

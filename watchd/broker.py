@@ -192,11 +192,26 @@ class _Route:
 
 @dataclass(frozen=True, slots=True)
 class _Marker:
-    """An overflow held in the replay history: events may be lost after seq."""
+    """An overflow held in the replay history: events may be lost after seq. Or, with
+    changes >= 0, the end of the synthetic events of a resync of `watch`."""
 
     seq: int
     watch: str | None
     reason: str
+    resync: frozenset[str] = frozenset()  # watches whose differences follow as events
+    changes: int = -1
+    duration_ms: float = 0.0
+
+    def line(self, sub: Subscription) -> bytes:
+        """The notice as this subscription receives it."""
+        if self.changes >= 0:
+            assert self.watch is not None
+            return protocol.resynced(sub.sid, self.seq, self.watch, self.changes,
+                                     self.duration_ms)
+        # For every watch at once, a resync follows only if it covers all this one receives.
+        resync = (self.watch in self.resync if self.watch is not None
+                  else bool(self.resync) and sub.visible <= self.resync)
+        return protocol.overflow(sub.sid, self.seq, self.reason, self.watch, resync)
 
 
 def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
@@ -531,31 +546,40 @@ class Broker:
             if chunks:
                 conn.sink.write(chunks)
 
-    def overflow(self, watch: str | None, reason: str) -> None:
-        """Tell the subscribers of a watch (all, for None) that events may have been lost here."""
+    def overflow(self, watch: str | None, reason: str,
+                 resync: frozenset[str] = frozenset()) -> None:
+        """Tell the subscribers of a watch (all, for None) that events may have been lost here;
+        for the watches in `resync`, that the differences follow (see resynced)."""
         self.overflows += 1
         self._overflows_of[watch or ""] = self._overflows_of.get(watch or "", 0) + 1
-        seq = self.last_seq
-        marker = _Marker(seq, watch, reason)
+        self._mark(_Marker(self.last_seq, watch, reason, resync))
+
+    def resynced(self, watch: str, changes: int, duration_ms: float) -> None:
+        """Tell a watch's subscribers that the synthetic events of its resync are all out."""
+        self._mark(_Marker(self.last_seq, watch, "", changes=changes, duration_ms=duration_ms))
+
+    def _mark(self, marker: _Marker) -> None:
+        """Hold a notice in the history and send it to the live subscribers concerned."""
+        watch = marker.watch
         # The same occasion twice at one seq tells a re-subscriber nothing new; skipping it also
         # bounds the markers when overflows repeat with no event in between.
         if not self._marked(marker):
             self._markers.append(marker)
             self._prune_markers()
         # A replay under way meets the marker in the history, in its place among the events.
-        self._notify(watch, lambda sid: protocol.overflow(sid, seq, reason, watch), live_only=True)
+        self._notify(watch, marker.line, live_only=True)
 
     def watch_lost(self, watch: str, path: str, reason: str) -> None:
         """Tell a watch's subscribers that its root went away (call before a reload removes it)."""
-        self._notify(watch, lambda sid: protocol.watch_lost(sid, watch, path, reason))
+        self._notify(watch, lambda sub: protocol.watch_lost(sub.sid, watch, path, reason))
 
     def watch_restored(self, watch: str, path: str) -> None:
         """Tell a watch's subscribers that its root is watched again."""
-        self._notify(watch, lambda sid: protocol.watch_restored(sid, watch, path))
+        self._notify(watch, lambda sub: protocol.watch_restored(sub.sid, watch, path))
 
     def watch_degraded(self, watch: str, unwatched: int, reason: str) -> None:
         """Tell a watch's subscribers that a limit leaves some of its directories unwatched."""
-        self._notify(watch, lambda sid: protocol.watch_degraded(sid, watch, unwatched, reason))
+        self._notify(watch, lambda sub: protocol.watch_degraded(sub.sid, watch, unwatched, reason))
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -792,7 +816,7 @@ class Broker:
             ):
                 if sub.drop_count:
                     self._settle(sub)
-                sub.conn.queue.append(self._marker_line(sub.sid, marker))
+                sub.conn.queue.append(marker.line(sub))
         cur.marked = max(cur.marked, upto)
 
     def _end_replay(self, sub: Subscription) -> None:
@@ -813,7 +837,8 @@ class Broker:
                 self._advance(sub, first_kept, None)
 
     def _notify(
-        self, watch: str | None, line_for: Callable[[str], bytes], *, live_only: bool = False
+        self, watch: str | None, line_for: Callable[[Subscription], bytes], *,
+        live_only: bool = False
     ) -> None:
         """Queue a notice to every subscription concerned by a watch (all of them for None);
         live_only leaves out replays under way."""
@@ -825,14 +850,10 @@ class Broker:
                 if watch is None or watch in sub.visible:
                     if sub.drop_count:
                         self._settle(sub)
-                    conn.queue.append(line_for(sub.sid))
+                    conn.queue.append(line_for(sub))
                     touched = True
             if touched:
                 self._pump(conn)
-
-    @staticmethod
-    def _marker_line(sid: str, marker: _Marker) -> bytes:
-        return protocol.overflow(sid, marker.seq, marker.reason, marker.watch)
 
     def _marked(self, marker: _Marker) -> bool:
         """Whether this very marker is already held (markers at one seq are at the right end)."""

@@ -17,7 +17,8 @@ _LEN = struct.Struct("<I")
 _LEN_SIZE = _LEN.size
 
 # Message tags. Daemon -> watcher:
-# (CONFIG, generation, [spec, ...], {watch: max_directories})  the whole desired set of watches
+# (CONFIG, generation, [spec, ...], {watch: max_directories}, [watch with resync, ...])
+#   the whole desired set of watches
 CONFIG = "config"
 STOP = "stop"  # (STOP,)
 # Watcher -> daemon:
@@ -28,7 +29,12 @@ EVENTS = "ev"
 # (HEARTBEAT, {watch: (state, directories, unwatched, limit_message, limit)}), limit naming the
 # limit a degraded watch reached: "max_directories" (its own budget) or "max_user_watches"
 HEARTBEAT = "hb"
-OVERFLOW = "overflow"  # (OVERFLOW, watch)  the kernel (or our own buffer) dropped events
+# (OVERFLOW, watch, resync)  the kernel (or our own buffer) dropped events; resync: a SCAN of
+# the watch follows at once
+OVERFLOW = "overflow"
+# (SCAN, watch, {directory: {name: record}}, seconds)  the tree as scanned once its watches
+# were in place (watchd.index), for a watch with resync: after a loss, or when established
+SCAN = "scan"
 LOST = "lost"  # (LOST, watch, path, reason)
 RESTORED = "restored"  # (RESTORED, watch, path)
 PROGRESS = "progress"  # (PROGRESS, watch, directories)  during a long scan

@@ -70,6 +70,9 @@ class WatchConfig:
     allow_users: frozenset[int] | None = None  # uids
     allow_groups: frozenset[int] | None = None  # gids
     max_directories: int | None = None  # None: a fair share (Config.directory_budgets)
+    # Keep an index of the tree, so that after a loss only the differences are published
+    # (watchd.resync); false: an overflow notice alone, and no memory spent on the tree.
+    resync: bool = True
     # Not a key of the file: `path` with its symbolic links resolved when the file was loaded,
     # where it differs from `path` (the watcher opens this one, following no link at all).
     resolved: str = ""
@@ -491,7 +494,7 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
     }
     for key, value in table.items():
         full = f"{prefix}.{key}"
-        if key == "recursive":
+        if key in ("recursive", "resync"):
             values[key] = r.boolean(value, full)
         elif key == "events":
             values[key] = _events(r, value, full)

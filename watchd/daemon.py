@@ -36,6 +36,7 @@ from watchd.errors import ConfigError
 from watchd.events import kinds_mask
 from watchd.inotify import read_limits
 from watchd.inotify.errors import effective_watch_limit
+from watchd.resync import Resyncer
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit, trusted
 from watchd.supervisor import BACKOFF_S, STABLE_AFTER_S, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
@@ -103,6 +104,9 @@ class Daemon:
                              defer=lambda fn: asyncio.get_running_loop().call_soon(fn))
         self.broker.set_watches(config.watches)
         self.watches = {w.name: WatchState(w) for w in config.watches}
+        # The index of each watch with resync (see watchd.resync).
+        self.resync = Resyncer()
+        self.resync.configure(config.watches, changed=[w.name for w in config.watches])
         self.clients: set[ClientProtocol] = set()
         self.counters = Counters()
         self.generation = 0
@@ -207,7 +211,8 @@ class Daemon:
         if self.watcher is not None and not self.watcher.exited:
             specs = [watch_spec(w) for w in self.config.watches]
             budgets = self.config.directory_budgets(effective_watch_limit())
-            self.watcher.send((channel.CONFIG, self.generation, specs, budgets))
+            self.watcher.send((channel.CONFIG, self.generation, specs, budgets,
+                               self.resync.enabled()))
         return self.generation
 
     async def wait_applied(self, generation: int, *, initial: bool = False,
@@ -237,6 +242,7 @@ class Daemon:
     def on_watcher_message(self, message: tuple[Any, ...]) -> None:
         tag = message[0]
         if tag == channel.EVENTS:
+            self.resync.track(message[1], message[2])
             self.broker.publish_reads(message[1], message[2])
             if self.broker.queues_filling:
                 self.congestion_changed()
@@ -246,9 +252,15 @@ class Daemon:
             self.announce_restart(message[1])
             self.resolve_applied(message[1])
         elif tag == channel.OVERFLOW:
-            log.warning("watch %s: the kernel event queue overflowed; "
-                        "subscribers are told to rescan", message[1])
-            self.broker.overflow(message[1], "kernel_queue")
+            name = message[1]
+            # A scan follows when the watcher could make one (see watchd.resync).
+            resync = self.resync.resyncing([name]) if len(message) > 2 and message[2] else None
+            log.warning("watch %s: the kernel event queue overflowed; %s", name,
+                        "resynchronizing" if resync else "subscribers are told to rescan")
+            self.resync.lost(name)
+            self.broker.overflow(name, "kernel_queue", resync or frozenset())
+        elif tag == channel.SCAN:
+            self.on_scan(message[1], message[2], message[3])
         elif tag == channel.LOST:
             _, name, path, reason = message
             state = self.watches.get(name)
@@ -256,12 +268,14 @@ class Daemon:
                 state.state, state.directories = "pending", 0
             log.warning("watch %s: %s was %s; waiting for it to come back", name, path, reason)
             self.lost.add(name)
+            self.resync.lost(name)
             self.broker.watch_lost(name, path, reason)
         elif tag == channel.RESTORED:
             _, name, path = message
             state = self.watches.get(name)
             if state is not None:
                 state.state = "active"
+            self.resync.restored(name)
             self.restored(name, path)
         elif tag == channel.PROGRESS:
             self.on_progress(message[1], message[2])
@@ -278,6 +292,15 @@ class Daemon:
             self.last_progress = now
             self.notifier.send(f"EXTEND_TIMEOUT_USEC={EXTEND_TIMEOUT_USEC}",
                                f"STATUS=Establishing watches: {self.directories()} directories")
+
+    def on_scan(self, name: str, dirs: Any, scan_s: float) -> None:
+        """A scan of a watch: held while a restart notice is owed, else compared at once."""
+        if self.restart_notice_at is not None:
+            self.resync.held.append((name, dirs, scan_s))
+            return
+        result = self.resync.scanned(name, dirs, scan_s)
+        if result is not None:
+            self.resync.publish(self.broker, name, result)
 
     def restored(self, name: str, path: str) -> None:
         self.lost.discard(name)
@@ -335,6 +358,7 @@ class Daemon:
         # sent now, it would invite a rescan that the blind window can still make incomplete.
         # Several deaths before one replacement is established owe one notice.
         self.restart_notice_at = NOT_YET_SENT
+        self.resync.lost(None)
         for ws in self.watches.values():
             ws.state = "pending"
         self.schedule_restart(asyncio.get_running_loop())
@@ -349,8 +373,13 @@ class Daemon:
         due = self.restart_notice_at
         if due is not None and generation >= due:
             self.restart_notice_at = None
-            log.info("the new watcher's watches are established; subscribers are told to rescan")
-            self.broker.overflow(None, "watcher_restart")
+            held, self.resync.held = self.resync.held, []
+            resync = self.resync.resyncing(name for name, _, _ in held)
+            log.info("the new watcher's watches are established; %s",
+                     "resynchronizing" if resync else "subscribers are told to rescan")
+            self.broker.overflow(None, "watcher_restart", resync)
+            for name, dirs, scan_s in held:
+                self.on_scan(name, dirs, scan_s)
 
     def schedule_restart(self, loop: asyncio.AbstractEventLoop) -> None:
         delay = BACKOFF_S[min(self.counters.crashes_in_a_row, len(BACKOFF_S) - 1)]
@@ -546,8 +575,7 @@ class Daemon:
             self.max_user_watches = (now, value)
         return value
 
-    @staticmethod
-    def watch_status(ws: WatchState) -> dict[str, Any]:
+    def watch_status(self, ws: WatchState) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": ws.config.name,
             "path": ws.config.path,
@@ -557,6 +585,7 @@ class Daemon:
             "state": ws.state,
             "directories": ws.directories,
             "inotify_watches": ws.directories,
+            **self.resync.status(ws.config.name),
         }
         if ws.state == "degraded":
             out["unwatched"] = ws.unwatched
@@ -676,6 +705,10 @@ class Daemon:
             for w in new.watches
         }
         self.broker.set_watches(new.watches)
+        # A watch the watcher establishes anew is scanned anew: its index starts over.
+        self.resync.configure(new.watches, changed=[
+            *(w.name for w in diff.added),
+            *(w.name for o, w in diff.changed if watch_spec(o) != watch_spec(w))])
 
     @staticmethod
     def describe_diff(diff: ConfigDiff) -> str:

@@ -25,9 +25,12 @@ block one another (names swapped in a cycle) are turned into deletes and creates
 
 from __future__ import annotations
 
+__all__ = ["SYNTHETIC", "Diff", "diff"]
+
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from watchd.events import SYNTHETIC
 from watchd.index import (
     IN_ATTRIB,
     IN_CREATE,
@@ -46,9 +49,6 @@ from watchd.index import (
     split,
 )
 
-# Marks an item as synthetic: a bit no kernel event carries (the watch flags from 0x01000000
-# up are never set in an event, and 0x08000000 is not even one of them).
-SYNTHETIC = 0x08000000
 _EMPTY: dict[str, int] = {}
 
 

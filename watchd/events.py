@@ -38,6 +38,10 @@ KIND_BITS: dict[Kind, int] = {
     Kind.MOVE_SELF: 0x00000800,
 }
 
+# Set in the mask of an event the daemon made up after a loss (watchd.diff), never by the
+# kernel: no event carries 0x08000000 (the watch flags, 0x01000000 and up, are never set in one).
+SYNTHETIC = 0x08000000
+
 ALL_KINDS: frozenset[Kind] = frozenset(Kind)
 # The default of a watch's `events`: the read-only kinds are noise for almost every use.
 DEFAULT_KINDS: frozenset[Kind] = ALL_KINDS - {Kind.ACCESS, Kind.OPEN, Kind.CLOSE_NOWRITE}

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Final, TypeGuard
 
 from watchd.errors import WatchdError
-from watchd.events import Kind
+from watchd.events import SYNTHETIC, Kind
 
 PROTOCOL_VERSION: Final = 1
 
@@ -423,11 +423,19 @@ def error(code: ErrorCode, message: str, id: JsonScalar = None, **extra: object)
     return encode(obj)
 
 
-def overflow(sid: str, seq: int, reason: str, watch: str | None) -> bytes:
-    """Events may have been lost before seq (reason: an OverflowReason value)."""
+def overflow(sid: str, seq: int, reason: str, watch: str | None, resync: bool = False) -> bytes:
+    """Events may have been lost before seq (reason: an OverflowReason value); resync: the
+    differences follow as synthetic events, up to a `resynced` notice."""
     return encode(
-        {"type": "overflow", "subscription": sid, "seq": seq, "reason": reason, "watch": watch}
+        {"type": "overflow", "subscription": sid, "seq": seq, "reason": reason, "watch": watch,
+         "resync": resync}
     )
+
+
+def resynced(sid: str, seq: int, watch: str, changes: int, duration_ms: float) -> bytes:
+    """The synthetic events of a resync of `watch` are all out (up to seq)."""
+    return encode({"type": "resynced", "subscription": sid, "seq": seq, "watch": watch,
+                   "changes": changes, "duration_ms": duration_ms})
 
 
 def dropped(sid: str, count: int, first_seq: int, last_seq: int) -> bytes:
@@ -496,6 +504,9 @@ def mask_names(mask: int) -> list[str]:
 def _mask_fragment(mask: int) -> str:
     """The JSON of the "is_dir" and "mask" members for one mask value."""
     is_dir = "true" if mask & IN_ISDIR else "false"
+    if mask & SYNTHETIC:
+        # Made up after a loss: no kernel bits to show.
+        return f'"is_dir":{is_dir},"mask":[],"synthetic":true'
     names = ",".join(f'"{name}"' for name in mask_names(mask))
     return f'"is_dir":{is_dir},"mask":[{names}]'
 
@@ -571,7 +582,7 @@ class EventEncoder:
             self._watch = watch
             self._read = {}
         # Only the named bits matter, which also bounds the caches.
-        mask &= _KNOWN_BITS
+        mask &= _KNOWN_BITS | SYNTHETIC
         parts = self._read.get(mask)
         if parts is None:
             before, after = self._fragment(watch, kind, mask)
@@ -691,6 +702,7 @@ __all__ = [
     "normalise_path",
     "overflow",
     "pong",
+    "resynced",
     "status",
     "subscribed",
     "unsubscribed",

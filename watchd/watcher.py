@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from watchd import __version__, channel
 from watchd.globs import glob_predicate
+from watchd.index import scan
 from watchd.inotify import (
     IN_Q_OVERFLOW,
     InotifyError,
@@ -132,6 +133,7 @@ class Watcher:
         self.next_heartbeat = 0.0
         self.next_pending_poll = 0.0
         self.budgets: dict[str, int | None] = {}  # watch name -> max_directories
+        self.resync_on: frozenset[str] = frozenset()  # watches the daemon keeps an index of
 
     # -- the channel -------------------------------------------------------------------------
 
@@ -145,9 +147,11 @@ class Watcher:
                 # once per episode and per watch, at the point where the loss begins.
                 if name not in self.dropping:
                     self.dropping.add(name)
-                    self.send((channel.OVERFLOW, name))
+                    self.send((channel.OVERFLOW, name, name in self.resync_on))
                 return
-            self.dropping.discard(name)
+            if name in self.dropping:
+                self.dropping.discard(name)
+                self.rescan(name)  # what was dropped is in it; these events follow it
         self.out.append(data)
         self.out_bytes += len(data)
         self.flush()
@@ -197,7 +201,9 @@ class Watcher:
             tag = message[0]
             if tag == channel.CONFIG:
                 self.budgets = message[3] if len(message) > 3 else {}
-                self.apply(message[2])
+                before, self.resync_on = self.resync_on, frozenset(
+                    message[4] if len(message) > 4 else ())
+                self.apply(message[2], self.resync_on - before)
                 self.heartbeat()  # fresh states first, so the daemon's view is current at APPLIED
                 self.send((channel.APPLIED, message[1]))
             elif tag == channel.STOP:
@@ -205,18 +211,22 @@ class Watcher:
 
     # -- configuration -------------------------------------------------------------------------
 
-    def apply(self, specs: list[Spec]) -> None:
+    def apply(self, specs: list[Spec], newly_resynced: frozenset[str] = frozenset()) -> None:
         """Make the set of watches equal to specs, touching only what changed."""
         wanted: dict[str, Spec] = {spec[0]: tuple(spec) for spec in specs}  # type: ignore[misc]
         for name in [n for n in self.watches if n not in wanted]:
             self.deactivate(self.watches.pop(name))
+        to_scan: list[str] = []  # established anew, or newly indexed: the daemon needs a scan
         for name, spec in wanted.items():
             old = self.watches.get(name)
             if old is not None and old.spec == spec:
                 if old.tree is not None:
                     # A new budget applies to what is added from now on (see retry_limited).
                     old.tree.max_directories = self.budgets.get(name)
+                if name in newly_resynced:
+                    to_scan.append(name)
                 continue
+            to_scan.append(name)
             # A changed watch is not a lost one coming back: no watch_restored for it.
             watch = Watch(spec=spec)
             self.watches[name] = watch
@@ -227,6 +237,10 @@ class Watcher:
                 if old.ino is not None:
                     self.read_watch(old)
                 self.deactivate(old)
+        # After every watch is in place: a replacement watcher's scans all come before any of
+        # its events, and the daemon can announce the restart before it publishes them.
+        for name in to_scan:
+            self.rescan(name)
 
     def activate(self, watch: Watch, *, announce: bool) -> None:
         """Try to establish a watch; on a missing root it stays pending."""
@@ -237,13 +251,14 @@ class Watcher:
             self.pending(watch, str(e))
             return
         restoring = announce or (watch.was_active and not watch.lost_events)
+        resync = name in self.resync_on
         tree: Tree | None = None
         try:
             tree = Tree(ino, path, mask, recursive=recursive, prune=glob_predicate(exclude),
                         synthetic=True, progress=lambda n: self.send((channel.PROGRESS, name, n)),
                         real_root=real_path, real_fs_only=True,
                         max_directories=self.budgets.get(name))
-            existing = tree.start(report=restoring)
+            existing = tree.start(report=restoring and not resync)
         except PathNotFoundError:
             ino.close()  # and every watch on it
             self.pending(watch, None)
@@ -270,10 +285,16 @@ class Watcher:
             # It failed while active: events were lost. Its subscribers are told to rescan now
             # that its watches are in place again, so that their rescan misses nothing.
             watch.lost_events = False
-            self.send((channel.OVERFLOW, name))
+            scanned = self.scan(watch) if resync else None
+            self.send((channel.OVERFLOW, name, scanned is not None))
+            if scanned is not None:
+                self.send((channel.SCAN, name, *scanned))
         elif restoring:
             self.send((channel.RESTORED, name, path))
-            self.send_items(watch, existing, time.time())
+            if resync:
+                self.rescan(name)  # the differences from what the daemon knew, not everything
+            else:
+                self.send_items(watch, existing, time.time())
         watch.was_active = True
         log.debug("watch %s: %d directories watched under %s", name, tree.directories, path)
 
@@ -337,8 +358,16 @@ class Watcher:
             # The notice goes where the loss is: after what came before it, before the rest.
             cut = next(i for i, ev in enumerate(events) if ev.mask & IN_Q_OVERFLOW)
             self.send_items(watch, events[:cut], now)
-            self.send((channel.OVERFLOW, watch.name))
-            self.send_items(watch, tree.resync(), now)
+            if watch.name in self.resync_on:
+                # Watches first, then the scan: what changes from now on is in the queue too.
+                tree.resync()
+                scanned = self.scan(watch)
+                self.send((channel.OVERFLOW, watch.name, scanned is not None))
+                if scanned is not None:
+                    self.send((channel.SCAN, watch.name, *scanned))
+            else:
+                self.send((channel.OVERFLOW, watch.name, False))
+                self.send_items(watch, tree.resync(), now)
             self.send_items(watch, events[cut + 1 :], now)
         else:
             self.send_items(watch, events, now)
@@ -347,6 +376,30 @@ class Watcher:
             self.deactivate(watch)
             self.send((channel.LOST, watch.name, watch.path, reason))
         return len(raw)
+
+    def scan(self, watch: Watch) -> tuple[dict[str, dict[str, int]], float] | None:
+        """The tree of an established watch as watchd.index records it, and the seconds it
+        took; None when its root cannot be read."""
+        name, path, recursive, _mask, _include, exclude, real_path = watch.spec
+        if watch.tree is None or watch.tree.lost is not None:
+            return None
+        started = time.monotonic()
+        try:
+            dirs = scan(path, real_path, recursive=recursive, wanted=watch.wanted,
+                        prune=glob_predicate(exclude))
+        except OSError as e:
+            log.warning("watch %s: cannot scan %s: %s", name, path, e)
+            return None
+        return dirs, time.monotonic() - started
+
+    def rescan(self, name: str) -> None:
+        """Send the daemon a scan of a watch that has an index (see watchd.resync)."""
+        watch = self.watches.get(name)
+        if watch is None or name not in self.resync_on:
+            return
+        scanned = self.scan(watch)
+        if scanned is not None:
+            self.send((channel.SCAN, name, *scanned))
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
         """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import config, wait_for, watch
+from tests.picture import Picture, listing
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,12 +63,14 @@ def test_watcher_killed_is_replaced_with_notice_first(start_daemon, watched: Pat
     os.kill(old, sig)
     notice = line.until(lambda m: m.get("type") == "overflow")[-1]
     assert notice == {"type": "overflow", "subscription": sid, "seq": notice["seq"],
-                      "reason": "watcher_restart", "watch": None}
+                      "reason": "watcher_restart", "watch": None, "resync": True}
     wait_for(lambda: daemon.status()["watches"][0]["state"] == "active",
              what="the watch re-established")
     (watched / "after").touch()
     got = line.until(is_event(watched / "after"))
-    assert all(m["type"] == "event" for m in got)
+    # Nothing changed while no watcher ran: the resync finds no difference.
+    assert [m["type"] for m in got] == ["resynced", "event"]
+    assert got[0]["changes"] == 0 and got[0]["watch"] == "w"
     status = daemon.status()
     assert status["watcher"]["pid"] != old
     assert status["watcher"]["restarts"] == 1
@@ -104,8 +107,10 @@ def test_restart_notice_comes_once_the_new_watches_exist(start_daemon, watched: 
     again.request({"op": "subscribe", "id": 1, "since": before["seq"] - 1,
                    "instance": again.hello["instance"], "events": ["create"]})
     replayed = again.until(is_event(watched / "at-notice"))
+    # Nothing changed while no watcher ran: the resync has no event, only its notice.
     assert [(m["type"], m["seq"]) for m in replayed] == [
-        ("event", before["seq"]), ("overflow", notice["seq"]), ("event", got[-1]["seq"])]
+        ("event", before["seq"]), ("overflow", notice["seq"]), ("resynced", notice["seq"]),
+        ("event", got[-1]["seq"])]
 
 
 def test_one_notice_when_the_watches_are_back_after_a_crash_loop(start_daemon,
@@ -191,11 +196,45 @@ def test_kernel_queue_overflow_is_announced_and_resynced(start_daemon, watched: 
         os.kill(watcher, signal.SIGCONT)
     notice = line.until(lambda m: m.get("type") == "overflow")[-1]
     assert notice == {"type": "overflow", "subscription": sid, "seq": notice["seq"],
-                      "reason": "kernel_queue", "watch": "w"}
+                      "reason": "kernel_queue", "watch": "w", "resync": True}
     wait_for(lambda: daemon.status()["overflows"] >= 1, what="overflow counted")
     # The tree was re-synchronised: the directory created in the lost window is watched.
     (watched / "newdir" / "inside").touch()
     line.until(is_event(watched / "newdir" / "inside"))
+
+
+@root_only
+def test_kernel_queue_overflow_events_alone_rebuild_the_tree(start_daemon, watched: Path) -> None:
+    for d in range(5):
+        (watched / f"d{d}" / "sub").mkdir(parents=True)
+        for f in range(20):
+            (watched / f"d{d}" / f"f{f}").write_text("x")
+    with sysctl("max_queued_events", 64):
+        daemon = start_daemon(config(watches=watch("w", watched)))
+    line, _ = daemon.subscribe()
+    picture = Picture(listing(watched))
+    watcher = daemon.watcher_pid()
+    os.kill(watcher, signal.SIGSTOP)
+    try:
+        for i in range(200):
+            (watched / f"d{i % 5}" / f"new{i}").write_text("n")
+        for f in range(10):
+            (watched / "d0" / f"f{f}").unlink()
+            os.rename(watched / "d1" / f"f{f}", watched / "d2" / f"from-d1-{f}")
+        os.rename(watched / "d4", watched / "d4-renamed")
+        (watched / "d3" / "sub" / "deep").mkdir()
+    finally:
+        os.kill(watcher, signal.SIGCONT)
+    got = line.until(lambda m: m.get("type") == "overflow", timeout=30)
+    assert got[-1]["resync"] is True and got[-1]["reason"] == "kernel_queue"
+    got += line.until(lambda m: m.get("type") == "resynced", timeout=30)
+    picture.apply_all(got)
+    assert picture.paths == listing(watched)
+    assert picture.synthetic > 0
+    (watched / "zz-sentinel").touch()
+    picture.apply_all(line.until(is_event(watched / "zz-sentinel"), timeout=30))
+    assert picture.paths == listing(watched)
+    assert daemon.status()["watches"][0]["resyncs"] == 1
 
 
 @root_only

@@ -1,0 +1,157 @@
+"""Exact recovery, on the daemon's side: one index per watch, and what to publish after a loss.
+
+Where the index lives: in the daemon. The daemon is the one place that outlives a watcher
+crash, and it is where events are published, so the index holds exactly the state "as of the
+last event the daemon published": each batch updates it just before it goes out (see
+TreeIndex.apply). The watcher only scans: once a watch's inotify watches are in place
+(established, re-established after an overflow, or in a replacement watcher), it sends the tree
+as it finds it (channel.SCAN); here that scan is compared with the index, and the differences
+are published as synthetic events, then a `resynced` notice.
+
+The rule for what happens during the rescan: the scan starts after the watches are in place,
+so every change from then on is also in the kernel's queue, and its events are published after
+the synthetic ones. A path changed while the scan ran can be reported twice (by its synthetic
+event, then by its kernel events); applied in order, both end in the state the tree has.
+
+The first scan of a watch (at start, or after a reload changed the watch: other include,
+exclude or events) only fills the index: no events.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from watchd.config import WatchConfig
+from watchd.diff import diff
+from watchd.events import kinds_mask
+from watchd.index import Dirs, Item, TreeIndex
+
+if TYPE_CHECKING:
+    from watchd.broker import Broker
+
+log = logging.getLogger("watchd")
+
+# Cookies of synthetic move pairs: past the kernel's (32 bits), so that a client that pairs
+# moves by cookie never mixes the two.
+FIRST_COOKIE = 1 << 32
+# The kind bits a synthetic event is filtered by (the watch's `events`).
+_KIND_BITS = 0x00000FFF
+BATCH_MAX = 1024  # synthetic events per publish, as the watcher's batches
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """What to publish for one scan: the events (after the watch's `events` filter), and the
+    notice's figures; notice False for a scan that only filled the index."""
+
+    items: list[Item]
+    changes: int
+    duration_ms: float
+    notice: bool
+
+
+@dataclass(slots=True)
+class _Watch:
+    index: TreeIndex
+    mask: int  # the kinds this watch reports
+    awaiting: bool = False  # a loss was announced: the next scan is compared and noticed
+    scanned: bool = False  # the index holds a scan (until then, events alone say nothing)
+    resyncs: int = 0
+
+
+@dataclass(slots=True)
+class Resyncer:
+    """The indexes of the watches with `resync = true`, and their bookkeeping."""
+
+    watches: dict[str, _Watch] = field(default_factory=dict)
+    cookies: itertools.count[int] = field(default_factory=lambda: itertools.count(FIRST_COOKIE))
+    # Scans of a replacement watcher, held until the notice of its restart has gone out (they
+    # come before its APPLIED, and nothing of it is published in between).
+    held: list[tuple[str, Dirs, float]] = field(default_factory=list)
+
+    def configure(self, watches: Iterable[WatchConfig], changed: Iterable[str]) -> None:
+        """Take the watches as configured; `changed`: names whose watch is new or changed.
+
+        A watch that is new or changed (other path, include, exclude, events...) starts afresh:
+        its next scan only fills the index. One that is unchanged keeps its index.
+        """
+        fresh = set(changed)
+        kept: dict[str, _Watch] = {}
+        for w in watches:
+            if not w.resync:
+                continue
+            old = self.watches.get(w.name)
+            kept[w.name] = (old if old is not None and w.name not in fresh
+                            else _Watch(TreeIndex(w.path), kinds_mask(w.events)))
+        self.watches = kept
+        self.held = [h for h in self.held if h[0] in kept]
+
+    def enabled(self) -> list[str]:
+        """The watches with an index, for the watcher's configuration."""
+        return list(self.watches)
+
+    def track(self, name: str, reads: list[tuple[float, list[Item]]]) -> None:
+        """Events of a watch about to be published: bring its index up to date."""
+        watch = self.watches.get(name)
+        if watch is not None and watch.scanned:
+            for _, items in reads:
+                watch.index.apply(items)
+
+    def lost(self, name: str | None) -> None:
+        """Events of a watch (every watch, for None) were lost: its next scan is a resync."""
+        for key, watch in self.watches.items():
+            if (name is None or key == name) and watch.scanned:
+                watch.awaiting = True
+
+    def restored(self, name: str) -> None:
+        """A root came back: its scan is compared with what was known (nothing, for a root
+        that was missing from the start: then all it holds is new)."""
+        watch = self.watches.get(name)
+        if watch is not None:
+            watch.scanned = True
+            watch.awaiting = True
+
+    def resyncing(self, names: Iterable[str]) -> frozenset[str]:
+        """Of these watches, those whose next scan will be a resync."""
+        return frozenset(n for n in names if n in self.watches and self.watches[n].scanned)
+
+    def scanned(self, name: str, dirs: Dirs, scan_s: float) -> Resync | None:
+        """A scan of a watch came: compare it with the index (None: not a watch with one)."""
+        watch = self.watches.get(name)
+        if watch is None:
+            return None
+        started = time.monotonic()
+        if not watch.scanned:
+            watch.index.replace(dirs)
+            watch.scanned = True
+            watch.awaiting = False
+            return Resync([], 0, 0.0, notice=False)
+        result = diff(watch.index.dirs, dirs, watch.index.root, self.cookies)
+        watch.index.replace(dirs)
+        notice = watch.awaiting
+        watch.awaiting = False
+        watch.resyncs += 1
+        items = [item for item in result.items if item[0] & watch.mask & _KIND_BITS]
+        took = (time.monotonic() - started + scan_s) * 1000
+        log.info("watch %s: resynchronized in %.0f ms: %d changes", name, took, result.changes)
+        return Resync(items, result.changes, round(took, 3), notice)
+
+    def publish(self, broker: Broker, name: str, result: Resync) -> None:
+        """Publish a resync's events, then its notice (when a loss was announced)."""
+        now = time.time()
+        for start in range(0, len(result.items), BATCH_MAX):
+            broker.publish(name, now, result.items[start : start + BATCH_MAX])
+        if result.notice:
+            broker.resynced(name, result.changes, result.duration_ms)
+
+    def status(self, name: str) -> dict[str, int]:
+        """The per-watch status fields: paths in the index, resyncs so far."""
+        watch = self.watches.get(name)
+        if watch is None:
+            return {"tracked": 0, "resyncs": 0}
+        return {"tracked": len(watch.index), "resyncs": watch.resyncs}
