@@ -33,7 +33,8 @@ HEARTBEAT = "hb"
 # the watch follows at once
 OVERFLOW = "overflow"
 # (SCAN, watch, {directory: {name: record}}, seconds)  the tree as scanned once its watches
-# were in place (watchd.index), for a watch with resync: after a loss, or when established
+# were in place (watchd.index), for a watch with resync: after a loss, or when established;
+# None instead of the tree: a scan announced by OVERFLOW could not be made
 SCAN = "scan"
 LOST = "lost"  # (LOST, watch, path, reason)
 RESTORED = "restored"  # (RESTORED, watch, path)

@@ -298,6 +298,11 @@ class Daemon:
         if self.restart_notice_at is not None:
             self.resync.held.append((name, dirs, scan_s))
             return
+        if dirs is None:
+            # The root could not be read after all: the resync announced will not come.
+            log.warning("watch %s: cannot rescan; subscribers are told to rescan", name)
+            self.broker.overflow(name, "kernel_queue")
+            return
         result = self.resync.scanned(name, dirs, scan_s)
         if result is not None:
             self.resync.publish(self.broker, name, result)

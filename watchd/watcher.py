@@ -358,13 +358,14 @@ class Watcher:
             # The notice goes where the loss is: after what came before it, before the rest.
             cut = next(i for i, ev in enumerate(events) if ev.mask & IN_Q_OVERFLOW)
             self.send_items(watch, events[:cut], now)
-            if watch.name in self.resync_on:
-                # Watches first, then the scan: what changes from now on is in the queue too.
+            if watch.name in self.resync_on and tree.lost is None:
+                # The notice at once (the daemon tells subscribers while we scan); watches
+                # first, then the scan: what changes from now on is in the queue too. A scan
+                # that fails is sent as None: the daemon then tells subscribers to rescan.
+                self.send((channel.OVERFLOW, watch.name, True))
                 tree.resync()
                 scanned = self.scan(watch)
-                self.send((channel.OVERFLOW, watch.name, scanned is not None))
-                if scanned is not None:
-                    self.send((channel.SCAN, watch.name, *scanned))
+                self.send((channel.SCAN, watch.name, *(scanned or (None, 0.0))))
             else:
                 self.send((channel.OVERFLOW, watch.name, False))
                 self.send_items(watch, tree.resync(), now)
