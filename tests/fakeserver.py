@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from watchd import protocol
-from watchd.events import KIND_BITS, Kind
+from watchd.events import KIND_BITS, SYNTHETIC, Kind
 from watchd.protocol import ErrorCode, ProtocolError
 
 DEFAULT_WATCHES = {"uploads": "/srv/uploads", "logs": "/var/log/app"}
@@ -168,9 +168,11 @@ class FakeServer:
         cookie: int = 0,
         src_path: str | None = None,
         when: float | None = None,
+        synthetic: bool = False,
     ) -> int:
         """Publish one event to every matching subscription; return its seq."""
         mask = KIND_BITS[Kind(kind)] | (protocol.IN_ISDIR if is_dir else 0)
+        mask |= SYNTHETIC if synthetic else 0
         with self._lock:
             self.seq += 1
             seq = self.seq
@@ -200,7 +202,12 @@ class FakeServer:
                     continue
                 if kind == "overflow":
                     reason = fields.get("reason", "kernel_queue")
-                    line = protocol.overflow(sid, self.seq, reason, watch)
+                    line = protocol.overflow(sid, self.seq, reason, watch,
+                                             fields.get("resync", False))
+                elif kind == "resynced":
+                    assert watch is not None
+                    line = protocol.resynced(sid, self.seq, watch, fields["changes"],
+                                             fields["duration_ms"])
                 elif kind == "watch_lost":
                     assert watch is not None
                     line = protocol.watch_lost(sid, watch, self.watches[watch], fields["reason"])

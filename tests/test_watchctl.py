@@ -336,6 +336,9 @@ def test_subscribe_readable_lines(server: FakeServer, follow: type[Follower]) ->
     assert (
         follower.line() == b"05:01:01.250 moved_to      /srv/uploads/b.csv <- /srv/uploads/a.csv\n"
     )
+    server.publish("uploads", "delete", "/srv/uploads/gone", when=at, synthetic=True)
+    assert follower.line() == (
+        b"05:01:01.250 delete        /srv/uploads/gone (found by the resync)\n")
 
     server.notice("overflow", watch="uploads")
     server.notice("overflow", reason="watcher_restart")
@@ -344,7 +347,9 @@ def test_subscribe_readable_lines(server: FakeServer, follow: type[Follower]) ->
     server.notice("watch_restored", watch="uploads")
     server.notice("watch_lost", watch="uploads", reason="forbidden")
     server.notice("watch_degraded", watch="uploads", unwatched=3500, reason="max_directories")
-    notices = [follower.line().decode().rstrip("\n") for _ in range(7)]
+    server.notice("overflow", watch="uploads", resync=True)
+    server.notice("resynced", watch="uploads", changes=3, duration_ms=41.5)
+    notices = [follower.line().decode().rstrip("\n") for _ in range(9)]
     expected = [
         "!! overflow (kernel_queue) on watch uploads: events may have been lost; rescan",
         "!! overflow (watcher_restart) on all watches: events may have been lost; rescan",
@@ -357,6 +362,9 @@ def test_subscribe_readable_lines(server: FakeServer, follow: type[Follower]) ->
         "!! watch uploads degraded: 3500 directories are not watched, past the watch's "
         "max_directories; changes in them are not reported until watches are freed "
         "(then an overflow notice says to rescan)",
+        "!! overflow (kernel_queue) on watch uploads: events were lost; what changed follows, "
+        "up to a resynced notice",
+        "!! resynced watch uploads: 3 changes found in 41.5 ms; the events above are complete",
     ]
     for line, text in zip(notices, expected, strict=True):
         assert re.fullmatch(CLOCK + " " + re.escape(text), line), line

@@ -266,6 +266,8 @@ def format_message(message: dict[str, Any]) -> str:
             line += " (dir)"
         if message.get("src_path") is not None:
             line += f" <- {_show(message['src_path'])}"
+        if message.get("synthetic"):
+            line += " (found by the resync)"
         return line
     return f"{stamp} !! {format_notice(message)}"
 
@@ -278,7 +280,13 @@ def format_notice(message: dict[str, Any]) -> str:
     if kind == "overflow":
         where = f" on watch {watch}" if message.get("watch") else " on all watches"
         reason = _show(message.get("reason"))
+        if message.get("resync") is True:
+            return (f"overflow ({reason}){where}: events were lost; what changed follows, "
+                    "up to a resynced notice")
         return f"overflow ({reason}){where}: events may have been lost; rescan"
+    if kind == "resynced":
+        return (f"resynced watch {watch}: {_show(message.get('changes'))} changes found in "
+                f"{_show(message.get('duration_ms'))} ms; the events above are complete")
     if kind == "dropped":
         first = message.get("first_seq")
         since = first - 1 if isinstance(first, int) else "SEQ"

@@ -43,7 +43,8 @@ from watchd.protocol import (
 
 # Messages the daemon pushes on its own; everything else answers a request.
 PUSHED_TYPES = frozenset(
-    {"event", "overflow", "dropped", "watch_lost", "watch_restored", "watch_degraded"}
+    {"event", "overflow", "dropped", "watch_lost", "watch_restored", "watch_degraded",
+     "resynced"}
 )
 
 # How much a transport asks its socket for at once: a burst of events is read in few calls.
