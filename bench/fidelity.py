@@ -4,10 +4,16 @@
 Applies a long random sequence of file-system operations to a watched tree while a client is
 subscribed, keeps a model of the tree built only from the events it receives, and at every
 pause compares the model with the real tree. Every difference is a bug unless an `overflow`
-notice came first (then the model is re-read from disk and the difference is counted as
-announced).
+notice without `"resync": true` (or a `dropped`) came first: then the model is re-read from
+disk and the difference is counted as announced. After an `overflow` with `"resync": true`
+the model is not re-read: the events up to `resynced` must make it exact.
+
+With --faults (root: it lowers fs.inotify.max_queued_events while the daemon starts), losses
+are made at random points: the watcher is SIGSTOPped for a few operations (its kernel queue
+overflows), or SIGKILLed (it is replaced).
 
     .venv/bin/python bench/fidelity.py --ops 10000 --seed 1
+    .venv/bin/python bench/fidelity.py --ops 10000 --seed 1 --faults --queue 64
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,23 +185,34 @@ class Subscriber:
         self.sock.sendall(b'{"op":"subscribe","id":1}\n')
         reply = json.loads(self.file.readline())
         assert reply["type"] == "subscribed", reply
+        self.resyncs = 0  # overflow notices with "resync": true
+        self.pending = 0  # of those, not yet followed by "resynced"
 
     def close(self) -> None:
         self.file.close()
         self.sock.close()
 
     def until_marker(self, model: Model, marker: str, timeout: float = 60) -> int:
-        """Apply events to the model until the marker's create; returns overflow notices seen."""
+        """Apply events to the model until the marker's create, and until every resync
+        announced is over; returns the notices that call for a rescan (losses not resynced)."""
         self.sock.settimeout(timeout)
         overflows = 0
+        seen = False
         while True:
             msg = json.loads(self.file.readline())
             if msg["type"] == "event":
                 model.apply(msg)
-                if msg["kind"] == "create" and msg["path"] == marker:
-                    return overflows
+                seen = seen or (msg["kind"] == "create" and msg["path"] == marker)
+            elif msg["type"] == "overflow" and msg.get("resync") is True:
+                self.resyncs += 1
+                self.pending += 1
+            elif msg["type"] == "resynced":
+                self.pending = max(0, self.pending - 1)
             elif msg["type"] in ("overflow", "dropped"):
                 overflows += 1
+                self.pending = 0  # a rescan is due: what a resync would have said is moot
+            if seen and not self.pending:
+                return overflows
 
 
 @dataclass
@@ -203,9 +222,63 @@ class Result:
     differences: int  # unannounced: bugs
     announced: int  # after an overflow/dropped notice
     details: list[str]
+    resyncs: int = 0  # overflow notices with "resync": true
+    stops: int = 0  # faults made: watcher stopped
+    kills: int = 0  # faults made: watcher killed
 
 
-def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, seed: int) -> Result:
+@dataclass
+class Faults:
+    """Losses made at random points (see the module): stop or kill the watcher process."""
+
+    watcher_pid: Callable[[], int | None]
+    rng: random.Random
+    every: int = 50  # operations between faults, on average
+    stopped: int | None = None  # pid of the watcher while it is stopped
+    resume_after: int = 0  # operations left before it is continued
+    stops: int = 0
+    kills: int = 0
+
+    def step(self) -> None:
+        """Called after each operation."""
+        if self.stopped is not None:
+            self.resume_after -= 1
+            if self.resume_after <= 0:
+                self.resume()
+            return
+        if self.rng.randrange(self.every):
+            return
+        pid = self.watcher_pid()
+        if pid is None:
+            return  # being replaced
+        with contextlib.suppress(ProcessLookupError):
+            if self.rng.random() < 0.25:
+                os.kill(pid, signal.SIGKILL)
+                self.kills += 1
+            else:
+                os.kill(pid, signal.SIGSTOP)
+                self.stopped, self.resume_after = pid, self.rng.randint(5, 40)
+                self.stops += 1
+
+    def resume(self) -> None:
+        if self.stopped is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.stopped, signal.SIGCONT)
+            self.stopped = None
+
+
+def watcher_of(daemon_pid: int) -> int | None:
+    """The daemon's watcher process (its child), or None while there is none."""
+    for task in os.listdir(f"/proc/{daemon_pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{daemon_pid}/task/{task}/children") as f:
+            children = f.read().split()
+            if children:
+                return int(children[0])
+    return None
+
+
+def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, seed: int,
+        faults: Faults | None = None) -> Result:
     rng = random.Random(seed)
     broot = os.fsencode(root)
     model = Model(broot, snapshot(broot))
@@ -216,8 +289,12 @@ def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, s
     try:
         for done in range(1, ops + 1):
             runner.run_one()
+            if faults is not None:
+                faults.step()
             if done % pause_every and done != ops:
                 continue
+            if faults is not None:
+                faults.resume()
             pauses += 1
             marker = root / f"marker-{pauses}"
             marker.touch()
@@ -233,8 +310,11 @@ def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, s
                     details.append(f"after op {done}: missing {missing}, extra {extra}")
                 model.reset_from_disk()
     finally:
+        if faults is not None:
+            faults.resume()
         sub.close()
-    return Result(ops, pauses, differences, announced, details)
+    return Result(ops, pauses, differences, announced, details, sub.resyncs,
+                  faults.stops if faults else 0, faults.kills if faults else 0)
 
 
 def wait_ready(sock_path: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
@@ -257,6 +337,9 @@ def main() -> int:
     parser.add_argument("--ops", type=int, default=10000)
     parser.add_argument("--pause-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--faults", action="store_true", help="stop and kill the watcher")
+    parser.add_argument("--queue", type=int, default=64,
+                        help="fs.inotify.max_queued_events while the daemon starts (--faults)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wd-fid.", dir="/tmp"))
     root, outside = work / "tree", work / "outside"
@@ -266,22 +349,37 @@ def main() -> int:
     sock = str(work / "w.sock")
     cfg.write_text(f'[daemon]\nsocket = "{sock}"\nreplay_buffer = 1000\n'
                    f'[[watch]]\nname = "t"\npath = "{root}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)],
-                            stderr=subprocess.DEVNULL)
+    queue_path = Path("/proc/sys/fs/inotify/max_queued_events")
+    # Lowered for the whole run: each replacement watcher takes the limit in force when it
+    # starts. Run this under the lock the test suite takes for such changes.
+    old_queue = queue_path.read_text() if args.faults else None
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        if args.faults:
+            queue_path.write_text(str(args.queue))
+        proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)],
+                                stderr=subprocess.DEVNULL)
         if not wait_ready(sock, proc):
             print("watchd did not start", file=sys.stderr)
             return 1
         started = time.monotonic()
-        result = run(root, outside, sock, args.ops, args.pause_every, args.seed)
+        daemon_pid = proc.pid
+        faults = (Faults(lambda: watcher_of(daemon_pid), random.Random(args.seed + 1))
+                  if args.faults else None)
+        result = run(root, outside, sock, args.ops, args.pause_every, args.seed, faults)
         took = time.monotonic() - started
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
+        if old_queue is not None:
+            queue_path.write_text(old_queue)
+        if proc is not None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     print(f"{result.ops} operations, {result.pauses} comparisons, seed {args.seed}, {took:.1f} s: "
-          f"{result.differences} unannounced differences, {result.announced} after a notice")
+          f"{result.differences} unannounced differences, {result.announced} after a notice; "
+          f"{result.resyncs} resyncs announced, watcher stopped {result.stops} times, "
+          f"killed {result.kills} times")
     for line in result.details:
         print("  " + line)
     return 1 if result.differences else 0
