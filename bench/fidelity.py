@@ -233,14 +233,19 @@ class Faults:
 
     watcher_pid: Callable[[], int | None]
     rng: random.Random
-    every: int = 50  # operations between faults, on average
+    every: int = 50  # operations between stops, on average
+    # Operations between kills: each replacement that dies young waits longer to start (the
+    # crash-loop backoff), so kills are spaced out.
+    kill_every: int = 1500
     stopped: int | None = None  # pid of the watcher while it is stopped
+    since_kill: int = 0
     resume_after: int = 0  # operations left before it is continued
     stops: int = 0
     kills: int = 0
 
     def step(self) -> None:
         """Called after each operation."""
+        self.since_kill += 1
         if self.stopped is not None:
             self.resume_after -= 1
             if self.resume_after <= 0:
@@ -252,9 +257,10 @@ class Faults:
         if pid is None:
             return  # being replaced
         with contextlib.suppress(ProcessLookupError):
-            if self.rng.random() < 0.25:
+            if self.since_kill >= self.kill_every:
                 os.kill(pid, signal.SIGKILL)
                 self.kills += 1
+                self.since_kill = 0
             else:
                 os.kill(pid, signal.SIGSTOP)
                 self.stopped, self.resume_after = pid, self.rng.randint(5, 40)
@@ -338,6 +344,8 @@ def main() -> int:
     parser.add_argument("--pause-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--faults", action="store_true", help="stop and kill the watcher")
+    parser.add_argument("--kill-every", type=int, default=1500,
+                        help="operations between watcher kills (--faults)")
     parser.add_argument("--queue", type=int, default=64,
                         help="fs.inotify.max_queued_events while the daemon starts (--faults)")
     args = parser.parse_args()
@@ -351,8 +359,11 @@ def main() -> int:
                    f'[[watch]]\nname = "t"\npath = "{root}"\n')
     queue_path = Path("/proc/sys/fs/inotify/max_queued_events")
     # Lowered for the whole run: each replacement watcher takes the limit in force when it
-    # starts. Run this under the lock the test suite takes for such changes.
+    # starts. Run this under the lock the test suite takes for such changes. A SIGTERM or
+    # SIGHUP must restore it too: they unwind through the finally below.
     old_queue = queue_path.read_text() if args.faults else None
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: sys.exit(1))
     proc: subprocess.Popen[bytes] | None = None
     try:
         if args.faults:
@@ -364,8 +375,8 @@ def main() -> int:
             return 1
         started = time.monotonic()
         daemon_pid = proc.pid
-        faults = (Faults(lambda: watcher_of(daemon_pid), random.Random(args.seed + 1))
-                  if args.faults else None)
+        faults = (Faults(lambda: watcher_of(daemon_pid), random.Random(args.seed + 1),
+                         kill_every=args.kill_every) if args.faults else None)
         result = run(root, outside, sock, args.ops, args.pause_every, args.seed, faults)
         took = time.monotonic() - started
     finally:

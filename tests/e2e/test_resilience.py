@@ -249,7 +249,8 @@ def test_model_with_overflows_and_watcher_kills_and_stops(start_daemon, workdir:
     outside.mkdir()
     with sysctl("max_queued_events", 64):  # replacements take it too: kept for the whole run
         daemon = start_daemon(config(watches=watch("t", root)))
-        faults = Faults(lambda: watcher_of(daemon.proc.pid), random.Random(7), every=25)
+        faults = Faults(lambda: watcher_of(daemon.proc.pid), random.Random(7), every=25,
+                        kill_every=200)
         result = run(root, outside, daemon.socket, ops=500, pause_every=50, seed=3,
                      faults=faults)
     assert result.differences == 0, result.details
