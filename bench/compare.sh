@@ -5,9 +5,11 @@
 #   bench/compare.sh --soak-minutes 0.5 HEAD~3 -- --reps 1 --quick
 #   bench/compare.sh --ref inotifywait main                # a third peer in every repetition
 # The base gets a temporary git worktree with its own .venv (scripts/venv.sh), removed at exit.
-# Both trees are peers of ONE harness run (watchd:tree=base, watchd:tree=head; bench/tree-cmd.sh
-# starts the right daemon), so each repetition runs base then head back to back. The soak runs
-# each tree's own `python -m bench.soak`, base then head. Everything after -- goes to the harness.
+# Both trees are peers of the peer harness (watchd:tree=base, watchd:tree=head; bench/tree-cmd.sh
+# starts the right daemon): one harness run per repetition, in which every workload runs base and
+# head back to back, which goes first alternating. The soak runs each tree's own
+# `python -m bench.soak`, base then head. Everything after -- goes to the harness (--reps N is
+# the number of repetitions, default 3).
 set -eu
 usage="usage: bench/compare.sh [--soak-minutes N] [--ref PEER] <base-commit> [-- harness options]"
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,10 +69,44 @@ export BENCH_FS="$work/fs" BENCH_OUT="$work/out"
 export WATCHD_COMPARE_BASE="$base_dir" WATCHD_COMPARE_HEAD="$here"
 export WATCHD_CMD="$here/bench/tree-cmd.sh --config {config}"
 results=$work/out/compare.jsonl
+log=$work/out/harness.log
 mkdir -p "$work/out"
-# shellcheck disable=SC2086 # $ref is one word or none
-(cd "$work" && "$harness/run.sh" $ref watchd:tree=base watchd:tree=head -- \
-    --workloads W1,W2,W5,W6 --reps 3 --results "$results" "$@")
+# One harness run per repetition, the two trees swapping places each time: within a run each
+# workload runs base and head back to back, and neither always goes first.
+reps=3
+n=$#
+i=0
+while [ $i -lt $n ]; do
+    arg=$1
+    shift
+    i=$((i + 1))
+    case $arg in
+        --reps) reps=${1:?$usage}; shift; i=$((i + 1)) ;;
+        --reps=*) reps=${arg#--reps=} ;;
+        *) set -- "$@" "$arg" ;;
+    esac
+done
+case $reps in
+    ''|*[!0-9]*|0) echo "compare.sh: --reps wants a positive number, got '$reps'" >&2; exit 2 ;;
+esac
+rep=1
+while [ "$rep" -le "$reps" ]; do
+    if [ $((rep % 2)) = 1 ]; then order="watchd:tree=base watchd:tree=head"
+    else order="watchd:tree=head watchd:tree=base"; fi
+    echo "repetition $rep of $reps: ${ref:+$ref }$order"
+    # The harness prints a progress line per run, shown as it comes, and a table per invocation,
+    # left in the log: the pooled figures come at the end.
+    # shellcheck disable=SC2086 # $ref and $order are words without spaces
+    { (cd "$work" && "$harness/run.sh" $ref $order -- --workloads W1,W2,W5,W6 --reps 1 \
+          --results "$results" "$@") 2>&1; echo $? > "$work/out/rc"; } \
+        | tee -a "$log" | grep --line-buffered '^\[' || true
+    if [ "$(cat "$work/out/rc")" != 0 ]; then
+        tail -n 20 "$log" >&2
+        echo "compare.sh: the peer harness failed (log above)" >&2
+        exit 1
+    fi
+    rep=$((rep + 1))
+done
 
 soak_args=""
 if [ "$soak_minutes" != 0 ]; then
@@ -89,14 +125,15 @@ if [ "$soak_minutes" != 0 ]; then
 fi
 
 mkdir -p "$here/bench/results"
-kept=$here/bench/results/compare-$(date -u +%Y%m%dT%H%M%SZ)-$(git -C "$here" rev-parse --short "$base_sha").jsonl
-cp "$results" "$kept"
-echo
-echo "## Absolute figures (medians; harness table)"
-python3 "$harness/harness.py" --table "$results"
+kept=$here/bench/results/compare-$(date -u +%Y%m%dT%H%M%SZ)-$(git -C "$here" rev-parse --short "$base_sha")
+cp "$results" "$kept.jsonl"
+cp "$log" "$kept.log"
+for side in base head; do
+    [ ! -f "$work/soak-$side.txt" ] || cp "$work/soak-$side.txt" "$kept.soak-$side.txt"
+done
 echo
 echo "## head / base (base $base_ref = $(git -C "$here" rev-parse --short "$base_sha"), head $head_desc)"
 # shellcheck disable=SC2086 # soak_args holds paths without spaces (mktemp under /tmp)
 "$here/.venv/bin/python" "$here/bench/ratios.py" "$results" $soak_args
 echo
-echo "harness results kept in $kept"
+echo "kept: $kept.jsonl (every repetition), .log (the harness's output), .soak-*.txt"

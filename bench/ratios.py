@@ -3,9 +3,10 @@
 
     python bench/ratios.py RESULTS.jsonl [--soak-base FILE --soak-head FILE]
 
-RESULTS.jsonl holds one line per (peer, workload, params) with the medians of every repetition
+RESULTS.jsonl holds one line per harness run and (peer, workload, params) with every repetition
 (the shared peer harness's format); the two trees are the peers `watchd:tree=base` and
-`watchd:tree=head`. The soak files are what `python -m bench.soak` printed.
+`watchd:tree=head`. Repetitions from several harness runs in the file are pooled; the table
+shows their medians. The soak files are what `python -m bench.soak` printed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,36 +76,61 @@ def ratio(base: object, head: object) -> str:
 def fmt(value: object) -> str:
     """A figure as the harness's table would show it."""
     if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
         return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
     return "" if value is None else str(value)
 
 
+def pooled_runs(results: Path) -> dict[tuple[str, str, str], list[dict[str, object]]]:
+    """Every repetition of each (peer, workload, params), over all the harness runs in the file."""
+    pooled: dict[tuple[str, str, str], list[dict[str, object]]] = {}
+    for line in results.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            key = (r["peer"], r["workload"], json.dumps(r["params"], sort_keys=True))
+            pooled.setdefault(key, []).extend(r["runs"])
+    return pooled
+
+
+def median(runs: list[dict[str, object]], key: str) -> object:
+    """The median of a figure over the runs; for a yes/no figure, how many runs said yes."""
+    values = [r[key] for r in runs if r.get(key) is not None]
+    if not values:
+        return None
+    if all(isinstance(v, bool) for v in values):
+        return f"{sum(1 for v in values if v)}/{len(values)}"
+    numbers = [v for v in values if isinstance(v, int | float)]
+    return statistics.median(numbers) if len(numbers) == len(values) else values[0]
+
+
 def harness_rows(results: Path) -> list[str]:
     """Table rows for every workload and params that both trees ran."""
-    lines = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
-    by = {(r["peer"], r["workload"], json.dumps(r["params"], sort_keys=True)): r for r in lines}
+    by = pooled_runs(results)
     rows = []
     for wl, metrics in METRICS.items():
-        params = sorted({key[2] for key in by if key[1] == wl}, key=lambda p: sorted(
-            json.loads(p).items()))
+        params = sorted({key[2] for key in by if key[1] == wl},
+                        key=lambda p: sorted(json.loads(p).items()))
         for p in params:
             base, head = by.get((BASE, wl, p)), by.get((HEAD, wl, p))
             if base is None or head is None:
                 continue
             shown = " ".join(f"{k}={v}" for k, v in json.loads(p).items())
-            for side in (base, head):
-                if side["median"].get("error"):
-                    rows.append(f"| {wl} | {shown} | error ({side['peer']}) | "
-                                f"{side['median']['error']} | | | |")
+            for peer, runs in ((BASE, base), (HEAD, head)):
+                errors = [r["error"] for r in runs if r.get("error")]
+                if errors:
+                    rows.append(f"| {wl} | {shown} | error ({peer}, {len(errors)}/{len(runs)} "
+                                f"runs) | {errors[0]} | | | |")
             for m in metrics:
-                b, h = base["median"].get(m.key), head["median"].get(m.key)
+                b, h = median(base, m.key), median(head, m.key)
                 if b is None and h is None:
                     continue
                 better = "higher" if m.higher_is_better else "lower"
                 rows.append(f"| {wl} | {shown} | {m.label} | {fmt(b)} | {fmt(h)} | "
                             f"{ratio(b, h)} | {better} |")
+            rows.append(f"| {wl} | {shown} | repetitions | {len(base)} | {len(head)} | | |")
     return rows
 
 
