@@ -700,6 +700,52 @@ def test_a_replay_takes_bounded_steps_between_turns_of_the_loop() -> None:
     assert [m["type"] for m in sink.take()] == ["subscribed"]
 
 
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_replay_from_anywhere_in_a_wrapped_history_is_exact(where: str) -> None:
+    size = 2 * REPLAY_STEP + 7  # not a multiple of the step: the ring's seam falls mid-step
+    deferred: list[Any] = []
+    broker = Broker(instance=INSTANCE, client_queue=100, replay_buffer=size,
+                    max_subscriptions=8, defer=deferred.append)
+    broker.set_watches((FakeWatch("a"), FakeWatch("b")))
+    total = 3 * size + 5  # the history has wrapped several times
+    watch_of = {}
+    seq = 0
+    while seq < total:  # batches of uneven sizes, the watches taking turns
+        n = min(total - seq, 997 if seq % 2 else 1409)
+        watch = "ab"[(seq // 997) % 2]
+        broker.publish(watch, 1.0, creates(*(f"/{watch}/{i}" for i in range(seq + 1, seq + n + 1))))
+        watch_of.update(dict.fromkeys(range(seq + 1, seq + n + 1), watch))
+        seq += n
+    oldest = total - size + 1
+    assert broker.oldest == oldest
+    since = {"start": oldest - 1, "middle": oldest + size // 2, "end": total - 1}[where]
+    sink, conn = join(broker)
+    sid = sub(broker, conn, since=since, watch=("a",))
+    while deferred:
+        deferred.pop(0)()
+    wanted = [s for s in range(since + 1, total + 1) if watch_of[s] == "a"]
+    msgs = sink.messages()
+    assert seqs(msgs, sid) == wanted
+    assert paths(msgs, sid) == [f"/a/{s}" for s in wanted]
+    assert not conn.replays and not [m for m in msgs if m["type"] == "dropped"]
+    broker.publish("a", 2.0, creates("/a/live"))  # and then live
+    assert seqs(sink.take(), sid)[-1] == total + 1
+
+
+def test_a_wrapped_history_resized_keeps_its_newest_events_in_order() -> None:
+    broker = make_broker(replay_buffer=7)
+    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 20))))  # holds 13..19
+    broker.set_limits(client_queue=100, replay_buffer=4, max_subscriptions=8)
+    assert broker.oldest == 16
+    broker.set_limits(client_queue=100, replay_buffer=9, max_subscriptions=8)
+    assert broker.oldest == 16  # growing brings nothing back
+    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(20, 28))))
+    assert broker.oldest == 19
+    sink, conn = join(broker)
+    sid = sub(broker, conn, since=18)
+    assert seqs(sink.messages(), sid) == list(range(19, 28))
+
+
 def test_what_the_history_forgets_before_a_replay_reaches_it_is_reported_dropped() -> None:
     broker = make_broker(client_queue=100, replay_buffer=10)
     broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 11))))
