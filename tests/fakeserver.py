@@ -20,23 +20,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+from tests.harness import wait_for
 from watchd import protocol
 from watchd.events import KIND_BITS, Kind
 from watchd.protocol import ErrorCode, ProtocolError
 
 DEFAULT_WATCHES = {"uploads": "/srv/uploads", "logs": "/var/log/app"}
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll predicate until it returns something truthy; fail the test after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
 
 
 @dataclass
@@ -144,7 +133,7 @@ class FakeServer:
 
     def wait_subscriptions(self, count: int, timeout: float = 5.0) -> list[str]:
         """Wait until at least count subscriptions are live; return their sids."""
-        sids: list[str] = wait_until(
+        sids: list[str] = wait_for(
             lambda: (sids := self.subscriptions()) and len(sids) >= count and sids,
             timeout,
             f"{count} subscription(s)",

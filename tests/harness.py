@@ -1,4 +1,5 @@
-"""Running the real daemon as a subprocess and talking to it over its real socket."""
+"""What the tests share: waiting with a deadline, predicates over protocol messages, the real
+daemon as a subprocess and a raw client over its real socket."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,10 +23,15 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 10.0
 NOBODY = 65534  # uid and gid of the unprivileged user some tests run a process as
 
+T = TypeVar("T")
+Message = dict[str, Any]
+Predicate = Callable[[Message], bool]
 
-def wait_for(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
-             what: str = "condition", interval: float = 0.01) -> Any:
-    """Poll until predicate() is truthy; fail the test with `what` at the deadline."""
+
+def wait_for(predicate: Callable[[], T | None], timeout: float = DEFAULT_TIMEOUT,
+             what: str = "condition", interval: float = 0.01) -> T:
+    """Poll until predicate() is truthy and return that value; at the deadline, fail the test
+    naming `what` was awaited."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -34,6 +40,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def is_event(path: str | Path, kind: str | None = None) -> Predicate:
+    """Matches the event on path (of that kind, if given)."""
+    def pred(m: Message) -> bool:
+        return (m.get("type") == "event" and m["path"] == str(path)
+                and (kind is None or m["kind"] == kind))
+    return pred
+
+
+def is_type(*types: str) -> Predicate:
+    """Matches a message of one of these types ("overflow", "watch_lost", ...)."""
+    return lambda m: m.get("type") in types
 
 
 class Notify:

@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import config, wait_for, watch
+from tests.harness import config, is_event, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def is_event(path: Path | str, kind: str | None = None):
-    def pred(m: dict) -> bool:
-        return (m.get("type") == "event" and m["path"] == str(path)
-                and (kind is None or m["kind"] == kind))
-    return pred
 
 
 def events_of(messages: list[dict]) -> list[tuple[str, str]]:

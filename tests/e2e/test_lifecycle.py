@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import NOBODY, REPO, config, python_for_nobody, wait_for, watch
+from tests.harness import NOBODY, REPO, config, is_type, python_for_nobody, wait_for, watch
 from watchd.watcher import priority_targets
 
 pytestmark = pytest.mark.timeout(60)
@@ -118,7 +118,7 @@ def test_pending_root_becomes_active(start_daemon, workdir: str) -> None:
     line, sid = daemon.subscribe()
     assert daemon.status()["watches"][0]["state"] == "pending"
     root.mkdir()
-    restored = line.until(lambda m: m.get("type") == "watch_restored")[-1]
+    restored = line.until(is_type("watch_restored"))[-1]
     assert restored == {"type": "watch_restored", "subscription": sid, "watch": "w",
                         "path": str(root)}
     (root / "f").touch()
@@ -132,12 +132,12 @@ def test_deleted_root_is_lost_then_restored(start_daemon, workdir: str) -> None:
     daemon = start_daemon(config(watches=watch("w", root)))
     line, sid = daemon.subscribe()
     shutil.rmtree(root)
-    lost = line.until(lambda m: m.get("type") == "watch_lost")[-1]
+    lost = line.until(is_type("watch_lost"))[-1]
     assert lost == {"type": "watch_lost", "subscription": sid, "watch": "w", "path": str(root),
                     "reason": "deleted"}
     wait_for(lambda: daemon.status()["watches"][0]["state"] == "pending", what="pending state")
     root.mkdir()
-    line.until(lambda m: m.get("type") == "watch_restored")
+    line.until(is_type("watch_restored"))
     (root / "back").touch()
     line.until(lambda m: m.get("path") == str(root / "back"))
 
@@ -148,7 +148,7 @@ def test_a_root_that_comes_back_reports_what_it_holds(start_daemon, workdir: str
     daemon = start_daemon(config(watches=watch("w", root)))
     line, _ = daemon.subscribe()
     root.rmdir()
-    line.until(lambda m: m.get("type") == "watch_lost")
+    line.until(is_type("watch_lost"))
     # Recreated with content before the daemon looks again: the content is reported.
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "early.csv").touch()

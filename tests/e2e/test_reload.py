@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import config, wait_for, watch
+from tests.harness import config, is_event, is_type, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def is_event(path: Path) -> object:
-    return lambda m: m.get("type") == "event" and m["path"] == str(path)
 
 
 def test_reload_adds_removes_and_changes(start_daemon, watched: Path) -> None:
@@ -27,7 +23,7 @@ def test_reload_adds_removes_and_changes(start_daemon, watched: Path) -> None:
                          + watch("c", watched / "c")))
 
     # b was removed: its subscribers are told, with reason "removed".
-    lost = only_b.until(lambda m: m.get("type") == "watch_lost")[-1]
+    lost = only_b.until(is_type("watch_lost"))[-1]
     assert lost == {"type": "watch_lost", "subscription": lost["subscription"], "watch": "b",
                     "path": str(watched / "b"), "reason": "removed"}
     # c was added and delivers; a was changed (now deletes only); same connection throughout.

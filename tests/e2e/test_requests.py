@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Line, config, wait_for, watch
+from tests.harness import Line, config, is_event, wait_for, watch
 from watchd.config import RESERVED_CLIENTS
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,7 +81,7 @@ def test_subscribe_and_unsubscribe(daemon, watched: Path) -> None:
     sid = reply["subscription"]
     assert isinstance(reply["seq"], int)
     (watched / "a").touch()
-    got = line.until(lambda m: m.get("type") == "event" and m["path"] == str(watched / "a"))
+    got = line.until(is_event(watched / "a"))
     assert got[-1]["subscription"] == sid
     assert line.request({"op": "unsubscribe", "id": 2, "subscription": sid}) == {
         "type": "unsubscribed", "id": 2, "subscription": sid}

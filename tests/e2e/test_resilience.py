@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import config, wait_for, watch
+from tests.harness import config, is_event, is_type, wait_for, watch
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -50,17 +50,13 @@ def inotify_watches_in_use() -> int:
     return total
 
 
-def is_event(path: Path):
-    return lambda m: m.get("type") == "event" and m["path"] == str(path)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM])
 def test_watcher_killed_is_replaced_with_notice_first(start_daemon, watched: Path, sig) -> None:
     daemon = start_daemon(config(watches=watch("w", watched)))
     line, sid = daemon.subscribe()
     old = daemon.watcher_pid()
     os.kill(old, sig)
-    notice = line.until(lambda m: m.get("type") == "overflow")[-1]
+    notice = line.until(is_type("overflow"))[-1]
     assert notice == {"type": "overflow", "subscription": sid, "seq": notice["seq"],
                       "reason": "watcher_restart", "watch": None}
     wait_for(lambda: daemon.status()["watches"][0]["state"] == "active",
@@ -189,7 +185,7 @@ def test_kernel_queue_overflow_is_announced_and_resynced(start_daemon, watched: 
         (watched / "newdir").mkdir()  # created while events are being lost
     finally:
         os.kill(watcher, signal.SIGCONT)
-    notice = line.until(lambda m: m.get("type") == "overflow")[-1]
+    notice = line.until(is_type("overflow"))[-1]
     assert notice == {"type": "overflow", "subscription": sid, "seq": notice["seq"],
                       "reason": "kernel_queue", "watch": "w"}
     wait_for(lambda: daemon.status()["overflows"] >= 1, what="overflow counted")

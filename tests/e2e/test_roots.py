@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, config, wait_for, watch
+from tests.harness import REPO, config, is_type, wait_for, watch
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_a_root_replaced_by_a_symlink_is_not_followed(
     daemon = start_daemon(config(watches=watch("w", root)))
     line, _ = daemon.subscribe()
     root.rmdir()
-    line.until(lambda m: m.get("type") == "watch_lost")
+    line.until(is_type("watch_lost"))
     root.symlink_to(private)
     refused = "it is a symbolic link, which is not followed"
     wait_for(lambda: refused in daemon.log_text() or "is watched again" in daemon.log_text(),
@@ -65,7 +65,7 @@ def test_a_root_configured_through_a_symlink_is_resolved_at_load(
     link.unlink()
     link.symlink_to(private)
     real.rename(Path(workdir) / "real-gone")
-    line.until(lambda m: m.get("type") == "watch_lost")
+    line.until(is_type("watch_lost"))
     (private / "secret-later").touch()
     # Pending watches are looked at in one pass, in order: once "clock" (after "w") is
     # active, "w" was looked at since the link changed.
@@ -74,7 +74,7 @@ def test_a_root_configured_through_a_symlink_is_resolved_at_load(
              == "active", what="the next look at pending watches")
     assert daemon.status()["watches"][0]["state"] == "pending"
     daemon.reload()
-    got = line.until(lambda m: m.get("type") == "watch_restored")
+    got = line.until(is_type("watch_restored"))
     assert not [m for m in got if "secret" in m.get("path", "")]
     # The reload resolved the link again (the operator's choice): the new target is watched.
     (private / "after-reload").touch()
