@@ -230,7 +230,7 @@ def test_missing_socket_from_environment(sock_path: str) -> None:
 def test_server_error_reply_exits_1_with_code_and_message(server: FakeServer) -> None:
     result = run("--socket", server.socket_path, "subscribe", "--watch", "nope")
     assert result.returncode == 1
-    assert "unknown_watch: no watch named 'nope'" in result.stderr
+    assert 'unknown_watch: "watch": no watch named "nope"' in result.stderr
     assert "watchctl status" in result.stderr
     assert "Traceback" not in result.stderr
 
