@@ -24,12 +24,12 @@ from tests.harness import wait_for
 from watchd import protocol
 from watchd.broker import Broker, Connection, Peer
 from watchd.events import KIND_BITS, Kind
+from watchd.inotify.flags import IN_ISDIR
 from watchd.protocol import ErrorCode, ProtocolError
 
 DEFAULT_WATCHES = {"uploads": "/srv/uploads", "logs": "/var/log/app"}
 MAX_SUBSCRIPTIONS = 64  # the daemon's default (daemon.max_subscriptions)
 CLIENT_QUEUE = 10000  # the daemon's default; the sinks never pause, so it is never reached
-IN_ISDIR = 0x40000000  # the kernel's bit for "the subject is a directory"
 
 
 @dataclass(frozen=True, slots=True)

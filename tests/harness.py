@@ -97,18 +97,27 @@ class Notify:
 class Line:
     """A raw protocol client: send objects, receive decoded lines, with deadlines."""
 
-    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
+    def __init__(self, path: str | None, timeout: float = DEFAULT_TIMEOUT,
+                 sock: socket.socket | None = None) -> None:
+        if sock is None:
+            assert path is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+        self.sock = sock
         self.buf = b""
         self.raw: list[bytes] = []
         self.pushed: list[dict[str, Any]] = []  # events and notices that arrived before a reply
         self.hello: dict[str, Any] = {}
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> Line:
+        """A Line over a connection opened elsewhere (e.g. handed over by another process)."""
+        return cls(None, sock=sock)
 
     def send(self, obj: Any) -> None:
         data = obj if isinstance(obj, bytes) else json.dumps(obj).encode() + b"\n"
@@ -222,6 +231,10 @@ class Daemon:
     def log_text(self) -> str:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until the daemon's log holds text."""
+        wait_for(lambda: text in self.log_text(), timeout, f"{text!r} in the daemon's log")
 
     def line(self, path: str | None = None) -> Line:
         """A raw connection (to our socket, or to path), closed at cleanup."""

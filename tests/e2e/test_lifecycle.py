@@ -62,8 +62,8 @@ def test_config_from_environment(tmp_path: Path) -> None:
     assert result.returncode == 0 and str(cfg) in result.stdout
 
 
-def test_sigterm_stops_cleanly_and_removes_the_socket(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_sigterm_stops_cleanly_and_removes_the_socket(start_watching) -> None:
+    daemon = start_watching()
     line = daemon.connect()
     watcher = daemon.watcher_pid()
     assert os.path.exists(daemon.socket)
@@ -75,22 +75,23 @@ def test_sigterm_stops_cleanly_and_removes_the_socket(start_daemon, watched: Pat
     daemon.notify.wait("STOPPING=1")
 
 
-def test_sigint_stops_cleanly(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_sigint_stops_cleanly(start_watching) -> None:
+    daemon = start_watching()
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(10) == 0
     assert "Traceback" not in daemon.log_text()
 
 
-def test_socket_mode(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra='socket_mode = "0640"', watches=watch("w", watched)))
+def test_socket_mode(start_watching) -> None:
+    daemon = start_watching('socket_mode = "0640"')
     assert os.stat(daemon.socket).st_mode & 0o777 == 0o640
 
 
-def test_stale_socket_is_replaced_live_one_refused(start_daemon, watched: Path) -> None:
+def test_stale_socket_is_replaced_live_one_refused(start_daemon, start_watching,
+                                                   watched: Path) -> None:
     import socket as socketlib
 
-    first = start_daemon(config(watches=watch("w", watched)))
+    first = start_watching()
     # A second daemon on the same socket path is refused with a clear message.
     second_cfg = os.path.join(first.dir, "second.toml")
     with open(second_cfg, "w") as f:
@@ -160,10 +161,10 @@ def test_a_root_that_comes_back_reports_what_it_holds(start_daemon, workdir: str
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs CAP_SYS_NICE")
-def test_the_watcher_is_scheduled_before_the_daemon(start_daemon, watched: Path) -> None:
+def test_the_watcher_is_scheduled_before_the_daemon(start_watching) -> None:
     # The kernel queue is the one place where events are lost for good: under load, the
     # process that drains it must get the CPU before the fan-out does.
-    daemon = start_daemon(config(watches=watch("w", watched)))
+    daemon = start_watching()
     assert daemon.proc is not None
     own = os.getpriority(os.PRIO_PROCESS, daemon.proc.pid)
     assert os.getpriority(os.PRIO_PROCESS, daemon.watcher_pid()) == max(-20, own - 10)

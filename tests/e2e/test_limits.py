@@ -79,8 +79,8 @@ def test_one_user_cannot_take_every_slot_and_root_always_gets_in(start_daemon, w
             holder.close()
 
 
-def test_a_started_line_must_be_finished_in_time(start_daemon, watched: Path) -> None:
-    d = start_daemon(config(daemon_extra="request_timeout = 0.5", watches=watch("w", watched)))
+def test_a_started_line_must_be_finished_in_time(start_watching) -> None:
+    d = start_watching("request_timeout = 0.5")
     idle = d.connect()
     slow = d.connect()
     start = time.monotonic()
@@ -124,17 +124,16 @@ def open_files_limit(pid: int) -> tuple[int, int]:
     return resource.prlimit(pid, resource.RLIMIT_NOFILE)
 
 
-def test_the_soft_fd_limit_is_raised_to_the_hard_one(start_daemon, watched: Path) -> None:
-    d = start_daemon(config(watches=watch("w", watched)), shell_prefix="ulimit -Sn 1200")
+def test_the_soft_fd_limit_is_raised_to_the_hard_one(start_watching) -> None:
+    d = start_watching(shell_prefix="ulimit -Sn 1200")
     assert d.proc is not None
     soft, hard = open_files_limit(d.proc.pid)
     assert soft == hard > 1200
 
 
 @as_root
-def test_out_of_descriptors_is_logged_once_and_serving_resumes(start_daemon,
-                                                               watched: Path) -> None:
-    d = start_daemon(config(daemon_extra="max_clients = 10", watches=watch("w", watched)))
+def test_out_of_descriptors_is_logged_once_and_serving_resumes(start_watching) -> None:
+    d = start_watching("max_clients = 10")
     assert d.proc is not None
     pid = d.proc.pid
     original = open_files_limit(pid)
@@ -142,7 +141,7 @@ def test_out_of_descriptors_is_logged_once_and_serving_resumes(start_daemon,
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 2, original[1]))
     served = [d.connect() for _ in range(2)]
     waiting = [d.line() for _ in range(5)]  # queued in the backlog: accept fails
-    wait_for(lambda: "cannot accept new connections" in d.log_text(), what="the log line")
+    d.wait_log("cannot accept new connections")
     # asyncio tries accept up to a hundred times in the callback that logged it (each failure
     # reported): a reply on a served connection comes after that callback is done.
     assert served[0].request({"op": "ping"})["type"] == "pong"

@@ -63,8 +63,8 @@ def test_invalid_reload_keeps_the_old_configuration(start_daemon, watched: Path)
     assert any("reload refused" in m for m in daemon.notify.messages)
 
 
-def test_socket_change_needs_a_restart(start_daemon, watched: Path, workdir: str) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_socket_change_needs_a_restart(start_watching, watched: Path, workdir: str) -> None:
+    daemon = start_watching()
     daemon.reload(config(socket_line=f'socket = "{workdir}/other.sock"',
                          watches=watch("w", watched)))
     status = daemon.status()  # still served on the old socket
@@ -73,8 +73,8 @@ def test_socket_change_needs_a_restart(start_daemon, watched: Path, workdir: str
     assert "restart" in daemon.log_text()
 
 
-def test_reload_changes_limits(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra="max_subscriptions = 1", watches=watch("w", watched)))
+def test_reload_changes_limits(start_watching, watched: Path) -> None:
+    daemon = start_watching("max_subscriptions = 1")
     line = daemon.connect()
     assert line.request({"op": "subscribe", "id": 1})["type"] == "subscribed"
     assert line.request({"op": "subscribe", "id": 2})["code"] == "too_many_subscriptions"
@@ -82,8 +82,8 @@ def test_reload_changes_limits(start_daemon, watched: Path) -> None:
     assert line.request({"op": "subscribe", "id": 3})["type"] == "subscribed"
 
 
-def test_many_reloads_keep_every_client(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_many_reloads_keep_every_client(start_watching, watched: Path) -> None:
+    daemon = start_watching()
     lines = [daemon.subscribe()[0] for _ in range(5)]
     for i in range(5):
         daemon.reload(config(watches=watch("w", watched, exclude=[f"x{i}"])))

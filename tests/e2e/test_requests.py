@@ -144,8 +144,8 @@ def test_line_too_long_closes_the_connection(daemon) -> None:
     assert daemon.connect().request({"op": "ping"})["type"] == "pong"
 
 
-def test_too_many_clients(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra="max_clients = 2", watches=watch("w", watched)))
+def test_too_many_clients(start_watching) -> None:
+    daemon = start_watching("max_clients = 2")
     # The daemon's own user (ours) has the slots kept for root beyond max_clients.
     kept = [daemon.connect() for _ in range(2 + RESERVED_CLIENTS)]
     extra = daemon.line()
