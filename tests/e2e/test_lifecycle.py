@@ -143,10 +143,9 @@ def test_deleted_root_is_lost_then_restored(start_daemon, workdir: str) -> None:
     line.until(lambda m: m.get("path") == str(root / "back"))
 
 
-def test_a_root_that_comes_back_reports_what_it_holds(start_daemon, workdir: str) -> None:
-    root = Path(workdir) / "root"
-    root.mkdir()
-    daemon = start_daemon(config(watches=watch("w", root)))
+def test_a_root_that_comes_back_reports_what_it_holds(start_watching, watched: Path) -> None:
+    root = watched
+    daemon = start_watching()
     line, _ = daemon.subscribe()
     root.rmdir()
     line.until(is_type("watch_lost"))

@@ -22,11 +22,10 @@ def private(workdir: str) -> Path:
 
 
 def test_a_root_replaced_by_a_symlink_is_not_followed(
-    start_daemon, workdir: str, private: Path
+    start_watching, watched: Path, private: Path
 ) -> None:
-    root = Path(workdir) / "root"
-    root.mkdir()
-    daemon = start_daemon(config(watches=watch("w", root)))
+    root = watched
+    daemon = start_watching()
     line, _ = daemon.subscribe()
     root.rmdir()
     line.until(is_type("watch_lost"))
