@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,23 +56,45 @@ def is_type(*types: str) -> Predicate:
     return lambda m: m.get("type") in types
 
 
-class Notify:
-    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+class Datagrams:
+    """A bound datagram socket that keeps every message it received (a NOTIFY_SOCKET, a
+    syslog socket)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, encoding: str = "latin-1") -> None:
         self.path = path
+        self.encoding = encoding
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
+        self.sock.setblocking(False)
         self.messages: list[str] = []
 
-    def poll(self) -> None:
-        self.sock.setblocking(False)
+    def poll(self) -> list[str]:
+        """Take in what has arrived; every message so far."""
         while True:
             try:
                 data = self.sock.recv(65536)
             except BlockingIOError:
-                return
-            self.messages.append(data.decode("latin-1"))
+                return self.messages
+            self.messages.append(data.decode(self.encoding, "replace"))
+
+    def wait_for_text(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """The first message that contains text anywhere (e.g. inside a STATUS= line)."""
+        def find() -> str | None:
+            return next((m for m in self.poll() if text in m), None)
+        return wait_for(find, timeout, f"{text!r} on {self.path}")
+
+    def wait_match(self, pattern: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """The first message matching the regular expression pattern."""
+        def find() -> str | None:
+            return next((m for m in self.poll() if re.search(pattern, m)), None)
+        return wait_for(find, timeout, f"{pattern!r} on {self.path}; got {self.messages[-5:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Notify(Datagrams):
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
 
     def wait(self, field: str, timeout: float = DEFAULT_TIMEOUT, after: int = 0) -> int:
         """Index of the first datagram (from `after` on) that holds the line `field`."""
@@ -81,17 +104,7 @@ class Notify:
                 if field in self.messages[i].split("\n"):
                     return i + 1  # +1 so that index 0 is truthy
             return None
-        return int(wait_for(find, timeout, f"{field!r} on NOTIFY_SOCKET")) - 1
-
-    def wait_for_text(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> str:
-        """The first datagram that contains text anywhere (e.g. inside a STATUS= line)."""
-        def find() -> str | None:
-            self.poll()
-            return next((m for m in self.messages if text in m), None)
-        return str(wait_for(find, timeout, f"{text!r} on NOTIFY_SOCKET"))
-
-    def close(self) -> None:
-        self.sock.close()
+        return wait_for(find, timeout, f"{field!r} on NOTIFY_SOCKET") - 1
 
 
 class Line:
