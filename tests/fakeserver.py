@@ -45,7 +45,7 @@ class FakeWatch:
 
 @dataclass(eq=False)
 class Client:
-    """One accepted connection: its socket and, once greeted, the broker's view of it."""
+    """One accepted connection: its socket and, once admitted, the broker's view of it."""
 
     sock: socket.socket
     conn: Connection | None = None
