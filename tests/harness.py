@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from watchd.inotify import InotifyFd, RawEvent
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 10.0
 NOBODY = 65534  # uid and gid of the unprivileged user some tests run a process as
@@ -54,6 +56,20 @@ def is_event(path: str | Path, kind: str | None = None) -> Predicate:
 def is_type(*types: str) -> Predicate:
     """Matches a message of one of these types ("overflow", "watch_lost", ...)."""
     return lambda m: m.get("type") in types
+
+
+def read_until(ino: InotifyFd, want: Callable[[list[RawEvent]], bool],
+               timeout: float = DEFAULT_TIMEOUT) -> list[RawEvent]:
+    """Read an inotify fd until want(every event read so far) holds; fail at the deadline."""
+    got: list[RawEvent] = []
+    deadline = time.monotonic() + timeout
+    while not want(got):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout} s; read {got!r}")
+        if ino.wait_readable(left):
+            got.extend(ino.read_events())
+    return got
 
 
 class Datagrams:

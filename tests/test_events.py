@@ -4,15 +4,15 @@ values, masks of kind sets, and real kernel events mapped to exactly one kind ea
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.harness import read_until
 from watchd.events import ALL_KINDS, DEFAULT_KINDS, KIND_BITS, Kind, kinds_mask
-from watchd.inotify import InotifyFd, RawEvent
+from watchd.inotify import InotifyFd
 from watchd.inotify.flags import IN_ALL_EVENTS, IN_ISDIR, Mask
 
 WIRE_NAMES = ["access", "modify", "attrib", "close_write", "close_nowrite", "open",
@@ -63,18 +63,6 @@ def test_a_mask_holds_exactly_the_kinds_it_was_made_of(kinds: set[Kind]) -> None
     assert kinds_mask(frozenset(kinds)) == mask
 
 
-def read_events(ino: InotifyFd, want: int, timeout: float = 5.0) -> list[RawEvent]:
-    """At least `want` events from the fd, waiting on it with a deadline."""
-    got: list[RawEvent] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want:
-        left = deadline - time.monotonic()
-        if left <= 0 or not ino.wait_readable(left):
-            raise AssertionError(f"{want} events awaited, {len(got)} read: {got}")
-        got.extend(ino.read_events())
-    return got
-
-
 def test_every_kernel_event_carries_exactly_one_kind(tmp_path: Path) -> None:
     # Real events on a real directory: what the daemon maps to a kind on the wire.
     with InotifyFd() as ino:
@@ -85,7 +73,7 @@ def test_every_kernel_event_carries_exactly_one_kind(tmp_path: Path) -> None:
         (tmp_path / "f").rename(tmp_path / "g")  # moved_from, moved_to
         (tmp_path / "d").mkdir()  # create, with IN_ISDIR
         (tmp_path / "g").unlink()  # delete
-        seen = [e for e in read_events(ino, 12) if e.name]
+        seen = [e for e in read_until(ino, lambda got: len(got) >= 12) if e.name]
     assert all(len(kinds_of(e.mask)) == 1 for e in seen), seen
     got = [(next(iter(kinds_of(e.mask))), e.name, bool(e.mask & IN_ISDIR)) for e in seen]
     assert got == [

@@ -8,15 +8,13 @@ import os
 import pathlib
 import pickle
 import struct
-import time
-from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import watchd.inotify.flags as flags
-from tests.harness import wait_for
+from tests.harness import read_until, wait_for
 from tests.inotify.isolation import run_isolated
 from watchd.errors import WatchdError
 from watchd.inotify import (
@@ -95,19 +93,6 @@ HEADER_VALUES = {
     "IN_CLOEXEC": os.O_CLOEXEC,
     "IN_NONBLOCK": os.O_NONBLOCK,
 }
-
-
-def read_until(ino: InotifyFd, want: Callable[[list[RawEvent]], bool]) -> list[RawEvent]:
-    """Read events until want(all read so far) holds, waiting on the fd with a deadline."""
-    got: list[RawEvent] = []
-    deadline = time.monotonic() + 5.0
-    while not want(got):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"expected events not read within 5s; got {got!r}")
-        if ino.wait_readable(remaining):
-            got.extend(ino.read_events())
-    return got
 
 
 def pack(wd: int, mask: int, cookie: int, name: bytes, pad_to: int = 16) -> bytes:
