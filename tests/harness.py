@@ -331,6 +331,14 @@ class Daemon:
         self.notify.close()
 
 
+def run_watchd(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """`python -m watchd ARGS` to its end, its output captured as text; kwargs go to
+    subprocess.run (env, cwd, preexec_fn, timeout: 30 s unless given)."""
+    kwargs.setdefault("timeout", 30)
+    return subprocess.run([sys.executable, "-m", "watchd", *args], capture_output=True,
+                          text=True, check=False, **kwargs)
+
+
 @contextlib.contextmanager
 def short_tmpdir() -> Iterator[str]:
     """A directory under /tmp: socket paths must stay under 108 bytes."""

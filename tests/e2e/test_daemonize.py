@@ -11,14 +11,12 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, Datagrams, Line, config, wait_for, watch
+from tests.harness import REPO, Datagrams, Line, config, run_watchd, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,8 +52,7 @@ def _write_config(workdir: str, watched: Path) -> tuple[str, str]:
 @contextlib.contextmanager
 def daemonized(argv: list[str], pidfile: str, env: dict[str, str]) -> Iterator[int]:
     """Start `watchd --daemonize`; yields the daemon's pid; stops it at the end."""
-    result = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile", pidfile,
-                             *argv], env=env, capture_output=True, text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", pidfile, *argv, env=env)
     assert result.returncode == 0, result.stderr
     pid = int(wait_for(lambda: Path(pidfile).exists() and Path(pidfile).read_text().strip(),
                        what="the pid file"))
@@ -125,9 +122,8 @@ def test_daemonize_without_syslog_or_log_file_is_refused(workdir: str, watched: 
     cfg, _ = _write_config(workdir, watched)
     pidfile = os.path.join(workdir, "d.pid")
     missing = os.path.join(workdir, "no-such-log.sock")
-    result = subprocess.run(
-        [sys.executable, "-m", "watchd", "--daemonize", "--pidfile", pidfile, "--config", cfg,
-         "--syslog-socket", missing], env=_env(), capture_output=True, text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", pidfile, "--config", cfg,
+                        "--syslog-socket", missing, env=_env())
     assert result.returncode == EX_CONFIG, result.stderr
     assert missing in result.stderr and "--log-file" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -139,9 +135,7 @@ def test_daemonize_refused_by_default_on_a_host_without_syslog(
         workdir: str, watched: Path) -> None:
     cfg, _ = _write_config(workdir, watched)
     pidfile = os.path.join(workdir, "d.pid")
-    result = subprocess.run(
-        [sys.executable, "-m", "watchd", "--daemonize", "--pidfile", pidfile, "--config", cfg],
-        env=_env(), capture_output=True, text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", pidfile, "--config", cfg, env=_env())
     assert result.returncode == EX_CONFIG, result.stderr
     assert "/dev/log" in result.stderr and "--log-file" in result.stderr, result.stderr
     assert not os.path.exists(pidfile)

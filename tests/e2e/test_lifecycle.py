@@ -12,15 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import NOBODY, REPO, config, is_type, python_for_nobody, wait_for, watch
+from tests.harness import (
+    NOBODY,
+    REPO,
+    config,
+    is_type,
+    python_for_nobody,
+    run_watchd,
+    wait_for,
+    watch,
+)
 from watchd.watcher import priority_targets
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def run_watchd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "watchd", *args], capture_output=True,
-                          text=True, timeout=30)
 
 
 def test_check_valid_file(tmp_path: Path) -> None:
@@ -57,8 +61,7 @@ def test_missing_file_exits_78(tmp_path: Path) -> None:
 def test_config_from_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "w.toml"
     cfg.write_text(config(socket_line=f'socket = "{tmp_path}/s"'))
-    result = subprocess.run([sys.executable, "-m", "watchd", "--check"], capture_output=True,
-                            text=True, env=dict(os.environ, WATCHD_CONFIG=str(cfg)), timeout=30)
+    result = run_watchd("--check", env=dict(os.environ, WATCHD_CONFIG=str(cfg)))
     assert result.returncode == 0 and str(cfg) in result.stdout
 
 

@@ -6,14 +6,13 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.harness import NOBODY, REPO, config, python_for_nobody, wait_for, watch
+from tests.harness import NOBODY, REPO, config, python_for_nobody, run_watchd, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
@@ -108,15 +107,13 @@ def test_check_refuses_max_clients_past_the_fd_limit(workdir: str) -> None:
     path = Path(workdir) / "watchd.toml"
     path.write_text(config(socket_line=f'socket = "{workdir}/w.sock"',
                            daemon_extra="max_clients = 1024"))
-    result = subprocess.run(
-        [sys.executable, "-m", "watchd", "--check", "--config", str(path)],
-        capture_output=True, text=True, cwd=REPO, preexec_fn=_lowered_nofile(500), check=False)
+    result = run_watchd("--check", "--config", str(path), cwd=REPO,
+                        preexec_fn=_lowered_nofile(500))
     assert result.returncode == 78, result
     assert "daemon.max_clients" in result.stderr
     assert "RLIMIT_NOFILE 500" in result.stderr
-    ok = subprocess.run(
-        [sys.executable, "-m", "watchd", "--check", "--config", str(path)],
-        capture_output=True, text=True, cwd=REPO, preexec_fn=_lowered_nofile(2000), check=False)
+    ok = run_watchd("--check", "--config", str(path), cwd=REPO,
+                    preexec_fn=_lowered_nofile(2000))
     assert ok.returncode == 0, ok.stderr
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, config, is_type, wait_for, watch
+from tests.harness import REPO, config, is_type, run_watchd, wait_for, watch
 
 
 @pytest.fixture
@@ -123,8 +122,7 @@ def test_check_refuses_a_pseudo_file_system_as_a_root(tmp_path: Path, path: str)
     conf = tmp_path / "watchd.toml"
     conf.write_text(config("socket = \"/tmp/x.sock\"",
                            watches=watch("ok", tmp_path) + watch("bad", path)))
-    done = subprocess.run([sys.executable, "-m", "watchd", "--check", "--config", str(conf)],
-                          capture_output=True, text=True, cwd=REPO)
+    done = run_watchd("--check", "--config", str(conf), cwd=REPO)
     assert done.returncode == 78, done
     assert f"{conf}: watch[1].path: {path!r} is on the pseudo file system" in done.stderr
     assert "Traceback" not in done.stderr
@@ -135,6 +133,5 @@ def test_check_accepts_a_pseudo_file_system_mounted_below_a_root(
 ) -> None:
     conf = tmp_path / "watchd.toml"
     conf.write_text(config("socket = \"/tmp/x.sock\"", watches=watch("w", proc_mount.parent)))
-    done = subprocess.run([sys.executable, "-m", "watchd", "--check", "--config", str(conf)],
-                          capture_output=True, text=True, cwd=REPO)
+    done = run_watchd("--check", "--config", str(conf), cwd=REPO)
     assert done.returncode == 0, done

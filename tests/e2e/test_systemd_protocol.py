@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, Line, config, wait_for, watch
+from tests.harness import Daemon, Line, config, run_watchd, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -220,9 +220,8 @@ def test_daemonize(workdir: str, watched: Path) -> None:
     # A stale pid file (its process gone) does not stop a start.
     with open(pidfile, "w") as f:
         f.write("999999\n")
-    result = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile", pidfile,
-                             "--log-file", logfile, "--config", cfg],
-                            env=env, capture_output=True, text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", pidfile, "--log-file", logfile,
+                        "--config", cfg, env=env)
     assert result.returncode == 0, result.stderr
     def new_pid() -> int | None:
         try:
@@ -249,9 +248,7 @@ def test_daemonize(workdir: str, watched: Path) -> None:
                 return int(probe.request({"op": "status"})["reloads"])
         wait_for(lambda: reloads() == 1, what="a reload")
         # A second start is refused while it runs.
-        again = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile",
-                                pidfile, "--config", cfg],
-                               env=env, capture_output=True, text=True, timeout=30)
+        again = run_watchd("--daemonize", "--pidfile", pidfile, "--config", cfg, env=env)
         assert again.returncode != 0 and "already running" in again.stderr
     finally:
         os.kill(pid, signal.SIGTERM)
@@ -264,10 +261,8 @@ def test_daemonize_refused_under_systemd(workdir: str, watched: Path) -> None:
     cfg = os.path.join(workdir, "d.toml")
     with open(cfg, "w") as f:
         f.write(config(socket_line=f'socket = "{workdir}/x.sock"', watches=watch("w", watched)))
-    result = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile",
-                             os.path.join(workdir, "p"), "--config", cfg],
-                            env=dict(os.environ, INVOCATION_ID="abc"), capture_output=True,
-                            text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", os.path.join(workdir, "p"), "--config", cfg,
+                        env=dict(os.environ, INVOCATION_ID="abc"))
     assert result.returncode != 0 and "systemd" in result.stderr
 
 
