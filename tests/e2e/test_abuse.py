@@ -288,6 +288,10 @@ def test_costly_subscribes_on_many_connections_stall_no_other_user(start_watchin
                                                                   workdir: str) -> None:
     os.chmod(workdir, 0o755)
     d = start_watching('socket_mode = "0666"')
+    # The same pings first without the flood: on a loaded machine every answer is slower, and
+    # what is asserted is that the flood adds no stall of its own on top of that.
+    quiet, _ = run_as(NOBODY - 1, PINGER, d.socket, "1").communicate(timeout=60)
+    usual = quantile(json.loads(quiet), 0.9)
     flooder = run_as(NOBODY, FLOODER, d.socket, "6", "64")
     assert flooder.stdout is not None and flooder.stdin is not None
     assert flooder.stdout.readline().strip() == "FLOODING"
@@ -297,6 +301,7 @@ def test_costly_subscribes_on_many_connections_stall_no_other_user(start_watchin
     flooder.stdin.close()
     flooder.wait(10)
     flooder.stdout.close()
-    print(f"ping p90 {quantile(times, 0.9):.4f} s, max {max(times):.4f} s, {len(times)} pings")
-    assert quantile(times, 0.9) < 0.1, sorted(times)[-5:]
+    print(f"ping p90 {quantile(times, 0.9):.4f} s (without the flood {usual:.4f} s), "
+          f"max {max(times):.4f} s, {len(times)} pings")
+    assert quantile(times, 0.9) < max(0.1, 4 * usual), (usual, sorted(times)[-5:])
     assert max(times) < 2.0, sorted(times)[-5:]  # a loaded machine may stall anyone once
