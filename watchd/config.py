@@ -18,8 +18,8 @@ from typing import Final
 
 from watchd.errors import ConfigError
 from watchd.events import ALL_KINDS, DEFAULT_KINDS, Kind
+from watchd.levels import LOG_LEVELS
 
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 # Keys of [daemon] that bind the listening socket: a reload cannot change them.
 RESTART_KEYS: Final = ("socket", "socket_mode", "socket_group")
 
@@ -509,7 +509,6 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
 
 __all__ = [
     "FD_RESERVE",
-    "LOG_LEVELS",
     "RESERVED_CLIENTS",
     "RESTART_KEYS",
     "WATCH_KEYS",
