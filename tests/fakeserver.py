@@ -22,6 +22,7 @@ from typing import Any, Self
 
 from watchd import protocol
 from watchd.events import KIND_BITS, Kind
+from watchd.inotify.flags import IN_ISDIR
 from watchd.protocol import ErrorCode, ProtocolError
 
 DEFAULT_WATCHES = {"uploads": "/srv/uploads", "logs": "/var/log/app"}
@@ -170,7 +171,7 @@ class FakeServer:
         when: float | None = None,
     ) -> int:
         """Publish one event to every matching subscription; return its seq."""
-        mask = KIND_BITS[Kind(kind)] | (protocol.IN_ISDIR if is_dir else 0)
+        mask = KIND_BITS[Kind(kind)] | (IN_ISDIR if is_dir else 0)
         with self._lock:
             self.seq += 1
             seq = self.seq

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Final
 
 from watchd.errors import ConfigError
-from watchd.events import ALL_KINDS, DEFAULT_KINDS, Kind
+from watchd.events import ALL_KINDS, DEFAULT_KINDS, KIND_LIST, Kind
 from watchd.levels import LOG_LEVELS
 
 # Keys of [daemon] that bind the listening socket: a reload cannot change them.
@@ -28,7 +28,6 @@ _OCTAL_RE: Final = re.compile(r"(?:0o)?([0-7]{1,4})")
 _MAX_ID: Final = 2**32 - 2  # (uid_t) -1 means "no change" to the kernel, so it is no id
 # sun_path holds 108 bytes with the terminating NUL.
 _MAX_SOCKET_PATH: Final = 107
-_KIND_LIST: Final = ", ".join(k.value for k in Kind)
 # Connections root and the daemon's own user may open beyond daemon.max_clients, so that the
 # others filling every slot cannot lock the administrator out.
 RESERVED_CLIENTS: Final = 8
@@ -450,7 +449,7 @@ def _events(r: _Reader, value: object, key: str) -> frozenset[Kind]:
         except ValueError as e:
             raise r.error(
                 f"{key}[{i}]",
-                f'unknown event kind {_show(name)}; expected one of {_KIND_LIST}, or "all"',
+                f'unknown event kind {_show(name)}; expected one of {KIND_LIST}, or "all"',
             ) from e
     return frozenset(kinds)
 

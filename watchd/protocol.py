@@ -13,7 +13,15 @@ from types import MappingProxyType
 from typing import Final, TypeGuard
 
 from watchd.errors import WatchdError
-from watchd.events import Kind
+from watchd.events import KIND_LIST, Kind
+from watchd.inotify.flags import (
+    IN_ALL_EVENTS,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_Q_OVERFLOW,
+    IN_UNMOUNT,
+    Mask,
+)
 
 PROTOCOL_VERSION: Final = 1
 
@@ -136,7 +144,6 @@ _FIELDS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "unsubscribe": frozenset({"op", "id", "subscription"}),
     }
 )
-_KIND_LIST: Final = ", ".join(k.value for k in Kind)
 
 
 def _reject_constant(name: str) -> object:
@@ -243,7 +250,7 @@ class _Fields:
                 kinds.add(Kind(item))
             except ValueError as e:
                 raise self.bad(
-                    f'"{name}"[{i}]: unknown event kind {_show(item)}; expected one of {_KIND_LIST}'
+                    f'"{name}"[{i}]: unknown event kind {_show(item)}; expected one of {KIND_LIST}'
                 ) from e
         return frozenset(kinds)
 
@@ -464,26 +471,12 @@ def watch_degraded(sid: str, watch: str, unwatched: int, reason: str) -> bytes:
 # --- events: the hot path -------------------------------------------------------------------------
 
 EVENT_HEAD: Final = b'{"type":"event","subscription":"'
-IN_ISDIR: Final = 0x40000000
 
-# The bits named in an event's "mask", in ascending order (kernel ABI values).
-_MASK_NAMES: Final = (
-    (0x00000001, "IN_ACCESS"),
-    (0x00000002, "IN_MODIFY"),
-    (0x00000004, "IN_ATTRIB"),
-    (0x00000008, "IN_CLOSE_WRITE"),
-    (0x00000010, "IN_CLOSE_NOWRITE"),
-    (0x00000020, "IN_OPEN"),
-    (0x00000040, "IN_MOVED_FROM"),
-    (0x00000080, "IN_MOVED_TO"),
-    (0x00000100, "IN_CREATE"),
-    (0x00000200, "IN_DELETE"),
-    (0x00000400, "IN_DELETE_SELF"),
-    (0x00000800, "IN_MOVE_SELF"),
-    (0x00002000, "IN_UNMOUNT"),
-    (0x00004000, "IN_Q_OVERFLOW"),
-    (0x00008000, "IN_IGNORED"),
-    (IN_ISDIR, "IN_ISDIR"),
+# The bits named in an event's "mask": the kind bits and those the kernel adds to them,
+# in ascending order (the order a Flag iterates its bits in).
+_MASK_NAMES: Final = tuple(
+    (int(bit), str(bit.name))
+    for bit in Mask(IN_ALL_EVENTS | IN_UNMOUNT | IN_Q_OVERFLOW | IN_IGNORED | IN_ISDIR)
 )
 _KNOWN_BITS: Final = sum(bit for bit, _ in _MASK_NAMES)
 
@@ -663,7 +656,6 @@ class LineFramer:
 
 __all__ = [
     "EVENT_HEAD",
-    "IN_ISDIR",
     "PROTOCOL_VERSION",
     "ErrorCode",
     "EventEncoder",
