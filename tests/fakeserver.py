@@ -190,7 +190,7 @@ class FakeServer:
             del self.held[: -self.hold]
             for conn, sid, sub in self._live_subs():
                 if _matches(sub, fields):
-                    self._send(conn, protocol.event_line(sid, tail))
+                    self._send(conn, protocol.EVENT_HEAD + sid.encode("ascii") + tail)
         return seq
 
     def notice(self, kind: str, watch: str | None = None, **fields: Any) -> None:
@@ -349,7 +349,7 @@ class FakeServer:
         sid = next(reversed(conn.subs))
         for seq, fields, tail in self.held:
             if seq > request.since and _matches(request, fields):
-                self._send(conn, protocol.event_line(sid, tail))
+                self._send(conn, protocol.EVENT_HEAD + sid.encode("ascii") + tail)
 
     def _status_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {

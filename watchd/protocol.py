@@ -6,7 +6,7 @@ import enum
 import json
 import math
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from types import MappingProxyType
@@ -37,7 +37,6 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_OP = "unknown_op"
     UNKNOWN_WATCH = "unknown_watch"
     UNKNOWN_SUBSCRIPTION = "unknown_subscription"
-    FORBIDDEN = "forbidden"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     SINCE_EXPIRED = "since_expired"
     LINE_TOO_LONG = "line_too_long"
@@ -50,6 +49,7 @@ class OverflowReason(enum.StrEnum):
 
     KERNEL_QUEUE = "kernel_queue"
     WATCHER_RESTART = "watcher_restart"
+    WATCH_LIMIT = "watch_limit"
 
 
 class LostReason(enum.StrEnum):
@@ -348,18 +348,48 @@ def encode_request(request: Request) -> bytes:
             obj["op"] = "unsubscribe"
             obj["subscription"] = request.subscription
         case Subscribe():
-            obj["op"] = "subscribe"
-            optional: dict[str, object] = {
-                "watch": None if request.watch is None else list(request.watch),
-                "events": None if request.events is None else sorted(request.events),
-                "paths": None if request.paths is None else list(request.paths),
-                "glob": None if request.glob is None else list(request.glob),
-                "since": request.since,
-                "instance": request.instance,
-            }
-            obj.update((k, v) for k, v in optional.items() if v is not None)
+            return encode_subscribe(
+                request.id,
+                watch=request.watch,
+                events=None if request.events is None else sorted(request.events),
+                paths=request.paths,
+                glob=request.glob,
+                since=request.since,
+                instance=request.instance,
+            )
     if request.id is not None:
         obj["id"] = request.id
+    return encode(obj)
+
+
+def encode_subscribe(
+    id: JsonScalar,
+    *,
+    watch: str | Sequence[str] | None = None,
+    events: Sequence[str] | None = None,
+    paths: Sequence[str] | None = None,
+    glob: Sequence[str] | None = None,
+    since: int | None = None,
+    instance: str | None = None,
+) -> bytes:
+    """A subscribe line: op and id first, then the filters given (None: left out).
+
+    Lists keep the order given, so that a client can send its caller's lists as they are and
+    the daemon's errors ("events"[1]: unknown event kind ...) point into them.
+    """
+    obj: dict[str, object] = {"op": "subscribe", "id": id}
+    filters: dict[str, object] = {
+        "watch": watch,
+        "events": events,
+        "paths": paths,
+        "glob": glob,
+        "since": since,
+        "instance": instance,
+    }
+    for name, value in filters.items():
+        if value is not None:
+            # Written as given otherwise, wrong types included: the daemon validates.
+            obj[name] = list(value) if isinstance(value, tuple) else value
     return encode(obj)
 
 
@@ -590,11 +620,6 @@ class EventEncoder:
         return parts
 
 
-def event_line(sid: str, tail: bytes) -> bytes:
-    """A whole event line for one subscription (sids are ASCII tokens that need no escaping)."""
-    return EVENT_HEAD + sid.encode("ascii") + tail
-
-
 # --- framing --------------------------------------------------------------------------------------
 
 
@@ -675,8 +700,8 @@ __all__ = [
     "dropped",
     "encode",
     "encode_request",
+    "encode_subscribe",
     "error",
-    "event_line",
     "event_tail",
     "hello",
     "mask_names",
