@@ -532,27 +532,6 @@ def _time_json(time: float) -> str:
     return repr(round(float(time), 6))
 
 
-def event_tail(  # noqa: PLR0917 -- positional on the hot path: one call per event
-    seq: int,
-    time: float,
-    watch_json: str,
-    kind: str,
-    path: str,
-    mask: int,
-    cookie: int,
-    src_path: str | None,
-) -> bytes:
-    """An event line after its sid; watch_json is the name as a JSON string literal (quoted).
-
-    A whole line is EVENT_HEAD + sid + this. EventEncoder.tail does the same with caches.
-    """
-    src = "" if src_path is None else ',"src_path":' + encode_basestring_ascii(src_path)
-    return (
-        f'","seq":{seq},"time":{_time_json(time)},"watch":{watch_json},"kind":"{kind}",'
-        f'"path":{encode_basestring_ascii(path)},{_mask_fragment(mask)},"cookie":{cookie}{src}}}\n'
-    ).encode("ascii")
-
-
 class EventEncoder:
     """Serializes events once for every subscriber, caching what repeats.
 
@@ -586,7 +565,7 @@ class EventEncoder:
         cookie: int,
         src_path: str | None,
     ) -> bytes:
-        """An event line after its sid (watch is the plain name); see event_tail."""
+        """An event line after its sid: EVENT_HEAD + sid + this is the whole line."""
         if time != self._time or watch != self._watch:
             if time != self._time:
                 self._time = time
@@ -702,7 +681,6 @@ __all__ = [
     "encode_request",
     "encode_subscribe",
     "error",
-    "event_tail",
     "hello",
     "mask_names",
     "normalise_path",
