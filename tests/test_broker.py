@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from watchd import protocol
 from watchd.broker import REPLAY_STEP, Broker, Connection, Filter, Peer
 from watchd.events import KIND_BITS, Kind
+from watchd.inotify.flags import IN_ISDIR
 from watchd.protocol import ErrorCode, ProtocolError, Subscribe
 
 INSTANCE = "i-test"
 ALICE = Peer(uid=1000, gid=1000, groups=frozenset({1000}), pid=4242)
 BOB = Peer(uid=1001, gid=1001, groups=frozenset({1001, 50}), pid=4343)
-IN_ISDIR = 0x40000000
 
 
 class FakeSink:

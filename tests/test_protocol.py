@@ -10,6 +10,7 @@ import pytest
 
 from watchd import protocol
 from watchd.events import ALL_KINDS, Kind
+from watchd.inotify.flags import IN_CREATE, IN_ISDIR
 from watchd.protocol import (
     EVENT_HEAD,
     ErrorCode,
@@ -26,9 +27,6 @@ from watchd.protocol import (
     encode,
     encode_request,
 )
-
-IN_CREATE = 0x100
-IN_ISDIR = 0x40000000
 
 
 def refused(line: bytes) -> ProtocolError:
