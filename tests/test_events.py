@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.harness import read_until
-from watchd.events import ALL_KINDS, DEFAULT_KINDS, KIND_BITS, Kind, kinds_mask
+from watchd.events import ALL_KINDS, DEFAULT_KINDS, KIND_BITS, KIND_LIST, Kind, kinds_mask
 from watchd.inotify import InotifyFd
 from watchd.inotify.flags import IN_ALL_EVENTS, IN_ISDIR, Mask
 
@@ -85,3 +85,30 @@ def test_every_kernel_event_carries_exactly_one_kind(tmp_path: Path) -> None:
         (Kind.CREATE, b"d", True),
         (Kind.DELETE, b"g", False),
     ]
+
+
+# The kernel ABI (<sys/inotify.h>), written out here independently of watchd.inotify.flags.
+ABI = {
+    "access": 0x001,
+    "modify": 0x002,
+    "attrib": 0x004,
+    "close_write": 0x008,
+    "close_nowrite": 0x010,
+    "open": 0x020,
+    "moved_from": 0x040,
+    "moved_to": 0x080,
+    "create": 0x100,
+    "delete": 0x200,
+    "delete_self": 0x400,
+    "move_self": 0x800,
+}
+
+
+def test_each_kind_has_the_bit_the_kernel_abi_gives_it() -> None:
+    assert {kind.value: bit for kind, bit in KIND_BITS.items()} == ABI
+    assert all(type(bit) is int for bit in KIND_BITS.values())  # plain ints for the hot path
+
+
+def test_kinds_are_listed_in_bit_order_for_messages() -> None:
+    assert KIND_LIST.split(", ") == list(ABI)
+    assert [kind.value for kind in Kind] == list(ABI)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from watchd.errors import WatchdError
+from watchd.levels import syslog_priority
 from watchd.systemd import (
     SYSTEMD_ONLY_VARIABLES,
     Notifier,
@@ -30,7 +31,6 @@ from watchd.systemd import (
     child_environment,
     listen_sockets,
     log_level,
-    syslog_priority,
     under_systemd,
     watchdog_interval,
 )

@@ -270,12 +270,8 @@ class Broker:
 
     # --- events and notices ----------------------------------------------------------------------
 
-    def publish(self, watch: str, time: float, items: list[Item]) -> None:
-        """Number, serialize, hold and fan out a batch of events of one watch read at `time`."""
-        self.publish_reads(watch, [(time, items)])
-
     def publish_reads(self, watch: str, reads: list[tuple[float, list[Item]]]) -> None:
-        """publish for several reads of one watch in a row, each (time, items): one write each.
+        """Number, serialize, hold and fan out reads of one watch in a row, each (time, items).
 
         A daemon that fell behind finds many small batches waiting; handing them on together
         costs one write per connection instead of one per batch.

@@ -17,9 +17,9 @@ from dataclasses import dataclass, fields
 from typing import Final
 
 from watchd.errors import ConfigError
-from watchd.events import ALL_KINDS, DEFAULT_KINDS, Kind
+from watchd.events import ALL_KINDS, DEFAULT_KINDS, KIND_LIST, Kind
+from watchd.levels import LOG_LEVELS
 
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 # Keys of [daemon] that bind the listening socket: a reload cannot change them.
 RESTART_KEYS: Final = ("socket", "socket_mode", "socket_group")
 
@@ -28,7 +28,6 @@ _OCTAL_RE: Final = re.compile(r"(?:0o)?([0-7]{1,4})")
 _MAX_ID: Final = 2**32 - 2  # (uid_t) -1 means "no change" to the kernel, so it is no id
 # sun_path holds 108 bytes with the terminating NUL.
 _MAX_SOCKET_PATH: Final = 107
-_KIND_LIST: Final = ", ".join(k.value for k in Kind)
 # Connections root and the daemon's own user may open beyond daemon.max_clients, so that the
 # others filling every slot cannot lock the administrator out.
 RESERVED_CLIENTS: Final = 8
@@ -450,7 +449,7 @@ def _events(r: _Reader, value: object, key: str) -> frozenset[Kind]:
         except ValueError as e:
             raise r.error(
                 f"{key}[{i}]",
-                f'unknown event kind {_show(name)}; expected one of {_KIND_LIST}, or "all"',
+                f'unknown event kind {_show(name)}; expected one of {KIND_LIST}, or "all"',
             ) from e
     return frozenset(kinds)
 
@@ -509,7 +508,6 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
 
 __all__ = [
     "FD_RESERVE",
-    "LOG_LEVELS",
     "RESERVED_CLIENTS",
     "RESTART_KEYS",
     "WATCH_KEYS",
