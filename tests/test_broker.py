@@ -720,8 +720,8 @@ def test_a_replay_from_anywhere_in_a_wrapped_history_is_exact(where: str) -> Non
     while seq < total:  # batches of uneven sizes, the watches taking turns
         n = min(total - seq, 997 if seq % 2 else 1409)
         watch = "ab"[(seq // 997) % 2]
-        paths = (f"/{watch}/{i}" for i in range(seq + 1, seq + n + 1))
-        publish(broker, watch, 1.0, creates(*paths))
+        made = (f"/{watch}/{i}" for i in range(seq + 1, seq + n + 1))
+        publish(broker, watch, 1.0, creates(*made))
         watch_of.update(dict.fromkeys(range(seq + 1, seq + n + 1), watch))
         seq += n
     oldest = total - size + 1
