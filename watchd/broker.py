@@ -18,6 +18,7 @@ from itertools import islice
 from typing import Protocol
 
 from watchd import protocol
+from watchd.channel import Item
 from watchd.events import ALL_KINDS, KIND_BITS, Kind, kinds_mask
 from watchd.flow import QueueLevels
 from watchd.globs import GlobSet
@@ -43,9 +44,6 @@ _KIND_BITS_ALL = kinds_mask(ALL_KINDS)
 # One held event: (seq, watch, kind bit, path, tail). A plain tuple because publish builds one
 # per event on the hot path, where a NamedTuple or dataclass constructor costs measurably more.
 _Held = tuple[int, str, int, str, bytes]
-
-# One event as the watcher sends it: (mask, cookie, path, src_path or None).
-Item = tuple[int, int, str, str | None]
 
 
 class Sink(Protocol):

@@ -42,6 +42,7 @@ class OverflowReason(enum.StrEnum):
 
     KERNEL_QUEUE = "kernel_queue"
     WATCHER_RESTART = "watcher_restart"
+    WATCH_LIMIT = "watch_limit"
 
 
 class LostReason(enum.StrEnum):
