@@ -51,6 +51,38 @@ def watch_spec(watch: WatchConfig) -> channel.Spec:
                         tuple(watch.include), tuple(watch.exclude), watch.real_path)
 
 
+class Confirmations:
+    """Waiting for the watcher to confirm (APPLIED) a configuration, by its generation."""
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self.stopping = stopping
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+
+    async def wait(self, generation: int, *, deadline: float | None = None,
+                   meanwhile: Callable[[], None] | None = None) -> bool:
+        """True once the watcher applied `generation` or a later one; False at the deadline
+        or on stop. `meanwhile` runs every second until then."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self.waiters[generation] = future
+        give_up = None if deadline is None else loop.time() + deadline
+        while not future.done() and not self.stopping.is_set():
+            if give_up is not None and loop.time() >= give_up:
+                break
+            done, _ = await asyncio.wait({future}, timeout=1.0)
+            if not done and meanwhile is not None:
+                meanwhile()
+        return future.done()
+
+    def applied(self, generation: int) -> None:
+        """The watcher applied `generation`: it answers the waits for it and earlier ones."""
+        for gen in list(self.waiters):
+            if gen <= generation:
+                future = self.waiters.pop(gen)
+                if not future.done():
+                    future.set_result(None)
+
+
 class Daemon:
     """The main process: owns the configuration, and wires the server, broker and watcher."""
 
@@ -72,8 +104,8 @@ class Daemon:
         self.clients: set[ClientProtocol] = set()
         self.history = History()
         self.generation = 0
-        self.applied_waiters: dict[int, asyncio.Future[None]] = {}
         self.stopping = asyncio.Event()
+        self.confirmations = Confirmations(self.stopping)
         self.owned_socket_path: str | None = None
         self.server: asyncio.AbstractServer | None = None
         self.last_status = ""
@@ -105,7 +137,7 @@ class Daemon:
         self.supervisor.start()
         # Supervision runs from the start: a watcher that hangs in its first scan is replaced too.
         ticker = loop.create_task(self.tick_forever())
-        await self.wait_applied(self.send_config(), initial=True)
+        await self.confirmations.wait(self.send_config(), meanwhile=self.still_scanning)
         if not self.stopping.is_set():
             assert self.server is not None
             await self.server.start_serving()
@@ -210,32 +242,10 @@ class Daemon:
             watcher.send(channel.Configure(self.generation, specs, budgets))
         return self.generation
 
-    async def wait_applied(self, generation: int, *, initial: bool = False,
-                           deadline: float | None = None) -> bool:
-        """Wait until the watcher confirms a configuration; False at the deadline or on stop."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self.applied_waiters[generation] = future
-        give_up = None if deadline is None else loop.time() + deadline
-        while not future.done() and not self.stopping.is_set():
-            if give_up is not None and loop.time() >= give_up:
-                break
-            done, _ = await asyncio.wait({future}, timeout=1.0)
-            if not done and initial:
-                self.still_scanning()
-        return future.done()
-
     def still_scanning(self) -> None:
         """A large tree takes a while to scan: say so, and ask systemd for more time."""
         self.notifier.extend_timeout(
             EXTEND_TIMEOUT_USEC, f"Establishing watches: {self.watches.directories()} directories")
-
-    def resolve_applied(self, generation: int) -> None:
-        for gen in list(self.applied_waiters):
-            if gen <= generation:
-                future = self.applied_waiters.pop(gen)
-                if not future.done():
-                    future.set_result(None)
 
     def on_watcher_message(self, message: channel.FromWatcher) -> None:
         match message:
@@ -249,7 +259,7 @@ class Daemon:
                 if self.supervisor.applied(generation):
                     # After every event published before it: the replay marker lands here too.
                     self.broker.overflow(None, OverflowReason.WATCHER_RESTART)
-                self.resolve_applied(generation)
+                self.confirmations.applied(generation)
             case channel.Overflow(watch):
                 log.warning("watch %s: the kernel event queue overflowed; "
                             "subscribers are told to rescan", watch)
@@ -284,7 +294,7 @@ class Daemon:
             diff = diff_config(self.config, new)
             self.apply(new, diff)
             generation = self.send_config()
-            applied = await self.wait_applied(generation, deadline=RELOAD_WAIT_S)
+            applied = await self.confirmations.wait(generation, deadline=RELOAD_WAIT_S)
             if self.stopping.is_set():
                 return  # STOPPING=1 is on its way; READY=1 now would contradict it
             if applied:
