@@ -216,7 +216,7 @@ class Daemon:
 
     def spawn_watcher(self, on_exit: Callable[[WatcherProcess], None]) -> WatcherProcess:
         watcher = WatcherProcess(asyncio.get_running_loop(), self.log_level(),
-                                 self.on_watcher_message, on_exit)
+                                 self.on_events, self.on_watcher_message, on_exit)
         watcher.merge_max = self.merge_limit()
         return watcher
 
@@ -247,12 +247,16 @@ class Daemon:
         self.notifier.extend_timeout(
             EXTEND_TIMEOUT_USEC, f"Establishing watches: {self.watches.directories()} directories")
 
+    def on_events(self, watch: str, reads: list[channel.Read]) -> None:
+        """The hot path: the watcher's reads, to the subscribers."""
+        self.broker.publish_reads(watch, reads)
+        if self.broker.queues_filling:
+            self.hold.review()
+
     def on_watcher_message(self, message: channel.FromWatcher) -> None:
         match message:
-            case channel.Events(watch, reads):
-                self.broker.publish_reads(watch, reads)
-                if self.broker.queues_filling:
-                    self.hold.review()
+            case channel.Events(watch, reads):  # (handed to on_events instead; see _dispatch)
+                self.on_events(watch, reads)
             case channel.Heartbeat(reports):
                 self.watches.on_heartbeat(reports)
             case channel.Applied(generation):

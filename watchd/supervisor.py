@@ -41,10 +41,12 @@ class WatcherProcess:
     """One running watcher child: its process, its channel and its exit notification."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log_level: str,
+                 on_events: Callable[[str, list[channel.Read]], None],
                  on_message: Callable[[channel.FromWatcher], None],
                  on_exit: Callable[[WatcherProcess], None]) -> None:
         self.loop = loop
-        self.on_message = on_message
+        self.on_events = on_events  # an Events message, as its fields (see _dispatch)
+        self.on_message = on_message  # every other message
         self.on_exit = on_exit
         self.started = time.monotonic()
         self.last_heard = self.started
@@ -149,7 +151,13 @@ class WatcherProcess:
         """Hand on read messages, stopping as soon as the daemon pauses us (between messages)."""
         backlog = self.backlog
         while backlog and (all_of_it or not self.reading_paused):
-            message = channel.from_watcher(channel.next_message(backlog, self.merge_max))
+            raw = channel.next_message(backlog, self.merge_max)
+            if channel.is_events(raw):
+                # Handed on as its fields: building the record would cost more than the rest of
+                # the dispatch, for a message that may hold a single event.
+                self.on_events(raw[1], raw[2])
+                continue
+            message = channel.from_watcher(raw)
             if message is not None:  # (a tag of no version of ours: nothing to act on)
                 self.on_message(message)
 
