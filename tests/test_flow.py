@@ -95,7 +95,7 @@ class _Handler:
         self.time = 7.0
         self.changes = 0
 
-    def congestion_changed(self) -> None:
+    def review_hold_back(self) -> None:
         self.changes += 1
 
     def flow_time(self) -> float:

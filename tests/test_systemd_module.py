@@ -255,7 +255,10 @@ def records() -> Iterator[_Records]:
     handler = _Records()
     logger = logging.getLogger("watchd")
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.DEBUG
+    level = logger.level
+    # setLevel, not an assignment: it also clears the level cache that records logged
+    # earlier in this process (at the old level) have filled.
+    logger.setLevel(logging.DEBUG)
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from watchd import protocol
+from watchd.channel import Item
 from watchd.fanout import Counters, FanOut
 from watchd.flow import QueueLevels
 from watchd.protocol import (
@@ -36,9 +37,6 @@ from watchd.subscription import (
     check_watches,
     quote,
 )
-
-# One event as the watcher sends it: (mask, cookie, path, src_path or None).
-Item = tuple[int, int, str, str | None]
 
 __all__ = [
     "FLUSH_LINES",

@@ -18,7 +18,7 @@ from watchd.replay import Held, History, Replays
 from watchd.subscription import KIND_BITS_ALL, Connection, Filter, Subscription
 
 if TYPE_CHECKING:
-    from watchd.broker import Item
+    from watchd.channel import Item
 
 
 @dataclass(frozen=True, slots=True)

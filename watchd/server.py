@@ -66,7 +66,7 @@ class Handler(Protocol):
 
     def handle_line(self, conn: Connection, line: bytes) -> None: ...
 
-    def congestion_changed(self) -> None: ...
+    def review_hold_back(self) -> None: ...
 
     def flow_time(self) -> float: ...
 
@@ -189,7 +189,7 @@ class ClientProtocol(asyncio.Protocol):
             self.conn = None
         self.transport = None
         self.registry.discard(self)
-        self.handler.congestion_changed()
+        self.handler.review_hold_back()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -197,7 +197,7 @@ class ClientProtocol(asyncio.Protocol):
         self.paused_at_flow = self.handler.flow_time()
         # A client that does not read must not make us buffer its replies without bound.
         self.update_reading()
-        self.handler.congestion_changed()
+        self.handler.review_hold_back()
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -205,7 +205,7 @@ class ClientProtocol(asyncio.Protocol):
             self.broker.resume(self.conn)
         if not self.paused:
             self.requests.work()  # the requests that waited for it, then reading again
-        self.handler.congestion_changed()
+        self.handler.review_hold_back()
 
     def view(self) -> flow.View:
         """The connection as the hold-back rule sees it."""

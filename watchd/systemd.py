@@ -241,9 +241,13 @@ class Notifier:
         """Tell systemd's watchdog the daemon is alive."""
         self.send("WATCHDOG=1")
 
-    def extend_timeout(self, usec: int) -> None:
-        """Ask for `usec` more microseconds before systemd gives up on the current phase."""
-        self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(usec))}")
+    def extend_timeout(self, usec: int, status: str | None = None) -> bool:
+        """Ask for `usec` more microseconds before systemd gives up on the current phase.
+
+        With `status`, in the same datagram: what is taking so long. Periodic, so dropped when
+        systemd is not reading (the next one replaces it); True when it went out.
+        """
+        return self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(usec))}", *_status_field(status))
 
 
 def _key(datagram: bytes) -> str:

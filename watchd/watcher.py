@@ -23,10 +23,11 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from watchd import __version__, channel
+from watchd.channel import Limit, Phase, Spec, WatchReport
 from watchd.globs import glob_predicate
 from watchd.inotify import (
     IN_Q_OVERFLOW,
@@ -37,6 +38,7 @@ from watchd.inotify import (
 )
 from watchd.inotify.errors import DirectoryBudgetError
 from watchd.inotify.tree import Tree, TreeEvent
+from watchd.protocol import LostReason
 
 log = logging.getLogger("watchd.watcher")
 
@@ -54,14 +56,9 @@ NICE_BOOST = 10
 # After a read of fewer events than this, pause this long before looking again (see run).
 COALESCE_BELOW = 64
 COALESCE_S = 0.0001
-# What the daemon needs of a TreeEvent: (mask, cookie, path, src_path), as a plain tuple
-# (marshal takes no NamedTuple).
+# What the daemon needs of a TreeEvent, as a channel.Item (a plain tuple: marshal takes no
+# NamedTuple).
 _ITEM = operator.itemgetter(0, 1, 2, 3)
-
-# A watch as the daemon sends it: (name, path, recursive, mask, include, exclude, real_path).
-# Events are reported under path; real_path (path with its links resolved when the
-# configuration was loaded) is what is opened, following no symbolic link.
-Spec = tuple[str, str, bool, int, tuple[str, ...], tuple[str, ...], str]
 # After a watch failed unexpectedly, it is tried again after this long, doubled at each failure
 # in a row up to the maximum, so that one broken watch cannot keep the watcher busy.
 RETRY_FIRST_S = 1.0
@@ -101,15 +98,15 @@ class Watch:
 
     @property
     def name(self) -> str:
-        return self.spec[0]
+        return self.spec.name
 
     @property
     def path(self) -> str:
-        return self.spec[1]
+        return self.spec.path
 
     @property
     def real_path(self) -> str:
-        return self.spec[6]
+        return self.spec.real_path
 
 
 class Watcher:
@@ -135,19 +132,24 @@ class Watcher:
 
     # -- the channel -------------------------------------------------------------------------
 
-    def send(self, message: tuple[object, ...]) -> None:
+    def send(self, message: channel.FromWatcher) -> None:
         """Queue a message for the daemon and push what the socket takes now."""
-        data = channel.frame(message)
-        if message[0] == channel.EVENTS:
-            name = str(message[1])
-            if self.out_bytes + len(data) > OUTBUF_LIMIT:
-                # The daemon has stopped reading. Losing events is allowed only when announced,
-                # once per episode and per watch, at the point where the loss begins.
-                if name not in self.dropping:
-                    self.dropping.add(name)
-                    self.send((channel.OVERFLOW, name))
-                return
-            self.dropping.discard(name)
+        self.push(channel.frame(message))
+
+    def send_events(self, name: str, reads: list[channel.Read]) -> None:
+        """Queue one watch's reads for the daemon, unless our buffer is full: then overflow."""
+        data = channel.events_frame(name, reads)
+        if self.out_bytes + len(data) > OUTBUF_LIMIT:
+            # The daemon has stopped reading. Losing events is allowed only when announced,
+            # once per episode and per watch, at the point where the loss begins.
+            if name not in self.dropping:
+                self.dropping.add(name)
+                self.send(channel.Overflow(name))
+            return
+        self.dropping.discard(name)
+        self.push(data)
+
+    def push(self, data: bytes) -> None:
         self.out.append(data)
         self.out_bytes += len(data)
         self.flush()
@@ -193,21 +195,21 @@ class Watcher:
         if not data:
             self.running = False
             return
-        for message in self.reader.feed(data):
-            tag = message[0]
-            if tag == channel.CONFIG:
-                self.budgets = message[3] if len(message) > 3 else {}
-                self.apply(message[2])
+        for raw in self.reader.feed(data):
+            message = channel.to_watcher(raw)
+            if isinstance(message, channel.Configure):
+                self.budgets = message.budgets
+                self.apply(message.specs)
                 self.heartbeat()  # fresh states first, so the daemon's view is current at APPLIED
-                self.send((channel.APPLIED, message[1]))
-            elif tag == channel.STOP:
+                self.send(channel.Applied(message.generation))
+            elif isinstance(message, channel.Stop):
                 self.running = False
 
     # -- configuration -------------------------------------------------------------------------
 
-    def apply(self, specs: list[Spec]) -> None:
+    def apply(self, specs: Iterable[Spec]) -> None:
         """Make the set of watches equal to specs, touching only what changed."""
-        wanted: dict[str, Spec] = {spec[0]: tuple(spec) for spec in specs}  # type: ignore[misc]
+        wanted = {spec.name: spec for spec in specs}
         for name in [n for n in self.watches if n not in wanted]:
             self.deactivate(self.watches.pop(name))
         for name, spec in wanted.items():
@@ -230,7 +232,8 @@ class Watcher:
 
     def activate(self, watch: Watch, *, announce: bool) -> None:
         """Try to establish a watch; on a missing root it stays pending."""
-        name, path, recursive, mask, include, exclude, real_path = watch.spec
+        spec = watch.spec
+        name, path, include, exclude = spec.name, spec.path, spec.include, spec.exclude
         try:
             ino = InotifyFd()
         except InotifyError as e:
@@ -239,9 +242,10 @@ class Watcher:
         restoring = announce or (watch.was_active and not watch.lost_events)
         tree: Tree | None = None
         try:
-            tree = Tree(ino, path, mask, recursive=recursive, prune=glob_predicate(exclude),
-                        synthetic=True, progress=lambda n: self.send((channel.PROGRESS, name, n)),
-                        real_root=real_path, real_fs_only=True,
+            tree = Tree(ino, path, spec.mask, recursive=spec.recursive,
+                        prune=glob_predicate(exclude), synthetic=True,
+                        progress=lambda n: self.send(channel.Progress(name, n)),
+                        real_root=spec.real_path, real_fs_only=True,
                         max_directories=self.budgets.get(name))
             existing = tree.start(report=restoring)
         except PathNotFoundError:
@@ -270,9 +274,9 @@ class Watcher:
             # It failed while active: events were lost. Its subscribers are told to rescan now
             # that its watches are in place again, so that their rescan misses nothing.
             watch.lost_events = False
-            self.send((channel.OVERFLOW, name))
+            self.send(channel.Overflow(name))
         elif restoring:
-            self.send((channel.RESTORED, name, path))
+            self.send(channel.Restored(name, path))
             self.send_items(watch, existing, time.time())
         watch.was_active = True
         log.debug("watch %s: %d directories watched under %s", name, tree.directories, path)
@@ -337,15 +341,15 @@ class Watcher:
             # The notice goes where the loss is: after what came before it, before the rest.
             cut = next(i for i, ev in enumerate(events) if ev.mask & IN_Q_OVERFLOW)
             self.send_items(watch, events[:cut], now)
-            self.send((channel.OVERFLOW, watch.name))
+            self.send(channel.Overflow(watch.name))
             self.send_items(watch, tree.resync(), now)
             self.send_items(watch, events[cut + 1 :], now)
         else:
             self.send_items(watch, events, now)
         if tree.lost is not None:
-            reason = "unmounted" if tree.lost == "unmounted" else "deleted"
+            reason = LostReason.UNMOUNTED if tree.lost == "unmounted" else LostReason.DELETED
             self.deactivate(watch)
-            self.send((channel.LOST, watch.name, watch.path, reason))
+            self.send(channel.Lost(watch.name, watch.path, reason))
         return len(raw)
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
@@ -358,7 +362,7 @@ class Watcher:
         name = watch.name
         step = channel.BATCH_MAX
         for start in range(0, len(items), step):
-            self.send((channel.EVENTS, name, [(now, items[start : start + step])]))
+            self.send_events(name, [(now, items[start : start + step])])
 
     def retry_limited(self, now: float) -> None:
         """Watch what a limit left unwatched again, once watches may have been freed.
@@ -393,27 +397,28 @@ class Watcher:
                 self.fail(watch, e)
 
     def heartbeat(self) -> None:
-        states: dict[str, tuple[str, int, int, str | None, str | None]] = {}
+        reports: dict[str, WatchReport] = {}
         for name, watch in self.watches.items():
             tree = watch.tree
             if tree is None:
-                states[name] = ("pending", 0, 0, watch.problem, None)
+                reports[name] = WatchReport(Phase.PENDING, 0, 0, watch.problem, None)
             elif tree.limit_error is not None or tree.unreadable:
                 # Only a watch limit is announced to subscribers (watch_degraded).
                 limit = (None if tree.limit_error is None
-                         else "max_directories" if isinstance(tree.limit_error,
-                                                              DirectoryBudgetError)
-                         else "max_user_watches")
-                states[name] = ("degraded", tree.directories, tree.unwatched + tree.unreadable,
-                                degraded_problem(tree), limit)
+                         else Limit.MAX_DIRECTORIES if isinstance(tree.limit_error,
+                                                                  DirectoryBudgetError)
+                         else Limit.MAX_USER_WATCHES)
+                reports[name] = WatchReport(Phase.DEGRADED, tree.directories,
+                                            tree.unwatched + tree.unreadable,
+                                            degraded_problem(tree), limit)
             else:
-                states[name] = ("active", tree.directories, 0, None, None)
-        self.send((channel.HEARTBEAT, states))
+                reports[name] = WatchReport(Phase.ACTIVE, tree.directories, 0, None, None)
+        self.send(channel.Heartbeat(reports))
 
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.send((channel.HELLO, os.getpid()))
+        self.send(channel.Hello(os.getpid()))
         sock_fd = self.sock.fileno()
         while self.running:
             now = time.monotonic()
