@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from watchd.config import (
-    WATCH_KEYS,
     Config,
     DaemonConfig,
     WatchConfig,
@@ -18,6 +17,7 @@ from watchd.config import (
     load_config,
     parse_config,
 )
+from watchd.config.model import WATCH_KEYS
 from watchd.errors import ConfigError, WatchdError
 from watchd.events import ALL_KINDS, DEFAULT_KINDS, Kind
 
