@@ -538,12 +538,13 @@ def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
 
 def test_identical_configs_differ_in_nothing() -> None:
     text = watch_toml(name="a") + watch_toml(name="b")
-    diff = diff_config(parse_config(text, FILE), parse_config(text, FILE))
+    old, new = parse_config(text, FILE), parse_config(text, FILE)
+    diff = diff_config(old, new)
     assert diff.added == ()
     assert diff.removed == ()
     assert diff.changed == ()
     assert diff.restart_needed == ()
-    assert diff.daemon_changed is False
+    assert old.daemon == new.daemon
 
 
 def test_diff_finds_added_removed_and_changed_watches_by_name() -> None:
@@ -560,7 +561,7 @@ def test_diff_finds_added_removed_and_changed_watches_by_name() -> None:
     assert [w.name for w in diff.added] == ["new"]
     assert [w.name for w in diff.removed] == ["gone"]
     assert diff.changed == ((old.watch("edit"), new.watch("edit")),)
-    assert diff.daemon_changed is False
+    assert old.daemon == new.daemon
 
 
 @pytest.mark.parametrize(
@@ -579,14 +580,15 @@ def test_daemon_keys_that_need_a_restart() -> None:
     )
     diff = diff_config(old, new)
     assert diff.restart_needed == ("daemon.socket", "daemon.socket_mode", "daemon.socket_group")
-    assert diff.daemon_changed is True
+    assert old.daemon != new.daemon
 
 
 def test_daemon_keys_a_reload_applies() -> None:
+    old = parse_config("", FILE)
     new = parse_config("[daemon]\nlog_level = 'debug'\nclient_queue = 5\n", FILE)
-    diff = diff_config(parse_config("", FILE), new)
+    diff = diff_config(old, new)
     assert diff.restart_needed == ()
-    assert diff.daemon_changed is True
+    assert old.daemon != new.daemon
 
 
 # --- the shipped files --------------------------------------------------------------------------

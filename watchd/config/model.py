@@ -110,7 +110,6 @@ class ConfigDiff:
     removed: tuple[WatchConfig, ...]
     changed: tuple[tuple[WatchConfig, WatchConfig], ...]  # (old, new)
     restart_needed: tuple[str, ...]  # e.g. "daemon.socket": differs, but only a restart applies it
-    daemon_changed: bool
 
 
 def diff_config(old: Config, new: Config) -> ConfigDiff:
@@ -130,5 +129,4 @@ def diff_config(old: Config, new: Config) -> ConfigDiff:
             for key in RESTART_KEYS
             if getattr(old.daemon, key) != getattr(new.daemon, key)
         ),
-        daemon_changed=old.daemon != new.daemon,
     )
