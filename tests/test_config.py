@@ -643,6 +643,13 @@ def test_a_root_through_a_symlink_is_resolved_when_loaded(tmp_path: Path) -> Non
     assert (b.path, b.resolved, b.real_path) == (f"{tmp_path}/real", "", f"{tmp_path}/real")
 
 
+@pytest.mark.parametrize("key", [k for k in WATCH_KEYS if k not in ("name", "path")])
+def test_every_watch_key_is_validated(key: str) -> None:
+    # A table is a valid value for no key: a key of WatchConfig the parser did not read would
+    # crash here or be taken as given, instead of being refused by name.
+    assert refused(watch_toml(f"{key} = {{}}")).key == f"watch[0].{key}"
+
+
 def test_resolved_is_not_a_key_of_the_file() -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         only_watch('resolved = "/elsewhere"')

@@ -12,6 +12,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
+from types import MappingProxyType
 from typing import Final
 
 from watchd.config.model import WATCH_KEYS, Config, DaemonConfig, WatchConfig
@@ -274,6 +275,19 @@ def _patterns(r: _Reader, value: object, key: str) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+# How each key of a [[watch]] table but name and path is read: a new key of WatchConfig gets
+# its line here (tests check that every key of WATCH_KEYS has one).
+_WATCH_VALUES: Final[Mapping[str, Callable[[_Reader, object, str], object]]] = MappingProxyType({
+    "recursive": _Reader.boolean,
+    "events": _events,
+    "include": _patterns,
+    "exclude": _patterns,
+    "allow_users": lambda r, value, key: r.identities(value, key, "user", _uid),
+    "allow_groups": lambda r, value, key: r.identities(value, key, "group", _gid),
+    "max_directories": _Reader.positive_int,
+})
+
+
 def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
     r.where = ""
     if "name" not in table:
@@ -293,19 +307,8 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
         "path": r.absolute_path(table["path"], f"{prefix}.path"),
     }
     for key, value in table.items():
-        full = f"{prefix}.{key}"
-        if key == "recursive":
-            values[key] = r.boolean(value, full)
-        elif key == "events":
-            values[key] = _events(r, value, full)
-        elif key in ("include", "exclude"):
-            values[key] = _patterns(r, value, full)
-        elif key == "allow_users":
-            values[key] = r.identities(value, full, "user", _uid)
-        elif key == "allow_groups":
-            values[key] = r.identities(value, full, "group", _gid)
-        elif key == "max_directories":
-            values[key] = r.positive_int(value, full)
+        if key not in ("name", "path"):
+            values[key] = _WATCH_VALUES[key](r, value, f"{prefix}.{key}")
     r.where = ""
     return WatchConfig(**values)  # type: ignore[arg-type]  # each value was checked above
 
