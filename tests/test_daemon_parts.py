@@ -14,7 +14,8 @@ from typing import Any
 
 from watchd.broker import Broker, Peer
 from watchd.channel import Limit, Phase, WatchReport
-from watchd.config import RESERVED_CLIENTS, Config, parse_config
+from watchd.config import Config, parse_config
+from watchd.config.model import RESERVED_CLIENTS
 from watchd.handler import RequestHandler
 from watchd.holdback import HoldBack
 from watchd.protocol import LostReason, OverflowReason

@@ -13,7 +13,8 @@ import sys
 from types import TracebackType
 
 from watchd import __version__
-from watchd.config import Config, load_config
+from watchd.config.load import load_config
+from watchd.config.model import Config
 from watchd.errors import ConfigError, WatchdError
 from watchd.levels import LOG_LEVELS, syslog_priority
 from watchd.systemd import (

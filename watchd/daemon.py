@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 from watchd import __version__, channel, flow
 from watchd.broker import Broker
-from watchd.config import Config, ConfigDiff, WatchConfig, diff_config, load_config
+from watchd.config.load import load_config
+from watchd.config.model import Config, ConfigDiff, WatchConfig, diff_config
 from watchd.errors import ConfigError
 from watchd.events import kinds_mask
 from watchd.handler import RequestHandler

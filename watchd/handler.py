@@ -16,7 +16,7 @@ from typing import Any
 
 from watchd import __version__, protocol
 from watchd.broker import Broker, Connection, Peer
-from watchd.config import RESERVED_CLIENTS, DaemonConfig
+from watchd.config.model import RESERVED_CLIENTS, DaemonConfig
 from watchd.holdback import HoldBack
 from watchd.server import ClientProtocol
 from watchd.status import Status, sees_all

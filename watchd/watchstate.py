@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from watchd.broker import Broker
 from watchd.channel import Limit, Phase, WatchReport
-from watchd.config import WatchConfig
+from watchd.config.model import WatchConfig
 from watchd.protocol import LostReason, OverflowReason
 
 log = logging.getLogger("watchd")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Line, config, is_event, wait_for, watch
-from watchd.config import RESERVED_CLIENTS
+from watchd.config.model import RESERVED_CLIENTS
 
 pytestmark = pytest.mark.timeout(60)
 
