@@ -4,6 +4,10 @@ It runs as a child of the daemon (`python -m watchd.watcher --fd N`), started wi
 than fork so that it never inherits the daemon's threads, locks or event loop. It reads the
 kernel queues as fast as it can into its own bounded outgoing buffer, independently of how fast
 the daemon takes batches, so a busy daemon does not make the kernel overflow.
+
+Here: the loop, the watches' lifecycle and the event path (read, filter, frame). Beside it:
+`watcher_channel` (its end of the channel, the bounded outgoing buffer) and `watcher_watch`
+(one watch's state: back-off after a failure, when a limit is retried, what it reports).
 """
 
 from __future__ import annotations
