@@ -16,6 +16,7 @@ LOG_LEVELS: Final[Mapping[str, int]] = MappingProxyType(
         "error": logging.ERROR,
     }
 )
+DEFAULT_LOG_LEVEL: Final = "info"  # where neither the configuration nor --log-level names one
 
 # Logging level -> syslog priority as the journal reads it from a "<N>" prefix (sd-daemon(3)),
 # most severe first: a record gets the priority of the first threshold it reaches.

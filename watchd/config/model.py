@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Final
 
 from watchd.events import DEFAULT_KINDS, Kind
+from watchd.levels import DEFAULT_LOG_LEVEL
 
 # Keys of [daemon] that bind the listening socket: a reload cannot change them.
 RESTART_KEYS: Final = ("socket", "socket_mode", "socket_group")
@@ -22,7 +23,7 @@ class DaemonConfig:
     socket: str = "/run/watchd/watchd.sock"
     socket_mode: int = 0o660
     socket_group: int | None = None  # a gid, resolved from a name when the file gives one
-    log_level: str = "info"
+    log_level: str = DEFAULT_LOG_LEVEL
     max_clients: int = 1024
     max_clients_per_user: int = 64
     max_subscriptions: int = 64
