@@ -1,4 +1,4 @@
-"""Micro benchmark of Broker.publish: events per second to 1 and to 100 subscriptions.
+"""Micro benchmark of Broker.publish_reads: events per second to 1 and to 100 subscriptions.
 
     .venv/bin/python bench/broker_bench.py [--events N] [--batch N]
 
@@ -79,13 +79,13 @@ def run(n_events: int, batch: int, n_subs: int, mode: str, per_read: int = 0,
                 broker.publish_reads("w", reads[i : i + step])
         else:
             for read_time, read in reads:
-                broker.publish("w", read_time, read)
+                broker.publish_reads("w", [(read_time, read)])
         elapsed = time.perf_counter() - start
     else:
         batches = [items[i : i + batch] for i in range(0, n_events, batch)]
         start = time.perf_counter()
         for items in batches:
-            broker.publish("w", 1700000000.123456, items)
+            broker.publish_reads("w", [(1700000000.123456, items)])
         elapsed = time.perf_counter() - start
     assert broker.events == n_events
     lines = (sum(s.chunks for s in sinks) - n_subs) // 2  # prefix + tail each; `subscribed`

@@ -29,22 +29,21 @@ import tomllib
 from pathlib import Path
 
 from watchd.events import KIND_BITS, Kind
-from watchd.protocol import EventEncoder, event_line
+from watchd.protocol import EVENT_HEAD, EventEncoder
 
 KINDS = (Kind.CREATE, Kind.MODIFY, Kind.CLOSE_WRITE)
+HEAD = EVENT_HEAD + b"s1"  # an event line is its subscription's head and the shared tail
 
 
 def event_lines(root: str, count: int) -> bytes:
     """count lines for subscription s1 as watchd writes them: three kinds per file."""
     encoder = EventEncoder()
     now = time.time()
-    out = [event_line("s1", encoder.tail(seq, now, "bench", KINDS[seq % 3].value,
-                                         f"{root}/f{seq // 3:07}", KIND_BITS[KINDS[seq % 3]],
-                                         0, None))
+    out = [HEAD + encoder.tail(seq, now, "bench", KINDS[seq % 3].value,
+                               f"{root}/f{seq // 3:07}", KIND_BITS[KINDS[seq % 3]], 0, None)
            for seq in range(count)]
-    out.append(event_line("s1", encoder.tail(count, now, "bench", "create",
-                                             f"{root}/__sentinel__0", KIND_BITS[Kind.CREATE],
-                                             0, None)))
+    out.append(HEAD + encoder.tail(count, now, "bench", "create", f"{root}/__sentinel__0",
+                                   KIND_BITS[Kind.CREATE], 0, None))
     return b"".join(out)
 
 

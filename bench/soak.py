@@ -50,6 +50,7 @@ class Stream:
     expired: int = 0
     next_pause: float = 0.0
     last_seq: int = 0
+    end_seen: float | None = None  # when the end marker's event arrived (monotonic)
 
     def connect(self, since: int | None) -> None:
         s = socket.socket(socket.AF_UNIX)
@@ -88,6 +89,8 @@ class Stream:
         msg = json.loads(line)
         t = msg["type"]
         if t == "event":
+            if self.end_seen is None and msg["path"].endswith("/soak-end"):
+                self.end_seen = time.monotonic()
             self.seen.add(msg["seq"])
             self.last_seq = max(self.last_seq, msg["seq"])
         elif t == "dropped":
@@ -237,7 +240,15 @@ def main() -> int:
     writer.join()
     marker = root / "soak-end"
     marker.touch()
-    deadline = time.monotonic() + 60
+    marked = time.monotonic()
+    deadline = marked + 60
+    fast = [s for s in streams if s.kind == "fast"]
+    # The lag: how long after the churn stopped a fast client learns of the last change. A
+    # stream throttled to its slowest reader looks complete at the end, but late.
+    while time.monotonic() < deadline and not all(s.end_seen for s in fast):
+        for s in fast:
+            drain(s)
+        time.sleep(0.01)
     final = final_seq(sock_path)
     while time.monotonic() < deadline and not all(s.last_seq >= final or s.sock is None
                                                   for s in streams):
@@ -258,6 +269,10 @@ def main() -> int:
     print(f"events published {final}, delivered {delivered}, reported dropped {dropped}, "
           f"overflow notices {sum(s.overflows for s in streams)}, since_expired "
           f"{sum(s.expired for s in streams)}, lost without notice {lost}")
+    lags = [s.end_seen - marked for s in fast if s.end_seen is not None]
+    print(f"events published per file written {final / max(1, created[0]):.2f}; the end marker "
+          f"reached the fast clients after {max(lags, default=float('nan')):.3f} s (max), "
+          f"{len(fast) - len(lags)} never")
     print("t (s)   RSS (MiB)   fds")
     for t, r, f in samples:
         print(f"{t:6.0f}   {r / 1024:9.1f}   {f:3d}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakeserver import FakeServer
-from tests.harness import Daemon, short_tmpdir
+from tests.harness import Daemon, config, short_tmpdir, watch
 
 
 @pytest.fixture
@@ -42,6 +42,22 @@ def start_daemon(workdir: str) -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in daemons:
         daemon.cleanup()
+
+
+@pytest.fixture
+def start_watching(start_daemon: Callable[..., Daemon], watched: Path) -> Callable[..., Daemon]:
+    """Start the real daemon with one watch, "w" on `watched`: the most common setup.
+
+    daemon_extra is text for the [daemon] table, events the watch's kinds; other keyword
+    arguments go to start_daemon (env, shell_prefix, wait_ready, ...).
+    """
+    def start(daemon_extra: str = "", *, events: list[str] | None = None,
+              **kwargs: object) -> Daemon:
+        keys = {} if events is None else {"events": events}
+        return start_daemon(config(daemon_extra=daemon_extra, watches=watch("w", watched, **keys)),
+                            **kwargs)
+
+    return start
 
 
 @pytest.fixture

@@ -1,51 +1,74 @@
-"""A small stand-in for watchd in client tests: a real Unix-socket server speaking protocol 1.
+"""A stand-in for watchd in client tests: a real Unix-socket server around the real Broker.
 
-It keeps the daemon's observable behaviour (hello, replies in request order, filters, seq,
-replay with since, notices, error replies, too_many_clients, line_too_long) but publishes only
-what a test tells it to. Threads, not asyncio, so a test can drive it from plain code while a
-client runs either in the same process or as a subprocess.
+Subscriptions, filters, seqs, replay with since and the notices are the daemon's own (a
+`watchd.broker.Broker`); only the events come from the test instead of a watcher, and the
+connection handling is a few threads so that a test can drive it from plain code while a
+client runs in the same process or as a subprocess. Like the daemon it greets with hello,
+answers in request order, refuses clients past max_clients and closes on a line too long.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
-import posixpath
 import socket
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from tests.harness import wait_for
 from watchd import protocol
+from watchd.broker import Broker, Connection, Peer
 from watchd.events import KIND_BITS, SYNTHETIC, Kind
+from watchd.inotify.flags import IN_ISDIR
 from watchd.protocol import ErrorCode, ProtocolError
 
 DEFAULT_WATCHES = {"uploads": "/srv/uploads", "logs": "/var/log/app"}
+MAX_SUBSCRIPTIONS = 64  # the daemon's default (daemon.max_subscriptions)
+CLIENT_QUEUE = 10000  # the daemon's default; the sinks never pause, so it is never reached
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll predicate until it returns something truthy; fail the test after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
+@dataclass(frozen=True, slots=True)
+class FakeWatch:
+    """A configured watch as the broker sees it; every peer may see it."""
+
+    name: str
+    path: str
+
+    def may_see(self, uid: int, gid: int, groups: frozenset[int]) -> bool:
+        return True
 
 
-@dataclass
-class Connection:
-    """One accepted client: its socket, its subscriptions and what it sent."""
+@dataclass(eq=False)
+class Client:
+    """One accepted connection: its socket and, once admitted, the broker's view of it."""
 
     sock: socket.socket
-    subs: dict[str, protocol.Subscribe] = field(default_factory=dict)
+    conn: Connection | None = None
     closed: bool = False
+    failed: bool = False  # a write failed: hang up once the broker call returns
+
+    def write(self, chunks: list[bytes]) -> None:
+        """The broker's Sink: a blocking send, so the queue never fills."""
+        if self.closed or self.failed:
+            return
+        try:
+            self.sock.sendall(b"".join(chunks))
+        except OSError:
+            self.failed = True
+
+    def writable(self) -> bool:
+        return True
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    """The credentials of the process at the other end (SO_PEERCRED), as the daemon takes them."""
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return Peer(uid=uid, gid=gid, groups=frozenset(), pid=pid)
 
 
 class FakeServer:
@@ -67,26 +90,39 @@ class FakeServer:
         self.watches = dict(DEFAULT_WATCHES if watches is None else watches)
         self.max_clients = max_clients
         self.max_line_bytes = max_line_bytes
-        self.hold = hold
         self.version = version
-        self.instance = instance
         self.greet = greet
         self.pid = os.getpid()
-        self.seq = 0
-        self.held: list[tuple[int, dict[str, Any], bytes]] = []  # (seq, event fields, tail)
-        self.requests: list[dict[str, Any]] = []
-        self.connections: list[Connection] = []
+        self.broker = Broker(instance=instance, client_queue=CLIENT_QUEUE, replay_buffer=hold,
+                             max_subscriptions=MAX_SUBSCRIPTIONS)
+        self.broker.set_watches(FakeWatch(name, path) for name, path in self.watches.items())
+        self.requests: list[dict[str, Any]] = []  # every request that decoded as JSON
+        self.clients: list[Client] = []
         # Called with each decoded request before its reply is sent (with the lock held), so
         # a test can push lines that the client must read before the reply it waits for.
         self.on_request: Callable[[protocol.Request], object] | None = None
         self.reply_delay = 0.0
         self.status_extra: dict[str, Any] = {}
+        # The broker is not thread-safe: every call into it holds this lock.
         self._lock = threading.RLock()
-        self._encoder = protocol.EventEncoder()
-        self._next_sid = 1
         self._started = time.monotonic()
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+
+    @property
+    def instance(self) -> str:
+        return self.broker.instance
+
+    @property
+    def hold(self) -> int:
+        """How many events are held for replay (daemon.replay_buffer)."""
+        return self.broker.replay_buffer
+
+    @hold.setter
+    def hold(self, count: int) -> None:
+        with self._lock:
+            self.broker.set_limits(client_queue=CLIENT_QUEUE, replay_buffer=count,
+                                   max_subscriptions=MAX_SUBSCRIPTIONS)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -108,8 +144,8 @@ class FakeServer:
         self.disconnect_all()
         for thread in self._threads:
             thread.join(timeout=5)
-        for conn in self.connections:
-            conn.sock.close()
+        for client in self.clients:
+            client.sock.close()
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
 
@@ -127,8 +163,8 @@ class FakeServer:
     def disconnect_all(self) -> None:
         """Hang up on every client, as a stopping daemon does."""
         with self._lock:
-            for conn in self.connections:
-                self._hang_up(conn)
+            for client in self.clients:
+                self._hang_up(client)
 
     def _spawn(self, target: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -140,11 +176,11 @@ class FakeServer:
     def subscriptions(self) -> list[str]:
         """The sids of every live subscription."""
         with self._lock:
-            return [sid for conn in self.connections if not conn.closed for sid in conn.subs]
+            return [sid for conn in self._live() for sid in conn.subscriptions]
 
     def wait_subscriptions(self, count: int, timeout: float = 5.0) -> list[str]:
         """Wait until at least count subscriptions are live; return their sids."""
-        sids: list[str] = wait_until(
+        sids: list[str] = wait_for(
             lambda: (sids := self.subscriptions()) and len(sids) >= count and sids,
             timeout,
             f"{count} subscription(s)",
@@ -154,7 +190,7 @@ class FakeServer:
     def live_clients(self) -> int:
         """How many connections are open."""
         with self._lock:
-            return sum(not conn.closed for conn in self.connections)
+            return sum(not client.closed for client in self.clients)
 
     # --- what tests make happen -------------------------------------------------------------
 
@@ -170,56 +206,35 @@ class FakeServer:
         when: float | None = None,
         synthetic: bool = False,
     ) -> int:
-        """Publish one event to every matching subscription; return its seq."""
-        mask = KIND_BITS[Kind(kind)] | (protocol.IN_ISDIR if is_dir else 0)
+        """Publish one event through the broker, as the watcher would have read it; its seq."""
+        mask = KIND_BITS[Kind(kind)] | (IN_ISDIR if is_dir else 0)
         mask |= SYNTHETIC if synthetic else 0
+        at = time.time() if when is None else when
         with self._lock:
-            self.seq += 1
-            seq = self.seq
-            tail = self._encoder.tail(
-                seq,
-                time.time() if when is None else when,
-                watch,
-                kind,
-                path,
-                mask,
-                cookie,
-                src_path,
-            )
-            fields = {"watch": watch, "kind": kind, "path": path}
-            self.held.append((seq, fields, tail))
-            del self.held[: -self.hold]
-            for conn, sid, sub in self._live_subs():
-                if _matches(sub, fields):
-                    self._send(conn, protocol.event_line(sid, tail))
-        return seq
+            self.broker.publish_reads(watch, [(at, [(mask, cookie, path, src_path)])])
+            self._reap()
+            return self.broker.last_seq
 
     def notice(self, kind: str, watch: str | None = None, **fields: Any) -> None:
         """Send a notice (overflow, watch_lost, watch_restored, watch_degraded) to watch's subs."""
         with self._lock:
-            for conn, sid, sub in self._live_subs():
-                if watch is not None and sub.watch is not None and watch not in sub.watch:
-                    continue
-                if kind == "overflow":
-                    reason = fields.get("reason", "kernel_queue")
-                    line = protocol.overflow(sid, self.seq, reason, watch,
-                                             fields.get("resync", False))
-                elif kind == "resynced":
-                    assert watch is not None
-                    line = protocol.resynced(sid, self.seq, watch, fields["changes"],
-                                             fields["duration_ms"])
-                elif kind == "watch_lost":
-                    assert watch is not None
-                    line = protocol.watch_lost(sid, watch, self.watches[watch], fields["reason"])
-                elif kind == "watch_degraded":
-                    assert watch is not None
-                    line = protocol.watch_degraded(sid, watch, fields["unwatched"],
-                                                   fields["reason"])
-                else:
-                    assert kind == "watch_restored"
-                    assert watch is not None
-                    line = protocol.watch_restored(sid, watch, self.watches[watch])
-                self._send(conn, line)
+            if kind == "overflow":
+                resync = frozenset({watch or ""}) if fields.get("resync") else frozenset()
+                self.broker.overflow(watch, fields.get("reason", "kernel_queue"), resync)
+            elif kind == "resynced":
+                assert watch is not None
+                self.broker.resynced(watch, fields["changes"], fields["duration_ms"])
+            elif kind == "watch_lost":
+                assert watch is not None
+                self.broker.watch_lost(watch, self.watches[watch], fields["reason"])
+            elif kind == "watch_degraded":
+                assert watch is not None
+                self.broker.watch_degraded(watch, fields["unwatched"], fields["reason"])
+            else:
+                assert kind == "watch_restored", kind
+                assert watch is not None
+                self.broker.watch_restored(watch, self.watches[watch])
+            self._reap()
 
     def dropped(self, sid: str, first_seq: int, last_seq: int) -> None:
         """Tell subscription sid that its events first_seq..last_seq were discarded."""
@@ -228,17 +243,16 @@ class FakeServer:
     def push_raw(self, sid: str, line: bytes) -> None:
         """Write line, exactly as given, to the connection that holds subscription sid."""
         with self._lock:
-            for conn, live_sid, _ in self._live_subs():
-                if live_sid == sid:
-                    self._send(conn, line)
+            for conn in self._live():
+                if sid in conn.subs:
+                    self.broker.reply(conn, line)
+                    self._reap()
                     return
         raise AssertionError(f"no live subscription {sid}")
 
-    def _live_subs(self) -> Iterable[tuple[Connection, str, protocol.Subscribe]]:
-        for conn in self.connections:
-            if not conn.closed:
-                for sid, sub in list(conn.subs.items()):
-                    yield conn, sid, sub
+    def _live(self) -> list[Connection]:
+        """The broker's connections of the clients still connected."""
+        return [c.conn for c in self.clients if not c.closed and c.conn is not None]
 
     # --- the server -------------------------------------------------------------------------
 
@@ -250,127 +264,89 @@ class FakeServer:
                 sock, _ = listener.accept()
             except OSError:
                 return  # the listener was closed: stop() was called
-            conn = Connection(sock)
+            client = Client(sock)
             with self._lock:
-                self.connections.append(conn)
-                live = sum(not c.closed for c in self.connections)
-                if live > self.max_clients:
-                    message = (
-                        f"watchd serves at most {self.max_clients} clients (daemon.max_clients)"
-                    )
-                    self._send(conn, protocol.error(ErrorCode.TOO_MANY_CLIENTS, message))
-                    self._hang_up(conn)
+                full = self.live_clients() >= self.max_clients
+                self.clients.append(client)
+                if full:
+                    limit = self.max_clients
+                    message = f"watchd serves at most {limit} clients (daemon.max_clients)"
+                    client.write([protocol.error(ErrorCode.TOO_MANY_CLIENTS, message)])
+                    self._hang_up(client)
                     continue
+                client.conn = self.broker.connect(client, peer_of(sock))
                 if self.greet:
-                    self._send(
-                        conn, protocol.hello(self.version, self.pid, self.instance, self.seq)
-                    )
-            self._spawn(self._serve, conn)
+                    hello = protocol.hello(self.version, self.pid, self.instance,
+                                           self.broker.last_seq)
+                    self.broker.reply(client.conn, hello)
+                self._reap()
+            self._spawn(self._serve, client)
 
-    def _serve(self, conn: Connection) -> None:
+    def _serve(self, client: Client) -> None:
         framer = protocol.LineFramer(self.max_line_bytes)
         while True:
             try:
-                data = conn.sock.recv(65536)
+                data = client.sock.recv(65536)
             except OSError:
                 data = b""
             if not data:
                 with self._lock:
-                    self._hang_up(conn)
+                    self._hang_up(client)
                 return
             try:
                 lines = framer.feed(data)
             except protocol.LineTooLong as e:
                 with self._lock:
                     for line in e.lines:
-                        self._handle(conn, line)
-                    self._send(conn, e.reply())
-                    self._hang_up(conn)
+                        self._handle(client, line)
+                    if client.conn is not None:
+                        self.broker.reply(client.conn, e.reply())
+                    self._hang_up(client)
                 return
             for line in lines:
                 if self.reply_delay:
                     time.sleep(self.reply_delay)
                 with self._lock:
-                    self._handle(conn, line)
+                    self._handle(client, line)
+                    self._reap()
 
-    def _handle(self, conn: Connection, line: bytes) -> None:
+    def _handle(self, client: Client, line: bytes) -> None:
+        """One request line, answered as the daemon answers it."""
+        conn = client.conn
+        if conn is None or client.closed:
+            return
         try:
-            raw = protocol.decode_message(line)
-            self.requests.append(raw)
+            self.requests.append(protocol.decode_message(line))
             request = protocol.decode_request(line)
+            if self.on_request is not None:
+                self.on_request(request)
+            match request:
+                case protocol.Ping():
+                    self.broker.reply(conn, protocol.pong(request.id))
+                case protocol.Status():
+                    self.broker.reply(conn, protocol.status(request.id, self._status_fields()))
+                case protocol.Subscribe():
+                    self.broker.subscribe(conn, request)
+                case protocol.Unsubscribe():
+                    self.broker.unsubscribe(conn, request.subscription, request.id)
         except ProtocolError as e:
-            self._send(conn, e.reply())
-            return
-        if self.on_request is not None:
-            self.on_request(request)
-        try:
-            reply = self._reply(conn, request)
-        except ProtocolError as e:
-            reply = e.reply()
-        self._send(conn, reply)
-        if isinstance(request, protocol.Subscribe) and reply.startswith(b'{"type":"subscribed"'):
-            self._replay(conn, request)
-
-    def _reply(self, conn: Connection, request: protocol.Request) -> bytes:
-        match request:
-            case protocol.Ping():
-                return protocol.pong(request.id)
-            case protocol.Status():
-                return protocol.status(request.id, self._status_fields())
-            case protocol.Unsubscribe():
-                if conn.subs.pop(request.subscription, None) is None:
-                    raise ProtocolError(
-                        ErrorCode.UNKNOWN_SUBSCRIPTION,
-                        f"no subscription {request.subscription!r} on this connection",
-                        request.id,
-                    )
-                return protocol.unsubscribed(request.id, request.subscription)
-            case protocol.Subscribe():
-                self._check_subscribe(request)
-                sid = f"s{self._next_sid}"
-                self._next_sid += 1
-                conn.subs[sid] = request
-                return protocol.subscribed(request.id, sid, self.seq)
-        raise AssertionError(request)
-
-    def _check_subscribe(self, request: protocol.Subscribe) -> None:
-        for name in request.watch or ():
-            if name not in self.watches:
-                raise ProtocolError(ErrorCode.UNKNOWN_WATCH, f"no watch named {name!r}", request.id)
-        if request.since is None:
-            return
-        oldest = self.held[0][0] if self.held else self.seq + 1
-        stale = request.instance is not None and request.instance != self.instance
-        if stale or request.since < oldest - 1:
-            raise ProtocolError(
-                ErrorCode.SINCE_EXPIRED,
-                f"events after seq {request.since} are no longer held",
-                request.id,
-                {"oldest": oldest},
-            )
-
-    def _replay(self, conn: Connection, request: protocol.Subscribe) -> None:
-        if request.since is None:
-            return
-        sid = next(reversed(conn.subs))
-        for seq, fields, tail in self.held:
-            if seq > request.since and _matches(request, fields):
-                self._send(conn, protocol.event_line(sid, tail))
+            self.broker.reply(conn, e.reply())
 
     def _status_fields(self) -> dict[str, Any]:
+        stats = self.broker.stats()
         fields: dict[str, Any] = {
             "pid": self.pid,
             "instance": self.instance,
             "uptime_s": round(time.monotonic() - self._started, 3),
-            "seq": self.seq,
+            "seq": stats["seq"],
             "config": "/etc/watchd/watchd.toml",
             "reloads": 0,
             "last_reload_error": None,
-            "clients": self.live_clients(),
-            "subscriptions": len(self.subscriptions()),
-            "events": self.seq,
-            "dropped": 0,
-            "overflows": 0,
+            "clients": stats["clients"],
+            "subscriptions": stats["subscriptions"],
+            "events": stats["events"],
+            "dropped": stats["dropped"],
+            "overflows": stats["overflows"],
             "watches": [
                 {"name": name, "path": path, "recursive": True, "state": "active", "directories": 1}
                 for name, path in self.watches.items()
@@ -379,33 +355,18 @@ class FakeServer:
         fields.update(self.status_extra)
         return fields
 
-    def _send(self, conn: Connection, line: bytes) -> None:
-        if conn.closed:
+    def _reap(self) -> None:
+        """Hang up on clients a write failed for (never from inside a broker call)."""
+        for client in self.clients:
+            if client.failed:
+                self._hang_up(client)
+
+    def _hang_up(self, client: Client) -> None:
+        if client.closed:
             return
-        try:
-            conn.sock.sendall(line)
-        except OSError:
-            self._hang_up(conn)
-
-    def _hang_up(self, conn: Connection) -> None:
-        if not conn.closed:
-            conn.closed = True
-            conn.subs.clear()
-            # shutdown wakes the connection's reader thread; stop() closes the socket later.
-            with contextlib.suppress(OSError):  # the client may have gone first
-                conn.sock.shutdown(socket.SHUT_RDWR)
-
-
-def _matches(sub: protocol.Subscribe, event: dict[str, Any]) -> bool:
-    """The daemon's filter rule: every given filter must match (AND)."""
-    path = event["path"]
-    if sub.watch is not None and event["watch"] not in sub.watch:
-        return False
-    if sub.events is not None and event["kind"] not in sub.events:
-        return False
-    if sub.paths is not None and not any(
-        path == p or path.startswith(p.rstrip("/") + "/") for p in sub.paths
-    ):
-        return False
-    name = posixpath.basename(path)
-    return sub.glob is None or any(fnmatch.fnmatchcase(name, g) for g in sub.glob)
+        client.closed = True
+        if client.conn is not None:
+            self.broker.disconnect(client.conn)
+        # shutdown wakes the connection's reader thread; stop() closes the socket later.
+        with contextlib.suppress(OSError):  # the client may have gone first
+            client.sock.shutdown(socket.SHUT_RDWR)

@@ -1,10 +1,12 @@
-"""Running the real daemon as a subprocess and talking to it over its real socket."""
+"""What the tests share: waiting with a deadline, predicates over protocol messages, the real
+daemon as a subprocess and a raw client over its real socket."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,18 +16,25 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+from watchd.inotify import InotifyFd, RawEvent
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 10.0
 NOBODY = 65534  # uid and gid of the unprivileged user some tests run a process as
 
+T = TypeVar("T")
+Message = dict[str, Any]
+Predicate = Callable[[Message], bool]
 
-def wait_for(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
-             what: str = "condition", interval: float = 0.01) -> Any:
-    """Poll until predicate() is truthy; fail the test with `what` at the deadline."""
+
+def wait_for(predicate: Callable[[], T | None], timeout: float = DEFAULT_TIMEOUT,
+             what: str = "condition", interval: float = 0.01) -> T:
+    """Poll until predicate() is truthy and return that value; at the deadline, fail the test
+    naming `what` was awaited."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -36,23 +45,72 @@ def wait_for(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
         time.sleep(interval)
 
 
-class Notify:
-    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+def is_event(path: str | Path, kind: str | None = None) -> Predicate:
+    """Matches the event on path (of that kind, if given)."""
+    def pred(m: Message) -> bool:
+        return (m.get("type") == "event" and m["path"] == str(path)
+                and (kind is None or m["kind"] == kind))
+    return pred
 
-    def __init__(self, path: str) -> None:
+
+def is_type(*types: str) -> Predicate:
+    """Matches a message of one of these types ("overflow", "watch_lost", ...)."""
+    return lambda m: m.get("type") in types
+
+
+def read_until(ino: InotifyFd, want: Callable[[list[RawEvent]], bool],
+               timeout: float = DEFAULT_TIMEOUT) -> list[RawEvent]:
+    """Read an inotify fd until want(every event read so far) holds; fail at the deadline."""
+    got: list[RawEvent] = []
+    deadline = time.monotonic() + timeout
+    while not want(got):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout} s; read {got!r}")
+        if ino.wait_readable(left):
+            got.extend(ino.read_events())
+    return got
+
+
+class Datagrams:
+    """A bound datagram socket that keeps every message it received (a NOTIFY_SOCKET, a
+    syslog socket)."""
+
+    def __init__(self, path: str, encoding: str = "latin-1") -> None:
         self.path = path
+        self.encoding = encoding
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
+        self.sock.setblocking(False)
         self.messages: list[str] = []
 
-    def poll(self) -> None:
-        self.sock.setblocking(False)
+    def poll(self) -> list[str]:
+        """Take in what has arrived; every message so far."""
         while True:
             try:
                 data = self.sock.recv(65536)
             except BlockingIOError:
-                return
-            self.messages.append(data.decode("latin-1"))
+                return self.messages
+            self.messages.append(data.decode(self.encoding, "replace"))
+
+    def wait_for_text(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """The first message that contains text anywhere (e.g. inside a STATUS= line)."""
+        def find() -> str | None:
+            return next((m for m in self.poll() if text in m), None)
+        return wait_for(find, timeout, f"{text!r} on {self.path}")
+
+    def wait_match(self, pattern: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        """The first message matching the regular expression pattern."""
+        def find() -> str | None:
+            return next((m for m in self.poll() if re.search(pattern, m)), None)
+        return wait_for(find, timeout, f"{pattern!r} on {self.path}; got {self.messages[-5:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Notify(Datagrams):
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
 
     def wait(self, field: str, timeout: float = DEFAULT_TIMEOUT, after: int = 0) -> int:
         """Index of the first datagram (from `after` on) that holds the line `field`."""
@@ -62,34 +120,33 @@ class Notify:
                 if field in self.messages[i].split("\n"):
                     return i + 1  # +1 so that index 0 is truthy
             return None
-        return int(wait_for(find, timeout, f"{field!r} on NOTIFY_SOCKET")) - 1
-
-    def wait_for_text(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> str:
-        """The first datagram that contains text anywhere (e.g. inside a STATUS= line)."""
-        def find() -> str | None:
-            self.poll()
-            return next((m for m in self.messages if text in m), None)
-        return str(wait_for(find, timeout, f"{text!r} on NOTIFY_SOCKET"))
-
-    def close(self) -> None:
-        self.sock.close()
+        return wait_for(find, timeout, f"{field!r} on NOTIFY_SOCKET") - 1
 
 
 class Line:
     """A raw protocol client: send objects, receive decoded lines, with deadlines."""
 
-    def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
+    def __init__(self, path: str | None, timeout: float = DEFAULT_TIMEOUT,
+                 sock: socket.socket | None = None) -> None:
+        if sock is None:
+            assert path is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+        self.sock = sock
         self.buf = b""
         self.raw: list[bytes] = []
         self.pushed: list[dict[str, Any]] = []  # events and notices that arrived before a reply
         self.hello: dict[str, Any] = {}
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> Line:
+        """A Line over a connection opened elsewhere (e.g. handed over by another process)."""
+        return cls(None, sock=sock)
 
     def send(self, obj: Any) -> None:
         data = obj if isinstance(obj, bytes) else json.dumps(obj).encode() + b"\n"
@@ -204,6 +261,10 @@ class Daemon:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
+    def wait_log(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait until the daemon's log holds text."""
+        wait_for(lambda: text in self.log_text(), timeout, f"{text!r} in the daemon's log")
+
     def line(self, path: str | None = None) -> Line:
         """A raw connection (to our socket, or to path), closed at cleanup."""
         line = Line(path or self.socket)
@@ -268,6 +329,14 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.log.close()
         self.notify.close()
+
+
+def run_watchd(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """`python -m watchd ARGS` to its end, its output captured as text; kwargs go to
+    subprocess.run (env, cwd, preexec_fn, timeout: 30 s unless given)."""
+    kwargs.setdefault("timeout", 30)
+    return subprocess.run([sys.executable, "-m", "watchd", *args], capture_output=True,
+                          text=True, check=False, **kwargs)
 
 
 @contextlib.contextmanager

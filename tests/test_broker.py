@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from watchd import protocol
 from watchd.broker import REPLAY_STEP, Broker, Connection, Filter, Peer
 from watchd.events import KIND_BITS, SYNTHETIC, Kind
+from watchd.inotify.flags import IN_ISDIR
 from watchd.protocol import ErrorCode, ProtocolError, Subscribe
 
 INSTANCE = "i-test"
 ALICE = Peer(uid=1000, gid=1000, groups=frozenset({1000}), pid=4242)
 BOB = Peer(uid=1001, gid=1001, groups=frozenset({1001, 50}), pid=4343)
-IN_ISDIR = 0x40000000
 
 
 class FakeSink:
@@ -77,6 +77,13 @@ def item(
     return (KIND_BITS[kind] | (IN_ISDIR if is_dir else 0), cookie, path, src)
 
 
+def publish(
+    broker: Broker, watch: str, time: float, items: list[tuple[int, int, str, str | None]]
+) -> None:
+    """Publish one read of a watch."""
+    broker.publish_reads(watch, [(time, items)])
+
+
 def creates(*paths: str) -> list[tuple[int, int, str, str | None]]:
     return [item(Kind.CREATE, p) for p in paths]
 
@@ -120,9 +127,9 @@ def test_events_are_numbered_in_order_across_batches_and_watches() -> None:
     broker = make_broker()
     sink, conn = join(broker)
     sid = sub(broker, conn, id="x")
-    broker.publish("a", 1700000000.25, creates("/a/1", "/a/2"))
-    broker.publish("b", 1700000001.5, [item(Kind.DELETE, "/b/3")])
-    broker.publish("a", 1700000002.0, [])
+    publish(broker, "a", 1700000000.25, creates("/a/1", "/a/2"))
+    publish(broker, "b", 1700000001.5, [item(Kind.DELETE, "/b/3")])
+    publish(broker, "a", 1700000002.0, [])
     msgs = sink.messages()
     assert msgs[0] == {"type": "subscribed", "id": "x", "subscription": sid, "seq": 0}
     assert seqs(msgs) == [1, 2, 3]
@@ -136,7 +143,7 @@ def test_event_line_carries_every_field() -> None:
     broker = make_broker()
     sink, conn = join(broker)
     sid = sub(broker, conn)
-    broker.publish("a", 1700000000.125, [
+    publish(broker, "a", 1700000000.125, [
         item(Kind.MOVED_FROM, "/a/old", cookie=7, is_dir=True),
         item(Kind.MOVED_TO, "/a/new", cookie=7, src="/a/old", is_dir=True),
     ])
@@ -156,7 +163,7 @@ def test_item_without_a_kind_bit_gets_no_seq() -> None:
     broker = make_broker()
     sink, conn = join(broker)
     sub(broker, conn)
-    broker.publish("a", 1.0, [(IN_ISDIR, 0, "/a/x", None), item(Kind.CREATE, "/a/y")])
+    publish(broker, "a", 1.0, [(IN_ISDIR, 0, "/a/x", None), item(Kind.CREATE, "/a/y")])
     assert [(m["seq"], m["path"]) for m in events(sink.messages())] == [(1, "/a/y")]
     assert broker.events == 1
 
@@ -184,7 +191,7 @@ def test_each_event_is_serialized_once_for_every_subscriber(
     sink3.open = False  # the queued path
     for sink in (sink1, sink2):
         sink.chunks.clear()
-    broker.publish("a", 1.0, creates("/a/1.txt", "/a/2.bin", "/a/3.txt"))
+    publish(broker, "a", 1.0, creates("/a/1.txt", "/a/2.bin", "/a/3.txt"))
     assert calls == 3
     # The very same tail object follows each subscription's own prefix.
     assert sink1.chunks[0] == protocol.EVENT_HEAD + sid1.encode()
@@ -211,7 +218,7 @@ def test_one_write_per_connection_per_batch() -> None:
     sub(broker, conn1, events=[Kind.CREATE])
     sub(broker, conn2, paths=("/a",))
     before = (sink1.writes, sink2.writes)
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(50))))
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(50))))
     assert (sink1.writes, sink2.writes) == (before[0] + 1, before[1] + 1)
     assert len(events(sink1.messages())) == 100
     assert len(events(sink2.messages())) == 50
@@ -262,10 +269,10 @@ def test_filters_and_their_conjunction(filters: dict[str, Any], expected: list[s
     broker = make_broker()
     sink, conn = join(broker)
     sid = sub(broker, conn, **filters)
-    broker.publish("a", 1.0, [item(Kind.CREATE, "/a/x.csv"),
+    publish(broker, "a", 1.0, [item(Kind.CREATE, "/a/x.csv"),
                               item(Kind.CLOSE_WRITE, "/a/d/y.txt")])
-    broker.publish("b", 2.0, [item(Kind.CREATE, "/b/z.csv")])
-    broker.publish("a", 3.0, [item(Kind.DELETE, "/a/d", is_dir=True)])
+    publish(broker, "b", 2.0, [item(Kind.CREATE, "/b/z.csv")])
+    publish(broker, "a", 3.0, [item(Kind.DELETE, "/a/d", is_dir=True)])
     assert paths(sink.messages(), sid) == expected
 
 
@@ -292,7 +299,7 @@ def test_paths_filter_through_the_broker() -> None:
     broker = make_broker()
     sink, conn = join(broker)
     sid = sub(broker, conn, paths=("/a/b", "/a/x/y"))
-    broker.publish("a", 1.0, creates("/a/b", "/a/b/c", "/a/bc", "/a/x", "/a/x/y/z", "/a/x/yz"))
+    publish(broker, "a", 1.0, creates("/a/b", "/a/b/c", "/a/bc", "/a/x", "/a/x/y/z", "/a/x/yz"))
     assert paths(sink.messages(), sid) == ["/a/b", "/a/b/c", "/a/x/y/z"]
 
 
@@ -374,7 +381,7 @@ def test_subscribe_everything_never_receives_an_invisible_watch() -> None:
     sub(broker, alice)
     sub(broker, bob)
     for watch in ("public", "private", "staff"):
-        broker.publish(watch, 1.0, creates(f"/{watch}/f"))
+        publish(broker, watch, 1.0, creates(f"/{watch}/f"))
     assert paths(alice_sink.messages()) == ["/public/f", "/private/f"]
     assert paths(bob_sink.messages()) == ["/public/f", "/staff/f"]
 
@@ -413,13 +420,13 @@ def test_resync_flag_is_per_subscription_and_resynced_is_replayed_in_place() -> 
     alice_sink, alice = join(broker, ALICE)
     sid_all = sub(broker, alice)  # sees public and private
     sid_public = sub(broker, alice, watch=("public",))
-    broker.publish("public", 1.0, creates("/public/before"))
+    publish(broker, "public", 1.0, creates("/public/before"))
     alice_sink.take()
     # A restart with only "public" resynced: whoever also receives "private" must rescan.
     broker.overflow(None, "watcher_restart", frozenset({"public"}))
     flags = {m["subscription"]: m["resync"] for m in alice_sink.take()}
     assert flags == {sid_all: False, sid_public: True}
-    broker.publish("public", 1.0, [(0x100 | SYNTHETIC, 0, "/public/new", None)])
+    publish(broker, "public", 1.0, [(0x100 | SYNTHETIC, 0, "/public/new", None)])
     broker.resynced("public", 1, 2.5)
     got = [m for m in alice_sink.take() if m["subscription"] == sid_public]
     assert [m["type"] for m in got] == ["event", "resynced"]
@@ -439,15 +446,15 @@ def test_set_watches_recomputes_the_acl() -> None:
     sink, conn = join(broker, BOB)
     sid_all = sub(broker, conn)
     sid_b = sub(broker, conn, watch=("b",))
-    broker.publish("b", 1.0, creates("/b/1"))
+    publish(broker, "b", 1.0, creates("/b/1"))
     # A reload forbids b to bob (and moves it, which bob must not learn) and drops a.
     broker.set_watches([FakeWatch("b", users=frozenset({1000}), path="/private/new")])
-    broker.publish("b", 2.0, creates("/b/2"))
-    broker.publish("a", 3.0, creates("/a/3"))
+    publish(broker, "b", 2.0, creates("/b/2"))
+    publish(broker, "a", 3.0, creates("/a/3"))
     # Another reload brings both back, open to all.
     broker.set_watches([FakeWatch("a"), FakeWatch("b")])
-    broker.publish("b", 4.0, creates("/b/4"))
-    broker.publish("a", 5.0, creates("/a/5"))
+    publish(broker, "b", 4.0, creates("/b/4"))
+    publish(broker, "a", 5.0, creates("/a/5"))
     msgs = sink.messages()
     assert paths(msgs, sid_all) == ["/b/1", "/b/4", "/a/5"]
     assert paths(msgs, sid_b) == ["/b/1", "/b/4"]
@@ -463,7 +470,7 @@ def test_set_watches_recomputes_the_acl() -> None:
     # A watch a reload added is named in new subscriptions and seen by existing catch-alls.
     broker.set_watches([FakeWatch("a"), FakeWatch("b"), FakeWatch("c")])
     sid_c = sub(broker, conn, watch=("c",))
-    broker.publish("c", 6.0, creates("/c/6"))
+    publish(broker, "c", 6.0, creates("/c/6"))
     assert paths(sink.messages(), sid_c) == ["/c/6"]
     assert paths(sink.messages(), sid_all)[-1] == "/c/6"
 
@@ -496,9 +503,9 @@ def test_unsubscribe_stops_delivery_and_refuses_foreign_sids() -> None:
         broker.unsubscribe(conn, other_sid, "u1")
     assert info.value.code is ErrorCode.UNKNOWN_SUBSCRIPTION
     assert info.value.id == "u1"
-    broker.publish("a", 1.0, creates("/a/1"))
+    publish(broker, "a", 1.0, creates("/a/1"))
     broker.unsubscribe(conn, sid, "u2")
-    broker.publish("a", 2.0, creates("/a/2"))
+    publish(broker, "a", 2.0, creates("/a/2"))
     msgs = sink.messages()
     assert msgs[-1] == {"type": "unsubscribed", "id": "u2", "subscription": sid}
     assert paths(msgs) == ["/a/1"]
@@ -523,7 +530,7 @@ def test_disconnect_releases_everything() -> None:
     sub(broker, conn, glob=("*",))
     sink.take()
     sink.open = False
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(10))))
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(10))))
     assert conn.queued_events == 3
     assert broker.stats()["clients"] == 1
     broker.disconnect(conn)
@@ -534,7 +541,7 @@ def test_disconnect_releases_everything() -> None:
     sink.open = True
     broker.resume(conn)
     broker.reply(conn, protocol.pong(1))
-    broker.publish("a", 2.0, creates("/a/late"))
+    publish(broker, "a", 2.0, creates("/a/late"))
     broker.overflow(None, "kernel_queue")
     assert sink.chunks == []
     broker.disconnect(conn)  # twice is harmless
@@ -547,11 +554,11 @@ def test_since_replays_then_goes_live_without_duplicates_or_gaps() -> None:
     broker = make_broker()
     _, first = join(broker)
     sub(broker, first)
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 6))))
-    broker.publish("b", 1.0, creates("/b/6"))
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 6))))
+    publish(broker, "b", 1.0, creates("/b/6"))
     sink, conn = join(broker)
     sid = sub(broker, conn, id=5, since=2, watch=("a",), instance=INSTANCE)
-    broker.publish("a", 2.0, creates("/a/7"))
+    publish(broker, "a", 2.0, creates("/a/7"))
     msgs = sink.messages()
     assert msgs[0] == {"type": "subscribed", "id": 5, "subscription": sid, "seq": 6}
     assert seqs(msgs[1:], sid) == [3, 4, 5, 7]
@@ -560,7 +567,7 @@ def test_since_replays_then_goes_live_without_duplicates_or_gaps() -> None:
 
 def test_since_equal_to_last_seq_replays_nothing() -> None:
     broker = make_broker()
-    broker.publish("a", 1.0, creates("/a/1", "/a/2"))
+    publish(broker, "a", 1.0, creates("/a/1", "/a/2"))
     sink, conn = join(broker)
     sub(broker, conn, since=2)
     assert [m["type"] for m in sink.messages()] == ["subscribed"]
@@ -568,7 +575,7 @@ def test_since_equal_to_last_seq_replays_nothing() -> None:
 
 def test_replay_applies_the_filters() -> None:
     broker = make_broker()
-    broker.publish("a", 1.0, [item(Kind.CREATE, "/a/x.csv"), item(Kind.DELETE, "/a/y.csv"),
+    publish(broker, "a", 1.0, [item(Kind.CREATE, "/a/x.csv"), item(Kind.DELETE, "/a/y.csv"),
                               item(Kind.CREATE, "/a/z.txt"), item(Kind.CREATE, "/b/q.csv")])
     sink, conn = join(broker)
     sid = sub(broker, conn, since=0, events=frozenset({Kind.CREATE}), glob=("*.csv",))
@@ -577,8 +584,8 @@ def test_replay_applies_the_filters() -> None:
 
 def test_replay_respects_the_acl() -> None:
     broker = acl_broker()
-    broker.publish("private", 1.0, creates("/private/1"))
-    broker.publish("public", 1.0, creates("/public/2"))
+    publish(broker, "private", 1.0, creates("/private/1"))
+    publish(broker, "public", 1.0, creates("/public/2"))
     sink, conn = join(broker, BOB)
     sub(broker, conn, since=0)
     assert paths(sink.messages()) == ["/public/2"]
@@ -586,12 +593,12 @@ def test_replay_respects_the_acl() -> None:
 
 def test_overflow_markers_are_replayed_in_order() -> None:
     broker = make_broker()
-    broker.publish("a", 1.0, creates("/a/1", "/a/2"))
+    publish(broker, "a", 1.0, creates("/a/1", "/a/2"))
     broker.overflow("a", "kernel_queue")
     broker.overflow("b", "kernel_queue")  # not for a subscription to "a"
-    broker.publish("a", 2.0, creates("/a/3"))
+    publish(broker, "a", 2.0, creates("/a/3"))
     broker.overflow(None, "watcher_restart")
-    broker.publish("a", 3.0, creates("/a/4"))
+    publish(broker, "a", 3.0, creates("/a/4"))
     sink, conn = join(broker)
     sid = sub(broker, conn, since=1, watch=("a",))
     got = [(m["type"], m.get("seq"), m.get("watch")) for m in sink.messages()[1:]]
@@ -615,7 +622,7 @@ def test_overflow_markers_are_replayed_in_order() -> None:
 
 def test_overflow_at_since_is_replayed_even_with_no_event_after() -> None:
     broker = make_broker()
-    broker.publish("a", 1.0, creates("/a/1"))
+    publish(broker, "a", 1.0, creates("/a/1"))
     broker.overflow("a", "kernel_queue")
     broker.overflow("a", "kernel_queue")  # the same occasion twice is held once
     sink, conn = join(broker)
@@ -627,7 +634,7 @@ def test_overflow_at_since_is_replayed_even_with_no_event_after() -> None:
 
 def test_since_expired_names_the_oldest_seq_held() -> None:
     broker = make_broker(replay_buffer=4)
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 11))))
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 11))))
     assert broker.stats()["oldest"] == 7
     _, conn = join(broker)
     with pytest.raises(ProtocolError) as info:
@@ -649,12 +656,12 @@ def test_since_zero_works_until_the_history_wraps() -> None:
     assert broker.stats()["oldest"] == 1
     sink, conn = join(broker)
     sub(broker, conn, since=0)  # nothing published yet
-    broker.publish("a", 1.0, creates("/a/1", "/a/2", "/a/3"))
+    publish(broker, "a", 1.0, creates("/a/1", "/a/2", "/a/3"))
     assert seqs(sink.messages()) == [1, 2, 3]
     sink2, conn2 = join(broker)
     sub(broker, conn2, since=0)
     assert seqs(sink2.messages()) == [1, 2, 3]
-    broker.publish("a", 1.0, creates("/a/4"))
+    publish(broker, "a", 1.0, creates("/a/4"))
     with pytest.raises(ProtocolError) as info:
         sub(broker, conn2, since=0)
     assert info.value.extra["oldest"] == 2
@@ -662,7 +669,7 @@ def test_since_zero_works_until_the_history_wraps() -> None:
 
 def test_since_of_another_instance_is_expired() -> None:
     broker = make_broker()
-    broker.publish("a", 1.0, creates("/a/1"))
+    publish(broker, "a", 1.0, creates("/a/1"))
     _, conn = join(broker)
     with pytest.raises(ProtocolError) as info:
         sub(broker, conn, since=1, instance="i-previous")
@@ -674,7 +681,7 @@ def test_since_of_another_instance_is_expired() -> None:
 
 def test_since_past_the_last_seq_is_a_bad_request() -> None:
     broker = make_broker()
-    broker.publish("a", 1.0, creates("/a/1"))
+    publish(broker, "a", 1.0, creates("/a/1"))
     _, conn = join(broker)
     with pytest.raises(ProtocolError) as info:
         sub(broker, conn, id=1, since=2)
@@ -685,15 +692,15 @@ def test_since_past_the_last_seq_is_a_bad_request() -> None:
 
 def test_a_replay_waits_for_the_client_to_read_and_keeps_seq_order() -> None:
     broker = make_broker(client_queue=2, replay_buffer=100)
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 21))))
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 21))))
     sink, conn = join(broker)
     sink.open = False
     sid = sub(broker, conn, since=0)
     assert conn.queued_events == 0  # nothing of it is produced while the client does not read
     # Live events while the replay is under way: taken from the history in their turn.
-    broker.publish("a", 2.0, creates("/a/21"))
+    publish(broker, "a", 2.0, creates("/a/21"))
     broker.overflow("a", "kernel_queue")
-    broker.publish("a", 3.0, creates("/a/22"))
+    publish(broker, "a", 3.0, creates("/a/22"))
     assert conn.queued_events == 0
     sink.open = True
     broker.resume(conn)
@@ -703,7 +710,7 @@ def test_a_replay_waits_for_the_client_to_read_and_keeps_seq_order() -> None:
     assert [(m["type"], m.get("seq")) for m in msgs[19:]] == [
         ("event", 20), ("event", 21), ("overflow", 21), ("event", 22)]
     assert seqs(msgs) == list(range(1, 23))
-    broker.publish("a", 4.0, creates("/a/23"))  # live now
+    publish(broker, "a", 4.0, creates("/a/23"))  # live now
     assert seqs(sink.take(), sid)[-1] == 23
     assert not conn.replays
 
@@ -714,7 +721,7 @@ def test_a_replay_takes_bounded_steps_between_turns_of_the_loop() -> None:
                     max_subscriptions=8, defer=deferred.append)
     broker.set_watches((FakeWatch("a"), FakeWatch("b")))
     total = 3 * REPLAY_STEP
-    broker.publish("b", 1.0, creates(*(f"/b/{i}" for i in range(total))))
+    publish(broker, "b", 1.0, creates(*(f"/b/{i}" for i in range(total))))
     sink, conn = join(broker)
     sub(broker, conn, since=0, watch=("a",))  # matches none of them: only looking costs
     assert len(deferred) == 1 and conn.replays
@@ -726,14 +733,61 @@ def test_a_replay_takes_bounded_steps_between_turns_of_the_loop() -> None:
     assert [m["type"] for m in sink.take()] == ["subscribed"]
 
 
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_replay_from_anywhere_in_a_wrapped_history_is_exact(where: str) -> None:
+    size = 2 * REPLAY_STEP + 7  # not a multiple of the step: the ring's seam falls mid-step
+    deferred: list[Any] = []
+    broker = Broker(instance=INSTANCE, client_queue=100, replay_buffer=size,
+                    max_subscriptions=8, defer=deferred.append)
+    broker.set_watches((FakeWatch("a"), FakeWatch("b")))
+    total = 3 * size + 5  # the history has wrapped several times
+    watch_of = {}
+    seq = 0
+    while seq < total:  # batches of uneven sizes, the watches taking turns
+        n = min(total - seq, 997 if seq % 2 else 1409)
+        watch = "ab"[(seq // 997) % 2]
+        made = (f"/{watch}/{i}" for i in range(seq + 1, seq + n + 1))
+        publish(broker, watch, 1.0, creates(*made))
+        watch_of.update(dict.fromkeys(range(seq + 1, seq + n + 1), watch))
+        seq += n
+    oldest = total - size + 1
+    assert broker.oldest == oldest
+    since = {"start": oldest - 1, "middle": oldest + size // 2, "end": total - 1}[where]
+    sink, conn = join(broker)
+    sid = sub(broker, conn, since=since, watch=("a",))
+    while deferred:
+        deferred.pop(0)()
+    wanted = [s for s in range(since + 1, total + 1) if watch_of[s] == "a"]
+    msgs = sink.messages()
+    assert seqs(msgs, sid) == wanted
+    assert paths(msgs, sid) == [f"/a/{s}" for s in wanted]
+    assert not conn.replays and not [m for m in msgs if m["type"] == "dropped"]
+    publish(broker, "a", 2.0, creates("/a/live"))  # and then live
+    assert seqs(sink.take(), sid)[-1] == total + 1
+
+
+def test_a_wrapped_history_resized_keeps_its_newest_events_in_order() -> None:
+    broker = make_broker(replay_buffer=7)
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 20))))  # holds 13..19
+    broker.set_limits(client_queue=100, replay_buffer=4, max_subscriptions=8)
+    assert broker.oldest == 16
+    broker.set_limits(client_queue=100, replay_buffer=9, max_subscriptions=8)
+    assert broker.oldest == 16  # growing brings nothing back
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(20, 28))))
+    assert broker.oldest == 19
+    sink, conn = join(broker)
+    sid = sub(broker, conn, since=18)
+    assert seqs(sink.messages(), sid) == list(range(19, 28))
+
+
 def test_what_the_history_forgets_before_a_replay_reaches_it_is_reported_dropped() -> None:
     broker = make_broker(client_queue=100, replay_buffer=10)
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 11))))
-    broker.publish("b", 1.0, creates("/b/x"))  # seq 11, not for this subscription
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 11))))
+    publish(broker, "b", 1.0, creates("/b/x"))  # seq 11, not for this subscription
     sink, conn = join(broker)
     sink.open = False
     sid = sub(broker, conn, since=1, watch=("a",))
-    broker.publish("a", 2.0, creates(*(f"/a/{i}" for i in range(12, 17))))  # forgets 2..6
+    publish(broker, "a", 2.0, creates(*(f"/a/{i}" for i in range(12, 17))))  # forgets 2..6
     sink.open = True
     broker.resume(conn)
     msgs = [m for m in sink.messages()
@@ -755,7 +809,7 @@ def test_slow_connection_drops_past_its_queue_and_is_told_exactly() -> None:
     slow_sink.take()
     slow_sink.open = False
     for i in range(4):
-        broker.publish("a", float(i), creates(*(f"/a/{i}-{j}" for j in range(5))))
+        publish(broker, "a", float(i), creates(*(f"/a/{i}-{j}" for j in range(5))))
     assert slow_sink.chunks == []
     assert slow.queued_events == 5
     assert broker.dropped == 15
@@ -767,7 +821,7 @@ def test_slow_connection_drops_past_its_queue_and_is_told_exactly() -> None:
     assert msgs[5:] == [{"type": "dropped", "subscription": slow_sid, "count": 15,
                          "first_seq": 6, "last_seq": 20}]
     assert slow.queued_events == 0
-    broker.publish("a", 9.0, creates("/a/after"))
+    publish(broker, "a", 9.0, creates("/a/after"))
     assert seqs(slow_sink.take()) == [21]
     assert broker.stats()["dropped"] == 15
 
@@ -778,10 +832,10 @@ def test_dropped_notice_sits_at_the_gap_when_the_next_event_arrives() -> None:
     sub(broker, conn)
     sink.take()
     sink.open = False
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 8))))  # 1-3 queued, 4-7 lost
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 8))))  # 1-3 queued, 4-7 lost
     # The transport drained on its own; the next batch finds the sink writable.
     sink.open = True
-    broker.publish("a", 2.0, creates("/a/8", "/a/9"))
+    publish(broker, "a", 2.0, creates("/a/8", "/a/9"))
     got = [(m["type"], m.get("seq", m.get("first_seq"))) for m in sink.take()]
     assert got == [("event", 1), ("event", 2), ("event", 3), ("dropped", 4),
                    ("event", 8), ("event", 9)]
@@ -794,12 +848,12 @@ def test_dropped_notice_precedes_the_next_queued_line_of_its_subscription() -> N
     sid = sub(broker, conn)
     sink.take()
     sink.open = False
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 7))))  # 1-4 queued, 5-6 lost
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 7))))  # 1-4 queued, 5-6 lost
     sink.open = True
     sink.pause_after_writes = sink.writes + 1
     broker.resume(conn)  # drains all four in one chunk, then reports the gap (there is room)
     assert sink.open is False
-    broker.publish("a", 2.0, creates("/a/7"))
+    publish(broker, "a", 2.0, creates("/a/7"))
     broker.overflow("a", "kernel_queue")
     sink.open = True
     sink.pause_after_writes = None
@@ -820,7 +874,7 @@ def test_each_subscription_gets_its_own_dropped_range() -> None:
     sink.take()
     sink.open = False
     # seq 1: both (2 queued, full). seq 2..5: dropped for whoever matches.
-    broker.publish("a", 1.0, creates("/a/1.csv", "/a/2.txt", "/a/3.csv", "/a/4.txt", "/a/5.txt"))
+    publish(broker, "a", 1.0, creates("/a/1.csv", "/a/2.txt", "/a/3.csv", "/a/4.txt", "/a/5.txt"))
     assert broker.dropped == 4 + 1
     sink.open = True
     broker.resume(conn)
@@ -835,7 +889,7 @@ def test_overflow_on_a_lagging_subscription_comes_after_its_dropped_notice() -> 
     sub(broker, conn)
     sink.take()
     sink.open = False
-    broker.publish("a", 1.0, creates("/a/1", "/a/2", "/a/3"))
+    publish(broker, "a", 1.0, creates("/a/1", "/a/2", "/a/3"))
     broker.overflow("a", "kernel_queue")
     sink.open = True
     broker.resume(conn)
@@ -848,10 +902,10 @@ def test_replies_are_never_dropped_and_keep_their_order() -> None:
     sid = sub(broker, conn)
     sink.take()
     sink.open = False
-    broker.publish("a", 1.0, creates("/a/1", "/a/2", "/a/3"))
+    publish(broker, "a", 1.0, creates("/a/1", "/a/2", "/a/3"))
     for i in range(50):
         broker.reply(conn, protocol.pong(i))
-    broker.publish("a", 2.0, creates("/a/4"))
+    publish(broker, "a", 2.0, creates("/a/4"))
     second = sub(broker, conn, id="s2")
     broker.unsubscribe(conn, sid, "bye")
     assert sink.chunks == []
@@ -876,7 +930,7 @@ def test_queue_drains_in_chunks_while_the_sink_stays_writable() -> None:
     sub(broker, conn)
     sink.take()
     sink.open = False
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(2000))))
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(2000))))
     sink.open = True
     sink.pause_after_writes = sink.writes + 2  # pauses after two chunks
     broker.resume(conn)
@@ -896,7 +950,7 @@ def test_gap_is_reported_as_soon_as_the_queue_has_room() -> None:
     sid = sub(broker, conn)
     sink.take()
     sink.open = False
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 1001))))
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 1001))))
     sink.open = True
     sink.pause_after_writes = sink.writes + 1  # the transport takes one chunk, then pauses
     broker.resume(conn)
@@ -907,7 +961,7 @@ def test_gap_is_reported_as_soon_as_the_queue_has_room() -> None:
                                           "first_seq": 601, "last_seq": 1000}
     sink.open = True
     sink.pause_after_writes = None
-    broker.publish("a", 2.0, creates("/a/1001"))
+    publish(broker, "a", 2.0, creates("/a/1001"))
     msgs = first + sink.take()
     assert seqs(msgs) == [*range(1, 601), 1001]
     assert msgs[600]["type"] == "dropped"
@@ -919,10 +973,10 @@ def test_zero_client_queue_buffers_nothing_and_still_reports_every_gap() -> None
     sid = sub(broker, conn)
     sink.take()
     sink.open = False
-    broker.publish("a", 1.0, creates("/a/1", "/a/2"))
+    publish(broker, "a", 1.0, creates("/a/1", "/a/2"))
     assert conn.queued_events == 0
     sink.open = True  # the transport drained; resume has not been called yet
-    broker.publish("a", 2.0, creates("/a/3"))
+    publish(broker, "a", 2.0, creates("/a/3"))
     assert sink.take() == [
         {"type": "dropped", "subscription": sid, "count": 2, "first_seq": 1, "last_seq": 2},
         json.loads(protocol.EVENT_HEAD + sid.encode() + protocol.EventEncoder().tail(
@@ -934,11 +988,11 @@ def test_paused_fast_path_connection_queues_then_resumes_in_order() -> None:
     broker = make_broker()
     sink, conn = join(broker)
     sub(broker, conn)
-    broker.publish("a", 1.0, creates("/a/1"))
+    publish(broker, "a", 1.0, creates("/a/1"))
     sink.open = False
-    broker.publish("a", 2.0, creates("/a/2"))
+    publish(broker, "a", 2.0, creates("/a/2"))
     broker.reply(conn, protocol.pong("p"))
-    broker.publish("a", 3.0, creates("/a/3"))
+    publish(broker, "a", 3.0, creates("/a/3"))
     sink.open = True
     broker.resume(conn)
     got = [m.get("seq", m.get("id")) for m in sink.messages()[1:]]
@@ -947,7 +1001,7 @@ def test_paused_fast_path_connection_queues_then_resumes_in_order() -> None:
 
 def test_set_limits_resizes_the_history_and_the_queue() -> None:
     broker = make_broker(client_queue=2, replay_buffer=10)
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 9))))
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 9))))
     broker.overflow("a", "kernel_queue")  # at seq 8
     broker.set_limits(client_queue=5, replay_buffer=3, max_subscriptions=1)
     assert broker.stats()["oldest"] == 6
@@ -960,12 +1014,12 @@ def test_set_limits_resizes_the_history_and_the_queue() -> None:
     assert info.value.code is ErrorCode.TOO_MANY_SUBSCRIPTIONS
     sink.take()
     sink.open = False
-    broker.publish("a", 2.0, creates(*(f"/a/{i}" for i in range(9, 17))))
+    publish(broker, "a", 2.0, creates(*(f"/a/{i}" for i in range(9, 17))))
     assert conn.queued_events == 5  # the new client_queue
     # Growing the history keeps what is held and holds more from now on.
     broker.set_limits(client_queue=5, replay_buffer=100, max_subscriptions=8)
     assert broker.stats()["oldest"] == 14  # the 3 newest held were 14..16
-    broker.publish("a", 3.0, creates("/a/17"))
+    publish(broker, "a", 3.0, creates("/a/17"))
     assert broker.stats()["oldest"] == 14
 
 
@@ -975,9 +1029,9 @@ def test_raising_client_queue_lets_a_lagging_connection_report_its_gap() -> None
     sid = sub(broker, conn)
     sink.take()
     sink.open = False
-    broker.publish("a", 1.0, creates("/a/1", "/a/2"))
+    publish(broker, "a", 1.0, creates("/a/1", "/a/2"))
     broker.set_limits(client_queue=10, replay_buffer=1000, max_subscriptions=8)
-    broker.publish("a", 2.0, creates("/a/3"))
+    publish(broker, "a", 2.0, creates("/a/3"))
     sink.open = True
     broker.resume(conn)
     msgs = sink.take()
@@ -993,7 +1047,7 @@ def test_stats_counts() -> None:
     sub(broker, c1)
     sub(broker, c1, watch=("b",))
     sub(broker, c2)
-    broker.publish("a", 1.0, creates("/a/1", "/a/2"))
+    publish(broker, "a", 1.0, creates("/a/1", "/a/2"))
     broker.overflow(None, "watcher_restart")
     assert broker.stats() == {"clients": 2, "subscriptions": 3, "events": 2, "dropped": 0,
                               "overflows": 1, "seq": 2, "oldest": 1}
@@ -1039,7 +1093,7 @@ def test_every_event_is_delivered_or_reported_exactly_once(
                     path = f"/{watch}/{n}"
                     batch.append(item(kind, path))
                     published.append((n, watch, path, kind))
-                broker.publish(watch, float(n), batch)
+                publish(broker, watch, float(n), batch)
             case ("pause", i):
                 clients[i][0].open = False
             case ("resume", i):
@@ -1090,10 +1144,10 @@ def test_a_replay_that_ends_while_events_are_published_misses_none() -> None:
     sink, conn = join(broker)
     sink.open = False
     live = sub(broker, conn)
-    broker.publish("a", 1.0, creates(*(f"/a/{i}" for i in range(1, 6))))  # live drops 3 of 5
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 6))))  # live drops 3 of 5
     replayed = sub(broker, conn, since=0)
     sink.open = True  # the transport drained; the next publish is the first to look
-    broker.publish("a", 2.0, creates("/a/6"))
+    publish(broker, "a", 2.0, creates("/a/6"))
     msgs = sink.messages()
     assert seqs(msgs, replayed) == [1, 2, 3, 4, 5, 6]
     assert seqs(msgs, live) == [1, 2, 6]

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from watchd.config import (
-    WATCH_KEYS,
     Config,
     DaemonConfig,
     WatchConfig,
@@ -18,6 +17,7 @@ from watchd.config import (
     load_config,
     parse_config,
 )
+from watchd.config.model import WATCH_KEYS
 from watchd.errors import ConfigError, WatchdError
 from watchd.events import ALL_KINDS, DEFAULT_KINDS, Kind
 
@@ -543,12 +543,13 @@ def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
 
 def test_identical_configs_differ_in_nothing() -> None:
     text = watch_toml(name="a") + watch_toml(name="b")
-    diff = diff_config(parse_config(text, FILE), parse_config(text, FILE))
+    old, new = parse_config(text, FILE), parse_config(text, FILE)
+    diff = diff_config(old, new)
     assert diff.added == ()
     assert diff.removed == ()
     assert diff.changed == ()
     assert diff.restart_needed == ()
-    assert diff.daemon_changed is False
+    assert old.daemon == new.daemon
 
 
 def test_diff_finds_added_removed_and_changed_watches_by_name() -> None:
@@ -565,7 +566,7 @@ def test_diff_finds_added_removed_and_changed_watches_by_name() -> None:
     assert [w.name for w in diff.added] == ["new"]
     assert [w.name for w in diff.removed] == ["gone"]
     assert diff.changed == ((old.watch("edit"), new.watch("edit")),)
-    assert diff.daemon_changed is False
+    assert old.daemon == new.daemon
 
 
 @pytest.mark.parametrize(
@@ -584,14 +585,15 @@ def test_daemon_keys_that_need_a_restart() -> None:
     )
     diff = diff_config(old, new)
     assert diff.restart_needed == ("daemon.socket", "daemon.socket_mode", "daemon.socket_group")
-    assert diff.daemon_changed is True
+    assert old.daemon != new.daemon
 
 
 def test_daemon_keys_a_reload_applies() -> None:
+    old = parse_config("", FILE)
     new = parse_config("[daemon]\nlog_level = 'debug'\nclient_queue = 5\n", FILE)
-    diff = diff_config(parse_config("", FILE), new)
+    diff = diff_config(old, new)
     assert diff.restart_needed == ()
-    assert diff.daemon_changed is True
+    assert old.daemon != new.daemon
 
 
 # --- the shipped files --------------------------------------------------------------------------
@@ -644,6 +646,13 @@ def test_a_root_through_a_symlink_is_resolved_when_loaded(tmp_path: Path) -> Non
     assert (a.path, a.resolved, a.real_path) == (
         f"{tmp_path}/link/sub", f"{tmp_path}/real/sub", f"{tmp_path}/real/sub")
     assert (b.path, b.resolved, b.real_path) == (f"{tmp_path}/real", "", f"{tmp_path}/real")
+
+
+@pytest.mark.parametrize("key", [k for k in WATCH_KEYS if k not in ("name", "path")])
+def test_every_watch_key_is_validated(key: str) -> None:
+    # A table is a valid value for no key: a key of WatchConfig the parser did not read would
+    # crash here or be taken as given, instead of being refused by name.
+    assert refused(watch_toml(f"{key} = {{}}")).key == f"watch[0].{key}"
 
 
 def test_resolved_is_not_a_key_of_the_file() -> None:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from watchd.channel import BATCH_MAX
 from watchd.flow import KEEPING_UP_S, Decision, FlowClock, QueueLevels, Reason, View, decide
 from watchd.server import ClientProtocol
 
@@ -94,7 +95,7 @@ class _Handler:
         self.time = 7.0
         self.changes = 0
 
-    def congestion_changed(self) -> None:
+    def review_hold_back(self) -> None:
         self.changes += 1
 
     def flow_time(self) -> float:
@@ -128,3 +129,8 @@ def test_queue_levels(client_queue: int, levels: tuple[int, int, int]) -> None:
     got = QueueLevels.of(client_queue)
     assert (got.headroom, got.behind, got.near_full) == levels
     assert got.behind <= got.near_full <= client_queue
+
+
+def test_the_headroom_is_one_batch_of_the_watcher() -> None:
+    # Near full means the next batch might not fit: the room kept is the largest batch.
+    assert QueueLevels.of(10 * BATCH_MAX).headroom == BATCH_MAX

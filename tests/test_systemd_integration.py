@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import wait_for
 from tests.systemd_lab import Lab, unavailable_reason
-from tests.systemd_lab.service import SOCKET, WATCHED, Service, wait_for
+from tests.systemd_lab.service import SOCKET, WATCHED, Service
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root]
 
@@ -137,7 +138,7 @@ def test_socket_activation_starts_the_service_and_events_flow(
         assert not leaked, f"process {child} inherited {leaked}"
 
     # `systemctl status` shows the daemon's STATUS= line.
-    text = wait_for("a STATUS= line", lambda: svc.show("watchd.service", "StatusText"))
+    text = wait_for(lambda: svc.show("watchd.service", "StatusText"), what="a STATUS= line")
     out = svc.lab.run("systemctl", "status", "--no-pager", "watchd.service").stdout
     assert f'Status: "{text}"' in out
 
@@ -178,7 +179,7 @@ def test_reload_applies_a_changed_configuration(fresh: Service, timings: dict[st
         return status if "lab2" in names and status["reloads"] >= 1 else None
 
     # With Type=notify, `systemctl reload` may return before the daemon has reloaded.
-    status = wait_for("the reloaded configuration", applied)
+    status = wait_for(applied, what="the reloaded configuration")
     timings["reload"] = time.monotonic() - started
     assert svc.main_pid() == pid
     assert svc.state() == "active"
@@ -228,7 +229,7 @@ def test_watchdog_restarts_a_hung_daemon(fresh: Service, timings: dict[str, floa
     assert svc.show("watchd.service", "WatchdogUSec") == "2s"
     # Still alive well past the watchdog interval: the pings arrive.
     time_active = time.monotonic()
-    wait_for("3 s of service", lambda: time.monotonic() - time_active > 3.0, timeout=5)
+    wait_for(lambda: time.monotonic() - time_active > 3.0, timeout=5, what="3 s of service")
     assert svc.main_pid() == pid
     assert svc.state() == "active"
 
@@ -239,7 +240,7 @@ def test_watchdog_restarts_a_hung_daemon(fresh: Service, timings: dict[str, floa
         new = svc.main_pid()
         return new if new not in (0, pid) and svc.state() == "active" else None
 
-    new_pid = wait_for("a restarted daemon", replaced, timeout=15)
+    new_pid = wait_for(replaced, timeout=15, what="a restarted daemon")
     timings["watchdog restart (SIGSTOP to active)"] = time.monotonic() - started
     journal = svc.journal()
     assert "Watchdog timeout" in journal

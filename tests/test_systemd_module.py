@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from watchd.errors import WatchdError
+from watchd.levels import syslog_priority
 from watchd.systemd import (
     SYSTEMD_ONLY_VARIABLES,
     Notifier,
@@ -30,7 +31,6 @@ from watchd.systemd import (
     child_environment,
     listen_sockets,
     log_level,
-    syslog_priority,
     under_systemd,
     watchdog_interval,
 )
@@ -255,7 +255,10 @@ def records() -> Iterator[_Records]:
     handler = _Records()
     logger = logging.getLogger("watchd")
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.DEBUG
+    level = logger.level
+    # setLevel, not an assignment: it also clears the level cache that records logged
+    # earlier in this process (at the old level) have filled.
+    logger.setLevel(logging.DEBUG)
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.harness import wait_for
 from tests.inotify.isolation import run_isolated
 from watchd.inotify import (
     IN_ACCESS,
@@ -369,9 +370,8 @@ def test_every_file_of_a_burst_into_a_new_directory_is_reported_once(
     try:
         # The tree starts reading only once the burst is under way, so that files land
         # before, during and after the new directories are watched and listed.
+        wait_for((root / "n/m/g50").exists, 10, "the burst under way", interval=0.001)
         deadline = time.monotonic() + 10
-        while not (root / "n/m/g50").exists() and time.monotonic() < deadline:
-            time.sleep(0.001)
         while writer.poll() is None and time.monotonic() < deadline:
             run.pump(0.01)
     finally:

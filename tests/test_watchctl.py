@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakeserver import FakeServer, wait_until
-from tests.harness import config, watch
+from tests.fakeserver import FakeServer
+from tests.harness import config, wait_for, watch
 from watchd import __version__
 from watchd.watchctl import escape
 
@@ -230,7 +230,7 @@ def test_missing_socket_from_environment(sock_path: str) -> None:
 def test_server_error_reply_exits_1_with_code_and_message(server: FakeServer) -> None:
     result = run("--socket", server.socket_path, "subscribe", "--watch", "nope")
     assert result.returncode == 1
-    assert "unknown_watch: no watch named 'nope'" in result.stderr
+    assert 'unknown_watch: "watch": no watch named "nope"' in result.stderr
     assert "watchctl status" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -436,7 +436,7 @@ def test_hostile_names_of_real_files_through_the_daemon(start_daemon, watched: P
     readable = Follower("--socket", daemon.socket, "subscribe", "--event", "create")
     exact = Follower("--socket", daemon.socket, "subscribe", "--event", "create", "--json")
     try:
-        wait_until(lambda: daemon.status()["subscriptions"] == 2, what="both subscriptions")
+        wait_for(lambda: daemon.status()["subscriptions"] == 2, what="both subscriptions")
         root = os.fsencode(watched)
         for name in HOSTILE:
             with open(root + b"/" + name, "wb"):
@@ -481,7 +481,7 @@ def test_closed_pipe_ends_quietly(server: FakeServer) -> None:
             server.publish("uploads", "create", "/srv/uploads/more")
             return proc.poll() is not None
 
-        wait_until(exited_after_another_event, what="watchctl to notice the closed pipe")
+        wait_for(exited_after_another_event, what="watchctl to notice the closed pipe")
         assert proc.stderr is not None
         err = proc.stderr.read().decode()
         assert proc.returncode == 0

@@ -19,8 +19,8 @@ from watchd.watcher import Watcher
 NOBODY = 65534
 
 
-def _spec(name: str, path: pathlib.Path) -> tuple[Any, ...]:
-    return (name, str(path), True, kinds_mask(DEFAULT_KINDS), (), (), str(path))
+def _spec(name: str, path: pathlib.Path) -> channel.Spec:
+    return channel.Spec(name, str(path), True, kinds_mask(DEFAULT_KINDS), (), (), str(path))
 
 
 def _messages(sock: socket.socket) -> list[tuple[Any, ...]]:
@@ -58,9 +58,9 @@ def test_an_unreadable_directory_degrades_its_watch_only(shared: pathlib.Path) -
         ours, theirs = socket.socketpair()
         with ours, theirs:
             watcher = Watcher(ours)
-            watcher.apply([_spec("top", top), _spec("other", other)])  # type: ignore[list-item]
+            watcher.apply([_spec("top", top), _spec("other", other)])
             watcher.heartbeat()
-            beats = [m for m in _messages(theirs) if m[0] == channel.HEARTBEAT]
+            beats = [m for m in _messages(theirs) if m[0] == channel.Tag.HEARTBEAT]
             for watch in watcher.watches.values():
                 watcher.deactivate(watch)
             return dict(beats[-1][1])
@@ -78,14 +78,14 @@ def test_a_watch_that_fails_unexpectedly_fails_alone(tmp_path: pathlib.Path) -> 
     good.mkdir()
     # A spec no daemon of this version sends (a mask that is no number): the watch cannot be
     # made, and that must stay its own problem.
-    bad = ("bad", str(tmp_path), True, "no mask", (), (), str(tmp_path))
+    bad = channel.Spec("bad", str(tmp_path), True, "no mask", (), (), str(tmp_path))  # type: ignore[arg-type]
     ours, theirs = socket.socketpair()
     with ours, theirs:
         watcher = Watcher(ours)
         try:
-            watcher.apply([bad, _spec("good", good)])  # type: ignore[list-item]
+            watcher.apply([bad, _spec("good", good)])
             watcher.heartbeat()
-            states = dict([m for m in _messages(theirs) if m[0] == channel.HEARTBEAT][-1][1])
+            states = dict([m for m in _messages(theirs) if m[0] == channel.Tag.HEARTBEAT][-1][1])
             assert states["good"] == ("active", 1, 0, None, None)
             state, _, _, problem, _ = states["bad"]
             assert state == "pending"

@@ -8,37 +8,270 @@ library. The peer is our own child, so no untrusted input ever reaches marshal.l
 
 from __future__ import annotations
 
+import enum
 import marshal
 import struct
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from watchd.protocol import LostReason
 
 _LEN = struct.Struct("<I")
 _LEN_SIZE = _LEN.size
 
-# Message tags. Daemon -> watcher:
-# (CONFIG, generation, [spec, ...], {watch: max_directories}, [watch with resync, ...])
-#   the whole desired set of watches
-CONFIG = "config"
-STOP = "stop"  # (STOP,)
-# Watcher -> daemon:
-HELLO = "hello"  # (HELLO, pid)
-APPLIED = "applied"  # (APPLIED, generation)  every watch of that config is established or pending
-# (EVENTS, watch, [(time, [(mask, cookie, path, src_path), ...]), ...]): reads, oldest first
-EVENTS = "ev"
-# (HEARTBEAT, {watch: (state, directories, unwatched, limit_message, limit)}), limit naming the
-# limit a degraded watch reached: "max_directories" (its own budget) or "max_user_watches"
-HEARTBEAT = "hb"
-# (OVERFLOW, watch, resync)  the kernel (or our own buffer) dropped events; resync: a SCAN of
-# the watch follows at once
-OVERFLOW = "overflow"
-# (SCAN, watch, {directory: {name: record}}, seconds)  the tree as scanned once its watches
-# were in place (watchd.index), for a watch with resync: after a loss, or when established;
-# None instead of the tree: a scan announced by OVERFLOW could not be made
-SCAN = "scan"
-LOST = "lost"  # (LOST, watch, path, reason)
-RESTORED = "restored"  # (RESTORED, watch, path)
-PROGRESS = "progress"  # (PROGRESS, watch, directories)  during a long scan
+class Tag(enum.StrEnum):
+    """The first element of every message on the wire: which record it is."""
+
+    CONFIG = "config"
+    STOP = "stop"
+    HELLO = "hello"
+    APPLIED = "applied"
+    EVENTS = "ev"
+    HEARTBEAT = "hb"
+    OVERFLOW = "overflow"
+    LOST = "lost"
+    RESTORED = "restored"
+    PROGRESS = "progress"
+    SCAN = "scan"
+
+
+# marshal takes no str subclass: the wire carries the tags' plain values.
+_EVENTS = Tag.EVENTS.value
+
+# One event as the watcher sends it: (mask, cookie, path, src_path or None). A plain tuple, not a
+# record: one is built per event on the hot path, and marshal takes no NamedTuple.
+Item = tuple[int, int, str, str | None]
+ITEM_MASK, ITEM_COOKIE, ITEM_PATH, ITEM_SRC_PATH = range(4)
+# One read from the kernel: (wall-clock time, its items).
+Read = tuple[float, list[Item]]
+
+
+class Phase(enum.StrEnum):
+    """Where a watch stands, as the watcher reports it (and status shows it)."""
+
+    PENDING = "pending"  # its root is missing or cannot be watched yet
+    ACTIVE = "active"
+    DEGRADED = "degraded"  # some directories are not watched (a limit, or unreadable)
+
+
+class Limit(enum.StrEnum):
+    """The limit that leaves directories of a watch unwatched (watch_degraded's reason)."""
+
+    MAX_DIRECTORIES = "max_directories"  # the watch's own budget
+    MAX_USER_WATCHES = "max_user_watches"  # the kernel's
+
+
+# -- daemon -> watcher ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A watch as the watcher receives it.
+
+    Events are reported under path; real_path (path with its links resolved when the
+    configuration was loaded) is what is opened, following no symbolic link.
+    """
+
+    name: str
+    path: str
+    recursive: bool
+    mask: int
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    real_path: str
+
+    def wire(self) -> tuple[Any, ...]:
+        return (self.name, self.path, self.recursive, self.mask, self.include, self.exclude,
+                self.real_path)
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """The whole desired set of watches, each watch's max_directories, and the watches the
+    daemon keeps an index of (watchd.resync): those are scanned when established."""
+
+    generation: int
+    specs: tuple[Spec, ...]
+    budgets: dict[str, int | None]
+    resync: tuple[str, ...] = ()
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.CONFIG.value, self.generation, [s.wire() for s in self.specs], self.budgets,
+                list(self.resync))
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Finish: close every watch and exit."""
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.STOP.value,)
+
+
+# -- watcher -> daemon ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The watcher runs (its pid)."""
+
+    pid: int
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.HELLO.value, self.pid)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """Every watch of that configuration is established or pending."""
+
+    generation: int
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.APPLIED.value, self.generation)
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    """Reads of one watch, oldest first. The watcher frames them with events_frame instead."""
+
+    watch: str
+    reads: list[Read]
+
+    def wire(self) -> tuple[Any, ...]:
+        return (_EVENTS, self.watch, self.reads)
+
+
+class WatchReport(NamedTuple):
+    """One watch in a heartbeat. A NamedTuple: it goes on the wire as the plain tuple it is."""
+
+    state: Phase
+    directories: int
+    unwatched: int
+    problem: str | None  # why it is pending or degraded, for status and the log
+    limit: Limit | None  # the limit a degraded watch reached, if that is why
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Every watch's state; sent every second, and before each APPLIED."""
+
+    reports: dict[str, WatchReport]
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.HEARTBEAT.value, {
+            name: (r.state.value, r.directories, r.unwatched, r.problem,
+                   None if r.limit is None else r.limit.value)
+            for name, r in self.reports.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    """The kernel (or the watcher's own buffer) dropped events of the watch; resync: a Scan
+    of it follows."""
+
+    watch: str
+    resync: bool = False
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.OVERFLOW.value, self.watch, self.resync)
+
+
+# A scan (watchd.index.Dirs): {directory: {name: record}}.
+Dirs = dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """The watch's tree as scanned once its watches were in place (watchd.index), and how
+    long that took; dirs None: a scan that an Overflow announced could not be made."""
+
+    watch: str
+    dirs: Dirs | None
+    seconds: float
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.SCAN.value, self.watch, self.dirs, self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The watch's root went away."""
+
+    watch: str
+    path: str
+    reason: LostReason
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.LOST.value, self.watch, self.path, self.reason.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """The watch's root is back and watched again."""
+
+    watch: str
+    path: str
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.RESTORED.value, self.watch, self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A long scan of the watch has got this far."""
+
+    watch: str
+    directories: int
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.PROGRESS.value, self.watch, self.directories)
+
+
+ToWatcher = Configure | Stop
+FromWatcher = (Hello | Applied | Events | Heartbeat | Overflow | Lost | Restored | Progress
+               | Scan)
+Message = ToWatcher | FromWatcher
+
+
+def _heartbeat(raw: tuple[Any, ...]) -> Heartbeat:
+    return Heartbeat({name: WatchReport(Phase(s), d, u, p, None if lim is None else Limit(lim))
+                      for name, (s, d, u, p, lim) in raw[1].items()})
+
+
+_FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], FromWatcher]] = {
+    Tag.HELLO.value: lambda m: Hello(m[1]),
+    Tag.APPLIED.value: lambda m: Applied(m[1]),
+    _EVENTS: lambda m: Events(m[1], m[2]),
+    Tag.HEARTBEAT.value: _heartbeat,
+    Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2])),
+    Tag.SCAN.value: lambda m: Scan(m[1], m[2], m[3]),
+    Tag.LOST.value: lambda m: Lost(m[1], m[2], LostReason(m[3])),
+    Tag.RESTORED.value: lambda m: Restored(m[1], m[2]),
+    Tag.PROGRESS.value: lambda m: Progress(m[1], m[2]),
+}
+_TO_WATCHER: dict[str, Callable[[tuple[Any, ...]], ToWatcher]] = {
+    Tag.CONFIG.value: lambda m: Configure(m[1], tuple(Spec(*s) for s in m[2]), m[3],
+                                          tuple(m[4])),
+    Tag.STOP.value: lambda m: Stop(),
+}
+
+
+def is_events(raw: tuple[Any, ...]) -> bool:
+    """Whether a message from the wire is an Events message: (tag, watch, reads)."""
+    return bool(raw[0] == _EVENTS)
+
+
+def from_watcher(raw: tuple[Any, ...]) -> FromWatcher | None:
+    """The record a message from the watcher stands for; None for a tag we do not know."""
+    decoder = _FROM_WATCHER.get(raw[0])
+    return None if decoder is None else decoder(raw)
+
+
+def to_watcher(raw: tuple[Any, ...]) -> ToWatcher | None:
+    """The record a message from the daemon stands for; None for a tag we do not know."""
+    decoder = _TO_WATCHER.get(raw[0])
+    return None if decoder is None else decoder(raw)
 
 
 # Events in one EVENTS message at most. The daemon can stop taking messages (all its clients are
@@ -50,9 +283,19 @@ BATCH_MAX = 1024
 MERGE_MAX = 256
 
 
-def frame(message: tuple[Any, ...]) -> bytes:
+def frame(message: Message) -> bytes:
     """One message as it goes on the channel."""
-    body = marshal.dumps(message)
+    return _frame_raw(message.wire())
+
+
+def events_frame(watch: str, reads: list[Read]) -> bytes:
+    """An Events message as it goes on the channel, built without the record: the watcher sends
+    one per read, and a record's constructor would cost as much as the rest of the framing."""
+    return _frame_raw((_EVENTS, watch, reads))
+
+
+def _frame_raw(wire: tuple[Any, ...]) -> bytes:
+    body = marshal.dumps(wire)
     return _LEN.pack(len(body)) + body
 
 
@@ -89,14 +332,14 @@ def next_message(backlog: deque[tuple[Any, ...]], limit: int = MERGE_MAX) -> tup
     it one serialization pass and one write per client instead of one per read.
     """
     message = backlog.popleft()
-    if message[0] != EVENTS or not backlog or backlog[0][0] != EVENTS:
+    if message[0] != _EVENTS or not backlog or backlog[0][0] != _EVENTS:
         return message
     watch, reads = message[1], message[2]
     count = sum(len(items) for _, items in reads)
     merged: list[Any] | None = None
     while backlog:
         following = backlog[0]
-        if following[0] != EVENTS or following[1] != watch:
+        if following[0] != _EVENTS or following[1] != watch:
             break
         more = sum(len(items) for _, items in following[2])
         if count + more > limit:
@@ -106,4 +349,4 @@ def next_message(backlog: deque[tuple[Any, ...]], limit: int = MERGE_MAX) -> tup
             merged = list(reads)
         merged.extend(following[2])
         count += more
-    return message if merged is None else (EVENTS, watch, merged)
+    return message if merged is None else (_EVENTS, watch, merged)

@@ -13,13 +13,12 @@ import logging
 import re
 from dataclasses import dataclass
 
+from watchd.levels import priority_level
+
 # A line longer than this is passed on in pieces: a runaway write must not grow our buffer.
 MAX_LINE = 16 * 1024
 
 _PREFIXED = re.compile(r"<([0-7])>(watchd(?:\.\w+)*): (.*)", re.DOTALL)
-# Syslog priority -> logging level (the inverse of systemd.syslog_priority).
-_LEVELS = (logging.CRITICAL, logging.CRITICAL, logging.CRITICAL, logging.ERROR,
-           logging.WARNING, logging.INFO, logging.INFO, logging.DEBUG)
 DEFAULT_LOGGER = "watchd.watcher"
 
 
@@ -39,7 +38,7 @@ def parse_line(line: bytes, pid: int) -> Record | None:
         return None
     match = _PREFIXED.fullmatch(text)
     if match is not None:
-        return Record(match.group(2), _LEVELS[int(match.group(1))], match.group(3))
+        return Record(match.group(2), priority_level(int(match.group(1))), match.group(3))
     return Record(DEFAULT_LOGGER, logging.ERROR, f"watcher process {pid}: {text}")
 
 

@@ -13,8 +13,10 @@ import sys
 from types import TracebackType
 
 from watchd import __version__
-from watchd.config import Config, load_config
+from watchd.config.load import load_config
+from watchd.config.model import Config
 from watchd.errors import ConfigError, WatchdError
+from watchd.levels import LOG_LEVELS, syslog_priority
 from watchd.systemd import (
     Notifier,
     configure_logging,
@@ -22,7 +24,6 @@ from watchd.systemd import (
     listen_sockets,
     print_error,
     stderr_is_journal,
-    syslog_priority,
     under_systemd,
 )
 
@@ -31,7 +32,6 @@ SYSLOG_SOCKET = "/dev/log"
 SYSLOG_DAEMON_FACILITY = 3 << 3  # LOG_DAEMON, added to a message's priority
 EX_CONFIG = 78  # sysexits.h: a unit says RestartPreventExitStatus=78 so a bad file is not respawned
 EX_FAILURE = 1
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 log = logging.getLogger("watchd")
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--syslog-socket", metavar="PATH", default=SYSLOG_SOCKET,
                         help="with --daemonize and no --log-file: the syslog daemon's socket "
                              "(default: %(default)s)")
-    parser.add_argument("--log-level", choices=LOG_LEVELS,
+    parser.add_argument("--log-level", choices=tuple(LOG_LEVELS),
                         help="overrides daemon.log_level of the configuration")
     parser.add_argument("--version", action="version", version=f"watchd {__version__}")
     args = parser.parse_args(argv)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+from watchd.inotify.flags import Mask
 
 
 class Kind(enum.StrEnum):
@@ -22,21 +27,12 @@ class Kind(enum.StrEnum):
     MOVE_SELF = "move_self"
 
 
-# The inotify bit behind each kind (the values are fixed by the kernel ABI).
-KIND_BITS: dict[Kind, int] = {
-    Kind.ACCESS: 0x00000001,
-    Kind.MODIFY: 0x00000002,
-    Kind.ATTRIB: 0x00000004,
-    Kind.CLOSE_WRITE: 0x00000008,
-    Kind.CLOSE_NOWRITE: 0x00000010,
-    Kind.OPEN: 0x00000020,
-    Kind.MOVED_FROM: 0x00000040,
-    Kind.MOVED_TO: 0x00000080,
-    Kind.CREATE: 0x00000100,
-    Kind.DELETE: 0x00000200,
-    Kind.DELETE_SELF: 0x00000400,
-    Kind.MOVE_SELF: 0x00000800,
-}
+# The inotify bit behind each kind: the kind's name is the bit's without "IN_".
+KIND_BITS: Final[Mapping[Kind, int]] = MappingProxyType(
+    {kind: int(Mask[f"IN_{kind.name}"]) for kind in Kind}
+)
+# The kinds as a message lists them: "access, modify, ...".
+KIND_LIST: Final = ", ".join(Kind)
 
 # Set in the mask of an event the daemon made up after a loss (watchd.diff), never by the
 # kernel: no event carries 0x08000000 (the watch flags, 0x01000000 and up, are never set in one).
@@ -54,10 +50,3 @@ def kinds_mask(kinds: frozenset[Kind] | set[Kind]) -> int:
         mask |= KIND_BITS[kind]
     return mask
 
-
-def kind_of(mask: int) -> Kind | None:
-    """The kind of one kernel event mask (each kernel event carries exactly one kind bit)."""
-    for kind, bit in KIND_BITS.items():
-        if mask & bit:
-            return kind
-    return None

@@ -30,6 +30,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from watchd.channel import BATCH_MAX
+
 # A subscriber keeps up once it has not been behind for this much flowing time.
 KEEPING_UP_S = 1.0
 # How long the watcher's batches may wait in its own buffer at a time (no longer than a hung
@@ -37,7 +39,7 @@ KEEPING_UP_S = 1.0
 STALL_LIMIT_S = 10.0
 # Room kept in a connection's queue before it counts as near full (see QueueLevels): the
 # most events one batch from the watcher brings.
-QUEUE_HEADROOM = 1024
+QUEUE_HEADROOM = BATCH_MAX
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from watchd.config import WatchConfig
+from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import kinds_mask
 from watchd.index import Dirs, Item, TreeIndex
@@ -72,7 +72,7 @@ class Resyncer:
     cookies: itertools.count[int] = field(default_factory=lambda: itertools.count(FIRST_COOKIE))
     # Scans of a replacement watcher, held until the notice of its restart has gone out (they
     # come before its APPLIED, and nothing of it is published in between).
-    held: list[tuple[str, Dirs, float]] = field(default_factory=list)
+    held: list[tuple[str, Dirs | None, float]] = field(default_factory=list)
 
     def configure(self, watches: Iterable[WatchConfig], changed: Iterable[str]) -> None:
         """Take the watches as configured; `changed`: names whose watch is new or changed.
@@ -145,7 +145,7 @@ class Resyncer:
         """Publish a resync's events, then its notice (when a loss was announced)."""
         now = time.time()
         for start in range(0, len(result.items), BATCH_MAX):
-            broker.publish(name, now, result.items[start : start + BATCH_MAX])
+            broker.publish_reads(name, [(now, result.items[start : start + BATCH_MAX])])
         if result.notice:
             broker.resynced(name, result.changes, result.duration_ms)
 

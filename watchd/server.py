@@ -1,7 +1,8 @@
-"""The asyncio Unix-socket server: framing, peer credentials and flow control per connection.
+"""The asyncio Unix-socket server: peer credentials and flow control per connection.
 
 What to do with a request is the daemon's business (`Handler`); which events a connection gets
-and what it is told when it falls behind is the broker's. This module only moves bytes.
+and what it is told when it falls behind is the broker's; framing requests and giving each
+connection its turn is watchd.requests'. This module only moves bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import ctypes
 import errno
 import grp
-import heapq
 import logging
 import math
 import os
@@ -21,12 +21,23 @@ import socket
 import stat
 import struct
 import time
-from collections import deque
 from typing import Protocol
 
 from watchd import flow, protocol
 from watchd.broker import Broker, Connection, Peer
 from watchd.errors import WatchdError
+from watchd.requests import Requests, TurnBudget
+
+__all__ = [
+    "ClientProtocol",
+    "Handler",
+    "ServerError",
+    "TurnBudget",
+    "bind_socket",
+    "peer_of",
+    "raise_fd_limit",
+    "trusted",
+]
 
 log = logging.getLogger("watchd.server")
 
@@ -34,13 +45,6 @@ log = logging.getLogger("watchd.server")
 # queue in the broker (where they are counted against daemon.client_queue).
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
-# Requests handled per connection and turn of the loop: a read of 256 KiB can hold thousands,
-# and handling them all at once would keep every other client waiting meanwhile.
-REQUESTS_PER_TURN = 4
-# Time spent on requests per turn of the loop over all connections; past it, the others wait
-# for the next turn. Many connections flooding costly requests (a subscribe compiles its
-# patterns) then delay a newcomer by about one request each, not by a few each.
-TURN_BUDGET_S = 0.005
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _GROUPS_BUFLEN = 1024  # the most socket.getsockopt accepts
 NGROUPS_MAX = 65536  # Linux's limit on supplementary groups
@@ -62,7 +66,7 @@ class Handler(Protocol):
 
     def handle_line(self, conn: Connection, line: bytes) -> None: ...
 
-    def congestion_changed(self) -> None: ...
+    def review_hold_back(self) -> None: ...
 
     def flow_time(self) -> float: ...
 
@@ -117,93 +121,22 @@ def trusted(peer: Peer) -> bool:
     return peer.uid in (0, os.geteuid())
 
 
-class TurnBudget:
-    """The time requests took in this turn of the loop over every connection, and the
-    connections waiting for a turn, the one that has used the least time first.
-
-    Each connection accounts the time its requests took (`used`). One that begins to wait
-    starts no lower than the last one served, so a newcomer or one that asks little (a ping)
-    goes before those that flood costly requests, and none waits forever.
-    """
-
-    def __init__(self) -> None:
-        self.started: float | None = None
-        self.clock = 0.0  # `used` of the connection served last
-        self.waiting: list[tuple[float, int, ClientProtocol]] = []  # a heap
-        self.order = 0  # ties go first come, first served
-        self.scheduled = False
-
-    def spent(self) -> bool:
-        return self.started is not None and time.monotonic() - self.started >= TURN_BUDGET_S
-
-    def begin(self) -> None:
-        """A request is about to be handled: the turn's clock starts at its first."""
-        if self.started is None:
-            self.started = time.monotonic()
-            asyncio.get_running_loop().call_soon(self.next_turn)
-
-    def next_turn(self) -> None:
-        self.started = None
-
-    def wait(self, client: ClientProtocol) -> None:
-        """client has requests left: it gets a turn."""
-        if client.waiting:
-            return
-        client.waiting = True
-        client.used = max(client.used, self.clock)
-        self.order += 1
-        heapq.heappush(self.waiting, (client.used, self.order, client))
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.run)
-
-    def run(self) -> None:
-        """A new turn: the waiting connections, least used first, while time is left."""
-        self.scheduled = False
-        self.started = None
-        try:
-            for _ in range(len(self.waiting)):
-                if self.spent() or not self.waiting:
-                    break
-                used, _, client = heapq.heappop(self.waiting)
-                client.waiting = False
-                self.clock = max(self.clock, used)
-                client.work()  # waits again if it still has requests
-        finally:
-            # Even if a request raised: the others must not be left waiting for a turn.
-            if self.waiting and not self.scheduled:
-                self.scheduled = True
-                asyncio.get_running_loop().call_soon(self.run)
-
-
 class ClientProtocol(asyncio.Protocol):
     """One client connection: lines in, bytes out, reading paused while writing is."""
 
     def __init__(self, broker: Broker, handler: Handler, max_line_bytes: int,
                  registry: set[ClientProtocol], budget: TurnBudget | None = None) -> None:
         self.broker = broker
-        self.budget = budget or TurnBudget()
-        self.trusted = False
-        self.used = 0.0  # seconds its requests took (see TurnBudget)
-        self.waiting = False  # in budget.waiting
         self.handler = handler
-        self.framer = protocol.LineFramer(max_line_bytes)
         self.registry = registry
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
+        self.requests = Requests(self, broker, handler, max_line_bytes, budget or TurnBudget())
         self.paused = False
         # When writing to it was last paused: monotonic, and on the flow clock (watchd.flow).
         self.paused_at = -math.inf
         self.paused_at_flow = -math.inf
-        # Bytes read and not yet framed, from `inbox_at` on: handled a few lines per turn, and
-        # kept as the one bytes object they came in (thousands of small lines cost more).
-        # Reading stays paused while any are left.
-        self.inbox = b""
-        self.inbox_at = 0
-        self.pending: deque[bytes] = deque()  # complete lines framed and not yet handled
-        self.too_long: protocol.LineTooLong | None = None
         self.reading = True
-        self.line_timer: asyncio.TimerHandle | None = None  # a started line's deadline
 
     # The broker's Sink -------------------------------------------------------------------------
     def write(self, chunks: list[bytes]) -> None:
@@ -225,132 +158,38 @@ class ClientProtocol(asyncio.Protocol):
             self.transport = None
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        self.trusted = trusted(peer)
+        self.requests.trusted = trusted(peer)
         self.conn = self.broker.connect(self, peer)
         self.registry.add(self)
         self.handler.greet(self.conn)
 
     def data_received(self, data: bytes) -> None:
-        if self.conn is None or self.too_long is not None:
-            return
-        if self.inbox_at < len(self.inbox):
-            data = self.inbox[self.inbox_at:] + data  # only after a pause: rare
-        self.inbox, self.inbox_at = data, 0
-        if self.waiting:
-            return  # its turn comes
-        if self.budget.waiting and not self.trusted:
-            self.budget.wait(self)  # others were first
-            self.update_reading()
-        else:
-            self.work()
-
-    def frame_some(self) -> None:
-        """Frame the next few lines of the inbox into `pending`."""
-        inbox = self.inbox
-        start = self.inbox_at
-        end = start
-        for _ in range(REQUESTS_PER_TURN):
-            found = inbox.find(b"\n", end)
-            if found < 0:
-                end = len(inbox)
-                break
-            end = found + 1
-        self.inbox_at = end
-        if end == len(inbox):
-            self.inbox, self.inbox_at = b"", 0
-        try:
-            lines = self.framer.feed(inbox[start:end])
-            if lines and self.line_timer is not None:
-                self.line_timer.cancel()  # that line is done; a new one gets its own deadline
-                self.line_timer = None
-            self.pending.extend(lines)
-        except protocol.LineTooLong as e:
-            self.pending.extend(e.lines)
-            self.too_long = e
-            self.inbox, self.inbox_at = b"", 0
-
-    def work(self) -> None:
-        """Handle a few pending requests; the rest wait for a later turn of the loop, and
-        for the client to read its replies (they count against the same bounds as events)."""
-        conn = self.conn
-        if conn is None:
-            return
-        pending = self.pending
-        handled = 0
-        budget = self.budget
-        while handled < REQUESTS_PER_TURN and self.writable():
-            if not self.trusted and budget.spent():
-                break
-            if not pending:
-                if not self.inbox:
-                    break
-                self.frame_some()
-                continue
-            line = pending.popleft()
-            handled += 1  # blank lines too: a read of nothing but newlines is no free pass
-            if line.strip():
-                budget.begin()
-                start = time.monotonic()
-                self.handler.handle_line(conn, line)
-                self.used += time.monotonic() - start
-        more = bool(pending or self.inbox)
-        if not more and self.too_long is not None:
-            self.broker.reply(conn, self.too_long.reply())
-            self.close()
-            return
-        if more and self.writable():
-            self.budget.wait(self)
-        self.update_reading()
+        if self.conn is not None:
+            self.requests.receive(data)
 
     def update_reading(self) -> None:
         """Read while requests are handled as they come and replies are taken."""
-        want = not self.paused and not self.pending and not self.inbox and self.too_long is None
+        want = not self.paused and self.requests.idle
         if self.transport is not None and want != self.reading:
             self.reading = want
             if want:
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
-        self.update_deadline()
-
-    def update_deadline(self) -> None:
-        """A line started and not finished while we read has request_timeout to be finished
-        (while we do not read, the rest may be waiting on our side)."""
-        started = self.reading and self.framer.buffered > 0 and self.transport is not None
-        if started and self.line_timer is None:
-            self.line_timer = asyncio.get_running_loop().call_later(
-                self.handler.request_timeout(), self.line_timed_out)
-        elif not started and self.line_timer is not None:
-            self.line_timer.cancel()
-            self.line_timer = None
-
-    def line_timed_out(self) -> None:
-        self.line_timer = None
-        if self.conn is None:
-            return
-        timeout = self.handler.request_timeout()
-        self.broker.reply(self.conn, protocol.error(
-            protocol.ErrorCode.REQUEST_TIMEOUT,
-            f"a request line was started and not finished within {timeout:g} s "
-            "(daemon.request_timeout); closing the connection"))
-        self.too_long = None
-        self.inbox, self.pending = b"", deque()
-        self.close()
+        self.requests.update_deadline(self.reading and self.transport is not None)
 
     def eof_received(self) -> bool | None:
         return False  # close our side too: a client that is done writing is done
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A closed connection left in budget.waiting does nothing when its turn comes.
-        if self.line_timer is not None:
-            self.line_timer.cancel()
-            self.line_timer = None
+        self.requests.cancel_deadline()
         if self.conn is not None:
             self.broker.disconnect(self.conn)
             self.conn = None
         self.transport = None
         self.registry.discard(self)
-        self.handler.congestion_changed()
+        self.handler.review_hold_back()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -358,15 +197,15 @@ class ClientProtocol(asyncio.Protocol):
         self.paused_at_flow = self.handler.flow_time()
         # A client that does not read must not make us buffer its replies without bound.
         self.update_reading()
-        self.handler.congestion_changed()
+        self.handler.review_hold_back()
 
     def resume_writing(self) -> None:
         self.paused = False
         if self.conn is not None:
             self.broker.resume(self.conn)
         if not self.paused:
-            self.work()  # the requests that waited for it, then reading again
-        self.handler.congestion_changed()
+            self.requests.work()  # the requests that waited for it, then reading again
+        self.handler.review_hold_back()
 
     def view(self) -> flow.View:
         """The connection as the hold-back rule sees it."""

@@ -1,4 +1,9 @@
-"""Starting, talking to and replacing the watcher process, from the daemon's event loop."""
+"""Starting, talking to and replacing the watcher process, from the daemon's event loop.
+
+`WatcherProcess` is one running child and its channel; `Supervisor` keeps one running, replaces
+it when it dies or hangs, and decides (`RestartPolicy`) how long to wait before each start and
+when the subscribers are told to rescan.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +18,22 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from watchd import __version__, channel, childlog
 from watchd.systemd import child_environment
 
 log = logging.getLogger("watchd.supervisor")
+# Replacing the watcher is the service's own news: logged as the daemon, where operators look.
+daemon_log = logging.getLogger("watchd")
 
 # Delays before each further restart while the watcher keeps dying young. A watcher that ran
 # for STABLE_AFTER_S resets the count: one crash a day must not be treated like a crash loop.
 BACKOFF_S = (0.0, 0.25, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_AFTER_S = 30.0
 STOP_GRACE_S = 3.0
+HEARTBEAT_FRESH_S = 3.0  # a watcher silent for longer stops the systemd watchdog pings
 RECV_SIZE = 64 * 1024
 
 
@@ -32,10 +41,12 @@ class WatcherProcess:
     """One running watcher child: its process, its channel and its exit notification."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log_level: str,
-                 on_message: Callable[[tuple[Any, ...]], None],
+                 on_events: Callable[[str, list[channel.Read]], None],
+                 on_message: Callable[[channel.FromWatcher], None],
                  on_exit: Callable[[WatcherProcess], None]) -> None:
         self.loop = loop
-        self.on_message = on_message
+        self.on_events = on_events  # an Events message, as its fields (see _dispatch)
+        self.on_message = on_message  # every other message
         self.on_exit = on_exit
         self.started = time.monotonic()
         self.last_heard = self.started
@@ -104,7 +115,7 @@ class WatcherProcess:
             if self.backlog:
                 self.loop.call_soon(self._dispatch)
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: channel.ToWatcher) -> None:
         """Send a control message, never blocking the loop on a child that does not read.
 
         Lost silently if the child is already gone: it is replaced, and its successor gets the
@@ -140,7 +151,15 @@ class WatcherProcess:
         """Hand on read messages, stopping as soon as the daemon pauses us (between messages)."""
         backlog = self.backlog
         while backlog and (all_of_it or not self.reading_paused):
-            self.on_message(channel.next_message(backlog, self.merge_max))
+            raw = channel.next_message(backlog, self.merge_max)
+            if channel.is_events(raw):
+                # Handed on as its fields: building the record would cost more than the rest of
+                # the dispatch, for a message that may hold a single event.
+                self.on_events(raw[1], raw[2])
+                continue
+            message = channel.from_watcher(raw)
+            if message is not None:  # (a tag of no version of ours: nothing to act on)
+                self.on_message(message)
 
     def _drain(self, *, all_of_it: bool = False) -> None:
         """Read and hand on what the child sent: one read per call, unless all_of_it.
@@ -225,7 +244,7 @@ class WatcherProcess:
         """Ask the child to exit, and kill it if it does not within STOP_GRACE_S."""
         if self.exited:
             return
-        self.send((channel.STOP,))
+        self.send(channel.Stop())
         try:
             await asyncio.wait_for(self._exit_event.wait(), STOP_GRACE_S)
         except TimeoutError:
@@ -233,3 +252,155 @@ class WatcherProcess:
                         self.pid, STOP_GRACE_S)
             self.kill()
             await self._exit_event.wait()
+
+
+# RestartPolicy.notice_at while no replacement has been given its configuration yet: no
+# APPLIED (of a dead watcher, drained before its exit is handled) reaches it.
+NOT_YET_SENT = sys.maxsize
+
+
+@dataclass(slots=True)
+class RestartPolicy:
+    """How long to wait before each start of a watcher, and when the restart is announced."""
+
+    restarts: int = 0
+    crashes_in_a_row: int = 0
+    # A watcher died and its subscribers are owed the watcher_restart notice, due at the APPLIED
+    # of this generation or a later one (see applied); None: nothing owed.
+    notice_at: int | None = None
+
+    def delay(self) -> float:
+        """Seconds before the next start."""
+        return BACKOFF_S[min(self.crashes_in_a_row, len(BACKOFF_S) - 1)]
+
+    def died(self, lived_s: float) -> float:
+        """A watcher exited after `lived_s`; returns the delay before its successor starts."""
+        self.crashes_in_a_row = 0 if lived_s >= STABLE_AFTER_S else self.crashes_in_a_row + 1
+        self.restarts += 1
+        # Everything the old watcher saw has been published; what happens from now until its
+        # successor's watches exist is lost. The notice is owed until then: sent now, it would
+        # invite a rescan that the blind window can still make incomplete. Several deaths
+        # before one replacement is established owe one notice.
+        self.notice_at = NOT_YET_SENT
+        return self.delay()
+
+    def failed_to_start(self) -> float:
+        """A watcher could not be started; returns the delay before the next try."""
+        self.crashes_in_a_row += 1  # back off: this rarely cures itself at once
+        return self.delay()
+
+    def configured(self, generation: int) -> None:
+        """A replacement was sent its configuration: an owed notice is due at its APPLIED."""
+        if self.notice_at is not None:
+            self.notice_at = generation
+
+    def applied(self, generation: int) -> bool:
+        """The watcher applied `generation`; True when the owed notice is to go out now.
+
+        From that APPLIED on, every watch is established (or pending on a missing root): a
+        client that rescans on the notice and then applies the events that follow misses
+        nothing.
+        """
+        due = self.notice_at is not None and generation >= self.notice_at
+        if due:
+            self.notice_at = None
+        return due
+
+
+# Starts a watcher whose exit is to be reported to the given callback.
+Spawn = Callable[[Callable[[WatcherProcess], None]], WatcherProcess]
+
+
+class Supervisor:
+    """Keeps one watcher running: starts it, kills it when it hangs, replaces it when it dies.
+
+    `on_exit` runs when the current watcher is gone; `on_replaced` when a replacement has been
+    started, and sends it the configuration (returning that configuration's generation).
+    """
+
+    def __init__(self, spawn: Spawn, stopping: asyncio.Event, *, on_exit: Callable[[], None],
+                 on_replaced: Callable[[], int]) -> None:
+        self.spawn = spawn
+        self.stopping = stopping
+        self.on_exit = on_exit
+        self.on_replaced = on_replaced
+        self.policy = RestartPolicy()
+        self.watcher: WatcherProcess | None = None
+        self.restart_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def restarting(self) -> bool:
+        """No watcher runs, and one is to be started."""
+        return self.watcher is None and not self.stopping.is_set()
+
+    def start(self) -> None:
+        """Start a watcher now; when that fails, try again after a backoff."""
+        self.restart_handle = None
+        if self.stopping.is_set():
+            return
+        try:
+            self.watcher = self.spawn(self.exited)
+        except OSError as e:
+            daemon_log.error("cannot start the watcher process: %s; retrying", e)
+            self.schedule_restart(self.policy.failed_to_start())
+            return
+        daemon_log.debug("watcher process %d started", self.watcher.pid)
+
+    def exited(self, watcher: WatcherProcess) -> None:
+        """A watcher's process is gone (what it sent before has been handed on)."""
+        if watcher is not self.watcher:
+            return
+        self.watcher = None
+        self.on_exit()
+        if self.stopping.is_set():
+            return
+        delay = self.policy.died(time.monotonic() - watcher.started)
+        daemon_log.error("watcher process %d %s; replacing it (restart %d)",
+                  watcher.pid, watcher.describe_exit(), self.policy.restarts)
+        self.schedule_restart(delay)
+
+    def schedule_restart(self, delay: float) -> None:
+        if delay:
+            daemon_log.warning("watcher crashed %d times in a row; next start in %.1f s",
+                        self.policy.crashes_in_a_row, delay)
+        self.restart_handle = asyncio.get_running_loop().call_later(delay, self.restart)
+
+    def restart(self) -> None:
+        """Start a replacement and give it the current configuration under a new generation.
+
+        Its APPLIED also answers whoever waits on an older one, and is when the owed notice
+        goes out. (A watcher that failed to start leaves the notice owed to the next one's.)
+        """
+        self.start()
+        generation = self.on_replaced()
+        if self.watcher is not None:
+            self.policy.configured(generation)
+
+    def applied(self, generation: int) -> bool:
+        """The watcher applied a configuration; True when its subscribers are to be told now
+        that it was restarted (watcher_restart)."""
+        if not self.policy.applied(generation):
+            return False
+        daemon_log.info("the new watcher's watches are established; subscribers are told to rescan")
+        return True
+
+    def check(self, timeout: float) -> bool:
+        """Kill a watcher that sent nothing for `timeout`; True while one runs and was heard
+        from lately (HEARTBEAT_FRESH_S)."""
+        watcher = self.watcher
+        if watcher is None or watcher.exited:
+            return False
+        silent = 0.0 if watcher.reading_paused else time.monotonic() - watcher.last_heard
+        if silent > timeout:
+            daemon_log.error("watcher process %d sent nothing for %.1f s (daemon.watcher_timeout); "
+                      "killing it", watcher.pid, silent)
+            watcher.kill()
+            return False
+        return silent < HEARTBEAT_FRESH_S
+
+    async def stop(self) -> None:
+        """Start no other watcher, and stop the one running."""
+        if self.restart_handle is not None:
+            self.restart_handle.cancel()
+        if self.watcher is not None:
+            await self.watcher.stop()

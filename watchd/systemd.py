@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from sdnotify import SystemdNotifier
 
 from watchd.errors import WatchdError
+from watchd.levels import LOG_LEVELS, syslog_priority
 
 LOGGER_NAME = "watchd"
 
@@ -37,24 +38,10 @@ SYSTEMD_ONLY_VARIABLES = (
     "LISTEN_FDNAMES",
 )
 
-# Syslog priorities understood by the journal as a "<N>" line prefix (sd-daemon(3)).
-_PRIORITIES = (
-    (logging.CRITICAL, 2),
-    (logging.ERROR, 3),
-    (logging.WARNING, 4),
-    (logging.INFO, 6),
-)
-_DEBUG_PRIORITY = 7
-ERROR_PRIORITY = 3
+# The "<N>" prefix of an error line on the journal's stderr stream.
+ERROR_PRIORITY = syslog_priority(logging.ERROR)
 # journald's socket for stdout/stderr streams (what systemd connects a unit's stderr to).
 JOURNAL_STDOUT_SOCKET = "/run/systemd/journal/stdout"
-
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
 
 
 def _log() -> logging.Logger:
@@ -254,9 +241,13 @@ class Notifier:
         """Tell systemd's watchdog the daemon is alive."""
         self.send("WATCHDOG=1")
 
-    def extend_timeout(self, usec: int) -> None:
-        """Ask for `usec` more microseconds before systemd gives up on the current phase."""
-        self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(usec))}")
+    def extend_timeout(self, usec: int, status: str | None = None) -> bool:
+        """Ask for `usec` more microseconds before systemd gives up on the current phase.
+
+        With `status`, in the same datagram: what is taking so long. Periodic, so dropped when
+        systemd is not reading (the next one replaces it); True when it went out.
+        """
+        return self.send(f"EXTEND_TIMEOUT_USEC={max(0, int(usec))}", *_status_field(status))
 
 
 def _key(datagram: bytes) -> str:
@@ -389,7 +380,7 @@ def print_error(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def journal_stream(identifier: str, priority: int = 3) -> socket.socket | None:
+def journal_stream(identifier: str, priority: int = ERROR_PRIORITY) -> socket.socket | None:
     """A new stream into the journal whose every line is logged at `priority`; None on failure.
 
     What sd_journal_stream_fd(3) opens: a connection to journald's stdout socket, introduced
@@ -408,14 +399,6 @@ def journal_stream(identifier: str, priority: int = 3) -> socket.socket | None:
         sock.close()
         return None
     return sock
-
-
-def syslog_priority(levelno: int) -> int:
-    """The syslog priority of a logging level."""
-    for threshold, priority in _PRIORITIES:
-        if levelno >= threshold:
-            return priority
-    return _DEBUG_PRIORITY
 
 
 class _LineFormatter(logging.Formatter):
@@ -440,9 +423,9 @@ class _LineFormatter(logging.Formatter):
 def log_level(name: str) -> int:
     """The logging level of a configured level name (debug, info, warning, error)."""
     try:
-        return _LEVELS[name.strip().lower()]
+        return LOG_LEVELS[name.strip().lower()]
     except KeyError as e:
-        raise WatchdError(f"unknown log level {name!r}: use one of {', '.join(_LEVELS)}") from e
+        raise WatchdError(f"unknown log level {name!r}: use one of {', '.join(LOG_LEVELS)}") from e
 
 
 def configure_logging(

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 from watchd import __version__
 from watchd.client import DEFAULT_SOCKET, SOCKET_ENV, Client, ClientError, ServerError
-from watchd.events import Kind
+from watchd.events import KIND_LIST, Kind
 from watchd.protocol import encode
 
 EXIT_OK = 0
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND",
         action="append",
         choices=[kind.value for kind in Kind],
-        help="only this kind of event (repeatable): " + ", ".join(kind.value for kind in Kind),
+        help="only this kind of event (repeatable): " + KIND_LIST,
     )
     sub.add_argument(
         "--path", metavar="PATH", action="append", help="only events at or below PATH (repeatable)"

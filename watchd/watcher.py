@@ -4,15 +4,17 @@ It runs as a child of the daemon (`python -m watchd.watcher --fd N`), started wi
 than fork so that it never inherits the daemon's threads, locks or event loop. It reads the
 kernel queues as fast as it can into its own bounded outgoing buffer, independently of how fast
 the daemon takes batches, so a busy daemon does not make the kernel overflow.
+
+Here: the loop, the watches' lifecycle and the event path (read, filter, frame). Beside it:
+`watcher_channel` (its end of the channel, the bounded outgoing buffer) and `watcher_watch`
+(one watch's state: back-off after a failure, when a limit is retried, what it reports).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import faulthandler
 import gc
-import itertools
 import logging
 import operator
 import os
@@ -22,11 +24,10 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from watchd import __version__, channel
+from watchd.channel import Spec
 from watchd.globs import glob_predicate
 from watchd.index import scan
 from watchd.inotify import (
@@ -36,18 +37,16 @@ from watchd.inotify import (
     PathNotFoundError,
     WatchLimitError,
 )
-from watchd.inotify.errors import DirectoryBudgetError
 from watchd.inotify.tree import Tree, TreeEvent
+from watchd.levels import DEFAULT_LOG_LEVEL
+from watchd.protocol import LostReason
+from watchd.watcher_channel import ChannelEnd
+from watchd.watcher_watch import Watch, name_filter
 
 log = logging.getLogger("watchd.watcher")
 
 HEARTBEAT_S = 1.0  # how often the daemon hears from us when nothing else happens
 PENDING_POLL_S = 1.0  # how often a pending root is looked for again
-LIMIT_RETRY_S = 10.0  # how often a tree stopped by the kernel's watch limit tries again
-BUDGET_RETRY_S = 2.0  # at most this often, a tree stopped by its own budget is rescanned
-# Bytes of batches held for a daemon that does not read (~2M events); past it, overflow.
-OUTBUF_LIMIT = 128 << 20
-SEND_FRAMES = 64  # buffers per sendmsg (far below IOV_MAX)
 # How far below the daemon's nice value we run, where allowed. The kernel queue is the one
 # place where events are lost for good; every stage after it buffers. So when the CPUs are
 # contended (a burst: the writer, we, the daemon and its clients), we must be scheduled first.
@@ -55,165 +54,45 @@ NICE_BOOST = 10
 # After a read of fewer events than this, pause this long before looking again (see run).
 COALESCE_BELOW = 64
 COALESCE_S = 0.0001
-# What the daemon needs of a TreeEvent: (mask, cookie, path, src_path), as a plain tuple
-# (marshal takes no NamedTuple).
+# What the daemon needs of a TreeEvent, as a channel.Item (a plain tuple: marshal takes no
+# NamedTuple).
 _ITEM = operator.itemgetter(0, 1, 2, 3)
-
-# A watch as the daemon sends it: (name, path, recursive, mask, include, exclude, real_path).
-# Events are reported under path; real_path (path with its links resolved when the
-# configuration was loaded) is what is opened, following no symbolic link.
-Spec = tuple[str, str, bool, int, tuple[str, ...], tuple[str, ...], str]
-# After a watch failed unexpectedly, it is tried again after this long, doubled at each failure
-# in a row up to the maximum, so that one broken watch cannot keep the watcher busy.
-RETRY_FIRST_S = 1.0
-RETRY_MAX_S = 60.0
-
-
-def _name_filter(include: tuple[str, ...],
-                 exclude: tuple[str, ...]) -> Callable[[str], bool] | None:
-    """A predicate on a base name: True when the name is reported; None when all are."""
-    if not include and not exclude:
-        return None
-    inc = glob_predicate(include)
-    exc = glob_predicate(exclude)
-
-    def wanted(name: str) -> bool:
-        if exc is not None and exc(name):
-            return False
-        return inc is None or inc(name)
-
-    return wanted
-
-
-@dataclass(slots=True)
-class Watch:
-    """One configured watch inside the watcher: its spec, and its tree while active."""
-
-    spec: Spec
-    ino: InotifyFd | None = None
-    tree: Tree | None = None
-    wanted: Callable[[str], bool] | None = None
-    problem: str | None = None  # why it is pending, logged once per distinct problem
-    was_active: bool = False
-    failures: int = 0  # unexpected errors in a row (see fail)
-    lost_events: bool = False  # it failed while active: events were lost since
-    retry_at: float = 0.0  # monotonic time before which a failed watch is not tried again
-    limit_retry_at: float = 0.0  # monotonic; see Watcher.retry_limited
-
-    @property
-    def name(self) -> str:
-        return self.spec[0]
-
-    @property
-    def path(self) -> str:
-        return self.spec[1]
-
-    @property
-    def real_path(self) -> str:
-        return self.spec[6]
 
 
 class Watcher:
-    """The child's whole state: the watches, the epoll set and the outgoing buffer."""
+    """The child's whole state: the watches, the epoll set and its end of the channel."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        sock.setblocking(False)
         self.epoll = select.epoll()
-        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.channel = ChannelEnd(sock, self.epoll)
         self.watches: dict[str, Watch] = {}
         self.by_fd: dict[int, Watch] = {}
-        self.out: deque[bytes] = deque()  # frames not yet written, whole
-        self.out_offset = 0  # bytes of out[0] already written
-        self.out_bytes = 0
-        self.out_registered = False
-        self.dropping: set[str] = set()  # watches whose batches our full buffer is discarding
-        self.reader = channel.FrameReader()
-        self.running = True
+        self.running = True  # until the daemon says stop; see also channel.open
         self.next_heartbeat = 0.0
         self.next_pending_poll = 0.0
         self.budgets: dict[str, int | None] = {}  # watch name -> max_directories
-        self.resync_on: frozenset[str] = frozenset()  # watches the daemon keeps an index of
+        self.channel.rescan = self.rescan
 
-    # -- the channel -------------------------------------------------------------------------
-
-    def send(self, message: tuple[object, ...]) -> None:
+    def send(self, message: channel.FromWatcher) -> None:
         """Queue a message for the daemon and push what the socket takes now."""
-        data = channel.frame(message)
-        if message[0] == channel.EVENTS:
-            name = str(message[1])
-            if self.out_bytes + len(data) > OUTBUF_LIMIT:
-                # The daemon has stopped reading. Losing events is allowed only when announced,
-                # once per episode and per watch, at the point where the loss begins.
-                if name not in self.dropping:
-                    self.dropping.add(name)
-                    self.send((channel.OVERFLOW, name, name in self.resync_on))
-                return
-            if name in self.dropping:
-                self.dropping.discard(name)
-                self.rescan(name)  # what was dropped is in it; these events follow it
-        self.out.append(data)
-        self.out_bytes += len(data)
-        self.flush()
-
-    def flush(self) -> None:
-        """Write queued frames until the socket is full.
-
-        Frames stay whole objects in a deque, written with one sendmsg of many buffers: a
-        backlog of megabytes (the daemon paused reading) drains in linear time, where slicing
-        one big buffer from the front would copy the rest at every write.
-        """
-        out = self.out
-        while out:
-            if self.out_offset:
-                out[0] = out[0][self.out_offset :]
-                self.out_offset = 0
-            try:
-                sent = self.sock.sendmsg(list(itertools.islice(out, SEND_FRAMES)))
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno in (errno.EPIPE, errno.ECONNRESET):
-                    self.running = False  # the daemon is gone; nothing left to serve
-                    return
-                raise
-            self.out_bytes -= sent
-            while sent and sent >= len(out[0]):
-                sent -= len(out.popleft())
-            self.out_offset = sent
-        want_out = bool(out)
-        if want_out != self.out_registered:
-            events = select.EPOLLIN | (select.EPOLLOUT if want_out else 0)
-            self.epoll.modify(self.sock.fileno(), events)
-            self.out_registered = want_out
+        self.channel.send(message)
 
     def on_channel(self) -> None:
-        try:
-            data = self.sock.recv(1 << 16)
-        except BlockingIOError:
-            return
-        except ConnectionResetError:
-            data = b""  # the daemon was killed: as final as its orderly close, and no error of ours
-        if not data:
-            self.running = False
-            return
-        for message in self.reader.feed(data):
-            tag = message[0]
-            if tag == channel.CONFIG:
-                self.budgets = message[3] if len(message) > 3 else {}
-                before, self.resync_on = self.resync_on, frozenset(
-                    message[4] if len(message) > 4 else ())
-                self.apply(message[2], self.resync_on - before)
+        for message in self.channel.receive():
+            if isinstance(message, channel.Configure):
+                self.budgets = message.budgets
+                before, self.channel.resync_on = self.channel.resync_on, frozenset(message.resync)
+                self.apply(message.specs, self.channel.resync_on - before)
                 self.heartbeat()  # fresh states first, so the daemon's view is current at APPLIED
-                self.send((channel.APPLIED, message[1]))
-            elif tag == channel.STOP:
+                self.send(channel.Applied(message.generation))
+            elif isinstance(message, channel.Stop):
                 self.running = False
 
     # -- configuration -------------------------------------------------------------------------
 
-    def apply(self, specs: list[Spec], newly_resynced: frozenset[str] = frozenset()) -> None:
+    def apply(self, specs: Iterable[Spec], newly_resynced: frozenset[str] = frozenset()) -> None:
         """Make the set of watches equal to specs, touching only what changed."""
-        wanted: dict[str, Spec] = {spec[0]: tuple(spec) for spec in specs}  # type: ignore[misc]
+        wanted = {spec.name: spec for spec in specs}
         for name in [n for n in self.watches if n not in wanted]:
             self.deactivate(self.watches.pop(name))
         to_scan: list[str] = []  # established anew, or newly indexed: the daemon needs a scan
@@ -244,19 +123,21 @@ class Watcher:
 
     def activate(self, watch: Watch, *, announce: bool) -> None:
         """Try to establish a watch; on a missing root it stays pending."""
-        name, path, recursive, mask, include, exclude, real_path = watch.spec
+        spec = watch.spec
+        name, path, include, exclude = spec.name, spec.path, spec.include, spec.exclude
         try:
             ino = InotifyFd()
         except InotifyError as e:
             self.pending(watch, str(e))
             return
         restoring = announce or (watch.was_active and not watch.lost_events)
-        resync = name in self.resync_on
+        resync = name in self.channel.resync_on
         tree: Tree | None = None
         try:
-            tree = Tree(ino, path, mask, recursive=recursive, prune=glob_predicate(exclude),
-                        synthetic=True, progress=lambda n: self.send((channel.PROGRESS, name, n)),
-                        real_root=real_path, real_fs_only=True,
+            tree = Tree(ino, path, spec.mask, recursive=spec.recursive,
+                        prune=glob_predicate(exclude), synthetic=True,
+                        progress=lambda n: self.send(channel.Progress(name, n)),
+                        real_root=spec.real_path, real_fs_only=True,
                         max_directories=self.budgets.get(name))
             existing = tree.start(report=restoring and not resync)
         except PathNotFoundError:
@@ -275,7 +156,7 @@ class Watcher:
             self.fail(watch, e)
             return
         watch.ino, watch.tree = ino, tree
-        watch.wanted = _name_filter(include, exclude)
+        watch.wanted = name_filter(include, exclude)
         watch.problem = None
         self.by_fd[ino.fileno()] = watch
         self.epoll.register(ino.fileno(), select.EPOLLIN)
@@ -286,11 +167,11 @@ class Watcher:
             # that its watches are in place again, so that their rescan misses nothing.
             watch.lost_events = False
             scanned = self.scan(watch) if resync else None
-            self.send((channel.OVERFLOW, name, scanned is not None))
+            self.send(channel.Overflow(name, scanned is not None))
             if scanned is not None:
-                self.send((channel.SCAN, name, *scanned))
+                self.send(channel.Scan(name, *scanned))
         elif restoring:
-            self.send((channel.RESTORED, name, path))
+            self.send(channel.Restored(name, path))
             if resync:
                 self.rescan(name)  # the differences from what the daemon knew, not everything
             else:
@@ -300,12 +181,8 @@ class Watcher:
 
     def fail(self, watch: Watch, error: Exception) -> None:
         """An unexpected error in one watch: drop its tree and try again later, with backoff."""
-        watch.lost_events = watch.lost_events or watch.ino is not None
+        watch.failed(error, time.monotonic())
         self.deactivate(watch)
-        watch.failures += 1
-        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (watch.failures - 1))
-        watch.retry_at = time.monotonic() + delay
-        watch.problem = f"failed ({type(error).__name__}: {error}); retrying in {delay:.0f} s"
         log.warning("watch %s: %s", watch.name, watch.problem)
 
     def pending(self, watch: Watch, problem: str | None) -> None:
@@ -358,49 +235,49 @@ class Watcher:
             # The notice goes where the loss is: after what came before it, before the rest.
             cut = next(i for i, ev in enumerate(events) if ev.mask & IN_Q_OVERFLOW)
             self.send_items(watch, events[:cut], now)
-            if watch.name in self.resync_on and tree.lost is None:
+            if watch.name in self.channel.resync_on and tree.lost is None:
                 # The notice at once (the daemon tells subscribers while we scan); watches
                 # first, then the scan: what changes from now on is in the queue too. A scan
                 # that fails is sent as None: the daemon then tells subscribers to rescan.
-                self.send((channel.OVERFLOW, watch.name, True))
+                self.send(channel.Overflow(watch.name, resync=True))
                 tree.resync()
                 scanned = self.scan(watch)
-                self.send((channel.SCAN, watch.name, *(scanned or (None, 0.0))))
+                self.send(channel.Scan(watch.name, *(scanned or (None, 0.0))))
             else:
-                self.send((channel.OVERFLOW, watch.name, False))
+                self.send(channel.Overflow(watch.name))
                 self.send_items(watch, tree.resync(), now)
             self.send_items(watch, events[cut + 1 :], now)
         else:
             self.send_items(watch, events, now)
         if tree.lost is not None:
-            reason = "unmounted" if tree.lost == "unmounted" else "deleted"
+            reason = LostReason.UNMOUNTED if tree.lost == "unmounted" else LostReason.DELETED
             self.deactivate(watch)
-            self.send((channel.LOST, watch.name, watch.path, reason))
+            self.send(channel.Lost(watch.name, watch.path, reason))
         return len(raw)
 
     def scan(self, watch: Watch) -> tuple[dict[str, dict[str, int]], float] | None:
         """The tree of an established watch as watchd.index records it, and the seconds it
         took; None when its root cannot be read."""
-        name, path, recursive, _mask, _include, exclude, real_path = watch.spec
+        spec = watch.spec
         if watch.tree is None or watch.tree.lost is not None:
             return None
         started = time.monotonic()
         try:
-            dirs = scan(path, real_path, recursive=recursive, wanted=watch.wanted,
-                        prune=glob_predicate(exclude))
+            dirs = scan(spec.path, spec.real_path, recursive=spec.recursive,
+                        wanted=watch.wanted, prune=glob_predicate(spec.exclude))
         except OSError as e:
-            log.warning("watch %s: cannot scan %s: %s", name, path, e)
+            log.warning("watch %s: cannot scan %s: %s", spec.name, spec.path, e)
             return None
         return dirs, time.monotonic() - started
 
     def rescan(self, name: str) -> None:
         """Send the daemon a scan of a watch that has an index (see watchd.resync)."""
         watch = self.watches.get(name)
-        if watch is None or name not in self.resync_on:
+        if watch is None or name not in self.channel.resync_on:
             return
         scanned = self.scan(watch)
         if scanned is not None:
-            self.send((channel.SCAN, name, *scanned))
+            self.send(channel.Scan(name, *scanned))
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
         """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches."""
@@ -410,35 +287,20 @@ class Watcher:
         else:
             items = [_ITEM(ev) for ev in events if wanted(ev.path.rpartition("/")[2])]
         name = watch.name
+        send_events = self.channel.send_events
         step = channel.BATCH_MAX
         for start in range(0, len(items), step):
-            self.send((channel.EVENTS, name, [(now, items[start : start + step])]))
+            send_events(name, [(now, items[start : start + step])])
 
     def retry_limited(self, now: float) -> None:
-        """Watch what a limit left unwatched again, once watches may have been freed.
-
-        Past its own budget, a tree is rescanned once it holds fewer watches (deletions,
-        IN_IGNORED), at most every BUDGET_RETRY_S; past the kernel's limit, which other
-        watches and programs share, every LIMIT_RETRY_S. The rescan reports what it finds in
-        the newly watched directories as creates, like the one after a kernel queue overflow.
+        """Watch what a limit left unwatched again, once watches may have been freed (see
+        Watch.limit_retry_due). The rescan reports what it finds in the newly watched
+        directories as creates, like the one after a kernel queue overflow.
         """
         for watch in self.watches.values():
             tree = watch.tree
-            if tree is None or tree.limit_error is None:
+            if tree is None or not watch.limit_retry_due(now):
                 continue
-            if isinstance(tree.limit_error, DirectoryBudgetError):
-                budget = tree.max_directories
-                if budget is not None and tree.directories >= budget:
-                    continue
-                # Freed watches are looked for at once, but a rescan of the whole tree at
-                # most every BUDGET_RETRY_S: one rmdir a second must not cost a walk each.
-                if now < watch.limit_retry_at:
-                    continue
-                watch.limit_retry_at = now + BUDGET_RETRY_S
-            elif now < watch.limit_retry_at:
-                continue
-            else:
-                watch.limit_retry_at = now + LIMIT_RETRY_S
             try:
                 self.send_items(watch, tree.resync(), time.time())
             except Exception as e:
@@ -447,29 +309,15 @@ class Watcher:
                 self.fail(watch, e)
 
     def heartbeat(self) -> None:
-        states: dict[str, tuple[str, int, int, str | None, str | None]] = {}
-        for name, watch in self.watches.items():
-            tree = watch.tree
-            if tree is None:
-                states[name] = ("pending", 0, 0, watch.problem, None)
-            elif tree.limit_error is not None or tree.unreadable:
-                # Only a watch limit is announced to subscribers (watch_degraded).
-                limit = (None if tree.limit_error is None
-                         else "max_directories" if isinstance(tree.limit_error,
-                                                              DirectoryBudgetError)
-                         else "max_user_watches")
-                states[name] = ("degraded", tree.directories, tree.unwatched + tree.unreadable,
-                                degraded_problem(tree), limit)
-            else:
-                states[name] = ("active", tree.directories, 0, None, None)
-        self.send((channel.HEARTBEAT, states))
+        self.send(channel.Heartbeat({name: w.report() for name, w in self.watches.items()}))
 
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.send((channel.HELLO, os.getpid()))
-        sock_fd = self.sock.fileno()
-        while self.running:
+        self.send(channel.Hello(os.getpid()))
+        out = self.channel
+        sock_fd = out.fd
+        while self.running and out.open:
             now = time.monotonic()
             if now >= self.next_heartbeat:
                 self.retry_limited(now)
@@ -483,7 +331,7 @@ class Watcher:
             for fd, mask in self.epoll.poll(timeout):
                 if fd == sock_fd:
                     if mask & select.EPOLLOUT:
-                        self.flush()
+                        out.flush()
                     if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                         self.on_channel()
                 else:
@@ -498,20 +346,6 @@ class Watcher:
                 time.sleep(COALESCE_S)
         for watch in self.watches.values():
             self.deactivate(watch)
-
-
-def degraded_problem(tree: Tree) -> str:
-    """Why some directories of a tree are not watched, for status and the log."""
-    parts = []
-    if tree.limit_error is not None:
-        parts.append(str(tree.limit_error))
-    if tree.unreadable:
-        prefix, reason = next(iter(tree.failed.items()), ("", "?"))
-        example = f" (first: {prefix[:-1] or '/'}: {reason})" if prefix else ""
-        many = tree.unreadable > 1
-        parts.append(f"{tree.unreadable} {'directories' if many else 'directory'} could not be "
-                     f"read{example}; what is below {'them' if many else 'it'} is not watched")
-    return "; ".join(parts)
 
 
 def priority_targets(current: int, rlimit_nice: int) -> list[int]:
@@ -559,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the watcher child process."""
     parser = argparse.ArgumentParser(prog="watchd-watcher")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default=DEFAULT_LOG_LEVEL)
     parser.add_argument("--daemon-version", help="the running daemon's version, if not ours")
     args = parser.parse_args(argv)
     # The daemon handles SIGINT/SIGTERM for the whole service and tells us to stop over the

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import NOBODY, Daemon, Line, config, python_for_nobody, wait_for, watch
+from tests.harness import NOBODY, Daemon, Line, python_for_nobody, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,9 +78,9 @@ def raw_connect(daemon: Daemon) -> socket.socket:
     return sock
 
 
-def test_replays_to_a_client_that_never_reads_are_bounded(start_daemon, watched: Path) -> None:
+def test_replays_to_a_client_that_never_reads_are_bounded(start_watching, watched: Path) -> None:
     files = 25_000
-    d = start_daemon(config(watches=watch("w", watched)))
+    d = start_watching()
     make_files(d, watched, files)
     wait_for(lambda: d.notify.poll() or d.status()["seq"] >= 2 * files, timeout=60,
              what="every event held")
@@ -118,10 +118,9 @@ def drain(line: Line, sids: set[str], last: int, timeout: float = 60) -> dict[st
     return got
 
 
-def test_a_replay_read_slowly_delivers_each_event_once_in_order(start_daemon,
+def test_a_replay_read_slowly_delivers_each_event_once_in_order(start_watching,
                                                                watched: Path) -> None:
-    d = start_daemon(config(daemon_extra="client_queue = 100",
-                            watches=watch("w", watched)))
+    d = start_watching("client_queue = 100")
     make_files(d, watched, 2000)
     wait_for(lambda: d.notify.poll() or d.status()["seq"] >= 4000, timeout=30,
              what="every event held")
@@ -166,8 +165,8 @@ def flood(daemon: Daemon, conns: int, payload: bytes) -> list[socket.socket]:
     return socks
 
 
-def test_requests_from_clients_that_never_read_stall_nobody(start_daemon, watched: Path) -> None:
-    d = start_daemon(config(watches=watch("w", watched)))
+def test_requests_from_clients_that_never_read_stall_nobody(start_watching) -> None:
+    d = start_watching()
     before = rss(d)
     status = b'{"op":"status"}\n'
     socks = flood(d, 45, status * (233_000 // len(status)))
@@ -208,8 +207,8 @@ def event_latencies(d: Daemon, directory: Path, count: int) -> list[float]:
     return late
 
 
-def test_expensive_filters_at_the_caps_slow_no_one(start_daemon, watched: Path) -> None:
-    d = start_daemon(config(watches=watch("w", watched, events=["create"])))
+def test_expensive_filters_at_the_caps_slow_no_one(start_watching, watched: Path) -> None:
+    d = start_watching(events=["create"])
     for _ in range(3):  # the default caps: 64 subscriptions of 64 patterns and 256 paths
         expensive_subscriptions(d.connect(), 64, 64, 256, watched)
     cpu_before = cpu_seconds(d)
@@ -227,9 +226,8 @@ def test_expensive_filters_at_the_caps_slow_no_one(start_daemon, watched: Path) 
     assert quantile(late, 0.99) < 0.1, sorted(late)[-5:]
 
 
-def test_filters_past_the_caps_are_refused(start_daemon, watched: Path) -> None:
-    d = start_daemon(config(daemon_extra="max_patterns = 4\nmax_paths = 2",
-                            watches=watch("w", watched)))
+def test_filters_past_the_caps_are_refused(start_watching) -> None:
+    d = start_watching("max_patterns = 4\nmax_paths = 2")
     line = d.connect()
     reply = line.request({"op": "subscribe", "id": 1, "glob": ["a*"] * 5})
     assert (reply["type"], reply["code"]) == ("error", "bad_request")
@@ -286,10 +284,14 @@ def run_as(uid: int, script: str, *args: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run clients as other users")
-def test_costly_subscribes_on_many_connections_stall_no_other_user(start_daemon, watched: Path,
+def test_costly_subscribes_on_many_connections_stall_no_other_user(start_watching,
                                                                   workdir: str) -> None:
     os.chmod(workdir, 0o755)
-    d = start_daemon(config(daemon_extra='socket_mode = "0666"', watches=watch("w", watched)))
+    d = start_watching('socket_mode = "0666"')
+    # The same pings first without the flood: on a loaded machine every answer is slower, and
+    # what is asserted is that the flood adds no stall of its own on top of that.
+    quiet, _ = run_as(NOBODY - 1, PINGER, d.socket, "1").communicate(timeout=60)
+    usual = quantile(json.loads(quiet), 0.9)
     flooder = run_as(NOBODY, FLOODER, d.socket, "6", "64")
     assert flooder.stdout is not None and flooder.stdin is not None
     assert flooder.stdout.readline().strip() == "FLOODING"
@@ -299,6 +301,7 @@ def test_costly_subscribes_on_many_connections_stall_no_other_user(start_daemon,
     flooder.stdin.close()
     flooder.wait(10)
     flooder.stdout.close()
-    print(f"ping p90 {quantile(times, 0.9):.4f} s, max {max(times):.4f} s, {len(times)} pings")
-    assert quantile(times, 0.9) < 0.1, sorted(times)[-5:]
+    print(f"ping p90 {quantile(times, 0.9):.4f} s (without the flood {usual:.4f} s), "
+          f"max {max(times):.4f} s, {len(times)} pings")
+    assert quantile(times, 0.9) < max(0.1, 4 * usual), (usual, sorted(times)[-5:])
     assert max(times) < 2.0, sorted(times)[-5:]  # a loaded machine may stall anyone once

@@ -6,15 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import config, wait_for, watch
+from tests.harness import config, is_event, is_type, wait_for, watch
 from watchd.config import parse_config
 from watchd.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def is_event(path: Path):
-    return lambda m: m.get("type") == "event" and m["path"] == str(path)
 
 
 def watch_state(daemon, name: str) -> dict:
@@ -31,7 +27,7 @@ def test_a_watch_over_its_budget_starves_no_other_and_heals(start_daemon, watche
     other, _ = daemon.subscribe(watch=["priv"])
     for i in range(8):
         (pub / f"d{i}").mkdir()  # the root and d0..d3 fill the budget; d4..d7 stay unwatched
-    notice = line.until(lambda m: m.get("type") == "watch_degraded")[-1]
+    notice = line.until(is_type("watch_degraded"))[-1]
     assert notice == {"type": "watch_degraded", "subscription": sid, "watch": "pub",
                       "unwatched": notice["unwatched"], "reason": "max_directories"}
     assert 1 <= notice["unwatched"] <= 4
@@ -48,7 +44,7 @@ def test_a_watch_over_its_budget_starves_no_other_and_heals(start_daemon, watche
     # Watches freed: the directories left out are watched, and the subscribers told to rescan.
     for i in range(4):
         (pub / f"d{i}").rmdir()
-    rescan = line.until(lambda m: m.get("type") == "overflow")[-1]
+    rescan = line.until(is_type("overflow"))[-1]
     assert (rescan["reason"], rescan["watch"]) == ("watch_limit", "pub")
     assert watch_state(daemon, "pub")["state"] == "active"
     (pub / "d7" / "f").touch()

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, Line, config, wait_for, watch
+from tests.harness import REPO, Datagrams, Line, config, run_watchd, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,36 +26,10 @@ DAEMON_ERR = "<27>"
 DAEMON_INFO = "<30>"
 
 
-class Syslog:
-    """A datagram socket standing in for /dev/log; keeps every message it received."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-
-    def poll(self) -> list[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(65536).decode("utf-8", "replace"))
-            except BlockingIOError:
-                return self.messages
-
-    def wait(self, pattern: str, timeout: float = 20.0) -> str:
-        """The first message matching the regular expression `pattern`."""
-        def find() -> str | None:
-            return next((m for m in self.poll() if re.search(pattern, m)), None)
-        return str(wait_for(find, timeout, f"{pattern!r} in syslog; got {self.messages[-5:]}"))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
-def syslog(workdir: str) -> Iterator[Syslog]:
-    log = Syslog(os.path.join(workdir, "log.sock"))
+def syslog(workdir: str) -> Iterator[Datagrams]:
+    """A datagram socket standing in for /dev/log."""
+    log = Datagrams(os.path.join(workdir, "log.sock"), "utf-8")
     yield log
     log.close()
 
@@ -81,8 +52,7 @@ def _write_config(workdir: str, watched: Path) -> tuple[str, str]:
 @contextlib.contextmanager
 def daemonized(argv: list[str], pidfile: str, env: dict[str, str]) -> Iterator[int]:
     """Start `watchd --daemonize`; yields the daemon's pid; stops it at the end."""
-    result = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile", pidfile,
-                             *argv], env=env, capture_output=True, text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", pidfile, *argv, env=env)
     assert result.returncode == 0, result.stderr
     pid = int(wait_for(lambda: Path(pidfile).exists() and Path(pidfile).read_text().strip(),
                        what="the pid file"))
@@ -105,7 +75,7 @@ def _connect(sock: str) -> Line:
 
 
 def test_daemonized_without_log_file_serves_and_logs_to_syslog(
-        workdir: str, watched: Path, syslog: Syslog) -> None:
+        workdir: str, watched: Path, syslog: Datagrams) -> None:
     cfg, sock = _write_config(workdir, watched)
     pidfile = os.path.join(workdir, "d.pid")
     argv = ["--config", cfg, "--syslog-socket", syslog.path, "--log-level", "debug"]
@@ -118,15 +88,15 @@ def test_daemonized_without_log_file_serves_and_logs_to_syslog(
             (watched / "hello.txt").write_text("hi")
             line.until(lambda m: m.get("type") == "event"
                        and m.get("path") == str(watched / "hello.txt"))
-        ready = syslog.wait(r"watchd\[\d+\]: .*ready on ")
+        ready = syslog.wait_match(r"watchd\[\d+\]: .*ready on ", timeout=20)
         assert ready.startswith(DAEMON_INFO), ready
         # The watcher's own log lines reach the same place.
-        syslog.wait(r"watchd\.watcher")
+        syslog.wait_match(r"watchd\.watcher", timeout=20)
         assert not [m for m in syslog.messages if "exited with status" in m]
 
 
 def test_a_watcher_that_cannot_start_says_why_in_syslog(
-        workdir: str, watched: Path, syslog: Syslog) -> None:
+        workdir: str, watched: Path, syslog: Datagrams) -> None:
     # A copy of the package that the test can break under the running daemon, as an upgrade
     # gone wrong would: the daemon has its modules loaded, each new watcher imports afresh.
     package = Path(workdir) / "pkg"
@@ -142,19 +112,18 @@ def test_a_watcher_that_cannot_start_says_why_in_syslog(
         with open(package / "watchd" / "watcher.py", "a") as f:
             f.write("\ndef broken(:\n")
         os.kill(watcher, signal.SIGKILL)
-        why = syslog.wait(r"SyntaxError")
+        why = syslog.wait_match(r"SyntaxError", timeout=20)
         assert why.startswith(DAEMON_ERR), why
         assert "watcher" in why
-        syslog.wait(r"exited with status 1")
+        syslog.wait_match(r"exited with status 1", timeout=20)
 
 
 def test_daemonize_without_syslog_or_log_file_is_refused(workdir: str, watched: Path) -> None:
     cfg, _ = _write_config(workdir, watched)
     pidfile = os.path.join(workdir, "d.pid")
     missing = os.path.join(workdir, "no-such-log.sock")
-    result = subprocess.run(
-        [sys.executable, "-m", "watchd", "--daemonize", "--pidfile", pidfile, "--config", cfg,
-         "--syslog-socket", missing], env=_env(), capture_output=True, text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", pidfile, "--config", cfg,
+                        "--syslog-socket", missing, env=_env())
     assert result.returncode == EX_CONFIG, result.stderr
     assert missing in result.stderr and "--log-file" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -166,22 +135,20 @@ def test_daemonize_refused_by_default_on_a_host_without_syslog(
         workdir: str, watched: Path) -> None:
     cfg, _ = _write_config(workdir, watched)
     pidfile = os.path.join(workdir, "d.pid")
-    result = subprocess.run(
-        [sys.executable, "-m", "watchd", "--daemonize", "--pidfile", pidfile, "--config", cfg],
-        env=_env(), capture_output=True, text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", pidfile, "--config", cfg, env=_env())
     assert result.returncode == EX_CONFIG, result.stderr
     assert "/dev/log" in result.stderr and "--log-file" in result.stderr, result.stderr
     assert not os.path.exists(pidfile)
 
 
 def test_a_syslog_that_stops_reading_does_not_stall_clients(
-        workdir: str, watched: Path, syslog: Syslog) -> None:
+        workdir: str, watched: Path, syslog: Datagrams) -> None:
     cfg, sock = _write_config(workdir, watched)
     pidfile = os.path.join(workdir, "d.pid")
     argv = ["--config", cfg, "--syslog-socket", syslog.path, "--log-level", "debug"]
     with daemonized(argv, pidfile, _env()) as pid, contextlib.closing(_connect(sock)) as line:
         line.recv(timeout=20)
-        syslog.wait(r"ready on ")
+        syslog.wait_match(r"ready on ", timeout=20)
         # The syslog daemon stops reading: its queue fills up (a sender of ours fills it).
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
             filler.setblocking(False)
@@ -197,5 +164,5 @@ def test_a_syslog_that_stops_reading_does_not_stall_clients(
         # Reading again, syslog hears that lines were lost (with the next line logged).
         syslog.poll()
         os.kill(pid, signal.SIGHUP)
-        dropped = syslog.wait(r"\d+ log line\(s\) dropped")
+        dropped = syslog.wait_match(r"\d+ log line\(s\) dropped", timeout=20)
         assert dropped.startswith("<28>"), dropped  # LOG_DAEMON, LOG_WARNING

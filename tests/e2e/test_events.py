@@ -8,24 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import config, wait_for, watch
+from tests.harness import config, is_event, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def is_event(path: Path | str, kind: str | None = None):
-    def pred(m: dict) -> bool:
-        return (m.get("type") == "event" and m["path"] == str(path)
-                and (kind is None or m["kind"] == kind))
-    return pred
 
 
 def events_of(messages: list[dict]) -> list[tuple[str, str]]:
     return [(m["kind"], m["path"]) for m in messages if m.get("type") == "event"]
 
 
-def test_event_shape(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_event_shape(start_watching, watched: Path) -> None:
+    daemon = start_watching()
     line, sid = daemon.subscribe()
     (watched / "f").write_text("x")
     got = line.until(is_event(watched / "f", "close_write"))
@@ -44,9 +37,9 @@ def test_event_shape(start_daemon, watched: Path) -> None:
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
-def test_default_kinds_leave_out_reads(start_daemon, watched: Path) -> None:
+def test_default_kinds_leave_out_reads(start_watching, watched: Path) -> None:
     (watched / "f").write_text("x")
-    daemon = start_daemon(config(watches=watch("w", watched)))
+    daemon = start_watching()
     line, _ = daemon.subscribe()
     (watched / "f").read_text()  # open, access, close_nowrite: not in the default kinds
     (watched / "g").touch()
@@ -63,8 +56,8 @@ def test_all_kinds(start_daemon, watched: Path) -> None:
     assert [k for k, _ in events_of(got)] == ["open", "access", "close_nowrite"]
 
 
-def test_new_directory_is_watched_and_scanned(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_new_directory_is_watched_and_scanned(start_watching, watched: Path) -> None:
+    daemon = start_watching()
     line, _ = daemon.subscribe(events=["create"])
     deep = watched / "a" / "b" / "c"
     deep.mkdir(parents=True)
@@ -80,8 +73,8 @@ def test_new_directory_is_watched_and_scanned(start_daemon, watched: Path) -> No
     line.until(is_event(deep / "g", "create"))
 
 
-def test_burst_into_new_directory_reports_each_file_once(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched, events=["create"])))
+def test_burst_into_new_directory_reports_each_file_once(start_watching, watched: Path) -> None:
+    daemon = start_watching(events=["create"])
     line, _ = daemon.subscribe()
     for i in range(20):
         d = watched / f"d{i}"
@@ -95,9 +88,9 @@ def test_burst_into_new_directory_reports_each_file_once(start_daemon, watched: 
     assert sorted(p for p in paths if "/f" in p.rpartition("/d")[2]) == sorted(expected)
 
 
-def test_rename_pairs_and_new_paths(start_daemon, watched: Path) -> None:
+def test_rename_pairs_and_new_paths(start_watching, watched: Path) -> None:
     (watched / "old" / "sub").mkdir(parents=True)
-    daemon = start_daemon(config(watches=watch("w", watched)))
+    daemon = start_watching()
     line, _ = daemon.subscribe()
     (watched / "old").rename(watched / "new")
     got = line.until(is_event(watched / "new", "moved_to"))
@@ -112,11 +105,11 @@ def test_rename_pairs_and_new_paths(start_daemon, watched: Path) -> None:
     line.until(is_event(watched / "new" / "sub" / "f", "create"))
 
 
-def test_moved_in_and_out(start_daemon, watched: Path, workdir: str) -> None:
+def test_moved_in_and_out(start_watching, watched: Path, workdir: str) -> None:
     outside = Path(workdir) / "outside"
     (outside / "tree" / "deep").mkdir(parents=True)
     (outside / "tree" / "deep" / "file").touch()
-    daemon = start_daemon(config(watches=watch("w", watched)))
+    daemon = start_watching()
     line, _ = daemon.subscribe()
     (outside / "tree").rename(watched / "tree")
     got = line.until(is_event(watched / "tree", "moved_to"))
@@ -132,8 +125,8 @@ def test_moved_in_and_out(start_daemon, watched: Path, workdir: str) -> None:
     assert not [p for _, p in events_of(got) if "ignored" in p]
 
 
-def test_non_utf8_names(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_non_utf8_names(start_watching, watched: Path) -> None:
+    daemon = start_watching()
     line, _ = daemon.subscribe(events=["create"])
     raw = os.path.join(os.fsencode(watched), b"caf\xe9")
     with open(raw, "wb"):
@@ -168,8 +161,8 @@ def test_filters(start_daemon, watched: Path) -> None:
     assert {m["watch"] for m in got if m.get("type") == "event"} == {"x"}
 
 
-def test_several_subscriptions_on_one_connection(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_several_subscriptions_on_one_connection(start_watching, watched: Path) -> None:
+    daemon = start_watching()
     line = daemon.connect()
     first = line.request({"op": "subscribe", "id": 1})["subscription"]
     second = line.request({"op": "subscribe", "id": 2, "events": ["create"]})["subscription"]
@@ -199,8 +192,8 @@ def test_include_and_exclude(start_daemon, watched: Path) -> None:
              what="two watched directories")
 
 
-def test_since_replays_without_gaps_or_repeats(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched, events=["create"])))
+def test_since_replays_without_gaps_or_repeats(start_watching, watched: Path) -> None:
+    daemon = start_watching(events=["create"])
     first, _ = daemon.subscribe()
     for i in range(5):
         (watched / f"f{i}").touch()

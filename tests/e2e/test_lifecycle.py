@@ -12,15 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import NOBODY, REPO, config, python_for_nobody, wait_for, watch
+from tests.harness import (
+    NOBODY,
+    REPO,
+    config,
+    is_type,
+    python_for_nobody,
+    run_watchd,
+    wait_for,
+    watch,
+)
 from watchd.watcher import priority_targets
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def run_watchd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "watchd", *args], capture_output=True,
-                          text=True, timeout=30)
 
 
 def test_check_valid_file(tmp_path: Path) -> None:
@@ -57,13 +61,12 @@ def test_missing_file_exits_78(tmp_path: Path) -> None:
 def test_config_from_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "w.toml"
     cfg.write_text(config(socket_line=f'socket = "{tmp_path}/s"'))
-    result = subprocess.run([sys.executable, "-m", "watchd", "--check"], capture_output=True,
-                            text=True, env=dict(os.environ, WATCHD_CONFIG=str(cfg)), timeout=30)
+    result = run_watchd("--check", env=dict(os.environ, WATCHD_CONFIG=str(cfg)))
     assert result.returncode == 0 and str(cfg) in result.stdout
 
 
-def test_sigterm_stops_cleanly_and_removes_the_socket(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_sigterm_stops_cleanly_and_removes_the_socket(start_watching) -> None:
+    daemon = start_watching()
     line = daemon.connect()
     watcher = daemon.watcher_pid()
     assert os.path.exists(daemon.socket)
@@ -75,22 +78,23 @@ def test_sigterm_stops_cleanly_and_removes_the_socket(start_daemon, watched: Pat
     daemon.notify.wait("STOPPING=1")
 
 
-def test_sigint_stops_cleanly(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_sigint_stops_cleanly(start_watching) -> None:
+    daemon = start_watching()
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(10) == 0
     assert "Traceback" not in daemon.log_text()
 
 
-def test_socket_mode(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra='socket_mode = "0640"', watches=watch("w", watched)))
+def test_socket_mode(start_watching) -> None:
+    daemon = start_watching('socket_mode = "0640"')
     assert os.stat(daemon.socket).st_mode & 0o777 == 0o640
 
 
-def test_stale_socket_is_replaced_live_one_refused(start_daemon, watched: Path) -> None:
+def test_stale_socket_is_replaced_live_one_refused(start_daemon, start_watching,
+                                                   watched: Path) -> None:
     import socket as socketlib
 
-    first = start_daemon(config(watches=watch("w", watched)))
+    first = start_watching()
     # A second daemon on the same socket path is refused with a clear message.
     second_cfg = os.path.join(first.dir, "second.toml")
     with open(second_cfg, "w") as f:
@@ -118,7 +122,7 @@ def test_pending_root_becomes_active(start_daemon, workdir: str) -> None:
     line, sid = daemon.subscribe()
     assert daemon.status()["watches"][0]["state"] == "pending"
     root.mkdir()
-    restored = line.until(lambda m: m.get("type") == "watch_restored")[-1]
+    restored = line.until(is_type("watch_restored"))[-1]
     assert restored == {"type": "watch_restored", "subscription": sid, "watch": "w",
                         "path": str(root)}
     (root / "f").touch()
@@ -132,23 +136,22 @@ def test_deleted_root_is_lost_then_restored(start_daemon, workdir: str) -> None:
     daemon = start_daemon(config(watches=watch("w", root)))
     line, sid = daemon.subscribe()
     shutil.rmtree(root)
-    lost = line.until(lambda m: m.get("type") == "watch_lost")[-1]
+    lost = line.until(is_type("watch_lost"))[-1]
     assert lost == {"type": "watch_lost", "subscription": sid, "watch": "w", "path": str(root),
                     "reason": "deleted"}
     wait_for(lambda: daemon.status()["watches"][0]["state"] == "pending", what="pending state")
     root.mkdir()
-    line.until(lambda m: m.get("type") == "watch_restored")
+    line.until(is_type("watch_restored"))
     (root / "back").touch()
     line.until(lambda m: m.get("path") == str(root / "back"))
 
 
-def test_a_root_that_comes_back_reports_what_it_holds(start_daemon, workdir: str) -> None:
-    root = Path(workdir) / "root"
-    root.mkdir()
-    daemon = start_daemon(config(watches=watch("w", root)))
+def test_a_root_that_comes_back_reports_what_it_holds(start_watching, watched: Path) -> None:
+    root = watched
+    daemon = start_watching()
     line, _ = daemon.subscribe()
     root.rmdir()
-    line.until(lambda m: m.get("type") == "watch_lost")
+    line.until(is_type("watch_lost"))
     # Recreated with content before the daemon looks again: the content is reported.
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "early.csv").touch()
@@ -160,10 +163,10 @@ def test_a_root_that_comes_back_reports_what_it_holds(start_daemon, workdir: str
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs CAP_SYS_NICE")
-def test_the_watcher_is_scheduled_before_the_daemon(start_daemon, watched: Path) -> None:
+def test_the_watcher_is_scheduled_before_the_daemon(start_watching) -> None:
     # The kernel queue is the one place where events are lost for good: under load, the
     # process that drains it must get the CPU before the fan-out does.
-    daemon = start_daemon(config(watches=watch("w", watched)))
+    daemon = start_watching()
     assert daemon.proc is not None
     own = os.getpriority(os.PRIO_PROCESS, daemon.proc.pid)
     assert os.getpriority(os.PRIO_PROCESS, daemon.watcher_pid()) == max(-20, own - 10)

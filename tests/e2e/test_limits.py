@@ -6,14 +6,13 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.harness import NOBODY, REPO, config, python_for_nobody, wait_for, watch
+from tests.harness import NOBODY, REPO, config, python_for_nobody, run_watchd, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
@@ -79,8 +78,8 @@ def test_one_user_cannot_take_every_slot_and_root_always_gets_in(start_daemon, w
             holder.close()
 
 
-def test_a_started_line_must_be_finished_in_time(start_daemon, watched: Path) -> None:
-    d = start_daemon(config(daemon_extra="request_timeout = 0.5", watches=watch("w", watched)))
+def test_a_started_line_must_be_finished_in_time(start_watching) -> None:
+    d = start_watching("request_timeout = 0.5")
     idle = d.connect()
     slow = d.connect()
     start = time.monotonic()
@@ -108,15 +107,13 @@ def test_check_refuses_max_clients_past_the_fd_limit(workdir: str) -> None:
     path = Path(workdir) / "watchd.toml"
     path.write_text(config(socket_line=f'socket = "{workdir}/w.sock"',
                            daemon_extra="max_clients = 1024"))
-    result = subprocess.run(
-        [sys.executable, "-m", "watchd", "--check", "--config", str(path)],
-        capture_output=True, text=True, cwd=REPO, preexec_fn=_lowered_nofile(500), check=False)
+    result = run_watchd("--check", "--config", str(path), cwd=REPO,
+                        preexec_fn=_lowered_nofile(500))
     assert result.returncode == 78, result
     assert "daemon.max_clients" in result.stderr
     assert "RLIMIT_NOFILE 500" in result.stderr
-    ok = subprocess.run(
-        [sys.executable, "-m", "watchd", "--check", "--config", str(path)],
-        capture_output=True, text=True, cwd=REPO, preexec_fn=_lowered_nofile(2000), check=False)
+    ok = run_watchd("--check", "--config", str(path), cwd=REPO,
+                    preexec_fn=_lowered_nofile(2000))
     assert ok.returncode == 0, ok.stderr
 
 
@@ -124,17 +121,16 @@ def open_files_limit(pid: int) -> tuple[int, int]:
     return resource.prlimit(pid, resource.RLIMIT_NOFILE)
 
 
-def test_the_soft_fd_limit_is_raised_to_the_hard_one(start_daemon, watched: Path) -> None:
-    d = start_daemon(config(watches=watch("w", watched)), shell_prefix="ulimit -Sn 1200")
+def test_the_soft_fd_limit_is_raised_to_the_hard_one(start_watching) -> None:
+    d = start_watching(shell_prefix="ulimit -Sn 1200")
     assert d.proc is not None
     soft, hard = open_files_limit(d.proc.pid)
     assert soft == hard > 1200
 
 
 @as_root
-def test_out_of_descriptors_is_logged_once_and_serving_resumes(start_daemon,
-                                                               watched: Path) -> None:
-    d = start_daemon(config(daemon_extra="max_clients = 10", watches=watch("w", watched)))
+def test_out_of_descriptors_is_logged_once_and_serving_resumes(start_watching) -> None:
+    d = start_watching("max_clients = 10")
     assert d.proc is not None
     pid = d.proc.pid
     original = open_files_limit(pid)
@@ -142,7 +138,7 @@ def test_out_of_descriptors_is_logged_once_and_serving_resumes(start_daemon,
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 2, original[1]))
     served = [d.connect() for _ in range(2)]
     waiting = [d.line() for _ in range(5)]  # queued in the backlog: accept fails
-    wait_for(lambda: "cannot accept new connections" in d.log_text(), what="the log line")
+    d.wait_log("cannot accept new connections")
     # asyncio tries accept up to a hundred times in the callback that logged it (each failure
     # reported): a reply on a served connection comes after that callback is done.
     assert served[0].request({"op": "ping"})["type"] == "pong"

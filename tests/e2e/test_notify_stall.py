@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, Line, config, wait_for, watch
+from tests.harness import Daemon, Line, config, is_event, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,7 +80,7 @@ def test_a_stalled_notification_socket_does_not_stall_clients(
         rtts.append(time.monotonic() - started)
     assert statistics.median(rtts) < 0.1 and max(rtts) < 1.0, rtts
     (watched / "f").touch()
-    line.until(lambda m: m.get("type") == "event" and m.get("path") == str(watched / "f"))
+    line.until(is_event(watched / "f"))
     # A reload made meanwhile is applied; its notices wait too.
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)

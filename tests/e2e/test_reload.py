@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import config, wait_for, watch
+from tests.harness import config, is_event, is_type, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def is_event(path: Path) -> object:
-    return lambda m: m.get("type") == "event" and m["path"] == str(path)
 
 
 def test_reload_adds_removes_and_changes(start_daemon, watched: Path) -> None:
@@ -27,7 +23,7 @@ def test_reload_adds_removes_and_changes(start_daemon, watched: Path) -> None:
                          + watch("c", watched / "c")))
 
     # b was removed: its subscribers are told, with reason "removed".
-    lost = only_b.until(lambda m: m.get("type") == "watch_lost")[-1]
+    lost = only_b.until(is_type("watch_lost"))[-1]
     assert lost == {"type": "watch_lost", "subscription": lost["subscription"], "watch": "b",
                     "path": str(watched / "b"), "reason": "removed"}
     # c was added and delivers; a was changed (now deletes only); same connection throughout.
@@ -67,8 +63,8 @@ def test_invalid_reload_keeps_the_old_configuration(start_daemon, watched: Path)
     assert any("reload refused" in m for m in daemon.notify.messages)
 
 
-def test_socket_change_needs_a_restart(start_daemon, watched: Path, workdir: str) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_socket_change_needs_a_restart(start_watching, watched: Path, workdir: str) -> None:
+    daemon = start_watching()
     daemon.reload(config(socket_line=f'socket = "{workdir}/other.sock"',
                          watches=watch("w", watched)))
     status = daemon.status()  # still served on the old socket
@@ -77,8 +73,8 @@ def test_socket_change_needs_a_restart(start_daemon, watched: Path, workdir: str
     assert "restart" in daemon.log_text()
 
 
-def test_reload_changes_limits(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra="max_subscriptions = 1", watches=watch("w", watched)))
+def test_reload_changes_limits(start_watching, watched: Path) -> None:
+    daemon = start_watching("max_subscriptions = 1")
     line = daemon.connect()
     assert line.request({"op": "subscribe", "id": 1})["type"] == "subscribed"
     assert line.request({"op": "subscribe", "id": 2})["code"] == "too_many_subscriptions"
@@ -86,8 +82,8 @@ def test_reload_changes_limits(start_daemon, watched: Path) -> None:
     assert line.request({"op": "subscribe", "id": 3})["type"] == "subscribed"
 
 
-def test_many_reloads_keep_every_client(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_many_reloads_keep_every_client(start_watching, watched: Path) -> None:
+    daemon = start_watching()
     lines = [daemon.subscribe()[0] for _ in range(5)]
     for i in range(5):
         daemon.reload(config(watches=watch("w", watched, exclude=[f"x{i}"])))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Line, config, wait_for, watch
-from watchd.config import RESERVED_CLIENTS
+from tests.harness import Line, config, is_event, wait_for, watch
+from watchd.config.model import RESERVED_CLIENTS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,7 +81,7 @@ def test_subscribe_and_unsubscribe(daemon, watched: Path) -> None:
     sid = reply["subscription"]
     assert isinstance(reply["seq"], int)
     (watched / "a").touch()
-    got = line.until(lambda m: m.get("type") == "event" and m["path"] == str(watched / "a"))
+    got = line.until(is_event(watched / "a"))
     assert got[-1]["subscription"] == sid
     assert line.request({"op": "unsubscribe", "id": 2, "subscription": sid}) == {
         "type": "unsubscribed", "id": 2, "subscription": sid}
@@ -144,8 +144,8 @@ def test_line_too_long_closes_the_connection(daemon) -> None:
     assert daemon.connect().request({"op": "ping"})["type"] == "pong"
 
 
-def test_too_many_clients(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra="max_clients = 2", watches=watch("w", watched)))
+def test_too_many_clients(start_watching) -> None:
+    daemon = start_watching("max_clients = 2")
     # The daemon's own user (ours) has the slots kept for root beyond max_clients.
     kept = [daemon.connect() for _ in range(2 + RESERVED_CLIENTS)]
     extra = daemon.line()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.fidelity import Faults, run, watcher_of
-from tests.harness import config, wait_for, watch
+from tests.harness import config, is_event, is_type, wait_for, watch
 from tests.picture import Picture, listing
 
 pytestmark = pytest.mark.timeout(90)
@@ -53,17 +53,13 @@ def inotify_watches_in_use() -> int:
     return total
 
 
-def is_event(path: Path):
-    return lambda m: m.get("type") == "event" and m["path"] == str(path)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM])
-def test_watcher_killed_is_replaced_with_notice_first(start_daemon, watched: Path, sig) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_watcher_killed_is_replaced_with_notice_first(start_watching, watched: Path, sig) -> None:
+    daemon = start_watching()
     line, sid = daemon.subscribe()
     old = daemon.watcher_pid()
     os.kill(old, sig)
-    notice = line.until(lambda m: m.get("type") == "overflow")[-1]
+    notice = line.until(is_type("overflow"))[-1]
     assert notice == {"type": "overflow", "subscription": sid, "seq": notice["seq"],
                       "reason": "watcher_restart", "watch": None, "resync": True}
     wait_for(lambda: daemon.status()["watches"][0]["state"] == "active",
@@ -92,11 +88,10 @@ def notice_then_create(line, path: Path, timeout: float = 20) -> dict:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])
-def test_restart_notice_comes_once_the_new_watches_exist(start_daemon, watched: Path,
+def test_restart_notice_comes_once_the_new_watches_exist(start_watching, watched: Path,
                                                          sig) -> None:
     # SIGSTOP: a hung watcher, killed after daemon.watcher_timeout and replaced.
-    daemon = start_daemon(config(daemon_extra="watcher_timeout = 1.5",
-                                 watches=watch("w", watched)))
+    daemon = start_watching("watcher_timeout = 1.5")
     line, _ = daemon.subscribe(events=["create"])
     (watched / "before").touch()
     before = line.until(is_event(watched / "before"))[-1]
@@ -115,11 +110,11 @@ def test_restart_notice_comes_once_the_new_watches_exist(start_daemon, watched: 
         ("event", got[-1]["seq"])]
 
 
-def test_one_notice_when_the_watches_are_back_after_a_crash_loop(start_daemon,
+def test_one_notice_when_the_watches_are_back_after_a_crash_loop(start_watching,
                                                                  watched: Path) -> None:
     # Each replacement is killed as soon as it appears, most likely before its watches exist;
     # meanwhile a reader creates a file the moment any notice arrives, as a rescan would look.
-    daemon = start_daemon(config(watches=watch("w", watched)))
+    daemon = start_watching()
     line, _ = daemon.subscribe()
     sentinel = watched / "sentinel"
     got: list[dict] = []
@@ -155,8 +150,8 @@ def test_one_notice_when_the_watches_are_back_after_a_crash_loop(start_daemon,
     line.until(is_event(made[-1]), timeout=20)
 
 
-def test_crash_loop_backs_off(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_crash_loop_backs_off(start_watching) -> None:
+    daemon = start_watching()
     for expected in (1, 2, 3):
         pid = daemon.watcher_pid()
         os.kill(pid, signal.SIGKILL)
@@ -167,8 +162,8 @@ def test_crash_loop_backs_off(start_daemon, watched: Path) -> None:
     daemon.notify.wait_for_text("watcher restarts")
 
 
-def test_hung_watcher_is_killed_and_replaced(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra="watcher_timeout = 1.5", watches=watch("w", watched)))
+def test_hung_watcher_is_killed_and_replaced(start_watching, watched: Path) -> None:
+    daemon = start_watching("watcher_timeout = 1.5")
     line, _ = daemon.subscribe()
     old = daemon.watcher_pid()
     os.kill(old, signal.SIGSTOP)
@@ -183,10 +178,10 @@ def test_hung_watcher_is_killed_and_replaced(start_daemon, watched: Path) -> Non
 
 
 @root_only
-def test_kernel_queue_overflow_is_announced_and_resynced(start_daemon, watched: Path) -> None:
+def test_kernel_queue_overflow_is_announced_and_resynced(start_watching, watched: Path) -> None:
     # The queue limit is taken when the inotify instance is created: start under a low limit.
     with sysctl("max_queued_events", 64):
-        daemon = start_daemon(config(watches=watch("w", watched)))
+        daemon = start_watching()
     line, sid = daemon.subscribe()
     watcher = daemon.watcher_pid()
     os.kill(watcher, signal.SIGSTOP)
@@ -196,7 +191,7 @@ def test_kernel_queue_overflow_is_announced_and_resynced(start_daemon, watched: 
         (watched / "newdir").mkdir()  # created while events are being lost
     finally:
         os.kill(watcher, signal.SIGCONT)
-    notice = line.until(lambda m: m.get("type") == "overflow")[-1]
+    notice = line.until(is_type("overflow"))[-1]
     assert notice == {"type": "overflow", "subscription": sid, "seq": notice["seq"],
                       "reason": "kernel_queue", "watch": "w", "resync": True}
     wait_for(lambda: daemon.status()["overflows"] >= 1, what="overflow counted")
@@ -292,8 +287,8 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_bad_clients_leave_nothing_behind(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra="max_line_bytes = 4096", watches=watch("w", watched)))
+def test_bad_clients_leave_nothing_behind(start_watching, watched: Path) -> None:
+    daemon = start_watching("max_line_bytes = 4096")
     good, _ = daemon.subscribe()
     pid = daemon.proc.pid
     baseline = fd_count(pid)

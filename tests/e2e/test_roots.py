@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, config, wait_for, watch
+from tests.harness import REPO, config, is_type, run_watchd, wait_for, watch
 
 
 @pytest.fixture
@@ -22,14 +21,13 @@ def private(workdir: str) -> Path:
 
 
 def test_a_root_replaced_by_a_symlink_is_not_followed(
-    start_daemon, workdir: str, private: Path
+    start_watching, watched: Path, private: Path
 ) -> None:
-    root = Path(workdir) / "root"
-    root.mkdir()
-    daemon = start_daemon(config(watches=watch("w", root)))
+    root = watched
+    daemon = start_watching()
     line, _ = daemon.subscribe()
     root.rmdir()
-    line.until(lambda m: m.get("type") == "watch_lost")
+    line.until(is_type("watch_lost"))
     root.symlink_to(private)
     refused = "it is a symbolic link, which is not followed"
     wait_for(lambda: refused in daemon.log_text() or "is watched again" in daemon.log_text(),
@@ -65,7 +63,7 @@ def test_a_root_configured_through_a_symlink_is_resolved_at_load(
     link.unlink()
     link.symlink_to(private)
     real.rename(Path(workdir) / "real-gone")
-    line.until(lambda m: m.get("type") == "watch_lost")
+    line.until(is_type("watch_lost"))
     (private / "secret-later").touch()
     # Pending watches are looked at in one pass, in order: once "clock" (after "w") is
     # active, "w" was looked at since the link changed.
@@ -74,7 +72,7 @@ def test_a_root_configured_through_a_symlink_is_resolved_at_load(
              == "active", what="the next look at pending watches")
     assert daemon.status()["watches"][0]["state"] == "pending"
     daemon.reload()
-    got = line.until(lambda m: m.get("type") == "watch_restored")
+    got = line.until(is_type("watch_restored"))
     assert not [m for m in got if "secret" in m.get("path", "")]
     # The reload resolved the link again (the operator's choice): the new target is watched.
     (private / "after-reload").touch()
@@ -124,8 +122,7 @@ def test_check_refuses_a_pseudo_file_system_as_a_root(tmp_path: Path, path: str)
     conf = tmp_path / "watchd.toml"
     conf.write_text(config("socket = \"/tmp/x.sock\"",
                            watches=watch("ok", tmp_path) + watch("bad", path)))
-    done = subprocess.run([sys.executable, "-m", "watchd", "--check", "--config", str(conf)],
-                          capture_output=True, text=True, cwd=REPO)
+    done = run_watchd("--check", "--config", str(conf), cwd=REPO)
     assert done.returncode == 78, done
     assert f"{conf}: watch[1].path: {path!r} is on the pseudo file system" in done.stderr
     assert "Traceback" not in done.stderr
@@ -136,6 +133,5 @@ def test_check_accepts_a_pseudo_file_system_mounted_below_a_root(
 ) -> None:
     conf = tmp_path / "watchd.toml"
     conf.write_text(config("socket = \"/tmp/x.sock\"", watches=watch("w", proc_mount.parent)))
-    done = subprocess.run([sys.executable, "-m", "watchd", "--check", "--config", str(conf)],
-                          capture_output=True, text=True, cwd=REPO)
+    done = run_watchd("--check", "--config", str(conf), cwd=REPO)
     assert done.returncode == 0, done

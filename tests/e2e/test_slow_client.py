@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, Line, config, wait_for, watch
-from watchd.flow import KEEPING_UP_S
+from tests.harness import Daemon, Line, wait_for
+from watchd.flow import KEEPING_UP_S, STALL_LIMIT_S
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,15 +32,20 @@ socket.send_fds(socket.socket(fileno=int(sys.argv[2])), [b"x"], [conn.fileno()])
 """
 
 
-class HandedOverLine(Line):
-    """A Line over a connection that another process opened."""
+@contextlib.contextmanager
+def burst(watched: Path, files: int, suffix: str = "") -> Iterator[str]:
+    """Create f00000<suffix>... then zz-end in a thread; yields zz-end's path, joins at exit."""
+    def create() -> None:
+        for i in range(files):
+            (watched / f"f{i:05}{suffix}").touch()
+        (watched / "zz-end").touch()
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-        self.raw: list[bytes] = []
-        self.pushed: list[dict] = []
-        self.hello: dict = {}
+    writer = threading.Thread(target=create)
+    writer.start()
+    try:
+        yield str(watched / "zz-end")
+    finally:
+        writer.join()
 
 
 def subscribe_from_another_process(daemon: Daemon, **filters) -> tuple[Line, str]:
@@ -48,7 +55,7 @@ def subscribe_from_another_process(daemon: Daemon, **filters) -> tuple[Line, str
                         str(theirs.fileno())], pass_fds=(theirs.fileno(),), check=True,
                        timeout=30)
         _, fds, _, _ = socket.recv_fds(ours, 1, 1)
-    line = HandedOverLine(socket.socket(fileno=fds[0]))
+    line = Line.adopt(socket.socket(fileno=fds[0]))
     daemon.lines.append(line)
     line.hello = line.recv()
     reply = line.request({"op": "subscribe", "id": 1, **filters})
@@ -56,9 +63,8 @@ def subscribe_from_another_process(daemon: Daemon, **filters) -> tuple[Line, str
     return line, reply["subscription"]
 
 
-def test_slow_client_beside_a_fast_one(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra="client_queue = 100\nreplay_buffer = 100000",
-                                 watches=watch("w", watched, events=["create"])))
+def test_slow_client_beside_a_fast_one(start_watching, watched: Path) -> None:
+    daemon = start_watching("client_queue = 100\nreplay_buffer = 100000", events=["create"])
     # Another process: connections of one process may hold each other back (watchd.flow).
     slow, slow_sid = subscribe_from_another_process(daemon)
     # A tiny receive buffer makes the daemon's writes to it back up quickly.
@@ -66,14 +72,23 @@ def test_slow_client_beside_a_fast_one(start_daemon, watched: Path) -> None:
     fast, _ = daemon.subscribe()
     # The fast client reads while the files are made; the slow one reads nothing meanwhile.
     fast_got: list[list[dict]] = []
-    reader = threading.Thread(target=lambda: fast_got.append(
-        fast.until(lambda m: m.get("path") == str(watched / "zz-end"), timeout=60)))
+    received_at: list[float] = []
+
+    def read_fast() -> None:
+        fast_got.append(fast.until(lambda m: m.get("path") == str(watched / "zz-end"), timeout=60))
+        received_at.append(time.monotonic())
+
+    reader = threading.Thread(target=read_fast)
     reader.start()
     for i in range(FILES):
         (watched / f"f{i:05}").touch()
     (watched / "zz-end").touch()
+    made_at = time.monotonic()
     reader.join()
     assert fast_got, "the fast client did not receive everything"
+    # A client that keeps up is never made to wait for the slow one: the watcher is not held
+    # back for it (a hold lasts up to STALL_LIMIT_S, which this bound would catch).
+    assert received_at[0] - made_at < STALL_LIMIT_S / 2, received_at[0] - made_at
     got = fast_got[0]
     assert not [m for m in got if m["type"] == "dropped"]
     fast_events = [m for m in got if m["type"] == "event"]
@@ -109,7 +124,7 @@ def test_slow_client_beside_a_fast_one(start_daemon, watched: Path) -> None:
 
 
 @pytest.mark.parametrize("client_queue", [1100, 5000])
-def test_a_lone_client_behind_a_burst_loses_nothing(start_daemon, watched: Path,
+def test_a_lone_client_behind_a_burst_loses_nothing(start_watching, watched: Path,
                                                      client_queue: int) -> None:
     # Every subscriber is behind: the daemon lets the watcher hold the burst instead of dropping
     # what the client would only ask for again. A client that keeps reading gets all of it.
@@ -117,35 +132,23 @@ def test_a_lone_client_behind_a_burst_loses_nothing(start_daemon, watched: Path,
     # with room for more, it first fills the queue to within two messages of full.)
     # The burst is several times what the socket, the transport and client_queue can hold.
     files = 12000
-    daemon = start_daemon(config(daemon_extra=f"client_queue = {client_queue}",
-                                 watches=watch("w", watched, events=["create"])))
+    daemon = start_watching(f"client_queue = {client_queue}", events=["create"])
     line, _ = daemon.subscribe()
-
-    def create() -> None:
-        for i in range(files):
-            (watched / f"f{i:05}").touch()
-        (watched / "zz-end").touch()
 
     # The client reads once the watcher is held back for it, while the burst goes on: a hold
     # lasts STALL_LIMIT_S at most, and on a busy machine making the files takes longer.
-    writer = threading.Thread(target=create)
-    writer.start()
-    try:
-        wait_for(lambda: "the watcher holds its batches" in daemon.log_text(), timeout=60,
-                 what="the watcher held back")
-        got = line.until(lambda m: m.get("path") == str(watched / "zz-end"), timeout=60)
-    finally:
-        writer.join()
+    with burst(watched, files) as end:
+        daemon.wait_log("the watcher holds its batches", timeout=60)
+        got = line.until(lambda m: m.get("path") == end, timeout=60)
     assert not [m for m in got if m["type"] == "dropped"]
     assert len([m for m in got if m["type"] == "event"]) == files + 1
     assert daemon.status()["dropped"] == 0
 
 
-def test_a_client_that_never_reads_stalls_nobody_for_long(start_daemon, watched: Path) -> None:
+def test_a_client_that_never_reads_stalls_nobody_for_long(start_watching, watched: Path) -> None:
     # The pause for a lone stuck client is bounded; after it events are dropped and counted,
     # and a newcomer is served right away.
-    daemon = start_daemon(config(daemon_extra="client_queue = 50",
-                                 watches=watch("w", watched, events=["create"])))
+    daemon = start_watching("client_queue = 50", events=["create"])
     stuck, _ = daemon.subscribe()
     stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     # Long names: more than the socket's send buffer and the transport's can hold (~1.2 MB of
@@ -159,7 +162,7 @@ def test_a_client_that_never_reads_stalls_nobody_for_long(start_daemon, watched:
     newcomer.until(lambda m: m.get("path") == str(watched / "fresh"))
 
 
-def test_clients_that_take_turns_reading_lose_nothing(start_daemon, watched: Path) -> None:
+def test_clients_that_take_turns_reading_lose_nothing(start_watching, watched: Path) -> None:
     # One process serving several connections in turn: each is behind most of the time and
     # caught up for a moment after its turn. The promise (watchd.flow): for connections of one
     # process, time the watcher is held back does not count towards keeping up, so that moment
@@ -168,24 +171,14 @@ def test_clients_that_take_turns_reading_lose_nothing(start_daemon, watched: Pat
     # Each connection's share of the burst (~1.4 MB of lines) is several times what its socket,
     # its transport and client_queue hold together.
     files, subs, turn = 4000, 5, 300
-    daemon = start_daemon(config(daemon_extra="client_queue = 500",
-                                 watches=watch("w", watched, events=["create"])))
+    daemon = start_watching("client_queue = 500", events=["create"])
     lines = [daemon.subscribe()[0] for _ in range(subs)]
 
-    def create() -> None:
-        for i in range(files):
-            (watched / f"f{i:05}-{LONG}").touch()
-        (watched / "zz-end").touch()
-
-    writer = threading.Thread(target=create)
-    writer.start()
-    try:
+    with burst(watched, files, f"-{LONG}") as end:
         # The reader is busy elsewhere for longer than KEEPING_UP_S after the hold began: the
         # first connection it reads then looks caught up and long settled by the clock.
-        wait_for(lambda: "the watcher holds its batches" in daemon.log_text(), timeout=60,
-                 what="the watcher held back")
+        daemon.wait_log("the watcher holds its batches", timeout=60)
         time.sleep(2 * KEEPING_UP_S)
-        end = str(watched / "zz-end")
         got: list[list[dict]] = [[] for _ in range(subs)]
         deadline = time.monotonic() + 60
         while not all(g and g[-1].get("path") == end for g in got):
@@ -195,8 +188,6 @@ def test_clients_that_take_turns_reading_lose_nothing(start_daemon, watched: Pat
                     if mine and mine[-1].get("path") == end:
                         break
                     mine.append(line.recv(timeout=30))
-    finally:
-        writer.join()
     for mine in got:
         assert not [m for m in mine if m["type"] == "dropped"]
         assert len([m for m in mine if m["type"] == "event"]) == files + 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, Line, config, wait_for, watch
+from tests.harness import Daemon, Line, config, run_watchd, wait_for, watch
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,10 +24,10 @@ def fields(message: str) -> list[str]:
     return message.split("\n")
 
 
-def test_ready_only_after_watches_and_socket(start_daemon, watched: Path) -> None:
+def test_ready_only_after_watches_and_socket(start_watching, watched: Path) -> None:
     for i in range(200):
         (watched / f"d{i}").mkdir()
-    daemon = start_daemon(config(watches=watch("w", watched)))
+    daemon = start_watching()
     # At READY the socket accepts and every directory is watched: a file created right away in
     # the deepest directory is reported.
     line, _ = daemon.subscribe()
@@ -38,8 +38,8 @@ def test_ready_only_after_watches_and_socket(start_daemon, watched: Path) -> Non
     assert status and "201 directories" in status[0]
 
 
-def test_reload_sends_reloading_with_monotonic_then_ready(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_reload_sends_reloading_with_monotonic_then_ready(start_watching) -> None:
+    daemon = start_watching()
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     daemon.reload()
     daemon.notify.poll()
@@ -52,15 +52,15 @@ def test_reload_sends_reloading_with_monotonic_then_ready(start_daemon, watched:
     assert any("READY=1" in fields(m) for m in msgs[i + 1:])
 
 
-def test_refused_reload_still_ends_with_ready(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_refused_reload_still_ends_with_ready(start_watching) -> None:
+    daemon = start_watching()
     daemon.reload("this is = = not toml")
     last = next(m for m in reversed(daemon.notify.messages) if "READY=1" in fields(m))
     assert any(f.startswith("STATUS=") and "refused" in f for f in fields(last))
 
 
-def test_stopping(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)))
+def test_stopping(start_watching) -> None:
+    daemon = start_watching()
     assert daemon.stop() == 0
     daemon.notify.poll()
     assert any("STOPPING=1" in fields(m) for m in daemon.notify.messages)
@@ -87,9 +87,8 @@ def test_status_is_ascii_even_for_non_latin1_paths(workdir: str, watched: Path) 
         daemon.cleanup()
 
 
-def test_watchdog_cadence_with_our_pid(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)),
-                          env={"WATCHDOG_USEC": "600000"}, shell_prefix="export WATCHDOG_PID=$$")
+def test_watchdog_cadence_with_our_pid(start_watching) -> None:
+    daemon = start_watching(env={"WATCHDOG_USEC": "600000"}, shell_prefix="export WATCHDOG_PID=$$")
     stamps: list[float] = []
 
     def collect() -> bool:
@@ -106,9 +105,8 @@ def test_watchdog_cadence_with_our_pid(start_daemon, watched: Path) -> None:
     assert max(gaps) <= 0.3 + 0.1  # at least every WATCHDOG_USEC/2, with scheduling slack
 
 
-def test_no_watchdog_for_another_pid(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)),
-                          env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
+def test_no_watchdog_for_another_pid(start_watching) -> None:
+    daemon = start_watching(env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
     daemon.reload()  # a full round trip through the loop, after several watchdog periods
     time_limit = time.monotonic() + 1.0
     wait_for(lambda: time.monotonic() > time_limit, what="a second of running")
@@ -116,9 +114,9 @@ def test_no_watchdog_for_another_pid(start_daemon, watched: Path) -> None:
     assert not any("WATCHDOG=1" in fields(m) for m in daemon.notify.messages)
 
 
-def test_hung_watcher_stops_the_watchdog(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(daemon_extra="watcher_timeout = 30", watches=watch("w", watched)),
-                          env={"WATCHDOG_USEC": "400000"}, shell_prefix="export WATCHDOG_PID=$$")
+def test_hung_watcher_stops_the_watchdog(start_watching) -> None:
+    daemon = start_watching("watcher_timeout = 30", env={"WATCHDOG_USEC": "400000"},
+                            shell_prefix="export WATCHDOG_PID=$$")
     os.kill(daemon.watcher_pid(), signal.SIGSTOP)
     # Once the watcher has been silent a few seconds, pings stop.
     last = {"t": time.monotonic()}
@@ -136,9 +134,9 @@ def test_hung_watcher_stops_the_watchdog(start_daemon, watched: Path) -> None:
     wait_for(quiet_for_two_seconds, timeout=15, what="watchdog pings to stop")
 
 
-def test_watcher_environment_has_no_systemd_variables(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)), env={"WATCHDOG_USEC": "5000000"},
-                          shell_prefix="export WATCHDOG_PID=$$")
+def test_watcher_environment_has_no_systemd_variables(start_watching) -> None:
+    daemon = start_watching(env={"WATCHDOG_USEC": "5000000"},
+                            shell_prefix="export WATCHDOG_PID=$$")
     with open(f"/proc/{daemon.watcher_pid()}/environ", "rb") as f:
         env = f.read().split(b"\0")
     names = {e.split(b"=")[0] for e in env}
@@ -167,24 +165,21 @@ def test_socket_activation(start_daemon, watched: Path, workdir: str) -> None:
     assert "(from systemd)" in daemon.log_text()
 
 
-def test_journal_stream_logging_has_priorities(start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)),
-                          shell_prefix='export JOURNAL_STREAM='
-                                       '"$(stat -L -c %d:%i /proc/self/fd/2)"')
+def test_journal_stream_logging_has_priorities(start_watching) -> None:
+    daemon = start_watching(shell_prefix='export JOURNAL_STREAM='
+                                         '"$(stat -L -c %d:%i /proc/self/fd/2)"')
     assert daemon.stop() == 0
     lines = [x for x in daemon.log_text().splitlines() if x.strip()]
     assert lines and all(re.match(r"<[3467]>", x) for x in lines), lines[:5]
 
 
 def test_a_crashing_watchers_stack_reaches_the_journal_at_error_priority(
-        start_daemon, watched: Path) -> None:
-    daemon = start_daemon(config(watches=watch("w", watched)),
-                          shell_prefix='export JOURNAL_STREAM='
-                                       '"$(stat -L -c %d:%i /proc/self/fd/2)"')
+        start_watching) -> None:
+    daemon = start_watching(shell_prefix='export JOURNAL_STREAM='
+                                         '"$(stat -L -c %d:%i /proc/self/fd/2)"')
     pid = daemon.watcher_pid()
     os.kill(pid, signal.SIGSEGV)
-    wait_for(lambda: f"watcher process {pid} was killed by SIGSEGV" in daemon.log_text(),
-             what="the crash to be reported")
+    daemon.wait_log(f"watcher process {pid} was killed by SIGSEGV")
     lines = daemon.log_text().splitlines()
     stack = [x for x in lines if f"watcher process {pid}: " in x]
     assert any("Fatal Python error: Segmentation fault" in x for x in stack), lines[-20:]
@@ -225,9 +220,8 @@ def test_daemonize(workdir: str, watched: Path) -> None:
     # A stale pid file (its process gone) does not stop a start.
     with open(pidfile, "w") as f:
         f.write("999999\n")
-    result = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile", pidfile,
-                             "--log-file", logfile, "--config", cfg],
-                            env=env, capture_output=True, text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", pidfile, "--log-file", logfile,
+                        "--config", cfg, env=env)
     assert result.returncode == 0, result.stderr
     def new_pid() -> int | None:
         try:
@@ -254,9 +248,7 @@ def test_daemonize(workdir: str, watched: Path) -> None:
                 return int(probe.request({"op": "status"})["reloads"])
         wait_for(lambda: reloads() == 1, what="a reload")
         # A second start is refused while it runs.
-        again = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile",
-                                pidfile, "--config", cfg],
-                               env=env, capture_output=True, text=True, timeout=30)
+        again = run_watchd("--daemonize", "--pidfile", pidfile, "--config", cfg, env=env)
         assert again.returncode != 0 and "already running" in again.stderr
     finally:
         os.kill(pid, signal.SIGTERM)
@@ -269,18 +261,16 @@ def test_daemonize_refused_under_systemd(workdir: str, watched: Path) -> None:
     cfg = os.path.join(workdir, "d.toml")
     with open(cfg, "w") as f:
         f.write(config(socket_line=f'socket = "{workdir}/x.sock"', watches=watch("w", watched)))
-    result = subprocess.run([sys.executable, "-m", "watchd", "--daemonize", "--pidfile",
-                             os.path.join(workdir, "p"), "--config", cfg],
-                            env=dict(os.environ, INVOCATION_ID="abc"), capture_output=True,
-                            text=True, timeout=30)
+    result = run_watchd("--daemonize", "--pidfile", os.path.join(workdir, "p"), "--config", cfg,
+                        env=dict(os.environ, INVOCATION_ID="abc"))
     assert result.returncode != 0 and "systemd" in result.stderr
 
 
-def test_a_long_scan_reports_progress_before_ready(start_daemon, watched: Path) -> None:
+def test_a_long_scan_reports_progress_before_ready(start_watching, watched: Path) -> None:
     for i in range(100):
         for j in range(90):
             os.makedirs(watched / f"a{i}" / f"b{j}")
-    daemon = start_daemon(config(watches=watch("w", watched)))
+    daemon = start_watching()
     msgs = daemon.notify.messages
     ready = next(i for i, m in enumerate(msgs) if "READY=1" in fields(m))
     progress = [m for m in msgs[:ready] if "STATUS=Establishing watches" in m]

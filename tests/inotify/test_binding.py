@@ -8,14 +8,13 @@ import os
 import pathlib
 import pickle
 import struct
-import time
-from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import watchd.inotify.flags as flags
+from tests.harness import read_until, wait_for
 from tests.inotify.isolation import run_isolated
 from watchd.errors import WatchdError
 from watchd.inotify import (
@@ -94,28 +93,6 @@ HEADER_VALUES = {
     "IN_CLOEXEC": os.O_CLOEXEC,
     "IN_NONBLOCK": os.O_NONBLOCK,
 }
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll check() until it is true; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.005)
-
-
-def read_until(ino: InotifyFd, want: Callable[[list[RawEvent]], bool]) -> list[RawEvent]:
-    """Read events until want(all read so far) holds, waiting on the fd with a deadline."""
-    got: list[RawEvent] = []
-    deadline = time.monotonic() + 5.0
-    while not want(got):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"expected events not read within 5s; got {got!r}")
-        if ino.wait_readable(remaining):
-            got.extend(ino.read_events())
-    return got
 
 
 def pack(wd: int, mask: int, cookie: int, name: bytes, pad_to: int = 16) -> bytes:
@@ -300,7 +277,7 @@ def test_one_read_returns_a_whole_burst(ino: InotifyFd, tmp_path: pathlib.Path) 
     count = 3000  # ~96 KB of events: more than a small buffer, less than the kernel queue
     for i in range(count):
         (tmp_path / f"file-{i:05d}").touch()
-    wait_for(lambda: ino.wait_readable(0))
+    wait_for(lambda: ino.wait_readable(0), what="the inotify fd readable")
     events = ino.read_events()  # FIONREAD sized: everything queued comes in one read
     assert len(events) == count
     assert events[-1].name == f"file-{count - 1:05d}".encode()

@@ -6,11 +6,9 @@ import json
 import os
 import re
 import shlex
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.systemd_lab.container import Lab, LabError
 from tests.systemd_lab.readme import install_block
@@ -30,8 +28,6 @@ WatchdogSec=2s
 Environment=PYTHONDONTWRITEBYTECODE=1
 """
 
-T = TypeVar("T")
-
 
 def config_text(watches: dict[str, str], log_level: str = "debug") -> str:
     """A configuration with one [[watch]] per name: path."""
@@ -40,18 +36,6 @@ def config_text(watches: dict[str, str], log_level: str = "debug") -> str:
     for name, path in watches.items():
         parts += ["[[watch]]", f'name = "{name}"', f'path = "{path}"', ""]
     return "\n".join(parts)
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0) -> T:
-    """Poll `probe` until it returns something other than None or False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass(slots=True)

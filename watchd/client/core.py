@@ -37,8 +37,8 @@ from watchd.protocol import (
     Status,
     Unsubscribe,
     decode_message,
-    encode,
     encode_request,
+    encode_subscribe,
 )
 
 # Messages the daemon pushes on its own; everything else answers a request.
@@ -145,14 +145,17 @@ class SubscribeRequest:
 
     def line(self) -> bytes:
         """The wire line: op and id first, then the filters given, in protocol order."""
-        body: JSONDict = {"op": "subscribe", "id": self.id}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is not None and field.name != "id":
-                body[field.name] = list(value) if isinstance(value, tuple) else value
-        # encode escapes a name that is not UTF-8 (surrogateescape characters) as \udcXX,
-        # which the daemon turns back into the same bytes.
-        return encode(body)
+        # A name that is not UTF-8 (surrogateescape characters) is written as \udcXX, which
+        # the daemon turns back into the same bytes.
+        return encode_subscribe(
+            self.id,
+            watch=self.watch,
+            events=self.events,
+            paths=self.paths,
+            glob=self.glob,
+            since=self.since,
+            instance=self.instance,
+        )
 
 
 # What the client sends: protocol's requests, and a subscribe as given.

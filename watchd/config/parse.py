@@ -1,8 +1,7 @@
-"""The TOML configuration: parsed into frozen dataclasses, every problem named by file and key."""
+"""Reading TOML into the configuration values: every problem named by file and key."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import difflib
 import grp
@@ -10,196 +9,22 @@ import math
 import os
 import pwd
 import re
-import resource
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
+from types import MappingProxyType
 from typing import Final
 
+from watchd.config.model import WATCH_KEYS, Config, DaemonConfig, WatchConfig
 from watchd.errors import ConfigError
-from watchd.events import ALL_KINDS, DEFAULT_KINDS, Kind
-
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-# Keys of [daemon] that bind the listening socket: a reload cannot change them.
-RESTART_KEYS: Final = ("socket", "socket_mode", "socket_group")
+from watchd.events import ALL_KINDS, KIND_LIST, Kind
+from watchd.levels import LOG_LEVELS
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _OCTAL_RE: Final = re.compile(r"(?:0o)?([0-7]{1,4})")
 _MAX_ID: Final = 2**32 - 2  # (uid_t) -1 means "no change" to the kernel, so it is no id
 # sun_path holds 108 bytes with the terminating NUL.
 _MAX_SOCKET_PATH: Final = 107
-_KIND_LIST: Final = ", ".join(k.value for k in Kind)
-# Connections root and the daemon's own user may open beyond daemon.max_clients, so that the
-# others filling every slot cannot lock the administrator out.
-RESERVED_CLIENTS: Final = 8
-# File descriptors the daemon needs besides its clients: the listening socket, the watcher's
-# pipes (two watchers for a moment while one is replaced), logging, the notify socket, stdio.
-FD_RESERVE: Final = 64
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonConfig:
-    """The [daemon] table."""
-
-    socket: str = "/run/watchd/watchd.sock"
-    socket_mode: int = 0o660
-    socket_group: int | None = None  # a gid, resolved from a name when the file gives one
-    log_level: str = "info"
-    max_clients: int = 1024
-    max_clients_per_user: int = 64
-    max_subscriptions: int = 64
-    max_patterns: int = 64  # glob patterns in one subscription
-    max_paths: int = 256  # paths in one subscription
-    client_queue: int = 10000
-    replay_buffer: int = 65536
-    max_line_bytes: int = 65536
-    request_timeout: float = 10.0
-    watcher_timeout: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class WatchConfig:
-    """One [[watch]] table."""
-
-    name: str
-    path: str
-    recursive: bool = True
-    events: frozenset[Kind] = DEFAULT_KINDS
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    allow_users: frozenset[int] | None = None  # uids
-    allow_groups: frozenset[int] | None = None  # gids
-    max_directories: int | None = None  # None: a fair share (Config.directory_budgets)
-    # Keep an index of the tree, so that after a loss only the differences are published
-    # (watchd.resync); false: an overflow notice alone, and no memory spent on the tree.
-    resync: bool = True
-    # Not a key of the file: `path` with its symbolic links resolved when the file was loaded,
-    # where it differs from `path` (the watcher opens this one, following no link at all).
-    resolved: str = ""
-
-    @property
-    def real_path(self) -> str:
-        """The directory the watcher opens: `path`, its symbolic links resolved at load."""
-        return self.resolved or self.path
-
-    def may_see(self, uid: int, gid: int, groups: Iterable[int]) -> bool:
-        """Whether a peer with these credentials may subscribe to this watch."""
-        if uid == 0 or (self.allow_users is None and self.allow_groups is None):
-            return True
-        if self.allow_users is not None and uid in self.allow_users:
-            return True
-        if self.allow_groups is None:
-            return False
-        return gid in self.allow_groups or any(g in self.allow_groups for g in groups)
-
-
-# The keys a [[watch]] table may have: WatchConfig's fields but those computed at load.
-WATCH_KEYS: Final = tuple(f.name for f in fields(WatchConfig) if f.name != "resolved")
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """A whole configuration file."""
-
-    path: str
-    daemon: DaemonConfig
-    watches: tuple[WatchConfig, ...]
-
-    def watch(self, name: str) -> WatchConfig | None:
-        """The watch of that name, if there is one."""
-        for watch in self.watches:
-            if watch.name == name:
-                return watch
-        return None
-
-    def directory_budgets(self, max_user_watches: int | None) -> dict[str, int | None]:
-        """How many directories each watch may watch, so that none starves the others.
-
-        A watch's own max_directories, else a fair share: the kernel's limit less what the
-        watches with a max_directories of their own take, divided equally among the others
-        (at least 1). None where the kernel's limit is unknown and none is configured.
-        """
-        explicit = sum(w.max_directories or 0 for w in self.watches)
-        shared = sum(1 for w in self.watches if w.max_directories is None)
-        share = None
-        if max_user_watches is not None and shared:
-            share = max(1, (max_user_watches - explicit) // shared)
-        return {w.name: w.max_directories or share for w in self.watches}
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigDiff:
-    """What a reload changes."""
-
-    added: tuple[WatchConfig, ...]
-    removed: tuple[WatchConfig, ...]
-    changed: tuple[tuple[WatchConfig, WatchConfig], ...]  # (old, new)
-    restart_needed: tuple[str, ...]  # e.g. "daemon.socket": differs, but only a restart applies it
-    daemon_changed: bool
-
-
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a configuration file; raises ConfigError."""
-    file = os.path.abspath(os.fspath(path))
-    try:
-        with open(file, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigError(file, "", f"cannot read the configuration file: {e.strerror or e}") from e
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError(
-            file, "", f"not UTF-8 text: byte 0x{data[e.start]:02x} on line {line}; save it as UTF-8"
-        ) from e
-    config = resolve_paths(parse_config(text, file))
-    check_fd_limit(config)
-    return config
-
-
-def resolve_paths(config: Config) -> Config:
-    """Resolve each watch's symbolic links, once, and refuse a pseudo file system as a root.
-
-    The watcher then opens the resolved path following no link, so a link put in place of
-    the directory (or of a parent) later is never followed; a reload resolves again.
-    """
-    from watchd.inotify.fs import pseudo_fs_at
-
-    watches = []
-    for i, watch in enumerate(config.watches):
-        real = os.path.realpath(watch.path)
-        pseudo = pseudo_fs_at(real)
-        if pseudo is not None:
-            raise ConfigError(
-                config.path, f"watch[{i}].path",
-                f"{_show(watch.path)} is on the pseudo file system {pseudo}, whose changes "
-                f"inotify does not report; watch a directory of a real file system "
-                f"(in watch {watch.name!r})")
-        resolved = real if real != watch.path else ""
-        watches.append(dataclasses.replace(watch, resolved=resolved))
-    return dataclasses.replace(config, watches=tuple(watches))
-
-
-def fds_needed(daemon: DaemonConfig) -> int:
-    """The file descriptors the daemon needs at most with this configuration."""
-    return daemon.max_clients + RESERVED_CLIENTS + FD_RESERVE
-
-
-def check_fd_limit(config: Config) -> None:
-    """Refuse a max_clients the hard RLIMIT_NOFILE cannot hold (the daemon raises its soft
-    limit up to the hard one at start); raises ConfigError."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    need = fds_needed(config.daemon)
-    if hard != resource.RLIM_INFINITY and hard < need:
-        most = hard - RESERVED_CLIENTS - FD_RESERVE
-        raise ConfigError(
-            config.path,
-            "daemon.max_clients",
-            f"{config.daemon.max_clients} clients need {need} file descriptors, more than the "
-            f"limit of this process allows (RLIMIT_NOFILE {hard}); lower max_clients to "
-            f"{max(most, 0)} or less, or raise the limit (LimitNOFILE= in the unit, ulimit -Hn)",
-        )
 
 
 def parse_config(text: str, path: str) -> Config:
@@ -217,30 +42,6 @@ def parse_config(text: str, path: str) -> Config:
     return Config(path=path, daemon=daemon, watches=watches)
 
 
-def diff_config(old: Config, new: Config) -> ConfigDiff:
-    """What differs between the running configuration and a reloaded one."""
-    old_by_name = {w.name: w for w in old.watches}
-    new_names = {w.name for w in new.watches}
-    return ConfigDiff(
-        added=tuple(w for w in new.watches if w.name not in old_by_name),
-        removed=tuple(w for w in old.watches if w.name not in new_names),
-        changed=tuple(
-            (old_by_name[w.name], w)
-            for w in new.watches
-            if w.name in old_by_name and old_by_name[w.name] != w
-        ),
-        restart_needed=tuple(
-            f"daemon.{key}"
-            for key in RESTART_KEYS
-            if getattr(old.daemon, key) != getattr(new.daemon, key)
-        ),
-        daemon_changed=old.daemon != new.daemon,
-    )
-
-
-# --- validation -----------------------------------------------------------------------------------
-
-
 def _type_name(value: object) -> str:
     """A TOML value's type as messages call it."""
     if isinstance(value, bool):
@@ -250,7 +51,7 @@ def _type_name(value: object) -> str:
     if isinstance(value, float):
         return f"a float ({value})"
     if isinstance(value, str):
-        return f"a string ({_show(value)})"
+        return f"a string ({show(value)})"
     if isinstance(value, list):
         return "an array"
     if isinstance(value, dict):
@@ -260,7 +61,7 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
-def _show(value: str) -> str:
+def show(value: str) -> str:
     """A string from the file, quoted for a message and cut short when long."""
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:56] + "...'"
@@ -324,7 +125,7 @@ class _Reader:
     def absolute_path(self, value: object, key: str) -> str:
         path = self.string(value, key)
         if not path.startswith("/"):
-            raise self.error(key, f"must be an absolute path, got {_show(path)}")
+            raise self.error(key, f"must be an absolute path, got {show(path)}")
         if "\x00" in path:
             raise self.error(key, "a path cannot contain a NUL character")
         # POSIX lets a leading "//" mean something else; Linux does not, and normpath keeps it.
@@ -349,7 +150,7 @@ class _Reader:
             return lookup(value)
         except KeyError as e:
             raise self.error(
-                key, f"unknown {kind} {_show(value)}: no such {kind} on this system"
+                key, f"unknown {kind} {show(value)}: no such {kind} on this system"
             ) from e
 
     def identities(
@@ -377,7 +178,7 @@ def _socket_mode(r: _Reader, value: object, key: str) -> int:
         )
     match = _OCTAL_RE.fullmatch(value)
     if match is None:
-        raise r.error(key, f'expected an octal string such as "0660", got {_show(value)}')
+        raise r.error(key, f'expected an octal string such as "0660", got {show(value)}')
     mode = int(match.group(1), 8)
     if mode > 0o777:
         raise r.error(key, f"out of range: {value} (permission bits go up to 0777)")
@@ -408,7 +209,7 @@ def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
             if level not in LOG_LEVELS:
                 raise r.error(
                     full,
-                    f"unknown log level {_show(level)}; expected one of {', '.join(LOG_LEVELS)}",
+                    f"unknown log level {show(level)}; expected one of {', '.join(LOG_LEVELS)}",
                 )
             values[key] = level
         elif key in ("watcher_timeout", "request_timeout"):
@@ -429,7 +230,7 @@ def _watches(r: _Reader, value: object) -> tuple[WatchConfig, ...]:
             first = first_index[watch.name]
             raise r.error(
                 f"watch[{i}].name",
-                f"duplicate name {_show(watch.name)}, already used by watch[{first}];"
+                f"duplicate name {show(watch.name)}, already used by watch[{first}];"
                 " every watch needs its own name",
             )
         first_index[watch.name] = i
@@ -453,7 +254,7 @@ def _events(r: _Reader, value: object, key: str) -> frozenset[Kind]:
         except ValueError as e:
             raise r.error(
                 f"{key}[{i}]",
-                f'unknown event kind {_show(name)}; expected one of {_KIND_LIST}, or "all"',
+                f'unknown event kind {show(name)}; expected one of {KIND_LIST}, or "all"',
             ) from e
     return frozenset(kinds)
 
@@ -468,10 +269,24 @@ def _patterns(r: _Reader, value: object, key: str) -> tuple[str, ...]:
         if "/" in pattern:
             raise r.error(
                 f"{key}[{i}]",
-                f"patterns match a base name, which never contains '/'; got {_show(pattern)}",
+                f"patterns match a base name, which never contains '/'; got {show(pattern)}",
             )
         patterns.append(pattern)
     return tuple(patterns)
+
+
+# How each key of a [[watch]] table but name and path is read: a new key of WatchConfig gets
+# its line here (tests check that every key of WATCH_KEYS has one).
+_WATCH_VALUES: Final[Mapping[str, Callable[[_Reader, object, str], object]]] = MappingProxyType({
+    "recursive": _Reader.boolean,
+    "events": _events,
+    "include": _patterns,
+    "exclude": _patterns,
+    "allow_users": lambda r, value, key: r.identities(value, key, "user", _uid),
+    "allow_groups": lambda r, value, key: r.identities(value, key, "group", _gid),
+    "max_directories": _Reader.positive_int,
+    "resync": _Reader.boolean,
+})
 
 
 def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
@@ -482,7 +297,7 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
     if _NAME_RE.fullmatch(name) is None:
         raise r.error(
             f"{prefix}.name",
-            f"{_show(name)} is not a valid name: use letters, digits, '_', '.' and '-' only",
+            f"{show(name)} is not a valid name: use letters, digits, '_', '.' and '-' only",
         )
     r.where = f" (in watch {name!r})"
     r.only_keys(table, f"{prefix}.", WATCH_KEYS)
@@ -493,37 +308,8 @@ def _watch(r: _Reader, table: Mapping[str, object], prefix: str) -> WatchConfig:
         "path": r.absolute_path(table["path"], f"{prefix}.path"),
     }
     for key, value in table.items():
-        full = f"{prefix}.{key}"
-        if key in ("recursive", "resync"):
-            values[key] = r.boolean(value, full)
-        elif key == "events":
-            values[key] = _events(r, value, full)
-        elif key in ("include", "exclude"):
-            values[key] = _patterns(r, value, full)
-        elif key == "allow_users":
-            values[key] = r.identities(value, full, "user", _uid)
-        elif key == "allow_groups":
-            values[key] = r.identities(value, full, "group", _gid)
-        elif key == "max_directories":
-            values[key] = r.positive_int(value, full)
+        if key not in ("name", "path"):
+            values[key] = _WATCH_VALUES[key](r, value, f"{prefix}.{key}")
     r.where = ""
     return WatchConfig(**values)  # type: ignore[arg-type]  # each value was checked above
 
-
-__all__ = [
-    "FD_RESERVE",
-    "LOG_LEVELS",
-    "RESERVED_CLIENTS",
-    "RESTART_KEYS",
-    "WATCH_KEYS",
-    "Config",
-    "ConfigDiff",
-    "DaemonConfig",
-    "WatchConfig",
-    "check_fd_limit",
-    "diff_config",
-    "fds_needed",
-    "load_config",
-    "parse_config",
-    "resolve_paths",
-]

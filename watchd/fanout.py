@@ -1,0 +1,227 @@
+"""The broker's hot path: number, serialize once, hold, and write the same bytes to many.
+
+Each batch of events is encoded once; every connection that receives a watch gets the tails
+behind its subscriptions' prefixes in one write. A connection that is behind gets its events
+queued (bounded by client_queue) or counted as dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from watchd import protocol
+from watchd.events import KIND_BITS, Kind
+from watchd.flow import QueueLevels
+from watchd.replay import Held, History, Replays
+from watchd.subscription import KIND_BITS_ALL, Connection, Filter, Subscription
+
+if TYPE_CHECKING:
+    from watchd.channel import Item
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """The subscriptions of one connection that receive a given watch."""
+
+    conn: Connection
+    subs: tuple[Subscription, ...]
+    prefixes: tuple[bytes, ...]  # of `subs`, when every one of them is simple
+    simple: bool
+
+
+def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
+    """[p1, t1, p2, t1, ..., p1, t2, p2, t2, ...]: every tail behind every prefix, in seq order."""
+    n = len(tails)
+    step = 2 * len(prefixes)
+    chunks: list[bytes] = [b""] * (step * n)
+    # Slice assignment does the per-event work in C: one pass per subscription, not per event.
+    for j, prefix in enumerate(prefixes):
+        chunks[2 * j :: step] = [prefix] * n
+        chunks[2 * j + 1 :: step] = tails
+    return chunks
+
+
+@dataclass(slots=True)
+class Counters:
+    """What status reports of the events: in all, and per watch ("" for every watch at once),
+    for a status limited to some watches."""
+
+    events: int = 0  # published
+    overflows: int = 0  # overflow occasions, however many subscriptions were told
+    dropped_gone: int = 0  # event lines discarded for connections since closed
+    events_of: dict[str, int] = field(default_factory=dict)
+    overflows_of: dict[str, int] = field(default_factory=dict)
+
+    def overflow(self, watch: str | None) -> None:
+        """Count an overflow occasion of a watch (of every watch for None)."""
+        self.overflows += 1
+        self.overflows_of[watch or ""] = self.overflows_of.get(watch or "", 0) + 1
+
+    def dropped(self, conns: Iterable[Connection]) -> int:
+        """Event lines discarded for slow connections, closed ones included."""
+        return self.dropped_gone + sum(conn.dropped for conn in conns)
+
+    def stats(self, conns: Collection[Connection], history: History) -> dict[str, int]:
+        """The counters reported by status."""
+        return {
+            "clients": len(conns),
+            "subscriptions": sum(len(conn.subs) for conn in conns),
+            "events": self.events,
+            "dropped": self.dropped(conns),
+            "overflows": self.overflows,
+            "seq": history.last_seq,
+            "oldest": history.oldest,
+        }
+
+    def stats_for(
+        self, conns: Iterable[Connection], history: History, uid: int, visible: Iterable[str]
+    ) -> dict[str, int]:
+        """stats() as a peer that sees only some watches may read them.
+
+        Counters of events and overflows cover the visible watches; clients, subscriptions and
+        drops those of the peer's own user, so that nothing is told of the others' activity.
+        """
+        mine = [conn for conn in conns if conn.peer.uid == uid]
+        names = set(visible)
+        return {
+            "clients": len(mine),
+            "subscriptions": sum(len(conn.subs) for conn in mine),
+            "events": sum(n for w, n in self.events_of.items() if w in names),
+            "dropped": sum(conn.dropped for conn in mine),
+            "overflows": sum(n for w, n in self.overflows_of.items() if w in names or not w),
+            "seq": history.last_seq,
+            "oldest": history.oldest,
+        }
+
+
+class FanOut:
+    """Publishes batches of events to the connections of a broker."""
+
+    def __init__(
+        self,
+        conns: Iterable[Connection],
+        history: History,
+        replays: Replays,
+        counts: Counters,
+        levels: QueueLevels,
+    ) -> None:
+        self.conns = conns  # the broker's connections, as they are at each publish
+        self.history = history
+        self.replays = replays
+        self.counts = counts
+        self.levels = levels
+        # Set when a connection's queue reaches levels.near_full: worth a look at the congestion.
+        self.queues_filling = False
+        self.routes: dict[str, tuple[_Route, ...]] = {}  # per watch; cleared on any change
+        self._encoder = protocol.EventEncoder()
+        self._kinds: dict[int, Kind] = {bit: kind for kind, bit in KIND_BITS.items()}
+
+    def publish(self, watch: str, reads: list[tuple[float, list[Item]]]) -> None:
+        """Number, serialize, hold and fan out the events of several reads of one watch."""
+        history = self.history
+        if self.replays.under_way:
+            # What the history is about to forget, replays that have not reached it count as
+            # dropped (asked for again, it is since_expired: the client then rescans).
+            incoming = sum(len(items) for _, items in reads)
+            self.replays.before_evict(len(history) + incoming - history.size)
+        routes = self.routes.get(watch)
+        if routes is None:
+            routes = self.routes[watch] = self._route(watch)
+        # Connections with lines waiting send them first. That may end a replay, which puts its
+        # subscription among the routes: take them again then.
+        pumped = False
+        for route in routes:
+            conn = route.conn
+            if conn.queue or conn.lagging:
+                self.replays.pump(conn)
+                pumped = True
+        if pumped and watch not in self.routes:
+            routes = self.routes[watch] = self._route(watch)
+        # Decide once per batch how each connection is served: the state of a sink only changes
+        # when it is written to, which happens after the loop.
+        fast: list[_Route] = []  # writable, every subscription simple: all events, no tests
+        # The others, grouped by filter so that subscriptions asking the same thing (many clients
+        # running the same command) cost one test per event. Out None: via the queue.
+        groups: dict[Filter, list[tuple[Subscription, list[bytes] | None]]] = {}
+        outs: list[tuple[Connection, list[bytes]]] = []
+        for route in routes:
+            out: list[bytes] | None = None
+            if not route.conn.queue and route.conn.sink.writable():
+                if route.simple:
+                    fast.append(route)
+                    continue
+                out = []
+                outs.append((route.conn, out))
+            for sub in route.subs:
+                groups.setdefault(sub.filter, []).append((sub, out))
+        general = list(groups.items())
+
+        kinds = self._kinds
+        tail_of = self._encoder.tail
+        tails: list[bytes] = []
+        batch: list[Held] = []  # for the history and the filters
+        keep = batch.append
+        seq = self.history.last_seq
+        for time, items in reads:
+            for mask, cookie, path, src_path in items:
+                bit = mask & KIND_BITS_ALL
+                kind = kinds.get(bit)
+                if kind is None:
+                    continue  # not exactly one kind bit: nothing a client could be told
+                seq += 1
+                tail = tail_of(seq, time, watch, kind, path, mask, cookie, src_path)
+                keep((seq, watch, bit, path, tail))
+                tails.append(tail)
+        history.extend(batch)
+        if batch:
+            counts = self.counts
+            counts.events += len(batch)
+            counts.events_of[watch] = counts.events_of.get(watch, 0) + len(batch)
+
+        # Subscribers without filters first: what others' filters cost never delays them.
+        if tails:
+            for route in fast:
+                route.conn.sink.write(_interleave(route.prefixes, tails))
+        if general:
+            for seq, _, bit, path, tail in batch:
+                for flt, targets in general:
+                    if flt.matches(bit, path):
+                        for sub, sink_out in targets:
+                            if sink_out is None:
+                                self._queue_event(sub, seq, tail)
+                            else:
+                                sink_out.append(sub.prefix)
+                                sink_out.append(tail)
+        for conn, chunks in outs:
+            if chunks:
+                conn.sink.write(chunks)
+
+    def _route(self, watch: str) -> tuple[_Route, ...]:
+        routes = []
+        for conn in self.conns:
+            subs = tuple(
+                sub
+                for sub in conn.subs.values()
+                if watch in sub.visible and sub.replay is None
+            )
+            if subs:
+                simple = all(sub.filter.simple for sub in subs)
+                routes.append(_Route(conn, subs, tuple(sub.prefix for sub in subs), simple))
+        return tuple(routes)
+
+    def _queue_event(self, sub: Subscription, seq: int, tail: bytes) -> None:
+        """Queue an event line for a connection that is behind, or count it as dropped."""
+        conn = sub.conn
+        if conn.queued_events >= self.replays.client_queue:
+            sub.drop(seq)
+            return
+        if sub.drop_count:
+            # pump reports gaps as soon as there is room, so this only guards the order: a
+            # gap must never be reported after an event that came later.
+            sub.settle()
+        conn.queue.append(sub.prefix + tail)
+        conn.queued_events += 1
+        if conn.queued_events >= self.levels.near_full:
+            self.queues_filling = True

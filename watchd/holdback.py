@@ -1,0 +1,90 @@
+"""The daemon's side of holding the watcher back: applying watchd.flow's rule to the live parts.
+
+flow.decide says whether to hold back; this module gathers its inputs (the subscribed
+connections' views, the broker's levels, the flow clock), pauses or resumes reading from the
+watcher accordingly, and looks again while a hold lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection
+
+from watchd import flow
+from watchd.broker import Broker
+from watchd.server import ClientProtocol
+from watchd.supervisor import WatcherProcess
+
+log = logging.getLogger("watchd")
+
+RECHECK_S = 0.05  # while held back: how often to look at the levels again
+
+
+class HoldBack:
+    """Holds the watcher back, or lets it go, as the rule in watchd.flow decides.
+
+    While held, each subscriber works through its own backlog, already encoded, and the
+    watcher keeps draining the kernel queue into its own buffer: a burst larger than
+    client_queue still reaches clients that read steadily, where dropping it would only
+    make them ask again.
+    """
+
+    def __init__(self, broker: Broker, clients: Collection[ClientProtocol],
+                 watcher: Callable[[], WatcherProcess | None]) -> None:
+        self.broker = broker
+        self.clients = clients
+        self.watcher = watcher  # the running watcher, if any
+        self.clock = flow.FlowClock()  # stands still while the hold lasts
+        self.recheck: asyncio.TimerHandle | None = None
+        self.spent = False  # the limit was reached; wait for a subscriber to catch up
+
+    def flow_time(self) -> float:
+        """Now on the clock the hold-back rule judges by (see watchd.flow)."""
+        return self.clock.now(time.monotonic())
+
+    def review(self) -> None:
+        """Decide again: the levels, the subscribers or the watcher may have changed."""
+        watcher = self.watcher()
+        if watcher is None:
+            return
+        now = time.monotonic()
+        views = [c.view() for c in self.clients if c.subscribed]
+        decision = flow.decide(views, self.broker.levels, now, self.clock.now(now),
+                               spent=self.spent)
+        self.broker.queues_filling = decision.filling
+        self.spent = decision.spent
+        if not decision.hold:
+            self.release()
+            return
+        if not self.clock.holding:
+            self.clock.hold(now)
+            log.debug("%s: the watcher holds its batches meanwhile", decision.reason)
+            watcher.pause_reading()
+        if self.recheck is None:
+            # Not every change of the levels comes with a call (an unsubscribe, a drained queue).
+            self.recheck = asyncio.get_running_loop().call_later(RECHECK_S, self._recheck)
+
+    def _recheck(self) -> None:
+        self.recheck = None
+        if self.clock.holding:
+            self.review()
+
+    def release(self) -> None:
+        """Let the watcher go: read from it again."""
+        self.clock.release(time.monotonic())
+        if self.recheck is not None:
+            self.recheck.cancel()
+            self.recheck = None
+        watcher = self.watcher()
+        if watcher is not None:
+            watcher.resume_reading()
+
+    def expire(self, limit_s: float) -> None:
+        """End a hold that has lasted `limit_s`: the hold is spent (see watchd.flow)."""
+        since = self.clock.since
+        if since is not None and time.monotonic() - since > limit_s:
+            log.debug("the watcher was held back for %.1f s; publishing again", limit_s)
+            self.spent = True
+            self.release()

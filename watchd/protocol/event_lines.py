@@ -1,0 +1,118 @@
+"""Event lines, the hot path: each event serialized once for every subscriber."""
+
+from __future__ import annotations
+
+import math
+from json.encoder import encode_basestring_ascii
+from typing import Final
+
+from watchd.events import SYNTHETIC
+from watchd.inotify.flags import (
+    IN_ALL_EVENTS,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_Q_OVERFLOW,
+    IN_UNMOUNT,
+    Mask,
+)
+
+EVENT_HEAD: Final = b'{"type":"event","subscription":"'
+
+# The bits named in an event's "mask": the kind bits and those the kernel adds to them,
+# in ascending order (the order a Flag iterates its bits in).
+_MASK_NAMES: Final = tuple(
+    (int(bit), str(bit.name))
+    for bit in Mask(IN_ALL_EVENTS | IN_UNMOUNT | IN_Q_OVERFLOW | IN_IGNORED | IN_ISDIR)
+)
+_KNOWN_BITS: Final = sum(bit for bit, _ in _MASK_NAMES)
+
+
+def mask_names(mask: int) -> list[str]:
+    """The IN_* names of the bits set in mask, in ascending bit order (unknown bits left out)."""
+    return [name for bit, name in _MASK_NAMES if mask & bit]
+
+
+def _mask_fragment(mask: int) -> str:
+    """The JSON of the "is_dir" and "mask" members for one mask value."""
+    is_dir = "true" if mask & IN_ISDIR else "false"
+    if mask & SYNTHETIC:
+        # Made up after a loss: no kernel bits to show.
+        return f'"is_dir":{is_dir},"mask":[],"synthetic":true'
+    names = ",".join(f'"{name}"' for name in mask_names(mask))
+    return f'"is_dir":{is_dir},"mask":[{names}]'
+
+
+# Cached event fragments: far more than watches times the masks a watch produces.
+_FRAGMENTS_MAX: Final = 4096
+
+
+def _time_json(time: float) -> str:
+    # Microseconds are what the clock is good for; fewer digits on the wire.
+    return repr(round(float(time), 6))
+
+
+class EventEncoder:
+    """Serializes events once for every subscriber, caching what repeats.
+
+    An event line is the same text around three values of its own (seq, path, cookie). What
+    depends on the watch and the mask (kind, is_dir, mask) is formatted once per pair and kept;
+    the time once per watcher read, which its events share (formatting the float alone took
+    longer than all the rest together); and the two joined once per read and mask, so that an
+    event costs one small f-string.
+    """
+
+    __slots__ = ("_fragments", "_read", "_time", "_time_text", "_watch")
+
+    def __init__(self) -> None:
+        # (watch, mask) -> (text from "watch" to the path's opening, text from after the path
+        # to the cookie's value)
+        self._fragments: dict[tuple[str, int], tuple[str, str]] = {}
+        self._time = math.nan  # equal to no time: the first event formats its own
+        self._time_text = ""
+        self._watch = ""
+        # mask -> the fragments of the current read's watch, the first with the time before it
+        self._read: dict[int, tuple[str, str]] = {}
+
+    def tail(  # noqa: PLR0917 -- positional on the hot path: one call per event
+        self,
+        seq: int,
+        time: float,
+        watch: str,
+        kind: str,
+        path: str,
+        mask: int,
+        cookie: int,
+        src_path: str | None,
+    ) -> bytes:
+        """An event line after its sid: EVENT_HEAD + sid + this is the whole line."""
+        if time != self._time or watch != self._watch:
+            if time != self._time:
+                self._time = time
+                self._time_text = _time_json(time)
+            self._watch = watch
+            self._read = {}
+        # Only the named bits matter, which also bounds the caches.
+        mask &= _KNOWN_BITS | SYNTHETIC
+        parts = self._read.get(mask)
+        if parts is None:
+            before, after = self._fragment(watch, kind, mask)
+            parts = self._read[mask] = (f',"time":{self._time_text}{before}', after)
+        before, after = parts
+        if src_path is None:
+            line = f'","seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie}}}\n'
+            return line.encode("ascii")
+        return (
+            f'","seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie},'
+            f'"src_path":{encode_basestring_ascii(src_path)}}}\n'
+        ).encode("ascii")
+
+    def _fragment(self, watch: str, kind: str, mask: int) -> tuple[str, str]:
+        parts = self._fragments.get((watch, mask))
+        if parts is None:
+            if len(self._fragments) >= _FRAGMENTS_MAX:
+                self._fragments.clear()  # watches renamed by many reloads: start afresh
+            parts = self._fragments[watch, mask] = (
+                f',"watch":{encode_basestring_ascii(watch)},"kind":"{kind}","path":',
+                f',{_mask_fragment(mask)},"cookie":',
+            )
+        return parts

@@ -1,0 +1,320 @@
+"""The replay history (the newest events and overflow markers) and `since` replays through it.
+
+A subscription with `since` reads the history at the pace its client reads its lines, a
+bounded step per turn of the loop, and only then takes live events; what the history forgets
+before a replay reaches it is reported as dropped. Paced by the connection's queue, so the
+queue's draining (`Replays.pump`) lives here too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from watchd import protocol
+from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError
+from watchd.subscription import Connection, Cursor, Subscription, quote
+
+# Lines handed to a sink per write while draining a queue: a transport that pauses part-way
+# is overfilled by at most this much, and the syscalls are still batched.
+FLUSH_LINES = 512
+# Held events a replay looks at per turn of the loop and connection before it lets the others
+# have theirs: a replay never holds the loop for long, however selective its filter.
+REPLAY_STEP = 4096
+
+# One held event: (seq, watch, kind bit, path, tail). A plain tuple because publish builds one
+# per event on the hot path, where a NamedTuple or dataclass constructor costs measurably more.
+Held = tuple[int, str, int, str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """An overflow held in the replay history: events may be lost after seq. Or, with
+    changes >= 0, the end of the synthetic events of a resync of `watch` (watchd.resync)."""
+
+    seq: int
+    watch: str | None
+    reason: str
+    resync: frozenset[str] = frozenset()  # watches whose differences follow as events
+    changes: int = -1
+    duration_ms: float = 0.0
+
+    def line(self, sid: str, visible: frozenset[str]) -> bytes:
+        """The notice of this marker for a subscription that receives the `visible` watches."""
+        if self.changes >= 0:
+            assert self.watch is not None
+            return protocol.resynced(sid, self.seq, self.watch, self.changes, self.duration_ms)
+        # For every watch at once, a resync follows only if it covers all this one receives.
+        resync = (self.watch in self.resync if self.watch is not None
+                  else bool(self.resync) and visible <= self.resync)
+        return protocol.overflow(sid, self.seq, self.reason, self.watch, resync)
+
+
+class History:
+    """The newest `size` events by seq, and the overflow markers among them.
+
+    A ring indexed by seq % size: seqs are consecutive, so a replay finds its place in O(1)
+    and reads a step in O(step), wherever it is in the history.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ring: list[Held | None] = [None] * size
+        self.count = 0  # events held
+        self.last_seq = 0  # the newest seq assigned
+        self.markers: deque[Marker] = deque()
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def oldest(self) -> int:
+        """The oldest seq held; last_seq + 1 when none is held."""
+        return self.last_seq - self.count + 1
+
+    def extend(self, entries: list[Held]) -> None:
+        """Hold the next events in seq order (the oldest are forgotten past `size`)."""
+        n = len(entries)
+        size = self.size
+        if not n or not size:
+            self.last_seq += n
+            return
+        if n > size:
+            entries = entries[n - size :]
+        at = entries[0][0] % size
+        first = min(len(entries), size - at)
+        # Two slice copies in C, not one store per event: this is on publish's path.
+        ring = self._ring
+        ring[at : at + first] = entries[:first]
+        ring[: len(entries) - first] = entries[first:]
+        self.count = min(size, self.count + n)
+        self.last_seq = entries[-1][0]
+
+    def between(self, start: int, stop: int) -> list[Held]:
+        """The held events with start <= seq < stop, in seq order."""
+        start = max(start, self.oldest)
+        stop = min(stop, self.last_seq + 1)
+        if start >= stop:
+            return []
+        size = self.size
+        i, j = start % size, stop % size
+        ring = self._ring
+        # Every slot from oldest to last_seq holds an event.
+        return ring[i:j] if i < j else ring[i:] + ring[:j]  # type: ignore[return-value]
+
+    def resize(self, size: int) -> None:
+        """Hold at most `size` events from now on, keeping the newest."""
+        kept = self.between(self.oldest, self.last_seq + 1)[len(self) - min(size, len(self)) :]
+        last = self.last_seq
+        self.size, self._ring, self.count = size, [None] * size, 0
+        self.extend(kept)
+        self.last_seq = last
+        self.prune_markers()
+
+    def mark(self, marker: Marker) -> None:
+        """Hold an overflow marker; the same occasion twice at one seq tells a re-subscriber
+        nothing new, and skipping it bounds the markers when overflows repeat."""
+        if not self._marked(marker):
+            self.markers.append(marker)
+            self.prune_markers()
+
+    def _marked(self, marker: Marker) -> bool:
+        """Whether this very marker is already held (markers at one seq are at the right end)."""
+        for held in reversed(self.markers):
+            if held.seq != marker.seq:
+                return False
+            if held == marker:
+                return True
+        return False
+
+    def prune_markers(self) -> None:
+        """Forget overflow markers that lie before every `since` still accepted."""
+        floor = self.oldest - 1
+        while self.markers and self.markers[0].seq < floor:
+            self.markers.popleft()
+
+    def next_marker(self, after: int) -> float:
+        """The seq of the first overflow marker past `after` (inf when there is none)."""
+        for marker in self.markers:
+            if marker.seq > after:
+                return marker.seq
+        return math.inf
+
+    def check_since(
+        self, since: int, instance: str | None, own: str, req_id: JsonScalar
+    ) -> None:
+        """Refuse a `since` this history cannot replay from, saying what to do instead."""
+        oldest = self.oldest
+        if instance is not None and instance != own:
+            raise ProtocolError(
+                ErrorCode.SINCE_EXPIRED,
+                f'"instance": {quote(instance)} is not this daemon\'s instance '
+                f"({quote(own)}): the daemon restarted and its seqs began anew; "
+                "rescan, then subscribe without since",
+                req_id,
+                extra={"oldest": oldest},
+            )
+        if since > self.last_seq:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f'"since": {since} is past the last seq assigned ({self.last_seq}); '
+                "use a seq this daemon sent",
+                req_id,
+            )
+        if since < oldest - 1:
+            raise ProtocolError(
+                ErrorCode.SINCE_EXPIRED,
+                f'"since": the events after {since} are no longer held (the oldest is {oldest}, '
+                "daemon.replay_buffer); rescan, then subscribe without since",
+                req_id,
+                extra={"oldest": oldest},
+            )
+
+
+class Replays:
+    """The replays under way, and the draining of connection queues that paces them."""
+
+    def __init__(
+        self,
+        history: History,
+        client_queue: int,
+        on_end: Callable[[], None],
+        defer: Callable[[Callable[[], None]], object] | None,
+    ) -> None:
+        self.history = history
+        self.client_queue = client_queue  # a connection's queued events past which it drops
+        # Called when a replay ends: its subscription takes live events from then on.
+        self._on_end = on_end
+        # Runs a callback at the next turn of the loop (loop.call_soon), so that a long replay
+        # lets the others be served in between; None replays to the end at once (tests).
+        self._defer = defer
+        self.under_way: dict[Subscription, None] = {}
+
+    def start(self, sub: Subscription, since: int) -> None:
+        """Replay every seq after `since` to sub, up to the newest, before it takes live ones."""
+        sub.replay = Cursor(pos=since + 1, marked=since - 1)
+        sub.conn.replays[sub.sid] = sub
+        self.under_way[sub] = None
+
+    def end(self, sub: Subscription) -> None:
+        """The replay of sub is over (done or unsubscribed)."""
+        sub.replay = None
+        sub.conn.replays.pop(sub.sid, None)
+        self.under_way.pop(sub, None)
+        self._on_end()
+
+    def forget(self, conn: Connection) -> None:
+        """The connection is gone: its replays with it."""
+        for sub in conn.replays.values():
+            self.under_way.pop(sub, None)
+        conn.replays.clear()
+
+    def pump(self, conn: Connection) -> None:
+        """Move queued lines to the sink while it is writable; report gaps once there is room;
+        go on with replays while the sink takes their lines (a bounded step per turn)."""
+        if conn.closed:
+            return
+        queue = conn.queue
+        sink = conn.sink
+        budget = REPLAY_STEP
+        while True:
+            while queue and sink.writable():
+                chunk = [queue.popleft() for _ in range(min(len(queue), FLUSH_LINES))]
+                # Event lines, and no other line, begin with EVENT_HEAD.
+                conn.queued_events -= sum(1 for line in chunk if line.startswith(EVENT_HEAD))
+                sink.write(chunk)
+            if conn.lagging and not (queue and conn.queued_events >= self.client_queue):
+                for sub in list(conn.lagging.values()):
+                    sub.settle()
+                continue
+            # A replay is produced only as fast as the client reads it: nothing of it waits in
+            # the queue while the sink is paused.
+            if not conn.replays or queue or not sink.writable():
+                return
+            if budget <= 0:
+                if self._defer is not None:
+                    if not conn.replay_deferred:
+                        conn.replay_deferred = True
+                        self._defer(lambda: self._turn(conn))
+                    return
+                budget = REPLAY_STEP
+            sub = next(iter(conn.replays.values()))
+            cur = sub.replay
+            assert cur is not None
+            stop = min(self.history.last_seq + 1, cur.pos + budget)
+            budget -= self.advance(sub, stop, FLUSH_LINES)
+
+    def _turn(self, conn: Connection) -> None:
+        conn.replay_deferred = False
+        self.pump(conn)
+
+    def advance(self, sub: Subscription, stop: int, max_lines: int | None) -> int:
+        """Move a replay through the history up to seq `stop` (excluded); returns how many
+        held events it looked at.
+
+        With max_lines, it queues what matches and stops after that many lines; with None,
+        what matches counts as dropped (the history is about to forget it). A replay that
+        reaches the newest event ends: the subscription then takes live events.
+        """
+        cur = sub.replay
+        assert cur is not None
+        history = self.history
+        oldest = history.oldest
+        if cur.pos < oldest:  # not expected (see before_evict), but never silent
+            for seq in range(cur.pos, oldest):
+                sub.drop(seq)
+            cur.pos = oldest
+        conn = sub.conn
+        flt = sub.filter
+        visible = sub.visible
+        queue = conn.queue
+        prefix = sub.prefix
+        next_mark = history.next_marker(cur.marked)
+        pos = cur.pos
+        lines = 0
+        for seq, watch, bit, path, tail in history.between(cur.pos, stop):
+            if seq - 1 >= next_mark:
+                self._markers(sub, seq - 1)
+                next_mark = history.next_marker(cur.marked)
+            pos = seq + 1
+            if watch in visible and flt.matches(bit, path):
+                if max_lines is None:
+                    sub.drop(seq)
+                    continue
+                if sub.drop_count:
+                    sub.settle()
+                queue.append(prefix + tail)
+                conn.queued_events += 1
+                lines += 1
+                if lines >= max_lines:
+                    break
+        examined = pos - cur.pos
+        cur.pos = pos
+        if pos > history.last_seq:
+            self._markers(sub, history.last_seq)
+            self.end(sub)
+        return examined
+
+    def _markers(self, sub: Subscription, upto: int) -> None:
+        """Queue the overflow markers a replay passes, up to seq `upto`, in their place."""
+        cur = sub.replay
+        assert cur is not None
+        for marker in self.history.markers:
+            if cur.marked < marker.seq <= upto and (
+                marker.watch is None or marker.watch in sub.visible
+            ):
+                sub.notice(marker.line(sub.sid, sub.visible))
+        cur.marked = max(cur.marked, upto)
+
+    def before_evict(self, count: int) -> None:
+        """The `count` oldest held events are about to be forgotten: replays that have not
+        reached them yet count what of them they match as dropped."""
+        if count <= 0:
+            return
+        first_kept = self.history.oldest + count
+        for sub in list(self.under_way):
+            cur = sub.replay
+            if cur is not None and cur.pos < first_kept:
+                self.advance(sub, first_kept, None)
