@@ -415,3 +415,26 @@ def test_index_moves_a_directory_subtree_by_cookie(tree: pathlib.Path) -> None:
     # The pair split across two batches still finds the subtree.
     index.apply([(IN_MOVED_TO | IN_ISDIR, 9, f"{tree}/c/a", f"{tree}/a")])
     assert index.dirs == snap(tree)
+
+
+def test_a_replayed_move_is_not_published(tree: pathlib.Path) -> None:
+    # A directory renamed while a resync scanned: the scan (and the synthetic events) show it
+    # at its new name already; its kernel events come after them and must not undo that.
+    os.rename(tree / "a", tree / "c" / "a")
+    index = TreeIndex(str(tree))
+    index.replace(snap(tree))
+    replay = [(IN_MOVED_FROM | IN_ISDIR, 7, f"{tree}/a", None),
+              (IN_MOVED_TO | IN_ISDIR, 7, f"{tree}/c/a", f"{tree}/a")]
+    assert index.apply(replay) == []
+    assert index.dirs == snap(tree)
+    # Its pair split between two batches, and a destination the index lacks: a create.
+    assert index.apply([(IN_MOVED_FROM, 8, f"{tree}/gone", None)]) == []
+    (tree / "new").touch()
+    assert index.apply([(IN_MOVED_TO, 8, f"{tree}/new", f"{tree}/gone")]) == [
+        (IN_CREATE, 0, f"{tree}/new", None)]
+    # An ordinary move is published as it is, the very list.
+    os.rename(tree / "new", tree / "newer")
+    batch = [(IN_MOVED_FROM, 9, f"{tree}/new", None),
+             (IN_MOVED_TO, 9, f"{tree}/newer", f"{tree}/new")]
+    assert index.apply(batch) is batch
+    assert index.dirs == snap(tree)

@@ -256,7 +256,7 @@ class Daemon:
 
     def on_events(self, watch: str, reads: list[channel.Read]) -> None:
         """The hot path: the watcher's reads, to the subscribers."""
-        self.resync.track(watch, reads)
+        reads = self.resync.track(watch, reads)
         self.broker.publish_reads(watch, reads)
         if self.broker.queues_filling:
             self.hold.review()

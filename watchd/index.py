@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 # A snapshot or an index: {directory path: {name: record}}. Every directory that was listed
@@ -57,6 +57,7 @@ _STAT_AFTER = IN_CREATE | IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_TO
 _GONE_AFTER = IN_DELETE | IN_MOVED_FROM
 
 _S_IFMT, _S_IFDIR = stat.S_IFMT(0o170000), stat.S_IFDIR
+_ORPHANS_MAX = 1024
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -142,6 +143,9 @@ class TreeIndex:
     # looked at}). Kept for one more batch, as a pair may be split between two.
     _moving: dict[int, _Held] = field(default_factory=dict)
     _moving_old: dict[int, _Held] = field(default_factory=dict)
+    # Cookies of moves whose source the index did not hold (replays, see apply), until their
+    # IN_MOVED_TO comes.
+    _orphans: dict[int, None] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return count(self.dirs)
@@ -151,23 +155,37 @@ class TreeIndex:
         self.dirs = dirs
         self._moving.clear()
         self._moving_old.clear()
+        self._orphans.clear()
 
-    def apply(self, items: Iterable[Item]) -> None:
-        """Bring the index up to date with a batch of events about to be published.
+    def apply(self, items: list[Item]) -> list[Item]:
+        """Bring the index up to date with a batch of events about to be published; returns the
+        events to publish: `items` itself, but for the replays described below.
 
         Each path named by a create, modify, attrib, close_write or moved_to is looked at once,
         at the end of the batch, whatever number of events named it: a burst of creates and
         deletes in one batch costs no system call at all. Looking at it before the events go
         out keeps the index no newer than what a client reading after them can see.
+
+        Replays. The kernel events of changes made while a resync scanned come after its
+        synthetic events, which already show those changes. Applied again, a create or a delete
+        changes nothing, but a move does: its source is gone, and a client would replace what
+        the synthetic events put at its destination with the nothing it took from the source.
+        So a move whose source the index does not hold is not published: its destination is
+        known already (or, if not, it is published as a create).
         """
         fresh: dict[str, int] = {}  # path -> IN_ISDIR or 0, to look at
-        for mask, cookie, path, src_path in items:
+        replays: list[int] | None = None  # positions of moves that are replays
+        for i, (mask, cookie, path, src_path) in enumerate(items):
             if mask & _STAT_AFTER:
                 if mask & IN_MOVED_TO:
-                    self._moved_to(cookie, path, src_path, fresh)
+                    if cookie in self._orphans:
+                        replays = replays or []
+                        replays.append(i)
+                    else:
+                        self._moved_to(cookie, path, src_path, fresh)
                 fresh[path] = mask & IN_ISDIR
             elif mask & _GONE_AFTER:
-                fresh.pop(path, None)
+                was_fresh = fresh.pop(path, None)
                 below: dict[str, int] = {}
                 if mask & IN_ISDIR and fresh:
                     # What is still to be looked at below a directory that goes goes with it
@@ -175,13 +193,37 @@ class TreeIndex:
                     prefix = path + "/"
                     for key in [k for k in fresh if k.startswith(prefix)]:
                         below[key[len(path):]] = fresh.pop(key)
-                self._remove(path, cookie if mask & IN_MOVED_FROM else None, below)
+                if not self._remove(path, cookie if mask & IN_MOVED_FROM else None, below,
+                                    was_fresh) and mask & IN_MOVED_FROM:
+                    self._orphans[cookie] = None
+                    replays = replays or []
+                    replays.append(i)
+        if replays is not None:
+            items = self._without_replays(items, replays)
         if fresh:
             self._look(fresh)
         if self._moving_old:
             self._moving_old.clear()
         if self._moving:
             self._moving_old, self._moving = self._moving, self._moving_old
+        if len(self._orphans) > _ORPHANS_MAX:
+            self._orphans.clear()  # pairs the kernel split and never finished
+        return items
+
+    def _without_replays(self, items: list[Item], replays: list[int]) -> list[Item]:
+        """items without the replayed moves; a moved_to whose destination the index lacks
+        becomes a create."""
+        out = list(items)
+        for i in reversed(replays):
+            mask, cookie, path, _src = items[i]
+            if mask & IN_MOVED_TO:
+                self._orphans.pop(cookie, None)
+                parent, name = split(path)
+                if name not in self.dirs.get(parent, {}):
+                    out[i] = (IN_CREATE | (mask & IN_ISDIR), 0, path, None)
+                    continue
+            del out[i]
+        return out
 
     def _look(self, fresh: dict[str, int]) -> None:
         """Record the current state of paths that events named."""
@@ -201,20 +243,26 @@ class TreeIndex:
             if record & IS_DIR and path not in dirs:
                 dirs[path] = {}
 
-    def _remove(self, path: str, cookie: int | None, below: dict[str, int]) -> None:
+    def _remove(self, path: str, cookie: int | None, below: dict[str, int],
+                was_fresh: int | None) -> bool:
+        """Take a path (and what is below it) out; False when the index does not hold it.
+
+        was_fresh: the path was named earlier in this batch (IN_ISDIR or 0) and is yet to be
+        looked at, so it is known even if not recorded yet.
+        """
         parent, name = split(path)
-        children = self.dirs.get(parent)
-        if children is None:
-            return
-        record = children.pop(name, None)
+        record = self.dirs.get(parent, {}).pop(name, None)
         if record is None:
-            return
+            if was_fresh is None:
+                return False
+            record = UNKNOWN_DIR if was_fresh else UNKNOWN_FILE
         moved: Dirs = {}
         if record & IS_DIR:
             for key in subtree_keys(self.dirs, path):
                 moved[key[len(path):]] = self.dirs.pop(key)
         if cookie is not None:
             self._moving[cookie] = (record, moved, below)
+        return True
 
     def _moved_to(self, cookie: int, path: str, src_path: str | None,
                   fresh: dict[str, int]) -> None:

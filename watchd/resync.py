@@ -95,12 +95,22 @@ class Resyncer:
         """The watches with an index, for the watcher's configuration."""
         return list(self.watches)
 
-    def track(self, name: str, reads: list[tuple[float, list[Item]]]) -> None:
-        """Events of a watch about to be published: bring its index up to date."""
+    def track(self, name: str, reads: list[tuple[float, list[Item]]],
+              ) -> list[tuple[float, list[Item]]]:
+        """Events of a watch about to be published: bring its index up to date. Returns the
+        reads to publish: `reads` itself, unless a move in them was a replay (see
+        TreeIndex.apply)."""
         watch = self.watches.get(name)
-        if watch is not None and watch.scanned:
-            for _, items in reads:
-                watch.index.apply(items)
+        if watch is None or not watch.scanned:
+            return reads
+        out = reads
+        for i, (when, items) in enumerate(reads):
+            kept = watch.index.apply(items)
+            if kept is not items:
+                if out is reads:
+                    out = list(reads)
+                out[i] = (when, kept)
+        return out
 
     def lost(self, name: str | None) -> None:
         """Events of a watch (every watch, for None) were lost: its next scan is a resync."""
