@@ -11,7 +11,9 @@ are published as synthetic events, then a `resynced` notice.
 The rule for what happens during the rescan: the scan starts after the watches are in place,
 so every change from then on is also in the kernel's queue, and its events are published after
 the synthetic ones. A path changed while the scan ran can be reported twice (by its synthetic
-event, then by its kernel events); applied in order, both end in the state the tree has.
+event, then by its kernel events); applied in order, both end in the state the tree has. But
+a move replayed that way would empty its destination: such moves are dropped as they are
+published (TreeIndex.apply).
 
 The first scan of a watch (at start, or after a reload changed the watch: other include,
 exclude or events) only fills the index: no events.
