@@ -45,13 +45,15 @@ class Marker:
 class History:
     """The newest `size` events by seq, and the overflow markers among them.
 
-    A ring indexed by seq % size: seqs are consecutive, so a replay finds its place in O(1)
-    and reads a step in O(step), wherever it is in the history.
+    A ring indexed by (seq - base) % size: seqs are consecutive, so a replay finds its place in
+    O(1) and reads a step in O(step), wherever it is in the history. The ring grows as events
+    arrive and wraps once it holds `size` of them: memory follows what is held, not the limit.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ring: list[Held | None] = [None] * size
+        self._ring: list[Held] = []
+        self._base = 1  # the seq in the ring's first slot: slot = (seq - base) % size
         self.count = 0  # events held
         self.last_seq = 0  # the newest seq assigned
         self.markers: deque[Marker] = deque()
@@ -64,6 +66,19 @@ class History:
         """The oldest seq held; last_seq + 1 when none is held."""
         return self.last_seq - self.count + 1
 
+    def append(self, entry: Held) -> None:
+        """Hold the next event: extend() for one, without its slicing (most reads are one event)."""
+        ring = self._ring
+        if self.count == self.size:
+            if ring:
+                ring[(entry[0] - self._base) % self.size] = entry
+        else:
+            if not ring:
+                self._base = entry[0]
+            ring.append(entry)
+            self.count += 1
+        self.last_seq = entry[0]
+
     def extend(self, entries: list[Held]) -> None:
         """Hold the next events in seq order (the oldest are forgotten past `size`)."""
         n = len(entries)
@@ -71,16 +86,24 @@ class History:
         if not n or not size:
             self.last_seq += n
             return
+        last = entries[-1][0]
         if n > size:
             entries = entries[n - size :]
-        at = entries[0][0] % size
-        first = min(len(entries), size - at)
-        # Two slice copies in C, not one store per event: this is on publish's path.
         ring = self._ring
-        ring[at : at + first] = entries[:first]
-        ring[: len(entries) - first] = entries[first:]
-        self.count = min(size, self.count + n)
-        self.last_seq = entries[-1][0]
+        if not ring:
+            self._base = entries[0][0]
+        room = size - len(ring)
+        if room:  # still growing: take what fits in order, then wrap with the rest
+            ring.extend(entries[:room] if len(entries) > room else entries)
+            entries = entries[room:]
+        if entries:
+            at = (entries[0][0] - self._base) % size
+            first = min(len(entries), size - at)
+            # Two slice copies in C, not one store per event: this is on publish's path.
+            ring[at : at + first] = entries[:first]
+            ring[: len(entries) - first] = entries[first:]
+        self.count = len(ring)
+        self.last_seq = last
 
     def between(self, start: int, stop: int) -> list[Held]:
         """The held events with start <= seq < stop, in seq order."""
@@ -88,19 +111,23 @@ class History:
         stop = min(stop, self.last_seq + 1)
         if start >= stop:
             return []
-        size = self.size
-        i, j = start % size, stop % size
+        size, base = self.size, self._base
+        i, j = (start - base) % size, (stop - base) % size
         ring = self._ring
-        # Every slot from oldest to last_seq holds an event.
-        return ring[i:j] if i < j else ring[i:] + ring[:j]  # type: ignore[return-value]
+        # Every slot from oldest to last_seq holds an event (j is 0 when stop is one past the
+        # ring's last slot: then ring[i:] is all of it).
+        return ring[i:j] if i < j else ring[i:] + ring[:j]
 
     def resize(self, size: int) -> None:
-        """Hold at most `size` events from now on, keeping the newest."""
-        kept = self.between(self.oldest, self.last_seq + 1)[len(self) - min(size, len(self)) :]
-        last = self.last_seq
-        self.size, self._ring, self.count = size, [None] * size, 0
-        self.extend(kept)
-        self.last_seq = last
+        """Hold at most `size` events from now on, keeping the newest.
+
+        The new ring is built before anything changes: if memory runs out, the history is as it
+        was.
+        """
+        kept = self.between(max(self.oldest, self.last_seq + 1 - size), self.last_seq + 1)
+        self.size, self._ring, self.count = size, kept, len(kept)
+        if kept:
+            self._base = kept[0][0]
         self.prune_markers()
 
     def mark(self, marker: Marker) -> None:
