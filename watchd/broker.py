@@ -106,15 +106,19 @@ class Broker:
         max_patterns: int = 64,
         max_paths: int = 256,
     ) -> None:
-        """Apply new limits (a reload); the replay history keeps its newest events."""
+        """Apply new limits (a reload); the replay history keeps its newest events.
+
+        The history is resized first: it alone takes memory, and a MemoryError there leaves
+        every limit as it was.
+        """
+        if replay_buffer != self.replay_buffer:
+            self._replays.before_evict(len(self._history) - replay_buffer)
+            self._history.resize(replay_buffer)
         self._replays.client_queue = client_queue
         self._fanout.levels = QueueLevels.of(client_queue)
         self.max_subscriptions = max_subscriptions
         self.max_patterns = max_patterns
         self.max_paths = max_paths
-        if replay_buffer != self.replay_buffer:
-            self._replays.before_evict(len(self._history) - replay_buffer)
-            self._history.resize(replay_buffer)
         # A larger queue may let lagging connections report their gaps now.
         for conn in self._conns:
             self._replays.pump(conn)
