@@ -80,6 +80,12 @@ class Broker:
         self._fanout = FanOut(self._conns, self._history, self._replays, self._counts,
                               QueueLevels.of(client_queue))
         self._sids = 0
+        # Number, serialize, hold and fan out reads of one watch in a row, each (time, items).
+        # A daemon that fell behind finds many small batches waiting; handing them on together
+        # costs one write per connection instead of one per batch. The fan-out's own method,
+        # not one calling it: this is the hot path, and most calls carry a single event.
+        self.publish_reads: Callable[[str, list[tuple[float, list[Item]]]], None] = (
+            self._fanout.publish)
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -271,14 +277,6 @@ class Broker:
         return self._counts.stats_for(self._conns, self._history, uid, visible)
 
     # --- events and notices ----------------------------------------------------------------------
-
-    def publish_reads(self, watch: str, reads: list[tuple[float, list[Item]]]) -> None:
-        """Number, serialize, hold and fan out reads of one watch in a row, each (time, items).
-
-        A daemon that fell behind finds many small batches waiting; handing them on together
-        costs one write per connection instead of one per batch.
-        """
-        self._fanout.publish(watch, reads)
 
     def overflow(self, watch: str | None, reason: str) -> None:
         """Tell the subscribers of a watch (all, for None) that events may have been lost here."""

@@ -174,7 +174,10 @@ class FanOut:
                 tail = tail_of(seq, time, watch, kind, path, mask, cookie, src_path)
                 keep((seq, watch, bit, path, tail))
                 tails.append(tail)
-        history.extend(batch)
+        if len(batch) == 1:
+            history.append(batch[0])  # most reads are one event: spare extend's slicing
+        else:
+            history.extend(batch)
         if batch:
             counts = self.counts
             counts.events += len(batch)
