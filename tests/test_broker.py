@@ -825,6 +825,22 @@ def test_slow_connection_drops_past_its_queue_and_is_told_exactly() -> None:
     assert broker.stats()["dropped"] == 15
 
 
+def test_the_drops_of_a_closed_connection_stay_counted() -> None:
+    broker = make_broker(client_queue=2)
+    slow_sink, slow = join(broker)
+    _, other = join(broker, BOB)
+    sub(broker, slow)
+    sub(broker, other)
+    slow_sink.open = False
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(5))))  # 3 dropped for slow
+    assert broker.stats()["dropped"] == 3
+    assert broker.stats_for(ALICE.uid, ["a"])["dropped"] == 3
+    broker.disconnect(slow)
+    assert broker.stats()["dropped"] == 3
+    assert broker.stats_for(ALICE.uid, ["a"])["dropped"] == 3  # its own user's, still
+    assert broker.stats_for(BOB.uid, ["a"])["dropped"] == 0  # and no one else's
+
+
 def test_dropped_notice_sits_at_the_gap_when_the_next_event_arrives() -> None:
     broker = make_broker(client_queue=3)
     sink, conn = join(broker)

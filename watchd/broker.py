@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 
 from watchd import protocol
 from watchd.channel import Item
-from watchd.fanout import Counters, FanOut
+from watchd.counters import Counters
+from watchd.fanout import FanOut
 from watchd.flow import QueueLevels
 from watchd.protocol import (
     EVENT_HEAD,
@@ -171,7 +172,7 @@ class Broker:
         conn.queued_events = 0
         if conn in self._conns:
             del self._conns[conn]
-            self._counts.dropped_gone += conn.dropped
+            self._counts.gone(conn)
         self._routes_changed()
 
     def reply(self, conn: Connection, line: bytes) -> None:
@@ -270,11 +271,11 @@ class Broker:
 
     def stats(self) -> dict[str, int]:
         """The counters reported by status."""
-        return self._counts.stats(self._conns, self._history)
+        return self._counts.stats(self._conns, self.last_seq, self.oldest)
 
     def stats_for(self, uid: int, visible: Iterable[str]) -> dict[str, int]:
-        """stats() as a peer that sees only some watches may read them (see Counters)."""
-        return self._counts.stats_for(self._conns, self._history, uid, visible)
+        """stats() as a peer that sees only some watches may read them (see Counters.stats)."""
+        return self._counts.stats(self._conns, self.last_seq, self.oldest, (uid, visible))
 
     # --- events and notices ----------------------------------------------------------------------
 

@@ -7,11 +7,12 @@ queued (bounded by client_queue) or counted as dropped.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from watchd import protocol
+from watchd.counters import Counters
 from watchd.events import KIND_BITS, Kind
 from watchd.flow import QueueLevels
 from watchd.replay import Held, History, Replays
@@ -41,59 +42,6 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
         chunks[2 * j :: step] = [prefix] * n
         chunks[2 * j + 1 :: step] = tails
     return chunks
-
-
-@dataclass(slots=True)
-class Counters:
-    """What status reports of the events: in all, and per watch ("" for every watch at once),
-    for a status limited to some watches."""
-
-    events: int = 0  # published
-    overflows: int = 0  # overflow occasions, however many subscriptions were told
-    dropped_gone: int = 0  # event lines discarded for connections since closed
-    events_of: dict[str, int] = field(default_factory=dict)
-    overflows_of: dict[str, int] = field(default_factory=dict)
-
-    def overflow(self, watch: str | None) -> None:
-        """Count an overflow occasion of a watch (of every watch for None)."""
-        self.overflows += 1
-        self.overflows_of[watch or ""] = self.overflows_of.get(watch or "", 0) + 1
-
-    def dropped(self, conns: Iterable[Connection]) -> int:
-        """Event lines discarded for slow connections, closed ones included."""
-        return self.dropped_gone + sum(conn.dropped for conn in conns)
-
-    def stats(self, conns: Collection[Connection], history: History) -> dict[str, int]:
-        """The counters reported by status."""
-        return {
-            "clients": len(conns),
-            "subscriptions": sum(len(conn.subs) for conn in conns),
-            "events": self.events,
-            "dropped": self.dropped(conns),
-            "overflows": self.overflows,
-            "seq": history.last_seq,
-            "oldest": history.oldest,
-        }
-
-    def stats_for(
-        self, conns: Iterable[Connection], history: History, uid: int, visible: Iterable[str]
-    ) -> dict[str, int]:
-        """stats() as a peer that sees only some watches may read them.
-
-        Counters of events and overflows cover the visible watches; clients, subscriptions and
-        drops those of the peer's own user, so that nothing is told of the others' activity.
-        """
-        mine = [conn for conn in conns if conn.peer.uid == uid]
-        names = set(visible)
-        return {
-            "clients": len(mine),
-            "subscriptions": sum(len(conn.subs) for conn in mine),
-            "events": sum(n for w, n in self.events_of.items() if w in names),
-            "dropped": sum(conn.dropped for conn in mine),
-            "overflows": sum(n for w, n in self.overflows_of.items() if w in names or not w),
-            "seq": history.last_seq,
-            "oldest": history.oldest,
-        }
 
 
 class FanOut:
