@@ -841,6 +841,20 @@ def test_the_drops_of_a_closed_connection_stay_counted() -> None:
     assert broker.stats_for(BOB.uid, ["a"])["dropped"] == 0  # and no one else's
 
 
+def test_a_queue_reaching_near_full_is_signalled_once_to_whoever_takes_it() -> None:
+    broker = make_broker(client_queue=10)
+    sink, conn = join(broker)
+    sub(broker, conn)
+    sink.open = False
+    near_full = broker.levels.near_full
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(near_full - 1))))
+    assert not broker.near_full_reached
+    publish(broker, "a", 1.0, creates("/a/last"))
+    assert broker.near_full_reached
+    assert broker.take_near_full()
+    assert not broker.near_full_reached and not broker.take_near_full()
+
+
 def test_dropped_notice_sits_at_the_gap_when_the_next_event_arrives() -> None:
     broker = make_broker(client_queue=3)
     sink, conn = join(broker)

@@ -141,13 +141,15 @@ class Broker:
         return self._fanout.levels
 
     @property
-    def queues_filling(self) -> bool:
-        """Set when a connection's queue reached levels.near_full; the daemon clears it."""
-        return self._fanout.queues_filling
+    def near_full_reached(self) -> bool:
+        """Whether a connection's queue reached levels.near_full since take_near_full."""
+        return self._fanout.near_full_reached
 
-    @queues_filling.setter
-    def queues_filling(self, value: bool) -> None:
-        self._fanout.queues_filling = value
+    def take_near_full(self) -> bool:
+        """near_full_reached, which this clears: the hold-back has taken the signal."""
+        reached = self._fanout.near_full_reached
+        self._fanout.near_full_reached = False
+        return reached
 
     @property
     def replay_buffer(self) -> int:

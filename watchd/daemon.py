@@ -251,8 +251,7 @@ class Daemon:
     def on_events(self, watch: str, reads: list[channel.Read]) -> None:
         """The hot path: the watcher's reads, to the subscribers."""
         self.broker.publish_reads(watch, reads)
-        if self.broker.queues_filling:
-            self.hold.review()
+        self.hold.after_publish()
 
     def on_watcher_message(self, message: channel.FromWatcher) -> None:
         match message:

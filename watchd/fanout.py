@@ -60,8 +60,9 @@ class FanOut:
         self.replays = replays
         self.counts = counts
         self.levels = levels
-        # Set when a connection's queue reaches levels.near_full: worth a look at the congestion.
-        self.queues_filling = False
+        # A one-shot signal: a connection's queue reached levels.near_full since the hold-back
+        # last looked (HoldBack.review takes it).
+        self.near_full_reached = False
         self.routes: dict[str, tuple[_Route, ...]] = {}  # per watch; cleared on any change
         self._encoder = protocol.EventEncoder()
         self._kinds: dict[int, Kind] = {bit: kind for kind, bit in KIND_BITS.items()}
@@ -175,4 +176,4 @@ class FanOut:
         conn.queue.append(sub.prefix + tail)
         conn.queued_events += 1
         if conn.queued_events >= self.levels.near_full:
-            self.queues_filling = True
+            self.near_full_reached = True
