@@ -7,14 +7,14 @@ queued (bounded by client_queue) or counted as dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from watchd import protocol
 from watchd.counters import Counters
 from watchd.events import KIND_BITS, Kind
-from watchd.flow import QueueLevels
+from watchd.outbox import QueueLimits
 from watchd.replay import Held, History, Replays
 from watchd.subscription import KIND_BITS_ALL, Connection, Filter, Subscription
 
@@ -53,13 +53,16 @@ class FanOut:
         history: History,
         replays: Replays,
         counts: Counters,
-        levels: QueueLevels,
+        *,
+        limits: QueueLimits,
+        pump: Callable[[Connection], None],
     ) -> None:
         self.conns = conns  # the broker's connections, as they are at each publish
         self.history = history
         self.replays = replays
         self.counts = counts
-        self.levels = levels
+        self.limits = limits  # shared with the outbox; a reload changes it there
+        self.pump = pump  # drains a connection's queue (Outbox.pump)
         # A one-shot signal: a connection's queue reached levels.near_full since the hold-back
         # last looked (HoldBack.review takes it).
         self.near_full_reached = False
@@ -84,7 +87,7 @@ class FanOut:
         for route in routes:
             conn = route.conn
             if conn.queue or conn.lagging:
-                self.replays.pump(conn)
+                self.pump(conn)
                 pumped = True
         if pumped and watch not in self.routes:
             routes = self.routes[watch] = self._route(watch)
@@ -166,7 +169,8 @@ class FanOut:
     def _queue_event(self, sub: Subscription, seq: int, tail: bytes) -> None:
         """Queue an event line for a connection that is behind, or count it as dropped."""
         conn = sub.conn
-        if conn.queued_events >= self.replays.client_queue:
+        limits = self.limits
+        if conn.queued_events >= limits.client_queue:
             sub.drop(seq)
             return
         if sub.drop_count:
@@ -175,5 +179,5 @@ class FanOut:
             sub.settle()
         conn.queue.append(sub.prefix + tail)
         conn.queued_events += 1
-        if conn.queued_events >= self.levels.near_full:
+        if conn.queued_events >= limits.levels.near_full:
             self.near_full_reached = True

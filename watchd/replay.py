@@ -2,8 +2,8 @@
 
 A subscription with `since` reads the history at the pace its client reads its lines, a
 bounded step per turn of the loop, and only then takes live events; what the history forgets
-before a replay reaches it is reported as dropped. Paced by the connection's queue, so the
-queue's draining (`Replays.pump`) lives here too.
+before a replay reaches it is reported as dropped. Paced by the connection's queue: the
+queue's draining (watchd.outbox) asks for each step.
 """
 
 from __future__ import annotations
@@ -14,15 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from watchd import protocol
-from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError
+from watchd.outbox import FLUSH_LINES
+from watchd.protocol import ErrorCode, JsonScalar, ProtocolError
 from watchd.subscription import Connection, Cursor, Subscription, quote
-
-# Lines handed to a sink per write while draining a queue: a transport that pauses part-way
-# is overfilled by at most this much, and the syscalls are still batched.
-FLUSH_LINES = 512
-# Held events a replay looks at per turn of the loop and connection before it lets the others
-# have theirs: a replay never holds the loop for long, however selective its filter.
-REPLAY_STEP = 4096
 
 # One held event: (seq, watch, kind bit, path, tail). A plain tuple because publish builds one
 # per event on the hot path, where a NamedTuple or dataclass constructor costs measurably more.
@@ -191,22 +185,12 @@ class History:
 
 
 class Replays:
-    """The replays under way, and the draining of connection queues that paces them."""
+    """The replays under way: each produces its lines when the connection's queue asks."""
 
-    def __init__(
-        self,
-        history: History,
-        client_queue: int,
-        on_end: Callable[[], None],
-        defer: Callable[[Callable[[], None]], object] | None,
-    ) -> None:
+    def __init__(self, history: History, on_end: Callable[[], None]) -> None:
         self.history = history
-        self.client_queue = client_queue  # a connection's queued events past which it drops
         # Called when a replay ends: its subscription takes live events from then on.
         self._on_end = on_end
-        # Runs a callback at the next turn of the loop (loop.call_soon), so that a long replay
-        # lets the others be served in between; None replays to the end at once (tests).
-        self._defer = defer
         self.under_way: dict[Subscription, None] = {}
 
     def start(self, sub: Subscription, since: int) -> None:
@@ -228,44 +212,13 @@ class Replays:
             self.under_way.pop(sub, None)
         conn.replays.clear()
 
-    def pump(self, conn: Connection) -> None:
-        """Move queued lines to the sink while it is writable; report gaps once there is room;
-        go on with replays while the sink takes their lines (a bounded step per turn)."""
-        if conn.closed:
-            return
-        queue = conn.queue
-        sink = conn.sink
-        budget = REPLAY_STEP
-        while True:
-            while queue and sink.writable():
-                chunk = [queue.popleft() for _ in range(min(len(queue), FLUSH_LINES))]
-                # Event lines, and no other line, begin with EVENT_HEAD.
-                conn.queued_events -= sum(1 for line in chunk if line.startswith(EVENT_HEAD))
-                sink.write(chunk)
-            if conn.lagging and not (queue and conn.queued_events >= self.client_queue):
-                for sub in list(conn.lagging.values()):
-                    sub.settle()
-                continue
-            # A replay is produced only as fast as the client reads it: nothing of it waits in
-            # the queue while the sink is paused.
-            if not conn.replays or queue or not sink.writable():
-                return
-            if budget <= 0:
-                if self._defer is not None:
-                    if not conn.replay_deferred:
-                        conn.replay_deferred = True
-                        self._defer(lambda: self._turn(conn))
-                    return
-                budget = REPLAY_STEP
-            sub = next(iter(conn.replays.values()))
-            cur = sub.replay
-            assert cur is not None
-            stop = min(self.history.last_seq + 1, cur.pos + budget)
-            budget -= self.advance(sub, stop, FLUSH_LINES)
-
-    def _turn(self, conn: Connection) -> None:
-        conn.replay_deferred = False
-        self.pump(conn)
+    def step(self, conn: Connection, budget: int) -> int:
+        """Queue the next lines of the connection's first replay: at most FLUSH_LINES of them,
+        looking at no more than `budget` held events; returns how many it looked at."""
+        sub = next(iter(conn.replays.values()))
+        cur = sub.replay
+        assert cur is not None
+        return self.advance(sub, min(self.history.last_seq + 1, cur.pos + budget), FLUSH_LINES)
 
     def advance(self, sub: Subscription, stop: int, max_lines: int | None) -> int:
         """Move a replay through the history up to seq `stop` (excluded); returns how many
