@@ -244,22 +244,27 @@ class Replays:
         next_mark = history.next_marker(cur.marked)
         pos = cur.pos
         lines = 0
-        for seq, watch, bit, path, tail in history.between(cur.pos, stop):
-            if seq - 1 >= next_mark:
-                self._markers(sub, seq - 1)
-                next_mark = history.next_marker(cur.marked)
-            pos = seq + 1
-            if watch in visible and flt.matches(bit, path):
-                if max_lines is None:
-                    sub.drop(seq)
-                    continue
-                if sub.drop_count:
-                    sub.settle()
-                queue.append(prefix + tail)
-                conn.queued_events += 1
-                lines += 1
-                if lines >= max_lines:
-                    break
+        stop = min(stop, history.last_seq + 1)
+        # Copied from the history a chunk at a time, no larger than the lines that may be
+        # queued: a step that stops after max_lines copies little more than it looks at.
+        chunk = stop - pos if max_lines is None else max_lines
+        while pos < stop and (max_lines is None or lines < max_lines):
+            for seq, watch, bit, path, tail in history.between(pos, min(stop, pos + chunk)):
+                if seq - 1 >= next_mark:
+                    self._markers(sub, seq - 1)
+                    next_mark = history.next_marker(cur.marked)
+                pos = seq + 1
+                if watch in visible and flt.matches(bit, path):
+                    if max_lines is None:
+                        sub.drop(seq)
+                        continue
+                    if sub.drop_count:
+                        sub.settle()
+                    queue.append(prefix + tail)
+                    conn.queued_events += 1
+                    lines += 1
+                    if lines >= max_lines:
+                        break
         examined = pos - cur.pos
         cur.pos = pos
         if pos > history.last_seq:
