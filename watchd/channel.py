@@ -231,11 +231,6 @@ _TO_WATCHER: dict[str, Callable[[tuple[Any, ...]], ToWatcher]] = {
 }
 
 
-def is_events(raw: tuple[Any, ...]) -> bool:
-    """Whether a message from the wire is an Events message: (tag, watch, reads)."""
-    return bool(raw[0] == _EVENTS)
-
-
 def from_watcher(raw: tuple[Any, ...]) -> FromWatcher | None:
     """The record a message from the watcher stands for; None for a tag we do not know."""
     decoder = _FROM_WATCHER.get(raw[0])

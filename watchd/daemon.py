@@ -251,8 +251,7 @@ class Daemon:
     def on_events(self, watch: str, reads: list[channel.Read]) -> None:
         """The hot path: the watcher's reads, to the subscribers."""
         self.broker.publish_reads(watch, reads)
-        if self.broker.queues_filling:
-            self.hold.review()
+        self.hold.after_publish()
 
     def on_watcher_message(self, message: channel.FromWatcher) -> None:
         match message:
@@ -297,7 +296,17 @@ class Daemon:
                 self.notifier.ready(f"reload refused: {e}")
                 return
             diff = diff_config(self.config, new)
-            self.apply(new, diff)
+            try:
+                self.apply(new, diff)
+            except MemoryError:
+                # apply takes what may fail first (the replay history's memory), before it
+                # changes anything: the previous configuration keeps running in full.
+                error = (f"{path}: daemon.replay_buffer: not enough memory for "
+                         f"{new.daemon.replay_buffer} events; choose a smaller history")
+                self.history.last_reload_error = error
+                log.error("reload refused, still running the previous configuration: %s", error)
+                self.notifier.ready(f"reload refused: {error}")
+                return
             generation = self.send_config()
             applied = await self.confirmations.wait(generation, deadline=RELOAD_WAIT_S)
             if self.stopping.is_set():
@@ -317,13 +326,14 @@ class Daemon:
             log.warning("changed %s: this takes effect only after a restart of watchd",
                         ", ".join(diff.restart_needed))
         d = new.daemon
+        # First, as it alone may fail (MemoryError): nothing has changed yet if it does.
+        self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
+                               max_subscriptions=d.max_subscriptions,
+                               max_patterns=d.max_patterns, max_paths=d.max_paths)
         self.config = new
         self.history.reloads += 1
         self.history.last_reload_error = None
         self.history.restart_needed = diff.restart_needed
-        self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
-                               max_subscriptions=d.max_subscriptions,
-                               max_patterns=d.max_patterns, max_paths=d.max_paths)
         if self.supervisor.watcher is not None:
             self.supervisor.watcher.merge_max = self.merge_limit()
         self.hold.review()  # the levels may have moved

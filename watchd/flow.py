@@ -77,7 +77,7 @@ class Reason(enum.StrEnum):
     """Why holding the watcher back is called for."""
 
     ALL_BEHIND = "every subscriber is behind"
-    CROWDED = "a subscriber's queue is nearly full and none keeps up"
+    NEAR_FULL = "a subscriber's queue is nearly full and none keeps up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class Decision:
     hold: bool
     reason: Reason | None  # None: no reason to hold back (a spent hold is forgotten)
     spent: bool
-    filling: bool  # some queue is near full: every batch from the watcher is worth a look
+    near_full: bool  # some queue is near full: every batch from the watcher is worth a look
 
 
 def keeps_up(view: View, now: float, flow_now: float, *, shared: bool) -> bool:
@@ -108,18 +108,18 @@ def decide(views: Iterable[View], levels: QueueLevels, now: float, flow_now: flo
     `spent` is True once a hold reached STALL_LIMIT_S; it lasts while a reason does.
     """
     views = list(views)
-    filling = any(v.queued >= levels.near_full for v in views)
+    near_full = any(v.queued >= levels.near_full for v in views)
     reason: Reason | None = None
     if views and all(v.paused and v.queued >= levels.behind for v in views):
         reason = Reason.ALL_BEHIND
-    elif filling:
+    elif near_full:
         # (A paused view never keeps up, so for the others this counts their siblings.)
         behind = Counter(v.process for v in views if v.paused)
         if not any(keeps_up(v, now, flow_now, shared=behind[v.process] > 0) for v in views):
-            reason = Reason.CROWDED
+            reason = Reason.NEAR_FULL
     spent = spent and reason is not None
     return Decision(hold=reason is not None and not spent, reason=reason, spent=spent,
-                    filling=filling)
+                    near_full=near_full)
 
 
 class FlowClock:

@@ -18,8 +18,8 @@ from watchd import __version__, protocol
 from watchd.broker import Broker, Connection, Peer
 from watchd.config.model import RESERVED_CLIENTS, DaemonConfig
 from watchd.holdback import HoldBack
-from watchd.server import ClientProtocol
-from watchd.status import Status, sees_all
+from watchd.server import ClientProtocol, trusted
+from watchd.status import Status
 
 log = logging.getLogger("watchd")
 
@@ -50,7 +50,7 @@ class RequestHandler:
             self.accept_failing = False
             log.info("accepting connections again")
         d = self.settings()
-        if sees_all(peer):
+        if trusted(peer):
             if len(self.clients) < d.max_clients + RESERVED_CLIENTS:
                 return None
             return ("the daemon serves its maximum number of clients (daemon.max_clients, and "

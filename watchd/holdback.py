@@ -39,6 +39,13 @@ class HoldBack:
         self.clock = flow.FlowClock()  # stands still while the hold lasts
         self.recheck: asyncio.TimerHandle | None = None
         self.spent = False  # the limit was reached; wait for a subscriber to catch up
+        # Some queue was near full at the last review: every batch is worth a look until none is.
+        self.near_full = False
+
+    def after_publish(self) -> None:
+        """Look again after a batch when a queue reached near_full, or some still is."""
+        if self.near_full or self.broker.near_full_reached:
+            self.review()
 
     def flow_time(self) -> float:
         """Now on the clock the hold-back rule judges by (see watchd.flow)."""
@@ -46,6 +53,7 @@ class HoldBack:
 
     def review(self) -> None:
         """Decide again: the levels, the subscribers or the watcher may have changed."""
+        self.broker.take_near_full()  # this look answers the signal
         watcher = self.watcher()
         if watcher is None:
             return
@@ -53,7 +61,7 @@ class HoldBack:
         views = [c.view() for c in self.clients if c.subscribed]
         decision = flow.decide(views, self.broker.levels, now, self.clock.now(now),
                                spent=self.spent)
-        self.broker.queues_filling = decision.filling
+        self.near_full = decision.near_full
         self.spent = decision.spent
         if not decision.hold:
             self.release()

@@ -33,11 +33,6 @@ class History:
     started: float = field(default_factory=time.monotonic)
 
 
-def sees_all(peer: Peer) -> bool:
-    """Root and the daemon's own user are shown everything; see docs/security.md."""
-    return trusted(peer)
-
-
 def watch_status(ws: WatchState) -> dict[str, Any]:
     """One watch in a status reply."""
     out: dict[str, Any] = {
@@ -78,14 +73,14 @@ class Status:
         not show through a name, a path or a count.
         """
         h = self.history
-        if peer is None or sees_all(peer):
+        # Root and the daemon's own user are shown everything; see docs/security.md.
+        if peer is None or trusted(peer):
             shown = list(self.watches)
             stats = self.broker.stats()
             reload_error = h.last_reload_error
             view = "full"
         else:
-            shown = [ws for ws in self.watches
-                     if ws.config.may_see(peer.uid, peer.gid, peer.groups)]
+            shown = [ws for ws in self.watches if peer.sees(ws.config)]
             stats = self.broker.stats_for(peer.uid, (ws.config.name for ws in shown))
             # The message may quote any watch of the file.
             reload_error = (None if h.last_reload_error is None
