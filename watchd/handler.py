@@ -1,7 +1,8 @@
 """What the daemon does for its clients: who may connect, the greeting, and each request.
 
-`RequestHandler` is the server's `Handler`: the server frames lines and writes replies; the broker
-keeps subscriptions; this decides what a line asks for and who is let in.
+`RequestHandler` is what watchd.server calls a `Handler` (and watchd.requests a `LineHandler`):
+the server frames lines and writes replies; the broker keeps subscriptions; this decides what a
+line asks for and who is let in.
 """
 
 from __future__ import annotations

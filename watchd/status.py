@@ -24,8 +24,8 @@ LIMITS_READ_S = 1.0
 
 
 @dataclass(slots=True)
-class History:
-    """What happened to the daemon since it started, as status reports it."""
+class ReloadRecord:
+    """The daemon's start and its reloads since, as status reports them."""
 
     reloads: int = 0
     last_reload_error: str | None = None
@@ -60,7 +60,8 @@ class Status:
     """Reads the daemon's parts into a status reply or a STATUS= line."""
 
     def __init__(self, *, instance: str, config_path: str, broker: Broker, watches: Watches,
-                 supervisor: Supervisor, clients: Collection[object], history: History) -> None:
+                 supervisor: Supervisor, clients: Collection[object],
+                 history: ReloadRecord) -> None:
         self.instance = instance
         self.config_path = config_path
         self.broker = broker
