@@ -254,10 +254,8 @@ class Daemon:
         if self.broker.queues_filling:
             self.hold.review()
 
-    def on_watcher_message(self, message: channel.FromWatcher) -> None:
+    def on_watcher_message(self, message: channel.Notice) -> None:
         match message:
-            case channel.Events(watch, reads):  # (handed to on_events instead; see _dispatch)
-                self.on_events(watch, reads)
             case channel.Heartbeat(reports):
                 self.watches.on_heartbeat(reports)
             case channel.Applied(generation):
