@@ -13,14 +13,18 @@ import logging
 import os
 import resource
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchd import __version__, protocol
-from watchd.broker import Broker, Connection, Peer
-from watchd.config.model import RESERVED_CLIENTS, DaemonConfig
-from watchd.holdback import HoldBack
-from watchd.server import ClientProtocol
-from watchd.status import Status, sees_all
+from watchd.config.model import RESERVED_CLIENTS
+from watchd.status import sees_all
+
+if TYPE_CHECKING:  # for hints only: the daemon wires these parts together
+    from watchd.broker import Broker, Connection, Peer
+    from watchd.config.model import DaemonConfig
+    from watchd.holdback import HoldBack
+    from watchd.server import ClientProtocol
+    from watchd.status import Status
 
 log = logging.getLogger("watchd")
 

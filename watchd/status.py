@@ -8,15 +8,17 @@ import os
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchd import __version__
-from watchd.broker import Broker, Peer
 from watchd.channel import Phase
 from watchd.inotify import read_limits
 from watchd.server import trusted
-from watchd.supervisor import Supervisor
-from watchd.watchstate import Watches, WatchState
+
+if TYPE_CHECKING:  # for hints only: status reads the parts the daemon wires
+    from watchd.broker import Broker, Peer
+    from watchd.supervisor import Supervisor
+    from watchd.watchstate import Watches, WatchState
 
 # fs.inotify.max_user_watches is read again at most this often: reading /proc costs more than
 # the rest of a status reply, and anyone may ask for thousands of them.
