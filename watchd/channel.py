@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from watchd.protocol import LostReason
+from watchd.reasons import LostReason
 
 _LEN = struct.Struct("<I")
 _LEN_SIZE = _LEN.size

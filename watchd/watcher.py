@@ -38,7 +38,7 @@ from watchd.inotify import (
 )
 from watchd.inotify.errors import DirectoryBudgetError
 from watchd.inotify.tree import Tree, TreeEvent
-from watchd.protocol import LostReason
+from watchd.reasons import LostReason
 
 log = logging.getLogger("watchd.watcher")
 
