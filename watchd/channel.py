@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from watchd.protocol import LostReason
+from watchd.reasons import LostReason
 
 _LEN = struct.Struct("<I")
 _LEN_SIZE = _LEN.size
@@ -42,7 +42,6 @@ _EVENTS = Tag.EVENTS.value
 # One event as the watcher sends it: (mask, cookie, path, src_path or None). A plain tuple, not a
 # record: one is built per event on the hot path, and marshal takes no NamedTuple.
 Item = tuple[int, int, str, str | None]
-ITEM_MASK, ITEM_COOKIE, ITEM_PATH, ITEM_SRC_PATH = range(4)
 # One read from the kernel: (wall-clock time, its items).
 Read = tuple[float, list[Item]]
 
@@ -206,7 +205,10 @@ class Progress:
 
 
 ToWatcher = Configure | Stop
-FromWatcher = Hello | Applied | Events | Heartbeat | Overflow | Lost | Restored | Progress
+# What the watcher says besides events, decoded into records by from_watcher. Events are told
+# apart by their tag and handed on as their fields (see watchd.supervisor).
+Notice = Hello | Applied | Heartbeat | Overflow | Lost | Restored | Progress
+FromWatcher = Events | Notice
 Message = ToWatcher | FromWatcher
 
 
@@ -215,10 +217,9 @@ def _heartbeat(raw: tuple[Any, ...]) -> Heartbeat:
                       for name, (s, d, u, p, lim) in raw[1].items()})
 
 
-_FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], FromWatcher]] = {
+_FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], Notice]] = {
     Tag.HELLO.value: lambda m: Hello(m[1]),
     Tag.APPLIED.value: lambda m: Applied(m[1]),
-    _EVENTS: lambda m: Events(m[1], m[2]),
     Tag.HEARTBEAT.value: _heartbeat,
     Tag.OVERFLOW.value: lambda m: Overflow(m[1]),
     Tag.LOST.value: lambda m: Lost(m[1], m[2], LostReason(m[3])),
@@ -231,8 +232,9 @@ _TO_WATCHER: dict[str, Callable[[tuple[Any, ...]], ToWatcher]] = {
 }
 
 
-def from_watcher(raw: tuple[Any, ...]) -> FromWatcher | None:
-    """The record a message from the watcher stands for; None for a tag we do not know."""
+def from_watcher(raw: tuple[Any, ...]) -> Notice | None:
+    """The record a message from the watcher other than events stands for (events go straight
+    to the broker, see supervisor); None for a tag we do not know."""
     decoder = _FROM_WATCHER.get(raw[0])
     return None if decoder is None else decoder(raw)
 

@@ -31,7 +31,7 @@ from watchd.holdback import HoldBack
 from watchd.inotify.errors import effective_watch_limit
 from watchd.protocol import OverflowReason
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
-from watchd.status import History, Status
+from watchd.status import ReloadRecord, Status
 from watchd.supervisor import Supervisor, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
 from watchd.watcher import tune_gc
@@ -103,7 +103,7 @@ class Daemon:
         self.broker.set_watches(config.watches)
         self.watches = Watches(self.broker, config.watches)
         self.clients: set[ClientProtocol] = set()
-        self.history = History()
+        self.history = ReloadRecord()
         self.generation = 0
         self.stopping = asyncio.Event()
         self.confirmations = Confirmations(self.stopping)
@@ -203,7 +203,7 @@ class Daemon:
 
     def tick(self) -> None:
         self.notifier.flush()  # READY=1 and the like that systemd's socket could not take yet
-        self.hold.expire(min(flow.STALL_LIMIT_S, self.config.daemon.watcher_timeout))
+        self.hold.expire(min(flow.HOLD_LIMIT_S, self.config.daemon.watcher_timeout))
         fresh = self.supervisor.check(self.config.daemon.watcher_timeout)
         if fresh and self.watchdog_s is not None:
             # Pinged from the loop itself and only while the watcher is alive and talking,
@@ -253,10 +253,8 @@ class Daemon:
         self.broker.publish_reads(watch, reads)
         self.hold.after_publish()
 
-    def on_watcher_message(self, message: channel.FromWatcher) -> None:
+    def on_watcher_message(self, message: channel.Notice) -> None:
         match message:
-            case channel.Events(watch, reads):  # (handed to on_events instead; see _dispatch)
-                self.on_events(watch, reads)
             case channel.Heartbeat(reports):
                 self.watches.on_heartbeat(reports)
             case channel.Applied(generation):

@@ -11,11 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 from watchd import flow
-from watchd.broker import Broker
-from watchd.server import ClientProtocol
-from watchd.supervisor import WatcherProcess
+
+if TYPE_CHECKING:  # for hints only: the parts this glues together import nothing of it
+    from watchd.broker import Broker
+    from watchd.server import ClientProtocol
+    from watchd.supervisor import WatcherProcess
 
 log = logging.getLogger("watchd")
 

@@ -8,15 +8,17 @@ import os
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchd import __version__
-from watchd.broker import Broker, Peer
 from watchd.channel import Phase
 from watchd.inotify import read_limits
 from watchd.server import trusted
-from watchd.supervisor import Supervisor
-from watchd.watchstate import Watches, WatchState
+
+if TYPE_CHECKING:  # for hints only: status reads the parts the daemon wires
+    from watchd.broker import Broker, Peer
+    from watchd.supervisor import Supervisor
+    from watchd.watchstate import Watches, WatchState
 
 # fs.inotify.max_user_watches is read again at most this often: reading /proc costs more than
 # the rest of a status reply, and anyone may ask for thousands of them.
@@ -24,8 +26,8 @@ LIMITS_READ_S = 1.0
 
 
 @dataclass(slots=True)
-class History:
-    """What happened to the daemon since it started, as status reports it."""
+class ReloadRecord:
+    """The daemon's start and its reloads since, as status reports them."""
 
     reloads: int = 0
     last_reload_error: str | None = None
@@ -55,7 +57,8 @@ class Status:
     """Reads the daemon's parts into a status reply or a STATUS= line."""
 
     def __init__(self, *, instance: str, config_path: str, broker: Broker, watches: Watches,
-                 supervisor: Supervisor, clients: Collection[object], history: History) -> None:
+                 supervisor: Supervisor, clients: Collection[object],
+                 history: ReloadRecord) -> None:
         self.instance = instance
         self.config_path = config_path
         self.broker = broker

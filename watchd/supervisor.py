@@ -42,7 +42,7 @@ class WatcherProcess:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log_level: str,
                  on_events: Callable[[str, list[channel.Read]], None],
-                 on_message: Callable[[channel.FromWatcher], None],
+                 on_message: Callable[[channel.Notice], None],
                  on_exit: Callable[[WatcherProcess], None]) -> None:
         self.loop = loop
         self.on_events = on_events  # an Events message, as its fields (see _dispatch)
