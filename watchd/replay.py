@@ -81,8 +81,10 @@ class History:
             self.last_seq += n
             return
         last = entries[-1][0]
-        if n > size:
-            entries = entries[n - size :]
+        if n >= size:  # the batch alone fills the history: it replaces all of it
+            self._ring = entries[n - size :]
+            self._base, self.count, self.last_seq = self._ring[0][0], size, last
+            return
         ring = self._ring
         if not ring:
             self._base = entries[0][0]
