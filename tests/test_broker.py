@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from watchd import protocol
 from watchd.broker import REPLAY_STEP, Broker, Connection, Filter, Peer
+from watchd.config.parse import MAX_REPLAY_BUFFER
 from watchd.events import KIND_BITS, SYNTHETIC, Kind
 from watchd.inotify.flags import IN_ISDIR
 from watchd.protocol import ErrorCode, ProtocolError, Subscribe
@@ -780,6 +782,29 @@ def test_a_wrapped_history_resized_keeps_its_newest_events_in_order() -> None:
     assert seqs(sink.messages(), sid) == list(range(19, 28))
 
 
+def test_the_history_takes_memory_as_events_arrive_not_for_its_limit() -> None:
+    tracemalloc.start()
+    try:
+        broker = make_broker(replay_buffer=MAX_REPLAY_BUFFER)
+        broker.set_limits(client_queue=100, replay_buffer=MAX_REPLAY_BUFFER - 1,
+                          max_subscriptions=8)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes for an empty history"
+
+
+def test_a_history_filled_one_event_at_a_time_wraps_in_order() -> None:
+    broker = make_broker(replay_buffer=5)
+    for i in range(1, 13):  # one event per publish: held one by one, wrapping twice
+        publish(broker, "a", 1.0, creates(f"/a/{i}"))
+    assert (broker.oldest, broker.last_seq) == (8, 12)
+    publish(broker, "a", 1.0, creates("/a/13", "/a/14"))  # then a batch across the seam
+    sink, conn = join(broker)
+    sid = sub(broker, conn, since=9)
+    assert paths(sink.messages(), sid) == [f"/a/{i}" for i in range(10, 15)]
+
+
 def test_what_the_history_forgets_before_a_replay_reaches_it_is_reported_dropped() -> None:
     broker = make_broker(client_queue=100, replay_buffer=10)
     publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 11))))
@@ -824,6 +849,36 @@ def test_slow_connection_drops_past_its_queue_and_is_told_exactly() -> None:
     publish(broker, "a", 9.0, creates("/a/after"))
     assert seqs(slow_sink.take()) == [21]
     assert broker.stats()["dropped"] == 15
+
+
+def test_the_drops_of_a_closed_connection_stay_counted() -> None:
+    broker = make_broker(client_queue=2)
+    slow_sink, slow = join(broker)
+    _, other = join(broker, BOB)
+    sub(broker, slow)
+    sub(broker, other)
+    slow_sink.open = False
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(5))))  # 3 dropped for slow
+    assert broker.stats()["dropped"] == 3
+    assert broker.stats_for(ALICE.uid, ["a"])["dropped"] == 3
+    broker.disconnect(slow)
+    assert broker.stats()["dropped"] == 3
+    assert broker.stats_for(ALICE.uid, ["a"])["dropped"] == 3  # its own user's, still
+    assert broker.stats_for(BOB.uid, ["a"])["dropped"] == 0  # and no one else's
+
+
+def test_a_queue_reaching_near_full_is_signalled_once_to_whoever_takes_it() -> None:
+    broker = make_broker(client_queue=10)
+    sink, conn = join(broker)
+    sub(broker, conn)
+    sink.open = False
+    near_full = broker.levels.near_full
+    publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(near_full - 1))))
+    assert not broker.near_full_reached
+    publish(broker, "a", 1.0, creates("/a/last"))
+    assert broker.near_full_reached
+    assert broker.take_near_full()
+    assert not broker.near_full_reached and not broker.take_near_full()
 
 
 def test_dropped_notice_sits_at_the_gap_when_the_next_event_arrives() -> None:

@@ -29,7 +29,7 @@ def test_frames_survive_any_chunking() -> None:
         got: list[tuple[Any, ...]] = []
         for i in range(0, len(data), size):
             got += reader.feed(data[i : i + size])
-        assert [channel.from_watcher(m) for m in got] == messages
+        assert got == [m.wire() for m in messages]
 
 
 def test_the_watcher_frames_events_as_the_record_does() -> None:
@@ -43,7 +43,7 @@ def test_every_record_comes_back_as_itself_with_its_enums() -> None:
                                  channel.Limit.MAX_DIRECTORIES)
     to_watcher: list[channel.ToWatcher] = [
         channel.Configure(3, (spec,), {"a": 5}), channel.Stop()]
-    from_watcher: list[channel.FromWatcher] = [
+    from_watcher: list[channel.Notice] = [
         channel.Hello(42), channel.Applied(3), channel.Heartbeat({"a": report}),
         channel.Lost("a", "/srv/a", LostReason.UNMOUNTED), channel.Restored("a", "/srv/a"),
         channel.Progress("a", 1000)]

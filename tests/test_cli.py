@@ -106,6 +106,7 @@ def test_check_prints_a_summary_and_exits_0(tmp_path: Path,
     ('[[watch]]\nname = "w"\npath = "/x"\nevents = ["crete"]\n', "watch[0].events[0]"),
     ('[[watch]]\nname = "w"\npath = "relative"\n', "watch[0].path"),
     ("[daemon]\nbogus = 1\n", "daemon.bogus"),
+    ("[daemon]\nreplay_buffer = 1000000000000\n", "daemon.replay_buffer"),
     ("[daemon\n", "invalid TOML"),  # not TOML: the file, and where in it (line, column)
 ])
 def test_check_of_a_bad_file_exits_78_naming_file_and_key(

@@ -322,6 +322,11 @@ def test_indexes_are_zero_based_and_count_every_watch() -> None:
             "expected a positive integer, got a float (1.5)",
         ),
         (
+            "[daemon]\nreplay_buffer = 1000000000000",
+            "daemon.replay_buffer",
+            "1000000000000 events is more than the most allowed (4194304); choose a smaller",
+        ),
+        (
             "[daemon]\nmax_line_bytes = '64k'",
             "daemon.max_line_bytes",
             "expected a positive integer, got a string ('64k')",

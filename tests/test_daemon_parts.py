@@ -20,7 +20,7 @@ from watchd.handler import RequestHandler
 from watchd.holdback import HoldBack
 from watchd.protocol import LostReason, OverflowReason
 from watchd.server import ClientProtocol
-from watchd.status import History, Status
+from watchd.status import ReloadRecord, Status
 from watchd.supervisor import Supervisor
 from watchd.watchstate import Watches
 
@@ -47,10 +47,10 @@ class Parts:
     config: Config
     broker: Broker
     watches: Watches
-    history: History
+    history: ReloadRecord
     supervisor: Supervisor
     status: Status
-    requests: RequestHandler
+    handler: RequestHandler
     clients: set[ClientProtocol]
     hold: HoldBack
 
@@ -78,15 +78,15 @@ def build(text: str = CONFIG, watcher: Watcher | None = None) -> Parts:
     broker.set_watches(config.watches)
     clients: set[ClientProtocol] = set()
     watches = Watches(broker, config.watches)
-    history = History()
+    history = ReloadRecord()
     supervisor = Supervisor(lambda on_exit: None,  # type: ignore[arg-type,return-value]
                             asyncio.Event(), on_exit=lambda: None, on_replaced=lambda: 1)
     status = Status(instance="i", config_path=config.path, broker=broker, watches=watches,
                     supervisor=supervisor, clients=clients, history=history)
     hold = HoldBack(broker, clients, lambda: watcher)  # type: ignore[arg-type,return-value]
-    requests = RequestHandler(broker=broker, instance="i", settings=lambda: config.daemon,
-                        clients=clients, status=status, hold=hold)
-    return Parts(config, broker, watches, history, supervisor, status, requests, clients, hold)
+    handler = RequestHandler(broker=broker, instance="i", settings=lambda: config.daemon,
+                             clients=clients, status=status, hold=hold)
+    return Parts(config, broker, watches, history, supervisor, status, handler, clients, hold)
 
 
 class Client:
@@ -118,7 +118,7 @@ async def connected(parts: Parts) -> AsyncIterator[Client]:
     ours.setblocking(False)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_accepted_socket(
-        lambda: ClientProtocol(parts.broker, parts.requests, 65536, parts.clients), theirs)
+        lambda: ClientProtocol(parts.broker, parts.handler, 65536, parts.clients), theirs)
     try:
         yield Client(ours)
     finally:
@@ -153,30 +153,30 @@ def test_a_connection_is_greeted_and_answered() -> None:
 
 def test_admission_keeps_slots_for_root_and_caps_each_user() -> None:
     async def scenario(parts: Parts) -> None:
-        assert parts.requests.may_connect(NOBODY) is None
+        assert parts.handler.may_connect(NOBODY) is None
         async with connected(parts) as first, connected(parts) as second:
             await first.line()
             await second.line()
             assert len(parts.clients) == 2  # max_clients
-            refusal = parts.requests.may_connect(NOBODY)
+            refusal = parts.handler.may_connect(NOBODY)
             assert refusal is not None
             assert "daemon.max_clients" in refusal
             # Root still gets in, up to the reserved slots.
-            assert parts.requests.may_connect(Peer(0, 0, frozenset(), 1)) is None
+            assert parts.handler.may_connect(Peer(0, 0, frozenset(), 1)) is None
 
     run(scenario)
 
 
 def test_one_user_may_hold_only_max_clients_per_user() -> None:
     async def scenario(parts: Parts) -> None:
-        theirs = ClientProtocol(parts.broker, parts.requests, 65536, parts.clients)
+        theirs = ClientProtocol(parts.broker, parts.handler, 65536, parts.clients)
         theirs.conn = parts.broker.connect(theirs, NOBODY)
         parts.clients.add(theirs)
-        refusal = parts.requests.may_connect(NOBODY)
+        refusal = parts.handler.may_connect(NOBODY)
         assert refusal is not None
         assert "uid 65534 already holds 1 connections" in refusal
         assert "daemon.max_clients_per_user" in refusal
-        assert parts.requests.may_connect(Peer(65533, 65533, frozenset(), 2)) is None
+        assert parts.handler.may_connect(Peer(65533, 65533, frozenset(), 2)) is None
 
     run(scenario)
 
@@ -185,9 +185,9 @@ def test_root_is_refused_only_past_the_reserved_slots() -> None:
     async def scenario(parts: Parts) -> None:
         root = Peer(0, 0, frozenset(), 1)
         for _ in range(parts.config.daemon.max_clients + RESERVED_CLIENTS):
-            assert parts.requests.may_connect(root) is None
-            parts.clients.add(ClientProtocol(parts.broker, parts.requests, 65536, parts.clients))
-        refusal = parts.requests.may_connect(root)
+            assert parts.handler.may_connect(root) is None
+            parts.clients.add(ClientProtocol(parts.broker, parts.handler, 65536, parts.clients))
+        refusal = parts.handler.may_connect(root)
         assert refusal is not None
         assert "slots kept for root" in refusal
 

@@ -37,12 +37,12 @@ WAITING = view(False, 0, 2, ago=KEEPING_UP_S, flow_ago=HALF)
 WAITING_SIBLING = view(False, 0, 1, ago=KEEPING_UP_S, flow_ago=HALF)  # FULL's process
 
 
-def flows(filling: bool, reason: Reason | None = None, spent: bool = False) -> Decision:
-    return Decision(hold=False, reason=reason, spent=spent, filling=filling)
+def flows(near_full: bool, reason: Reason | None = None, spent: bool = False) -> Decision:
+    return Decision(hold=False, reason=reason, spent=spent, near_full=near_full)
 
 
-def holds(reason: Reason, filling: bool) -> Decision:
-    return Decision(hold=True, reason=reason, spent=False, filling=filling)
+def holds(reason: Reason, near_full: bool) -> Decision:
+    return Decision(hold=True, reason=reason, spent=False, near_full=near_full)
 
 
 @pytest.mark.parametrize(("views", "spent", "expected"), [
@@ -55,18 +55,18 @@ def holds(reason: Reason, filling: bool) -> Decision:
     pytest.param([FULL, KEEPS_UP], False, flows(True),
                  id="one keeps up: never held back for a slow one"),
     pytest.param([FULL, EMPTY], False, flows(True), id="one never fell behind: keeps up"),
-    pytest.param([FULL, RECENT], False, holds(Reason.CROWDED, True),
+    pytest.param([FULL, RECENT], False, holds(Reason.NEAR_FULL, True),
                  id="one fell behind just now: none keeps up"),
     pytest.param([FULL, WAITING], False, flows(True),
                  id="another process idle a second while held: keeps up"),
-    pytest.param([FULL, WAITING_SIBLING, WAITING_SIBLING], False, holds(Reason.CROWDED, True),
+    pytest.param([FULL, WAITING_SIBLING, WAITING_SIBLING], False, holds(Reason.NEAR_FULL, True),
                  id="one process reading in turn: idle while held is not keeping up"),
     pytest.param([FULL, WAITING_SIBLING, KEEPS_UP], False, flows(True),
                  id="a process reading in turn beside one that keeps up"),
     pytest.param([view(True, 1976, 2, ago=HALF), WAITING_SIBLING, WAITING_SIBLING], False,
                  flows(True), id="siblings idle while held, none behind: they keep up"),
     pytest.param([BEHIND, RECENT], False, flows(False), id="nobody near full: nothing to save"),
-    pytest.param([FULL, RECENT], True, flows(True, Reason.CROWDED, spent=True),
+    pytest.param([FULL, RECENT], True, flows(True, Reason.NEAR_FULL, spent=True),
                  id="spent: events flow and drop while the reason lasts"),
     pytest.param([BEHIND, SHALLOW], True, flows(False), id="spent is forgotten with the reason"),
 ])

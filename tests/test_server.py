@@ -189,17 +189,23 @@ def test_many_requests_at_once_are_answered_over_turns_without_starving_another(
 
 def test_a_request_line_not_finished_within_request_timeout_closes_the_connection() -> None:
     async def run() -> None:
-        async with serving("[daemon]\nrequest_timeout = 0.3\n") as (daemon, connect):
+        # A timeout the loaded machine leaves ample room within: `finishing` sends the rest
+        # of its line as soon as the daemon has read the start of both.
+        timeout = 1.0
+        async with serving(f"[daemon]\nrequest_timeout = {timeout}\n") as (daemon, connect):
             slow, idle, finishing = (connect(NOBODY) for _ in range(3))
             for c in (slow, idle, finishing):
                 await c.wait_for(1)
             started = time.monotonic()
             slow.send(b'{"op": "ping", "id"')
             finishing.send(b'{"op": "ping", ')
-            await asyncio.sleep(0.1)
+            deadline = started + 10
+            while sum(c.requests.line_timer is not None for c in daemon.clients) < 2:
+                assert time.monotonic() < deadline, "the daemon never read the lines' starts"
+                await asyncio.sleep(0.002)
             finishing.send(b'"id": 7}\n')
             assert await slow.wait_eof()
-            assert time.monotonic() - started >= 0.3
+            assert time.monotonic() - started >= timeout
             error = slow.lines[-1]
             assert error["type"] == "error"
             assert error["code"] == "request_timeout"
@@ -207,7 +213,7 @@ def test_a_request_line_not_finished_within_request_timeout_closes_the_connectio
             # A line finished in time is answered; a connection with no line started is not
             # closed however long it stays quiet.
             assert (await finishing.wait_for(2))[1] == {"type": "pong", "id": 7}
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(timeout / 2)  # idle, quiet for longer than the timeout by now
             for c in (idle, finishing):
                 c.send(ping(1))
                 assert (await c.wait_for(len(c.lines) + 1))[-1] == {"type": "pong", "id": 1}

@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterable
 
 from watchd import protocol
 from watchd.channel import Item
-from watchd.fanout import Counters, FanOut
+from watchd.counters import Counters
+from watchd.fanout import FanOut
 from watchd.flow import QueueLevels
+from watchd.outbox import FLUSH_LINES, REPLAY_STEP, Outbox, QueueLimits
 from watchd.protocol import (
     EVENT_HEAD,
     ErrorCode,
@@ -25,7 +27,7 @@ from watchd.protocol import (
     ProtocolError,
     Subscribe,
 )
-from watchd.replay import FLUSH_LINES, REPLAY_STEP, History, Marker, Replays
+from watchd.replay import History, Marker, Replays
 from watchd.subscription import (
     Connection,
     Filter,
@@ -76,10 +78,18 @@ class Broker:
         self._conns: dict[Connection, None] = {}  # insertion-ordered set
         self._history = History(replay_buffer)
         # A replay that ends takes live events from then on: the routes change.
-        self._replays = Replays(self._history, client_queue, self._routes_changed, defer)
+        self._replays = Replays(self._history, self._routes_changed)
+        self._limits = QueueLimits.of(client_queue)
+        self._outbox = Outbox(self._limits, self._replays.step, defer)
         self._fanout = FanOut(self._conns, self._history, self._replays, self._counts,
-                              QueueLevels.of(client_queue))
+                              limits=self._limits, pump=self._outbox.pump)
         self._sids = 0
+        # Number, serialize, hold and fan out reads of one watch in a row, each (time, items).
+        # A daemon that fell behind finds many small batches waiting; handing them on together
+        # costs one write per connection instead of one per batch. The fan-out's own method,
+        # not one calling it: this is the hot path, and most calls carry a single event.
+        self.publish_reads: Callable[[str, list[tuple[float, list[Item]]]], None] = (
+            self._fanout.publish)
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -94,7 +104,7 @@ class Broker:
             # A list, not any() over a generator: every subscription is reviewed.
             told = [sub.review(old, self._watches) for sub in conn.subs.values()]
             if any(told):
-                self._replays.pump(conn)
+                self._outbox.pump(conn)
         self._routes_changed()
 
     def set_limits(
@@ -106,37 +116,42 @@ class Broker:
         max_patterns: int = 64,
         max_paths: int = 256,
     ) -> None:
-        """Apply new limits (a reload); the replay history keeps its newest events."""
-        self._replays.client_queue = client_queue
-        self._fanout.levels = QueueLevels.of(client_queue)
-        self.max_subscriptions = max_subscriptions
-        self.max_patterns = max_patterns
-        self.max_paths = max_paths
+        """Apply new limits (a reload); the replay history keeps its newest events.
+
+        The history is resized first: it alone takes memory, and a MemoryError there leaves
+        every limit as it was.
+        """
         if replay_buffer != self.replay_buffer:
             self._replays.before_evict(len(self._history) - replay_buffer)
             self._history.resize(replay_buffer)
+        self._limits.set(client_queue)
+        self.max_subscriptions = max_subscriptions
+        self.max_patterns = max_patterns
+        self.max_paths = max_paths
         # A larger queue may let lagging connections report their gaps now.
         for conn in self._conns:
-            self._replays.pump(conn)
+            self._outbox.pump(conn)
 
     @property
     def client_queue(self) -> int:
         """Event lines a connection may have queued before its events are dropped."""
-        return self._replays.client_queue
+        return self._limits.client_queue
 
     @property
     def levels(self) -> QueueLevels:
         """The queue levels of client_queue that flow control looks at."""
-        return self._fanout.levels
+        return self._limits.levels
 
     @property
-    def queues_filling(self) -> bool:
-        """Set when a connection's queue reached levels.near_full; the daemon clears it."""
-        return self._fanout.queues_filling
+    def near_full_reached(self) -> bool:
+        """Whether a connection's queue reached levels.near_full since take_near_full."""
+        return self._fanout.near_full_reached
 
-    @queues_filling.setter
-    def queues_filling(self, value: bool) -> None:
-        self._fanout.queues_filling = value
+    def take_near_full(self) -> bool:
+        """near_full_reached, which this clears: the hold-back has taken the signal."""
+        reached = self._fanout.near_full_reached
+        self._fanout.near_full_reached = False
+        return reached
 
     @property
     def replay_buffer(self) -> int:
@@ -161,7 +176,7 @@ class Broker:
         conn.queued_events = 0
         if conn in self._conns:
             del self._conns[conn]
-            self._counts.dropped_gone += conn.dropped
+            self._counts.gone(conn)
         self._routes_changed()
 
     def reply(self, conn: Connection, line: bytes) -> None:
@@ -169,12 +184,12 @@ class Broker:
         if conn.closed:
             return
         conn.queue.append(line)
-        self._replays.pump(conn)
+        self._outbox.pump(conn)
 
     def resume(self, conn: Connection) -> None:
         """The connection's sink is writable again: drain its queue and report its gaps."""
         if not conn.closed:
-            self._replays.pump(conn)
+            self._outbox.pump(conn)
 
     # --- subscriptions ---------------------------------------------------------------------------
 
@@ -207,7 +222,7 @@ class Broker:
             # The replay reads the history up to the newest event, live ones included, and only
             # then hands the subscription to publish: every seq after `since` once, in order.
             self._replays.start(sub, req.since)
-        self._replays.pump(conn)
+        self._outbox.pump(conn)
         return sid
 
     def unsubscribe(self, conn: Connection, sid: str, req_id: JsonScalar) -> None:
@@ -224,7 +239,7 @@ class Broker:
             self._replays.end(sub)
         # Its gap, if any, is still news to the client.
         sub.notice(protocol.unsubscribed(req_id, sid))
-        self._replays.pump(conn)
+        self._outbox.pump(conn)
 
     # --- counters --------------------------------------------------------------------------------
 
@@ -260,21 +275,13 @@ class Broker:
 
     def stats(self) -> dict[str, int]:
         """The counters reported by status."""
-        return self._counts.stats(self._conns, self._history)
+        return self._counts.stats(self._conns, self.last_seq, self.oldest)
 
     def stats_for(self, uid: int, visible: Iterable[str]) -> dict[str, int]:
-        """stats() as a peer that sees only some watches may read them (see Counters)."""
-        return self._counts.stats_for(self._conns, self._history, uid, visible)
+        """stats() as a peer that sees only some watches may read them (see Counters.stats)."""
+        return self._counts.stats(self._conns, self.last_seq, self.oldest, (uid, visible))
 
     # --- events and notices ----------------------------------------------------------------------
-
-    def publish_reads(self, watch: str, reads: list[tuple[float, list[Item]]]) -> None:
-        """Number, serialize, hold and fan out reads of one watch in a row, each (time, items).
-
-        A daemon that fell behind finds many small batches waiting; handing them on together
-        costs one write per connection instead of one per batch.
-        """
-        self._fanout.publish(watch, reads)
 
     def overflow(self, watch: str | None, reason: str,
                  resync: frozenset[str] = frozenset()) -> None:
@@ -323,7 +330,7 @@ class Broker:
                     sub.notice(line_for(sub))
                     touched = True
             if touched:
-                self._replays.pump(conn)
+                self._outbox.pump(conn)
 
     def _routes_changed(self) -> None:
         self._fanout.routes.clear()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from watchd.protocol import LostReason
+from watchd.reasons import LostReason
 
 _LEN = struct.Struct("<I")
 _LEN_SIZE = _LEN.size
@@ -43,7 +43,6 @@ _EVENTS = Tag.EVENTS.value
 # One event as the watcher sends it: (mask, cookie, path, src_path or None). A plain tuple, not a
 # record: one is built per event on the hot path, and marshal takes no NamedTuple.
 Item = tuple[int, int, str, str | None]
-ITEM_MASK, ITEM_COOKIE, ITEM_PATH, ITEM_SRC_PATH = range(4)
 # One read from the kernel: (wall-clock time, its items).
 Read = tuple[float, list[Item]]
 
@@ -229,8 +228,10 @@ class Progress:
 
 
 ToWatcher = Configure | Stop
-FromWatcher = (Hello | Applied | Events | Heartbeat | Overflow | Lost | Restored | Progress
-               | Scan)
+# What the watcher says besides events, decoded into records by from_watcher. Events are told
+# apart by their tag and handed on as their fields (see watchd.supervisor).
+Notice = Hello | Applied | Heartbeat | Overflow | Lost | Restored | Progress | Scan
+FromWatcher = Events | Notice
 Message = ToWatcher | FromWatcher
 
 
@@ -239,10 +240,9 @@ def _heartbeat(raw: tuple[Any, ...]) -> Heartbeat:
                       for name, (s, d, u, p, lim) in raw[1].items()})
 
 
-_FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], FromWatcher]] = {
+_FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], Notice]] = {
     Tag.HELLO.value: lambda m: Hello(m[1]),
     Tag.APPLIED.value: lambda m: Applied(m[1]),
-    _EVENTS: lambda m: Events(m[1], m[2]),
     Tag.HEARTBEAT.value: _heartbeat,
     Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2])),
     Tag.SCAN.value: lambda m: Scan(m[1], m[2], m[3]),
@@ -257,13 +257,9 @@ _TO_WATCHER: dict[str, Callable[[tuple[Any, ...]], ToWatcher]] = {
 }
 
 
-def is_events(raw: tuple[Any, ...]) -> bool:
-    """Whether a message from the wire is an Events message: (tag, watch, reads)."""
-    return bool(raw[0] == _EVENTS)
-
-
-def from_watcher(raw: tuple[Any, ...]) -> FromWatcher | None:
-    """The record a message from the watcher stands for; None for a tag we do not know."""
+def from_watcher(raw: tuple[Any, ...]) -> Notice | None:
+    """The record a message from the watcher other than events stands for (events go straight
+    to the broker, see supervisor); None for a tag we do not know."""
     decoder = _FROM_WATCHER.get(raw[0])
     return None if decoder is None else decoder(raw)
 

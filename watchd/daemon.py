@@ -32,7 +32,7 @@ from watchd.inotify.errors import effective_watch_limit
 from watchd.protocol import OverflowReason
 from watchd.resync import Resyncer
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
-from watchd.status import History, Status
+from watchd.status import ReloadRecord, Status
 from watchd.supervisor import Supervisor, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
 from watchd.watcher import tune_gc
@@ -107,7 +107,7 @@ class Daemon:
         self.resync = Resyncer()
         self.resync.configure(config.watches, changed=[w.name for w in config.watches])
         self.clients: set[ClientProtocol] = set()
-        self.history = History()
+        self.history = ReloadRecord()
         self.generation = 0
         self.stopping = asyncio.Event()
         self.confirmations = Confirmations(self.stopping)
@@ -207,7 +207,7 @@ class Daemon:
 
     def tick(self) -> None:
         self.notifier.flush()  # READY=1 and the like that systemd's socket could not take yet
-        self.hold.expire(min(flow.STALL_LIMIT_S, self.config.daemon.watcher_timeout))
+        self.hold.expire(min(flow.HOLD_LIMIT_S, self.config.daemon.watcher_timeout))
         fresh = self.supervisor.check(self.config.daemon.watcher_timeout)
         if fresh and self.watchdog_s is not None:
             # Pinged from the loop itself and only while the watcher is alive and talking,
@@ -258,13 +258,10 @@ class Daemon:
         """The hot path: the watcher's reads, to the subscribers."""
         reads = self.resync.track(watch, reads)
         self.broker.publish_reads(watch, reads)
-        if self.broker.queues_filling:
-            self.hold.review()
+        self.hold.after_publish()
 
-    def on_watcher_message(self, message: channel.FromWatcher) -> None:
+    def on_watcher_message(self, message: channel.Notice) -> None:
         match message:
-            case channel.Events(watch, reads):  # (handed to on_events instead; see _dispatch)
-                self.on_events(watch, reads)
             case channel.Heartbeat(reports):
                 self.watches.on_heartbeat(reports)
             case channel.Applied(generation):
@@ -336,7 +333,17 @@ class Daemon:
                 self.notifier.ready(f"reload refused: {e}")
                 return
             diff = diff_config(self.config, new)
-            self.apply(new, diff)
+            try:
+                self.apply(new, diff)
+            except MemoryError:
+                # apply takes what may fail first (the replay history's memory), before it
+                # changes anything: the previous configuration keeps running in full.
+                error = (f"{path}: daemon.replay_buffer: not enough memory for "
+                         f"{new.daemon.replay_buffer} events; choose a smaller history")
+                self.history.last_reload_error = error
+                log.error("reload refused, still running the previous configuration: %s", error)
+                self.notifier.ready(f"reload refused: {error}")
+                return
             generation = self.send_config()
             applied = await self.confirmations.wait(generation, deadline=RELOAD_WAIT_S)
             if self.stopping.is_set():
@@ -356,13 +363,14 @@ class Daemon:
             log.warning("changed %s: this takes effect only after a restart of watchd",
                         ", ".join(diff.restart_needed))
         d = new.daemon
+        # First, as it alone may fail (MemoryError): nothing has changed yet if it does.
+        self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
+                               max_subscriptions=d.max_subscriptions,
+                               max_patterns=d.max_patterns, max_paths=d.max_paths)
         self.config = new
         self.history.reloads += 1
         self.history.last_reload_error = None
         self.history.restart_needed = diff.restart_needed
-        self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
-                               max_subscriptions=d.max_subscriptions,
-                               max_patterns=d.max_patterns, max_paths=d.max_paths)
         if self.supervisor.watcher is not None:
             self.supervisor.watcher.merge_max = self.merge_limit()
         self.hold.review()  # the levels may have moved

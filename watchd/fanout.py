@@ -7,13 +7,14 @@ queued (bounded by client_queue) or counted as dropped.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from watchd import protocol
+from watchd.counters import Counters
 from watchd.events import KIND_BITS, Kind
-from watchd.flow import QueueLevels
+from watchd.outbox import QueueLimits
 from watchd.replay import Held, History, Replays
 from watchd.subscription import KIND_BITS_ALL, Connection, Filter, Subscription
 
@@ -43,59 +44,6 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
     return chunks
 
 
-@dataclass(slots=True)
-class Counters:
-    """What status reports of the events: in all, and per watch ("" for every watch at once),
-    for a status limited to some watches."""
-
-    events: int = 0  # published
-    overflows: int = 0  # overflow occasions, however many subscriptions were told
-    dropped_gone: int = 0  # event lines discarded for connections since closed
-    events_of: dict[str, int] = field(default_factory=dict)
-    overflows_of: dict[str, int] = field(default_factory=dict)
-
-    def overflow(self, watch: str | None) -> None:
-        """Count an overflow occasion of a watch (of every watch for None)."""
-        self.overflows += 1
-        self.overflows_of[watch or ""] = self.overflows_of.get(watch or "", 0) + 1
-
-    def dropped(self, conns: Iterable[Connection]) -> int:
-        """Event lines discarded for slow connections, closed ones included."""
-        return self.dropped_gone + sum(conn.dropped for conn in conns)
-
-    def stats(self, conns: Collection[Connection], history: History) -> dict[str, int]:
-        """The counters reported by status."""
-        return {
-            "clients": len(conns),
-            "subscriptions": sum(len(conn.subs) for conn in conns),
-            "events": self.events,
-            "dropped": self.dropped(conns),
-            "overflows": self.overflows,
-            "seq": history.last_seq,
-            "oldest": history.oldest,
-        }
-
-    def stats_for(
-        self, conns: Iterable[Connection], history: History, uid: int, visible: Iterable[str]
-    ) -> dict[str, int]:
-        """stats() as a peer that sees only some watches may read them.
-
-        Counters of events and overflows cover the visible watches; clients, subscriptions and
-        drops those of the peer's own user, so that nothing is told of the others' activity.
-        """
-        mine = [conn for conn in conns if conn.peer.uid == uid]
-        names = set(visible)
-        return {
-            "clients": len(mine),
-            "subscriptions": sum(len(conn.subs) for conn in mine),
-            "events": sum(n for w, n in self.events_of.items() if w in names),
-            "dropped": sum(conn.dropped for conn in mine),
-            "overflows": sum(n for w, n in self.overflows_of.items() if w in names or not w),
-            "seq": history.last_seq,
-            "oldest": history.oldest,
-        }
-
-
 class FanOut:
     """Publishes batches of events to the connections of a broker."""
 
@@ -105,15 +53,19 @@ class FanOut:
         history: History,
         replays: Replays,
         counts: Counters,
-        levels: QueueLevels,
+        *,
+        limits: QueueLimits,
+        pump: Callable[[Connection], None],
     ) -> None:
         self.conns = conns  # the broker's connections, as they are at each publish
         self.history = history
         self.replays = replays
         self.counts = counts
-        self.levels = levels
-        # Set when a connection's queue reaches levels.near_full: worth a look at the congestion.
-        self.queues_filling = False
+        self.limits = limits  # shared with the outbox; a reload changes it there
+        self.pump = pump  # drains a connection's queue (Outbox.pump)
+        # A one-shot signal: a connection's queue reached levels.near_full since the hold-back
+        # last looked (HoldBack.review takes it).
+        self.near_full_reached = False
         self.routes: dict[str, tuple[_Route, ...]] = {}  # per watch; cleared on any change
         self._encoder = protocol.EventEncoder()
         self._kinds: dict[int, Kind] = {bit: kind for kind, bit in KIND_BITS.items()}
@@ -135,7 +87,7 @@ class FanOut:
         for route in routes:
             conn = route.conn
             if conn.queue or conn.lagging:
-                self.replays.pump(conn)
+                self.pump(conn)
                 pumped = True
         if pumped and watch not in self.routes:
             routes = self.routes[watch] = self._route(watch)
@@ -174,7 +126,10 @@ class FanOut:
                 tail = tail_of(seq, time, watch, kind, path, mask, cookie, src_path)
                 keep((seq, watch, bit, path, tail))
                 tails.append(tail)
-        history.extend(batch)
+        if len(batch) == 1:
+            history.append(batch[0])  # most reads are one event: spare extend's slicing
+        else:
+            history.extend(batch)
         if batch:
             counts = self.counts
             counts.events += len(batch)
@@ -214,7 +169,8 @@ class FanOut:
     def _queue_event(self, sub: Subscription, seq: int, tail: bytes) -> None:
         """Queue an event line for a connection that is behind, or count it as dropped."""
         conn = sub.conn
-        if conn.queued_events >= self.replays.client_queue:
+        limits = self.limits
+        if conn.queued_events >= limits.client_queue:
             sub.drop(seq)
             return
         if sub.drop_count:
@@ -223,5 +179,5 @@ class FanOut:
             sub.settle()
         conn.queue.append(sub.prefix + tail)
         conn.queued_events += 1
-        if conn.queued_events >= self.levels.near_full:
-            self.queues_filling = True
+        if conn.queued_events >= limits.levels.near_full:
+            self.near_full_reached = True

@@ -15,7 +15,7 @@ as docs/protocol.md promises it:
 - While a subscriber keeps up, the watcher is never held back.
 - The watcher is held back while every subscriber is behind (paused, its queue used up to
   `levels.behind`), or while some subscriber's queue is near full (`levels.near_full`) and
-  none keeps up; for at most STALL_LIMIT_S at a time (the daemon's tick enforces it).
+  none keeps up; for at most HOLD_LIMIT_S at a time (the daemon's tick enforces it).
 - Past that limit, the hold is *spent*: events flow, and a connection whose queue is full has
   them dropped, always with a `dropped` notice, until no reason to hold back remains.
 
@@ -36,7 +36,7 @@ from watchd.channel import BATCH_MAX
 KEEPING_UP_S = 1.0
 # How long the watcher's batches may wait in its own buffer at a time (no longer than a hung
 # watcher may go unnoticed: we do not hear it meanwhile).
-STALL_LIMIT_S = 10.0
+HOLD_LIMIT_S = 10.0
 # Room kept in a connection's queue before it counts as near full (see QueueLevels): the
 # most events one batch from the watcher brings.
 QUEUE_HEADROOM = BATCH_MAX
@@ -77,7 +77,7 @@ class Reason(enum.StrEnum):
     """Why holding the watcher back is called for."""
 
     ALL_BEHIND = "every subscriber is behind"
-    CROWDED = "a subscriber's queue is nearly full and none keeps up"
+    NEAR_FULL = "a subscriber's queue is nearly full and none keeps up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class Decision:
     hold: bool
     reason: Reason | None  # None: no reason to hold back (a spent hold is forgotten)
     spent: bool
-    filling: bool  # some queue is near full: every batch from the watcher is worth a look
+    near_full: bool  # some queue is near full: every batch from the watcher is worth a look
 
 
 def keeps_up(view: View, now: float, flow_now: float, *, shared: bool) -> bool:
@@ -105,21 +105,21 @@ def decide(views: Iterable[View], levels: QueueLevels, now: float, flow_now: flo
            spent: bool) -> Decision:
     """The hold-back rule for the subscribed connections at `now` (`flow_now` on the flow clock).
 
-    `spent` is True once a hold reached STALL_LIMIT_S; it lasts while a reason does.
+    `spent` is True once a hold reached HOLD_LIMIT_S; it lasts while a reason does.
     """
     views = list(views)
-    filling = any(v.queued >= levels.near_full for v in views)
+    near_full = any(v.queued >= levels.near_full for v in views)
     reason: Reason | None = None
     if views and all(v.paused and v.queued >= levels.behind for v in views):
         reason = Reason.ALL_BEHIND
-    elif filling:
+    elif near_full:
         # (A paused view never keeps up, so for the others this counts their siblings.)
         behind = Counter(v.process for v in views if v.paused)
         if not any(keeps_up(v, now, flow_now, shared=behind[v.process] > 0) for v in views):
-            reason = Reason.CROWDED
+            reason = Reason.NEAR_FULL
     spent = spent and reason is not None
     return Decision(hold=reason is not None and not spent, reason=reason, spent=spent,
-                    filling=filling)
+                    near_full=near_full)
 
 
 class FlowClock:

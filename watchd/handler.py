@@ -1,7 +1,8 @@
 """What the daemon does for its clients: who may connect, the greeting, and each request.
 
-`RequestHandler` is the server's `Handler`: the server frames lines and writes replies; the broker
-keeps subscriptions; this decides what a line asks for and who is let in.
+`RequestHandler` is what watchd.server calls a `Handler` (and watchd.requests a `LineHandler`):
+the server frames lines and writes replies; the broker keeps subscriptions; this decides what a
+line asks for and who is let in.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import logging
 import os
 import resource
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchd import __version__, protocol
-from watchd.broker import Broker, Connection, Peer
-from watchd.config.model import RESERVED_CLIENTS, DaemonConfig
-from watchd.holdback import HoldBack
-from watchd.server import ClientProtocol
-from watchd.status import Status, sees_all
+from watchd.config.model import RESERVED_CLIENTS
+from watchd.server import trusted
+
+if TYPE_CHECKING:  # for hints only: the daemon wires these parts together
+    from watchd.broker import Broker, Connection, Peer
+    from watchd.config.model import DaemonConfig
+    from watchd.holdback import HoldBack
+    from watchd.server import ClientProtocol
+    from watchd.status import Status
 
 log = logging.getLogger("watchd")
 
@@ -50,7 +55,7 @@ class RequestHandler:
             self.accept_failing = False
             log.info("accepting connections again")
         d = self.settings()
-        if sees_all(peer):
+        if trusted(peer):
             if len(self.clients) < d.max_clients + RESERVED_CLIENTS:
                 return None
             return ("the daemon serves its maximum number of clients (daemon.max_clients, and "

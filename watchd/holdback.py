@@ -11,11 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 from watchd import flow
-from watchd.broker import Broker
-from watchd.server import ClientProtocol
-from watchd.supervisor import WatcherProcess
+
+if TYPE_CHECKING:  # for hints only: the parts this glues together import nothing of it
+    from watchd.broker import Broker
+    from watchd.server import ClientProtocol
+    from watchd.supervisor import WatcherProcess
 
 log = logging.getLogger("watchd")
 
@@ -39,6 +42,13 @@ class HoldBack:
         self.clock = flow.FlowClock()  # stands still while the hold lasts
         self.recheck: asyncio.TimerHandle | None = None
         self.spent = False  # the limit was reached; wait for a subscriber to catch up
+        # Some queue was near full at the last review: every batch is worth a look until none is.
+        self.near_full = False
+
+    def after_publish(self) -> None:
+        """Look again after a batch when a queue reached near_full, or some still is."""
+        if self.near_full or self.broker.near_full_reached:
+            self.review()
 
     def flow_time(self) -> float:
         """Now on the clock the hold-back rule judges by (see watchd.flow)."""
@@ -46,6 +56,7 @@ class HoldBack:
 
     def review(self) -> None:
         """Decide again: the levels, the subscribers or the watcher may have changed."""
+        self.broker.take_near_full()  # this look answers the signal
         watcher = self.watcher()
         if watcher is None:
             return
@@ -53,7 +64,7 @@ class HoldBack:
         views = [c.view() for c in self.clients if c.subscribed]
         decision = flow.decide(views, self.broker.levels, now, self.clock.now(now),
                                spent=self.spent)
-        self.broker.queues_filling = decision.filling
+        self.near_full = decision.near_full
         self.spent = decision.spent
         if not decision.hold:
             self.release()

@@ -2,8 +2,8 @@
 
 A subscription with `since` reads the history at the pace its client reads its lines, a
 bounded step per turn of the loop, and only then takes live events; what the history forgets
-before a replay reaches it is reported as dropped. Paced by the connection's queue, so the
-queue's draining (`Replays.pump`) lives here too.
+before a replay reaches it is reported as dropped. Paced by the connection's queue: the
+queue's draining (watchd.outbox) asks for each step.
 """
 
 from __future__ import annotations
@@ -14,15 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from watchd import protocol
-from watchd.protocol import EVENT_HEAD, ErrorCode, JsonScalar, ProtocolError
+from watchd.outbox import FLUSH_LINES
+from watchd.protocol import ErrorCode, JsonScalar, ProtocolError
 from watchd.subscription import Connection, Cursor, Subscription, quote
-
-# Lines handed to a sink per write while draining a queue: a transport that pauses part-way
-# is overfilled by at most this much, and the syscalls are still batched.
-FLUSH_LINES = 512
-# Held events a replay looks at per turn of the loop and connection before it lets the others
-# have theirs: a replay never holds the loop for long, however selective its filter.
-REPLAY_STEP = 4096
 
 # One held event: (seq, watch, kind bit, path, tail). A plain tuple because publish builds one
 # per event on the hot path, where a NamedTuple or dataclass constructor costs measurably more.
@@ -55,13 +49,15 @@ class Marker:
 class History:
     """The newest `size` events by seq, and the overflow markers among them.
 
-    A ring indexed by seq % size: seqs are consecutive, so a replay finds its place in O(1)
-    and reads a step in O(step), wherever it is in the history.
+    A ring indexed by (seq - base) % size: seqs are consecutive, so a replay finds its place in
+    O(1) and reads a step in O(step), wherever it is in the history. The ring grows as events
+    arrive and wraps once it holds `size` of them: memory follows what is held, not the limit.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ring: list[Held | None] = [None] * size
+        self._ring: list[Held] = []
+        self._base = 1  # the seq in the ring's first slot: slot = (seq - base) % size
         self.count = 0  # events held
         self.last_seq = 0  # the newest seq assigned
         self.markers: deque[Marker] = deque()
@@ -74,6 +70,19 @@ class History:
         """The oldest seq held; last_seq + 1 when none is held."""
         return self.last_seq - self.count + 1
 
+    def append(self, entry: Held) -> None:
+        """Hold the next event: extend() for one, without its slicing (most reads are one event)."""
+        ring = self._ring
+        if self.count == self.size:
+            if ring:
+                ring[(entry[0] - self._base) % self.size] = entry
+        else:
+            if not ring:
+                self._base = entry[0]
+            ring.append(entry)
+            self.count += 1
+        self.last_seq = entry[0]
+
     def extend(self, entries: list[Held]) -> None:
         """Hold the next events in seq order (the oldest are forgotten past `size`)."""
         n = len(entries)
@@ -81,16 +90,26 @@ class History:
         if not n or not size:
             self.last_seq += n
             return
-        if n > size:
-            entries = entries[n - size :]
-        at = entries[0][0] % size
-        first = min(len(entries), size - at)
-        # Two slice copies in C, not one store per event: this is on publish's path.
+        last = entries[-1][0]
+        if n >= size:  # the batch alone fills the history: it replaces all of it
+            self._ring = entries[n - size :]
+            self._base, self.count, self.last_seq = self._ring[0][0], size, last
+            return
         ring = self._ring
-        ring[at : at + first] = entries[:first]
-        ring[: len(entries) - first] = entries[first:]
-        self.count = min(size, self.count + n)
-        self.last_seq = entries[-1][0]
+        if not ring:
+            self._base = entries[0][0]
+        room = size - len(ring)
+        if room:  # still growing: take what fits in order, then wrap with the rest
+            ring.extend(entries[:room] if len(entries) > room else entries)
+            entries = entries[room:]
+        if entries:
+            at = (entries[0][0] - self._base) % size
+            first = min(len(entries), size - at)
+            # Two slice copies in C, not one store per event: this is on publish's path.
+            ring[at : at + first] = entries[:first]
+            ring[: len(entries) - first] = entries[first:]
+        self.count = len(ring)
+        self.last_seq = last
 
     def between(self, start: int, stop: int) -> list[Held]:
         """The held events with start <= seq < stop, in seq order."""
@@ -98,19 +117,23 @@ class History:
         stop = min(stop, self.last_seq + 1)
         if start >= stop:
             return []
-        size = self.size
-        i, j = start % size, stop % size
+        size, base = self.size, self._base
+        i, j = (start - base) % size, (stop - base) % size
         ring = self._ring
-        # Every slot from oldest to last_seq holds an event.
-        return ring[i:j] if i < j else ring[i:] + ring[:j]  # type: ignore[return-value]
+        # Every slot from oldest to last_seq holds an event (j is 0 when stop is one past the
+        # ring's last slot: then ring[i:] is all of it).
+        return ring[i:j] if i < j else ring[i:] + ring[:j]
 
     def resize(self, size: int) -> None:
-        """Hold at most `size` events from now on, keeping the newest."""
-        kept = self.between(self.oldest, self.last_seq + 1)[len(self) - min(size, len(self)) :]
-        last = self.last_seq
-        self.size, self._ring, self.count = size, [None] * size, 0
-        self.extend(kept)
-        self.last_seq = last
+        """Hold at most `size` events from now on, keeping the newest.
+
+        The new ring is built before anything changes: if memory runs out, the history is as it
+        was.
+        """
+        kept = self.between(max(self.oldest, self.last_seq + 1 - size), self.last_seq + 1)
+        self.size, self._ring, self.count = size, kept, len(kept)
+        if kept:
+            self._base = kept[0][0]
         self.prune_markers()
 
     def mark(self, marker: Marker) -> None:
@@ -174,22 +197,12 @@ class History:
 
 
 class Replays:
-    """The replays under way, and the draining of connection queues that paces them."""
+    """The replays under way: each produces its lines when the connection's queue asks."""
 
-    def __init__(
-        self,
-        history: History,
-        client_queue: int,
-        on_end: Callable[[], None],
-        defer: Callable[[Callable[[], None]], object] | None,
-    ) -> None:
+    def __init__(self, history: History, on_end: Callable[[], None]) -> None:
         self.history = history
-        self.client_queue = client_queue  # a connection's queued events past which it drops
         # Called when a replay ends: its subscription takes live events from then on.
         self._on_end = on_end
-        # Runs a callback at the next turn of the loop (loop.call_soon), so that a long replay
-        # lets the others be served in between; None replays to the end at once (tests).
-        self._defer = defer
         self.under_way: dict[Subscription, None] = {}
 
     def start(self, sub: Subscription, since: int) -> None:
@@ -211,44 +224,13 @@ class Replays:
             self.under_way.pop(sub, None)
         conn.replays.clear()
 
-    def pump(self, conn: Connection) -> None:
-        """Move queued lines to the sink while it is writable; report gaps once there is room;
-        go on with replays while the sink takes their lines (a bounded step per turn)."""
-        if conn.closed:
-            return
-        queue = conn.queue
-        sink = conn.sink
-        budget = REPLAY_STEP
-        while True:
-            while queue and sink.writable():
-                chunk = [queue.popleft() for _ in range(min(len(queue), FLUSH_LINES))]
-                # Event lines, and no other line, begin with EVENT_HEAD.
-                conn.queued_events -= sum(1 for line in chunk if line.startswith(EVENT_HEAD))
-                sink.write(chunk)
-            if conn.lagging and not (queue and conn.queued_events >= self.client_queue):
-                for sub in list(conn.lagging.values()):
-                    sub.settle()
-                continue
-            # A replay is produced only as fast as the client reads it: nothing of it waits in
-            # the queue while the sink is paused.
-            if not conn.replays or queue or not sink.writable():
-                return
-            if budget <= 0:
-                if self._defer is not None:
-                    if not conn.replay_deferred:
-                        conn.replay_deferred = True
-                        self._defer(lambda: self._turn(conn))
-                    return
-                budget = REPLAY_STEP
-            sub = next(iter(conn.replays.values()))
-            cur = sub.replay
-            assert cur is not None
-            stop = min(self.history.last_seq + 1, cur.pos + budget)
-            budget -= self.advance(sub, stop, FLUSH_LINES)
-
-    def _turn(self, conn: Connection) -> None:
-        conn.replay_deferred = False
-        self.pump(conn)
+    def step(self, conn: Connection, budget: int) -> int:
+        """Queue the next lines of the connection's first replay: at most FLUSH_LINES of them,
+        looking at no more than `budget` held events; returns how many it looked at."""
+        sub = next(iter(conn.replays.values()))
+        cur = sub.replay
+        assert cur is not None
+        return self.advance(sub, min(self.history.last_seq + 1, cur.pos + budget), FLUSH_LINES)
 
     def advance(self, sub: Subscription, stop: int, max_lines: int | None) -> int:
         """Move a replay through the history up to seq `stop` (excluded); returns how many
@@ -274,22 +256,27 @@ class Replays:
         next_mark = history.next_marker(cur.marked)
         pos = cur.pos
         lines = 0
-        for seq, watch, bit, path, tail in history.between(cur.pos, stop):
-            if seq - 1 >= next_mark:
-                self._markers(sub, seq - 1)
-                next_mark = history.next_marker(cur.marked)
-            pos = seq + 1
-            if watch in visible and flt.matches(bit, path):
-                if max_lines is None:
-                    sub.drop(seq)
-                    continue
-                if sub.drop_count:
-                    sub.settle()
-                queue.append(prefix + tail)
-                conn.queued_events += 1
-                lines += 1
-                if lines >= max_lines:
-                    break
+        stop = min(stop, history.last_seq + 1)
+        # Copied from the history a chunk at a time, no larger than the lines that may be
+        # queued: a step that stops after max_lines copies little more than it looks at.
+        chunk = stop - pos if max_lines is None else max_lines
+        while pos < stop and (max_lines is None or lines < max_lines):
+            for seq, watch, bit, path, tail in history.between(pos, min(stop, pos + chunk)):
+                if seq - 1 >= next_mark:
+                    self._markers(sub, seq - 1)
+                    next_mark = history.next_marker(cur.marked)
+                pos = seq + 1
+                if watch in visible and flt.matches(bit, path):
+                    if max_lines is None:
+                        sub.drop(seq)
+                        continue
+                    if sub.drop_count:
+                        sub.settle()
+                    queue.append(prefix + tail)
+                    conn.queued_events += 1
+                    lines += 1
+                    if lines >= max_lines:
+                        break
         examined = pos - cur.pos
         cur.pos = pos
         if pos > history.last_seq:

@@ -25,8 +25,8 @@ REQUESTS_PER_TURN = 4
 TURN_BUDGET_S = 0.005
 
 
-class RequestHandler(Protocol):
-    """What the daemon does with a request (watchd.server.Handler fits)."""
+class LineHandler(Protocol):
+    """What the daemon does with a request line (a watchd.server.Handler is one)."""
 
     def request_timeout(self) -> float:
         """Seconds a started request line may take to be finished."""
@@ -113,7 +113,7 @@ class TurnBudget:
 class Requests:
     """The requests of one connection: bytes read, lines framed, a few handled per turn."""
 
-    def __init__(self, endpoint: Endpoint, broker: Broker, handler: RequestHandler,
+    def __init__(self, endpoint: Endpoint, broker: Broker, handler: LineHandler,
                  max_line_bytes: int, budget: TurnBudget) -> None:
         self.endpoint = endpoint
         self.broker = broker

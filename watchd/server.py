@@ -26,7 +26,7 @@ from typing import Protocol
 from watchd import flow, protocol
 from watchd.broker import Broker, Connection, Peer
 from watchd.errors import WatchdError
-from watchd.requests import Requests, TurnBudget
+from watchd.requests import LineHandler, Requests, TurnBudget
 
 __all__ = [
     "ClientProtocol",
@@ -55,16 +55,14 @@ class ServerError(WatchdError):
     """The socket cannot be set up; the message says why and what to do."""
 
 
-class Handler(Protocol):
+class Handler(LineHandler, Protocol):
+    """What the daemon does for a connection: admits it, greets it, answers its lines
+    (the LineHandler part, which is all its request side needs) and hears of its flow."""
+
     def may_connect(self, peer: Peer) -> str | None:
         """None to serve this peer, or why it is refused (too_many_clients)."""
 
-    def request_timeout(self) -> float:
-        """Seconds a started request line may take to be finished."""
-
     def greet(self, conn: Connection) -> None: ...
-
-    def handle_line(self, conn: Connection, line: bytes) -> None: ...
 
     def review_hold_back(self) -> None: ...
 

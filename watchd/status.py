@@ -8,16 +8,18 @@ import os
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchd import __version__
-from watchd.broker import Broker, Peer
 from watchd.channel import Phase
 from watchd.inotify import read_limits
-from watchd.resync import Resyncer
 from watchd.server import trusted
-from watchd.supervisor import Supervisor
-from watchd.watchstate import Watches, WatchState
+
+if TYPE_CHECKING:  # for hints only: status reads the parts the daemon wires
+    from watchd.broker import Broker, Peer
+    from watchd.resync import Resyncer
+    from watchd.supervisor import Supervisor
+    from watchd.watchstate import Watches, WatchState
 
 # fs.inotify.max_user_watches is read again at most this often: reading /proc costs more than
 # the rest of a status reply, and anyone may ask for thousands of them.
@@ -25,18 +27,13 @@ LIMITS_READ_S = 1.0
 
 
 @dataclass(slots=True)
-class History:
-    """What happened to the daemon since it started, as status reports it."""
+class ReloadRecord:
+    """The daemon's start and its reloads since, as status reports them."""
 
     reloads: int = 0
     last_reload_error: str | None = None
     restart_needed: tuple[str, ...] = ()
     started: float = field(default_factory=time.monotonic)
-
-
-def sees_all(peer: Peer) -> bool:
-    """Root and the daemon's own user are shown everything; see docs/security.md."""
-    return trusted(peer)
 
 
 def watch_status(ws: WatchState, resync: Resyncer | None = None) -> dict[str, Any]:
@@ -63,8 +60,8 @@ class Status:
     """Reads the daemon's parts into a status reply or a STATUS= line."""
 
     def __init__(self, *, instance: str, config_path: str, broker: Broker, watches: Watches,
-                 supervisor: Supervisor, clients: Collection[object], history: History,
-                 resync: Resyncer | None = None) -> None:
+                 supervisor: Supervisor, clients: Collection[object],
+                 history: ReloadRecord, resync: Resyncer | None = None) -> None:
         self.instance = instance
         self.config_path = config_path
         self.broker = broker
@@ -83,14 +80,14 @@ class Status:
         not show through a name, a path or a count.
         """
         h = self.history
-        if peer is None or sees_all(peer):
+        # Root and the daemon's own user are shown everything; see docs/security.md.
+        if peer is None or trusted(peer):
             shown = list(self.watches)
             stats = self.broker.stats()
             reload_error = h.last_reload_error
             view = "full"
         else:
-            shown = [ws for ws in self.watches
-                     if ws.config.may_see(peer.uid, peer.gid, peer.groups)]
+            shown = [ws for ws in self.watches if peer.sees(ws.config)]
             stats = self.broker.stats_for(peer.uid, (ws.config.name for ws in shown))
             # The message may quote any watch of the file.
             reload_error = (None if h.last_reload_error is None

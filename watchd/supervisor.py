@@ -42,7 +42,7 @@ class WatcherProcess:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log_level: str,
                  on_events: Callable[[str, list[channel.Read]], None],
-                 on_message: Callable[[channel.FromWatcher], None],
+                 on_message: Callable[[channel.Notice], None],
                  on_exit: Callable[[WatcherProcess], None]) -> None:
         self.loop = loop
         self.on_events = on_events  # an Events message, as its fields (see _dispatch)
@@ -150,9 +150,10 @@ class WatcherProcess:
     def _dispatch(self, *, all_of_it: bool = False) -> None:
         """Hand on read messages, stopping as soon as the daemon pauses us (between messages)."""
         backlog = self.backlog
+        events = channel.Tag.EVENTS.value  # compared inline: a call per message costs as much
         while backlog and (all_of_it or not self.reading_paused):
             raw = channel.next_message(backlog, self.merge_max)
-            if channel.is_events(raw):
+            if raw[0] == events:
                 # Handed on as its fields: building the record would cost more than the rest of
                 # the dispatch, for a message that may hold a single event.
                 self.on_events(raw[1], raw[2])

@@ -39,7 +39,7 @@ from watchd.inotify import (
 )
 from watchd.inotify.tree import Tree, TreeEvent
 from watchd.levels import DEFAULT_LOG_LEVEL
-from watchd.protocol import LostReason
+from watchd.reasons import LostReason
 from watchd.watcher_channel import ChannelEnd
 from watchd.watcher_watch import Watch, name_filter
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Daemon, Line, wait_for
-from watchd.flow import KEEPING_UP_S, STALL_LIMIT_S
+from watchd.flow import HOLD_LIMIT_S, KEEPING_UP_S
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -87,8 +87,8 @@ def test_slow_client_beside_a_fast_one(start_watching, watched: Path) -> None:
     reader.join()
     assert fast_got, "the fast client did not receive everything"
     # A client that keeps up is never made to wait for the slow one: the watcher is not held
-    # back for it (a hold lasts up to STALL_LIMIT_S, which this bound would catch).
-    assert received_at[0] - made_at < STALL_LIMIT_S / 2, received_at[0] - made_at
+    # back for it (a hold lasts up to HOLD_LIMIT_S, which this bound would catch).
+    assert received_at[0] - made_at < HOLD_LIMIT_S / 2, received_at[0] - made_at
     got = fast_got[0]
     assert not [m for m in got if m["type"] == "dropped"]
     fast_events = [m for m in got if m["type"] == "event"]
@@ -136,7 +136,7 @@ def test_a_lone_client_behind_a_burst_loses_nothing(start_watching, watched: Pat
     line, _ = daemon.subscribe()
 
     # The client reads once the watcher is held back for it, while the burst goes on: a hold
-    # lasts STALL_LIMIT_S at most, and on a busy machine making the files takes longer.
+    # lasts HOLD_LIMIT_S at most, and on a busy machine making the files takes longer.
     with burst(watched, files) as end:
         daemon.wait_log("the watcher holds its batches", timeout=60)
         got = line.until(lambda m: m.get("path") == end, timeout=60)
@@ -167,7 +167,7 @@ def test_clients_that_take_turns_reading_lose_nothing(start_watching, watched: P
     # caught up for a moment after its turn. The promise (watchd.flow): for connections of one
     # process, time the watcher is held back does not count towards keeping up, so that moment
     # never releases the burst into the others' queues, however long the hold before it
-    # lasted (within STALL_LIMIT_S); nothing is dropped.
+    # lasted (within HOLD_LIMIT_S); nothing is dropped.
     # Each connection's share of the burst (~1.4 MB of lines) is several times what its socket,
     # its transport and client_queue hold together.
     files, subs, turn = 4000, 5, 300
@@ -192,4 +192,4 @@ def test_clients_that_take_turns_reading_lose_nothing(start_watching, watched: P
         assert not [m for m in mine if m["type"] == "dropped"]
         assert len([m for m in mine if m["type"] == "event"]) == files + 1
     assert daemon.status()["dropped"] == 0
-    assert "publishing again" not in daemon.log_text()  # no hold reached STALL_LIMIT_S
+    assert "publishing again" not in daemon.log_text()  # no hold reached HOLD_LIMIT_S

@@ -25,6 +25,10 @@ _OCTAL_RE: Final = re.compile(r"(?:0o)?([0-7]{1,4})")
 _MAX_ID: Final = 2**32 - 2  # (uid_t) -1 means "no change" to the kernel, so it is no id
 # sun_path holds 108 bytes with the terminating NUL.
 _MAX_SOCKET_PATH: Final = 107
+# Each event held for `since` costs some 300-500 bytes (its line, its path, its record): 4 Mi of
+# them is up to 2 GB. A larger history is more likely a typo than a plan, and would fail only
+# later, when the events arrive, by the kernel's OOM killer.
+MAX_REPLAY_BUFFER: Final = 4 * 1024 * 1024
 
 
 def parse_config(text: str, path: str) -> Config:
@@ -214,6 +218,14 @@ def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
             values[key] = level
         elif key in ("watcher_timeout", "request_timeout"):
             values[key] = r.positive_number(value, full)
+        elif key == "replay_buffer":
+            size = values[key] = r.positive_int(value, full)
+            if size > MAX_REPLAY_BUFFER:
+                raise r.error(
+                    full,
+                    f"{size} events is more than the most allowed ({MAX_REPLAY_BUFFER}); "
+                    "choose a smaller history (each event held costs some 300-500 bytes)",
+                )
         else:
             values[key] = r.positive_int(value, full)
     return DaemonConfig(**values)  # type: ignore[arg-type]  # each value was checked above

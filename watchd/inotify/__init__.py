@@ -1,24 +1,15 @@
-"""inotify for watchd: a ctypes binding, its flags and errors, and a compatibility API."""
+"""inotify for watchd: a ctypes binding, its flags and errors, and a compatibility API.
 
-from watchd.inotify._binding import (
-    HEADER_SIZE,
-    MIN_READ_SIZE,
-    InotifyFd,
-    InotifyLimits,
-    RawEvent,
-    parse_events,
-    read_limits,
-)
-from watchd.inotify.errors import (
-    InotifyError,
-    InstanceLimitError,
-    NotADirectoryPathError,
-    PathNotFoundError,
-    PermissionDeniedError,
-    PseudoFileSystemError,
-    WatchLimitError,
-    error_for,
-)
+Importing the package loads only the flag bits (watchd.inotify.flags): the event kinds and the
+wire format need them, in every client and in watchctl, where the ctypes binding is of no use.
+The binding and the errors load on the first use of one of their names here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from watchd.inotify.flags import (
     IN_ACCESS,
     IN_ALL_EVENTS,
@@ -49,6 +40,55 @@ from watchd.inotify.flags import (
     IN_UNMOUNT,
     Mask,
 )
+
+if TYPE_CHECKING:
+    from watchd.inotify._binding import (
+        HEADER_SIZE,
+        MIN_READ_SIZE,
+        InotifyFd,
+        InotifyLimits,
+        RawEvent,
+        parse_events,
+        read_limits,
+    )
+    from watchd.inotify.errors import (
+        InotifyError,
+        InstanceLimitError,
+        NotADirectoryPathError,
+        PathNotFoundError,
+        PermissionDeniedError,
+        PseudoFileSystemError,
+        WatchLimitError,
+        error_for,
+    )
+
+# The module each name not loaded with the package comes from.
+_LAZY: dict[str, str] = {
+    "HEADER_SIZE": "watchd.inotify._binding",
+    "MIN_READ_SIZE": "watchd.inotify._binding",
+    "InotifyFd": "watchd.inotify._binding",
+    "InotifyLimits": "watchd.inotify._binding",
+    "RawEvent": "watchd.inotify._binding",
+    "parse_events": "watchd.inotify._binding",
+    "read_limits": "watchd.inotify._binding",
+    "InotifyError": "watchd.inotify.errors",
+    "InstanceLimitError": "watchd.inotify.errors",
+    "NotADirectoryPathError": "watchd.inotify.errors",
+    "PathNotFoundError": "watchd.inotify.errors",
+    "PermissionDeniedError": "watchd.inotify.errors",
+    "PseudoFileSystemError": "watchd.inotify.errors",
+    "WatchLimitError": "watchd.inotify.errors",
+    "error_for": "watchd.inotify.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A name of the binding or the errors, from its module (imported on first use)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "HEADER_SIZE",

@@ -8,8 +8,6 @@ cutting of a byte stream into lines. Users import from here.
 from watchd.protocol.event_lines import EVENT_HEAD, EventEncoder, mask_names
 from watchd.protocol.framing import LineFramer, LineTooLong
 from watchd.protocol.messages import (
-    LostReason,
-    OverflowReason,
     decode_message,
     dropped,
     hello,
@@ -42,6 +40,7 @@ from watchd.protocol.wire import (
     encode,
     error,
 )
+from watchd.reasons import LostReason, OverflowReason  # the values its notices carry
 
 __all__ = [
     "EVENT_HEAD",

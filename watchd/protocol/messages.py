@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 
 from watchd.protocol.wire import (
@@ -14,23 +13,6 @@ from watchd.protocol.wire import (
     loads,
     type_name,
 )
-
-
-class OverflowReason(enum.StrEnum):
-    """Why an "overflow" notice was sent."""
-
-    KERNEL_QUEUE = "kernel_queue"
-    WATCHER_RESTART = "watcher_restart"
-    WATCH_LIMIT = "watch_limit"
-
-
-class LostReason(enum.StrEnum):
-    """Why a "watch_lost" notice was sent."""
-
-    DELETED = "deleted"
-    UNMOUNTED = "unmounted"
-    REMOVED = "removed"
-    FORBIDDEN = "forbidden"
 
 
 def decode_message(line: bytes) -> dict[str, object]:

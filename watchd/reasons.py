@@ -1,0 +1,27 @@
+"""Why a watch's events may be missing: the reasons an "overflow" or a "watch_lost" notice gives.
+
+A leaf that imports nothing of watchd. The watcher finds a reason (its channel carries it), the
+daemon adds its own, and the protocol puts the value on the wire for clients to read: each of
+them imports it from here, so none has to load another's layer for an enum.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class OverflowReason(enum.StrEnum):
+    """Why an "overflow" notice was sent."""
+
+    KERNEL_QUEUE = "kernel_queue"
+    WATCHER_RESTART = "watcher_restart"
+    WATCH_LIMIT = "watch_limit"
+
+
+class LostReason(enum.StrEnum):
+    """Why a "watch_lost" notice was sent."""
+
+    DELETED = "deleted"
+    UNMOUNTED = "unmounted"
+    REMOVED = "removed"
+    FORBIDDEN = "forbidden"
