@@ -315,8 +315,15 @@ class Daemon:
             self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
             return
         result = self.resync.scanned(name, dirs, seconds)
-        if result is not None:
-            self.resync.publish(self.broker, name, result)
+        if result is None:
+            return
+        steps = self.resync.steps(self.broker, name, result, self.hold.after_publish)
+        watcher = self.supervisor.watcher
+        if watcher is not None and not watcher.exited:
+            watcher.defer(steps)
+        else:
+            for step in steps:  # no watcher to pace them with: nothing waits behind them
+                step()
 
     # -- reload --------------------------------------------------------------------------------
 
