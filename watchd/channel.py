@@ -35,6 +35,7 @@ class Tag(enum.StrEnum):
     RESTORED = "restored"
     PROGRESS = "progress"
     SCAN = "scan"
+    FILL = "fill"
 
 
 # marshal takes no str subclass: the wire carries the tags' plain values.
@@ -88,16 +89,19 @@ class Spec:
 @dataclass(frozen=True, slots=True)
 class Configure:
     """The whole desired set of watches, each watch's max_directories, and the watches the
-    daemon keeps an index of (watchd.resync): those are scanned when established."""
+    daemon keeps an index of (watchd.resync): those are scanned when established. Of those,
+    the ones in `fill` have no index yet: their first scan may come in parts (Fill), while
+    events flow, instead of holding everything up (a Scan)."""
 
     generation: int
     specs: tuple[Spec, ...]
     budgets: dict[str, int | None]
     resync: tuple[str, ...] = ()
+    fill: tuple[str, ...] = ()
 
     def wire(self) -> tuple[Any, ...]:
         return (Tag.CONFIG.value, self.generation, [s.wire() for s in self.specs], self.budgets,
-                list(self.resync))
+                list(self.resync), list(self.fill))
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +198,21 @@ class Scan:
 
 
 @dataclass(frozen=True, slots=True)
+class Fill:
+    """A part of a watch's first scan, made while its events flow: whole directories, listed
+    after the events sent before this part. `start`: the first part (what the index held is
+    dropped); `done`: the last one (the index is complete)."""
+
+    watch: str
+    dirs: Dirs
+    start: bool
+    done: bool
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.FILL.value, self.watch, self.dirs, self.start, self.done)
+
+
+@dataclass(frozen=True, slots=True)
 class Lost:
     """The watch's root went away."""
 
@@ -230,7 +249,7 @@ class Progress:
 ToWatcher = Configure | Stop
 # What the watcher says besides events, decoded into records by from_watcher. Events are told
 # apart by their tag and handed on as their fields (see watchd.supervisor).
-Notice = Hello | Applied | Heartbeat | Overflow | Lost | Restored | Progress | Scan
+Notice = Hello | Applied | Heartbeat | Overflow | Lost | Restored | Progress | Scan | Fill
 FromWatcher = Events | Notice
 Message = ToWatcher | FromWatcher
 
@@ -246,13 +265,14 @@ _FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], Notice]] = {
     Tag.HEARTBEAT.value: _heartbeat,
     Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2])),
     Tag.SCAN.value: lambda m: Scan(m[1], m[2], m[3]),
+    Tag.FILL.value: lambda m: Fill(m[1], m[2], bool(m[3]), bool(m[4])),
     Tag.LOST.value: lambda m: Lost(m[1], m[2], LostReason(m[3])),
     Tag.RESTORED.value: lambda m: Restored(m[1], m[2]),
     Tag.PROGRESS.value: lambda m: Progress(m[1], m[2]),
 }
 _TO_WATCHER: dict[str, Callable[[tuple[Any, ...]], ToWatcher]] = {
     Tag.CONFIG.value: lambda m: Configure(m[1], tuple(Spec(*s) for s in m[2]), m[3],
-                                          tuple(m[4])),
+                                          tuple(m[4]), tuple(m[5])),
     Tag.STOP.value: lambda m: Stop(),
 }
 

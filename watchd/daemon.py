@@ -246,7 +246,8 @@ class Daemon:
             specs = tuple(watch_spec(w) for w in self.config.watches)
             budgets = self.config.directory_budgets(effective_watch_limit())
             watcher.send(channel.Configure(self.generation, specs, budgets,
-                                           tuple(self.resync.enabled())))
+                                           tuple(self.resync.enabled()),
+                                           tuple(self.resync.to_fill())))
         return self.generation
 
     def still_scanning(self) -> None:
@@ -277,6 +278,8 @@ class Daemon:
                 self.broker.overflow(watch, OverflowReason.KERNEL_QUEUE, resyncing)
             case channel.Scan(watch, dirs, seconds):
                 self.on_scan(watch, dirs, seconds)
+            case channel.Fill(watch, dirs, start, done):
+                self.resync.filled(watch, dirs, start, done)
             case channel.Lost(watch, path, reason):
                 self.resync.lost(watch)
                 self.watches.on_lost(watch, path, reason)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 # A snapshot or an index: {directory path: {name: record}}. Every directory that was listed
@@ -157,9 +157,11 @@ class TreeIndex:
         self._moving_old.clear()
         self._orphans.clear()
 
-    def apply(self, items: list[Item]) -> list[Item]:
+    def apply(self, items: list[Item], *, complete: bool = True) -> list[Item]:
         """Bring the index up to date with a batch of events about to be published; returns the
-        events to publish: `items` itself, but for the replays described below.
+        events to publish: `items` itself, but for the replays described below (only in a
+        `complete` index: while a first scan comes in parts, a source the index lacks is one
+        not listed yet).
 
         Each path named by a create, modify, attrib, close_write or moved_to is looked at once,
         at the end of the batch, whatever number of events named it: a burst of creates and
@@ -194,7 +196,7 @@ class TreeIndex:
                     for key in [k for k in fresh if k.startswith(prefix)]:
                         below[key[len(path):]] = fresh.pop(key)
                 if not self._remove(path, cookie if mask & IN_MOVED_FROM else None, below,
-                                    was_fresh) and mask & IN_MOVED_FROM:
+                                    was_fresh) and mask & IN_MOVED_FROM and complete:
                     self._orphans[cookie] = None
                     replays = replays or []
                     replays.append(i)
@@ -293,42 +295,62 @@ def scan(root: str, real_root: str, *, recursive: bool,
     whatever their name. Raises OSError when the root itself cannot be opened.
     """
     dirs: Dirs = {}
-    fd = os.open(real_root, _O_DIR)
-    try:
-        _scan_dir(fd, root, dirs, recursive=recursive, wanted=wanted, prune=prune)
-    finally:
-        os.close(fd)
+    for part in scan_parts(root, real_root, recursive=recursive, wanted=wanted, prune=prune):
+        dirs.update(part)
     return dirs
 
 
-def _scan_dir(fd: int, path: str, dirs: Dirs, *, recursive: bool,
-              wanted: Callable[[str], bool] | None,
-              prune: Callable[[str], bool] | None) -> None:
-    # Depth first over a stack of open directories: fds are held only along the current
-    # branch, and the caller's (the root's) is never closed here.
-    stack = [(fd, path, _list(fd, path, dirs, wanted, prune))]
-    while stack:
-        top_fd, top, subdirs = stack[-1]
-        if not recursive or not subdirs:
-            stack.pop()
+def scan_parts(root: str, real_root: str, *, recursive: bool,
+               wanted: Callable[[str], bool] | None,
+               prune: Callable[[str], bool] | None,
+               part_size: int = 1 << 62) -> Generator[Dirs, None, None]:
+    """scan, in parts: each part holds whole directories, about part_size entries in all
+    (the last part may be empty). A caller can do other work between two parts, as the
+    watcher does while it fills a watch's first index (see Watcher.fill_step).
+
+    Open directories are held only along the current branch, and closed when the generator
+    is closed before its end. Raises OSError (at the first part) when the root cannot be
+    opened.
+    """
+    fd = os.open(real_root, _O_DIR)
+    dirs: Dirs = {}
+    stack: list[tuple[int, str, list[tuple[str, int, int]]]] = []
+    try:
+        # Depth first over a stack of open directories.
+        stack.append((fd, root, _list(fd, root, dirs, wanted, prune)))
+        entries = len(dirs[root])
+        while stack:
+            if entries >= part_size:
+                yield dirs
+                dirs, entries = {}, 0
+            top_fd, top, subdirs = stack[-1]
+            if not recursive or not subdirs:
+                stack.pop()
+                if top_fd != fd:
+                    os.close(top_fd)
+                continue
+            name, dev, ino = subdirs.pop()
+            try:
+                child = os.open(name, _O_DIR, dir_fd=top_fd)
+            except OSError:
+                continue  # gone, replaced by a link, or unreadable: recorded as listed, not entered
+            child_path = join(top, name)
+            try:
+                st = os.fstat(child)
+                if (st.st_dev, st.st_ino) != (dev, ino):
+                    raise FileNotFoundError  # replaced since it was listed: its events say so
+                grand = _list(child, child_path, dirs, wanted, prune)
+            except OSError:
+                os.close(child)
+                continue
+            entries += len(dirs[child_path])
+            stack.append((child, child_path, grand))
+        yield dirs
+    finally:
+        for top_fd, _, _ in stack:
             if top_fd != fd:
                 os.close(top_fd)
-            continue
-        name, dev, ino = subdirs.pop()
-        try:
-            child = os.open(name, _O_DIR, dir_fd=top_fd)
-        except OSError:
-            continue  # gone, replaced by a link, or unreadable: recorded as listed, not entered
-        child_path = join(top, name)
-        try:
-            st = os.fstat(child)
-            if (st.st_dev, st.st_ino) != (dev, ino):
-                raise FileNotFoundError  # replaced since it was listed: its events say so
-            grand = _list(child, child_path, dirs, wanted, prune)
-        except OSError:
-            os.close(child)
-            continue
-        stack.append((child, child_path, grand))
+        os.close(fd)
 
 
 def _list(fd: int, path: str, dirs: Dirs, wanted: Callable[[str], bool] | None,

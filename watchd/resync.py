@@ -63,6 +63,8 @@ class _Watch:
     mask: int  # the kinds this watch reports
     awaiting: bool = False  # a loss was announced: the next scan is compared and noticed
     scanned: bool = False  # the index holds a scan (until then, events alone say nothing)
+    filling: bool = False  # a first scan comes in parts (channel.Fill), events applied between
+    fill_started: float = 0.0
     resyncs: int = 0
 
 
@@ -97,17 +99,41 @@ class Resyncer:
         """The watches with an index, for the watcher's configuration."""
         return list(self.watches)
 
+    def to_fill(self) -> list[str]:
+        """The watches without a complete index: their first scan may come in parts."""
+        return [name for name, watch in self.watches.items() if not watch.scanned]
+
+    def filled(self, name: str, dirs: Dirs, start: bool, done: bool) -> None:
+        """A part of a watch's first scan (channel.Fill): its directories replace what the
+        index held of them; the events that follow the part are applied on top."""
+        watch = self.watches.get(name)
+        if watch is None or watch.scanned:
+            return  # a whole scan came first (a loss): it filled the index
+        if start:
+            watch.index.replace({})
+            watch.filling = True
+            watch.fill_started = time.monotonic()
+        if not watch.filling:
+            return
+        watch.index.dirs.update(dirs)
+        if done:
+            watch.filling = False
+            watch.scanned = True
+            log.info("watch %s: index of %d paths built in %.1f s", name, len(watch.index),
+                     time.monotonic() - watch.fill_started)
+
     def track(self, name: str, reads: list[tuple[float, list[Item]]],
               ) -> list[tuple[float, list[Item]]]:
         """Events of a watch about to be published: bring its index up to date. Returns the
         reads to publish: `reads` itself, unless a move in them was a replay (see
         TreeIndex.apply)."""
         watch = self.watches.get(name)
-        if watch is None or not watch.scanned:
+        if watch is None or not (watch.scanned or watch.filling):
             return reads
+        complete = watch.scanned
         out = reads
         for i, (when, items) in enumerate(reads):
-            kept = watch.index.apply(items)
+            kept = watch.index.apply(items, complete=complete)
             if kept is not items:
                 if out is reads:
                     out = list(reads)
@@ -140,6 +166,7 @@ class Resyncer:
         started = time.monotonic()
         if not watch.scanned:
             watch.index.replace(dirs)
+            watch.filling = False
             watch.scanned = True
             watch.awaiting = False
             return Resync([], 0, 0.0, notice=False)

@@ -24,13 +24,17 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 
 from watchd import __version__, channel
 from watchd.channel import Spec
 from watchd.globs import glob_predicate
-from watchd.index import scan
+from watchd.index import Dirs, scan, scan_parts
 from watchd.inotify import (
+    IN_DELETE,
+    IN_ISDIR,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
     IN_Q_OVERFLOW,
     InotifyError,
     InotifyFd,
@@ -54,6 +58,14 @@ NICE_BOOST = 10
 # After a read of fewer events than this, pause this long before looking again (see run).
 COALESCE_BELOW = 64
 COALESCE_S = 0.0001
+# A first scan in parts (see Watcher.fill_step): entries per part, and how long to scan before
+# reading events again.
+FILL_PART = 4096
+FILL_SLICE_S = 0.02
+# A directory that goes or moves while a fill walks the tree may take a part of the walk with
+# it (see check_fill): the fill starts over, at most this many times, then scans in one go.
+FILL_RESTARTS = 3
+_DIR_GONE = IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 # What the daemon needs of a TreeEvent, as a channel.Item (a plain tuple: marshal takes no
 # NamedTuple).
 _ITEM = operator.itemgetter(0, 1, 2, 3)
@@ -72,6 +84,10 @@ class Watcher:
         self.next_pending_poll = 0.0
         self.budgets: dict[str, int | None] = {}  # watch name -> max_directories
         self.channel.rescan = self.rescan
+        # First scans made in parts between reads (see fill_step), by watch name; how many
+        # times each started over.
+        self.fills: dict[str, Generator[Dirs, None, None]] = {}
+        self.fill_restarts: dict[str, int] = {}
 
     def send(self, message: channel.FromWatcher) -> None:
         """Queue a message for the daemon and push what the socket takes now."""
@@ -82,7 +98,8 @@ class Watcher:
             if isinstance(message, channel.Configure):
                 self.budgets = message.budgets
                 before, self.channel.resync_on = self.channel.resync_on, frozenset(message.resync)
-                self.apply(message.specs, self.channel.resync_on - before)
+                self.apply(message.specs, self.channel.resync_on - before,
+                           frozenset(message.fill))
                 self.heartbeat()  # fresh states first, so the daemon's view is current at APPLIED
                 self.send(channel.Applied(message.generation))
             elif isinstance(message, channel.Stop):
@@ -90,8 +107,10 @@ class Watcher:
 
     # -- configuration -------------------------------------------------------------------------
 
-    def apply(self, specs: Iterable[Spec], newly_resynced: frozenset[str] = frozenset()) -> None:
-        """Make the set of watches equal to specs, touching only what changed."""
+    def apply(self, specs: Iterable[Spec], newly_resynced: frozenset[str] = frozenset(),
+              fill: frozenset[str] = frozenset()) -> None:
+        """Make the set of watches equal to specs, touching only what changed. Watches in
+        `fill` have no index in the daemon yet: their first scan is made in parts."""
         wanted = {spec.name: spec for spec in specs}
         for name in [n for n in self.watches if n not in wanted]:
             self.deactivate(self.watches.pop(name))
@@ -119,7 +138,11 @@ class Watcher:
         # After every watch is in place: a replacement watcher's scans all come before any of
         # its events, and the daemon can announce the restart before it publishes them.
         for name in to_scan:
-            self.rescan(name)
+            if name in fill:
+                self.fill_restarts.pop(name, None)
+                self.start_fill(name)
+            else:
+                self.rescan(name)
 
     def activate(self, watch: Watch, *, announce: bool) -> None:
         """Try to establish a watch; on a missing root it stays pending."""
@@ -191,6 +214,7 @@ class Watcher:
         watch.problem = problem
 
     def deactivate(self, watch: Watch) -> None:
+        self.stop_fill(watch.name)
         if watch.ino is None:
             return
         self.by_fd.pop(watch.ino.fileno(), None)
@@ -249,6 +273,8 @@ class Watcher:
             self.send_items(watch, events[cut + 1 :], now)
         else:
             self.send_items(watch, events, now)
+        if self.fills and watch.name in self.fills:
+            self.check_fill(watch, events)
         if tree.lost is not None:
             reason = LostReason.UNMOUNTED if tree.lost == "unmounted" else LostReason.DELETED
             self.deactivate(watch)
@@ -257,7 +283,8 @@ class Watcher:
 
     def scan(self, watch: Watch) -> tuple[dict[str, dict[str, int]], float] | None:
         """The tree of an established watch as watchd.index records it, and the seconds it
-        took; None when its root cannot be read."""
+        took; None when its root cannot be read. It replaces a fill under way."""
+        self.stop_fill(watch.name)
         spec = watch.spec
         if watch.tree is None or watch.tree.lost is not None:
             return None
@@ -278,6 +305,75 @@ class Watcher:
         scanned = self.scan(watch)
         if scanned is not None:
             self.send(channel.Scan(name, *scanned))
+
+    def start_fill(self, name: str) -> None:
+        """Begin a watch's first scan in parts (see fill_step): the watch serves events at
+        once, where a whole scan first would hold them up (about as long again as setting
+        the watches up, on a large tree)."""
+        watch = self.watches.get(name)
+        self.stop_fill(name)
+        if watch is None or watch.tree is None or watch.tree.lost is not None:
+            return
+        spec = watch.spec
+        self.fills[name] = scan_parts(spec.path, spec.real_path, recursive=spec.recursive,
+                                      wanted=watch.wanted, prune=glob_predicate(spec.exclude),
+                                      part_size=FILL_PART)
+        self.send(channel.Fill(name, {}, start=True, done=False))
+        # The first part at once: a tree of up to FILL_PART entries has its index complete
+        # before the daemon hears that the watch is in place (and says it is ready).
+        if self.fill_part(name):
+            self.fill_part(name)
+
+    def check_fill(self, watch: Watch, events: list[TreeEvent]) -> None:
+        """Start a fill over when a directory was deleted or moved while it walked.
+
+        The walk holds the directories still to be listed by name and the current branch by
+        descriptor: a directory moved away takes what it holds out of the walk's reach, and
+        one moved or deleted while listed leaves entries under a name that no longer exists.
+        Events cannot fix either, so the fill starts over (and after FILL_RESTARTS tries,
+        scans the whole tree at once instead, events waiting).
+        """
+        if not any(ev.mask & IN_ISDIR and ev.mask & _DIR_GONE for ev in events):
+            return
+        name = watch.name
+        tries = self.fill_restarts[name] = self.fill_restarts.get(name, 0) + 1
+        if tries > FILL_RESTARTS:
+            log.debug("watch %s: directories keep moving; scanning it in one go", name)
+            self.rescan(name)
+        else:
+            self.start_fill(name)
+
+    def stop_fill(self, name: str) -> None:
+        parts = self.fills.pop(name, None)
+        if parts is not None:
+            parts.close()  # its open directories with it
+
+    def fill_step(self) -> None:
+        """Scan parts of the fills under way for about FILL_SLICE_S, and send them. Each part
+        goes after the events read before it: the daemon applies the events that follow it
+        on top, so the index ends as the tree is."""
+        deadline = time.monotonic() + FILL_SLICE_S
+        for name in list(self.fills):
+            while self.fill_part(name):
+                if time.monotonic() >= deadline:
+                    return
+
+    def fill_part(self, name: str) -> bool:
+        """Scan and send the next part of a fill; False once it is over."""
+        parts = self.fills[name]
+        try:
+            part = next(parts)
+        except StopIteration:
+            del self.fills[name]
+            self.send(channel.Fill(name, {}, start=False, done=True))
+            return False
+        except OSError as e:
+            del self.fills[name]
+            log.warning("watch %s: cannot scan %s: %s; it is scanned after the next loss "
+                        "instead", name, self.watches[name].path, e)
+            return False
+        self.send(channel.Fill(name, part, start=False, done=False))
+        return True
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
         """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches."""
@@ -327,6 +423,8 @@ class Watcher:
                 self.poll_pending()
                 self.next_pending_poll = now + PENDING_POLL_S
             timeout = max(0.0, min(self.next_heartbeat, self.next_pending_poll) - now)
+            if self.fills:
+                timeout = 0.0  # events first, then the next part of a fill
             read = 0
             for fd, mask in self.epoll.poll(timeout):
                 if fd == sock_fd:
@@ -338,7 +436,9 @@ class Watcher:
                     watch = self.by_fd.get(fd)
                     if watch is not None:
                         read += self.read_watch(watch)
-            if 0 < read < COALESCE_BELOW:
+            if self.fills:
+                self.fill_step()
+            elif 0 < read < COALESCE_BELOW:
                 # Events are trickling in: what we read is already on its way, so a short pause
                 # delays nothing read, and lets the next events gather into one read instead of
                 # a wake-up each. At a higher priority than the writer, waking for every few

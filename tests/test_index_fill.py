@@ -1,0 +1,164 @@
+"""A watch's first index built in parts while its events flow (watchd.index.scan_parts and
+watchd.resync.Resyncer.filled), on real directories with real inotify."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+
+import pytest
+
+from tests.harness import config, wait_for, watch
+from tests.picture import Picture, listing
+from tests.test_index import QUIET, _events, snap
+from watchd.config.model import WatchConfig
+from watchd.index import count, scan_parts
+from watchd.inotify import InotifyFd
+from watchd.inotify.tree import Tree
+from watchd.resync import Resyncer
+
+
+def make_tree(root: pathlib.Path, dirs: int, files: int) -> int:
+    for d in range(dirs):
+        sub = root / f"d{d % 7}" / f"sub{d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for f in range(files):
+            (sub / f"file{f}").write_text("x")
+    return count(snap(root))
+
+
+def file_op(rng: random.Random, root: pathlib.Path) -> None:
+    """A random change that moves or deletes no directory (those restart a fill: see
+    Watcher.check_fill): a file created, written, deleted or moved, a directory made."""
+    dirs = [root, *[p for p in root.rglob("*") if p.is_dir()]]
+    files = [p for p in root.rglob("*") if p.is_file()]
+    target = rng.choice(dirs) / f"n{rng.randrange(1000)}"
+    op = rng.choice(["mkdir", "create", "delete", "move", "modify"])
+    if op == "mkdir" and not target.exists():
+        target.mkdir()
+    elif op == "create" and not target.is_dir():
+        target.write_text("x")
+    elif files and op == "delete":
+        rng.choice(files).unlink()
+    elif files and op == "move" and not target.is_dir():
+        os.rename(rng.choice(files), target)
+    elif files and op == "modify":
+        rng.choice(files).write_text("longer")
+
+
+def parts(root: pathlib.Path, size: int) -> list[dict[str, dict[str, int]]]:
+    return list(scan_parts(str(root), str(root), recursive=True, wanted=None, prune=None,
+                           part_size=size))
+
+
+def test_parts_are_whole_directories_that_add_up_to_the_scan(tmp_path: pathlib.Path) -> None:
+    make_tree(tmp_path, 30, 10)
+    got = parts(tmp_path, 50)
+    assert len(got) > 5
+    union: dict[str, dict[str, int]] = {}
+    for part in got:
+        assert not union.keys() & part.keys()  # a directory is in one part, whole
+        union.update(part)
+    assert union == snap(tmp_path)
+    # A part holds about part_size entries: it ends with the directory that reaches it.
+    assert all(count(p) < 50 + 12 for p in got)
+
+
+def test_closing_a_scan_midway_closes_its_directories(tmp_path: pathlib.Path) -> None:
+    make_tree(tmp_path, 20, 3)
+    before = len(os.listdir("/proc/self/fd"))
+    gen = scan_parts(str(tmp_path), str(tmp_path), recursive=True, wanted=None, prune=None,
+                     part_size=5)
+    next(gen)
+    next(gen)
+    assert len(os.listdir("/proc/self/fd")) > before  # the branch it is in is open
+    gen.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_events_between_parts_leave_the_index_equal_to_the_tree(tmp_path: pathlib.Path,
+                                                                  seed: int) -> None:
+    root = tmp_path / "t"
+    root.mkdir()
+    make_tree(root, 12, 4)
+    resync = Resyncer()
+    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
+    rng = random.Random(seed)
+    with InotifyFd() as ino:
+        tree = Tree(ino, str(root), QUIET, synthetic=True)
+        tree.start()
+        resync.filled("w", {}, start=True, done=False)
+        gen = scan_parts(str(root), str(root), recursive=True, wanted=None, prune=None,
+                         part_size=8)
+        for round_, part in enumerate(gen):
+            # Changes before and after each part was listed; their events are read, as the
+            # watcher does, after the part went out.
+            for _ in range(4):
+                file_op(rng, root)
+            resync.filled("w", part, start=False, done=False)
+            resync.track("w", [(0.0, _events(ino, tree, root / f"settle{round_}"))])
+        resync.filled("w", {}, start=False, done=True)
+        resync.track("w", [(0.0, _events(ino, tree, root / "settle-end"))])
+    assert resync.resyncing(["w"]) == {"w"}  # complete: a loss now is resynchronized
+    assert resync.watches["w"].index.dirs == snap(root)
+
+
+def test_a_loss_during_the_fill_is_not_resynchronized() -> None:
+    resync = Resyncer()
+    resync.configure([WatchConfig(name="w", path="/nowhere")], changed=["w"])
+    assert resync.to_fill() == ["w"]
+    resync.filled("w", {"/nowhere": {}}, start=True, done=False)
+    resync.lost("w")
+    assert resync.resyncing(["w"]) == frozenset()  # the notice says resync false
+    # The whole scan after the loss fills it; from then on, losses are resynchronized.
+    assert resync.scanned("w", {"/nowhere": {"f": 0}}, 0.0) is not None
+    resync.filled("w", {"/nowhere": {"late": 0}}, start=False, done=True)  # stale: ignored
+    assert resync.watches["w"].index.dirs == {"/nowhere": {"f": 0}}
+    assert resync.resyncing(["w"]) == {"w"} and resync.to_fill() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_large_tree_is_indexed_after_ready_and_then_resynchronized(
+        start_daemon, watched: pathlib.Path) -> None:
+    total = make_tree(watched, 300, 20)  # more than one part: the index fills after ready
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    line, _ = daemon.subscribe()
+    (watched / "early").write_text("during the fill")
+    line.until(lambda m: m.get("path") == str(watched / "early"), timeout=30)
+    wait_for(lambda: daemon.status()["watches"][0]["tracked"] == total + 1, timeout=60)
+    picture = Picture(listing(watched))
+    watcher = daemon.watcher_pid()
+    os.kill(watcher, 9)
+    (watched / "d0" / "sub0" / "file0").unlink()
+    (watched / "late").write_text("while no watcher ran")
+    got = line.until(lambda m: m.get("type") == "resynced", timeout=60)
+    assert any(m.get("type") == "overflow" and m["resync"] for m in got)
+    picture.apply_all(got)
+    assert picture.paths == listing(watched)
+    assert got[-1]["changes"] == 2
+
+
+@pytest.mark.timeout(120)
+def test_directories_moved_and_deleted_during_the_fill_leave_it_exact(
+        start_daemon, watched: pathlib.Path) -> None:
+    make_tree(watched, 600, 20)
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    line, _ = daemon.subscribe()
+    # At once, while the fill walks (or just after it: either way the index must be exact).
+    for d in range(0, 60, 3):
+        os.rename(watched / f"d{d % 7}" / f"sub{d}", watched / f"d{(d + 1) % 7}" / f"moved{d}")
+    for d in range(1, 60, 3):
+        for f in (watched / f"d{d % 7}" / f"sub{d}").iterdir():
+            f.unlink()
+        (watched / f"d{d % 7}" / f"sub{d}").rmdir()
+    (watched / "sentinel").write_text("")
+    line.until(lambda m: m.get("path") == str(watched / "sentinel"), timeout=60)
+    total = len(listing(watched))
+    wait_for(lambda: daemon.status()["watches"][0]["tracked"] == total, timeout=60)
+    # The index is the tree: a resync with nothing changed finds nothing.
+    os.kill(daemon.watcher_pid(), 9)
+    got = line.until(lambda m: m.get("type") == "resynced", timeout=60)
+    assert [m for m in got if m.get("synthetic")] == []
+    assert got[-1]["changes"] == 0
