@@ -5,19 +5,24 @@ that sorts replies from pushed messages, the checks), `sync` puts a blocking soc
 `aio` an asyncio stream; `errors` holds what they raise.
 """
 
-from watchd.client.aio import AsyncClient, AsyncSubscription
+from watchd.client.aio import AsyncClient, AsyncFollower, AsyncSubscription
 from watchd.client.core import Message, resolve_socket_path
 from watchd.client.errors import DEFAULT_SOCKET, SOCKET_ENV, ClientError, ServerError
-from watchd.client.sync import Client, Subscription
+from watchd.client.follow import Backoff, Resumption
+from watchd.client.sync import Client, Follower, Subscription
 
 __all__ = [
     "DEFAULT_SOCKET",
     "SOCKET_ENV",
     "AsyncClient",
+    "AsyncFollower",
     "AsyncSubscription",
+    "Backoff",
     "Client",
     "ClientError",
+    "Follower",
     "Message",
+    "Resumption",
     "ServerError",
     "Subscription",
     "resolve_socket_path",
