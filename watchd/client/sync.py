@@ -270,6 +270,11 @@ class Follower(Iterator[JSONDict]):
         return self._core.last_seq
 
     @property
+    def failures(self) -> int:
+        """Consecutive failed attempts since the last subscription (0 while subscribed)."""
+        return self._core.failures
+
+    @property
     def hello(self) -> JSONDict:
         """The greeting of the current connection ({} while there is none)."""
         return {} if self._client is None else self._client.hello
