@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Daemon, wait_for
+from tests.picture import Picture, listing
 from watchd.client import AsyncClient, Backoff, Client, ClientError, Follower
 
 pytestmark = pytest.mark.timeout(90)
@@ -53,11 +54,10 @@ def take(follower: Follower, count: int, timeout: float = 20.0) -> list[dict[str
 
 
 def subscribed(follower: Follower, daemon: Daemon) -> None:
-    """Read the follower (it works only while read) until the daemon holds its subscription."""
-    def ready() -> bool:
-        assert follower.get(timeout=0.05) is None, "a message before any change"
-        return follower.hello.get("pid") == daemon.proc.pid if daemon.proc else False
-    wait_for(ready, 20, "the follower's subscription")
+    """Subscribe the follower now (it works only while used)."""
+    follower.start()
+    assert daemon.proc is not None
+    assert follower.hello["pid"] == daemon.proc.pid
 
 
 def created(messages: list[dict[str, Any]]) -> list[str]:
@@ -247,3 +247,79 @@ def test_cutting_the_connection_is_seen_by_the_follower(start_watching, watched:
         assert cut_every_client(daemon) >= 1  # ours, and status()'s if not yet gone
         with pytest.raises(ClientError, match="closed the connection"):
             sub.get(timeout=10)
+
+
+# --- the consumer of docs/client.md --------------------------------------------------------------
+
+
+def populate(root: Path) -> None:
+    for d in range(3):
+        (root / f"d{d}" / "inner").mkdir(parents=True)
+        for f in range(4):
+            (root / f"d{d}" / f"f{f}").write_text("x")
+
+
+def change(root: Path, tag: str) -> None:
+    """A create in a new directory, a delete, a file and a directory renamed."""
+    (root / f"new-{tag}" / "deep").mkdir(parents=True)
+    (root / f"new-{tag}" / "deep" / "file").write_text(tag)
+    os.unlink(next(p for p in sorted(root.rglob("f*")) if p.is_file()))
+    os.rename(next(p for p in sorted(root.rglob("f*")) if p.is_file()), root / f"moved-{tag}")
+    os.rename(root / f"d{'012'.index(tag[-1])}", root / f"renamed-{tag}")
+
+
+def consume(follower: Follower, root: Path, picture: Picture, sentinel: str,
+            seen: set[tuple[str | None, int]]) -> Picture:
+    """Apply messages as the documented consumer does, up to the sentinel's create."""
+    while True:
+        message = take(follower, 1)[0]
+        if message["type"] == "event":
+            key = (follower.instance, message["seq"])
+            assert key not in seen, f"seq handed out twice: {message}"
+            seen.add(key)
+        if message["type"] == "overflow" and not message["resync"]:
+            picture = Picture(listing(root))
+        else:
+            picture.apply(message)
+        if message.get("type") == "event" and message["path"] == str(root / sentinel):
+            return picture
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_the_documented_consumer_keeps_the_tree_through_restarts(start_watching, watched: Path,
+                                                                 stop: str) -> None:
+    populate(watched)
+    daemon = start_watching()
+    seen: set[tuple[str | None, int]] = set()
+    with Client.follow(socket_path=daemon.socket, backoff=QUICK) as follower:
+        follower.start()
+        picture = Picture(listing(watched))
+        change(watched, "a0")
+        (watched / "s0").touch()
+        picture = consume(follower, watched, picture, "s0", seen)
+        assert picture.paths == listing(watched)
+        if stop == "SIGTERM":
+            assert daemon.stop() == 0
+        else:
+            assert daemon.proc is not None
+            daemon.proc.kill()
+            daemon.proc.wait()
+            daemon.log.close()
+        forget_ready(daemon)
+        change(watched, "b1")  # while the daemon is down: nobody reports it
+        daemon.start()
+        change(watched, "c2")  # before the follower is back: its rescan finds these
+        # The rest of s0's events (its open and close), then the notice to rescan.
+        while (notice := take(follower, 1)[0])["type"] == "event":
+            assert os.path.basename(notice["path"]) == "s0"
+        assert (notice["type"], notice["reason"], notice["resync"]) == (
+            "overflow", "daemon_restart", False)
+        picture = Picture(listing(watched))  # the consumer's rescan
+        # Changes to what only the rescan knows of, then the sentinel.
+        os.rename(watched / "new-c2", watched / "renamed-new-c2")
+        os.unlink(watched / "moved-b1")
+        (watched / "after").mkdir()
+        (watched / "after" / "x").write_text("x")
+        (watched / "s1").touch()
+        picture = consume(follower, watched, picture, "s1", seen)
+    assert picture.paths == listing(watched)

@@ -326,6 +326,12 @@ class AsyncFollower(AsyncIterator[JSONDict]):
         except TimeoutError:
             return None
 
+    async def start(self) -> None:
+        """Connect and subscribe now; see Follower.start."""
+        while self._sub is None and not self._stop.is_set():
+            await self._wait_turn()
+            await self._attempt()
+
     async def aclose(self) -> None:
         """Stop following: close the connection; an iteration waiting in another task ends."""
         self._stop.set()

@@ -330,6 +330,16 @@ class Follower(Iterator[JSONDict]):
                 return message
         raise StopIteration
 
+    def start(self) -> None:
+        """Connect and subscribe now, waiting out failures as reading would.
+
+        On return the subscription is in place: a scan made now, plus the messages that follow,
+        is complete. Raises what reading would raise; does nothing when already subscribed.
+        """
+        while self._sub is None and not self._stop.is_set():
+            if self._wait_turn(None):
+                self._attempt()
+
     def close(self) -> None:
         """Stop following: close the connection; a blocked iteration ends."""
         self._stop.set()
