@@ -824,3 +824,30 @@ def test_async_follow_raises_what_a_retry_would_meet_again(server: FakeServer) -
             assert info.value.code == "unknown_watch"
 
     asyncio.run(main())
+
+
+def test_follow_hands_out_a_notice_a_replay_sends_again_once(server: FakeServer) -> None:
+    # An overflow carries the seq of the event before it, and a since replay from that seq
+    # sends it again (it may have been missed): the follower passes it on once.
+    with Client.follow(socket_path=server.socket_path, backoff=QUICK) as follower:
+        follower.start()
+        server.publish("uploads", "create", "/srv/uploads/a")
+        server.notice("overflow", watch="uploads", reason="kernel_queue", resync=True)
+        first = take(follower, 2)
+        server.disconnect_all()
+        server.notice("resynced", watch="uploads", changes=0, duration_ms=1.0)
+        server.publish("uploads", "create", "/srv/uploads/b")
+        again = take(follower, 2)
+        assert follower.get(timeout=0.05) is None
+    assert [(m["type"], m["seq"]) for m in first + again] == [
+        ("event", 1), ("overflow", 1), ("resynced", 1), ("event", 2)]
+    assert [r.get("since") for r in server.requests] == [None, 1]
+
+
+def test_follow_start_subscribes_at_once(server: FakeServer) -> None:
+    with Client.follow(socket_path=server.socket_path) as follower:
+        follower.start()
+        assert server.subscriptions()
+        assert follower.hello["instance"] == server.instance
+        follower.start()  # already subscribed: nothing more
+        assert len(server.requests) == 1

@@ -328,9 +328,12 @@ class AsyncFollower(AsyncIterator[JSONDict]):
 
     async def start(self) -> None:
         """Connect and subscribe now; see Follower.start."""
-        while self._sub is None and not self._stop.is_set():
-            await self._wait_turn()
-            await self._attempt()
+        with contextlib.suppress(StopAsyncIteration):  # aclose() came meanwhile
+            while self._sub is None and not self._stop.is_set():
+                await self._wait_turn()
+                await self._attempt()
+        if self._stop.is_set():
+            await self._release()
 
     async def aclose(self) -> None:
         """Stop following: close the connection; an iteration waiting in another task ends."""
@@ -356,6 +359,7 @@ class AsyncFollower(AsyncIterator[JSONDict]):
             assert message is not None  # no timeout given
             if self._core.admit(message):
                 return message
+        await self._release()  # an attempt under way when aclose() came may have connected
         raise StopAsyncIteration
 
     async def _wait_turn(self) -> None:
@@ -385,8 +389,7 @@ class AsyncFollower(AsyncIterator[JSONDict]):
             return
         except BaseException:
             # Cancelled (a get() timeout) mid-attempt: the next read starts a fresh one.
-            self._client = None
-            await client.close()
+            await self._release()
             raise
         self._sub = sub
         self._core.subscribed(client.hello, sub.subscription, sub.seq)
@@ -394,11 +397,14 @@ class AsyncFollower(AsyncIterator[JSONDict]):
     def _with(self, resume: Resume) -> SubscribeRequest:
         return dataclasses.replace(self._request, since=resume.since, instance=resume.instance)
 
-    async def _failed(self, error: ClientError) -> None:
-        """Drop the connection; raise error unless it is retried after a backoff."""
+    async def _release(self) -> None:
         client, self._client, self._sub = self._client, None, None
         if client is not None:
             await client.close()
+
+    async def _failed(self, error: ClientError) -> None:
+        """Drop the connection; raise error unless it is retried after a backoff."""
+        await self._release()
         if self._stop.is_set():
             raise StopAsyncIteration from error  # aclose() ended the connection under us
         delay = self._core.failed(error, self._random.random())

@@ -328,6 +328,7 @@ class Follower(Iterator[JSONDict]):
                 return None
             if self._core.admit(message):
                 return message
+        self._release()  # an attempt that was under way when close() came may have connected
         raise StopIteration
 
     def start(self) -> None:
@@ -336,9 +337,12 @@ class Follower(Iterator[JSONDict]):
         On return the subscription is in place: a scan made now, plus the messages that follow,
         is complete. Raises what reading would raise; does nothing when already subscribed.
         """
-        while self._sub is None and not self._stop.is_set():
-            if self._wait_turn(None):
-                self._attempt()
+        with contextlib.suppress(StopIteration):  # close() came meanwhile
+            while self._sub is None and not self._stop.is_set():
+                if self._wait_turn(None):
+                    self._attempt()
+        if self._stop.is_set():
+            self._release()
 
     def close(self) -> None:
         """Stop following: close the connection; a blocked iteration ends."""
@@ -381,11 +385,14 @@ class Follower(Iterator[JSONDict]):
     def _with(self, resume: Resume) -> SubscribeRequest:
         return dataclasses.replace(self._request, since=resume.since, instance=resume.instance)
 
-    def _failed(self, error: ClientError) -> None:
-        """Drop the connection; raise error unless it is retried after a backoff."""
+    def _release(self) -> None:
         client, self._client, self._sub = self._client, None, None
         if client is not None:
             client.close()
+
+    def _failed(self, error: ClientError) -> None:
+        """Drop the connection; raise error unless it is retried after a backoff."""
+        self._release()
         if self._stop.is_set():
             raise StopIteration from error  # close() ended the connection under us
         delay = self._core.failed(error, self._random.random())
