@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Self
@@ -32,7 +30,7 @@ from watchd.client.errors import (
     not_connected_error,
     timeout_error,
 )
-from watchd.client.follow import Backoff, FollowCore, Resume, RetryHook
+from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook
 from watchd.protocol import Ping, Status
 
 
@@ -151,8 +149,9 @@ class AsyncClient:
         the connection fails, resuming after the last message it handed out.
         """
         request = subscribe_request(watch, events, paths, glob, since, instance)
-        return AsyncFollower(request, resolve_socket_path(socket_path), timeout,
-                             backoff or Backoff(), on_retry)
+        options = FollowOptions(resolve_socket_path(socket_path), timeout, backoff or Backoff(),
+                                on_retry)
+        return AsyncFollower(request, options)
 
     async def unsubscribe(self, subscription: str) -> None:
         """End a subscription; its unread messages are dropped."""
@@ -246,45 +245,18 @@ class AsyncSubscription(SubscriptionState, AsyncIterator[JSONDict]):
         await self.client.unsubscribe(self.subscription)
 
 
-class AsyncFollower(AsyncIterator[JSONDict]):
+class AsyncFollower(FollowerState, AsyncIterator[JSONDict]):
     """The asyncio twin of watchd.client.Follower: a subscription that follows the daemon.
 
     It runs in the task that iterates it (no task of its own); aclose() from another task ends
     that iteration.
     """
 
-    def __init__(
-        self,
-        request: SubscribeRequest,
-        socket_path: str,
-        timeout: float | None,
-        backoff: Backoff,
-        on_retry: RetryHook | None,
-    ) -> None:
-        self.socket_path = socket_path
-        self.timeout = timeout
-        self._request = request
-        self._core = FollowCore(request.since, request.instance, backoff)
-        self._on_retry = on_retry
+    def __init__(self, request: SubscribeRequest, options: FollowOptions) -> None:
+        super().__init__(request, options)
         self._client: AsyncClient | None = None
         self._sub: AsyncSubscription | None = None
-        self._random = random.Random()
         self._stop = asyncio.Event()
-
-    @property
-    def instance(self) -> str | None:
-        """The daemon instance the seqs belong to (None before the first greeting)."""
-        return self._core.instance
-
-    @property
-    def last_seq(self) -> int | None:
-        """The seq of the newest message handed out: the point a resumption starts after."""
-        return self._core.last_seq
-
-    @property
-    def failures(self) -> int:
-        """Consecutive failed attempts since the last subscription (0 while subscribed)."""
-        return self._core.failures
 
     @property
     def hello(self) -> JSONDict:
@@ -394,9 +366,6 @@ class AsyncFollower(AsyncIterator[JSONDict]):
         self._sub = sub
         self._core.subscribed(client.hello, sub.subscription, sub.seq)
 
-    def _with(self, resume: Resume) -> SubscribeRequest:
-        return dataclasses.replace(self._request, since=resume.since, instance=resume.instance)
-
     async def _release(self) -> None:
         client, self._client, self._sub = self._client, None, None
         if client is not None:
@@ -407,6 +376,4 @@ class AsyncFollower(AsyncIterator[JSONDict]):
         await self._release()
         if self._stop.is_set():
             raise StopAsyncIteration from error  # aclose() ended the connection under us
-        delay = self._core.failed(error, self._random.random())
-        if self._on_retry is not None:
-            self._on_retry(error, delay)
+        self._schedule(error)

@@ -9,13 +9,15 @@ after a failure, or that the failure is not one to retry.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import random
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from watchd.client.core import Message
+from watchd.client.core import Message, SubscribeRequest
 from watchd.client.errors import ClientError, JSONDict
 from watchd.protocol import encode
 
@@ -192,3 +194,50 @@ class FollowCore:
 def _notice_key(data: JSONDict) -> tuple[object, ...]:
     """What makes two notices at one seq the same occasion (the subscription id aside)."""
     return tuple(sorted((k, repr(v)) for k, v in data.items() if k != "subscription"))
+
+
+@dataclass(frozen=True, slots=True)
+class FollowOptions:
+    """How a follower connects: the socket, the client timeout, the backoff, the retry hook."""
+
+    socket_path: str
+    timeout: float | None
+    backoff: Backoff
+    on_retry: RetryHook | None
+
+
+class FollowerState:
+    """What a follower is apart from its transport, the same in both clients."""
+
+    def __init__(self, request: SubscribeRequest, options: FollowOptions) -> None:
+        self.socket_path = options.socket_path
+        self.timeout = options.timeout
+        self._request = request
+        self._core = FollowCore(request.since, request.instance, options.backoff)
+        self._on_retry = options.on_retry
+        self._random = random.Random()
+
+    @property
+    def instance(self) -> str | None:
+        """The daemon instance the seqs belong to (None before the first greeting)."""
+        return self._core.instance
+
+    @property
+    def last_seq(self) -> int | None:
+        """The seq of the newest message handed out: the point a resumption starts after."""
+        return self._core.last_seq
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failed attempts since the last subscription (0 while subscribed)."""
+        return self._core.failures
+
+    def _with(self, resume: Resume) -> SubscribeRequest:
+        """The subscribe request for a new connection."""
+        return dataclasses.replace(self._request, since=resume.since, instance=resume.instance)
+
+    def _schedule(self, error: ClientError) -> None:
+        """Set the wait before the next attempt (tell on_retry), or raise error."""
+        delay = self._core.failed(error, self._random.random())
+        if self._on_retry is not None:
+            self._on_retry(error, delay)

@@ -8,8 +8,6 @@ applies, instead of memory growing here.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import random
 import socket
 import threading
 import time
@@ -38,7 +36,7 @@ from watchd.client.errors import (
     connect_timeout_error,
     timeout_error,
 )
-from watchd.client.follow import Backoff, FollowCore, Resume, RetryHook
+from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook
 from watchd.protocol import Ping, Status
 
 
@@ -133,8 +131,9 @@ class Client:
         fails, resuming after the last message it handed out.
         """
         request = subscribe_request(watch, events, paths, glob, since, instance)
-        return Follower(request, resolve_socket_path(socket_path), timeout,
-                        backoff or Backoff(), on_retry)
+        options = FollowOptions(resolve_socket_path(socket_path), timeout, backoff or Backoff(),
+                                on_retry)
+        return Follower(request, options)
 
     def unsubscribe(self, subscription: str) -> None:
         """End a subscription; its unread messages are dropped."""
@@ -230,7 +229,7 @@ class Subscription(SubscriptionState, Iterator[JSONDict]):
         self.client.unsubscribe(self.subscription)
 
 
-class Follower(Iterator[JSONDict]):
+class Follower(FollowerState, Iterator[JSONDict]):
     """A subscription that follows the daemon through restarts and dropped connections.
 
     Iterating yields event and notice dicts in order, none twice (by seq). After a failure it
@@ -241,38 +240,11 @@ class Follower(Iterator[JSONDict]):
     close(), also from another thread, ends the iteration; nothing runs in the background.
     """
 
-    def __init__(
-        self,
-        request: SubscribeRequest,
-        socket_path: str,
-        timeout: float | None,
-        backoff: Backoff,
-        on_retry: RetryHook | None,
-    ) -> None:
-        self.socket_path = socket_path
-        self.timeout = timeout
-        self._request = request
-        self._core = FollowCore(request.since, request.instance, backoff)
-        self._on_retry = on_retry
+    def __init__(self, request: SubscribeRequest, options: FollowOptions) -> None:
+        super().__init__(request, options)
         self._client: Client | None = None
         self._sub: Subscription | None = None
-        self._random = random.Random()
         self._stop = threading.Event()
-
-    @property
-    def instance(self) -> str | None:
-        """The daemon instance the seqs belong to (None before the first greeting)."""
-        return self._core.instance
-
-    @property
-    def last_seq(self) -> int | None:
-        """The seq of the newest message handed out: the point a resumption starts after."""
-        return self._core.last_seq
-
-    @property
-    def failures(self) -> int:
-        """Consecutive failed attempts since the last subscription (0 while subscribed)."""
-        return self._core.failures
 
     @property
     def hello(self) -> JSONDict:
@@ -382,9 +354,6 @@ class Follower(Iterator[JSONDict]):
         self._sub = sub
         self._core.subscribed(client.hello, sub.subscription, sub.seq)
 
-    def _with(self, resume: Resume) -> SubscribeRequest:
-        return dataclasses.replace(self._request, since=resume.since, instance=resume.instance)
-
     def _release(self) -> None:
         client, self._client, self._sub = self._client, None, None
         if client is not None:
@@ -395,9 +364,7 @@ class Follower(Iterator[JSONDict]):
         self._release()
         if self._stop.is_set():
             raise StopIteration from error  # close() ended the connection under us
-        delay = self._core.failed(error, self._random.random())
-        if self._on_retry is not None:
-            self._on_retry(error, delay)
+        self._schedule(error)
 
 
 def _left(deadline: float | None) -> float | None:
