@@ -516,12 +516,15 @@ def test_without_a_cursor_the_first_connection_subscribes_live() -> None:
     assert bare.greeted(hello) == Resume(3, None)
 
 
-@pytest.mark.parametrize("hello", [
-    {"instance": "i2", "seq": 0},  # another daemon
-    {"instance": "i1", "seq": 2},  # the same instance, without the seqs we saw
+@pytest.mark.parametrize(("known", "hello"), [
+    ("i1", {"instance": "i2", "seq": 0}),  # another daemon
+    ("i1", {"instance": "i1", "seq": 2}),  # the same instance, without the seqs we saw
+    (None, {"instance": "i2", "seq": 2}),  # a since given alone, that this daemon never reached
 ])
-def test_a_daemon_that_cannot_resume_us_gives_an_overflow_to_rescan(hello: dict[str, Any]) -> None:
-    core = follow_core(since=4, instance="i1")
+def test_a_daemon_that_cannot_resume_us_gives_an_overflow_to_rescan(
+    known: str | None, hello: dict[str, Any]
+) -> None:
+    core = follow_core(since=4, instance=known)
     greeting = {**HELLO, **hello}
     assert core.greeted(greeting) == Resume(None, None)
     core.subscribed(greeting, "b7", 6)

@@ -116,10 +116,10 @@ class FollowCore:
         """The hello of a new connection: resume where we were, or note that we cannot."""
         instance = hello.get("instance")
         seq = hello.get("seq")
-        if self.last_seq is not None and self.instance is not None and (
-            instance != self.instance or (isinstance(seq, int) and seq < self.last_seq)
-        ):
-            # Another daemon, or this one without the seqs it had: ours mean nothing to it.
+        other = self.instance is not None and instance != self.instance
+        behind = isinstance(seq, int) and self.last_seq is not None and seq < self.last_seq
+        if self.last_seq is not None and (other or behind):
+            # Another daemon, or one without the seqs we saw: ours mean nothing to it.
             self._lost = Resumption.DAEMON_RESTART
         if self._lost is not None:
             return Resume(None, None)
