@@ -573,3 +573,16 @@ def test_a_rescan_notice_of_the_follower_reads_as_one() -> None:
                            "reason": "daemon_restart", "watch": None, "resync": False})
     assert re.fullmatch(CLOCK + r" !! overflow \(daemon_restart\) on all watches: "
                         "events may have been lost; rescan", line)
+
+
+def test_subscribe_follow_ctrl_c_while_waiting_for_the_daemon(sock_path: str) -> None:
+    follower = Follower("--socket", sock_path, "subscribe", "--follow")
+    try:
+        assert follower.proc.stderr is not None
+        ready, _, _ = select.select([follower.proc.stderr], [], [], 10)
+        assert ready, "watchctl said nothing about the missing daemon"
+        code, err = follower.interrupt()  # in the backoff wait, or in an attempt
+        assert code == 0
+        assert "Traceback" not in err
+    finally:
+        follower.kill()
