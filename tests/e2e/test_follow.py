@@ -238,6 +238,64 @@ def test_a_connection_cut_by_the_daemon_resumes_every_event_once(start_watching,
     wait_for(lambda: daemon.status()["subscriptions"] == 0, 10, "no subscription left")
 
 
+def test_a_cut_longer_than_the_replay_buffer_says_to_rescan(start_watching,
+                                                            watched: Path) -> None:
+    daemon = start_watching("replay_buffer = 10", events=["create"])
+    with Client.follow(socket_path=daemon.socket, backoff=QUICK) as follower:
+        subscribed(follower, daemon)
+        (watched / "a").touch()
+        first = take(follower, 1)
+        assert cut_every_client(daemon) == 1
+        for i in range(30):  # while the follower is away: more than the daemon holds
+            (watched / f"f{i:02}").touch()
+        wait_for(lambda: daemon.status()["seq"] == 31, 20, "every create published")
+        notice = take(follower, 1)[0]
+        (watched / "b").touch()
+        after = take(follower, 1)
+    assert created(first) == ["a"]
+    assert {k: v for k, v in notice.items() if k != "subscription"} == {
+        "type": "overflow", "seq": 31, "reason": "since_expired", "watch": None,
+        "resync": False}
+    assert created(after) == ["b"]
+    assert after[0]["seq"] == 32
+
+
+def test_async_follower_through_a_cut_and_an_outage(start_watching, watched: Path) -> None:
+    daemon = start_watching(events=["create"])
+
+    async def main() -> tuple[list[dict[str, Any]], list[ClientError]]:
+        retries: list[ClientError] = []
+        got: list[dict[str, Any]] = []
+        follower = AsyncClient.follow(socket_path=daemon.socket, backoff=QUICK,
+                                      on_retry=lambda e, delay: retries.append(e))
+        async with follower:
+            await follower.start()
+            (watched / "a").touch()
+            got.append(await _get(follower))
+            assert await asyncio.to_thread(cut_every_client, daemon) == 1
+            (watched / "b").touch()  # made while cut off: replayed with since
+            got.append(await _get(follower))
+            assert daemon.stop() == 0
+            forget_ready(daemon)
+            async with asyncio.timeout(30):  # down for a while: attempts keep failing
+                while len(retries) < 4:
+                    assert await follower.get(timeout=0.05) is None
+            await asyncio.to_thread(daemon.start)
+            got.append(await _get(follower))
+            (watched / "c").touch()
+            got.append(await _get(follower))
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        return got, retries
+
+    got, retries = asyncio.run(main())
+    assert [(m["type"], m.get("reason")) for m in got] == [
+        ("event", None), ("event", None), ("overflow", "daemon_restart"), ("event", None)]
+    assert created(got) == ["a", "b", "c"]
+    assert [m["seq"] for m in got[:2]] == [1, 2]
+    assert "closed the connection" in str(retries[0])
+    assert any("cannot connect" in str(e) for e in retries[1:])
+
+
 def test_cutting_the_connection_is_seen_by_the_follower(start_watching, watched: Path) -> None:
     # The cut above must really end the connection: a plain subscription sees it end.
     daemon = start_watching(events=["create"])
