@@ -2,7 +2,8 @@
 
 The package keeps transport and codec apart: `core` is sans-IO (requests, framing, the router
 that sorts replies from pushed messages, the checks), `sync` puts a blocking socket under it and
-`aio` an asyncio stream; `errors` holds what they raise.
+`aio` an asyncio stream; `errors` holds what they raise. `follow` is the sans-IO part of the
+followers (`Client.follow`, `AsyncClient.follow`): subscriptions that outlive their connection.
 """
 
 from watchd.client.aio import AsyncClient, AsyncFollower, AsyncSubscription
