@@ -851,3 +851,20 @@ def test_follow_start_subscribes_at_once(server: FakeServer) -> None:
         assert follower.hello["instance"] == server.instance
         follower.start()  # already subscribed: nothing more
         assert len(server.requests) == 1
+
+
+def test_async_follow_get_timeout_in_the_middle_of_an_attempt(server: FakeServer) -> None:
+    async def main() -> list[object]:
+        async with AsyncClient.follow(socket_path=server.socket_path, backoff=QUICK) as follower:
+            server.reply_delay = 0.5  # the subscription's confirmation comes late
+            assert await follower.get(timeout=0.05) is None
+            assert follower.hello == {}  # the half-made connection was let go
+            server.reply_delay = 0.0
+            await follower.start()
+            server.publish("uploads", "create", "/srv/uploads/a")
+            got = [await follower.get(timeout=10)]
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        return seqs(got)
+
+    assert asyncio.run(main()) == [1]
+    wait_for(lambda: server.live_clients() == 0, 10, "every connection closed")
