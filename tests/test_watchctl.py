@@ -586,3 +586,19 @@ def test_subscribe_follow_ctrl_c_while_waiting_for_the_daemon(sock_path: str) ->
         assert "Traceback" not in err
     finally:
         follower.kill()
+
+
+def test_subscribe_follow_since_that_expired_prints_the_rescan_notice(
+    server: FakeServer, follow: type[Follower]
+) -> None:
+    server.hold = 2
+    for i in range(5):
+        server.publish("uploads", "create", f"/srv/uploads/{i}")
+    follower = follow("subscribe", "--follow", "--since", "1")
+    line = follower.line().decode()
+    assert re.fullmatch(CLOCK + r" !! overflow \(since_expired\) on all watches: "
+                        "events may have been lost; rescan\n", line)
+    server.publish("uploads", "create", "/srv/uploads/new")
+    assert follower.line().endswith(b"create        /srv/uploads/new\n")
+    code, err = follower.interrupt()
+    assert (code, err) == (0, "")
