@@ -477,15 +477,29 @@ def test_notices_at_the_resume_seq_come_once() -> None:
     # Overflow and resynced carry the seq of the event before them; a since replay from that seq
     # sends them again, so they are told apart by their content.
     core = follow_core()
+    hello = {**HELLO, "instance": "i1", "seq": 0}
+    core.subscribed(hello, "a1", 0)
     over = notice("overflow", 2, reason="kernel_queue", watch="w", resync=True)
     first = admitted(core, event(1), event(2), over)
     assert first == [event(1).data, event(2).data, over.data]
+    later = {**hello, "seq": 3}
+    assert core.greeted(later) == Resume(2, "i1")
+    core.subscribed(later, "a2", 3)  # the replay from 2: the overflow again, once
     again = notice("overflow", 2, reason="kernel_queue", watch="w", resync=True)
     other = notice("overflow", 2, reason="watcher_restart", watch=None, resync=True)
     resynced = notice("resynced", 3, watch="w", changes=1, duration_ms=1.0)
-    assert admitted(core, again, other, event(3), resynced, resynced) == [
+    assert admitted(core, again, other, event(3), resynced) == [
         other.data, event(3).data, resynced.data]
     assert not core.admit(notice("overflow", 1, reason="kernel_queue", watch="w", resync=False))
+
+
+def test_alike_notices_on_one_connection_are_two_occasions() -> None:
+    # A second loss before any event: a consumer that rescanned at the first must rescan again.
+    core = follow_core()
+    lost = notice("overflow", 4, reason="kernel_queue", watch="w", resync=False)
+    assert admitted(core, event(4), lost, lost) == [event(4).data, lost.data, lost.data]
+    resynced = notice("resynced", 5, watch="w", changes=0, duration_ms=1.0)
+    assert admitted(core, event(5), resynced, resynced) == [event(5).data] + [resynced.data] * 2
 
 
 def test_notices_without_a_seq_always_pass() -> None:

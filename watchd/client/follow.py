@@ -107,6 +107,9 @@ class FollowCore:
         self._clock = clock
         self._down_since: float | None = None
         self._at_last: set[tuple[object, ...]] = set()  # notices handed out at last_seq
+        # Those of them handed out before the current connection: its replay may send each
+        # again, once. (Two alike on one connection are two occasions, and both pass.)
+        self._before: set[tuple[object, ...]] = set()
         self._lost: Resumption | None = None  # why the next subscription cannot resume
         self.pending: deque[Message] = deque()  # synthesized notices to hand out first
 
@@ -136,6 +139,7 @@ class FollowCore:
         self._down_since = None
         self.instance = str(hello.get("instance")) if "instance" in hello else self.instance
         if self._lost is None:
+            self._before = set(self._at_last)
             return
         # Once the live subscription is in place: a rescan the caller starts when the notice
         # arrives, plus the events after it, is complete. Everything up to seq may be missing.
@@ -143,7 +147,7 @@ class FollowCore:
                             "reason": self._lost.value, "watch": None, "resync": False}
         self._lost = None
         self.last_seq = seq
-        self._at_last = {_notice_key(notice)}
+        self._at_last, self._before = {_notice_key(notice)}, set()
         self.pending.append(Message(encode(notice), notice))
 
     # --- messages ------------------------------------------------------------------------------
@@ -157,15 +161,18 @@ class FollowCore:
         last = self.last_seq
         if data.get("type") in SEQ_NOTICES:
             key = _notice_key(data)
-            if last is not None and (seq < last or (seq == last and key in self._at_last)):
+            if last is not None and seq < last:
+                return False
+            if seq == last and key in self._before:
+                self._before.discard(key)
                 return False
             if seq != last:
-                self._at_last = set()
+                self._at_last, self._before = set(), set()
             self._at_last.add(key)
         elif last is not None and seq <= last:
             return False
         else:
-            self._at_last = set()
+            self._at_last, self._before = set(), set()
         self.last_seq = seq
         return True
 
