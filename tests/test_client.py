@@ -14,12 +14,15 @@ from typing import Any
 import pytest
 
 from tests.fakeserver import FakeServer
+from tests.harness import wait_for
 from watchd.client import (
     DEFAULT_SOCKET,
     AsyncClient,
     AsyncSubscription,
+    Backoff,
     Client,
     ClientError,
+    Follower,
     ServerError,
     resolve_socket_path,
 )
@@ -558,3 +561,310 @@ def test_async_client_used_before_connecting(sock_path: str) -> None:
             await client.ping()
 
     asyncio.run(main())
+
+
+# --- following the daemon ------------------------------------------------------------------------
+
+QUICK = Backoff(initial=0.01, maximum=0.2)
+
+
+def take(follower: Follower, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The next count messages of a follower, each waited for with a deadline."""
+    got = []
+    for _ in range(count):
+        message = follower.get(timeout=timeout)
+        assert message is not None, f"got only {got}"
+        got.append(message)
+    return got
+
+
+def restart(server: FakeServer, instance: str) -> FakeServer:
+    """Stop server and start another on its socket, greeting with instance."""
+    server.stop()
+    return FakeServer(server.socket_path, instance=instance).start()
+
+
+def test_follow_resumes_with_since_after_the_daemon_hangs_up(server: FakeServer) -> None:
+    with Client.follow(watch="uploads", socket_path=server.socket_path,
+                       backoff=QUICK) as follower:
+        assert follower.get(timeout=0.05) is None  # connected and subscribed, nothing yet
+        for i in range(3):
+            server.publish("uploads", "create", f"/srv/uploads/{i}")
+        assert seqs(take(follower, 3)) == [1, 2, 3]
+        server.disconnect_all()
+        # While the follower is not reading it has not noticed: these are replayed.
+        for i in range(3, 5):
+            server.publish("uploads", "create", f"/srv/uploads/{i}")
+        got = take(follower, 2)
+        server.publish("uploads", "delete", "/srv/uploads/0")
+        got += take(follower, 1)
+        assert follower.get(timeout=0.05) is None
+    assert seqs(got) == [4, 5, 6]
+    assert [m["type"] for m in got] == ["event"] * 3
+    subscribes = [r for r in server.requests if r["op"] == "subscribe"]
+    assert subscribes == [
+        {"op": "subscribe", "id": 1, "watch": "uploads"},
+        {"op": "subscribe", "id": 1, "watch": "uploads", "since": 3,
+         "instance": server.instance},
+    ]
+
+
+def test_follow_across_a_restart_with_a_new_instance_says_to_rescan(server: FakeServer) -> None:
+    follower = Client.follow(socket_path=server.socket_path, backoff=QUICK)
+    assert follower.get(timeout=0.05) is None
+    server.publish("uploads", "create", "/srv/uploads/a")
+    server.publish("uploads", "create", "/srv/uploads/b")
+    assert seqs(take(follower, 2)) == [1, 2]
+    assert follower.instance == "fake-instance-1"
+    second = restart(server, "fake-instance-2")
+    try:
+        overflow = take(follower, 1)[0]
+        assert overflow == {"type": "overflow", "subscription": overflow["subscription"],
+                            "seq": 0, "reason": "daemon_restart", "watch": None,
+                            "resync": False}
+        assert second.subscriptions() == [overflow["subscription"]]
+        second.publish("uploads", "create", "/srv/uploads/c")
+        got = take(follower, 1)
+        assert seqs(got) == [1]  # the new daemon's numbering, after the notice
+        assert follower.instance == "fake-instance-2"
+        assert second.requests == [{"op": "subscribe", "id": 1}]  # no since for another daemon
+    finally:
+        follower.close()
+        second.stop()
+
+
+def test_follow_across_a_restart_that_kept_its_instance_replays(server: FakeServer) -> None:
+    # A daemon with durable state greets with the instance it had, and answers since.
+    follower = Client.follow(socket_path=server.socket_path, backoff=QUICK)
+    assert follower.get(timeout=0.05) is None
+    for i in range(2):
+        server.publish("uploads", "create", f"/srv/uploads/{i}")
+    assert seqs(take(follower, 2)) == [1, 2]
+    second = restart(server, server.instance)
+    try:
+        for i in range(4):  # its journal: the two seen, then two made while it was down
+            second.publish("uploads", "create", f"/srv/uploads/{i}")
+        got = take(follower, 2)
+        assert [(m["type"], m["seq"]) for m in got] == [("event", 3), ("event", 4)]
+        assert follower.get(timeout=0.05) is None
+        assert second.requests == [
+            {"op": "subscribe", "id": 1, "since": 2, "instance": "fake-instance-1"}]
+    finally:
+        follower.close()
+        second.stop()
+
+
+def test_follow_when_the_events_are_no_longer_held(sock_path: str) -> None:
+    with FakeServer(sock_path, hold=2) as server, Client.follow(
+        socket_path=sock_path, backoff=QUICK
+    ) as follower:
+        assert follower.get(timeout=0.05) is None
+        server.publish("uploads", "create", "/srv/uploads/a")
+        assert seqs(take(follower, 1)) == [1]
+        server.disconnect_all()
+        for i in range(5):
+            server.publish("uploads", "create", f"/srv/uploads/{i}")
+        overflow = take(follower, 1)[0]
+        assert (overflow["type"], overflow["reason"], overflow["seq"], overflow["resync"]) == (
+            "overflow", "since_expired", 6, False)
+        server.publish("uploads", "delete", "/srv/uploads/a")
+        assert seqs(take(follower, 1)) == [7]
+    subscribes = [r for r in server.requests if r["op"] == "subscribe"]
+    assert [r.get("since") for r in subscribes] == [None, 1, None]
+
+
+def test_follow_waits_for_a_daemon_that_is_not_there_yet(sock_path: str) -> None:
+    retries: list[tuple[ClientError, float]] = []
+    follower = Client.follow(socket_path=sock_path, backoff=QUICK,
+                             on_retry=lambda e, delay: retries.append((e, delay)))
+    with follower:
+        assert follower.get(timeout=0.3) is None
+        assert retries, "no attempt was made"
+        assert all("No such file or directory" in str(e) for e, _ in retries)
+        assert all(0 < delay <= QUICK.maximum for _, delay in retries)
+        with FakeServer(sock_path) as server:
+            # The follower works only while it is read: read until it has subscribed.
+            wait_for(lambda: follower.get(timeout=0.05) is None and server.subscriptions(),
+                     10, "the follower's subscription")
+            server.publish("logs", "create", "/var/log/app/a")
+            assert seqs(take(follower, 1)) == [1]
+
+
+def test_follow_retries_a_full_daemon(sock_path: str) -> None:
+    retries: list[ClientError] = []
+    with FakeServer(sock_path, max_clients=1) as server:
+        occupant = Client(sock_path)
+        follower = Client.follow(socket_path=sock_path, backoff=QUICK,
+                                 on_retry=lambda e, delay: retries.append(e))
+        with follower:
+            assert follower.get(timeout=0.2) is None
+            assert retries
+            assert {getattr(e, "code", None) for e in retries} == {"too_many_clients"}
+            occupant.close()
+            wait_for(lambda: follower.get(timeout=0.05) is None and server.subscriptions(),
+                     10, "the follower's subscription")
+            server.publish("logs", "create", "/var/log/app/a")
+            assert seqs(take(follower, 1)) == [1]
+
+
+def test_follow_raises_what_a_retry_would_meet_again(server: FakeServer, tmp_path: Path) -> None:
+    with Client.follow(watch="nope", socket_path=server.socket_path) as follower:
+        with pytest.raises(ServerError) as info:
+            next(follower)
+        assert info.value.code == "unknown_watch"
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with Client.follow(socket_path=str(not_a_dir / "sock")) as follower, pytest.raises(
+        ClientError, match="Not a directory"
+    ):
+        follower.get(timeout=5)
+
+
+def test_follow_gives_up_when_told_to(sock_path: str) -> None:
+    follower = Client.follow(socket_path=sock_path,
+                             backoff=Backoff(initial=0.01, maximum=0.02, give_up_after=0.2))
+    with follower, pytest.raises(ClientError, match="is watchd running"):
+        follower.get(timeout=10)
+
+
+def test_follow_close_from_another_thread_ends_a_blocked_iteration(server: FakeServer) -> None:
+    follower = Client.follow(socket_path=server.socket_path, backoff=QUICK)
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.extend(follower))
+    reader.start()
+    server.wait_subscriptions(1)
+    server.publish("uploads", "create", "/srv/uploads/a")
+    wait_for(lambda: got, 10, "the first event")
+    follower.close()
+    reader.join(timeout=10)
+    assert not reader.is_alive()
+    assert seqs(got) == [1]  # type: ignore[arg-type]
+    wait_for(lambda: server.live_clients() == 0, 10, "the connection closed")
+
+
+def test_follow_close_ends_a_backoff_wait(sock_path: str) -> None:
+    follower = Client.follow(socket_path=sock_path,
+                             backoff=Backoff(initial=60.0, maximum=60.0, jitter=0.0))
+    waiting = threading.Thread(target=lambda: list(follower))
+    waiting.start()
+    wait_for(lambda: follower._core.failures == 1, 10, "the first failed attempt")
+    follower.close()
+    waiting.join(timeout=10)
+    assert not waiting.is_alive()
+
+
+def test_async_follow_across_restarts(server: FakeServer) -> None:
+    async def main() -> tuple[list[dict[str, Any]], FakeServer]:
+        follower = AsyncClient.follow(socket_path=server.socket_path, backoff=QUICK)
+        async with follower:
+            assert await follower.get(timeout=0.05) is None
+            server.publish("uploads", "create", "/srv/uploads/a")
+            got = [await follower.get(timeout=10)]
+            server.disconnect_all()
+            server.publish("uploads", "create", "/srv/uploads/b")  # replayed with since
+            got.append(await follower.get(timeout=10))
+            second = restart(server, "fake-instance-2")
+            got.append(await follower.get(timeout=10))  # the overflow: rescan
+            second.publish("logs", "create", "/var/log/app/c")
+            got.append(await follower.get(timeout=10))
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        return [m for m in got if m is not None], second
+
+    got, second = asyncio.run(main())
+    second.stop()
+    assert [(m["type"], m["seq"]) for m in got] == [
+        ("event", 1), ("event", 2), ("overflow", 0), ("event", 1)]
+    assert got[2]["reason"] == "daemon_restart"
+
+
+def test_async_follow_resumes_a_daemon_that_kept_its_instance(server: FakeServer) -> None:
+    async def main() -> list[dict[str, Any] | None]:
+        async with AsyncClient.follow(socket_path=server.socket_path, backoff=QUICK) as follower:
+            assert await follower.get(timeout=0.05) is None
+            server.publish("uploads", "create", "/srv/uploads/a")
+            got = [await follower.get(timeout=10)]
+            second = restart(server, server.instance)
+            try:
+                second.publish("uploads", "create", "/srv/uploads/a")
+                second.publish("uploads", "create", "/srv/uploads/b")
+                got.append(await follower.get(timeout=10))
+                got.append(await follower.get(timeout=0.05))
+            finally:
+                second.stop()
+            return got
+
+    assert seqs(asyncio.run(main())) == [1, 2, None]
+
+
+def test_async_follow_aclose_from_another_task(sock_path: str, server: FakeServer) -> None:
+    async def main() -> None:
+        follower = AsyncClient.follow(socket_path=sock_path, backoff=QUICK)
+        seen: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            async for message in follower:
+                seen.append(message)
+
+        reader = asyncio.create_task(read())
+        await asyncio.to_thread(server.wait_subscriptions, 1)
+        await follower.aclose()
+        await asyncio.wait_for(reader, 10)
+        assert seen == []
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(main())
+    wait_for(lambda: server.live_clients() == 0, 10, "the connection closed")
+
+
+def test_async_follow_raises_what_a_retry_would_meet_again(server: FakeServer) -> None:
+    async def main() -> None:
+        async with AsyncClient.follow(watch="nope", socket_path=server.socket_path) as follower:
+            with pytest.raises(ServerError) as info:
+                await follower.get(timeout=10)
+            assert info.value.code == "unknown_watch"
+
+    asyncio.run(main())
+
+
+def test_follow_hands_out_a_notice_a_replay_sends_again_once(server: FakeServer) -> None:
+    # An overflow carries the seq of the event before it, and a since replay from that seq
+    # sends it again (it may have been missed): the follower passes it on once.
+    with Client.follow(socket_path=server.socket_path, backoff=QUICK) as follower:
+        follower.start()
+        server.publish("uploads", "create", "/srv/uploads/a")
+        server.notice("overflow", watch="uploads", reason="kernel_queue", resync=True)
+        first = take(follower, 2)
+        server.disconnect_all()
+        server.notice("resynced", watch="uploads", changes=0, duration_ms=1.0)
+        server.publish("uploads", "create", "/srv/uploads/b")
+        again = take(follower, 2)
+        assert follower.get(timeout=0.05) is None
+    assert [(m["type"], m["seq"]) for m in first + again] == [
+        ("event", 1), ("overflow", 1), ("resynced", 1), ("event", 2)]
+    assert [r.get("since") for r in server.requests] == [None, 1]
+
+
+def test_follow_start_subscribes_at_once(server: FakeServer) -> None:
+    with Client.follow(socket_path=server.socket_path) as follower:
+        follower.start()
+        assert server.subscriptions()
+        assert follower.hello["instance"] == server.instance
+        follower.start()  # already subscribed: nothing more
+        assert len(server.requests) == 1
+
+
+def test_async_follow_get_timeout_in_the_middle_of_an_attempt(server: FakeServer) -> None:
+    async def main() -> list[object]:
+        async with AsyncClient.follow(socket_path=server.socket_path, backoff=QUICK) as follower:
+            server.reply_delay = 0.5  # the subscription's confirmation comes late
+            assert await follower.get(timeout=0.05) is None
+            assert follower.hello == {}  # the half-made connection was let go
+            server.reply_delay = 0.0
+            await follower.start()
+            server.publish("uploads", "create", "/srv/uploads/a")
+            got = [await follower.get(timeout=10)]
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        return seqs(got)
+
+    assert asyncio.run(main()) == [1]
+    wait_for(lambda: server.live_clients() == 0, 10, "every connection closed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 from typing import Any
 
@@ -21,6 +22,8 @@ from watchd.client.core import (
     check_reply,
     subscribe_request,
 )
+from watchd.client.errors import closed_error, connect_error, long_line_error, timeout_error
+from watchd.client.follow import Backoff, FollowCore, Resume, retryable
 from watchd.events import Kind
 from watchd.protocol import Ping, Status
 
@@ -415,3 +418,204 @@ def test_hello_and_replies_that_fit_are_returned() -> None:
         check_reply(Message(line(error), error), "subscribed", SOCK)
     assert (info.value.code, info.value.message, info.value.reply) == ("since_expired", "gone",
                                                                        error)
+
+
+# --- following: the cursor, the backoff, what is retried -----------------------------------------
+
+
+def follow_core(since: int | None = None, instance: str | None = None,
+                backoff: Backoff | None = None, clock: list[float] | None = None) -> FollowCore:
+    now = clock if clock is not None else [0.0]
+    return FollowCore(since, instance, backoff or Backoff(), clock=lambda: now[0])
+
+
+def event(seq: int) -> Message:
+    data = {"type": "event", "subscription": "a1", "seq": seq, "kind": "create",
+            "path": f"/w/{seq}"}
+    return Message(line(data), data)
+
+
+def notice(kind: str, seq: int | None = None, **fields: Any) -> Message:
+    data: dict[str, Any] = {"type": kind, "subscription": "a1", **fields}
+    if seq is not None:
+        data["seq"] = seq
+    return Message(line(data), data)
+
+
+def admitted(core: FollowCore, *messages: Message) -> list[dict[str, Any]]:
+    return [m.data for m in messages if core.admit(m)]
+
+
+def test_backoff_grows_to_its_cap_with_jitter_below_the_step() -> None:
+    backoff = Backoff(initial=0.1, maximum=1.0, factor=2.0, jitter=0.5)
+    assert [backoff.delay(n, 0.0) for n in range(1, 7)] == pytest.approx(
+        [0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    # The random fraction takes off up to `jitter` of the step, never adds to it.
+    assert backoff.delay(3, 0.999) == pytest.approx(0.4 * 0.5005)
+    assert backoff.delay(10**6, 0.0) == 1.0  # a very long outage does not overflow
+    assert Backoff(jitter=0.0).delay(2, 0.7) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("fields", [
+    {"initial": 0.0}, {"initial": 2.0, "maximum": 1.0}, {"factor": 0.5}, {"jitter": 1.5},
+])
+def test_backoff_refuses_nonsense(fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="Backoff needs"):
+        Backoff(**fields)
+
+
+def test_a_follower_never_hands_out_a_seq_twice() -> None:
+    core = follow_core()
+    first = admitted(core, event(1), event(2), event(3))
+    assert [m["seq"] for m in first] == [1, 2, 3]
+    # A resumption from 3 after a reconnect sends nothing at or below it again.
+    assert admitted(core, event(2), event(3), event(4)) == [event(4).data]
+    assert core.last_seq == 4
+
+
+def test_notices_at_the_resume_seq_come_once() -> None:
+    # Overflow and resynced carry the seq of the event before them; a since replay from that seq
+    # sends them again, so they are told apart by their content.
+    core = follow_core()
+    hello = {**HELLO, "instance": "i1", "seq": 0}
+    core.subscribed(hello, "a1", 0)
+    over = notice("overflow", 2, reason="kernel_queue", watch="w", resync=True)
+    first = admitted(core, event(1), event(2), over)
+    assert first == [event(1).data, event(2).data, over.data]
+    later = {**hello, "seq": 3}
+    assert core.greeted(later) == Resume(2, "i1")
+    core.subscribed(later, "a2", 3)  # the replay from 2: the overflow again, once
+    again = notice("overflow", 2, reason="kernel_queue", watch="w", resync=True)
+    other = notice("overflow", 2, reason="watcher_restart", watch=None, resync=True)
+    resynced = notice("resynced", 3, watch="w", changes=1, duration_ms=1.0)
+    assert admitted(core, again, other, event(3), resynced) == [
+        other.data, event(3).data, resynced.data]
+    assert not core.admit(notice("overflow", 1, reason="kernel_queue", watch="w", resync=False))
+
+
+def test_alike_notices_on_one_connection_are_two_occasions() -> None:
+    # A second loss before any event: a consumer that rescanned at the first must rescan again.
+    core = follow_core()
+    lost = notice("overflow", 4, reason="kernel_queue", watch="w", resync=False)
+    assert admitted(core, event(4), lost, lost) == [event(4).data, lost.data, lost.data]
+    resynced = notice("resynced", 5, watch="w", changes=0, duration_ms=1.0)
+    assert admitted(core, event(5), resynced, resynced) == [event(5).data] + [resynced.data] * 2
+
+
+def test_notices_without_a_seq_always_pass() -> None:
+    core = follow_core(since=10, instance="i1")
+    dropped = notice("dropped", count=2, first_seq=11, last_seq=12)
+    lost = notice("watch_lost", watch="w", path="/w", reason="deleted")
+    assert admitted(core, dropped, lost, lost) == [dropped.data, lost.data, lost.data]
+
+
+def test_the_same_instance_resumes_with_since_and_instance() -> None:
+    core = follow_core(since=7, instance="i1")
+    hello = {**HELLO, "instance": "i1", "seq": 9}
+    assert core.greeted(hello) == Resume(7, "i1")
+    core.subscribed(hello, "a1", 9)
+    assert not core.pending  # a durable daemon resumes: nothing to rescan
+    assert admitted(core, event(8), event(9)) == [event(8).data, event(9).data]
+
+
+def test_without_a_cursor_the_first_connection_subscribes_live() -> None:
+    core = follow_core()
+    hello = {**HELLO, "instance": "i1", "seq": 5}
+    assert core.greeted(hello) == Resume(None, None)
+    core.subscribed(hello, "a1", 5)
+    assert core.instance == "i1"
+    assert not core.pending
+    # A since given without an instance is sent as it is; the instance is learnt from hello.
+    bare = follow_core(since=3)
+    assert bare.greeted(hello) == Resume(3, None)
+
+
+@pytest.mark.parametrize(("known", "hello"), [
+    ("i1", {"instance": "i2", "seq": 0}),  # another daemon
+    ("i1", {"instance": "i1", "seq": 2}),  # the same instance, without the seqs we saw
+    (None, {"instance": "i2", "seq": 2}),  # a since given alone, that this daemon never reached
+])
+def test_a_daemon_that_cannot_resume_us_gives_an_overflow_to_rescan(
+    known: str | None, hello: dict[str, Any]
+) -> None:
+    core = follow_core(since=4, instance=known)
+    greeting = {**HELLO, **hello}
+    assert core.greeted(greeting) == Resume(None, None)
+    core.subscribed(greeting, "b7", 6)
+    assert [m.data for m in core.pending] == [{
+        "type": "overflow", "subscription": "b7", "seq": 6, "reason": "daemon_restart",
+        "watch": None, "resync": False}]
+    assert core.pending[0].raw == line(core.pending[0].data)
+    assert core.instance == greeting["instance"]
+    assert core.last_seq == 6
+    # Live events follow; the overflow stands for every seq up to its own.
+    assert admitted(core, event(6), event(7)) == [event(7).data]
+
+
+def test_since_expired_gives_an_overflow_and_a_live_subscription() -> None:
+    core = follow_core(since=4, instance="i1")
+    hello = {**HELLO, "instance": "i1", "seq": 90}
+    assert core.greeted(hello) == Resume(4, "i1")
+    assert core.since_expired() == Resume(None, None)
+    core.subscribed(hello, "a2", 90)
+    assert [(m.data["reason"], m.data["seq"], m.data["resync"]) for m in core.pending] == [
+        ("since_expired", 90, False)]
+
+
+def test_a_lost_resumption_is_kept_until_a_subscription_succeeds() -> None:
+    core = follow_core(since=4, instance="i1")
+    core.greeted({**HELLO, "instance": "i2", "seq": 0})
+    # The subscribe failed (the daemon went away again): the next connection still owes it.
+    core.failed(closed_error(SOCK), 0.0)
+    hello = {**HELLO, "instance": "i2", "seq": 1}
+    assert core.greeted(hello) == Resume(None, None)
+    core.subscribed(hello, "a1", 1)
+    assert [m.data["reason"] for m in core.pending] == ["daemon_restart"]
+
+
+def test_transient_failures_back_off_and_others_raise() -> None:
+    clock = [100.0]
+    core = follow_core(backoff=Backoff(initial=1.0, maximum=4.0, jitter=0.0), clock=clock)
+    gone = connect_error(SOCK, FileNotFoundError(errno.ENOENT, "No such file or directory"))
+    assert [core.failed(gone, 0.0) for _ in range(4)] == [1.0, 2.0, 4.0, 4.0]
+    assert core.wait_left() == 4.0
+    clock[0] += 3.0
+    assert core.wait_left() == 1.0
+    core.subscribed({**HELLO, "instance": "i1"}, "a1", 0)
+    assert core.failures == 0
+    assert core.failed(closed_error(SOCK), 0.0) == 1.0
+    denied = connect_error(SOCK, PermissionError(errno.EACCES, "Permission denied"))
+    with pytest.raises(ClientError) as info:
+        core.failed(denied, 0.0)
+    assert info.value is denied
+
+
+def test_give_up_after_raises_the_last_error() -> None:
+    clock = [0.0]
+    core = follow_core(backoff=Backoff(give_up_after=10.0), clock=clock)
+    core.failed(closed_error(SOCK), 0.0)
+    clock[0] = 9.9
+    core.failed(closed_error(SOCK), 0.0)
+    clock[0] = 10.0
+    last = closed_error(SOCK)
+    with pytest.raises(ClientError) as info:
+        core.failed(last, 0.0)
+    assert info.value is last
+
+
+@pytest.mark.parametrize(("error", "retried"), [
+    (closed_error(SOCK), True),
+    (timeout_error(SOCK, 1.0), True),
+    (connect_error(SOCK, ConnectionRefusedError(errno.ECONNREFUSED, "refused")), True),
+    (connect_error(SOCK, FileNotFoundError(errno.ENOENT, "missing")), True),
+    (ServerError({"type": "error", "code": "too_many_clients", "message": "full"}), True),
+    (connect_error(SOCK, PermissionError(errno.EACCES, "denied")), False),
+    (connect_error(SOCK, NotADirectoryError(errno.ENOTDIR, "not a directory")), False),
+    (ServerError({"type": "error", "code": "unknown_watch", "message": "no"}), False),
+    (ServerError({"type": "error", "code": "bad_request", "message": "no"}), False),
+    (ServerError({"type": "error", "code": "since_expired", "message": "no"}), False),
+    (long_line_error(SOCK), False),
+    (ClientError("did not greet like watchd"), False),
+])
+def test_what_a_follower_retries(error: ClientError, retried: bool) -> None:
+    assert retryable(error) is retried

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 from tests.fakeserver import FakeServer
 from tests.harness import config, wait_for, watch
 from watchd import __version__
-from watchd.watchctl import escape
+from watchd.watchctl import escape, format_message
 
 CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
 
@@ -503,3 +504,101 @@ def test_daemon_going_away_exits_1(server: FakeServer, follow: type[Follower]) -
     assert "watchd closed the connection" in err
     assert server.socket_path in err
     assert "Traceback" not in err
+
+
+# --- subscribe --follow ---------------------------------------------------------------------------
+
+
+def test_subscribe_follow_goes_on_through_a_drop_and_a_restart(
+    server: FakeServer, follow: type[Follower]
+) -> None:
+    follower = follow("subscribe", "--follow", "--json", "--watch", "uploads")
+    server.wait_subscriptions(1)
+    server.publish("uploads", "create", "/srv/uploads/a")
+    assert json.loads(follower.line())["seq"] == 1
+    server.disconnect_all()  # the same daemon: resumed with since, nothing twice
+    server.publish("uploads", "create", "/srv/uploads/b")
+    assert json.loads(follower.line())["seq"] == 2
+    wait_for(lambda: any(r.get("since") == 1 for r in server.requests), what="a resumption")
+    server.stop()
+    with FakeServer(server.socket_path, instance="fake-instance-2") as second:
+        notice = json.loads(follower.line())
+        assert {k: v for k, v in notice.items() if k != "subscription"} == {
+            "type": "overflow", "seq": 0, "reason": "daemon_restart", "watch": None,
+            "resync": False}
+        second.publish("uploads", "create", "/srv/uploads/c")
+        event = json.loads(follower.line())
+        assert (event["seq"], event["path"]) == (1, "/srv/uploads/c")
+        assert second.requests == [{"op": "subscribe", "id": 1, "watch": ["uploads"]}]
+        code, err = follower.interrupt()
+    assert code == 0
+    assert "Traceback" not in err
+    # Each outage is told once on stderr, however many attempts it took.
+    assert err.count("connecting again (--follow)") == err.count("watchctl: watchd closed") >= 1
+
+
+def test_subscribe_follow_waits_for_the_daemon(sock_path: str) -> None:
+    follower = Follower("--socket", sock_path, "subscribe", "--follow")
+    try:
+        # The daemon is started only once watchctl has found it missing.
+        assert follower.proc.stderr is not None
+        ready, _, _ = select.select([follower.proc.stderr], [], [], 10)
+        assert ready, "watchctl said nothing about the missing daemon"
+        first = follower.proc.stderr.readline().decode()
+        assert "is watchd running?" in first
+        with FakeServer(sock_path) as server:
+            server.wait_subscriptions(1, timeout=10)
+            server.publish("logs", "create", "/var/log/app/x")
+            assert follower.line().endswith(b"create        /var/log/app/x\n")
+            code, err = follower.interrupt()
+        assert code == 0
+        assert err.count("connecting again (--follow)") == 1
+        assert "watchctl:" not in err.replace("watchctl: connecting again", "")
+    finally:
+        follower.kill()
+
+
+def test_subscribe_follow_exits_1_on_what_it_cannot_retry(
+    server: FakeServer, follow: type[Follower]
+) -> None:
+    follower = follow("subscribe", "--follow", "--watch", "upload")
+    code, err = follower.finish()
+    assert code == 1
+    assert "unknown_watch" in err
+    assert "see `watchctl status`" in err
+
+
+def test_a_rescan_notice_of_the_follower_reads_as_one() -> None:
+    line = format_message({"type": "overflow", "subscription": "a1", "seq": 0,
+                           "reason": "daemon_restart", "watch": None, "resync": False})
+    assert re.fullmatch(CLOCK + r" !! overflow \(daemon_restart\) on all watches: "
+                        "events may have been lost; rescan", line)
+
+
+def test_subscribe_follow_ctrl_c_while_waiting_for_the_daemon(sock_path: str) -> None:
+    follower = Follower("--socket", sock_path, "subscribe", "--follow")
+    try:
+        assert follower.proc.stderr is not None
+        ready, _, _ = select.select([follower.proc.stderr], [], [], 10)
+        assert ready, "watchctl said nothing about the missing daemon"
+        code, err = follower.interrupt()  # in the backoff wait, or in an attempt
+        assert code == 0
+        assert "Traceback" not in err
+    finally:
+        follower.kill()
+
+
+def test_subscribe_follow_since_that_expired_prints_the_rescan_notice(
+    server: FakeServer, follow: type[Follower]
+) -> None:
+    server.hold = 2
+    for i in range(5):
+        server.publish("uploads", "create", f"/srv/uploads/{i}")
+    follower = follow("subscribe", "--follow", "--since", "1")
+    line = follower.line().decode()
+    assert re.fullmatch(CLOCK + r" !! overflow \(since_expired\) on all watches: "
+                        "events may have been lost; rescan\n", line)
+    server.publish("uploads", "create", "/srv/uploads/new")
+    assert follower.line().endswith(b"create        /srv/uploads/new\n")
+    code, err = follower.interrupt()
+    assert (code, err) == (0, "")

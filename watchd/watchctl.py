@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from watchd import __version__
-from watchd.client import DEFAULT_SOCKET, SOCKET_ENV, Client, ClientError, ServerError
+from watchd.client import DEFAULT_SOCKET, SOCKET_ENV, Client, ClientError, Message, ServerError
 from watchd.events import KIND_LIST, Kind
 from watchd.protocol import encode
 
@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--json", action="store_true", help="print each line exactly as watchd sent it"
     )
+    sub.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep going when watchd restarts or the connection drops: connect again and "
+        "resume after the last event printed",
+    )
     return parser
 
 
@@ -152,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
+    if args.command == "subscribe" and args.follow:
+        _follow_always(out, args)
+        return EXIT_OK
     with Client(args.socket) as client:
         if args.command == "ping":
             _write(out, _pong_line(client.hello))
@@ -240,19 +249,43 @@ def format_duration(seconds: float) -> str:
 
 
 def _follow(out: BinaryIO, client: Client, args: argparse.Namespace) -> None:
-    paths = None if args.path is None else [os.path.abspath(p) for p in args.path]
     subscription = client.subscribe(
-        watch=args.watch, events=args.event, paths=paths, glob=args.glob, since=args.since
+        watch=args.watch, events=args.event, paths=_paths(args), glob=args.glob, since=args.since
     )
     while True:
-        message = subscription.get_message()
-        if message is None:
-            continue
-        if args.json:
-            out.write(message.raw)
-            out.flush()
-        else:
-            _write(out, format_message(message.data))
+        _print_message(out, subscription.get_message(), args.json)
+
+
+def _follow_always(out: BinaryIO, args: argparse.Namespace) -> None:
+    """subscribe --follow: through restarts and dropped connections, until Ctrl-C."""
+
+    def retrying(error: ClientError, delay: float) -> None:
+        # Once per outage: the follower keeps trying, with waits of up to a few seconds.
+        if follower.failures == 1:
+            print(f"watchctl: {error}", file=sys.stderr)
+            print("watchctl: connecting again (--follow); Ctrl-C to stop", file=sys.stderr)
+
+    follower = Client.follow(
+        watch=args.watch, events=args.event, paths=_paths(args), glob=args.glob,
+        since=args.since, socket_path=args.socket, on_retry=retrying,
+    )
+    with follower:
+        while True:
+            _print_message(out, follower.get_message(), args.json)
+
+
+def _paths(args: argparse.Namespace) -> list[str] | None:
+    return None if args.path is None else [os.path.abspath(p) for p in args.path]
+
+
+def _print_message(out: BinaryIO, message: Message | None, as_json: bool) -> None:
+    if message is None:
+        return
+    if as_json:
+        out.write(message.raw)
+        out.flush()
+    else:
+        _write(out, format_message(message.data))
 
 
 def format_message(message: dict[str, Any]) -> str:

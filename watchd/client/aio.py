@@ -14,6 +14,7 @@ from watchd.client.core import (
     ClientRequest,
     Message,
     PathsArg,
+    SubscribeRequest,
     SubscriptionState,
     check_hello,
     confirmation,
@@ -22,11 +23,14 @@ from watchd.client.core import (
 )
 from watchd.client.errors import (
     MAX_LINE_BYTES,
+    ClientError,
     JSONDict,
+    ServerError,
     connect_error,
     not_connected_error,
     timeout_error,
 )
+from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook
 from watchd.protocol import Ping, Status
 
 
@@ -114,9 +118,40 @@ class AsyncClient:
         instance: str | None = None,
     ) -> AsyncSubscription:
         """Subscribe; returns, once the daemon confirmed, an async iterator of message dicts."""
-        request = subscribe_request(watch, events, paths, glob, since, instance)
+        return await self.subscribe_to(
+            subscribe_request(watch, events, paths, glob, since, instance)
+        )
+
+    async def subscribe_to(self, request: SubscribeRequest) -> AsyncSubscription:
+        """Subscribe with a request built by watchd.client.core.subscribe_request."""
         reply = await self._request(request, "subscribed")
-        return AsyncSubscription(self, *confirmation(reply), since)
+        return AsyncSubscription(self, *confirmation(reply), request.since)
+
+    # The filters are positional too, in the same order as subscribe's.
+    @classmethod
+    def follow(  # noqa: PLR0917
+        cls,
+        watch: str | Iterable[str] | None = None,
+        events: str | Iterable[str] | None = None,
+        paths: PathsArg = None,
+        glob: str | Iterable[str] | None = None,
+        since: int | None = None,
+        instance: str | None = None,
+        *,
+        socket_path: str | None = None,
+        timeout: float | None = 10.0,
+        backoff: Backoff | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> AsyncFollower:
+        """A subscription that follows the daemon through restarts; see AsyncFollower.
+
+        Not a coroutine: it connects on the first read, and again (after a backoff) whenever
+        the connection fails, resuming after the last message it handed out.
+        """
+        request = subscribe_request(watch, events, paths, glob, since, instance)
+        options = FollowOptions(resolve_socket_path(socket_path), timeout, backoff or Backoff(),
+                                on_retry)
+        return AsyncFollower(request, options)
 
     async def unsubscribe(self, subscription: str) -> None:
         """End a subscription; its unread messages are dropped."""
@@ -208,3 +243,137 @@ class AsyncSubscription(SubscriptionState, AsyncIterator[JSONDict]):
     async def close(self) -> None:
         """Unsubscribe."""
         await self.client.unsubscribe(self.subscription)
+
+
+class AsyncFollower(FollowerState, AsyncIterator[JSONDict]):
+    """The asyncio twin of watchd.client.Follower: a subscription that follows the daemon.
+
+    It runs in the task that iterates it (no task of its own); aclose() from another task ends
+    that iteration.
+    """
+
+    def __init__(self, request: SubscribeRequest, options: FollowOptions) -> None:
+        super().__init__(request, options)
+        self._client: AsyncClient | None = None
+        self._sub: AsyncSubscription | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def hello(self) -> JSONDict:
+        """The greeting of the current connection ({} while there is none)."""
+        return {} if self._client is None else self._client.hello
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> JSONDict:
+        message = await self.get_message()
+        assert message is not None  # no timeout: only StopAsyncIteration or an error ends it
+        return message.data
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def get(self, timeout: float | None = None) -> JSONDict | None:
+        """The next message, or None when none came within timeout seconds (or after aclose)."""
+        try:
+            message = await self.get_message(timeout)
+        except StopAsyncIteration:
+            return None
+        return None if message is None else message.data
+
+    async def get_message(self, timeout: float | None = None) -> Message | None:
+        """Like get(), with the raw line; raises StopAsyncIteration after aclose()."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._next()
+        except TimeoutError:
+            return None
+
+    async def start(self) -> None:
+        """Connect and subscribe now; see Follower.start."""
+        with contextlib.suppress(StopAsyncIteration):  # aclose() came meanwhile
+            while self._sub is None and not self._stop.is_set():
+                await self._wait_turn()
+                await self._attempt()
+        if self._stop.is_set():
+            await self._release()
+
+    async def aclose(self) -> None:
+        """Stop following: close the connection; an iteration waiting in another task ends."""
+        self._stop.set()
+        if self._client is not None:
+            await self._client.close()
+
+    close = aclose
+
+    async def _next(self) -> Message:
+        while not self._stop.is_set():
+            if self._core.pending:
+                return self._core.pending.popleft()
+            if self._sub is None:
+                await self._wait_turn()
+                await self._attempt()
+                continue
+            try:
+                message = await self._sub.get_message()
+            except ClientError as e:
+                await self._failed(e)
+                continue
+            assert message is not None  # no timeout given
+            if self._core.admit(message):
+                return message
+        await self._release()  # an attempt under way when aclose() came may have connected
+        raise StopAsyncIteration
+
+    async def _wait_turn(self) -> None:
+        """Wait out the backoff, or until aclose()."""
+        left = self._core.wait_left()
+        if left:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._stop.wait()
+
+    async def _attempt(self) -> None:
+        """Connect and subscribe, resuming if the daemon can; a failure schedules the next."""
+        if self._stop.is_set():
+            return
+        client = self._client = AsyncClient(self.socket_path, self.timeout)
+        try:
+            await client.open()
+            resume = self._core.greeted(client.hello)
+            try:
+                sub = await client.subscribe_to(self._with(resume))
+            except ServerError as e:
+                if e.code != "since_expired" or resume.since is None:
+                    raise
+                sub = await client.subscribe_to(self._with(self._core.since_expired()))
+        except ClientError as e:
+            await self._failed(e)
+            return
+        except BaseException:
+            # Cancelled (a get() timeout) mid-attempt: the next read starts a fresh one.
+            await self._release()
+            raise
+        self._sub = sub
+        self._core.subscribed(client.hello, sub.subscription, sub.seq)
+
+    async def _release(self) -> None:
+        client, self._client, self._sub = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    async def _failed(self, error: ClientError) -> None:
+        """Drop the connection; raise error unless it is retried after a backoff."""
+        await self._release()
+        if self._stop.is_set():
+            raise StopAsyncIteration from error  # aclose() ended the connection under us
+        self._schedule(error)

@@ -17,12 +17,25 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 
 JSONDict = dict[str, Any]
 
+# Error replies after which the same request may succeed on a later connection: the daemon was
+# full, or (request_timeout) it gave up on a line it did not receive whole.
+_TRANSIENT_CODES = frozenset({"too_many_clients", "request_timeout"})
+# A connect that fails with these finds the daemon absent (not yet started, or restarting).
+_ABSENT = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
+
 
 class ClientError(WatchdError):
-    """The daemon could not be reached or the connection failed; the message says what to do."""
+    """The daemon could not be reached or the connection failed; the message says what to do.
 
-    def __init__(self, message: str, socket_path: str | None = None) -> None:
+    transient: the same attempt may well succeed later (the daemon is not running yet, hung up,
+    or did not answer in time); a follower connects again after such an error.
+    """
+
+    def __init__(
+        self, message: str, socket_path: str | None = None, *, transient: bool = False
+    ) -> None:
         self.socket_path = socket_path
+        self.transient = transient
         super().__init__(message)
 
 
@@ -33,7 +46,9 @@ class ServerError(ClientError):
         self.reply = reply
         self.code = str(reply.get("code", "unknown"))
         self.message = str(reply.get("message", ""))
-        super().__init__(f"{self.code}: {self.message}", socket_path)
+        super().__init__(
+            f"{self.code}: {self.message}", socket_path, transient=self.code in _TRANSIENT_CODES
+        )
 
 
 def connect_error(socket_path: str, error: OSError) -> ClientError:
@@ -49,7 +64,8 @@ def connect_error(socket_path: str, error: OSError) -> ClientError:
         hint = f"check the path, or set {SOCKET_ENV} to the socket of a running watchd"
     else:
         hint = f"check that watchd is running and {SOCKET_ENV} names its socket"
-    return ClientError(f"cannot connect to watchd at {socket_path}: {reason}; {hint}", socket_path)
+    return ClientError(f"cannot connect to watchd at {socket_path}: {reason}; {hint}", socket_path,
+                       transient=error.errno in _ABSENT)
 
 
 def connect_timeout_error(socket_path: str, timeout: float | None) -> ClientError:
@@ -58,6 +74,7 @@ def connect_timeout_error(socket_path: str, timeout: float | None) -> ClientErro
         f"watchd at {socket_path} did not accept the connection within {timeout}s; "
         "it may be overloaded or stuck",
         socket_path,
+        transient=True,
     )
 
 
@@ -66,6 +83,7 @@ def timeout_error(socket_path: str, timeout: float | None) -> ClientError:
     return ClientError(
         f"watchd at {socket_path} did not answer within {timeout}s; it may be overloaded or stuck",
         socket_path,
+        transient=True,
     )
 
 
@@ -75,6 +93,7 @@ def closed_error(socket_path: str) -> ClientError:
         f"watchd closed the connection ({socket_path}); it may have stopped or restarted: "
         "check that it runs, then connect again",
         socket_path,
+        transient=True,
     )
 
 

@@ -7,7 +7,9 @@ applies, instead of memory growing here.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
@@ -19,13 +21,22 @@ from watchd.client.core import (
     ClientRequest,
     Message,
     PathsArg,
+    SubscribeRequest,
     SubscriptionState,
     check_hello,
     confirmation,
     resolve_socket_path,
     subscribe_request,
 )
-from watchd.client.errors import JSONDict, connect_error, connect_timeout_error, timeout_error
+from watchd.client.errors import (
+    ClientError,
+    JSONDict,
+    ServerError,
+    connect_error,
+    connect_timeout_error,
+    timeout_error,
+)
+from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook
 from watchd.protocol import Ping, Status
 
 
@@ -91,9 +102,38 @@ class Client:
         instance: str | None = None,
     ) -> Subscription:
         """Subscribe; returns, once the daemon confirmed, an iterator of event and notice dicts."""
-        request = subscribe_request(watch, events, paths, glob, since, instance)
+        return self.subscribe_to(subscribe_request(watch, events, paths, glob, since, instance))
+
+    def subscribe_to(self, request: SubscribeRequest) -> Subscription:
+        """Subscribe with a request built by watchd.client.core.subscribe_request."""
         reply = self._request(request, "subscribed")
-        return Subscription(self, *confirmation(reply), since)
+        return Subscription(self, *confirmation(reply), request.since)
+
+    # The filters are positional too, in the same order as subscribe's.
+    @classmethod
+    def follow(  # noqa: PLR0917
+        cls,
+        watch: str | Iterable[str] | None = None,
+        events: str | Iterable[str] | None = None,
+        paths: PathsArg = None,
+        glob: str | Iterable[str] | None = None,
+        since: int | None = None,
+        instance: str | None = None,
+        *,
+        socket_path: str | None = None,
+        timeout: float | None = 10.0,
+        backoff: Backoff | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> Follower:
+        """A subscription that follows the daemon through restarts; see Follower.
+
+        It connects on the first read, and again (after a backoff) whenever the connection
+        fails, resuming after the last message it handed out.
+        """
+        request = subscribe_request(watch, events, paths, glob, since, instance)
+        options = FollowOptions(resolve_socket_path(socket_path), timeout, backoff or Backoff(),
+                                on_retry)
+        return Follower(request, options)
 
     def unsubscribe(self, subscription: str) -> None:
         """End a subscription; its unread messages are dropped."""
@@ -187,3 +227,145 @@ class Subscription(SubscriptionState, Iterator[JSONDict]):
     def close(self) -> None:
         """Unsubscribe."""
         self.client.unsubscribe(self.subscription)
+
+
+class Follower(FollowerState, Iterator[JSONDict]):
+    """A subscription that follows the daemon through restarts and dropped connections.
+
+    Iterating yields event and notice dicts in order, none twice (by seq). After a failure it
+    connects again after a backoff and subscribes with `since` = the last seq it yielded and
+    the instance it saw. When the daemon cannot resume (another instance, or since_expired), it
+    yields an `overflow` notice with `"resync": false` (rescan) once it is subscribed again.
+    Errors that another attempt would meet again are raised (see watchd.client.follow.retryable).
+    close(), also from another thread, ends the iteration; nothing runs in the background.
+    """
+
+    def __init__(self, request: SubscribeRequest, options: FollowOptions) -> None:
+        super().__init__(request, options)
+        self._client: Client | None = None
+        self._sub: Subscription | None = None
+        self._stop = threading.Event()
+
+    @property
+    def hello(self) -> JSONDict:
+        """The greeting of the current connection ({} while there is none)."""
+        return {} if self._client is None else self._client.hello
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> JSONDict:
+        message = self.get_message()
+        assert message is not None  # no timeout: only StopIteration or an error ends the wait
+        return message.data
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def get(self, timeout: float | None = None) -> JSONDict | None:
+        """The next message, or None when none came within timeout seconds (or after close)."""
+        try:
+            message = self.get_message(timeout)
+        except StopIteration:
+            return None
+        return None if message is None else message.data
+
+    def get_message(self, timeout: float | None = None) -> Message | None:
+        """Like get(), with the raw line; raises StopIteration after close()."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.is_set():
+            if self._core.pending:
+                return self._core.pending.popleft()
+            if self._sub is None:
+                if not self._wait_turn(deadline):
+                    if self._stop.is_set():
+                        break
+                    return None
+                self._attempt()
+                continue
+            try:
+                message = self._sub.get_message(_left(deadline))
+            except ClientError as e:
+                self._failed(e)
+                continue
+            if message is None:
+                return None
+            if self._core.admit(message):
+                return message
+        self._release()  # an attempt that was under way when close() came may have connected
+        raise StopIteration
+
+    def start(self) -> None:
+        """Connect and subscribe now, waiting out failures as reading would.
+
+        On return the subscription is in place: a scan made now, plus the messages that follow,
+        is complete. Raises what reading would raise; does nothing when already subscribed.
+        """
+        with contextlib.suppress(StopIteration):  # close() came meanwhile
+            while self._sub is None and not self._stop.is_set():
+                if self._wait_turn(None):
+                    self._attempt()
+        if self._stop.is_set():
+            self._release()
+
+    def close(self) -> None:
+        """Stop following: close the connection; a blocked iteration ends."""
+        self._stop.set()
+        client = self._client
+        if client is not None:
+            # shutdown wakes a thread blocked reading it; close alone would not. (Not
+            # connected any more: nothing to wake.)
+            with contextlib.suppress(OSError):
+                client._sock.shutdown(socket.SHUT_RDWR)
+            client.close()
+
+    def _wait_turn(self, deadline: float | None) -> bool:
+        """Wait out the backoff, or until deadline or close(); whether to attempt now."""
+        left = self._core.wait_left()
+        if left and deadline is not None and deadline - time.monotonic() < left:
+            self._stop.wait(max(0.0, deadline - time.monotonic()))
+            return False
+        if left:
+            self._stop.wait(left)
+        return not self._stop.is_set()
+
+    def _attempt(self) -> None:
+        """Connect and subscribe, resuming if the daemon can; a failure schedules the next."""
+        try:
+            client = self._client = Client(self.socket_path, self.timeout)
+            resume = self._core.greeted(client.hello)
+            try:
+                sub = client.subscribe_to(self._with(resume))
+            except ServerError as e:
+                if e.code != "since_expired" or resume.since is None:
+                    raise
+                sub = client.subscribe_to(self._with(self._core.since_expired()))
+        except ClientError as e:
+            self._failed(e)
+            return
+        self._sub = sub
+        self._core.subscribed(client.hello, sub.subscription, sub.seq)
+
+    def _release(self) -> None:
+        client, self._client, self._sub = self._client, None, None
+        if client is not None:
+            client.close()
+
+    def _failed(self, error: ClientError) -> None:
+        """Drop the connection; raise error unless it is retried after a backoff."""
+        self._release()
+        if self._stop.is_set():
+            raise StopIteration from error  # close() ended the connection under us
+        self._schedule(error)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
