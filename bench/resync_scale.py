@@ -5,8 +5,9 @@
 Builds a tree of `dirs` directories (in two levels) holding `files` files, then:
 
 - set-up: starts the daemon on it with `resync = true` and with `resync = false`, alternating
-  in one run, and times each from the start of the process until every watch is active (and,
-  with resync, until the index holds the whole tree); prints the medians and their ratio;
+  in one run, and times each from the start of the process until every watch is active (its
+  events are served), and, with resync, until the index holds the whole tree (it is filled
+  in parts after that: see Watcher.fill_step); prints the medians and their ratios;
 - resync: with `resync = true`, freezes the watcher (SIGSTOP), makes more changes than the
   kernel queue holds (files created and written, files deleted), thaws it, and times the
   overflow notice and the `resynced` notice from the thaw; prints the daemon's own
@@ -38,7 +39,8 @@ from bench.fidelity import watcher_of
 class Started:
     proc: subprocess.Popen[bytes]
     sock: str
-    seconds: float
+    seconds: float  # until every watch is active: the daemon serves its events
+    indexed: float  # until the index holds the whole tree (with resync; else = seconds)
     tracked: int
 
 
@@ -84,13 +86,16 @@ def start(work: Path, root: Path, *, resync: bool, paths: int, timeout: float) -
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)])
     deadline = t0 + timeout
+    active: float | None = None
     while time.monotonic() < deadline and proc.poll() is None:
         st = status(sock)
         if st is not None:
             watch = st["watches"][0]
             tracked = int(watch.get("tracked", 0))
-            if watch["state"] == "active" and (not resync or tracked >= paths):
-                return Started(proc, sock, time.monotonic() - t0, tracked)
+            if active is None and watch["state"] == "active":
+                active = time.monotonic() - t0
+            if active is not None and (not resync or tracked >= paths):
+                return Started(proc, sock, active, time.monotonic() - t0, tracked)
         time.sleep(0.02)
     proc.kill()
     raise SystemExit(f"the daemon did not get ready within {timeout} s (resync={resync})")
@@ -174,15 +179,21 @@ def main() -> None:
         paths = build(root, args.dirs, args.files)
         print(f"tree: {paths} paths under {root} (built in {time.monotonic() - t0:.1f} s)")
         times: dict[bool, list[float]] = {True: [], False: []}
+        indexed: list[float] = []
         for rep in range(args.reps):
             for resync in ((True, False) if rep % 2 == 0 else (False, True)):
                 started = start(work, root, resync=resync, paths=paths, timeout=600)
                 times[resync].append(started.seconds)
+                if resync:
+                    indexed.append(started.indexed)
                 stop(started)
-                print(f"  set-up resync={str(resync).lower():5} {started.seconds:.2f} s"
-                      f" (tracked {started.tracked})", flush=True)
+                print(f"  set-up resync={str(resync).lower():5} active {started.seconds:.2f} s,"
+                      f" indexed {started.indexed:.2f} s (tracked {started.tracked})",
+                      flush=True)
         on, off = statistics.median(times[True]), statistics.median(times[False])
-        print(f"set-up: resync on {on:.2f} s, off {off:.2f} s, ratio {on / off:.2f}")
+        full = statistics.median(indexed)
+        print(f"set-up until active: resync on {on:.2f} s, off {off:.2f} s, ratio {on / off:.2f};"
+              f" index complete {full:.2f} s ({full / off:.2f}x the set-up without)")
         r = resync_once(work, root, paths, args.changes)
         per = r["duration_ms"] / 1000 / (r["tracked"] / 100_000)
         print(f"resync after {args.changes} creations, {int(r['tracked'])} paths after it: "

@@ -29,7 +29,7 @@ from collections.abc import Generator, Iterable
 from watchd import __version__, channel
 from watchd.channel import Spec
 from watchd.globs import glob_predicate
-from watchd.index import Dirs, scan, scan_parts
+from watchd.index import Dirs, scan_parts
 from watchd.inotify import (
     IN_DELETE,
     IN_ISDIR,
@@ -288,10 +288,18 @@ class Watcher:
         spec = watch.spec
         if watch.tree is None or watch.tree.lost is not None:
             return None
-        started = time.monotonic()
+        started = beat = time.monotonic()
+        dirs: Dirs = {}
         try:
-            dirs = scan(spec.path, spec.real_path, recursive=spec.recursive,
-                        wanted=watch.wanted, prune=glob_predicate(spec.exclude))
+            for part in scan_parts(spec.path, spec.real_path, recursive=spec.recursive,
+                                   wanted=watch.wanted, prune=glob_predicate(spec.exclude),
+                                   part_size=FILL_PART):
+                dirs.update(part)
+                if time.monotonic() - beat >= HEARTBEAT_S:
+                    # A tree of millions of paths takes longer than daemon.watcher_timeout:
+                    # say we are alive, or be taken for hung and replaced, to scan again.
+                    self.heartbeat()
+                    beat = time.monotonic()
         except OSError as e:
             log.warning("watch %s: cannot scan %s: %s", spec.name, spec.path, e)
             return None
