@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from watchd.reasons import LostReason
+from watchd.reasons import LostReason, OverflowReason
 
 _LEN = struct.Struct("<I")
 _LEN_SIZE = _LEN.size
@@ -170,14 +170,15 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Overflow:
-    """The kernel (or the watcher's own buffer) dropped events of the watch; resync: a Scan
-    of it follows."""
+    """Events of the watch were lost (the kernel's queue or the watcher's own buffer overflowed,
+    or a limit left directories unwatched until now: `reason`); resync: a Scan of it follows."""
 
     watch: str
     resync: bool = False
+    reason: OverflowReason = OverflowReason.KERNEL_QUEUE
 
     def wire(self) -> tuple[Any, ...]:
-        return (Tag.OVERFLOW.value, self.watch, self.resync)
+        return (Tag.OVERFLOW.value, self.watch, self.resync, self.reason.value)
 
 
 # A scan (watchd.index.Dirs): {directory: {name: record}}.
@@ -263,7 +264,7 @@ _FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], Notice]] = {
     Tag.HELLO.value: lambda m: Hello(m[1]),
     Tag.APPLIED.value: lambda m: Applied(m[1]),
     Tag.HEARTBEAT.value: _heartbeat,
-    Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2])),
+    Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2]), OverflowReason(m[3])),
     Tag.SCAN.value: lambda m: Scan(m[1], m[2], m[3]),
     Tag.FILL.value: lambda m: Fill(m[1], m[2], bool(m[3]), bool(m[4])),
     Tag.LOST.value: lambda m: Lost(m[1], m[2], LostReason(m[3])),

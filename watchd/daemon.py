@@ -269,13 +269,13 @@ class Daemon:
                 if self.supervisor.applied(generation):
                     self.announce_restart()
                 self.confirmations.applied(generation)
-            case channel.Overflow(watch, resync):
+            case channel.Overflow(watch, resync, reason):
                 # A scan follows when the watcher could make one (see watchd.resync).
                 resyncing = self.resync.resyncing([watch]) if resync else frozenset()
-                log.warning("watch %s: the kernel event queue overflowed; %s", watch,
+                log.warning("watch %s: %s; %s", watch, _LOSSES[reason],
                             "resynchronizing" if resyncing else "subscribers are told to rescan")
                 self.resync.lost(watch)
-                self.broker.overflow(watch, OverflowReason.KERNEL_QUEUE, resyncing)
+                self.broker.overflow(watch, reason, resyncing)
             case channel.Scan(watch, dirs, seconds):
                 self.on_scan(watch, dirs, seconds)
             case channel.Fill(watch, dirs, start, done):
@@ -393,6 +393,14 @@ class Daemon:
         self.resync.configure(new.watches, changed=[
             *(w.name for w in diff.added),
             *(w.name for o, w in diff.changed if watch_spec(o) != watch_spec(w))])
+
+
+# What the log says of a loss the watcher reports.
+_LOSSES = {
+    OverflowReason.KERNEL_QUEUE: "the kernel event queue overflowed",
+    OverflowReason.WATCH_LIMIT: "every directory is watched again after a limit left some out",
+    OverflowReason.WATCHER_RESTART: "the watcher was replaced",
+}
 
 
 def describe_diff(diff: ConfigDiff) -> str:

@@ -43,7 +43,7 @@ from watchd.inotify import (
 )
 from watchd.inotify.tree import Tree, TreeEvent
 from watchd.levels import DEFAULT_LOG_LEVEL
-from watchd.reasons import LostReason
+from watchd.reasons import LostReason, OverflowReason
 from watchd.watcher_channel import ChannelEnd
 from watchd.watcher_watch import Watch, name_filter
 
@@ -406,7 +406,17 @@ class Watcher:
             if tree is None or not watch.limit_retry_due(now):
                 continue
             try:
-                self.send_items(watch, tree.resync(), time.time())
+                found = tree.resync()
+                if tree.limit_error is None and watch.name in self.channel.resync_on:
+                    # Every directory is watched again: what changed in those that were not
+                    # is published as differences from the daemon's index (watchd.resync),
+                    # not as the creation of everything they hold.
+                    self.send(channel.Overflow(watch.name, resync=True,
+                                               reason=OverflowReason.WATCH_LIMIT))
+                    scanned = self.scan(watch)
+                    self.send(channel.Scan(watch.name, *(scanned or (None, 0.0))))
+                    continue
+                self.send_items(watch, found, time.time())
             except Exception as e:
                 log.exception("watch %s: failed while watching again what a limit left out",
                               watch.name)

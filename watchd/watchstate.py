@@ -121,7 +121,8 @@ class Watches:
             log.error("watch %s is degraded: %d directories not watched: %s",
                       name, ws.unwatched, ws.limit_message)
             self.broker.watch_degraded(name, ws.unwatched, limit)
-        elif ws.state == Phase.ACTIVE:
+        elif ws.state == Phase.ACTIVE and not ws.config.resync:
+            # (With resync, the watcher says so itself, before the differences it scanned.)
             log.warning("watch %s: every directory is watched again; subscribers are told to "
                         "rescan", name)
             self.broker.overflow(name, OverflowReason.WATCH_LIMIT)

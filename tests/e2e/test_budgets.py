@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import config, is_event, is_type, wait_for, watch
+from tests.picture import Picture, listing
 from watchd.config import parse_config
 from watchd.errors import ConfigError
 
@@ -49,6 +50,34 @@ def test_a_watch_over_its_budget_starves_no_other_and_heals(start_daemon, watche
     assert watch_state(daemon, "pub")["state"] == "active"
     (pub / "d7" / "f").touch()
     line.until(is_event(pub / "d7" / "f"))
+
+
+def test_a_healed_limit_publishes_only_what_changed_meanwhile(start_daemon,
+                                                              watched: Path) -> None:
+    # With an index (resync, the default), the directories a limit left out are not
+    # reported whole once watched: only what changed in them while nobody watched.
+    pub = watched / "pub"
+    for i in range(6):
+        (pub / f"d{i}").mkdir(parents=True)
+        (pub / f"d{i}" / "old").write_text("x")
+    daemon = start_daemon(config(watches=watch("pub", pub, max_directories=3)))
+    line, _ = daemon.subscribe()
+    wait_for(lambda: watch_state(daemon, "pub")["state"] == "degraded"
+             and watch_state(daemon, "pub")["tracked"] == 12, what="degraded, indexed")
+    picture = Picture(listing(pub))
+    for i in range(6):
+        (pub / f"d{i}" / "new").write_text("y")  # unseen where the directory is not watched
+    daemon.reload(config(watches=watch("pub", pub, max_directories=100)))
+    got = line.until(is_type("resynced"), timeout=30)
+    notice = next(m for m in got if m["type"] == "overflow")
+    assert (notice["reason"], notice["watch"], notice["resync"]) == ("watch_limit", "pub", True)
+    picture.apply_all(got)
+    assert picture.paths == listing(pub)
+    synthetic = [m for m in got if m.get("synthetic")]
+    assert synthetic and all(m["kind"] == "create" and m["path"].endswith("/new")
+                             for m in synthetic)
+    assert got[-1]["changes"] == len(synthetic)
+    assert watch_state(daemon, "pub")["state"] == "active"
 
 
 @pytest.mark.parametrize(("budgets", "kernel", "expected"), [
