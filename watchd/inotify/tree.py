@@ -29,6 +29,13 @@ Rules worth knowing:
   handle() call. When none comes, the directory left the tree: its watches are removed.
   (The kernel queues both during one rename, so they share a read unless the read split
   them; the directory is then watched again, as moved in, when its IN_MOVED_TO comes.)
+* A walk lists the tree as it is now, ahead of the events still queued. A directory it meets
+  already watched at another path, which no longer leads to it, moved here before its
+  rename's events were read (its IN_MOVED_TO never comes when its new parent was not watched
+  yet): its watches move here at once, and what it holds is reported as for a new directory.
+  A directory's IN_MOVED_TO that took no watches along is followed by what it holds, even if
+  a listing reported it already: a client applies the move as a bare directory that replaces
+  whatever had the name.
 * A new directory that the tree cannot reach (gone, or its parent's path changed before
   the rename's events were read) is not forgotten: its parent is listed again at the end of
   the batch, and of the following batches until that works, and what it holds unwatched is
@@ -306,8 +313,14 @@ class Tree:
             return
         if moved and src_path is not None:
             watches.rename(moved, src_path + "/", path + "/")
+            if watches.rescan:
+                # What waited for its parent's path to be right is listed now, so that its
+                # events come before those that follow the rename, not at the batch's end.
+                self.overflowed = self._rescanner.run(out, overflowed=self.overflowed,
+                                                      final=False)
         else:
-            self._rescanner.watch_new(wd, prefix, name, out if s.synthetic else None)
+            self._rescanner.watch_new(wd, prefix, name, out if s.synthetic else None,
+                                      moved_in=bool(mask & IN_MOVED_TO))
 
     def _root_event(self, ev: RawTuple, out: list[TreeEvent]) -> None:
         """A deletion, move, unmount or IN_IGNORED of the root itself."""
