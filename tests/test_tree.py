@@ -595,6 +595,11 @@ def picture_of(run: Run, before: set[str]) -> set[str]:
     for e in run.events:
         kind = next((k for bit, k in kinds if e.mask & bit), None)
         if kind is not None and SENTINEL not in e.path:
+            # Never a path in a directory the client was not told of (but a delete or a
+            # move's source: those a client can ignore).
+            parent = os.path.dirname(e.path)
+            assert (kind in ("delete", "moved_from") or parent in picture.paths
+                    or parent == str(run.tree.root)), (kind, e.path)
             picture.apply({"type": "event", "kind": kind, "path": e.path, "cookie": e.cookie,
                            "src_path": e.src_path})
     return picture.paths
@@ -625,6 +630,29 @@ def test_a_directory_moved_into_a_new_one_before_its_events_are_read(
     (root / "a" / "x" / "y" / "b" / "c" / "g").touch()
     run.drain()
     assert (IN_CREATE, str(root / "a/x/y/b/c/g")) in run.reported()
+    assert picture_of(run, before) == real(root)
+
+
+def test_what_left_a_moved_directory_before_the_walk_met_it_is_not_reported_there(
+    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+) -> None:
+    # d moves into the new a, then e leaves d for outside the tree, all before the tree
+    # reads: the walk of a meets d (moved) but not e. The create of f, queued before, must
+    # not come out under a/d/e, which the client never had; nor may e's watches stay.
+    root = tmp_path / "root"
+    (root / "z" / "d" / "e" / "inner").mkdir(parents=True)
+    run = make_run(synthetic=True)
+    before = real(root)
+    (root / "a").mkdir()
+    (root / "z" / "d" / "e" / "inner" / "f").touch()
+    (root / "z" / "d").rename(root / "a" / "d")
+    (root / "a" / "d" / "e").rename(tmp_path / "e")
+    run.drain()
+    assert picture_of(run, before) == real(root)
+    assert run.watched() == {str(root / p) for p in ("", "z", "a", "a/d")}
+    (tmp_path / "e" / "inner" / "g").touch()
+    run.drain()
+    assert not any("/e/" in p for p in run.paths()[len(before):])
     assert picture_of(run, before) == real(root)
 
 

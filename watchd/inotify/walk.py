@@ -129,8 +129,8 @@ class Walker:
     Mutable (counters, a cache of file system types): not a value.
     """
 
-    __slots__ = ("_fs_types", "_ino", "_path_of", "_reach", "_settings", "_watches", "_wd_of",
-                 "limit_error", "max_directories", "unreadable", "unwatched")
+    __slots__ = ("_fs_types", "_ino", "_path_of", "_reach", "_settings", "_stale", "_watches",
+                 "_wd_of", "limit_error", "max_directories", "unreadable", "unwatched")
 
     def __init__(self, ino: InotifyFd, watches: Watches, reach: Reach, settings: Settings) -> None:
         self._ino = ino
@@ -139,6 +139,9 @@ class Walker:
         self._reach = reach
         self._settings = settings
         self._fs_types: dict[int, int] = {}  # st_dev -> statfs f_type
+        # During a walk: wd -> old prefix of the watches below directories that moved here,
+        # not met yet (see _moved_here).
+        self._stale: dict[int, str] = {}
         self.unreadable = Unreadable(reach.root)
         self.unwatched = 0  # directories left unwatched past the watch limit
         self.limit_error: WatchLimitError | None = None
@@ -179,8 +182,11 @@ class Walker:
         at the end of the batch.
         """
         frames = [top]
+        self._stale.clear()
         try:
             self._walk_frames(frames, out, visited, seen, rescan_missing)
+            if self._stale:
+                self._drop_stale()
         finally:
             for f in frames:  # left by an exception: nothing may keep their fds
                 if f.own and f.fd >= 0:
@@ -346,11 +352,14 @@ class Walker:
 
         Watched at another path that no longer leads to it, it has moved here, and its rename's
         events are not read yet, or will never come (this directory was not watched when it
-        moved in): its watches move here at once, and the walk reports what it holds, as for a
-        new directory. Otherwise (reached by both paths: a bind mount) it is skipped. At its own
-        path it is skipped too, unless `along`: it came with a parent that moved here, or it
-        moved in itself, reported by an IN_MOVED_TO after a listing had reported it, which a
-        client applies as a bare directory that replaces the tree the listing described.
+        moved in): its watch moves here at once, and the walk reports what it holds, as for a
+        new directory. The watches below it move as the walk meets them; those it does not
+        meet have left it since, and are removed when the walk ends (see _drop_stale): at the
+        old paths their events would name what a client no longer has. Otherwise (reached by
+        both paths: a bind mount) it is skipped. At its own path it is skipped too, unless
+        `along`: it came with a parent that moved here, or it moved in itself, reported by an
+        IN_MOVED_TO after a listing had reported it, which a client applies as a bare
+        directory that replaces the tree the listing described.
         """
         s = self._settings
         # Adding bits it already has returns the existing wd and changes nothing.
@@ -360,10 +369,20 @@ class Walker:
                 old != prefix and self._reach.leads_to(old, wd)):
             return None
         if old != prefix:
-            self._watches.relocate(old, prefix)
+            stale = self._stale
+            if stale.pop(wd, None) is None:  # not below one that moved here in this walk
+                path_of = self._path_of
+                stale.update((d, path_of[d]) for d in self._watches.below(old) if d != wd)
+            self._watches.relocate(wd, old, prefix)
         if s.quiet:
             self._reach.set_mask(fd, wd, s.narrow, pid)  # listed as new: widened when left
         return wd
+
+    def _drop_stale(self) -> None:
+        """Remove the watches below directories that moved here that the walk did not meet."""
+        path_of = self._path_of
+        self._watches.rm_all([wd for wd, p in self._stale.items() if path_of.get(wd) == p])
+        self._stale.clear()
 
     def _reopen(self, frames: list[Frame]) -> bool:
         """Open the last frame's directory again, from its nearest ancestor frame still open."""

@@ -114,18 +114,15 @@ class Watches:
             path_of[wd] = q
             wd_of[q] = wd
 
-    def relocate(self, old: str, new: str) -> None:
-        """A directory found at prefix `new`, watched at prefix `old`, has moved there before
-        its rename's events were read: its watches (and all below it) move now, and a pending
-        IN_MOVED_FROM that took them along no longer does, so they stay if its pair never comes.
+    def relocate(self, wd: int, old: str, new: str) -> None:
+        """Directory `wd`, watched at prefix `old`, was found at prefix `new`: it moved there
+        before its rename's events were read. A pending IN_MOVED_FROM that took it along no
+        longer does, so it stays if its pair never comes.
         """
-        wds = self.below(old)
-        self.rename(wds, old, new)
-        if self.moves:
-            gone = set(wds)
-            for cookie, (src, moved) in list(self.moves.items()):
-                if moved:
-                    self.moves[cookie] = (src, [wd for wd in moved if wd not in gone])
+        self.rename([wd], old, new)
+        for cookie, (src, moved) in list(self.moves.items()):
+            if moved and wd in moved:
+                self.moves[cookie] = (src, [w for w in moved if w != wd])
 
     def clear(self) -> None:
         """Remove every watch (unless the fd is closed already) and forget everything."""
