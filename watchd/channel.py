@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from watchd.reasons import LostReason
+from watchd.reasons import LostReason, OverflowReason
 
 _LEN = struct.Struct("<I")
 _LEN_SIZE = _LEN.size
@@ -166,14 +166,17 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Overflow:
-    """The kernel (or the watcher's own buffer) dropped events of the watch; resync: a Scan
-    of it follows."""
+    """The kernel (or the watcher's own buffer) dropped events of the watch, or a file system
+    mounted in it was unmounted (reason); resync: a Scan of it follows."""
 
     watch: str
     resync: bool = False
+    reason: OverflowReason = OverflowReason.KERNEL_QUEUE
 
     def wire(self) -> tuple[Any, ...]:
-        return (Tag.OVERFLOW.value, self.watch, self.resync)
+        if self.reason is OverflowReason.KERNEL_QUEUE:  # the common case, as before reasons
+            return (Tag.OVERFLOW.value, self.watch, self.resync)
+        return (Tag.OVERFLOW.value, self.watch, self.resync, self.reason.value)
 
 
 # A scan (watchd.index.Dirs): {directory: {name: record}}.
@@ -244,7 +247,9 @@ _FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], Notice]] = {
     Tag.HELLO.value: lambda m: Hello(m[1]),
     Tag.APPLIED.value: lambda m: Applied(m[1]),
     Tag.HEARTBEAT.value: _heartbeat,
-    Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2])),
+    # Without a reason: the kernel's queue (see Overflow.wire).
+    Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2]), OverflowReason(
+        m[3] if len(m) > 3 else OverflowReason.KERNEL_QUEUE)),
     Tag.SCAN.value: lambda m: Scan(m[1], m[2], m[3]),
     Tag.LOST.value: lambda m: Lost(m[1], m[2], LostReason(m[3])),
     Tag.RESTORED.value: lambda m: Restored(m[1], m[2]),

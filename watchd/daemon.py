@@ -268,13 +268,16 @@ class Daemon:
                 if self.supervisor.applied(generation):
                     self.announce_restart()
                 self.confirmations.applied(generation)
-            case channel.Overflow(watch, resync):
+            case channel.Overflow(watch, resync, reason):
                 # A scan follows when the watcher could make one (see watchd.resync).
                 resyncing = self.resync.resyncing([watch]) if resync else frozenset()
-                log.warning("watch %s: the kernel event queue overflowed; %s", watch,
+                log.warning("watch %s: %s; %s", watch,
+                            "a file system mounted in it was unmounted"
+                            if reason == OverflowReason.UNMOUNT
+                            else "the kernel event queue overflowed",
                             "resynchronizing" if resyncing else "subscribers are told to rescan")
                 self.resync.lost(watch)
-                self.broker.overflow(watch, OverflowReason.KERNEL_QUEUE, resyncing)
+                self.broker.overflow(watch, reason, resyncing)
             case channel.Scan(watch, dirs, seconds):
                 self.on_scan(watch, dirs, seconds)
             case channel.Lost(watch, path, reason):

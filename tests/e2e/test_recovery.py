@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +202,49 @@ def test_reload_that_changes_exclude_publishes_nothing(start_daemon, watched: Pa
     got = line.until(is_event(watched / "sentinel"), timeout=30)
     assert [m["path"] for m in got if m["type"] == "event"] == [str(watched / "sentinel")]
     assert daemon.status()["watches"][0]["tracked"] == len(listing(watched))
+
+
+@pytest.fixture
+def tmpfs_at(watched: Path) -> Iterator[Path]:
+    """A small tmpfs mounted on watched/sub (root only), unmounted at the end if still there."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a file system")
+    sub = watched / "sub"
+    sub.mkdir()
+    (sub / "beneath").write_text("under the mount")
+    (sub / "beneath-dir").mkdir()
+    (sub / "beneath-dir" / "f").touch()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(sub)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield sub
+    finally:
+        if os.path.ismount(sub):
+            subprocess.run(["umount", str(sub)], check=False)
+
+
+def test_unmount_inside_the_tree_publishes_what_is_beneath(start_daemon, watched: Path,
+                                                           tmpfs_at: Path) -> None:
+    sub = tmpfs_at
+    (sub / "held-dir").mkdir()
+    (sub / "held-dir" / "g").touch()
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    line, _ = daemon.subscribe()
+    picture = Picture(listing(watched))
+    (sub / "made-in-mount").touch()
+    settle(line, picture, watched)
+    subprocess.run(["umount", str(sub)], check=True)
+    resynced, got = recover(line, picture, watched, "unmount")
+    assert picture.paths == listing(watched)
+    synthetic = {(m["kind"], m["path"]) for m in got if m.get("synthetic")}
+    assert {("delete", str(sub / "made-in-mount")), ("delete", str(sub / "held-dir")),
+            ("create", str(sub / "beneath")), ("create", str(sub / "beneath-dir")),
+            ("create", str(sub / "beneath-dir" / "f"))} <= synthetic
+    assert resynced["changes"] >= 5
+    # The directory underneath is watched: what happens in it is reported.
+    (sub / "after-unmount").touch()
+    picture.apply_all(line.until(is_event(sub / "after-unmount"), timeout=30))
+    assert picture.paths == listing(watched)
+    settle(line, picture, watched, "zz-sentinel-2")

@@ -41,6 +41,9 @@ Rules worth knowing:
   the batch, and of the following batches until that works, and what it holds unwatched is
   watched then (with synthetic creates). Past RESCAN_TRIES batches the tree gives up and
   reports an overflow, so that the caller resyncs and its subscribers rescan.
+* An IN_UNMOUNT of a directory below the root (a file system mounted inside the tree was
+  unmounted) sets `unmounted`: the directory underneath the mount point is not watched, and
+  what the mounted file system held is gone, until the caller calls resync().
 * A directory that cannot be opened or listed (EACCES, EIO...) is that directory's problem:
   it is recorded in `failed` (and logged, at most once per LOG_EVERY_S), and the walk goes on.
 * A directory already watched on the same fd (a bind mount, or another tree or watch of
@@ -107,6 +110,7 @@ class Tree:
         "lost",
         "overflowed",
         "root",
+        "unmounted",
     )
 
     def __init__(
@@ -146,6 +150,9 @@ class Tree:
         self._decode_errors = sys.getfilesystemencodeerrors()
         self.lost: str | None = None
         self.overflowed = False
+        # A file system mounted below the root was unmounted (IN_UNMOUNT on one of its
+        # directories): the directory underneath is unwatched until resync() watches it.
+        self.unmounted = False
 
     # -- public state ------------------------------------------------------------------------
 
@@ -267,8 +274,11 @@ class Tree:
                     append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
             elif wd == root_wd and mask & (_ROOT_LOSS | IN_IGNORED):
                 self._root_event(ev, out)
-            elif mask & IN_IGNORED:
-                watches.forget(wd)
+            elif mask & (IN_IGNORED | IN_UNMOUNT):
+                if mask & IN_UNMOUNT:
+                    self.unmounted = True  # its IN_IGNORED follows, and forgets the watch
+                if mask & IN_IGNORED:
+                    watches.forget(wd)
             elif mask & report:
                 path = dir_path(prefix)
                 append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
@@ -352,8 +362,9 @@ class Tree:
     # -- overflow ----------------------------------------------------------------------------
 
     def resync(self) -> list[TreeEvent]:
-        """After an overflow: watch directories that appeared, forget those that vanished."""
-        self.overflowed = False
+        """After an overflow or an unmount below the root: watch directories that appeared
+        (the one underneath a mount point among them), forget those that vanished."""
+        self.overflowed = self.unmounted = False
         self._walker.limit_error = None  # found again below if a limit still stands in the way
         watches = self._watches
         watches.rescan.clear()
