@@ -248,3 +248,29 @@ def test_unmount_inside_the_tree_publishes_what_is_beneath(start_daemon, watched
     picture.apply_all(line.until(is_event(sub / "after-unmount"), timeout=30))
     assert picture.paths == listing(watched)
     settle(line, picture, watched, "zz-sentinel-2")
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ({"include": ["*.txt"]}, {}),
+    ({}, {"include": ["*.txt"]}),
+    ({"events": ["create", "delete"]}, {"events": ["create", "delete", "modify"]}),
+    ({"exclude": ["d1", "d2"]}, {"exclude": ["d3"]}),
+], ids=["include-dropped", "include-added", "events", "exclude-changed"])
+def test_reload_that_changes_the_selection_publishes_nothing(
+        start_daemon, watched: Path, before: dict[str, Any], after: dict[str, Any]) -> None:
+    populate(watched)
+    (watched / "x.txt").touch()
+    daemon = start_daemon(config(watches=watch("w", watched, **before)))
+    line, _ = daemon.subscribe()
+    daemon.reload(config(watches=watch("w", watched, **after)))
+    (watched / "sentinel.txt").touch()
+    got = line.until(is_event(watched / "sentinel.txt"), timeout=30)
+    assert [(m["type"], m.get("path")) for m in got] == [
+        ("event", str(watched / "sentinel.txt"))]
+    # Nor does a loss after it resync against the old selection: nothing changed, nothing comes.
+    os.kill(daemon.watcher_pid(), signal.SIGKILL)
+    resynced = line.until(lambda m: m.get("type") == "resynced", timeout=30)
+    sentinel = str(watched / "sentinel.txt")  # its close_write and such may come before
+    assert [(m["type"], m.get("path")) for m in resynced if m.get("path") != sentinel] == [
+        ("overflow", None), ("resynced", None)]
+    assert resynced[-1]["changes"] == 0
