@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.harness import config, wait_for, watch
+from tests.inotify.test_compat_fixes import mounted_tmpfs
 from tests.picture import Picture, listing
 
 pytestmark = pytest.mark.timeout(90)
@@ -206,23 +207,14 @@ def test_reload_that_changes_exclude_publishes_nothing(start_daemon, watched: Pa
 
 @pytest.fixture
 def tmpfs_at(watched: Path) -> Iterator[Path]:
-    """A small tmpfs mounted on watched/sub (root only), unmounted at the end if still there."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a file system")
+    """A small tmpfs mounted on watched/sub, over what sub holds (root only)."""
     sub = watched / "sub"
     sub.mkdir()
     (sub / "beneath").write_text("under the mount")
     (sub / "beneath-dir").mkdir()
     (sub / "beneath-dir" / "f").touch()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(sub)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(sub):
         yield sub
-    finally:
-        if os.path.ismount(sub):
-            subprocess.run(["umount", str(sub)], check=False)
 
 
 def test_unmount_inside_the_tree_publishes_what_is_beneath(start_daemon, watched: Path,
