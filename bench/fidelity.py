@@ -374,7 +374,8 @@ def main() -> int:
     parser.add_argument("--kill-every", type=int, default=1500,
                         help="operations between watcher kills (--faults)")
     parser.add_argument("--queue", type=int, default=64,
-                        help="fs.inotify.max_queued_events while the daemon starts (--faults)")
+                        help="fs.inotify.max_queued_events while the daemon starts (--faults; "
+                        "0: leave it as it is)")
     parser.add_argument("--trace", type=Path,
                         help="write every operation and every message received to this file")
     args = parser.parse_args()
@@ -390,7 +391,7 @@ def main() -> int:
     # Lowered for the whole run: each replacement watcher takes the limit in force when it
     # starts. Run this under the lock the test suite takes for such changes. A SIGTERM or
     # SIGHUP must restore it too: they unwind through the finally below.
-    old_queue = queue_path.read_text() if args.faults else None
+    old_queue = queue_path.read_text() if args.faults and args.queue else None
     if old_queue is not None and old_queue.strip() == str(args.queue):
         old_queue = None  # already so: nothing to change, nor to restore
     for signum in (signal.SIGTERM, signal.SIGHUP):
