@@ -32,7 +32,9 @@ Rules worth knowing:
 * A walk lists the tree as it is now, ahead of the events still queued. A directory it meets
   already watched at another path, which no longer leads to it, moved here before its
   rename's events were read (its IN_MOVED_TO never comes when its new parent was not watched
-  yet): its watches move here at once, and what it holds is reported as for a new directory.
+  yet): its watch moves here at once, and what it holds is reported as for a new directory;
+  the watches below it follow as the walk meets them, and those it does not meet (they left
+  it meanwhile) are removed.
   A directory's IN_MOVED_TO that took no watches along is followed by what it holds, even if
   a listing reported it already: a client applies the move as a bare directory that replaces
   whatever had the name.
