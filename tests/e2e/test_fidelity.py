@@ -39,7 +39,9 @@ def test_events_describe_the_tree_through_overflows_and_kills(start_daemon, work
         daemon = start_daemon(config(watches=watch("t", root)))
         faults = Faults(lambda: watcher_of(daemon.proc.pid), random.Random(11), every=15,
                         kill_every=120)
-        result = run(root, outside, daemon.socket, ops=600, pause_every=40, seed=5,
+        # Pauses far apart: each resumes a stopped watcher, and a stop must last long enough
+        # for the queue (64 events) to overflow.
+        result = run(root, outside, daemon.socket, ops=800, pause_every=100, seed=5,
                      faults=faults)
     assert result.differences == 0, result.details
     assert result.announced == 0, "a loss was told as one to rescan"
