@@ -87,6 +87,7 @@ __all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
 # Events that need more than a lookup and a report (see Tree._slow).
 _SLOW = IN_ISDIR | IN_MOVED_FROM | IN_MOVED_TO | IN_IGNORED | IN_UNMOUNT | IN_Q_OVERFLOW
 _ROOT_LOSS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
+_WATCH_GONE = IN_IGNORED | IN_UNMOUNT  # of a directory below the root
 # Events that make, unmake or rename a name in a directory.
 _NAMING = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 
@@ -276,7 +277,7 @@ class Tree:
                     append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
             elif wd == root_wd and mask & (_ROOT_LOSS | IN_IGNORED):
                 self._root_event(ev, out)
-            elif mask & (IN_IGNORED | IN_UNMOUNT):
+            elif mask & _WATCH_GONE:
                 if mask & IN_UNMOUNT:
                     self.unmounted = True  # its IN_IGNORED follows, and forgets the watch
                 if mask & IN_IGNORED:
