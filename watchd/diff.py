@@ -143,8 +143,10 @@ class _Differ:
                 taken.add(dst)
         # A directory replaced under its own name (or one whose inode was never known) is the
         # same directory to a client: its entries are compared by name.
-        for path in old_dirs:
-            if path not in same and path in new_dirs and path not in taken:
+        # Parents first: by name only in a directory that is itself the same at its path.
+        for path in sorted(old_dirs, key=_depth):
+            if (path not in same and path in new_dirs and path not in taken
+                    and same.get(split(path)[0]) == split(path)[0]):
                 same[path] = path
                 taken.add(path)
         # One that stays at its path in a directory that went (replaced by another under its
