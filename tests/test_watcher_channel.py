@@ -60,7 +60,7 @@ def test_messages_arrive_whole_and_in_order(pair: tuple[ChannelEnd, socket.socke
     got = drain(end, theirs, channel.FrameReader())
     assert got[0] == ("hello", 7)
     assert [len(m[2][0][1]) for m in got[1:-1]] == [20 + i for i in range(50)]
-    assert got[-1] == ("overflow", "w", False, "kernel_queue")
+    assert got[-1] == ("overflow", "w", False)
     assert end.out_bytes == 0
     assert not end.out_registered  # nothing waits: no wake-ups for writability
 
@@ -81,10 +81,9 @@ def test_a_full_buffer_drops_with_one_overflow_per_episode(
     reader = channel.FrameReader()
     got = drain(end, theirs, reader)
     overflows = [m for m in got if m[0] == "overflow"]
-    assert overflows == [("overflow", "w", False, "kernel_queue"),
-                         ("overflow", "v", False, "kernel_queue")]
+    assert overflows == [("overflow", "w", False), ("overflow", "v", False)]
     # The notice follows the last batch that got through.
-    assert got.index(("overflow", "w", False, "kernel_queue")) == len(got) - 2
+    assert got.index(("overflow", "w", False)) == len(got) - 2
     assert len(got) - 2 == sent - 1  # the batch that found the buffer full was not queued
 
     end.send_events("w", batch(3))  # read again: a new episode, batches go through
@@ -102,7 +101,7 @@ def test_a_watch_with_an_index_is_rescanned_when_dropping_ends(
         end.send_events("w", batch(10))
     reader = channel.FrameReader()
     got = drain(end, theirs, reader)
-    assert got[-1] == ("overflow", "w", True, "kernel_queue")  # a scan is promised
+    assert got[-1] == ("overflow", "w", True)  # a scan is promised
     assert rescans == []
     end.send_events("w", batch(3))  # room again: the scan goes first, then the batch
     assert rescans == ["w"]

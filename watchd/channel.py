@@ -170,14 +170,17 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Overflow:
-    """Events of the watch were lost (the kernel's queue or the watcher's own buffer overflowed,
-    or a limit left directories unwatched until now: `reason`); resync: a Scan of it follows."""
+    """Events of the watch were lost (`reason`: the kernel's queue or the watcher's own buffer
+    overflowed, a file system mounted in it was unmounted, or a limit left directories
+    unwatched until now); resync: a Scan of it follows."""
 
     watch: str
     resync: bool = False
     reason: OverflowReason = OverflowReason.KERNEL_QUEUE
 
     def wire(self) -> tuple[Any, ...]:
+        if self.reason is OverflowReason.KERNEL_QUEUE:  # the common case, as before reasons
+            return (Tag.OVERFLOW.value, self.watch, self.resync)
         return (Tag.OVERFLOW.value, self.watch, self.resync, self.reason.value)
 
 
@@ -264,7 +267,9 @@ _FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], Notice]] = {
     Tag.HELLO.value: lambda m: Hello(m[1]),
     Tag.APPLIED.value: lambda m: Applied(m[1]),
     Tag.HEARTBEAT.value: _heartbeat,
-    Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2]), OverflowReason(m[3])),
+    # Without a reason: the kernel's queue (see Overflow.wire).
+    Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2]), OverflowReason(
+        m[3] if len(m) > 3 else OverflowReason.KERNEL_QUEUE)),
     Tag.SCAN.value: lambda m: Scan(m[1], m[2], m[3]),
     Tag.FILL.value: lambda m: Fill(m[1], m[2], bool(m[3]), bool(m[4])),
     Tag.LOST.value: lambda m: Lost(m[1], m[2], LostReason(m[3])),

@@ -400,6 +400,7 @@ _LOSSES = {
     OverflowReason.KERNEL_QUEUE: "the kernel event queue overflowed",
     OverflowReason.WATCH_LIMIT: "every directory is watched again after a limit left some out",
     OverflowReason.WATCHER_RESTART: "the watcher was replaced",
+    OverflowReason.UNMOUNT: "a file system mounted in it was unmounted",
 }
 
 

@@ -259,20 +259,14 @@ class Watcher:
             # The notice goes where the loss is: after what came before it, before the rest.
             cut = next(i for i, ev in enumerate(events) if ev.mask & IN_Q_OVERFLOW)
             self.send_items(watch, events[:cut], now)
-            if watch.name in self.channel.resync_on and tree.lost is None:
-                # The notice at once (the daemon tells subscribers while we scan); watches
-                # first, then the scan: what changes from now on is in the queue too. A scan
-                # that fails is sent as None: the daemon then tells subscribers to rescan.
-                self.send(channel.Overflow(watch.name, resync=True))
-                tree.resync()
-                scanned = self.scan(watch)
-                self.send(channel.Scan(watch.name, *(scanned or (None, 0.0))))
-            else:
-                self.send(channel.Overflow(watch.name))
-                self.send_items(watch, tree.resync(), now)
+            self.resync(watch, OverflowReason.KERNEL_QUEUE, now)
             self.send_items(watch, events[cut + 1 :], now)
         else:
             self.send_items(watch, events, now)
+            if tree.unmounted and tree.lost is None:
+                # A file system mounted in the tree went: the directory underneath is watched
+                # again, and what changed (its contents for the mounted ones) is published.
+                self.resync(watch, OverflowReason.UNMOUNT, now)
         if self.fills and watch.name in self.fills:
             self.check_fill(watch, events)
         if tree.lost is not None:
@@ -280,6 +274,23 @@ class Watcher:
             self.deactivate(watch)
             self.send(channel.Lost(watch.name, watch.path, reason))
         return len(raw)
+
+    def resync(self, watch: Watch, reason: OverflowReason, now: float) -> None:
+        """After a loss (or an unmount) in an established watch: watch again what its tree
+        lacks, and tell the daemon, with a scan of it for a watch that has an index."""
+        tree = watch.tree
+        assert tree is not None
+        if watch.name in self.channel.resync_on and tree.lost is None:
+            # The notice at once (the daemon tells subscribers while we scan); watches first,
+            # then the scan: what changes from now on is in the queue too. A scan that fails
+            # is sent as None: the daemon then tells subscribers to rescan.
+            self.send(channel.Overflow(watch.name, resync=True, reason=reason))
+            tree.resync()
+            scanned = self.scan(watch)
+            self.send(channel.Scan(watch.name, *(scanned or (None, 0.0))))
+        else:
+            self.send(channel.Overflow(watch.name, reason=reason))
+            self.send_items(watch, tree.resync(), now)
 
     def scan(self, watch: Watch) -> tuple[dict[str, dict[str, int]], float] | None:
         """The tree of an established watch as watchd.index records it, and the seconds it
