@@ -19,8 +19,17 @@ unknown: an event named it but it was gone by the time it was looked at. It stay
 so that a loss that hides its deletion still ends in a delete; compared with anything, it
 differs.
 
-Both ends build records with `pack`: the watcher when it scans, the daemon when it applies
-events (same interpreter, and the hashes of int tuples are not randomized, so the two agree).
+Only the watcher builds records (`pack`): when it scans, and at the end of each batch of events
+it sends for a watch with an index (`Recorder`), for the paths the batch named. The daemon
+applies the events and those records (`TreeIndex.apply`) and makes no system call: the lstat
+and the packing run in the watcher's process, on the other core, off the daemon's event path
+(where they cost a seventh of its burst throughput).
+
+The invariant that makes the index exact: a path's record is taken no later than the events
+that named it are published. The watcher takes it after it read those events from the kernel
+and before it sends them; whatever changes after the lstat is in the kernel's queue, and its
+events are published after these. So at any point the index is no newer than what a client
+that read every published event knows, and a resync's diff misses nothing.
 """
 
 from __future__ import annotations
@@ -129,7 +138,85 @@ def subtree_keys(dirs: Dirs, top: str) -> list[str]:
     return keys
 
 
+# The records a batch of events brought: {path: record}, for each path it named (see Recorder).
+Records = dict[str, int]
+# A subtree taken out by an IN_MOVED_FROM: (record, {key relative to it: children}, {path
+# relative to it: still to be looked at}).
 _Held = tuple[int, Dirs, dict[str, int]]
+
+
+def _named(fresh: dict[str, int], mask: int, path: str, below: dict[str, int] | None) -> None:
+    """A path named by a create, modify, attrib, close_write or moved_to: to be looked at,
+    with what was to be looked at below it under its old name (below, for a moved_to)."""
+    if below:
+        for rel, isdir in below.items():
+            fresh[path + rel] = isdir
+    fresh[path] = mask & IN_ISDIR
+
+
+def _gone(fresh: dict[str, int], mask: int, path: str) -> tuple[int | None, dict[str, int]]:
+    """A path deleted or moved away: it is not looked at, nor what is below it. Returns
+    whether it was to be looked at (IN_ISDIR or 0, None: not), and what was below it, relative
+    to it (to be looked at under its new name, if it moved within the tree)."""
+    was_fresh = fresh.pop(path, None)
+    below: dict[str, int] = {}
+    if mask & IN_ISDIR and fresh:
+        prefix = path + "/"
+        for key in [k for k in fresh if k.startswith(prefix)]:
+            below[key[len(path):]] = fresh.pop(key)
+    return was_fresh, below
+
+
+@dataclass(slots=True)
+class Recorder:
+    """The watcher's half of keeping an index: the records of the paths a batch of events names.
+
+    Each path named by a create, modify, attrib, close_write or moved_to is looked at once, at
+    the end of the batch, whatever number of events named it: a burst of creates and deletes of
+    one path costs no system call at all. A path named, then deleted or moved away within the
+    batch is not looked at; one below a directory that moved is looked at under its new name
+    (when the pair is split between two batches, in the next one). TreeIndex.apply follows the
+    same rules, so it finds a record for each path it is to record.
+
+    In the watcher rather than in the daemon: the watcher runs in a process of its own, on the
+    other core, and has just read the events; the daemon's event path stays free of system
+    calls. The records go with the batch (channel.Events), so they are taken before its events
+    are published (the invariant above).
+    """
+
+    # What was still to be looked at below a directory that moved away, by cookie (see _gone).
+    # Kept for one more batch, as a pair may be split between two.
+    _moving: dict[int, dict[str, int]] = field(default_factory=dict)
+    _moving_old: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def records(self, items: list[Item]) -> Records:
+        """The records of the paths `items` named, as they are now."""
+        out: Records = {}
+        lstat = os.lstat
+        for path, isdir in self.named(items).items():
+            try:
+                out[path] = pack(lstat(path))
+            except OSError:
+                out[path] = UNKNOWN_DIR if isdir else UNKNOWN_FILE
+        return out
+
+    def named(self, items: list[Item]) -> dict[str, int]:
+        """The paths to look at after `items`: path -> IN_ISDIR or 0."""
+        fresh: dict[str, int] = {}
+        moving, moving_old = self._moving, self._moving_old
+        for mask, cookie, path, _src in items:
+            if mask & _STAT_AFTER:
+                below = None
+                if mask & IN_MOVED_TO and (moving or moving_old):
+                    below = moving.pop(cookie, None) or moving_old.pop(cookie, None)
+                _named(fresh, mask, path, below)
+            elif mask & _GONE_AFTER and fresh:
+                _, below = _gone(fresh, mask, path)
+                if below and mask & IN_MOVED_FROM:
+                    moving[cookie] = below
+        moving_old.clear()
+        self._moving_old, self._moving = moving, moving_old
+        return fresh
 
 
 @dataclass(slots=True)
@@ -138,9 +225,8 @@ class TreeIndex:
 
     root: str
     dirs: Dirs = field(default_factory=dict)
-    # Subtrees taken out by an IN_MOVED_FROM, by cookie, until their IN_MOVED_TO puts them back:
-    # (record, {key relative to the moved directory: children}, {path relative to it: to be
-    # looked at}). Kept for one more batch, as a pair may be split between two.
+    # Subtrees taken out by an IN_MOVED_FROM, by cookie, until their IN_MOVED_TO puts them back
+    # (see _Held). Kept for one more batch, as a pair may be split between two.
     _moving: dict[int, _Held] = field(default_factory=dict)
     _moving_old: dict[int, _Held] = field(default_factory=dict)
     # Cookies of moves whose source the index did not hold (replays, see apply), until their
@@ -157,14 +243,14 @@ class TreeIndex:
         self._moving_old.clear()
         self._orphans.clear()
 
-    def apply(self, items: list[Item]) -> list[Item]:
-        """Bring the index up to date with a batch of events about to be published; returns the
-        events to publish: `items` itself, but for the replays described below.
+    def apply(self, items: list[Item], records: Records) -> list[Item]:
+        """Bring the index up to date with a batch of events about to be published, and the
+        records the watcher took at its end (Recorder); returns the events to publish: `items`
+        itself, but for the replays described below.
 
-        Each path named by a create, modify, attrib, close_write or moved_to is looked at once,
-        at the end of the batch, whatever number of events named it: a burst of creates and
-        deletes in one batch costs no system call at all. Looking at it before the events go
-        out keeps the index no newer than what a client reading after them can see.
+        No system call here: the events move and remove entries (a directory's subtree goes
+        with it), and the paths they leave to be looked at (by Recorder's rules, which are
+        these) take their state from `records` (a path missing there: unknown).
 
         Replays. The kernel events of changes made while a resync scanned come after its
         synthetic events, which already show those changes. Applied again, a create or a delete
@@ -173,26 +259,20 @@ class TreeIndex:
         So a move whose source the index does not hold is not published: its destination is
         known already (or, if not, it is published as a create).
         """
-        fresh: dict[str, int] = {}  # path -> IN_ISDIR or 0, to look at
+        fresh: dict[str, int] = {}  # path -> IN_ISDIR or 0, to be recorded
         replays: list[int] | None = None  # positions of moves that are replays
         for i, (mask, cookie, path, src_path) in enumerate(items):
             if mask & _STAT_AFTER:
+                below = None
                 if mask & IN_MOVED_TO:
                     if cookie in self._orphans:
                         replays = replays or []
                         replays.append(i)
                     else:
-                        self._moved_to(cookie, path, src_path, fresh)
-                fresh[path] = mask & IN_ISDIR
+                        below = self._moved_to(cookie, path, src_path)
+                _named(fresh, mask, path, below)
             elif mask & _GONE_AFTER:
-                was_fresh = fresh.pop(path, None)
-                below: dict[str, int] = {}
-                if mask & IN_ISDIR and fresh:
-                    # What is still to be looked at below a directory that goes goes with it
-                    # (to be looked at under its new name, if it moved within the tree).
-                    prefix = path + "/"
-                    for key in [k for k in fresh if k.startswith(prefix)]:
-                        below[key[len(path):]] = fresh.pop(key)
+                was_fresh, below = _gone(fresh, mask, path)
                 if not self._remove(path, cookie if mask & IN_MOVED_FROM else None, below,
                                     was_fresh) and mask & IN_MOVED_FROM:
                     self._orphans[cookie] = None
@@ -201,7 +281,7 @@ class TreeIndex:
         if replays is not None:
             items = self._without_replays(items, replays)
         if fresh:
-            self._look(fresh)
+            self._record(fresh, records)
         if self._moving_old:
             self._moving_old.clear()
         if self._moving:
@@ -225,20 +305,19 @@ class TreeIndex:
             del out[i]
         return out
 
-    def _look(self, fresh: dict[str, int]) -> None:
-        """Record the current state of paths that events named."""
-        dirs = self.dirs
+    def _record(self, fresh: dict[str, int], records: Records) -> None:
+        """Set the state of the paths a batch named, as the watcher found them."""
+        dirs, root = self.dirs, self.root
         for path, isdir in fresh.items():
-            parent, name = split(path)
-            if parent == path or not name:
+            parent, _, name = path.rpartition("/")
+            if not name or path == root:
                 continue  # the root itself is not one of its entries
-            try:
-                record = pack(os.lstat(path))
-            except OSError:
+            record = records.get(path)
+            if record is None:
                 record = UNKNOWN_DIR if isdir else UNKNOWN_FILE
-            children = dirs.get(parent)
+            children = dirs.get(parent or "/")
             if children is None:
-                children = dirs[parent] = {}
+                children = dirs[parent or "/"] = {}
             children[name] = record
             if record & IS_DIR and path not in dirs:
                 dirs[path] = {}
@@ -248,7 +327,7 @@ class TreeIndex:
         """Take a path (and what is below it) out; False when the index does not hold it.
 
         was_fresh: the path was named earlier in this batch (IN_ISDIR or 0) and is yet to be
-        looked at, so it is known even if not recorded yet.
+        recorded, so it is known even if not recorded yet.
         """
         parent, name = split(path)
         record = self.dirs.get(parent, {}).pop(name, None)
@@ -264,21 +343,20 @@ class TreeIndex:
             self._moving[cookie] = (record, moved, below)
         return True
 
-    def _moved_to(self, cookie: int, path: str, src_path: str | None,
-                  fresh: dict[str, int]) -> None:
-        """Put a subtree taken out by its IN_MOVED_FROM back, at its new name."""
+    def _moved_to(self, cookie: int, path: str, src_path: str | None) -> dict[str, int] | None:
+        """Put a subtree taken out by its IN_MOVED_FROM back, at its new name; returns what was
+        to be looked at below it (relative to it)."""
         if src_path is None:
-            return
+            return None
         held = self._moving.pop(cookie, None) or self._moving_old.pop(cookie, None)
         if held is None:
-            return
+            return None
         record, moved, below = held
-        for rel, isdir in below.items():
-            fresh[path + rel] = isdir
         parent, name = split(path)
         self.dirs.setdefault(parent, {})[name] = record
         for rel, children in moved.items():
             self.dirs[path + rel] = children
+        return below
 
 
 def scan(root: str, real_root: str, *, recursive: bool,

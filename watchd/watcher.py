@@ -280,7 +280,12 @@ class Watcher:
             self.send(channel.Scan(name, *scanned))
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
-        """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches."""
+        """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches.
+
+        For a watch the daemon keeps an index of, each batch goes with the records of the paths
+        it named (watchd.index.Recorder), taken here, now, before the daemon publishes it: the
+        lstat runs on our core, not on the daemon's event path. Other watches cost no stat.
+        """
         wanted = watch.wanted
         if wanted is None:
             items = list(map(_ITEM, events))  # the common case, at C speed
@@ -288,9 +293,12 @@ class Watcher:
             items = [_ITEM(ev) for ev in events if wanted(ev.path.rpartition("/")[2])]
         name = watch.name
         send_events = self.channel.send_events
+        recorder = watch.recorder if name in self.channel.resync_on else None
         step = channel.BATCH_MAX
         for start in range(0, len(items), step):
-            send_events(name, [(now, items[start : start + step])])
+            batch = items[start : start + step]
+            send_events(name, [(now, batch)],
+                        [None if recorder is None else recorder.records(batch)])
 
     def retry_limited(self, now: float) -> None:
         """Watch what a limit left unwatched again, once watches may have been freed (see
