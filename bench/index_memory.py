@@ -1,51 +1,168 @@
 """Bytes per tracked path of the per-watch index, and the time to scan and compare a tree.
 
-    python -m bench.index_memory [--dirs 200] [--files 100] [--dir /dev/shm]
+    python -m bench.index_memory [--dirs 50000] [--files 200000] [--dir /dev/shm] [--reps 3]
 
-Builds dirs x files empty files (names like file00042.txt), scans them into an index under
-tracemalloc, and reports the bytes per path; then times a plain scan and a diff of two scans.
+Builds a tree of `--dirs` directories and `--files` files (empty; on a tmpfs by default) shaped
+like a source tree: directories nested up to `--depth` deep, each holding a few subdirectories
+and a few files, names of realistic lengths (directories 3 to 13 characters, files a stem of 3
+to 17 and a usual extension; `--name-scale` stretches both). Then:
+
+- the index's memory: the bytes tracemalloc sees allocated by one scan (watchd.index.scan),
+  divided by the paths it tracks, and how much of it is directory overhead (the per-directory
+  dicts and keys) against the entries (names, records, slots);
+- the time of a plain scan (best of `--reps`) and of a diff of two scans of the unchanged tree.
+
+The tree is built with a fixed seed: two runs (two layouts of the index) measure the same tree.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import pathlib
+import random
+import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 
 from watchd.diff import diff
-from watchd.index import count, scan
+from watchd.index import Dirs, TreeIndex, count
+from watchd.scan import scan
+
+_EXTENSIONS = (".py", ".c", ".h", ".js", ".ts", ".txt", ".md", ".json", ".go", ".rs")
+_LETTERS = "abcdefghijklmnopqrstuvwxyz_"
+
+
+def _name(rng: random.Random, low: int, high: int, scale: float) -> str:
+    length = max(1, round(rng.randint(low, high) * scale))
+    return "".join(rng.choice(_LETTERS) for _ in range(length))
+
+
+def build(root: pathlib.Path, dirs: int, files: int, depth: int, scale: float) -> None:
+    """A tree of `dirs` directories (root excluded) and `files` files, as the docstring says."""
+    rng = random.Random(20261127)
+    made: list[tuple[pathlib.Path, int]] = [(root, 0)]
+    root.mkdir(parents=True)
+    frontier = [(root, 0)]
+    while len(made) - 1 < dirs:
+        parent, level = frontier[rng.randrange(len(frontier))]
+        path = parent / _name(rng, 3, 13, scale)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        made.append((path, level + 1))
+        if level + 1 < depth:
+            frontier.append((path, level + 1))
+    every = [path for path, _ in made]
+    written = 0
+    while written < files:
+        path = every[rng.randrange(len(every))] / (_name(rng, 3, 17, scale)
+                                                   + rng.choice(_EXTENSIONS))
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        written += 1
+
+
+def _traced(build: Callable[[], object]) -> tuple[object, int]:
+    """What build returns, and the bytes tracemalloc sees it keep."""
+    tracemalloc.start()
+    start = tracemalloc.get_traced_memory()[0]
+    kept = build()
+    used = tracemalloc.get_traced_memory()[0] - start
+    tracemalloc.stop()
+    return kept, used
+
+
+def _scan(root: pathlib.Path) -> Dirs:
+    return scan(str(root), str(root), recursive=True, wanted=None, prune=None)
+
+
+def _index(root: pathlib.Path) -> TreeIndex:
+    index = TreeIndex(str(root))
+    index.replace(_scan(root))
+    return index
+
+
+def _small_records(root: pathlib.Path) -> Dirs:
+    # The dict layout with every record cut to 60 bits: what a smaller int would save.
+    return {key: {name: record & (1 << 60) - 1 for name, record in children.items()}
+            for key, children in _scan(root).items()}
+
+
+def _best(reps: int, fn: Callable[[], object]) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(root: pathlib.Path, reps: int) -> None:
+    dirs, as_dicts = _traced(lambda: _scan(root))
+    assert isinstance(dirs, dict)
+    paths = count(dirs)
+    print(f"tree: {paths:,} paths in {len(dirs):,} directories")
+    names = sum(sys.getsizeof(name) for children in dirs.values() for name in children)
+    records = sum(sys.getsizeof(r) for children in dirs.values() for r in children.values()
+                  if not -5 <= r <= 256)
+    keys = sum(sys.getsizeof(key) for key in dirs)
+    tables = sum(sys.getsizeof(children) for children in dirs.values()) + sys.getsizeof(dirs)
+    print(f"as scanned (a dict per directory): {as_dicts / paths:.1f} bytes per path: names "
+          f"{names / paths:.1f}, records {records / paths:.1f}, dict tables "
+          f"{tables / paths:.1f}, directory keys {keys / paths:.1f} (sys.getsizeof)")
+    del dirs
+    _, small = _traced(lambda: _small_records(root))
+    print(f"the same with 60-bit records: {small / paths:.1f} bytes per path")
+    index, at_rest = _traced(lambda: _index(root))
+    assert isinstance(index, TreeIndex)
+    print(f"index (directories at rest): {at_rest / paths:.1f} bytes per path")
+    fresh = _scan(root)
+    scan_s = _best(reps, lambda: _scan(root))
+    freeze_s = _best(reps, lambda: TreeIndex(str(root)).replace(fresh))
+    thaw_s = _best(reps, index.as_dirs)
+    t0 = time.perf_counter()
+    result = diff(index.as_dirs(), fresh, str(root), itertools.count(1))
+    diff_s = time.perf_counter() - t0 - thaw_s
+    print(f"scan {scan_s:.3f} s (watcher); at the daemon: to rest {freeze_s:.3f} s, back to "
+          f"dicts {thaw_s:.3f} s, diff {diff_s:.3f} s ({result.changes} changes); best of "
+          f"{reps} but the diff")
 
 
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dirs", type=int, default=200)
-    parser.add_argument("--files", type=int, default=100)
-    parser.add_argument("--dir", default="/dev/shm")
+    parser.add_argument("--dirs", type=int, default=50_000)
+    parser.add_argument("--files", type=int, default=200_000)
+    parser.add_argument("--depth", type=int, default=8, help="deepest level of directories")
+    parser.add_argument("--name-scale", type=float, default=1.0,
+                        help="stretch every name's length by this factor")
+    parser.add_argument("--dir", default="/dev/shm", help="where to build the tree")
+    parser.add_argument("--keep", help="build the tree here once and keep it (reused if there)")
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
+    if args.keep:
+        root = pathlib.Path(args.keep)
+        if not root.exists():
+            t0 = time.perf_counter()
+            build(root, args.dirs, args.files, args.depth, args.name_scale)
+            print(f"built {root} in {time.perf_counter() - t0:.1f} s")
+        measure(root, args.reps)
+        return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = pathlib.Path(tmp) / "tree"
-        for d in range(args.dirs):
-            sub = root / f"d{d:05}"
-            sub.mkdir(parents=True)
-            for f in range(args.files):
-                (sub / f"file{f:05}.txt").touch()
-        tracemalloc.start()
-        start = tracemalloc.get_traced_memory()[0]
-        dirs = scan(str(root), str(root), recursive=True, wanted=None, prune=None)
-        used = tracemalloc.get_traced_memory()[0] - start
-        tracemalloc.stop()
-        paths = count(dirs)
-        print(f"index: {paths} paths, {used} bytes, {used / paths:.1f} bytes per path")
         t0 = time.perf_counter()
-        again = scan(str(root), str(root), recursive=True, wanted=None, prune=None)
-        t1 = time.perf_counter()
-        result = diff(dirs, again, str(root), itertools.count(1))
-        t2 = time.perf_counter()
-        print(f"scan {t1 - t0:.3f} s, diff {t2 - t1:.3f} s ({result.changes} changes)")
+        build(root, args.dirs, args.files, args.depth, args.name_scale)
+        print(f"built {args.dirs:,} directories and {args.files:,} files in "
+              f"{time.perf_counter() - t0:.1f} s under {tmp}")
+        measure(root, args.reps)
 
 
 if __name__ == "__main__":

@@ -33,17 +33,20 @@ from watchd.index import (
     IN_MODIFY,
     IN_MOVED_FROM,
     IN_MOVED_TO,
+    UNKNOWN_DIR,
     UNKNOWN_FILE,
     Dirs,
     Item,
     Recorder,
     TreeIndex,
     count,
+    freeze,
     pack,
-    scan,
+    thaw,
 )
 from watchd.inotify import IN_ACCESS, IN_ALL_EVENTS, IN_CLOSE_NOWRITE, IN_OPEN, InotifyFd
 from watchd.inotify.tree import Tree
+from watchd.scan import scan
 from watchd.watcher import Watcher
 
 KIND = {IN_CREATE: "create", IN_DELETE: "delete", IN_MODIFY: "modify", IN_ATTRIB: "attrib",
@@ -155,22 +158,54 @@ def test_scan_does_not_track_excluded_paths_nor_follow_links(tree: pathlib.Path,
 
 
 def test_index_memory_per_path(tmp_path: pathlib.Path) -> None:
-    """A bound that catches a blown-up layout; bench/index_memory.py measures 20,000 files."""
+    """A bound that catches a blown-up layout; bench/index_memory.py measures 250,000 paths.
+
+    Small directories (four files each, as that bench's tree, shaped like a source tree): the
+    per-directory overhead counts."""
     root = tmp_path / "big"
-    for d in range(20):
-        sub = root / f"d{d:03}"
+    for d in range(400):
+        sub = root / f"package{d:03}"
         sub.mkdir(parents=True)
-        for f in range(100):
-            (sub / f"file{f:05}.txt").touch()
+        for f in range(4):
+            (sub / f"module_{f:05}.py").touch()
+    index = TreeIndex(str(root))
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
-        dirs = snap(root)
+        index.replace(snap(root))
         used = tracemalloc.get_traced_memory()[0] - start
     finally:
         tracemalloc.stop()
-    assert count(dirs) == 2020
-    assert used / count(dirs) < 160
+    assert len(index) == 400 * 5
+    assert used / len(index) < 120
+    assert index.as_dirs() == snap(root)
+
+
+def test_directories_at_rest_come_back_as_they_were() -> None:
+    odd = os.fsdecode(b"caf\xe9 \xff")  # a name that is no UTF-8: surrogate escapes
+    children = {"a": 0, "b.txt": UNKNOWN_DIR, odd: (1 << 90) - 1, "\u00e9t\u00e9": 12345 << 58}
+    assert thaw(freeze(children)) == children
+    assert list(thaw(freeze(children))) == list(children)  # in order
+    assert thaw(freeze({})) == {}
+    assert count({"/r": freeze(children), "/r/a": {}}) == 4
+
+
+def test_only_the_directories_events_touch_are_thawed(tree: pathlib.Path) -> None:
+    index = TreeIndex(str(tree))
+    index.replace(snap(tree))
+    assert all(isinstance(children, tuple) for children in index.dirs.values())
+    (tree / "a" / "b" / "new").touch()
+    rec = Recorder()
+    step(index, rec, [(IN_CREATE, 0, f"{tree}/a/b/new", None)])
+    assert isinstance(index.dirs[f"{tree}/a/b"], dict)
+    assert all(isinstance(index.dirs[key], tuple) for key in (str(tree), f"{tree}/a",
+                                                              f"{tree}/c"))
+    # A directory moved away and back takes its entries at rest along.
+    os.rename(tree / "a", tree / "c" / "a")
+    step(index, rec, [(IN_MOVED_FROM | IN_ISDIR, 3, f"{tree}/a", None),
+                      (IN_MOVED_TO | IN_ISDIR, 3, f"{tree}/c/a", f"{tree}/a")])
+    assert isinstance(index.dirs[f"{tree}/c/a"], tuple)
+    assert index.as_dirs() == snap(tree)
 
 
 # -- the diff -----------------------------------------------------------------------------------
@@ -409,7 +444,7 @@ def test_index_follows_events_to_equal_a_scan(tree: pathlib.Path) -> None:
             for _ in range(15):
                 _random_op(rng, tree)
             step(index, rec, _events(ino, t, tree / f"settle{round_}"))
-            assert index.dirs == snap(tree)
+            assert index.as_dirs() == snap(tree)
 
 
 def test_index_keeps_a_path_whose_state_could_not_be_read(tree: pathlib.Path) -> None:
@@ -417,8 +452,8 @@ def test_index_keeps_a_path_whose_state_could_not_be_read(tree: pathlib.Path) ->
     rec = Recorder()
     index.replace(snap(tree))
     step(index, rec, [(IN_CREATE, 0, f"{tree}/vanished", None)])
-    assert index.dirs[str(tree)]["vanished"] == UNKNOWN_FILE
-    got = diff(index.dirs, snap(tree), str(tree), itertools.count(1))
+    assert index.as_dirs()[str(tree)]["vanished"] == UNKNOWN_FILE
+    got = diff(index.as_dirs(), snap(tree), str(tree), itertools.count(1))
     assert simple(got.items) == [("delete", f"{tree}/vanished")]
 
 
@@ -430,7 +465,7 @@ def test_index_moves_a_directory_subtree_by_cookie(tree: pathlib.Path) -> None:
     step(index, rec, [(IN_MOVED_FROM | IN_ISDIR, 9, f"{tree}/a", None)])
     # The pair split across two batches still finds the subtree.
     step(index, rec, [(IN_MOVED_TO | IN_ISDIR, 9, f"{tree}/c/a", f"{tree}/a")])
-    assert index.dirs == snap(tree)
+    assert index.as_dirs() == snap(tree)
 
 
 def test_a_replayed_move_is_not_published(tree: pathlib.Path) -> None:
@@ -443,7 +478,7 @@ def test_a_replayed_move_is_not_published(tree: pathlib.Path) -> None:
     replay = [(IN_MOVED_FROM | IN_ISDIR, 7, f"{tree}/a", None),
               (IN_MOVED_TO | IN_ISDIR, 7, f"{tree}/c/a", f"{tree}/a")]
     assert step(index, rec, replay) == []
-    assert index.dirs == snap(tree)
+    assert index.as_dirs() == snap(tree)
     # Its pair split between two batches, and a destination the index lacks: a create.
     assert step(index, rec, [(IN_MOVED_FROM, 8, f"{tree}/gone", None)]) == []
     (tree / "new").touch()
@@ -454,7 +489,7 @@ def test_a_replayed_move_is_not_published(tree: pathlib.Path) -> None:
     batch = [(IN_MOVED_FROM, 9, f"{tree}/new", None),
              (IN_MOVED_TO, 9, f"{tree}/newer", f"{tree}/new")]
     assert step(index, rec, batch) is batch
-    assert index.dirs == snap(tree)
+    assert index.as_dirs() == snap(tree)
 
 
 # -- the records the watcher sends with each batch ----------------------------------------------
@@ -530,7 +565,7 @@ def test_records_come_with_the_batch_and_keep_the_index_exact(tree: pathlib.Path
     assert len(records) == 1
     assert records[0] == {str(tree / n): pack(os.lstat(tree / n)) for n in ("kept", "top",
                                                                              "settle")}
-    assert index_from(tree, scanned + got).dirs == snap(tree)
+    assert index_from(tree, scanned + got).as_dirs() == snap(tree)
 
 
 def test_a_move_within_one_batch_records_what_moved_under_its_new_name(
@@ -546,7 +581,7 @@ def test_a_move_within_one_batch_records_what_moved_under_its_new_name(
     assert len(records) == 1
     assert set(records[0]) == {f"{tree}/z/new", f"{tree}/z", f"{tree}/settle"}
     assert records[0][f"{tree}/z/new"] == pack(os.lstat(tree / "z" / "new"))
-    assert index_from(tree, scanned + got).dirs == snap(tree)
+    assert index_from(tree, scanned + got).as_dirs() == snap(tree)
 
 
 def test_a_move_split_between_two_batches_records_what_moved_in_the_second(
@@ -571,7 +606,7 @@ def test_a_move_split_between_two_batches_records_what_moved_in_the_second(
     assert f"{tree}/a/link" not in first
     assert set(second) == {f"{tree}/z", f"{tree}/z/link"}
     assert second[f"{tree}/z/link"] == pack(os.lstat(tree / "z" / "link"))
-    assert index_from(tree, scanned + got).dirs == snap(tree)
+    assert index_from(tree, scanned + got).as_dirs() == snap(tree)
 
 
 def test_a_watch_without_an_index_gets_no_records(tree: pathlib.Path) -> None:
@@ -589,7 +624,11 @@ def test_apply_takes_the_watchers_records_as_they_are(tree: pathlib.Path) -> Non
     index = TreeIndex(str(tree))
     index.replace(snap(tree))
     made_up = 12345 << 58
-    index.apply([(IN_CREATE, 0, f"{tree}/top", None), (IN_CREATE, 0, f"{tree}/nowhere", None)],
-                {f"{tree}/top": made_up})
-    assert index.dirs[str(tree)]["top"] == made_up
-    assert index.dirs[str(tree)]["nowhere"] == UNKNOWN_FILE
+    index.apply([(IN_MODIFY, 0, f"{tree}/top", None)], {f"{tree}/top": made_up})
+    assert index.as_dirs()[str(tree)]["top"] == made_up
+    # A batch that also removes takes the event-by-event way: the same.
+    index.apply([(IN_CREATE, 0, f"{tree}/nowhere", None), (IN_DELETE, 0, f"{tree}/c", None),
+                 (IN_ATTRIB, 0, f"{tree}/top", None)], {f"{tree}/top": made_up + 2})
+    assert index.as_dirs()[str(tree)]["top"] == made_up + 2
+    assert index.as_dirs()[str(tree)]["nowhere"] == UNKNOWN_FILE
+    assert "c" not in index.as_dirs()[str(tree)]

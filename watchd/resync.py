@@ -147,7 +147,7 @@ class Resyncer:
             watch.scanned = True
             watch.awaiting = False
             return Resync([], 0, 0.0, notice=False)
-        result = diff(watch.index.dirs, dirs, watch.index.root, self.cookies)
+        result = diff(watch.index.as_dirs(), dirs, watch.index.root, self.cookies)
         watch.index.replace(dirs)
         notice = watch.awaiting
         watch.awaiting = False

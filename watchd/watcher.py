@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from watchd import __version__, channel
 from watchd.channel import Spec
 from watchd.globs import glob_predicate
-from watchd.index import scan
 from watchd.inotify import (
     IN_Q_OVERFLOW,
     InotifyError,
@@ -40,6 +39,7 @@ from watchd.inotify import (
 from watchd.inotify.tree import Tree, TreeEvent
 from watchd.levels import DEFAULT_LOG_LEVEL
 from watchd.reasons import LostReason
+from watchd.scan import scan
 from watchd.watcher_channel import ChannelEnd
 from watchd.watcher_watch import Watch, name_filter
 
