@@ -8,7 +8,7 @@ Layout, chosen for memory: one entry per directory, `{dir path: children}`, so a
 its base name (not its full path) and its record. A scan (`Dirs`, watchd.scan) has a dict
 `{name: record}` as each directory's children. The index keeps a directory at rest (`Frozen`,
 see freeze): its names joined into one string and its records packed in 12 bytes each, about
-a fifth of the memory of a dict of str and int objects (measured by bench/index_memory.py:
+half the memory of a dict of str and int objects (measured by bench/index_memory.py:
 176 bytes per path as dicts on 50,000 directories and 200,000 files, 86 frozen); a directory
 that events touch is turned back into a dict (thawed) and stays one until the next resync.
 
@@ -295,6 +295,23 @@ class TreeIndex:
         """The index in a scan's layout (a copy), to compare with one."""
         return thawed(self.dirs)
 
+    def against(self, scan: Dirs) -> tuple[Dirs, Index]:
+        """The index in a scan's layout, to compare with `scan`, and `scan` at rest (for take).
+
+        A directory at rest that lists exactly what the scan lists for it (most of them, after
+        a loss) is not thawed: the scan's own dict stands in for it, as the diff only reads.
+        """
+        at_rest: Index = {key: freeze(children) for key, children in scan.items()}
+        view: Dirs = {}
+        for key, children in self.dirs.items():
+            if isinstance(children, dict):
+                view[key] = children
+            elif at_rest.get(key) == children:
+                view[key] = scan[key]
+            else:
+                view[key] = thaw(children)
+        return view, at_rest
+
     def _open(self, key: str) -> dict[str, int] | None:
         """A directory's entries, to change: thawed for good if at rest; None: not held."""
         children = self.dirs.get(key)
@@ -305,7 +322,11 @@ class TreeIndex:
 
     def replace(self, dirs: Dirs) -> None:
         """Take a fresh scan as the index, its directories at rest."""
-        self.dirs = {key: freeze(children) for key, children in dirs.items()}
+        self.take({key: freeze(children) for key, children in dirs.items()})
+
+    def take(self, at_rest: Index) -> None:
+        """Take a scan already at rest (see against) as the index."""
+        self.dirs = at_rest
         self._moving.clear()
         self._moving_old.clear()
         self._orphans.clear()

@@ -147,8 +147,9 @@ class Resyncer:
             watch.scanned = True
             watch.awaiting = False
             return Resync([], 0, 0.0, notice=False)
-        result = diff(watch.index.as_dirs(), dirs, watch.index.root, self.cookies)
-        watch.index.replace(dirs)
+        old, at_rest = watch.index.against(dirs)
+        result = diff(old, dirs, watch.index.root, self.cookies)
+        watch.index.take(at_rest)
         notice = watch.awaiting
         watch.awaiting = False
         watch.resyncs += 1
