@@ -1,6 +1,7 @@
 """Bytes per tracked path of the per-watch index, and the time to scan and compare a tree.
 
     python -m bench.index_memory [--dirs 50000] [--files 200000] [--dir /dev/shm] [--reps 3]
+    python -m bench.index_memory --event-path [--reps 41]
 
 Builds a tree of `--dirs` directories and `--files` files (empty; on a tmpfs by default) shaped
 like a source tree: directories nested up to `--depth` deep, each holding a few subdirectories
@@ -12,6 +13,8 @@ to 17 and a usual extension; `--name-scale` stretches both). Then:
   dicts and keys) against the entries (names, records, slots);
 - the time of a plain scan (best of `--reps`) and of a diff of two scans of the unchanged tree.
 
+With --event-path, instead: the daemon's cost per event of keeping the index (see event_path).
+
 The tree is built with a fixed seed: two runs (two layouts of the index) measure the same tree.
 """
 
@@ -19,17 +22,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import marshal
 import os
 import pathlib
 import random
+import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
 
+from watchd import channel
 from watchd.diff import diff
-from watchd.index import Dirs, TreeIndex, count
+from watchd.index import Dirs, Item, Recorder, TreeIndex, count, thaw
 from watchd.scan import scan
 
 _EXTENSIONS = (".py", ".c", ".h", ".js", ".ts", ".txt", ".md", ".json", ".go", ".rs")
@@ -139,6 +145,45 @@ def measure(root: pathlib.Path, reps: int) -> None:
           f"thawed {thaw_s:.3f} s); best of {reps} but the diff")
 
 
+def event_path(where: str, reps: int) -> None:
+    """The daemon's cost per event of keeping the index, for a message of 256 events (128
+    files created and closed in 4 directories): unmarshalling it and applying it, with the
+    records the watcher sends, against the same message without an index, and against the
+    daemon taking the records itself (an lstat per path, as it did before)."""
+    with tempfile.TemporaryDirectory(dir=where) as tmp:
+        paths = []
+        for j in range(4):
+            os.mkdir(f"{tmp}/sub{j}")
+            for i in range(32):
+                paths.append(f"{tmp}/sub{j}/module_{i:05}.py")
+                os.close(os.open(paths[-1], os.O_CREAT | os.O_WRONLY, 0o644))
+        items: list[Item] = [item for p in paths for item in ((0x100, 0, p, None),
+                                                                 (0x8, 0, p, None))]
+        plain = channel.events_frame("w", [(1.0, items)], [None])[4:]
+        recorded = channel.events_frame("w", [(1.0, items)],
+                                        [Recorder().records(items)])[4:]
+        fresh = scan(tmp, tmp, recursive=True, wanted=None, prune=None)
+        times: dict[str, list[float]] = {"no index": [], "records from the watcher": [],
+                                         "lstat in the daemon": []}
+        for _ in range(reps):
+            for label, frame, own in (("no index", plain, None),
+                                      ("records from the watcher", recorded, False),
+                                      ("lstat in the daemon", plain, True)):
+                index = TreeIndex(tmp)
+                index.replace(fresh)
+                for key in list(index.dirs):
+                    index.dirs[key] = thaw(index.dirs[key])  # a directory events keep touching
+                t0 = time.perf_counter()
+                message = marshal.loads(frame)
+                if own is not None:
+                    batch = message[2][0][1]
+                    index.apply(batch, Recorder().records(batch) if own else message[3][0])
+                times[label].append(time.perf_counter() - t0)
+        for label, took in times.items():
+            print(f"{label}: {statistics.median(took) / len(items) * 1e9:.0f} ns per event "
+                  f"(median of {reps})")
+
+
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser()
@@ -150,7 +195,12 @@ def main() -> None:
     parser.add_argument("--dir", default="/dev/shm", help="where to build the tree")
     parser.add_argument("--keep", help="build the tree here once and keep it (reused if there)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--event-path", action="store_true",
+                        help="measure the index's cost per event in the daemon instead")
     args = parser.parse_args()
+    if args.event_path:
+        event_path(args.dir, max(args.reps, 21))
+        return
     if args.keep:
         root = pathlib.Path(args.keep)
         if not root.exists():
