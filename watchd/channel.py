@@ -46,6 +46,9 @@ _EVENTS = Tag.EVENTS.value
 Item = tuple[int, int, str, str | None]
 # One read from the kernel: (wall-clock time, its items).
 Read = tuple[float, list[Item]]
+# The records of the paths a read named, for a watch with an index (watchd.index.Recorder):
+# {path: record}; None for a watch without one.
+Records = dict[str, int] | None
 
 
 class Phase(enum.StrEnum):
@@ -136,13 +139,20 @@ class Applied:
 
 @dataclass(frozen=True, slots=True)
 class Events:
-    """Reads of one watch, oldest first. The watcher frames them with events_frame instead."""
+    """Reads of one watch, oldest first, and each read's records (aligned with reads; see
+    Records). The watcher frames them with events_frame instead.
+
+    The records travel beside the event tuples, not in them: the fan-out serializes the tuples
+    as they are and never looks at the records; only the index does (watchd.resync).
+    """
 
     watch: str
     reads: list[Read]
+    records: list[Records] | None = None  # None: no read has any
 
     def wire(self) -> tuple[Any, ...]:
-        return (_EVENTS, self.watch, self.reads)
+        return (_EVENTS, self.watch, self.reads,
+                [None] * len(self.reads) if self.records is None else self.records)
 
 
 class WatchReport(NamedTuple):
@@ -310,10 +320,10 @@ def frame(message: Message) -> bytes:
     return _frame_raw(message.wire())
 
 
-def events_frame(watch: str, reads: list[Read]) -> bytes:
+def events_frame(watch: str, reads: list[Read], records: list[Records]) -> bytes:
     """An Events message as it goes on the channel, built without the record: the watcher sends
     one per read, and a record's constructor would cost as much as the rest of the framing."""
-    return _frame_raw((_EVENTS, watch, reads))
+    return _frame_raw((_EVENTS, watch, reads, records))
 
 
 def _frame_raw(wire: tuple[Any, ...]) -> bytes:
@@ -359,6 +369,7 @@ def next_message(backlog: deque[tuple[Any, ...]], limit: int = MERGE_MAX) -> tup
     watch, reads = message[1], message[2]
     count = sum(len(items) for _, items in reads)
     merged: list[Any] | None = None
+    records: list[Any] = []
     while backlog:
         following = backlog[0]
         if following[0] != _EVENTS or following[1] != watch:
@@ -369,6 +380,10 @@ def next_message(backlog: deque[tuple[Any, ...]], limit: int = MERGE_MAX) -> tup
         backlog.popleft()
         if merged is None:
             merged = list(reads)
+            records = list(message[3])
         merged.extend(following[2])
+        # Each read keeps its own records: they hold for the end of that read, not of the
+        # merged message (a path a later read deletes must not come back).
+        records.extend(following[3])
         count += more
-    return message if merged is None else (_EVENTS, watch, merged)
+    return message if merged is None else (_EVENTS, watch, merged, records)
