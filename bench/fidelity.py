@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 NON_UTF8 = [b"caf\xe9", b"\xff\xfename", b"ok-\x80"]
 
@@ -104,6 +105,7 @@ class Ops:
     def __init__(self, root: bytes, outside: bytes, rng: random.Random) -> None:
         self.root, self.outside, self.rng = root, outside, rng
         self.counter = 0
+        self.did: tuple[object, ...] = ()  # the last operation and its paths, for --trace
 
     def name(self) -> bytes:
         self.counter += 1
@@ -131,6 +133,7 @@ class Ops:
         dirs = self.dirs()
         files = self.files()
         here = rng.choice(dirs)
+        self.did = (op, here)
         try:
             if op == "create":
                 with open(os.path.join(here, self.name()), "wb") as f:
@@ -141,13 +144,16 @@ class Ops:
             elif op == "chmod" and files:
                 os.chmod(rng.choice(files), rng.choice([0o600, 0o644]))
             elif op == "rename" and files:
-                os.rename(rng.choice(files), os.path.join(rng.choice(dirs), self.name()))
+                src, dst = rng.choice(files), os.path.join(rng.choice(dirs), self.name())
+                self.did = (op, src, dst)
+                os.rename(src, dst)
             elif op == "unlink" and files:
                 os.unlink(rng.choice(files))
             elif op == "mkdir":
                 os.mkdir(os.path.join(here, self.name()))
             elif op == "mkdir_p":
                 deep = os.path.join(here, *[self.name() for _ in range(rng.randint(2, 5))])
+                self.did = (op, deep)
                 os.makedirs(deep)
                 with open(os.path.join(deep, b"leaf"), "wb"):
                     pass
@@ -161,23 +167,30 @@ class Ops:
                 src = rng.choice(dirs[1:])
                 dst_parent = rng.choice(dirs)
                 if not (dst_parent + b"/").startswith(src + b"/"):
-                    os.rename(src, os.path.join(dst_parent, self.name()))
+                    dst = os.path.join(dst_parent, self.name())
+                    self.did = (op, src, dst)
+                    os.rename(src, dst)
             elif op == "move_in":
                 staged = os.path.join(self.outside, self.name())
                 os.makedirs(os.path.join(staged, b"inner"))
                 for i in range(rng.randint(0, 4)):
                     with open(os.path.join(staged, b"inner", b"f%d" % i), "wb"):
                         pass
-                os.rename(staged, os.path.join(here, self.name()))
+                dst = os.path.join(here, self.name())
+                self.did = (op, staged, dst)
+                os.rename(staged, dst)
             elif op == "move_out" and len(dirs) > 1 and rng.random() < 0.5:
-                os.rename(rng.choice(dirs[1:]), os.path.join(self.outside, self.name()))
+                src, dst = rng.choice(dirs[1:]), os.path.join(self.outside, self.name())
+                self.did = (op, src, dst)
+                os.rename(src, dst)
         except FileNotFoundError:
             pass  # a race with our own earlier choice (e.g. a dir removed by an rmtree)
         return op
 
 
 class Subscriber:
-    def __init__(self, sock_path: str) -> None:
+    def __init__(self, sock_path: str, trace: IO[str] | None = None) -> None:
+        self.trace = trace  # every message received is written there, as received
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.connect(sock_path)
         self.file = self.sock.makefile("rb")
@@ -187,6 +200,7 @@ class Subscriber:
         assert reply["type"] == "subscribed", reply
         self.resyncs = 0  # overflow notices with "resync": true
         self.pending = 0  # of those, not yet followed by "resynced"
+        self.reasons: dict[str, int] = {}  # overflow notices by reason
 
     def close(self) -> None:
         self.file.close()
@@ -199,11 +213,15 @@ class Subscriber:
         overflows = 0
         seen = False
         while True:
-            msg = json.loads(self.file.readline())
+            line = self.file.readline()
+            if self.trace is not None:
+                self.trace.write(line.decode(errors="replace"))
+            msg = json.loads(line)
             if msg["type"] == "event":
                 model.apply(msg)
                 seen = seen or (msg["kind"] == "create" and msg["path"] == marker)
             elif msg["type"] == "overflow" and msg.get("resync") is True:
+                self.reasons[msg["reason"]] = self.reasons.get(msg["reason"], 0) + 1
                 self.resyncs += 1
                 self.pending += 1
             elif msg["type"] == "resynced":
@@ -225,6 +243,8 @@ class Result:
     resyncs: int = 0  # overflow notices with "resync": true
     stops: int = 0  # faults made: watcher stopped
     kills: int = 0  # faults made: watcher killed
+    overflows: int = 0  # of the resyncs: after the kernel's queue overflowed
+    restarts: int = 0  # of the resyncs: after the watcher was replaced
 
 
 @dataclass
@@ -284,19 +304,25 @@ def watcher_of(daemon_pid: int) -> int | None:
 
 
 def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, seed: int,
-        faults: Faults | None = None) -> Result:
+        faults: Faults | None = None, trace: IO[str] | None = None) -> Result:
+    """With trace, every operation and every message received is written there."""
     rng = random.Random(seed)
     broot = os.fsencode(root)
     model = Model(broot, snapshot(broot))
-    sub = Subscriber(sock_path)
+    sub = Subscriber(sock_path, trace)
     runner = Ops(broot, os.fsencode(outside), rng)
     differences = announced = pauses = 0
     details: list[str] = []
     try:
         for done in range(1, ops + 1):
             runner.run_one()
+            if trace is not None:
+                trace.write(f"op {done}: {runner.did!r}\n")
             if faults is not None:
                 faults.step()
+                if trace is not None:
+                    trace.write(f"faults: stopped {faults.stopped}, stops {faults.stops}, "
+                                f"kills {faults.kills}\n")
             if done % pause_every and done != ops:
                 continue
             if faults is not None:
@@ -320,7 +346,8 @@ def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, s
             faults.resume()
         sub.close()
     return Result(ops, pauses, differences, announced, details, sub.resyncs,
-                  faults.stops if faults else 0, faults.kills if faults else 0)
+                  faults.stops if faults else 0, faults.kills if faults else 0,
+                  sub.reasons.get("kernel_queue", 0), sub.reasons.get("watcher_restart", 0))
 
 
 def wait_ready(sock_path: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
@@ -347,7 +374,10 @@ def main() -> int:
     parser.add_argument("--kill-every", type=int, default=1500,
                         help="operations between watcher kills (--faults)")
     parser.add_argument("--queue", type=int, default=64,
-                        help="fs.inotify.max_queued_events while the daemon starts (--faults)")
+                        help="fs.inotify.max_queued_events while the daemon starts (--faults; "
+                        "0: leave it as it is)")
+    parser.add_argument("--trace", type=Path,
+                        help="write every operation and every message received to this file")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wd-fid.", dir="/tmp"))
     root, outside = work / "tree", work / "outside"
@@ -361,12 +391,14 @@ def main() -> int:
     # Lowered for the whole run: each replacement watcher takes the limit in force when it
     # starts. Run this under the lock the test suite takes for such changes. A SIGTERM or
     # SIGHUP must restore it too: they unwind through the finally below.
-    old_queue = queue_path.read_text() if args.faults else None
+    old_queue = queue_path.read_text() if args.faults and args.queue else None
+    if old_queue is not None and old_queue.strip() == str(args.queue):
+        old_queue = None  # already so: nothing to change, nor to restore
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: sys.exit(1))
     proc: subprocess.Popen[bytes] | None = None
     try:
-        if args.faults:
+        if old_queue is not None:
             queue_path.write_text(str(args.queue))
         proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)],
                                 stderr=subprocess.DEVNULL)
@@ -377,7 +409,11 @@ def main() -> int:
         daemon_pid = proc.pid
         faults = (Faults(lambda: watcher_of(daemon_pid), random.Random(args.seed + 1),
                          kill_every=args.kill_every) if args.faults else None)
-        result = run(root, outside, sock, args.ops, args.pause_every, args.seed, faults)
+        with contextlib.ExitStack() as stack:
+            trace = (stack.enter_context(args.trace.open("w", errors="backslashreplace"))
+                     if args.trace else None)
+            result = run(root, outside, sock, args.ops, args.pause_every, args.seed, faults,
+                         trace)
         took = time.monotonic() - started
     finally:
         if old_queue is not None:
@@ -389,7 +425,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{result.ops} operations, {result.pauses} comparisons, seed {args.seed}, {took:.1f} s: "
           f"{result.differences} unannounced differences, {result.announced} after a notice; "
-          f"{result.resyncs} resyncs announced, watcher stopped {result.stops} times, "
+          f"{result.resyncs} resyncs announced ({result.overflows} kernel queue overflows, "
+          f"{result.restarts} watcher restarts), watcher stopped {result.stops} times, "
           f"killed {result.kills} times")
     for line in result.details:
         print("  " + line)

@@ -34,7 +34,9 @@ def test_frames_survive_any_chunking() -> None:
 
 def test_the_watcher_frames_events_as_the_record_does() -> None:
     reads: list[channel.Read] = [(1.0, [(0x100, 0, "/a/x", None)])]
-    assert channel.events_frame("a", reads) == channel.frame(channel.Events("a", reads))
+    records: list[channel.Records] = [{"/a/x": 5}]
+    assert channel.events_frame("a", reads, records) == channel.frame(
+        channel.Events("a", reads, records))
 
 
 def test_every_record_comes_back_as_itself_with_its_enums() -> None:
@@ -71,6 +73,17 @@ def test_consecutive_reads_of_one_watch_come_out_as_one_message() -> None:
     assert not backlog
     assert merged[:2] == (channel.Tag.EVENTS, "a")
     assert [(time, len(items)) for time, items in merged[2]] == [(1.0, 2), (2.0, 3), (3.0, 1)]
+
+
+def test_merged_reads_keep_each_its_own_records() -> None:
+    # A path recorded at the end of the first read and deleted in the second: its record
+    # holds for the first read only, so the records stay one per read, never merged.
+    first = channel.Events("a", [(1.0, [(0x100, 0, "/a/x", None)])], [{"/a/x": 7}]).wire()
+    second = channel.Events("a", [(2.0, [(0x200, 0, "/a/x", None)])], [{}]).wire()
+    plain = channel.Events("a", [(3.0, [(0x100, 0, "/a/y", None)])]).wire()
+    merged = channel.next_message(deque([first, second, plain]))
+    assert [time for time, _ in merged[2]] == [1.0, 2.0, 3.0]
+    assert merged[3] == [{"/a/x": 7}, {}, None]
 
 
 def test_merging_stops_at_another_watch_a_notice_or_the_batch_limit() -> None:

@@ -7,17 +7,23 @@ delete its subtree), and compare with the set of paths the new scan holds.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pathlib
 import random
 import shutil
+import socket
 import time
 import tracemalloc
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from watchd import channel
 from watchd.diff import SYNTHETIC, diff
+from watchd.events import DEFAULT_KINDS, kinds_mask
 from watchd.globs import glob_predicate
 from watchd.index import (
     IN_ATTRIB,
@@ -27,16 +33,21 @@ from watchd.index import (
     IN_MODIFY,
     IN_MOVED_FROM,
     IN_MOVED_TO,
+    UNKNOWN_DIR,
     UNKNOWN_FILE,
     Dirs,
     Item,
+    Recorder,
     TreeIndex,
     count,
+    freeze,
     pack,
-    scan,
+    thaw,
 )
 from watchd.inotify import IN_ACCESS, IN_ALL_EVENTS, IN_CLOSE_NOWRITE, IN_OPEN, InotifyFd
 from watchd.inotify.tree import Tree
+from watchd.scan import scan
+from watchd.watcher import Watcher
 
 KIND = {IN_CREATE: "create", IN_DELETE: "delete", IN_MODIFY: "modify", IN_ATTRIB: "attrib",
         IN_MOVED_FROM: "moved_from", IN_MOVED_TO: "moved_to"}
@@ -147,22 +158,70 @@ def test_scan_does_not_track_excluded_paths_nor_follow_links(tree: pathlib.Path,
 
 
 def test_index_memory_per_path(tmp_path: pathlib.Path) -> None:
-    """A bound that catches a blown-up layout; bench/index_memory.py measures 20,000 files."""
+    """A bound that catches a blown-up layout; bench/index_memory.py measures 250,000 paths.
+
+    Small directories (four files each, as that bench's tree, shaped like a source tree): the
+    per-directory overhead counts."""
     root = tmp_path / "big"
-    for d in range(20):
-        sub = root / f"d{d:03}"
+    for d in range(400):
+        sub = root / f"package{d:03}"
         sub.mkdir(parents=True)
-        for f in range(100):
-            (sub / f"file{f:05}.txt").touch()
+        for f in range(4):
+            (sub / f"module_{f:05}.py").touch()
+    index = TreeIndex(str(root))
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
-        dirs = snap(root)
+        index.replace(snap(root))
         used = tracemalloc.get_traced_memory()[0] - start
     finally:
         tracemalloc.stop()
-    assert count(dirs) == 2020
-    assert used / count(dirs) < 160
+    assert len(index) == 400 * 5
+    assert used / len(index) < 120
+    assert index.as_dirs() == snap(root)
+
+
+def test_directories_at_rest_come_back_as_they_were() -> None:
+    odd = os.fsdecode(b"caf\xe9 \xff")  # a name that is no UTF-8: surrogate escapes
+    children = {"a": 0, "b.txt": UNKNOWN_DIR, odd: (1 << 90) - 1, "\u00e9t\u00e9": 12345 << 58}
+    assert thaw(freeze(children)) == children
+    assert list(thaw(freeze(children))) == list(children)  # in order
+    assert thaw(freeze({})) == {}
+    assert count({"/r": freeze(children), "/r/a": {}}) == 4
+
+
+def test_a_resync_thaws_only_the_directories_that_changed(tree: pathlib.Path) -> None:
+    index = TreeIndex(str(tree))
+    index.replace(snap(tree))
+    (tree / "a" / "f0").write_text("changed")
+    os.rename(tree / "a" / "b", tree / "c" / "b")
+    new = snap(tree)
+    old, at_rest = index.against(new)
+    assert old == index.as_dirs()
+    assert old[str(tree)] is new[str(tree)]  # listed the same: the scan's dict stands in
+    assert old[f"{tree}/a"] is not new[f"{tree}/a"]  # changed: thawed
+    expected = diff(index.as_dirs(), new, str(tree), itertools.count(1)).items
+    assert diff(old, new, str(tree), itertools.count(1)).items == expected
+    index.take(at_rest)
+    assert index.as_dirs() == new
+
+
+def test_only_the_directories_events_touch_are_thawed(tree: pathlib.Path) -> None:
+    index = TreeIndex(str(tree))
+    index.replace(snap(tree))
+    assert all(isinstance(children, tuple) for children in index.dirs.values())
+    (tree / "a" / "b" / "new").touch()
+    rec = Recorder()
+    step(index, rec, [(IN_CREATE, 0, f"{tree}/a/b/new", None)])
+    assert isinstance(index.dirs[f"{tree}/a/b"], dict)
+    assert all(isinstance(index.dirs[key], tuple) for key in (str(tree), f"{tree}/a",
+                                                              f"{tree}/c"))
+    # A directory moved away and back takes its entries at rest along.
+    os.rename(tree / "a", tree / "c" / "a")
+    step(index, rec, [(IN_MOVED_FROM | IN_ISDIR, 3, f"{tree}/a", None),
+                      (IN_MOVED_TO | IN_ISDIR, 3, f"{tree}/c/a", f"{tree}/a")])
+    assert isinstance(index.dirs[f"{tree}/c/a"], tuple)
+    assert index.as_dirs() == snap(tree)
 
 
 # -- the diff -----------------------------------------------------------------------------------
@@ -378,6 +437,11 @@ def test_random_changes_replay_exactly(tmp_path: pathlib.Path, seed: int) -> Non
 # -- keeping the index up to date from events -------------------------------------------------
 
 
+def step(index: TreeIndex, rec: Recorder, items: list[Item]) -> list[Item]:
+    """Apply a batch as the daemon does, with the records the watcher takes for it."""
+    return index.apply(items, rec.records(items))
+
+
 def _events(ino: InotifyFd, tree: Tree, settle: pathlib.Path) -> list[Item]:
     """Read the tree's events until the marker file's create shows up."""
     settle.write_text("")
@@ -394,6 +458,7 @@ def _events(ino: InotifyFd, tree: Tree, settle: pathlib.Path) -> list[Item]:
 
 def test_index_follows_events_to_equal_a_scan(tree: pathlib.Path) -> None:
     index = TreeIndex(str(tree))
+    rec = Recorder()
     with InotifyFd() as ino:
         t = Tree(ino, str(tree), QUIET, synthetic=True)
         t.start()
@@ -402,27 +467,29 @@ def test_index_follows_events_to_equal_a_scan(tree: pathlib.Path) -> None:
         for round_ in range(6):
             for _ in range(15):
                 _random_op(rng, tree)
-            index.apply(_events(ino, t, tree / f"settle{round_}"))
-            assert index.dirs == snap(tree)
+            step(index, rec, _events(ino, t, tree / f"settle{round_}"))
+            assert index.as_dirs() == snap(tree)
 
 
 def test_index_keeps_a_path_whose_state_could_not_be_read(tree: pathlib.Path) -> None:
     index = TreeIndex(str(tree))
+    rec = Recorder()
     index.replace(snap(tree))
-    index.apply([(IN_CREATE, 0, f"{tree}/vanished", None)])
-    assert index.dirs[str(tree)]["vanished"] == UNKNOWN_FILE
-    got = diff(index.dirs, snap(tree), str(tree), itertools.count(1))
+    step(index, rec, [(IN_CREATE, 0, f"{tree}/vanished", None)])
+    assert index.as_dirs()[str(tree)]["vanished"] == UNKNOWN_FILE
+    got = diff(index.as_dirs(), snap(tree), str(tree), itertools.count(1))
     assert simple(got.items) == [("delete", f"{tree}/vanished")]
 
 
 def test_index_moves_a_directory_subtree_by_cookie(tree: pathlib.Path) -> None:
     index = TreeIndex(str(tree))
+    rec = Recorder()
     index.replace(snap(tree))
     os.rename(tree / "a", tree / "c" / "a")
-    index.apply([(IN_MOVED_FROM | IN_ISDIR, 9, f"{tree}/a", None)])
+    step(index, rec, [(IN_MOVED_FROM | IN_ISDIR, 9, f"{tree}/a", None)])
     # The pair split across two batches still finds the subtree.
-    index.apply([(IN_MOVED_TO | IN_ISDIR, 9, f"{tree}/c/a", f"{tree}/a")])
-    assert index.dirs == snap(tree)
+    step(index, rec, [(IN_MOVED_TO | IN_ISDIR, 9, f"{tree}/c/a", f"{tree}/a")])
+    assert index.as_dirs() == snap(tree)
 
 
 def test_a_replayed_move_is_not_published(tree: pathlib.Path) -> None:
@@ -430,19 +497,248 @@ def test_a_replayed_move_is_not_published(tree: pathlib.Path) -> None:
     # at its new name already; its kernel events come after them and must not undo that.
     os.rename(tree / "a", tree / "c" / "a")
     index = TreeIndex(str(tree))
+    rec = Recorder()
     index.replace(snap(tree))
     replay = [(IN_MOVED_FROM | IN_ISDIR, 7, f"{tree}/a", None),
               (IN_MOVED_TO | IN_ISDIR, 7, f"{tree}/c/a", f"{tree}/a")]
-    assert index.apply(replay) == []
-    assert index.dirs == snap(tree)
+    assert step(index, rec, replay) == []
+    assert index.as_dirs() == snap(tree)
     # Its pair split between two batches, and a destination the index lacks: a create.
-    assert index.apply([(IN_MOVED_FROM, 8, f"{tree}/gone", None)]) == []
+    assert step(index, rec, [(IN_MOVED_FROM, 8, f"{tree}/gone", None)]) == []
     (tree / "new").touch()
-    assert index.apply([(IN_MOVED_TO, 8, f"{tree}/new", f"{tree}/gone")]) == [
+    assert step(index, rec, [(IN_MOVED_TO, 8, f"{tree}/new", f"{tree}/gone")]) == [
         (IN_CREATE, 0, f"{tree}/new", None)]
     # An ordinary move is published as it is, the very list.
     os.rename(tree / "new", tree / "newer")
     batch = [(IN_MOVED_FROM, 9, f"{tree}/new", None),
              (IN_MOVED_TO, 9, f"{tree}/newer", f"{tree}/new")]
-    assert index.apply(batch) is batch
-    assert index.dirs == snap(tree)
+    assert step(index, rec, batch) is batch
+    assert index.as_dirs() == snap(tree)
+
+
+# -- records that do not say it all: unknown states, inodes used again, moves into namesakes ---
+
+_U = UNKNOWN_DIR
+
+
+def _d(ino: int) -> int:
+    return ino << 58 | 1
+
+
+def _f(ino: int, content: int = 1) -> int:
+    return ino << 58 | content << 18
+
+
+_R = "/r"
+TANGLED = {
+    # b/c took the place of b, whose own inode the index never learnt.
+    "child-replaces-unknown-parent": (
+        {_R: {"b": _U}, "/r/b": {"c": _d(10)}, "/r/b/c": {"e": _U}, "/r/b/c/e": {}},
+        {_R: {"b": _d(10)}, "/r/b": {"e": _d(15)}, "/r/b/e": {}}),
+    # f moved into a new f as f/a; the new f holds a file named as one the old f held.
+    "moved-into-new-namesake": (
+        {_R: {"f": _d(3)}, "/r/f": {"d": _f(12)}},
+        {_R: {"f": _d(12)}, "/r/f": {"d": _f(5), "a": _d(3)}, "/r/f/a": {}}),
+    # Found by test_random_records_replay_exactly (as records, they are its seeds 389, 705).
+    "unknown-directory-replaced-with-its-file-kept": (
+        {"/r": {"a": 1, "f": 2594073385365929985, "d": 2305843009213693952,
+                "e": 1441151880758820865},
+         "/r/a": {"f": 2017612633062506496, "e": 1152921504607371264, "a": 3458764513820803072,
+                  "b": 1},
+         "/r/f": {}, "/r/a/b": {"b": 3170534137669353472, "d": 576460752303685633},
+         "/r/a/b/d": {}, "/r/e": {}},
+        {"/r": {"e": 2882303761517641728, "c": 2594073385365929985, "a": 1441151880758820865},
+         "/r/c": {"a": 576460752303947777, "d": 2017612633062244353}, "/r/c/a": {},
+         "/r/a": {"a": 3458764513820803072}, "/r/c/d": {}}),
+    "create-below-a-directory-that-moved-this-round-and-goes": (
+        {"/r": {"d": 288230376151711744, "c": 1441151880759083009, "e": 1152921504607109120,
+                "a": 2305843009214218240},
+         "/r/c": {"e": 864691128455397376, "a": 1, "b": 2594073385365929985},
+         "/r/c/a": {"e": 576460752303947776}, "/r/c/b": {}},
+        {"/r": {"f": 1441151880758558721, "e": 576460752303947776},
+         "/r/f": {"a": 864691128455659521}, "/r/f/a": {"d": 2017612633061982209},
+         "/r/f/a/d": {"a": 2594073385365405696}}),
+}
+
+
+@pytest.mark.parametrize("case", list(TANGLED))
+def test_tangled_changes_replay_exactly(case: str) -> None:
+    old, new = TANGLED[case]
+    items = diff(old, new, _R, itertools.count(1 << 32)).items
+    assert replay(paths(old), items, {_R}) == paths(new)
+
+
+def _random_dirs(rng: random.Random, inodes: list[int], unknown: bool) -> Dirs:
+    """A small tree; each inode used once (a directory has one name), unknown states if asked."""
+    pool = rng.sample(inodes, len(inodes))
+    dirs: Dirs = {_R: {}}
+    for _ in range(rng.randint(1, 12)):
+        parent, name = rng.choice(list(dirs)), rng.choice("abcdef")
+        if name in dirs[parent] or not pool:
+            continue
+        is_dir = rng.random() < 0.5
+        ino = pool.pop()
+        if unknown and rng.random() < 0.1:
+            dirs[parent][name] = _U if is_dir else 0
+        else:
+            dirs[parent][name] = _d(ino) if is_dir else _f(ino, rng.randrange(3))
+        if is_dir:
+            dirs[f"{parent}/{name}"] = {}
+    return dirs
+
+
+def test_random_records_replay_exactly() -> None:
+    # Small trees over few inodes: moves, inodes used again, types changed, states unknown.
+    for seed in range(3000):
+        rng = random.Random(seed)
+        inodes = list(range(1, rng.randint(2, 20)))
+        old, new = _random_dirs(rng, inodes, True), _random_dirs(rng, inodes, False)
+        items = diff(old, new, _R, itertools.count(1 << 32)).items
+        assert replay(paths(old), items, {_R}) == paths(new), seed
+
+
+
+# -- the records the watcher sends with each batch ----------------------------------------------
+
+
+@contextlib.contextmanager
+def watching(root: pathlib.Path, *, resync: bool = True,
+             ) -> Iterator[tuple[Watcher, socket.socket]]:
+    """The watcher, in this process, watching root on a real socketpair (the daemon's end)."""
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    with ours, theirs:
+        watcher = Watcher(ours)
+        if resync:
+            watcher.channel.resync_on = frozenset({"w"})
+        spec = channel.Spec("w", str(root), True, kinds_mask(DEFAULT_KINDS), (), (), str(root))
+        watcher.apply([spec])
+        try:
+            yield watcher, theirs
+        finally:
+            for watch in watcher.watches.values():
+                watcher.deactivate(watch)
+
+
+def sent_until(watcher: Watcher, theirs: socket.socket, reader: channel.FrameReader,
+               last: pathlib.Path) -> list[tuple[Any, ...]]:
+    """The messages the watcher sends as it reads its queue, until one names `last`."""
+    watch = watcher.watches["w"]
+    out: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert watch.ino is not None
+        watch.ino.wait_readable(0.5)
+        watcher.read_watch(watch)
+        with contextlib.suppress(BlockingIOError):
+            while data := theirs.recv(1 << 16):
+                out += reader.feed(data)
+        if any(item[2] == str(last) for m in out if m[0] == channel.Tag.EVENTS
+               for _, items in m[2] for item in items):
+            return out
+    raise AssertionError(f"no event on {last} came")
+
+
+def index_from(root: pathlib.Path, messages: list[tuple[Any, ...]]) -> TreeIndex:
+    """The daemon's index of the watch after these messages: its scan, then each read."""
+    index = TreeIndex(str(root))
+    for m in messages:
+        if m[0] == channel.Tag.SCAN:
+            index.replace(m[2])
+        elif m[0] == channel.Tag.EVENTS:
+            for (_, items), records in zip(m[2], m[3], strict=True):
+                assert index.apply(items, records) is items
+    return index
+
+
+def all_records(messages: list[tuple[Any, ...]]) -> list[dict[str, int]]:
+    return [records for m in messages if m[0] == channel.Tag.EVENTS for records in m[3]]
+
+
+def test_records_come_with_the_batch_and_keep_the_index_exact(tree: pathlib.Path) -> None:
+    reader = channel.FrameReader()
+    with watching(tree) as (watcher, theirs):
+        scanned = reader.feed(theirs.recv(1 << 20))
+        (tree / "kept").write_text("kept")
+        (tree / "brief").write_text("gone at once")  # created and deleted in one batch
+        (tree / "brief").unlink()
+        (tree / "top").chmod(0o600)
+        (tree / "settle").write_text("")
+        got = sent_until(watcher, theirs, reader, tree / "settle")
+    assert [m[0] for m in scanned] == [channel.Tag.SCAN]
+    records = all_records(got)
+    # Each path once per batch, as it was at its end; nothing for one that is gone by then.
+    assert len(records) == 1
+    assert records[0] == {str(tree / n): pack(os.lstat(tree / n)) for n in ("kept", "top",
+                                                                             "settle")}
+    assert index_from(tree, scanned + got).as_dirs() == snap(tree)
+
+
+def test_a_move_within_one_batch_records_what_moved_under_its_new_name(
+        tree: pathlib.Path) -> None:
+    reader = channel.FrameReader()
+    with watching(tree) as (watcher, theirs):
+        scanned = reader.feed(theirs.recv(1 << 20))
+        (tree / "a" / "new").write_text("written, then its directory renamed")
+        os.rename(tree / "a", tree / "z")
+        (tree / "settle").write_text("")
+        got = sent_until(watcher, theirs, reader, tree / "settle")
+    records = all_records(got)
+    assert len(records) == 1
+    assert set(records[0]) == {f"{tree}/z/new", f"{tree}/z", f"{tree}/settle"}
+    assert records[0][f"{tree}/z/new"] == pack(os.lstat(tree / "z" / "new"))
+    assert index_from(tree, scanned + got).as_dirs() == snap(tree)
+
+
+def test_a_move_split_between_two_batches_records_what_moved_in_the_second(
+        tree: pathlib.Path) -> None:
+    # One read of BATCH_MAX + 1 events goes as two batches: the file created in a/ first, then
+    # creates up to the batch's end, where the rename's moved_from falls; its moved_to opens
+    # the next batch. The file is looked at once, under its new name, with the second batch.
+    queue = int(pathlib.Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if queue < 2 * channel.BATCH_MAX:
+        pytest.skip(f"fs.inotify.max_queued_events is {queue} (lowered by another test?): "
+                    f"the burst of {channel.BATCH_MAX + 1} events would overflow it")
+    reader = channel.FrameReader()
+    with watching(tree) as (watcher, theirs):
+        scanned = reader.feed(theirs.recv(1 << 20))
+        os.symlink("x", tree / "a" / "link")
+        for i in range(channel.BATCH_MAX - 2):
+            os.symlink("x", tree / f"l{i:04}")
+        os.rename(tree / "a", tree / "z")
+        got = sent_until(watcher, theirs, reader, tree / "z")
+    batches = [items for m in got if m[0] == channel.Tag.EVENTS for _, items in m[2]]
+    assert [len(items) for items in batches][:1] == [channel.BATCH_MAX]
+    assert len(batches) == 2  # (the second: the moved_to, and the directory's move_self)
+    assert batches[0][-1][:3:2] == (IN_MOVED_FROM | IN_ISDIR, f"{tree}/a")
+    assert batches[1][0][0] == IN_MOVED_TO | IN_ISDIR
+    first, second = all_records(got)
+    assert f"{tree}/a/link" not in first
+    assert set(second) == {f"{tree}/z", f"{tree}/z/link"}
+    assert second[f"{tree}/z/link"] == pack(os.lstat(tree / "z" / "link"))
+    assert index_from(tree, scanned + got).as_dirs() == snap(tree)
+
+
+def test_a_watch_without_an_index_gets_no_records(tree: pathlib.Path) -> None:
+    reader = channel.FrameReader()
+    with watching(tree, resync=False) as (watcher, theirs):
+        (tree / "settle").write_text("")
+        got = sent_until(watcher, theirs, reader, tree / "settle")
+    assert not [m for m in got if m[0] == channel.Tag.SCAN]
+    assert all_records(got) == [None]
+
+
+def test_apply_takes_the_watchers_records_as_they_are(tree: pathlib.Path) -> None:
+    # The daemon looks at nothing itself: a record it is given is the record it keeps, and a
+    # path it is to record that the watcher had no record for is unknown.
+    index = TreeIndex(str(tree))
+    index.replace(snap(tree))
+    made_up = 12345 << 58
+    index.apply([(IN_MODIFY, 0, f"{tree}/top", None)], {f"{tree}/top": made_up})
+    assert index.as_dirs()[str(tree)]["top"] == made_up
+    # A batch that also removes takes the event-by-event way: the same.
+    index.apply([(IN_CREATE, 0, f"{tree}/nowhere", None), (IN_DELETE, 0, f"{tree}/c", None),
+                 (IN_ATTRIB, 0, f"{tree}/top", None)], {f"{tree}/top": made_up + 2})
+    assert index.as_dirs()[str(tree)]["top"] == made_up + 2
+    assert index.as_dirs()[str(tree)]["nowhere"] == UNKNOWN_FILE
+    assert "c" not in index.as_dirs()[str(tree)]

@@ -13,10 +13,11 @@ from tests.harness import config, wait_for, watch
 from tests.picture import Picture, listing
 from tests.test_index import QUIET, _events, snap
 from watchd.config.model import WatchConfig
-from watchd.index import count, scan_parts
+from watchd.index import Recorder, count
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
 from watchd.resync import Resyncer
+from watchd.scan import scan_parts
 
 
 def make_tree(root: pathlib.Path, dirs: int, files: int) -> int:
@@ -86,6 +87,11 @@ def test_events_between_parts_leave_the_index_equal_to_the_tree(tmp_path: pathli
     resync = Resyncer()
     resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
     rng = random.Random(seed)
+    recorder = Recorder()
+
+    def track(items: list) -> None:  # as the watcher sends a batch, and the daemon takes it
+        resync.track("w", [(0.0, items)], [recorder.records(items)])
+
     with InotifyFd() as ino:
         tree = Tree(ino, str(root), QUIET, synthetic=True)
         tree.start()
@@ -98,11 +104,11 @@ def test_events_between_parts_leave_the_index_equal_to_the_tree(tmp_path: pathli
             for _ in range(4):
                 file_op(rng, root)
             resync.filled("w", part, start=False, done=False)
-            resync.track("w", [(0.0, _events(ino, tree, root / f"settle{round_}"))])
+            track(_events(ino, tree, root / f"settle{round_}"))
         resync.filled("w", {}, start=False, done=True)
-        resync.track("w", [(0.0, _events(ino, tree, root / "settle-end"))])
+        track(_events(ino, tree, root / "settle-end"))
     assert resync.resyncing(["w"]) == {"w"}  # complete: a loss now is resynchronized
-    assert resync.watches["w"].index.dirs == snap(root)
+    assert resync.watches["w"].index.as_dirs() == snap(root)
 
 
 def test_a_loss_during_the_fill_is_not_resynchronized() -> None:
@@ -115,7 +121,7 @@ def test_a_loss_during_the_fill_is_not_resynchronized() -> None:
     # The whole scan after the loss fills it; from then on, losses are resynchronized.
     assert resync.scanned("w", {"/nowhere": {"f": 0}}, 0.0) is not None
     resync.filled("w", {"/nowhere": {"late": 0}}, start=False, done=True)  # stale: ignored
-    assert resync.watches["w"].index.dirs == {"/nowhere": {"f": 0}}
+    assert resync.watches["w"].index.as_dirs() == {"/nowhere": {"f": 0}}
     assert resync.resyncing(["w"]) == {"w"} and resync.to_fill() == []
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from tests.harness import wait_for
 from tests.inotify.isolation import run_isolated
+from tests.picture import Picture, listing
 from watchd.inotify import (
     IN_ACCESS,
     IN_ALL_EVENTS,
@@ -584,6 +585,139 @@ def test_a_directory_renamed_to_a_pruned_name_leaves_the_tree(
     (root / ".cache" / "f").touch()
     run.drain()
     assert run.reported() == [(IN_MOVED_FROM | IN_ISDIR, str(root / "build"))]
+
+
+def picture_of(run: Run, before: set[str]) -> set[str]:
+    """The paths a client that listed `before` holds after applying the tree's events."""
+    kinds = ((IN_CREATE, "create"), (IN_DELETE, "delete"), (IN_MOVED_FROM, "moved_from"),
+             (IN_MOVED_TO, "moved_to"))
+    picture = Picture(before)
+    for e in run.events:
+        kind = next((k for bit, k in kinds if e.mask & bit), None)
+        if kind is not None and SENTINEL not in e.path:
+            # Never a path in a directory the client was not told of (but a delete or a
+            # move's source: those a client can ignore).
+            parent = os.path.dirname(e.path)
+            assert (kind in ("delete", "moved_from") or parent in picture.paths
+                    or parent == str(run.tree.root)), (kind, e.path)
+            picture.apply({"type": "event", "kind": kind, "path": e.path, "cookie": e.cookie,
+                           "src_path": e.src_path})
+    return picture.paths
+
+
+def real(root: pathlib.Path) -> set[str]:
+    """The paths below root, sentinels left out."""
+    return {p for p in listing(root) if SENTINEL not in p}
+
+
+def test_a_directory_moved_into_a_new_one_before_its_events_are_read(
+    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+) -> None:
+    # The walk of the new chain meets b, watched at z/b, whose rename it has not read (and
+    # whose IN_MOVED_TO never comes: y was not watched when b moved in). b must be reported
+    # with what it holds, and stay watched at its new path.
+    root = tmp_path / "root"
+    (root / "z" / "b" / "c").mkdir(parents=True)
+    (root / "z" / "b" / "c" / "f").touch()
+    run = make_run(synthetic=True)
+    before = listing(root)
+    (root / "a" / "x" / "y").mkdir(parents=True)
+    (root / "z" / "b").rename(root / "a" / "x" / "y" / "b")
+    run.drain()
+    assert picture_of(run, before) == real(root)
+    assert run.watched() == {str(root / d) for d in ("", "z", "a", "a/x", "a/x/y", "a/x/y/b",
+                                                     "a/x/y/b/c")}
+    (root / "a" / "x" / "y" / "b" / "c" / "g").touch()
+    run.drain()
+    assert (IN_CREATE, str(root / "a/x/y/b/c/g")) in run.reported()
+    assert picture_of(run, before) == real(root)
+
+
+def test_what_left_a_moved_directory_before_the_walk_met_it_is_not_reported_there(
+    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+) -> None:
+    # d moves into the new a, then e leaves d for outside the tree, all before the tree
+    # reads: the walk of a meets d (moved) but not e. The create of f, queued before, must
+    # not come out under a/d/e, which the client never had; nor may e's watches stay.
+    root = tmp_path / "root"
+    (root / "z" / "d" / "e" / "inner").mkdir(parents=True)
+    run = make_run(synthetic=True)
+    before = real(root)
+    (root / "a").mkdir()
+    (root / "z" / "d" / "e" / "inner" / "f").touch()
+    (root / "z" / "d").rename(root / "a" / "d")
+    (root / "a" / "d" / "e").rename(tmp_path / "e")
+    run.drain()
+    assert picture_of(run, before) == real(root)
+    assert run.watched() == {str(root / p) for p in ("", "z", "a", "a/d")}
+    (tmp_path / "e" / "inner" / "g").touch()
+    run.drain()
+    assert not any("/e/" in p for p in run.paths()[len(before):])
+    assert picture_of(run, before) == real(root)
+
+
+def test_a_directory_moved_in_after_a_listing_reported_it_is_reported_whole(
+    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+) -> None:
+    # d, watched, moves into the new a; then m moves into d from outside. The walk of a lists
+    # d and m (with what m holds) before the IN_MOVED_TO of m is read; a client applies that
+    # as a bare m replacing what the listing said, so m's contents must follow it again.
+    root = tmp_path / "root"
+    (root / "z" / "d").mkdir(parents=True)
+    (tmp_path / "outside" / "m" / "inner").mkdir(parents=True)
+    (tmp_path / "outside" / "m" / "inner" / "f").touch()
+    run = make_run(synthetic=True)
+    before = real(root)
+    (root / "a").mkdir()
+    (root / "z" / "d").rename(root / "a" / "d")
+    (tmp_path / "outside" / "m").rename(root / "a" / "d" / "m")
+    run.drain()
+    assert picture_of(run, before) == real(root)
+    (root / "a" / "d" / "m" / "inner" / "g").touch()
+    run.drain()
+    assert (IN_CREATE, str(root / "a/d/m/inner/g")) in run.reported()
+
+
+def test_a_new_directory_out_of_reach_until_a_rename_is_reported_before_what_follows(
+    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+) -> None:
+    # When new/ is read, p has become q: new/ cannot be reached by its parent's path until
+    # the rename is read. What it holds is then reported at once, before the events that
+    # follow the rename (here: the create of `after`), not at the end of the batch.
+    root = tmp_path / "root"
+    (root / "p").mkdir(parents=True)
+    run = make_run(synthetic=True)
+    before = real(root)
+    (root / "p" / "new" / "deep").mkdir(parents=True)
+    (root / "p" / "new" / "deep" / "f").touch()
+    (root / "p").rename(root / "q")
+    (root / "after").touch()
+    run.drain()
+    paths = run.paths(IN_CREATE)
+    assert paths.index(str(root / "q/new/deep/f")) < paths.index(str(root / "after"))
+    assert picture_of(run, before) == real(root)
+
+
+def test_a_bind_mount_made_later_does_not_move_the_watched_directory(
+    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+) -> None:
+    root = tmp_path / "root"
+    (root / "real" / "sub").mkdir(parents=True)
+    run = make_run(synthetic=True)
+    real_wd = next(wd for wd in range(1, 100) if run.tree.path_of(wd) == str(root / "real"))
+    (root / "bind").mkdir()
+    mounted = subprocess.run(
+        ["mount", "--bind", root / "real", root / "bind"], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        run.drain()
+        # Reached by both paths: it is the same directory seen twice, not one that moved.
+        assert run.tree.path_of(real_wd) == str(root / "real")
+        assert run.watched() == {str(root), str(root / "real"), str(root / "real/sub")}
+    finally:
+        subprocess.run(["umount", root / "bind"], check=True)
 
 
 # --- 4. deletion -------------------------------------------------------------------------------

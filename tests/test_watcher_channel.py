@@ -55,12 +55,12 @@ def test_messages_arrive_whole_and_in_order(pair: tuple[ChannelEnd, socket.socke
     end, theirs = pair
     end.send(channel.Hello(7))
     for i in range(50):  # more than the socket takes at once: the rest waits in the end
-        end.send_events("w", batch(20 + i))
+        end.send_events("w", batch(20 + i), [None])
     end.send(channel.Overflow("w"))
     got = drain(end, theirs, channel.FrameReader())
     assert got[0] == ("hello", 7)
     assert [len(m[2][0][1]) for m in got[1:-1]] == [20 + i for i in range(50)]
-    assert got[-1] == ("overflow", "w", False, "kernel_queue")
+    assert got[-1] == ("overflow", "w", False)
     assert end.out_bytes == 0
     assert not end.out_registered  # nothing waits: no wake-ups for writability
 
@@ -70,24 +70,24 @@ def test_a_full_buffer_drops_with_one_overflow_per_episode(
     end, theirs = pair
     sent = 0
     while not end.dropping:  # the daemon does not read: fill the socket, then the buffer
-        end.send_events("w", batch(10))
+        end.send_events("w", batch(10), [None])
         sent += 1
         assert sent < 10_000
     assert end.out_registered  # frames wait: the loop is woken when the socket takes more
-    assert end.out_bytes <= LIMIT
+    # Bounded: batches up to the limit, and the notice of the loss, which always goes.
+    assert end.out_bytes <= LIMIT + len(channel.frame(channel.Overflow("w")))
     for _ in range(20):
-        end.send_events("w", batch(10))  # dropped, and not announced again
-    end.send_events("v", batch(10))  # another watch's loss is its own notice
+        end.send_events("w", batch(10), [None])  # dropped, and not announced again
+    end.send_events("v", batch(10), [None])  # another watch's loss is its own notice
     reader = channel.FrameReader()
     got = drain(end, theirs, reader)
     overflows = [m for m in got if m[0] == "overflow"]
-    assert overflows == [("overflow", "w", False, "kernel_queue"),
-                         ("overflow", "v", False, "kernel_queue")]
+    assert overflows == [("overflow", "w", False), ("overflow", "v", False)]
     # The notice follows the last batch that got through.
-    assert got.index(("overflow", "w", False, "kernel_queue")) == len(got) - 2
+    assert got.index(("overflow", "w", False)) == len(got) - 2
     assert len(got) - 2 == sent - 1  # the batch that found the buffer full was not queued
 
-    end.send_events("w", batch(3))  # read again: a new episode, batches go through
+    end.send_events("w", batch(3), [None])  # read again: a new episode, batches go through
     assert "w" not in end.dropping
     assert [m[0] for m in drain(end, theirs, reader)] == ["ev"]
 
@@ -99,12 +99,12 @@ def test_a_watch_with_an_index_is_rescanned_when_dropping_ends(
     rescans: list[str] = []
     end.rescan = lambda name: (rescans.append(name), end.send(channel.Scan(name, {}, 0.0)))[0]
     while not end.dropping:
-        end.send_events("w", batch(10))
+        end.send_events("w", batch(10), [None])
     reader = channel.FrameReader()
     got = drain(end, theirs, reader)
-    assert got[-1] == ("overflow", "w", True, "kernel_queue")  # a scan is promised
+    assert got[-1] == ("overflow", "w", True)  # a scan is promised
     assert rescans == []
-    end.send_events("w", batch(3))  # room again: the scan goes first, then the batch
+    end.send_events("w", batch(3), [None])  # room again: the scan goes first, then the batch
     assert rescans == ["w"]
     assert [m[0] for m in drain(end, theirs, reader)] == ["scan", "ev"]
 

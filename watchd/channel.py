@@ -46,6 +46,9 @@ _EVENTS = Tag.EVENTS.value
 Item = tuple[int, int, str, str | None]
 # One read from the kernel: (wall-clock time, its items).
 Read = tuple[float, list[Item]]
+# The records of the paths a read named, for a watch with an index (watchd.index.Recorder):
+# {path: record}; None for a watch without one.
+Records = dict[str, int] | None
 
 
 class Phase(enum.StrEnum):
@@ -136,13 +139,20 @@ class Applied:
 
 @dataclass(frozen=True, slots=True)
 class Events:
-    """Reads of one watch, oldest first. The watcher frames them with events_frame instead."""
+    """Reads of one watch, oldest first, and each read's records (aligned with reads; see
+    Records). The watcher frames them with events_frame instead.
+
+    The records travel beside the event tuples, not in them: the fan-out serializes the tuples
+    as they are and never looks at the records; only the index does (watchd.resync).
+    """
 
     watch: str
     reads: list[Read]
+    records: list[Records] | None = None  # None: no read has any
 
     def wire(self) -> tuple[Any, ...]:
-        return (_EVENTS, self.watch, self.reads)
+        return (_EVENTS, self.watch, self.reads,
+                [None] * len(self.reads) if self.records is None else self.records)
 
 
 class WatchReport(NamedTuple):
@@ -170,14 +180,17 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Overflow:
-    """Events of the watch were lost (the kernel's queue or the watcher's own buffer overflowed,
-    or a limit left directories unwatched until now: `reason`); resync: a Scan of it follows."""
+    """Events of the watch were lost (`reason`: the kernel's queue or the watcher's own buffer
+    overflowed, a file system mounted in it was unmounted, or a limit left directories
+    unwatched until now); resync: a Scan of it follows."""
 
     watch: str
     resync: bool = False
     reason: OverflowReason = OverflowReason.KERNEL_QUEUE
 
     def wire(self) -> tuple[Any, ...]:
+        if self.reason is OverflowReason.KERNEL_QUEUE:  # the common case, as before reasons
+            return (Tag.OVERFLOW.value, self.watch, self.resync)
         return (Tag.OVERFLOW.value, self.watch, self.resync, self.reason.value)
 
 
@@ -264,7 +277,9 @@ _FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], Notice]] = {
     Tag.HELLO.value: lambda m: Hello(m[1]),
     Tag.APPLIED.value: lambda m: Applied(m[1]),
     Tag.HEARTBEAT.value: _heartbeat,
-    Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2]), OverflowReason(m[3])),
+    # Without a reason: the kernel's queue (see Overflow.wire).
+    Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2]), OverflowReason(
+        m[3] if len(m) > 3 else OverflowReason.KERNEL_QUEUE)),
     Tag.SCAN.value: lambda m: Scan(m[1], m[2], m[3]),
     Tag.FILL.value: lambda m: Fill(m[1], m[2], bool(m[3]), bool(m[4])),
     Tag.LOST.value: lambda m: Lost(m[1], m[2], LostReason(m[3])),
@@ -305,10 +320,10 @@ def frame(message: Message) -> bytes:
     return _frame_raw(message.wire())
 
 
-def events_frame(watch: str, reads: list[Read]) -> bytes:
+def events_frame(watch: str, reads: list[Read], records: list[Records]) -> bytes:
     """An Events message as it goes on the channel, built without the record: the watcher sends
     one per read, and a record's constructor would cost as much as the rest of the framing."""
-    return _frame_raw((_EVENTS, watch, reads))
+    return _frame_raw((_EVENTS, watch, reads, records))
 
 
 def _frame_raw(wire: tuple[Any, ...]) -> bytes:
@@ -354,6 +369,7 @@ def next_message(backlog: deque[tuple[Any, ...]], limit: int = MERGE_MAX) -> tup
     watch, reads = message[1], message[2]
     count = sum(len(items) for _, items in reads)
     merged: list[Any] | None = None
+    records: list[Any] = []
     while backlog:
         following = backlog[0]
         if following[0] != _EVENTS or following[1] != watch:
@@ -364,6 +380,10 @@ def next_message(backlog: deque[tuple[Any, ...]], limit: int = MERGE_MAX) -> tup
         backlog.popleft()
         if merged is None:
             merged = list(reads)
+            records = list(message[3])
         merged.extend(following[2])
+        # Each read keeps its own records: they hold for the end of that read, not of the
+        # merged message (a path a later read deletes must not come back).
+        records.extend(following[3])
         count += more
-    return message if merged is None else (_EVENTS, watch, merged)
+    return message if merged is None else (_EVENTS, watch, merged, records)

@@ -255,9 +255,11 @@ class Daemon:
         self.notifier.extend_timeout(
             EXTEND_TIMEOUT_USEC, f"Establishing watches: {self.watches.directories()} directories")
 
-    def on_events(self, watch: str, reads: list[channel.Read]) -> None:
-        """The hot path: the watcher's reads, to the subscribers."""
-        reads = self.resync.track(watch, reads)
+    def on_events(self, watch: str, reads: list[channel.Read],
+                  records: list[channel.Records]) -> None:
+        """The hot path: the watcher's reads, to the subscribers (and their records, taken by
+        the watcher, to the watch's index)."""
+        reads = self.resync.track(watch, reads, records)
         self.broker.publish_reads(watch, reads)
         self.hold.after_publish()
 
@@ -400,6 +402,7 @@ _LOSSES = {
     OverflowReason.KERNEL_QUEUE: "the kernel event queue overflowed",
     OverflowReason.WATCH_LIMIT: "every directory is watched again after a limit left some out",
     OverflowReason.WATCHER_RESTART: "the watcher was replaced",
+    OverflowReason.UNMOUNT: "a file system mounted in it was unmounted",
 }
 
 

@@ -115,8 +115,8 @@ class _Differ:
     def run(self) -> Diff:
         same_dir = self.match_dirs()
         self.compare(same_dir)
-        self.pair()
-        modify = self.replaced()
+        self.pair(same_dir)
+        modify = self.replaced(same_dir)
         self.out.changes = len(self.gone) - len(self.moves) + len(self.came)
         deletes = [path for path in self.gone if path not in self.moves]
         creates = [path for path in self.came if path not in self.moves.values()]
@@ -143,10 +143,17 @@ class _Differ:
                 taken.add(dst)
         # A directory replaced under its own name (or one whose inode was never known) is the
         # same directory to a client: its entries are compared by name.
-        for path in old_dirs:
-            if path not in same and path in new_dirs and path not in taken:
+        # Parents first: by name only in a directory that is itself the same at its path.
+        for path in sorted(old_dirs, key=_depth):
+            if (path not in same and path in new_dirs and path not in taken
+                    and same.get(split(path)[0]) == split(path)[0]):
                 same[path] = path
                 taken.add(path)
+        # One that stays at its path in a directory that went (replaced by another under its
+        # name) is gone with it to a client, and made anew in the other.
+        for path in sorted(same, key=_depth):
+            if same[path] == path and path != self.root and split(path)[0] not in same:
+                del same[path]
         return same
 
     def compare(self, same_dir: dict[str, str]) -> None:
@@ -185,26 +192,42 @@ class _Differ:
         """Whether two records at one name are one object to a client."""
         if (before ^ after) & IS_DIR:
             return False
-        if before & IS_DIR and src in same_dir:
-            return same_dir[src] == dst
+        if before & IS_DIR:
+            # Only as match_dirs paired them: a directory it left unpaired (its name taken by
+            # another that moved there) is gone, or its contents would be both gone with it and
+            # kept under the other.
+            return same_dir.get(src) == dst
         return inode(before) == inode(after) or not inode(before)
 
-    def pair(self) -> None:
+    def pair(self, same_dir: dict[str, str]) -> None:
         """Pair a vanished path with a new one of the same inode and type, where unambiguous."""
         came_by = _unique_by_inode(self.came)
         gone_by = _unique_by_inode(self.gone)
         for key, src in gone_by.items():
             dst = came_by.get(key)
-            if dst is not None:
+            if dst is None:
+                continue
+            # At one path, it moves only if its directory moved away (it comes back to the
+            # name). In a directory that went and another that took its name: a delete and a
+            # create, for a client has no name to move it through.
+            parent = split(src)[0]
+            if dst != src or same_dir.get(parent, parent) != parent:
                 self.moves[src] = dst
 
-    def replaced(self) -> list[tuple[str, int, int]]:
-        """A file that kept its name but not its inode, and paired with nothing: modified."""
+    def replaced(self, same_dir: dict[str, str]) -> list[tuple[str, int, int]]:
+        """A file that kept its name but not its inode, and paired with nothing: modified.
+
+        Its name in the same directory: one path in two directories (the old one moved away,
+        another took its name) is a delete and a create.
+        """
         moved_to = set(self.moves.values())
         modify: list[tuple[str, int, int]] = []
         for path in [p for p in self.gone if p in self.came]:
             before, after = self.gone[path], self.came[path]
             if (before | after) & IS_DIR or path in self.moves or path in moved_to:
+                continue
+            parent = split(path)[0]
+            if same_dir.get(parent) != parent:
                 continue
             del self.gone[path], self.came[path]
             modify.append((path, before, after))
@@ -250,18 +273,25 @@ class _Differ:
             left_mv: list[tuple[str, str]] = []
             for src, dst in pend_mv:
                 now = pic.now(src)
-                if now == dst:
+                if now == dst and now != src:
                     continue  # where its parent's move already put it
                 if pic.exists(dst) or not pic.ready_parent(dst, busy):
                     left_mv.append((src, dst))
                     continue
                 pic.move(src, now, dst)
                 busy.discard(now)
+                if dst in pic.kids and busy:
+                    # What is still to move or go below it has moved with it.
+                    below = now + "/"
+                    busy = {dst + p[len(now):] if p.startswith(below) else p for p in busy}
                 cookie = next(self.cookies)
                 self.emit(IN_MOVED_FROM, now, self.gone[src], cookie)
                 self.emit(IN_MOVED_TO, dst, self.came[dst], cookie, now)
                 progress = True
             pend_mv = left_mv
+            # Where what is still to move or go is now, after this round's moves.
+            busy = {pic.now(src) for src, _ in pend_mv}
+            busy.update(pic.now(path) for path in pend_del)
             left_cr: list[str] = []
             for path in pend_cr:
                 if pic.exists(path):

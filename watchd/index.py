@@ -4,10 +4,16 @@ The index is what makes exact recovery possible: after a loss (a kernel queue ov
 watcher that crashed or hung), the tree is scanned once and compared with it, and only the
 differences are published (see watchd.diff and watchd.resync).
 
-Layout, chosen for memory: one dict per directory, `{dir path: {name: record}}`, so a path
-costs its base name (not its full path), a dict slot and one int. The record packs what tells
-a changed file from an unchanged one and a moved file from a new one into a single int of at
-most 90 bits (36 bytes as a Python int):
+Layout, chosen for memory: one entry per directory, `{dir path: children}`, so a path costs
+its base name (not its full path) and its record. A scan (`Dirs`, watchd.scan) has a dict
+`{name: record}` as each directory's children. The index keeps a directory at rest (`Frozen`,
+see freeze): its names joined into one string and its records packed in 12 bytes each, about
+half the memory of a dict of str and int objects (measured by bench/index_memory.py:
+176 bytes per path as dicts on 50,000 directories and 200,000 files, 86 frozen); a directory
+that events touch is turned back into a dict (thawed) and stays one until the next resync.
+
+The record packs what tells a changed file from an unchanged one and a moved file from a new
+one into a single int of at most 90 bits (36 bytes as a Python int, 12 frozen):
 
     bit 0        1 for a directory
     bits 1-17    a hash of (mode, uid, gid): an attrib
@@ -19,16 +25,28 @@ unknown: an event named it but it was gone by the time it was looked at. It stay
 so that a loss that hides its deletion still ends in a delete; compared with anything, it
 differs.
 
-Both ends build records with `pack`: the watcher when it scans, the daemon when it applies
-events (same interpreter, and the hashes of int tuples are not randomized, so the two agree).
+Only the watcher builds records (`pack`): when it scans, and at the end of each batch of events
+it sends for a watch with an index (`Recorder`), for the paths the batch named. The daemon
+applies the events and those records (`TreeIndex.apply`) and makes no system call: the lstat
+and the packing run in the watcher's process, on the other core, off the daemon's event path
+(where they cost a seventh of its burst throughput).
+
+The invariant that makes the index exact: a path's record is taken no later than the events
+that named it are published. The watcher takes it after it read those events from the kernel
+and before it sends them; whatever changes after the lstat is in the kernel's queue, and its
+events are published after these. So at any point the index is no newer than what a client
+that read every published event knows, and a resync's diff misses nothing.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Literal
 
 # A snapshot or an index: {directory path: {name: record}}. Every directory that was listed
 # has a key, even an empty one; the root's key is the watch's path.
@@ -55,10 +73,12 @@ IN_ISDIR = 0x40000000
 # Events after which a path's state is looked at again (at the end of the batch).
 _STAT_AFTER = IN_CREATE | IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_TO
 _GONE_AFTER = IN_DELETE | IN_MOVED_FROM
+# Events that move or remove entries of the index (a batch without them takes a fast path).
+_RESHAPES = _GONE_AFTER | IN_MOVED_TO
+_MASK = operator.itemgetter(0)
 
 _S_IFMT, _S_IFDIR = stat.S_IFMT(0o170000), stat.S_IFDIR
 _ORPHANS_MAX = 1024
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def pack(st: os.stat_result) -> int:
@@ -105,31 +125,153 @@ def split(path: str) -> tuple[str, str]:
     return parent or "/", name
 
 
-def count(dirs: Dirs) -> int:
+# A directory at rest: its names joined by "/" (which no name holds) and its records, each in
+# _RECORD_BYTES little-endian bytes, in the same order. A str and a bytes per directory instead
+# of a dict, a str and an int per path.
+Frozen = tuple[str, bytes]
+Children = dict[str, int] | Frozen
+# The index's own layout: a scan's, but with directories at rest.
+Index = dict[str, Children]
+_RECORD_BYTES = 12  # 90 bits
+_LITTLE: Literal["little"] = "little"
+
+
+def freeze(children: dict[str, int]) -> Frozen:
+    """A directory's entries at rest."""
+    return ("/".join(children),
+            b"".join(map(int.to_bytes, children.values(), repeat(_RECORD_BYTES), repeat(_LITTLE))))
+
+
+def thaw(children: Children) -> dict[str, int]:
+    """A directory's entries as a dict (a dict is returned as it is)."""
+    if isinstance(children, dict):
+        return children
+    names, packed = children
+    if not packed:
+        return {}
+    size = _RECORD_BYTES
+    return dict(zip(names.split("/"), map(
+        int.from_bytes, [packed[i : i + size] for i in range(0, len(packed), size)],
+        repeat(_LITTLE)), strict=True))
+
+
+def thawed(dirs: Index | Dirs) -> Dirs:
+    """An index as a scan's layout (a copy where a directory is at rest)."""
+    return {key: thaw(children) for key, children in dirs.items()}
+
+
+def entries(children: Children) -> Iterable[tuple[str, int]]:
+    """(name, record) of a directory, in either form, without thawing it."""
+    return children.items() if isinstance(children, dict) else thaw(children).items()
+
+
+def count(dirs: Index | Dirs) -> int:
     """How many paths a snapshot or an index tracks."""
-    return sum(map(len, dirs.values()))
+    return sum(len(c) if isinstance(c, dict) else len(c[1]) // _RECORD_BYTES
+               for c in dirs.values())
 
 
-def walk(dirs: Dirs, top: str) -> Iterator[tuple[str, int]]:
+def walk(dirs: Index | Dirs, top: str) -> Iterator[tuple[str, int]]:
     """(path, record) of everything below `top` in dirs, parents before children."""
     stack = [top]
     while stack:
         parent = stack.pop()
-        for name, record in dirs.get(parent, {}).items():
+        children = dirs.get(parent)
+        if children is None:
+            continue
+        for name, record in entries(children):
             path = join(parent, name)
             yield path, record
             if record & IS_DIR:
                 stack.append(path)
 
 
-def subtree_keys(dirs: Dirs, top: str) -> list[str]:
+def subtree_keys(dirs: Index, top: str) -> list[str]:
     """The directory keys of `top` and of the directories below it that dirs holds."""
     keys = [top] if top in dirs else []
     keys.extend(path for path, record in walk(dirs, top) if record & IS_DIR and path in dirs)
     return keys
 
 
-_Held = tuple[int, Dirs, dict[str, int]]
+# The records a batch of events brought: {path: record}, for each path it named (see Recorder).
+Records = dict[str, int]
+# A subtree taken out by an IN_MOVED_FROM: (record, {key relative to it: children}, {path
+# relative to it: still to be looked at}).
+_Held = tuple[int, Index, dict[str, int]]
+
+
+def _named(fresh: dict[str, int], mask: int, path: str, below: dict[str, int] | None) -> None:
+    """A path named by a create, modify, attrib, close_write or moved_to: to be looked at,
+    with what was to be looked at below it under its old name (below, for a moved_to)."""
+    if below:
+        for rel, isdir in below.items():
+            fresh[path + rel] = isdir
+    fresh[path] = mask & IN_ISDIR
+
+
+def _gone(fresh: dict[str, int], mask: int, path: str) -> tuple[int | None, dict[str, int]]:
+    """A path deleted or moved away: it is not looked at, nor what is below it. Returns
+    whether it was to be looked at (IN_ISDIR or 0, None: not), and what was below it, relative
+    to it (to be looked at under its new name, if it moved within the tree)."""
+    was_fresh = fresh.pop(path, None)
+    below: dict[str, int] = {}
+    if mask & IN_ISDIR and fresh:
+        prefix = path + "/"
+        for key in [k for k in fresh if k.startswith(prefix)]:
+            below[key[len(path):]] = fresh.pop(key)
+    return was_fresh, below
+
+
+@dataclass(slots=True)
+class Recorder:
+    """The watcher's half of keeping an index: the records of the paths a batch of events names.
+
+    Each path named by a create, modify, attrib, close_write or moved_to is looked at once, at
+    the end of the batch, whatever number of events named it: a burst of creates and deletes of
+    one path costs no system call at all. A path named, then deleted or moved away within the
+    batch is not looked at; one below a directory that moved is looked at under its new name
+    (when the pair is split between two batches, in the next one). TreeIndex.apply follows the
+    same rules, so it finds a record for each path it is to record.
+
+    In the watcher rather than in the daemon: the watcher runs in a process of its own, on the
+    other core, and has just read the events; the daemon's event path stays free of system
+    calls. The records go with the batch (channel.Events), so they are taken before its events
+    are published (the invariant above).
+    """
+
+    # What was still to be looked at below a directory that moved away, by cookie (see _gone).
+    # Kept for one more batch, as a pair may be split between two.
+    _moving: dict[int, dict[str, int]] = field(default_factory=dict)
+    _moving_old: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def records(self, items: list[Item]) -> Records:
+        """The records of the paths `items` named, as they are now."""
+        out: Records = {}
+        lstat = os.lstat
+        for path, isdir in self.named(items).items():
+            try:
+                out[path] = pack(lstat(path))
+            except OSError:
+                out[path] = UNKNOWN_DIR if isdir else UNKNOWN_FILE
+        return out
+
+    def named(self, items: list[Item]) -> dict[str, int]:
+        """The paths to look at after `items`: path -> IN_ISDIR or 0."""
+        fresh: dict[str, int] = {}
+        moving, moving_old = self._moving, self._moving_old
+        for mask, cookie, path, _src in items:
+            if mask & _STAT_AFTER:
+                below = None
+                if mask & IN_MOVED_TO and (moving or moving_old):
+                    below = moving.pop(cookie, None) or moving_old.pop(cookie, None)
+                _named(fresh, mask, path, below)
+            elif mask & _GONE_AFTER and fresh:
+                _, below = _gone(fresh, mask, path)
+                if below and mask & IN_MOVED_FROM:
+                    moving[cookie] = below
+        moving_old.clear()
+        self._moving_old, self._moving = moving, moving_old
+        return fresh
 
 
 @dataclass(slots=True)
@@ -137,10 +279,9 @@ class TreeIndex:
     """One watch's index, kept up to date by the events the daemon publishes for it."""
 
     root: str
-    dirs: Dirs = field(default_factory=dict)
-    # Subtrees taken out by an IN_MOVED_FROM, by cookie, until their IN_MOVED_TO puts them back:
-    # (record, {key relative to the moved directory: children}, {path relative to it: to be
-    # looked at}). Kept for one more batch, as a pair may be split between two.
+    dirs: Index = field(default_factory=dict)
+    # Subtrees taken out by an IN_MOVED_FROM, by cookie, until their IN_MOVED_TO puts them back
+    # (see _Held). Kept for one more batch, as a pair may be split between two.
     _moving: dict[int, _Held] = field(default_factory=dict)
     _moving_old: dict[int, _Held] = field(default_factory=dict)
     # Cookies of moves whose source the index did not hold (replays, see apply), until their
@@ -150,23 +291,61 @@ class TreeIndex:
     def __len__(self) -> int:
         return count(self.dirs)
 
+    def as_dirs(self) -> Dirs:
+        """The index in a scan's layout (a copy), to compare with one."""
+        return thawed(self.dirs)
+
+    def against(self, scan: Dirs) -> tuple[Dirs, Index]:
+        """The index in a scan's layout, to compare with `scan`, and `scan` at rest (for take).
+
+        A directory at rest that lists exactly what the scan lists for it (most of them, after
+        a loss) is not thawed: the scan's own dict stands in for it, as the diff only reads.
+        """
+        at_rest: Index = {key: freeze(children) for key, children in scan.items()}
+        view: Dirs = {}
+        for key, children in self.dirs.items():
+            if isinstance(children, dict):
+                view[key] = children
+            elif at_rest.get(key) == children:
+                view[key] = scan[key]
+            else:
+                view[key] = thaw(children)
+        return view, at_rest
+
+    def _open(self, key: str) -> dict[str, int] | None:
+        """A directory's entries, to change: thawed for good if at rest; None: not held."""
+        children = self.dirs.get(key)
+        if children is None or isinstance(children, dict):
+            return children
+        opened = self.dirs[key] = thaw(children)
+        return opened
+
     def replace(self, dirs: Dirs) -> None:
-        """Take a fresh scan as the index."""
-        self.dirs = dirs
+        """Take a fresh scan as the index, its directories at rest."""
+        self.take({key: freeze(children) for key, children in dirs.items()})
+
+    def take(self, at_rest: Index) -> None:
+        """Take a scan already at rest (see against) as the index."""
+        self.dirs = at_rest
         self._moving.clear()
         self._moving_old.clear()
         self._orphans.clear()
 
-    def apply(self, items: list[Item], *, complete: bool = True) -> list[Item]:
-        """Bring the index up to date with a batch of events about to be published; returns the
-        events to publish: `items` itself, but for the replays described below (only in a
-        `complete` index: while a first scan comes in parts, a source the index lacks is one
-        not listed yet).
+    def fill(self, part: Dirs) -> None:
+        """Take a part of a first scan (channel.Fill): its directories replace what the index
+        held of them (what events put there before they were listed)."""
+        self.dirs.update((key, freeze(children)) for key, children in part.items())
 
-        Each path named by a create, modify, attrib, close_write or moved_to is looked at once,
-        at the end of the batch, whatever number of events named it: a burst of creates and
-        deletes in one batch costs no system call at all. Looking at it before the events go
-        out keeps the index no newer than what a client reading after them can see.
+    def apply(self, items: list[Item], records: Records, *, complete: bool = True,
+              ) -> list[Item]:
+        """Bring the index up to date with a batch of events about to be published, and the
+        records the watcher took at its end (Recorder); returns the events to publish: `items`
+        itself, but for the replays described below (only in a `complete` index: while a
+        first scan comes in parts, a source the index lacks is one not listed yet).
+
+        No system call here: the events move and remove entries (a directory's subtree goes
+        with it), and the paths they leave to be looked at (by Recorder's rules, which are
+        these) take their state from `records` (a path missing there: unknown).
 
         Replays. The kernel events of changes made while a resync scanned come after its
         synthetic events, which already show those changes. Applied again, a create or a delete
@@ -175,26 +354,34 @@ class TreeIndex:
         So a move whose source the index does not hold is not published: its destination is
         known already (or, if not, it is published as a create).
         """
-        fresh: dict[str, int] = {}  # path -> IN_ISDIR or 0, to look at
+        if records and not any(map(_RESHAPES.__and__, map(_MASK, items))):
+            # The common batch (creates, writes): nothing moves or goes, so the paths to record
+            # are exactly those the watcher recorded. The test runs at C speed.
+            self._record_all(records)
+        else:
+            items = self._apply(items, records, complete)
+        if self._moving_old:
+            self._moving_old.clear()
+        if self._moving:
+            self._moving_old, self._moving = self._moving, self._moving_old
+        return items
+
+    def _apply(self, items: list[Item], records: Records, complete: bool) -> list[Item]:
+        """apply, for a batch that moves or removes paths: event by event."""
+        fresh: dict[str, int] = {}  # path -> IN_ISDIR or 0, to be recorded
         replays: list[int] | None = None  # positions of moves that are replays
         for i, (mask, cookie, path, src_path) in enumerate(items):
             if mask & _STAT_AFTER:
+                below = None
                 if mask & IN_MOVED_TO:
                     if cookie in self._orphans:
                         replays = replays or []
                         replays.append(i)
                     else:
-                        self._moved_to(cookie, path, src_path, fresh)
-                fresh[path] = mask & IN_ISDIR
+                        below = self._moved_to(cookie, path, src_path)
+                _named(fresh, mask, path, below)
             elif mask & _GONE_AFTER:
-                was_fresh = fresh.pop(path, None)
-                below: dict[str, int] = {}
-                if mask & IN_ISDIR and fresh:
-                    # What is still to be looked at below a directory that goes goes with it
-                    # (to be looked at under its new name, if it moved within the tree).
-                    prefix = path + "/"
-                    for key in [k for k in fresh if k.startswith(prefix)]:
-                        below[key[len(path):]] = fresh.pop(key)
+                was_fresh, below = _gone(fresh, mask, path)
                 if not self._remove(path, cookie if mask & IN_MOVED_FROM else None, below,
                                     was_fresh) and mask & IN_MOVED_FROM and complete:
                     self._orphans[cookie] = None
@@ -203,11 +390,7 @@ class TreeIndex:
         if replays is not None:
             items = self._without_replays(items, replays)
         if fresh:
-            self._look(fresh)
-        if self._moving_old:
-            self._moving_old.clear()
-        if self._moving:
-            self._moving_old, self._moving = self._moving, self._moving_old
+            self._record(fresh, records)
         if len(self._orphans) > _ORPHANS_MAX:
             self._orphans.clear()  # pairs the kernel split and never finished
         return items
@@ -221,26 +404,28 @@ class TreeIndex:
             if mask & IN_MOVED_TO:
                 self._orphans.pop(cookie, None)
                 parent, name = split(path)
-                if name not in self.dirs.get(parent, {}):
+                if name not in (self._open(parent) or ()):
                     out[i] = (IN_CREATE | (mask & IN_ISDIR), 0, path, None)
                     continue
             del out[i]
         return out
 
-    def _look(self, fresh: dict[str, int]) -> None:
-        """Record the current state of paths that events named."""
-        dirs = self.dirs
-        for path, isdir in fresh.items():
-            parent, name = split(path)
-            if parent == path or not name:
+    def _record(self, fresh: dict[str, int], records: Records) -> None:
+        """Set the state of the paths a batch left to be recorded, as the watcher found them
+        (a path it has no record of: unknown)."""
+        self._record_all({path: records.get(path, UNKNOWN_DIR if isdir else UNKNOWN_FILE)
+                          for path, isdir in fresh.items()})
+
+    def _record_all(self, records: Records) -> None:
+        """Set the state of every path in records, as the watcher found them."""
+        dirs, root = self.dirs, self.root
+        for path, record in records.items():
+            parent, _, name = path.rpartition("/")
+            if not name or path == root:
                 continue  # the root itself is not one of its entries
-            try:
-                record = pack(os.lstat(path))
-            except OSError:
-                record = UNKNOWN_DIR if isdir else UNKNOWN_FILE
-            children = dirs.get(parent)
-            if children is None:
-                children = dirs[parent] = {}
+            children = dirs.get(parent or "/")
+            if not isinstance(children, dict):
+                children = dirs[parent or "/"] = {} if children is None else thaw(children)
             children[name] = record
             if record & IS_DIR and path not in dirs:
                 dirs[path] = {}
@@ -250,15 +435,16 @@ class TreeIndex:
         """Take a path (and what is below it) out; False when the index does not hold it.
 
         was_fresh: the path was named earlier in this batch (IN_ISDIR or 0) and is yet to be
-        looked at, so it is known even if not recorded yet.
+        recorded, so it is known even if not recorded yet.
         """
         parent, name = split(path)
-        record = self.dirs.get(parent, {}).pop(name, None)
+        children = self._open(parent)
+        record = None if children is None else children.pop(name, None)
         if record is None:
             if was_fresh is None:
                 return False
             record = UNKNOWN_DIR if was_fresh else UNKNOWN_FILE
-        moved: Dirs = {}
+        moved: Index = {}
         if record & IS_DIR:
             for key in subtree_keys(self.dirs, path):
                 moved[key[len(path):]] = self.dirs.pop(key)
@@ -266,110 +452,20 @@ class TreeIndex:
             self._moving[cookie] = (record, moved, below)
         return True
 
-    def _moved_to(self, cookie: int, path: str, src_path: str | None,
-                  fresh: dict[str, int]) -> None:
-        """Put a subtree taken out by its IN_MOVED_FROM back, at its new name."""
+    def _moved_to(self, cookie: int, path: str, src_path: str | None) -> dict[str, int] | None:
+        """Put a subtree taken out by its IN_MOVED_FROM back, at its new name; returns what was
+        to be looked at below it (relative to it)."""
         if src_path is None:
-            return
+            return None
         held = self._moving.pop(cookie, None) or self._moving_old.pop(cookie, None)
         if held is None:
-            return
+            return None
         record, moved, below = held
-        for rel, isdir in below.items():
-            fresh[path + rel] = isdir
         parent, name = split(path)
-        self.dirs.setdefault(parent, {})[name] = record
-        for rel, children in moved.items():
-            self.dirs[path + rel] = children
-
-
-def scan(root: str, real_root: str, *, recursive: bool,
-         wanted: Callable[[str], bool] | None,
-         prune: Callable[[str], bool] | None) -> Dirs:
-    """The tree below real_root as an index reported under root, walked by file descriptor.
-
-    Each directory is opened relative to its parent with O_NOFOLLOW, so that a link swapped in
-    for a directory is recorded as a link, never followed out of the tree. Directories whose
-    name `prune` matches (exclude) are neither recorded nor entered; other names are recorded
-    when `wanted` accepts them (include/exclude, as events are), and directories are entered
-    whatever their name. Raises OSError when the root itself cannot be opened.
-    """
-    dirs: Dirs = {}
-    for part in scan_parts(root, real_root, recursive=recursive, wanted=wanted, prune=prune):
-        dirs.update(part)
-    return dirs
-
-
-def scan_parts(root: str, real_root: str, *, recursive: bool,
-               wanted: Callable[[str], bool] | None,
-               prune: Callable[[str], bool] | None,
-               part_size: int = 1 << 62) -> Generator[Dirs, None, None]:
-    """scan, in parts: each part holds whole directories, about part_size entries in all
-    (the last part may be empty). A caller can do other work between two parts, as the
-    watcher does while it fills a watch's first index (see Watcher.fill_step).
-
-    Open directories are held only along the current branch, and closed when the generator
-    is closed before its end. Raises OSError (at the first part) when the root cannot be
-    opened.
-    """
-    fd = os.open(real_root, _O_DIR)
-    dirs: Dirs = {}
-    stack: list[tuple[int, str, list[tuple[str, int, int]]]] = []
-    try:
-        # Depth first over a stack of open directories.
-        stack.append((fd, root, _list(fd, root, dirs, wanted, prune)))
-        entries = len(dirs[root])
-        while stack:
-            if entries >= part_size:
-                yield dirs
-                dirs, entries = {}, 0
-            top_fd, top, subdirs = stack[-1]
-            if not recursive or not subdirs:
-                stack.pop()
-                if top_fd != fd:
-                    os.close(top_fd)
-                continue
-            name, dev, ino = subdirs.pop()
-            try:
-                child = os.open(name, _O_DIR, dir_fd=top_fd)
-            except OSError:
-                continue  # gone, replaced by a link, or unreadable: recorded as listed, not entered
-            child_path = join(top, name)
-            try:
-                st = os.fstat(child)
-                if (st.st_dev, st.st_ino) != (dev, ino):
-                    raise FileNotFoundError  # replaced since it was listed: its events say so
-                grand = _list(child, child_path, dirs, wanted, prune)
-            except OSError:
-                os.close(child)
-                continue
-            entries += len(dirs[child_path])
-            stack.append((child, child_path, grand))
-        yield dirs
-    finally:
-        for top_fd, _, _ in stack:
-            if top_fd != fd:
-                os.close(top_fd)
-        os.close(fd)
-
-
-def _list(fd: int, path: str, dirs: Dirs, wanted: Callable[[str], bool] | None,
-          prune: Callable[[str], bool] | None) -> list[tuple[str, int, int]]:
-    """Record one directory's entries; returns its subdirectories as (name, dev, ino)."""
-    children: dict[str, int] = {}
-    subdirs: list[tuple[str, int, int]] = []
-    with os.scandir(fd) as it:
-        for entry in it:
-            name = entry.name
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue  # gone since it was listed
-            if stat.S_ISDIR(st.st_mode):
-                if prune is not None and prune(name):
-                    continue
-                subdirs.append((name, st.st_dev, st.st_ino))
-            if wanted is None or wanted(name):
-                children[name] = pack(st)
-    dirs[path] = children
-    return subdirs
+        children = self._open(parent)
+        if children is None:
+            children = self.dirs[parent] = {}
+        children[name] = record
+        for rel, kept in moved.items():
+            self.dirs[path + rel] = kept
+        return below

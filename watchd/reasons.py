@@ -16,6 +16,7 @@ class OverflowReason(enum.StrEnum):
     KERNEL_QUEUE = "kernel_queue"
     WATCHER_RESTART = "watcher_restart"
     WATCH_LIMIT = "watch_limit"
+    UNMOUNT = "unmount"  # a file system mounted inside the watched tree was unmounted
 
 
 class LostReason(enum.StrEnum):

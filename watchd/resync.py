@@ -3,10 +3,12 @@
 Where the index lives: in the daemon. The daemon is the one place that outlives a watcher
 crash, and it is where events are published, so the index holds exactly the state "as of the
 last event the daemon published": each batch updates it just before it goes out (see
-TreeIndex.apply). The watcher only scans: once a watch's inotify watches are in place
-(established, re-established after an overflow, or in a replacement watcher), it sends the tree
-as it finds it (channel.SCAN); here that scan is compared with the index, and the differences
-are published as synthetic events, then a `resynced` notice.
+TreeIndex.apply), with the records of the paths it names that the watcher took before sending
+it (watchd.index.Recorder: the system calls stay off the daemon's event path). The watcher
+also scans: once a watch's inotify watches are in place (established, re-established after an
+overflow, or in a replacement watcher), it sends the tree as it finds it (channel.SCAN); here
+that scan is compared with the index, and the differences are published as synthetic events,
+then a `resynced` notice.
 
 The rule for what happens during the rescan: the scan starts after the watches are in place,
 so every change from then on is also in the kernel's queue, and its events are published after
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING
 from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import kinds_mask
-from watchd.index import Dirs, Item, TreeIndex
+from watchd.index import Dirs, Item, Records, TreeIndex
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -115,7 +117,7 @@ class Resyncer:
             watch.fill_started = time.monotonic()
         if not watch.filling:
             return
-        watch.index.dirs.update(dirs)
+        watch.index.fill(dirs)
         if done:
             watch.filling = False
             watch.scanned = True
@@ -123,17 +125,19 @@ class Resyncer:
                      time.monotonic() - watch.fill_started)
 
     def track(self, name: str, reads: list[tuple[float, list[Item]]],
-              ) -> list[tuple[float, list[Item]]]:
-        """Events of a watch about to be published: bring its index up to date. Returns the
-        reads to publish: `reads` itself, unless a move in them was a replay (see
-        TreeIndex.apply)."""
+              records: list[Records | None]) -> list[tuple[float, list[Item]]]:
+        """Events of a watch about to be published, and each read's records (the watcher's,
+        see watchd.index.Recorder): bring its index up to date. Returns the reads to publish:
+        `reads` itself, unless a move in them was a replay (see TreeIndex.apply)."""
         watch = self.watches.get(name)
         if watch is None or not (watch.scanned or watch.filling):
             return reads
         complete = watch.scanned
         out = reads
         for i, (when, items) in enumerate(reads):
-            kept = watch.index.apply(items, complete=complete)
+            # No records: the watcher did not know yet that this watch has an index (the
+            # configuration saying so crossed these events); its paths are recorded unknown.
+            kept = watch.index.apply(items, records[i] or {}, complete=complete)
             if kept is not items:
                 if out is reads:
                     out = list(reads)
@@ -170,8 +174,9 @@ class Resyncer:
             watch.scanned = True
             watch.awaiting = False
             return Resync([], 0, 0.0, notice=False)
-        result = diff(watch.index.dirs, dirs, watch.index.root, self.cookies)
-        watch.index.replace(dirs)
+        old, at_rest = watch.index.against(dirs)
+        result = diff(old, dirs, watch.index.root, self.cookies)
+        watch.index.take(at_rest)
         notice = watch.awaiting
         watch.awaiting = False
         watch.resyncs += 1

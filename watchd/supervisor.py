@@ -41,7 +41,7 @@ class WatcherProcess:
     """One running watcher child: its process, its channel and its exit notification."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log_level: str,
-                 on_events: Callable[[str, list[channel.Read]], None],
+                 on_events: Callable[[str, list[channel.Read], list[channel.Records]], None],
                  on_message: Callable[[channel.Notice], None],
                  on_exit: Callable[[WatcherProcess], None]) -> None:
         self.loop = loop
@@ -169,7 +169,7 @@ class WatcherProcess:
             if raw[0] == events:
                 # Handed on as its fields: building the record would cost more than the rest of
                 # the dispatch, for a message that may hold a single event.
-                self.on_events(raw[1], raw[2])
+                self.on_events(raw[1], raw[2], raw[3])
                 continue
             message = channel.from_watcher(raw)
             if message is not None:  # (a tag of no version of ours: nothing to act on)

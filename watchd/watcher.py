@@ -29,7 +29,7 @@ from collections.abc import Generator, Iterable
 from watchd import __version__, channel
 from watchd.channel import Spec
 from watchd.globs import glob_predicate
-from watchd.index import Dirs, scan_parts
+from watchd.index import Dirs
 from watchd.inotify import (
     IN_DELETE,
     IN_ISDIR,
@@ -44,6 +44,7 @@ from watchd.inotify import (
 from watchd.inotify.tree import Tree, TreeEvent
 from watchd.levels import DEFAULT_LOG_LEVEL
 from watchd.reasons import LostReason, OverflowReason
+from watchd.scan import scan_parts
 from watchd.watcher_channel import ChannelEnd
 from watchd.watcher_watch import Watch, name_filter
 
@@ -259,20 +260,14 @@ class Watcher:
             # The notice goes where the loss is: after what came before it, before the rest.
             cut = next(i for i, ev in enumerate(events) if ev.mask & IN_Q_OVERFLOW)
             self.send_items(watch, events[:cut], now)
-            if watch.name in self.channel.resync_on and tree.lost is None:
-                # The notice at once (the daemon tells subscribers while we scan); watches
-                # first, then the scan: what changes from now on is in the queue too. A scan
-                # that fails is sent as None: the daemon then tells subscribers to rescan.
-                self.send(channel.Overflow(watch.name, resync=True))
-                tree.resync()
-                scanned = self.scan(watch)
-                self.send(channel.Scan(watch.name, *(scanned or (None, 0.0))))
-            else:
-                self.send(channel.Overflow(watch.name))
-                self.send_items(watch, tree.resync(), now)
+            self.resync(watch, OverflowReason.KERNEL_QUEUE, now)
             self.send_items(watch, events[cut + 1 :], now)
         else:
             self.send_items(watch, events, now)
+            if tree.unmounted and tree.lost is None:
+                # A file system mounted in the tree went: the directory underneath is watched
+                # again, and what changed (its contents for the mounted ones) is published.
+                self.resync(watch, OverflowReason.UNMOUNT, now)
         if self.fills and watch.name in self.fills:
             self.check_fill(watch, events)
         if tree.lost is not None:
@@ -280,6 +275,23 @@ class Watcher:
             self.deactivate(watch)
             self.send(channel.Lost(watch.name, watch.path, reason))
         return len(raw)
+
+    def resync(self, watch: Watch, reason: OverflowReason, now: float) -> None:
+        """After a loss (or an unmount) in an established watch: watch again what its tree
+        lacks, and tell the daemon, with a scan of it for a watch that has an index."""
+        tree = watch.tree
+        assert tree is not None
+        if watch.name in self.channel.resync_on and tree.lost is None:
+            # The notice at once (the daemon tells subscribers while we scan); watches first,
+            # then the scan: what changes from now on is in the queue too. A scan that fails
+            # is sent as None: the daemon then tells subscribers to rescan.
+            self.send(channel.Overflow(watch.name, resync=True, reason=reason))
+            tree.resync()
+            scanned = self.scan(watch)
+            self.send(channel.Scan(watch.name, *(scanned or (None, 0.0))))
+        else:
+            self.send(channel.Overflow(watch.name, reason=reason))
+            self.send_items(watch, tree.resync(), now)
 
     def scan(self, watch: Watch) -> tuple[dict[str, dict[str, int]], float] | None:
         """The tree of an established watch as watchd.index records it, and the seconds it
@@ -384,7 +396,12 @@ class Watcher:
         return True
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
-        """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches."""
+        """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches.
+
+        For a watch the daemon keeps an index of, each batch goes with the records of the paths
+        it named (watchd.index.Recorder), taken here, now, before the daemon publishes it: the
+        lstat runs on our core, not on the daemon's event path. Other watches cost no stat.
+        """
         wanted = watch.wanted
         if wanted is None:
             items = list(map(_ITEM, events))  # the common case, at C speed
@@ -392,9 +409,12 @@ class Watcher:
             items = [_ITEM(ev) for ev in events if wanted(ev.path.rpartition("/")[2])]
         name = watch.name
         send_events = self.channel.send_events
+        recorder = watch.recorder if name in self.channel.resync_on else None
         step = channel.BATCH_MAX
         for start in range(0, len(items), step):
-            send_events(name, [(now, items[start : start + step])])
+            batch = items[start : start + step]
+            send_events(name, [(now, batch)],
+                        [None if recorder is None else recorder.records(batch)])
 
     def retry_limited(self, now: float) -> None:
         """Watch what a limit left unwatched again, once watches may have been freed (see

@@ -47,9 +47,11 @@ class ChannelEnd:
         """Queue a message for the daemon and push what the socket takes now."""
         self.push(channel.frame(message))
 
-    def send_events(self, name: str, reads: list[channel.Read]) -> None:
-        """Queue one watch's reads for the daemon, unless our buffer is full: then overflow."""
-        data = channel.events_frame(name, reads)
+    def send_events(self, name: str, reads: list[channel.Read],
+                    records: list[channel.Records]) -> None:
+        """Queue one watch's reads (and their records, aligned) for the daemon, unless our
+        buffer is full: then overflow."""
+        data = channel.events_frame(name, reads, records)
         if self.out_bytes + len(data) > self.limit:
             # The daemon has stopped reading. Losing events is allowed only when announced,
             # once per episode and per watch, at the point where the loss begins.

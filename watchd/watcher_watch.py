@@ -8,10 +8,11 @@ left directories unwatched is retried on a schedule of its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from watchd.channel import Limit, Phase, Spec, WatchReport
 from watchd.globs import glob_predicate
+from watchd.index import Recorder
 from watchd.inotify import InotifyFd
 from watchd.inotify.errors import DirectoryBudgetError
 from watchd.inotify.tree import Tree
@@ -60,6 +61,7 @@ class Watch:
     lost_events: bool = False  # it failed while active: events were lost since
     retry_at: float = 0.0  # monotonic time before which a failed watch is not tried again
     limit_retry_at: float = 0.0  # monotonic; see limit_retry_due
+    recorder: Recorder = field(default_factory=Recorder)  # records for the index (resync)
 
     @property
     def name(self) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness import config, wait_for, watch
+from tests.inotify.test_compat_fixes import mounted_tmpfs
 from tests.picture import Picture, listing
 
 pytestmark = pytest.mark.timeout(90)
@@ -200,3 +203,66 @@ def test_reload_that_changes_exclude_publishes_nothing(start_daemon, watched: Pa
     got = line.until(is_event(watched / "sentinel"), timeout=30)
     assert [m["path"] for m in got if m["type"] == "event"] == [str(watched / "sentinel")]
     assert daemon.status()["watches"][0]["tracked"] == len(listing(watched))
+
+
+@pytest.fixture
+def tmpfs_at(watched: Path) -> Iterator[Path]:
+    """A small tmpfs mounted on watched/sub, over what sub holds (root only)."""
+    sub = watched / "sub"
+    sub.mkdir()
+    (sub / "beneath").write_text("under the mount")
+    (sub / "beneath-dir").mkdir()
+    (sub / "beneath-dir" / "f").touch()
+    with mounted_tmpfs(sub):
+        yield sub
+
+
+def test_unmount_inside_the_tree_publishes_what_is_beneath(start_daemon, watched: Path,
+                                                           tmpfs_at: Path) -> None:
+    sub = tmpfs_at
+    (sub / "held-dir").mkdir()
+    (sub / "held-dir" / "g").touch()
+    daemon = start_daemon(config(watches=watch("w", watched)))
+    line, _ = daemon.subscribe()
+    picture = Picture(listing(watched))
+    (sub / "made-in-mount").touch()
+    settle(line, picture, watched)
+    subprocess.run(["umount", str(sub)], check=True)
+    resynced, got = recover(line, picture, watched, "unmount")
+    assert picture.paths == listing(watched)
+    synthetic = {(m["kind"], m["path"]) for m in got if m.get("synthetic")}
+    assert {("delete", str(sub / "made-in-mount")), ("delete", str(sub / "held-dir")),
+            ("create", str(sub / "beneath")), ("create", str(sub / "beneath-dir")),
+            ("create", str(sub / "beneath-dir" / "f"))} <= synthetic
+    assert resynced["changes"] >= 5
+    # The directory underneath is watched: what happens in it is reported.
+    (sub / "after-unmount").touch()
+    picture.apply_all(line.until(is_event(sub / "after-unmount"), timeout=30))
+    assert picture.paths == listing(watched)
+    settle(line, picture, watched, "zz-sentinel-2")
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ({"include": ["*.txt"]}, {}),
+    ({}, {"include": ["*.txt"]}),
+    ({"events": ["create", "delete"]}, {"events": ["create", "delete", "modify"]}),
+    ({"exclude": ["d1", "d2"]}, {"exclude": ["d3"]}),
+], ids=["include-dropped", "include-added", "events", "exclude-changed"])
+def test_reload_that_changes_the_selection_publishes_nothing(
+        start_daemon, watched: Path, before: dict[str, Any], after: dict[str, Any]) -> None:
+    populate(watched)
+    (watched / "x.txt").touch()
+    daemon = start_daemon(config(watches=watch("w", watched, **before)))
+    line, _ = daemon.subscribe()
+    daemon.reload(config(watches=watch("w", watched, **after)))
+    (watched / "sentinel.txt").touch()
+    got = line.until(is_event(watched / "sentinel.txt"), timeout=30)
+    assert [(m["type"], m.get("path")) for m in got] == [
+        ("event", str(watched / "sentinel.txt"))]
+    # Nor does a loss after it resync against the old selection: nothing changed, nothing comes.
+    os.kill(daemon.watcher_pid(), signal.SIGKILL)
+    resynced = line.until(lambda m: m.get("type") == "resynced", timeout=30)
+    sentinel = str(watched / "sentinel.txt")  # its close_write and such may come before
+    assert [(m["type"], m.get("path")) for m in resynced if m.get("path") != sentinel] == [
+        ("overflow", None), ("resynced", None)]
+    assert resynced[-1]["changes"] == 0

@@ -264,10 +264,11 @@ def test_tree_reports_non_utf8_names(tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def mounted_tmpfs(where: Path) -> Iterator[Path]:
-    """A small tmpfs mounted at `where` (root only); unmounted at the end if still mounted."""
+    """A small tmpfs mounted at `where` (made if missing; root only), over what it holds;
+    unmounted at the end if still mounted."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    where.mkdir()
+    where.mkdir(exist_ok=True)
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
                           capture_output=True, text=True)
     if proc.returncode != 0:

@@ -48,8 +48,9 @@ class Reach:
         self._follow = follow
         self._real_fs_only = real_fs_only
         self._narrow = narrow
-        # prefix -> (fd, st_dev), for one batch; read by the tree, which closes them at its end
-        self.batch_fds: dict[str, tuple[int, int]] = {}
+        # prefix -> (fd, st_dev, wd), for one batch; the tree closes them at its end. The wd:
+        # a directory renamed meanwhile keeps the fd, and another may take its old path.
+        self.batch_fds: dict[str, tuple[int, int, int]] = {}
 
     # -- the root ----------------------------------------------------------------------------
 
@@ -107,23 +108,24 @@ class Reach:
         Opened from the root one name at a time with O_NOFOLLOW (O_PATH: no event), and
         checked to be the watched directory; None when the path no longer leads to it.
         """
-        hit = self.batch_fds.get(prefix)
-        if hit is not None:
-            return hit
+        cached = self.batch_fds.get(prefix)
+        if cached is not None and cached[2] == wd:
+            return cached[0], cached[1]
         if len(self.batch_fds) >= BATCH_FDS:
             self.close_batch_fds()
         root_prefix = self.root_prefix
         try:
+            root_wd = self._watches.root_wd
             root = self.batch_fds.get(root_prefix)
             if root is None:
                 fd = self.open_root()
-                root = (fd, os.fstat(fd).st_dev)
-                if not self.is_watch(fd, self._watches.root_wd):
+                root = (fd, os.fstat(fd).st_dev, root_wd)
+                if not self.is_watch(fd, root_wd):
                     os.close(fd)
                     return None
                 self.batch_fds[root_prefix] = root
             if prefix == root_prefix:
-                return root if wd == self._watches.root_wd else None
+                return (root[0], root[1]) if wd == root_wd else None
             fd = fs.open_below(root[0], prefix[len(root_prefix):-1].split("/"),
                                follow=self._follow)
             hit = (fd, os.fstat(fd).st_dev)
@@ -132,8 +134,29 @@ class Reach:
         if not self.is_watch(fd, wd):
             os.close(fd)
             return None
-        self.batch_fds[prefix] = hit
+        stale = self.batch_fds.pop(prefix, None)
+        if stale is not None:
+            os.close(stale[0])
+        self.batch_fds[prefix] = (*hit, wd)
         return hit
+
+    def leads_to(self, prefix: str, wd: int) -> bool:
+        """Whether `prefix` leads, now, to the directory of watch `wd`.
+
+        Opened afresh from the root, outside the batch's fds: one of them opened at `prefix`
+        holds its directory wherever that has moved since, and a walk may be using them.
+        """
+        try:
+            fd = self.open_root()
+            if prefix != self.root_prefix:  # open_below closes the root's fd, even on error
+                fd = fs.open_below(fd, prefix[len(self.root_prefix):-1].split("/"), own=True,
+                                   follow=self._follow)
+        except OSError:
+            return False
+        try:
+            return self.is_watch(fd, wd)
+        finally:
+            os.close(fd)
 
     def is_watch(self, fd: int, wd: int) -> bool:
         """Whether the directory open as `fd` is the one that watch `wd` is on."""
@@ -155,7 +178,7 @@ class Reach:
 
     def close_batch_fds(self) -> None:
         """Close the fds opened during this batch."""
-        for fd, _ in self.batch_fds.values():
+        for fd, _, _ in self.batch_fds.values():
             os.close(fd)
         self.batch_fds.clear()
 

@@ -8,7 +8,8 @@ import os
 
 from watchd.inotify.flags import IN_CREATE, IN_Q_OVERFLOW
 from watchd.inotify.reach import Reach
-from watchd.inotify.walk import Frame, Settings, Walker, log
+from watchd.inotify.unreadable import log
+from watchd.inotify.walk import Frame, Settings, Walker
 from watchd.inotify.watches import TreeEvent, Watches, dir_path
 
 RESCAN_TRIES = 8  # batches in which a directory to list again may stay out of reach
@@ -29,9 +30,14 @@ class Rescanner:
         self._settings = settings
 
     def watch_new(
-        self, parent_wd: int, parent: str, name: str, out: list[TreeEvent] | None
+        self, parent_wd: int, parent: str, name: str, out: list[TreeEvent] | None, *,
+        moved_in: bool = False,
     ) -> None:
-        """Watch a directory that appeared under `parent`, and everything in it."""
+        """Watch a directory that appeared under `parent`, and everything in it.
+
+        moved_in: an IN_MOVED_TO that took no watches along; what the directory holds is
+        reported even if it is watched already (see Walker._moved_here).
+        """
         hit = self._reach.dir_fd(parent, parent_wd)
         if hit is None:
             # Its path is out of date: see the tree's rules.
@@ -43,16 +49,18 @@ class Rescanner:
             # Listing the new directory opens it, which the parent's watch would report.
             self._reach.set_mask(fd, parent_wd, s.narrow, os.getpid())
         top = Frame(fd, "", parent, dev, parent_wd, subdirs=[name],
-                    fresh=True, own=False, widen=False)
+                    fresh=True, own=False, widen=False, along=moved_in)
         self._walker.walk(top, out, visited=set() if s.follow else None, rescan_missing=True)
         if s.quiet_parent:
             self._reach.set_mask(fd, parent_wd, s.full, os.getpid())
 
-    def run(self, out: list[TreeEvent], *, overflowed: bool) -> bool:
+    def run(self, out: list[TreeEvent], *, overflowed: bool, final: bool = True) -> bool:
         """List again the directories that may hold an unwatched subdirectory (see the rules).
 
         Returns whether the tree has overflowed: it had (`overflowed`), or a directory stayed
-        out of reach too long, and an IN_Q_OVERFLOW is in `out`.
+        out of reach too long, and an IN_Q_OVERFLOW is in `out`. Not `final` (a rename in the
+        middle of a batch may have brought them within reach): one still out of reach is
+        left as it was, for the end of the batch.
         """
         watches = self._watches
         pending, watches.rescan = watches.rescan, {}
@@ -63,7 +71,9 @@ class Rescanner:
                 continue  # gone: nothing of it to account for
             hit = self._reach.dir_fd(prefix, wd)
             if hit is None:
-                if tries + 1 < RESCAN_TRIES:
+                if not final:
+                    watches.rescan[wd] = tries
+                elif tries + 1 < RESCAN_TRIES:
                     watches.rescan[wd] = tries + 1
                 elif not overflowed:
                     # Out of reach for too long: say that events may be lost, so that the

@@ -29,11 +29,23 @@ Rules worth knowing:
   handle() call. When none comes, the directory left the tree: its watches are removed.
   (The kernel queues both during one rename, so they share a read unless the read split
   them; the directory is then watched again, as moved in, when its IN_MOVED_TO comes.)
+* A walk lists the tree as it is now, ahead of the events still queued. A directory it meets
+  already watched at another path, which no longer leads to it, moved here before its
+  rename's events were read (its IN_MOVED_TO never comes when its new parent was not watched
+  yet): its watch moves here at once, and what it holds is reported as for a new directory;
+  the watches below it follow as the walk meets them, and those it does not meet (they left
+  it meanwhile) are removed.
+  A directory's IN_MOVED_TO that took no watches along is followed by what it holds, even if
+  a listing reported it already: a client applies the move as a bare directory that replaces
+  whatever had the name.
 * A new directory that the tree cannot reach (gone, or its parent's path changed before
   the rename's events were read) is not forgotten: its parent is listed again at the end of
   the batch, and of the following batches until that works, and what it holds unwatched is
   watched then (with synthetic creates). Past RESCAN_TRIES batches the tree gives up and
   reports an overflow, so that the caller resyncs and its subscribers rescan.
+* An IN_UNMOUNT of a directory below the root (a file system mounted inside the tree was
+  unmounted) sets `unmounted`: the directory underneath the mount point is not watched, and
+  what the mounted file system held is gone, until the caller calls resync().
 * A directory that cannot be opened or listed (EACCES, EIO...) is that directory's problem:
   it is recorded in `failed` (and logged, at most once per LOG_EVERY_S), and the walk goes on.
 * A directory already watched on the same fd (a bind mount, or another tree or watch of
@@ -75,6 +87,7 @@ __all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
 # Events that need more than a lookup and a report (see Tree._slow).
 _SLOW = IN_ISDIR | IN_MOVED_FROM | IN_MOVED_TO | IN_IGNORED | IN_UNMOUNT | IN_Q_OVERFLOW
 _ROOT_LOSS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
+_WATCH_GONE = IN_IGNORED | IN_UNMOUNT  # of a directory below the root
 # Events that make, unmake or rename a name in a directory.
 _NAMING = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 
@@ -100,6 +113,7 @@ class Tree:
         "lost",
         "overflowed",
         "root",
+        "unmounted",
     )
 
     def __init__(
@@ -139,6 +153,9 @@ class Tree:
         self._decode_errors = sys.getfilesystemencodeerrors()
         self.lost: str | None = None
         self.overflowed = False
+        # A file system mounted below the root was unmounted (IN_UNMOUNT on one of its
+        # directories): the directory underneath is unwatched until resync() watches it.
+        self.unmounted = False
 
     # -- public state ------------------------------------------------------------------------
 
@@ -260,8 +277,11 @@ class Tree:
                     append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
             elif wd == root_wd and mask & (_ROOT_LOSS | IN_IGNORED):
                 self._root_event(ev, out)
-            elif mask & IN_IGNORED:
-                watches.forget(wd)
+            elif mask & _WATCH_GONE:
+                if mask & IN_UNMOUNT:
+                    self.unmounted = True  # its IN_IGNORED follows, and forgets the watch
+                if mask & IN_IGNORED:
+                    watches.forget(wd)
             elif mask & report:
                 path = dir_path(prefix)
                 append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
@@ -306,8 +326,14 @@ class Tree:
             return
         if moved and src_path is not None:
             watches.rename(moved, src_path + "/", path + "/")
+            if watches.rescan:
+                # What waited for its parent's path to be right is listed now, so that its
+                # events come before those that follow the rename, not at the batch's end.
+                self.overflowed = self._rescanner.run(out, overflowed=self.overflowed,
+                                                      final=False)
         else:
-            self._rescanner.watch_new(wd, prefix, name, out if s.synthetic else None)
+            self._rescanner.watch_new(wd, prefix, name, out if s.synthetic else None,
+                                      moved_in=bool(mask & IN_MOVED_TO))
 
     def _root_event(self, ev: RawTuple, out: list[TreeEvent]) -> None:
         """A deletion, move, unmount or IN_IGNORED of the root itself."""
@@ -339,8 +365,9 @@ class Tree:
     # -- overflow ----------------------------------------------------------------------------
 
     def resync(self) -> list[TreeEvent]:
-        """After an overflow: watch directories that appeared, forget those that vanished."""
-        self.overflowed = False
+        """After an overflow or an unmount below the root: watch directories that appeared
+        (the one underneath a mount point among them), forget those that vanished."""
+        self.overflowed = self.unmounted = False
         self._walker.limit_error = None  # found again below if a limit still stands in the way
         watches = self._watches
         watches.rescan.clear()

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
 import os
-import time
 from collections.abc import Callable
 
 from watchd.inotify import fs
@@ -35,10 +33,8 @@ from watchd.inotify.flags import (
     IN_OPEN,
 )
 from watchd.inotify.reach import Reach
+from watchd.inotify.unreadable import Unreadable
 from watchd.inotify.watches import TreeEvent, Watches, dir_path, synthetic_create
-
-# One logger for all that the tree says, whichever of its modules says it.
-log = logging.getLogger("watchd.inotify.tree")
 
 # The bits the tree itself needs, whatever the caller asked for.
 _BOOKKEEPING = IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
@@ -48,8 +44,6 @@ PROGRESS_EVERY = 4096  # directories between two progress reports of a long scan
 # Directories a walk holds open at once: its deepest ones (one fd per level below the
 # walk's start). Shallower ones are closed and opened again from an ancestor when needed.
 MAX_HELD_FDS = 64
-FAILED_KEPT = 1024  # unreadable directories remembered by path; past it, only counted
-LOG_EVERY_S = 10.0  # at most one log line per tree this often about unreadable directories
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,58 +97,18 @@ class Settings:
         )
 
 
-class Unreadable:
-    """The directories of a tree that could not be opened or listed, logged rate-limited.
-
-    Mutable: not a value.
-    """
-
-    __slots__ = ("_log_after", "_log_skipped", "_root", "extra", "failed")
-
-    def __init__(self, root: str) -> None:
-        self._root = root
-        self.failed: dict[str, str] = {}  # prefix -> what went wrong, FAILED_KEPT at most
-        self.extra = 0  # more of them, only counted
-        self._log_after = 0.0
-        self._log_skipped = 0
-
-    def __len__(self) -> int:
-        return len(self.failed) + self.extra
-
-    def record(self, prefix: str, e: OSError | int) -> None:
-        """Record a directory that cannot be opened or listed, and log it (rate-limited)."""
-        err = e if isinstance(e, int) else (e.errno or errno.EIO)
-        reason = os.strerror(err)
-        if prefix in self.failed or len(self.failed) < FAILED_KEPT:
-            self.failed[prefix] = reason
-        else:
-            self.extra += 1
-        now = time.monotonic()
-        if now < self._log_after:
-            self._log_skipped += 1
-            return
-        more = f" ({self._log_skipped} more since the last report)" if self._log_skipped else ""
-        log.warning("%s: cannot read %s: %s; what is below it is not watched%s",
-                    self._root, dir_path(prefix), reason, more)
-        self._log_after = now + LOG_EVERY_S
-        self._log_skipped = 0
-
-    def clear(self) -> None:
-        """Forget them all (a resync looks at every directory again)."""
-        self.failed.clear()
-        self.extra = 0
-
-
 class Frame:
     """One directory of a walk: open (fd >= 0, or closed to spare fds), with subdirs to visit.
 
     Mutable, and private to one walk: not a value.
     """
 
-    __slots__ = ("dev", "fd", "fresh", "name", "own", "prefix", "subdirs", "wd", "widen")
+    __slots__ = ("along", "dev", "fd", "fresh", "name", "own", "prefix", "subdirs", "wd",
+                 "widen")
 
     def __init__(self, fd: int, name: str, prefix: str, dev: int, wd: int, *,
-                 subdirs: list[str], fresh: bool, own: bool, widen: bool) -> None:
+                 subdirs: list[str], fresh: bool, own: bool, widen: bool,
+                 along: bool = False) -> None:
         self.fd = fd
         self.name = name  # its name in the parent frame's directory
         self.prefix = prefix
@@ -164,6 +118,9 @@ class Frame:
         self.fresh = fresh  # watched by this walk: everything it holds is new
         self.own = own  # the walk closes fd when it leaves the frame
         self.widen = widen  # added narrow: set the full mask when leaving the frame
+        # New to the caller as a whole: a subdirectory already watched at its path is listed
+        # and reported again, with all it holds (see Walker._moved_here).
+        self.along = along
 
 
 class Walker:
@@ -172,8 +129,8 @@ class Walker:
     Mutable (counters, a cache of file system types): not a value.
     """
 
-    __slots__ = ("_fs_types", "_ino", "_path_of", "_reach", "_settings", "_watches", "_wd_of",
-                 "limit_error", "max_directories", "unreadable", "unwatched")
+    __slots__ = ("_fs_types", "_ino", "_path_of", "_reach", "_settings", "_stale", "_watches",
+                 "_wd_of", "limit_error", "max_directories", "unreadable", "unwatched")
 
     def __init__(self, ino: InotifyFd, watches: Watches, reach: Reach, settings: Settings) -> None:
         self._ino = ino
@@ -182,6 +139,9 @@ class Walker:
         self._reach = reach
         self._settings = settings
         self._fs_types: dict[int, int] = {}  # st_dev -> statfs f_type
+        # During a walk: wd -> old prefix of the watches below directories that moved here,
+        # not met yet (see _moved_here).
+        self._stale: dict[int, str] = {}
         self.unreadable = Unreadable(reach.root)
         self.unwatched = 0  # directories left unwatched past the watch limit
         self.limit_error: WatchLimitError | None = None
@@ -222,8 +182,11 @@ class Walker:
         at the end of the batch.
         """
         frames = [top]
+        self._stale.clear()
         try:
             self._walk_frames(frames, out, visited, seen, rescan_missing)
+            if self._stale:
+                self._drop_stale()
         finally:
             for f in frames:  # left by an exception: nothing may keep their fds
                 if f.own and f.fd >= 0:
@@ -314,12 +277,14 @@ class Walker:
                         counting = True
                         self.unwatched += 1
                     elif wd == -errno.EEXIST:
-                        adopted = self._adopt(fd, prefix, pid) if seen is not None else None
+                        adopted = (self._adopt(fd, prefix, pid) if seen is not None
+                                   else self._moved_here(fd, prefix, pid, f.along))
                         if adopted is None:
                             os.close(fd)
                             continue  # already watched on this fd (a bind mount, another tree)
-                        seen.add(adopted)  # type: ignore[union-attr]  # seen is set: see above
-                        wd, fresh = adopted, False
+                        if seen is not None:
+                            seen.add(adopted)
+                        wd, fresh = adopted, seen is None  # see _moved_here
                     else:
                         os.close(fd)
                         record(prefix, -wd)
@@ -338,7 +303,7 @@ class Walker:
                 os.close(fd)  # a leaf: done with it (saves a frame per directory)
                 continue
             frames.append(Frame(fd, name, prefix, dev, wd, subdirs=subdirs, fresh=fresh, own=True,
-                                widen=widen))
+                                widen=widen, along=fresh))
             if len(frames) > MAX_HELD_FDS + 1:
                 # Keep the deepest directories open; the top stays open too (see _reopen).
                 spare = frames[-MAX_HELD_FDS - 1]
@@ -381,6 +346,43 @@ class Walker:
                 del self._wd_of[old]
             self._watches.remember(wd, prefix)
         return wd
+
+    def _moved_here(self, fd: int, prefix: str, pid: int, along: bool) -> int | None:
+        """The wd of a directory that a walk (not a resync) meets already watched by this tree.
+
+        Watched at another path that no longer leads to it, it has moved here, and its rename's
+        events are not read yet, or will never come (this directory was not watched when it
+        moved in): its watch moves here at once, and the walk reports what it holds, as for a
+        new directory. The watches below it move as the walk meets them; those it does not
+        meet have left it since, and are removed when the walk ends (see _drop_stale): at the
+        old paths their events would name what a client no longer has. Otherwise (reached by
+        both paths: a bind mount) it is skipped. At its own path it is skipped too, unless
+        `along`: it came with a parent that moved here, or it moved in itself, reported by an
+        IN_MOVED_TO after a listing had reported it, which a client applies as a bare
+        directory that replaces the tree the listing described.
+        """
+        s = self._settings
+        # Adding bits it already has returns the existing wd and changes nothing.
+        wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), s.narrow | IN_MASK_ADD)
+        old = self._path_of.get(wd) if wd >= 0 else None
+        if old is None or (old == prefix and not along) or (
+                old != prefix and self._reach.leads_to(old, wd)):
+            return None
+        if old != prefix:
+            stale = self._stale
+            if stale.pop(wd, None) is None:  # not below one that moved here in this walk
+                path_of = self._path_of
+                stale.update((d, path_of[d]) for d in self._watches.below(old) if d != wd)
+            self._watches.relocate(wd, old, prefix)
+        if s.quiet:
+            self._reach.set_mask(fd, wd, s.narrow, pid)  # listed as new: widened when left
+        return wd
+
+    def _drop_stale(self) -> None:
+        """Remove the watches below directories that moved here that the walk did not meet."""
+        path_of = self._path_of
+        self._watches.rm_all([wd for wd, p in self._stale.items() if path_of.get(wd) == p])
+        self._stale.clear()
 
     def _reopen(self, frames: list[Frame]) -> bool:
         """Open the last frame's directory again, from its nearest ancestor frame still open."""

@@ -114,6 +114,16 @@ class Watches:
             path_of[wd] = q
             wd_of[q] = wd
 
+    def relocate(self, wd: int, old: str, new: str) -> None:
+        """Directory `wd`, watched at prefix `old`, was found at prefix `new`: it moved there
+        before its rename's events were read. A pending IN_MOVED_FROM that took it along no
+        longer does, so it stays if its pair never comes.
+        """
+        self.rename([wd], old, new)
+        for cookie, (src, moved) in list(self.moves.items()):
+            if moved and wd in moved:
+                self.moves[cookie] = (src, [w for w in moved if w != wd])
+
     def clear(self) -> None:
         """Remove every watch (unless the fd is closed already) and forget everything."""
         if not self._ino.closed:
