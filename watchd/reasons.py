@@ -16,6 +16,7 @@ class OverflowReason(enum.StrEnum):
     KERNEL_QUEUE = "kernel_queue"
     WATCHER_RESTART = "watcher_restart"
     WATCH_LIMIT = "watch_limit"
+    DAEMON_RESTART = "daemon_restart"  # the daemon resumed from its durable state
 
 
 class LostReason(enum.StrEnum):

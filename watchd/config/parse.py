@@ -29,6 +29,8 @@ _MAX_SOCKET_PATH: Final = 107
 # them is up to 2 GB. A larger history is more likely a typo than a plan, and would fail only
 # later, when the events arrive, by the kernel's OOM killer.
 MAX_REPLAY_BUFFER: Final = 4 * 1024 * 1024
+# The journal keeps four segments: below this, one would hold few batches.
+MIN_JOURNAL_BYTES: Final = 64 * 1024
 
 
 def parse_config(text: str, path: str) -> Config:
@@ -216,7 +218,15 @@ def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
                     f"unknown log level {show(level)}; expected one of {', '.join(LOG_LEVELS)}",
                 )
             values[key] = level
-        elif key in ("watcher_timeout", "request_timeout"):
+        elif key == "state_directory":
+            # "" turns durable state off, even where systemd sets $STATE_DIRECTORY.
+            values[key] = "" if value == "" else r.absolute_path(value, full)
+        elif key == "journal_max_bytes":
+            size = values[key] = r.positive_int(value, full)
+            if size < MIN_JOURNAL_BYTES:
+                raise r.error(full, f"{size} bytes is less than the least allowed "
+                                    f"({MIN_JOURNAL_BYTES}); choose a larger journal")
+        elif key in ("watcher_timeout", "request_timeout", "journal_fsync_interval"):
             values[key] = r.positive_number(value, full)
         elif key == "replay_buffer":
             size = values[key] = r.positive_int(value, full)

@@ -1,0 +1,314 @@
+"""Durable state, end to end: the real daemon stopped (SIGTERM) or killed (SIGKILL) and started
+again on the same state directory; a client that reconnects with its last seq and the old
+instance gets what it missed, the start-up differences, `resynced`, then live events, and
+its picture built from events alone equals the tree."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Daemon, Line, config, is_event, is_type, wait_for, watch
+from tests.picture import Picture, listing
+
+Msg = dict[str, Any]
+ROOT = os.geteuid() == 0
+
+
+def durable_config(state: Path | str, watched: Path, extra: str = "") -> str:
+    return config(daemon_extra=f'state_directory = "{state}"\n{extra}',
+                  watches=watch("w", watched))
+
+
+def resubscribe(d: Daemon, since: int, instance: str) -> tuple[Line, Msg]:
+    line = d.connect()
+    reply = line.request({"op": "subscribe", "id": 1, "since": since, "instance": instance})
+    return line, reply
+
+
+def until_resynced(line: Line) -> list[Msg]:
+    return line.until(is_type("resynced"))
+
+
+def kill(d: Daemon) -> None:
+    """SIGKILL the daemon and its watcher at once, as a crash would."""
+    assert d.proc is not None
+    os.killpg(d.proc.pid, signal.SIGKILL)
+    d.proc.wait()
+    d.log.close()
+
+
+def test_sigterm_change_start_resume_exact(start_daemon: Callable[..., Daemon],
+                                           watched: Path, workdir: str) -> None:
+    state = Path(workdir) / "state"
+    (watched / "keep").write_text("k")
+    (watched / "gone").write_text("g")
+    (watched / "sub").mkdir()
+    (watched / "sub" / "inner").write_text("i")
+    text = durable_config(state, watched)
+    d1 = start_daemon(text)
+    line, _sid = d1.subscribe()
+    assert line.hello["durable"] is True
+    instance = line.hello["instance"]
+    picture = Picture(listing(watched))
+    (watched / "a").write_text("a")
+    first = line.until(is_event(watched / "a", "create"))
+    seen = first[-1]["seq"]
+    picture.apply_all(first)
+    # Made while the client is away: it reads them from the journal after the restart.
+    (watched / "b").mkdir()
+    (watched / "b" / "c").write_text("c")
+    line.close()
+    wait_for(lambda: d1.status()["seq"] >= seen + 2, what="the daemon to publish b and b/c")
+    last = d1.status()["seq"]
+    assert d1.stop() == 0
+    # While the daemon is down.
+    (watched / "gone").unlink()
+    (watched / "new").write_text("n")
+    os.rename(watched / "sub", watched / "moved")
+    (watched / "b" / "c").unlink()
+
+    d2 = start_daemon(text)
+    line, reply = resubscribe(d2, seen, instance)
+    assert reply["type"] == "subscribed", reply
+    assert line.hello["instance"] == instance and line.hello["durable"] is True
+    got = until_resynced(line)
+    events = [m for m in got if m["type"] == "event"]
+    journal = [m for m in events if not m.get("synthetic")]
+    synthetic = [m for m in events if m.get("synthetic")]
+    # The journal's events after since, in order, then the start-up differences.
+    assert [m["seq"] for m in journal] == list(range(seen + 1, last + 1))
+    assert {m["path"] for m in journal} >= {str(watched / "b"), str(watched / "b" / "c")}
+    assert synthetic and min(m["seq"] for m in synthetic) > last
+    notice = next(m for m in got if m["type"] == "overflow")
+    assert notice["reason"] == "daemon_restart" and notice["resync"] is True
+    assert got.index(notice) > got.index(journal[-1]) and got.index(notice) < got.index(
+        synthetic[0])
+    picture.apply_all(got)
+    assert picture.paths == listing(watched)
+    kinds = {(m["kind"], m["path"]) for m in synthetic}
+    assert ("moved_to", str(watched / "moved")) in kinds
+    assert ("delete", str(watched / "gone")) in kinds
+    # Then live events.
+    (watched / "live").write_text("l")
+    picture.apply_all(line.until(is_event(watched / "live", "create")))
+    assert picture.paths == listing(watched)
+    status = d2.status()
+    assert status["restored_from"] == last
+    assert status["state_directory"] == str(state)
+    assert status["durable"] is True
+    assert 0 < status["journal_bytes"] <= status["state_bytes"]
+
+
+def burst(root: Path, count: int, stop: threading.Event) -> None:
+    for i in range(count):
+        if stop.is_set():
+            return
+        (root / f"f{i}").write_text("x")
+
+
+def test_sigkill_mid_burst_reuses_no_seq(start_daemon: Callable[..., Daemon],
+                                         watched: Path, workdir: str) -> None:
+    state = Path(workdir) / "state"
+    text = durable_config(state, watched)
+    d1 = start_daemon(text)
+    # The index of the first scan is stored once it is made (a crash before: no resync).
+    wait_for(lambda: list((state / "index").glob("*.idx")), what="the stored index")
+    line, _ = d1.subscribe()
+    instance = line.hello["instance"]
+    picture = Picture(listing(watched))
+    stop = threading.Event()
+    writer = threading.Thread(target=burst, args=(watched, 3000, stop))
+    writer.start()
+    try:
+        seen: list[Msg] = []
+        while len(seen) < 300:
+            msg = line.recv()
+            if msg["type"] == "event":
+                seen.append(msg)
+        kill(d1)
+        # What the client received before the kill, to the last byte the socket held.
+        try:
+            while True:
+                msg = line.recv(timeout=5)
+                if msg["type"] == "event":
+                    seen.append(msg)
+        except EOFError:
+            pass
+    finally:
+        writer.join()
+    by_seq = {m["seq"]: (m["kind"], m["path"]) for m in seen}
+    picture.apply_all(seen[:100])
+    since = seen[99]["seq"]
+
+    d2 = start_daemon(text)
+    line2, reply = resubscribe(d2, since, instance)
+    assert reply["type"] == "subscribed", reply
+    try:
+        got = until_resynced(line2)
+    except AssertionError:
+        raise AssertionError(d2.log_text()[-3000:]) from None
+    replayed = {m["seq"]: (m["kind"], m["path"]) for m in got
+                if m["type"] == "event" and m["seq"] in by_seq}
+    # Every seq the client saw, replayed from the journal, is the same event.
+    assert replayed == {s: e for s, e in by_seq.items() if s > since}
+    restored = d2.status()["restored_from"]
+    assert restored >= max(by_seq)
+    fresh = [m for m in got if m["type"] == "event" and m.get("synthetic")]
+    assert all(m["seq"] > restored for m in fresh)
+    picture.apply_all(got)
+    assert picture.paths == listing(watched)
+
+
+@pytest.mark.parametrize("damage", ["meta_garbage", "meta_truncated", "index_truncated",
+                                    "journal_flipped", "journal_truncated_clean"])
+def test_unreadable_state_is_moved_aside_and_the_daemon_starts_fresh(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str, damage: str) -> None:
+    state = Path(workdir) / "state"
+    text = durable_config(state, watched)
+    d1 = start_daemon(text)
+    line, _ = d1.subscribe()
+    instance = line.hello["instance"]
+    for i in range(20):
+        (watched / f"f{i}").write_text("x")
+    seq = line.until(is_event(watched / "f19", "create"))[-1]["seq"]
+    line.close()
+    assert d1.stop() == 0
+    segment = sorted((state / "journal").glob("*.seg"))[-1]
+    index = next((state / "index").glob("*.idx"))
+    target = {"meta_garbage": state / "state.json", "meta_truncated": state / "state.json",
+              "index_truncated": index, "journal_flipped": segment,
+              "journal_truncated_clean": segment}[damage]
+    data = target.read_bytes()
+    if damage == "meta_garbage":
+        target.write_bytes(b"\x00garbage{")
+    elif damage == "journal_flipped":
+        middle = len(data) // 3
+        target.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    else:
+        target.write_bytes(data[: len(data) // 2])
+
+    d2 = start_daemon(text)
+    line2 = d2.connect()
+    assert line2.hello["instance"] != instance
+    assert line2.hello["durable"] is True
+    if damage != "journal_truncated_clean":
+        # Moved aside, named in a warning.
+        d2.wait_log(str(target))
+        assert Path(str(target) + ".bad").exists()
+    reply = line2.request({"op": "subscribe", "id": 1, "since": seq, "instance": instance})
+    assert reply["type"] == "error" and reply["code"] == "since_expired", reply
+    # And it serves as ever.
+    line3, _ = d2.subscribe()
+    (watched / "after").write_text("a")
+    line3.until(is_event(watched / "after", "create"))
+
+
+def test_since_older_than_the_journal_is_expired(start_daemon: Callable[..., Daemon],
+                                                  watched: Path, workdir: str) -> None:
+    state = Path(workdir) / "state"
+    text = durable_config(state, watched, "replay_buffer = 10")
+    d1 = start_daemon(text)
+    line, _ = d1.subscribe()
+    instance = line.hello["instance"]
+    for i in range(30):
+        (watched / f"f{i}").write_text("x")
+    line.until(is_event(watched / "f29", "close_write"))
+    assert d1.stop() == 0
+    d2 = start_daemon(text)
+    status = d2.status()
+    _line2, reply = resubscribe(d2, 1, instance)
+    assert reply["type"] == "error" and reply["code"] == "since_expired", reply
+    _line3, reply = resubscribe(d2, status["restored_from"] - 5, instance)
+    assert reply["type"] == "subscribed", reply
+
+
+def test_without_state_directory_nothing_is_durable(start_daemon: Callable[..., Daemon],
+                                                     watched: Path) -> None:
+    d = start_daemon(config(watches=watch("w", watched)))
+    line = d.connect()
+    assert line.hello["durable"] is False
+    status = d.status()
+    assert status["state_directory"] is None and status["restored_from"] is None
+
+
+# -- a file system that is read-only or full ---------------------------------------------------
+
+@pytest.fixture
+def small_fs(workdir: str) -> Any:
+    if not ROOT:
+        pytest.skip("mounting a small tmpfs needs root")
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mnt = Path(workdir) / "fs"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs",
+                           str(mnt)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_read_only_state_directory_means_not_durable(start_daemon: Callable[..., Daemon],
+                                                       watched: Path, small_fs: Path) -> None:
+    state = small_fs / "state"
+    text = durable_config(state, watched)
+    d1 = start_daemon(text)
+    instance = d1.connect().hello["instance"]
+    assert d1.stop() == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    d2 = start_daemon(text)
+    line = d2.connect()
+    assert line.hello["durable"] is False
+    assert line.hello["instance"] != instance  # it cannot record, so it does not resume
+    d2.wait_log("going on without durable state")
+    line2, _ = d2.subscribe()
+    (watched / "x").write_text("x")
+    line2.until(is_event(watched / "x", "create"))
+    assert d2.status()["durable"] is False
+
+
+def test_a_full_state_directory_means_not_durable_and_serving(
+        start_daemon: Callable[..., Daemon], watched: Path, small_fs: Path) -> None:
+    state = small_fs / "state"
+    text = durable_config(state, watched, "journal_max_bytes = 65536")
+    d1 = start_daemon(text)
+    line, _ = d1.subscribe()
+    assert line.hello["durable"] is True
+    instance = line.hello["instance"]
+    # Fill the file system to the last byte.
+    fill(small_fs / "filler")
+    for i in range(200):
+        (watched / f"f{i}").write_text("x" * 100)
+    line.until(is_event(watched / "f199", "close_write"))  # every event delivered
+    d1.wait_log("going on without durable state")
+    assert d1.connect().hello["durable"] is False
+    assert d1.status()["durable"] is False
+    (small_fs / "filler").unlink()
+    assert d1.stop() == 0
+    # The state was given up: the next start is a new instance.
+    d2 = start_daemon(text)
+    line2 = d2.connect()
+    assert line2.hello["instance"] != instance and line2.hello["durable"] is True
+
+
+def fill(path: Path) -> None:
+    """Write to path until its file system has no byte left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
