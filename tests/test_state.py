@@ -156,3 +156,15 @@ def test_an_index_the_journal_no_longer_reaches_is_not_used() -> None:
     assert usable_indexes([watch], {"w": changed}, entries, 12) == {}
     assert usable_indexes([WatchConfig("w", "/r", resync=False)], {"w": good}, entries,
                           12) == {}
+
+
+def test_the_index_of_a_watch_no_longer_configured_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    state = opened(path)
+    state.open({})
+    assert state.start("abc", 0)
+    assert not st._write_all(state._blobs(0, [("a", "s", {"/a": {}}), ("b", "s", {"/b": {}})]))
+    assert len(list((path / "index").iterdir())) == 2
+    # "b" is gone from the configuration, "a" starts over (its index not filled yet).
+    assert not st._write_all(state._blobs(0, [("a", "s", None)]))
+    assert list((path / "index").iterdir()) == []

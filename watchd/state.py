@@ -373,9 +373,18 @@ class State:
 
     def _blobs(self, seq: int, indexes: Iterable[tuple[str, str, Dirs | None]],
                ) -> list[tuple[str, bytes | None]]:
-        """What to write for each index: its bytes, or None to remove a stale one."""
-        return [(index_file(self.path, name), None if dirs is None
-                 else encode_index(name, spec, seq, dirs)) for name, spec, dirs in indexes]
+        """What to write for each index: its bytes, or None to remove a stale one (a watch
+        whose index starts over, or one no longer configured)."""
+        blobs: list[tuple[str, bytes | None]] = [
+            (index_file(self.path, name), None if dirs is None
+             else encode_index(name, spec, seq, dirs)) for name, spec, dirs in indexes]
+        wanted = {path for path, _ in blobs}
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(os.path.join(self.path, INDEX)):
+                path = os.path.join(self.path, INDEX, entry)
+                if entry.endswith(INDEX_SUFFIX) and path not in wanted:
+                    blobs.append((path, None))
+        return blobs
 
     def fail(self, what: str, error: OSError) -> None:
         """A write failed: stop recording, and give up the state so that a restart does not
