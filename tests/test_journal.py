@@ -117,7 +117,7 @@ def test_damage_before_the_end_is_an_error_naming_the_file(tmp_path: Path, where
     at = len(journal.MAGIC) + 20 if where == "first_record" else 2
     data[at] ^= 0xFF
     segment.write_bytes(bytes(data))
-    with pytest.raises(journal.JournalError) as err:
+    with pytest.raises(journal.StateError) as err:
         journal.load(str(tmp_path))
     assert err.value.path == str(segment)
 
@@ -127,7 +127,7 @@ def test_a_gap_between_segments_is_an_error(tmp_path: Path) -> None:
     rec.events(events(1, 2))
     rec.close()
     (tmp_path / journal.segment_name(10)).write_bytes(journal.MAGIC)
-    with pytest.raises(journal.JournalError, match="expected 3"):
+    with pytest.raises(journal.StateError, match="expected 3"):
         journal.load(str(tmp_path))
 
 

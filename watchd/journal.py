@@ -49,8 +49,9 @@ MAX_RECORD = 64 << 20
 _TAIL_HEAD = b'{"_":"'  # an event's tail, behind this, is a whole JSON object
 
 
-class JournalError(WatchdError):
-    """The journal cannot be read: `path` names the file, the message what is wrong."""
+class StateError(WatchdError):
+    """A file of the durable state that cannot be used (the journal's, or another of
+    watchd.state's): `path` names it, the message says what is wrong."""
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
@@ -112,7 +113,7 @@ def _records(data: bytes, path: str) -> tuple[list[tuple[int, bytes]], int, bool
     of the file, or whose checksum fails and that ends where the file does. Anything else
     after it is damage."""
     if not data.startswith(MAGIC):
-        raise JournalError(path, "not a journal segment of this version (wrong header)")
+        raise StateError(path, "not a journal segment of this version (wrong header)")
     out: list[tuple[int, bytes]] = []
     at = len(MAGIC)
     while at < len(data):
@@ -142,7 +143,7 @@ def _segments(directory: str) -> list[_Segment]:
 
 
 def load(directory: str) -> Loaded:
-    """Read the journal of a previous run; raises JournalError for anything but a cut-short
+    """Read the journal of a previous run; raises StateError for anything but a cut-short
     last record (the write a crash interrupted), which is cut off the file."""
     segments = _segments(directory)
     entries: list[Held] = []
@@ -150,7 +151,7 @@ def load(directory: str) -> Loaded:
     last = segments[0].first - 1 if segments else 0
     for i, seg in enumerate(segments):
         if seg.first != last + 1:
-            raise JournalError(seg.path, f"starts at seq {seg.first}, expected {last + 1}")
+            raise StateError(seg.path, f"starts at seq {seg.first}, expected {last + 1}")
         with open(seg.path, "rb") as f:
             data = f.read()
         if i == len(segments) - 1 and len(data) < len(MAGIC) and MAGIC.startswith(data):
@@ -161,7 +162,7 @@ def load(directory: str) -> Loaded:
         records, end, torn = _records(data, seg.path)
         if end != len(data):
             if i != len(segments) - 1 or not torn:
-                raise JournalError(seg.path, f"damaged record at byte {end}")
+                raise StateError(seg.path, f"damaged record at byte {end}")
             log.warning("journal %s: a record cut short at byte %d (a crash during its write); "
                         "it is dropped", seg.path, end)
             os.truncate(seg.path, end)
@@ -178,7 +179,7 @@ def load(directory: str) -> Loaded:
                 else:
                     raise ValueError(f"unknown record kind {kind}")
             except (ValueError, KeyError, TypeError) as e:
-                raise JournalError(seg.path, f"unreadable record: {e}") from e
+                raise StateError(seg.path, f"unreadable record: {e}") from e
     return Loaded(entries, markers, last)
 
 

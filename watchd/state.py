@@ -45,8 +45,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from watchd import journal
-from watchd.errors import WatchdError
 from watchd.index import Dirs
+from watchd.journal import StateError
 
 log = logging.getLogger("watchd")
 
@@ -61,14 +61,6 @@ INDEX_SUFFIX = ".idx"
 _INDEX_HEAD = struct.Struct("<IQ")  # crc32 and length of what follows
 INDEX_INTERVAL_S = 60.0  # the indexes are written at most this often while events come
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-
-
-class StateError(WatchdError):
-    """A state file that cannot be used: `path` names it."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = path
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +272,7 @@ class State:
             return None
         try:
             loaded = journal.load(os.path.join(self.path, JOURNAL))
-        except journal.JournalError as e:
+        except StateError as e:
             move_aside(e.path, str(e).removeprefix(e.path + ": "))
             return None
         if clean and loaded.last_seq != seq:
