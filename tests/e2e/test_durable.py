@@ -57,6 +57,7 @@ def test_sigterm_change_start_resume_exact(start_daemon: Callable[..., Daemon],
     text = durable_config(state, watched)
     d1 = start_daemon(text)
     line, _sid = d1.subscribe()
+    observer, _ = d1.subscribe()
     assert line.hello["durable"] is True
     instance = line.hello["instance"]
     picture = Picture(listing(watched))
@@ -64,12 +65,14 @@ def test_sigterm_change_start_resume_exact(start_daemon: Callable[..., Daemon],
     first = line.until(is_event(watched / "a", "create"))
     seen = first[-1]["seq"]
     picture.apply_all(first)
+    line.close()
     # Made while the client is away: it reads them from the journal after the restart.
     (watched / "b").mkdir()
     (watched / "b" / "c").write_text("c")
-    line.close()
-    wait_for(lambda: d1.status()["seq"] >= seen + 2, what="the daemon to publish b and b/c")
-    last = d1.status()["seq"]
+    (watched / "z").mkdir()  # one event, the last: every earlier one is out before it
+    observed = observer.until(is_event(watched / "z", "create"))
+    assert any(m["type"] == "event" and m["path"] == str(watched / "b" / "c") for m in observed)
+    last = observed[-1]["seq"]
     assert d1.stop() == 0
     # While the daemon is down.
     (watched / "gone").unlink()
@@ -86,6 +89,7 @@ def test_sigterm_change_start_resume_exact(start_daemon: Callable[..., Daemon],
     journal = [m for m in events if not m.get("synthetic")]
     synthetic = [m for m in events if m.get("synthetic")]
     # The journal's events after since, in order, then the start-up differences.
+    assert d2.status()["restored_from"] == last
     assert [m["seq"] for m in journal] == list(range(seen + 1, last + 1))
     assert {m["path"] for m in journal} >= {str(watched / "b"), str(watched / "b" / "c")}
     assert synthetic and min(m["seq"] for m in synthetic) > last
