@@ -42,6 +42,8 @@ MAGIC = b"WDJRNL1\n"
 _HEAD = struct.Struct("<IIB")
 KIND_EVENTS = ord("E")
 KIND_MARKER = ord("M")
+# The checksum covers the kind byte, then the body: the kind's part computed once.
+_KIND_CRC = {kind: zlib.crc32(bytes((kind,))) for kind in (KIND_EVENTS, KIND_MARKER)}
 SUFFIX = ".seg"
 # A record longer than this is garbage read as a length, not a batch (a batch holds at most a
 # few thousand lines of at most a few kB).
@@ -126,7 +128,7 @@ def _records(data: bytes, path: str) -> tuple[list[tuple[int, bytes]], int, bool
         if end > len(data):
             return out, at, True
         body = data[at + _HEAD.size : end]
-        if zlib.crc32(body, zlib.crc32(bytes((kind,)))) != crc:
+        if zlib.crc32(body, _KIND_CRC.get(kind, zlib.crc32(bytes((kind,))))) != crc:
             return out, at, end == len(data)
         out.append((kind, body))
         at = end
@@ -231,7 +233,7 @@ class Journal:
             self._write(KIND_MARKER, marker_body(marker), 0)
 
     def _write(self, kind: int, body: bytes, events: int) -> None:
-        head = _HEAD.pack(len(body), zlib.crc32(body, zlib.crc32(bytes((kind,)))), kind)
+        head = _HEAD.pack(len(body), zlib.crc32(body, _KIND_CRC[kind]), kind)
         size = len(head) + len(body)
         seg = self.segments[-1]
         try:
