@@ -9,6 +9,8 @@ Three daemons on the same workloads, alternating in every repetition: without du
   one client; events/s from the first write to the last event;
 * latency: one file at a time, the time from its creation to its event at the client (p50
   and p99 over the samples);
+* publish: the broker's publish alone (a null sink, one subscriber), with the journal
+  recording into a state directory or not; events per CPU second, batches of 1 and of 64;
 * restart: a tree of --dirs directories; start to READY=1 without state, and the restart to
   READY=1 of a durable daemon stopped with SIGTERM (its journal and index loaded, its first
   scan compared with the stored index).
@@ -163,6 +165,43 @@ def latency(mode: str, fs: Path, samples: int) -> tuple[float, float]:
         return q[49], q[98]
 
 
+def publish(mode: str, batch: int, n_events: int) -> float:
+    """Events per CPU second of Broker.publish_reads with (or without) the journal."""
+    from bench.broker_bench import NullSink, Watch
+    from watchd.broker import Broker, Peer
+    from watchd.events import KIND_BITS, Kind
+    from watchd.journal import Journal
+    from watchd.protocol import Subscribe
+
+    base = MODES[mode]
+    state = Path(tempfile.mkdtemp(prefix="wd-pub.", dir=base)) if base else None
+    try:
+        broker = Broker(instance="bench", client_queue=10_000, replay_buffer=65_536,
+                        max_subscriptions=64)
+        broker.set_watches([Watch("w")])
+        broker.subscribe(broker.connect(NullSink(), Peer(uid=0, gid=0, groups=frozenset(),
+                                                         pid=1)), Subscribe())
+        rec = None
+        if state is not None:
+            rec = Journal(str(state), max_bytes=64 << 20, retain=lambda: 65_536,
+                          on_error=lambda what, e: None, on_rotate=lambda: None)
+            rec.open(0)
+            broker.history.recorder = rec
+        mask = KIND_BITS[Kind.CLOSE_WRITE]
+        items: list[tuple[int, int, str, str | None]] = [
+            (mask, 0, f"/srv/data/dir{n % 97}/file{n}.csv", None) for n in range(n_events)]
+        start = time.process_time()
+        for i in range(0, n_events, batch):
+            broker.publish_reads("w", [(1700000000.0 + i, items[i : i + batch])])
+        took = time.process_time() - start
+        if rec is not None:
+            rec.close()
+        return n_events / took
+    finally:
+        if state is not None:
+            shutil.rmtree(state, ignore_errors=True)
+
+
 def make_tree(root: Path, dirs: int) -> None:
     per = max(int(dirs ** 0.5), 1)
     made = 0
@@ -221,8 +260,25 @@ def main() -> int:
     parser.add_argument("--fs", type=Path, default=Path("/dev/shm"),
                         help="where the watched trees go (a tmpfs)")
     parser.add_argument("--skip-restart", action="store_true")
+    parser.add_argument("--publish-events", type=int, default=200_000)
     args = parser.parse_args()
     modes = list(MODES)
+    pub: dict[tuple[str, int], list[float]] = {}
+    for rep in range(args.reps):
+        for mode in modes if rep % 2 == 0 else modes[::-1]:
+            for batch in (1, 64):
+                pub.setdefault((mode, batch), []).append(
+                    publish(mode, batch, args.publish_events))
+    print(f"broker publish, {args.publish_events} events, one subscriber, null sink; events "
+          f"per CPU second, medians of {args.reps}, ratio to off\n")
+    print("| state | batch 1 | batch 64 |")
+    print("|---|---|---|")
+    for mode in modes:
+        cells = []
+        for batch in (1, 64):
+            mine = statistics.median(pub[mode, batch])
+            cells.append(f"{mine:,.0f} ({mine / statistics.median(pub['off', batch]):.3f}x)")
+        print(f"| {mode} | {' | '.join(cells)} |")
     rate: dict[str, list[float]] = {m: [] for m in modes}
     p50: dict[str, list[float]] = {m: [] for m in modes}
     p99: dict[str, list[float]] = {m: [] for m in modes}
