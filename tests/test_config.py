@@ -701,3 +701,14 @@ def test_state_directory_default_is_systemds_then_none() -> None:
     keys = parse_config("[daemon]\njournal_max_bytes = 1048576\njournal_fsync_interval = 0.25",
                         FILE).daemon
     assert (keys.journal_max_bytes, keys.journal_fsync_interval) == (1048576, 0.25)
+
+
+def test_a_state_directory_inside_a_recursive_watch_is_refused() -> None:
+    text = ("[daemon]\nstate_directory = '/srv/data/.state'\n"
+            "[[watch]]\nname = 'data'\npath = '/srv/data'\n")
+    err = refused(text)
+    assert err.key == "daemon.state_directory"
+    assert "inside the tree of watch 'data'" in err.problem
+    # Beside the tree, or under a watch that is not recursive, it is fine.
+    assert parse_config(text.replace("/srv/data/.state", "/srv/data-state"), FILE)
+    assert parse_config(text + "recursive = false\n", FILE)

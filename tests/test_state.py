@@ -10,6 +10,7 @@ import pytest
 
 from tests.harness import NOBODY
 from watchd import state as st
+from watchd import statefiles as sf
 from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import KIND_BITS, Kind
@@ -68,7 +69,7 @@ def stopped_cleanly(path: Path, dirs: Dirs) -> None:
     assert state.journal is not None
     state.journal.events([held(1, Kind.CREATE, "/r/a")])
     blobs = state._blobs(1, [("w", "spec", dirs)])
-    assert not st._write_all(blobs)
+    assert not sf.write_all(blobs)
     state._write_meta("inst", clean=True, seq=1)
     state.journal.close()
     os.close(state._lock_fd)
@@ -81,7 +82,7 @@ def test_a_clean_stop_is_resumed(tmp_path: Path) -> None:
     assert resumed is not None
     assert resumed.instance == "inst"
     assert resumed.loaded.last_seq == 1
-    assert resumed.indexes["w"] == st.StoredIndex("spec", 1, {"/r": {"a": 12}})
+    assert resumed.indexes["w"] == sf.StoredIndex("spec", 1, {"/r": {"a": 12}})
 
 
 def test_an_unclean_stop_in_an_earlier_boot_is_not_resumed(tmp_path: Path) -> None:
@@ -101,14 +102,14 @@ def test_an_unclean_stop_in_an_earlier_boot_is_not_resumed(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("data", [b"", b"WDINDEX1", b"WDINDEX1" + b"\0" * 40, b"junk"])
 def test_an_unreadable_index_is_an_error(tmp_path: Path, data: bytes) -> None:
-    with pytest.raises(st.StateError):
-        st.decode_index(data, "f")
+    with pytest.raises(sf.StateError):
+        sf.decode_index(data, "f")
 
 
 def test_an_index_round_trips() -> None:
     dirs = {"/r": {"a": 5, "d": 7}, "/r/d": {}}
-    assert st.decode_index(st.encode_index("w", "s", 9, dirs), "f") == (
-        "w", st.StoredIndex("s", 9, dirs))
+    assert sf.decode_index(sf.encode_index("w", "s", 9, dirs), "f") == (
+        "w", sf.StoredIndex("s", 9, dirs))
 
 
 def test_the_journal_brings_an_index_forward(tmp_path: Path) -> None:
@@ -133,7 +134,7 @@ def test_the_journal_brings_an_index_forward(tmp_path: Path) -> None:
         held(10, Kind.MODIFY, f"{r}/b"),
     ]
     moved = dict(before[f"{r}/d"])
-    dirs = bring_forward(st.StoredIndex("s", 4, before), "w", entries, 10)
+    dirs = bring_forward(sf.StoredIndex("s", 4, before), "w", entries, 10)
     assert dirs is not None
     assert set(dirs[r]) == {"b", "c", "e"}
     assert dirs[f"{r}/e"] == moved  # moved whole, with what it held
@@ -146,12 +147,12 @@ def test_the_journal_brings_an_index_forward(tmp_path: Path) -> None:
 
 def test_an_index_the_journal_no_longer_reaches_is_not_used() -> None:
     entries = [held(seq, Kind.CREATE, f"/r/f{seq}") for seq in range(10, 13)]
-    assert bring_forward(st.StoredIndex("s", 5, {"/r": {}}), "w", entries, 12) is None
-    assert bring_forward(st.StoredIndex("s", 13, {"/r": {}}), "w", entries, 12) is None
-    assert bring_forward(st.StoredIndex("s", 9, {"/r": {}}), "w", entries, 12) is not None
+    assert bring_forward(sf.StoredIndex("s", 5, {"/r": {}}), "w", entries, 12) is None
+    assert bring_forward(sf.StoredIndex("s", 13, {"/r": {}}), "w", entries, 12) is None
+    assert bring_forward(sf.StoredIndex("s", 9, {"/r": {}}), "w", entries, 12) is not None
     watch = WatchConfig("w", "/r")
-    good = st.StoredIndex(index_spec(watch), 12, {"/r": {}})
-    changed = st.StoredIndex(index_spec(WatchConfig("w", "/r", exclude=("*.o",))), 12, {})
+    good = sf.StoredIndex(index_spec(watch), 12, {"/r": {}})
+    changed = sf.StoredIndex(index_spec(WatchConfig("w", "/r", exclude=("*.o",))), 12, {})
     assert usable_indexes([watch], {"w": good}, entries, 12) == {"w": {"/r": {}}}
     assert usable_indexes([watch], {"w": changed}, entries, 12) == {}
     assert usable_indexes([WatchConfig("w", "/r", resync=False)], {"w": good}, entries,
@@ -163,8 +164,8 @@ def test_the_index_of_a_watch_no_longer_configured_is_removed(tmp_path: Path) ->
     state = opened(path)
     state.open({})
     assert state.start("abc", 0)
-    assert not st._write_all(state._blobs(0, [("a", "s", {"/a": {}}), ("b", "s", {"/b": {}})]))
+    assert not sf.write_all(state._blobs(0, [("a", "s", {"/a": {}}), ("b", "s", {"/b": {}})]))
     assert len(list((path / "index").iterdir())) == 2
     # "b" is gone from the configuration, "a" starts over (its index not filled yet).
-    assert not st._write_all(state._blobs(0, [("a", "s", None)]))
+    assert not sf.write_all(state._blobs(0, [("a", "s", None)]))
     assert list((path / "index").iterdir()) == []

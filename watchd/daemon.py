@@ -148,6 +148,12 @@ class Daemon:
         path = d.state_path(os.environ)
         if path is None:
             return None, None
+        if (watch := config.watching(path)) is not None:
+            log.error("state directory %s is inside the tree of watch %s: its writes would be "
+                      "reported as events without end; going on without durable state "
+                      "(set daemon.state_directory outside every recursive watch)",
+                      path, watch.name)
+            return None, None
         state = State(path, max_bytes=d.journal_max_bytes,
                       fsync_interval=d.journal_fsync_interval,
                       retain=lambda: self.config.daemon.replay_buffer)

@@ -33,7 +33,8 @@ from watchd.index import IS_DIR, UNKNOWN_DIR, UNKNOWN_FILE, Dirs, split, subtree
 from watchd.journal import parse_tail
 from watchd.reasons import OverflowReason
 from watchd.replay import Held
-from watchd.state import Resumed, StoredIndex
+from watchd.state import Resumed
+from watchd.statefiles import StoredIndex
 
 if TYPE_CHECKING:  # for hints only: the daemon wires these parts together
     from watchd.broker import Broker

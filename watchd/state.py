@@ -35,18 +35,27 @@ import errno
 import fcntl
 import json
 import logging
-import marshal
 import os
 import secrets
-import struct
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from watchd import journal
 from watchd.index import Dirs
 from watchd.journal import StateError
+from watchd.statefiles import (
+    INDEX,
+    INDEX_SUFFIX,
+    StoredIndex,
+    decode_index,
+    directory_bytes,
+    encode_index,
+    fsync_close,
+    index_file,
+    write_all,
+    write_atomic,
+)
 
 log = logging.getLogger("watchd")
 
@@ -54,22 +63,9 @@ FORMAT = 1
 META = "state.json"
 LOCK = "lock"
 JOURNAL = "journal"
-INDEX = "index"
 BAD = ".bad"
-INDEX_MAGIC = b"WDINDEX1"
-INDEX_SUFFIX = ".idx"
-_INDEX_HEAD = struct.Struct("<IQ")  # crc32 and length of what follows
 INDEX_INTERVAL_S = 60.0  # the indexes are written at most this often while events come
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredIndex:
-    """A watch's index as a previous run stored it."""
-
-    spec: str  # what the watch was (watchd.restore.index_spec): another watch is not compared
-    seq: int  # the last seq published when it was taken
-    dirs: Dirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,60 +83,6 @@ def boot_id() -> str:
             return f.read().strip()
     except OSError:
         return ""
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace a file with data so that a crash leaves the old one or the new one, whole."""
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def index_file(directory: str, name: str) -> str:
-    # Hex: a watch's name may be "." or "..".
-    return os.path.join(directory, INDEX, name.encode().hex() + INDEX_SUFFIX)
-
-
-def encode_index(name: str, spec: str, seq: int, dirs: Dirs) -> bytes:
-    body = marshal.dumps((name, spec, seq, dirs))
-    return INDEX_MAGIC + _INDEX_HEAD.pack(zlib.crc32(body), len(body)) + body
-
-
-def decode_index(data: bytes, path: str) -> tuple[str, StoredIndex]:
-    """(watch name, index) from a file's bytes; StateError when it is not one."""
-    head = len(INDEX_MAGIC) + _INDEX_HEAD.size
-    if not data.startswith(INDEX_MAGIC) or len(data) < head:
-        raise StateError(path, "not an index of this version (wrong header)")
-    crc, length = _INDEX_HEAD.unpack_from(data, len(INDEX_MAGIC))
-    body = data[head:]
-    if len(body) != length or zlib.crc32(body) != crc:
-        raise StateError(path, "damaged (its length or checksum does not match)")
-    try:
-        # Safe here: the file is in a directory of mode 0700 of the daemon's own user, and its
-        # checksum matched: only the daemon (or root) wrote it.
-        name, spec, seq, dirs = marshal.loads(body)  # noqa: S302
-    except (ValueError, EOFError, TypeError) as e:
-        raise StateError(path, f"unreadable: {e}") from e
-    if not (isinstance(name, str) and isinstance(spec, str) and type(seq) is int
-            and isinstance(dirs, dict) and all(type(v) is dict for v in dirs.values())):
-        raise StateError(path, "unreadable: not an index")
-    return name, StoredIndex(spec, seq, dirs)
 
 
 def move_aside(path: str, problem: str) -> None:
@@ -334,7 +276,7 @@ class State:
             fd = rec.sync_fd()
             if fd is not None:
                 self._synced = now
-                future = loop.run_in_executor(None, _fsync_close, fd)
+                future = loop.run_in_executor(None, fsync_close, fd)
                 future.add_done_callback(lambda f: self._synced_fd(f, rec))
         if self.snapshot_due or (last_seq != self._saved_seq
                                  and now - self._saved >= INDEX_INTERVAL_S):
@@ -349,7 +291,7 @@ class State:
             return
         blobs = self._blobs(last_seq, indexes())
         self._pending = pending = asyncio.get_running_loop().run_in_executor(
-            None, _write_all, blobs)
+            None, write_all, blobs)
         pending.add_done_callback(self._saved_all)
         self._saved, self._saved_seq, self.snapshot_due = time.monotonic(), last_seq, False
 
@@ -412,7 +354,7 @@ class State:
                     os.fsync(rec.fd)
                 except OSError as e:
                     errors.append((os.path.join(self.path, JOURNAL), e))
-            errors += _write_all(self._blobs(last_seq, indexes))
+            errors += write_all(self._blobs(last_seq, indexes))
             if not errors:
                 try:
                     self._write_meta(self.instance, clean=True, seq=last_seq)
@@ -432,40 +374,6 @@ class State:
                 "journal_bytes": self.journal.size if self.journal is not None else 0,
                 "state_bytes": directory_bytes(self.path),
                 "restored_from": self.restored_from}
-
-
-def directory_bytes(path: str) -> int:
-    """The size of the files below path."""
-    total = 0
-    for parent, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(parent, name)).st_size
-    return total
-
-
-def _fsync_close(fd: int) -> OSError | None:
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        return e
-    finally:
-        os.close(fd)
-    return None
-
-
-def _write_all(blobs: list[tuple[str, bytes | None]]) -> list[tuple[str, OSError]]:
-    errors = []
-    for path, data in blobs:
-        try:
-            if data is None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            else:
-                write_atomic(path, data)
-        except OSError as e:
-            errors.append((path, e))
-    return errors
 
 
 def new_instance() -> str:

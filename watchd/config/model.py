@@ -106,6 +106,15 @@ class Config:
                 return watch
         return None
 
+    def watching(self, path: str) -> WatchConfig | None:
+        """A recursive watch whose tree holds path (its events would report what is written
+        there), if any."""
+        for watch in self.watches:
+            if watch.recursive and (path == watch.path or path.startswith(
+                    watch.path.rstrip("/") + "/")):
+                return watch
+        return None
+
     def directory_budgets(self, max_user_watches: int | None) -> dict[str, int | None]:
         """How many directories each watch may watch, so that none starves the others.
 

@@ -45,7 +45,15 @@ def parse_config(text: str, path: str) -> Config:
     r.only_keys(doc, "", ("daemon", "watch"))
     daemon = _daemon(r, r.table(doc, "daemon"))
     watches = _watches(r, doc.get("watch", []))
-    return Config(path=path, daemon=daemon, watches=watches)
+    config = Config(path=path, daemon=daemon, watches=watches)
+    state = daemon.state_directory
+    watch = config.watching(state) if state else None
+    if watch is not None:
+        raise r.error("daemon.state_directory",
+                      f"{show(state or '')} is inside the tree of watch {watch.name!r}: every "
+                      "write of the journal would be reported as an event, and recorded again; "
+                      "choose a directory outside every recursive watch")
+    return config
 
 
 def _type_name(value: object) -> str:
