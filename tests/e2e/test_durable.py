@@ -19,6 +19,7 @@ import pytest
 
 from tests.harness import Daemon, Line, config, is_event, is_type, wait_for, watch
 from tests.picture import Picture, listing
+from watchd import journal
 
 Msg = dict[str, Any]
 ROOT = os.geteuid() == 0
@@ -184,7 +185,10 @@ def test_unreadable_state_is_moved_aside_and_the_daemon_starts_fresh(
     instance = line.hello["instance"]
     for i in range(20):
         (watched / f"f{i}").write_text("x")
-    seq = line.until(is_event(watched / "f19", "create"))[-1]["seq"]
+    line.until(is_event(watched / "f19", "close_write"))
+    # A record of its own after the others: damage in the first one is not the end's.
+    (watched / "z").mkdir()
+    seq = line.until(is_event(watched / "z", "create"))[-1]["seq"]
     line.close()
     assert d1.stop() == 0
     segment = sorted((state / "journal").glob("*.seg"))[-1]
@@ -196,8 +200,8 @@ def test_unreadable_state_is_moved_aside_and_the_daemon_starts_fresh(
     if damage == "meta_garbage":
         target.write_bytes(b"\x00garbage{")
     elif damage == "journal_flipped":
-        middle = len(data) // 3
-        target.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+        at = len(journal.MAGIC) + 12  # in the first record's body
+        target.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:])
     else:
         target.write_bytes(data[: len(data) // 2])
 
