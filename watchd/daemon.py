@@ -148,11 +148,9 @@ class Daemon:
         path = d.state_path(os.environ)
         if path is None:
             return None, None
-        if (watch := config.watching(path)) is not None:
-            log.error("state directory %s is inside the tree of watch %s: its writes would be "
-                      "reported as events without end; going on without durable state "
-                      "(set daemon.state_directory outside every recursive watch)",
-                      path, watch.name)
+        if (watch := config.watching(path)) is not None:  # $STATE_DIRECTORY: not checked at load
+            log.error("state directory %s is inside watch %s, whose events would report its "
+                      "writes without end; going on without durable state", path, watch.name)
             return None, None
         state = State(path, max_bytes=d.journal_max_bytes,
                       fsync_interval=d.journal_fsync_interval,
@@ -191,6 +189,7 @@ class Daemon:
         self.supervisor.start()
         # Supervision runs from the start: a watcher that hangs in its first scan is replaced too.
         ticker = loop.create_task(self.tick_forever())
+        syncer = loop.create_task(self.state.sync_forever()) if self.state is not None else None
         await self.confirmations.wait(self.send_config(), meanwhile=self.still_scanning)
         if not self.stopping.is_set():
             assert self.server is not None
@@ -200,6 +199,8 @@ class Daemon:
                      self.status.line())
             await self.stopping.wait()
         ticker.cancel()
+        if syncer is not None:
+            syncer.cancel()
         await self.shutdown()
         return 0
 

@@ -110,7 +110,6 @@ class State:
         self.restored_from: int | None = None
         self.on_fail: Callable[[], None] = lambda: None  # the daemon stops recording
         self._lock_fd = -1
-        self._synced = time.monotonic()
         self._saved = time.monotonic()
         self._saved_seq = -1
         self.snapshot_due = False
@@ -266,21 +265,21 @@ class State:
 
     def tick(self, last_seq: int, indexes: Callable[[], Iterable[tuple[str, str, Dirs | None]]],
              ) -> None:
-        """Once a second: the journal's fsync, and the indexes when due; both off the loop."""
-        rec = self.journal
-        if rec is None or rec.failed:
+        """Once a second: the indexes, when due (written off the loop)."""
+        if self.journal is None:
             return
+        if self.snapshot_due or (last_seq != self._saved_seq
+                                 and time.monotonic() - self._saved >= INDEX_INTERVAL_S):
+            self.save(last_seq, indexes)
+
+    async def sync_forever(self) -> None:
+        """Every fsync_interval: the journal's fsync, in a thread, when it was written to."""
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        if now - self._synced >= self.fsync_interval:
+        while (rec := self.journal) is not None:
+            await asyncio.sleep(self.fsync_interval)
             fd = rec.sync_fd()
             if fd is not None:
-                self._synced = now
-                future = loop.run_in_executor(None, fsync_close, fd)
-                future.add_done_callback(lambda f: self._synced_fd(f, rec))
-        if self.snapshot_due or (last_seq != self._saved_seq
-                                 and now - self._saved >= INDEX_INTERVAL_S):
-            self.save(last_seq, indexes)
+                self._synced_fd(await loop.run_in_executor(None, fsync_close, fd), rec)
 
     def save(self, last_seq: int,
              indexes: Callable[[], Iterable[tuple[str, str, Dirs | None]]]) -> None:
@@ -295,8 +294,7 @@ class State:
         pending.add_done_callback(self._saved_all)
         self._saved, self._saved_seq, self.snapshot_due = time.monotonic(), last_seq, False
 
-    def _synced_fd(self, future: asyncio.Future[OSError | None], rec: journal.Journal) -> None:
-        error = future.result()
+    def _synced_fd(self, error: OSError | None, rec: journal.Journal) -> None:
         if error is not None:
             rec.fail(os.path.join(self.path, JOURNAL), error)
 
