@@ -199,8 +199,9 @@ class State:
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ValueError(f"not the state of this version (format {FORMAT})")
             instance, clean, seq = meta["instance"], meta["clean"], meta["seq"]
-            if not isinstance(instance, str) or not instance or type(seq) is not int:
-                raise ValueError("no instance or seq")
+            if (not isinstance(instance, str) or not instance or type(seq) is not int
+                    or not isinstance(clean, bool)):
+                raise ValueError("no instance, seq or clean")
         except FileNotFoundError:
             return None  # a first start, or a state given up (see fail)
         except (ValueError, KeyError, UnicodeDecodeError) as e:
@@ -245,11 +246,13 @@ class State:
         return found
 
     def _wipe(self) -> None:
-        """Forget a previous run's journal and indexes (the files moved aside stay)."""
-        for sub, suffix in ((JOURNAL, journal.SUFFIX), (INDEX, INDEX_SUFFIX)):
+        """Forget a previous run's journal and indexes, and the temporary files of writes a
+        crash interrupted (the files moved aside stay)."""
+        for sub, suffixes in (("", (".tmp",)), (JOURNAL, (journal.SUFFIX,)),
+                              (INDEX, (INDEX_SUFFIX, ".tmp"))):
             directory = os.path.join(self.path, sub)
             for entry in os.listdir(directory):
-                if entry.endswith(suffix):
+                if entry.endswith(suffixes):
                     os.unlink(os.path.join(directory, entry))
         self.restored_from = None
 
