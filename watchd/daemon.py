@@ -32,10 +32,10 @@ from watchd.holdback import HoldBack
 from watchd.index import Dirs
 from watchd.inotify.errors import effective_watch_limit
 from watchd.protocol import OverflowReason
-from watchd.restore import index_spec, resume
+from watchd.restore import index_spec, open_state, resume
 from watchd.resync import Resyncer
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
-from watchd.state import Resumed, State, new_instance
+from watchd.state import new_instance
 from watchd.status import ReloadRecord, Status
 from watchd.supervisor import Supervisor, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
@@ -99,7 +99,8 @@ class Daemon:
         self.notifier = notifier
         self.listen = listen  # a socket passed by systemd, or None to bind daemon.socket
         d = config.daemon
-        self.state, resumed = self.open_state(config)
+        self.state, resumed = open_state(config, os.environ,
+                                         retain=lambda: self.config.daemon.replay_buffer)
         self.instance = resumed.instance if resumed is not None else new_instance()
         self.broker = Broker(instance=self.instance, client_queue=d.client_queue,
                              replay_buffer=d.replay_buffer,
@@ -140,27 +141,6 @@ class Daemon:
                                  status=self.status, hold=self.hold, durable=self.durable)
 
     # -- durable state (watchd.state) ----------------------------------------------------------
-
-    def open_state(self, config: Config) -> tuple[State | None, Resumed | None]:
-        """Read the state directory, if there is one: it, and what to resume (None for a
-        fresh start). A state that cannot be resumed never stops the daemon from starting."""
-        d = config.daemon
-        path = d.state_path(os.environ)
-        if path is None:
-            return None, None
-        if (watch := config.watching(path)) is not None:  # $STATE_DIRECTORY: not checked at load
-            log.error("state directory %s is inside watch %s, whose events would report its "
-                      "writes without end; going on without durable state", path, watch.name)
-            return None, None
-        state = State(path, max_bytes=d.journal_max_bytes,
-                      fsync_interval=d.journal_fsync_interval,
-                      retain=lambda: self.config.daemon.replay_buffer)
-        resumed = state.open({w.name: index_spec(w) for w in config.watches})
-        if resumed is not None and not state.start(resumed.instance, resumed.loaded.last_seq):
-            # It cannot be written: resumed, its next seqs would be on record nowhere.
-            state.restored_from = None
-            return state, None
-        return state, resumed
 
     def durable(self) -> bool:
         return self.state is not None and self.state.durable
@@ -369,11 +349,19 @@ class Daemon:
             self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
             return
         result = self.resync.scanned(name, dirs, seconds)
-        if result is not None:
-            self.resync.publish(self.broker, name, result)
-            if self.state is not None:
-                # The index was replaced: stored now, so that a crash finds it.
-                self.state.save(self.broker.last_seq, self.index_snapshots)
+        if result is None:
+            return
+        steps = self.resync.steps(self.broker, name, result, self.hold.after_publish)
+        if (state := self.state) is not None:
+            # The index was replaced: stored once its differences are out, so that a crash
+            # finds it.
+            steps.append(lambda: state.save(self.broker.last_seq, self.index_snapshots))
+        watcher = self.supervisor.watcher
+        if watcher is not None and not watcher.exited:
+            watcher.defer(steps)
+        else:
+            for step in steps:  # no watcher to pace them with: nothing waits behind them
+                step()
 
     # -- reload --------------------------------------------------------------------------------
 

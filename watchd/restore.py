@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from watchd.config.model import WatchConfig
+from watchd.config.model import Config, WatchConfig
 from watchd.events import Kind
 from watchd.index import IS_DIR, UNKNOWN_DIR, UNKNOWN_FILE, Dirs, split, subtree_keys
 from watchd.journal import parse_tail
 from watchd.reasons import OverflowReason
 from watchd.replay import Held
-from watchd.state import Resumed
+from watchd.state import Resumed, State
 from watchd.statefiles import StoredIndex
 
 if TYPE_CHECKING:  # for hints only: the daemon wires these parts together
@@ -147,3 +147,25 @@ def resume(broker: Broker, resync: Resyncer, watches: Iterable[WatchConfig],
     log.info("resumed instance %s at seq %d (%d events held for since; %d of %d watches "
              "compared with their index)", resumed.instance, loaded.last_seq,
              len(broker.history), len(usable), len(watches))
+
+
+def open_state(config: Config, environ: Mapping[str, str], *,
+               retain: Callable[[], int]) -> tuple[State | None, Resumed | None]:
+    """The state directory, if there is one, and what to resume (None for a fresh start).
+    A state that cannot be resumed never stops the daemon from starting."""
+    d = config.daemon
+    path = d.state_path(environ)
+    if path is None:
+        return None, None
+    if (watch := config.watching(path)) is not None:  # $STATE_DIRECTORY: not checked at load
+        log.error("state directory %s is inside watch %s, whose events would report its "
+                  "writes without end; going on without durable state", path, watch.name)
+        return None, None
+    state = State(path, max_bytes=d.journal_max_bytes, fsync_interval=d.journal_fsync_interval,
+                  retain=retain)
+    resumed = state.open({w.name: index_spec(w) for w in config.watches})
+    if resumed is not None and not state.start(resumed.instance, resumed.loaded.last_seq):
+        # It cannot be written: resumed, its next seqs would be on record nowhere.
+        state.restored_from = None
+        return state, None
+    return state, resumed

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -167,13 +167,28 @@ class Resyncer:
         log.info("watch %s: resynchronized in %.0f ms: %d changes", name, took, result.changes)
         return Resync(items, result.changes, round(took, 3), notice)
 
-    def publish(self, broker: Broker, name: str, result: Resync) -> None:
-        """Publish a resync's events, then its notice (when a loss was announced)."""
+    def steps(self, broker: Broker, name: str, result: Resync,
+              after: Callable[[], None]) -> list[Callable[[], None]]:
+        """A resync's publication as steps: its events in batches, each followed by `after`
+        (the hold-back rule's look at the levels), then its notice (when a loss was announced).
+
+        Run one at a time ahead of the watcher's next messages (WatcherProcess.defer), so that a
+        resync of many changes is paced like a burst of kernel events: a client that keeps
+        reading gets all of it, and what the watcher sends next waits behind it.
+        """
         now = time.time()
-        for start in range(0, len(result.items), BATCH_MAX):
-            broker.publish_reads(name, [(now, result.items[start : start + BATCH_MAX])])
+        items = result.items
+
+        def batch(start: int) -> Callable[[], None]:
+            def step() -> None:
+                broker.publish_reads(name, [(now, items[start : start + BATCH_MAX])])
+                after()
+            return step
+
+        out = [batch(start) for start in range(0, len(items), BATCH_MAX)]
         if result.notice:
-            broker.resynced(name, result.changes, result.duration_ms)
+            out.append(lambda: broker.resynced(name, result.changes, result.duration_ms))
+        return out
 
     def status(self, name: str) -> dict[str, int]:
         """The per-watch status fields: paths in the index, resyncs so far."""

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,9 @@ class WatcherProcess:
         self.reader = channel.FrameReader()
         # Messages read but not yet handed on: a pause takes effect between two of them.
         self.backlog: deque[tuple[Any, ...]] = deque()
+        # Work the daemon queued ahead of the backlog (a resync's synthetic events, in steps):
+        # it goes out before what the child sends next, paced by the same pauses.
+        self.deferred: deque[Callable[[], None]] = deque()
         self.exited = False
         self.reading_paused = False
         self.merge_max = channel.MERGE_MAX  # events per message handed on (see next_message)
@@ -112,8 +115,15 @@ class WatcherProcess:
             # Its silence while we did not listen says nothing about its health.
             self.last_heard = time.monotonic()
             self.loop.add_reader(self.sock.fileno(), self._readable)
-            if self.backlog:
+            if self.backlog or self.deferred:
                 self.loop.call_soon(self._dispatch)
+
+    def defer(self, steps: Iterable[Callable[[], None]]) -> None:
+        """Run steps before the next messages of the child, one per message slot: a pause
+        (the hold-back rule) takes effect between two of them as between two messages."""
+        self.deferred.extend(steps)
+        if not self.reading_paused:
+            self.loop.call_soon(self._dispatch)
 
     def send(self, message: channel.ToWatcher) -> None:
         """Send a control message, never blocking the loop on a child that does not read.
@@ -149,9 +159,12 @@ class WatcherProcess:
 
     def _dispatch(self, *, all_of_it: bool = False) -> None:
         """Hand on read messages, stopping as soon as the daemon pauses us (between messages)."""
-        backlog = self.backlog
+        backlog, deferred = self.backlog, self.deferred
         events = channel.Tag.EVENTS.value  # compared inline: a call per message costs as much
-        while backlog and (all_of_it or not self.reading_paused):
+        while (backlog or deferred) and (all_of_it or not self.reading_paused):
+            if deferred:
+                deferred.popleft()()
+                continue
             raw = channel.next_message(backlog, self.merge_max)
             if raw[0] == events:
                 # Handed on as its fields: building the record would cost more than the rest of
@@ -382,7 +395,7 @@ class Supervisor:
         that it was restarted (watcher_restart)."""
         if not self.policy.applied(generation):
             return False
-        daemon_log.info("the new watcher's watches are established; subscribers are told to rescan")
+        daemon_log.info("the new watcher's watches are established; subscribers are told")
         return True
 
     def check(self, timeout: float) -> bool:

@@ -249,6 +249,28 @@ def test_without_state_directory_nothing_is_durable(start_daemon: Callable[..., 
     assert status["state_directory"] is None and status["restored_from"] is None
 
 
+def test_systemds_state_directory_is_the_default(start_daemon: Callable[..., Daemon],
+                                                 watched: Path, workdir: str) -> None:
+    state = Path(workdir) / "from-systemd"
+    d = start_daemon(config(watches=watch("w", watched)), env={"STATE_DIRECTORY": str(state)})
+    assert d.connect().hello["durable"] is True
+    assert d.status()["state_directory"] == str(state)
+    assert (state / "state.json").exists()
+
+
+def test_a_state_directory_inside_a_watched_tree_is_not_used(
+        start_daemon: Callable[..., Daemon], watched: Path) -> None:
+    # Given by systemd, so not refused with the file: its writes would be events without end.
+    d = start_daemon(config(watches=watch("w", watched)),
+                     env={"STATE_DIRECTORY": str(watched / "state")})
+    line, _ = d.subscribe()
+    assert line.hello["durable"] is False
+    d.wait_log("going on without durable state")
+    (watched / "x").write_text("x")
+    line.until(is_event(watched / "x", "create"))
+    assert not (watched / "state").exists()
+
+
 # -- a file system that is read-only or full ---------------------------------------------------
 
 @pytest.fixture

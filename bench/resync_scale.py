@@ -1,0 +1,199 @@
+"""Exact recovery on a large tree: set-up time with and without an index, and resync time.
+
+    python -m bench.resync_scale [--dirs 50000] [--files 200000] [--reps 3] [--dir /dev/shm]
+
+Builds a tree of `dirs` directories (in two levels) holding `files` files, then:
+
+- set-up: starts the daemon on it with `resync = true` and with `resync = false`, alternating
+  in one run, and times each from the start of the process until every watch is active (and,
+  with resync, until the index holds the whole tree); prints the medians and their ratio;
+- resync: with `resync = true`, freezes the watcher (SIGSTOP), makes more changes than the
+  kernel queue holds (files created and written, files deleted), thaws it, and times the
+  overflow notice and the `resynced` notice from the thaw; prints the daemon's own
+  `duration_ms`, the changes found, and the time per 100,000 tracked paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.fidelity import watcher_of
+
+
+@dataclass(frozen=True)
+class Started:
+    proc: subprocess.Popen[bytes]
+    sock: str
+    seconds: float
+    tracked: int
+
+
+def build(root: Path, dirs: int, files: int) -> int:
+    """The tree; returns how many paths it holds below root."""
+    top = max(1, int(dirs ** 0.5))
+    made = 0
+    names: list[Path] = []
+    for i in range(dirs):
+        parent = root / f"group-{i % top:04}"
+        if i < top:
+            parent.mkdir(parents=True)
+            names.append(parent)
+            made += 1
+            continue
+        sub = parent / f"directory-{i:06}"
+        sub.mkdir()
+        names.append(sub)
+        made += 1
+    for j in range(files):
+        (names[j % len(names)] / f"document-{j:07}.txt").write_bytes(b"x")
+        made += 1
+    return made
+
+
+def status(sock: str) -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, ValueError), socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b'{"op":"status"}\n')
+        reply: dict[str, Any] = json.loads(f.readline())
+        return reply
+    return None
+
+
+def start(work: Path, root: Path, *, resync: bool, paths: int, timeout: float) -> Started:
+    sock = str(work / "w.sock")
+    cfg = work / "w.toml"
+    cfg.write_text(f'[daemon]\nsocket = "{sock}"\nlog_level = "warning"\n'
+                   f'[[watch]]\nname = "big"\npath = "{root}"\n'
+                   f'resync = {"true" if resync else "false"}\n')
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)])
+    deadline = t0 + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        st = status(sock)
+        if st is not None:
+            watch = st["watches"][0]
+            tracked = int(watch.get("tracked", 0))
+            if watch["state"] == "active" and (not resync or tracked >= paths):
+                return Started(proc, sock, time.monotonic() - t0, tracked)
+        time.sleep(0.02)
+    proc.kill()
+    raise SystemExit(f"the daemon did not get ready within {timeout} s (resync={resync})")
+
+
+def stop(started: Started) -> None:
+    started.proc.terminate()
+    started.proc.wait(30)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(started.sock)
+
+
+def subscribe(sock: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.makefile("rb").readline()
+    s.sendall(b'{"op":"subscribe","id":1}\n')
+    return s
+
+
+def resync_once(work: Path, root: Path, paths: int, changes: int) -> dict[str, float]:
+    started = start(work, root, resync=True, paths=paths, timeout=600)
+    sub = subscribe(started.sock)
+    reader = sub.makefile("rb")
+    assert b"subscribed" in reader.readline()
+    # The directory first, watched before the watcher freezes: what is made in it then fills
+    # the kernel's queue (made in a new directory, it would be found by a walk instead).
+    spot = root / "changes"
+    spot.mkdir()
+    while str(spot).encode() not in reader.readline():
+        pass
+    watcher = watcher_of(started.proc.pid)
+    assert watcher is not None
+    os.kill(watcher, signal.SIGSTOP)
+    for i in range(changes):
+        (spot / f"new-{i:06}").write_bytes(b"y")
+    thawed = time.monotonic()
+    os.kill(watcher, signal.SIGCONT)
+    overflow_s = resynced_s = -1.0
+    report: dict[str, float] = {}
+    sub.settimeout(600)
+    synthetic = 0
+    while resynced_s < 0:
+        msg = json.loads(reader.readline())
+        if msg.get("synthetic"):
+            synthetic += 1
+        elif msg["type"] != "event":
+            print(f"  notice: {msg}")
+        if msg["type"] == "overflow" and overflow_s < 0:
+            overflow_s = time.monotonic() - thawed
+            if not msg.get("resync"):
+                raise SystemExit(f"overflow without resync: {msg}")
+        elif msg["type"] == "resynced":
+            resynced_s = time.monotonic() - thawed
+            report = {"changes": msg["changes"], "duration_ms": msg["duration_ms"]}
+    sub.close()
+    st = status(started.sock)
+    assert st is not None
+    tracked = int(st["watches"][0]["tracked"])
+    stop(started)
+    shutil.rmtree(spot)
+    return {**report, "overflow_s": overflow_s, "resynced_s": resynced_s,
+            "synthetic": synthetic, "tracked": tracked}
+
+
+def main() -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dirs", type=int, default=50_000)
+    parser.add_argument("--files", type=int, default=200_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--changes", type=int, default=20_000,
+                        help="files created while the watcher is frozen (default: %(default)s, "
+                             "more than the default kernel queue of 16384 holds)")
+    parser.add_argument("--dir", default="/dev/shm")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="wd-resync.", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix="wd-resync-tree.", dir=args.dir))
+    try:
+        t0 = time.monotonic()
+        paths = build(root, args.dirs, args.files)
+        print(f"tree: {paths} paths under {root} (built in {time.monotonic() - t0:.1f} s)")
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for rep in range(args.reps):
+            for resync in ((True, False) if rep % 2 == 0 else (False, True)):
+                started = start(work, root, resync=resync, paths=paths, timeout=600)
+                times[resync].append(started.seconds)
+                stop(started)
+                print(f"  set-up resync={str(resync).lower():5} {started.seconds:.2f} s"
+                      f" (tracked {started.tracked})", flush=True)
+        on, off = statistics.median(times[True]), statistics.median(times[False])
+        print(f"set-up: resync on {on:.2f} s, off {off:.2f} s, ratio {on / off:.2f}")
+        r = resync_once(work, root, paths, args.changes)
+        per = r["duration_ms"] / 1000 / (r["tracked"] / 100_000)
+        print(f"resync after {args.changes} creations, {int(r['tracked'])} paths after it: "
+              f"overflow notice {r['overflow_s'] * 1000:.0f} ms after the thaw, resynced "
+              f"{r['resynced_s']:.2f} s after it; {int(r['changes'])} changes, "
+              f"{int(r['synthetic'])} synthetic events; daemon's duration_ms "
+              f"{r['duration_ms']:.0f} ({per:.2f} s per 100,000 paths)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
