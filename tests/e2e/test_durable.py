@@ -254,8 +254,11 @@ def test_systemds_state_directory_is_the_default(start_daemon: Callable[..., Dae
     state = Path(workdir) / "from-systemd"
     d = start_daemon(config(watches=watch("w", watched)), env={"STATE_DIRECTORY": str(state)})
     assert d.connect().hello["durable"] is True
-    assert d.status()["state_directory"] == str(state)
+    status = d.status()
+    assert status["state_directory"] == str(state)
+    assert status["restored_from"] is None  # a first start: nothing resumed
     assert (state / "state.json").exists()
+    assert (state.stat().st_mode & 0o777) == 0o700
 
 
 def test_a_state_directory_inside_a_watched_tree_is_not_used(
