@@ -240,6 +240,37 @@ def test_since_older_than_the_journal_is_expired(start_daemon: Callable[..., Dae
     assert reply["type"] == "subscribed", reply
 
 
+def test_a_watch_changed_while_down_is_rescanned_the_others_resynced(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
+    state = Path(workdir) / "state"
+    other = Path(workdir) / "other"
+    other.mkdir()
+    (other / "o").write_text("o")
+    (watched / "keep").write_text("k")
+
+    def text(exclude: list[str]) -> str:
+        return config(daemon_extra=f'state_directory = "{state}"',
+                      watches=watch("w", watched) + watch("o", other, exclude=exclude))
+
+    d1 = start_daemon(text([]))
+    line, _ = d1.subscribe()
+    instance, seq = line.hello["instance"], line.hello["seq"]
+    wait_for(lambda: len(list((state / "index").glob("*.idx"))) == 2, what="both indexes")
+    assert d1.stop() == 0
+    (watched / "new").write_text("n")
+    (other / "o2").write_text("o")
+    d2 = start_daemon(text(["*.tmp"]))  # "o" is another watch now: its index is not compared
+    line, reply = resubscribe(d2, seq, instance)
+    assert reply["type"] == "subscribed", reply
+    got = line.until(is_type("resynced"))
+    notices = {m["watch"]: m for m in got if m["type"] == "overflow"}
+    assert notices["o"]["resync"] is False and notices["o"]["reason"] == "daemon_restart"
+    assert notices["w"]["resync"] is True
+    assert got[-1]["watch"] == "w"
+    created = {m["path"] for m in got if m["type"] == "event"}
+    assert str(watched / "new") in created and str(other / "o2") not in created
+
+
 def test_without_state_directory_nothing_is_durable(start_daemon: Callable[..., Daemon],
                                                      watched: Path) -> None:
     d = start_daemon(config(watches=watch("w", watched)))
