@@ -37,7 +37,9 @@ def resubscribe(d: Daemon, since: int, instance: str) -> tuple[Line, Msg]:
 
 
 def until_resynced(line: Line) -> list[Msg]:
-    return line.until(is_type("resynced"))
+    # A replay of thousands of events, then a scan and its comparison: on a loaded machine
+    # this takes a while.
+    return line.until(is_type("resynced"), timeout=60)
 
 
 def kill(d: Daemon) -> None:
