@@ -42,6 +42,16 @@ def until_resynced(line: Line) -> list[Msg]:
     return line.until(is_type("resynced"), timeout=60)
 
 
+def write_files(d: Daemon, watched: Path, count: int) -> tuple[Line, str]:
+    """Subscribe, write `count` files and wait for their last event: (the line, the
+    instance)."""
+    line, _ = d.subscribe()
+    for i in range(count):
+        (watched / f"f{i}").write_text("x")
+    line.until(is_event(watched / f"f{count - 1}", "close_write"))
+    return line, line.hello["instance"]
+
+
 def kill(d: Daemon) -> None:
     """SIGKILL the daemon and its watcher at once, as a crash would."""
     assert d.proc is not None
@@ -183,11 +193,7 @@ def test_unreadable_state_is_moved_aside_and_the_daemon_starts_fresh(
     state = Path(workdir) / "state"
     text = durable_config(state, watched)
     d1 = start_daemon(text)
-    line, _ = d1.subscribe()
-    instance = line.hello["instance"]
-    for i in range(20):
-        (watched / f"f{i}").write_text("x")
-    line.until(is_event(watched / "f19", "close_write"))
+    line, instance = write_files(d1, watched, 20)
     # A record of its own after the others: damage in the first one is not the end's.
     (watched / "z").mkdir()
     seq = line.until(is_event(watched / "z", "create"))[-1]["seq"]
