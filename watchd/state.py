@@ -35,6 +35,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -66,6 +67,8 @@ JOURNAL = "journal"
 BAD = ".bad"
 INDEX_INTERVAL_S = 60.0  # the indexes are written at most this often while events come
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# The directory's size is read again at most this often: anyone may ask for status, often.
+SIZE_READ_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class State:
         self._saved = time.monotonic()
         self._saved_seq = -1
         self.snapshot_due = False
+        self._sized = (-math.inf, 0)  # (when, the directory's size): see SIZE_READ_S
         self._pending: asyncio.Future[list[tuple[str, OSError]]] | None = None
 
     @property
@@ -371,10 +375,12 @@ class State:
 
     def status(self) -> dict[str, object]:
         """The status fields of durable state."""
+        now = time.monotonic()
+        if now - self._sized[0] >= SIZE_READ_S:
+            self._sized = (now, directory_bytes(self.path))
         return {"state_directory": self.path, "durable": self.durable,
                 "journal_bytes": self.journal.size if self.journal is not None else 0,
-                "state_bytes": directory_bytes(self.path),
-                "restored_from": self.restored_from}
+                "state_bytes": self._sized[1], "restored_from": self.restored_from}
 
 
 def new_instance() -> str:
