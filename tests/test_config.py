@@ -247,10 +247,31 @@ def test_indexes_are_zero_based_and_count_every_watch() -> None:
         (
             "[daemon]\nsockt = 'x'",
             "daemon.sockt",
-            "unknown key; the keys allowed here are client_queue, log_level, max_clients,"
+            "unknown key; the keys allowed here are client_queue, journal_fsync_interval,"
+            " journal_max_bytes, log_level, max_clients,"
             " max_clients_per_user, max_line_bytes, max_paths, max_patterns,"
             " max_subscriptions, replay_buffer, request_timeout, socket, socket_group,"
-            " socket_mode, watcher_timeout; did you mean 'socket'?",
+            " socket_mode, state_directory, watcher_timeout; did you mean 'socket'?",
+        ),
+        (
+            "[daemon]\nstate_directory = 'state'",
+            "daemon.state_directory",
+            "must be an absolute path, got 'state'",
+        ),
+        (
+            "[daemon]\nstate_directory = 3",
+            "daemon.state_directory",
+            "expected a string, got an integer (3)",
+        ),
+        (
+            "[daemon]\njournal_max_bytes = 1000",
+            "daemon.journal_max_bytes",
+            "1000 bytes is less than the least allowed (65536); choose a larger journal",
+        ),
+        (
+            "[daemon]\njournal_fsync_interval = -1",
+            "daemon.journal_fsync_interval",
+            "must be a finite number greater than 0, got -1",
         ),
         ("[daemon]\nsocket = 5", "daemon.socket", "expected a string, got an integer (5)"),
         ("[daemon]\nsocket = 'w.sock'", "daemon.socket", "must be an absolute path, got 'w.sock'"),
@@ -612,7 +633,8 @@ def test_the_system_example_loads(tmp_path: Path) -> None:
     path = tmp_path / "watchd.toml"
     path.write_text(text.replace('"watchd"', f'"{group}"'))
     config = load_config(path)
-    assert config.daemon == DaemonConfig(socket_group=os.getgid())
+    assert config.daemon == DaemonConfig(socket_group=os.getgid(),
+                                         state_directory="/var/lib/watchd")
     assert [w.name for w in config.watches] == ["uploads", "etc"]
     assert config.watch("etc") == WatchConfig(
         name="etc", path="/etc", exclude=("*~", ".#*", "*.swp")
@@ -634,7 +656,8 @@ def test_the_development_template_loads_once_rendered(tmp_path: Path) -> None:
     path = tmp_path / "dev.toml"
     path.write_text(template.replace("@ROOT@", root))
     config = load_config(path)
-    assert config.daemon == DaemonConfig(socket=f"{root}/.dev/watchd.sock", socket_mode=0o600)
+    assert config.daemon == DaemonConfig(socket=f"{root}/.dev/watchd.sock", socket_mode=0o600,
+                                         state_directory=f"{root}/.dev/state")
     assert config.watches == (WatchConfig(name="dev", path=f"{root}/.dev/watched"),)
 
 
@@ -663,3 +686,29 @@ def test_every_watch_key_is_validated(key: str) -> None:
 def test_resolved_is_not_a_key_of_the_file() -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         only_watch('resolved = "/elsewhere"')
+
+
+def test_state_directory_default_is_systemds_then_none() -> None:
+    default = parse_config("", FILE).daemon
+    assert default.state_directory is None
+    assert default.state_path({}) is None
+    assert default.state_path({"STATE_DIRECTORY": "/var/lib/watchd:/other"}) == "/var/lib/watchd"
+    assert default.state_path({"STATE_DIRECTORY": "relative"}) is None
+    given = parse_config("[daemon]\nstate_directory = '/srv/w//state/'", FILE).daemon
+    assert given.state_path({"STATE_DIRECTORY": "/var/lib/watchd"}) == "/srv/w/state"
+    off = parse_config("[daemon]\nstate_directory = ''", FILE).daemon
+    assert off.state_path({"STATE_DIRECTORY": "/var/lib/watchd"}) is None
+    keys = parse_config("[daemon]\njournal_max_bytes = 1048576\njournal_fsync_interval = 0.25",
+                        FILE).daemon
+    assert (keys.journal_max_bytes, keys.journal_fsync_interval) == (1048576, 0.25)
+
+
+def test_a_state_directory_inside_a_recursive_watch_is_refused() -> None:
+    text = ("[daemon]\nstate_directory = '/srv/data/.state'\n"
+            "[[watch]]\nname = 'data'\npath = '/srv/data'\n")
+    err = refused(text)
+    assert err.key == "daemon.state_directory"
+    assert "inside the tree of watch 'data'" in err.problem
+    # Beside the tree, or under a watch that is not recursive, it is fine.
+    assert parse_config(text.replace("/srv/data/.state", "/srv/data-state"), FILE)
+    assert parse_config(text + "recursive = false\n", FILE)

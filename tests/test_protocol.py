@@ -253,8 +253,10 @@ def test_hello_has_the_contract_keys_in_order() -> None:
     line = protocol.hello("0.1.0", 42, "inst", 0)
     assert line == (
         b'{"type":"hello","protocol":1,"server":"watchd","version":"0.1.0",'
-        b'"pid":42,"instance":"inst","seq":0}\n'
+        b'"pid":42,"instance":"inst","seq":0,"durable":false}\n'
     )
+    assert protocol.hello("0.1.0", 42, "inst", 7, durable=True).endswith(
+        b'"seq":7,"durable":true}\n')
 
 
 def test_replies_carry_the_id_even_when_null() -> None:

@@ -153,6 +153,9 @@ def test_service_sandbox() -> None:
     for key in ("PrivateTmp", "PrivateUsers", "DynamicUser"):
         assert values(SERVICE, "Service", key) in ([], ["no"]), key
     assert not values(SERVICE, "Service", "RuntimeDirectory")
+    # The durable state: the only place the daemon writes besides its socket.
+    assert one(SERVICE, "Service", "StateDirectory") == "watchd"
+    assert one(SERVICE, "Service", "StateDirectoryMode") == "0700"
 
 
 def test_socket_directives() -> None:

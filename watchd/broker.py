@@ -154,6 +154,11 @@ class Broker:
         return reached
 
     @property
+    def history(self) -> History:
+        """The replay history (a durable daemon restores it and records what it takes)."""
+        return self._history
+
+    @property
     def replay_buffer(self) -> int:
         """Events held for `since`."""
         return self._history.size

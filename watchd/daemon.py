@@ -1,8 +1,10 @@
 """The daemon's lifecycle: start-up, serving, reload, shutdown, and the wiring of its parts.
 
-Order of start-up: the socket is bound (or taken from systemd), the watcher is started and
-given the configuration, and READY=1 goes out only once the watcher reports every watch
-established, so a client that connects right after READY sees every later change.
+Order of start-up: the durable state is read (watchd.state: the instance, seqs and history of
+the previous run, resumed), the socket is bound (or taken from systemd), the watcher is
+started and given the configuration, and READY=1 goes out only once the watcher reports every
+watch established (and, with durable state, its first scans are compared with the stored
+indexes), so a client that connects right after READY sees every later change.
 
 The parts: the broker (subscriptions and fan-out), the supervisor (the watcher process and its
 restarts), the watches' state, the hold-back rule's glue, the request handler and status.
@@ -14,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import time
@@ -28,10 +29,13 @@ from watchd.errors import ConfigError
 from watchd.events import kinds_mask
 from watchd.handler import RequestHandler
 from watchd.holdback import HoldBack
+from watchd.index import Index
 from watchd.inotify.errors import effective_watch_limit
 from watchd.protocol import OverflowReason
+from watchd.restore import index_spec, open_state, resume
 from watchd.resync import Resyncer
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
+from watchd.state import new_instance
 from watchd.status import ReloadRecord, Status
 from watchd.supervisor import Supervisor, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
@@ -94,8 +98,10 @@ class Daemon:
         self.log_level_override = log_level  # --log-level wins over daemon.log_level
         self.notifier = notifier
         self.listen = listen  # a socket passed by systemd, or None to bind daemon.socket
-        self.instance = secrets.token_hex(8)
         d = config.daemon
+        self.state, resumed = open_state(config, os.environ,
+                                         retain=lambda: self.config.daemon.replay_buffer)
+        self.instance = resumed.instance if resumed is not None else new_instance()
         self.broker = Broker(instance=self.instance, client_queue=d.client_queue,
                              replay_buffer=d.replay_buffer,
                              max_subscriptions=d.max_subscriptions,
@@ -106,6 +112,13 @@ class Daemon:
         # The index of each watch with resync (see watchd.resync).
         self.resync = Resyncer()
         self.resync.configure(config.watches, changed=[w.name for w in config.watches])
+        if self.state is not None and self.state.journal is None and resumed is None:
+            self.state.start(self.instance, 0)  # a fresh start (resumed: see open_state)
+        if self.state is not None and self.state.journal is not None:
+            self.broker.history.recorder = self.state.journal
+            self.state.on_fail = self.recording_failed
+        if resumed is not None:
+            resume(self.broker, self.resync, config.watches, resumed)
         self.clients: set[ClientProtocol] = set()
         self.history = ReloadRecord()
         self.generation = 0
@@ -122,10 +135,24 @@ class Daemon:
         self.status = Status(instance=self.instance, config_path=config.path,
                              broker=self.broker, watches=self.watches,
                              supervisor=self.supervisor, clients=self.clients,
-                             history=self.history, resync=self.resync)
+                             history=self.history, resync=self.resync, state=self.state)
         self.handler = RequestHandler(broker=self.broker, instance=self.instance,
                                  settings=lambda: self.config.daemon, clients=self.clients,
-                                 status=self.status, hold=self.hold)
+                                 status=self.status, hold=self.hold, durable=self.durable)
+
+    # -- durable state (watchd.state) ----------------------------------------------------------
+
+    def durable(self) -> bool:
+        return self.state is not None and self.state.durable
+
+    def recording_failed(self) -> None:
+        """The state cannot be written any more: the history stops recording (see State.fail)."""
+        self.broker.history.recorder = None
+
+    def index_snapshots(self) -> list[tuple[str, str, Index | None]]:
+        """Each watch's index, to store: (name, what the watch is, index or None)."""
+        specs = {w.name: index_spec(w) for w in self.config.watches}
+        return [(name, specs[name], dirs) for name, dirs in self.resync.indexes()]
 
     # -- the lifecycle -------------------------------------------------------------------------
 
@@ -142,6 +169,7 @@ class Daemon:
         self.supervisor.start()
         # Supervision runs from the start: a watcher that hangs in its first scan is replaced too.
         ticker = loop.create_task(self.tick_forever())
+        syncer = loop.create_task(self.state.sync_forever()) if self.state is not None else None
         await self.confirmations.wait(self.send_config(), meanwhile=self.still_scanning)
         if not self.stopping.is_set():
             assert self.server is not None
@@ -151,6 +179,8 @@ class Daemon:
                      self.status.line())
             await self.stopping.wait()
         ticker.cancel()
+        if syncer is not None:
+            syncer.cancel()
         await self.shutdown()
         return 0
 
@@ -178,6 +208,8 @@ class Daemon:
             self.server.close()  # stop accepting first
         self.hold.release()
         await self.supervisor.stop()
+        if self.state is not None:
+            await self.state.close(self.broker.last_seq, self.index_snapshots())
         for client in list(self.clients):
             client.close()  # flushes what is buffered, then closes
         if self.owned_socket_path is not None:
@@ -213,6 +245,8 @@ class Daemon:
             # Pinged from the loop itself and only while the watcher is alive and talking,
             # so a wedged loop or a hung watcher both get the service restarted by systemd.
             self.notifier.watchdog()
+        if self.state is not None:
+            self.state.tick(self.broker.last_seq, self.index_snapshots)
         line = self.status.line()
         if line != self.last_status and self.notifier.status(line):
             self.last_status = line
@@ -323,6 +357,10 @@ class Daemon:
         if result is None:
             return
         steps = self.resync.steps(self.broker, name, result, self.hold.after_publish)
+        if (state := self.state) is not None:
+            # The index was replaced: stored once its differences are out, so that a crash
+            # finds it.
+            steps.append(lambda: state.save(self.broker.last_seq, self.index_snapshots))
         watcher = self.supervisor.watcher
         if watcher is not None and not watcher.exited:
             watcher.defer(steps)

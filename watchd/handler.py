@@ -36,13 +36,17 @@ class RequestHandler:
     """Admits connections and answers their requests (see watchd.server.Handler)."""
 
     def __init__(self, *, broker: Broker, instance: str, settings: Callable[[], DaemonConfig],
-                 clients: Collection[ClientProtocol], status: Status, hold: HoldBack) -> None:
+                 clients: Collection[ClientProtocol], status: Status, hold: HoldBack,
+                 durable: Callable[[], bool] = lambda: False) -> None:
         self.broker = broker
         self.instance = instance
         self.settings = settings  # the daemon's current settings: a reload replaces them
         self.clients = clients
         self.status = status
         self.hold = hold
+        # Whether what is published now survives a restart (it stops when the state's disk
+        # fills up: connections from then on are told so).
+        self.durable = durable
         self.accept_failing = False  # out of descriptors: logged once until an accept works
 
     def may_connect(self, peer: Peer) -> str | None:
@@ -91,7 +95,7 @@ class RequestHandler:
     def greet(self, conn: Connection) -> None:
         """The hello every connection gets first."""
         self.broker.reply(conn, protocol.hello(__version__, os.getpid(), self.instance,
-                                               self.broker.last_seq))
+                                               self.broker.last_seq, self.durable()))
 
     def handle_line(self, conn: Connection, line: bytes) -> None:
         """Answer one request line; a bad one gets an error reply, never an exception."""

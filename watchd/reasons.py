@@ -17,6 +17,7 @@ class OverflowReason(enum.StrEnum):
     WATCHER_RESTART = "watcher_restart"
     WATCH_LIMIT = "watch_limit"
     UNMOUNT = "unmount"  # a file system mounted inside the watched tree was unmounted
+    DAEMON_RESTART = "daemon_restart"  # the daemon resumed from its durable state
 
 
 class LostReason(enum.StrEnum):

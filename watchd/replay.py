@@ -12,6 +12,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from watchd import protocol
 from watchd.outbox import FLUSH_LINES
@@ -46,6 +47,17 @@ class Marker:
         return protocol.overflow(sid, self.seq, self.reason, self.watch, resync)
 
 
+class Recorder(Protocol):
+    """Where the history writes what it holds, as it takes it (watchd.journal, for a durable
+    daemon): called before the events go to any client."""
+
+    def events(self, entries: list[Held]) -> None:
+        """Record the next events, in seq order."""
+
+    def marker(self, marker: Marker) -> None:
+        """Record a marker, in its place after the events recorded so far."""
+
+
 class History:
     """The newest `size` events by seq, and the overflow markers among them.
 
@@ -61,6 +73,10 @@ class History:
         self.count = 0  # events held
         self.last_seq = 0  # the newest seq assigned
         self.markers: deque[Marker] = deque()
+        # Durable state (watchd.journal): every event and marker, as it is held. Called from
+        # here, before the publisher writes to any client, so that a seq a client may have
+        # seen is always on record (see watchd.state).
+        self.recorder: Recorder | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -72,6 +88,8 @@ class History:
 
     def append(self, entry: Held) -> None:
         """Hold the next event: extend() for one, without its slicing (most reads are one event)."""
+        if self.recorder is not None:
+            self.recorder.events([entry])
         ring = self._ring
         if self.count == self.size:
             if ring:
@@ -87,6 +105,8 @@ class History:
         """Hold the next events in seq order (the oldest are forgotten past `size`)."""
         n = len(entries)
         size = self.size
+        if n and self.recorder is not None:
+            self.recorder.events(entries)
         if not n or not size:
             self.last_seq += n
             return
@@ -142,6 +162,20 @@ class History:
         if not self._marked(marker):
             self.markers.append(marker)
             self.prune_markers()
+            if self.recorder is not None:
+                self.recorder.marker(marker)
+
+    def restore(self, entries: list[Held], markers: list[Marker], last_seq: int) -> None:
+        """Take what a previous run of the daemon held (watchd.journal) as the history: its
+        events in seq order, its markers, and the last seq it assigned."""
+        recorder, self.recorder = self.recorder, None  # all of it is on record already
+        try:
+            self.extend(entries[-self.size :] if self.size else [])
+            self.last_seq = max(self.last_seq, last_seq)
+            self.markers.extend(markers)
+            self.prune_markers()
+        finally:
+            self.recorder = recorder
 
     def _marked(self, marker: Marker) -> bool:
         """Whether this very marker is already held (markers at one seq are at the right end)."""

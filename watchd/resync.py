@@ -26,14 +26,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import kinds_mask
-from watchd.index import Dirs, Item, Records, TreeIndex
+from watchd.index import Dirs, Index, Item, Records, TreeIndex
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -157,6 +157,21 @@ class Resyncer:
         if watch is not None:
             watch.scanned = True
             watch.awaiting = True
+
+    def restore(self, name: str, dirs: Dirs) -> None:
+        """An index a previous run of the daemon kept (watchd.restore): the watch's first scan
+        is compared with it, and its `resynced` notice follows."""
+        watch = self.watches.get(name)
+        if watch is not None:
+            watch.index.replace(dirs)
+            watch.scanned = True
+            watch.awaiting = True
+
+    def indexes(self) -> Iterator[tuple[str, Index | None]]:
+        """Each watch's index as the published events describe it (None: not filled yet),
+        in the index's own layout (directories at rest stay so)."""
+        for name, watch in self.watches.items():
+            yield name, (watch.index.dirs if watch.scanned else None)
 
     def resyncing(self, names: Iterable[str]) -> frozenset[str]:
         """Of these watches, those whose next scan will be a resync."""

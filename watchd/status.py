@@ -18,6 +18,7 @@ from watchd.server import trusted
 if TYPE_CHECKING:  # for hints only: status reads the parts the daemon wires
     from watchd.broker import Broker, Peer
     from watchd.resync import Resyncer
+    from watchd.state import State
     from watchd.supervisor import Supervisor
     from watchd.watchstate import Watches, WatchState
 
@@ -61,7 +62,8 @@ class Status:
 
     def __init__(self, *, instance: str, config_path: str, broker: Broker, watches: Watches,
                  supervisor: Supervisor, clients: Collection[object],
-                 history: ReloadRecord, resync: Resyncer | None = None) -> None:
+                 history: ReloadRecord, resync: Resyncer | None = None,
+                 state: State | None = None) -> None:
         self.instance = instance
         self.config_path = config_path
         self.broker = broker
@@ -70,6 +72,7 @@ class Status:
         self.clients = clients
         self.history = history
         self.resync = resync
+        self.state = state
         self.max_user_watches: tuple[float, int | None] = (-math.inf, None)  # (read at, value)
 
     def fields(self, peer: Peer | None = None) -> dict[str, Any]:
@@ -118,7 +121,20 @@ class Status:
             "inotify_watches": sum(ws.directories for ws in shown),
             "max_user_watches": self.user_watch_limit(),
             "restart_needed": list(h.restart_needed),
+            **self.state_fields(full=view == "full"),
         }
+
+    def state_fields(self, *, full: bool) -> dict[str, Any]:
+        """Durable state: where, how large, and the seq a restart resumed at. The sizes grow
+        with every watch's events, so a peer with a limited view is not shown them."""
+        state = self.state
+        if state is None:
+            return {"state_directory": None, "durable": False, "journal_bytes": None,
+                    "state_bytes": None, "restored_from": None}
+        out = state.status()
+        if not full:
+            out["journal_bytes"] = out["state_bytes"] = None
+        return out
 
     def user_watch_limit(self) -> int | None:
         """fs.inotify.max_user_watches, read again at most every LIMITS_READ_S."""

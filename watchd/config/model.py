@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Final
 
 from watchd.events import DEFAULT_KINDS, Kind
 from watchd.levels import DEFAULT_LOG_LEVEL
 
-# Keys of [daemon] that bind the listening socket: a reload cannot change them.
-RESTART_KEYS: Final = ("socket", "socket_mode", "socket_group")
+# Keys of [daemon] that bind the listening socket or open the durable state: a reload cannot
+# change them.
+RESTART_KEYS: Final = ("socket", "socket_mode", "socket_group", "state_directory",
+                       "journal_max_bytes", "journal_fsync_interval")
 # Connections root and the daemon's own user may open beyond daemon.max_clients, so that the
 # others filling every slot cannot lock the administrator out.
 RESERVED_CLIENTS: Final = 8
@@ -34,6 +36,19 @@ class DaemonConfig:
     max_line_bytes: int = 65536
     request_timeout: float = 10.0
     watcher_timeout: float = 10.0
+    # Where the durable state lives (watchd.state): None for $STATE_DIRECTORY when systemd
+    # sets it, else no durable state; "" for none at all.
+    state_directory: str | None = None
+    journal_max_bytes: int = 64 << 20
+    journal_fsync_interval: float = 1.0
+
+    def state_path(self, environ: Mapping[str, str]) -> str | None:
+        """The state directory in effect: the key, else systemd's $STATE_DIRECTORY (its first
+        entry), else None."""
+        if self.state_directory is not None:
+            return self.state_directory or None
+        first = environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return first if first.startswith("/") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +103,15 @@ class Config:
         """The watch of that name, if there is one."""
         for watch in self.watches:
             if watch.name == name:
+                return watch
+        return None
+
+    def watching(self, path: str) -> WatchConfig | None:
+        """A recursive watch whose tree holds path (its events would report what is written
+        there), if any."""
+        for watch in self.watches:
+            if watch.recursive and (path == watch.path or path.startswith(
+                    watch.path.rstrip("/") + "/")):
                 return watch
         return None
 

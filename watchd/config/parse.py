@@ -29,6 +29,8 @@ _MAX_SOCKET_PATH: Final = 107
 # them is up to 2 GB. A larger history is more likely a typo than a plan, and would fail only
 # later, when the events arrive, by the kernel's OOM killer.
 MAX_REPLAY_BUFFER: Final = 4 * 1024 * 1024
+# The journal keeps four segments: below this, one would hold few batches.
+MIN_JOURNAL_BYTES: Final = 64 * 1024
 
 
 def parse_config(text: str, path: str) -> Config:
@@ -43,7 +45,15 @@ def parse_config(text: str, path: str) -> Config:
     r.only_keys(doc, "", ("daemon", "watch"))
     daemon = _daemon(r, r.table(doc, "daemon"))
     watches = _watches(r, doc.get("watch", []))
-    return Config(path=path, daemon=daemon, watches=watches)
+    config = Config(path=path, daemon=daemon, watches=watches)
+    state = daemon.state_directory
+    watch = config.watching(state) if state else None
+    if watch is not None:
+        raise r.error("daemon.state_directory",
+                      f"{show(state or '')} is inside the tree of watch {watch.name!r}: every "
+                      "write of the journal would be reported as an event, and recorded again; "
+                      "choose a directory outside every recursive watch")
+    return config
 
 
 def _type_name(value: object) -> str:
@@ -216,7 +226,15 @@ def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
                     f"unknown log level {show(level)}; expected one of {', '.join(LOG_LEVELS)}",
                 )
             values[key] = level
-        elif key in ("watcher_timeout", "request_timeout"):
+        elif key == "state_directory":
+            # "" turns durable state off, even where systemd sets $STATE_DIRECTORY.
+            values[key] = "" if value == "" else r.absolute_path(value, full)
+        elif key == "journal_max_bytes":
+            size = values[key] = r.positive_int(value, full)
+            if size < MIN_JOURNAL_BYTES:
+                raise r.error(full, f"{size} bytes is less than the least allowed "
+                                    f"({MIN_JOURNAL_BYTES}); choose a larger journal")
+        elif key in ("watcher_timeout", "request_timeout", "journal_fsync_interval"):
             values[key] = r.positive_number(value, full)
         elif key == "replay_buffer":
             size = values[key] = r.positive_int(value, full)

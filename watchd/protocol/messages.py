@@ -25,8 +25,9 @@ def decode_message(line: bytes) -> dict[str, object]:
     return obj
 
 
-def hello(version: str, pid: int, instance: str, seq: int) -> bytes:
-    """The greeting the server sends first on every connection."""
+def hello(version: str, pid: int, instance: str, seq: int, durable: bool = False) -> bytes:
+    """The greeting the server sends first on every connection; durable: whether the daemon
+    keeps its instance, seqs and replay history across a restart."""
     return encode(
         {
             "type": "hello",
@@ -36,6 +37,7 @@ def hello(version: str, pid: int, instance: str, seq: int) -> bytes:
             "pid": pid,
             "instance": instance,
             "seq": seq,
+            "durable": durable,
         }
     )
 

@@ -1,0 +1,388 @@
+"""The durable state directory: what lets clients resume across a restart of the daemon.
+
+    <state_directory>/          mode 0700, owned by the daemon's user
+      lock                      flock'ed while a daemon uses the directory
+      state.json                {"format", "instance", "boot_id", "clean", "seq"}
+      journal/<seq>.seg         the replay journal (watchd.journal)
+      index/<hex name>.idx      each watch's index, with the seq it is as of
+
+Write and fsync policy.
+* The journal: one write per batch, before the batch goes to any client; fsync'ed at most
+  every daemon.journal_fsync_interval seconds (off the event loop), and at a stop. A SIGKILL
+  or a crash of the daemon loses nothing that was written: the page cache keeps it.
+* The indexes: written whole (tmp file, fsync, rename, fsync of the directory) at a stop,
+  after the journal closes a segment, after a resync, and at most every INDEX_INTERVAL_S while
+  events come. At start, the journal's events after an index's seq are applied to it
+  (watchd.restore), so that it describes the tree as the last published event did.
+* state.json: written the same way at start ("clean": false) and at a stop ("clean": true,
+  with the last seq).
+
+What a crash can lose. A crash of the daemon alone: nothing; it resumes its instance and
+numbers on after the journal's last seq, above every seq it may have sent. A crash of the
+machine (a power cut, a kernel panic) may lose the journal's records written after its last
+fsync, which clients may have seen: so a state that was not closed cleanly in an earlier boot
+is not resumed: the daemon starts with a new instance (clients get since_expired and rescan).
+State that cannot be read is moved aside (to NAME.bad) with a warning, and the daemon starts
+fresh with a new instance; one it cannot write (a read-only or full file system) is logged as
+an error, and the daemon goes on without durable state ("durable": false in hello).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from watchd import journal
+from watchd.index import Index
+from watchd.journal import StateError
+from watchd.statefiles import (
+    INDEX,
+    INDEX_SUFFIX,
+    StoredIndex,
+    decode_index,
+    directory_bytes,
+    encode_index,
+    fsync_close,
+    index_file,
+    write_all,
+    write_atomic,
+)
+
+log = logging.getLogger("watchd")
+
+FORMAT = 1
+META = "state.json"
+LOCK = "lock"
+JOURNAL = "journal"
+BAD = ".bad"
+INDEX_INTERVAL_S = 60.0  # the indexes are written at most this often while events come
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# The directory's size is read again at most this often: anyone may ask for status, often.
+SIZE_READ_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """What a previous run left that this one takes over."""
+
+    instance: str
+    loaded: journal.Loaded
+    indexes: dict[str, StoredIndex]
+
+
+def boot_id() -> str:
+    try:
+        with open(BOOT_ID) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def move_aside(path: str, problem: str) -> None:
+    """Keep an unreadable file for a person to look at, out of the daemon's way."""
+    log.warning("state %s cannot be used (%s): moved to %s; starting with a new instance",
+                path, problem, path + BAD)
+    try:
+        os.replace(path, path + BAD)
+    except OSError as e:
+        log.warning("cannot move %s aside: %s; removing it", path, e.strerror)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+class State:
+    """The state directory of a running daemon: opened at start, written while it runs."""
+
+    def __init__(self, path: str, *, max_bytes: int, fsync_interval: float,
+                 retain: Callable[[], int]) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.fsync_interval = fsync_interval
+        self.retain = retain
+        self.journal: journal.Journal | None = None
+        self.restored_from: int | None = None
+        self.on_fail: Callable[[], None] = lambda: None  # the daemon stops recording
+        self._lock_fd = -1
+        self._saved = time.monotonic()
+        self._saved_seq = -1
+        self.snapshot_due = False
+        self._sized = (-math.inf, 0)  # (when, the directory's size): see SIZE_READ_S
+        self._pending: asyncio.Future[list[tuple[str, OSError]]] | None = None
+
+    @property
+    def durable(self) -> bool:
+        """Whether what is published now is on record for a restart."""
+        return self.journal is not None and not self.journal.failed
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def open(self, specs: dict[str, str]) -> Resumed | None:
+        """Take the directory and what a previous run left in it; returns what to resume, or
+        None to start afresh. On return, durable says whether recording works; call start."""
+        try:
+            self._prepare()
+        except OSError as e:
+            self._unusable(e)
+            return None
+        try:
+            resumed = self._read(specs)
+        except StateError as e:
+            log.debug("state not resumed: %s", e)
+            resumed = None
+        except OSError as e:
+            log.warning("state %s cannot be read (%s); starting with a new instance",
+                        self.path, e.strerror or e)
+            resumed = None
+        if resumed is None:
+            try:
+                self._wipe()
+            except OSError as e:
+                self._unusable(e)
+        return resumed
+
+    def start(self, instance: str, last_seq: int) -> bool:
+        """Record from now on under `instance`, after `last_seq`; False (and logged) when the
+        directory cannot be written."""
+        if self._lock_fd < 0:
+            return False
+        rec = journal.Journal(os.path.join(self.path, JOURNAL), max_bytes=self.max_bytes,
+                              retain=self.retain, on_error=self.fail, on_rotate=self._rotated)
+        try:
+            rec.open(last_seq)
+            self._write_meta(instance, clean=False, seq=last_seq)
+        except OSError as e:
+            rec.close()
+            self._unusable(e)
+            return False
+        self.instance = instance
+        self.journal = rec
+        self._saved_seq = last_seq
+        return True
+
+    def _prepare(self) -> None:
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        st = os.lstat(self.path)
+        if not os.path.isdir(self.path) or os.path.islink(self.path):
+            raise OSError(errno.ENOTDIR, "not a directory")
+        if st.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by the daemon's user")
+        if st.st_mode & 0o777 != 0o700:
+            os.chmod(self.path, 0o700)
+        for sub in (JOURNAL, INDEX):
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise OSError(errno.EBUSY, "another watchd uses it") from e
+        self._lock_fd = fd
+
+    def _unusable(self, e: OSError) -> None:
+        log.error("state directory %s: %s; going on without durable state (clients cannot "
+                  "resume across a restart)", self.path, e.strerror or e)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _read(self, specs: dict[str, str]) -> Resumed | None:
+        meta_path = os.path.join(self.path, META)
+        try:
+            with open(meta_path, "rb") as f:
+                meta = json.loads(f.read())
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise ValueError(f"not the state of this version (format {FORMAT})")
+            instance, clean, seq = meta["instance"], meta["clean"], meta["seq"]
+            if (not isinstance(instance, str) or not instance or type(seq) is not int
+                    or not isinstance(clean, bool)):
+                raise ValueError("no instance, seq or clean")
+        except FileNotFoundError:
+            return None  # a first start, or a state given up (see fail)
+        except (ValueError, KeyError, UnicodeDecodeError) as e:
+            move_aside(meta_path, str(e))
+            return None
+        if not clean and meta.get("boot_id") != boot_id():
+            log.warning("state %s: the machine stopped without a clean stop of watchd: the "
+                        "journal may lack events clients saw; starting with a new instance",
+                        self.path)
+            return None
+        try:
+            loaded = journal.load(os.path.join(self.path, JOURNAL))
+        except StateError as e:
+            move_aside(e.path, str(e).removeprefix(e.path + ": "))
+            return None
+        if clean and loaded.last_seq != seq:
+            log.warning("state %s: the journal ends at seq %d, the daemon stopped at %d; "
+                        "starting with a new instance", self.path, loaded.last_seq, seq)
+            return None
+        indexes = self._indexes(specs)
+        if indexes is None:
+            return None
+        self.restored_from = loaded.last_seq
+        return Resumed(instance, loaded, indexes)
+
+    def _indexes(self, specs: dict[str, str]) -> dict[str, StoredIndex] | None:
+        found: dict[str, StoredIndex] = {}
+        directory = os.path.join(self.path, INDEX)
+        for entry in os.listdir(directory):
+            if not entry.endswith(INDEX_SUFFIX):
+                continue
+            path = os.path.join(directory, entry)
+            with open(path, "rb") as f:
+                data = f.read()
+            try:
+                name, stored = decode_index(data, path)
+            except StateError as e:
+                move_aside(path, str(e).removeprefix(path + ": "))
+                return None
+            if name in specs:
+                found[name] = stored
+        return found
+
+    def _wipe(self) -> None:
+        """Forget a previous run's journal and indexes, and the temporary files of writes a
+        crash interrupted (the files moved aside stay)."""
+        for sub, suffixes in (("", (".tmp",)), (JOURNAL, (journal.SUFFIX,)),
+                              (INDEX, (INDEX_SUFFIX, ".tmp"))):
+            directory = os.path.join(self.path, sub)
+            for entry in os.listdir(directory):
+                if entry.endswith(suffixes):
+                    os.unlink(os.path.join(directory, entry))
+        self.restored_from = None
+
+    def _write_meta(self, instance: str, *, clean: bool, seq: int) -> None:
+        meta = {"format": FORMAT, "instance": instance, "boot_id": boot_id(), "clean": clean,
+                "seq": seq}
+        write_atomic(os.path.join(self.path, META), json.dumps(meta).encode() + b"\n")
+
+    # -- while running -------------------------------------------------------------------------
+
+    def _rotated(self) -> None:
+        self.snapshot_due = True  # before the journal forgets the events after an index's seq
+
+    def tick(self, last_seq: int, indexes: Callable[[], Iterable[tuple[str, str, Index | None]]],
+             ) -> None:
+        """Once a second: the indexes, when due (written off the loop)."""
+        if self.journal is None:
+            return
+        if self.snapshot_due or (last_seq != self._saved_seq
+                                 and time.monotonic() - self._saved >= INDEX_INTERVAL_S):
+            self.save(last_seq, indexes)
+
+    async def sync_forever(self) -> None:
+        """Every fsync_interval: the journal's fsync, in a thread, when it was written to."""
+        loop = asyncio.get_running_loop()
+        while (rec := self.journal) is not None:
+            await asyncio.sleep(self.fsync_interval)
+            fd = rec.sync_fd()
+            if fd is not None:
+                self._synced_fd(await loop.run_in_executor(None, fsync_close, fd), rec)
+
+    def save(self, last_seq: int,
+             indexes: Callable[[], Iterable[tuple[str, str, Index | None]]]) -> None:
+        """Store the indexes as of last_seq: serialized now, written off the loop (or at the
+        next tick, when a write is still under way)."""
+        if self._pending is not None or self.journal is None:
+            self.snapshot_due = True
+            return
+        blobs = self._blobs(last_seq, indexes())
+        self._pending = pending = asyncio.get_running_loop().run_in_executor(
+            None, write_all, blobs)
+        pending.add_done_callback(self._saved_all)
+        self._saved, self._saved_seq, self.snapshot_due = time.monotonic(), last_seq, False
+
+    def _synced_fd(self, error: OSError | None, rec: journal.Journal) -> None:
+        if error is not None:
+            rec.fail(os.path.join(self.path, JOURNAL), error)
+
+    def _saved_all(self, future: asyncio.Future[list[tuple[str, OSError]]]) -> None:
+        self._pending = None
+        for path, error in future.result():
+            self.fail(path, error)
+
+    def _blobs(self, seq: int, indexes: Iterable[tuple[str, str, Index | None]],
+               ) -> list[tuple[str, bytes | None]]:
+        """What to write for each index: its bytes, or None to remove a stale one (a watch
+        whose index starts over, or one no longer configured)."""
+        blobs: list[tuple[str, bytes | None]] = [
+            (index_file(self.path, name), None if dirs is None
+             else encode_index(name, spec, seq, dirs)) for name, spec, dirs in indexes]
+        wanted = {path for path, _ in blobs}
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(os.path.join(self.path, INDEX)):
+                path = os.path.join(self.path, INDEX, entry)
+                if entry.endswith(INDEX_SUFFIX) and path not in wanted:
+                    blobs.append((path, None))
+        return blobs
+
+    def fail(self, what: str, error: OSError) -> None:
+        """A write failed: stop recording, and give up the state so that a restart does not
+        resume an instance whose newest seqs are not on record."""
+        rec = self.journal
+        if rec is None:
+            return
+        self.journal = None
+        rec.fail(what, error)
+        log.error("cannot write %s: %s; going on without durable state (clients that connect "
+                  "now are told \"durable\": false; a restart begins a new instance)",
+                  what, error.strerror or error)
+        self.on_fail()
+        try:
+            os.unlink(os.path.join(self.path, META))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error("cannot remove %s: %s; remove it before watchd starts again",
+                      os.path.join(self.path, META), e.strerror)
+
+    async def close(self, last_seq: int,
+                    indexes: Iterable[tuple[str, str, Index | None]]) -> None:
+        """At a stop: the journal fsync'ed, every index written, then state.json as clean."""
+        if self._pending is not None:
+            with contextlib.suppress(Exception):
+                await self._pending
+        rec = self.journal
+        if rec is not None:
+            errors: list[tuple[str, OSError]] = []
+            if rec.fd >= 0:
+                try:
+                    os.fsync(rec.fd)
+                except OSError as e:
+                    errors.append((os.path.join(self.path, JOURNAL), e))
+            errors += write_all(self._blobs(last_seq, indexes))
+            if not errors:
+                try:
+                    self._write_meta(self.instance, clean=True, seq=last_seq)
+                except OSError as e:
+                    errors.append((os.path.join(self.path, META), e))
+            for path, error in errors:
+                self.fail(path, error)
+            if self.journal is not None:
+                self.journal.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def status(self) -> dict[str, object]:
+        """The status fields of durable state."""
+        now = time.monotonic()
+        if now - self._sized[0] >= SIZE_READ_S:
+            self._sized = (now, directory_bytes(self.path))
+        return {"state_directory": self.path, "durable": self.durable,
+                "journal_bytes": self.journal.size if self.journal is not None else 0,
+                "state_bytes": self._sized[1], "restored_from": self.restored_from}
+
+
+def new_instance() -> str:
+    return secrets.token_hex(8)
+
