@@ -14,10 +14,11 @@ from watchd import statefiles as sf
 from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import KIND_BITS, Kind
-from watchd.index import UNKNOWN_FILE, Dirs, scan
+from watchd.index import UNKNOWN_FILE, Dirs
 from watchd.protocol.event_lines import EventEncoder
 from watchd.replay import Held
 from watchd.restore import bring_forward, index_spec, usable_indexes
+from watchd.scan import scan
 
 ROOT = os.geteuid() == 0
 IN_ISDIR = 0x40000000

@@ -315,7 +315,8 @@ class Daemon:
             case channel.Scan(watch, dirs, seconds):
                 self.on_scan(watch, dirs, seconds)
             case channel.Fill(watch, dirs, start, done):
-                self.resync.filled(watch, dirs, start, done)
+                if self.resync.filled(watch, dirs, start, done) and self.state is not None:
+                    self.state.save(self.broker.last_seq, self.index_snapshots)  # as after a scan
             case channel.Lost(watch, path, reason):
                 self.resync.lost(watch)
                 self.watches.on_lost(watch, path, reason)

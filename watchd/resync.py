@@ -105,24 +105,27 @@ class Resyncer:
         """The watches without a complete index: their first scan may come in parts."""
         return [name for name, watch in self.watches.items() if not watch.scanned]
 
-    def filled(self, name: str, dirs: Dirs, start: bool, done: bool) -> None:
+    def filled(self, name: str, dirs: Dirs, start: bool, done: bool) -> bool:
         """A part of a watch's first scan (channel.Fill): its directories replace what the
-        index held of them; the events that follow the part are applied on top."""
+        index held of them; the events that follow the part are applied on top. True when
+        this part completed the index."""
         watch = self.watches.get(name)
         if watch is None or watch.scanned:
-            return  # a whole scan came first (a loss): it filled the index
+            return False  # a whole scan came first (a loss): it filled the index
         if start:
             watch.index.replace({})
             watch.filling = True
             watch.fill_started = time.monotonic()
         if not watch.filling:
-            return
+            return False
         watch.index.fill(dirs)
-        if done:
-            watch.filling = False
-            watch.scanned = True
-            log.info("watch %s: index of %d paths built in %.1f s", name, len(watch.index),
-                     time.monotonic() - watch.fill_started)
+        if not done:
+            return False
+        watch.filling = False
+        watch.scanned = True
+        log.info("watch %s: index of %d paths built in %.1f s", name, len(watch.index),
+                 time.monotonic() - watch.fill_started)
+        return True
 
     def track(self, name: str, reads: list[tuple[float, list[Item]]],
               records: list[Records | None]) -> list[tuple[float, list[Item]]]:
