@@ -8,9 +8,11 @@ daemon, to tell a broken harness from a broken daemon.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +151,43 @@ def test_socket_activation_starts_the_service_and_events_flow(
     assert not [r for r in messages if re.match(r"<\d>", str(r.get("MESSAGE", "")))]
     if not svc.standin:
         assert {r["PRIORITY"] for r in messages} & {"7"}, "debug lines should have priority 7"
+
+
+def test_a_follower_goes_through_a_restart_missing_nothing(fresh: Service) -> None:
+    # Durable state (StateDirectory=) and Client.follow together: `systemctl restart` in the
+    # middle of a stream of changes; every file is reported once, seqs never go back.
+    svc = fresh
+    if svc.standin:
+        pytest.skip("the stand-in daemon keeps no durable state")
+    _activate(svc)
+    instance = svc.probe_ok("hello", SOCKET)["hello"]["instance"]
+    ready = "/tmp/follower-ready"
+    svc.lab.run("rm", "-f", ready)
+    result: dict[str, object] = {}
+    follower = str(Path(__file__).parent / "systemd_lab" / "follower.py")
+
+    def follow() -> None:
+        done = svc.lab.run(svc.python, follower, SOCKET, WATCHED, "200", ready, timeout=90,
+                           env={"PYTHONDONTWRITEBYTECODE": "1"})
+        result["code"], result["out"], result["err"] = (done.returncode, done.stdout,
+                                                        done.stderr)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        wait_for(lambda: svc.lab.path(ready).exists(), timeout=60,
+                 what="the follower to see a quarter of the files")
+        svc.systemctl("restart", "watchd.service")
+    finally:
+        thread.join(120)
+    assert result.get("code") == 0, result
+    report = json.loads(str(result["out"]))
+    assert report["missing_count"] == 0, (report, svc.journal())
+    assert report["out_of_order"] == 0, report
+    assert report["instances"] == [instance], report  # resumed, not a new instance
+    # Whatever the restart left unseen came between a daemon_restart notice and resynced.
+    kinds = [(n["type"], n["reason"]) for n in report["notices"]]
+    assert ("overflow", "since_expired") not in kinds, report
 
 
 def test_group_membership_decides_who_may_connect(fresh: Service) -> None:
