@@ -21,6 +21,7 @@ from watchd.fanout import FanOut
 from watchd.flow import QueueLevels
 from watchd.outbox import FLUSH_LINES, REPLAY_STEP, Outbox, QueueLimits
 from watchd.protocol import (
+    DEFAULT_MAX_BATCH,
     EVENT_HEAD,
     ErrorCode,
     JsonScalar,
@@ -66,6 +67,7 @@ class Broker:
         max_subscriptions: int,
         max_patterns: int = 64,
         max_paths: int = 256,
+        max_batch: int = DEFAULT_MAX_BATCH,
         defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.instance = instance
@@ -79,7 +81,7 @@ class Broker:
         self._history = History(replay_buffer)
         # A replay that ends takes live events from then on: the routes change.
         self._replays = Replays(self._history, self._routes_changed)
-        self._limits = QueueLimits.of(client_queue)
+        self._limits = QueueLimits.of(client_queue, max_batch)
         self._outbox = Outbox(self._limits, self._replays.step, defer)
         self._fanout = FanOut(self._conns, self._history, self._replays, self._counts,
                               limits=self._limits, pump=self._outbox.pump)
@@ -115,6 +117,7 @@ class Broker:
         max_subscriptions: int,
         max_patterns: int = 64,
         max_paths: int = 256,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         """Apply new limits (a reload); the replay history keeps its newest events.
 
@@ -124,7 +127,7 @@ class Broker:
         if replay_buffer != self.replay_buffer:
             self._replays.before_evict(len(self._history) - replay_buffer)
             self._history.resize(replay_buffer)
-        self._limits.set(client_queue)
+        self._limits.set(client_queue, max_batch)
         self.max_subscriptions = max_subscriptions
         self.max_patterns = max_patterns
         self.max_paths = max_paths
@@ -152,6 +155,11 @@ class Broker:
         reached = self._fanout.near_full_reached
         self._fanout.near_full_reached = False
         return reached
+
+    @property
+    def max_batch(self) -> int:
+        """The most events in one frame of a batched subscription."""
+        return self._limits.max_batch
 
     @property
     def replay_buffer(self) -> int:
@@ -214,6 +222,7 @@ class Broker:
             filter=flt,
             prefix=EVENT_HEAD + sid.encode("ascii"),
             visible=flt.visible(conn.peer, self._watches),
+            frame=protocol.frame_head(sid) if req.batch else None,
         )
         conn.subs[sid] = sub
         self._routes_changed()

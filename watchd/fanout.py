@@ -1,8 +1,10 @@
 """The broker's hot path: number, serialize once, hold, and write the same bytes to many.
 
 Each batch of events is encoded once; every connection that receives a watch gets the tails
-behind its subscriptions' prefixes in one write. A connection that is behind gets its events
-queued (bounded by client_queue) or counted as dropped.
+behind its subscriptions' prefixes in one write, and a batched subscription gets them as frames
+spliced from the same tails (protocol.frames), once per filter, not once per subscriber. A
+connection that is behind gets its events queued (bounded by client_queue) or counted as
+dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class _Route:
 
     conn: Connection
     subs: tuple[Subscription, ...]
-    prefixes: tuple[bytes, ...]  # of `subs`, when every one of them is simple
+    prefixes: tuple[bytes, ...]  # of its line subscriptions, when every one of `subs` is simple
+    heads: tuple[bytes, ...]  # the frame heads of its batched subscriptions, likewise
     simple: bool
 
 
@@ -41,6 +44,21 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
     for j, prefix in enumerate(prefixes):
         chunks[2 * j :: step] = [prefix] * n
         chunks[2 * j + 1 :: step] = tails
+    return chunks
+
+
+# The subscriptions of one filter in a publish: (subscriptions written line by line or queued,
+# with the connection's chunks or None for its queue; the tails that matched, gathered for the
+# others; those others: batched subscriptions of writable connections, as (frame head, chunks)).
+_Group = tuple[
+    list[tuple[Subscription, list[bytes] | None]], list[bytes], list[tuple[bytes, list[bytes]]]
+]
+
+
+def _headed(head: bytes, framed: list[bytes]) -> list[bytes]:
+    """Frames made by protocol.frames with an empty head, given a subscription's head."""
+    chunks = framed.copy()
+    chunks[::3] = [head] * (len(framed) // 3)
     return chunks
 
 
@@ -96,7 +114,7 @@ class FanOut:
         fast: list[_Route] = []  # writable, every subscription simple: all events, no tests
         # The others, grouped by filter so that subscriptions asking the same thing (many clients
         # running the same command) cost one test per event. Out None: via the queue.
-        groups: dict[Filter, list[tuple[Subscription, list[bytes] | None]]] = {}
+        groups: dict[Filter, _Group] = {}
         outs: list[tuple[Connection, list[bytes]]] = []
         for route in routes:
             out: list[bytes] | None = None
@@ -107,8 +125,15 @@ class FanOut:
                 out = []
                 outs.append((route.conn, out))
             for sub in route.subs:
-                groups.setdefault(sub.filter, []).append((sub, out))
-        general = list(groups.items())
+                group = groups.get(sub.filter)
+                if group is None:
+                    group = groups[sub.filter] = ([], [], [])
+                if sub.frame is not None and out is not None:
+                    group[2].append((sub.frame, out))  # framed after the loop
+                else:
+                    group[0].append((sub, out))
+        general = [(flt, group[0], group[1] if group[2] else None)
+                   for flt, group in groups.items()]
 
         kinds = self._kinds
         tail_of = self._encoder.tail
@@ -137,11 +162,18 @@ class FanOut:
 
         # Subscribers without filters first: what others' filters cost never delays them.
         if tails:
+            framed: list[bytes] | None = None  # the bodies of the frames, made once
             for route in fast:
-                route.conn.sink.write(_interleave(route.prefixes, tails))
+                chunks = _interleave(route.prefixes, tails) if route.prefixes else []
+                if route.heads:
+                    if framed is None:
+                        framed = protocol.frames(b"", tails, self.limits.max_batch)
+                    for head in route.heads:
+                        chunks += _headed(head, framed)
+                route.conn.sink.write(chunks)
         if general:
             for seq, _, bit, path, tail in batch:
-                for flt, targets in general:
+                for flt, targets, matched in general:
                     if flt.matches(bit, path):
                         for sub, sink_out in targets:
                             if sink_out is None:
@@ -149,6 +181,13 @@ class FanOut:
                             else:
                                 sink_out.append(sub.prefix)
                                 sink_out.append(tail)
+                        if matched is not None:
+                            matched.append(tail)
+            for group in groups.values():
+                if group[1]:
+                    framed = protocol.frames(b"", group[1], self.limits.max_batch)
+                    for head, sink_out in group[2]:
+                        sink_out += _headed(head, framed)
         for conn, chunks in outs:
             if chunks:
                 conn.sink.write(chunks)
@@ -163,7 +202,9 @@ class FanOut:
             )
             if subs:
                 simple = all(sub.filter.simple for sub in subs)
-                routes.append(_Route(conn, subs, tuple(sub.prefix for sub in subs), simple))
+                prefixes = tuple(sub.prefix for sub in subs if sub.frame is None)
+                heads = tuple(sub.frame for sub in subs if sub.frame is not None)
+                routes.append(_Route(conn, subs, prefixes, heads, simple))
         return tuple(routes)
 
     def _queue_event(self, sub: Subscription, seq: int, tail: bytes) -> None:
@@ -177,7 +218,7 @@ class FanOut:
             # pump reports gaps as soon as there is room, so this only guards the order: a
             # gap must never be reported after an event that came later.
             sub.settle()
-        conn.queue.append(sub.prefix + tail)
+        conn.queue.append(sub.queued(tail))
         conn.queued_events += 1
         if conn.queued_events >= limits.levels.near_full:
             self.near_full_reached = True

@@ -252,7 +252,7 @@ class Replays:
         flt = sub.filter
         visible = sub.visible
         queue = conn.queue
-        prefix = sub.prefix
+        queued = sub.queued  # a line, or an event to be framed for a batched subscription
         next_mark = history.next_marker(cur.marked)
         pos = cur.pos
         lines = 0
@@ -272,7 +272,7 @@ class Replays:
                         continue
                     if sub.drop_count:
                         sub.settle()
-                    queue.append(prefix + tail)
+                    queue.append(queued(tail))
                     conn.queued_events += 1
                     lines += 1
                     if lines >= max_lines:

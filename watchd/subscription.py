@@ -21,6 +21,11 @@ from watchd.protocol import ErrorCode, LostReason, ProtocolError, Subscribe
 # Every kind bit; each event's mask carries exactly one of them.
 KIND_BITS_ALL = kinds_mask(ALL_KINDS)
 
+# What waits in a connection's queue: a line ready to send, or an event of a batched
+# subscription as (its frame head, the event's tail), put in a frame when the queue drains
+# (watchd.outbox), together with the events of that subscription next to it.
+Queued = bytes | tuple[bytes, bytes]
+
 # Distinct filters kept compiled: subscriptions asking the same share one Filter (and so one
 # test per event, see Broker.publish_reads), and a request repeated costs no compiling.
 FILTER_CACHE = 1024
@@ -194,6 +199,12 @@ class Subscription:
     # Set while it catches up with `since`: it then takes its events, live ones included, from
     # the history (in seq order) instead of from publish.
     replay: Cursor | None = None
+    # protocol.frame_head(sid) for a batched subscription (its events go out in frames), or None.
+    frame: bytes | None = None
+
+    def queued(self, tail: bytes) -> Queued:
+        """What stands for one of its events in the connection's queue."""
+        return self.prefix + tail if self.frame is None else (self.frame, tail)
 
     def review(self, old: Mapping[str, WatchInfo], watches: Mapping[str, WatchInfo]) -> bool:
         """Recompute the watches it receives after a reload; True when it was told of a change.
@@ -247,8 +258,8 @@ class Connection:
     peer: Peer
     subs: dict[str, Subscription] = field(default_factory=dict)
     # Lines waiting for the sink to become writable, in the order they must be sent.
-    queue: deque[bytes] = field(default_factory=deque)
-    queued_events: int = 0  # event lines in `queue`: what client_queue bounds
+    queue: deque[Queued] = field(default_factory=deque)
+    queued_events: int = 0  # events in `queue`: what client_queue bounds
     lagging: dict[str, Subscription] = field(default_factory=dict)  # subs with a dropped range
     dropped: int = 0  # event lines discarded for this connection (its owner's status)
     replays: dict[str, Subscription] = field(default_factory=dict)  # subs catching up

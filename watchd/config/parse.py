@@ -19,6 +19,7 @@ from watchd.config.model import WATCH_KEYS, Config, DaemonConfig, WatchConfig
 from watchd.errors import ConfigError
 from watchd.events import ALL_KINDS, KIND_LIST, Kind
 from watchd.levels import LOG_LEVELS
+from watchd.protocol import MAX_BATCH
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _OCTAL_RE: Final = re.compile(r"(?:0o)?([0-7]{1,4})")
@@ -225,6 +226,14 @@ def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
                     full,
                     f"{size} events is more than the most allowed ({MAX_REPLAY_BUFFER}); "
                     "choose a smaller history (each event held costs some 300-500 bytes)",
+                )
+        elif key == "max_batch":
+            batch = values[key] = r.positive_int(value, full)
+            if batch > MAX_BATCH:
+                raise r.error(
+                    full,
+                    f"{batch} events is more than the most allowed ({MAX_BATCH}); larger "
+                    "frames save a client nothing and may pass its line limit",
                 )
         else:
             values[key] = r.positive_int(value, full)

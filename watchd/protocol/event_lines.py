@@ -17,6 +17,15 @@ from watchd.inotify.flags import (
 )
 
 EVENT_HEAD: Final = b'{"type":"event","subscription":"'
+# A batched subscription's frame: frame_head(sid) + frame_body(tails) + FRAME_END.
+FRAME_HEAD: Final = b'{"type":"events","subscription":"'
+FRAME_END: Final = b"]}\n"
+# The most events in a frame unless daemon.max_batch says otherwise: past a few hundred a larger
+# frame saves a client nothing measurable (docs/performance.md), and a frame of the longest
+# paths stays within a client's line limit (16 MiB for watchd.client).
+DEFAULT_MAX_BATCH: Final = 256
+# The most daemon.max_batch may be: frames of typical events stay below a megabyte.
+MAX_BATCH: Final = 4096
 
 # The bits named in an event's "mask": the kind bits and those the kernel adds to them,
 # in ascending order (the order a Flag iterates its bits in).
@@ -116,3 +125,28 @@ class EventEncoder:
                 f',{_mask_fragment(mask)},"cookie":',
             )
         return parts
+
+
+def frame_head(sid: str) -> bytes:
+    """What a frame of subscription sid begins with, up to its first event's first member."""
+    return FRAME_HEAD + sid.encode("ascii") + b'","events":[{'
+
+
+def frame_body(tails: list[bytes]) -> bytes:
+    """The events of a frame from their line tails (EventEncoder.tail), without re-encoding.
+
+    A tail is '","seq":...}' and a newline. A raw newline ends a tail and nothing else does
+    (JSON escapes control characters inside strings), so one replace turns the joined tails
+    into the objects of the "events" list: frame_head(sid) + this + FRAME_END is the frame.
+    """
+    return b"".join(tails)[2:-1].replace(b'\n","', b',{"')
+
+
+def frames(head: bytes, tails: list[bytes], max_batch: int) -> list[bytes]:
+    """The chunks of the frames that carry tails, at most max_batch events each."""
+    if len(tails) <= max_batch:
+        return [head, frame_body(tails), FRAME_END]
+    chunks: list[bytes] = []
+    for start in range(0, len(tails), max_batch):
+        chunks += (head, frame_body(tails[start : start + max_batch]), FRAME_END)
+    return chunks

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Final
 
 from watchd.protocol.wire import (
     PROTOCOL_VERSION,
@@ -13,6 +14,10 @@ from watchd.protocol.wire import (
     loads,
     type_name,
 )
+
+# What this server understands beyond protocol v1's base, listed in hello's "features":
+# "batch": a subscribe may ask for its events in frames ({"type":"events"}).
+FEATURES: Final = ("batch",)
 
 
 def decode_message(line: bytes) -> dict[str, object]:
@@ -25,7 +30,8 @@ def decode_message(line: bytes) -> dict[str, object]:
     return obj
 
 
-def hello(version: str, pid: int, instance: str, seq: int) -> bytes:
+def hello(version: str, pid: int, instance: str, seq: int,
+          features: Sequence[str] = FEATURES) -> bytes:
     """The greeting the server sends first on every connection."""
     return encode(
         {
@@ -36,6 +42,7 @@ def hello(version: str, pid: int, instance: str, seq: int) -> bytes:
             "pid": pid,
             "instance": instance,
             "seq": seq,
+            "features": list(features),
         }
     )
 
