@@ -68,6 +68,7 @@ def test_subscribe_reads_every_filter() -> None:
             "glob": ["*.csv"],
             "since": 41,
             "instance": "abc",
+            "batch": True,
         }
     ).encode()
     assert decode_request(line) == Subscribe(
@@ -78,6 +79,7 @@ def test_subscribe_reads_every_filter() -> None:
         glob=("*.csv",),
         since=41,
         instance="abc",
+        batch=True,
     )
 
 
@@ -123,8 +125,8 @@ def test_bad_json(line: bytes, message: str) -> None:
         ({"op": "ping", "extra": 1}, 'unknown field "extra" for "ping"; allowed: "id", "op"'),
         (
             {"op": "subscribe", "path": ["/a"]},
-            'unknown field "path" for "subscribe"; allowed: "events", "glob", "id", "instance",'
-            ' "op", "paths", "since", "watch"',
+            'unknown field "path" for "subscribe"; allowed: "batch", "events", "glob", "id",'
+            ' "instance", "op", "paths", "since", "watch"',
         ),
         ({"op": "unsubscribe"}, '"subscription": missing; expected a string'),
         ({"op": "unsubscribe", "subscription": 5}, '"subscription": expected a string, got an'),
@@ -148,6 +150,9 @@ def test_bad_json(line: bytes, message: str) -> None:
         ({"op": "subscribe", "since": True}, '"since": expected an integer seq, got a boolean'),
         ({"op": "subscribe", "since": "4"}, '"since": expected an integer seq, got a string'),
         ({"op": "subscribe", "instance": 4}, '"instance": expected a string'),
+        ({"op": "subscribe", "batch": 1}, '"batch": expected true or false, got an integer'),
+        ({"op": "subscribe", "batch": "yes"}, '"batch": expected true or false, got a string'),
+        ({"op": "subscribe", "batch": None}, '"batch": expected true or false, got null'),
     ],
 )
 def test_bad_request_names_the_field(request_obj: dict[str, object], message: str) -> None:
@@ -223,6 +228,7 @@ def test_protocol_error_extra_fields_go_on_the_wire() -> None:
             glob=("*", "[ab]?"),
             since=0,
             instance="i",
+            batch=True,
         ),
     ],
 )
@@ -253,8 +259,40 @@ def test_hello_has_the_contract_keys_in_order() -> None:
     line = protocol.hello("0.1.0", 42, "inst", 0)
     assert line == (
         b'{"type":"hello","protocol":1,"server":"watchd","version":"0.1.0",'
-        b'"pid":42,"instance":"inst","seq":0}\n'
+        b'"pid":42,"instance":"inst","seq":0,"features":["batch"]}\n'
     )
+
+
+def test_batch_false_is_the_default_and_is_left_out_when_encoded() -> None:
+    assert decode_request(b'{"op":"subscribe","batch":false}') == Subscribe()
+    assert encode_request(Subscribe(id=1)) == b'{"op":"subscribe","id":1}\n'
+    assert protocol.encode_subscribe(1, batch=True) == b'{"op":"subscribe","id":1,"batch":true}\n'
+
+
+def test_a_frame_is_its_events_objects_spliced_from_their_lines() -> None:
+    enc = protocol.EventEncoder()
+    names = ["/w/a\nb", '/w/"q"\\', "/w/\udcff\u00e9", "/w/\n\",\""]
+    tails = [enc.tail(i + 1, 5.25, "w", "create", name, 0x100, 0, None) for i, name in
+             enumerate(names)]
+    tails.append(enc.tail(9, 5.5, "w", "moved_to", "/w/to", 0x80, 7, "/w/\nfrom"))
+    line_objects = [json.loads(protocol.EVENT_HEAD + b"s3" + tail) for tail in tails]
+    frame = b"".join(protocol.frames(protocol.frame_head("s3"), tails, 10))
+    assert frame.endswith(b"]}\n") and frame.count(b"\n") == 1
+    got = json.loads(frame)
+    assert list(got) == ["type", "subscription", "events"]
+    assert got["type"] == "events" and got["subscription"] == "s3"
+    assert [{"type": "event", "subscription": "s3", **e} for e in got["events"]] == line_objects
+    # Key order too: an event object is the line without its type and subscription.
+    assert [list(e) for e in got["events"]] == [list(o)[2:] for o in line_objects]
+
+
+def test_frames_split_at_max_batch() -> None:
+    enc = protocol.EventEncoder()
+    tails = [enc.tail(i, 1.0, "w", "create", f"/w/{i}", 0x100, 0, None) for i in range(1, 8)]
+    chunks = protocol.frames(protocol.frame_head("s1"), tails, 3)
+    lines = b"".join(chunks).splitlines()
+    assert [[e["seq"] for e in json.loads(line)["events"]] for line in lines] == [
+        [1, 2, 3], [4, 5, 6], [7]]
 
 
 def test_replies_carry_the_id_even_when_null() -> None:
