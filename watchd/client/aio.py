@@ -19,6 +19,7 @@ from watchd.client.core import (
     confirmation,
     resolve_socket_path,
     subscribe_request,
+    wants_batch,
 )
 from watchd.client.errors import (
     MAX_LINE_BYTES,
@@ -114,7 +115,8 @@ class AsyncClient:
         instance: str | None = None,
     ) -> AsyncSubscription:
         """Subscribe; returns, once the daemon confirmed, an async iterator of message dicts."""
-        request = subscribe_request(watch, events, paths, glob, since, instance)
+        request = subscribe_request(watch, events, paths, glob, since, instance,
+                                    batch=wants_batch(self.hello))
         reply = await self._request(request, "subscribed")
         return AsyncSubscription(self, *confirmation(reply), since)
 

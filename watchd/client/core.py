@@ -4,7 +4,8 @@ Nothing here touches a socket. A transport hands the core the bytes it received 
 messages; it asks the core for the line of a request and for the checked reply. A single reader
 sorts every incoming line into either a reply (matched to its request by id; replies come in
 request order) or a pushed message (an event or a notice), which is queued for the subscription
-it names.
+it names. A frame of events (a subscription that asked for "batch") is handed out as its events,
+one message each, as the daemon would have sent them as lines.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from watchd.protocol import (
     Status,
     Unsubscribe,
     decode_message,
+    encode,
     encode_request,
     encode_subscribe,
 )
@@ -58,12 +60,37 @@ PathsArg = PathLikeArg | Iterable[PathLikeArg] | None
 # --- messages and their checks ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Message:
-    """One line from the daemon: the bytes exactly as received, and the decoded object."""
+    """One message from the daemon: its line, and the decoded object.
 
-    raw: bytes
-    data: JSONDict
+    raw is the line exactly as received; for an event that came in a frame, the line the daemon
+    sends for it to a subscription without "batch" (made only when asked for: most readers want
+    the object alone).
+    """
+
+    __slots__ = ("_raw", "data")
+
+    def __init__(self, raw: bytes | None, data: JSONDict) -> None:
+        self._raw = raw
+        self.data = data
+
+    @property
+    def raw(self) -> bytes:
+        """The message's line, newline included."""
+        if self._raw is None:
+            # Compact ASCII JSON in the object's order: the bytes of the daemon's event line.
+            self._raw = encode(self.data)
+        return self._raw
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self.data == other.data and self.raw == other.raw
+
+    __hash__ = None  # type: ignore[assignment]  # mutable data: not hashable, like a dict
+
+    def __repr__(self) -> str:
+        return f"Message({self.raw!r})"
 
 
 def resolve_socket_path(socket_path: str | None = None) -> str:
@@ -84,6 +111,35 @@ def decode_line(raw: bytes, socket_path: str) -> Message:
             socket_path,
         ) from e
     return Message(raw, data)
+
+
+def unframe(message: Message, socket_path: str) -> list[Message]:
+    """The events of a frame ({"type":"events"}), each as its own event message."""
+    data = message.data
+    sid = data.get("subscription")
+    events = data.get("events")
+    # Never empty: a frame holds the events that were ready, at least one.
+    if not isinstance(sid, str) or not isinstance(events, list) or not events or not all(
+        isinstance(event, dict) for event in events
+    ):
+        raise ClientError(
+            f"{socket_path} sent a frame of events watchd would not send; "
+            "is it really watchd's socket?",
+            socket_path,
+        )
+    messages = []
+    for event in events:
+        # type and subscription first, as in an event line.
+        one: JSONDict = {"type": "event", "subscription": sid}
+        one.update(event)
+        messages.append(Message(None, one))
+    return messages
+
+
+def wants_batch(hello: JSONDict) -> bool:
+    """Whether the daemon that sent this hello delivers a subscription's events in frames."""
+    features = hello.get("features")
+    return isinstance(features, list) and "batch" in features
 
 
 def check_hello(message: Message, socket_path: str) -> JSONDict:
@@ -142,6 +198,7 @@ class SubscribeRequest:
     glob: tuple[str, ...] | None = None
     since: int | None = None
     instance: str | None = None
+    batch: bool | None = None  # frames of events; asked for where the daemon offers them
 
     def line(self) -> bytes:
         """The wire line: op and id first, then the filters given, in protocol order."""
@@ -155,6 +212,7 @@ class SubscribeRequest:
             glob=self.glob,
             since=self.since,
             instance=self.instance,
+            batch=self.batch,
         )
 
 
@@ -169,6 +227,7 @@ def subscribe_request(  # noqa: PLR0917 -- the filters, in the documented order
     glob: str | Iterable[str] | None,
     since: int | None,
     instance: str | None,
+    batch: bool = False,
 ) -> SubscribeRequest:
     """A subscribe request from the public arguments; absent filters are left out."""
     path_list: tuple[str, ...] | None = None
@@ -183,6 +242,7 @@ def subscribe_request(  # noqa: PLR0917 -- the filters, in the documented order
         glob=None if glob is None else _as_tuple(glob),
         since=since,
         instance=instance,
+        batch=batch or None,
     )
 
 
@@ -357,6 +417,7 @@ class ClientCore:
         self._pid = os.getpid()
         self._framer = LineFramer(MAX_LINE_BYTES)
         self._lines: deque[bytes] = deque()
+        self._unframed: deque[Message] = deque()  # the events of a frame not yet handed out
         self._too_long = False  # a line past the limit follows the lines in _lines
         self._failure: ClientError | None = None
 
@@ -396,8 +457,17 @@ class ClientCore:
         """The next received message, or None when more bytes are needed."""
         if self._failure is not None:
             raise self._failure
+        if self._unframed:
+            return self._unframed.popleft()
         if self._lines:
-            return decode_line(self._lines.popleft() + b"\n", self.socket_path)
+            message = decode_line(self._lines.popleft() + b"\n", self.socket_path)
+            if message.data.get("type") != "events":
+                return message
+            try:
+                self._unframed.extend(unframe(message, self.socket_path))
+            except ClientError as e:
+                raise self.fail(e) from e
+            return self._unframed.popleft()
         if self._too_long:
             raise self.fail(long_line_error(self.socket_path))
         return None

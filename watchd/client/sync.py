@@ -24,6 +24,7 @@ from watchd.client.core import (
     confirmation,
     resolve_socket_path,
     subscribe_request,
+    wants_batch,
 )
 from watchd.client.errors import JSONDict, connect_error, connect_timeout_error, timeout_error
 from watchd.protocol import Ping, Status
@@ -91,7 +92,8 @@ class Client:
         instance: str | None = None,
     ) -> Subscription:
         """Subscribe; returns, once the daemon confirmed, an iterator of event and notice dicts."""
-        request = subscribe_request(watch, events, paths, glob, since, instance)
+        request = subscribe_request(watch, events, paths, glob, since, instance,
+                                    batch=wants_batch(self.hello))
         reply = self._request(request, "subscribed")
         return Subscription(self, *confirmation(reply), since)
 
