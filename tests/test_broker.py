@@ -196,7 +196,7 @@ def test_each_event_is_serialized_once_for_every_subscriber(
     publish(broker, "a", 1.0, creates("/a/1.txt", "/a/2.bin", "/a/3.txt"))
     assert calls == 3
     # The very same tail object follows each subscription's own prefix.
-    assert sink1.chunks[0] == protocol.EVENT_HEAD + sid1.encode()
+    assert sink1.chunks[0] == protocol.event_prefix(sid1)
     tails1 = sink1.chunks[1::2]
     assert len(tails1) == 3
     tails2 = [c for c in sink2.chunks if not c.startswith(protocol.EVENT_HEAD)]
@@ -1034,7 +1034,7 @@ def test_zero_client_queue_buffers_nothing_and_still_reports_every_gap() -> None
     publish(broker, "a", 2.0, creates("/a/3"))
     assert sink.take() == [
         {"type": "dropped", "subscription": sid, "count": 2, "first_seq": 1, "last_seq": 2},
-        json.loads(protocol.EVENT_HEAD + sid.encode() + protocol.EventEncoder().tail(
+        json.loads(protocol.event_prefix(sid) + protocol.EventEncoder().tail(
             3, 2.0, "a", Kind.CREATE, "/a/3", KIND_BITS[Kind.CREATE], 0, None)),
     ]
 

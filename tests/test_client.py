@@ -581,7 +581,7 @@ def _burst(sid: str, first: int, count: int) -> tuple[bytes, list[bytes]]:
         for seq in range(first, first + count)
     ]
     frame = b"".join(protocol.frames(protocol.frame_head(sid), tails, protocol.MAX_BATCH))
-    return frame, [protocol.EVENT_HEAD + sid.encode() + tail for tail in tails]
+    return frame, [protocol.event_prefix(sid) + tail for tail in tails]
 
 
 def test_a_batched_subscription_yields_one_event_at_a_time(server: FakeServer) -> None:

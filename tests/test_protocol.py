@@ -12,7 +12,6 @@ from watchd import protocol
 from watchd.events import ALL_KINDS, SYNTHETIC, Kind
 from watchd.inotify.flags import IN_CREATE, IN_ISDIR
 from watchd.protocol import (
-    EVENT_HEAD,
     ErrorCode,
     EventEncoder,
     LineFramer,
@@ -26,6 +25,7 @@ from watchd.protocol import (
     decode_request,
     encode,
     encode_request,
+    event_prefix,
 )
 
 
@@ -275,7 +275,7 @@ def test_a_frame_is_its_events_objects_spliced_from_their_lines() -> None:
     tails = [enc.tail(i + 1, 5.25, "w", "create", name, 0x100, 0, None) for i, name in
              enumerate(names)]
     tails.append(enc.tail(9, 5.5, "w", "moved_to", "/w/to", 0x80, 7, "/w/\nfrom"))
-    line_objects = [json.loads(protocol.EVENT_HEAD + b"s3" + tail) for tail in tails]
+    line_objects = [json.loads(protocol.event_prefix("s3") + tail) for tail in tails]
     frame = b"".join(protocol.frames(protocol.frame_head("s3"), tails, 10))
     assert frame.endswith(b"]}\n") and frame.count(b"\n") == 1
     got = json.loads(frame)
@@ -378,7 +378,7 @@ def test_decode_message() -> None:
 def test_event_line_has_the_contract_shape_and_order() -> None:
     enc = EventEncoder()
     tail = enc.tail(12, 1700000000.25, "uploads", "create", "/srv/up/a.csv", IN_CREATE, 0, None)
-    line = EVENT_HEAD + b"s3" + tail
+    line = event_prefix("s3") + tail
     assert line.endswith(b"}\n")
     assert line.count(b"\n") == 1
     obj = json.loads(line)
@@ -410,7 +410,7 @@ def test_event_line_has_the_contract_shape_and_order() -> None:
 
 def test_moved_to_carries_src_path_last() -> None:
     tail = EventEncoder().tail(1, 1.0, "w", "moved_to", "/a/new", 0x80 | IN_ISDIR, 77, "/a/old")
-    obj = json.loads(EVENT_HEAD + b"s" + tail)
+    obj = json.loads(event_prefix("s") + tail)
     assert obj["is_dir"] is True
     assert obj["mask"] == ["IN_MOVED_TO", "IN_ISDIR"]
     assert obj["cookie"] == 77
@@ -421,9 +421,9 @@ def test_moved_to_carries_src_path_last() -> None:
 def test_synthetic_event_has_an_empty_mask_and_says_so() -> None:
     mask = 0x100 | 0x40000000 | SYNTHETIC
     tail = protocol.EventEncoder().tail(5, 1.5, "w", "create", "/w/d", mask, 0, None)
-    event = json.loads(protocol.EVENT_HEAD + b"s" + tail)
+    event = json.loads(protocol.event_prefix("s") + tail)
     assert event["mask"] == [] and event["synthetic"] is True and event["is_dir"] is True
-    plain = json.loads(protocol.EVENT_HEAD + b"s" + (protocol.EventEncoder().tail(
+    plain = json.loads(protocol.event_prefix("s") + (protocol.EventEncoder().tail(
         5, 1.5, "w", "create", "/w/d", 0x100, 0, None)))
     assert "synthetic" not in plain
 
@@ -431,7 +431,7 @@ def test_synthetic_event_has_an_empty_mask_and_says_so() -> None:
 def test_mask_names_in_ascending_bit_order_unknown_bits_left_out() -> None:
     mask = IN_ISDIR | 0x8000 | 0x4000 | 0x2000 | 0x400 | 0x1 | 0x1000_0000
     tail = EventEncoder().tail(1, 1.0, "w", "access", "/x", mask, 0, None)
-    assert json.loads(EVENT_HEAD + b"s" + tail)["mask"] == [
+    assert json.loads(event_prefix("s") + tail)["mask"] == [
         "IN_ACCESS",
         "IN_DELETE_SELF",
         "IN_UNMOUNT",
@@ -445,7 +445,7 @@ def test_non_utf8_names_survive_as_surrogate_escapes() -> None:
     raw = b"/srv/up/caf\xe9-\xff\xfe.txt"
     path = os.fsdecode(raw)
     tail = EventEncoder().tail(1, 1.0, "w", "create", path, IN_CREATE, 0, os.fsdecode(b"/o\x80"))
-    line = EVENT_HEAD + b"s" + tail
+    line = event_prefix("s") + tail
     line.decode("ascii")  # escaped, so plain ASCII on the wire
     obj = json.loads(line)
     assert os.fsencode(obj["path"]) == raw
@@ -454,7 +454,7 @@ def test_non_utf8_names_survive_as_surrogate_escapes() -> None:
 
 def test_names_needing_escapes_are_escaped() -> None:
     tail = EventEncoder().tail(1, 1.0, 'w"\\', "create", '/a"b\\c\nd\té', IN_CREATE, 0, None)
-    obj = json.loads(EVENT_HEAD + b"s" + tail)
+    obj = json.loads(event_prefix("s") + tail)
     assert obj["watch"] == 'w"\\'
     assert obj["path"] == '/a"b\\c\nd\té'
 
@@ -464,7 +464,7 @@ def test_time_is_rounded_to_microseconds() -> None:
     assert b'"time":1700000000.123457,' in tail
     now = time.time()
     tail = EventEncoder().tail(1, now, "w", "create", "/x", IN_CREATE, 0, None)
-    assert abs(json.loads(EVENT_HEAD + b"s" + tail)["time"] - now) < 1e-6
+    assert abs(json.loads(event_prefix("s") + tail)["time"] - now) < 1e-6
 
 
 def test_encoder_caches_give_the_same_bytes_as_a_fresh_encoder() -> None:

@@ -22,7 +22,6 @@ from watchd.flow import QueueLevels
 from watchd.outbox import FLUSH_LINES, REPLAY_STEP, Outbox, QueueLimits
 from watchd.protocol import (
     DEFAULT_MAX_BATCH,
-    EVENT_HEAD,
     ErrorCode,
     JsonScalar,
     ProtocolError,
@@ -220,7 +219,7 @@ class Broker:
             sid=sid,
             conn=conn,
             filter=flt,
-            prefix=EVENT_HEAD + sid.encode("ascii"),
+            prefix=protocol.event_prefix(sid),
             visible=flt.visible(conn.peer, self._watches),
             frame=protocol.frame_head(sid) if req.batch else None,
         )

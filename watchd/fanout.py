@@ -57,6 +57,8 @@ _Group = tuple[
 
 def _headed(head: bytes, framed: list[bytes]) -> list[bytes]:
     """Frames made by protocol.frames with an empty head, given a subscription's head."""
+    if len(framed) == 3:
+        return [head, framed[1], framed[2]]  # one frame: most publishes
     chunks = framed.copy()
     chunks[::3] = [head] * (len(framed) // 3)
     return chunks

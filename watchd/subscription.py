@@ -189,7 +189,7 @@ class Subscription:
     sid: str
     conn: Connection
     filter: Filter
-    prefix: bytes  # EVENT_HEAD + sid: an event line is this + the shared tail
+    prefix: bytes  # protocol.event_prefix(sid): an event line is this + the shared tail
     visible: frozenset[str]  # watch names it receives: its watch filter within the ACL
     drop_count: int = 0
     drop_first: int = 0

@@ -93,7 +93,9 @@ class EventEncoder:
         cookie: int,
         src_path: str | None,
     ) -> bytes:
-        """An event line after its sid: EVENT_HEAD + sid + this is the whole line."""
+        """An event line after its subscription's part: event_prefix(sid) + this is the whole
+        line. It begins with '"seq":', so that the objects of a frame are spliced from the lines
+        with one replace of a single byte (frame_body)."""
         if time != self._time or watch != self._watch:
             if time != self._time:
                 self._time = time
@@ -108,10 +110,10 @@ class EventEncoder:
             parts = self._read[mask] = (f',"time":{self._time_text}{before}', after)
         before, after = parts
         if src_path is None:
-            line = f'","seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie}}}\n'
+            line = f'"seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie}}}\n'
             return line.encode("ascii")
         return (
-            f'","seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie},'
+            f'"seq":{seq}{before}{encode_basestring_ascii(path)}{after}{cookie},'
             f'"src_path":{encode_basestring_ascii(src_path)}}}\n'
         ).encode("ascii")
 
@@ -127,6 +129,11 @@ class EventEncoder:
         return parts
 
 
+def event_prefix(sid: str) -> bytes:
+    """What an event line of subscription sid begins with, before EventEncoder.tail."""
+    return EVENT_HEAD + sid.encode("ascii") + b'",'
+
+
 def frame_head(sid: str) -> bytes:
     """What a frame of subscription sid begins with, up to its first event's first member."""
     return FRAME_HEAD + sid.encode("ascii") + b'","events":[{'
@@ -135,11 +142,15 @@ def frame_head(sid: str) -> bytes:
 def frame_body(tails: list[bytes]) -> bytes:
     """The events of a frame from their line tails (EventEncoder.tail), without re-encoding.
 
-    A tail is '","seq":...}' and a newline. A raw newline ends a tail and nothing else does
-    (JSON escapes control characters inside strings), so one replace turns the joined tails
-    into the objects of the "events" list: frame_head(sid) + this + FRAME_END is the frame.
+    A tail is '"seq":...}' and a newline. A raw newline ends a tail and nothing else does
+    (JSON escapes control characters inside strings), so one replace of that single byte (a
+    fast path of bytes.replace, several times faster than a longer pattern) turns the joined
+    tails into the objects of the "events" list: frame_head(sid) + this + FRAME_END is the
+    frame.
     """
-    return b"".join(tails)[2:-1].replace(b'\n","', b',{"')
+    if len(tails) == 1:
+        return tails[0][:-1]  # most reads are one event
+    return b"".join(tails).replace(b"\n", b",{")[:-2]
 
 
 def frames(head: bytes, tails: list[bytes], max_batch: int) -> list[bytes]:
