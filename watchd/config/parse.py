@@ -190,6 +190,14 @@ def _socket_mode(r: _Reader, value: object, key: str) -> int:
     return mode
 
 
+# Keys of [daemon] that count events, with their most and what to do about a larger value.
+_EVENT_COUNTS: Final[Mapping[str, tuple[int, str]]] = MappingProxyType({
+    "replay_buffer": (MAX_REPLAY_BUFFER,
+                      "choose a smaller history (each event held costs some 300-500 bytes)"),
+    "max_batch": (MAX_BATCH, "larger frames save a client nothing and may pass its line limit"),
+})
+
+
 def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
     allowed = [f.name for f in fields(DaemonConfig)]
     r.only_keys(table, "daemon.", allowed)
@@ -219,22 +227,12 @@ def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
             values[key] = level
         elif key in ("watcher_timeout", "request_timeout"):
             values[key] = r.positive_number(value, full)
-        elif key == "replay_buffer":
-            size = values[key] = r.positive_int(value, full)
-            if size > MAX_REPLAY_BUFFER:
-                raise r.error(
-                    full,
-                    f"{size} events is more than the most allowed ({MAX_REPLAY_BUFFER}); "
-                    "choose a smaller history (each event held costs some 300-500 bytes)",
-                )
-        elif key == "max_batch":
-            batch = values[key] = r.positive_int(value, full)
-            if batch > MAX_BATCH:
-                raise r.error(
-                    full,
-                    f"{batch} events is more than the most allowed ({MAX_BATCH}); larger "
-                    "frames save a client nothing and may pass its line limit",
-                )
+        elif key in _EVENT_COUNTS:
+            most, advice = _EVENT_COUNTS[key]
+            count = values[key] = r.positive_int(value, full)
+            if count > most:
+                raise r.error(full, f"{count} events is more than the most allowed ({most}); "
+                              + advice)
         else:
             values[key] = r.positive_int(value, full)
     return DaemonConfig(**values)  # type: ignore[arg-type]  # each value was checked above
