@@ -47,12 +47,11 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
     return chunks
 
 
-# The subscriptions of one filter in a publish: (subscriptions written line by line or queued,
-# with the connection's chunks or None for its queue; the tails that matched, gathered for the
-# others; those others: batched subscriptions of writable connections, as (frame head, chunks)).
-_Group = tuple[
-    list[tuple[Subscription, list[bytes] | None]], list[bytes], list[tuple[bytes, list[bytes]]]
-]
+# The subscriptions of one filter in a publish: (line subscriptions, with the connection's
+# chunks or None for its queue; the events that matched, gathered for the others; those
+# others: batched subscriptions, with the connection's chunks or None for its queue).
+_Target = tuple[Subscription, list[bytes] | None]
+_Group = tuple[list[_Target], list[Held], list[_Target]]
 
 
 def _headed(head: bytes, framed: list[bytes]) -> list[bytes]:
@@ -130,10 +129,8 @@ class FanOut:
                 group = groups.get(sub.filter)
                 if group is None:
                     group = groups[sub.filter] = ([], [], [])
-                if sub.frame is not None and out is not None:
-                    group[2].append((sub.frame, out))  # framed after the loop
-                else:
-                    group[0].append((sub, out))
+                # Batched subscriptions get their frames, or their queued run, after the loop.
+                (group[0] if sub.frame is None else group[2]).append((sub, out))
         general = [(flt, group[0], group[1] if group[2] else None)
                    for flt, group in groups.items()]
 
@@ -174,7 +171,8 @@ class FanOut:
                         chunks += _headed(head, framed)
                 route.conn.sink.write(chunks)
         if general:
-            for seq, _, bit, path, tail in batch:
+            for held in batch:
+                seq, _, bit, path, tail = held
                 for flt, targets, matched in general:
                     if flt.matches(bit, path):
                         for sub, sink_out in targets:
@@ -184,12 +182,10 @@ class FanOut:
                                 sink_out.append(sub.prefix)
                                 sink_out.append(tail)
                         if matched is not None:
-                            matched.append(tail)
-            for group in groups.values():
-                if group[1]:
-                    framed = protocol.frames(b"", group[1], self.limits.max_batch)
-                    for head, sink_out in group[2]:
-                        sink_out += _headed(head, framed)
+                            matched.append(held)
+            for _, matched_events, batched in groups.values():
+                if matched_events:
+                    self._frame(matched_events, batched)
         for conn, chunks in outs:
             if chunks:
                 conn.sink.write(chunks)
@@ -209,6 +205,39 @@ class FanOut:
                 routes.append(_Route(conn, subs, prefixes, heads, simple))
         return tuple(routes)
 
+    def _frame(self, matched: list[Held], batched: list[tuple[Subscription, list[bytes] | None]]
+               ) -> None:
+        """Hand the events one filter matched to its batched subscriptions: as frames made once
+        for all of them, or as one run in a queue."""
+        tails = [held[4] for held in matched]
+        framed: list[bytes] | None = None
+        for sub, sink_out in batched:
+            assert sub.frame is not None
+            if sink_out is None:
+                self._queue_run(sub, matched, tails)
+                continue
+            if framed is None:
+                framed = protocol.frames(b"", tails, self.limits.max_batch)
+            sink_out += _headed(sub.frame, framed)
+
+    def _queue_run(self, sub: Subscription, matched: list[Held], tails: list[bytes]) -> None:
+        """Queue a batched subscription's events for a connection that is behind, as one run;
+        what does not fit in client_queue counts as dropped (the rule of _queue_event)."""
+        assert sub.frame is not None
+        conn = sub.conn
+        limits = self.limits
+        room = limits.client_queue - conn.queued_events
+        if room > 0:
+            if sub.drop_count:
+                sub.settle()  # the gap is told before the events that come after it
+            run = tails if len(tails) <= room else tails[:room]
+            conn.queue.append((sub.frame, run))  # shared, never changed: see outbox._lines
+            conn.queued_events += len(run)
+            if conn.queued_events >= limits.levels.near_full:
+                self.near_full_reached = True
+        for held in matched[max(0, room) :]:
+            sub.drop(held[0])
+
     def _queue_event(self, sub: Subscription, seq: int, tail: bytes) -> None:
         """Queue an event line for a connection that is behind, or count it as dropped."""
         conn = sub.conn
@@ -220,7 +249,7 @@ class FanOut:
             # pump reports gaps as soon as there is room, so this only guards the order: a
             # gap must never be reported after an event that came later.
             sub.settle()
-        conn.queue.append(sub.queued(tail))
+        conn.queue.append(sub.prefix + tail)
         conn.queued_events += 1
         if conn.queued_events >= limits.levels.near_full:
             self.near_full_reached = True

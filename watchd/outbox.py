@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from watchd.flow import QueueLevels
-from watchd.protocol import DEFAULT_MAX_BATCH, EVENT_HEAD, FRAME_END, frame_body
+from watchd.protocol import DEFAULT_MAX_BATCH, EVENT_HEAD, frames
 from watchd.subscription import Connection, Queued
 
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
@@ -98,7 +98,7 @@ class Outbox:
 
 
 def _lines(chunk: list[Queued], max_batch: int) -> tuple[int, list[bytes]]:
-    """How many events a run of queued items holds, and its bytes to send: the events of a
+    """How many events a run of queued items holds, and its bytes to send: the runs of a
     batched subscription next to each other become frames of at most max_batch; a notice
     between them ends a frame (it is never sent out of its place)."""
     lines: list[bytes] = []
@@ -108,18 +108,19 @@ def _lines(chunk: list[Queued], max_batch: int) -> tuple[int, list[bytes]]:
     for item in chunk:
         if isinstance(item, bytes):
             if tails:
-                lines += (head, frame_body(tails), FRAME_END)
+                lines += frames(head, tails, max_batch)
                 tails = []
             lines.append(item)
             # Event lines, and no other line, begin with EVENT_HEAD.
             events += item.startswith(EVENT_HEAD)
             continue
-        events += 1
-        if tails and (item[0] is not head or len(tails) >= max_batch):
-            lines += (head, frame_body(tails), FRAME_END)
-            tails = []
-        head = item[0]
-        tails.append(item[1])
+        if item[0] is not head:
+            if tails:
+                lines += frames(head, tails, max_batch)
+                tails = []
+            head = item[0]
+        tails += item[1]  # copied: a run may be shared by the subscriptions of one filter
+        events += len(item[1])
     if tails:
-        lines += (head, frame_body(tails), FRAME_END)
+        lines += frames(head, tails, max_batch)
     return events, lines

@@ -21,10 +21,11 @@ from watchd.protocol import ErrorCode, LostReason, ProtocolError, Subscribe
 # Every kind bit; each event's mask carries exactly one of them.
 KIND_BITS_ALL = kinds_mask(ALL_KINDS)
 
-# What waits in a connection's queue: a line ready to send, or an event of a batched
-# subscription as (its frame head, the event's tail), put in a frame when the queue drains
-# (watchd.outbox), together with the events of that subscription next to it.
-Queued = bytes | tuple[bytes, bytes]
+# What waits in a connection's queue: a line ready to send, or a run of events of a batched
+# subscription as (its frame head, the events' tails), put in frames when the queue drains
+# (watchd.outbox), together with the runs of that subscription next to it. A run is one item
+# however many events it holds: a publish queues one per subscription, not one per event.
+Queued = bytes | tuple[bytes, list[bytes]]
 
 # Distinct filters kept compiled: subscriptions asking the same share one Filter (and so one
 # test per event, see Broker.publish_reads), and a request repeated costs no compiling.
@@ -201,10 +202,6 @@ class Subscription:
     replay: Cursor | None = None
     # protocol.frame_head(sid) for a batched subscription (its events go out in frames), or None.
     frame: bytes | None = None
-
-    def queued(self, tail: bytes) -> Queued:
-        """What stands for one of its events in the connection's queue."""
-        return self.prefix + tail if self.frame is None else (self.frame, tail)
 
     def review(self, old: Mapping[str, WatchInfo], watches: Mapping[str, WatchInfo]) -> bool:
         """Recompute the watches it receives after a reload; True when it was told of a change.
