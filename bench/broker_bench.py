@@ -27,12 +27,13 @@ class NullSink:
 
     def __init__(self) -> None:
         self.chunks = 0
+        self.open = True
 
     def write(self, chunks: list[bytes]) -> None:
         self.chunks += len(chunks)
 
     def writable(self) -> bool:
-        return True
+        return self.open
 
 
 class JoinSink(NullSink):
@@ -63,13 +64,15 @@ def request(mode: str, i: int) -> Subscribe:
 
 def run(n_events: int, batch: int, n_subs: int, mode: str, per_read: int = 0,
         merge: bool = True, framed: bool = False, max_batch: int = 256,
-        sink: type[NullSink] = NullSink) -> tuple[float, int]:
+        sink: type[NullSink] = NullSink, behind: int = 0) -> tuple[float, int]:
     """Publish n_events in batches to n_subs subscriptions (one per connection).
 
     per_read > 0: the events come as watcher reads of that many, each with its own time, and
     a batch is the reads the daemon merges into one publish (a daemon that fell behind), or
     each read is published alone (merge=False).
     framed: the subscriptions ask for batch (frames of at most max_batch events).
+    behind > 0: every connection is paused while that many batches are published (its events
+    are queued), then drained; the figure then includes the draining.
     Returns events/s and the number of lines (frames, for framed) delivered.
     """
     broker = Broker(instance="bench", client_queue=10_000, replay_buffer=65_536,
@@ -78,9 +81,11 @@ def run(n_events: int, batch: int, n_subs: int, mode: str, per_read: int = 0,
     broker.set_watches(watches)
     peer = Peer(uid=0, gid=0, groups=frozenset(), pid=1)
     sinks = [sink() for _ in range(n_subs)]
+    conns = []
     for i, sink in enumerate(sinks):
         req = dataclasses.replace(request(mode, i), batch=framed)
-        broker.subscribe(broker.connect(sink, peer), req)
+        conns.append(broker.connect(sink, peer))
+        broker.subscribe(conns[-1], req)
     mask = KIND_BITS[Kind.CLOSE_WRITE]
     items: list[tuple[int, int, str, str | None]] = [
         (mask, 0, f"/srv/data/dir{n % 97}/file{n}.csv", None) for n in range(n_events)
@@ -100,9 +105,19 @@ def run(n_events: int, batch: int, n_subs: int, mode: str, per_read: int = 0,
     else:
         batches = [items[i : i + batch] for i in range(0, n_events, batch)]
         start = time.perf_counter()
-        for items in batches:
+        for n, items in enumerate(batches, 1):
+            if behind and n % behind == 1:
+                for s in sinks:
+                    s.open = False
             broker.publish_reads("w", [(1700000000.123456, items)])
+            if behind and (n % behind == 0 or n == len(batches)):
+                for s, conn in zip(sinks, conns, strict=True):
+                    s.open = True
+                    broker.resume(conn)
         elapsed = time.perf_counter() - start
+        if behind:
+            assert broker.dropped == 0
+            return broker.events / elapsed, 0
     assert broker.events == n_events
     if framed:
         return broker.events / elapsed, (sum(s.chunks for s in sinks) - n_subs) // 3
@@ -156,6 +171,7 @@ def main() -> None:
         (100, "none", 0, "no filter"),
         (100, "glob", 0, "the same glob, all match"),
         (100, "paths", 0, "a path each, ~1% match"),
+        (100, "none", 0, "no filter, each behind"),
     )
     for n_subs, mode, per_read, label in cases:
         rates: dict[bool, list[float]] = {False: [], True: []}
@@ -163,7 +179,8 @@ def main() -> None:
             for framed in (False, True):
                 rate, _ = run(args.events, args.batch, n_subs, mode, abs(per_read),
                               per_read > 0, framed, args.max_batch,
-                              JoinSink if args.join else NullSink)
+                              JoinSink if args.join else NullSink,
+                              8 if "behind" in label else 0)
                 rates[framed].append(rate)
         line_rate, framed_rate = (statistics.median(rates[f]) for f in (False, True))
         print(f"{n_subs:>3} subscription(s), {label:<30} lines {line_rate:>10,.0f} events/s, "
