@@ -47,11 +47,10 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
     return chunks
 
 
-# The subscriptions of one filter in a publish: (line subscriptions, with the connection's
-# chunks or None for its queue; the events that matched, gathered for the others; those
-# others: batched subscriptions, with the connection's chunks or None for its queue).
+# The subscriptions of one filter in a publish, each with the connection's chunks or None for
+# its queue: (those served line by line, those served in frames).
 _Target = tuple[Subscription, list[bytes] | None]
-_Group = tuple[list[_Target], list[Held], list[_Target]]
+_Group = tuple[list[_Target], list[_Target]]
 
 
 def _headed(head: bytes, framed: list[bytes]) -> list[bytes]:
@@ -128,11 +127,9 @@ class FanOut:
             for sub in route.subs:
                 group = groups.get(sub.filter)
                 if group is None:
-                    group = groups[sub.filter] = ([], [], [])
-                # Batched subscriptions get their frames, or their queued run, after the loop.
-                (group[0] if sub.frame is None else group[2]).append((sub, out))
-        general = [(flt, group[0], group[1] if group[2] else None)
-                   for flt, group in groups.items()]
+                    group = groups[sub.filter] = ([], [])
+                (group[0] if sub.frame is None else group[1]).append((sub, out))
+        general = [(flt, lines) for flt, (lines, _) in groups.items() if lines]
 
         kinds = self._kinds
         tail_of = self._encoder.tail
@@ -171,9 +168,8 @@ class FanOut:
                         chunks += _headed(head, framed)
                 route.conn.sink.write(chunks)
         if general:
-            for held in batch:
-                seq, _, bit, path, tail = held
-                for flt, targets, matched in general:
+            for seq, _, bit, path, tail in batch:
+                for flt, targets in general:
                     if flt.matches(bit, path):
                         for sub, sink_out in targets:
                             if sink_out is None:
@@ -181,11 +177,12 @@ class FanOut:
                             else:
                                 sink_out.append(sub.prefix)
                                 sink_out.append(tail)
-                        if matched is not None:
-                            matched.append(held)
-            for _, matched_events, batched in groups.values():
-                if matched_events:
-                    self._frame(matched_events, batched)
+        for flt, (_, batched) in groups.items():
+            if batched:
+                # A pass of its own, so that the loop above stays as it was for lines.
+                matched = [held for held in batch if flt.matches(held[2], held[3])]
+                if matched:
+                    self._frame(matched, batched)
         for conn, chunks in outs:
             if chunks:
                 conn.sink.write(chunks)
