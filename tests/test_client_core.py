@@ -14,13 +14,13 @@ from watchd.client.core import (
     MAX_LINE_BYTES,
     PUSHED_TYPES,
     ClientCore,
-    Message,
     SubscribeRequest,
     SubscriptionState,
     check_hello,
     check_reply,
     subscribe_request,
 )
+from watchd.client.frames import Message
 from watchd.events import Kind
 from watchd.protocol import Ping, Status
 

@@ -6,8 +6,9 @@ that sorts replies from pushed messages, the checks), `sync` puts a blocking soc
 """
 
 from watchd.client.aio import AsyncClient, AsyncSubscription
-from watchd.client.core import Message, resolve_socket_path
+from watchd.client.core import resolve_socket_path
 from watchd.client.errors import DEFAULT_SOCKET, SOCKET_ENV, ClientError, ServerError
+from watchd.client.frames import Message
 from watchd.client.sync import Client, Subscription
 
 __all__ = [

@@ -12,14 +12,12 @@ from watchd.client.core import (
     READ_BYTES,
     ClientCore,
     ClientRequest,
-    Message,
     PathsArg,
     SubscriptionState,
     check_hello,
     confirmation,
     resolve_socket_path,
     subscribe_request,
-    wants_batch,
 )
 from watchd.client.errors import (
     MAX_LINE_BYTES,
@@ -28,6 +26,7 @@ from watchd.client.errors import (
     not_connected_error,
     timeout_error,
 )
+from watchd.client.frames import Message, wants_batch
 from watchd.protocol import Ping, Status
 
 

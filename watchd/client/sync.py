@@ -17,16 +17,15 @@ from watchd.client.core import (
     READ_BYTES,
     ClientCore,
     ClientRequest,
-    Message,
     PathsArg,
     SubscriptionState,
     check_hello,
     confirmation,
     resolve_socket_path,
     subscribe_request,
-    wants_batch,
 )
 from watchd.client.errors import JSONDict, connect_error, connect_timeout_error, timeout_error
+from watchd.client.frames import Message, wants_batch
 from watchd.protocol import Ping, Status
 
 
