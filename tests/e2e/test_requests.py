@@ -29,7 +29,9 @@ def test_hello_comes_first_with_every_field(daemon) -> None:
     assert hello["pid"] == daemon.proc.pid
     assert isinstance(hello["instance"], str) and hello["instance"]
     assert hello["seq"] == 0
-    assert list(hello) == ["type", "protocol", "server", "version", "pid", "instance", "seq"]
+    assert hello["features"] == ["batch"]
+    assert list(hello) == ["type", "protocol", "server", "version", "pid", "instance", "seq",
+                           "features"]
 
 
 def test_instance_is_new_at_every_start(start_daemon, watched: Path) -> None:
