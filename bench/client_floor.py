@@ -29,10 +29,10 @@ import tomllib
 from pathlib import Path
 
 from watchd.events import KIND_BITS, Kind
-from watchd.protocol import EVENT_HEAD, EventEncoder
+from watchd.protocol import EventEncoder, event_prefix
 
 KINDS = (Kind.CREATE, Kind.MODIFY, Kind.CLOSE_WRITE)
-HEAD = EVENT_HEAD + b"s1"  # an event line is its subscription's head and the shared tail
+HEAD = event_prefix("s1")  # an event line is its subscription's head and the shared tail
 
 
 def event_lines(root: str, count: int) -> bytes:

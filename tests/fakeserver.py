@@ -85,6 +85,7 @@ class FakeServer:
         version: str = "0.1.0",
         instance: str = "fake-instance-1",
         greet: bool = True,
+        features: tuple[str, ...] = protocol.FEATURES,  # what its hello offers
     ) -> None:
         self.socket_path = socket_path
         self.watches = dict(DEFAULT_WATCHES if watches is None else watches)
@@ -92,6 +93,7 @@ class FakeServer:
         self.max_line_bytes = max_line_bytes
         self.version = version
         self.greet = greet
+        self.features = features
         self.pid = os.getpid()
         self.broker = Broker(instance=instance, client_queue=CLIENT_QUEUE, replay_buffer=hold,
                              max_subscriptions=MAX_SUBSCRIPTIONS)
@@ -277,7 +279,7 @@ class FakeServer:
                 client.conn = self.broker.connect(client, peer_of(sock))
                 if self.greet:
                     hello = protocol.hello(self.version, self.pid, self.instance,
-                                           self.broker.last_seq)
+                                           self.broker.last_seq, self.features)
                     self.broker.reply(client.conn, hello)
                 self._reap()
             self._spawn(self._serve, client)

@@ -196,7 +196,7 @@ def test_each_event_is_serialized_once_for_every_subscriber(
     publish(broker, "a", 1.0, creates("/a/1.txt", "/a/2.bin", "/a/3.txt"))
     assert calls == 3
     # The very same tail object follows each subscription's own prefix.
-    assert sink1.chunks[0] == protocol.EVENT_HEAD + sid1.encode()
+    assert sink1.chunks[0] == protocol.event_prefix(sid1)
     tails1 = sink1.chunks[1::2]
     assert len(tails1) == 3
     tails2 = [c for c in sink2.chunks if not c.startswith(protocol.EVENT_HEAD)]
@@ -1034,7 +1034,7 @@ def test_zero_client_queue_buffers_nothing_and_still_reports_every_gap() -> None
     publish(broker, "a", 2.0, creates("/a/3"))
     assert sink.take() == [
         {"type": "dropped", "subscription": sid, "count": 2, "first_seq": 1, "last_seq": 2},
-        json.loads(protocol.EVENT_HEAD + sid.encode() + protocol.EventEncoder().tail(
+        json.loads(protocol.event_prefix(sid) + protocol.EventEncoder().tail(
             3, 2.0, "a", Kind.CREATE, "/a/3", KIND_BITS[Kind.CREATE], 0, None)),
     ]
 
@@ -1125,16 +1125,19 @@ _OPS = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops=_OPS, client_queue=st.integers(0, 6))  # 0: nothing is queued, all is dropped
+# 0: nothing is queued, all is dropped; batch: each subscription in frames, or some of them
+@given(ops=_OPS, client_queue=st.integers(0, 6), batch=st.lists(st.booleans(), min_size=4,
+                                                               max_size=4))
 def test_every_event_is_delivered_or_reported_exactly_once(
-    ops: list[tuple[Any, ...]], client_queue: int,
+    ops: list[tuple[Any, ...]], client_queue: int, batch: list[bool],
 ) -> None:
     broker = make_broker(client_queue=client_queue)
     clients = [join(broker) for _ in range(3)]
     sids = [
-        [sub(broker, clients[0][1])],
-        [sub(broker, clients[1][1], watch=("a",)), sub(broker, clients[1][1], glob=("*0",))],
-        [sub(broker, clients[2][1], events=frozenset({Kind.DELETE}))],
+        [sub(broker, clients[0][1], batch=batch[0])],
+        [sub(broker, clients[1][1], watch=("a",), batch=batch[1]),
+         sub(broker, clients[1][1], glob=("*0",), batch=batch[2])],
+        [sub(broker, clients[2][1], events=frozenset({Kind.DELETE}), batch=batch[3])],
     ]
     published: list[tuple[int, str, str, Kind]] = []
     n = 0
@@ -1172,7 +1175,7 @@ def test_every_event_is_delivered_or_reported_exactly_once(
     }
     total_dropped = 0
     for (sink, conn), conn_sids in zip(clients, sids, strict=True):
-        msgs = sink.messages()
+        msgs = unframe(sink.messages())
         assert conn.queued_events == 0
         assert not conn.queue
         for sid in conn_sids:
@@ -1206,3 +1209,151 @@ def test_a_replay_that_ends_while_events_are_published_misses_none() -> None:
     msgs = sink.messages()
     assert seqs(msgs, replayed) == [1, 2, 3, 4, 5, 6]
     assert seqs(msgs, live) == [1, 2, 6]
+
+
+# --- batched subscriptions ---------------------------------------------------------------------
+
+
+def unframe(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with every frame replaced by its events, as event lines would carry them."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m["type"] == "events":
+            assert m["events"], "a frame is never empty"
+            out += [{"type": "event", "subscription": m["subscription"], **e} for e in m["events"]]
+        else:
+            out.append(m)
+    return out
+
+
+def shape(messages: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """Each message's type and, for a frame, how many events it holds."""
+    return [(m["type"], len(m["events"]) if m["type"] == "events" else 0) for m in messages]
+
+
+def burst(broker: Broker, count: int, at: float = 1.0, watch: str = "a") -> None:
+    items = [item(Kind.CREATE if i % 3 else Kind.MOVED_TO, f"/{watch}/f{i}\n\"x\u00e9\udcff",
+                  cookie=i, src=f"/{watch}/s{i}" if i % 3 == 0 else None, is_dir=i % 2 == 0)
+             for i in range(count)]
+    publish(broker, watch, at, items)
+
+
+@pytest.mark.parametrize("filters", [{}, {"glob": ("f*",)}, {"events": frozenset(Kind)}])
+def test_a_batched_subscriber_gets_what_a_line_subscriber_gets(filters: dict[str, Any]) -> None:
+    broker = make_broker()
+    line_sink, line_conn = join(broker)
+    framed_sink, framed_conn = join(broker)
+    line_sid = sub(broker, line_conn, **filters)
+    framed_sid = sub(broker, framed_conn, batch=True, **filters)
+    line_sink.take()
+    framed_sink.take()
+    burst(broker, 7)
+    burst(broker, 1, at=2.0)
+    lines = line_sink.take()
+    frames = framed_sink.take()
+    assert shape(frames) == [("events", 7), ("events", 1)]  # a lone event is a frame of one
+    got = unframe(frames)
+    for m in got:
+        assert m.pop("subscription") == framed_sid
+    for m in lines:
+        assert m.pop("subscription") == line_sid
+    assert got == lines
+    assert [m["seq"] for m in got] == list(range(1, 9))
+
+
+def test_a_frame_is_spliced_from_the_event_lines_bytes() -> None:
+    broker = make_broker()
+    line_sink, line_conn = join(broker)
+    framed_sink, framed_conn = join(broker)
+    sub(broker, line_conn)
+    sub(broker, framed_conn, batch=True)
+    line_sink.chunks.clear()
+    framed_sink.chunks.clear()
+    burst(broker, 3)
+    head = b'{"type":"event","subscription":"s1",'
+    objects = [b"{" + line[len(head):] for line in b"".join(line_sink.chunks).splitlines()]
+    assert b"".join(framed_sink.chunks) == (
+        b'{"type":"events","subscription":"s2","events":[' + b",".join(objects) + b"]}\n")
+
+
+@pytest.mark.parametrize("filters", [{}, {"glob": ("f*",)}])
+def test_frames_never_exceed_max_batch(filters: dict[str, Any]) -> None:
+    broker = Broker(instance=INSTANCE, client_queue=100, replay_buffer=1000,
+                    max_subscriptions=8, max_batch=3)
+    broker.set_watches([FakeWatch("a")])
+    sink, conn = join(broker)
+    sub(broker, conn, batch=True, **filters)
+    sink.take()
+    burst(broker, 10)
+    assert shape(sink.take()) == [("events", 3), ("events", 3), ("events", 3), ("events", 1)]
+    sink.open = False  # what waits in the queue is framed as it drains: at most 3 as well
+    burst(broker, 7, at=2.0)
+    sink.open = True
+    broker.resume(conn)
+    msgs = sink.take()
+    assert shape(msgs) == [("events", 3), ("events", 3), ("events", 1)]
+    assert seqs(unframe(msgs)) == list(range(11, 18))
+
+
+def test_a_notice_ends_a_frame_and_keeps_its_place() -> None:
+    broker = make_broker()
+    sink, conn = join(broker)
+    sid = sub(broker, conn, batch=True)
+    sink.take()
+    sink.open = False
+    burst(broker, 3)
+    broker.overflow("a", "kernel_queue")
+    burst(broker, 2, at=2.0)
+    broker.watch_lost("a", "/srv", "deleted")
+    burst(broker, 1, at=3.0)
+    sink.open = True
+    broker.resume(conn)
+    msgs = sink.take()
+    assert shape(msgs) == [("events", 3), ("overflow", 0), ("events", 2), ("watch_lost", 0),
+                           ("events", 1)]
+    assert msgs[1]["seq"] == 3 and msgs[1]["subscription"] == sid
+    assert seqs(unframe(msgs)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_batched_replay_arrives_in_frames_with_its_markers_in_place() -> None:
+    broker = make_broker()
+    burst(broker, 4)
+    broker.overflow(None, "kernel_queue")
+    burst(broker, 2, at=2.0)
+    sink, conn = join(broker)
+    sid = sub(broker, conn, batch=True, since=1)
+    msgs = sink.take()
+    assert shape(msgs) == [("subscribed", 0), ("events", 3), ("overflow", 0), ("events", 2)]
+    assert seqs(unframe(msgs), sid) == [2, 3, 4, 5, 6]
+    burst(broker, 1, at=3.0)  # and live ones after it, framed
+    assert shape(sink.take()) == [("events", 1)]
+
+
+def test_a_slow_batched_subscriber_is_told_of_its_drops_between_frames() -> None:
+    broker = make_broker(client_queue=5)
+    sink, conn = join(broker)
+    sid = sub(broker, conn, batch=True)
+    sink.take()
+    sink.open = False
+    burst(broker, 9)
+    sink.open = True
+    broker.resume(conn)
+    msgs = sink.take()
+    assert shape(msgs) == [("events", 5), ("dropped", 0)]
+    assert msgs[1] == {"type": "dropped", "subscription": sid, "count": 4, "first_seq": 6,
+                       "last_seq": 9}
+    assert conn.queued_events == 0
+
+
+def test_line_and_batched_subscriptions_share_a_connection() -> None:
+    broker = make_broker()
+    sink, conn = join(broker)
+    line_sid = sub(broker, conn)
+    framed_sid = sub(broker, conn, batch=True)
+    filtered_sid = sub(broker, conn, batch=True, glob=("f1*",))
+    sink.take()
+    burst(broker, 12)
+    msgs = unframe(sink.take())
+    assert seqs(msgs, line_sid) == seqs(msgs, framed_sid) == list(range(1, 13))
+    assert paths(msgs, filtered_sid) == [p for p in paths(msgs, line_sid)
+                                         if p.startswith("/a/f1")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import socket
@@ -15,6 +16,7 @@ import pytest
 
 from tests.fakeserver import FakeServer
 from tests.harness import wait_for
+from watchd import protocol
 from watchd.client import (
     DEFAULT_SOCKET,
     AsyncClient,
@@ -177,6 +179,7 @@ def test_subscribe_sends_every_filter(server: FakeServer, tmp_path: Path) -> Non
         "glob": ["*.csv"],
         "since": 0,
         "instance": server.instance,
+        "batch": True,  # the server's hello lists "batch"
     }
 
 
@@ -185,9 +188,15 @@ def test_subscribe_leaves_out_absent_filters_and_takes_one_watch_name(server: Fa
         client.subscribe()
         client.subscribe(watch="logs")
     assert server.requests == [
-        {"op": "subscribe", "id": 1},
-        {"op": "subscribe", "id": 2, "watch": "logs"},
+        {"op": "subscribe", "id": 1, "batch": True},
+        {"op": "subscribe", "id": 2, "watch": "logs", "batch": True},
     ]
+
+
+def test_batch_is_asked_for_only_where_the_hello_offers_it(sock_path: str) -> None:
+    with FakeServer(sock_path, features=()) as server, Client(sock_path) as client:
+        client.subscribe()
+        assert server.requests == [{"op": "subscribe", "id": 1}]
 
 
 def test_events_arrive_as_sent(server: FakeServer) -> None:
@@ -868,3 +877,64 @@ def test_async_follow_get_timeout_in_the_middle_of_an_attempt(server: FakeServer
 
     assert asyncio.run(main()) == [1]
     wait_for(lambda: server.live_clients() == 0, 10, "every connection closed")
+
+
+# --- batched subscriptions ----------------------------------------------------------------------
+
+
+def _burst(sid: str, first: int, count: int) -> tuple[bytes, list[bytes]]:
+    """A frame of count events for sid, and the event lines the daemon sends without batch."""
+    encoder = protocol.EventEncoder()
+    tails = [
+        encoder.tail(seq, 1700000000.25, "uploads", "create", f"/srv/uploads/{seq}\n\u00e9\udcff",
+                     0x100, 0, None)
+        for seq in range(first, first + count)
+    ]
+    frame = b"".join(protocol.frames(protocol.frame_head(sid), tails, protocol.MAX_BATCH))
+    return frame, [protocol.event_prefix(sid) + tail for tail in tails]
+
+
+def test_a_batched_subscription_yields_one_event_at_a_time(server: FakeServer) -> None:
+    with Client(server.socket_path) as client:
+        sub = client.subscribe()
+        server.publish("uploads", "create", "/srv/uploads/live")  # through the broker: a frame
+        frame, lines = _burst(sub.subscription, 2, 3)
+        server.push_raw(sub.subscription, frame)
+        got = [sub.get_message(timeout=5) for _ in range(4)]
+    messages = [m for m in got if m is not None]
+    assert [m.data["seq"] for m in messages] == [1, 2, 3, 4]
+    assert messages[0].data["path"] == "/srv/uploads/live"
+    assert [m.data for m in messages[1:]] == [json.loads(line) for line in lines]
+    assert [m.raw for m in messages[1:]] == lines  # as the daemon sends them without batch
+    assert [list(m.data)[:3] for m in messages] == [["type", "subscription", "seq"]] * 4
+    assert sub.last_seq == 4
+
+
+def test_async_a_batched_subscription_yields_one_event_at_a_time(server: FakeServer) -> None:
+    async def main() -> list[dict[str, Any]]:
+        async with AsyncClient(server.socket_path) as client:
+            sub = await client.subscribe()
+            frame, _ = _burst(sub.subscription, 1, 5)
+            server.push_raw(sub.subscription, frame)
+            server.notice("overflow", "uploads")
+            frame, _ = _burst(sub.subscription, 6, 2)
+            server.push_raw(sub.subscription, frame)
+            return [event async for event in _take(sub, 8)]
+
+    got = asyncio.run(main())
+    assert [(m["type"], m.get("seq")) for m in got] == [
+        ("event", 1), ("event", 2), ("event", 3), ("event", 4), ("event", 5), ("overflow", 0),
+        ("event", 6), ("event", 7)]
+
+
+@pytest.mark.parametrize("frame", [
+    b'{"type":"events","subscription":"s1","events":[]}\n',
+    b'{"type":"events","subscription":"s1","events":[1]}\n',
+    b'{"type":"events","subscription":"s1"}\n',
+])
+def test_a_malformed_frame_is_a_client_error(server: FakeServer, frame: bytes) -> None:
+    with Client(server.socket_path) as client:
+        sub = client.subscribe()
+        server.push_raw(sub.subscription, frame)
+        with pytest.raises(ClientError, match="frame of events watchd would not send"):
+            sub.get(timeout=5)

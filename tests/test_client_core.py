@@ -15,7 +15,6 @@ from watchd.client.core import (
     MAX_LINE_BYTES,
     PUSHED_TYPES,
     ClientCore,
-    Message,
     SubscribeRequest,
     SubscriptionState,
     check_hello,
@@ -24,6 +23,7 @@ from watchd.client.core import (
 )
 from watchd.client.errors import closed_error, connect_error, long_line_error, timeout_error
 from watchd.client.follow import Backoff, FollowCore, Resume, retryable
+from watchd.client.frames import Message
 from watchd.events import Kind
 from watchd.protocol import Ping, Status
 

@@ -82,6 +82,7 @@ max_subscriptions = 6
 client_queue = 7
 replay_buffer = 8
 max_line_bytes = 9
+max_batch = 10
 watcher_timeout = 2.5
 
 [[watch]]
@@ -109,6 +110,7 @@ path = "/etc"
         client_queue=7,
         replay_buffer=8,
         max_line_bytes=9,
+        max_batch=10,
         watcher_timeout=2.5,
     )
     assert config.watches[0] == WatchConfig(
@@ -248,7 +250,7 @@ def test_indexes_are_zero_based_and_count_every_watch() -> None:
             "[daemon]\nsockt = 'x'",
             "daemon.sockt",
             "unknown key; the keys allowed here are client_queue, journal_fsync_interval,"
-            " journal_max_bytes, log_level, max_clients,"
+            " journal_max_bytes, log_level, max_batch, max_clients,"
             " max_clients_per_user, max_line_bytes, max_paths, max_patterns,"
             " max_subscriptions, replay_buffer, request_timeout, socket, socket_group,"
             " socket_mode, state_directory, watcher_timeout; did you mean 'socket'?",
@@ -337,6 +339,17 @@ def test_indexes_are_zero_based_and_count_every_watch() -> None:
             "must be greater than 0, got 0",
         ),
         ("[daemon]\nclient_queue = -5", "daemon.client_queue", "must be greater than 0, got -5"),
+        ("[daemon]\nmax_batch = 0", "daemon.max_batch", "must be greater than 0, got 0"),
+        (
+            "[daemon]\nmax_batch = true",
+            "daemon.max_batch",
+            "expected a positive integer, got a boolean (true)",
+        ),
+        (
+            "[daemon]\nmax_batch = 4097",
+            "daemon.max_batch",
+            "4097 events is more than the most allowed (4096); larger frames save a client",
+        ),
         (
             "[daemon]\nreplay_buffer = 1.5",
             "daemon.replay_buffer",

@@ -14,7 +14,6 @@ from watchd.config import Config, DaemonConfig, WatchConfig, parse_config
 from watchd.errors import ConfigError
 from watchd.events import Kind
 from watchd.protocol import (
-    EVENT_HEAD,
     EventEncoder,
     LineFramer,
     LineTooLong,
@@ -23,6 +22,7 @@ from watchd.protocol import (
     Subscribe,
     decode_request,
     encode_request,
+    event_prefix,
     normalise_path,
 )
 
@@ -104,7 +104,7 @@ def test_subscribe_round_trips(request: Subscribe) -> None:
 def test_event_lines_are_valid_json_that_keeps_path_bytes(
     path: str, src: str | None, mask: int
 ) -> None:
-    line = EVENT_HEAD + b"s1" + EventEncoder().tail(1, 1.5, "w", "create", path, mask, 0, src)
+    line = event_prefix("s1") + EventEncoder().tail(1, 1.5, "w", "create", path, mask, 0, src)
     obj = json.loads(line)
     assert os.fsencode(obj["path"]) == os.fsencode(path)
     assert obj.get("src_path") == src

@@ -12,7 +12,6 @@ from watchd import protocol
 from watchd.events import ALL_KINDS, SYNTHETIC, Kind
 from watchd.inotify.flags import IN_CREATE, IN_ISDIR
 from watchd.protocol import (
-    EVENT_HEAD,
     ErrorCode,
     EventEncoder,
     LineFramer,
@@ -26,6 +25,7 @@ from watchd.protocol import (
     decode_request,
     encode,
     encode_request,
+    event_prefix,
 )
 
 
@@ -68,6 +68,7 @@ def test_subscribe_reads_every_filter() -> None:
             "glob": ["*.csv"],
             "since": 41,
             "instance": "abc",
+            "batch": True,
         }
     ).encode()
     assert decode_request(line) == Subscribe(
@@ -78,6 +79,7 @@ def test_subscribe_reads_every_filter() -> None:
         glob=("*.csv",),
         since=41,
         instance="abc",
+        batch=True,
     )
 
 
@@ -123,8 +125,8 @@ def test_bad_json(line: bytes, message: str) -> None:
         ({"op": "ping", "extra": 1}, 'unknown field "extra" for "ping"; allowed: "id", "op"'),
         (
             {"op": "subscribe", "path": ["/a"]},
-            'unknown field "path" for "subscribe"; allowed: "events", "glob", "id", "instance",'
-            ' "op", "paths", "since", "watch"',
+            'unknown field "path" for "subscribe"; allowed: "batch", "events", "glob", "id",'
+            ' "instance", "op", "paths", "since", "watch"',
         ),
         ({"op": "unsubscribe"}, '"subscription": missing; expected a string'),
         ({"op": "unsubscribe", "subscription": 5}, '"subscription": expected a string, got an'),
@@ -148,6 +150,9 @@ def test_bad_json(line: bytes, message: str) -> None:
         ({"op": "subscribe", "since": True}, '"since": expected an integer seq, got a boolean'),
         ({"op": "subscribe", "since": "4"}, '"since": expected an integer seq, got a string'),
         ({"op": "subscribe", "instance": 4}, '"instance": expected a string'),
+        ({"op": "subscribe", "batch": 1}, '"batch": expected true or false, got an integer'),
+        ({"op": "subscribe", "batch": "yes"}, '"batch": expected true or false, got a string'),
+        ({"op": "subscribe", "batch": None}, '"batch": expected true or false, got null'),
     ],
 )
 def test_bad_request_names_the_field(request_obj: dict[str, object], message: str) -> None:
@@ -223,6 +228,7 @@ def test_protocol_error_extra_fields_go_on_the_wire() -> None:
             glob=("*", "[ab]?"),
             since=0,
             instance="i",
+            batch=True,
         ),
     ],
 )
@@ -253,10 +259,42 @@ def test_hello_has_the_contract_keys_in_order() -> None:
     line = protocol.hello("0.1.0", 42, "inst", 0)
     assert line == (
         b'{"type":"hello","protocol":1,"server":"watchd","version":"0.1.0",'
-        b'"pid":42,"instance":"inst","seq":0,"durable":false}\n'
+        b'"pid":42,"instance":"inst","seq":0,"durable":false,"features":["batch"]}\n'
     )
     assert protocol.hello("0.1.0", 42, "inst", 7, durable=True).endswith(
-        b'"seq":7,"durable":true}\n')
+        b'"seq":7,"durable":true,"features":["batch"]}\n')
+
+
+def test_batch_false_is_the_default_and_is_left_out_when_encoded() -> None:
+    assert decode_request(b'{"op":"subscribe","batch":false}') == Subscribe()
+    assert encode_request(Subscribe(id=1)) == b'{"op":"subscribe","id":1}\n'
+    assert protocol.encode_subscribe(1, batch=True) == b'{"op":"subscribe","id":1,"batch":true}\n'
+
+
+def test_a_frame_is_its_events_objects_spliced_from_their_lines() -> None:
+    enc = protocol.EventEncoder()
+    names = ["/w/a\nb", '/w/"q"\\', "/w/\udcff\u00e9", "/w/\n\",\""]
+    tails = [enc.tail(i + 1, 5.25, "w", "create", name, 0x100, 0, None) for i, name in
+             enumerate(names)]
+    tails.append(enc.tail(9, 5.5, "w", "moved_to", "/w/to", 0x80, 7, "/w/\nfrom"))
+    line_objects = [json.loads(protocol.event_prefix("s3") + tail) for tail in tails]
+    frame = b"".join(protocol.frames(protocol.frame_head("s3"), tails, 10))
+    assert frame.endswith(b"]}\n") and frame.count(b"\n") == 1
+    got = json.loads(frame)
+    assert list(got) == ["type", "subscription", "events"]
+    assert got["type"] == "events" and got["subscription"] == "s3"
+    assert [{"type": "event", "subscription": "s3", **e} for e in got["events"]] == line_objects
+    # Key order too: an event object is the line without its type and subscription.
+    assert [list(e) for e in got["events"]] == [list(o)[2:] for o in line_objects]
+
+
+def test_frames_split_at_max_batch() -> None:
+    enc = protocol.EventEncoder()
+    tails = [enc.tail(i, 1.0, "w", "create", f"/w/{i}", 0x100, 0, None) for i in range(1, 8)]
+    chunks = protocol.frames(protocol.frame_head("s1"), tails, 3)
+    lines = b"".join(chunks).splitlines()
+    assert [[e["seq"] for e in json.loads(line)["events"]] for line in lines] == [
+        [1, 2, 3], [4, 5, 6], [7]]
 
 
 def test_replies_carry_the_id_even_when_null() -> None:
@@ -342,7 +380,7 @@ def test_decode_message() -> None:
 def test_event_line_has_the_contract_shape_and_order() -> None:
     enc = EventEncoder()
     tail = enc.tail(12, 1700000000.25, "uploads", "create", "/srv/up/a.csv", IN_CREATE, 0, None)
-    line = EVENT_HEAD + b"s3" + tail
+    line = event_prefix("s3") + tail
     assert line.endswith(b"}\n")
     assert line.count(b"\n") == 1
     obj = json.loads(line)
@@ -374,7 +412,7 @@ def test_event_line_has_the_contract_shape_and_order() -> None:
 
 def test_moved_to_carries_src_path_last() -> None:
     tail = EventEncoder().tail(1, 1.0, "w", "moved_to", "/a/new", 0x80 | IN_ISDIR, 77, "/a/old")
-    obj = json.loads(EVENT_HEAD + b"s" + tail)
+    obj = json.loads(event_prefix("s") + tail)
     assert obj["is_dir"] is True
     assert obj["mask"] == ["IN_MOVED_TO", "IN_ISDIR"]
     assert obj["cookie"] == 77
@@ -385,9 +423,9 @@ def test_moved_to_carries_src_path_last() -> None:
 def test_synthetic_event_has_an_empty_mask_and_says_so() -> None:
     mask = 0x100 | 0x40000000 | SYNTHETIC
     tail = protocol.EventEncoder().tail(5, 1.5, "w", "create", "/w/d", mask, 0, None)
-    event = json.loads(protocol.EVENT_HEAD + b"s" + tail)
+    event = json.loads(protocol.event_prefix("s") + tail)
     assert event["mask"] == [] and event["synthetic"] is True and event["is_dir"] is True
-    plain = json.loads(protocol.EVENT_HEAD + b"s" + (protocol.EventEncoder().tail(
+    plain = json.loads(protocol.event_prefix("s") + (protocol.EventEncoder().tail(
         5, 1.5, "w", "create", "/w/d", 0x100, 0, None)))
     assert "synthetic" not in plain
 
@@ -395,7 +433,7 @@ def test_synthetic_event_has_an_empty_mask_and_says_so() -> None:
 def test_mask_names_in_ascending_bit_order_unknown_bits_left_out() -> None:
     mask = IN_ISDIR | 0x8000 | 0x4000 | 0x2000 | 0x400 | 0x1 | 0x1000_0000
     tail = EventEncoder().tail(1, 1.0, "w", "access", "/x", mask, 0, None)
-    assert json.loads(EVENT_HEAD + b"s" + tail)["mask"] == [
+    assert json.loads(event_prefix("s") + tail)["mask"] == [
         "IN_ACCESS",
         "IN_DELETE_SELF",
         "IN_UNMOUNT",
@@ -409,7 +447,7 @@ def test_non_utf8_names_survive_as_surrogate_escapes() -> None:
     raw = b"/srv/up/caf\xe9-\xff\xfe.txt"
     path = os.fsdecode(raw)
     tail = EventEncoder().tail(1, 1.0, "w", "create", path, IN_CREATE, 0, os.fsdecode(b"/o\x80"))
-    line = EVENT_HEAD + b"s" + tail
+    line = event_prefix("s") + tail
     line.decode("ascii")  # escaped, so plain ASCII on the wire
     obj = json.loads(line)
     assert os.fsencode(obj["path"]) == raw
@@ -418,7 +456,7 @@ def test_non_utf8_names_survive_as_surrogate_escapes() -> None:
 
 def test_names_needing_escapes_are_escaped() -> None:
     tail = EventEncoder().tail(1, 1.0, 'w"\\', "create", '/a"b\\c\nd\té', IN_CREATE, 0, None)
-    obj = json.loads(EVENT_HEAD + b"s" + tail)
+    obj = json.loads(event_prefix("s") + tail)
     assert obj["watch"] == 'w"\\'
     assert obj["path"] == '/a"b\\c\nd\té'
 
@@ -428,7 +466,7 @@ def test_time_is_rounded_to_microseconds() -> None:
     assert b'"time":1700000000.123457,' in tail
     now = time.time()
     tail = EventEncoder().tail(1, now, "w", "create", "/x", IN_CREATE, 0, None)
-    assert abs(json.loads(EVENT_HEAD + b"s" + tail)["time"] - now) < 1e-6
+    assert abs(json.loads(event_prefix("s") + tail)["time"] - now) < 1e-6
 
 
 def test_encoder_caches_give_the_same_bytes_as_a_fresh_encoder() -> None:

@@ -295,6 +295,7 @@ def test_subscribe_sends_the_filters(
         "paths": [str(tmp_path / "incoming"), "/srv/x"],
         "glob": ["*.csv"],
         "since": 0,
+        "batch": True,
     }
     code, err = follower.interrupt()
     assert (code, err) == (0, "")

@@ -21,7 +21,7 @@ from watchd.fanout import FanOut
 from watchd.flow import QueueLevels
 from watchd.outbox import FLUSH_LINES, REPLAY_STEP, Outbox, QueueLimits
 from watchd.protocol import (
-    EVENT_HEAD,
+    DEFAULT_MAX_BATCH,
     ErrorCode,
     JsonScalar,
     ProtocolError,
@@ -66,6 +66,7 @@ class Broker:
         max_subscriptions: int,
         max_patterns: int = 64,
         max_paths: int = 256,
+        max_batch: int = DEFAULT_MAX_BATCH,
         defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.instance = instance
@@ -79,7 +80,7 @@ class Broker:
         self._history = History(replay_buffer)
         # A replay that ends takes live events from then on: the routes change.
         self._replays = Replays(self._history, self._routes_changed)
-        self._limits = QueueLimits.of(client_queue)
+        self._limits = QueueLimits.of(client_queue, max_batch)
         self._outbox = Outbox(self._limits, self._replays.step, defer)
         self._fanout = FanOut(self._conns, self._history, self._replays, self._counts,
                               limits=self._limits, pump=self._outbox.pump)
@@ -115,6 +116,7 @@ class Broker:
         max_subscriptions: int,
         max_patterns: int = 64,
         max_paths: int = 256,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         """Apply new limits (a reload); the replay history keeps its newest events.
 
@@ -124,7 +126,7 @@ class Broker:
         if replay_buffer != self.replay_buffer:
             self._replays.before_evict(len(self._history) - replay_buffer)
             self._history.resize(replay_buffer)
-        self._limits.set(client_queue)
+        self._limits.set(client_queue, max_batch)
         self.max_subscriptions = max_subscriptions
         self.max_patterns = max_patterns
         self.max_paths = max_paths
@@ -157,6 +159,11 @@ class Broker:
     def history(self) -> History:
         """The replay history (a durable daemon restores it and records what it takes)."""
         return self._history
+
+    @property
+    def max_batch(self) -> int:
+        """The most events in one frame of a batched subscription."""
+        return self._limits.max_batch
 
     @property
     def replay_buffer(self) -> int:
@@ -217,8 +224,9 @@ class Broker:
             sid=sid,
             conn=conn,
             filter=flt,
-            prefix=EVENT_HEAD + sid.encode("ascii"),
+            prefix=protocol.event_prefix(sid),
             visible=flt.visible(conn.peer, self._watches),
+            frame=protocol.frame_head(sid) if req.batch else None,
         )
         conn.subs[sid] = sub
         self._routes_changed()

@@ -106,6 +106,7 @@ class Daemon:
                              replay_buffer=d.replay_buffer,
                              max_subscriptions=d.max_subscriptions,
                              max_patterns=d.max_patterns, max_paths=d.max_paths,
+                             max_batch=d.max_batch,
                              defer=lambda fn: asyncio.get_running_loop().call_soon(fn))
         self.broker.set_watches(config.watches)
         self.watches = Watches(self.broker, config.watches)
@@ -417,7 +418,8 @@ class Daemon:
         # First, as it alone may fail (MemoryError): nothing has changed yet if it does.
         self.broker.set_limits(client_queue=d.client_queue, replay_buffer=d.replay_buffer,
                                max_subscriptions=d.max_subscriptions,
-                               max_patterns=d.max_patterns, max_paths=d.max_paths)
+                               max_patterns=d.max_patterns, max_paths=d.max_paths,
+                               max_batch=d.max_batch)
         self.config = new
         self.history.reloads += 1
         self.history.last_reload_error = None

@@ -1,8 +1,10 @@
 """The broker's hot path: number, serialize once, hold, and write the same bytes to many.
 
 Each batch of events is encoded once; every connection that receives a watch gets the tails
-behind its subscriptions' prefixes in one write. A connection that is behind gets its events
-queued (bounded by client_queue) or counted as dropped.
+behind its subscriptions' prefixes in one write, and a batched subscription gets them as frames
+spliced from the same tails (protocol.frames), once per filter, not once per subscriber. A
+connection that is behind gets its events queued (bounded by client_queue) or counted as
+dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class _Route:
 
     conn: Connection
     subs: tuple[Subscription, ...]
-    prefixes: tuple[bytes, ...]  # of `subs`, when every one of them is simple
+    prefixes: tuple[bytes, ...]  # of its line subscriptions, when every one of `subs` is simple
+    heads: tuple[bytes, ...]  # the frame heads of its batched subscriptions, likewise
     simple: bool
 
 
@@ -41,6 +44,21 @@ def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
     for j, prefix in enumerate(prefixes):
         chunks[2 * j :: step] = [prefix] * n
         chunks[2 * j + 1 :: step] = tails
+    return chunks
+
+
+# The subscriptions of one filter in a publish, each with the connection's chunks or None for
+# its queue: (those served line by line, those served in frames).
+_Target = tuple[Subscription, list[bytes] | None]
+_Group = tuple[list[_Target], list[_Target]]
+
+
+def _headed(head: bytes, framed: list[bytes]) -> list[bytes]:
+    """Frames made by protocol.frames with an empty head, given a subscription's head."""
+    if len(framed) == 3:
+        return [head, framed[1], framed[2]]  # one frame: most publishes
+    chunks = framed.copy()
+    chunks[::3] = [head] * (len(framed) // 3)
     return chunks
 
 
@@ -96,7 +114,7 @@ class FanOut:
         fast: list[_Route] = []  # writable, every subscription simple: all events, no tests
         # The others, grouped by filter so that subscriptions asking the same thing (many clients
         # running the same command) cost one test per event. Out None: via the queue.
-        groups: dict[Filter, list[tuple[Subscription, list[bytes] | None]]] = {}
+        groups: dict[Filter, _Group] = {}
         outs: list[tuple[Connection, list[bytes]]] = []
         for route in routes:
             out: list[bytes] | None = None
@@ -107,8 +125,11 @@ class FanOut:
                 out = []
                 outs.append((route.conn, out))
             for sub in route.subs:
-                groups.setdefault(sub.filter, []).append((sub, out))
-        general = list(groups.items())
+                group = groups.get(sub.filter)
+                if group is None:
+                    group = groups[sub.filter] = ([], [])
+                (group[0] if sub.frame is None else group[1]).append((sub, out))
+        general = [(flt, lines) for flt, (lines, _) in groups.items() if lines]
 
         kinds = self._kinds
         tail_of = self._encoder.tail
@@ -137,8 +158,15 @@ class FanOut:
 
         # Subscribers without filters first: what others' filters cost never delays them.
         if tails:
+            framed: list[bytes] | None = None  # the bodies of the frames, made once
             for route in fast:
-                route.conn.sink.write(_interleave(route.prefixes, tails))
+                chunks = _interleave(route.prefixes, tails) if route.prefixes else []
+                if route.heads:
+                    if framed is None:
+                        framed = protocol.frames(b"", tails, self.limits.max_batch)
+                    for head in route.heads:
+                        chunks += _headed(head, framed)
+                route.conn.sink.write(chunks)
         if general:
             for seq, _, bit, path, tail in batch:
                 for flt, targets in general:
@@ -149,6 +177,12 @@ class FanOut:
                             else:
                                 sink_out.append(sub.prefix)
                                 sink_out.append(tail)
+        for flt, (_, batched) in groups.items():
+            if batched:
+                # A pass of its own, so that the loop above stays as it was for lines.
+                matched = [held for held in batch if flt.matches(held[2], held[3])]
+                if matched:
+                    self._frame(matched, batched)
         for conn, chunks in outs:
             if chunks:
                 conn.sink.write(chunks)
@@ -163,8 +197,43 @@ class FanOut:
             )
             if subs:
                 simple = all(sub.filter.simple for sub in subs)
-                routes.append(_Route(conn, subs, tuple(sub.prefix for sub in subs), simple))
+                prefixes = tuple(sub.prefix for sub in subs if sub.frame is None)
+                heads = tuple(sub.frame for sub in subs if sub.frame is not None)
+                routes.append(_Route(conn, subs, prefixes, heads, simple))
         return tuple(routes)
+
+    def _frame(self, matched: list[Held], batched: list[tuple[Subscription, list[bytes] | None]]
+               ) -> None:
+        """Hand the events one filter matched to its batched subscriptions: as frames made once
+        for all of them, or as one run in a queue."""
+        tails = [held[4] for held in matched]
+        framed: list[bytes] | None = None
+        for sub, sink_out in batched:
+            assert sub.frame is not None
+            if sink_out is None:
+                self._queue_run(sub, matched, tails)
+                continue
+            if framed is None:
+                framed = protocol.frames(b"", tails, self.limits.max_batch)
+            sink_out += _headed(sub.frame, framed)
+
+    def _queue_run(self, sub: Subscription, matched: list[Held], tails: list[bytes]) -> None:
+        """Queue a batched subscription's events for a connection that is behind, as one run;
+        what does not fit in client_queue counts as dropped (the rule of _queue_event)."""
+        assert sub.frame is not None
+        conn = sub.conn
+        limits = self.limits
+        room = limits.client_queue - conn.queued_events
+        if room > 0:
+            if sub.drop_count:
+                sub.settle()  # the gap is told before the events that come after it
+            run = tails if len(tails) <= room else tails[:room]
+            conn.queue.append((sub.frame, run))  # shared, never changed: see outbox._lines
+            conn.queued_events += len(run)
+            if conn.queued_events >= limits.levels.near_full:
+                self.near_full_reached = True
+        for held in matched[max(0, room) :]:
+            sub.drop(held[0])
 
     def _queue_event(self, sub: Subscription, seq: int, tail: bytes) -> None:
         """Queue an event line for a connection that is behind, or count it as dropped."""

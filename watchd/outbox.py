@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from watchd.flow import QueueLevels
-from watchd.protocol import EVENT_HEAD
-from watchd.subscription import Connection
+from watchd.protocol import DEFAULT_MAX_BATCH, EVENT_HEAD, frames
+from watchd.subscription import Connection, Queued
 
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
 # is overfilled by at most this much, and the syscalls are still batched.
@@ -30,16 +30,18 @@ class QueueLimits:
 
     client_queue: int  # a connection's queued events past which its events are dropped
     levels: QueueLevels  # of client_queue, for the hold-back
+    max_batch: int = DEFAULT_MAX_BATCH  # events in one frame at most (daemon.max_batch)
 
     @classmethod
-    def of(cls, client_queue: int) -> QueueLimits:
-        """The limits for a given daemon.client_queue."""
-        return cls(client_queue, QueueLevels.of(client_queue))
+    def of(cls, client_queue: int, max_batch: int = DEFAULT_MAX_BATCH) -> QueueLimits:
+        """The limits for a given daemon.client_queue and daemon.max_batch."""
+        return cls(client_queue, QueueLevels.of(client_queue), max_batch)
 
-    def set(self, client_queue: int) -> None:
-        """Take a new daemon.client_queue (a reload)."""
+    def set(self, client_queue: int, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        """Take a new daemon.client_queue and daemon.max_batch (a reload)."""
         self.client_queue = client_queue
         self.levels = QueueLevels.of(client_queue)
+        self.max_batch = max_batch
 
 
 class Outbox:
@@ -70,9 +72,9 @@ class Outbox:
         while True:
             while queue and sink.writable():
                 chunk = [queue.popleft() for _ in range(min(len(queue), FLUSH_LINES))]
-                # Event lines, and no other line, begin with EVENT_HEAD.
-                conn.queued_events -= sum(1 for line in chunk if line.startswith(EVENT_HEAD))
-                sink.write(chunk)
+                events, lines = _lines(chunk, self.limits.max_batch)
+                conn.queued_events -= events
+                sink.write(lines)
             if conn.lagging and not (queue and conn.queued_events >= self.limits.client_queue):
                 for sub in list(conn.lagging.values()):
                     sub.settle()
@@ -93,3 +95,32 @@ class Outbox:
     def _turn(self, conn: Connection) -> None:
         conn.replay_deferred = False
         self.pump(conn)
+
+
+def _lines(chunk: list[Queued], max_batch: int) -> tuple[int, list[bytes]]:
+    """How many events a run of queued items holds, and its bytes to send: the runs of a
+    batched subscription next to each other become frames of at most max_batch; a notice
+    between them ends a frame (it is never sent out of its place)."""
+    lines: list[bytes] = []
+    events = 0
+    head = b""  # of the frame being gathered in tails
+    tails: list[bytes] = []
+    for item in chunk:
+        if isinstance(item, bytes):
+            if tails:
+                lines += frames(head, tails, max_batch)
+                tails = []
+            lines.append(item)
+            # Event lines, and no other line, begin with EVENT_HEAD.
+            events += item.startswith(EVENT_HEAD)
+            continue
+        if item[0] is not head:
+            if tails:
+                lines += frames(head, tails, max_batch)
+                tails = []
+            head = item[0]
+        tails += item[1]  # copied: a run may be shared by the subscriptions of one filter
+        events += len(item[1])
+    if tails:
+        lines += frames(head, tails, max_batch)
+    return events, lines

@@ -286,7 +286,8 @@ class Replays:
         flt = sub.filter
         visible = sub.visible
         queue = conn.queue
-        prefix = sub.prefix
+        prefix, frame = sub.prefix, sub.frame
+        run: list[bytes] | None = None  # a batched subscription's events being queued, in order
         next_mark = history.next_marker(cur.marked)
         pos = cur.pos
         lines = 0
@@ -299,6 +300,7 @@ class Replays:
                 if seq - 1 >= next_mark:
                     self._markers(sub, seq - 1)
                     next_mark = history.next_marker(cur.marked)
+                    run = None  # a notice ends a frame
                 pos = seq + 1
                 if watch in visible and flt.matches(bit, path):
                     if max_lines is None:
@@ -306,7 +308,14 @@ class Replays:
                         continue
                     if sub.drop_count:
                         sub.settle()
-                    queue.append(prefix + tail)
+                        run = None
+                    if frame is None:
+                        queue.append(prefix + tail)
+                    else:
+                        if run is None:
+                            run = []
+                            queue.append((frame, run))
+                        run.append(tail)
                     conn.queued_events += 1
                     lines += 1
                     if lines >= max_lines:

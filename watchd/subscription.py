@@ -21,6 +21,12 @@ from watchd.protocol import ErrorCode, LostReason, ProtocolError, Subscribe
 # Every kind bit; each event's mask carries exactly one of them.
 KIND_BITS_ALL = kinds_mask(ALL_KINDS)
 
+# What waits in a connection's queue: a line ready to send, or a run of events of a batched
+# subscription as (its frame head, the events' tails), put in frames when the queue drains
+# (watchd.outbox), together with the runs of that subscription next to it. A run is one item
+# however many events it holds: a publish queues one per subscription, not one per event.
+Queued = bytes | tuple[bytes, list[bytes]]
+
 # Distinct filters kept compiled: subscriptions asking the same share one Filter (and so one
 # test per event, see Broker.publish_reads), and a request repeated costs no compiling.
 FILTER_CACHE = 1024
@@ -184,7 +190,7 @@ class Subscription:
     sid: str
     conn: Connection
     filter: Filter
-    prefix: bytes  # EVENT_HEAD + sid: an event line is this + the shared tail
+    prefix: bytes  # protocol.event_prefix(sid): an event line is this + the shared tail
     visible: frozenset[str]  # watch names it receives: its watch filter within the ACL
     drop_count: int = 0
     drop_first: int = 0
@@ -194,6 +200,8 @@ class Subscription:
     # Set while it catches up with `since`: it then takes its events, live ones included, from
     # the history (in seq order) instead of from publish.
     replay: Cursor | None = None
+    # protocol.frame_head(sid) for a batched subscription (its events go out in frames), or None.
+    frame: bytes | None = None
 
     def review(self, old: Mapping[str, WatchInfo], watches: Mapping[str, WatchInfo]) -> bool:
         """Recompute the watches it receives after a reload; True when it was told of a change.
@@ -247,8 +255,8 @@ class Connection:
     peer: Peer
     subs: dict[str, Subscription] = field(default_factory=dict)
     # Lines waiting for the sink to become writable, in the order they must be sent.
-    queue: deque[bytes] = field(default_factory=deque)
-    queued_events: int = 0  # event lines in `queue`: what client_queue bounds
+    queue: deque[Queued] = field(default_factory=deque)
+    queued_events: int = 0  # events in `queue`: what client_queue bounds
     lagging: dict[str, Subscription] = field(default_factory=dict)  # subs with a dropped range
     dropped: int = 0  # event lines discarded for this connection (its owner's status)
     replays: dict[str, Subscription] = field(default_factory=dict)  # subs catching up

@@ -7,9 +7,10 @@ followers (`Client.follow`, `AsyncClient.follow`): subscriptions that outlive th
 """
 
 from watchd.client.aio import AsyncClient, AsyncFollower, AsyncSubscription
-from watchd.client.core import Message, resolve_socket_path
+from watchd.client.core import resolve_socket_path
 from watchd.client.errors import DEFAULT_SOCKET, SOCKET_ENV, ClientError, ServerError
 from watchd.client.follow import Backoff, Resumption
+from watchd.client.frames import Message
 from watchd.client.sync import Client, Follower, Subscription
 
 __all__ = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Self
@@ -12,7 +13,6 @@ from watchd.client.core import (
     READ_BYTES,
     ClientCore,
     ClientRequest,
-    Message,
     PathsArg,
     SubscribeRequest,
     SubscriptionState,
@@ -31,6 +31,7 @@ from watchd.client.errors import (
     timeout_error,
 )
 from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook
+from watchd.client.frames import Message, wants_batch
 from watchd.protocol import Ping, Status
 
 
@@ -123,7 +124,10 @@ class AsyncClient:
         )
 
     async def subscribe_to(self, request: SubscribeRequest) -> AsyncSubscription:
-        """Subscribe with a request built by watchd.client.core.subscribe_request."""
+        """Subscribe with a request built by watchd.client.core.subscribe_request; in frames
+        where the daemon offers them (the iterator still yields one event at a time)."""
+        if request.batch is None and wants_batch(self.hello):
+            request = dataclasses.replace(request, batch=True)
         reply = await self._request(request, "subscribed")
         return AsyncSubscription(self, *confirmation(reply), request.since)
 

@@ -4,7 +4,8 @@ Nothing here touches a socket. A transport hands the core the bytes it received 
 messages; it asks the core for the line of a request and for the checked reply. A single reader
 sorts every incoming line into either a reply (matched to its request by id; replies come in
 request order) or a pushed message (an event or a notice), which is queued for the subscription
-it names.
+it names. A frame of events (a subscription that asked for "batch") is handed out as its events,
+one message each, as the daemon would have sent them as lines.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from watchd.client.errors import (
     fork_error,
     long_line_error,
 )
+from watchd.client.frames import Message, unframe
 from watchd.protocol import (
     PROTOCOL_VERSION,
     LineFramer,
@@ -56,14 +58,6 @@ PathsArg = PathLikeArg | Iterable[PathLikeArg] | None
 
 
 # --- messages and their checks ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One line from the daemon: the bytes exactly as received, and the decoded object."""
-
-    raw: bytes
-    data: JSONDict
 
 
 def resolve_socket_path(socket_path: str | None = None) -> str:
@@ -142,6 +136,7 @@ class SubscribeRequest:
     glob: tuple[str, ...] | None = None
     since: int | None = None
     instance: str | None = None
+    batch: bool | None = None  # frames of events; asked for where the daemon offers them
 
     def line(self) -> bytes:
         """The wire line: op and id first, then the filters given, in protocol order."""
@@ -155,6 +150,7 @@ class SubscribeRequest:
             glob=self.glob,
             since=self.since,
             instance=self.instance,
+            batch=self.batch,
         )
 
 
@@ -169,6 +165,7 @@ def subscribe_request(  # noqa: PLR0917 -- the filters, in the documented order
     glob: str | Iterable[str] | None,
     since: int | None,
     instance: str | None,
+    batch: bool = False,
 ) -> SubscribeRequest:
     """A subscribe request from the public arguments; absent filters are left out."""
     path_list: tuple[str, ...] | None = None
@@ -183,6 +180,7 @@ def subscribe_request(  # noqa: PLR0917 -- the filters, in the documented order
         glob=None if glob is None else _as_tuple(glob),
         since=since,
         instance=instance,
+        batch=batch or None,
     )
 
 
@@ -357,6 +355,7 @@ class ClientCore:
         self._pid = os.getpid()
         self._framer = LineFramer(MAX_LINE_BYTES)
         self._lines: deque[bytes] = deque()
+        self._unframed: deque[Message] = deque()  # the events of a frame not yet handed out
         self._too_long = False  # a line past the limit follows the lines in _lines
         self._failure: ClientError | None = None
 
@@ -396,8 +395,17 @@ class ClientCore:
         """The next received message, or None when more bytes are needed."""
         if self._failure is not None:
             raise self._failure
+        if self._unframed:
+            return self._unframed.popleft()
         if self._lines:
-            return decode_line(self._lines.popleft() + b"\n", self.socket_path)
+            message = decode_line(self._lines.popleft() + b"\n", self.socket_path)
+            if message.data.get("type") != "events":
+                return message
+            try:
+                self._unframed.extend(unframe(message, self.socket_path))
+            except ClientError as e:
+                raise self.fail(e) from e
+            return self._unframed.popleft()
         if self._too_long:
             raise self.fail(long_line_error(self.socket_path))
         return None

@@ -17,8 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from watchd.client.core import Message, SubscribeRequest
+from watchd.client.core import SubscribeRequest
 from watchd.client.errors import ClientError, JSONDict
+from watchd.client.frames import Message
 from watchd.protocol import encode
 
 # Notices that carry the seq of the event before them (they take no seq of their own): a

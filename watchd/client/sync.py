@@ -8,6 +8,7 @@ applies, instead of memory growing here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import threading
 import time
@@ -19,7 +20,6 @@ from watchd.client.core import (
     READ_BYTES,
     ClientCore,
     ClientRequest,
-    Message,
     PathsArg,
     SubscribeRequest,
     SubscriptionState,
@@ -37,6 +37,7 @@ from watchd.client.errors import (
     timeout_error,
 )
 from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook
+from watchd.client.frames import Message, wants_batch
 from watchd.protocol import Ping, Status
 
 
@@ -105,7 +106,10 @@ class Client:
         return self.subscribe_to(subscribe_request(watch, events, paths, glob, since, instance))
 
     def subscribe_to(self, request: SubscribeRequest) -> Subscription:
-        """Subscribe with a request built by watchd.client.core.subscribe_request."""
+        """Subscribe with a request built by watchd.client.core.subscribe_request; in frames
+        where the daemon offers them (the iterator still yields one event at a time)."""
+        if request.batch is None and wants_batch(self.hello):
+            request = dataclasses.replace(request, batch=True)
         reply = self._request(request, "subscribed")
         return Subscription(self, *confirmation(reply), request.since)
 

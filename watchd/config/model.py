@@ -8,6 +8,7 @@ from typing import Final
 
 from watchd.events import DEFAULT_KINDS, Kind
 from watchd.levels import DEFAULT_LOG_LEVEL
+from watchd.protocol import DEFAULT_MAX_BATCH
 
 # Keys of [daemon] that bind the listening socket or open the durable state: a reload cannot
 # change them.
@@ -34,6 +35,7 @@ class DaemonConfig:
     client_queue: int = 10000
     replay_buffer: int = 65536
     max_line_bytes: int = 65536
+    max_batch: int = DEFAULT_MAX_BATCH  # events in one frame of a batched subscription
     request_timeout: float = 10.0
     watcher_timeout: float = 10.0
     # Where the durable state lives (watchd.state): None for $STATE_DIRECTORY when systemd

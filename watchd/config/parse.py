@@ -19,6 +19,7 @@ from watchd.config.model import WATCH_KEYS, Config, DaemonConfig, WatchConfig
 from watchd.errors import ConfigError
 from watchd.events import ALL_KINDS, KIND_LIST, Kind
 from watchd.levels import LOG_LEVELS
+from watchd.protocol import MAX_BATCH
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _OCTAL_RE: Final = re.compile(r"(?:0o)?([0-7]{1,4})")
@@ -199,6 +200,14 @@ def _socket_mode(r: _Reader, value: object, key: str) -> int:
     return mode
 
 
+# Keys of [daemon] that count events, with their most and what to do about a larger value.
+_EVENT_COUNTS: Final[Mapping[str, tuple[int, str]]] = MappingProxyType({
+    "replay_buffer": (MAX_REPLAY_BUFFER,
+                      "choose a smaller history (each event held costs some 300-500 bytes)"),
+    "max_batch": (MAX_BATCH, "larger frames save a client nothing and may pass its line limit"),
+})
+
+
 def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
     allowed = [f.name for f in fields(DaemonConfig)]
     r.only_keys(table, "daemon.", allowed)
@@ -236,14 +245,12 @@ def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
                                     f"({MIN_JOURNAL_BYTES}); choose a larger journal")
         elif key in ("watcher_timeout", "request_timeout", "journal_fsync_interval"):
             values[key] = r.positive_number(value, full)
-        elif key == "replay_buffer":
-            size = values[key] = r.positive_int(value, full)
-            if size > MAX_REPLAY_BUFFER:
-                raise r.error(
-                    full,
-                    f"{size} events is more than the most allowed ({MAX_REPLAY_BUFFER}); "
-                    "choose a smaller history (each event held costs some 300-500 bytes)",
-                )
+        elif key in _EVENT_COUNTS:
+            most, advice = _EVENT_COUNTS[key]
+            count = values[key] = r.positive_int(value, full)
+            if count > most:
+                raise r.error(full, f"{count} events is more than the most allowed ({most}); "
+                              + advice)
         else:
             values[key] = r.positive_int(value, full)
     return DaemonConfig(**values)  # type: ignore[arg-type]  # each value was checked above

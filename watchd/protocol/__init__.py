@@ -1,13 +1,26 @@
 """The line-delimited JSON wire protocol: framing, request decoding, message encoding; no I/O.
 
 wire holds what every line shares (JSON, the version, error codes); requests the client's lines,
-messages the server's replies and notices, event_lines the events (the hot path), framing the
+messages the server's replies and notices, event_lines the events and their frames (the hot
+path), framing the
 cutting of a byte stream into lines. Users import from here.
 """
 
-from watchd.protocol.event_lines import EVENT_HEAD, EventEncoder, mask_names
+from watchd.protocol.event_lines import (
+    DEFAULT_MAX_BATCH,
+    EVENT_HEAD,
+    FRAME_END,
+    MAX_BATCH,
+    EventEncoder,
+    event_prefix,
+    frame_body,
+    frame_head,
+    frames,
+    mask_names,
+)
 from watchd.protocol.framing import LineFramer, LineTooLong
 from watchd.protocol.messages import (
+    FEATURES,
     decode_message,
     dropped,
     hello,
@@ -43,7 +56,11 @@ from watchd.protocol.wire import (
 from watchd.reasons import LostReason, OverflowReason  # the values its notices carry
 
 __all__ = [
+    "DEFAULT_MAX_BATCH",
     "EVENT_HEAD",
+    "FEATURES",
+    "FRAME_END",
+    "MAX_BATCH",
     "PROTOCOL_VERSION",
     "ErrorCode",
     "EventEncoder",
@@ -65,6 +82,10 @@ __all__ = [
     "encode_request",
     "encode_subscribe",
     "error",
+    "event_prefix",
+    "frame_body",
+    "frame_head",
+    "frames",
     "hello",
     "mask_names",
     "normalise_path",

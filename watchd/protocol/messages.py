@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Final
 
 from watchd.protocol.wire import (
     PROTOCOL_VERSION,
@@ -13,6 +14,10 @@ from watchd.protocol.wire import (
     loads,
     type_name,
 )
+
+# What this server understands beyond protocol v1's base, listed in hello's "features":
+# "batch": a subscribe may ask for its events in frames ({"type":"events"}).
+FEATURES: Final = ("batch",)
 
 
 def decode_message(line: bytes) -> dict[str, object]:
@@ -25,9 +30,11 @@ def decode_message(line: bytes) -> dict[str, object]:
     return obj
 
 
-def hello(version: str, pid: int, instance: str, seq: int, durable: bool = False) -> bytes:
+def hello(version: str, pid: int, instance: str, seq: int, *, durable: bool = False,
+          features: Sequence[str] = FEATURES) -> bytes:
     """The greeting the server sends first on every connection; durable: whether the daemon
-    keeps its instance, seqs and replay history across a restart."""
+    keeps its instance, seqs and replay history across a restart; features: the extensions
+    of protocol 1 it offers."""
     return encode(
         {
             "type": "hello",
@@ -38,6 +45,7 @@ def hello(version: str, pid: int, instance: str, seq: int, durable: bool = False
             "instance": instance,
             "seq": seq,
             "durable": durable,
+            "features": list(features),
         }
     )
 

@@ -46,6 +46,7 @@ class Subscribe:
     glob: tuple[str, ...] | None = None
     since: int | None = None
     instance: str | None = None
+    batch: bool = False  # events in frames ({"type":"events"}) instead of one line each
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ _FIELDS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "ping": frozenset({"op", "id"}),
         "status": frozenset({"op", "id"}),
         "subscribe": frozenset(
-            {"op", "id", "watch", "events", "paths", "glob", "since", "instance"}
+            {"op", "id", "watch", "events", "paths", "glob", "since", "instance", "batch"}
         ),
         "unsubscribe": frozenset({"op", "id", "subscription"}),
     }
@@ -145,6 +146,12 @@ class _Fields:
             out.append(normalise_path(item))
         return tuple(out)
 
+    def boolean(self, name: str) -> bool:
+        value = self.obj.get(name, False)
+        if not isinstance(value, bool):
+            raise self.bad(f'"{name}": expected true or false, got {type_name(value)}')
+        return value
+
     def seq(self, name: str) -> int | None:
         if name not in self.obj:
             return None
@@ -211,6 +218,7 @@ def decode_request(line: bytes) -> Request:
         glob=fields.strings("glob"),
         since=fields.seq("since"),
         instance=fields.string("instance"),
+        batch=fields.boolean("batch"),
     )
 
 
@@ -234,6 +242,7 @@ def encode_request(request: Request) -> bytes:
                 glob=request.glob,
                 since=request.since,
                 instance=request.instance,
+                batch=request.batch or None,
             )
     if request.id is not None:
         obj["id"] = request.id
@@ -249,6 +258,7 @@ def encode_subscribe(
     glob: Sequence[str] | None = None,
     since: int | None = None,
     instance: str | None = None,
+    batch: bool | None = None,
 ) -> bytes:
     """A subscribe line: op and id first, then the filters given (None: left out).
 
@@ -263,6 +273,7 @@ def encode_subscribe(
         "glob": glob,
         "since": since,
         "instance": instance,
+        "batch": batch,
     }
     for name, value in filters.items():
         if value is not None:
