@@ -95,7 +95,7 @@ class RequestHandler:
     def greet(self, conn: Connection) -> None:
         """The hello every connection gets first."""
         self.broker.reply(conn, protocol.hello(__version__, os.getpid(), self.instance,
-                                               self.broker.last_seq, self.durable()))
+                                               self.broker.last_seq, durable=self.durable()))
 
     def handle_line(self, conn: Connection, line: bytes) -> None:
         """Answer one request line; a bad one gets an error reply, never an exception."""
