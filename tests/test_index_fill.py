@@ -128,7 +128,7 @@ def test_a_loss_during_the_fill_is_not_resynchronized() -> None:
 @pytest.mark.timeout(120)
 def test_a_large_tree_is_indexed_after_ready_and_then_resynchronized(
         start_daemon, watched: pathlib.Path) -> None:
-    total = make_tree(watched, 300, 20)  # more than one part: the index fills after ready
+    total = make_tree(watched, 1800, 20)  # past FILL_AT_ONCE parts: indexed after ready
     daemon = start_daemon(config(watches=watch("w", watched)))
     line, _ = daemon.subscribe()
     (watched / "early").write_text("during the fill")
@@ -149,7 +149,7 @@ def test_a_large_tree_is_indexed_after_ready_and_then_resynchronized(
 @pytest.mark.timeout(120)
 def test_directories_moved_and_deleted_during_the_fill_leave_it_exact(
         start_daemon, watched: pathlib.Path) -> None:
-    make_tree(watched, 600, 20)
+    make_tree(watched, 1800, 20)
     daemon = start_daemon(config(watches=watch("w", watched)))
     line, _ = daemon.subscribe()
     # At once, while the fill walks (or just after it: either way the index must be exact).

@@ -6,8 +6,9 @@ that names sort as seqs do) and starting with MAGIC. A segment is a run of recor
 
     u32 length of the body | u32 crc32 of kind and body | u8 kind | body
 
-    kind E  the events of one batch: their lines as sent after the sid (each a JSON tail
-            ending in a newline), in seq order, with consecutive seqs
+    kind E  the events of one batch: their lines as sent after the subscription's part
+            (protocol.event_prefix: each the members of a JSON object from "seq" on, its
+            closing brace and a newline), in seq order, with consecutive seqs
     kind M  a marker (an overflow or a resync's end), as a JSON object
 
 One record per batch, written with one writev before the batch goes to any client (see
@@ -48,7 +49,7 @@ SUFFIX = ".seg"
 # A record longer than this is garbage read as a length, not a batch (a batch holds at most a
 # few thousand lines of at most a few kB).
 MAX_RECORD = 64 << 20
-_TAIL_HEAD = b'{"_":"'  # an event's tail, behind this, is a whole JSON object
+_TAIL_HEAD = b"{"  # an event's tail (EventEncoder.tail), behind this, is a whole JSON object
 
 
 class StateError(WatchdError):
@@ -82,7 +83,7 @@ def segment_name(first: int) -> str:
 
 
 def parse_tail(tail: bytes) -> dict[str, Any]:
-    """An event's fields from its line after the sid."""
+    """An event's fields from its line after the subscription's part (protocol.event_prefix)."""
     value = json.loads(_TAIL_HEAD + tail)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")

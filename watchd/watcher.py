@@ -62,6 +62,7 @@ COALESCE_S = 0.0001
 # A first scan in parts (see Watcher.fill_step): entries per part, and how long to scan before
 # reading events again.
 FILL_PART = 4096
+FILL_AT_ONCE = 8  # parts scanned before the watch is reported in place: 32,768 entries
 FILL_SLICE_S = 0.02
 # A directory that goes or moves while a fill walks the tree may take a part of the walk with
 # it (see check_fill): the fill starts over, at most this many times, then scans in one go.
@@ -339,10 +340,13 @@ class Watcher:
                                       wanted=watch.wanted, prune=glob_predicate(spec.exclude),
                                       part_size=FILL_PART)
         self.send(channel.Fill(name, {}, start=True, done=False))
-        # The first part at once: a tree of up to FILL_PART entries has its index complete
-        # before the daemon hears that the watch is in place (and says it is ready).
-        if self.fill_part(name):
-            self.fill_part(name)
+        # The first parts at once: a tree of up to FILL_AT_ONCE parts (most trees) has its
+        # index complete before the daemon hears that the watch is in place and says it is
+        # ready, so that a loss right after start is resynchronized too; a larger one is
+        # served first, and indexed behind its events.
+        for _ in range(FILL_AT_ONCE + 1):
+            if not self.fill_part(name):
+                break
 
     def check_fill(self, watch: Watch, events: list[TreeEvent]) -> None:
         """Start a fill over when a directory was deleted or moved while it walked.
