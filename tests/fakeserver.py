@@ -279,7 +279,7 @@ class FakeServer:
                 client.conn = self.broker.connect(client, peer_of(sock))
                 if self.greet:
                     hello = protocol.hello(self.version, self.pid, self.instance,
-                                           self.broker.last_seq, self.features)
+                                           self.broker.last_seq, features=self.features)
                     self.broker.reply(client.conn, hello)
                 self._reap()
             self._spawn(self._serve, client)

@@ -612,9 +612,9 @@ def test_follow_resumes_with_since_after_the_daemon_hangs_up(server: FakeServer)
     assert [m["type"] for m in got] == ["event"] * 3
     subscribes = [r for r in server.requests if r["op"] == "subscribe"]
     assert subscribes == [
-        {"op": "subscribe", "id": 1, "watch": "uploads"},
+        {"op": "subscribe", "id": 1, "watch": "uploads", "batch": True},
         {"op": "subscribe", "id": 1, "watch": "uploads", "since": 3,
-         "instance": server.instance},
+         "instance": server.instance, "batch": True},
     ]
 
 
@@ -636,7 +636,8 @@ def test_follow_across_a_restart_with_a_new_instance_says_to_rescan(server: Fake
         got = take(follower, 1)
         assert seqs(got) == [1]  # the new daemon's numbering, after the notice
         assert follower.instance == "fake-instance-2"
-        assert second.requests == [{"op": "subscribe", "id": 1}]  # no since for another daemon
+        # No since for another daemon (and frames, which the fake daemon offers).
+        assert second.requests == [{"op": "subscribe", "id": 1, "batch": True}]
     finally:
         follower.close()
         second.stop()
@@ -657,7 +658,8 @@ def test_follow_across_a_restart_that_kept_its_instance_replays(server: FakeServ
         assert [(m["type"], m["seq"]) for m in got] == [("event", 3), ("event", 4)]
         assert follower.get(timeout=0.05) is None
         assert second.requests == [
-            {"op": "subscribe", "id": 1, "since": 2, "instance": "fake-instance-1"}]
+            {"op": "subscribe", "id": 1, "since": 2, "instance": "fake-instance-1",
+             "batch": True}]
     finally:
         follower.close()
         second.stop()

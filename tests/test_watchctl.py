@@ -530,7 +530,8 @@ def test_subscribe_follow_goes_on_through_a_drop_and_a_restart(
         second.publish("uploads", "create", "/srv/uploads/c")
         event = json.loads(follower.line())
         assert (event["seq"], event["path"]) == (1, "/srv/uploads/c")
-        assert second.requests == [{"op": "subscribe", "id": 1, "watch": ["uploads"]}]
+        assert second.requests == [{"op": "subscribe", "id": 1, "watch": ["uploads"],
+                                    "batch": True}]
         code, err = follower.interrupt()
     assert code == 0
     assert "Traceback" not in err
