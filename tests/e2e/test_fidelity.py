@@ -27,7 +27,6 @@ def test_events_describe_the_tree(start_daemon, workdir: str, seed: int) -> None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
-@pytest.mark.skipif(not os.environ.get("WATCHD_FIDELITY"), reason="set WATCHD_FIDELITY=1")
 def test_events_describe_the_tree_through_overflows_and_kills(start_daemon, workdir: str) -> None:
     # The short version of `bench/fidelity.py --faults` (it lowers a global sysctl: run it
     # under the suite's lock, as test_resilience.py): the kernel queue overflows while the
