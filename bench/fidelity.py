@@ -257,6 +257,11 @@ class Faults:
     # Operations between kills: each replacement that dies young waits longer to start (the
     # crash-loop backoff), so kills are spaced out.
     kill_every: int = 1500
+    # A file in the tree that is changed this many times (3 kernel events each) before a stopped
+    # watcher is continued, so that each stop overflows a queue of up to 3 * flood events
+    # whatever the operations made (0: none).
+    flood_file: Path | None = None
+    flood: int = 0
     stopped: int | None = None  # pid of the watcher while it is stopped
     since_kill: int = 0
     resume_after: int = 0  # operations left before it is continued
@@ -288,6 +293,13 @@ class Faults:
 
     def resume(self) -> None:
         if self.stopped is not None:
+            if self.flood_file is not None:
+                for _ in range(self.flood):
+                    # modify, close_write, attrib: no two alike in a row, so never merged.
+                    # Made again if an operation took it away.
+                    with self.flood_file.open("ab") as f:
+                        f.write(b"z")
+                    os.utime(self.flood_file)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.stopped, signal.SIGCONT)
             self.stopped = None

@@ -166,7 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dirs", type=int, default=50_000)
     parser.add_argument("--files", type=int, default=200_000)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="set-up repetitions (0: none)")
     parser.add_argument("--changes", type=int, default=20_000,
                         help="files created while the watcher is frozen (default: %(default)s, "
                              "more than the default kernel queue of 16384 holds)")
@@ -190,10 +190,12 @@ def main() -> None:
                 print(f"  set-up resync={str(resync).lower():5} active {started.seconds:.2f} s,"
                       f" indexed {started.indexed:.2f} s (tracked {started.tracked})",
                       flush=True)
-        on, off = statistics.median(times[True]), statistics.median(times[False])
-        full = statistics.median(indexed)
-        print(f"set-up until active: resync on {on:.2f} s, off {off:.2f} s, ratio {on / off:.2f};"
-              f" index complete {full:.2f} s ({full / off:.2f}x the set-up without)")
+        if args.reps:
+            on, off = statistics.median(times[True]), statistics.median(times[False])
+            full = statistics.median(indexed)
+            print(f"set-up until active: resync on {on:.2f} s, off {off:.2f} s, ratio"
+                  f" {on / off:.2f}; index complete {full:.2f} s ({full / off:.2f}x the set-up"
+                  " without)")
         r = resync_once(work, root, paths, args.changes)
         per = r["duration_ms"] / 1000 / (r["tracked"] / 100_000)
         print(f"resync after {args.changes} creations, {int(r['tracked'])} paths after it: "

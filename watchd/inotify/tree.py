@@ -261,6 +261,7 @@ class Tree:
             slow_bits |= IN_CREATE  # a new symlink may lead to a directory
 
         root_wd = watches.root_wd
+        adrift = watches.adrift  # filled as the batch goes (see _slow): looked up, not copied
         for ev in raw:
             wd, mask, cookie, length, name = ev
             prefix = path_of.get(wd)
@@ -269,6 +270,9 @@ class Tree:
                     self.overflowed = True
                     append(new(TreeEvent, (mask, cookie, "", None, -1, b"", 0)))
                 continue  # a watch this tree has already dropped
+            if adrift and wd in adrift:
+                self._adrift(ev)
+                continue
             if name:
                 if mask & slow_bits:
                     self._slow(ev, prefix, out)
@@ -287,6 +291,20 @@ class Tree:
                 append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
         self._end_batch(out)
         return out
+
+    def _adrift(self, ev: RawTuple) -> None:
+        """An event below a directory whose IN_MOVED_FROM came in this batch but not (yet) its
+        IN_MOVED_TO: not reported. Its path is the old one, where a client has just removed
+        the directory (a create there would put back a path that does not exist). Once the
+        batch is read the directory is either out of the tree (its watches go), or it is
+        somewhere the tree has not watched yet (a walk finds it there, and reports what it
+        holds), or its IN_MOVED_TO is in the next read (it is watched again, as moved in).
+        """
+        wd, mask = ev[0], ev[1]
+        if mask & IN_IGNORED:
+            self._watches.forget(wd)
+        elif mask & self._settings.report:
+            self._watches.skipped.add(self._watches.adrift[wd])
 
     def _slow(self, ev: RawTuple, prefix: str, out: list[TreeEvent]) -> None:
         """An event on a named entry that needs bookkeeping before it is reported."""
@@ -316,6 +334,12 @@ class Tree:
             src = watches.move_to(cookie)
             if src is not None:
                 src_path, moved = src
+                if cookie in watches.skipped and not self.overflowed:
+                    # The pair came after all, with events of the directory left out in
+                    # between (another process changed it during the rename): say they are
+                    # lost, so that the caller resyncs, rather than stay silent.
+                    self.overflowed = True
+                    out.append(TreeEvent(IN_Q_OVERFLOW, 0, "", None, -1, b"", 0))
         if mask & s.report:
             out.append(TreeEvent(mask, cookie, path, src_path, wd, raw_name, length))
         if not (s.recursive and mask & (IN_CREATE | IN_MOVED_TO)):

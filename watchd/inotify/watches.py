@@ -51,8 +51,8 @@ class Watches:
     therefore only ever cleared, never replaced): not a value.
     """
 
-    __slots__ = ("_ino", "moves", "path_of", "rescan", "root_wd", "synth_cur", "synth_prev",
-                 "wd_of")
+    __slots__ = ("_ino", "adrift", "moves", "path_of", "rescan", "root_wd", "skipped",
+                 "synth_cur", "synth_prev", "wd_of")
 
     def __init__(self, ino: InotifyFd) -> None:
         self._ino = ino
@@ -61,6 +61,12 @@ class Watches:
         self.root_wd = -1
         # cookie -> (source path, the wds at and below it for a directory, None for a file)
         self.moves: dict[int, tuple[str, list[int] | None]] = {}
+        # The wds at and below a directory whose IN_MOVED_FROM is not paired (yet), by wd: the
+        # cookie. Their paths are out of date (the directory is elsewhere, maybe out of the
+        # tree), so their events are not reported (see Tree.handle); `skipped`: the cookies
+        # of those whose events were left out so.
+        self.adrift: dict[int, int] = {}
+        self.skipped: set[int] = set()
         # Names reported by listing new directories, per wd: of this batch and of the last one
         # (see the tree's rules: a kernel IN_CREATE of one of them is a duplicate).
         self.synth_cur: dict[int, set[str]] = {}
@@ -120,6 +126,7 @@ class Watches:
         longer does, so it stays if its pair never comes.
         """
         self.rename([wd], old, new)
+        self.adrift.pop(wd, None)  # its path is right again
         for cookie, (src, moved) in list(self.moves.items()):
             if moved and wd in moved:
                 self.moves[cookie] = (src, [w for w in moved if w != wd])
@@ -137,16 +144,26 @@ class Watches:
         self.synth_cur.clear()
         self.synth_prev.clear()
         self.rescan.clear()
+        self.adrift.clear()
+        self.skipped.clear()
 
     # -- one batch of events -----------------------------------------------------------------
 
     def move_from(self, cookie: int, path: str, is_dir: bool) -> None:
-        """An IN_MOVED_FROM: keep its source (and a directory's watches) for its IN_MOVED_TO."""
-        self.moves[cookie] = (path, self.below(path + "/") if is_dir else None)
+        """An IN_MOVED_FROM: keep its source (and a directory's watches) for its IN_MOVED_TO;
+        until it comes, a directory's watches are adrift."""
+        moved = self.below(path + "/") if is_dir else None
+        self.moves[cookie] = (path, moved)
+        if moved:
+            self.adrift.update(dict.fromkeys(moved, cookie))
 
     def move_to(self, cookie: int) -> tuple[str, list[int] | None] | None:
         """An IN_MOVED_TO: the source path and watches of its IN_MOVED_FROM, if it was seen."""
-        return self.moves.pop(cookie, None)
+        src = self.moves.pop(cookie, None)
+        if src is not None and src[1]:
+            for wd in src[1]:
+                self.adrift.pop(wd, None)
+        return src
 
     def unlist(self, wd: int, name: str) -> bool:
         """Whether listing a new directory `wd` reported `name`; it is forgotten either way.
@@ -167,6 +184,8 @@ class Watches:
                 if moved:  # its IN_MOVED_TO did not come: it left the tree
                     self.rm_all(moved)
             moves.clear()
+            self.adrift.clear()
+            self.skipped.clear()
         if self.synth_cur or self.synth_prev:
             self.synth_prev = self.synth_cur
             self.synth_cur = {}
