@@ -270,7 +270,8 @@ class Tree:
                     self.overflowed = True
                     append(new(TreeEvent, (mask, cookie, "", None, -1, b"", 0)))
                 continue  # a watch this tree has already dropped
-            if adrift and wd in adrift:
+            if adrift and name and wd in adrift:
+                # (A nameless event is the directory's own, at the path it had: reported.)
                 self._adrift(ev)
                 continue
             if name:
