@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Self
@@ -17,9 +16,10 @@ from watchd.client.core import (
     SubscribeRequest,
     SubscriptionState,
     check_hello,
-    confirmation,
+    for_connection,
     resolve_socket_path,
     subscribe_request,
+    subscribed,
 )
 from watchd.client.errors import (
     MAX_LINE_BYTES,
@@ -30,8 +30,8 @@ from watchd.client.errors import (
     not_connected_error,
     timeout_error,
 )
-from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook
-from watchd.client.frames import Message, wants_batch
+from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook, follow_options
+from watchd.client.frames import Message
 from watchd.protocol import Ping, Status
 
 
@@ -126,10 +126,9 @@ class AsyncClient:
     async def subscribe_to(self, request: SubscribeRequest) -> AsyncSubscription:
         """Subscribe with a request built by watchd.client.core.subscribe_request; in frames
         where the daemon offers them (the iterator still yields one event at a time)."""
-        if request.batch is None and wants_batch(self.hello):
-            request = dataclasses.replace(request, batch=True)
+        request = for_connection(request, self.hello)
         reply = await self._request(request, "subscribed")
-        return AsyncSubscription(self, *confirmation(reply), request.since)
+        return AsyncSubscription(self, *subscribed(reply, request))
 
     # The filters are positional too, in the same order as subscribe's.
     @classmethod
@@ -153,9 +152,7 @@ class AsyncClient:
         the connection fails, resuming after the last message it handed out.
         """
         request = subscribe_request(watch, events, paths, glob, since, instance)
-        options = FollowOptions(resolve_socket_path(socket_path), timeout, backoff or Backoff(),
-                                on_retry)
-        return AsyncFollower(request, options)
+        return AsyncFollower(request, follow_options(socket_path, timeout, backoff, on_retry))
 
     async def unsubscribe(self, subscription: str) -> None:
         """End a subscription; its unread messages are dropped."""
@@ -217,12 +214,12 @@ class AsyncClient:
         return message
 
 
-class AsyncSubscription(SubscriptionState, AsyncIterator[JSONDict]):
-    """The messages of one subscription, as dicts, for `async for`."""
+class AsyncMessages(AsyncIterator[JSONDict]):
+    """`async for` and get() over get_message(), the same for a subscription and a follower."""
 
-    def __init__(self, client: AsyncClient, subscription: str, seq: int, since: int | None) -> None:
-        super().__init__(subscription, seq, since)
-        self.client = client
+    async def get_message(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None when none came in time; StopAsyncIteration once closed."""
+        raise NotImplementedError
 
     def __aiter__(self) -> Self:
         return self
@@ -233,12 +230,20 @@ class AsyncSubscription(SubscriptionState, AsyncIterator[JSONDict]):
         return message.data
 
     async def get(self, timeout: float | None = None) -> JSONDict | None:
-        """The next message, or None when none came within timeout seconds."""
+        """The next message, or None when none came within timeout seconds (or once closed)."""
         try:
             message = await self.get_message(timeout)
         except StopAsyncIteration:
             return None
         return None if message is None else message.data
+
+
+class AsyncSubscription(SubscriptionState, AsyncMessages):
+    """The messages of one subscription, as dicts, for `async for`."""
+
+    def __init__(self, client: AsyncClient, subscription: str, seq: int, since: int | None) -> None:
+        super().__init__(subscription, seq, since)
+        self.client = client
 
     async def get_message(self, timeout: float | None = None) -> Message | None:
         """Like get(), with the raw line; raises StopAsyncIteration after unsubscribe."""
@@ -249,7 +254,7 @@ class AsyncSubscription(SubscriptionState, AsyncIterator[JSONDict]):
         await self.client.unsubscribe(self.subscription)
 
 
-class AsyncFollower(FollowerState, AsyncIterator[JSONDict]):
+class AsyncFollower(FollowerState, AsyncMessages):
     """The asyncio twin of watchd.client.Follower: a subscription that follows the daemon.
 
     It runs in the task that iterates it (no task of its own); aclose() from another task ends
@@ -267,14 +272,6 @@ class AsyncFollower(FollowerState, AsyncIterator[JSONDict]):
         """The greeting of the current connection ({} while there is none)."""
         return {} if self._client is None else self._client.hello
 
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> JSONDict:
-        message = await self.get_message()
-        assert message is not None  # no timeout: only StopAsyncIteration or an error ends it
-        return message.data
-
     async def __aenter__(self) -> Self:
         return self
 
@@ -285,14 +282,6 @@ class AsyncFollower(FollowerState, AsyncIterator[JSONDict]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    async def get(self, timeout: float | None = None) -> JSONDict | None:
-        """The next message, or None when none came within timeout seconds (or after aclose)."""
-        try:
-            message = await self.get_message(timeout)
-        except StopAsyncIteration:
-            return None
-        return None if message is None else message.data
 
     async def get_message(self, timeout: float | None = None) -> Message | None:
         """Like get(), with the raw line; raises StopAsyncIteration after aclose()."""
@@ -353,13 +342,11 @@ class AsyncFollower(FollowerState, AsyncIterator[JSONDict]):
         client = self._client = AsyncClient(self.socket_path, self.timeout)
         try:
             await client.open()
-            resume = self._core.greeted(client.hello)
+            request = self._resuming(client.hello)
             try:
-                sub = await client.subscribe_to(self._with(resume))
+                sub = await client.subscribe_to(request)
             except ServerError as e:
-                if e.code != "since_expired" or resume.since is None:
-                    raise
-                sub = await client.subscribe_to(self._with(self._core.since_expired()))
+                sub = await client.subscribe_to(self._after_refusal(e, request))
         except ClientError as e:
             await self._failed(e)
             return
@@ -368,7 +355,7 @@ class AsyncFollower(FollowerState, AsyncIterator[JSONDict]):
             await self._release()
             raise
         self._sub = sub
-        self._core.subscribed(client.hello, sub.subscription, sub.seq)
+        self._subscribed(client.hello, sub)
 
     async def _release(self) -> None:
         client, self._client, self._sub = self._client, None, None

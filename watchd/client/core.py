@@ -29,7 +29,7 @@ from watchd.client.errors import (
     fork_error,
     long_line_error,
 )
-from watchd.client.frames import Message, unframe
+from watchd.client.frames import Message, unframe, wants_batch
 from watchd.protocol import (
     PROTOCOL_VERSION,
     LineFramer,
@@ -117,6 +117,12 @@ def confirmation(reply: JSONDict) -> tuple[str, int]:
     return str(reply["subscription"]), int(reply.get("seq", 0))
 
 
+def subscribed(reply: JSONDict, request: SubscribeRequest) -> tuple[str, int, int | None]:
+    """A Subscription's id, seq and last_seq from the confirmation of request."""
+    # Until an event comes, the point to resume from is where the caller asked to start.
+    return (*confirmation(reply), request.since)
+
+
 # --- requests -----------------------------------------------------------------------------------
 
 
@@ -187,6 +193,17 @@ def subscribe_request(  # noqa: PLR0917 -- the filters, in the documented order
 def _as_tuple(value: str | Iterable[str]) -> tuple[str, ...]:
     # A lone string is one item, not a sequence of one-letter items.
     return (value,) if isinstance(value, str) else tuple(value)
+
+
+def for_connection(request: SubscribeRequest, hello: JSONDict) -> SubscribeRequest:
+    """The request as sent on a connection that greeted with hello.
+
+    Frames are asked for where the daemon offers them, unless the caller chose; the
+    subscription still hands out one event at a time.
+    """
+    if request.batch is None and wants_batch(hello):
+        return dataclasses.replace(request, batch=True)
+    return request
 
 
 def request_line(request: ClientRequest) -> bytes:

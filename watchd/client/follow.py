@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from watchd.client.core import SubscribeRequest
-from watchd.client.errors import ClientError, JSONDict
+from watchd.client.core import SubscribeRequest, SubscriptionState, resolve_socket_path
+from watchd.client.errors import ClientError, JSONDict, ServerError
 from watchd.client.frames import Message
 from watchd.protocol import encode
 
@@ -214,6 +214,14 @@ class FollowOptions:
     on_retry: RetryHook | None
 
 
+def follow_options(
+    socket_path: str | None, timeout: float | None, backoff: Backoff | None,
+    on_retry: RetryHook | None,
+) -> FollowOptions:
+    """A follower's options from the keyword arguments of Client.follow; None: the defaults."""
+    return FollowOptions(resolve_socket_path(socket_path), timeout, backoff or Backoff(), on_retry)
+
+
 class FollowerState:
     """What a follower is apart from its transport, the same in both clients."""
 
@@ -243,6 +251,26 @@ class FollowerState:
     def _with(self, resume: Resume) -> SubscribeRequest:
         """The subscribe request for a new connection."""
         return dataclasses.replace(self._request, since=resume.since, instance=resume.instance)
+
+    # A transport's attempt: connect; send _resuming(hello); if the daemon refuses it, send
+    # _after_refusal(error, request) (or let it raise); then _subscribed(hello, subscription).
+
+    def _resuming(self, hello: JSONDict) -> SubscribeRequest:
+        """The first subscribe request on a connection that greeted with hello."""
+        return self._with(self._core.greeted(hello))
+
+    def _after_refusal(self, error: ServerError, sent: SubscribeRequest) -> SubscribeRequest:
+        """The request to send after the daemon refused sent; raises error if there is none.
+
+        Only a resumption the daemon can no longer serve (since_expired) is tried again, live.
+        """
+        if error.code != "since_expired" or sent.since is None:
+            raise error
+        return self._with(self._core.since_expired())
+
+    def _subscribed(self, hello: JSONDict, subscription: SubscriptionState) -> None:
+        """The attempt succeeded: the cursor goes on from this subscription."""
+        self._core.subscribed(hello, subscription.subscription, subscription.seq)
 
     def _schedule(self, error: ClientError) -> None:
         """Set the wait before the next attempt (tell on_retry), or raise error."""

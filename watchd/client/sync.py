@@ -8,7 +8,6 @@ applies, instead of memory growing here.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import socket
 import threading
 import time
@@ -24,9 +23,10 @@ from watchd.client.core import (
     SubscribeRequest,
     SubscriptionState,
     check_hello,
-    confirmation,
+    for_connection,
     resolve_socket_path,
     subscribe_request,
+    subscribed,
 )
 from watchd.client.errors import (
     ClientError,
@@ -36,8 +36,8 @@ from watchd.client.errors import (
     connect_timeout_error,
     timeout_error,
 )
-from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook
-from watchd.client.frames import Message, wants_batch
+from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook, follow_options
+from watchd.client.frames import Message
 from watchd.protocol import Ping, Status
 
 
@@ -108,10 +108,8 @@ class Client:
     def subscribe_to(self, request: SubscribeRequest) -> Subscription:
         """Subscribe with a request built by watchd.client.core.subscribe_request; in frames
         where the daemon offers them (the iterator still yields one event at a time)."""
-        if request.batch is None and wants_batch(self.hello):
-            request = dataclasses.replace(request, batch=True)
-        reply = self._request(request, "subscribed")
-        return Subscription(self, *confirmation(reply), request.since)
+        request = for_connection(request, self.hello)
+        return Subscription(self, *subscribed(self._request(request, "subscribed"), request))
 
     # The filters are positional too, in the same order as subscribe's.
     @classmethod
@@ -135,9 +133,7 @@ class Client:
         fails, resuming after the last message it handed out.
         """
         request = subscribe_request(watch, events, paths, glob, since, instance)
-        options = FollowOptions(resolve_socket_path(socket_path), timeout, backoff or Backoff(),
-                                on_retry)
-        return Follower(request, options)
+        return Follower(request, follow_options(socket_path, timeout, backoff, on_retry))
 
     def unsubscribe(self, subscription: str) -> None:
         """End a subscription; its unread messages are dropped."""
@@ -201,12 +197,12 @@ def _remaining(deadline: float | None) -> float | None:
     return left
 
 
-class Subscription(SubscriptionState, Iterator[JSONDict]):
-    """The messages of one subscription, as dicts; iterating blocks until the next one."""
+class Messages(Iterator[JSONDict]):
+    """Iteration and get() over get_message(), the same for a Subscription and a Follower."""
 
-    def __init__(self, client: Client, subscription: str, seq: int, since: int | None) -> None:
-        super().__init__(subscription, seq, since)
-        self.client = client
+    def get_message(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None when none came in time; StopIteration once closed."""
+        raise NotImplementedError
 
     def __iter__(self) -> Self:
         return self
@@ -217,12 +213,20 @@ class Subscription(SubscriptionState, Iterator[JSONDict]):
         return message.data
 
     def get(self, timeout: float | None = None) -> JSONDict | None:
-        """The next message, or None when none came within timeout seconds."""
+        """The next message, or None when none came within timeout seconds (or once closed)."""
         try:
             message = self.get_message(timeout)
         except StopIteration:
             return None
         return None if message is None else message.data
+
+
+class Subscription(SubscriptionState, Messages):
+    """The messages of one subscription, as dicts; iterating blocks until the next one."""
+
+    def __init__(self, client: Client, subscription: str, seq: int, since: int | None) -> None:
+        super().__init__(subscription, seq, since)
+        self.client = client
 
     def get_message(self, timeout: float | None = None) -> Message | None:
         """Like get(), with the raw line; raises StopIteration after unsubscribe."""
@@ -233,7 +237,7 @@ class Subscription(SubscriptionState, Iterator[JSONDict]):
         self.client.unsubscribe(self.subscription)
 
 
-class Follower(FollowerState, Iterator[JSONDict]):
+class Follower(FollowerState, Messages):
     """A subscription that follows the daemon through restarts and dropped connections.
 
     Iterating yields event and notice dicts in order, none twice (by seq). After a failure it
@@ -255,14 +259,6 @@ class Follower(FollowerState, Iterator[JSONDict]):
         """The greeting of the current connection ({} while there is none)."""
         return {} if self._client is None else self._client.hello
 
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> JSONDict:
-        message = self.get_message()
-        assert message is not None  # no timeout: only StopIteration or an error ends the wait
-        return message.data
-
     def __enter__(self) -> Self:
         return self
 
@@ -273,14 +269,6 @@ class Follower(FollowerState, Iterator[JSONDict]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def get(self, timeout: float | None = None) -> JSONDict | None:
-        """The next message, or None when none came within timeout seconds (or after close)."""
-        try:
-            message = self.get_message(timeout)
-        except StopIteration:
-            return None
-        return None if message is None else message.data
 
     def get_message(self, timeout: float | None = None) -> Message | None:
         """Like get(), with the raw line; raises StopIteration after close()."""
@@ -345,18 +333,16 @@ class Follower(FollowerState, Iterator[JSONDict]):
         """Connect and subscribe, resuming if the daemon can; a failure schedules the next."""
         try:
             client = self._client = Client(self.socket_path, self.timeout)
-            resume = self._core.greeted(client.hello)
+            request = self._resuming(client.hello)
             try:
-                sub = client.subscribe_to(self._with(resume))
+                sub = client.subscribe_to(request)
             except ServerError as e:
-                if e.code != "since_expired" or resume.since is None:
-                    raise
-                sub = client.subscribe_to(self._with(self._core.since_expired()))
+                sub = client.subscribe_to(self._after_refusal(e, request))
         except ClientError as e:
             self._failed(e)
             return
         self._sub = sub
-        self._core.subscribed(client.hello, sub.subscription, sub.seq)
+        self._subscribed(client.hello, sub)
 
     def _release(self) -> None:
         client, self._client, self._sub = self._client, None, None
