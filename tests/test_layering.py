@@ -3,15 +3,13 @@ wire them together, and the client side loads nothing of the daemon or the inoti
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import watchd.inotify
-from tests.inotify.test_layering import PACKAGE
+from tests.imports import imports_of, loaded_by, within
 
 # The parts that wire the daemon together, and what runs them.
 WIRING = frozenset({"watchd.server", "watchd.daemon", "watchd.holdback", "watchd.handler",
@@ -27,69 +25,6 @@ DAEMON_SIDE = WIRING | {"watchd.broker", "watchd.fanout", "watchd.replay", "watc
 CLIENT_SIDE = ("watchd.client", "watchd.watchctl")
 # The part of the inotify layer that talks to the kernel (ctypes, ioctl): the watcher's alone.
 BINDING = "watchd.inotify._binding"
-
-
-def is_type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and (
-        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
-        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING"))
-
-
-def runtime_imports(source: str, package: str) -> set[str]:
-    """The modules of watchd an import in `source` may load when it runs (hints left out):
-    for `from m import name`, m, and m.name where that is a module."""
-    found: set[str] = set()
-    todo: list[ast.AST] = [ast.parse(source)]
-    while todo:
-        node = todo.pop()
-        if is_type_checking(node):
-            continue
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0]
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
-            found.add(module)
-            found.update(f"{module}.{alias.name}" for alias in node.names
-                         if source_of(f"{module}.{alias.name}") is not None)
-        todo.extend(ast.iter_child_nodes(node))
-    return {m for m in found if m == "watchd" or m.startswith("watchd.")}
-
-
-def source_of(module: str) -> Path | None:
-    if not module.startswith("watchd"):
-        return None
-    base = PACKAGE.parent.joinpath(*module.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def loaded_by(module: str) -> set[str]:
-    """Every module of watchd that importing `module` loads (its packages' __init__ included),
-    read from the source."""
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
-            prefix = ".".join(parts[:i])
-            path = source_of(prefix)
-            if path is None or prefix in seen:
-                continue
-            seen.add(prefix)
-            package = prefix if path.name == "__init__.py" else prefix.rpartition(".")[0]
-            todo.extend(runtime_imports(path.read_text(), package))
-    return seen
-
-
-def within(module: str, names: frozenset[str] | set[str]) -> bool:
-    return any(module == n or module.startswith(n + ".") for n in names)
 
 
 @pytest.mark.parametrize("low", LOW)
@@ -110,7 +45,7 @@ def test_the_reader_follows_packages_and_leaves_hints_out() -> None:
     assert "watchd.server" in loaded_by("watchd.handler")  # through watchd.status
     assert "watchd.supervisor" not in loaded_by("watchd.holdback")  # a hint only
     source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import watchd.daemon\n"
-    assert runtime_imports(source, "watchd") == set()
+    assert imports_of(source, "watchd", hints=False) == {"typing", "typing.TYPE_CHECKING"}
 
 
 def test_a_client_loads_no_ctypes_binding_when_it_runs() -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
-import watchd
 import watchd.inotify
+from tests.imports import PACKAGE, imports_of, module_name, only_watchd, watchd_imports, within
 
-PACKAGE = Path(watchd.__file__).parent
 LAYER = Path(watchd.inotify.__file__).parent
 
 # Modules of watchd outside the layer that it may still import: leaves that import nothing of
@@ -17,42 +15,8 @@ LAYER = Path(watchd.inotify.__file__).parent
 LEAVES = frozenset({"watchd.errors", "watchd.globs"})
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imports_of(source: str, package: str) -> set[str]:
-    """Every module named by an import in `source` (of a module of `package`), made absolute."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0]
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
-            found.add(module)
-            # `from watchd import tree` names a module too.
-            found.update(f"{module}.{alias.name}" for alias in node.names)
-    return found
-
-
-def only_watchd(modules: set[str]) -> set[str]:
-    return {m for m in modules if m == "watchd" or m.startswith("watchd.")}
-
-
-def watchd_imports(path: Path) -> set[str]:
-    """The modules of watchd (or names in them) that the file imports."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    return only_watchd(imports_of(path.read_text(), package))
-
-
 def in_layer(module: str) -> bool:
-    return module == "watchd.inotify" or module.startswith("watchd.inotify.")
+    return within(module, {"watchd.inotify"})
 
 
 def test_the_inotify_layer_imports_nothing_of_watchd_above_it() -> None:
@@ -61,8 +25,7 @@ def test_the_inotify_layer_imports_nothing_of_watchd_above_it() -> None:
     upward = {
         module_name(path): sorted(
             m for m in watchd_imports(path)
-            if not in_layer(m) and not any(m == leaf or m.startswith(leaf + ".")
-                                           for leaf in LEAVES))
+            if not in_layer(m) and not within(m, LEAVES))
         for path in modules
     }
     assert {name: found for name, found in upward.items() if found} == {}
