@@ -113,24 +113,23 @@ class Run:
 
     def kernel_masks(self) -> list[int]:
         """The masks of the fd's watches as /proc shows them."""
-        with open(f"/proc/self/fdinfo/{self.ino.fileno()}") as f:
-            return [
-                int(field.split(":")[1], 16)
-                for line in f
-                if line.startswith("inotify ")
-                for field in line.split()
-                if field.startswith("mask:")
-            ]
+        return fdinfo(self.ino, "mask")
 
 
 @pytest.fixture
-def make_run(tmp_path: pathlib.Path) -> Iterator[Callable[..., Run]]:
-    """Start a tree on tmp_path/"root" (or a given root) on a fresh fd."""
+def root(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The directory a test's tree watches: tmp_path/"root", made empty."""
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_run(root: pathlib.Path) -> Iterator[Callable[..., Run]]:
+    """Start a tree on the root fixture's directory, on a fresh fd."""
     fds: list[InotifyFd] = []
 
-    def make(mask: int = QUIET, root: pathlib.Path | None = None, **options: object) -> Run:
-        root = root or tmp_path / "root"
-        root.mkdir(exist_ok=True)
+    def make(mask: int = QUIET, **options: object) -> Run:
         ino = InotifyFd()
         fds.append(ino)
         tree = Tree(ino, root, mask, **options)  # type: ignore[arg-type]
@@ -142,16 +141,34 @@ def make_run(tmp_path: pathlib.Path) -> Iterator[Callable[..., Run]]:
         ino.close()
 
 
-def kernel_inodes(ino: InotifyFd) -> set[int]:
-    """The inode numbers of the directories the fd watches, as /proc shows them."""
+def fdinfo(ino: InotifyFd, key: str) -> list[int]:
+    """One field (hex) of each of the fd's watches, as /proc shows them: "mask", "ino"."""
     with open(f"/proc/self/fdinfo/{ino.fileno()}") as f:
-        return {
+        return [
             int(field.split(":")[1], 16)
             for line in f
             if line.startswith("inotify ")
             for field in line.split()
-            if field.startswith("ino:")
-        }
+            if field.startswith(f"{key}:")
+        ]
+
+
+def kernel_inodes(ino: InotifyFd) -> set[int]:
+    """The inode numbers of the directories the fd watches, as /proc shows them."""
+    return set(fdinfo(ino, "ino"))
+
+
+@contextlib.contextmanager
+def bind_mount(source: pathlib.Path, target: pathlib.Path) -> Iterator[None]:
+    """source mounted on target (which must exist) for the block; skips where mount cannot."""
+    mounted = subprocess.run(["mount", "--bind", source, target], capture_output=True,
+                             check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", target], check=True)
 
 
 def burst(script: str, cwd: pathlib.Path) -> None:
@@ -163,9 +180,8 @@ def burst(script: str, cwd: pathlib.Path) -> None:
 
 
 def test_start_watches_every_directory_below_the_root(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     for d in ("a/b/c", "a/d", "e"):
         (root / d).mkdir(parents=True)
     (root / "a" / "file").touch()
@@ -179,9 +195,8 @@ def test_start_watches_every_directory_below_the_root(
 
 
 def test_non_recursive_watches_the_root_only(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)
     run = make_run(recursive=False, synthetic=True)
     assert run.watched() == {str(root)}
@@ -224,9 +239,7 @@ def test_a_real_root_is_opened_without_following_any_link(tmp_path: pathlib.Path
             Tree(ino, tmp_path / "x", QUIET, real_root=str(tmp_path / "via" / "real")).start()
 
 
-def test_deep_trees_need_no_recursion(tmp_path: pathlib.Path, make_run: Callable[..., Run]) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
+def test_deep_trees_need_no_recursion(root: pathlib.Path, make_run: Callable[..., Run]) -> None:
     levels = [os.fspath(root)]
     try:
         for _ in range(1500):  # far past the interpreter's recursion limit
@@ -255,9 +268,7 @@ def _make_wide_tree(root: pathlib.Path, count: int) -> None:
             os.mkdir(top / f"{j}")
 
 
-def test_start_up_is_fast(tmp_path: pathlib.Path, make_run: Callable[..., Run]) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
+def test_start_up_is_fast(root: pathlib.Path, make_run: Callable[..., Run]) -> None:
     _make_wide_tree(root, 10_000)
     # CPU time, not wall time: on a busy machine the walk waits for a CPU, which says nothing
     # of its cost. (Its system calls count: they run in this process.)
@@ -271,10 +282,8 @@ def test_start_up_is_fast(tmp_path: pathlib.Path, make_run: Callable[..., Run]) 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"), reason="set WATCHD_SLOW=1")
 def test_fifty_thousand_directories_in_under_a_second(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
     _make_wide_tree(root, 50_000)
     started = time.perf_counter()
     run = make_run()
@@ -287,9 +296,8 @@ def test_fifty_thousand_directories_in_under_a_second(
 
 
 def test_bookkeeping_bits_are_added_but_not_reported(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "old").mkdir(parents=True)
     run = make_run(IN_MODIFY)
     for mask in run.kernel_masks():
@@ -316,9 +324,8 @@ def test_bookkeeping_bits_are_added_but_not_reported(
 
 
 def test_self_events_of_subdirectories_only_when_asked(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
     (root / "b").mkdir()
     without = make_run(IN_DELETE)
@@ -339,9 +346,8 @@ def test_self_events_of_subdirectories_only_when_asked(
 
 
 def test_mkdir_p_then_touch_is_reported_once_each(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     run = make_run(synthetic=True)
     burst("mkdir -p a/b/c && touch a/b/c/f", root)
     run.drain()
@@ -359,9 +365,8 @@ def test_mkdir_p_then_touch_is_reported_once_each(
 
 @pytest.mark.parametrize("attempt", range(3))
 def test_every_file_of_a_burst_into_a_new_directory_is_reported_once(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run], attempt: int
+    root: pathlib.Path, make_run: Callable[..., Run], attempt: int
 ) -> None:
-    root = tmp_path / "root"
     run = make_run(synthetic=True)
     count = 1000
     writer = subprocess.Popen(
@@ -389,9 +394,8 @@ def test_every_file_of_a_burst_into_a_new_directory_is_reported_once(
 
 
 def test_without_synthetic_only_the_kernel_reports(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (tmp_path / "outside" / "inner").mkdir(parents=True)
     run = make_run(synthetic=False)
     (tmp_path / "outside").rename(root / "moved")
@@ -402,9 +406,8 @@ def test_without_synthetic_only_the_kernel_reports(
 
 @pytest.mark.parametrize("quiet", [True, False])
 def test_listing_a_new_directory_causes_no_events(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run], quiet: bool
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run], quiet: bool
 ) -> None:
-    root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)
     (tmp_path / "outside" / "inner").mkdir(parents=True)
     (tmp_path / "outside" / "inner" / "f").write_bytes(b"data")
@@ -429,8 +432,7 @@ def test_listing_a_new_directory_causes_no_events(
         assert mask & IN_ALL_EVENTS == IN_ALL_EVENTS  # widened again after the listing
 
 
-def test_an_inode_already_watched_on_the_fd_is_skipped(tmp_path: pathlib.Path) -> None:
-    root = tmp_path / "root"
+def test_an_inode_already_watched_on_the_fd_is_skipped(root: pathlib.Path) -> None:
     (root / "mine").mkdir(parents=True)
     (root / "theirs").mkdir()
     with InotifyFd() as ino:
@@ -442,35 +444,25 @@ def test_an_inode_already_watched_on_the_fd_is_skipped(tmp_path: pathlib.Path) -
         assert tree.path_of(theirs) is None
 
 
-def test_a_bind_mount_inside_the_tree_is_watched_once(tmp_path: pathlib.Path) -> None:
-    root = tmp_path / "root"
+def test_a_bind_mount_inside_the_tree_is_watched_once(root: pathlib.Path) -> None:
     (root / "real" / "sub").mkdir(parents=True)
     (root / "bind").mkdir()
-    mounted = subprocess.run(
-        ["mount", "--bind", root / "real", root / "bind"], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
-    try:
-        with InotifyFd() as ino:
-            tree = Tree(ino, root, QUIET)
-            tree.start()
-            # real, real/sub and the root; bind/ and bind/sub are the same inodes again.
-            assert tree.directories == 3
-            watched = {tree.path_of(wd) for wd in range(1, 100)} - {None}
-            assert len(watched) == 3
-            assert str(root) in watched
-    finally:
-        subprocess.run(["umount", root / "bind"], check=True)
+    with bind_mount(root / "real", root / "bind"), InotifyFd() as ino:
+        tree = Tree(ino, root, QUIET)
+        tree.start()
+        # real, real/sub and the root; bind/ and bind/sub are the same inodes again.
+        assert tree.directories == 3
+        watched = {tree.path_of(wd) for wd in range(1, 100)} - {None}
+        assert len(watched) == 3
+        assert str(root) in watched
 
 
 # --- 3. renames --------------------------------------------------------------------------------
 
 
 def test_a_renamed_directory_takes_its_subtree_along(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "a" / "b" / "c").mkdir(parents=True)
     (root / "ab").mkdir()  # shares a prefix with a/ but is not below it
     run = make_run()
@@ -490,9 +482,8 @@ def test_a_renamed_directory_takes_its_subtree_along(
 
 
 def test_a_file_rename_pairs_its_source(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "d").mkdir(parents=True)
     (root / "f").touch()
     run = make_run()
@@ -507,9 +498,8 @@ def test_a_file_rename_pairs_its_source(
 
 
 def test_a_directory_moved_in_is_watched_with_its_contents(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (tmp_path / "outside" / "in" / "deep").mkdir(parents=True)
     (tmp_path / "outside" / "in" / "deep" / "f").touch()
     run = make_run(synthetic=True)
@@ -528,9 +518,8 @@ def test_a_directory_moved_in_is_watched_with_its_contents(
 
 
 def test_a_directory_moved_out_is_forgotten(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "leaving" / "sub").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     run = make_run()
@@ -549,9 +538,8 @@ def test_a_directory_moved_out_is_forgotten(
 
 
 def test_a_name_reused_in_the_same_batch_keeps_its_new_watch(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "out" / "sub").mkdir(parents=True)
     (root / "kept" / "sub").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
@@ -574,9 +562,8 @@ def test_a_name_reused_in_the_same_batch_keeps_its_new_watch(
 
 
 def test_a_directory_renamed_to_a_pruned_name_leaves_the_tree(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "build").mkdir(parents=True)
     run = make_run(prune=lambda name: name == ".cache")
     (root / "build").rename(root / ".cache")
@@ -611,12 +598,11 @@ def real(root: pathlib.Path) -> set[str]:
 
 
 def test_a_directory_moved_into_a_new_one_before_its_events_are_read(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
     # The walk of the new chain meets b, watched at z/b, whose rename it has not read (and
     # whose IN_MOVED_TO never comes: y was not watched when b moved in). b must be reported
     # with what it holds, and stay watched at its new path.
-    root = tmp_path / "root"
     (root / "z" / "b" / "c").mkdir(parents=True)
     (root / "z" / "b" / "c" / "f").touch()
     run = make_run(synthetic=True)
@@ -634,12 +620,11 @@ def test_a_directory_moved_into_a_new_one_before_its_events_are_read(
 
 
 def test_what_left_a_moved_directory_before_the_walk_met_it_is_not_reported_there(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
     # d moves into the new a, then e leaves d for outside the tree, all before the tree
     # reads: the walk of a meets d (moved) but not e. The create of f, queued before, must
     # not come out under a/d/e, which the client never had; nor may e's watches stay.
-    root = tmp_path / "root"
     (root / "z" / "d" / "e" / "inner").mkdir(parents=True)
     run = make_run(synthetic=True)
     before = real(root)
@@ -657,12 +642,11 @@ def test_what_left_a_moved_directory_before_the_walk_met_it_is_not_reported_ther
 
 
 def test_a_directory_moved_in_after_a_listing_reported_it_is_reported_whole(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
     # d, watched, moves into the new a; then m moves into d from outside. The walk of a lists
     # d and m (with what m holds) before the IN_MOVED_TO of m is read; a client applies that
     # as a bare m replacing what the listing said, so m's contents must follow it again.
-    root = tmp_path / "root"
     (root / "z" / "d").mkdir(parents=True)
     (tmp_path / "outside" / "m" / "inner").mkdir(parents=True)
     (tmp_path / "outside" / "m" / "inner" / "f").touch()
@@ -679,12 +663,11 @@ def test_a_directory_moved_in_after_a_listing_reported_it_is_reported_whole(
 
 
 def test_a_new_directory_out_of_reach_until_a_rename_is_reported_before_what_follows(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
     # When new/ is read, p has become q: new/ cannot be reached by its parent's path until
     # the rename is read. What it holds is then reported at once, before the events that
     # follow the rename (here: the create of `after`), not at the end of the batch.
-    root = tmp_path / "root"
     (root / "p").mkdir(parents=True)
     run = make_run(synthetic=True)
     before = real(root)
@@ -699,34 +682,25 @@ def test_a_new_directory_out_of_reach_until_a_rename_is_reported_before_what_fol
 
 
 def test_a_bind_mount_made_later_does_not_move_the_watched_directory(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "real" / "sub").mkdir(parents=True)
     run = make_run(synthetic=True)
     real_wd = next(wd for wd in range(1, 100) if run.tree.path_of(wd) == str(root / "real"))
     (root / "bind").mkdir()
-    mounted = subprocess.run(
-        ["mount", "--bind", root / "real", root / "bind"], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
-    try:
+    with bind_mount(root / "real", root / "bind"):
         run.drain()
         # Reached by both paths: it is the same directory seen twice, not one that moved.
         assert run.tree.path_of(real_wd) == str(root / "real")
         assert run.watched() == {str(root), str(root / "real"), str(root / "real/sub")}
-    finally:
-        subprocess.run(["umount", root / "bind"], check=True)
 
 
 # --- 4. deletion -------------------------------------------------------------------------------
 
 
 def test_a_deleted_and_recreated_directory_is_watched_again(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "d" / "e").mkdir(parents=True)
     run = make_run()
     shutil.rmtree(root / "d")
@@ -741,8 +715,7 @@ def test_a_deleted_and_recreated_directory_is_watched_again(
     assert (IN_CREATE, str(root / "d/e/f")) in run.reported()
 
 
-def test_deleting_the_root_sets_lost(tmp_path: pathlib.Path, make_run: Callable[..., Run]) -> None:
-    root = tmp_path / "root"
+def test_deleting_the_root_sets_lost(root: pathlib.Path, make_run: Callable[..., Run]) -> None:
     (root / "sub").mkdir(parents=True)
     run = make_run(IN_CREATE)
     shutil.rmtree(root)
@@ -751,8 +724,9 @@ def test_deleting_the_root_sets_lost(tmp_path: pathlib.Path, make_run: Callable[
     assert (IN_DELETE_SELF, str(root)) in run.reported()  # reported though not asked
 
 
-def test_moving_the_root_sets_lost(tmp_path: pathlib.Path, make_run: Callable[..., Run]) -> None:
-    root = tmp_path / "root"
+def test_moving_the_root_sets_lost(
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run]
+) -> None:
     run = make_run(IN_CREATE)
     root.rename(tmp_path / "elsewhere")
     run.until(lambda _: run.tree.lost is not None)
@@ -761,9 +735,8 @@ def test_moving_the_root_sets_lost(tmp_path: pathlib.Path, make_run: Callable[..
 
 
 def test_close_removes_the_watches_but_not_the_fd(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
     run = make_run()
     run.tree.close()
@@ -777,9 +750,8 @@ def test_close_removes_the_watches_but_not_the_fd(
 
 
 def test_symlinks_to_directories_are_entries_not_descended(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "real").mkdir(parents=True)
     (root / "up").symlink_to(root)  # a loop, if it were followed
     (tmp_path / "outside").mkdir()
@@ -800,9 +772,8 @@ def test_symlinks_to_directories_are_entries_not_descended(
 
 
 def test_follow_symlinks_descends_and_stops_at_loops(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    tmp_path: pathlib.Path, root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
     (root / "a" / "up").symlink_to(root)
     (root / "a" / "self").symlink_to(root / "a")
@@ -826,9 +797,8 @@ def test_follow_symlinks_descends_and_stops_at_loops(
 
 
 def test_pruned_directories_are_not_watched_nor_reported(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / ".git" / "objects").mkdir(parents=True)
     (root / "src").mkdir()
     seen: list[str] = []
@@ -857,8 +827,7 @@ def test_pruned_directories_are_not_watched_nor_reported(
 # --- 8. the watch limit ----------------------------------------------------------------------
 
 
-def test_the_watch_limit_degrades_instead_of_failing(tmp_path: pathlib.Path) -> None:
-    root = tmp_path / "root"
+def test_the_watch_limit_degrades_instead_of_failing(root: pathlib.Path) -> None:
     for i in range(4):
         (root / f"d{i}" / "sub").mkdir(parents=True)  # 9 directories with the root
 
@@ -902,9 +871,8 @@ def test_the_watch_limit_on_the_root_raises(tmp_path: pathlib.Path) -> None:
 
 
 def test_non_utf8_names_become_surrogate_escapes(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     broot = os.fsencode(root)
     os.makedirs(broot + b"/old\xff")
     run = make_run(synthetic=True)
@@ -940,9 +908,8 @@ def _overflow(root: pathlib.Path) -> None:
 
 
 def test_overflow_is_reported_and_resync_repairs_the_tree(
-    tmp_path: pathlib.Path, make_run: Callable[..., Run]
+    root: pathlib.Path, make_run: Callable[..., Run]
 ) -> None:
-    root = tmp_path / "root"
     (root / "stays").mkdir(parents=True)
     (root / "goes").mkdir()
     (root / "renamed").mkdir()
