@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +136,25 @@ def test_no_greeting_times_out_with_a_message(sock_path: str) -> None:
     assert "did not answer within 0.2s" in str(info.value)
 
 
+@contextlib.contextmanager
+def reply_held(server: FakeServer) -> Iterator[None]:
+    """The fake daemon answers the next request only once the block is left: however slow the
+    machine, a short client timeout runs out first, and the reply comes late."""
+    release = threading.Event()
+    server.on_request = lambda request: release.wait(30)
+    try:
+        yield
+    finally:
+        server.on_request = None
+        release.set()
+
+
 def test_late_reply_after_a_timeout_is_not_taken_for_the_next(server: FakeServer) -> None:
-    with Client(server.socket_path, timeout=0.1) as client:
-        server.reply_delay = 0.4
-        with pytest.raises(ClientError, match="did not answer"):
+    # Connected with the default timeout: only the ping is meant to run out of time.
+    with Client(server.socket_path) as client:
+        client.timeout = 0.1
+        with reply_held(server), pytest.raises(ClientError, match=r"did not answer within 0\.1s"):
             client.ping()
-        server.reply_delay = 0.0
         client.timeout = 5.0
         status = client.status()  # the late pong arrives first and must be skipped
         assert status["type"] == "status"
@@ -527,11 +541,12 @@ def test_async_line_over_the_limit_ends_the_connection(server: FakeServer) -> No
 
 def test_async_reply_timeout(server: FakeServer) -> None:
     async def main() -> None:
-        async with AsyncClient(server.socket_path, timeout=0.1) as client:
-            server.reply_delay = 0.4
-            with pytest.raises(ClientError, match=r"did not answer within 0\.1s"):
+        # Connected with the default timeout: only the ping is meant to run out of time.
+        async with AsyncClient(server.socket_path) as client:
+            client.timeout = 0.1
+            with reply_held(server), pytest.raises(ClientError,
+                                                   match=r"did not answer within 0\.1s"):
                 await client.ping()
-            server.reply_delay = 0.0
             client.timeout = 5.0
             assert (await client.status())["id"] == 2
 

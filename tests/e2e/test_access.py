@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.harness import NOBODY, config, python_for_nobody, watch
+from tests.harness import NOBODY, config, python_for_nobody, wait_for, watch
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -117,7 +118,15 @@ def test_status_shows_only_visible_watches(daemon, watched: Path) -> None:
     root_line.until(lambda m: m.get("path") == str(watched / "group" / "f")
                     and m.get("kind") == "close_write")
     daemon.subscribe(watch="secret")  # someone else's subscription, on a watch nobody may not see
-    full = daemon.status()
+
+    def settled() -> dict[str, Any] | None:
+        # The watches come in on their own inotify fds (in no set order across watches), and
+        # the directory counts with the watcher's next heartbeat: wait until both are in.
+        status = daemon.status()
+        counts = [w["directories"] for w in status["watches"]]
+        return status if status["events"] == 9 and counts == [2, 2, 2] else None
+
+    full = wait_for(settled, what="9 events and 2 directories per watch in the status")
     by_name = {w["name"]: w for w in full["watches"]}
     assert set(by_name) == {"public", "secret", "group"}
 
