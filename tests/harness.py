@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from watchd.client import AsyncFollower, Follower
 from watchd.inotify import InotifyFd, RawEvent
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +44,23 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = DEFAULT_TIMEOUT
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def take(follower: Follower, count: int, timeout: float = 20.0) -> list[Message]:
+    """The next count messages of a follower, each waited for with a deadline."""
+    got = []
+    for _ in range(count):
+        message = follower.get(timeout=timeout)
+        assert message is not None, f"only {got} within {timeout} s"
+        got.append(message)
+    return got
+
+
+async def take_one(follower: AsyncFollower, timeout: float = 20.0) -> Message:
+    """The next message of an asyncio follower, waited for with a deadline."""
+    message = await follower.get(timeout=timeout)
+    assert message is not None, f"nothing within {timeout} s"
+    return message
 
 
 def is_event(path: str | Path, kind: str | None = None) -> Predicate:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.fakeserver import FakeServer
-from tests.harness import wait_for
+from tests.harness import take, wait_for
 from watchd import protocol
 from watchd.client import (
     DEFAULT_SOCKET,
@@ -25,7 +25,6 @@ from watchd.client import (
     Backoff,
     Client,
     ClientError,
-    Follower,
     ServerError,
     resolve_socket_path,
 )
@@ -592,16 +591,6 @@ def test_async_client_used_before_connecting(sock_path: str) -> None:
 QUICK = Backoff(initial=0.01, maximum=0.2)
 
 
-def take(follower: Follower, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The next count messages of a follower, each waited for with a deadline."""
-    got = []
-    for _ in range(count):
-        message = follower.get(timeout=timeout)
-        assert message is not None, f"got only {got}"
-        got.append(message)
-    return got
-
-
 def restart(server: FakeServer, instance: str) -> FakeServer:
     """Stop server and start another on its socket, greeting with instance."""
     server.stop()
@@ -783,7 +772,9 @@ def test_async_follow_across_restarts(server: FakeServer) -> None:
     async def main() -> tuple[list[dict[str, Any]], FakeServer]:
         follower = AsyncClient.follow(socket_path=server.socket_path, backoff=QUICK)
         async with follower:
-            assert await follower.get(timeout=0.05) is None
+            # Subscribed before the first event: a get() with a short timeout would give up
+            # (cancel) an attempt that the loaded machine had not finished in time.
+            await follower.start()
             server.publish("uploads", "create", "/srv/uploads/a")
             got = [await follower.get(timeout=10)]
             server.disconnect_all()
@@ -806,7 +797,7 @@ def test_async_follow_across_restarts(server: FakeServer) -> None:
 def test_async_follow_resumes_a_daemon_that_kept_its_instance(server: FakeServer) -> None:
     async def main() -> list[dict[str, Any] | None]:
         async with AsyncClient.follow(socket_path=server.socket_path, backoff=QUICK) as follower:
-            assert await follower.get(timeout=0.05) is None
+            await follower.start()  # subscribed before the first event, however slow the machine
             server.publish("uploads", "create", "/srv/uploads/a")
             got = [await follower.get(timeout=10)]
             second = restart(server, server.instance)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Daemon, wait_for
+from tests.harness import Daemon, take, take_one, wait_for
 from tests.picture import Picture, listing
 from watchd.client import AsyncClient, Backoff, Client, ClientError, Follower
 
@@ -42,15 +42,6 @@ def forget_ready(daemon: Daemon) -> None:
     """Drop the stopped daemon's READY=1, so that waiting for the next one waits."""
     daemon.notify.poll()
     daemon.notify.messages.clear()
-
-
-def take(follower: Follower, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-    got = []
-    for _ in range(count):
-        message = follower.get(timeout=timeout)
-        assert message is not None, f"only {got} within {timeout} s"
-        got.append(message)
-    return got
 
 
 def subscribed(follower: Follower, daemon: Daemon) -> None:
@@ -102,11 +93,11 @@ def test_async_follow_across_a_restart(start_watching, watched: Path) -> None:
 
             await asyncio.wait_for(until_subscribed(), 20)
             (watched / "a").touch()
-            got.append(await _get(follower))
+            got.append(await take_one(follower))
             await asyncio.to_thread(restart, daemon)
-            got.append(await _get(follower))
+            got.append(await take_one(follower))
             (watched / "b").touch()
-            got.append(await _get(follower))
+            got.append(await take_one(follower))
         assert asyncio.all_tasks() == {asyncio.current_task()}
         return got
 
@@ -115,12 +106,6 @@ def test_async_follow_across_a_restart(start_watching, watched: Path) -> None:
     assert created(got) == ["a", "b"]
     assert (got[1]["reason"], got[1]["resync"]) == ("daemon_restart", False)
     assert got[2]["seq"] > got[1]["seq"]
-
-
-async def _get(follower: Any) -> dict[str, Any]:
-    message = await follower.get(timeout=20)
-    assert message is not None, "nothing within 20 s"
-    return message  # type: ignore[no-any-return]
 
 
 def test_follow_waits_out_a_daemon_that_is_down(start_watching, watched: Path) -> None:
@@ -271,19 +256,19 @@ def test_async_follower_through_a_cut_and_an_outage(start_watching, watched: Pat
         async with follower:
             await follower.start()
             (watched / "a").touch()
-            got.append(await _get(follower))
+            got.append(await take_one(follower))
             assert await asyncio.to_thread(cut_every_client, daemon) == 1
             (watched / "b").touch()  # made while cut off: replayed with since
-            got.append(await _get(follower))
+            got.append(await take_one(follower))
             assert daemon.stop() == 0
             forget_ready(daemon)
             async with asyncio.timeout(30):  # down for a while: attempts keep failing
                 while len(retries) < 4:
                     assert await follower.get(timeout=0.05) is None
             await asyncio.to_thread(daemon.start)
-            got.append(await _get(follower))
+            got.append(await take_one(follower))
             (watched / "c").touch()
-            got.append(await _get(follower))
+            got.append(await take_one(follower))
         assert asyncio.all_tasks() == {asyncio.current_task()}
         return got, retries
 
