@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,13 @@ def daemon(start_daemon, watched: Path, workdir: str):
         + watch("group", watched / "group", allow_groups=[NOBODY])))
 
 
-def as_nobody(path: str, *requests: dict, want_event: bool = False) -> subprocess.Popen[str]:
+def as_nobody(path: str, *requests: dict, want_event: bool = False,
+              extra_groups: Sequence[int] = ()) -> subprocess.Popen[str]:
+    """CLIENT run as nobody (with only the supplementary groups given) on the socket at path."""
     return subprocess.Popen(
         [python_for_nobody(), "-c", CLIENT, path, "1" if want_event else "0",
          *[json.dumps(r) for r in requests]],
-        user=NOBODY, group=NOBODY, extra_groups=[], stdin=subprocess.PIPE,
+        user=NOBODY, group=NOBODY, extra_groups=list(extra_groups), stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
 
 
@@ -160,11 +163,7 @@ def test_supplementary_group_is_honoured(start_daemon, watched: Path, workdir: s
     extra = [*range(5000, 5000 + others), allowed]
     d = start_daemon(config(daemon_extra='socket_mode = "0666"',
                             watches=watch("team", watched / "team", allow_groups=[allowed])))
-    proc = subprocess.Popen(
-        [python_for_nobody(), "-c", CLIENT, d.socket, "0",
-         json.dumps({"op": "subscribe", "id": 1, "watch": "team"})],
-        user=NOBODY, group=NOBODY, extra_groups=extra, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    proc = as_nobody(d.socket, {"op": "subscribe", "id": 1, "watch": "team"}, extra_groups=extra)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     reply = json.loads(out.splitlines()[1])
