@@ -34,7 +34,7 @@ from watchd.inotify.errors import effective_watch_limit
 from watchd.protocol import OverflowReason
 from watchd.restore import index_spec, open_state, resume
 from watchd.resync import Resyncer
-from watchd.server import ClientProtocol, ReadWatch, TurnBudget, bind_socket, raise_fd_limit
+from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
 from watchd.state import new_instance
 from watchd.status import ReloadRecord, Status
 from watchd.supervisor import Supervisor, WatcherProcess
@@ -127,7 +127,6 @@ class Daemon:
         self.confirmations = Confirmations(self.stopping)
         self.owned_socket_path: str | None = None
         self.server: asyncio.AbstractServer | None = None
-        self.reads: ReadWatch | None = None  # tells batched connections when their peer reads
         self.last_status = ""
         self.last_progress = -PROGRESS_INTERVAL_S
         self.watchdog_s = watchdog_interval()
@@ -199,11 +198,9 @@ class Daemon:
         # connects early waits in the listen queue instead of missing its first changes.
         # max_line_bytes is read per connection, so a reload applies it to later connections.
         budget = TurnBudget()  # one for every connection
-        reads = self.reads = ReadWatch(loop)
         self.server = await loop.create_unix_server(
             lambda: ClientProtocol(self.broker, self.handler, self.config.daemon.max_line_bytes,
-                                   self.clients, budget, reads=reads), sock=sock,
-            start_serving=False)
+                                   self.clients, budget), sock=sock, start_serving=False)
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
@@ -225,8 +222,6 @@ class Daemon:
             await asyncio.sleep(0.01)
         for client in list(self.clients):
             client.abort()
-        if self.reads is not None:
-            self.reads.close()
         log.info("stopped")
 
     def socket_name(self) -> str:

@@ -33,9 +33,6 @@ class _Route:
     prefixes: tuple[bytes, ...]  # of its line subscriptions, when every one of `subs` is simple
     heads: tuple[bytes, ...]  # the frame heads of its batched subscriptions, likewise
     simple: bool
-    # Every subscription of the connection is batched: while its peer has not read what it was
-    # sent, its events may gather into one frame without holding back a line.
-    gathers: bool
 
 
 def _interleave(prefixes: tuple[bytes, ...], tails: list[bytes]) -> list[bytes]:
@@ -104,16 +101,10 @@ class FanOut:
             routes = self.routes[watch] = self._route(watch)
         # Connections with lines waiting send them first. That may end a replay, which puts its
         # subscription among the routes: take them again then.
-        # Those gathering events for a peer that has not read are pumped after this batch joined
-        # their queues, so that it leaves in the same frame if the peer has read meanwhile.
         pumped = False
-        gathering: list[Connection] = []
-        fresh: list[Connection] = []  # held from this batch on
         for route in routes:
             conn = route.conn
-            if conn.held:
-                gathering.append(conn)
-            elif conn.queue or conn.lagging:
+            if conn.queue or conn.lagging:
                 self.pump(conn)
                 pumped = True
         if pumped and watch not in self.routes:
@@ -127,9 +118,7 @@ class FanOut:
         outs: list[tuple[Connection, list[bytes]]] = []
         for route in routes:
             out: list[bytes] | None = None
-            conn = route.conn
-            if (not conn.queue and conn.sink.writable()
-                    and not (route.gathers and self._gather(conn, fresh))):
+            if not route.conn.queue and route.conn.sink.writable():
                 if route.simple:
                     fast.append(route)
                     continue
@@ -197,20 +186,6 @@ class FanOut:
         for conn, chunks in outs:
             if chunks:
                 conn.sink.write(chunks)
-        for conn in gathering:
-            self.pump(conn)
-        for conn in fresh:
-            if conn.queued_events >= self.limits.gather:
-                self.pump(conn)  # a full frame never waits
-
-    def _gather(self, conn: Connection, fresh: list[Connection]) -> bool:
-        """Whether a writable connection's events of this batch wait in its queue for its peer
-        to read what it was sent before (then they leave with what follows, as one frame)."""
-        if not conn.unread():
-            return False
-        conn.held = True
-        fresh.append(conn)
-        return True
 
     def _route(self, watch: str) -> tuple[_Route, ...]:
         routes = []
@@ -224,8 +199,7 @@ class FanOut:
                 simple = all(sub.filter.simple for sub in subs)
                 prefixes = tuple(sub.prefix for sub in subs if sub.frame is None)
                 heads = tuple(sub.frame for sub in subs if sub.frame is not None)
-                gathers = all(sub.frame is not None for sub in conn.subs.values())
-                routes.append(_Route(conn, subs, prefixes, heads, simple, gathers))
+                routes.append(_Route(conn, subs, prefixes, heads, simple))
         return tuple(routes)
 
     def _frame(self, matched: list[Held], batched: list[tuple[Subscription, list[bytes] | None]]

@@ -37,12 +37,6 @@ class QueueLimits:
         """The limits for a given daemon.client_queue and daemon.max_batch."""
         return cls(client_queue, QueueLevels.of(client_queue), max_batch)
 
-    @property
-    def gather(self) -> int:
-        """Events that may wait for a peer to read before they go anyway: a frame, and never so
-        many that a queue nears the levels of the hold-back rule (a tiny client_queue: none)."""
-        return min(self.max_batch, self.levels.behind)
-
     def set(self, client_queue: int, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         """Take a new daemon.client_queue and daemon.max_batch (a reload)."""
         self.client_queue = client_queue
@@ -70,7 +64,7 @@ class Outbox:
     def pump(self, conn: Connection) -> None:
         """Move queued lines to the sink while it is writable; report gaps once there is room;
         go on with replays while the sink takes their lines (a bounded step per turn)."""
-        if conn.closed or (conn.held and self._holding(conn)):
+        if conn.closed:
             return
         queue = conn.queue
         sink = conn.sink
@@ -97,18 +91,6 @@ class Outbox:
                     return
                 budget = REPLAY_STEP
             budget -= self._produce(conn, budget)
-
-    def _holding(self, conn: Connection) -> bool:
-        """Whether a connection's gathered events wait on for its peer to read: they are the
-        end of its queue (a reply or notice behind them leaves at once, and they before it), they
-        fill less than a frame (QueueLimits.gather), and the peer has not read all it was sent.
-        Once not, they go."""
-        queue = conn.queue
-        if (queue and type(queue[-1]) is tuple and conn.queued_events < self.limits.gather
-                and conn.unread()):
-            return True
-        conn.held = False
-        return False
 
     def _turn(self, conn: Connection) -> None:
         conn.replay_deferred = False

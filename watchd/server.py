@@ -12,17 +12,14 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import fcntl
 import grp
 import logging
 import math
 import os
 import resource
-import select
 import socket
 import stat
 import struct
-import termios
 import time
 from typing import Protocol
 
@@ -34,7 +31,6 @@ from watchd.requests import LineHandler, Requests, TurnBudget
 __all__ = [
     "ClientProtocol",
     "Handler",
-    "ReadWatch",
     "ServerError",
     "TurnBudget",
     "bind_socket",
@@ -53,7 +49,6 @@ SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _GROUPS_BUFLEN = 1024  # the most socket.getsockopt accepts
 NGROUPS_MAX = 65536  # Linux's limit on supplementary groups
 _UCRED = struct.Struct("3i")
-_NOTHING_UNREAD = bytes(4)  # TIOCOUTQ's answer (an int) when the peer has read everything
 
 
 class ServerError(WatchdError):
@@ -124,53 +119,12 @@ def trusted(peer: Peer) -> bool:
     return peer.uid in (0, os.geteuid())
 
 
-class ReadWatch:
-    """Tells connections when their peer reads from its socket.
-
-    One epoll set, itself one reader of the loop, holds the sockets of the connections that wait
-    for their peer, edge-triggered for EPOLLOUT: the kernel signals a Unix socket's writer each
-    time its peer takes data from it (and at once when the socket is added, which costs a look).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._epoll = select.epoll()
-        self._waiting: dict[int, ClientProtocol] = {}
-        loop.add_reader(self._epoll.fileno(), self._ready)
-
-    def watch(self, client: ClientProtocol, fd: int) -> None:
-        """Call client.peer_read when the peer on fd next reads (and until forget)."""
-        if fd not in self._waiting:
-            self._epoll.register(fd, select.EPOLLOUT | select.EPOLLET)
-            self._waiting[fd] = client
-
-    def forget(self, fd: int) -> None:
-        if self._waiting.pop(fd, None) is not None:
-            with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
-
-    def _ready(self) -> None:
-        for fd, _ in self._epoll.poll(0):
-            client = self._waiting.get(fd)
-            if client is not None:
-                client.peer_read()
-
-    def close(self) -> None:
-        self._loop.remove_reader(self._epoll.fileno())
-        self._epoll.close()
-        self._waiting.clear()
-
-
 class ClientProtocol(asyncio.Protocol):
     """One client connection: lines in, bytes out, reading paused while writing is."""
 
     def __init__(self, broker: Broker, handler: Handler, max_line_bytes: int,
-                 registry: set[ClientProtocol], budget: TurnBudget | None = None,
-                 *, reads: ReadWatch | None = None) -> None:
+                 registry: set[ClientProtocol], budget: TurnBudget | None = None) -> None:
         self.broker = broker
-        # Without one, the connection never waits for its peer to read (see unread).
-        self.reads = reads
-        self.fd = -1
         self.handler = handler
         self.registry = registry
         self.transport: asyncio.Transport | None = None
@@ -190,29 +144,6 @@ class ClientProtocol(asyncio.Protocol):
     def writable(self) -> bool:
         return not self.paused and self.transport is not None
 
-    def unread(self) -> bool:
-        """Whether the peer has yet to read bytes written to it (the socket's TIOCOUTQ, which
-        the transport's own buffer only adds to); if so, peer_read follows when it reads."""
-        if self.reads is None or self.fd < 0:
-            return False
-        try:
-            if fcntl.ioctl(self.fd, termios.TIOCOUTQ, _NOTHING_UNREAD) == _NOTHING_UNREAD:
-                return False
-        except OSError:
-            return False  # as if read: nothing then waits on this connection
-        self.reads.watch(self, self.fd)
-        return True
-
-    def peer_read(self) -> None:
-        """The peer took data from its socket: what gathered for it may go now."""
-        conn = self.conn
-        if conn is not None:
-            self.broker.resume(conn)
-            if conn.held:
-                return  # still unread: told again at the peer's next read
-        if self.reads is not None:
-            self.reads.forget(self.fd)
-
     # asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -226,9 +157,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         self.requests.trusted = trusted(peer)
-        self.fd = transport.get_extra_info("socket").fileno()
         self.conn = self.broker.connect(self, peer)
-        self.conn.unread = self.unread
         self.registry.add(self)
         self.handler.greet(self.conn)
 
@@ -253,8 +182,6 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # A closed connection left in budget.waiting does nothing when its turn comes.
         self.requests.cancel_deadline()
-        if self.reads is not None:
-            self.reads.forget(self.fd)  # before the socket is closed and its number reused
         if self.conn is not None:
             self.broker.disconnect(self.conn)
             self.conn = None
@@ -291,10 +218,6 @@ class ClientProtocol(asyncio.Protocol):
         return self.conn is not None and bool(self.conn.subs)
 
     def close(self) -> None:
-        conn = self.conn
-        if conn is not None and conn.held:
-            conn.held = False  # what gathered for the peer is sent, not left behind
-            self.broker.resume(conn)
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered, then closes
 

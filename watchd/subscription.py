@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -247,11 +247,6 @@ class Subscription:
         self.conn.queue.append(line)
 
 
-def nothing_unread() -> bool:
-    """A sink that cannot tell whether its peer has read what it was sent (tests, benchmarks)."""
-    return False
-
-
 @dataclass(eq=False, slots=True)
 class Connection:
     """A client connection as the broker sees it; the server only hands it back."""
@@ -267,11 +262,6 @@ class Connection:
     replays: dict[str, Subscription] = field(default_factory=dict)  # subs catching up
     replay_deferred: bool = False  # a turn of its replays is scheduled
     closed: bool = False
-    # True while the peer has not yet read bytes written to it (the server asks the socket), and
-    # then tells the broker (resume) when it reads. Meanwhile the events of a connection whose
-    # subscriptions are all batched gather in `queue` and leave as one frame (FanOut.publish).
-    unread: Callable[[], bool] = nothing_unread
-    held: bool = False  # events gather in `queue` until the peer reads (Outbox.pump)
 
     @property
     def subscriptions(self) -> tuple[str, ...]:

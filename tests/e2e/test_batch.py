@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import DEFAULT_TIMEOUT, Line, config, run_watchd, wait_for, watch
+from tests.harness import DEFAULT_TIMEOUT, Line, config, run_watchd, watch
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -215,45 +215,3 @@ def test_watchctl_prints_one_event_per_line_as_without_batch(
     # Byte for byte the daemon's event lines to a subscription without batch, but for its sid.
     assert [line.replace(f'"{mine}"'.encode(), f'"{sid}"'.encode()) for line in printed] == [
         raw + b"\n" for raw in line.raw[-len(want):]]
-
-
-def published_one_by_one(daemon: Any, paths: list[Path]) -> None:
-    """mkdir each path (one create event) and wait until the daemon has published it, so that
-    every event comes in a read and a publish of its own."""
-    base = daemon.status()["events"]
-    for i, path in enumerate(paths, 1):
-        path.mkdir()
-        wait_for(lambda i=i: daemon.status()["events"] >= base + i, what=f"event {i} published")
-
-
-def test_events_gather_into_one_frame_while_the_subscriber_has_not_read(
-        start_daemon: Any, watched: Path) -> None:
-    """Published one at a time while the client reads nothing: the first is sent at once (a
-    frame of one), the others wait for the client to read it and then leave as one frame,
-    without another event to push them."""
-    daemon = start(start_daemon, watched, max_batch=64)
-    framed, sid = daemon.subscribe(batch=True, events=["create"])
-    paths = [watched / f"d{i:02}" for i in range(12)]
-    published_one_by_one(daemon, paths)
-    first = framed.recv()
-    rest = framed.recv()
-    assert [e["path"] for e in first["events"]] == [str(paths[0])]
-    assert [e["path"] for e in rest["events"]] == [str(p) for p in paths[1:]]
-    seqs = [e["seq"] for e in first["events"] + rest["events"]]
-    assert seqs == sorted(seqs) and rest["subscription"] == sid
-
-
-def test_gathered_events_leave_before_a_reply_and_a_full_frame_at_once(
-        start_daemon: Any, watched: Path) -> None:
-    """A reply does not wait behind gathered events, nor they behind it: they go first, in
-    their place; and no more than max_batch events wait for the client to read."""
-    daemon = start(start_daemon, watched, max_batch=4)
-    framed, _ = daemon.subscribe(batch=True, events=["create"])
-    paths = [watched / f"d{i:02}" for i in range(7)]
-    published_one_by_one(daemon, paths)
-    framed.send({"op": "ping", "id": 7})
-    got = [framed.recv() for _ in range(4)]
-    assert [m["type"] for m in got] == ["events", "events", "events", "pong"]
-    # The first alone, the next four as soon as they filled a frame, the last two with the ping.
-    assert [[e["path"] for e in m["events"]] for m in got[:3]] == [
-        [str(paths[0])], [str(p) for p in paths[1:5]], [str(p) for p in paths[5:]]]
