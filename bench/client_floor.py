@@ -29,22 +29,28 @@ import tomllib
 from pathlib import Path
 
 from watchd.events import KIND_BITS, Kind
-from watchd.protocol import EventEncoder, event_prefix
+from watchd.protocol import EventEncoder, event_prefix, frame_head, frames
 
 KINDS = (Kind.CREATE, Kind.MODIFY, Kind.CLOSE_WRITE)
 HEAD = event_prefix("s1")  # an event line is its subscription's head and the shared tail
 
 
-def event_lines(root: str, count: int) -> bytes:
-    """count lines for subscription s1 as watchd writes them: three kinds per file."""
+def event_lines(root: str, count: int, batch: int = 0, creates: bool = False) -> bytes:
+    """count events for subscription s1 as watchd writes them: three kinds per file (or, with
+    `creates`, a create per file, W5's subscription), as lines or, with `batch`, in frames of
+    that many events."""
     encoder = EventEncoder()
     now = time.time()
-    out = [HEAD + encoder.tail(seq, now, "bench", KINDS[seq % 3].value,
-                               f"{root}/f{seq // 3:07}", KIND_BITS[KINDS[seq % 3]], 0, None)
-           for seq in range(count)]
-    out.append(HEAD + encoder.tail(count, now, "bench", "create", f"{root}/__sentinel__0",
-                                   KIND_BITS[Kind.CREATE], 0, None))
-    return b"".join(out)
+    kinds = (Kind.CREATE,) if creates else KINDS
+    tails = [encoder.tail(seq, now, "bench", kinds[seq % len(kinds)].value,
+                          f"{root}/f{seq // len(kinds):07}", KIND_BITS[kinds[seq % len(kinds)]],
+                          0, None)
+             for seq in range(count)]
+    tails.append(encoder.tail(count, now, "bench", "create", f"{root}/__sentinel__0",
+                              KIND_BITS[Kind.CREATE], 0, None))
+    if batch:
+        return b"".join(frames(frame_head("s1"), tails, batch))
+    return b"".join(HEAD + tail for tail in tails)
 
 
 def serve_one(conn: socket.socket, payload: bytes) -> None:
@@ -61,11 +67,11 @@ def serve_one(conn: socket.socket, payload: bytes) -> None:
         sel.select()  # until the client closes
 
 
-def serve(config: str, lines: int) -> int:
+def serve(config: str, lines: int, batch: int, creates: bool) -> int:
     """The stand-in server: WATCHD_CMD for the harness's watchd adapter."""
     with open(config, "rb") as f:
         cfg = tomllib.load(f)
-    payload = event_lines(cfg["watch"][0]["path"], lines)
+    payload = event_lines(cfg["watch"][0]["path"], lines, batch, creates)
     server = socket.socket(socket.AF_UNIX)
     server.bind(cfg["daemon"]["socket"])
     server.listen(1024)
@@ -78,13 +84,16 @@ def serve(config: str, lines: int) -> int:
         threading.Thread(target=serve_one, args=(conn, payload), daemon=True).start()
 
 
-def measure(harness: Path, subs: int, lines: int) -> dict[str, float]:
+def measure(harness: Path, subs: int, lines: int, batch: int = 0, creates: bool = False
+            ) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="wd-floor."))
     out = work / "events.pkl"
-    cmd = f"{shlex.quote(sys.executable)} -m bench.client_floor --serve {{config}} --lines {lines}"
+    cmd = (f"{shlex.quote(sys.executable)} -m bench.client_floor --serve {{config}} "
+           f"--lines {lines} --batch {batch}" + (" --creates" if creates else ""))
     env = dict(os.environ, WATCHD_CMD=cmd, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    spec = f"watchd:subs={subs}" + (",batch=1" if batch else "")
     result = subprocess.run([sys.executable, str(harness / "consumer.py"), "--peer",
-                             f"watchd:subs={subs}", "--root", str(work / "run"), "--out",
+                             spec, "--root", str(work / "run"), "--out",
                              str(out)], env=env, capture_output=True, text=True, timeout=600,
                             check=False)
     if result.returncode != 0:
@@ -102,14 +111,19 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=30000, help="event lines per subscriber")
     parser.add_argument("--harness", type=Path,
                         default=Path(__file__).resolve().parent.parent.parent / "shared" / "bench")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="frames of this many events instead of event lines")
+    parser.add_argument("--creates", action="store_true",
+                        help="a create per file (W5's events=create) instead of three kinds")
     parser.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        return serve(args.serve, args.lines)
-    r = measure(args.harness, args.subs, args.lines)
+        return serve(args.serve, args.lines, args.batch, args.creates)
+    r = measure(args.harness, args.subs, args.lines, args.batch, args.creates)
+    form = f"frames of {args.batch}" if args.batch else "lines"
     print(f"the harness's client took {r['span_s']:.2f} s from its first to its last receipt of "
-          f"{r['lines']:,} ready-made lines on {args.subs} connection(s): "
-          f"{r['us_per_line']:.2f} µs a line")
+          f"{r['lines']:,} ready-made events ({form}) on {args.subs} connection(s): "
+          f"{r['us_per_line']:.2f} µs an event")
     return 0
 
 

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""How full batched frames are in the peer harness's W5, read by the harness's own client.
+
+The shared harness's watchd adapter (`peers/watchd.py`) subscribes N connections with
+`"batch": true` and `events=create`, 10,000 files are created with its generator, and its own
+`read_batch` reads them, as in W5. Its `json` module is wrapped to count the frames it decodes,
+so the client is the harness's and the daemon is untouched. Printed per subscriber count:
+frames, events per frame (mean), the time from the generator's start to the last event.
+
+    .venv/bin/python -m bench.frame_fill --subs 1 10 100 --reps 3
+    .venv/bin/python -m bench.frame_fill --tree /tmp/base --tree . --subs 10   # two trees
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HARNESS = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
+SENTINEL = "__sentinel__"
+
+
+class CountingJson:
+    """Stands in for the adapter's `json` module: counts the frames (and events) it decodes."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.events = 0
+
+    def loads(self, line: bytes) -> Any:
+        message = json.loads(line)
+        if message.get("type") == "events":
+            self.frames += 1
+            self.events += len(message["events"])
+        return message
+
+    def dumps(self, value: Any) -> str:
+        return json.dumps(value)
+
+
+def adapter_module(harness: Path) -> ModuleType:
+    sys.path.insert(0, str(harness))
+    return importlib.import_module("peers.watchd")
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gen_binary(harness: Path) -> str:
+    for out in (harness, Path(os.environ.get("TMPDIR", "/tmp")) / "watchd-bench"):
+        gen = out / "build" / "gen"
+        if gen.exists():
+            return str(gen)
+    raise SystemExit(f"no generator: run {harness}/run.sh once (it builds build/gen)")
+
+
+def one(module: ModuleType, tree: Path, subs: int, files: int, fs: Path, gen: str
+        ) -> dict[str, float]:
+    counter = CountingJson()
+    module.json = counter  # type: ignore[attr-defined]
+    os.environ["WATCHD_CMD"] = f"{tree / '.venv' / 'bin' / 'watchd'} --config {{config}}"
+    root = fs / f"fill-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    peer = module.Adapter({"subs": str(subs), "events": "create", "batch": "1"})
+    peer.start(str(root))
+    try:
+        counter.frames = counter.events = 0
+        daemon_cpu0 = sum(cpu_s(pid) for pid in peer.pids())
+        client_cpu0 = time.process_time()
+        t0 = time.monotonic_ns()
+        subprocess.run([gen, "create", str(root), str(files)], check=True, capture_output=True)
+        gen_s = (time.monotonic_ns() - t0) / 1e9
+        seen = [0] * subs
+        done: set[int] = set()
+        last = t0
+        deadline = time.monotonic() + 120
+        sentinel_at = time.monotonic() + 0.5
+        while len(done) < subs and time.monotonic() < deadline:
+            if time.monotonic() > sentinel_at:  # as the harness: after the generator, retried
+                (root / f"{SENTINEL}{int(sentinel_at)}").touch()
+                sentinel_at = time.monotonic() + 3
+            for t, _, path, sub in peer.read_batch(0.2):
+                if SENTINEL in path:
+                    done.add(sub)
+                else:
+                    seen[sub] += 1
+                    last = max(last, t)
+        return {"gen_s": gen_s, "after_gen_s": (last - t0) / 1e9 - gen_s,
+                "client_cpu_s": time.process_time() - client_cpu0,
+                "daemon_cpu_s": sum(cpu_s(pid) for pid in peer.pids()) - daemon_cpu0,
+                "frames": counter.frames, "events": counter.events,
+                "per_frame": counter.events / max(1, counter.frames),
+                "total_s": (last - t0) / 1e9,
+                "complete": sum(min(n, files) for n in seen) / (subs * files)}
+    finally:
+        peer.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subs", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--files", type=int, default=10000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tree", type=Path, action="append",
+                        help="a checkout with a .venv (repeat to alternate); default this one")
+    parser.add_argument("--harness", type=Path, default=HARNESS)
+    parser.add_argument("--fs", type=Path, default=Path("/tmp/benchfs"))
+    args = parser.parse_args()
+    trees = [t.resolve() for t in (args.tree or [Path(__file__).resolve().parent.parent])]
+    module = adapter_module(args.harness)
+    gen = gen_binary(args.harness)
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for rep in range(args.reps):
+        for subs in args.subs:
+            order = trees if rep % 2 == 0 else trees[::-1]
+            for tree in order:
+                r = one(module, tree, subs, args.files, args.fs, gen)
+                results.setdefault((str(tree), subs), []).append(r)
+                print(f"rep {rep} {tree} subs={subs}: {r}", file=sys.stderr, flush=True)
+    print("| tree | subscribers | frames (median) | events per frame (median) | total s (median) "
+          "| complete (min) |")
+    print("|---|---|---|---|---|---|")
+    for (tree, subs), rs in results.items():
+        print(f"| {tree} | {subs} | {statistics.median(r['frames'] for r in rs):,.0f} | "
+              f"{statistics.median(r['per_frame'] for r in rs):.1f} | "
+              f"{statistics.median(r['total_s'] for r in rs):.3f} | "
+              f"{100 * min(r['complete'] for r in rs):.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
