@@ -19,11 +19,19 @@ class Counters:
     overflows_of: dict[str, int] = field(default_factory=dict)
     # Event lines discarded for connections since closed, by the uid of their peer.
     dropped_gone_of: dict[int, int] = field(default_factory=dict)
+    # For the metrics (watchd.metrics): events published per watch and kind bit, overflow
+    # occasions per (watch or "", reason), and events handed to a client's socket (one per
+    # subscription that received it).
+    kinds_of: dict[str, dict[int, int]] = field(default_factory=dict)
+    overflows_by: dict[tuple[str, str], int] = field(default_factory=dict)
+    delivered: int = 0
 
-    def overflow(self, watch: str | None) -> None:
+    def overflow(self, watch: str | None, reason: str = "") -> None:
         """Count an overflow occasion of a watch (of every watch for None)."""
         self.overflows += 1
         self.overflows_of[watch or ""] = self.overflows_of.get(watch or "", 0) + 1
+        key = (watch or "", reason)
+        self.overflows_by[key] = self.overflows_by.get(key, 0) + 1
 
     def gone(self, conn: Connection) -> None:
         """A connection closed: its drops stay counted."""
