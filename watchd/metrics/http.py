@@ -15,8 +15,6 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from watchd.errors import WatchdError
 
 log = logging.getLogger("watchd.metrics")
@@ -27,6 +25,10 @@ WRITE_TIMEOUT_S: Final = 10.0  # for the client to take the reply
 # Connections at once; one more is closed at once. A scrape takes milliseconds, so a few
 # suffice even for several scrapers.
 MAX_CONNECTIONS: Final = 16
+
+# What generate_latest writes for names like ours is the classic text format, which every
+# Prometheus reads; a newer version in the header could make an older server refuse it.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 Address = tuple[str, int]
 
@@ -60,7 +62,7 @@ def respond(head: bytes, render: Callable[[], bytes]) -> bytes:
                       extra="Allow: GET, HEAD\r\n")
     if target.split(b"?", 1)[0] != b"/metrics":
         return _reply("404 Not Found", b"the metrics are at /metrics\n")
-    return _reply("200 OK", render(), CONTENT_TYPE_LATEST, head_only=method == b"HEAD")
+    return _reply("200 OK", render(), CONTENT_TYPE, head_only=method == b"HEAD")
 
 
 class MetricsServer:
