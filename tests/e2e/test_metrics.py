@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import NOBODY, Daemon, config, python_for_nobody, run_watchd, wait_for, watch
+from watchd.client import AsyncClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,6 +121,11 @@ def test_watchctl_metrics_prints_the_exposition(metered, watched: Path) -> None:
     # The same families as over HTTP.
     names = {f.name for f in text_string_to_metric_families(out.stdout)}
     assert names == {f.name for f in text_string_to_metric_families(scrape(port)[1])}
+    async def from_async_client() -> str:
+        async with AsyncClient(daemon.socket) as client:
+            return await client.metrics()
+    assert value(asyncio.run(from_async_client()), "watchd_events_published_total", watch="w",
+                 kind="create") == 1
     reply = daemon.connect().request({"op": "metrics", "id": "m"})
     assert reply["type"] == "metrics" and reply["id"] == "m" and reply["view"] == "full"
     bad = daemon.connect().request({"op": "metrics", "id": 3, "watch": "w"})
