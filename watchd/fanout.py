@@ -197,7 +197,9 @@ class FanOut:
                             else:
                                 sink_out.append(sub.prefix)
                                 sink_out.append(tail)
-                                delivered += 1
+            # Two chunks per event line (prefix, tail): counted once per connection, not per
+            # event and subscriber. Frames are added to these lists only below.
+            delivered += sum(len(chunks) for _, chunks in outs) >> 1
         for flt, (_, batched) in groups.items():
             if batched:
                 # A pass of its own, so that the loop above stays as it was for lines.
