@@ -21,6 +21,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.registry import Collector
 
 from watchd.channel import Phase
 from watchd.events import KIND_BITS
@@ -153,7 +154,7 @@ def _forwarders(forwarders: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
     yield errors
 
 
-class _Families:
+class _Families(Collector):
     """A snapshot as the collector prometheus_client's exposition asks for."""
 
     def __init__(self, snap: Snapshot) -> None:
@@ -165,7 +166,7 @@ class _Families:
 
 def exposition(snap: Snapshot) -> bytes:
     """The snapshot in the Prometheus text format."""
-    return generate_latest(_Families(snap))  # collect() is all it asks of a registry
+    return generate_latest(_Families(snap))
 
 
 class Metrics:
