@@ -1357,3 +1357,47 @@ def test_line_and_batched_subscriptions_share_a_connection() -> None:
     assert seqs(msgs, line_sid) == seqs(msgs, framed_sid) == list(range(1, 13))
     assert paths(msgs, filtered_sid) == [p for p in paths(msgs, line_sid)
                                          if p.startswith("/a/f1")]
+
+
+# --- what the metrics count ---------------------------------------------------------------------
+
+
+def test_kinds_and_deliveries_are_counted_on_every_way_out() -> None:
+    broker = make_broker(client_queue=100)
+    plain_sink, plain = join(broker)
+    sub(broker, plain)  # no filter: the fast way
+    framed_sink, framed = join(broker)
+    sub(broker, framed, batch=True)
+    filtered_sink, filtered = join(broker, BOB)
+    sub(broker, filtered, events=["create"])  # a filter: the general way
+    sub(broker, filtered, events=["create"], batch=True, id=2)
+    assert broker.publish_reads("a", [(1.0, creates("/a/1", "/a/2"))]) is not None
+    publish(broker, "a", 2.0, [item(Kind.DELETE, "/a/1")])
+    counts = broker.counts
+    assert counts.kinds_of == {"a": {KIND_BITS[Kind.CREATE]: 2, KIND_BITS[Kind.DELETE]: 1}}
+    assert broker.delivered == 3 + 3 + 2 + 2
+    # A connection that is behind has its events queued: counted once they are written.
+    plain_sink.open = False
+    publish(broker, "b", 3.0, creates("/b/1"))
+    assert broker.delivered == 10 + 1 + 2
+    plain_sink.open = True
+    broker.resume(plain)
+    assert broker.delivered == 14
+    assert len(events(plain_sink.messages())) == 4
+    # A replay is counted as it is written too.
+    replay_sink, replayer = join(broker)
+    sub(broker, replayer, since=0)
+    assert len(events(replay_sink.messages())) == 4
+    assert broker.delivered == 18
+    # No subscriber written to at once: no first write to time.
+    for sink in (plain_sink, framed_sink, filtered_sink, replay_sink):
+        sink.open = False
+    assert broker.publish_reads("a", [(4.0, creates("/a/3"))]) is None
+
+
+def test_overflows_are_counted_by_watch_and_reason() -> None:
+    broker = make_broker()
+    broker.overflow("a", protocol.OverflowReason.KERNEL_QUEUE)
+    broker.overflow(None, protocol.OverflowReason.WATCHER_RESTART)
+    broker.overflow("a", protocol.OverflowReason.KERNEL_QUEUE)
+    assert broker.counts.overflows_by == {("a", "kernel_queue"): 2, ("", "watcher_restart"): 1}

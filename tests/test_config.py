@@ -252,7 +252,7 @@ def test_indexes_are_zero_based_and_count_every_watch() -> None:
             "unknown key; the keys allowed here are client_queue, journal_fsync_interval,"
             " journal_max_bytes, log_level, max_batch, max_clients,"
             " max_clients_per_user, max_line_bytes, max_paths, max_patterns,"
-            " max_subscriptions, replay_buffer, request_timeout, socket, socket_group,"
+            " max_subscriptions, metrics, replay_buffer, request_timeout, socket, socket_group,"
             " socket_mode, state_directory, watcher_timeout; did you mean 'socket'?",
         ),
         (

@@ -165,7 +165,8 @@ def test_unknown_op_lists_the_known_ones() -> None:
     err = refused(b'{"op":"subscibe","id":9}')
     assert err.code is ErrorCode.UNKNOWN_OP
     assert err.message == (
-        '"op": unknown operation "subscibe"; expected one of ping, status, subscribe, unsubscribe'
+        '"op": unknown operation "subscibe"; expected one of ping, status, metrics, subscribe,'
+        ' unsubscribe'
     )
     assert err.id == 9
 

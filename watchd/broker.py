@@ -89,7 +89,8 @@ class Broker:
         # A daemon that fell behind finds many small batches waiting; handing them on together
         # costs one write per connection instead of one per batch. The fan-out's own method,
         # not one calling it: this is the hot path, and most calls carry a single event.
-        self.publish_reads: Callable[[str, list[tuple[float, list[Item]]]], None] = (
+        # Returns when the first client write began (wall clock), None if none was written to.
+        self.publish_reads: Callable[[str, list[tuple[float, list[Item]]]], float | None] = (
             self._fanout.publish)
 
     # --- configuration ---------------------------------------------------------------------------
@@ -286,6 +287,17 @@ class Broker:
         """Event lines discarded for slow connections, closed ones included."""
         return self._counts.dropped(self._conns)
 
+    @property
+    def counts(self) -> Counters:
+        """The counters, as the metrics read them."""
+        return self._counts
+
+    @property
+    def delivered(self) -> int:
+        """Events handed to clients' sockets, one per subscription that received each: written
+        at once by the fan-out, or later from a connection's queue."""
+        return self._counts.delivered + self._outbox.delivered
+
     def stats(self) -> dict[str, int]:
         """The counters reported by status."""
         return self._counts.stats(self._conns, self.last_seq, self.oldest)
@@ -300,7 +312,7 @@ class Broker:
                  resync: frozenset[str] = frozenset()) -> None:
         """Tell the subscribers of a watch (all, for None) that events may have been lost here;
         for the watches in `resync`, that the differences follow (see resynced)."""
-        self._counts.overflow(watch)
+        self._counts.overflow(watch, reason)
         self._mark(Marker(self.last_seq, watch, reason, resync))
 
     def resynced(self, watch: str, changes: int, duration_ms: float) -> None:

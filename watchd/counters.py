@@ -13,17 +13,34 @@ class Counters:
     """Events, overflows and drops: in all, and per watch ("" for every watch at once) or per
     user, for a status limited to some watches and to the peer's own connections."""
 
-    events: int = 0  # published
+    # Events published per watch and kind bit: the one count the event path keeps (once per
+    # batch); the totals are summed from it when asked for.
+    kinds_of: dict[str, dict[int, int]] = field(default_factory=dict)
     overflows: int = 0  # overflow occasions, however many subscriptions were told
-    events_of: dict[str, int] = field(default_factory=dict)
     overflows_of: dict[str, int] = field(default_factory=dict)
     # Event lines discarded for connections since closed, by the uid of their peer.
     dropped_gone_of: dict[int, int] = field(default_factory=dict)
+    # For the metrics (watchd.metrics): overflow occasions per (watch or "", reason), and
+    # events handed to a client's socket (one per subscription that received it).
+    overflows_by: dict[tuple[str, str], int] = field(default_factory=dict)
+    delivered: int = 0
 
-    def overflow(self, watch: str | None) -> None:
+    @property
+    def events(self) -> int:
+        """Events published."""
+        return sum(self.events_of(self.kinds_of))
+
+    def events_of(self, watches: Iterable[str]) -> Iterable[int]:
+        """Events published by each of these watches."""
+        kinds_of = self.kinds_of
+        return (sum(kinds_of[w].values()) for w in watches if w in kinds_of)
+
+    def overflow(self, watch: str | None, reason: str = "") -> None:
         """Count an overflow occasion of a watch (of every watch for None)."""
         self.overflows += 1
         self.overflows_of[watch or ""] = self.overflows_of.get(watch or "", 0) + 1
+        key = (watch or "", reason)
+        self.overflows_by[key] = self.overflows_by.get(key, 0) + 1
 
     def gone(self, conn: Connection) -> None:
         """A connection closed: its drops stay counted."""
@@ -51,7 +68,7 @@ class Counters:
             uid, visible = seen
             names = set(visible)
             mine = [conn for conn in conns if conn.peer.uid == uid]
-            events = sum(n for w, n in self.events_of.items() if w in names)
+            events = sum(self.events_of(names))
             overflows = sum(n for w, n in self.overflows_of.items() if w in names or not w)
             gone = self.dropped_gone_of.get(uid, 0)
         return {

@@ -31,6 +31,7 @@ from watchd.handler import RequestHandler
 from watchd.holdback import HoldBack
 from watchd.index import Index
 from watchd.inotify.errors import effective_watch_limit
+from watchd.metrics import Metrics, MetricsBindError, MetricsServer, exposition
 from watchd.protocol import OverflowReason
 from watchd.restore import index_spec, open_state, resume
 from watchd.resync import Resyncer
@@ -137,9 +138,12 @@ class Daemon:
                              broker=self.broker, watches=self.watches,
                              supervisor=self.supervisor, clients=self.clients,
                              history=self.history, resync=self.resync, state=self.state)
+        self.metrics = Metrics(self.status, self.broker)
+        self.metrics_http = MetricsServer(lambda: exposition(self.metrics.snapshot()))
         self.handler = RequestHandler(broker=self.broker, instance=self.instance,
                                  settings=lambda: self.config.daemon, clients=self.clients,
-                                 status=self.status, hold=self.hold, durable=self.durable)
+                                 status=self.status, hold=self.hold, durable=self.durable,
+                                 metrics=self.metrics)
 
     # -- durable state (watchd.state) ----------------------------------------------------------
 
@@ -201,12 +205,14 @@ class Daemon:
         self.server = await loop.create_unix_server(
             lambda: ClientProtocol(self.broker, self.handler, self.config.daemon.max_line_bytes,
                                    self.clients, budget), sock=sock, start_serving=False)
+        await self.metrics_http.listen(self.config.daemon.metrics)
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
         log.info("stopping")
         if self.server is not None:
             self.server.close()  # stop accepting first
+        await self.metrics_http.close()
         self.hold.release()
         await self.supervisor.stop()
         if self.state is not None:
@@ -295,7 +301,9 @@ class Daemon:
         """The hot path: the watcher's reads, to the subscribers (and their records, taken by
         the watcher, to the watch's index)."""
         reads = self.resync.track(watch, reads, records)
-        self.broker.publish_reads(watch, reads)
+        first_write = self.broker.publish_reads(watch, reads)
+        if first_write is not None:
+            self.metrics.latency.observe(first_write - reads[0][0])
         self.hold.after_publish()
 
     def on_watcher_message(self, message: channel.Notice) -> None:
@@ -379,10 +387,11 @@ class Daemon:
             log.info("reloading %s", path)
             try:
                 new = load_config(path)
-            except ConfigError as e:
-                self.history.last_reload_error = str(e)
-                log.error("reload refused, still running the previous configuration: %s", e)
-                self.notifier.ready(f"reload refused: {e}")
+                # Bound before anything changes: the one part of a reload that may fail after
+                # the file was read, but for memory (below).
+                await self.metrics_http.listen(new.daemon.metrics)
+            except (ConfigError, MetricsBindError) as e:
+                self.refuse_reload(str(e) if isinstance(e, ConfigError) else f"{path}: {e}")
                 return
             diff = diff_config(self.config, new)
             try:
@@ -390,11 +399,10 @@ class Daemon:
             except MemoryError:
                 # apply takes what may fail first (the replay history's memory), before it
                 # changes anything: the previous configuration keeps running in full.
-                error = (f"{path}: daemon.replay_buffer: not enough memory for "
-                         f"{new.daemon.replay_buffer} events; choose a smaller history")
-                self.history.last_reload_error = error
-                log.error("reload refused, still running the previous configuration: %s", error)
-                self.notifier.ready(f"reload refused: {error}")
+                with contextlib.suppress(MetricsBindError):
+                    await self.metrics_http.listen(self.config.daemon.metrics)
+                self.refuse_reload(f"{path}: daemon.replay_buffer: not enough memory for "
+                                   f"{new.daemon.replay_buffer} events; choose a smaller history")
                 return
             generation = self.send_config()
             applied = await self.confirmations.wait(generation, deadline=RELOAD_WAIT_S)
@@ -408,6 +416,11 @@ class Daemon:
                             "(it is being restarted); it gets the new configuration when it starts",
                             RELOAD_WAIT_S)
                 self.notifier.ready("reload accepted; the watcher is restarting")
+
+    def refuse_reload(self, error: str) -> None:
+        self.history.last_reload_error = error
+        log.error("reload refused, still running the previous configuration: %s", error)
+        self.notifier.ready(f"reload refused: {error}")
 
     def apply(self, new: Config, diff: ConfigDiff) -> None:
         old = self.config

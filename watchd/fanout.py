@@ -9,8 +9,11 @@ dropped.
 
 from __future__ import annotations
 
+from collections import _count_elements  # type: ignore[attr-defined]  # Counter's C helper
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
+from time import time as wall_clock
 from typing import TYPE_CHECKING
 
 from watchd import protocol
@@ -62,6 +65,9 @@ def _headed(head: bytes, framed: list[bytes]) -> list[bytes]:
     return chunks
 
 
+_BIT = itemgetter(2)  # a Held's kind bit
+
+
 class FanOut:
     """Publishes batches of events to the connections of a broker."""
 
@@ -88,8 +94,12 @@ class FanOut:
         self._encoder = protocol.EventEncoder()
         self._kinds: dict[int, Kind] = {bit: kind for kind, bit in KIND_BITS.items()}
 
-    def publish(self, watch: str, reads: list[tuple[float, list[Item]]]) -> None:
-        """Number, serialize, hold and fan out the events of several reads of one watch."""
+    def publish(self, watch: str, reads: list[tuple[float, list[Item]]]) -> float | None:
+        """Number, serialize, hold and fan out the events of several reads of one watch.
+
+        Returns when (wall clock) the first write to a client began, for the latency metric;
+        None when no client was written to.
+        """
         history = self.history
         if self.replays.under_way:
             # What the history is about to forget, replays that have not reached it count as
@@ -151,13 +161,22 @@ class FanOut:
             history.append(batch[0])  # most reads are one event: spare extend's slicing
         else:
             history.extend(batch)
+        counts = self.counts
         if batch:
-            counts = self.counts
-            counts.events += len(batch)
-            counts.events_of[watch] = counts.events_of.get(watch, 0) + len(batch)
+            of = counts.kinds_of.get(watch)
+            if of is None:
+                of = counts.kinds_of[watch] = {}
+            if len(batch) == 1:
+                bit = batch[0][2]
+                of[bit] = of.get(bit, 0) + 1
+            else:
+                _count_elements(of, map(_BIT, batch))  # in C: no Python step per event
 
+        first: float | None = None  # when the first write began
+        delivered = 0  # events written now, one per subscription
         # Subscribers without filters first: what others' filters cost never delays them.
-        if tails:
+        if tails and fast:
+            first = wall_clock()
             framed: list[bytes] | None = None  # the bodies of the frames, made once
             for route in fast:
                 chunks = _interleave(route.prefixes, tails) if route.prefixes else []
@@ -167,6 +186,7 @@ class FanOut:
                     for head in route.heads:
                         chunks += _headed(head, framed)
                 route.conn.sink.write(chunks)
+                delivered += len(tails) * len(route.subs)
         if general:
             for seq, _, bit, path, tail in batch:
                 for flt, targets in general:
@@ -177,15 +197,22 @@ class FanOut:
                             else:
                                 sink_out.append(sub.prefix)
                                 sink_out.append(tail)
+            # Two chunks per event line (prefix, tail): counted once per connection, not per
+            # event and subscriber. Frames are added to these lists only below.
+            delivered += sum(len(chunks) for _, chunks in outs) >> 1
         for flt, (_, batched) in groups.items():
             if batched:
                 # A pass of its own, so that the loop above stays as it was for lines.
                 matched = [held for held in batch if flt.matches(held[2], held[3])]
                 if matched:
-                    self._frame(matched, batched)
+                    delivered += self._frame(matched, batched)
         for conn, chunks in outs:
             if chunks:
+                if first is None:
+                    first = wall_clock()
                 conn.sink.write(chunks)
+        counts.delivered += delivered
+        return first
 
     def _route(self, watch: str) -> tuple[_Route, ...]:
         routes = []
@@ -203,11 +230,12 @@ class FanOut:
         return tuple(routes)
 
     def _frame(self, matched: list[Held], batched: list[tuple[Subscription, list[bytes] | None]]
-               ) -> None:
+               ) -> int:
         """Hand the events one filter matched to its batched subscriptions: as frames made once
-        for all of them, or as one run in a queue."""
+        for all of them, or as one run in a queue. Returns the events to be written now."""
         tails = [held[4] for held in matched]
         framed: list[bytes] | None = None
+        now = 0
         for sub, sink_out in batched:
             assert sub.frame is not None
             if sink_out is None:
@@ -216,6 +244,8 @@ class FanOut:
             if framed is None:
                 framed = protocol.frames(b"", tails, self.limits.max_batch)
             sink_out += _headed(sub.frame, framed)
+            now += len(tails)
+        return now
 
     def _queue_run(self, sub: Subscription, matched: list[Held], tails: list[bytes]) -> None:
         """Queue a batched subscription's events for a connection that is behind, as one run;

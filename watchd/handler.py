@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # for hints only: the daemon wires these parts together
     from watchd.broker import Broker, Connection, Peer
     from watchd.config.model import DaemonConfig
     from watchd.holdback import HoldBack
+    from watchd.metrics import Metrics
     from watchd.server import ClientProtocol
     from watchd.status import Status
 
@@ -37,8 +38,10 @@ class RequestHandler:
 
     def __init__(self, *, broker: Broker, instance: str, settings: Callable[[], DaemonConfig],
                  clients: Collection[ClientProtocol], status: Status, hold: HoldBack,
-                 durable: Callable[[], bool] = lambda: False) -> None:
+                 durable: Callable[[], bool] = lambda: False,
+                 metrics: Metrics | None = None) -> None:
         self.broker = broker
+        self.metrics = metrics
         self.instance = instance
         self.settings = settings  # the daemon's current settings: a reload replaces them
         self.clients = clients
@@ -105,6 +108,8 @@ class RequestHandler:
                 self.broker.reply(conn, protocol.pong(request.id))
             elif isinstance(request, protocol.Status):
                 self.broker.reply(conn, protocol.status(request.id, self.status.fields(conn.peer)))
+            elif isinstance(request, protocol.Metrics):
+                self.reply_metrics(conn, request.id)
             elif isinstance(request, protocol.Subscribe):
                 self.broker.subscribe(conn, request)
                 self.hold.review()  # a newcomer is not behind: no reason to hold back
@@ -112,6 +117,14 @@ class RequestHandler:
                 self.broker.unsubscribe(conn, request.subscription, request.id)
         except protocol.ProtocolError as e:
             self.broker.reply(conn, e.reply())
+
+    def reply_metrics(self, conn: Connection, req_id: protocol.JsonScalar) -> None:
+        """The metrics as this peer may read them (see watchd.metrics)."""
+        if self.metrics is None:
+            raise protocol.ProtocolError(protocol.ErrorCode.UNKNOWN_OP,
+                                         '"op": this daemon keeps no metrics', req_id)
+        view, text = self.metrics.text(conn.peer)
+        self.broker.reply(conn, protocol.metrics(req_id, view, text))
 
     def review_hold_back(self) -> None:
         """A subscriber's levels changed (see watchd.holdback)."""

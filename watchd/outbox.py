@@ -54,6 +54,7 @@ class Outbox:
         defer: Callable[[Callable[[], None]], object] | None,
     ) -> None:
         self.limits = limits
+        self.delivered = 0  # events it handed to sinks (the metrics add the fan-out's)
         # Queues a step of a connection's replays, looking at no more than the given number of
         # held events; returns how many it looked at.
         self._produce = produce
@@ -74,6 +75,7 @@ class Outbox:
                 chunk = [queue.popleft() for _ in range(min(len(queue), FLUSH_LINES))]
                 events, lines = _lines(chunk, self.limits.max_batch)
                 conn.queued_events -= events
+                self.delivered += events
                 sink.write(lines)
             if conn.lagging and not (queue and conn.queued_events >= self.limits.client_queue):
                 for sub in list(conn.lagging.values()):

@@ -1,4 +1,5 @@
-"""`watchctl`: ping a running watchd, show its status, or print its events as they happen."""
+"""`watchctl`: ping a running watchd, show its status or metrics, or print its events as they
+happen."""
 
 from __future__ import annotations
 
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("ping", help="check that watchd answers")
     status = commands.add_parser("status", help="show what watchd is doing")
     status.add_argument("--json", action="store_true", help="print the status object as JSON")
+    commands.add_parser(
+        "metrics", help="print watchd's metrics in the Prometheus text format (for "
+        "node_exporter's textfile collector)")
     sub = commands.add_parser("subscribe", help="print events as they happen, until Ctrl-C")
     sub.add_argument(
         "--watch", metavar="NAME", action="append", help="only this watch (repeatable)"
@@ -166,6 +170,10 @@ def _run(args: argparse.Namespace) -> int:
             _write(out, _pong_line(client.hello))
         elif args.command == "status":
             _print_status(out, client, as_json=args.json)
+        elif args.command == "metrics":
+            # As the daemon made it: prometheus_client's exposition, which escapes its labels.
+            out.write(client.metrics().encode())
+            out.flush()
         else:
             _follow(out, client, args)
     return EXIT_OK

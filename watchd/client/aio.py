@@ -32,7 +32,7 @@ from watchd.client.errors import (
 )
 from watchd.client.follow import Backoff, FollowerState, FollowOptions, RetryHook, follow_options
 from watchd.client.frames import Message
-from watchd.protocol import Ping, Status
+from watchd.protocol import Metrics, Ping, Status
 
 
 class AsyncClient:
@@ -107,6 +107,11 @@ class AsyncClient:
     async def status(self) -> JSONDict:
         """The daemon's status object."""
         return await self._request(Status(), "status")
+
+    async def metrics(self) -> str:
+        """The daemon's metrics, in the Prometheus text format (as this user may see them)."""
+        text = (await self._request(Metrics(), "metrics")).get("text")
+        return text if isinstance(text, str) else ""
 
     # The filters are positional too, in the documented order, like the wire's field list.
     async def subscribe(  # noqa: PLR0917

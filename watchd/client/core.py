@@ -34,6 +34,7 @@ from watchd.protocol import (
     PROTOCOL_VERSION,
     LineFramer,
     LineTooLong,
+    Metrics,
     Ping,
     ProtocolError,
     Status,
@@ -161,7 +162,7 @@ class SubscribeRequest:
 
 
 # What the client sends: protocol's requests, and a subscribe as given.
-ClientRequest = Ping | Status | Unsubscribe | SubscribeRequest
+ClientRequest = Ping | Status | Metrics | Unsubscribe | SubscribeRequest
 
 
 def subscribe_request(  # noqa: PLR0917 -- the filters, in the documented order

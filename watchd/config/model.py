@@ -43,6 +43,8 @@ class DaemonConfig:
     state_directory: str | None = None
     journal_max_bytes: int = 64 << 20
     journal_fsync_interval: float = 1.0
+    # Where the Prometheus metrics are served over HTTP: (host, port), None for nowhere.
+    metrics: tuple[str, int] | None = None
 
     def state_path(self, environ: Mapping[str, str]) -> str | None:
         """The state directory in effect: the key, else systemd's $STATE_DIRECTORY (its first

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import grp
+import ipaddress
 import math
 import os
 import pwd
@@ -200,6 +201,47 @@ def _socket_mode(r: _Reader, value: object, key: str) -> int:
     return mode
 
 
+_HOSTNAME_RE: Final = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_LISTEN_EXAMPLE: Final = 'expected "HOST:PORT" such as "127.0.0.1:9311" or "[::1]:9311"'
+
+
+def _listen_address(r: _Reader, value: object, key: str) -> tuple[str, int]:
+    """An HTTP listening address, "HOST:PORT": an IPv4 address, a host name, or an IPv6
+    address in brackets; the port 1 to 65535."""
+    text = r.string(value, key)
+    if "/" in text:
+        raise r.error(key, f"{_LISTEN_EXAMPLE}, got {show(text)}: write the address alone, "
+                           "without a scheme or path (the metrics are served at /metrics)")
+    host, colon, port_text = text.rpartition(":")
+    if not colon:
+        raise r.error(key, f"{_LISTEN_EXAMPLE}, got {show(text)}: no port")
+    if not (port_text.isascii() and port_text.isdecimal()) or not 0 < int(port_text) <= 65535:
+        raise r.error(key, f"the port must be a number from 1 to 65535, got {show(port_text)} "
+                           f"in {show(text)}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1])), int(port_text)
+        except ValueError as e:
+            raise r.error(key, f"{show(host[1:-1])} is not an IPv6 address") from e
+    if not host:
+        raise r.error(key, f"{_LISTEN_EXAMPLE}, got {show(text)}: no host; write 0.0.0.0 to "
+                           "listen on every interface (anyone who reaches it sees every watch)")
+    if ":" in host:
+        raise r.error(key, f"{_LISTEN_EXAMPLE}, got {show(text)}: write an IPv6 address in "
+                           "brackets")
+    if host.replace(".", "").isdecimal():
+        try:
+            return str(ipaddress.IPv4Address(host)), int(port_text)
+        except ValueError as e:
+            raise r.error(key, f"{show(host)} is not an IPv4 address") from e
+    if _HOSTNAME_RE.fullmatch(host) is None:
+        raise r.error(key, f"{show(host)} is neither an IP address nor a host name; "
+                           f"{_LISTEN_EXAMPLE}")
+    return host, int(port_text)
+
+
 # Keys of [daemon] that count events, with their most and what to do about a larger value.
 _EVENT_COUNTS: Final[Mapping[str, tuple[int, str]]] = MappingProxyType({
     "replay_buffer": (MAX_REPLAY_BUFFER,
@@ -243,6 +285,8 @@ def _daemon(r: _Reader, table: Mapping[str, object]) -> DaemonConfig:
             if size < MIN_JOURNAL_BYTES:
                 raise r.error(full, f"{size} bytes is less than the least allowed "
                                     f"({MIN_JOURNAL_BYTES}); choose a larger journal")
+        elif key == "metrics":
+            values[key] = None if value == "" else _listen_address(r, value, full)
         elif key in ("watcher_timeout", "request_timeout", "journal_fsync_interval"):
             values[key] = r.positive_number(value, full)
         elif key in _EVENT_COUNTS:

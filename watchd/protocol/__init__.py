@@ -24,6 +24,7 @@ from watchd.protocol.messages import (
     decode_message,
     dropped,
     hello,
+    metrics,
     overflow,
     pong,
     resynced,
@@ -35,6 +36,7 @@ from watchd.protocol.messages import (
     watch_restored,
 )
 from watchd.protocol.requests import (
+    Metrics,
     Ping,
     Request,
     Status,
@@ -68,6 +70,7 @@ __all__ = [
     "LineFramer",
     "LineTooLong",
     "LostReason",
+    "Metrics",
     "OverflowReason",
     "Ping",
     "ProtocolError",
@@ -88,6 +91,7 @@ __all__ = [
     "frames",
     "hello",
     "mask_names",
+    "metrics",
     "normalise_path",
     "overflow",
     "pong",

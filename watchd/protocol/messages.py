@@ -70,6 +70,12 @@ def status(id: JsonScalar, fields: Mapping[str, object]) -> bytes:
     return encode({"type": "status", "id": id, **fields})
 
 
+def metrics(id: JsonScalar, view: str, text: str) -> bytes:
+    """The reply to metrics: the view it was made for ("full" or "limited", as in status)
+    and the Prometheus text exposition."""
+    return encode({"type": "metrics", "id": id, "view": view, "text": text})
+
+
 def overflow(sid: str, seq: int, reason: str, watch: str | None, resync: bool = False) -> bytes:
     """Events may have been lost before seq (reason: an OverflowReason value); resync: the
     differences follow as synthetic events, up to a `resynced` notice."""

@@ -36,6 +36,13 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class Metrics:
+    """{"op":"metrics"}: the Prometheus text exposition, as the peer may read it."""
+
+    id: JsonScalar = None
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
     """{"op":"subscribe"} with its filters; None means the filter was absent (matches all)."""
 
@@ -57,13 +64,14 @@ class Unsubscribe:
     subscription: str
 
 
-Request = Ping | Status | Subscribe | Unsubscribe
+Request = Ping | Status | Metrics | Subscribe | Unsubscribe
 
-_OPS: Final = ("ping", "status", "subscribe", "unsubscribe")
+_OPS: Final = ("ping", "status", "metrics", "subscribe", "unsubscribe")
 _FIELDS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
         "ping": frozenset({"op", "id"}),
         "status": frozenset({"op", "id"}),
+        "metrics": frozenset({"op", "id"}),
         "subscribe": frozenset(
             {"op", "id", "watch", "events", "paths", "glob", "since", "instance", "batch"}
         ),
@@ -206,6 +214,8 @@ def decode_request(line: bytes) -> Request:
         return Ping(req_id)
     if op == "status":
         return Status(req_id)
+    if op == "metrics":
+        return Metrics(req_id)
     if op == "unsubscribe":
         sid = fields.string("subscription", required=True)
         assert sid is not None  # required=True raised otherwise
@@ -230,6 +240,8 @@ def encode_request(request: Request) -> bytes:
             obj["op"] = "ping"
         case Status():
             obj["op"] = "status"
+        case Metrics():
+            obj["op"] = "metrics"
         case Unsubscribe():
             obj["op"] = "unsubscribe"
             obj["subscription"] = request.subscription
