@@ -19,7 +19,9 @@ QUEUE = 500  # client_queue: far fewer than the differences the resync publishes
 def test_a_large_resync_is_not_dropped_for_a_reading_client(start_daemon, watched: Path) -> None:
     spot = watched / "spot"
     spot.mkdir()
-    daemon = start_daemon(config(daemon_extra=f"client_queue = {QUEUE}",
+    # The test kills the frozen watcher itself: writing the files can take longer than the
+    # default watcher_timeout on a loaded machine, and the daemon must not do it first.
+    daemon = start_daemon(config(daemon_extra=f"client_queue = {QUEUE}\nwatcher_timeout = 300",
                                  watches=watch("w", watched)))
     line, _ = daemon.subscribe()
     picture = Picture(listing(watched))
