@@ -1,6 +1,7 @@
 """Exact recovery on a large tree: set-up time with and without an index, and resync time.
 
     python -m bench.resync_scale [--dirs 50000] [--files 200000] [--reps 3] [--dir /dev/shm]
+                                 [--resyncs 1] [--against SRC] [--tree PATH]
 
 Builds a tree of `dirs` directories (in two levels) holding `files` files, then:
 
@@ -12,6 +13,10 @@ Builds a tree of `dirs` directories (in two levels) holding `files` files, then:
   kernel queue holds (files created and written, files deleted), thaws it, and times the
   overflow notice and the `resynced` notice from the thaw; prints the daemon's own
   `duration_ms`, the changes found, and the time per 100,000 tracked paths.
+
+--against SRC runs another source tree of watchd (say main's, checked out in SRC) in turns with
+this one, both in one run, for `--resyncs` resyncs each, and prints the ratios (this / SRC).
+--tree PATH keeps the tree there (built once, reused by later runs).
 """
 
 from __future__ import annotations
@@ -77,14 +82,18 @@ def status(sock: str) -> dict[str, Any] | None:
     return None
 
 
-def start(work: Path, root: Path, *, resync: bool, paths: int, timeout: float) -> Started:
+def start(work: Path, root: Path, *, resync: bool, paths: int, timeout: float,
+          source: str | None = None) -> Started:
     sock = str(work / "w.sock")
     cfg = work / "w.toml"
     cfg.write_text(f'[daemon]\nsocket = "{sock}"\nlog_level = "warning"\n'
                    f'[[watch]]\nname = "big"\npath = "{root}"\n'
                    f'resync = {"true" if resync else "false"}\n')
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)])
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = source
+    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)], env=env)
     deadline = t0 + timeout
     active: float | None = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -116,8 +125,9 @@ def subscribe(sock: str) -> socket.socket:
     return s
 
 
-def resync_once(work: Path, root: Path, paths: int, changes: int) -> dict[str, float]:
-    started = start(work, root, resync=True, paths=paths, timeout=600)
+def resync_once(work: Path, root: Path, paths: int, changes: int,
+                source: str | None = None) -> dict[str, float]:
+    started = start(work, root, resync=True, paths=paths, timeout=600, source=source)
     sub = subscribe(started.sock)
     reader = sub.makefile("rb")
     assert b"subscribed" in reader.readline()
@@ -161,6 +171,35 @@ def resync_once(work: Path, root: Path, paths: int, changes: int) -> dict[str, f
             "synthetic": synthetic, "tracked": tracked}
 
 
+def report(r: dict[str, float], changes: int, label: str = "") -> float:
+    """Print one resync's figures; returns its seconds per 100,000 tracked paths."""
+    per = r["duration_ms"] / 1000 / (r["tracked"] / 100_000)
+    print(f"{label}resync after {changes} creations, {int(r['tracked'])} paths after it: "
+          f"overflow notice {r['overflow_s'] * 1000:.0f} ms after the thaw, resynced "
+          f"{r['resynced_s']:.2f} s after it; {int(r['changes'])} changes, "
+          f"{int(r['synthetic'])} synthetic events; daemon's duration_ms "
+          f"{r['duration_ms']:.0f} ({per:.2f} s per 100,000 paths)", flush=True)
+    return per
+
+
+def compare_resyncs(work: Path, root: Path, paths: int, args: argparse.Namespace) -> None:
+    """Resyncs of this watchd and of args.against's in turns; medians and ratios."""
+    per: dict[str | None, list[float]] = {None: [], args.against: []}
+    wall: dict[str | None, list[float]] = {None: [], args.against: []}
+    for rep in range(args.resyncs):
+        order = (None, args.against) if rep % 2 == 0 else (args.against, None)
+        for source in order:
+            r = resync_once(work, root, paths, args.changes, source)
+            per[source].append(report(r, args.changes, f"  {source or 'this'}: "))
+            wall[source].append(r["resynced_s"])
+    this, other = statistics.median(per[None]), statistics.median(per[args.against])
+    this_wall, other_wall = statistics.median(wall[None]), statistics.median(wall[args.against])
+    print(f"resync, median of {args.resyncs}: this {this:.2f} s per 100,000 paths, "
+          f"{args.against} {other:.2f} (ratio {this / other:.2f}); resynced after the thaw: "
+          f"this {this_wall:.2f} s, {args.against} {other_wall:.2f} s (ratio "
+          f"{this_wall / other_wall:.2f})")
+
+
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -171,13 +210,24 @@ def main() -> None:
                         help="files created while the watcher is frozen (default: %(default)s, "
                              "more than the default kernel queue of 16384 holds)")
     parser.add_argument("--dir", default="/dev/shm")
+    parser.add_argument("--resyncs", type=int, default=1, help="resyncs timed (each)")
+    parser.add_argument("--against", metavar="SRC",
+                        help="another watchd source tree to time in turns with this one")
+    parser.add_argument("--tree", metavar="PATH", help="keep the tree here, built once")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wd-resync.", dir="/tmp"))
-    root = Path(tempfile.mkdtemp(prefix="wd-resync-tree.", dir=args.dir))
+    if args.tree is not None:
+        root = Path(args.tree)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="wd-resync-tree.", dir=args.dir))
     try:
         t0 = time.monotonic()
-        paths = build(root, args.dirs, args.files)
-        print(f"tree: {paths} paths under {root} (built in {time.monotonic() - t0:.1f} s)")
+        if args.tree is None or not (root / ".complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            build(root, args.dirs, args.files)
+            (root / ".complete").touch()
+        paths = sum(len(d) + len(f) for _, d, f in os.walk(root))
+        print(f"tree: {paths} paths under {root} (ready in {time.monotonic() - t0:.1f} s)")
         times: dict[bool, list[float]] = {True: [], False: []}
         indexed: list[float] = []
         for rep in range(args.reps):
@@ -196,16 +246,15 @@ def main() -> None:
             print(f"set-up until active: resync on {on:.2f} s, off {off:.2f} s, ratio"
                   f" {on / off:.2f}; index complete {full:.2f} s ({full / off:.2f}x the set-up"
                   " without)")
-        r = resync_once(work, root, paths, args.changes)
-        per = r["duration_ms"] / 1000 / (r["tracked"] / 100_000)
-        print(f"resync after {args.changes} creations, {int(r['tracked'])} paths after it: "
-              f"overflow notice {r['overflow_s'] * 1000:.0f} ms after the thaw, resynced "
-              f"{r['resynced_s']:.2f} s after it; {int(r['changes'])} changes, "
-              f"{int(r['synthetic'])} synthetic events; daemon's duration_ms "
-              f"{r['duration_ms']:.0f} ({per:.2f} s per 100,000 paths)")
+        if args.against is not None:
+            compare_resyncs(work, root, paths, args)
+        else:
+            for _ in range(args.resyncs):
+                report(resync_once(work, root, paths, args.changes), args.changes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(root, ignore_errors=True)
+        if args.tree is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

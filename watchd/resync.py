@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import kinds_mask
-from watchd.index import Dirs, Index, Item, Records, TreeIndex
+from watchd.index import AtRest, Index, Item, Listing, Records, TreeIndex, at_rest
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -78,7 +78,7 @@ class Resyncer:
     cookies: itertools.count[int] = field(default_factory=lambda: itertools.count(FIRST_COOKIE))
     # Scans of a replacement watcher, held until the notice of its restart has gone out (they
     # come before its APPLIED, and nothing of it is published in between).
-    held: list[tuple[str, Dirs | None, float]] = field(default_factory=list)
+    held: list[tuple[str, AtRest | None, float]] = field(default_factory=list)
 
     def configure(self, watches: Iterable[WatchConfig], changed: Iterable[str]) -> None:
         """Take the watches as configured; `changed`: names whose watch is new or changed.
@@ -105,7 +105,7 @@ class Resyncer:
         """The watches without a complete index: their first scan may come in parts."""
         return [name for name, watch in self.watches.items() if not watch.scanned]
 
-    def filled(self, name: str, dirs: Dirs, start: bool, done: bool) -> bool:
+    def filled(self, name: str, dirs: Listing, start: bool, done: bool) -> bool:
         """A part of a watch's first scan (channel.Fill): its directories replace what the
         index held of them; the events that follow the part are applied on top. True when
         this part completed the index."""
@@ -161,7 +161,7 @@ class Resyncer:
             watch.scanned = True
             watch.awaiting = True
 
-    def restore(self, name: str, dirs: Dirs) -> None:
+    def restore(self, name: str, dirs: Listing) -> None:
         """An index a previous run of the daemon kept (watchd.restore): the watch's first scan
         is compared with it, and its `resynced` notice follows."""
         watch = self.watches.get(name)
@@ -180,21 +180,23 @@ class Resyncer:
         """Of these watches, those whose next scan will be a resync."""
         return frozenset(n for n in names if n in self.watches and self.watches[n].scanned)
 
-    def scanned(self, name: str, dirs: Dirs, scan_s: float) -> Resync | None:
-        """A scan of a watch came: compare it with the index (None: not a watch with one)."""
+    def scanned(self, name: str, dirs: Listing, scan_s: float) -> Resync | None:
+        """A scan of a watch came (at rest, as the watcher sends it): compare it with the
+        index (None: not a watch with one)."""
         watch = self.watches.get(name)
         if watch is None:
             return None
         started = time.monotonic()
+        scan = at_rest(dirs)
         if not watch.scanned:
-            watch.index.replace(dirs)
+            watch.index.take(scan)
             watch.filling = False
             watch.scanned = True
             watch.awaiting = False
             return Resync([], 0, 0.0, notice=False)
-        old, at_rest = watch.index.against(dirs)
-        result = diff(old, dirs, watch.index.root, self.cookies)
-        watch.index.take(at_rest)
+        old, new = watch.index.against(scan)
+        result = diff(old, new, watch.index.root, self.cookies)
+        watch.index.take(scan)
         notice = watch.awaiting
         watch.awaiting = False
         watch.resyncs += 1

@@ -29,7 +29,7 @@ from collections.abc import Generator, Iterable
 from watchd import __version__, channel
 from watchd.channel import Spec
 from watchd.globs import glob_predicate
-from watchd.index import Dirs
+from watchd.index import AtRest
 from watchd.inotify import (
     IN_DELETE,
     IN_ISDIR,
@@ -88,7 +88,7 @@ class Watcher:
         self.channel.rescan = self.rescan
         # First scans made in parts between reads (see fill_step), by watch name; how many
         # times each started over.
-        self.fills: dict[str, Generator[Dirs, None, None]] = {}
+        self.fills: dict[str, Generator[AtRest, None, None]] = {}
         self.fill_restarts: dict[str, int] = {}
 
     def send(self, message: channel.FromWatcher) -> None:
@@ -294,7 +294,7 @@ class Watcher:
             self.send(channel.Overflow(watch.name, reason=reason))
             self.send_items(watch, tree.resync(), now)
 
-    def scan(self, watch: Watch) -> tuple[dict[str, dict[str, int]], float] | None:
+    def scan(self, watch: Watch) -> tuple[AtRest, float] | None:
         """The tree of an established watch as watchd.index records it, and the seconds it
         took; None when its root cannot be read. It replaces a fill under way."""
         self.stop_fill(watch.name)
@@ -302,7 +302,7 @@ class Watcher:
         if watch.tree is None or watch.tree.lost is not None:
             return None
         started = beat = time.monotonic()
-        dirs: Dirs = {}
+        dirs: AtRest = {}
         try:
             for part in scan_parts(spec.path, spec.real_path, recursive=spec.recursive,
                                    wanted=watch.wanted, prune=glob_predicate(spec.exclude),
