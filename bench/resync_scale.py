@@ -2,13 +2,14 @@
 
     python -m bench.resync_scale [--dirs 50000] [--files 200000] [--reps 3] [--dir /dev/shm]
                                  [--resyncs 1] [--against SRC] [--tree PATH]
+    python -m bench.resync_scale --burst 20000 [--reps 5] [--during]
 
 Builds a tree of `dirs` directories (in two levels) holding `files` files, then:
 
 - set-up: starts the daemon on it with `resync = true` and with `resync = false`, alternating
   in one run, and times each from the start of the process until every watch is active (its
   events are served), and, with resync, until the index holds the whole tree (it is filled
-  in parts after that: see Watcher.fill_step); prints the medians and their ratios;
+  in parts after that: see watchd.fill); prints the medians and their ratios;
 - resync: with `resync = true`, freezes the watcher (SIGSTOP), makes more changes than the
   kernel queue holds (files created and written, files deleted), thaws it, and times the
   overflow notice and the `resynced` notice from the thaw; prints the daemon's own
@@ -17,6 +18,13 @@ Builds a tree of `dirs` directories (in two levels) holding `files` files, then:
 --against SRC runs another source tree of watchd (say main's, checked out in SRC) in turns with
 this one, both in one run, for `--resyncs` resyncs each, and prints the ratios (this / SRC).
 --tree PATH keeps the tree there (built once, reused by later runs).
+
+--burst N, instead: the steady-state event path with and without the index, in turns: a W1
+burst (N files created, written and closed, then deleted) in an empty watched directory, read
+by one client; prints each side's events per second (first write to last event) and the ratio.
+With --during, the burst (N files created, written and closed) runs on the large tree right
+after the thaw of a resync, and the client counts the files it learnt of, by kernel or
+synthetic events, by the time every resync it was promised is over.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +209,110 @@ def compare_resyncs(work: Path, root: Path, paths: int, args: argparse.Namespace
           f"{this_wall / other_wall:.2f})")
 
 
+def write_files(spot: Path, files: int, unlink: bool) -> None:
+    """W1's generator: each file opened with O_CREAT, 1 byte written, closed (then deleted)."""
+    for i in range(files):
+        fd = os.open(spot / f"f{i:07}", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"x")
+        os.close(fd)
+    if unlink:
+        for i in range(files):
+            os.unlink(spot / f"f{i:07}")
+
+
+def steady_burst(work: Path, root: Path, files: int, resync: bool) -> float:
+    """Events per second a client receives of a W1 burst, first write to last event."""
+    started = start(work, root, resync=resync, paths=0, timeout=120)
+    try:
+        sub = subscribe(started.sock)
+        reader = sub.makefile("rb")
+        assert b"subscribed" in reader.readline()
+        expected = 4 * files  # create, modify, close_write, delete
+        last = str(root / f"f{files - 1:07}")
+        t0 = time.monotonic()
+        writer = threading.Thread(target=write_files, args=(root, files, True))
+        writer.start()
+        got = 0
+        sub.settimeout(120)
+        while True:
+            msg = json.loads(reader.readline())
+            if msg["type"] == "overflow":
+                raise SystemExit(f"overflow during the burst (resync={resync}): not comparable")
+            if msg["type"] != "event":
+                continue
+            got += 1
+            if msg["path"] == last and msg["kind"] == "delete":
+                break
+        took = time.monotonic() - t0
+        writer.join()
+        if got != expected:
+            print(f"  resync={resync}: {got} events of {expected}")
+        sub.close()
+        return got / took
+    finally:
+        stop(started)
+
+
+def compare_bursts(work: Path, dir_: str, files: int, reps: int) -> None:
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for rep in range(reps):
+        for resync in ((True, False) if rep % 2 == 0 else (False, True)):
+            root = Path(tempfile.mkdtemp(prefix="wd-burst.", dir=dir_))
+            try:
+                rates[resync].append(steady_burst(work, root, files, resync))
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            print(f"  resync={str(resync).lower():5} {rates[resync][-1]:,.0f} events/s",
+                  flush=True)
+    on, off = statistics.median(rates[True]), statistics.median(rates[False])
+    print(f"W1 burst of {files} files, median of {reps}: resync on {on:,.0f} events/s, off "
+          f"{off:,.0f}: ratio {on / off:.3f}")
+
+
+def burst_during(work: Path, root: Path, paths: int, files: int, changes: int) -> None:
+    """A W1 burst of creations right after the thaw of a resync: files the client learns of."""
+    started = start(work, root, resync=True, paths=paths, timeout=600)
+    sub = subscribe(started.sock)
+    reader = sub.makefile("rb")
+    assert b"subscribed" in reader.readline()
+    spot, burst = root / "changes", root / "burst"
+    spot.mkdir()
+    burst.mkdir()
+    while str(burst).encode() not in reader.readline():
+        pass
+    watcher = watcher_of(started.proc.pid)
+    assert watcher is not None
+    os.kill(watcher, signal.SIGSTOP)
+    for i in range(changes):
+        (spot / f"new-{i:06}").write_bytes(b"y")
+    thawed = time.monotonic()
+    os.kill(watcher, signal.SIGCONT)
+    writer = threading.Thread(target=write_files, args=(burst, files, False))
+    writer.start()
+    prefix = str(burst) + "/"
+    seen: set[str] = set()
+    promised, synthetic, rescan = 0, 0, False
+    sub.settimeout(600)
+    while promised or len(seen) < files or writer.is_alive():
+        msg = json.loads(reader.readline())
+        if msg["type"] == "overflow":
+            promised += 1 if msg.get("resync") else 0
+            rescan = rescan or not msg.get("resync")
+        elif msg["type"] == "resynced":
+            promised -= 1
+        elif msg["type"] == "event" and msg["path"].startswith(prefix):
+            seen.add(msg["path"])
+            synthetic += bool(msg.get("synthetic"))
+    took = time.monotonic() - thawed
+    sub.close()
+    stop(started)
+    shutil.rmtree(spot)
+    shutil.rmtree(burst)
+    print(f"W1 burst of {files} files during a resync: the client learnt of {len(seen)} "
+          f"({100 * len(seen) / files:.1f}%), {synthetic} of them by synthetic events, "
+          f"{took:.2f} s after the thaw; told to rescan: {rescan}")
+
+
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -214,8 +327,18 @@ def main() -> None:
     parser.add_argument("--against", metavar="SRC",
                         help="another watchd source tree to time in turns with this one")
     parser.add_argument("--tree", metavar="PATH", help="keep the tree here, built once")
+    parser.add_argument("--burst", type=int, metavar="N",
+                        help="instead: a W1 burst of N files with and without the index")
+    parser.add_argument("--during", action="store_true",
+                        help="with --burst: the burst during a resync of the large tree")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wd-resync.", dir="/tmp"))
+    if args.burst is not None and not args.during:
+        try:
+            compare_bursts(work, args.dir, args.burst, max(args.reps, 1))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     if args.tree is not None:
         root = Path(args.tree)
     else:
@@ -246,7 +369,9 @@ def main() -> None:
             print(f"set-up until active: resync on {on:.2f} s, off {off:.2f} s, ratio"
                   f" {on / off:.2f}; index complete {full:.2f} s ({full / off:.2f}x the set-up"
                   " without)")
-        if args.against is not None:
+        if args.burst is not None:
+            burst_during(work, root, paths, args.burst, args.changes)
+        elif args.against is not None:
             compare_resyncs(work, root, paths, args)
         else:
             for _ in range(args.resyncs):

@@ -31,7 +31,7 @@ def make_tree(root: pathlib.Path, dirs: int, files: int) -> int:
 
 def file_op(rng: random.Random, root: pathlib.Path) -> None:
     """A random change that moves or deletes no directory (those restart a fill: see
-    Watcher.check_fill): a file created, written, deleted or moved, a directory made."""
+    watchd.fill.Fills.check): a file created, written, deleted or moved, a directory made."""
     dirs = [root, *[p for p in root.rglob("*") if p.is_dir()]]
     files = [p for p in root.rglob("*") if p.is_file()]
     target = rng.choice(dirs) / f"n{rng.randrange(1000)}"
@@ -128,7 +128,7 @@ def test_a_loss_during_the_fill_is_not_resynchronized() -> None:
 @pytest.mark.timeout(120)
 def test_a_large_tree_is_indexed_after_ready_and_then_resynchronized(
         start_daemon, watched: pathlib.Path) -> None:
-    total = make_tree(watched, 1800, 20)  # past FILL_AT_ONCE parts: indexed after ready
+    total = make_tree(watched, 1800, 20)  # past fill.AT_ONCE parts: indexed after ready
     daemon = start_daemon(config(watches=watch("w", watched)))
     line, _ = daemon.subscribe()
     (watched / "early").write_text("during the fill")

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from tests.test_index import TANGLED, _R, _d, _f, _random_dirs, paths, replay
+from tests.test_index import _R, TANGLED, _d, _f, _random_dirs, paths, replay
 from watchd.diff import diff
 from watchd.index import IS_DIR, Dirs, TreeIndex, at_rest, freeze, join, split
 
