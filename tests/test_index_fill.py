@@ -12,12 +12,16 @@ import pytest
 from tests.harness import config, wait_for, watch
 from tests.picture import Picture, listing
 from tests.test_index import QUIET, _events, snap
+from watchd import channel
+from watchd.channel import Spec
 from watchd.config.model import WatchConfig
+from watchd.fill import Fills
 from watchd.index import AtRest, Recorder, count, thawed
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
 from watchd.resync import Resyncer
 from watchd.scan import scan_parts
+from watchd.watcher_watch import Watch
 
 
 def make_tree(root: pathlib.Path, dirs: int, files: int) -> int:
@@ -123,6 +127,27 @@ def test_a_loss_during_the_fill_is_not_resynchronized() -> None:
     resync.filled("w", {"/nowhere": {"late": 0}}, start=False, done=True)  # stale: ignored
     assert resync.watches["w"].index.as_dirs() == {"/nowhere": {"f": 0}}
     assert resync.resyncing(["w"]) == {"w"} and resync.to_fill() == []
+
+
+def test_a_tree_as_large_as_w7s_is_indexed_before_the_watch_is_reported(
+        tmp_path: pathlib.Path) -> None:
+    """The shared harness's W7 (200 directories of 100 files): its first index is complete
+    when Fills.start returns, before the watch is reported in place, so a loss right after
+    start is resynchronized."""
+    for d in range(200):
+        sub = tmp_path / f"dir{d:03}"
+        sub.mkdir()
+        for f in range(100):
+            os.close(os.open(sub / f"file{f:03}", os.O_CREAT | os.O_WRONLY, 0o644))
+    sent: list[channel.FromWatcher] = []
+    spec = Spec("w", str(tmp_path), True, QUIET, (), (), str(tmp_path))
+    with InotifyFd() as ino:
+        watch = Watch(spec=spec, tree=Tree(ino, str(tmp_path), QUIET, synthetic=True))
+        fills = Fills(sent.append, lambda name: None)
+        fills.start(watch)
+        assert not fills  # nothing left for later
+    assert isinstance(sent[-1], channel.Fill) and sent[-1].done
+    assert sum(count(m.dirs) for m in sent if isinstance(m, channel.Fill)) == 20_200
 
 
 @pytest.mark.timeout(120)
