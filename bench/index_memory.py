@@ -36,6 +36,7 @@ from collections.abc import Callable
 from watchd import channel
 from watchd.diff import diff
 from watchd.index import Dirs, Item, Recorder, TreeIndex, at_rest, count, thaw
+from watchd.resync import compared
 from watchd.scan import scan
 
 _EXTENSIONS = (".py", ".c", ".h", ".js", ".ts", ".txt", ".md", ".json", ".go", ".rs")
@@ -135,8 +136,8 @@ def measure(root: pathlib.Path, reps: int) -> None:
     freeze_s = _best(reps, lambda: TreeIndex(str(root)).replace(fresh))
     thaw_s = _best(reps, index.as_dirs)
     scanned = at_rest(fresh)  # as the watcher sends it
-    against_s = _best(reps, lambda: index.against(scanned))
-    old, new = index.against(scanned)
+    against_s = _best(reps, lambda: compared(index, scanned))
+    old, new = compared(index, scanned)
     t0 = time.perf_counter()
     result = diff(old, new, str(root), itertools.count(1))
     diff_s = time.perf_counter() - t0

@@ -47,6 +47,7 @@ from watchd.index import (
 )
 from watchd.inotify import IN_ACCESS, IN_ALL_EVENTS, IN_CLOSE_NOWRITE, IN_OPEN, InotifyFd
 from watchd.inotify.tree import Tree
+from watchd.resync import compared
 from watchd.scan import scan
 from watchd.watcher import Watcher
 
@@ -197,7 +198,7 @@ def test_a_resync_thaws_only_the_directories_that_changed(tree: pathlib.Path) ->
     (tree / "a" / "f0").write_text("changed")
     os.rename(tree / "a" / "b", tree / "c" / "b")
     new = snap(tree)
-    old, scanned = index.against(at_rest(new))
+    old, scanned = compared(index, at_rest(new))
     # What differs (a, c, a/b gone, c/b new) and what it is looked up by (the root); what is
     # listed the same and not needed to find those (top-level file aside, nothing) stays out.
     assert set(old) == {str(tree), f"{tree}/a", f"{tree}/c", f"{tree}/a/b"}

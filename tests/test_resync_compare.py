@@ -1,4 +1,4 @@
-"""A resync compares only the directories that differ (TreeIndex.against): its events are
+"""A resync compares only the directories that differ (watchd.resync.compared): its events are
 those of the comparison of everything, in the same order."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 from tests.test_index import _R, TANGLED, _d, _f, _random_dirs, paths, replay
 from watchd.diff import diff
 from watchd.index import IS_DIR, Dirs, TreeIndex, at_rest, freeze, join, split
+from watchd.resync import compared
 
 
 def reduced(old: Dirs, new: Dirs) -> tuple[list[tuple[int, int, str, str | None]], int]:
@@ -18,7 +19,7 @@ def reduced(old: Dirs, new: Dirs) -> tuple[list[tuple[int, int, str, str | None]
     the daemon compares them; checked against the comparison of everything."""
     index = TreeIndex(_R)
     index.replace(old)
-    view_old, view_new = index.against(at_rest(new))
+    view_old, view_new = compared(index, at_rest(new))
     got = diff(view_old, view_new, _R, itertools.count(1 << 32))
     whole = diff(old, new, _R, itertools.count(1 << 32))
     assert (got.items, got.changes) == (whole.items, whole.changes)
@@ -114,7 +115,7 @@ def test_only_what_differs_and_what_it_is_looked_up_by_is_thawed() -> None:
     new[deep]["fresh"] = _f(next(inodes))
     index = TreeIndex(_R)
     index.replace(old)
-    view_old, view_new = index.against(at_rest(new))
+    view_old, view_new = compared(index, at_rest(new))
     ancestors = set()
     key = deep
     while key != _R:
@@ -127,5 +128,5 @@ def test_only_what_differs_and_what_it_is_looked_up_by_is_thawed() -> None:
     # but that lists the same is not a difference either.
     index.replace(new)
     index.dirs[_R] = dict(new[_R])
-    assert index.against(at_rest(new)) == ({}, {})
-    assert index.against({k: freeze(c) for k, c in new.items()}) == ({}, {})
+    assert compared(index, at_rest(new)) == ({}, {})
+    assert compared(index, {k: freeze(c) for k, c in new.items()}) == ({}, {})

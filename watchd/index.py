@@ -5,9 +5,10 @@ watcher that crashed or hung), the tree is scanned once and compared with it, an
 differences are published (see watchd.diff and watchd.resync).
 
 Layout, chosen for memory: one entry per directory, `{dir path: children}`, so a path costs
-its base name (not its full path) and its record. A scan (`Dirs`, watchd.scan) has a dict
-`{name: record}` as each directory's children. The index keeps a directory at rest (`Frozen`,
-see freeze): its names joined into one string and its records packed in 12 bytes each, about
+its base name (not its full path) and its record. `Dirs` has a dict `{name: record}` as each
+directory's children (what watchd.diff reads). The index keeps a directory at rest (`Frozen`,
+see freeze), and the watcher's scan comes so (`AtRest`, watchd.scan): its names joined into
+one string and its records packed in 12 bytes each, about
 half the memory of a dict of str and int objects (measured by bench/index_memory.py:
 176 bytes per path as dicts on 50,000 directories and 200,000 files, 86 frozen); a directory
 that events touch is turned back into a dict (thawed) and stays one until the next resync.
@@ -308,37 +309,6 @@ class TreeIndex:
     def as_dirs(self) -> Dirs:
         """The index in a scan's layout (a copy), to compare with one."""
         return thawed(self.dirs)
-
-    def against(self, scan: AtRest) -> tuple[Dirs, Dirs]:
-        """The index and a scan as two Dirs for watchd.diff, holding only what it needs.
-
-        A directory listed alike in both (at rest, one equality of a str and a bytes: most of
-        them, after a loss) adds no difference of its own, so only the directories that differ
-        or are on one side only go in, thawed, with what the diff looks them up by: their
-        ancestors (a directory's record is in its parent) and their subdirectories (a
-        subdirectory's record may differ while its own listing does not). The diff of these
-        equals the diff of everything: tests/test_resync_compare.py holds it to that.
-        """
-        old, root = self.dirs, self.root
-        differ = old.keys() ^ scan.keys()
-        for key, listed in scan.items():
-            kept = old.get(key)
-            if kept is not None and kept != listed and thaw(kept) != thaw(listed):
-                differ.add(key)
-        wanted = set(differ)
-        for key in differ:
-            for side in (old, scan):
-                if (children := side.get(key)) is not None:
-                    wanted.update(join(key, name) for name, record in entries(children)
-                                  if record & IS_DIR)
-            while key != root and len(key) > len(root):
-                key = split(key)[0]
-                if key in wanted and key not in differ:
-                    break  # its ancestors are in already
-                wanted.add(key)
-        # In the order of the whole layouts, so that the events come in the same order too.
-        return ({key: thaw(c) for key, c in old.items() if key in wanted},
-                {key: thaw(c) for key, c in scan.items() if key in wanted})
 
     def _open(self, key: str) -> dict[str, int] | None:
         """A directory's entries, to change: thawed for good if at rest; None: not held."""

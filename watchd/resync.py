@@ -33,7 +33,21 @@ from typing import TYPE_CHECKING
 from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import kinds_mask
-from watchd.index import AtRest, Index, Item, Listing, Records, TreeIndex, at_rest
+from watchd.index import (
+    IS_DIR,
+    AtRest,
+    Dirs,
+    Index,
+    Item,
+    Listing,
+    Records,
+    TreeIndex,
+    at_rest,
+    entries,
+    join,
+    split,
+    thaw,
+)
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -194,7 +208,7 @@ class Resyncer:
             watch.scanned = True
             watch.awaiting = False
             return Resync([], 0, 0.0, notice=False)
-        old, new = watch.index.against(scan)
+        old, new = compared(watch.index, scan)
         result = diff(old, new, watch.index.root, self.cookies)
         watch.index.take(scan)
         notice = watch.awaiting
@@ -234,3 +248,35 @@ class Resyncer:
         if watch is None:
             return {"tracked": 0, "resyncs": 0}
         return {"tracked": len(watch.index), "resyncs": watch.resyncs}
+
+
+def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:
+    """An index and a scan as two Dirs for watchd.diff, holding only what it needs.
+
+    A directory listed alike in both (at rest, one equality of a str and a bytes: most of
+    them, after a loss) adds no difference of its own, so only the directories that differ
+    or are on one side only go in, thawed, with what the diff looks them up by: their
+    ancestors (a directory's record is in its parent) and their subdirectories (a
+    subdirectory's record may differ while its own listing does not). The diff of these
+    equals the diff of everything: tests/test_resync_compare.py holds it to that.
+    """
+    old, root = index.dirs, index.root
+    differ = old.keys() ^ scan.keys()
+    for key, listed in scan.items():
+        kept = old.get(key)
+        if kept is not None and kept != listed and thaw(kept) != thaw(listed):
+            differ.add(key)
+    wanted = set(differ)
+    for key in differ:
+        for side in (old, scan):
+            if (children := side.get(key)) is not None:
+                wanted.update(join(key, name) for name, record in entries(children)
+                              if record & IS_DIR)
+        while key != root and len(key) > len(root):
+            key = split(key)[0]
+            if key in wanted and key not in differ:
+                break  # its ancestors are in already
+            wanted.add(key)
+    # In the order of the whole layouts, so that the events come in the same order too.
+    return ({key: thaw(c) for key, c in old.items() if key in wanted},
+            {key: thaw(c) for key, c in scan.items() if key in wanted})

@@ -4,7 +4,7 @@ A scan is `{directory path: children}`: every directory listed has a key, even a
 the root's key is the watch's path. The watcher builds each directory's children at rest
 (watchd.index.Frozen: its names joined, its records packed), the form the daemon keeps: the
 daemon then compares a directory of the scan with the index's by one equality of a str and a
-bytes, and takes the scan as the next index as it is (see TreeIndex.against).
+bytes, and takes the scan as the next index as it is (see watchd.resync.compared).
 """
 
 from __future__ import annotations
