@@ -6,8 +6,9 @@ kernel queues as fast as it can into its own bounded outgoing buffer, independen
 the daemon takes batches, so a busy daemon does not make the kernel overflow.
 
 Here: the loop, the watches' lifecycle and the event path (read, filter, frame). Beside it:
-`watcher_channel` (its end of the channel, the bounded outgoing buffer) and `watcher_watch`
-(one watch's state: back-off after a failure, when a limit is retried, what it reports).
+`watcher_channel` (its end of the channel, the bounded outgoing buffer), `watcher_watch`
+(one watch's state: back-off after a failure, when a limit is retried, what it reports) and
+`fill` (the scans for the daemon's index: whole, or in parts for a first index).
 """
 
 from __future__ import annotations
