@@ -35,7 +35,8 @@ from collections.abc import Callable
 
 from watchd import channel
 from watchd.diff import diff
-from watchd.index import Dirs, Item, Recorder, TreeIndex, count, thaw
+from watchd.index import Dirs, Item, Recorder, TreeIndex, at_rest, count, thaw
+from watchd.resync import compared
 from watchd.scan import scan
 
 _EXTENSIONS = (".py", ".c", ".h", ".js", ".ts", ".txt", ".md", ".json", ".go", ".rs")
@@ -127,22 +128,23 @@ def measure(root: pathlib.Path, reps: int) -> None:
     del dirs
     _, small = _traced(lambda: _small_records(root))
     print(f"the same with 60-bit records: {small / paths:.1f} bytes per path")
-    index, at_rest = _traced(lambda: _index(root))
+    index, rest_bytes = _traced(lambda: _index(root))
     assert isinstance(index, TreeIndex)
-    print(f"index (directories at rest): {at_rest / paths:.1f} bytes per path")
+    print(f"index (directories at rest): {rest_bytes / paths:.1f} bytes per path")
     fresh = _scan(root)
     scan_s = _best(reps, lambda: _scan(root))
     freeze_s = _best(reps, lambda: TreeIndex(str(root)).replace(fresh))
     thaw_s = _best(reps, index.as_dirs)
-    against_s = _best(reps, lambda: index.against(fresh))
-    old, _ = index.against(fresh)
+    scanned = at_rest(fresh)  # as the watcher sends it
+    against_s = _best(reps, lambda: compared(index, scanned))
+    old, new = compared(index, scanned)
     t0 = time.perf_counter()
-    result = diff(old, fresh, str(root), itertools.count(1))
+    result = diff(old, new, str(root), itertools.count(1))
     diff_s = time.perf_counter() - t0
     print(f"scan {scan_s:.3f} s (watcher); at the daemon: diff {diff_s:.3f} s "
-          f"({result.changes} changes), and for the layout: the scan to rest and the index "
-          f"beside it {against_s:.3f} s (to rest alone {freeze_s:.3f} s, the whole index "
-          f"thawed {thaw_s:.3f} s); best of {reps} but the diff")
+          f"({result.changes} changes) of what differs, found in {against_s:.3f} s (the scan "
+          f"to rest, as the watcher sends it: {freeze_s:.3f} s; the whole index thawed "
+          f"{thaw_s:.3f} s); best of {reps} but the diff")
 
 
 def event_path(where: str, reps: int) -> None:

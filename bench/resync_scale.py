@@ -1,17 +1,30 @@
 """Exact recovery on a large tree: set-up time with and without an index, and resync time.
 
     python -m bench.resync_scale [--dirs 50000] [--files 200000] [--reps 3] [--dir /dev/shm]
+                                 [--resyncs 1] [--against SRC] [--tree PATH]
+    python -m bench.resync_scale --burst 20000 [--reps 5] [--during]
 
 Builds a tree of `dirs` directories (in two levels) holding `files` files, then:
 
 - set-up: starts the daemon on it with `resync = true` and with `resync = false`, alternating
   in one run, and times each from the start of the process until every watch is active (its
   events are served), and, with resync, until the index holds the whole tree (it is filled
-  in parts after that: see Watcher.fill_step); prints the medians and their ratios;
+  in parts after that: see watchd.fill); prints the medians and their ratios;
 - resync: with `resync = true`, freezes the watcher (SIGSTOP), makes more changes than the
   kernel queue holds (files created and written, files deleted), thaws it, and times the
   overflow notice and the `resynced` notice from the thaw; prints the daemon's own
   `duration_ms`, the changes found, and the time per 100,000 tracked paths.
+
+--against SRC runs another source tree of watchd (say main's, checked out in SRC) in turns with
+this one, both in one run, for `--resyncs` resyncs each, and prints the ratios (this / SRC).
+--tree PATH keeps the tree there (built once, reused by later runs).
+
+--burst N, instead: the steady-state event path with and without the index, in turns: a W1
+burst (N files created, written and closed, then deleted) in an empty watched directory, read
+by one client; prints each side's events per second (first write to last event) and the ratio.
+With --during, the burst (N files created, written and closed) runs on the large tree right
+after the thaw of a resync, and the client counts the files it learnt of, by kernel or
+synthetic events, by the time every resync it was promised is over.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,14 +91,18 @@ def status(sock: str) -> dict[str, Any] | None:
     return None
 
 
-def start(work: Path, root: Path, *, resync: bool, paths: int, timeout: float) -> Started:
+def start(work: Path, root: Path, *, resync: bool, paths: int, timeout: float,
+          source: str | None = None) -> Started:
     sock = str(work / "w.sock")
     cfg = work / "w.toml"
     cfg.write_text(f'[daemon]\nsocket = "{sock}"\nlog_level = "warning"\n'
                    f'[[watch]]\nname = "big"\npath = "{root}"\n'
                    f'resync = {"true" if resync else "false"}\n')
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)])
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = source
+    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)], env=env)
     deadline = t0 + timeout
     active: float | None = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -116,8 +134,9 @@ def subscribe(sock: str) -> socket.socket:
     return s
 
 
-def resync_once(work: Path, root: Path, paths: int, changes: int) -> dict[str, float]:
-    started = start(work, root, resync=True, paths=paths, timeout=600)
+def resync_once(work: Path, root: Path, paths: int, changes: int,
+                source: str | None = None) -> dict[str, float]:
+    started = start(work, root, resync=True, paths=paths, timeout=600, source=source)
     sub = subscribe(started.sock)
     reader = sub.makefile("rb")
     assert b"subscribed" in reader.readline()
@@ -161,6 +180,155 @@ def resync_once(work: Path, root: Path, paths: int, changes: int) -> dict[str, f
             "synthetic": synthetic, "tracked": tracked}
 
 
+def report(r: dict[str, float], changes: int, label: str = "") -> float:
+    """Print one resync's figures; returns its seconds per 100,000 tracked paths."""
+    per = r["duration_ms"] / 1000 / (r["tracked"] / 100_000)
+    print(f"{label}resync after {changes} creations, {int(r['tracked'])} paths after it: "
+          f"overflow notice {r['overflow_s'] * 1000:.0f} ms after the thaw, resynced "
+          f"{r['resynced_s']:.2f} s after it; {int(r['changes'])} changes, "
+          f"{int(r['synthetic'])} synthetic events; daemon's duration_ms "
+          f"{r['duration_ms']:.0f} ({per:.2f} s per 100,000 paths)", flush=True)
+    return per
+
+
+def compare_resyncs(work: Path, root: Path, paths: int, args: argparse.Namespace) -> None:
+    """Resyncs of this watchd and of args.against's in turns; medians and ratios."""
+    per: dict[str | None, list[float]] = {None: [], args.against: []}
+    wall: dict[str | None, list[float]] = {None: [], args.against: []}
+    for rep in range(args.resyncs):
+        order = (None, args.against) if rep % 2 == 0 else (args.against, None)
+        for source in order:
+            r = resync_once(work, root, paths, args.changes, source)
+            per[source].append(report(r, args.changes, f"  {source or 'this'}: "))
+            wall[source].append(r["resynced_s"])
+    this, other = statistics.median(per[None]), statistics.median(per[args.against])
+    this_wall, other_wall = statistics.median(wall[None]), statistics.median(wall[args.against])
+    print(f"resync, median of {args.resyncs}: this {this:.2f} s per 100,000 paths, "
+          f"{args.against} {other:.2f} (ratio {this / other:.2f}); resynced after the thaw: "
+          f"this {this_wall:.2f} s, {args.against} {other_wall:.2f} s (ratio "
+          f"{this_wall / other_wall:.2f})")
+
+
+def write_files(spot: Path, files: int, unlink: bool) -> None:
+    """W1's generator: each file opened with O_CREAT, 1 byte written, closed (then deleted)."""
+    for i in range(files):
+        fd = os.open(spot / f"f{i:07}", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"x")
+        os.close(fd)
+    if unlink:
+        for i in range(files):
+            os.unlink(spot / f"f{i:07}")
+
+
+def steady_burst(work: Path, root: Path, files: int, resync: bool) -> float | None:
+    """Events per second a client receives of a W1 burst, first write to last event; None
+    when the kernel's queue overflowed (the run does not count)."""
+    started = start(work, root, resync=resync, paths=0, timeout=120)
+    writer = threading.Thread(target=write_files, args=(root, files, True))
+    try:
+        sub = subscribe(started.sock)
+        reader = sub.makefile("rb")
+        assert b"subscribed" in reader.readline()
+        expected = 4 * files  # create, modify, close_write, delete
+        last = str(root / f"f{files - 1:07}")
+        t0 = time.monotonic()
+        writer.start()
+        got = 0
+        sub.settimeout(120)
+        while True:
+            msg = json.loads(reader.readline())
+            if msg["type"] == "overflow":
+                return None
+            if msg["type"] != "event":
+                continue
+            got += 1
+            if msg["path"] == last and msg["kind"] == "delete":
+                break
+        took = time.monotonic() - t0
+        if got != expected:
+            print(f"  resync={resync}: {got} events of {expected}")
+        sub.close()
+        return got / took
+    finally:
+        if writer.is_alive():
+            writer.join()
+        stop(started)
+
+
+def compare_bursts(work: Path, dir_: str, files: int, reps: int) -> None:
+    """W1 with and without the index, in turns; a run with an overflow is made again (up to
+    three times as many runs in all)."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    void = 0
+    rep = 0
+    while min(len(r) for r in rates.values()) < reps and void < 2 * reps:
+        for resync in ((True, False) if rep % 2 == 0 else (False, True)):
+            if len(rates[resync]) >= reps:
+                continue
+            root = Path(tempfile.mkdtemp(prefix="wd-burst.", dir=dir_))
+            try:
+                rate = steady_burst(work, root, files, resync)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            if rate is None:
+                void += 1
+                print(f"  resync={str(resync).lower():5} void: the kernel queue overflowed",
+                      flush=True)
+                continue
+            rates[resync].append(rate)
+            print(f"  resync={str(resync).lower():5} {rate:,.0f} events/s", flush=True)
+        rep += 1
+    if not rates[True] or not rates[False]:
+        raise SystemExit("every run overflowed: try a smaller --burst")
+    on, off = statistics.median(rates[True]), statistics.median(rates[False])
+    print(f"W1 burst of {files} files, medians of {len(rates[True])} and {len(rates[False])} "
+          f"({void} void): resync on {on:,.0f} events/s, off {off:,.0f}: ratio {on / off:.3f}")
+
+
+def burst_during(work: Path, root: Path, paths: int, files: int, changes: int) -> None:
+    """A W1 burst of creations right after the thaw of a resync: files the client learns of."""
+    started = start(work, root, resync=True, paths=paths, timeout=600)
+    sub = subscribe(started.sock)
+    reader = sub.makefile("rb")
+    assert b"subscribed" in reader.readline()
+    spot, burst = root / "changes", root / "burst"
+    spot.mkdir()
+    burst.mkdir()
+    while str(burst).encode() not in reader.readline():
+        pass
+    watcher = watcher_of(started.proc.pid)
+    assert watcher is not None
+    os.kill(watcher, signal.SIGSTOP)
+    for i in range(changes):
+        (spot / f"new-{i:06}").write_bytes(b"y")
+    thawed = time.monotonic()
+    os.kill(watcher, signal.SIGCONT)
+    writer = threading.Thread(target=write_files, args=(burst, files, False))
+    writer.start()
+    prefix = str(burst) + "/"
+    seen: set[str] = set()
+    promised, synthetic, rescan = 0, 0, False
+    sub.settimeout(600)
+    while promised or len(seen) < files or writer.is_alive():
+        msg = json.loads(reader.readline())
+        if msg["type"] == "overflow":
+            promised += 1 if msg.get("resync") else 0
+            rescan = rescan or not msg.get("resync")
+        elif msg["type"] == "resynced":
+            promised -= 1
+        elif msg["type"] == "event" and msg["path"].startswith(prefix):
+            seen.add(msg["path"])
+            synthetic += bool(msg.get("synthetic"))
+    took = time.monotonic() - thawed
+    sub.close()
+    stop(started)
+    shutil.rmtree(spot)
+    shutil.rmtree(burst)
+    print(f"W1 burst of {files} files during a resync: the client learnt of {len(seen)} "
+          f"({100 * len(seen) / files:.1f}%), {synthetic} of them by synthetic events, "
+          f"{took:.2f} s after the thaw; told to rescan: {rescan}")
+
+
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -171,13 +339,34 @@ def main() -> None:
                         help="files created while the watcher is frozen (default: %(default)s, "
                              "more than the default kernel queue of 16384 holds)")
     parser.add_argument("--dir", default="/dev/shm")
+    parser.add_argument("--resyncs", type=int, default=1, help="resyncs timed (each)")
+    parser.add_argument("--against", metavar="SRC",
+                        help="another watchd source tree to time in turns with this one")
+    parser.add_argument("--tree", metavar="PATH", help="keep the tree here, built once")
+    parser.add_argument("--burst", type=int, metavar="N",
+                        help="instead: a W1 burst of N files with and without the index")
+    parser.add_argument("--during", action="store_true",
+                        help="with --burst: the burst during a resync of the large tree")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wd-resync.", dir="/tmp"))
-    root = Path(tempfile.mkdtemp(prefix="wd-resync-tree.", dir=args.dir))
+    if args.burst is not None and not args.during:
+        try:
+            compare_bursts(work, args.dir, args.burst, max(args.reps, 1))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    if args.tree is not None:
+        root = Path(args.tree)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="wd-resync-tree.", dir=args.dir))
     try:
         t0 = time.monotonic()
-        paths = build(root, args.dirs, args.files)
-        print(f"tree: {paths} paths under {root} (built in {time.monotonic() - t0:.1f} s)")
+        if args.tree is None or not (root / ".complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            build(root, args.dirs, args.files)
+            (root / ".complete").touch()
+        paths = sum(len(d) + len(f) for _, d, f in os.walk(root))
+        print(f"tree: {paths} paths under {root} (ready in {time.monotonic() - t0:.1f} s)")
         times: dict[bool, list[float]] = {True: [], False: []}
         indexed: list[float] = []
         for rep in range(args.reps):
@@ -196,16 +385,17 @@ def main() -> None:
             print(f"set-up until active: resync on {on:.2f} s, off {off:.2f} s, ratio"
                   f" {on / off:.2f}; index complete {full:.2f} s ({full / off:.2f}x the set-up"
                   " without)")
-        r = resync_once(work, root, paths, args.changes)
-        per = r["duration_ms"] / 1000 / (r["tracked"] / 100_000)
-        print(f"resync after {args.changes} creations, {int(r['tracked'])} paths after it: "
-              f"overflow notice {r['overflow_s'] * 1000:.0f} ms after the thaw, resynced "
-              f"{r['resynced_s']:.2f} s after it; {int(r['changes'])} changes, "
-              f"{int(r['synthetic'])} synthetic events; daemon's duration_ms "
-              f"{r['duration_ms']:.0f} ({per:.2f} s per 100,000 paths)")
+        if args.burst is not None:
+            burst_during(work, root, paths, args.burst, args.changes)
+        elif args.against is not None:
+            compare_resyncs(work, root, paths, args)
+        else:
+            for _ in range(args.resyncs):
+                report(resync_once(work, root, paths, args.changes), args.changes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(root, ignore_errors=True)
+        if args.tree is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

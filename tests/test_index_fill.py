@@ -12,12 +12,16 @@ import pytest
 from tests.harness import config, wait_for, watch
 from tests.picture import Picture, listing
 from tests.test_index import QUIET, _events, snap
+from watchd import channel
+from watchd.channel import Spec
 from watchd.config.model import WatchConfig
-from watchd.index import Recorder, count
+from watchd.fill import Fills
+from watchd.index import AtRest, Recorder, count, thawed
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
 from watchd.resync import Resyncer
 from watchd.scan import scan_parts
+from watchd.watcher_watch import Watch
 
 
 def make_tree(root: pathlib.Path, dirs: int, files: int) -> int:
@@ -31,7 +35,7 @@ def make_tree(root: pathlib.Path, dirs: int, files: int) -> int:
 
 def file_op(rng: random.Random, root: pathlib.Path) -> None:
     """A random change that moves or deletes no directory (those restart a fill: see
-    Watcher.check_fill): a file created, written, deleted or moved, a directory made."""
+    watchd.fill.Fills.check): a file created, written, deleted or moved, a directory made."""
     dirs = [root, *[p for p in root.rglob("*") if p.is_dir()]]
     files = [p for p in root.rglob("*") if p.is_file()]
     target = rng.choice(dirs) / f"n{rng.randrange(1000)}"
@@ -48,7 +52,7 @@ def file_op(rng: random.Random, root: pathlib.Path) -> None:
         rng.choice(files).write_text("longer")
 
 
-def parts(root: pathlib.Path, size: int) -> list[dict[str, dict[str, int]]]:
+def parts(root: pathlib.Path, size: int) -> list[AtRest]:
     return list(scan_parts(str(root), str(root), recursive=True, wanted=None, prune=None,
                            part_size=size))
 
@@ -57,11 +61,11 @@ def test_parts_are_whole_directories_that_add_up_to_the_scan(tmp_path: pathlib.P
     make_tree(tmp_path, 30, 10)
     got = parts(tmp_path, 50)
     assert len(got) > 5
-    union: dict[str, dict[str, int]] = {}
+    union: AtRest = {}
     for part in got:
         assert not union.keys() & part.keys()  # a directory is in one part, whole
         union.update(part)
-    assert union == snap(tmp_path)
+    assert thawed(union) == snap(tmp_path)
     # A part holds about part_size entries: it ends with the directory that reaches it.
     assert all(count(p) < 50 + 12 for p in got)
 
@@ -125,10 +129,31 @@ def test_a_loss_during_the_fill_is_not_resynchronized() -> None:
     assert resync.resyncing(["w"]) == {"w"} and resync.to_fill() == []
 
 
+def test_a_tree_as_large_as_w7s_is_indexed_before_the_watch_is_reported(
+        tmp_path: pathlib.Path) -> None:
+    """The shared harness's W7 (200 directories of 100 files): its first index is complete
+    when Fills.start returns, before the watch is reported in place, so a loss right after
+    start is resynchronized."""
+    for d in range(200):
+        sub = tmp_path / f"dir{d:03}"
+        sub.mkdir()
+        for f in range(100):
+            os.close(os.open(sub / f"file{f:03}", os.O_CREAT | os.O_WRONLY, 0o644))
+    sent: list[channel.FromWatcher] = []
+    spec = Spec("w", str(tmp_path), True, QUIET, (), (), str(tmp_path))
+    with InotifyFd() as ino:
+        watch = Watch(spec=spec, tree=Tree(ino, str(tmp_path), QUIET, synthetic=True))
+        fills = Fills(sent.append, lambda name: None)
+        fills.start(watch)
+        assert not fills  # nothing left for later
+    assert isinstance(sent[-1], channel.Fill) and sent[-1].done
+    assert sum(count(m.dirs) for m in sent if isinstance(m, channel.Fill)) == 20_200
+
+
 @pytest.mark.timeout(120)
 def test_a_large_tree_is_indexed_after_ready_and_then_resynchronized(
         start_daemon, watched: pathlib.Path) -> None:
-    total = make_tree(watched, 1800, 20)  # past FILL_AT_ONCE parts: indexed after ready
+    total = make_tree(watched, 1800, 20)  # past fill.AT_ONCE parts: indexed after ready
     daemon = start_daemon(config(watches=watch("w", watched)))
     line, _ = daemon.subscribe()
     (watched / "early").write_text("during the fill")

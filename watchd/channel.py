@@ -194,8 +194,8 @@ class Overflow:
         return (Tag.OVERFLOW.value, self.watch, self.resync, self.reason.value)
 
 
-# A scan (watchd.index.Dirs): {directory: {name: record}}.
-Dirs = dict[str, dict[str, int]]
+# A scan (watchd.index.AtRest): {directory: (its names joined by "/", its records packed)}.
+AtRest = dict[str, tuple[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +204,7 @@ class Scan:
     long that took; dirs None: a scan that an Overflow announced could not be made."""
 
     watch: str
-    dirs: Dirs | None
+    dirs: AtRest | None
     seconds: float
 
     def wire(self) -> tuple[Any, ...]:
@@ -218,7 +218,7 @@ class Fill:
     dropped); `done`: the last one (the index is complete)."""
 
     watch: str
-    dirs: Dirs
+    dirs: AtRest
     start: bool
     done: bool
 

@@ -353,7 +353,7 @@ class Daemon:
         for name, dirs, seconds in held:
             self.on_scan(name, dirs, seconds)
 
-    def on_scan(self, name: str, dirs: channel.Dirs | None, seconds: float) -> None:
+    def on_scan(self, name: str, dirs: channel.AtRest | None, seconds: float) -> None:
         """A scan of a watch: held while a restart notice is owed, else compared at once."""
         if self.supervisor.policy.notice_at is not None:
             self.resync.held.append((name, dirs, seconds))

@@ -5,9 +5,10 @@ watcher that crashed or hung), the tree is scanned once and compared with it, an
 differences are published (see watchd.diff and watchd.resync).
 
 Layout, chosen for memory: one entry per directory, `{dir path: children}`, so a path costs
-its base name (not its full path) and its record. A scan (`Dirs`, watchd.scan) has a dict
-`{name: record}` as each directory's children. The index keeps a directory at rest (`Frozen`,
-see freeze): its names joined into one string and its records packed in 12 bytes each, about
+its base name (not its full path) and its record. `Dirs` has a dict `{name: record}` as each
+directory's children (what watchd.diff reads). The index keeps a directory at rest (`Frozen`,
+see freeze), and the watcher's scan comes so (`AtRest`, watchd.scan): its names joined into
+one string and its records packed in 12 bytes each, about
 half the memory of a dict of str and int objects (measured by bench/index_memory.py:
 176 bytes per path as dicts on 50,000 directories and 200,000 files, 86 frozen); a directory
 that events touch is turned back into a dict (thawed) and stays one until the next resync.
@@ -43,7 +44,7 @@ from __future__ import annotations
 import operator
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Literal
@@ -132,6 +133,10 @@ Frozen = tuple[str, bytes]
 Children = dict[str, int] | Frozen
 # The index's own layout: a scan's, but with directories at rest.
 Index = dict[str, Children]
+# A scan as the watcher sends it (watchd.scan): every directory at rest.
+AtRest = dict[str, Frozen]
+# Any of the three, read only (a scan at rest, as dicts, or an index).
+Listing = Mapping[str, Children]
 _RECORD_BYTES = 12  # 90 bits
 _LITTLE: Literal["little"] = "little"
 
@@ -140,6 +145,16 @@ def freeze(children: dict[str, int]) -> Frozen:
     """A directory's entries at rest."""
     return ("/".join(children),
             b"".join(map(int.to_bytes, children.values(), repeat(_RECORD_BYTES), repeat(_LITTLE))))
+
+
+def record_bytes(st: os.stat_result) -> bytes:
+    """The record of a path from its lstat, as a directory at rest holds it (see scan)."""
+    return pack(st).to_bytes(_RECORD_BYTES, _LITTLE)
+
+
+def at_rest(dirs: Listing) -> AtRest:
+    """Every directory of dirs at rest (those that are already stay as they are)."""
+    return {key: c if isinstance(c, tuple) else freeze(c) for key, c in dirs.items()}
 
 
 def thaw(children: Children) -> dict[str, int]:
@@ -155,7 +170,7 @@ def thaw(children: Children) -> dict[str, int]:
         repeat(_LITTLE)), strict=True))
 
 
-def thawed(dirs: Index | Dirs) -> Dirs:
+def thawed(dirs: Listing) -> Dirs:
     """An index as a scan's layout (a copy where a directory is at rest)."""
     return {key: thaw(children) for key, children in dirs.items()}
 
@@ -165,7 +180,7 @@ def entries(children: Children) -> Iterable[tuple[str, int]]:
     return children.items() if isinstance(children, dict) else thaw(children).items()
 
 
-def count(dirs: Index | Dirs) -> int:
+def count(dirs: Listing) -> int:
     """How many paths a snapshot or an index tracks."""
     return sum(len(c) if isinstance(c, dict) else len(c[1]) // _RECORD_BYTES
                for c in dirs.values())
@@ -295,23 +310,6 @@ class TreeIndex:
         """The index in a scan's layout (a copy), to compare with one."""
         return thawed(self.dirs)
 
-    def against(self, scan: Dirs) -> tuple[Dirs, Index]:
-        """The index in a scan's layout, to compare with `scan`, and `scan` at rest (for take).
-
-        A directory at rest that lists exactly what the scan lists for it (most of them, after
-        a loss) is not thawed: the scan's own dict stands in for it, as the diff only reads.
-        """
-        at_rest: Index = {key: freeze(children) for key, children in scan.items()}
-        view: Dirs = {}
-        for key, children in self.dirs.items():
-            if isinstance(children, dict):
-                view[key] = children
-            elif at_rest.get(key) == children:
-                view[key] = scan[key]
-            else:
-                view[key] = thaw(children)
-        return view, at_rest
-
     def _open(self, key: str) -> dict[str, int] | None:
         """A directory's entries, to change: thawed for good if at rest; None: not held."""
         children = self.dirs.get(key)
@@ -320,21 +318,21 @@ class TreeIndex:
         opened = self.dirs[key] = thaw(children)
         return opened
 
-    def replace(self, dirs: Dirs) -> None:
+    def replace(self, dirs: Listing) -> None:
         """Take a fresh scan as the index, its directories at rest."""
-        self.take({key: freeze(children) for key, children in dirs.items()})
+        self.take(at_rest(dirs))
 
-    def take(self, at_rest: Index) -> None:
-        """Take a scan already at rest (see against) as the index."""
-        self.dirs = at_rest
+    def take(self, scan: AtRest) -> None:
+        """Take a scan at rest as the index (its directories as they are)."""
+        self.dirs = dict[str, Children](scan)
         self._moving.clear()
         self._moving_old.clear()
         self._orphans.clear()
 
-    def fill(self, part: Dirs) -> None:
+    def fill(self, part: Listing) -> None:
         """Take a part of a first scan (channel.Fill): its directories replace what the index
         held of them (what events put there before they were listed)."""
-        self.dirs.update((key, freeze(children)) for key, children in part.items())
+        self.dirs.update(at_rest(part))
 
     def apply(self, items: list[Item], records: Records, *, complete: bool = True,
               ) -> list[Item]:

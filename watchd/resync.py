@@ -33,7 +33,21 @@ from typing import TYPE_CHECKING
 from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import kinds_mask
-from watchd.index import Dirs, Index, Item, Records, TreeIndex
+from watchd.index import (
+    IS_DIR,
+    AtRest,
+    Dirs,
+    Index,
+    Item,
+    Listing,
+    Records,
+    TreeIndex,
+    at_rest,
+    entries,
+    join,
+    split,
+    thaw,
+)
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -78,7 +92,7 @@ class Resyncer:
     cookies: itertools.count[int] = field(default_factory=lambda: itertools.count(FIRST_COOKIE))
     # Scans of a replacement watcher, held until the notice of its restart has gone out (they
     # come before its APPLIED, and nothing of it is published in between).
-    held: list[tuple[str, Dirs | None, float]] = field(default_factory=list)
+    held: list[tuple[str, AtRest | None, float]] = field(default_factory=list)
 
     def configure(self, watches: Iterable[WatchConfig], changed: Iterable[str]) -> None:
         """Take the watches as configured; `changed`: names whose watch is new or changed.
@@ -105,7 +119,7 @@ class Resyncer:
         """The watches without a complete index: their first scan may come in parts."""
         return [name for name, watch in self.watches.items() if not watch.scanned]
 
-    def filled(self, name: str, dirs: Dirs, start: bool, done: bool) -> bool:
+    def filled(self, name: str, dirs: Listing, start: bool, done: bool) -> bool:
         """A part of a watch's first scan (channel.Fill): its directories replace what the
         index held of them; the events that follow the part are applied on top. True when
         this part completed the index."""
@@ -161,7 +175,7 @@ class Resyncer:
             watch.scanned = True
             watch.awaiting = True
 
-    def restore(self, name: str, dirs: Dirs) -> None:
+    def restore(self, name: str, dirs: Listing) -> None:
         """An index a previous run of the daemon kept (watchd.restore): the watch's first scan
         is compared with it, and its `resynced` notice follows."""
         watch = self.watches.get(name)
@@ -180,21 +194,23 @@ class Resyncer:
         """Of these watches, those whose next scan will be a resync."""
         return frozenset(n for n in names if n in self.watches and self.watches[n].scanned)
 
-    def scanned(self, name: str, dirs: Dirs, scan_s: float) -> Resync | None:
-        """A scan of a watch came: compare it with the index (None: not a watch with one)."""
+    def scanned(self, name: str, dirs: Listing, scan_s: float) -> Resync | None:
+        """A scan of a watch came (at rest, as the watcher sends it): compare it with the
+        index (None: not a watch with one)."""
         watch = self.watches.get(name)
         if watch is None:
             return None
         started = time.monotonic()
+        scan = at_rest(dirs)
         if not watch.scanned:
-            watch.index.replace(dirs)
+            watch.index.take(scan)
             watch.filling = False
             watch.scanned = True
             watch.awaiting = False
             return Resync([], 0, 0.0, notice=False)
-        old, at_rest = watch.index.against(dirs)
-        result = diff(old, dirs, watch.index.root, self.cookies)
-        watch.index.take(at_rest)
+        old, new = compared(watch.index, scan)
+        result = diff(old, new, watch.index.root, self.cookies)
+        watch.index.take(scan)
         notice = watch.awaiting
         watch.awaiting = False
         watch.resyncs += 1
@@ -232,3 +248,35 @@ class Resyncer:
         if watch is None:
             return {"tracked": 0, "resyncs": 0}
         return {"tracked": len(watch.index), "resyncs": watch.resyncs}
+
+
+def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:
+    """An index and a scan as two Dirs for watchd.diff, holding only what it needs.
+
+    A directory listed alike in both (at rest, one equality of a str and a bytes: most of
+    them, after a loss) adds no difference of its own, so only the directories that differ
+    or are on one side only go in, thawed, with what the diff looks them up by: their
+    ancestors (a directory's record is in its parent) and their subdirectories (a
+    subdirectory's record may differ while its own listing does not). The diff of these
+    equals the diff of everything: tests/test_resync_compare.py holds it to that.
+    """
+    old, root = index.dirs, index.root
+    differ = old.keys() ^ scan.keys()
+    for key, listed in scan.items():
+        kept = old.get(key)
+        if kept is not None and kept != listed and thaw(kept) != thaw(listed):
+            differ.add(key)
+    wanted = set(differ)
+    for key in differ:
+        for side in (old, scan):
+            if (children := side.get(key)) is not None:
+                wanted.update(join(key, name) for name, record in entries(children)
+                              if record & IS_DIR)
+        while key != root and len(key) > len(root):
+            key = split(key)[0]
+            if key in wanted and key not in differ:
+                break  # its ancestors are in already
+            wanted.add(key)
+    # In the order of the whole layouts, so that the events come in the same order too.
+    return ({key: thaw(c) for key, c in old.items() if key in wanted},
+            {key: thaw(c) for key, c in scan.items() if key in wanted})

@@ -1,25 +1,28 @@
 """The walk of a watched tree into the layout of an index (watchd.index), in the watcher.
 
-A scan is `{directory path: {name: record}}` (watchd.index.Dirs): every directory listed has
-a key, even an empty one; the root's key is the watch's path. The watcher sends it whole to
-the daemon (channel.Scan), which compares it with the watch's index and keeps it as the next.
+A scan is `{directory path: children}`: every directory listed has a key, even an empty one;
+the root's key is the watch's path. The watcher builds each directory's children at rest
+(watchd.index.Frozen: its names joined, its records packed), the form the daemon keeps: the
+daemon then compares a directory of the scan with the index's by one equality of a str and a
+bytes, and takes the scan as the next index as it is (see watchd.resync.compared).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Generator
 
-from watchd.index import Dirs, join, pack
+from watchd.index import AtRest, Dirs, join, record_bytes, thawed
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_S_IFMT, _S_IFDIR = 0o170000, 0o040000
 
 
 def scan(root: str, real_root: str, *, recursive: bool,
          wanted: Callable[[str], bool] | None,
          prune: Callable[[str], bool] | None) -> Dirs:
-    """The tree below real_root as an index reported under root, walked by file descriptor.
+    """The tree below real_root as an index reported under root, walked by file descriptor,
+    in a scan's layout (dicts, as watchd.diff takes them).
 
     Each directory is opened relative to its parent with O_NOFOLLOW, so that a link swapped in
     for a directory is recorded as a link, never followed out of the tree. Directories whose
@@ -27,31 +30,31 @@ def scan(root: str, real_root: str, *, recursive: bool,
     when `wanted` accepts them (include/exclude, as events are), and directories are entered
     whatever their name. Raises OSError when the root itself cannot be opened.
     """
-    dirs: Dirs = {}
+    dirs: AtRest = {}
     for part in scan_parts(root, real_root, recursive=recursive, wanted=wanted, prune=prune):
         dirs.update(part)
-    return dirs
+    return thawed(dirs)
 
 
 def scan_parts(root: str, real_root: str, *, recursive: bool,
                wanted: Callable[[str], bool] | None,
                prune: Callable[[str], bool] | None,
-               part_size: int = 1 << 62) -> Generator[Dirs, None, None]:
-    """scan, in parts: each part holds whole directories, about part_size entries in all
-    (the last part may be empty). A caller can do other work between two parts, as the
-    watcher does while it fills a watch's first index (see Watcher.fill_step), or says it is
-    alive during a long scan.
+               part_size: int = 1 << 62) -> Generator[AtRest, None, None]:
+    """scan, in parts, each directory at rest: each part holds whole directories, about
+    part_size entries in all (the last part may be empty). A caller can do other work between
+    two parts, as the watcher does while it fills a watch's first index (see watchd.fill), or
+    says it is alive during a long scan.
 
     Open directories are held only along the current branch (depth first), and closed when
     the generator is closed before its end. Raises OSError (at the first part) when the root
     cannot be opened.
     """
     fd = os.open(real_root, _O_DIR)
-    dirs: Dirs = {}
+    dirs: AtRest = {}
     stack: list[tuple[int, str, list[tuple[str, int, int]]]] = []
     try:
-        stack.append((fd, root, _list(fd, root, dirs, wanted, prune)))
-        entries = len(dirs[root])
+        subdirs, entries = _list(fd, root, dirs, wanted, prune)
+        stack.append((fd, root, subdirs))
         while stack:
             if entries >= part_size:
                 yield dirs
@@ -72,11 +75,11 @@ def scan_parts(root: str, real_root: str, *, recursive: bool,
                 st = os.fstat(child)
                 if (st.st_dev, st.st_ino) != (dev, ino):
                     raise FileNotFoundError  # replaced since it was listed: its events say so
-                grand = _list(child, child_path, dirs, wanted, prune)
+                grand, listed = _list(child, child_path, dirs, wanted, prune)
             except OSError:
                 os.close(child)
                 continue
-            entries += len(dirs[child_path])
+            entries += listed
             stack.append((child, child_path, grand))
         yield dirs
     finally:
@@ -86,23 +89,30 @@ def scan_parts(root: str, real_root: str, *, recursive: bool,
         os.close(fd)
 
 
-def _list(fd: int, path: str, dirs: Dirs, wanted: Callable[[str], bool] | None,
-          prune: Callable[[str], bool] | None) -> list[tuple[str, int, int]]:
-    """Record one directory's entries; returns its subdirectories as (name, dev, ino)."""
-    children: dict[str, int] = {}
+def _list(fd: int, path: str, dirs: AtRest, wanted: Callable[[str], bool] | None,
+          prune: Callable[[str], bool] | None) -> tuple[list[tuple[str, int, int]], int]:
+    """Record one directory's entries, at rest; returns its subdirectories as (name, dev, ino)
+    and how many entries it recorded.
+
+    Names and an lstat relative to the directory's fd (listdir and stat by dir_fd: no
+    DirEntry per name), and the record packed into its bytes here, without an int object kept
+    per entry: the scan is most of a resync's time (measured by bench/resync_scale.py).
+    """
+    names: list[str] = []
+    packed: list[bytes] = []
     subdirs: list[tuple[str, int, int]] = []
-    with os.scandir(fd) as it:
-        for entry in it:
-            name = entry.name
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue  # gone since it was listed
-            if stat.S_ISDIR(st.st_mode):
-                if prune is not None and prune(name):
-                    continue
-                subdirs.append((name, st.st_dev, st.st_ino))
-            if wanted is None or wanted(name):
-                children[name] = pack(st)
-    dirs[path] = children
-    return subdirs
+    lstat = os.stat
+    for name in os.listdir(fd):
+        try:
+            st = lstat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue  # gone since it was listed
+        if st.st_mode & _S_IFMT == _S_IFDIR:
+            if prune is not None and prune(name):
+                continue
+            subdirs.append((name, st.st_dev, st.st_ino))
+        if wanted is None or wanted(name):
+            names.append(name)
+            packed.append(record_bytes(st))
+    dirs[path] = ("/".join(names), b"".join(packed))
+    return subdirs, len(names)

@@ -6,8 +6,9 @@ kernel queues as fast as it can into its own bounded outgoing buffer, independen
 the daemon takes batches, so a busy daemon does not make the kernel overflow.
 
 Here: the loop, the watches' lifecycle and the event path (read, filter, frame). Beside it:
-`watcher_channel` (its end of the channel, the bounded outgoing buffer) and `watcher_watch`
-(one watch's state: back-off after a failure, when a limit is retried, what it reports).
+`watcher_channel` (its end of the channel, the bounded outgoing buffer), `watcher_watch`
+(one watch's state: back-off after a failure, when a limit is retried, what it reports) and
+`fill` (the scans for the daemon's index: whole, or in parts for a first index).
 """
 
 from __future__ import annotations
@@ -24,17 +25,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 
 from watchd import __version__, channel
 from watchd.channel import Spec
+from watchd.fill import Fills, scan_whole
 from watchd.globs import glob_predicate
-from watchd.index import Dirs
+from watchd.index import AtRest
 from watchd.inotify import (
-    IN_DELETE,
-    IN_ISDIR,
-    IN_MOVED_FROM,
-    IN_MOVED_TO,
     IN_Q_OVERFLOW,
     InotifyError,
     InotifyFd,
@@ -44,7 +42,6 @@ from watchd.inotify import (
 from watchd.inotify.tree import Tree, TreeEvent
 from watchd.levels import DEFAULT_LOG_LEVEL
 from watchd.reasons import LostReason, OverflowReason
-from watchd.scan import scan_parts
 from watchd.watcher_channel import ChannelEnd
 from watchd.watcher_watch import Watch, name_filter
 
@@ -59,15 +56,6 @@ NICE_BOOST = 10
 # After a read of fewer events than this, pause this long before looking again (see run).
 COALESCE_BELOW = 64
 COALESCE_S = 0.0001
-# A first scan in parts (see Watcher.fill_step): entries per part, and how long to scan before
-# reading events again.
-FILL_PART = 4096
-FILL_AT_ONCE = 8  # parts scanned before the watch is reported in place: 32,768 entries
-FILL_SLICE_S = 0.02
-# A directory that goes or moves while a fill walks the tree may take a part of the walk with
-# it (see check_fill): the fill starts over, at most this many times, then scans in one go.
-FILL_RESTARTS = 3
-_DIR_GONE = IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 # What the daemon needs of a TreeEvent, as a channel.Item (a plain tuple: marshal takes no
 # NamedTuple).
 _ITEM = operator.itemgetter(0, 1, 2, 3)
@@ -86,10 +74,8 @@ class Watcher:
         self.next_pending_poll = 0.0
         self.budgets: dict[str, int | None] = {}  # watch name -> max_directories
         self.channel.rescan = self.rescan
-        # First scans made in parts between reads (see fill_step), by watch name; how many
-        # times each started over.
-        self.fills: dict[str, Generator[Dirs, None, None]] = {}
-        self.fill_restarts: dict[str, int] = {}
+        # First scans made in parts between reads (watchd.fill).
+        self.fills = Fills(self.send, self.rescan)
 
     def send(self, message: channel.FromWatcher) -> None:
         """Queue a message for the daemon and push what the socket takes now."""
@@ -141,8 +127,7 @@ class Watcher:
         # its events, and the daemon can announce the restart before it publishes them.
         for name in to_scan:
             if name in fill:
-                self.fill_restarts.pop(name, None)
-                self.start_fill(name)
+                self.fills.start(self.watches[name])
             else:
                 self.rescan(name)
 
@@ -216,7 +201,7 @@ class Watcher:
         watch.problem = problem
 
     def deactivate(self, watch: Watch) -> None:
-        self.stop_fill(watch.name)
+        self.fills.stop(watch.name)
         if watch.ino is None:
             return
         self.by_fd.pop(watch.ino.fileno(), None)
@@ -269,8 +254,8 @@ class Watcher:
                 # A file system mounted in the tree went: the directory underneath is watched
                 # again, and what changed (its contents for the mounted ones) is published.
                 self.resync(watch, OverflowReason.UNMOUNT, now)
-        if self.fills and watch.name in self.fills:
-            self.check_fill(watch, events)
+        if self.fills:
+            self.fills.check(watch, events)
         if tree.lost is not None:
             reason = LostReason.UNMOUNTED if tree.lost == "unmounted" else LostReason.DELETED
             self.deactivate(watch)
@@ -294,29 +279,11 @@ class Watcher:
             self.send(channel.Overflow(watch.name, reason=reason))
             self.send_items(watch, tree.resync(), now)
 
-    def scan(self, watch: Watch) -> tuple[dict[str, dict[str, int]], float] | None:
-        """The tree of an established watch as watchd.index records it, and the seconds it
-        took; None when its root cannot be read. It replaces a fill under way."""
-        self.stop_fill(watch.name)
-        spec = watch.spec
-        if watch.tree is None or watch.tree.lost is not None:
-            return None
-        started = beat = time.monotonic()
-        dirs: Dirs = {}
-        try:
-            for part in scan_parts(spec.path, spec.real_path, recursive=spec.recursive,
-                                   wanted=watch.wanted, prune=glob_predicate(spec.exclude),
-                                   part_size=FILL_PART):
-                dirs.update(part)
-                if time.monotonic() - beat >= HEARTBEAT_S:
-                    # A tree of millions of paths takes longer than daemon.watcher_timeout:
-                    # say we are alive, or be taken for hung and replaced, to scan again.
-                    self.heartbeat()
-                    beat = time.monotonic()
-        except OSError as e:
-            log.warning("watch %s: cannot scan %s: %s", spec.name, spec.path, e)
-            return None
-        return dirs, time.monotonic() - started
+    def scan(self, watch: Watch) -> tuple[AtRest, float] | None:
+        """The tree of an established watch at rest, and the seconds it took (see
+        watchd.fill.scan_whole); None when its root cannot be read. It replaces a fill."""
+        self.fills.stop(watch.name)
+        return scan_whole(watch, self.heartbeat)
 
     def rescan(self, name: str) -> None:
         """Send the daemon a scan of a watch that has an index (see watchd.resync)."""
@@ -326,78 +293,6 @@ class Watcher:
         scanned = self.scan(watch)
         if scanned is not None:
             self.send(channel.Scan(name, *scanned))
-
-    def start_fill(self, name: str) -> None:
-        """Begin a watch's first scan in parts (see fill_step): the watch serves events at
-        once, where a whole scan first would hold them up (about as long again as setting
-        the watches up, on a large tree)."""
-        watch = self.watches.get(name)
-        self.stop_fill(name)
-        if watch is None or watch.tree is None or watch.tree.lost is not None:
-            return
-        spec = watch.spec
-        self.fills[name] = scan_parts(spec.path, spec.real_path, recursive=spec.recursive,
-                                      wanted=watch.wanted, prune=glob_predicate(spec.exclude),
-                                      part_size=FILL_PART)
-        self.send(channel.Fill(name, {}, start=True, done=False))
-        # The first parts at once: a tree of up to FILL_AT_ONCE parts (most trees) has its
-        # index complete before the daemon hears that the watch is in place and says it is
-        # ready, so that a loss right after start is resynchronized too; a larger one is
-        # served first, and indexed behind its events.
-        for _ in range(FILL_AT_ONCE + 1):
-            if not self.fill_part(name):
-                break
-
-    def check_fill(self, watch: Watch, events: list[TreeEvent]) -> None:
-        """Start a fill over when a directory was deleted or moved while it walked.
-
-        The walk holds the directories still to be listed by name and the current branch by
-        descriptor: a directory moved away takes what it holds out of the walk's reach, and
-        one moved or deleted while listed leaves entries under a name that no longer exists.
-        Events cannot fix either, so the fill starts over (and after FILL_RESTARTS tries,
-        scans the whole tree at once instead, events waiting).
-        """
-        if not any(ev.mask & IN_ISDIR and ev.mask & _DIR_GONE for ev in events):
-            return
-        name = watch.name
-        tries = self.fill_restarts[name] = self.fill_restarts.get(name, 0) + 1
-        if tries > FILL_RESTARTS:
-            log.debug("watch %s: directories keep moving; scanning it in one go", name)
-            self.rescan(name)
-        else:
-            self.start_fill(name)
-
-    def stop_fill(self, name: str) -> None:
-        parts = self.fills.pop(name, None)
-        if parts is not None:
-            parts.close()  # its open directories with it
-
-    def fill_step(self) -> None:
-        """Scan parts of the fills under way for about FILL_SLICE_S, and send them. Each part
-        goes after the events read before it: the daemon applies the events that follow it
-        on top, so the index ends as the tree is."""
-        deadline = time.monotonic() + FILL_SLICE_S
-        for name in list(self.fills):
-            while self.fill_part(name):
-                if time.monotonic() >= deadline:
-                    return
-
-    def fill_part(self, name: str) -> bool:
-        """Scan and send the next part of a fill; False once it is over."""
-        parts = self.fills[name]
-        try:
-            part = next(parts)
-        except StopIteration:
-            del self.fills[name]
-            self.send(channel.Fill(name, {}, start=False, done=True))
-            return False
-        except OSError as e:
-            del self.fills[name]
-            log.warning("watch %s: cannot scan %s: %s; it is scanned after the next loss "
-                        "instead", name, self.watches[name].path, e)
-            return False
-        self.send(channel.Fill(name, part, start=False, done=False))
-        return True
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
         """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches.
@@ -479,7 +374,7 @@ class Watcher:
                     if watch is not None:
                         read += self.read_watch(watch)
             if self.fills:
-                self.fill_step()
+                self.fills.step(self.watches)
             elif 0 < read < COALESCE_BELOW:
                 # Events are trickling in: what we read is already on its way, so a short pause
                 # delays nothing read, and lets the next events gather into one read instead of
