@@ -109,16 +109,17 @@ async def _messages(url: str, stream: str, subject: str | None) -> list[tuple[st
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info(stream)
-        out = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            try:
-                msg = await js.get_msg(stream, seq)
-            except Exception:  # a deleted message: none of ours
-                continue
-            if subject is None or msg.subject == subject:
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        # An ephemeral pull consumer from the start: batches, not a request per message.
+        sub = await js.pull_subscribe(subject or ">", stream=stream,
+                                      config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+        out: list[tuple[str, dict[str, Any], str | None]] = []
+        while (pending := (await sub.consumer_info()).num_pending) > 0:
+            for msg in await sub.fetch(min(pending, 1000), timeout=5.0):
                 header = (msg.headers or {}).get("Nats-Msg-Id")
                 out.append((msg.subject, json.loads(msg.data or b"null"), header))
+        await sub.unsubscribe()
         return out
     finally:
         await nc.close()

@@ -3,6 +3,9 @@ the server as they run in production."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Daemon, config, wait_for, watch
-from tests.nats_server import NatsServer, nats_server, stream_messages, wait_stream_count
+from tests.nats_server import (
+    NatsServer,
+    add_stream,
+    nats_server,
+    stream_messages,
+    wait_stream_count,
+)
 
 pytest.importorskip("nats")
 
@@ -71,17 +80,132 @@ def test_a_burst_reaches_the_stream_once_and_in_order(start: Callable[..., Daemo
     status = wait_connected(daemon)
     assert status["server"] == nats.url
     assert status["last_error"] is None
-    burst(watched, 2000)
-    wait_stream_count(nats.url, 2000)
+    burst(watched, 1000)
+    wait_stream_count(nats.url, 1000)
     msgs = stream_messages(nats.url)
     seqs = [p["seq"] for _, p, _ in msgs]
     assert seqs == sorted(seqs)
-    assert len(seqs) == len(set(seqs)) == 2000
+    assert len(seqs) == len(set(seqs)) == 1000
     subject, payload, msg_id = msgs[0]
     assert subject == f"watchd.{HOST.replace('.', '%2E')}.uploads"
     assert "subscription" not in payload
     assert payload["kind"] == "create" and payload["watch"] == "uploads"
     assert msg_id == f"{daemon.status()['instance']}:{payload['seq']}"
-    assert [p["path"] for _, p, _ in msgs] == [str(watched / f"f{i}") for i in range(2000)]
+    assert [p["path"] for _, p, _ in msgs] == [str(watched / f"f{i}") for i in range(1000)]
     wait_for(lambda: forwarder(daemon)["lag"] == 0 and forwarder(daemon)["last_acked_seq"]
              == seqs[-1], 10.0, "lag 0 and the last seq acknowledged")
+
+
+def test_the_server_killed_during_a_burst_loses_nothing_and_repeats_nothing(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    daemon = start()
+    wait_connected(daemon)
+    burst(watched, 600, "a")
+    nats.kill()
+    burst(watched, 600, "b")
+    wait_for(lambda: not forwarder(daemon)["connected"], 10.0, "the forwarder disconnected")
+    down = forwarder(daemon)
+    assert down["last_error"] and down["lag"] > 0, down
+    nats.start()
+    wait_stream_count(nats.url, 1200)
+    seqs = event_seqs(nats.url)
+    assert len(seqs) == 1200
+    assert seqs == sorted(set(seqs))
+    wait_for(lambda: forwarder(daemon)["lag"] == 0, 10.0, "lag 0")
+    assert "forward central" in daemon.log_text()
+
+
+def test_the_daemon_killed_and_restarted_with_state_resumes(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path, workdir: str) -> None:
+    state = Path(workdir) / "state"
+    daemon = start(f'state_directory = "{state}"')
+    wait_connected(daemon)
+    burst(watched, 600, "a")
+    wait_for(lambda: (forwarder(daemon)["last_acked_seq"] or 0) > 0, 10.0, "an acknowledgement")
+    assert daemon.proc is not None
+    os.killpg(daemon.proc.pid, signal.SIGKILL)  # the daemon and its children, as a crash would
+    daemon.proc.wait()
+    daemon.log.close()
+    daemon = start(f'state_directory = "{state}"')
+    wait_connected(daemon)
+    burst(watched, 300, "b")
+    wait_stream_count(nats.url, 1000)
+    paths = [p["path"] for s, p, _ in stream_messages(nats.url) if not s.endswith("._notice")]
+    assert len(paths) == len(set(paths)) == 900
+    assert (state / "forward" / (b"central".hex() + ".json")).exists()
+
+
+def test_a_position_the_daemon_no_longer_holds_is_a_forward_gap(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    daemon = start("replay_buffer = 100")
+    wait_connected(daemon)
+    nats.kill()
+    wait_for(lambda: not forwarder(daemon)["connected"], 10.0, "the forwarder disconnected")
+    burst(watched, 300)
+    nats.start()
+    subject = f"watchd.{HOST.replace('.', '%2E')}.uploads._notice"
+
+    def gap() -> bool:
+        return any(p.get("reason") == "forward_gap" for _, p, _ in
+                   stream_messages(nats.url, subject=subject))
+    wait_for(gap, 20.0, "a forward_gap notice", interval=0.2)
+    (notice,) = [p for _, p, _ in stream_messages(nats.url, subject=subject)]
+    assert notice["type"] == "overflow" and notice["watch"] == "uploads"
+    assert notice["resync"] is False
+    # On from the oldest event the daemon held.
+    wait_for(lambda: len(event_seqs(nats.url)) >= 100, 10.0, "the events still held",
+             interval=0.2)
+    assert event_seqs(nats.url)[-1] == daemon.status()["seq"]
+
+
+def test_an_unreachable_url_is_retried_until_the_server_comes(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
+    server = NatsServer(workdir)  # not started yet
+    daemon = start_daemon(config(watches=watch("uploads", watched)) + forward(server.url))
+    first = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0, "an error")
+    assert "cannot reach the NATS server" in first["last_error"], first
+    assert not first["connected"] and first["server"] is None
+    daemon.wait_log("forward central: cannot reach the NATS server")
+    pid_before = daemon.status()["pid"]
+    with _started(server):
+        wait_connected(daemon, 30.0)
+        (watched / "x").write_bytes(b"")
+        wait_stream_count(server.url, 1)
+    assert daemon.status()["pid"] == pid_before
+
+
+@contextlib.contextmanager
+def _started(server: NatsServer) -> Iterator[NatsServer]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def test_bad_credentials_are_reported_and_retried(start_daemon: Callable[..., Daemon],
+                                                  watched: Path, workdir: str) -> None:
+    with nats_server(workdir, extra=("--user", "fwd", "--pass", "right")) as server:
+        text = config(watches=watch("uploads", watched))
+        daemon = start_daemon(text + forward(server.url, user="fwd", password="wrong"))
+        status = wait_for(lambda: (f := forwarder(daemon))["errors"] >= 2 and f, 20.0,
+                          "two failed attempts")
+        assert "authorization" in status["last_error"].lower(), status
+        assert not status["connected"]
+        daemon.wait_log("the NATS server refused the credentials")
+        daemon.reload(text + forward(server.url, user="fwd", password="right"))
+        wait_connected(daemon)
+        assert forwarder(daemon)["last_error"] is None
+
+
+def test_an_unknown_stream_is_reported_and_retried(start_daemon: Callable[..., Daemon],
+                                                   watched: Path, nats: NatsServer) -> None:
+    daemon = start_daemon(config(watches=watch("uploads", watched))
+                          + forward(nats.url, stream="ELSEWHERE", create_stream=False))
+    status = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0, "an error")
+    assert "stream 'ELSEWHERE' not found" in status["last_error"], status
+    daemon.wait_log("stream 'ELSEWHERE' not found on the server")
+    add_stream(nats.url, "ELSEWHERE", ["watchd.*.*", "watchd.*.*._notice"])
+    wait_connected(daemon, 30.0)
+    (watched / "x").write_bytes(b"")
+    wait_stream_count(nats.url, 1, stream="ELSEWHERE")

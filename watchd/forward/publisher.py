@@ -53,8 +53,8 @@ class _Flight:
     done: bool = False
 
 
-class Rejected(Exception):
-    """JetStream refused a message (its acknowledgement is an error)."""
+class Unavailable(Exception):
+    """No connection to publish on: the message says why, for people."""
 
 
 class Publisher:
@@ -99,7 +99,7 @@ class Publisher:
             try:
                 await self._open()
             except Exception as e:  # every failure is reported and retried
-                self.fail(describe(e))
+                self.fail(str(e) if isinstance(e, Unavailable) else describe(e))
                 await self._close()
                 delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                 failures += 1
@@ -117,13 +117,18 @@ class Publisher:
         cfg = self.config
         self.lost.clear()
         self.nc = nc = Client()
-        errors: list[str] = []
+        loop = asyncio.get_running_loop()
+        failed: asyncio.Future[str] = loop.create_future()
 
         async def on_error(e: Exception) -> None:
-            errors.append(describe(e))
+            if not failed.done():
+                failed.set_result(describe(e))
+            elif self.up.is_set():
+                log.warning("forward %s: %s", cfg.name, describe(e))
 
         async def on_closed() -> None:
-            self.fail("the connection to the NATS server was lost")
+            if self.up.is_set():
+                self.fail("the connection to the NATS server was lost")
 
         options: dict[str, Any] = {}
         if cfg.credentials is not None:
@@ -132,14 +137,26 @@ class Publisher:
             options["token"] = cfg.token
         if cfg.user is not None:
             options["user"], options["password"] = cfg.user, cfg.password
-        try:
-            await nc.connect(list(cfg.urls), name=f"watchd forward {cfg.name}",
-                             allow_reconnect=False, max_reconnect_attempts=0,
-                             connect_timeout=CONNECT_TIMEOUT_S, error_cb=on_error,
-                             skip_subject_validation=True,
-                             disconnected_cb=on_closed, closed_cb=on_closed, **options)
-        except Exception as e:
-            raise ConnectionError(errors[-1] if errors else describe(e)) from e
+        connect = loop.create_task(nc.connect(
+            list(cfg.urls), name=f"watchd forward {cfg.name}", allow_reconnect=False,
+            max_reconnect_attempts=0, connect_timeout=CONNECT_TIMEOUT_S, error_cb=on_error,
+            skip_subject_validation=True, disconnected_cb=on_closed, closed_cb=on_closed,
+            **options))
+        # The library tries the servers again and again by itself when a first connection
+        # fails: its first error ends the attempt, and the retries (with their backoff) are ours.
+        await asyncio.wait({connect, failed}, timeout=CONNECT_TIMEOUT_S * len(cfg.urls) + 1,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not connect.done() or connect.exception() is not None:
+            connect.cancel()
+            with contextlib.suppress(BaseException):
+                await connect
+            if failed.done():
+                raise Unavailable(failed.result())
+            error = connect.exception() if connect.done() and not connect.cancelled() else None
+            raise Unavailable(describe(error) if error else "cannot reach the NATS server: "
+                                  "no answer within the connect timeout")
+        if not failed.done():
+            failed.set_result("")  # errors from now on are the connection's
         url = nc.connected_url
         self.server = url.geturl() if url is not None else None
         await self._check_stream(nc)
@@ -157,12 +174,12 @@ class Publisher:
             return
         except nats.js.errors.NotFoundError:
             if not cfg.create_stream:
-                raise ConnectionError(
+                raise Unavailable(
                     f"stream {cfg.stream!r} not found on the server; create it (capturing "
                     f"{' and '.join(capture(cfg.subject))}) or set create_stream = true"
                 ) from None
         except nats.errors.NoRespondersError:
-            raise ConnectionError("JetStream is not enabled on the server (no answer to "
+            raise Unavailable("JetStream is not enabled on the server (no answer to "
                                   "its API); enable it, or connect to one that has it") from None
         await js.add_stream(name=cfg.stream, subjects=list(capture(cfg.subject)),
                             storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S)
@@ -170,10 +187,10 @@ class Publisher:
 
     def fail(self, message: str) -> None:
         """Give up the current connection (if any) for this reason."""
-        if self.up.is_set() or self.last_error is None or self.nc is None:
-            self.errors += 1
-        if self.up.is_set() or self.last_error != message:
-            self.last_error = message
+        if self.lost.is_set():
+            return  # given up already: one failure is counted and reported once
+        self.errors += 1
+        self.last_error = message
         self.up.clear()
         self.lost.set()
         self.on_change()
