@@ -144,7 +144,8 @@ class Publisher:
             **options))
         # The library tries the servers again and again by itself when a first connection
         # fails: its first error ends the attempt, and the retries (with their backoff) are ours.
-        await asyncio.wait({connect, failed}, timeout=CONNECT_TIMEOUT_S * len(cfg.urls) + 1,
+        either: set[asyncio.Future[Any]] = {connect, failed}
+        await asyncio.wait(either, timeout=CONNECT_TIMEOUT_S * len(cfg.urls) + 1,
                            return_when=asyncio.FIRST_COMPLETED)
         if not connect.done() or connect.exception() is not None:
             connect.cancel()
