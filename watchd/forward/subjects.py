@@ -18,7 +18,7 @@ NOTICE_TOKEN: Final = "_notice"  # noqa: S105  # a subject token, no secret
 # What a token may not hold (whitespace: any character str.isspace() calls so), and "%", so
 # that escaped names are unambiguous.
 _SPECIAL: Final = frozenset(".*>%")
-_ESCAPED: Final = re.compile(r"%([0-9A-F]{2})")
+_ESCAPED: Final = re.compile(rb"%([0-9A-F]{2})")
 
 
 def escape(name: str) -> str:
@@ -38,16 +38,10 @@ def escape(name: str) -> str:
 
 def unescape(token: str) -> str:
     """The name a token was escaped from."""
-    raw = _ESCAPED.sub(lambda m: "\x00" + m.group(1), token)
-    if "\x00" not in raw:
+    if "%" not in token:
         return token
-    out = bytearray()
-    parts = raw.split("\x00")
-    out += parts[0].encode()
-    for part in parts[1:]:
-        out.append(int(part[:2], 16))
-        out += part[2:].encode()
-    return out.decode("utf-8", "replace")
+    raw = _ESCAPED.sub(lambda m: bytes([int(m.group(1), 16)]), token.encode())
+    return raw.decode("utf-8", "replace")
 
 
 def template_problem(template: str) -> str | None:
