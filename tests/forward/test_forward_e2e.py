@@ -209,3 +209,21 @@ def test_an_unknown_stream_is_reported_and_retried(start_daemon: Callable[..., D
     wait_connected(daemon, 30.0)
     (watched / "x").write_bytes(b"")
     wait_stream_count(nats.url, 1, stream="ELSEWHERE")
+
+
+def test_a_forwarder_process_killed_is_restarted_and_resumes(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    from tests.forward.test_forward_status import forward_pids
+
+    daemon = start()  # no state directory: the daemon tells the new process where it stood
+    wait_connected(daemon)
+    (pid,) = wait_for(lambda: forward_pids(daemon), 10.0, "the forwarder process")
+    burst(watched, 400, "a")
+    wait_for(lambda: (forwarder(daemon)["last_acked_seq"] or 0) > 0, 10.0, "an acknowledgement")
+    os.kill(pid, signal.SIGKILL)
+    burst(watched, 400, "b")
+    wait_for(lambda: (p := forward_pids(daemon)) and p != {pid}, 10.0, "a new process")
+    wait_stream_count(nats.url, 800)
+    seqs = event_seqs(nats.url)
+    assert len(seqs) == 800 and seqs == sorted(set(seqs))
+    daemon.wait_log(f"forward central: process {pid} was killed by signal 9; restarting it")
