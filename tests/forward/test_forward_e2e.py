@@ -89,6 +89,7 @@ def test_a_burst_reaches_the_stream_once_and_in_order(start: Callable[..., Daemo
     subject, payload, msg_id = msgs[0]
     assert subject == f"watchd.{HOST.replace('.', '%2E')}.uploads"
     assert "subscription" not in payload
+    assert list(payload)[:2] == ["type", "seq"] and payload["type"] == "event"
     assert payload["kind"] == "create" and payload["watch"] == "uploads"
     assert msg_id == f"{daemon.status()['instance']}:{payload['seq']}"
     assert [p["path"] for _, p, _ in msgs] == [str(watched / f"f{i}") for i in range(1000)]

@@ -293,7 +293,9 @@ class Forwarder:
             if self.behind or not publisher.ready():
                 self.let_go(1)
                 continue
-            payload = dumps(event, separators=(",", ":")).encode()
+            # The v1 event object as an event line has it, without "subscription" (a frame's
+            # events carry neither field).
+            payload = b'{"type":"event",' + dumps(event, separators=(",", ":")).encode()[1:]
             await publisher.publish(seq, self.subject(event["watch"]), payload,
                                     f"{instance}:{seq}")
 
