@@ -133,11 +133,12 @@ class Daemon:
         self.watchdog_s = watchdog_interval()
         self.supervisor = Supervisor(self.spawn_watcher, self.stopping,
                                      on_exit=self.watcher_gone, on_replaced=self.watcher_replaced)
-        self.hold = HoldBack(self.broker, self.clients, lambda: self.supervisor.watcher)
         self.forwarders = Forwarders(
             socket_path=self.socket_path,
             state_directory=self.state.path if self.state is not None else None,
             log_level=self.log_level)
+        self.hold = HoldBack(self.broker, self.clients, lambda: self.supervisor.watcher,
+                             exempt=self.forwarders.pids)
         self.status = Status(instance=self.instance, config_path=config.path,
                              broker=self.broker, watches=self.watches,
                              supervisor=self.supervisor, clients=self.clients,

@@ -166,23 +166,24 @@ class Forwarder:
                 self.reported = line
                 with contextlib.suppress(BlockingIOError):
                     await loop.sock_sendall(self.control, line)
-            if time.monotonic() - last_save >= SAVE_EVERY_S:
+            if time.monotonic() - last_save >= SAVE_EVERY_S and self.save():
                 last_save = time.monotonic()
-                self.save()
             await asyncio.sleep(STATUS_EVERY_S)
             self.kick.set()  # once more, for what changed meanwhile (a cheap no-op if nothing)
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Record the position in the state directory, if it moved; True if written."""
         acked = self.publisher.acked
         if self.setup.state_directory is None or acked is None or acked == self.saved:
-            return
+            return False
         try:
             write_position(self.setup, self.instance, acked)
         except OSError as e:
             log.error("forward %s: cannot record the position in %s: %s",
                       self.setup.config.name, self.setup.state_directory, e)
-            return
+            return False
         self.saved = acked
+        return True
 
     # -- the daemon's side ---------------------------------------------------------------------
 

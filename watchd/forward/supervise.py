@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final
 
 from watchd import childlog
@@ -242,8 +242,9 @@ class Forwarders:
             return process.status
         return self.last.get(name, {})
 
-    def names(self) -> Iterable[str]:
-        return self.wanted.keys()
+    def pids(self) -> frozenset[int]:
+        """The forwarder processes running (the hold-back rule leaves their connections out)."""
+        return frozenset(p.pid for p in self.running.values())
 
 
 def forward_status(config: ForwardConfig, reported: dict[str, Any]) -> dict[str, Any]:
