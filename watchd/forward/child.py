@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ READ_LIMIT: Final = 64 << 20  # the longest line: a frame of max_batch long path
 STATUS_EVERY_S: Final = 0.2  # status lines at most this often
 SAVE_EVERY_S: Final = 1.0  # the position file at most this often
 STOP_DRAIN_S: Final = 2.0  # for the acknowledgements of what is in flight, at a stop
+FORWARD_NICE: Final = 10  # added to the daemon's nice value
 FORWARDED_NOTICES: Final = frozenset({"overflow", "resynced", "watch_lost", "watch_restored"})
 
 
@@ -375,6 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     from watchd.systemd import configure_logging
 
     configure_logging(args.log_level, priority_prefix=True)  # read by the daemon: see childlog
+    # A fatal signal leaves our stack in the daemon's log; SIGUSR1 too, for a forwarder that
+    # seems stuck (our stderr is the daemon's log, see childlog).
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1, all_threads=False)
+    # Below the daemon and its watcher: on a busy machine, local subscribers and the
+    # kernel's queue come first; forwarding catches up from the daemon's history.
+    with contextlib.suppress(OSError):
+        os.nice(FORWARD_NICE)
     control = socket.socket(fileno=args.fd)
     with control.makefile("rb") as f:
         setup = Setup.from_json(f.readline())

@@ -275,6 +275,11 @@ class Publisher:
 
 def ack_problem(msg: Msg, config: ForwardConfig) -> str | None:
     """What an acknowledgement says went wrong, or None when the message is stored."""
+    data = msg.data
+    # The common case without a JSON parse: {"stream":"WATCHD","seq":17} (maybe with
+    # "duplicate":true); an error reply has an "error" member, a status reply no body.
+    if data.startswith(b'{"stream":') and b'"error"' not in data and not msg.headers:
+        return None
     status = msg.headers.get("Status") if msg.headers else None
     if status == "503":
         return (f"no stream captures the subject (stream {config.stream!r} must capture "
