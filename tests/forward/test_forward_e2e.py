@@ -182,10 +182,16 @@ def test_an_unreachable_url_is_retried_until_the_server_comes(
     assert not first["connected"] and first["server"] is None
     daemon.wait_log("forward central: cannot reach the NATS server")
     pid_before = daemon.status()["pid"]
+    # What happens meanwhile is counted as lag, and forwarded once the server is there.
+    burst(watched, 5)
+    seq = wait_for(lambda: (s := daemon.status()["seq"]) >= 10 and s, 10.0, "10 events")
+    wait_for(lambda: forwarder(daemon)["lag"] == seq, 10.0, f"lag {seq}")
     with _started(server):
         wait_connected(daemon, 30.0)
         (watched / "x").write_bytes(b"")
-        wait_stream_count(server.url, 1)
+        wait_stream_count(server.url, seq + 2)
+        assert event_seqs(server.url) == list(range(1, seq + 3))
+        wait_for(lambda: forwarder(daemon)["lag"] == 0, 10.0, "lag 0")
     assert daemon.status()["pid"] == pid_before
 
 

@@ -219,18 +219,26 @@ class Forwarder:
                 await self.refused(msg)
 
     async def steer(self) -> None:
-        """Subscribe anew from the position when events were let go and we can publish."""
-        if not (self.behind and self.writer is not None and self.instance
-                and self.publisher.connected and self.publisher.room.is_set()):
+        """Subscribe anew from the position when events were let go and we can publish.
+
+        Before the first connection to NATS, subscribe all the same, to count the lag: the
+        events are let go, and subscribed for again from the position once connected.
+        """
+        if not (self.behind and self.writer is not None and self.instance):
             return
-        since = self.publisher.position()
+        ready = self.publisher.connected and self.publisher.room.is_set()
+        if not ready and self.request:
+            return  # subscribed: counting what we let go until we can publish
+        since = self.publisher.position() if ready else None
         if since is None and self.position is not None:
             if self.position[0] != self.instance:
                 # The daemon started a new instance: its seqs say nothing of ours.
-                await self.gap(None)
+                if ready:
+                    await self.gap(None)
                 return
             since = self.position[1]
         self.subscribe(since)
+        self.behind = not ready
 
     def subscribe(self, since: int | None) -> None:
         """Subscribe from `since` (None: from now on)."""
