@@ -5,9 +5,10 @@ A local nats-server (-js, its store on /dev/shm) and the daemon with one `[[forw
 (create_stream = true); the watched tree on /dev/shm. Alternating in every repetition:
 
 * burst: a W1-like burst of --files creations (a create and a close_write each) with one
-  local subscriber; `local` is events/s from the first write to the subscriber's last event
-  (and whether it got them all), `forward` events/s from the first write until JetStream
-  acknowledged the last one (the forwarder's last_acked_seq reaches the daemon's seq);
+  local subscriber, with a forwarder and without one; `local` is events/s from the first
+  write to the subscriber's last event (and whether it got them all), `forward` events/s
+  from the first write until JetStream acknowledged the last one (the forwarder's
+  last_acked_seq reaches the daemon's seq);
 * latency: one file at a time, creation to its close_write at a local subscriber (p50, p99
   in ms), with a forwarder (`fwd`) and without one (`off`); the ratio is fwd/off.
 
@@ -105,12 +106,13 @@ def wait_connected(path: str) -> None:
         time.sleep(0.05)
 
 
-def burst(url: str, files: int, run: int) -> tuple[float, float, bool]:
-    """(local events/s, forwarded events/s, local got every event)."""
+def burst(url: str | None, files: int, run: int) -> tuple[float, float, bool]:
+    """(local events/s, forwarded events/s (0 without url), local got every event)."""
     with place() as (work, root):
         d = start(work, config(work, root, url, run))
         try:
-            wait_connected(d.socket)
+            if url:
+                wait_connected(d.socket)
             s = subscribe(d.socket)
             s.settimeout(120)
             want = 2 * files
@@ -132,6 +134,8 @@ def burst(url: str, files: int, run: int) -> tuple[float, float, bool]:
                     break
             local = time.monotonic() - t0
             s.close()
+            if not url:
+                return want / local, 0.0, complete
             seq = status(d.socket)["seq"]
             deadline = time.monotonic() + 300
             while True:
@@ -183,13 +187,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=400)
     args = parser.parse_args()
     bursts: list[tuple[float, float, bool]] = []
+    alone: list[tuple[float, float, bool]] = []
     lat: dict[str, list[tuple[float, float]]] = {"off": [], "fwd": []}
     with nats_server() as url:
         for rep in range(args.reps):
-            bursts.append(burst(url, args.files, rep))
-            local, fwd, complete = bursts[-1]
-            print(f"rep {rep}: burst local {local:,.0f} ev/s ({'all' if complete else 'LOST'}),"
-                  f" forwarded {fwd:,.0f} ev/s", flush=True)
+            for mode in ("fwd", "off") if rep % 2 == 0 else ("off", "fwd"):
+                result = burst(url if mode == "fwd" else None, args.files, rep)
+                (bursts if mode == "fwd" else alone).append(result)
+                local, fwd, complete = result
+                print(f"rep {rep}: burst {mode}: local {local:,.0f} ev/s "
+                      f"({'all' if complete else 'LOST'}), forwarded {fwd:,.0f} ev/s", flush=True)
             order = ("off", "fwd") if rep % 2 == 0 else ("fwd", "off")
             for mode in order:
                 lat[mode].append(latency(url if mode == "fwd" else None, args.samples,
@@ -201,7 +208,9 @@ def main() -> None:
     print(f"\nburst of {args.files:,} files ({2 * args.files:,} events), medians of "
           f"{args.reps}: local {med(b[0] for b in bursts):,.0f} ev/s, forwarded "
           f"{med(b[1] for b in bursts):,.0f} ev/s; local complete in "
-          f"{sum(b[2] for b in bursts)}/{len(bursts)}")
+          f"{sum(b[2] for b in bursts)}/{len(bursts)}; without a forwarder: local "
+          f"{med(b[0] for b in alone):,.0f} ev/s, complete in "
+          f"{sum(b[2] for b in alone)}/{len(alone)}")
     for q, name in ((0, "p50"), (1, "p99")):
         off = med(x[q] for x in lat["off"])
         fwd = med(x[q] for x in lat["fwd"])
