@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.durable import start, stop, subscribe
+from bench.durable import one_at_a_time, start, stop, timed_burst
 
 
 def nats_binary() -> str:
@@ -113,27 +113,11 @@ def burst(url: str | None, files: int, run: int) -> tuple[float, float, bool]:
         try:
             if url:
                 wait_connected(d.socket)
-            s = subscribe(d.socket)
-            s.settimeout(120)
             want = 2 * files
             t0 = time.monotonic()
-            for i in range(files):
-                with open(root / f"f{i:06}", "wb"):
-                    pass
-            got, carry, complete = 0, b"", True
-            while got < want:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    raise RuntimeError("the daemon closed the connection")
-                data = carry + chunk
-                cut = data.rfind(b"\n") + 1
-                chunk, carry = data[:cut], data[cut:]
-                got += chunk.count(b'"type":"event"')
-                if b'"type":"overflow"' in chunk or b'"type":"dropped"' in chunk:
-                    complete = False
-                    break
-            local = time.monotonic() - t0
-            s.close()
+            took = timed_burst(d.socket, root, files)
+            complete = took is not None
+            local = took if took is not None else time.monotonic() - t0
             if not url:
                 return want / local, 0.0, complete
             seq = status(d.socket)["seq"]
@@ -159,25 +143,9 @@ def latency(url: str | None, samples: int, run: int) -> tuple[float, float]:
         try:
             if url:
                 wait_connected(d.socket)
-            s = subscribe(d.socket)
-            s.settimeout(10)
-            f = s.makefile("rb")
-            took = []
-            for i in range(samples):
-                t0 = time.monotonic()
-                os.close(os.open(root / f"l{i}", os.O_CREAT | os.O_WRONLY, 0o600))
-                while True:
-                    line = f.readline()
-                    if b'"kind":"close_write"' in line and f"l{i}".encode() in line:
-                        break
-                took.append((time.monotonic() - t0) * 1000)
-                time.sleep(0.002)
-            f.close()
-            s.close()
+            return one_at_a_time(d.socket, root, samples)
         finally:
             stop(d)
-        q = statistics.quantiles(took, n=100)
-        return q[49], q[98]
 
 
 def main() -> None:
