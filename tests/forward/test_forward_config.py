@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,3 +133,13 @@ def test_check_exits_78_for_a_bad_forward(tmp_path: Path,
     _, err = capsys.readouterr()
     assert f"{cfg}: forward[0].stream: 'a b' is not a valid stream name" in err
     assert "Traceback" not in err
+
+
+def test_the_daemon_runs_without_the_client_library() -> None:
+    # Only a [[forward]] needs it: the daemon, its command line and the forwarders' supervisor
+    # import no NATS code.
+    code = ("import sys; sys.modules['nats'] = None\n"
+            "import watchd.cli, watchd.daemon, watchd.forward.supervise\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -26,12 +26,10 @@ import socket
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Final
 
-from watchd.config.model import ForwardConfig
-from watchd.events import Kind
-from watchd.forward.publisher import Publisher
+from watchd.forward.publisher import ACK_TIMEOUT_S, Publisher
+from watchd.forward.setup import Setup, position_file
 from watchd.forward.subjects import notice_subject, render
 from watchd.protocol import OverflowReason
 
@@ -43,49 +41,6 @@ SAVE_EVERY_S: Final = 1.0  # the position file at most this often
 STOP_DRAIN_S: Final = 2.0  # for the acknowledgements of what is in flight, at a stop
 FORWARD_NICE: Final = 10  # added to the daemon's nice value
 FORWARDED_NOTICES: Final = frozenset({"overflow", "resynced", "watch_lost", "watch_restored"})
-
-
-@dataclass(frozen=True, slots=True)
-class Setup:
-    """What the daemon tells a forwarder process at its start."""
-
-    config: ForwardConfig
-    socket: str  # the daemon's socket
-    host: str  # {host} in the subject
-    watches: tuple[str, ...]  # the watches forwarded (for notices about every watch)
-    state_directory: str | None
-    resume: tuple[str, int] | None  # (instance, seq) the daemon last heard acknowledged
-
-    def to_json(self) -> bytes:
-        c = self.config
-        config = {"name": c.name, "urls": list(c.urls), "type": c.type, "subject": c.subject,
-                  "stream": c.stream, "watches": None if c.watches is None else list(c.watches),
-                  "events": None if c.events is None else sorted(c.events),
-                  "create_stream": c.create_stream, "credentials": c.credentials,
-                  "token": c.token, "user": c.user, "password": c.password}
-        return json.dumps({"config": config, "socket": self.socket, "host": self.host,
-                           "watches": list(self.watches),
-                           "state_directory": self.state_directory,
-                           "resume": self.resume}).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, line: bytes) -> Setup:
-        d = json.loads(line)
-        c = d["config"]
-        config = ForwardConfig(
-            name=c["name"], urls=tuple(c["urls"]), type=c["type"], subject=c["subject"],
-            stream=c["stream"], watches=None if c["watches"] is None else tuple(c["watches"]),
-            events=None if c["events"] is None else frozenset(Kind(k) for k in c["events"]),
-            create_stream=c["create_stream"], credentials=c["credentials"], token=c["token"],
-            user=c["user"], password=c["password"])
-        resume = d["resume"]
-        return cls(config, d["socket"], d["host"], tuple(d["watches"]), d["state_directory"],
-                   None if resume is None else (resume[0], int(resume[1])))
-
-
-def position_file(state_directory: str, name: str) -> str:
-    # Hex, as for the stored indexes: a name may be "." or "..".
-    return os.path.join(state_directory, "forward", name.encode().hex() + ".json")
 
 
 def read_position(setup: Setup) -> tuple[str, int] | None:
@@ -331,13 +286,7 @@ class Forwarder:
             await asyncio.sleep(1.0)
             if self.publisher.overdue():
                 self.publisher.fail("JetStream did not acknowledge a message within "
-                                    f"{self.publisher_timeout():.0f} s")
-
-    @staticmethod
-    def publisher_timeout() -> float:
-        from watchd.forward.publisher import ACK_TIMEOUT_S
-
-        return ACK_TIMEOUT_S
+                                    f"{ACK_TIMEOUT_S:.0f} s")
 
 
 async def serve(setup: Setup, control: socket.socket) -> int:

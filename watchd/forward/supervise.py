@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from watchd import childlog
 from watchd.config.model import Config, ForwardConfig
-from watchd.forward.child import Setup
+from watchd.forward.setup import Setup
 from watchd.systemd import child_environment
 
 log = logging.getLogger("watchd")
