@@ -45,9 +45,19 @@ def test_the_defaults() -> None:
     assert f.watches is None and f.events is None and f.create_stream is False
 
 
-def test_every_key_is_read(tmp_path: Path) -> None:
+def test_a_credentials_file_needs_nkeys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     creds = tmp_path / "nats.creds"
     creds.write_text("x")
+    monkeypatch.setitem(sys.modules, "nkeys", None)
+    message = refused(forward_toml(f'credentials = "{creds}"\n'))
+    assert message.startswith(f"{FILE}: forward[0].credentials: "), message
+    assert "pip install nkeys" in message
+
+
+def test_every_key_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    creds = tmp_path / "nats.creds"
+    creds.write_text("x")
+    monkeypatch.setitem(sys.modules, "nkeys", sys)  # (any module: it is only looked for)
     f = only_forward(f'credentials = "{creds}"\nsubject = "fleet.{{watch}}.{{host}}"\n'
                      'stream = "FLEET"\nwatches = ["up"]\nevents = ["create", "close_write"]\n'
                      "create_stream = true\n")

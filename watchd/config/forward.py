@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Collection, Mapping
@@ -20,13 +21,17 @@ URL_SCHEMES: Final = ("nats", "tls", "ws", "wss")
 EXTRA_HINT: Final = "pip install 'watchd[nats]'"
 
 
-def nats_installed() -> bool:
-    """Whether the NATS client library can be imported."""
+def _importable(module: str) -> bool:
     try:
-        import nats  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
         return False
     return True
+
+
+def nats_installed() -> bool:
+    """Whether the NATS client library can be imported."""
+    return _importable("nats")
 
 
 def parse_forwards(r: _Reader, value: object,
@@ -99,6 +104,10 @@ def _forward(r: _Reader, table: Mapping[str, object], prefix: str,
             path = r.absolute_path(item, full)
             if not os.access(path, os.R_OK):
                 raise r.error(full, f"cannot read the credentials file {show(path)}")
+            if not _importable("nkeys"):
+                raise r.error(full, "a credentials file needs the nkeys library too, which "
+                              "is not installed: pip install nkeys (or use token or "
+                              "user/password)")
             values[key] = path
         else:  # token, user, password
             values[key] = r.string(item, full)
