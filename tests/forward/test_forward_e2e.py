@@ -48,7 +48,9 @@ def forwarder(daemon: Daemon) -> dict[str, object]:
 
 
 def wait_connected(daemon: Daemon, timeout: float = 20.0) -> dict[str, object]:
-    return wait_for(lambda: (f := forwarder(daemon))["connected"] and f, timeout,
+    """The forwarder's status once it is connected and subscribed (it forwards from then)."""
+    return wait_for(lambda: (f := forwarder(daemon))["connected"]
+                    and daemon.status()["subscriptions"] >= 1 and f, timeout,
                     "the forwarder connected")
 
 
@@ -182,7 +184,9 @@ def test_an_unreachable_url_is_retried_until_the_server_comes(
     assert not first["connected"] and first["server"] is None
     daemon.wait_log("forward central: cannot reach the NATS server")
     pid_before = daemon.status()["pid"]
-    # What happens meanwhile is counted as lag, and forwarded once the server is there.
+    # What happens meanwhile (once the forwarder subscribed: it starts from its start) is
+    # counted as lag, and forwarded once the server is there.
+    wait_for(lambda: daemon.status()["subscriptions"] == 1, 10.0, "the forwarder subscribed")
     burst(watched, 5)
     seq = wait_for(lambda: (s := daemon.status()["seq"]) >= 10 and s, 10.0, "10 events")
     wait_for(lambda: forwarder(daemon)["lag"] == seq, 10.0, f"lag {seq}")
