@@ -166,7 +166,9 @@ def test_a_position_the_daemon_no_longer_holds_is_a_forward_gap(
         return any(p.get("reason") == "forward_gap" for _, p, _ in
                    stream_messages(nats.url, subject=subject))
     wait_for(gap, 20.0, "a forward_gap notice", interval=0.2)
-    (notice,) = [p for _, p, _ in stream_messages(nats.url, subject=subject)]
+    # (Other notices may come too on a loaded machine: kernel_queue overflows, resyncs.)
+    (notice,) = [p for _, p, _ in stream_messages(nats.url, subject=subject)
+                 if p.get("reason") == "forward_gap"]
     assert notice["type"] == "overflow" and notice["watch"] == "uploads"
     assert notice["resync"] is False
     # On from the oldest event the daemon held.

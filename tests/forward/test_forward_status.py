@@ -91,7 +91,7 @@ def test_a_reload_applies_forwarders_by_difference(
     daemon.reload(base + forward("a", nats.url))
     wait_for(lambda: forward_pids(daemon) == before & after, 10.0, "only a left")
     assert set(by_name(daemon)) == {"a"}
-    daemon.wait_log("created stream OTHER")
+    daemon.wait_log("created stream OTHER", timeout=30.0)
 
 
 def test_another_user_is_not_shown_the_forwarders(
