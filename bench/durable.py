@@ -111,32 +111,42 @@ def burst(mode: str, fs: Path, files: int) -> float | None:
     with place(mode, fs) as (work, root, state):
         d = start(work, config(work, root, state))
         try:
-            s = subscribe(d.socket)
-            s.settimeout(60)
-            want = 2 * files
-            t0 = time.monotonic()
-            for i in range(files):
-                with open(root / f"f{i:06}", "wb"):
-                    pass
-            got = 0
-            carry = b""
-            while got < want:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    raise RuntimeError("the daemon closed the connection")
-                # Whole lines only: a pattern cut by a read would be missed.
-                data = carry + chunk
-                cut = data.rfind(b"\n") + 1
-                chunk, carry = data[:cut], data[cut:]
-                got += chunk.count(b'"type":"event"')
-                if b'"type":"overflow"' in chunk or b'"type":"dropped"' in chunk:
-                    print(f"  {mode}: events lost (an overflow): not counted", file=sys.stderr)
-                    return None
-            took = time.monotonic() - t0
-            s.close()
+            took = timed_burst(d.socket, root, files)
         finally:
             stop(d)
-        return want / took
+        if took is None:
+            print(f"  {mode}: events lost (an overflow): not counted", file=sys.stderr)
+            return None
+        return 2 * files / took
+
+
+def timed_burst(socket_path: str, root: Path, files: int) -> float | None:
+    """Seconds from the first of `files` creations in root to the last of their events (a
+    create and a close_write each) at a new subscriber; None when it was told of a loss."""
+    s = subscribe(socket_path)
+    s.settimeout(120)
+    want = 2 * files
+    t0 = time.monotonic()
+    for i in range(files):
+        with open(root / f"f{i:06}", "wb"):
+            pass
+    got = 0
+    carry = b""
+    try:
+        while got < want:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                raise RuntimeError("the daemon closed the connection")
+            # Whole lines only: a pattern cut by a read would be missed.
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1
+            chunk, carry = data[:cut], data[cut:]
+            got += chunk.count(b'"type":"event"')
+            if b'"type":"overflow"' in chunk or b'"type":"dropped"' in chunk:
+                return None
+        return time.monotonic() - t0
+    finally:
+        s.close()
 
 
 def latency(mode: str, fs: Path, samples: int) -> tuple[float, float]:
@@ -144,25 +154,30 @@ def latency(mode: str, fs: Path, samples: int) -> tuple[float, float]:
     with place(mode, fs) as (work, root, state):
         d = start(work, config(work, root, state))
         try:
-            s = subscribe(d.socket)
-            s.settimeout(10)
-            f = s.makefile("rb")
-            took = []
-            for i in range(samples):
-                t0 = time.monotonic()
-                os.close(os.open(root / f"l{i}", os.O_CREAT | os.O_WRONLY, 0o600))
-                while True:
-                    line = f.readline()
-                    if b'"kind":"close_write"' in line and f"l{i}".encode() in line:
-                        break
-                took.append((time.monotonic() - t0) * 1000)
-                time.sleep(0.002)
-            f.close()
-            s.close()
+            return one_at_a_time(d.socket, root, samples)
         finally:
             stop(d)
-        q = statistics.quantiles(took, n=100)
-        return q[49], q[98]
+
+
+def one_at_a_time(socket_path: str, root: Path, samples: int) -> tuple[float, float]:
+    """(p50, p99) in ms from a creation in root to its close_write at a new subscriber."""
+    s = subscribe(socket_path)
+    s.settimeout(10)
+    f = s.makefile("rb")
+    took = []
+    for i in range(samples):
+        t0 = time.monotonic()
+        os.close(os.open(root / f"l{i}", os.O_CREAT | os.O_WRONLY, 0o600))
+        while True:
+            line = f.readline()
+            if b'"kind":"close_write"' in line and f"l{i}".encode() in line:
+                break
+        took.append((time.monotonic() - t0) * 1000)
+        time.sleep(0.002)
+    f.close()
+    s.close()
+    q = statistics.quantiles(took, n=100)
+    return q[49], q[98]
 
 
 def publish(mode: str, batch: int, n_events: int) -> float:

@@ -240,7 +240,7 @@ def test_indexes_are_zero_based_and_count_every_watch() -> None:
     ("text", "key", "problem"),
     [
         # the document
-        ("color = 1", "color", "unknown key; the keys allowed here are daemon, watch"),
+        ("color = 1", "color", "unknown key; the keys allowed here are daemon, forward, watch"),
         ("deamon = {}", "deamon", "did you mean 'daemon'?"),
         ("daemon = 3", "daemon", "expected a table ([daemon]), got an integer (3)"),
         ("[watch]\nname='a'", "watch", "expected an array of tables ([[watch]]), got a table"),

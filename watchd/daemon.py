@@ -27,6 +27,7 @@ from watchd.config.load import load_config
 from watchd.config.model import Config, ConfigDiff, WatchConfig, diff_config
 from watchd.errors import ConfigError
 from watchd.events import kinds_mask
+from watchd.forward.supervise import Forwarders
 from watchd.handler import RequestHandler
 from watchd.holdback import HoldBack
 from watchd.index import Index
@@ -133,11 +134,17 @@ class Daemon:
         self.watchdog_s = watchdog_interval()
         self.supervisor = Supervisor(self.spawn_watcher, self.stopping,
                                      on_exit=self.watcher_gone, on_replaced=self.watcher_replaced)
-        self.hold = HoldBack(self.broker, self.clients, lambda: self.supervisor.watcher)
+        self.forwarders = Forwarders(
+            socket_path=self.socket_path,
+            state_directory=self.state.path if self.state is not None else None,
+            log_level=self.log_level)
+        self.hold = HoldBack(self.broker, self.clients, lambda: self.supervisor.watcher,
+                             exempt=self.forwarders.pids)
         self.status = Status(instance=self.instance, config_path=config.path,
                              broker=self.broker, watches=self.watches,
                              supervisor=self.supervisor, clients=self.clients,
-                             history=self.history, resync=self.resync, state=self.state)
+                             history=self.history, resync=self.resync, state=self.state,
+                             forwarders=self.forwarders.status)
         self.metrics = Metrics(self.status, self.broker)
         self.metrics_http = MetricsServer(lambda: exposition(self.metrics.snapshot()))
         self.handler = RequestHandler(broker=self.broker, instance=self.instance,
@@ -179,6 +186,7 @@ class Daemon:
         if not self.stopping.is_set():
             assert self.server is not None
             await self.server.start_serving()
+            self.forwarders.apply(self.config)
             self.notifier.ready(self.status.line())
             log.info("watchd %s ready on %s: %s", __version__, self.socket_name(),
                      self.status.line())
@@ -215,6 +223,7 @@ class Daemon:
         await self.metrics_http.close()
         self.hold.release()
         await self.supervisor.stop()
+        await self.forwarders.stop()  # each takes what it still reads, and its acks
         if self.state is not None:
             await self.state.close(self.broker.last_seq, self.index_snapshots())
         for client in list(self.clients):
@@ -229,6 +238,12 @@ class Daemon:
         for client in list(self.clients):
             client.abort()
         log.info("stopped")
+
+    def socket_path(self) -> str:
+        """Where the daemon's socket is, for its forwarders to connect to."""
+        if self.owned_socket_path is not None:
+            return self.owned_socket_path
+        return str(self.listen.getsockname()) if self.listen is not None else ""
 
     def socket_name(self) -> str:
         if self.owned_socket_path is not None:
@@ -445,6 +460,7 @@ class Daemon:
             logging.getLogger("watchd").setLevel(d.log_level.upper())
         self.watches.reconfigure(new.watches, diff.removed)
         self.broker.set_watches(new.watches)
+        self.forwarders.apply(new)
         # A watch the watcher establishes anew is scanned anew: its index starts over.
         self.resync.configure(new.watches, changed=[
             *(w.name for w in diff.added),

@@ -35,10 +35,14 @@ class HoldBack:
     """
 
     def __init__(self, broker: Broker, clients: Collection[ClientProtocol],
-                 watcher: Callable[[], WatcherProcess | None]) -> None:
+                 watcher: Callable[[], WatcherProcess | None],
+                 exempt: Callable[[], Collection[int]] = frozenset) -> None:
         self.broker = broker
         self.clients = clients
         self.watcher = watcher  # the running watcher, if any
+        # Processes the rule leaves out: the forwarders (watchd.forward), which never make
+        # the watcher wait, and whose keeping up must not cost local subscribers their hold.
+        self.exempt = exempt
         self.clock = flow.FlowClock()  # stands still while the hold lasts
         self.recheck: asyncio.TimerHandle | None = None
         self.spent = False  # the limit was reached; wait for a subscriber to catch up
@@ -61,7 +65,8 @@ class HoldBack:
         if watcher is None:
             return
         now = time.monotonic()
-        views = [c.view() for c in self.clients if c.subscribed]
+        exempt = self.exempt()
+        views = [v for c in self.clients if c.subscribed and (v := c.view()).process not in exempt]
         decision = flow.decide(views, self.broker.levels, now, self.clock.now(now),
                                spent=self.spent)
         self.near_full = decision.near_full

@@ -18,6 +18,7 @@ class OverflowReason(enum.StrEnum):
     WATCH_LIMIT = "watch_limit"
     UNMOUNT = "unmount"  # a file system mounted inside the watched tree was unmounted
     DAEMON_RESTART = "daemon_restart"  # the daemon resumed from its durable state
+    FORWARD_GAP = "forward_gap"  # a forwarder's position left the journal (watchd.forward)
 
 
 class LostReason(enum.StrEnum):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +63,8 @@ class Status:
     def __init__(self, *, instance: str, config_path: str, broker: Broker, watches: Watches,
                  supervisor: Supervisor, clients: Collection[object],
                  history: ReloadRecord, resync: Resyncer | None = None,
-                 state: State | None = None) -> None:
+                 state: State | None = None,
+                 forwarders: Callable[[], list[dict[str, Any]]] = list) -> None:
         self.instance = instance
         self.config_path = config_path
         self.broker = broker
@@ -73,6 +74,7 @@ class Status:
         self.history = history
         self.resync = resync
         self.state = state
+        self.forwarders = forwarders  # see watchd.forward.supervise.Forwarders.status
         self.max_user_watches: tuple[float, int | None] = (-math.inf, None)  # (read at, value)
 
     def fields(self, peer: Peer | None = None) -> dict[str, Any]:
@@ -122,6 +124,8 @@ class Status:
             "max_user_watches": self.user_watch_limit(),
             "restart_needed": list(h.restart_needed),
             **self.state_fields(full=view == "full"),
+            # Their lag counts events of the watches they forward: shown in full only.
+            "forwarders": self.forwarders() if view == "full" else [],
         }
 
     def state_fields(self, *, full: bool) -> dict[str, Any]:

@@ -223,6 +223,24 @@ def format_status(status: dict[str, Any], hello: dict[str, Any]) -> list[str]:
         )
         if watch.get("problem"):
             lines.append(f"  {'':<{width}}  problem: {_show(watch['problem'])}")
+    lines.extend(_forwarder_lines(status.get("forwarders") or []))
+    return lines
+
+
+def _forwarder_lines(forwarders: list[dict[str, Any]]) -> list[str]:
+    """The forwarders (watchd.forward), one line each, and their last error."""
+    if not forwarders:
+        return []
+    lines = [f"forwarders: {len(forwarders)}"]
+    width = max(len(_show(f.get("name"))) for f in forwarders)
+    for f in forwarders:
+        where = (f"connected to {_show(f.get('server'))}" if f.get("connected")
+                 else "not connected")
+        lines.append(f"  {_show(f.get('name')):<{width}}  {_show(f.get('type'))}  {where}, "
+                     f"acknowledged up to seq {_show(f.get('last_acked_seq'))}, "
+                     f"lag {f.get('lag')} events")
+        if f.get("last_error"):
+            lines.append(f"  {'':<{width}}  last error: {_show(f['last_error'])}")
     return lines
 
 

@@ -6,13 +6,21 @@ the file descriptor limit).
 """
 
 from watchd.config.load import load_config
-from watchd.config.model import Config, ConfigDiff, DaemonConfig, WatchConfig, diff_config
+from watchd.config.model import (
+    Config,
+    ConfigDiff,
+    DaemonConfig,
+    ForwardConfig,
+    WatchConfig,
+    diff_config,
+)
 from watchd.config.parse import parse_config
 
 __all__ = [
     "Config",
     "ConfigDiff",
     "DaemonConfig",
+    "ForwardConfig",
     "WatchConfig",
     "diff_config",
     "load_config",

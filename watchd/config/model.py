@@ -96,12 +96,35 @@ WATCH_KEYS: Final = tuple(f.name for f in fields(WatchConfig) if f.name != "reso
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """One [[forward]] table: where a forwarder publishes which events (watchd.forward)."""
+
+    name: str
+    urls: tuple[str, ...]
+    type: str = "nats"
+    subject: str = "watchd.{host}.{watch}"
+    stream: str = "WATCHD"
+    watches: tuple[str, ...] | None = None  # None: every watch
+    events: frozenset[Kind] | None = None  # None: each watch's own kinds
+    create_stream: bool = False
+    credentials: str | None = None  # a NATS credentials file
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+# The keys a [[forward]] table may have ("url" is read into ForwardConfig.urls).
+FORWARD_KEYS: Final = ("url", *(f.name for f in fields(ForwardConfig) if f.name != "urls"))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole configuration file."""
 
     path: str
     daemon: DaemonConfig
     watches: tuple[WatchConfig, ...]
+    forwards: tuple[ForwardConfig, ...] = ()
 
     def watch(self, name: str) -> WatchConfig | None:
         """The watch of that name, if there is one."""

@@ -44,10 +44,13 @@ def parse_config(text: str, path: str) -> Config:
     except RecursionError as e:
         raise ConfigError(path, "", "invalid TOML: values nested too deeply") from e
     r = _Reader(path)
-    r.only_keys(doc, "", ("daemon", "watch"))
+    r.only_keys(doc, "", ("daemon", "watch", "forward"))
     daemon = _daemon(r, r.table(doc, "daemon"))
     watches = _watches(r, doc.get("watch", []))
-    config = Config(path=path, daemon=daemon, watches=watches)
+    from watchd.config.forward import parse_forwards  # it reads with this module's _Reader
+
+    forwards = parse_forwards(r, doc.get("forward", []), {w.name for w in watches})
+    config = Config(path=path, daemon=daemon, watches=watches, forwards=forwards)
     state = daemon.state_directory
     watch = config.watching(state) if state else None
     if watch is not None:

