@@ -25,7 +25,7 @@ block one another (names swapped in a cycle) are turned into deletes and creates
 
 from __future__ import annotations
 
-__all__ = ["SYNTHETIC", "Diff", "diff"]
+__all__ = ["SYNTHETIC", "Diff", "diff", "keep_unentered"]
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,12 +41,16 @@ from watchd.index import (
     IN_MOVED_TO,
     IS_DIR,
     Dirs,
+    Index,
     Item,
     attr_of,
     content_of,
+    entries,
     inode,
     join,
     split,
+    subtree_keys,
+    thaw,
 )
 
 _EMPTY: dict[str, int] = {}
@@ -63,6 +67,30 @@ class Diff:
 def diff(old: Dirs, new: Dirs, root: str, cookies: Iterator[int]) -> Diff:
     """The events that turn a client's picture of `old` into `new` (see the module)."""
     return _Differ(old, new, root, cookies).run()
+
+
+def keep_unentered(old: Index | Dirs, new: Dirs) -> None:
+    """Complete a scan (in place) with what the index held below the directories the scan
+    listed but could not enter.
+
+    Such a directory went (or was replaced) between its parent's listing and its own: the
+    events of that change come after the scan. Taken as empty, its contents would be reported
+    deleted, and the move that follows would take the emptied directory where it went. Kept
+    as the index had it (the same directory: same inode, or one the index did not know the
+    inode of), its events take it, contents and all, where it went.
+    """
+    for parent, children in list(new.items()):
+        for name, record in children.items():
+            if not record & IS_DIR:
+                continue
+            path = join(parent, name)
+            if path in new or path not in old:
+                continue
+            was = dict(entries(old.get(parent, _EMPTY))).get(name)
+            if was is None or not was & IS_DIR or inode(was) not in (0, inode(record)):
+                continue
+            for key in subtree_keys(old, path):
+                new[key] = dict(thaw(old[key]))
 
 
 def _depth(path: str) -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from watchd.config.model import WatchConfig
-from watchd.diff import diff
+from watchd.diff import diff, keep_unentered
 from watchd.events import kinds_mask
 from watchd.index import Dirs, Index, Item, Records, TreeIndex
 
@@ -192,6 +192,7 @@ class Resyncer:
             watch.scanned = True
             watch.awaiting = False
             return Resync([], 0, 0.0, notice=False)
+        keep_unentered(watch.index.dirs, dirs)  # see there: a directory that moved mid-scan
         old, at_rest = watch.index.against(dirs)
         result = diff(old, dirs, watch.index.root, self.cookies)
         watch.index.take(at_rest)
