@@ -73,3 +73,23 @@ def test_events_describe_the_tree_through_overflows_kills_and_restarts(start_dae
     assert result.kills > 0 and result.restarts > 0, result
     assert result.daemon_stops > 0 and result.daemon_kills > 0, result
     assert result.resumed == result.daemon_stops + result.daemon_kills, result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
+def test_events_describe_the_tree_through_stops_and_kills_without_state(start_daemon,
+                                                                        workdir: str) -> None:
+    # The case the run above does not make: a daemon without durable state, and stops of the
+    # watcher that need not overflow its queue (no flood): some are mere delays, some losses.
+    root, outside = Path(workdir) / "tree", Path(workdir) / "outside"
+    root.mkdir()
+    outside.mkdir()
+    with sysctl("max_queued_events", 64):  # replacements take it too: kept for the whole run
+        daemon = start_daemon(config(watches=watch("t", root)))
+        faults = Faults(lambda: watcher_of(daemon.proc.pid), random.Random(7), every=25,
+                        kill_every=200)
+        result = run(root, outside, daemon.socket, ops=500, pause_every=50, seed=3,
+                     faults=faults)
+    assert result.differences == 0, result.details
+    assert result.announced == 0, "a loss was not resynced"
+    assert not result.repeats, "the follower yielded a seq twice"
+    assert result.resyncs >= 3 and result.stops >= 2 and result.kills >= 1, result
