@@ -10,10 +10,16 @@ the model is not re-read: the events up to `resynced` must make it exact.
 
 With --faults (root: it lowers fs.inotify.max_queued_events while the daemon starts), losses
 are made at random points: the watcher is SIGSTOPped for a few operations (its kernel queue
-overflows), or SIGKILLed (it is replaced).
+overflows; with --flood, always), or SIGKILLed (it is replaced).
 
-    .venv/bin/python bench/fidelity.py --ops 10000 --seed 1
-    .venv/bin/python bench/fidelity.py --ops 10000 --seed 1 --faults --queue 64
+With --restart-every, the daemon runs with a state directory and is stopped (SIGTERM) or
+killed with its watcher (SIGKILL), in turn, at random points between operations; a few
+operations are made while it is down, and it is started again. The subscriber follows it
+with Client.follow (resuming with since and instance), and no seq may come twice.
+
+    .venv/bin/python -m bench.fidelity --ops 10000 --seed 1
+    flock /tmp/watchd-suite.lock .venv/bin/python -m bench.fidelity --ops 10000 --seed 1 \
+        --faults --flood 30 --restart-every 1000
 """
 
 from __future__ import annotations
