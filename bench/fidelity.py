@@ -10,10 +10,16 @@ the model is not re-read: the events up to `resynced` must make it exact.
 
 With --faults (root: it lowers fs.inotify.max_queued_events while the daemon starts), losses
 are made at random points: the watcher is SIGSTOPped for a few operations (its kernel queue
-overflows), or SIGKILLed (it is replaced).
+overflows; with --flood, always), or SIGKILLed (it is replaced).
 
-    .venv/bin/python bench/fidelity.py --ops 10000 --seed 1
-    .venv/bin/python bench/fidelity.py --ops 10000 --seed 1 --faults --queue 64
+With --restart-every, the daemon runs with a state directory and is stopped (SIGTERM) or
+killed with its watcher (SIGKILL), in turn, at random points between operations; a few
+operations are made while it is down, and it is started again. The subscriber follows it
+with Client.follow (resuming with since and instance), and no seq may come twice.
+
+    .venv/bin/python -m bench.fidelity --ops 10000 --seed 1
+    flock /tmp/watchd-suite.lock .venv/bin/python -m bench.fidelity --ops 10000 --seed 1 \
+        --faults --flood 30 --restart-every 1000
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from watchd.client import Backoff, Client
 
 NON_UTF8 = [b"caf\xe9", b"\xff\xfename", b"ok-\x80"]
 
@@ -189,35 +197,38 @@ class Ops:
 
 
 class Subscriber:
+    """A `Client.follow` subscription: it follows the daemon through its restarts, resuming
+    with since and instance, and checks that no seq comes twice."""
+
     def __init__(self, sock_path: str, trace: IO[str] | None = None) -> None:
         self.trace = trace  # every message received is written there, as received
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(sock_path)
-        self.file = self.sock.makefile("rb")
-        json.loads(self.file.readline())  # hello
-        self.sock.sendall(b'{"op":"subscribe","id":1}\n')
-        reply = json.loads(self.file.readline())
-        assert reply["type"] == "subscribed", reply
+        self.follower = Client.follow(socket_path=sock_path, timeout=30,
+                                      backoff=Backoff(initial=0.02, maximum=0.3))
+        self.follower.start()
         self.resyncs = 0  # overflow notices with "resync": true
         self.pending = 0  # of those, not yet followed by "resynced"
         self.reasons: dict[str, int] = {}  # overflow notices by reason
+        self.last_seq = 0
+        self.repeats: list[int] = []  # event seqs received again, or out of order
 
     def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+        self.follower.close()
 
     def until_marker(self, model: Model, marker: str, timeout: float = 60) -> int:
         """Apply events to the model until the marker's create, and until every resync
         announced is over; returns the notices that call for a rescan (losses not resynced)."""
-        self.sock.settimeout(timeout)
         overflows = 0
         seen = False
         while True:
-            line = self.file.readline()
+            msg = self.follower.get(timeout)
+            if msg is None:
+                raise TimeoutError(f"no message within {timeout} s, waiting for {marker}")
             if self.trace is not None:
-                self.trace.write(line.decode(errors="replace"))
-            msg = json.loads(line)
+                self.trace.write(json.dumps(msg) + "\n")
             if msg["type"] == "event":
+                if msg["seq"] <= self.last_seq:
+                    self.repeats.append(msg["seq"])
+                self.last_seq = msg["seq"]
                 model.apply(msg)
                 seen = seen or (msg["kind"] == "create" and msg["path"] == marker)
             elif msg["type"] == "overflow" and msg.get("resync") is True:
@@ -245,6 +256,10 @@ class Result:
     kills: int = 0  # faults made: watcher killed
     overflows: int = 0  # of the resyncs: after the kernel's queue overflowed
     restarts: int = 0  # of the resyncs: after the watcher was replaced
+    resumed: int = 0  # of the resyncs: after the daemon resumed from its state
+    daemon_stops: int = 0  # faults made: daemon stopped (SIGTERM) and started again
+    daemon_kills: int = 0  # faults made: daemon and watcher killed (SIGKILL), started again
+    repeats: list[int] = field(default_factory=list)  # event seqs the follower yielded again
 
 
 @dataclass
@@ -305,9 +320,55 @@ class Faults:
             self.stopped = None
 
 
+@dataclass
+class Restarts:
+    """Daemon restarts at random points between operations (the subscriber is not caught up):
+    stopped with SIGTERM or killed with SIGKILL (its watcher too, as a crash would), in turn;
+    a few operations are made while it is down; then it is started again on the same state
+    directory, so that it resumes its instance, and the subscriber follows it."""
+
+    stop: Callable[[signal.Signals], None]  # stop the daemon with this signal, wait for its end
+    start: Callable[[], None]  # start it again; returns once its watches are active
+    rng: random.Random
+    every: int = 1000  # operations between restarts, on average
+    down_ops: int = 20  # at most this many operations while it is down
+    next_at: int = 0
+    done: int = 0
+    terms: int = 0
+    kills: int = 0
+
+    def __post_init__(self) -> None:
+        self.plan()
+
+    def plan(self) -> None:
+        self.next_at = self.done + self.rng.randint(max(1, self.every // 2), self.every * 3 // 2)
+
+    def step(self, before_stop: Callable[[signal.Signals], None],
+             ops_while_down: Callable[[int], None]) -> None:
+        """Called after each operation: restart the daemon if it is time."""
+        self.done += 1
+        if self.done < self.next_at:
+            return
+        kill = self.terms > self.kills  # in turn, SIGTERM first
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        before_stop(sig)
+        self.stop(sig)
+        if kill:
+            self.kills += 1
+        else:
+            self.terms += 1
+        ops_while_down(self.rng.randint(0, self.down_ops))
+        self.start()
+        self.plan()
+
+
 def watcher_of(daemon_pid: int) -> int | None:
     """The daemon's watcher process (its child), or None while there is none."""
-    for task in os.listdir(f"/proc/{daemon_pid}/task"):
+    try:
+        tasks = os.listdir(f"/proc/{daemon_pid}/task")
+    except OSError:
+        return None  # the daemon is down (being restarted)
+    for task in tasks:
         with contextlib.suppress(OSError), open(f"/proc/{daemon_pid}/task/{task}/children") as f:
             children = f.read().split()
             if children:
@@ -316,7 +377,8 @@ def watcher_of(daemon_pid: int) -> int | None:
 
 
 def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, seed: int,
-        faults: Faults | None = None, trace: IO[str] | None = None) -> Result:
+        faults: Faults | None = None, trace: IO[str] | None = None,
+        restarts: Restarts | None = None) -> Result:
     """With trace, every operation and every message received is written there."""
     rng = random.Random(seed)
     broot = os.fsencode(root)
@@ -325,11 +387,26 @@ def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, s
     runner = Ops(broot, os.fsencode(outside), rng)
     differences = announced = pauses = 0
     details: list[str] = []
+
+    def while_down(count: int) -> None:
+        for _ in range(count):
+            runner.run_one()
+            if trace is not None:
+                trace.write(f"op while down: {runner.did!r}\n")
+
+    def before_stop(sig: signal.Signals) -> None:
+        if faults is not None:
+            faults.resume()  # a stopped watcher would hold a SIGTERM's shutdown up
+        if trace is not None:
+            trace.write(f"daemon restart: {sig.name}\n")
+
     try:
         for done in range(1, ops + 1):
             runner.run_one()
             if trace is not None:
                 trace.write(f"op {done}: {runner.did!r}\n")
+            if restarts is not None:
+                restarts.step(before_stop, while_down)
             if faults is not None:
                 faults.step()
                 if trace is not None:
@@ -359,7 +436,10 @@ def run(root: Path, outside: Path, sock_path: str, ops: int, pause_every: int, s
         sub.close()
     return Result(ops, pauses, differences, announced, details, sub.resyncs,
                   faults.stops if faults else 0, faults.kills if faults else 0,
-                  sub.reasons.get("kernel_queue", 0), sub.reasons.get("watcher_restart", 0))
+                  sub.reasons.get("kernel_queue", 0), sub.reasons.get("watcher_restart", 0),
+                  sub.reasons.get("daemon_restart", 0),
+                  restarts.terms if restarts else 0, restarts.kills if restarts else 0,
+                  sub.repeats)
 
 
 def wait_ready(sock_path: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> bool:
@@ -377,7 +457,41 @@ def wait_ready(sock_path: str, proc: subprocess.Popen[bytes], timeout: float = 3
     return False
 
 
-def main() -> int:
+class DaemonProcess:
+    """The daemon on one configuration, started again after each stop (its own session, so
+    that a SIGKILL takes its watcher too)."""
+
+    def __init__(self, cfg: Path, sock: str) -> None:
+        self.cfg, self.sock = cfg, sock
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(self.cfg)],
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        if not wait_ready(self.sock, self.proc):
+            raise RuntimeError("watchd did not start")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if sig == signal.SIGKILL:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=10000)
     parser.add_argument("--pause-every", type=int, default=100)
@@ -385,19 +499,33 @@ def main() -> int:
     parser.add_argument("--faults", action="store_true", help="stop and kill the watcher")
     parser.add_argument("--kill-every", type=int, default=1500,
                         help="operations between watcher kills (--faults)")
+    parser.add_argument("--stop-every", type=int, default=50,
+                        help="operations between watcher stops, on average (--faults)")
+    parser.add_argument("--flood", type=int, default=0,
+                        help="before a stopped watcher is continued, change a file of the tree "
+                        "this many times (3 events each), so that each stop overflows its "
+                        "queue (--faults; 0: no flood)")
     parser.add_argument("--queue", type=int, default=64,
                         help="fs.inotify.max_queued_events while the daemon starts (--faults; "
                         "0: leave it as it is)")
+    parser.add_argument("--restart-every", type=int, default=0,
+                        help="operations between daemon restarts (SIGTERM and SIGKILL in "
+                        "turn, with a state directory), on average (0: none)")
     parser.add_argument("--trace", type=Path,
                         help="write every operation and every message received to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = arguments()
     work = Path(tempfile.mkdtemp(prefix="wd-fid.", dir="/tmp"))
     root, outside = work / "tree", work / "outside"
     root.mkdir()
     outside.mkdir()
     cfg = work / "w.toml"
     sock = str(work / "w.sock")
-    cfg.write_text(f'[daemon]\nsocket = "{sock}"\nreplay_buffer = 1000\n'
+    state = f'state_directory = "{work / "state"}"\n' if args.restart_every else ""
+    cfg.write_text(f'[daemon]\nsocket = "{sock}"\nreplay_buffer = 1000\n{state}'
                    f'[[watch]]\nname = "t"\npath = "{root}"\n')
     queue_path = Path("/proc/sys/fs/inotify/max_queued_events")
     # Lowered for the whole run: each replacement watcher takes the limit in force when it
@@ -408,41 +536,51 @@ def main() -> int:
         old_queue = None  # already so: nothing to change, nor to restore
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: sys.exit(1))
-    proc: subprocess.Popen[bytes] | None = None
+    daemon = DaemonProcess(cfg, sock)
     try:
         if old_queue is not None:
             queue_path.write_text(str(args.queue))
-        proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)],
-                                stderr=subprocess.DEVNULL)
-        if not wait_ready(sock, proc):
-            print("watchd did not start", file=sys.stderr)
+        try:
+            daemon.start()
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
             return 1
         started = time.monotonic()
-        daemon_pid = proc.pid
-        faults = (Faults(lambda: watcher_of(daemon_pid), random.Random(args.seed + 1),
-                         kill_every=args.kill_every) if args.faults else None)
+        faults = (Faults(lambda: watcher_of(daemon.pid) if daemon.pid else None,
+                         random.Random(args.seed + 1), every=args.stop_every,
+                         kill_every=args.kill_every,
+                         flood_file=root / "flood" if args.flood else None, flood=args.flood)
+                  if args.faults else None)
+        restarts = (Restarts(daemon.stop, daemon.start, random.Random(args.seed + 2),
+                             every=args.restart_every) if args.restart_every else None)
         with contextlib.ExitStack() as stack:
             trace = (stack.enter_context(args.trace.open("w", errors="backslashreplace"))
                      if args.trace else None)
             result = run(root, outside, sock, args.ops, args.pause_every, args.seed, faults,
-                         trace)
+                         trace, restarts)
         took = time.monotonic() - started
     finally:
         if old_queue is not None:
             queue_path.write_text(old_queue)
-        if proc is not None:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
+        daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{result.ops} operations, {result.pauses} comparisons, seed {args.seed}, {took:.1f} s: "
-          f"{result.differences} unannounced differences, {result.announced} after a notice; "
+    report(result, args.seed, took)
+    return 1 if result.differences or result.repeats else 0
+
+
+def report(result: Result, seed: int, took: float) -> None:
+    print(f"{result.ops} operations, {result.pauses} comparisons, seed {seed}, {took:.1f} s: "
+          f"{result.differences} unannounced differences, {result.announced} after a notice, "
+          f"{len(result.repeats)} seqs yielded twice; "
           f"{result.resyncs} resyncs announced ({result.overflows} kernel queue overflows, "
-          f"{result.restarts} watcher restarts), watcher stopped {result.stops} times, "
-          f"killed {result.kills} times")
+          f"{result.restarts} watcher restarts, {result.resumed} daemon resumptions), "
+          f"watcher stopped {result.stops} times, killed {result.kills} times; "
+          f"daemon stopped (SIGTERM) {result.daemon_stops} times, killed (SIGKILL) "
+          f"{result.daemon_kills} times")
     for line in result.details:
         print("  " + line)
-    return 1 if result.differences else 0
+    if result.repeats:
+        print(f"  seqs yielded twice: {result.repeats[:10]}")
 
 
 if __name__ == "__main__":

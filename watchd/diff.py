@@ -25,7 +25,7 @@ block one another (names swapped in a cycle) are turned into deletes and creates
 
 from __future__ import annotations
 
-__all__ = ["SYNTHETIC", "Diff", "diff"]
+__all__ = ["SYNTHETIC", "Diff", "diff", "keep_unentered"]
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,13 +40,18 @@ from watchd.index import (
     IN_MOVED_FROM,
     IN_MOVED_TO,
     IS_DIR,
+    AtRest,
     Dirs,
+    Index,
     Item,
     attr_of,
     content_of,
+    entries,
+    freeze,
     inode,
     join,
     split,
+    subtree_keys,
 )
 
 _EMPTY: dict[str, int] = {}
@@ -63,6 +68,34 @@ class Diff:
 def diff(old: Dirs, new: Dirs, root: str, cookies: Iterator[int]) -> Diff:
     """The events that turn a client's picture of `old` into `new` (see the module)."""
     return _Differ(old, new, root, cookies).run()
+
+
+def keep_unentered(old: Index | Dirs, new: AtRest) -> None:
+    """Complete a scan at rest (in place) with what the index held below the directories the
+    scan listed but could not enter.
+
+    Such a directory went (or was replaced) between its parent's listing and its own: the
+    events of that change come after the scan. Taken as empty, its contents would be reported
+    deleted, and the move that follows would take the emptied directory where it went. Kept
+    as the index had it (the same directory: same inode, or one the index did not know the
+    inode of), its events take it, contents and all, where it went.
+    """
+    # Such a directory is in the index and not in the scan, and its parent is in both: looked
+    # for that way, the directories listed alike (most) are not thawed.
+    for path in [key for key in old if key not in new]:
+        parent, name = split(path)
+        listed = new.get(parent)
+        if listed is None:
+            continue
+        record = dict(entries(listed)).get(name)
+        was = dict(entries(old.get(parent, _EMPTY))).get(name)
+        if (record is None or was is None or not record & IS_DIR or not was & IS_DIR
+                or inode(was) not in (0, inode(record))):
+            continue
+        for key in subtree_keys(old, path):
+            kept = old[key]
+            # At rest in the scan too: a copy, never the index's own (changing) dict.
+            new[key] = freeze(kept) if isinstance(kept, dict) else kept
 
 
 def _depth(path: str) -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from watchd.config.model import WatchConfig
-from watchd.diff import diff
+from watchd.diff import diff, keep_unentered
 from watchd.events import kinds_mask
 from watchd.index import (
     IS_DIR,
@@ -208,6 +208,7 @@ class Resyncer:
             watch.scanned = True
             watch.awaiting = False
             return Resync([], 0, 0.0, notice=False)
+        keep_unentered(watch.index.dirs, scan)  # see there: a directory that moved mid-scan
         old, new = compared(watch.index, scan)
         result = diff(old, new, watch.index.root, self.cookies)
         watch.index.take(scan)

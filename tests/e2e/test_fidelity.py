@@ -8,42 +8,84 @@ from pathlib import Path
 
 import pytest
 
-from bench.fidelity import Faults, run, watcher_of
+from bench.fidelity import Faults, Restarts, Result, run, watcher_of
+from tests.e2e.test_follow_restarts import stop_daemon
 from tests.e2e.test_resilience import sysctl
-from tests.harness import config, watch
+from tests.harness import Daemon, config, watch
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_events_describe_the_tree(start_daemon, workdir: str, seed: int) -> None:
-    root, outside = Path(workdir) / "tree", Path(workdir) / "outside"
-    root.mkdir()
-    outside.mkdir()
+    root, outside = trees(workdir)
     daemon = start_daemon(config(watches=watch("t", root)))
     result = run(root, outside, daemon.socket, ops=400, pause_every=40, seed=seed)
     assert result.differences == 0, result.details
     assert result.pauses == 10
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
-def test_events_describe_the_tree_through_overflows_and_kills(start_daemon, workdir: str) -> None:
-    # The short version of `bench/fidelity.py --faults` (it lowers a global sysctl: run it
-    # under the suite's lock, as test_resilience.py): the kernel queue overflows while the
-    # watcher is stopped, the watcher is killed and replaced, and at every pause the tree
-    # rebuilt from the events alone (synthetic ones included) is the real tree, no rescan.
+def restarter(daemon: Daemon, rng: random.Random, every: int) -> Restarts:
+    """Daemon restarts for run(): SIGTERM (waited for) or SIGKILL of the daemon and its
+    watcher, then the daemon started again on the same configuration and state directory."""
+    return Restarts(lambda sig: stop_daemon(daemon, sig), daemon.start, rng, every=every)
+
+
+def trees(workdir: str) -> tuple[Path, Path]:
+    """The watched tree and the area outside it that operations move things in from."""
     root, outside = Path(workdir) / "tree", Path(workdir) / "outside"
     root.mkdir()
     outside.mkdir()
-    with sysctl("max_queued_events", 64):  # replacements take it too: kept for the whole run
-        daemon = start_daemon(config(watches=watch("t", root)))
-        # Every stop overflows the queue (64 events): before the watcher is continued, a file
-        # of the tree is changed 30 times (90 events), whatever the operations made meanwhile.
-        faults = Faults(lambda: watcher_of(daemon.proc.pid), random.Random(11), every=15,
-                        kill_every=120, flood_file=root / "flood", flood=30)
-        result = run(root, outside, daemon.socket, ops=800, pause_every=100, seed=5,
-                     faults=faults)
+    return root, outside
+
+
+def assert_exact(result: Result) -> None:
+    """Every pause found the picture exact, with no rescan and no seq twice."""
     assert result.differences == 0, result.details
     assert result.announced == 0, "a loss was told as one to rescan"
+    assert not result.repeats, "the follower yielded a seq twice"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
+def test_events_describe_the_tree_through_overflows_kills_and_restarts(start_daemon,
+                                                                       workdir: str) -> None:
+    # The short version of `bench/fidelity.py --faults --flood 30 --restart-every N` (it
+    # lowers a global sysctl: run it under the suite's lock, as test_resilience.py): the
+    # kernel queue overflows while the watcher is stopped, the watcher is killed and replaced,
+    # the daemon is stopped or killed and started again (it resumes from its state directory;
+    # the subscriber follows it with Client.follow), and at every pause the tree rebuilt from
+    # the events alone (synthetic ones included) is the real tree, no rescan.
+    root, outside = trees(workdir)
+    state = Path(workdir) / "state"
+    with sysctl("max_queued_events", 64):  # replacements take it too: kept for the whole run
+        daemon = start_daemon(config(daemon_extra=f'state_directory = "{state}"',
+                                     watches=watch("t", root)))
+        # Every stop overflows the queue (64 events): before the watcher is continued, a file
+        # of the tree is changed 30 times (90 events), whatever the operations made meanwhile.
+        faults = Faults(lambda: watcher_of(daemon.proc.pid) if daemon.proc else None,
+                        random.Random(11), every=15, kill_every=120,
+                        flood_file=root / "flood", flood=30)
+        restarts = restarter(daemon, random.Random(12), every=200)
+        result = run(root, outside, daemon.socket, ops=800, pause_every=100, seed=5,
+                     faults=faults, restarts=restarts)
+    assert_exact(result)
     assert result.stops > 0 and result.overflows > 0, result
     assert result.kills > 0 and result.restarts > 0, result
+    assert result.daemon_stops > 0 and result.daemon_kills > 0, result
+    assert result.resumed == result.daemon_stops + result.daemon_kills, result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
+def test_events_describe_the_tree_through_stops_and_kills_without_state(start_daemon,
+                                                                        workdir: str) -> None:
+    # The case the run above does not make: a daemon without durable state, and stops of the
+    # watcher that need not overflow its queue (no flood): some are mere delays, some losses.
+    root, outside = trees(workdir)
+    with sysctl("max_queued_events", 64):  # replacements take it too: kept for the whole run
+        daemon = start_daemon(config(watches=watch("t", root)))
+        faults = Faults(lambda: watcher_of(daemon.proc.pid), random.Random(7), every=25,
+                        kill_every=200)
+        result = run(root, outside, daemon.socket, ops=500, pause_every=50, seed=3,
+                     faults=faults)
+    assert_exact(result)
+    assert result.resyncs >= 3 and result.stops >= 2 and result.kills >= 1, result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import socket
 import threading
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.fidelity import Faults, run, watcher_of
 from tests.harness import config, is_event, is_type, wait_for, watch
 from tests.picture import Picture, listing
 
@@ -232,25 +230,6 @@ def test_kernel_queue_overflow_events_alone_rebuild_the_tree(start_daemon, watch
     picture.apply_all(line.until(is_event(watched / "zz-sentinel"), timeout=30))
     assert picture.paths == listing(watched)
     assert daemon.status()["watches"][0]["resyncs"] == 1
-
-
-@root_only
-def test_model_with_overflows_and_watcher_kills_and_stops(start_daemon, workdir: str) -> None:
-    # The short version of `bench/fidelity.py --faults`: random operations while the watcher
-    # is stopped (its small queue overflows) or killed at random points; the tree rebuilt
-    # from the events alone must equal the real tree at every pause, with no rescan.
-    root, outside = Path(workdir) / "tree", Path(workdir) / "outside"
-    root.mkdir()
-    outside.mkdir()
-    with sysctl("max_queued_events", 64):  # replacements take it too: kept for the whole run
-        daemon = start_daemon(config(watches=watch("t", root)))
-        faults = Faults(lambda: watcher_of(daemon.proc.pid), random.Random(7), every=25,
-                        kill_every=200)
-        result = run(root, outside, daemon.socket, ops=500, pause_every=50, seed=3,
-                     faults=faults)
-    assert result.differences == 0, result.details
-    assert result.announced == 0, "a loss was not resynced"
-    assert result.resyncs >= 3 and result.stops >= 2 and result.kills >= 1, result
 
 
 @root_only

@@ -1,0 +1,72 @@
+"""A resync's scan meets a directory that moves between its parent's listing and its own.
+
+The scan lists the parent (the directory is there), then cannot enter it (it moved away), and
+the rename's events come after the scan. The differences must not report the directory's
+contents as deleted: applied in order, the synthetic events and then the kernel's leave a
+client with the tree as it is, the moved directory's contents at its new place.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+from tests.picture import Picture, listing
+from tests.test_index import QUIET, _events, snap
+from watchd.config.model import WatchConfig
+from watchd.index import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO, Item, Recorder
+from watchd.inotify import InotifyFd
+from watchd.inotify.tree import Tree
+from watchd.resync import Resyncer
+from watchd.scan import scan_parts
+
+KINDS = {IN_CREATE: "create", IN_DELETE: "delete", IN_MOVED_FROM: "moved_from",
+         IN_MOVED_TO: "moved_to"}
+
+
+def as_messages(items: list[Item]) -> list[dict[str, Any]]:
+    """The items a client would receive, as the messages tests.picture applies."""
+    out: list[dict[str, Any]] = []
+    for mask, cookie, path, src in items:
+        kind = next((name for bit, name in KINDS.items() if mask & bit), None)
+        if kind is not None:
+            msg = {"type": "event", "kind": kind, "path": path, "cookie": cookie,
+                   "is_dir": bool(mask & IN_ISDIR)}
+            if src is not None:
+                msg["src_path"] = src
+            out.append(msg)
+    return out
+
+
+def test_a_directory_moved_while_the_scan_ran_keeps_its_contents(tmp_path: pathlib.Path,
+                                                                   ) -> None:
+    root = tmp_path / "t"
+    (root / "a" / "d" / "sub").mkdir(parents=True)
+    (root / "a" / "d" / "f").write_text("x")
+    (root / "a" / "d" / "sub" / "g").write_text("y")
+    resync = Resyncer()
+    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
+    assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
+    picture = Picture(listing(root))  # a client's, in step with the index
+    recorder = Recorder()
+    with InotifyFd() as ino:
+        tree = Tree(ino, str(root), QUIET, synthetic=True)
+        tree.start()
+        resync.lost("w")  # a loss: the next scan is compared
+        dirs: dict[str, dict[str, int]] = {}
+        # One part per directory listed: between two, the walk holds the names still to enter.
+        for part in scan_parts(str(root), str(root), recursive=True, wanted=None, prune=None,
+                               part_size=1):
+            dirs.update(part)
+            if str(root / "a") in part:  # a is listed, d is not entered yet
+                os.rename(root / "a" / "d", root / "e")
+        assert str(root / "a" / "d") not in dirs, "the scan entered d: no race made"
+        result = resync.scanned("w", dirs, 0.0)
+        assert result is not None and result.notice
+        picture.apply_all(as_messages(result.items))
+        events = _events(ino, tree, root / "settle")
+    published = resync.track("w", [(0.0, events)], [recorder.records(events)])
+    picture.apply_all(as_messages(published[0][1]))
+    assert picture.paths == listing(root)
+    assert resync.watches["w"].index.as_dirs() == snap(root)
