@@ -6,10 +6,20 @@ Clients: fast ones that read everything, slow ones that read in rare gulps (and 
 `since`. Meanwhile files are created, written and deleted continuously, the daemon gets a
 SIGHUP every few seconds and its watcher process a SIGKILL every minute.
 
-Every client's stream is checked: each seq from its subscription on is either delivered or
-inside a `dropped` range (or, after a reconnection, replayed); a seq that is neither is an event
-lost without notice, and must never happen. The daemon's memory and open fds are sampled to
-show they stay flat.
+At the end the churn stops and an end marker is created; the soak reads the clients until
+every fast one has the marker (its event, or a `dropped` notice that covers its seq), then
+until every client has reached the daemon's last seq (delivered, or inside a `dropped`
+notice), each wait up to --end-wait seconds. Every
+client's stream is then checked: each seq from its subscription up to the last one it was sent
+is either delivered or inside a `dropped` range (or, after a reconnection, replayed); a seq that
+is neither is an event lost without notice, and must never happen. A client that has not
+reached the daemon's last seq when the wait ends is reported as behind, with the daemon's seq
+over the last samples (still publishing, or not) and whether its connection is still open: what
+it has not been sent yet is not counted as lost. The daemon's memory and open fds are sampled
+to show they stay flat.
+
+Exit status: 0 when every client was sent everything and nothing was lost, 1 when an event was
+lost without notice, 2 when nothing was lost but a client was still behind at the end.
 
     .venv/bin/python bench/soak.py --minutes 10
 """
@@ -30,8 +40,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# At the end: how often the daemon's seq is sampled while the soak waits for the clients (a
+# status reply from a starved daemon takes a while, and no client is read meanwhile), and how
+# long one may take before it counts as unanswered.
+PROGRESS_EVERY_S = 5.0
+STATUS_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -50,13 +67,16 @@ class Stream:
     expired: int = 0
     next_pause: float = 0.0
     last_seq: int = 0
-    end_seen: float | None = None  # when the end marker's event arrived (monotonic)
+    end_seen: float | None = None  # when the end marker reached it (monotonic)
+    end_seq: int | None = None  # the end marker's seq, if its event arrived
+    end_told: bool = False  # the marker reached it inside a `dropped` notice, not as an event
+    eof: bool = False  # the daemon closed the connection
 
     def connect(self, since: int | None) -> None:
         s = socket.socket(socket.AF_UNIX)
         s.settimeout(30)
         s.connect(self.path)
-        self.sock, self.buf = s, b""
+        self.sock, self.buf, self.eof = s, b"", False
         hello = json.loads(self.line())
         request: dict[str, object] = {"op": "subscribe", "id": 1}
         if since is not None:
@@ -90,7 +110,7 @@ class Stream:
         t = msg["type"]
         if t == "event":
             if self.end_seen is None and msg["path"].endswith("/soak-end"):
-                self.end_seen = time.monotonic()
+                self.end_seen, self.end_seq = time.monotonic(), msg["seq"]
             self.seen.add(msg["seq"])
             self.last_seq = max(self.last_seq, msg["seq"])
         elif t == "dropped":
@@ -101,7 +121,11 @@ class Stream:
             self.overflows += 1
 
     def lost(self, final_seq: int) -> int:
-        return sum(1 for s in range(self.start_seq + 1, final_seq + 1) if s not in self.seen)
+        """Seqs up to final_seq that are behind what the client was sent, yet neither delivered
+        nor reported: a gap is always told before anything that comes after it, so these are
+        missed for good. Seqs past last_seq are not yet delivered (see behind), not lost."""
+        upto = min(final_seq, self.last_seq)
+        return sum(1 for s in range(self.start_seq + 1, upto + 1) if s not in self.seen)
 
 
 def churn(root: Path, stop: threading.Event, counter: list[int]) -> None:
@@ -150,6 +174,7 @@ def watcher_pid(sock_path: str) -> int | None:
 
 def final_seq(sock_path: str) -> int:
     with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(STATUS_TIMEOUT_S)
         s.connect(sock_path)
         f = s.makefile("rb")
         f.readline()
@@ -165,6 +190,9 @@ def main() -> int:
     parser.add_argument("--reconnect", type=int, default=8)
     parser.add_argument("--hup-every", type=float, default=3.0)
     parser.add_argument("--kill-every", type=float, default=60.0)
+    parser.add_argument("--end-wait", type=float, default=120.0,
+                        help="seconds to wait at the end for the end marker at every fast "
+                        "client, and as long again for every client to catch up")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="wd-soak.", dir="/tmp"))
@@ -241,20 +269,21 @@ def main() -> int:
     marker = root / "soak-end"
     marker.touch()
     marked = time.monotonic()
-    deadline = marked + 60
     fast = [s for s in streams if s.kind == "fast"]
     # The lag: how long after the churn stopped a fast client learns of the last change. A
-    # stream throttled to its slowest reader looks complete at the end, but late.
-    while time.monotonic() < deadline and not all(s.end_seen for s in fast):
-        for s in fast:
-            drain(s)
-        time.sleep(0.01)
-    final = final_seq(sock_path)
-    while time.monotonic() < deadline and not all(s.last_seq >= final or s.sock is None
-                                                  for s in streams):
-        for s in streams:
-            drain(s)
-        time.sleep(0.05)
+    # stream throttled to its slowest reader looks complete at the end, but late. The slow
+    # clients are still not read meanwhile: they must not hold the others back.
+    readers = [s for s in streams if s.kind != "slow"]
+    progress = Progress(sock_path)
+    marker_wait = wait_until(lambda: marker_reached(fast, streams), readers, progress,
+                             marked + args.end_wait)
+    marker_progress = progress.describe()  # the daemon's seq as this wait ended
+    # Everything published up to the marker (and whatever came after it, e.g. a resync) is
+    # owed to every client; wait for each to have it, or to have been told it missed it.
+    final = progress.seq() or max(s.last_seq for s in streams)
+    caught_up = wait_until(lambda: all(s.last_seq >= final or s.eof for s in streams), streams,
+                           progress, time.monotonic() + args.end_wait)
+    final_progress = progress.describe()
     rss, fds = sample(proc.pid)
     samples.append((time.monotonic() - t0, rss, fds))
     proc.terminate()
@@ -263,21 +292,102 @@ def main() -> int:
     delivered = sum(len(s.seen) for s in streams) - sum(s.dropped for s in streams)
     dropped = sum(s.dropped for s in streams)
     lost = sum(s.lost(final) for s in streams)
+    behind = [s for s in streams if s.last_seq < final]
     print(f"soak: {args.minutes:g} min, {len(streams)} clients ({args.fast} fast, "
           f"{args.slow} slow, {args.reconnect} reconnecting), {created[0]} files written, "
           f"{hups} SIGHUPs, {kills} watcher kills, {reconnects} reconnections")
     print(f"events published {final}, delivered {delivered}, reported dropped {dropped}, "
           f"overflow notices {sum(s.overflows for s in streams)}, since_expired "
-          f"{sum(s.expired for s in streams)}, lost without notice {lost}")
+          f"{sum(s.expired for s in streams)}, lost without notice {lost}; clients behind at "
+          f"the end {len(behind)} ({sum(final - s.last_seq for s in behind)} events not yet "
+          f"received, not lost)")
     lags = [s.end_seen - marked for s in fast if s.end_seen is not None]
     print(f"events published per file written {final / max(1, created[0]):.2f}; the end marker "
-          f"reached the fast clients after {max(lags, default=float('nan')):.3f} s (max), "
-          f"{len(fast) - len(lags)} never")
+          f"reached the fast clients after {max(lags, default=float('nan')):.3f} s (max; "
+          f"{sum(s.end_told for s in fast)} of them told it was dropped), "
+          f"{len(fast) - len(lags)} not within {args.end_wait:g} s")
+    if not marker_wait:
+        print(f"waited {args.end_wait:g} s for the end marker at every fast client: "
+              f"{marker_progress}; {describe_behind([s for s in fast if not s.end_seen], 0)}")
+    if not caught_up or behind:
+        print(f"waited {args.end_wait:g} s more for every client to reach seq {final} "
+              f"(delivered or reported dropped): {final_progress}; "
+              f"{describe_behind(behind, final)}; not counted as lost")
     print("t (s)   RSS (MiB)   fds")
     for t, r, f in samples:
         print(f"{t:6.0f}   {r / 1024:9.1f}   {f:3d}")
     shutil.rmtree(work, ignore_errors=True)
-    return 1 if lost else 0
+    return 1 if lost else 2 if behind or not marker_wait else 0
+
+
+class Progress:
+    """The daemon's published seq, sampled while the soak waits at the end: whether it is
+    still publishing (behind) or not (stuck), told apart from the clients' side."""
+
+    def __init__(self, sock_path: str) -> None:
+        self.sock_path = sock_path
+        self.samples: list[tuple[float, int | None]] = []  # (monotonic, seq; None: no reply)
+
+    def seq(self) -> int | None:
+        try:
+            seq: int | None = final_seq(self.sock_path)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"soak: status failed: {e}", file=sys.stderr)
+            seq = None
+        self.samples.append((time.monotonic(), seq))
+        return seq
+
+    def describe(self) -> str:
+        """The daemon's seq over the last samples, and whether it grew."""
+        recent = [(t, q) for t, q in self.samples if q is not None]
+        if not recent:
+            return "the daemon did not answer status"
+        # Over about 20 s: longer than a hold of the watcher (flow.HOLD_LIMIT_S), during which
+        # a daemon that is merely behind publishes nothing.
+        (t0, q0), (t1, q1) = recent[max(0, len(recent) - 5)], recent[-1]
+        state = "still publishing" if q1 > q0 else "not publishing"
+        return f"the daemon's seq {q0} -> {q1} in the last {t1 - t0:.1f} s ({state})"
+
+
+def wait_until(done: Callable[[], bool], streams: list[Stream], progress: Progress,
+               deadline: float) -> bool:
+    """Read the streams until done() or the deadline; the daemon's seq is sampled every
+    PROGRESS_EVERY_S meanwhile. Returns done()."""
+    next_look = 0.0
+    while not done():
+        now = time.monotonic()
+        if now >= deadline:
+            progress.seq()
+            return False
+        if now >= next_look:
+            progress.seq()
+            next_look = now + PROGRESS_EVERY_S
+        for s in streams:
+            drain(s)
+        time.sleep(0.01)
+    return True
+
+
+def marker_reached(fast: list[Stream], streams: list[Stream]) -> bool:
+    """Whether every fast client has the end marker: its event, or, for one that was behind,
+    a `dropped` notice that covers its seq (known once any client has the event)."""
+    seq = next((s.end_seq for s in streams if s.end_seq is not None), None)
+    for s in fast:
+        if s.end_seen is None and seq is not None and s.last_seq >= seq:
+            s.end_seen, s.end_told = time.monotonic(), True
+    return all(s.end_seen is not None for s in fast)
+
+
+def describe_behind(streams: list[Stream], final: int) -> str:
+    """Which clients are short of final (0: of the end marker), and by how much."""
+    if not streams:
+        return "no client behind"
+    parts = []
+    for s in streams:
+        state = "connection closed" if s.eof else "connected"
+        gap = f", {final - s.last_seq} events behind" if final else ""
+        parts.append(f"{s.kind} at seq {s.last_seq}{gap} ({state})")
+    return f"{len(streams)} behind: " + "; ".join(parts)
 
 
 def drain(s: Stream) -> None:
@@ -289,6 +399,7 @@ def drain(s: Stream) -> None:
         except BlockingIOError:
             break
         if not chunk:
+            s.eof = True
             break
         s.buf += chunk
     *lines, s.buf = s.buf.split(b"\n")
