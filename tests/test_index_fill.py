@@ -142,7 +142,9 @@ def test_a_tree_as_large_as_w7s_is_indexed_before_the_watch_is_reported(
     sent: list[channel.FromWatcher] = []
     spec = Spec("w", str(tmp_path), True, QUIET, (), (), str(tmp_path))
     with InotifyFd() as ino:
-        watch = Watch(spec=spec, tree=Tree(ino, str(tmp_path), QUIET, synthetic=True))
+        tree = Tree(ino, str(tmp_path), QUIET, synthetic=True)
+        tree.start()  # established, as the watcher's are when their fill starts
+        watch = Watch(spec=spec, tree=tree)
         fills = Fills(sent.append, lambda name: None)
         fills.start(watch)
         assert not fills  # nothing left for later

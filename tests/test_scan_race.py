@@ -10,16 +10,30 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 from tests.picture import Picture, listing
 from tests.test_index import QUIET, _events, snap
+from watchd.channel import Spec
 from watchd.config.model import WatchConfig
-from watchd.index import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO, Item, Recorder
+from watchd.fill import scan_whole
+from watchd.index import (
+    IN_CREATE,
+    IN_DELETE,
+    IN_ISDIR,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    Item,
+    Recorder,
+    thawed,
+)
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
 from watchd.resync import Resyncer
 from watchd.scan import scan_parts
+from watchd.watcher_watch import Watch
 
 KINDS = {IN_CREATE: "create", IN_DELETE: "delete", IN_MOVED_FROM: "moved_from",
          IN_MOVED_TO: "moved_to"}
@@ -70,3 +84,92 @@ def test_a_directory_moved_while_the_scan_ran_keeps_its_contents(tmp_path: pathl
     picture.apply_all(as_messages(published[0][1]))
     assert picture.paths == listing(root)
     assert resync.watches["w"].index.as_dirs() == snap(root)
+
+
+def _scanned_watch(root: pathlib.Path, ino: InotifyFd) -> tuple[Watch, Tree]:
+    tree = Tree(ino, str(root), QUIET, synthetic=True)
+    tree.start()
+    spec = Spec("w", str(root), True, QUIET, (), (), str(root))
+    return Watch(spec=spec, ino=ino, tree=tree), tree
+
+
+def _resync_race(root: pathlib.Path, change: Callable[[], None],
+                 after_scan: Callable[[], None]) -> None:
+    """A loss, then `change` made after the tree's walk (its events unread), the watcher's
+    whole scan, `after_scan`, and only then the tree's events: applied in order, the
+    synthetic events and the kernel's leave a client, and the index, with the tree as it is."""
+    resync = Resyncer()
+    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
+    assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
+    picture = Picture(listing(root))
+    recorder = Recorder()
+    with InotifyFd() as ino:
+        watch, tree = _scanned_watch(root, ino)
+        resync.lost("w")
+        change()
+        scanned = scan_whole(watch, lambda: None)
+        assert scanned is not None
+        after_scan()
+        result = resync.scanned("w", scanned[0], 0.0)
+        assert result is not None and result.notice
+        picture.apply_all(as_messages(result.items))
+        events = _events(ino, tree, root / "settle")
+    published = resync.track("w", [(0.0, events)], [recorder.records(events)])
+    picture.apply_all(as_messages(published[0][1]))
+    assert picture.paths == listing(root)
+    assert resync.watches["w"].index.as_dirs() == snap(root)
+
+
+def test_a_directory_made_after_the_walk_is_not_entered_by_the_scan(tmp_path: pathlib.Path,
+                                                                     ) -> None:
+    """Its entry, removed before the tree reads the directory's create, has no event: had
+    the scan listed it, a client would keep it for good."""
+    root = tmp_path / "t"
+    (root / "a").mkdir(parents=True)
+    d = root / "a" / "d"
+
+    def change() -> None:
+        (d / "sub").mkdir(parents=True)
+        (d / "x").write_text("x")
+        (d / "sub" / "y").write_text("y")
+
+    def after_scan() -> None:
+        (d / "x").unlink()
+        (d / "sub" / "y").unlink()
+
+    _resync_race(root, change, after_scan)
+
+
+def test_a_directory_deleted_and_made_again_loses_its_old_contents(tmp_path: pathlib.Path,
+                                                                    ) -> None:
+    """The new directory (another inode) is not watched yet: it is not entered, and what the
+    old one held goes as deletes."""
+    root = tmp_path / "t"
+    d = root / "a" / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "old").write_text("x")
+    (d / "sub" / "old").write_text("x")
+
+    def change() -> None:
+        shutil.rmtree(d)
+        d.mkdir()
+        (d / "new").write_text("y")
+
+    def after_scan() -> None:
+        (d / "gone").write_text("z")  # made and removed before its create is read
+        (d / "gone").unlink()
+
+    _resync_race(root, change, after_scan)
+
+
+def test_a_directory_watched_since_the_walk_is_entered(tmp_path: pathlib.Path) -> None:
+    """The scan still records what the directories the tree watches hold."""
+    root = tmp_path / "t"
+    (root / "a" / "d").mkdir(parents=True)
+    (root / "a" / "d" / "f").write_text("x")
+    with InotifyFd() as ino:
+        watch, tree = _scanned_watch(root, ino)
+        scanned = scan_whole(watch, lambda: None)
+        assert scanned is not None
+        assert thawed(scanned[0]) == snap(root)
+        assert tree.directories == 3  # the scan left no watch of its own behind

@@ -19,7 +19,7 @@ from watchd import channel
 from watchd.globs import glob_predicate
 from watchd.index import AtRest
 from watchd.inotify import IN_DELETE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO
-from watchd.inotify.tree import TreeEvent
+from watchd.inotify.tree import Tree, TreeEvent
 from watchd.scan import scan_parts
 from watchd.watcher_watch import Watch
 
@@ -52,7 +52,7 @@ def scan_whole(watch: Watch, alive: Callable[[], None]) -> tuple[AtRest, float] 
     try:
         for part in scan_parts(spec.path, spec.real_path, recursive=spec.recursive,
                                wanted=watch.wanted, prune=glob_predicate(spec.exclude),
-                               part_size=PART):
+                               part_size=PART, entered=_entered(watch.tree)):
             dirs.update(part)
             if time.monotonic() - beat >= BEAT_S:
                 alive()
@@ -61,6 +61,15 @@ def scan_whole(watch: Watch, alive: Callable[[], None]) -> tuple[AtRest, float] 
         log.warning("watch %s: cannot scan %s: %s", spec.name, spec.path, e)
         return None
     return dirs, time.monotonic() - started
+
+
+def _entered(tree: Tree) -> Callable[[int], bool] | None:
+    """Which directories a scan of the tree's watch enters (see watchd.scan.scan_parts): those
+    the tree watches. Every one, while the tree is past its watch limit: those it could not
+    watch have no events and no walk of their own, the scan is all that reports them."""
+    if tree.unwatched or tree.limit_error is not None:
+        return None
+    return tree.watches_dir
 
 
 @dataclass(slots=True)
@@ -94,7 +103,7 @@ class Fills:
         spec = watch.spec
         self.parts[name] = scan_parts(spec.path, spec.real_path, recursive=spec.recursive,
                                       wanted=watch.wanted, prune=glob_predicate(spec.exclude),
-                                      part_size=PART)
+                                      part_size=PART, entered=_entered(watch.tree))
         self.send(channel.Fill(name, {}, start=True, done=False))
         for _ in range(AT_ONCE + 1):
             if not self.part(watch):

@@ -57,19 +57,21 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from watchd.inotify import fs
 from watchd.inotify._binding import InotifyFd, RawTuple
-from watchd.inotify.errors import WatchLimitError
+from watchd.inotify.errors import InotifyError, WatchLimitError
 from watchd.inotify.flags import (
     IN_CREATE,
     IN_DELETE,
     IN_DELETE_SELF,
     IN_IGNORED,
     IN_ISDIR,
+    IN_MASK_ADD,
     IN_MASK_CREATE,
     IN_MOVE_SELF,
     IN_MOVED_FROM,
@@ -201,6 +203,22 @@ class Tree:
         """The directory path of one of this tree's watches, or None."""
         prefix = self._path_of.get(wd)
         return None if prefix is None else dir_path(prefix)
+
+    def watches_dir(self, fd: int) -> bool:
+        """Whether the directory open as `fd` is one this tree watches: by its inode, the
+        kernel's answer, whatever path the tree has for it (its rename may be unread)."""
+        # Adding bits a watch has returns its wd and changes nothing; a watch made so on a
+        # directory the tree does not watch is removed at once (its IN_IGNORED names a wd
+        # the tree does not know, and is dropped).
+        got = self._ino.add_watch_raw(fs.proc_path(fd, os.getpid()),
+                                      self._settings.narrow | IN_MASK_ADD)
+        if got < 0:
+            return False  # past the watch limit, or no longer there: not one it watches
+        if got in self._path_of:
+            return True
+        with contextlib.suppress(InotifyError):
+            self._ino.rm_watch(got)
+        return False
 
     # -- set-up and tear-down ----------------------------------------------------------------
 
