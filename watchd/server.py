@@ -212,12 +212,14 @@ class ClientProtocol(asyncio.Protocol):
         # that fails in here (the client reset the connection) makes that handler finish the
         # connection a second time (AttributeError in _call_connection_lost). Until then the
         # broker keeps queueing, so the order of events holds.
-        if self.resuming is None:
+        if self.transport is None:
+            self._resumed()  # nothing to write to: nothing to defer
+        elif self.resuming is None:
             self.resuming = asyncio.get_running_loop().call_soon(self._resumed)
 
     def _resumed(self) -> None:
         self.resuming = None
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is not None and self.transport.is_closing():
             return
         self.paused = False
         if self.conn is not None:
