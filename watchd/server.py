@@ -135,10 +135,14 @@ class ClientProtocol(asyncio.Protocol):
         self.paused_at = -math.inf
         self.paused_at_flow = -math.inf
         self.reading = True
+        self.resuming: asyncio.Handle | None = None
 
     # The broker's Sink -------------------------------------------------------------------------
     def write(self, chunks: list[bytes]) -> None:
-        if self.transport is not None:
+        # A transport whose send failed is closing until its connection_lost, which comes
+        # later in the loop: what a burst writes meanwhile is for nobody (asyncio would log
+        # "socket.send() raised exception" for each such write past the fifth).
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(chunks)
 
     def writable(self) -> bool:
@@ -182,6 +186,9 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # A closed connection left in budget.waiting does nothing when its turn comes.
         self.requests.cancel_deadline()
+        if self.resuming is not None:
+            self.resuming.cancel()
+            self.resuming = None
         if self.conn is not None:
             self.broker.disconnect(self.conn)
             self.conn = None
@@ -190,6 +197,9 @@ class ClientProtocol(asyncio.Protocol):
         self.handler.review_hold_back()
 
     def pause_writing(self) -> None:
+        if self.resuming is not None:
+            self.resuming.cancel()
+            self.resuming = None
         self.paused = True
         self.paused_at = time.monotonic()
         self.paused_at_flow = self.handler.flow_time()
@@ -198,6 +208,19 @@ class ClientProtocol(asyncio.Protocol):
         self.handler.review_hold_back()
 
     def resume_writing(self) -> None:
+        # Not here and now: asyncio calls this from inside its write handler, and a send
+        # that fails in here (the client reset the connection) makes that handler finish the
+        # connection a second time (AttributeError in _call_connection_lost). Until then the
+        # broker keeps queueing, so the order of events holds.
+        if self.transport is None:
+            self._resumed()  # nothing to write to: nothing to defer
+        elif self.resuming is None:
+            self.resuming = asyncio.get_running_loop().call_soon(self._resumed)
+
+    def _resumed(self) -> None:
+        self.resuming = None
+        if self.transport is not None and self.transport.is_closing():
+            return
         self.paused = False
         if self.conn is not None:
             self.broker.resume(self.conn)

@@ -85,13 +85,17 @@ def test_a_reload_applies_forwarders_by_difference(
     wait_for(lambda: set(by_name(daemon)) == {"a", "b", "c"} and all(
         f["connected"] for f in by_name(daemon).values()), 20.0,
         f"a, b and c connected: {by_name(daemon)}")
+    # The new b made its stream before it reported connected (the old b, still stopping, is
+    # not reported connected: its stream is the old one). Its log line may come a moment
+    # after its status; it must be awaited before b is removed, which can stop a b that is
+    # making its stream before it says so.
+    daemon.wait_log("created stream OTHER", timeout=30.0)
     # a keeps its process; b's is replaced (the old one may still be stopping for a moment)
     after = wait_for(lambda: len(p := forward_pids(daemon)) == 3 and len(p & before) == 1 and p,
                      10.0, "a's process, and new ones for b and c")
     daemon.reload(base + forward("a", nats.url))
     wait_for(lambda: forward_pids(daemon) == before & after, 10.0, "only a left")
     assert set(by_name(daemon)) == {"a"}
-    daemon.wait_log("created stream OTHER", timeout=30.0)
 
 
 def test_another_user_is_not_shown_the_forwarders(

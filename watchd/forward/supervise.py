@@ -239,6 +239,10 @@ class Forwarders:
     def current(self, name: str) -> dict[str, Any]:
         process = self.running.get(name)
         if process is not None and process.status:
+            if self.wanted.get(name) != dataclasses.replace(process.setup, resume=None):
+                # Replaced by a reload and still stopping: its connection is not the one the
+                # configuration asks for, which is not up until its successor says so.
+                return {**process.status, "connected": False, "server": None}
             return process.status
         return self.last.get(name, {})
 
