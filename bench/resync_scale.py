@@ -134,6 +134,19 @@ def subscribe(sock: str) -> socket.socket:
     return s
 
 
+def overflow_frozen(started: Started, spot: Path, changes: int) -> float:
+    """Freeze the daemon's watcher, make `changes` files in spot (more than the kernel queue
+    holds), let it go on; returns when it was let go (monotonic)."""
+    watcher = watcher_of(started.proc.pid)
+    assert watcher is not None
+    os.kill(watcher, signal.SIGSTOP)
+    for i in range(changes):
+        (spot / f"new-{i:06}").write_bytes(b"y")
+    thawed = time.monotonic()
+    os.kill(watcher, signal.SIGCONT)
+    return thawed
+
+
 def resync_once(work: Path, root: Path, paths: int, changes: int,
                 source: str | None = None) -> dict[str, float]:
     started = start(work, root, resync=True, paths=paths, timeout=600, source=source)
@@ -146,13 +159,7 @@ def resync_once(work: Path, root: Path, paths: int, changes: int,
     spot.mkdir()
     while str(spot).encode() not in reader.readline():
         pass
-    watcher = watcher_of(started.proc.pid)
-    assert watcher is not None
-    os.kill(watcher, signal.SIGSTOP)
-    for i in range(changes):
-        (spot / f"new-{i:06}").write_bytes(b"y")
-    thawed = time.monotonic()
-    os.kill(watcher, signal.SIGCONT)
+    thawed = overflow_frozen(started, spot, changes)
     overflow_s = resynced_s = -1.0
     report: dict[str, float] = {}
     sub.settimeout(600)
@@ -296,13 +303,7 @@ def burst_during(work: Path, root: Path, paths: int, files: int, changes: int) -
     burst.mkdir()
     while str(burst).encode() not in reader.readline():
         pass
-    watcher = watcher_of(started.proc.pid)
-    assert watcher is not None
-    os.kill(watcher, signal.SIGSTOP)
-    for i in range(changes):
-        (spot / f"new-{i:06}").write_bytes(b"y")
-    thawed = time.monotonic()
-    os.kill(watcher, signal.SIGCONT)
+    thawed = overflow_frozen(started, spot, changes)
     writer = threading.Thread(target=write_files, args=(burst, files, False))
     writer.start()
     prefix = str(burst) + "/"

@@ -31,7 +31,7 @@ from watchd.index import (
 )
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
-from watchd.resync import Resyncer
+from watchd.resync import Resync, Resyncer
 from watchd.scan import scan_parts
 from watchd.watcher_watch import Watch
 
@@ -51,6 +51,19 @@ def as_messages(items: list[Item]) -> list[dict[str, Any]]:
                 msg["src_path"] = src
             out.append(msg)
     return out
+
+
+def settle_and_check(resync: Resyncer, result: Resync | None, picture: Picture,
+                     recorder: Recorder, ino: InotifyFd, tree: Tree, root: pathlib.Path) -> None:
+    """Apply a resync's differences, then the kernel's events that follow them, to a client's
+    picture: it, and the index, must be the tree as it is."""
+    assert result is not None and result.notice
+    picture.apply_all(as_messages(result.items))
+    events = _events(ino, tree, root / "settle")
+    published = resync.track("w", [(0.0, events)], [recorder.records(events)])
+    picture.apply_all(as_messages(published[0][1]))
+    assert picture.paths == listing(root)
+    assert resync.watches["w"].index.as_dirs() == snap(root)
 
 
 def test_a_directory_moved_while_the_scan_ran_keeps_its_contents(tmp_path: pathlib.Path,
@@ -77,13 +90,7 @@ def test_a_directory_moved_while_the_scan_ran_keeps_its_contents(tmp_path: pathl
                 os.rename(root / "a" / "d", root / "e")
         assert str(root / "a" / "d") not in dirs, "the scan entered d: no race made"
         result = resync.scanned("w", dirs, 0.0)
-        assert result is not None and result.notice
-        picture.apply_all(as_messages(result.items))
-        events = _events(ino, tree, root / "settle")
-    published = resync.track("w", [(0.0, events)], [recorder.records(events)])
-    picture.apply_all(as_messages(published[0][1]))
-    assert picture.paths == listing(root)
-    assert resync.watches["w"].index.as_dirs() == snap(root)
+        settle_and_check(resync, result, picture, recorder, ino, tree, root)
 
 
 def _scanned_watch(root: pathlib.Path, ino: InotifyFd) -> tuple[Watch, Tree]:
@@ -111,13 +118,7 @@ def _resync_race(root: pathlib.Path, change: Callable[[], None],
         assert scanned is not None
         after_scan()
         result = resync.scanned("w", scanned[0], 0.0)
-        assert result is not None and result.notice
-        picture.apply_all(as_messages(result.items))
-        events = _events(ino, tree, root / "settle")
-    published = resync.track("w", [(0.0, events)], [recorder.records(events)])
-    picture.apply_all(as_messages(published[0][1]))
-    assert picture.paths == listing(root)
-    assert resync.watches["w"].index.as_dirs() == snap(root)
+        settle_and_check(resync, result, picture, recorder, ino, tree, root)
 
 
 def test_a_directory_made_after_the_walk_is_not_entered_by_the_scan(tmp_path: pathlib.Path,
