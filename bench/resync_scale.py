@@ -48,6 +48,24 @@ from typing import Any
 
 from bench.fidelity import watcher_of
 
+# This checkout: the watchd a run times unless told another (--against).
+HERE = str(Path(__file__).resolve().parents[1])
+
+
+def source_env(source: str | None) -> dict[str, str]:
+    """The environment that makes `python -m watchd` import the watchd of source (this
+    checkout's for None). The process must not start in a checkout either: `-m` puts the
+    current directory before PYTHONPATH, and a run started in this checkout would time this
+    watchd on both sides."""
+    return dict(os.environ, PYTHONPATH=source or HERE)
+
+
+def imported_from(work: Path, source: str | None) -> str:
+    """Where the watchd a daemon started for source is imported from (as start runs it)."""
+    return subprocess.run([sys.executable, "-c", "import watchd; print(watchd.__file__)"],
+                          env=source_env(source), cwd=work, capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
 
 @dataclass(frozen=True)
 class Started:
@@ -99,10 +117,8 @@ def start(work: Path, root: Path, *, resync: bool, paths: int, timeout: float,
                    f'[[watch]]\nname = "big"\npath = "{root}"\n'
                    f'resync = {"true" if resync else "false"}\n')
     t0 = time.monotonic()
-    env = dict(os.environ)
-    if source is not None:
-        env["PYTHONPATH"] = source
-    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)],
+                            env=source_env(source), cwd=work)
     deadline = t0 + timeout
     active: float | None = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -200,6 +216,10 @@ def report(r: dict[str, float], changes: int, label: str = "") -> float:
 
 def compare_resyncs(work: Path, root: Path, paths: int, args: argparse.Namespace) -> None:
     """Resyncs of this watchd and of args.against's in turns; medians and ratios."""
+    this_file, other_file = imported_from(work, None), imported_from(work, args.against)
+    print(f"this: {this_file}; against: {other_file}")
+    if this_file == other_file:
+        raise SystemExit(f"--against {args.against} imports the same watchd as this checkout")
     per: dict[str | None, list[float]] = {None: [], args.against: []}
     wall: dict[str | None, list[float]] = {None: [], args.against: []}
     for rep in range(args.resyncs):
