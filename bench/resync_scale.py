@@ -3,6 +3,7 @@
     python -m bench.resync_scale [--dirs 50000] [--files 200000] [--reps 3] [--dir /dev/shm]
                                  [--resyncs 1] [--against SRC] [--tree PATH]
     python -m bench.resync_scale --burst 20000 [--reps 5] [--during]
+    python -m bench.resync_scale --scan --reps 0 [--resyncs 3] [--against SRC] [--tree PATH]
 
 Builds a tree of `dirs` directories (in two levels) holding `files` files, then:
 
@@ -18,6 +19,10 @@ Builds a tree of `dirs` directories (in two levels) holding `files` files, then:
 --against SRC runs another source tree of watchd (say main's, checked out in SRC) in turns with
 this one, both in one run, for `--resyncs` resyncs each, and prints the ratios (this / SRC).
 --tree PATH keeps the tree there (built once, reused by later runs).
+
+--scan, instead: the CPU time of the scan alone (bench.scan_cpu, getrusage in the process that
+scans), entering every directory and entering only those a tree watches (the kernel asked per
+directory, as after a loss); with --against, both checkouts in turns.
 
 --burst N, instead: the steady-state event path with and without the index, in turns: a W1
 burst (N files created, written and closed, then deleted) in an empty watched directory, read
@@ -236,6 +241,48 @@ def compare_resyncs(work: Path, root: Path, paths: int, args: argparse.Namespace
           f"{this_wall / other_wall:.2f})")
 
 
+def scan_cpu(work: Path, root: Path, source: str | None, *, entered: bool) -> dict[str, Any]:
+    """One scan of root by bench.scan_cpu with source's watchd: paths, user and sys CPU s."""
+    # Run by path: this checkout's bench (the other may have none), the source's watchd.
+    cmd = [sys.executable, str(Path(__file__).with_name("scan_cpu.py")), str(root), "--reps", "1"]
+    out = subprocess.run(cmd + (["--entered"] if entered else []), env=source_env(source), cwd=work,
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def compare_scans(work: Path, root: Path, args: argparse.Namespace) -> None:
+    """The CPU of the scan alone, entering every directory and only the watched ones (the
+    kernel asked per directory), for this watchd and args.against's, in turns."""
+    sources: list[str | None] = [None] if args.against is None else [None, args.against]
+    for source in sources:
+        print(f"{source or 'this'}: {imported_from(work, source)}")
+    cpu: dict[tuple[str | None, bool], list[tuple[float, float]]] = {}
+    paths = 0
+    for rep in range(args.resyncs):
+        for source in (sources if rep % 2 == 0 else sources[::-1]):
+            for entered in ((False, True) if rep % 2 == 0 else (True, False)):
+                r = scan_cpu(work, root, source, entered=entered)
+                paths = r["paths"]
+                cpu.setdefault((source, entered), []).append((r["user"][0], r["sys"][0]))
+    per = 100_000 / paths
+    medians: dict[tuple[str | None, bool], float] = {}
+    for (source, entered), runs in cpu.items():
+        total = statistics.median(u + s for u, s in runs)
+        user = statistics.median(u for u, _ in runs)
+        system = statistics.median(s for _, s in runs)
+        medians[source, entered] = total
+        print(f"scan of {paths} paths, {source or 'this'}, "
+              f"{'watched directories' if entered else 'every directory'}: median of "
+              f"{len(runs)} {total:.2f} s CPU (user {user:.2f}, sys {system:.2f}); "
+              f"{total * per:.2f} s per 100,000 paths", flush=True)
+    if args.against is not None:
+        for entered in (False, True):
+            print(f"ratio this / {args.against} "
+                  f"({'watched directories' if entered else 'every directory'}): "
+                  f"{medians[None, entered] / medians[args.against, entered]:.2f}")
+
+
 def write_files(spot: Path, files: int, unlink: bool) -> None:
     """W1's generator: each file opened with O_CREAT, 1 byte written, closed (then deleted)."""
     for i in range(files):
@@ -368,6 +415,9 @@ def main() -> None:
                         help="instead: a W1 burst of N files with and without the index")
     parser.add_argument("--during", action="store_true",
                         help="with --burst: the burst during a resync of the large tree")
+    parser.add_argument("--scan", action="store_true",
+                        help="instead: the CPU time of the scan alone, --resyncs times (with "
+                             "--against, in turns)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wd-resync.", dir="/tmp"))
     if args.burst is not None and not args.during:
@@ -406,7 +456,9 @@ def main() -> None:
             print(f"set-up until active: resync on {on:.2f} s, off {off:.2f} s, ratio"
                   f" {on / off:.2f}; index complete {full:.2f} s ({full / off:.2f}x the set-up"
                   " without)")
-        if args.burst is not None:
+        if args.scan:
+            compare_scans(work, root, args)
+        elif args.burst is not None:
             burst_during(work, root, paths, args.burst, args.changes)
         elif args.against is not None:
             compare_resyncs(work, root, paths, args)

@@ -1,0 +1,64 @@
+"""CPU time of a resync's scan alone (watchd.scan.scan_parts), in this process.
+
+    python -m bench.scan_cpu TREE [--reps 3] [--entered]
+
+Prints one JSON line: the paths scanned and, per repetition, the user and system CPU seconds
+of one whole scan (getrusage). With --entered the scan enters only the directories a real
+tree (watchd.inotify.tree.Tree, one inotify watch per directory) watches, asking it of the
+kernel per directory as the watcher does after a loss (watchd.fill.scan_whole); without, it
+enters every directory. bench.resync_scale --scan runs this for two checkouts in turns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+from collections.abc import Callable
+
+from watchd.events import DEFAULT_KINDS, kinds_mask
+from watchd.index import AtRest
+from watchd.inotify import InotifyFd
+from watchd.inotify.tree import Tree
+from watchd.scan import scan_parts
+
+PART = 4096  # entries per part, as the watcher scans (watchd.fill.PART)
+
+
+def scan_once(root: str, entered: Callable[[int], bool] | None) -> tuple[int, float, float]:
+    """One whole scan: (paths, user s, system s)."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    dirs: AtRest = {}
+    for part in scan_parts(root, root, recursive=True, wanted=None, prune=None,
+                           part_size=PART, entered=entered):
+        dirs.update(part)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    paths = sum(names.count("/") + 1 for names, _ in dirs.values() if names)
+    return paths, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+
+
+def main() -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tree")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--entered", action="store_true",
+                        help="enter only the directories a tree watches (the kernel asked)")
+    args = parser.parse_args()
+    entered: Callable[[int], bool] | None = None
+    ino = None
+    if args.entered:
+        ino = InotifyFd()
+        tree = Tree(ino, args.tree, kinds_mask(DEFAULT_KINDS), recursive=True, synthetic=True,
+                    real_root=args.tree, real_fs_only=True)
+        tree.start()
+        entered = tree.watches_dir
+    runs = [scan_once(args.tree, entered) for _ in range(args.reps)]
+    if ino is not None:
+        ino.close()
+    print(json.dumps({"paths": runs[0][0], "user": [r[1] for r in runs],
+                      "sys": [r[2] for r in runs]}))
+
+
+if __name__ == "__main__":
+    main()
