@@ -57,19 +57,19 @@ from bench.fidelity import watcher_of
 HERE = str(Path(__file__).resolve().parents[1])
 
 
-def source_env(source: str | None) -> dict[str, str]:
-    """The environment that makes `python -m watchd` import the watchd of source (this
-    checkout's for None). The process must not start in a checkout either: `-m` puts the
-    current directory before PYTHONPATH, and a run started in this checkout would time this
-    watchd on both sides."""
-    return dict(os.environ, PYTHONPATH=source or HERE)
+def launch(work: Path, source: str | None) -> dict[str, Any]:
+    """subprocess arguments (env, cwd) under which `python -m watchd` imports the watchd of
+    source (this checkout's for None). The process starts in work, outside any checkout:
+    `-m` puts the current directory before PYTHONPATH, and a run started in this checkout
+    would time this watchd on both sides."""
+    return {"env": dict(os.environ, PYTHONPATH=source or HERE), "cwd": work}
 
 
 def imported_from(work: Path, source: str | None) -> str:
     """Where the watchd a daemon started for source is imported from (as start runs it)."""
     return subprocess.run([sys.executable, "-c", "import watchd; print(watchd.__file__)"],
-                          env=source_env(source), cwd=work, capture_output=True, text=True,
-                          check=True, timeout=60).stdout.strip()
+                          **launch(work, source), capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def start(work: Path, root: Path, *, resync: bool, paths: int, timeout: float,
                    f'resync = {"true" if resync else "false"}\n')
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)],
-                            env=source_env(source), cwd=work)
+                            **launch(work, source))
     deadline = t0 + timeout
     active: float | None = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -245,7 +245,7 @@ def scan_cpu(work: Path, root: Path, source: str | None, *, entered: bool) -> di
     """One scan of root by bench.scan_cpu with source's watchd: paths, user and sys CPU s."""
     # Run by path: this checkout's bench (the other may have none), the source's watchd.
     cmd = [sys.executable, str(Path(__file__).with_name("scan_cpu.py")), str(root), "--reps", "1"]
-    out = subprocess.run(cmd + (["--entered"] if entered else []), env=source_env(source), cwd=work,
+    out = subprocess.run(cmd + (["--entered"] if entered else []), **launch(work, source),
                          capture_output=True, text=True, check=True, timeout=600).stdout
     result: dict[str, Any] = json.loads(out)
     return result
