@@ -4,6 +4,7 @@
 #   bench/compare.sh main                                  # 3 repetitions, soak 2 min each
 #   bench/compare.sh --soak-minutes 0.5 HEAD~3 -- --reps 1 --quick
 #   bench/compare.sh --ref inotifywait main                # a third peer in every repetition
+#   bench/compare.sh --frames --soak-minutes 0 main -- --workloads W5   # both asking for frames
 # The base gets a temporary git worktree with its own .venv (scripts/venv.sh), removed at exit.
 # Both trees are peers of the peer harness (watchd:tree=base, watchd:tree=head; bench/tree-cmd.sh
 # starts the right daemon): one harness run per repetition, in which every workload runs base and
@@ -11,15 +12,17 @@
 # `python -m bench.soak`, base then head. Everything after -- goes to the harness (--reps N is
 # the number of repetitions, default 3).
 set -eu
-usage="usage: bench/compare.sh [--soak-minutes N] [--ref PEER] <base-commit> [-- harness options]"
+usage="usage: bench/compare.sh [--soak-minutes N] [--ref PEER] [--frames] <base-commit> [-- harness options]"
 here=$(cd "$(dirname "$0")/.." && pwd)
 harness=${WATCHD_PEER_BENCH:-$here/../shared/bench}
 soak_minutes=2
 ref=""
+frames=""
 while [ $# -gt 0 ]; do
     case $1 in
         --soak-minutes) soak_minutes=${2:?$usage}; shift 2 ;;
         --ref) ref=${2:?$usage}; shift 2 ;;
+        --frames) frames=1; shift ;;
         -h|--help) echo "$usage"; exit 0 ;;
         --) echo "$usage" >&2; exit 2 ;;
         -*) echo "compare.sh: unknown option $1" >&2; echo "$usage" >&2; exit 2 ;;
@@ -91,8 +94,10 @@ case $reps in
 esac
 rep=1
 while [ "$rep" -le "$reps" ]; do
-    if [ $((rep % 2)) = 1 ]; then order="watchd:tree=base watchd:tree=head"
-    else order="watchd:tree=head watchd:tree=base"; fi
+    if [ -n "$frames" ]; then base_peer=watchd:batch=1 head_peer=watchd:batch=true
+    else base_peer=watchd:tree=base head_peer=watchd:tree=head; fi
+    if [ $((rep % 2)) = 1 ]; then order="$base_peer $head_peer"
+    else order="$head_peer $base_peer"; fi
     echo "repetition $rep of $reps: ${ref:+$ref }$order"
     # The harness prints a progress line per run, shown as it comes, and a table per invocation,
     # left in the log: the pooled figures come at the end.
@@ -134,6 +139,6 @@ done
 echo
 echo "## head / base (base $base_ref = $(git -C "$here" rev-parse --short "$base_sha"), head $head_desc)"
 # shellcheck disable=SC2086 # soak_args holds paths without spaces (mktemp under /tmp)
-"$here/.venv/bin/python" "$here/bench/ratios.py" "$results" $soak_args
+"$here/.venv/bin/python" "$here/bench/ratios.py" ${frames:+--frames} "$results" $soak_args
 echo
 echo "kept: $kept.jsonl (every repetition), .log (the harness's output), .soak-*.txt"

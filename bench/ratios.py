@@ -5,8 +5,9 @@
 
 RESULTS.jsonl holds one line per harness run and (peer, workload, params) with every repetition
 (the shared peer harness's format); the two trees are the peers `watchd:tree=base` and
-`watchd:tree=head`. Repetitions from several harness runs in the file are pooled; the table
-shows their medians. The soak files are what `python -m bench.soak` printed.
+`watchd:tree=head` (with --frames, `watchd:batch=1` and `watchd:batch=true`). Repetitions
+from several harness runs in the file are pooled; the table shows their medians. The soak
+files are what `python -m bench.soak` printed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BASE, HEAD = "watchd:tree=base", "watchd:tree=head"
+# With frames (compare.sh --frames) the peer spec carries `batch` instead: the harness splits its
+# peer list at commas, so a spec holds one option, and bench/tree-cmd.sh tells the trees apart by
+# the two spellings the harness's watchd adapter accepts for it.
+BASE_FRAMES, HEAD_FRAMES = "watchd:batch=1", "watchd:batch=true"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +111,7 @@ def median(runs: list[dict[str, object]], key: str) -> object:
     return statistics.median(numbers) if len(numbers) == len(values) else values[0]
 
 
-def harness_rows(results: Path) -> list[str]:
+def harness_rows(results: Path, base_peer: str = BASE, head_peer: str = HEAD) -> list[str]:
     """Table rows for every workload and params that both trees ran."""
     by = pooled_runs(results)
     rows = []
@@ -114,11 +119,11 @@ def harness_rows(results: Path) -> list[str]:
         params = sorted({key[2] for key in by if key[1] == wl},
                         key=lambda p: sorted(json.loads(p).items()))
         for p in params:
-            base, head = by.get((BASE, wl, p)), by.get((HEAD, wl, p))
+            base, head = by.get((base_peer, wl, p)), by.get((head_peer, wl, p))
             if base is None or head is None:
                 continue
             shown = " ".join(f"{k}={v}" for k, v in json.loads(p).items())
-            for peer, runs in ((BASE, base), (HEAD, head)):
+            for peer, runs in ((base_peer, base), (head_peer, head)):
                 errors = [r["error"] for r in runs if r.get("error")]
                 if errors:
                     rows.append(f"| {wl} | {shown} | error ({peer}, {len(errors)}/{len(runs)} "
@@ -167,12 +172,16 @@ def main() -> int:
     parser.add_argument("results", type=Path)
     parser.add_argument("--soak-base", type=Path)
     parser.add_argument("--soak-head", type=Path)
+    parser.add_argument("--frames", action="store_true",
+                        help=f"the trees ran as {BASE_FRAMES} and {HEAD_FRAMES}")
     args = parser.parse_args()
-    rows = harness_rows(args.results)
+    base_peer, head_peer = (BASE_FRAMES, HEAD_FRAMES) if args.frames else (BASE, HEAD)
+    rows = harness_rows(args.results, base_peer, head_peer)
     if args.soak_base and args.soak_head:
         rows += soak_rows(args.soak_base, args.soak_head)
     if not rows:
-        print(f"{args.results}: no workload that both {BASE} and {HEAD} ran", file=sys.stderr)
+        print(f"{args.results}: no workload that both {base_peer} and {head_peer} ran",
+              file=sys.stderr)
         return 1
     print("| workload | params | metric | base | head | head/base | better |")
     print("|---|---|---|---|---|---|---|")

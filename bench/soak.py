@@ -3,8 +3,12 @@
 
 Clients: fast ones that read everything, slow ones that read in rare gulps (and so get
 `dropped` notices), and reconnecting ones that hang up now and then and come back with
-`since`. Meanwhile files are created, written and deleted continuously, the daemon gets a
-SIGHUP every few seconds and its watcher process a SIGKILL every minute.
+`since`. The slow ones run in a process of their own (as separate programs would), so the
+fast ones' lag shows whether a slow reader slows the readers of other processes; with
+`--slow-beside` they share the soak's process, where the documented rule lets connections of
+one process hold each other back. Meanwhile files are created, written and deleted
+continuously, the daemon gets a SIGHUP every few seconds and its watcher process a SIGKILL
+every minute.
 
 At the end the churn stops and an end marker is created; the soak reads the clients until
 every fast one has the marker (its event, or a `dropped` notice that covers its seq), then
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import selectors
@@ -42,6 +47,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 # At the end: how often the daemon's seq is sampled while the soak waits for the clients (a
@@ -120,12 +127,59 @@ class Stream:
         elif t == "overflow":
             self.overflows += 1
 
+    def summary(self, final_seq: int) -> Summary:
+        """What the end report needs of this stream (sent across from another process)."""
+        return Summary(self.kind, len(self.seen), self.dropped, self.overflows, self.expired,
+                       self.last_seq, self.lost(final_seq), self.eof)
+
     def lost(self, final_seq: int) -> int:
         """Seqs up to final_seq that are behind what the client was sent, yet neither delivered
         nor reported: a gap is always told before anything that comes after it, so these are
         missed for good. Seqs past last_seq are not yet delivered (see behind), not lost."""
         upto = min(final_seq, self.last_seq)
         return sum(1 for s in range(self.start_seq + 1, upto + 1) if s not in self.seen)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A stream's counts at the end, for the report."""
+
+    kind: str
+    seen: int
+    dropped: int
+    overflows: int
+    expired: int
+    last_seq: int
+    lost: int
+    eof: bool
+
+
+def slow_readers(sock_path: str, count: int, conn: Connection) -> None:
+    """The slow clients, in a process of their own: each reads in one big gulp every 2-6 s.
+    Told the final seq and a deadline, they read until each has it (or the deadline), and
+    send back their summaries. In their own process they test the promise that a slow reader
+    never slows the readers of other processes (connections of one process may hold each
+    other back, by the documented rule)."""
+    rng = random.Random(5)
+    streams = [Stream("slow", sock_path) for _ in range(count)]
+    for s in streams:
+        s.connect(None)
+        s.next_pause = time.monotonic() + rng.uniform(1, 5)
+    conn.send("ready")
+    while not conn.poll(0.05):
+        now = time.monotonic()
+        for s in streams:
+            if now >= s.next_pause:
+                drain(s)
+                s.next_pause = now + rng.uniform(2, 6)
+    final, wait_s = conn.recv()
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not all(s.last_seq >= final or s.eof
+                                                  for s in streams):
+        for s in streams:
+            drain(s)
+        time.sleep(0.01)
+    conn.send([s.summary(final) for s in streams])
 
 
 def churn(root: Path, stop: threading.Event, counter: list[int]) -> None:
@@ -193,6 +247,9 @@ def main() -> int:
     parser.add_argument("--end-wait", type=float, default=120.0,
                         help="seconds to wait at the end for the end marker at every fast "
                         "client, and as long again for every client to catch up")
+    parser.add_argument("--slow-beside", action="store_true",
+                        help="read the slow clients in the soak's own process, beside the "
+                        "others (default: a process of their own, as separate programs are)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="wd-soak.", dir="/tmp"))
@@ -211,9 +268,12 @@ def main() -> int:
         print("watchd did not start", file=sys.stderr)
         return 1
     rng = random.Random(3)
+    slow_here = args.slow if args.slow_beside else 0
     streams = ([Stream("fast", sock_path) for _ in range(args.fast)]
-               + [Stream("slow", sock_path) for _ in range(args.slow)]
+               + [Stream("slow", sock_path) for _ in range(slow_here)]
                + [Stream("reconnect", sock_path) for _ in range(args.reconnect)])
+    # Forked before the churn thread starts: the slow readers' process holds no thread.
+    slow_proc, slow_conn = start_slow_readers(sock_path, args.slow - slow_here)
     sel = selectors.DefaultSelector()
     for s in streams:
         s.connect(None)
@@ -284,21 +344,24 @@ def main() -> int:
     caught_up = wait_until(lambda: all(s.last_seq >= final or s.eof for s in streams), streams,
                            progress, time.monotonic() + args.end_wait)
     final_progress = progress.describe()
+    summaries = [s.summary(final) for s in streams]
+    summaries += finish_slow_readers(slow_proc, slow_conn, final, args.end_wait)
     rss, fds = sample(proc.pid)
     samples.append((time.monotonic() - t0, rss, fds))
     proc.terminate()
     proc.wait(10)
 
-    delivered = sum(len(s.seen) for s in streams) - sum(s.dropped for s in streams)
-    dropped = sum(s.dropped for s in streams)
-    lost = sum(s.lost(final) for s in streams)
-    behind = [s for s in streams if s.last_seq < final]
-    print(f"soak: {args.minutes:g} min, {len(streams)} clients ({args.fast} fast, "
-          f"{args.slow} slow, {args.reconnect} reconnecting), {created[0]} files written, "
+    delivered = sum(s.seen for s in summaries) - sum(s.dropped for s in summaries)
+    dropped = sum(s.dropped for s in summaries)
+    lost = sum(s.lost for s in summaries)
+    behind = [s for s in summaries if s.last_seq < final]
+    print(f"soak: {args.minutes:g} min, {len(summaries)} clients ({args.fast} fast, "
+          f"{args.slow} slow{' beside them' if slow_here else ' in a process of their own'}, "
+          f"{args.reconnect} reconnecting), {created[0]} files written, "
           f"{hups} SIGHUPs, {kills} watcher kills, {reconnects} reconnections")
     print(f"events published {final}, delivered {delivered}, reported dropped {dropped}, "
-          f"overflow notices {sum(s.overflows for s in streams)}, since_expired "
-          f"{sum(s.expired for s in streams)}, lost without notice {lost}; clients behind at "
+          f"overflow notices {sum(s.overflows for s in summaries)}, since_expired "
+          f"{sum(s.expired for s in summaries)}, lost without notice {lost}; clients behind at "
           f"the end {len(behind)} ({sum(final - s.last_seq for s in behind)} events not yet "
           f"received, not lost)")
     lags = [s.end_seen - marked for s in fast if s.end_seen is not None]
@@ -308,7 +371,8 @@ def main() -> int:
           f"{len(fast) - len(lags)} not within {args.end_wait:g} s")
     if not marker_wait:
         print(f"waited {args.end_wait:g} s for the end marker at every fast client: "
-              f"{marker_progress}; {describe_behind([s for s in fast if not s.end_seen], 0)}")
+              f"{marker_progress}; "
+              f"{describe_behind([s.summary(final) for s in fast if not s.end_seen], 0)}")
     if not caught_up or behind:
         print(f"waited {args.end_wait:g} s more for every client to reach seq {final} "
               f"(delivered or reported dropped): {final_progress}; "
@@ -378,7 +442,34 @@ def marker_reached(fast: list[Stream], streams: list[Stream]) -> bool:
     return all(s.end_seen is not None for s in fast)
 
 
-def describe_behind(streams: list[Stream], final: int) -> str:
+def start_slow_readers(sock_path: str, count: int) -> tuple[BaseProcess | None,
+                                                            Connection | None]:
+    """The slow readers' process, connected and subscribed when this returns."""
+    if not count:
+        return None, None
+    ours, theirs = multiprocessing.Pipe()
+    proc = multiprocessing.get_context("fork").Process(
+        target=slow_readers, args=(sock_path, count, theirs), daemon=True)
+    proc.start()
+    if not ours.poll(60) or ours.recv() != "ready":
+        raise RuntimeError("the slow readers' process did not subscribe within 60 s")
+    return proc, ours
+
+
+def finish_slow_readers(proc: BaseProcess | None, conn: Connection | None, final: int,
+                        wait_s: float) -> list[Summary]:
+    """Tell the slow readers the final seq; their summaries once they have it (or gave up)."""
+    if proc is None or conn is None:
+        return []
+    conn.send((final, wait_s))
+    summaries: list[Summary] = conn.recv() if conn.poll(wait_s + 30) else []
+    proc.join(5)
+    if not summaries:
+        raise RuntimeError("the slow readers' process did not report")
+    return summaries
+
+
+def describe_behind(streams: list[Summary], final: int) -> str:
     """Which clients are short of final (0: of the end marker), and by how much."""
     if not streams:
         return "no client behind"
