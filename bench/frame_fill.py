@@ -5,10 +5,13 @@ The shared harness's watchd adapter (`peers/watchd.py`) subscribes N connections
 `"batch": true` and `events=create`, 10,000 files are created with its generator, and its own
 `read_batch` reads them, as in W5. Its `json` module is wrapped to count the frames it decodes,
 so the client is the harness's and the daemon is untouched. Printed per subscriber count:
-frames, events per frame (mean), the time from the generator's start to the last event.
+frames, events per frame (mean), the time from the generator's start to the last event, and
+the CPU time of the client and of the daemon with its watcher. With `--lines` each tree also
+runs with event lines (no "batch"), alternated with its frames.
 
     .venv/bin/python -m bench.frame_fill --subs 1 10 100 --reps 3
     .venv/bin/python -m bench.frame_fill --tree /tmp/base --tree . --subs 10   # two trees
+    .venv/bin/python -m bench.frame_fill --subs 1 --lines --reps 9             # frames vs lines
 """
 
 from __future__ import annotations
@@ -39,9 +42,13 @@ class CountingJson:
 
     def loads(self, line: bytes) -> Any:
         message = json.loads(line)
-        if message.get("type") == "events":
+        kind = message.get("type")
+        if kind == "events":
             self.frames += 1
             self.events += len(message["events"])
+        elif kind == "event":  # a line is a frame of one, for the counts
+            self.frames += 1
+            self.events += 1
         return message
 
     def dumps(self, value: Any) -> str:
@@ -68,15 +75,18 @@ def gen_binary(harness: Path) -> str:
     raise SystemExit(f"no generator: run {harness}/run.sh once (it builds build/gen)")
 
 
-def one(module: ModuleType, tree: Path, subs: int, files: int, fs: Path, gen: str
-        ) -> dict[str, float]:
+def one(module: ModuleType, tree: Path, subs: int, files: int, fs: Path, gen: str,
+        batch: bool = True) -> dict[str, float]:
     counter = CountingJson()
     module.json = counter  # type: ignore[attr-defined]
     os.environ["WATCHD_CMD"] = f"{tree / '.venv' / 'bin' / 'watchd'} --config {{config}}"
     root = fs / f"fill-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    peer = module.Adapter({"subs": str(subs), "events": "create", "batch": "1"})
+    opts = {"subs": str(subs), "events": "create"}
+    if batch:
+        opts["batch"] = "1"
+    peer = module.Adapter(opts)
     peer.start(str(root))
     try:
         counter.frames = counter.events = 0
@@ -121,25 +131,31 @@ def main() -> int:
                         help="a checkout with a .venv (repeat to alternate); default this one")
     parser.add_argument("--harness", type=Path, default=HARNESS)
     parser.add_argument("--fs", type=Path, default=Path("/tmp/benchfs"))
+    parser.add_argument("--lines", action="store_true",
+                        help="each tree with event lines as well, alternated with its frames")
     args = parser.parse_args()
     trees = [t.resolve() for t in (args.tree or [Path(__file__).resolve().parent.parent])]
     module = adapter_module(args.harness)
     gen = gen_binary(args.harness)
-    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    modes = [True, False] if args.lines else [True]
+    results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     for rep in range(args.reps):
         for subs in args.subs:
-            order = trees if rep % 2 == 0 else trees[::-1]
-            for tree in order:
-                r = one(module, tree, subs, args.files, args.fs, gen)
-                results.setdefault((str(tree), subs), []).append(r)
-                print(f"rep {rep} {tree} subs={subs}: {r}", file=sys.stderr, flush=True)
-    print("| tree | subscribers | frames (median) | events per frame (median) | total s (median) "
-          "| complete (min) |")
-    print("|---|---|---|---|---|---|")
-    for (tree, subs), rs in results.items():
-        print(f"| {tree} | {subs} | {statistics.median(r['frames'] for r in rs):,.0f} | "
-              f"{statistics.median(r['per_frame'] for r in rs):.1f} | "
-              f"{statistics.median(r['total_s'] for r in rs):.3f} | "
+            runs = [(tree, batch) for tree in trees for batch in modes]
+            for tree, batch in runs if rep % 2 == 0 else runs[::-1]:
+                r = one(module, tree, subs, args.files, args.fs, gen, batch)
+                mode = "frames" if batch else "lines"
+                results.setdefault((str(tree), mode, subs), []).append(r)
+                print(f"rep {rep} {tree} {mode} subs={subs}: {r}", file=sys.stderr, flush=True)
+    print("| tree | delivery | subscribers | frames (median) | events per frame (median) "
+          "| total s (median) | client CPU s | daemon+watcher CPU s | complete (min) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (tree, mode, subs), rs in results.items():
+        def median(key: str, rs: list[dict[str, float]] = rs) -> float:
+            return statistics.median(r[key] for r in rs)
+        print(f"| {tree} | {mode} | {subs} | {median('frames'):,.0f} | "
+              f"{median('per_frame'):.1f} | {median('total_s'):.3f} | "
+              f"{median('client_cpu_s'):.2f} | {median('daemon_cpu_s'):.2f} | "
               f"{100 * min(r['complete'] for r in rs):.1f}% |")
     return 0
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tracemalloc
 from dataclasses import dataclass
 from typing import Any
@@ -1393,6 +1395,45 @@ def test_kinds_and_deliveries_are_counted_on_every_way_out() -> None:
     for sink in (plain_sink, framed_sink, filtered_sink, replay_sink):
         sink.open = False
     assert broker.publish_reads("a", [(4.0, creates("/a/3"))]) is None
+
+
+# Without Counter's private C helper (an interpreter other than CPython, a later CPython), the
+# kinds are counted all the same. In a process of its own: the helper is looked up at import.
+_WITHOUT_HELPER = """
+import collections, json
+del collections._count_elements
+from watchd import fanout
+from watchd.broker import Broker, Peer
+from watchd.events import KIND_BITS, Kind
+from watchd.protocol import Subscribe
+
+class Sink:
+    def write(self, chunks): pass
+    def writable(self): return True
+
+class Watch:
+    name, path = "a", "/srv"
+    def may_see(self, uid, gid, groups): return True
+
+broker = Broker(instance="i", client_queue=100, replay_buffer=100, max_subscriptions=8)
+broker.set_watches([Watch()])
+broker.subscribe(broker.connect(Sink(), Peer(uid=0, gid=0, groups=frozenset(), pid=1)),
+                 Subscribe(id=1))
+create, delete = KIND_BITS[Kind.CREATE], KIND_BITS[Kind.DELETE]
+broker.publish_reads("a", [(1.0, [(create, 0, "/srv/1", None), (create, 0, "/srv/2", None),
+                                  (delete, 0, "/srv/1", None)])])
+print(json.dumps({"fallback": fanout._count_elements is fanout.count_into,
+                  "kinds": broker.counts.kinds_of["a"]}))
+"""
+
+
+def test_kinds_are_counted_without_counters_private_helper() -> None:
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_HELPER], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["fallback"] is True
+    assert result["kinds"] == {str(KIND_BITS[Kind.CREATE]): 2, str(KIND_BITS[Kind.DELETE]): 1}
 
 
 def test_overflows_are_counted_by_watch_and_reason() -> None:

@@ -9,7 +9,7 @@ dropped.
 
 from __future__ import annotations
 
-from collections import _count_elements  # type: ignore[attr-defined]  # Counter's C helper
+import collections
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -66,6 +66,19 @@ def _headed(head: bytes, framed: list[bytes]) -> list[bytes]:
 
 
 _BIT = itemgetter(2)  # a Held's kind bit
+
+
+def count_into(counts: dict[int, int], bits: Iterable[int]) -> None:
+    """Add one to counts[bit] for each of bits, in Python."""
+    get = counts.get
+    for bit in bits:
+        counts[bit] = get(bit, 0) + 1
+
+
+# Counter's helper does the same in C (no Python step per event). It is private to CPython's
+# collections, so an interpreter without it gets the loop above.
+_count_elements: Callable[[dict[int, int], Iterable[int]], None] = getattr(
+    collections, "_count_elements", count_into)
 
 
 class FanOut:

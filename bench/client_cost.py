@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""What the peer harness's own client spends per event, counted in instructions.
+
+The shared harness's adapters (`peers/watchd.py`, `peers/watchman.py`) read W5's stream from a
+real socket with their own `read_batch`; here each is fed ready-made bytes through a socketpair
+(watchd's frames as the daemon encodes them, or watchman's subscription PDUs of W5's file
+entries) and the process runs under `valgrind --tool=cachegrind` twice, with and without the
+reading. The difference per event is the client's cost in instructions: unlike CPU time on this
+shared machine, it does not move with the load, so two encodings compare exactly.
+
+    .venv/bin/python -m bench.client_cost                      # both decimals of `time`, watchman
+    .venv/bin/python -m bench.client_cost --frames 64 150 256  # frame sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from watchd.protocol import event_lines
+from watchd.protocol.event_lines import EventEncoder, frame_head, frames
+
+HARNESS = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
+ROOT = "/tmp/benchfs/run"  # where the harness's W5 tree lives: paths of the same length
+T0 = 1764300000.1234567
+
+
+def watchd_bytes(events: int, frame: int, decimals: int) -> bytes:
+    """W5's create events for subscription s1 in frames of `frame`, times with `decimals`."""
+    setattr(event_lines, "TIME_DECIMALS", decimals)  # noqa: B010 -- a Final, changed for a test
+    encoder = EventEncoder()
+    tails = [encoder.tail(seq, T0 + (seq // 50) * 0.000731, "bench", "create",
+                          f"{ROOT}/f{seq:07}", 0x100, 0, None) for seq in range(1, events + 1)]
+    return b"".join(frames(frame_head("s1"), tails, frame))
+
+
+def watchman_bytes(events: int, frame: int) -> bytes:
+    """W5's file entries in subscription PDUs of `frame` files, as watchman 4.9 sends them."""
+    pdus = []
+    for start in range(0, events, frame):
+        files = [{"name": f"f{n:07}", "exists": True, "new": True, "type": "f"}
+                 for n in range(start, min(events, start + frame))]
+        pdus.append(json.dumps({
+            "version": "4.9.0", "clock": "c:1764300000:1234:1:5678", "files": files,
+            "root": ROOT, "subscription": "bench0", "unilateral": True,
+            "is_fresh_instance": False, "since": "c:1764300000:1234:1:5600",
+        }, separators=(",", ":")).encode() + b"\n")
+    return b"".join(pdus)
+
+
+def adapter(peer: str, sock: socket.socket) -> Any:
+    """The harness's adapter for `peer`, reading `sock` as its one subscriber connection."""
+    sys.path.insert(0, str(HARNESS))
+    module = __import__(f"peers.{peer}", fromlist=["Adapter"])
+    reader = module.Adapter({})
+    reader.socks, reader.bufs = [sock], [b""]
+    reader.fd2i = {sock.fileno(): 0}
+    reader.ep = select.epoll()
+    reader.ep.register(sock.fileno(), select.EPOLLIN)
+    reader.resync_client = False
+    reader.prefix, reader.warnings, reader.fresh = ROOT, [], 0  # watchman's parse state
+    return reader
+
+
+def one(peer: str, events: int, frame: int, decimals: int, read: bool) -> None:
+    """Build the bytes; with `read`, have the adapter read them as the harness's consumer does."""
+    data = (watchman_bytes(events, frame) if peer == "watchman"
+            else watchd_bytes(events, frame, decimals))
+    if not read:
+        return
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    reader = adapter(peer, ours)
+    writer = threading.Thread(target=theirs.sendall, args=(data,))
+    writer.start()
+    seen = 0
+    while seen < events:
+        batch = reader.read_batch(1.0)
+        seen += len(batch)
+        for ev in batch:  # the consumer's own look at each event
+            if "__sentinel__" in ev[2]:
+                break
+    writer.join()
+    print(len(data) / events)
+
+
+def instructions(argv: list[str]) -> int:
+    done = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                           "--cachegrind-out-file=/dev/null", sys.executable, "-m",
+                           "bench.client_cost", *argv], capture_output=True, text=True,
+                          check=True)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    assert found is not None, done.stderr
+    return int(found.group(1).replace(",", ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10240)
+    parser.add_argument("--frames", type=int, nargs="+", default=[150],
+                        help="events per frame (watchd) or files per PDU (watchman)")
+    parser.add_argument("--decimals", type=int, nargs="+", default=[6, 5],
+                        help="decimals of watchd's `time` (6 before, 5 now)")
+    parser.add_argument("--one", nargs=4, metavar=("PEER", "FRAME", "DECIMALS", "READ"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        peer, frame, decimals, read = args.one
+        one(peer, args.events, int(frame), int(decimals), read == "1")
+        return 0
+    cases = [("watchd", frame, decimals) for frame in args.frames for decimals in args.decimals]
+    cases += [("watchman", frame, 0) for frame in args.frames]
+    print("| client | per frame or PDU | decimals of time | instructions per event |")
+    print("|---|---|---|---|")
+    for peer, frame, decimals in cases:
+        base, read = (instructions(["--events", str(args.events), "--one", peer, str(frame),
+                                    str(decimals), flag]) for flag in ("0", "1"))
+        label = "-" if peer == "watchman" else str(decimals)
+        print(f"| {peer} | {frame} | {label} | {(read - base) / args.events:,.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
