@@ -220,6 +220,18 @@ class Tree:
             self._ino.rm_watch(got)
         return False
 
+    def unreported(self, missed: Callable[[str], bool]) -> None:
+        """After a scan that was to report what the tree's directories hold: the directories
+        it missed (`missed(path)`: listed in their parent, not entered) that are no longer at
+        the path the tree has for them moved before the scan reached them. Their rename's
+        events are still queued, and nobody has reported what they hold: where those events
+        place them, the tree reports it, as for a directory moved in."""
+        watches, reach = self._watches, self._reach
+        for wd, prefix in list(self._path_of.items()):
+            if (wd != watches.root_wd and missed(dir_path(prefix))
+                    and not reach.leads_to(prefix, wd)):
+                watches.unreported.add(wd)
+
     # -- set-up and tear-down ----------------------------------------------------------------
 
     def start(self, *, report: bool = False) -> list[TreeEvent]:
@@ -369,6 +381,10 @@ class Tree:
             return
         if moved and src_path is not None:
             watches.rename(moved, src_path + "/", path + "/")
+            if watches.unreported and watches.wd_of.get(path + "/") in watches.unreported:
+                watches.unreported.discard(watches.wd_of[path + "/"])
+                if s.synthetic:  # what it holds, under the name it has now
+                    self._rescanner.watch_new(wd, prefix, name, out, moved_in=True)
             if watches.rescan:
                 # What waited for its parent's path to be right is listed now, so that its
                 # events come before those that follow the rename, not at the batch's end.
@@ -414,6 +430,7 @@ class Tree:
         self._walker.limit_error = None  # found again below if a limit still stands in the way
         watches = self._watches
         watches.rescan.clear()
+        watches.unreported.clear()
         if self.lost is not None or watches.root_wd not in self._path_of \
                 or not self._settings.recursive:
             return []

@@ -1,0 +1,56 @@
+"""A whole scan lists a directory the tree watches, which moves before the scan enters it.
+
+The index knows nothing of the directory (it was made while the daemon was down), so the
+differences can only say that it exists; its rename's events come after the scan. The tree
+has watched it since its walk, without reporting what it holds (the scan was to): it must
+report that when the rename's events place the directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from tests.picture import Picture, listing
+from tests.test_index import snap
+from tests.test_scan_race import _scanned_watch, settle_and_check
+from watchd.config.model import WatchConfig
+from watchd.fill import scan_whole
+from watchd.index import Recorder
+from watchd.inotify import InotifyFd
+from watchd.resync import Resyncer
+
+
+def test_a_new_directory_moved_away_before_the_scan_enters_it_keeps_its_contents(
+        tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "t"
+    root.mkdir()
+    resync = Resyncer()
+    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
+    assert resync.scanned("w", snap(root), 0.0) is not None  # the index: an empty root
+    picture = Picture(listing(root))
+    # Made while nobody watched: neither the index nor the client knows of it.
+    (root / "d" / "sub").mkdir(parents=True)
+    (root / "d" / "g").write_text("x")
+    (root / "d" / "sub" / "leaf").write_text("y")
+    recorder = Recorder()
+    with InotifyFd() as ino:
+        watch, tree = _scanned_watch(root, ino)  # its walk watches d and d/sub
+        resync.lost("w")
+        moved: list[str] = []
+
+        def rename_while_listing(name: str) -> bool:
+            # Called as the scan lists the root (d is listed, with its inode): d moves before
+            # the scan can enter it, and its rename's events wait in the queue.
+            if name == "d" and not moved:
+                os.rename(root / "d", root / "e")
+                moved.append(name)
+            return True
+
+        watch.wanted = rename_while_listing
+        scanned = scan_whole(watch, lambda: None)
+        assert scanned is not None and moved, "the scan did not list d"
+        assert "d" in scanned[0][str(root)][0].split("/")
+        assert str(root / "d") not in scanned[0], "the scan entered d: no race made"
+        result = resync.scanned("w", scanned[0], 0.0)
+        settle_and_check(resync, result, picture, recorder, ino, tree, root)
