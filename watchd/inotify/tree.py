@@ -43,6 +43,9 @@ Rules worth knowing:
   the batch, and of the following batches until that works, and what it holds unwatched is
   watched then (with synthetic creates). Past RESCAN_TRIES batches the tree gives up and
   reports an overflow, so that the caller resyncs and its subscribers rescan.
+* Once a batch has overflowed (the kernel's queue, or the tree's own accounting), nothing a
+  listing finds is reported until resync(), which the caller runs next: reported after the
+  overflow, it would describe the tree as it was before the resync.
 * An IN_UNMOUNT of a directory below the root (a file system mounted inside the tree was
   unmounted) sets `unmounted`: the directory underneath the mount point is not watched, and
   what the mounted file system held is gone, until the caller calls resync().
@@ -379,20 +382,22 @@ class Tree:
             return
         if self.lost is not None:
             return
+        # Once the tree has overflowed, what a listing finds is not reported: the resync that
+        # follows reports the tree as it is then (see _end_batch).
+        listed = out if s.synthetic and not self.overflowed else None
         if moved and src_path is not None:
             watches.rename(moved, src_path + "/", path + "/")
             if watches.unreported and watches.wd_of.get(path + "/") in watches.unreported:
                 watches.unreported.discard(watches.wd_of[path + "/"])
-                if s.synthetic:  # what it holds, under the name it has now
-                    self._rescanner.watch_new(wd, prefix, name, out, moved_in=True)
-            if watches.rescan:
+                # What it holds, under the name it has now.
+                self._rescanner.watch_new(wd, prefix, name, listed, moved_in=True)
+            if watches.rescan and not self.overflowed:
                 # What waited for its parent's path to be right is listed now, so that its
                 # events come before those that follow the rename, not at the batch's end.
                 self.overflowed = self._rescanner.run(out, overflowed=self.overflowed,
                                                       final=False)
         else:
-            self._rescanner.watch_new(wd, prefix, name, out if s.synthetic else None,
-                                      moved_in=bool(mask & IN_MOVED_TO))
+            self._rescanner.watch_new(wd, prefix, name, listed, moved_in=bool(mask & IN_MOVED_TO))
 
     def _root_event(self, ev: RawTuple, out: list[TreeEvent]) -> None:
         """A deletion, move, unmount or IN_IGNORED of the root itself."""
@@ -414,10 +419,13 @@ class Tree:
         if watches.moves or watches.synth_cur or watches.synth_prev:
             watches.end_batch()
         if watches.rescan:
-            if self.lost is None:
-                self.overflowed = self._rescanner.run(out, overflowed=self.overflowed)
-            else:
+            if self.lost is not None:
                 watches.rescan.clear()  # the tree is gone: nothing of it to account for
+            elif not self.overflowed:
+                self.overflowed = self._rescanner.run(out, overflowed=False)
+            # Overflowed: the resync lists the whole tree. Listed now, what its directories
+            # hold would be reported after the overflow, as it was before the resync, under
+            # names that may have changed since with no event left to say so.
         if self._reach.batch_fds:
             self._reach.close_batch_fds()
 
