@@ -391,11 +391,19 @@ class TreeIndex:
                 was_fresh, below = _gone(fresh, mask, path)
                 if was_fresh is not None and not was_fresh & _MADE:
                     was_fresh = None  # only modified: known if the index holds it
-                if not self._remove(path, cookie if mask & IN_MOVED_FROM else None, below,
-                                    was_fresh) and mask & IN_MOVED_FROM and complete:
+                if self._remove(path, cookie if mask & IN_MOVED_FROM else None, below,
+                                was_fresh):
+                    continue
+                # Not held; but events replayed under it (a create in a directory renamed
+                # before the scan) may have left entries below it, which a client has: this
+                # event takes them away (a moved_from is published, its moved_to is not).
+                stray = bool(mask & IN_ISDIR) and (
+                    self._drop_below(path) or any(bits & _MADE for bits in below.values()))
+                if mask & IN_MOVED_FROM and complete:
                     self._orphans[cookie] = None
-                    replays = replays or []
-                    replays.append(i)
+                    if not stray:
+                        replays = replays or []
+                        replays.append(i)
         if replays is not None:
             items = self._without_replays(items, replays)
         if fresh:
@@ -469,6 +477,14 @@ class TreeIndex:
                 moved[key[len(path):]] = self.dirs.pop(key)
         if cookie is not None:
             self._moving[cookie] = (record, moved, below)
+        return True
+
+    def _drop_below(self, path: str) -> bool:
+        """Drop what the index holds below `path` (not held itself); whether it held any."""
+        if path not in self.dirs:
+            return False
+        for key in subtree_keys(self.dirs, path):
+            del self.dirs[key]
         return True
 
     def _moved_to(self, cookie: int, path: str, src_path: str | None) -> dict[str, int] | None:
