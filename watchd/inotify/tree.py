@@ -24,7 +24,9 @@ Rules worth knowing:
   is dropped when the listing already reported that name in that directory. The names
   listed are remembered until the end of the next handle() call: the kernel events they
   could duplicate are queued before the listing returns, hence read by then. A delete or
-  move of the name forgets it, so a later re-creation is reported.
+  move of the name forgets it, so a later re-creation is reported. An IN_MOVED_TO of a name
+  the listing reported goes without its source path: the listing found the name the rename
+  gave, and the source was never reported, so the move is one into the directory.
 * A directory's IN_MOVED_FROM is paired by cookie with the IN_MOVED_TO of the same
   handle() call. When none comes, the directory left the tree: its watches are removed.
   (The kernel queues both during one rename, so they share a read unless the read split
@@ -354,8 +356,9 @@ class Tree:
                 if src is not None and src[1]:
                     watches.rm_all(src[1])
             return
-        if (mask & _NAMING and (watches.synth_cur or watches.synth_prev)
-                and watches.unlist(wd, name) and mask & IN_CREATE):
+        listed = bool(mask & _NAMING and (watches.synth_cur or watches.synth_prev)
+                      and watches.unlist(wd, name))
+        if listed and mask & IN_CREATE:
             return  # the listing of the new directory already reported it
         failed = self._walker.unreadable.failed
         if is_dir and failed and mask & (IN_DELETE | IN_MOVED_FROM):
@@ -368,6 +371,10 @@ class Tree:
             src = watches.move_to(cookie)
             if src is not None:
                 src_path, moved = src
+                if listed and not moved:
+                    # The listing found the name the rename gave: its source was never
+                    # reported. Moved in, not renamed: a client keeps what the name holds.
+                    src_path = None
                 if cookie in watches.skipped and not self.overflowed:
                     # The pair came after all, with events of the directory left out in
                     # between (another process changed it during the rename): say they are
@@ -384,20 +391,20 @@ class Tree:
             return
         # Once the tree has overflowed, what a listing finds is not reported: the resync that
         # follows reports the tree as it is then (see _end_batch).
-        listed = out if s.synthetic and not self.overflowed else None
+        found = out if s.synthetic and not self.overflowed else None
         if moved and src_path is not None:
             watches.rename(moved, src_path + "/", path + "/")
             if watches.unreported and watches.wd_of.get(path + "/") in watches.unreported:
                 watches.unreported.discard(watches.wd_of[path + "/"])
                 # What it holds, under the name it has now.
-                self._rescanner.watch_new(wd, prefix, name, listed, moved_in=True)
+                self._rescanner.watch_new(wd, prefix, name, found, moved_in=True)
             if watches.rescan and not self.overflowed:
                 # What waited for its parent's path to be right is listed now, so that its
                 # events come before those that follow the rename, not at the batch's end.
                 self.overflowed = self._rescanner.run(out, overflowed=self.overflowed,
                                                       final=False)
         else:
-            self._rescanner.watch_new(wd, prefix, name, listed, moved_in=bool(mask & IN_MOVED_TO))
+            self._rescanner.watch_new(wd, prefix, name, found, moved_in=bool(mask & IN_MOVED_TO))
 
     def _root_event(self, ev: RawTuple, out: list[TreeEvent]) -> None:
         """A deletion, move, unmount or IN_IGNORED of the root itself."""
