@@ -519,6 +519,36 @@ def test_a_replayed_move_is_not_published(tree: pathlib.Path) -> None:
     assert index.as_dirs() == snap(tree)
 
 
+
+def test_a_replayed_move_after_a_replayed_attrib_is_not_published(tree: pathlib.Path) -> None:
+    # A file chmodded and renamed while a resync scanned, made before its directory was
+    # watched (so no create of it is queued): the scan shows it at its new name, and its
+    # kernel events (attrib, then the pair) come after. The attrib names a path the index does
+    # not hold; that does not make the move that follows any less a replay.
+    (tree / "m").touch()
+    index = TreeIndex(str(tree))
+    rec = Recorder()
+    index.replace(snap(tree))
+    replay = [(IN_ATTRIB, 0, f"{tree}/k", None),
+              (IN_MOVED_FROM, 7, f"{tree}/k", None),
+              (IN_MOVED_TO, 7, f"{tree}/m", f"{tree}/k")]
+    assert step(index, rec, replay) == [replay[0]]
+    assert index.as_dirs() == snap(tree)
+    # The same, with the read split after the attrib: nothing of k is recorded meanwhile.
+    (tree / "n").touch()
+    index.replace(snap(tree))
+    assert step(index, rec, [(IN_MODIFY, 0, f"{tree}/j", None)]) == [
+        (IN_MODIFY, 0, f"{tree}/j", None)]
+    assert index.as_dirs() == snap(tree)
+    assert step(index, rec, [(IN_MOVED_FROM, 8, f"{tree}/j", None),
+                             (IN_MOVED_TO, 8, f"{tree}/n", f"{tree}/j")]) == []
+    assert index.as_dirs() == snap(tree)
+    # A file made in the batch and renamed in it is a move as ever.
+    made = [(IN_CREATE, 0, f"{tree}/p", None), (IN_ATTRIB, 0, f"{tree}/p", None),
+            (IN_MOVED_FROM, 9, f"{tree}/p", None), (IN_MOVED_TO, 9, f"{tree}/q", f"{tree}/p")]
+    assert step(index, rec, made) is made
+
+
 # -- records that do not say it all: unknown states, inodes used again, moves into namesakes ---
 
 _U = UNKNOWN_DIR

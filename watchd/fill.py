@@ -60,7 +60,17 @@ def scan_whole(watch: Watch, alive: Callable[[], None]) -> tuple[AtRest, float] 
     except OSError as e:
         log.warning("watch %s: cannot scan %s: %s", spec.name, spec.path, e)
         return None
+    watch.tree.unreported(lambda path: _listed_not_entered(dirs, path))
     return dirs, time.monotonic() - started
+
+
+def _listed_not_entered(dirs: AtRest, path: str) -> bool:
+    """Whether a scan listed the directory at `path` in its parent but did not enter it."""
+    if path in dirs:
+        return False
+    parent, _, name = path.rpartition("/")
+    listed = dirs.get(parent or "/")
+    return listed is not None and name in listed[0].split("/")
 
 
 def _entered(tree: Tree) -> Callable[[int], bool] | None:

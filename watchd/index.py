@@ -76,7 +76,11 @@ _STAT_AFTER = IN_CREATE | IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_TO
 _GONE_AFTER = IN_DELETE | IN_MOVED_FROM
 # Events that move or remove entries of the index (a batch without them takes a fast path).
 _RESHAPES = _GONE_AFTER | IN_MOVED_TO
+# In TreeIndex._apply's paths to record, beside IN_ISDIR: a create or moved_to of the batch
+# brought the path into being (a modify or attrib alone does not: see TreeIndex.apply).
+_MADE = 1
 _MASK = operator.itemgetter(0)
+_UNKNOWNS = frozenset((UNKNOWN_FILE, UNKNOWN_DIR))
 
 _S_IFMT, _S_IFDIR = stat.S_IFMT(0o170000), stat.S_IFDIR
 _ORPHANS_MAX = 1024
@@ -350,9 +354,11 @@ class TreeIndex:
         changes nothing, but a move does: its source is gone, and a client would replace what
         the synthetic events put at its destination with the nothing it took from the source.
         So a move whose source the index does not hold is not published: its destination is
-        known already (or, if not, it is published as a create).
+        known already (or, if not, it is published as a create). A modify or attrib replayed
+        before it names a source the index does not hold either: it does not record it.
         """
-        if records and not any(map(_RESHAPES.__and__, map(_MASK, items))):
+        if records and not any(map(_RESHAPES.__and__, map(_MASK, items))) and not (
+                complete and _UNKNOWNS.intersection(records.values())):
             # The common batch (creates, writes): nothing moves or goes, so the paths to record
             # are exactly those the watcher recorded. The test runs at C speed.
             self._record_all(records)
@@ -377,18 +383,31 @@ class TreeIndex:
                         replays.append(i)
                     else:
                         below = self._moved_to(cookie, path, src_path)
+                made = fresh.get(path, 0) & _MADE or mask & (IN_CREATE | IN_MOVED_TO)
                 _named(fresh, mask, path, below)
+                if made:
+                    fresh[path] |= _MADE
             elif mask & _GONE_AFTER:
                 was_fresh, below = _gone(fresh, mask, path)
-                if not self._remove(path, cookie if mask & IN_MOVED_FROM else None, below,
-                                    was_fresh) and mask & IN_MOVED_FROM and complete:
+                if was_fresh is not None and not was_fresh & _MADE:
+                    was_fresh = None  # only modified: known if the index holds it
+                if self._remove(path, cookie if mask & IN_MOVED_FROM else None, below,
+                                was_fresh):
+                    continue
+                # Not held; but events replayed under it (a create in a directory renamed
+                # before the scan) may have left entries below it, which a client has: this
+                # event takes them away (a moved_from is published, its moved_to is not).
+                stray = bool(mask & IN_ISDIR) and (
+                    self._drop_below(path) or any(bits & _MADE for bits in below.values()))
+                if mask & IN_MOVED_FROM and complete:
                     self._orphans[cookie] = None
-                    replays = replays or []
-                    replays.append(i)
+                    if not stray:
+                        replays = replays or []
+                        replays.append(i)
         if replays is not None:
             items = self._without_replays(items, replays)
         if fresh:
-            self._record(fresh, records)
+            self._record(fresh, records, complete)
         if len(self._orphans) > _ORPHANS_MAX:
             self._orphans.clear()  # pairs the kernel split and never finished
         return items
@@ -408,11 +427,21 @@ class TreeIndex:
             del out[i]
         return out
 
-    def _record(self, fresh: dict[str, int], records: Records) -> None:
+    def _record(self, fresh: dict[str, int], records: Records, complete: bool) -> None:
         """Set the state of the paths a batch left to be recorded, as the watcher found them
-        (a path it has no record of: unknown)."""
-        self._record_all({path: records.get(path, UNKNOWN_DIR if isdir else UNKNOWN_FILE)
-                          for path, isdir in fresh.items()})
+        (a path it has no record of: unknown). In a complete index, a path only modified that
+        it does not hold and the watcher found gone is a replay (see apply): not recorded."""
+        found = {path: records.get(path, UNKNOWN_DIR if bits & IN_ISDIR else UNKNOWN_FILE)
+                 for path, bits in fresh.items()}
+        if complete:
+            for path, bits in fresh.items():
+                if not bits & _MADE and found[path] in _UNKNOWNS and not self._holds(path):
+                    del found[path]
+        self._record_all(found)
+
+    def _holds(self, path: str) -> bool:
+        parent, name = split(path)
+        return name in (self._open(parent) or ())
 
     def _record_all(self, records: Records) -> None:
         """Set the state of every path in records, as the watcher found them."""
@@ -441,13 +470,21 @@ class TreeIndex:
         if record is None:
             if was_fresh is None:
                 return False
-            record = UNKNOWN_DIR if was_fresh else UNKNOWN_FILE
+            record = UNKNOWN_DIR if was_fresh & IN_ISDIR else UNKNOWN_FILE
         moved: Index = {}
         if record & IS_DIR:
             for key in subtree_keys(self.dirs, path):
                 moved[key[len(path):]] = self.dirs.pop(key)
         if cookie is not None:
             self._moving[cookie] = (record, moved, below)
+        return True
+
+    def _drop_below(self, path: str) -> bool:
+        """Drop what the index holds below `path` (not held itself); whether it held any."""
+        if path not in self.dirs:
+            return False
+        for key in subtree_keys(self.dirs, path):
+            del self.dirs[key]
         return True
 
     def _moved_to(self, cookie: int, path: str, src_path: str | None) -> dict[str, int] | None:

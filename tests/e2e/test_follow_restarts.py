@@ -25,7 +25,6 @@ from watchd.client import Backoff, Client, Follower
 pytestmark = pytest.mark.timeout(90)
 
 QUICK = Backoff(initial=0.02, maximum=0.3)
-PACE_S = 0.05  # between rounds of changes (see Churn)
 EVERY_KIND = {"create", "modify", "close_write", "attrib", "delete", "moved_from", "moved_to"}
 
 
@@ -59,13 +58,9 @@ def churn_round(root: Path, n: int) -> None:
 
 
 class Churn:
-    """Rounds of changes in a thread, until stopped, at a steady pace (PACE_S between rounds,
-    some 300 kernel events a second). Flat out, about one run in three still ends with a
-    path wrong: an entry reported after the start-up scan under a name a rename already took
-    away (the tree's walk of a new directory, or the events of a renamed one, racing with the
-    rename; the scan itself enters only directories the tree watches, see
-    watchd.scan.scan_parts). At
-    this pace the window is not met (16 of 16 runs)."""
+    """Rounds of changes in a thread, flat out until stopped: each new directory is renamed
+    into while the tree walks it, and the start-up scan meets directories that move under it
+    (the races of tests/inotify/test_tree_walk_races.py and tests/test_scan_moved_away.py)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -76,7 +71,7 @@ class Churn:
 
     def _run(self) -> None:
         try:
-            while not self._stop.wait(PACE_S):
+            while not self._stop.is_set():
                 churn_round(self.root, self.rounds)
                 self.rounds += 1
         except BaseException as e:  # handed to the test, which raises it
@@ -141,12 +136,6 @@ def stop_daemon(daemon: Daemon, sig: signal.Signals) -> None:
     daemon.notify.messages.clear()  # so that start() waits for the new READY=1
 
 
-# Out of the default run until the race in Churn's docstring is fixed: on a loaded machine it
-# still meets it at this pace (a path left in the picture), and a test that fails one run in N
-# blocks every change. Run it with WATCHD_SLOW=1 when working on the tree's walk.
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"),
-                    reason="set WATCHD_SLOW=1 (a known race of the tree's walk: see Churn)")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_follow_through_restarts_during_every_kind_of_change(
         start_daemon: Callable[..., Daemon], watched: Path, workdir: str,

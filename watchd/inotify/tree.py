@@ -24,7 +24,9 @@ Rules worth knowing:
   is dropped when the listing already reported that name in that directory. The names
   listed are remembered until the end of the next handle() call: the kernel events they
   could duplicate are queued before the listing returns, hence read by then. A delete or
-  move of the name forgets it, so a later re-creation is reported.
+  move of the name forgets it, so a later re-creation is reported. An IN_MOVED_TO of a name
+  the listing reported goes without its source path: the listing found the name the rename
+  gave, and the source was never reported, so the move is one into the directory.
 * A directory's IN_MOVED_FROM is paired by cookie with the IN_MOVED_TO of the same
   handle() call. When none comes, the directory left the tree: its watches are removed.
   (The kernel queues both during one rename, so they share a read unless the read split
@@ -43,6 +45,9 @@ Rules worth knowing:
   the batch, and of the following batches until that works, and what it holds unwatched is
   watched then (with synthetic creates). Past RESCAN_TRIES batches the tree gives up and
   reports an overflow, so that the caller resyncs and its subscribers rescan.
+* Once a batch has overflowed (the kernel's queue, or the tree's own accounting), nothing a
+  listing finds is reported until resync(), which the caller runs next: reported after the
+  overflow, it would describe the tree as it was before the resync.
 * An IN_UNMOUNT of a directory below the root (a file system mounted inside the tree was
   unmounted) sets `unmounted`: the directory underneath the mount point is not watched, and
   what the mounted file system held is gone, until the caller calls resync().
@@ -220,6 +225,18 @@ class Tree:
             self._ino.rm_watch(got)
         return False
 
+    def unreported(self, missed: Callable[[str], bool]) -> None:
+        """After a scan that was to report what the tree's directories hold: the directories
+        it missed (`missed(path)`: listed in their parent, not entered) that are no longer at
+        the path the tree has for them moved before the scan reached them. Their rename's
+        events are still queued, and nobody has reported what they hold: where those events
+        place them, the tree reports it, as for a directory moved in."""
+        watches, reach = self._watches, self._reach
+        for wd, prefix in list(self._path_of.items()):
+            if (wd != watches.root_wd and missed(dir_path(prefix))
+                    and not reach.leads_to(prefix, wd)):
+                watches.unreported.add(wd)
+
     # -- set-up and tear-down ----------------------------------------------------------------
 
     def start(self, *, report: bool = False) -> list[TreeEvent]:
@@ -339,8 +356,9 @@ class Tree:
                 if src is not None and src[1]:
                     watches.rm_all(src[1])
             return
-        if (mask & _NAMING and (watches.synth_cur or watches.synth_prev)
-                and watches.unlist(wd, name) and mask & IN_CREATE):
+        listed = bool(mask & _NAMING and (watches.synth_cur or watches.synth_prev)
+                      and watches.unlist(wd, name))
+        if listed and mask & IN_CREATE:
             return  # the listing of the new directory already reported it
         failed = self._walker.unreadable.failed
         if is_dir and failed and mask & (IN_DELETE | IN_MOVED_FROM):
@@ -353,6 +371,10 @@ class Tree:
             src = watches.move_to(cookie)
             if src is not None:
                 src_path, moved = src
+                if listed and not moved:
+                    # The listing found the name the rename gave: its source was never
+                    # reported. Moved in, not renamed: a client keeps what the name holds.
+                    src_path = None
                 if cookie in watches.skipped and not self.overflowed:
                     # The pair came after all, with events of the directory left out in
                     # between (another process changed it during the rename): say they are
@@ -367,16 +389,22 @@ class Tree:
             return
         if self.lost is not None:
             return
+        # Once the tree has overflowed, what a listing finds is not reported: the resync that
+        # follows reports the tree as it is then (see _end_batch).
+        found = out if s.synthetic and not self.overflowed else None
         if moved and src_path is not None:
             watches.rename(moved, src_path + "/", path + "/")
-            if watches.rescan:
+            if watches.unreported and watches.wd_of.get(path + "/") in watches.unreported:
+                watches.unreported.discard(watches.wd_of[path + "/"])
+                # What it holds, under the name it has now.
+                self._rescanner.watch_new(wd, prefix, name, found, moved_in=True)
+            if watches.rescan and not self.overflowed:
                 # What waited for its parent's path to be right is listed now, so that its
                 # events come before those that follow the rename, not at the batch's end.
                 self.overflowed = self._rescanner.run(out, overflowed=self.overflowed,
                                                       final=False)
         else:
-            self._rescanner.watch_new(wd, prefix, name, out if s.synthetic else None,
-                                      moved_in=bool(mask & IN_MOVED_TO))
+            self._rescanner.watch_new(wd, prefix, name, found, moved_in=bool(mask & IN_MOVED_TO))
 
     def _root_event(self, ev: RawTuple, out: list[TreeEvent]) -> None:
         """A deletion, move, unmount or IN_IGNORED of the root itself."""
@@ -398,10 +426,13 @@ class Tree:
         if watches.moves or watches.synth_cur or watches.synth_prev:
             watches.end_batch()
         if watches.rescan:
-            if self.lost is None:
-                self.overflowed = self._rescanner.run(out, overflowed=self.overflowed)
-            else:
+            if self.lost is not None:
                 watches.rescan.clear()  # the tree is gone: nothing of it to account for
+            elif not self.overflowed:
+                self.overflowed = self._rescanner.run(out, overflowed=False)
+            # Overflowed: the resync lists the whole tree. Listed now, what its directories
+            # hold would be reported after the overflow, as it was before the resync, under
+            # names that may have changed since with no event left to say so.
         if self._reach.batch_fds:
             self._reach.close_batch_fds()
 
@@ -414,6 +445,7 @@ class Tree:
         self._walker.limit_error = None  # found again below if a limit still stands in the way
         watches = self._watches
         watches.rescan.clear()
+        watches.unreported.clear()
         if self.lost is not None or watches.root_wd not in self._path_of \
                 or not self._settings.recursive:
             return []

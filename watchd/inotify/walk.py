@@ -213,7 +213,9 @@ class Walker:
         path_of = self._path_of
         rescan = self._watches.rescan
         record = self.unreadable.record
-        announce = seen is not None and out is not None
+        # A directory newly watched below one that is not new is reported itself, before what
+        # it holds: its kernel create may come after that, or not at all (the queue full).
+        announce = out is not None and bool(s.report & IN_CREATE)
         pid = os.getpid()
         counting = False  # past the watch limit: only count what stays unwatched
         added = 0
@@ -269,8 +271,8 @@ class Walker:
                         added += 1
                         if seen is not None:
                             seen.add(wd)
-                            if announce and not f.fresh and out is not None:
-                                out.append(synthetic_create(prefix[:-1], True))
+                        if announce and not f.fresh and out is not None:
+                            self._announce(f.wd, name, prefix, out)
                         if progress is not None and not added % PROGRESS_EVERY:
                             progress(len(path_of))
                     elif wd == -errno.ENOSPC:
@@ -310,6 +312,12 @@ class Walker:
                 if spare.fd >= 0 and spare.own:
                     os.close(spare.fd)
                     spare.fd = -1
+
+    def _announce(self, parent_wd: int, name: str, prefix: str, out: list[TreeEvent]) -> None:
+        """Report a directory found unwatched under one already watched; its kernel create,
+        if it comes in the next read, is then a duplicate (see the tree's rules)."""
+        self._watches.synth_cur.setdefault(parent_wd, set()).add(name)
+        out.append(synthetic_create(prefix[:-1], True))
 
     def _add(self, fd: int, prefix: str, pid: int) -> int:
         """Watch a directory of a walk, open as `fd`, and record it at `prefix`; or -errno.

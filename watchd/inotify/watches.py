@@ -52,7 +52,7 @@ class Watches:
     """
 
     __slots__ = ("_ino", "adrift", "moves", "path_of", "rescan", "root_wd", "skipped",
-                 "synth_cur", "synth_prev", "wd_of")
+                 "synth_cur", "synth_prev", "unreported", "wd_of")
 
     def __init__(self, ino: InotifyFd) -> None:
         self._ino = ino
@@ -74,6 +74,9 @@ class Watches:
         # Watched directories to list again at the end of the batch (see the tree's rules):
         # wd -> batches it has been out of reach.
         self.rescan: dict[int, int] = {}
+        # Watched directories whose contents nobody has reported, to report where their
+        # rename's events place them (see Tree.unreported).
+        self.unreported: set[int] = set()
 
     # -- the maps ----------------------------------------------------------------------------
 
@@ -90,6 +93,7 @@ class Watches:
         self.synth_cur.pop(wd, None)
         self.synth_prev.pop(wd, None)
         self.rescan.pop(wd, None)
+        self.unreported.discard(wd)
 
     def rm(self, wd: int) -> None:
         """Remove watch `wd` from the kernel and forget it."""
@@ -144,6 +148,7 @@ class Watches:
         self.synth_cur.clear()
         self.synth_prev.clear()
         self.rescan.clear()
+        self.unreported.clear()
         self.adrift.clear()
         self.skipped.clear()
 

@@ -1,0 +1,132 @@
+"""The tree's walks of directories (new ones, and those listed again) racing with the events
+still queued: what a walk reports must never contradict what a client applies after it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.picture import Picture, listing
+from tests.test_tree import _overflow
+from watchd.inotify import (
+    IN_ALL_EVENTS,
+    IN_ATTRIB,
+    IN_CREATE,
+    IN_DELETE,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    InotifyFd,
+)
+from watchd.inotify.tree import Tree, TreeEvent
+from watchd.inotify.walk import Walker
+
+_KINDS = {IN_CREATE: "create", IN_DELETE: "delete", IN_MOVED_FROM: "moved_from",
+          IN_MOVED_TO: "moved_to"}
+
+
+def test_nothing_listed_is_reported_after_an_overflow_in_the_same_read(tmp_path: Path) -> None:
+    # A directory gone before the tree could walk it gets its parent listed again at the end
+    # of the read. With an overflow in that read, the listing's creates would go out after
+    # the overflow's resync, which already describes the tree; and they describe it as it
+    # was before: under names that may have changed meanwhile with no event left to say so.
+    root = tmp_path / "root"
+    root.mkdir()
+    with InotifyFd() as ino:
+        tree = Tree(ino, root, IN_CREATE | IN_ATTRIB, synthetic=True)
+        tree.start()
+        (root / "x").mkdir()
+        (root / "x").rmdir()  # its create is read after it went: the root is listed again
+        _overflow(ino, root)
+        (root / "new" / "inner").mkdir(parents=True)  # no event: the queue is full
+        (root / "new" / "inner" / "f").touch()
+        events = tree.handle(ino.read_raw())
+        assert tree.overflowed
+        cut = next(i for i, e in enumerate(events) if e.mask & IN_Q_OVERFLOW)
+        assert events[cut + 1:] == []
+        # The resync that follows an overflow watches and reports it all.
+        assert [e.path for e in tree.resync()] == [
+            str(root / "new"), str(root / "new" / "inner"), str(root / "new" / "inner" / "f")]
+        assert tree.directories == 3
+
+
+def test_a_directory_found_by_listing_its_parent_again_comes_before_what_it_holds(
+        tmp_path: Path) -> None:
+    # The parent is listed again at the end of a read (a directory in it went before the
+    # tree could walk it) and meets a directory whose create is not read yet. Reporting only
+    # what it holds, the tree left the directory itself to its kernel create, which comes in
+    # a later read: after its contents, or never, when the queue overflows before it.
+    root = tmp_path / "root"
+    root.mkdir()
+    with InotifyFd() as ino:
+        tree = Tree(ino, root, IN_CREATE, synthetic=True)
+        tree.start()
+        (root / "x").mkdir()
+        (root / "x").rmdir()
+        first = ino.read_raw()  # read: the create of x; not yet queued: that of new
+        (root / "new" / "inner").mkdir(parents=True)
+        (root / "new" / "inner" / "f").touch()
+        events = tree.handle(first)
+        events += tree.handle(ino.read_raw())
+        known = {str(root)}
+        for e in events:
+            assert e.path.rpartition("/")[0] in known, f"{e.path} before its directory"
+            known.add(e.path)
+        assert [e.path for e in events].count(str(root / "new")) == 1
+        assert {e.path for e in events} >= {
+            str(root / "new"), str(root / "new" / "inner"), str(root / "new" / "inner" / "f")}
+
+
+def _picture_of(events: list[TreeEvent], root: Path) -> set[str]:
+    """A client's picture of the tree, after the tree's events alone (from an empty root)."""
+    picture = Picture(set())
+    for e in events:
+        kind = next((k for bit, k in _KINDS.items() if e.mask & bit), None)
+        if kind is not None:
+            message = {"type": "event", "kind": kind, "path": e.path, "cookie": e.cookie}
+            if e.src_path is not None:
+                message["src_path"] = e.src_path
+            picture.apply(message)
+    return picture.paths
+
+
+def _rename_while_walking(monkeypatch: pytest.MonkeyPatch, where: Path, src: str,
+                          dst: str) -> None:
+    """Rename where/src to where/dst once, after the walk has watched `where` and before it
+    lists it: the kernel queues the pair, and the listing finds the new name."""
+    entries = Walker.entries
+    done: list[bool] = []
+
+    def staged(self: Walker, fd: int, prefix: str, *args: Any) -> list[str]:
+        if prefix == f"{where}/" and not done:
+            done.append(True)
+            os.rename(where / src, where / dst)
+        return entries(self, fd, prefix, *args)
+
+    monkeypatch.setattr(Walker, "entries", staged)
+
+
+@pytest.mark.parametrize("is_dir", [False, True], ids=["file", "directory"])
+def test_a_rename_between_the_watch_and_the_listing_of_a_new_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, is_dir: bool) -> None:
+    # The listing reports the new name; the pair that follows names a source no client was
+    # told of. Applied as a rename it would replace the new name with nothing.
+    root = tmp_path / "root"
+    root.mkdir()
+    with InotifyFd() as ino:
+        tree = Tree(ino, root, IN_ALL_EVENTS, synthetic=True)
+        tree.start()
+        d = root / "d"
+        d.mkdir()
+        if is_dir:
+            (d / "f" / "inner").mkdir(parents=True)
+        else:
+            (d / "f").write_text("x")
+        _rename_while_walking(monkeypatch, d, "f", "g")
+        events = tree.handle(ino.read_raw())  # the create of d: its walk
+        assert str(d / "g") in [e.path for e in events], "the listing did not find g"
+        events += tree.handle(ino.read_raw())  # the rename's pair
+        assert _picture_of(events, root) == listing(root)
