@@ -21,17 +21,18 @@ import faulthandler
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
 from typing import Any, Final
 
 from watchd.forward.publisher import ACK_TIMEOUT_S, Publisher
 from watchd.forward.setup import Setup, position_file
 from watchd.forward.subjects import notice_subject, render
 from watchd.protocol import OverflowReason
+from watchd.protocol.event_lines import FRAME_END, frame_head
 
 log = logging.getLogger("watchd.forward")
 
@@ -41,6 +42,11 @@ SAVE_EVERY_S: Final = 1.0  # the position file at most this often
 STOP_DRAIN_S: Final = 2.0  # for the acknowledgements of what is in flight, at a stop
 FORWARD_NICE: Final = 10  # added to the daemon's nice value
 FORWARDED_NOTICES: Final = frozenset({"overflow", "resynced", "watch_lost", "watch_restored"})
+# Between two events of a frame: a raw '"' is never inside a JSON string, so this is too.
+EVENT_SPLIT: Final = b'},{"seq":'
+# An event object's start, after '{"seq":': its seq and its watch (a watch's name is never
+# escaped in JSON: letters, digits, '_', '.' and '-').
+EVENT_START: Final = re.compile(rb'(\d+),"time":[^,]*,"watch":"([^"\\]*)"')
 
 
 def read_position(setup: Setup) -> tuple[str, int] | None:
@@ -85,11 +91,12 @@ class Forwarder:
         self.stored = self.position  # as it was at our start (status, until the next ack)
         self.writer: asyncio.StreamWriter | None = None
         self.sid: str | None = None  # the subscription whose events we take
+        self.head = b"-"  # what a frame of that subscription begins with (nothing before it)
         self.request = 0  # the id of the last subscribe sent
         self.behind = True  # events were let go: subscribe anew once we can publish
         self.skipped = 0  # events let go since the last subscribe (part of the lag)
         self.last_seq = 0  # the last seq seen on the subscription
-        self.subjects: dict[str, str] = {}
+        self.subjects: dict[str | bytes, bytes] = {}
         self.kick = asyncio.Event()
         self.reported = b""
         self.saved: int | None = None
@@ -107,7 +114,8 @@ class Forwarder:
         if acked is None and self.stored is not None and self.stored[0] == self.instance:
             acked = self.stored[1]
         return {"connected": p.connected, "server": p.server, "last_acked_seq": acked,
-                "lag": p.events_in_flight + self.skipped, "last_error": p.last_error,
+                "lag": p.events_in_flight + p.forgotten + self.skipped,
+                "last_error": p.last_error,
                 "errors": p.errors, "instance": self.instance or None}
 
     async def report_forever(self) -> None:
@@ -154,20 +162,21 @@ class Forwarder:
         self.instance = hello["instance"]
         self.kick.set()
         while line := await reader.readline():
+            if line.startswith(self.head):
+                self.on_frame(line)
+                continue
             msg = json.loads(line)
             kind = msg.get("type")
-            if kind == "events":
-                if msg["subscription"] == self.sid:
-                    await self.on_events(msg["events"])
-            elif kind in FORWARDED_NOTICES:
+            if kind in FORWARDED_NOTICES:
                 if msg.get("subscription") == self.sid:
-                    await self.on_notice(msg)
+                    self.on_notice(msg)
             elif kind == "dropped":
                 if msg.get("subscription") == self.sid:
                     self.let_go(int(msg.get("count", 0)))  # the history still holds them
             elif kind == "subscribed":
                 if msg.get("id") == self.request:
                     self.sid = msg["subscription"]
+                    self.head = frame_head(msg["subscription"])
                     if self.position is None:  # from now on: this is where we stand
                         self.position = (self.instance, int(msg["seq"]))
             elif kind == "error" and msg.get("id") == self.request:
@@ -204,8 +213,10 @@ class Forwarder:
                               .encode() + b"\n")
         self.request += 1
         self.sid = None
+        self.head = b"-"
         self.behind = False
         self.skipped = 0
+        self.publisher.forgotten = 0  # handed again from the position, or part of a gap
         request: dict[str, Any] = {"op": "subscribe", "id": self.request, "batch": True}
         if cfg.watches is not None:
             request["watch"] = list(cfg.watches)
@@ -231,7 +242,7 @@ class Forwarder:
         for watch in self.setup.watches:
             notice = {"type": "overflow", "seq": self.last_seq, "reason":
                       OverflowReason.FORWARD_GAP.value, "watch": watch, "resync": False}
-            await self.publish_notice(notice, watch)
+            self.publish_notice(notice, watch)
         self.position = None if since is None else (self.instance, since)
         self.subscribe(since)
 
@@ -242,43 +253,70 @@ class Forwarder:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def subject(self, watch: str) -> str:
+    def subject(self, watch: str | bytes) -> bytes:
+        """The subject of a watch's events (the watch's name as a str or as its JSON bytes)."""
         subject = self.subjects.get(watch)
         if subject is None:
-            subject = self.subjects[watch] = render(self.setup.config.subject, self.setup.host,
-                                                    watch)
+            name = watch.decode() if isinstance(watch, bytes) else watch
+            subject = render(self.setup.config.subject, self.setup.host, name).encode()
+            self.subjects[watch] = subject
         return subject
 
-    async def on_events(self, events: Iterable[dict[str, Any]]) -> None:
-        publisher = self.publisher
-        instance = self.instance
-        dumps = json.dumps
-        for event in events:
-            seq = event["seq"]
-            self.last_seq = seq
-            if self.behind or not publisher.ready():
-                self.let_go(1)
-                continue
-            # The v1 event object as an event line has it, without "subscription" (a frame's
-            # events carry neither field).
-            payload = b'{"type":"event",' + dumps(event, separators=(",", ":")).encode()[1:]
-            await publisher.publish(seq, self.subject(event["watch"]), payload,
-                                    f"{instance}:{seq}")
+    def on_frame(self, line: bytes) -> None:
+        """A frame of our subscription's events, as it came: each event's object is cut out
+        of it (not parsed and encoded again), and the events are published in one write."""
+        # head + '"seq":1,...},{"seq":2,...}' + FRAME_END: after the head's '{', the first
+        # event's seq; before FRAME_END, the last event's closing brace.
+        if not line.endswith(FRAME_END):
+            self.on_events(json.loads(line)["events"])
+            return
+        pieces = line[len(self.head) + 6:-len(FRAME_END) - 1].split(EVENT_SPLIT)
+        starts = [EVENT_START.match(piece) for piece in pieces]
+        if None in starts:  # not the layout of watchd's own encoder: parse it all
+            self.on_events(json.loads(line)["events"])
+            return
+        taken = 0 if self.behind else min(len(pieces), self.publisher.free())
+        self.last_seq = int(starts[-1][1])  # type: ignore[index]
+        if taken:
+            subject = self.subject
+            self.publisher.publish_events(self.instance.encode() + b":", [
+                (int(start[1]), subject(start[2]), b'{"type":"event","seq":' + piece + b"}")
+                for start, piece in zip(starts[:taken], pieces, strict=False)
+                if start is not None])
+        if taken < len(pieces):
+            self.let_go(len(pieces) - taken)
 
-    async def on_notice(self, msg: dict[str, Any]) -> None:
+    def on_events(self, events: list[dict[str, Any]]) -> None:
+        """A frame's events from its parsed JSON."""
+        if not events:
+            return
+        taken = 0 if self.behind else min(len(events), self.publisher.free())
+        self.last_seq = events[-1]["seq"]
+        # The v1 event object as an event line has it, without "subscription" (a frame's
+        # events carry neither field).
+        if taken:
+            self.publisher.publish_events(self.instance.encode() + b":", [
+                (event["seq"], self.subject(event["watch"]),
+                 b'{"type":"event",' + json.dumps(event, separators=(",", ":")).encode()[1:])
+                for event in events[:taken]])
+        if taken < len(events):
+            self.let_go(len(events) - taken)
+
+    def on_notice(self, msg: dict[str, Any]) -> None:
         if self.behind or not self.publisher.ready():
             self.let_go(0)
             return
         del msg["subscription"]
         watches = [msg["watch"]] if msg.get("watch") is not None else list(self.setup.watches)
         for watch in watches:
-            await self.publish_notice({**msg, "watch": watch}, watch)
+            self.publish_notice({**msg, "watch": watch}, watch)
 
-    async def publish_notice(self, notice: dict[str, Any], watch: str) -> None:
+    def publish_notice(self, notice: dict[str, Any], watch: str) -> None:
         seq = notice.get("seq", self.last_seq)
         msg_id = f"{self.instance}:{seq}:{notice['type']}:{watch}:{notice.get('reason', '')}"
-        await self.publisher.publish(None, notice_subject(self.subject(watch)),
-                                     json.dumps(notice, separators=(",", ":")).encode(), msg_id)
+        self.publisher.publish_notice(notice_subject(self.subject(watch).decode()).encode(),
+                                      json.dumps(notice, separators=(",", ":")).encode(),
+                                      msg_id.encode())
 
     async def watch_acks(self) -> None:
         """Give up a connection whose acknowledgements stopped coming."""
