@@ -52,7 +52,7 @@ def nats_binary() -> str:
 
 
 @contextlib.contextmanager
-def nats_server() -> Iterator[str]:
+def nats_server() -> Iterator[tuple[str, int]]:
     store = tempfile.mkdtemp(prefix="wd-nats.", dir="/dev/shm")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,7 +68,7 @@ def nats_server() -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("nats-server did not start")
             time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
+        yield f"nats://127.0.0.1:{port}", proc.pid
     finally:
         proc.kill()
         proc.wait()
@@ -162,10 +162,11 @@ def tree(directory: str | None) -> Iterator[None]:
 
 
 def burst(url: str | None, files: int, run: int, base: str | None = None,
-          catch_up: bool = False) -> tuple[float, float, bool, float]:
+          catch_up: bool = False, server: int = 0) -> tuple[float, float, bool, float, float]:
     """(local events/s, forwarded events/s (0 without url), local got every event, CPU s
-    of the forwarder). With catch_up, the forwarder is stopped (SIGSTOP) during the burst,
-    and `forwarded` counts from its SIGCONT: what it does with the daemon's history."""
+    of the forwarder, CPU s of the nats-server whose pid is `server`). With catch_up, the
+    forwarder is stopped (SIGSTOP) during the burst, and `forwarded` counts from its SIGCONT:
+    what it does with the daemon's history."""
     with place() as (work, root):
         with tree(base):
             d = start(work, config(work, root, url, run))
@@ -175,6 +176,7 @@ def burst(url: str | None, files: int, run: int, base: str | None = None,
             want = 2 * files
             pid = forwarder_pid(d.proc.pid) if url else 0
             cpu0 = cpu_seconds(pid) if url else 0.0
+            server0 = cpu_seconds(server) if url else 0.0
             if catch_up:
                 os.kill(pid, signal.SIGSTOP)
             t0 = time.monotonic()
@@ -182,7 +184,7 @@ def burst(url: str | None, files: int, run: int, base: str | None = None,
             complete = took is not None
             local = took if took is not None else time.monotonic() - t0
             if not url:
-                return want / local, 0.0, complete, 0.0
+                return want / local, 0.0, complete, 0.0, 0.0
             seq = status(d.socket)["seq"]
             if catch_up:
                 t0 = time.monotonic()
@@ -190,9 +192,10 @@ def burst(url: str | None, files: int, run: int, base: str | None = None,
             wait_acked(d.socket, seq)
             forwarded = time.monotonic() - t0
             cpu = cpu_seconds(pid) - cpu0
+            server_cpu = cpu_seconds(server) - server0
         finally:
             stop(d)
-        return want / local, want / forwarded, complete, cpu
+        return want / local, want / forwarded, complete, cpu, server_cpu
 
 
 def latency(url: str | None, samples: int, run: int) -> tuple[float, float]:
@@ -214,20 +217,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=400, help="0: no latency runs")
     parser.add_argument("--base", help="a checkout of another commit to compare with")
     args = parser.parse_args()
-    results: dict[str, list[tuple[float, float, bool, float]]] = {}
+    results: dict[str, list[tuple[float, float, bool, float, float]]] = {}
     lat: dict[str, list[tuple[float, float]]] = {"off": [], "fwd": []}
     modes = ["fwd", "off", "catchup"] + (["base", "basecatchup"] if args.base else [])
-    with nats_server() as url:
+    with nats_server() as (url, server):
         for rep in range(args.reps):
             for i, mode in enumerate(modes if rep % 2 == 0 else modes[::-1]):
                 result = burst(None if mode == "off" else url, args.files, 10 * rep + i,
                                args.base if mode.startswith("base") else None,
-                               mode.endswith("catchup"))
+                               mode.endswith("catchup"), server)
                 results.setdefault(mode, []).append(result)
-                local, fwd, complete, cpu = result
+                local, fwd, complete, cpu, server_cpu = result
                 print(f"rep {rep}: burst {mode}: local {local:,.0f} ev/s "
                       f"({'all' if complete else 'LOST'}), forwarded {fwd:,.0f} ev/s, "
-                      f"forwarder CPU {cpu:.2f} s", flush=True)
+                      f"CPU forwarder {cpu:.2f} s, nats-server {server_cpu:.2f} s", flush=True)
             order = ("off", "fwd") if rep % 2 == 0 else ("fwd", "off")
             for mode in order if args.samples else ():
                 lat[mode].append(latency(url if mode == "fwd" else None, args.samples,
@@ -245,7 +248,8 @@ def main() -> None:
         if mode != "off":
             line += (f"; forwarded {med(b[1] for b in runs):,.0f} ev/s, forwarder CPU "
                      f"{med(b[3] for b in runs):.2f} s "
-                     f"({2 * args.files / med(b[3] for b in runs):,.0f} events per CPU s)")
+                     f"({2 * args.files / med(b[3] for b in runs):,.0f} events per CPU s), "
+                     f"nats-server CPU {med(b[4] for b in runs):.2f} s")
         print(line)
     if args.base:
         for new, old in (("fwd", "base"), ("catchup", "basecatchup")):

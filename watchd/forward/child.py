@@ -3,8 +3,9 @@
 It subscribes over the daemon's socket with `"batch": true` and resumes with `since` and
 `instance` from its last acknowledged seq, so the daemon's history (its journal, with a state
 directory) holds what it has not published yet. It never makes the daemon wait: events that
-arrive while it cannot publish them (no connection to NATS, WINDOW messages in flight) are
-counted and let go, and once it can publish again it subscribes anew from its position. When
+arrive while it cannot publish them (no connection to NATS) are counted and let go; while its
+window in flight is full it reads nothing, and the daemon drops for it what its queue for it
+cannot hold (it says so). Once it can publish again it subscribes anew from its position. When
 the daemon no longer holds that position (`since_expired`), it publishes an `overflow` notice
 with reason `forward_gap` for each watch it forwards and goes on from the oldest event held.
 
@@ -161,7 +162,11 @@ class Forwarder:
             raise ConnectionError(f"the daemon refused the connection: {hello.get('message')}")
         self.instance = hello["instance"]
         self.kick.set()
-        while line := await reader.readline():
+        while True:
+            await self.wait_room()
+            line = await reader.readline()
+            if not line:
+                return
             if line.startswith(self.head):
                 self.on_frame(line)
                 continue
@@ -181,6 +186,27 @@ class Forwarder:
                         self.position = (self.instance, int(msg["seq"]))
             elif kind == "error" and msg.get("id") == self.request:
                 await self.refused(msg)
+
+    async def wait_room(self) -> None:
+        """While the window in flight is full, read nothing more of the daemon.
+
+        A replay from the history (the daemon writes it as our socket takes it) waits for us
+        then, and live events wait in the daemon's queue for us until it is full: then the
+        daemon drops them for us (it never waits for a forwarder), tells us so, and we
+        subscribe again from our position once there is room. Events are let go only while
+        there is no connection to publish them on.
+        """
+        publisher = self.publisher
+        while publisher.connected and not publisher.room.is_set():
+            room = asyncio.ensure_future(publisher.room.wait())
+            lost = asyncio.ensure_future(publisher.lost.wait())
+            try:
+                await asyncio.wait({room, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                room.cancel()
+                lost.cancel()
+        if self.behind:
+            await self.steer()
 
     async def steer(self) -> None:
         """Subscribe anew from the position when events were let go and we can publish.

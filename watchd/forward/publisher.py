@@ -26,10 +26,14 @@ from watchd.config.model import ForwardConfig
 from watchd.forward.admin import Unavailable, describe, reach
 from watchd.forward.subjects import capture
 from watchd.forward.wire import Reply, Wire, WireError
+from watchd.protocol.event_lines import MAX_BATCH
 
 log = logging.getLogger("watchd.forward")
 
-WINDOW: Final = 16384  # messages in flight at most
+WINDOW: Final = 65536  # messages in flight at most
+# `room` is cleared when fewer than this many more may be published: a frame of events (at
+# most MAX_BATCH) always fits while it is set. It is set again at WINDOW // 2 in flight.
+ROOM: Final = MAX_BATCH
 ACK_TIMEOUT_S: Final = 10.0
 BACKOFF_S: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 NOTICE: Final = -1  # the seq of a message in flight that is a notice, not an event
@@ -59,7 +63,7 @@ class Publisher:
         self.forgotten = 0
         self.lost = asyncio.Event()  # the current connection is to be given up
         self.up = asyncio.Event()  # a connection is ready to publish on
-        self.room = asyncio.Event()
+        self.room = asyncio.Event()  # connected or not, a frame's events fit in the window
         self.room.set()
 
     @property
@@ -190,7 +194,7 @@ class Publisher:
     def _sent(self, wire: Wire, data: bytes, end: int) -> None:
         wire.write(data)
         self.sent.append((end, time.monotonic()))
-        if len(self.seqs) >= WINDOW:
+        if len(self.seqs) > WINDOW - ROOM:
             self.room.clear()
 
     def _acks(self, stored: list[int], others: list[Reply]) -> None:
