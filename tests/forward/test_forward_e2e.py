@@ -258,3 +258,26 @@ def test_a_forwarder_process_killed_is_restarted_and_resumes(
     seqs = event_seqs(nats.url)
     assert len(seqs) == 800 and seqs == sorted(set(seqs))
     daemon.wait_log(f"forward central: process {pid} was killed by signal 9; restarting it")
+
+
+def test_the_events_in_flight_at_a_disconnection_stay_in_the_lag(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    daemon = start()
+    wait_connected(daemon)
+    assert nats.proc is not None
+    # A stopped server takes the messages into its socket and never acknowledges them.
+    nats.proc.send_signal(signal.SIGSTOP)
+    try:
+        burst(watched, 50)
+        wait_for(lambda: (f := forwarder(daemon))["connected"] and f["lag"] == 50, 20.0,
+                 "50 events in flight")
+    finally:
+        nats.kill()  # (a stopped process is killed all the same)
+    down = wait_for(lambda: (f := forwarder(daemon)) and not f["connected"] and f, 20.0,
+                    "the forwarder disconnected")
+    # Not acknowledged, so still to be forwarded: they are published again from the position.
+    assert down["lag"] == 50, down
+    nats.start()
+    wait_stream_count(nats.url, 50)
+    wait_for(lambda: forwarder(daemon)["lag"] == 0, 20.0, "lag 0")
+    assert event_seqs(nats.url) == list(range(1, 51))
