@@ -168,3 +168,18 @@ def wait_stream_count(url: str, count: int, timeout: float = 30.0, stream: str =
         wait_for(enough, timeout, f"{count} messages in stream {stream}", interval=0.1)
     except AssertionError as e:
         raise AssertionError(f"{e}; it holds {last[0]}") from None
+
+
+async def _stream_subjects(url: str, name: str) -> list[str]:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        return list((await nc.jetstream().stream_info(name)).config.subjects or [])
+    finally:
+        await nc.close()
+
+
+def stream_subjects(url: str, name: str = "WATCHD") -> list[str]:
+    """The subjects a stream captures."""
+    return run(_stream_subjects(url, name))  # type: ignore[no-any-return]

@@ -18,6 +18,7 @@ from tests.nats_server import (
     add_stream,
     nats_server,
     stream_messages,
+    stream_subjects,
     wait_stream_count,
 )
 
@@ -281,3 +282,25 @@ def test_the_events_in_flight_at_a_disconnection_stay_in_the_lag(
     wait_stream_count(nats.url, 50)
     wait_for(lambda: forwarder(daemon)["lag"] == 0, 20.0, "lag 0")
     assert event_seqs(nats.url) == list(range(1, 51))
+
+
+def test_create_stream_adds_our_subjects_to_a_stream_that_lacks_them(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    add_stream(nats.url, "WATCHD", ["watchd.*.*", "audit.>"])  # not the notices' subject
+    daemon = start()
+    wait_connected(daemon)
+    # Ours added, the others' kept, in their order.
+    assert stream_subjects(nats.url) == ["watchd.*.*", "audit.>", "watchd.*.*._notice"]
+    assert "stream WATCHD now captures watchd.*.*._notice too" in daemon.log_text()
+    (watched / "x").write_bytes(b"")
+    wait_stream_count(nats.url, 1)
+
+
+def test_without_create_stream_a_stream_is_left_as_it_is(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    add_stream(nats.url, "WATCHD", ["watchd.*.*"])
+    daemon = start(create_stream=False)
+    wait_connected(daemon)
+    (watched / "x").write_bytes(b"")
+    wait_stream_count(nats.url, 1)
+    assert stream_subjects(nats.url) == ["watchd.*.*"]
