@@ -17,6 +17,7 @@ from tests.nats_server import (
     NatsServer,
     add_stream,
     nats_server,
+    operator_mode,
     stream_messages,
     stream_subjects,
     wait_stream_count,
@@ -304,3 +305,24 @@ def test_without_create_stream_a_stream_is_left_as_it_is(
     (watched / "x").write_bytes(b"")
     wait_stream_count(nats.url, 1)
     assert stream_subjects(nats.url) == ["watchd.*.*"]
+
+
+def test_a_credentials_file_authenticates_the_forwarder(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
+    # A server that trusts an operator: only users of its accounts' JWTs get in.
+    extra, creds = operator_mode(workdir)
+    os.mkdir(other := os.path.join(workdir, "other"))
+    _, stranger = operator_mode(other)  # a user of an operator the server does not trust
+    with nats_server(workdir, extra=extra) as server:
+        text = config(watches=watch("uploads", watched, events=["create"]))
+        daemon = start_daemon(text + forward(server.url, credentials=stranger))
+        refused = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0,
+                           "an error")
+        assert "the NATS server refused the credentials" in refused["last_error"], refused
+        daemon.reload(text + forward(server.url, credentials=creds))
+        wait_connected(daemon)
+        burst(watched, 20)
+        wait_stream_count(server.url, 20, credentials=creds)
+        messages = stream_messages(server.url, credentials=creds)
+        assert [p["seq"] for _, p, _ in messages] == list(range(1, 21))
+        assert forwarder(daemon)["last_error"] is None

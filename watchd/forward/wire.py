@@ -55,7 +55,7 @@ class Reply:
 
 
 def read_credentials(path: str) -> tuple[str | None, bytes]:
-    """(user JWT or None, seed) of a NATS credentials file (or of a file of a seed alone)."""
+    """(user JWT or None, seed) of a NATS credentials file."""
     try:
         with open(path, encoding="ascii") as f:
             text = f.read()
@@ -68,8 +68,6 @@ def read_credentials(path: str) -> tuple[str | None, bytes]:
             jwt = value
         elif kind == "NKEY SEED" and seed is None:
             seed = value
-    if seed is None and text.strip().startswith("SU") and len(text.split()) == 1:
-        seed = text.strip()  # a file holding a user's seed alone (nkey authentication)
     if seed is None:
         raise WireError(f"the credentials file {path} holds no user seed")
     return jwt, seed.encode()
