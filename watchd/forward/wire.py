@@ -188,41 +188,12 @@ class Wire:
 
     def _scan(self, buf: bytes, on_acks: Callable[[list[int], list[Reply]], None]) -> bytes:
         """Handle every whole operation in buf; the rest (a partial one) is returned."""
-        ok: list[int] = []
-        other: list[Reply] = []
-        start = len(self.inbox)
-        pos = 0
-        find = buf.find
-        while (eol := find(b"\r\n", pos)) >= 0:
-            if buf.startswith(b"MSG ", pos):
-                # MSG <inbox><token> <sid> <size>: the subject has no spaces, no reply here.
-                subject, _, size = buf[pos + 4:eol].partition(b" ")
-                end = eol + 2 + int(size.rpartition(b" ")[2])
-                if end + 2 > len(buf):
-                    break
-                token = int(subject[start:])
-                data = buf[eol + 2:end]
-                if data.startswith(ACK_HEAD) and b'"error"' not in data:
-                    ok.append(token)
-                else:
-                    other.append(Reply(token, b"", data))
-                pos = end + 2
-            elif buf.startswith(b"HMSG ", pos):
-                # HMSG <subject> <sid> <header size> <total size>
-                fields = buf[pos + 5:eol].split(b" ")
-                head, total = int(fields[-2]), int(fields[-1])
-                end = eol + 2 + total
-                if end + 2 > len(buf):
-                    break
-                other.append(Reply(int(fields[0][start:]), buf[eol + 2:eol + 2 + head],
-                                   buf[eol + 2 + head:end]))
-                pos = end + 2
-            else:
-                self._control(buf[pos:eol])
-                pos = eol + 2
+        ok, other, controls, rest = scan(buf, len(self.inbox))
+        for line in controls:
+            self._control(line)
         if ok or other:
             on_acks(ok, other)
-        return buf[pos:]
+        return rest
 
     def _control(self, line: bytes) -> None:
         if line.startswith(b"PING"):
@@ -238,6 +209,44 @@ class Wire:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+def scan(buf: bytes, prefix: int) -> tuple[list[int], list[Reply], list[bytes], bytes]:
+    """The whole operations a server sent in buf: (tokens of plain acknowledgements, other
+    replies, control lines, the rest of buf: a partial operation). A reply's subject is our
+    inbox, `prefix` bytes long, and its token."""
+    ok: list[int] = []
+    other: list[Reply] = []
+    controls: list[bytes] = []
+    pos = 0
+    find = buf.find
+    while (eol := find(b"\r\n", pos)) >= 0:
+        if buf.startswith(b"MSG ", pos):
+            # MSG <inbox><token> <sid> <size>: no spaces in the subject, and no reply subject.
+            subject, _, size = buf[pos + 4:eol].partition(b" ")
+            end = eol + 2 + int(size.rpartition(b" ")[2])
+            if end + 2 > len(buf):
+                break
+            data = buf[eol + 2:end]
+            if data.startswith(ACK_HEAD) and b'"error"' not in data:
+                ok.append(int(subject[prefix:]))
+            else:
+                other.append(Reply(int(subject[prefix:]), b"", data))
+            pos = end + 2
+        elif buf.startswith(b"HMSG ", pos):
+            # HMSG <inbox><token> <sid> <header size> <total size>
+            fields = buf[pos + 5:eol].split(b" ")
+            head, total = int(fields[-2]), int(fields[-1])
+            end = eol + 2 + total
+            if end + 2 > len(buf):
+                break
+            other.append(Reply(int(fields[0][prefix:]), buf[eol + 2:eol + 2 + head],
+                               buf[eol + 2 + head:end]))
+            pos = end + 2
+        else:
+            controls.append(buf[pos:eol])
+            pos = eol + 2
+    return ok, other, controls, buf[pos:]
 
 
 def server_error(line: bytes) -> str:
