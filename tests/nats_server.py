@@ -135,18 +135,28 @@ def stream_messages(url: str, stream: str = "WATCHD", subject: str | None = None
     return run(_messages(url, stream, subject, credentials))  # type: ignore[no-any-return]
 
 
-async def _add_stream(url: str, name: str, subjects: list[str]) -> None:
+async def _add_stream(url: str, name: str, subjects: list[str], update: bool,
+                      limits: dict[str, Any]) -> None:
     import nats
+    from nats.js.api import StreamConfig
 
     nc = await nats.connect(url)
     try:
-        await nc.jetstream().add_stream(name=name, subjects=subjects, duplicate_window=120.0)
+        js = nc.jetstream()
+        config = StreamConfig(name=name, subjects=subjects, duplicate_window=120.0, **limits)
+        await (js.update_stream(config) if update else js.add_stream(config))
     finally:
         await nc.close()
 
 
-def add_stream(url: str, name: str, subjects: list[str]) -> None:
-    run(_add_stream(url, name, subjects))
+def add_stream(url: str, name: str, subjects: list[str], **limits: Any) -> None:
+    """Create a stream (limits: more StreamConfig fields)."""
+    run(_add_stream(url, name, subjects, False, limits))
+
+
+def update_stream(url: str, name: str, subjects: list[str], **limits: Any) -> None:
+    """Change a stream's configuration to this."""
+    run(_add_stream(url, name, subjects, True, limits))
 
 
 def wait_stream_count(url: str, count: int, timeout: float = 30.0, stream: str = "WATCHD",

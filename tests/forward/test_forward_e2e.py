@@ -20,6 +20,7 @@ from tests.nats_server import (
     operator_mode,
     stream_messages,
     stream_subjects,
+    update_stream,
     wait_stream_count,
 )
 
@@ -326,3 +327,24 @@ def test_a_credentials_file_authenticates_the_forwarder(
         messages = stream_messages(server.url, credentials=creds)
         assert [p["seq"] for _, p, _ in messages] == list(range(1, 21))
         assert forwarder(daemon)["last_error"] is None
+
+
+def test_an_error_acknowledgement_ends_the_connection_and_the_events_are_published_again(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    from nats.js.api import DiscardPolicy
+
+    subjects = ["watchd.*.*", "watchd.*.*._notice"]
+    add_stream(nats.url, "WATCHD", subjects, max_msgs=5, discard=DiscardPolicy.NEW)
+    daemon = start(create_stream=False)
+    wait_connected(daemon)
+    burst(watched, 10)
+    refused = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0, "an error")
+    assert refused["last_error"] == "JetStream refused a message: maximum messages exceeded"
+    assert refused["last_acked_seq"] == 5, refused
+    daemon.wait_log("forward central: JetStream refused a message: maximum messages exceeded")
+    update_stream(nats.url, "WATCHD", subjects)  # no limit
+    wait_stream_count(nats.url, 10)
+    assert event_seqs(nats.url) == list(range(1, 11))
+    done = wait_for(lambda: (f := forwarder(daemon))["lag"] == 0 and f["last_acked_seq"] == 10
+                    and f, 20.0, "every event acknowledged")
+    assert done["connected"] and done["last_error"] is None, done

@@ -102,6 +102,7 @@ class Publisher:
             failures = 0
             log.info("forward %s: connected to %s", self.config.name, self.server)
             await self._serve(wire)
+            log.warning("forward %s: %s; connecting again", self.config.name, self.last_error)
             await self._close()
             await asyncio.sleep(BACKOFF_S[0])
 
@@ -198,12 +199,14 @@ class Publisher:
             self.room.clear()
 
     def _acks(self, stored: list[int], others: list[Reply]) -> None:
+        # The messages stored count before an error given up the connection for (they are
+        # before it in the window, or done out of order after it: either way, not past it).
+        problem = None
         for reply in others:
-            problem = ack_problem(reply, self.config)
-            if problem is not None:
-                self.fail(problem)
-                return
-            stored.append(reply.token)
+            if (said := ack_problem(reply, self.config)) is None:
+                stored.append(reply.token)
+            else:
+                problem = problem or said
         seqs = self.seqs
         done = self.done
         base = self.base
@@ -228,7 +231,9 @@ class Publisher:
         self.base, self.acked, self.events_in_flight = base, acked, events
         if len(seqs) < WINDOW // 2:
             self.room.set()
-        if acked != before:
+        if problem is not None:
+            self.fail(problem)
+        elif acked != before:
             self.on_change()
 
     def overdue(self) -> bool:
