@@ -80,7 +80,8 @@ class Publisher:
 
     def free(self) -> int:
         """How many more messages may be published now."""
-        return WINDOW - len(self.seqs) if self.up.is_set() else 0
+        # (Notices about every watch may take it past WINDOW by a few.)
+        return max(0, WINDOW - len(self.seqs)) if self.up.is_set() else 0
 
     # -- the connection ------------------------------------------------------------------------
 
