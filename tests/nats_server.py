@@ -77,6 +77,21 @@ class NatsServer:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
+    def pause(self) -> None:
+        """SIGSTOP, once every thread of the server is stopped (not merely signalled)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        tasks = f"/proc/{self.proc.pid}/task"
+
+        def stopped() -> bool:
+            states = []
+            for task in os.listdir(tasks):
+                with contextlib.suppress(FileNotFoundError), open(f"{tasks}/{task}/stat") as f:
+                    states.append(f.read().rpartition(")")[2].split()[0])
+            return all(state in ("T", "t") for state in states)
+
+        wait_for(stopped, 10.0, "nats-server stopped")
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)

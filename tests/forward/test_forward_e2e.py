@@ -267,13 +267,13 @@ def test_the_events_in_flight_at_a_disconnection_stay_in_the_lag(
         start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
     daemon = start()
     wait_connected(daemon)
-    assert nats.proc is not None
-    # A stopped server takes the messages into its socket and never acknowledges them.
-    nats.proc.send_signal(signal.SIGSTOP)
+    # A stopped server takes the messages into its socket and never acknowledges them. (On a
+    # loaded machine the forwarder may give the connection up, for the acknowledgements not
+    # coming within 10 s, before the lag is read: the lag is the same then.)
+    nats.pause()
     try:
         burst(watched, 50)
-        wait_for(lambda: (f := forwarder(daemon))["connected"] and f["lag"] == 50, 20.0,
-                 "50 events in flight")
+        wait_for(lambda: forwarder(daemon)["lag"] == 50, 30.0, "50 events in flight")
     finally:
         nats.kill()  # (a stopped process is killed all the same)
     down = wait_for(lambda: (f := forwarder(daemon)) and not f["connected"] and f, 20.0,
