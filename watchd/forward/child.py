@@ -22,18 +22,18 @@ import faulthandler
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
 import time
 from typing import Any, Final
 
+from watchd.forward.frames import frame_messages
 from watchd.forward.publisher import ACK_TIMEOUT_S, Publisher
 from watchd.forward.setup import Setup, position_file
 from watchd.forward.subjects import notice_subject, render
 from watchd.protocol import OverflowReason
-from watchd.protocol.event_lines import FRAME_END, frame_head
+from watchd.protocol.event_lines import frame_head
 
 log = logging.getLogger("watchd.forward")
 
@@ -43,11 +43,6 @@ SAVE_EVERY_S: Final = 1.0  # the position file at most this often
 STOP_DRAIN_S: Final = 2.0  # for the acknowledgements of what is in flight, at a stop
 FORWARD_NICE: Final = 10  # added to the daemon's nice value
 FORWARDED_NOTICES: Final = frozenset({"overflow", "resynced", "watch_lost", "watch_restored"})
-# Between two events of a frame: a raw '"' is never inside a JSON string, so this is too.
-EVENT_SPLIT: Final = b'},{"seq":'
-# An event object's start, after '{"seq":': its seq and its watch (a watch's name is never
-# escaped in JSON: letters, digits, '_', '.' and '-').
-EVENT_START: Final = re.compile(rb'(\d+),"time":[^,]*,"watch":"([^"\\]*)"')
 
 
 def read_position(setup: Setup) -> tuple[str, int] | None:
@@ -97,7 +92,7 @@ class Forwarder:
         self.behind = True  # events were let go: subscribe anew once we can publish
         self.skipped = 0  # events let go since the last subscribe (part of the lag)
         self.last_seq = 0  # the last seq seen on the subscription
-        self.subjects: dict[str | bytes, bytes] = {}
+        self.subjects: dict[str, bytes] = {}
         self.kick = asyncio.Event()
         self.reported = b""
         self.saved: int | None = None
@@ -279,54 +274,26 @@ class Forwarder:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def subject(self, watch: str | bytes) -> bytes:
-        """The subject of a watch's events (the watch's name as a str or as its JSON bytes)."""
+    def subject(self, watch: str) -> bytes:
         subject = self.subjects.get(watch)
         if subject is None:
-            name = watch.decode() if isinstance(watch, bytes) else watch
-            subject = render(self.setup.config.subject, self.setup.host, name).encode()
+            subject = render(self.setup.config.subject, self.setup.host, watch).encode()
             self.subjects[watch] = subject
         return subject
 
     def on_frame(self, line: bytes) -> None:
-        """A frame of our subscription's events, as it came: each event's object is cut out
-        of it (not parsed and encoded again), and the events are published in one write."""
-        # head + '"seq":1,...},{"seq":2,...}' + FRAME_END: after the head's '{', the first
-        # event's seq; before FRAME_END, the last event's closing brace.
-        if not line.endswith(FRAME_END):
-            self.on_events(json.loads(line)["events"])
+        """A frame of our subscription's events: what fits in the window, in one write."""
+        messages = frame_messages(line, len(self.head))
+        if not messages:
             return
-        pieces = line[len(self.head) + 6:-len(FRAME_END) - 1].split(EVENT_SPLIT)
-        starts = [EVENT_START.match(piece) for piece in pieces]
-        if None in starts:  # not the layout of watchd's own encoder: parse it all
-            self.on_events(json.loads(line)["events"])
-            return
-        taken = 0 if self.behind else min(len(pieces), self.publisher.free())
-        self.last_seq = int(starts[-1][1])  # type: ignore[index]
+        self.last_seq = messages[-1][0]
+        taken = 0 if self.behind else min(len(messages), self.publisher.free())
         if taken:
             subject = self.subject
             self.publisher.publish_events(self.instance.encode() + b":", [
-                (int(start[1]), subject(start[2]), b'{"type":"event","seq":' + piece + b"}")
-                for start, piece in zip(starts[:taken], pieces, strict=False)
-                if start is not None])
-        if taken < len(pieces):
-            self.let_go(len(pieces) - taken)
-
-    def on_events(self, events: list[dict[str, Any]]) -> None:
-        """A frame's events from its parsed JSON."""
-        if not events:
-            return
-        taken = 0 if self.behind else min(len(events), self.publisher.free())
-        self.last_seq = events[-1]["seq"]
-        # The v1 event object as an event line has it, without "subscription" (a frame's
-        # events carry neither field).
-        if taken:
-            self.publisher.publish_events(self.instance.encode() + b":", [
-                (event["seq"], self.subject(event["watch"]),
-                 b'{"type":"event",' + json.dumps(event, separators=(",", ":")).encode()[1:])
-                for event in events[:taken]])
-        if taken < len(events):
-            self.let_go(len(events) - taken)
+                (seq, subject(watch), payload) for seq, watch, payload in messages[:taken]])
+        if taken < len(messages):
+            self.let_go(len(messages) - taken)
 
     def on_notice(self, msg: dict[str, Any]) -> None:
         if self.behind or not self.publisher.ready():
