@@ -22,11 +22,13 @@ forwarder process used from the first write to the last acknowledgement are show
 
     .venv/bin/python -m bench.forward --files 100000 --reps 3 --samples 400
     .venv/bin/python -m bench.forward --files 100000 --reps 2 --samples 0 --base /tmp/base
+    .venv/bin/python -m bench.forward --alone 200000   # the publisher and the server only
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -210,13 +212,52 @@ def latency(url: str | None, samples: int, run: int) -> tuple[float, float]:
             stop(d)
 
 
+async def _publish_alone(url: str, server: int, count: int) -> str:
+    from watchd.config.model import ForwardConfig
+    from watchd.forward.publisher import Publisher
+
+    config = ForwardConfig(name="alone", urls=(url,), stream="ALONE",
+                           subject="alone.{host}.{watch}", create_stream=True)
+    publisher = Publisher(config, lambda: None)
+    running = asyncio.create_task(publisher.run())
+    while not publisher.connected:
+        await asyncio.sleep(0.01)
+    subject = b"alone.h.b"
+    # A typical event's object (W1's): its path and fields as the daemon writes them.
+    payload = (b'{"type":"event","seq":%d,"time":1700000000.123456,"watch":"b","kind":'
+               b'"create","path":"/dev/shm/wd-fwd.abcdefgh/f%d","is_dir":false,'
+               b'"mask":["IN_CREATE"],"cookie":0}')
+    server0, own0, t0 = cpu_seconds(server), time.process_time(), time.monotonic()
+    seq = 0
+    while seq < count:
+        while publisher.free() < 256:
+            await asyncio.sleep(0.001)
+        publisher.publish_events(b"bench:", [(n, subject, payload % (n, n))
+                                             for n in range(seq + 1, seq + 257)])
+        seq += 256
+        await asyncio.sleep(0)
+    while (publisher.acked or 0) < seq:
+        await asyncio.sleep(0.005)
+    took = time.monotonic() - t0
+    running.cancel()
+    return (f"publisher alone: {seq:,} messages, {seq / took:,.0f}/s acknowledged; CPU: "
+            f"publisher {time.process_time() - own0:.2f} s, nats-server "
+            f"{cpu_seconds(server) - server0:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--samples", type=int, default=400, help="0: no latency runs")
     parser.add_argument("--base", help="a checkout of another commit to compare with")
+    parser.add_argument("--alone", type=int, metavar="N",
+                        help="only publish N messages with the publisher, no daemon")
     args = parser.parse_args()
+    if args.alone:
+        with nats_server() as (url, server):
+            print(asyncio.run(_publish_alone(url, server, args.alone)))
+        return
     results: dict[str, list[tuple[float, float, bool, float, float]]] = {}
     lat: dict[str, list[tuple[float, float]]] = {"off": [], "fwd": []}
     modes = ["fwd", "off", "catchup"] + (["base", "basecatchup"] if args.base else [])
