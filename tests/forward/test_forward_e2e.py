@@ -348,3 +348,17 @@ def test_an_error_acknowledgement_ends_the_connection_and_the_events_are_publish
     done = wait_for(lambda: (f := forwarder(daemon))["lag"] == 0 and f["last_acked_seq"] == 10
                     and f, 20.0, "every event acknowledged")
     assert done["connected"] and done["last_error"] is None, done
+
+
+def test_a_subject_no_stream_captures_is_reported(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    add_stream(nats.url, "WATCHD", ["watchd.*.*"])  # events, not notices
+    daemon = start(create_stream=False)
+    wait_connected(daemon)
+    (watched / "x").write_bytes(b"")
+    wait_stream_count(nats.url, 1)
+    watched.rename(watched.with_name("gone"))  # a watch_lost notice, to watchd.*.*._notice
+    refused = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0, "an error")
+    assert refused["last_error"] == (
+        "no stream captures the subject (stream 'WATCHD' must capture watchd.*.* and "
+        "watchd.*.*._notice)"), refused
