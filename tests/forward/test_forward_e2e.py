@@ -17,7 +17,10 @@ from tests.nats_server import (
     NatsServer,
     add_stream,
     nats_server,
+    operator_mode,
     stream_messages,
+    stream_subjects,
+    update_stream,
     wait_stream_count,
 )
 
@@ -258,3 +261,104 @@ def test_a_forwarder_process_killed_is_restarted_and_resumes(
     seqs = event_seqs(nats.url)
     assert len(seqs) == 800 and seqs == sorted(set(seqs))
     daemon.wait_log(f"forward central: process {pid} was killed by signal 9; restarting it")
+
+
+def test_the_events_in_flight_at_a_disconnection_stay_in_the_lag(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    daemon = start()
+    wait_connected(daemon)
+    # A stopped server takes the messages into its socket and never acknowledges them. (On a
+    # loaded machine the forwarder may give the connection up, for the acknowledgements not
+    # coming within 10 s, before the lag is read: the lag is the same then.)
+    nats.pause()
+    try:
+        burst(watched, 50)
+        wait_for(lambda: forwarder(daemon)["lag"] == 50, 30.0, "50 events in flight")
+    finally:
+        nats.kill()  # (a stopped process is killed all the same)
+    down = wait_for(lambda: (f := forwarder(daemon)) and not f["connected"] and f, 20.0,
+                    "the forwarder disconnected")
+    # Not acknowledged, so still to be forwarded: they are published again from the position.
+    assert down["lag"] == 50, down
+    nats.start()
+    wait_stream_count(nats.url, 50)
+    wait_for(lambda: forwarder(daemon)["lag"] == 0, 20.0, "lag 0")
+    assert event_seqs(nats.url) == list(range(1, 51))
+
+
+def test_create_stream_adds_our_subjects_to_a_stream_that_lacks_them(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    add_stream(nats.url, "WATCHD", ["watchd.*.*", "audit.>"])  # not the notices' subject
+    daemon = start()
+    wait_connected(daemon)
+    # Ours added, the others' kept, in their order.
+    assert stream_subjects(nats.url) == ["watchd.*.*", "audit.>", "watchd.*.*._notice"]
+    assert "stream WATCHD now captures watchd.*.*._notice too" in daemon.log_text()
+    (watched / "x").write_bytes(b"")
+    wait_stream_count(nats.url, 1)
+
+
+def test_without_create_stream_a_stream_is_left_as_it_is(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    add_stream(nats.url, "WATCHD", ["watchd.*.*"])
+    daemon = start(create_stream=False)
+    wait_connected(daemon)
+    (watched / "x").write_bytes(b"")
+    wait_stream_count(nats.url, 1)
+    assert stream_subjects(nats.url) == ["watchd.*.*"]
+
+
+def test_a_credentials_file_authenticates_the_forwarder(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
+    # A server that trusts an operator: only users of its accounts' JWTs get in.
+    extra, creds = operator_mode(workdir)
+    os.mkdir(other := os.path.join(workdir, "other"))
+    _, stranger = operator_mode(other)  # a user of an operator the server does not trust
+    with nats_server(workdir, extra=extra) as server:
+        text = config(watches=watch("uploads", watched, events=["create"]))
+        daemon = start_daemon(text + forward(server.url, credentials=stranger))
+        refused = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0,
+                           "an error")
+        assert "the NATS server refused the credentials" in refused["last_error"], refused
+        daemon.reload(text + forward(server.url, credentials=creds))
+        wait_connected(daemon)
+        burst(watched, 20)
+        wait_stream_count(server.url, 20, credentials=creds)
+        messages = stream_messages(server.url, credentials=creds)
+        assert [p["seq"] for _, p, _ in messages] == list(range(1, 21))
+        assert forwarder(daemon)["last_error"] is None
+
+
+def test_an_error_acknowledgement_ends_the_connection_and_the_events_are_published_again(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    from nats.js.api import DiscardPolicy
+
+    subjects = ["watchd.*.*", "watchd.*.*._notice"]
+    add_stream(nats.url, "WATCHD", subjects, max_msgs=5, discard=DiscardPolicy.NEW)
+    daemon = start(create_stream=False)
+    wait_connected(daemon)
+    burst(watched, 10)
+    refused = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0, "an error")
+    assert refused["last_error"] == "JetStream refused a message: maximum messages exceeded"
+    assert refused["last_acked_seq"] == 5, refused
+    daemon.wait_log("forward central: JetStream refused a message: maximum messages exceeded")
+    update_stream(nats.url, "WATCHD", subjects)  # no limit
+    wait_stream_count(nats.url, 10)
+    assert event_seqs(nats.url) == list(range(1, 11))
+    done = wait_for(lambda: (f := forwarder(daemon))["lag"] == 0 and f["last_acked_seq"] == 10
+                    and f, 20.0, "every event acknowledged")
+    assert done["connected"] and done["last_error"] is None, done
+
+
+def test_a_subject_no_stream_captures_is_reported(
+        start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
+    add_stream(nats.url, "WATCHD", ["watchd.*.*"])  # events, not notices
+    daemon = start(create_stream=False)
+    wait_connected(daemon)
+    (watched / "x").write_bytes(b"")
+    wait_stream_count(nats.url, 1)
+    watched.rename(watched.with_name("gone"))  # a watch_lost notice, to watchd.*.*._notice
+    refused = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0, "an error")
+    assert refused["last_error"] == (
+        "no stream captures the subject (stream 'WATCHD' must capture watchd.*.* and "
+        "watchd.*.*._notice)"), refused

@@ -3,8 +3,9 @@
 It subscribes over the daemon's socket with `"batch": true` and resumes with `since` and
 `instance` from its last acknowledged seq, so the daemon's history (its journal, with a state
 directory) holds what it has not published yet. It never makes the daemon wait: events that
-arrive while it cannot publish them (no connection to NATS, WINDOW messages in flight) are
-counted and let go, and once it can publish again it subscribes anew from its position. When
+arrive while it cannot publish them (no connection to NATS) are counted and let go; while its
+window in flight is full it reads nothing, and the daemon drops for it what its queue for it
+cannot hold (it says so). Once it can publish again it subscribes anew from its position. When
 the daemon no longer holds that position (`since_expired`), it publishes an `overflow` notice
 with reason `forward_gap` for each watch it forwards and goes on from the oldest event held.
 
@@ -25,13 +26,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
 from typing import Any, Final
 
+from watchd.forward.frames import frame_messages
 from watchd.forward.publisher import ACK_TIMEOUT_S, Publisher
 from watchd.forward.setup import Setup, position_file
 from watchd.forward.subjects import notice_subject, render
 from watchd.protocol import OverflowReason
+from watchd.protocol.event_lines import frame_head
 
 log = logging.getLogger("watchd.forward")
 
@@ -85,11 +87,12 @@ class Forwarder:
         self.stored = self.position  # as it was at our start (status, until the next ack)
         self.writer: asyncio.StreamWriter | None = None
         self.sid: str | None = None  # the subscription whose events we take
+        self.head = b"-"  # what a frame of that subscription begins with (nothing before it)
         self.request = 0  # the id of the last subscribe sent
         self.behind = True  # events were let go: subscribe anew once we can publish
         self.skipped = 0  # events let go since the last subscribe (part of the lag)
         self.last_seq = 0  # the last seq seen on the subscription
-        self.subjects: dict[str, str] = {}
+        self.subjects: dict[str, bytes] = {}
         self.kick = asyncio.Event()
         self.reported = b""
         self.saved: int | None = None
@@ -107,7 +110,8 @@ class Forwarder:
         if acked is None and self.stored is not None and self.stored[0] == self.instance:
             acked = self.stored[1]
         return {"connected": p.connected, "server": p.server, "last_acked_seq": acked,
-                "lag": p.events_in_flight + self.skipped, "last_error": p.last_error,
+                "lag": p.events_in_flight + p.forgotten + self.skipped,
+                "last_error": p.last_error,
                 "errors": p.errors, "instance": self.instance or None}
 
     async def report_forever(self) -> None:
@@ -153,25 +157,51 @@ class Forwarder:
             raise ConnectionError(f"the daemon refused the connection: {hello.get('message')}")
         self.instance = hello["instance"]
         self.kick.set()
-        while line := await reader.readline():
+        while True:
+            await self.wait_room()
+            line = await reader.readline()
+            if not line:
+                return
+            if line.startswith(self.head):
+                self.on_frame(line)
+                continue
             msg = json.loads(line)
             kind = msg.get("type")
-            if kind == "events":
-                if msg["subscription"] == self.sid:
-                    await self.on_events(msg["events"])
-            elif kind in FORWARDED_NOTICES:
+            if kind in FORWARDED_NOTICES:
                 if msg.get("subscription") == self.sid:
-                    await self.on_notice(msg)
+                    self.on_notice(msg)
             elif kind == "dropped":
                 if msg.get("subscription") == self.sid:
                     self.let_go(int(msg.get("count", 0)))  # the history still holds them
             elif kind == "subscribed":
                 if msg.get("id") == self.request:
                     self.sid = msg["subscription"]
+                    self.head = frame_head(msg["subscription"])
                     if self.position is None:  # from now on: this is where we stand
                         self.position = (self.instance, int(msg["seq"]))
             elif kind == "error" and msg.get("id") == self.request:
                 await self.refused(msg)
+
+    async def wait_room(self) -> None:
+        """While the window in flight is full, read nothing more of the daemon.
+
+        A replay from the history (the daemon writes it as our socket takes it) waits for us
+        then, and live events wait in the daemon's queue for us until it is full: then the
+        daemon drops them for us (it never waits for a forwarder), tells us so, and we
+        subscribe again from our position once there is room. Events are let go only while
+        there is no connection to publish them on.
+        """
+        publisher = self.publisher
+        while publisher.connected and not publisher.room.is_set():
+            room = asyncio.ensure_future(publisher.room.wait())
+            lost = asyncio.ensure_future(publisher.lost.wait())
+            try:
+                await asyncio.wait({room, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                room.cancel()
+                lost.cancel()
+        if self.behind:
+            await self.steer()
 
     async def steer(self) -> None:
         """Subscribe anew from the position when events were let go and we can publish.
@@ -204,8 +234,10 @@ class Forwarder:
                               .encode() + b"\n")
         self.request += 1
         self.sid = None
+        self.head = b"-"
         self.behind = False
         self.skipped = 0
+        self.publisher.forgotten = 0  # handed again from the position, or part of a gap
         request: dict[str, Any] = {"op": "subscribe", "id": self.request, "batch": True}
         if cfg.watches is not None:
             request["watch"] = list(cfg.watches)
@@ -231,7 +263,7 @@ class Forwarder:
         for watch in self.setup.watches:
             notice = {"type": "overflow", "seq": self.last_seq, "reason":
                       OverflowReason.FORWARD_GAP.value, "watch": watch, "resync": False}
-            await self.publish_notice(notice, watch)
+            self.publish_notice(notice, watch)
         self.position = None if since is None else (self.instance, since)
         self.subscribe(since)
 
@@ -242,43 +274,42 @@ class Forwarder:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def subject(self, watch: str) -> str:
+    def subject(self, watch: str) -> bytes:
         subject = self.subjects.get(watch)
         if subject is None:
-            subject = self.subjects[watch] = render(self.setup.config.subject, self.setup.host,
-                                                    watch)
+            subject = render(self.setup.config.subject, self.setup.host, watch).encode()
+            self.subjects[watch] = subject
         return subject
 
-    async def on_events(self, events: Iterable[dict[str, Any]]) -> None:
-        publisher = self.publisher
-        instance = self.instance
-        dumps = json.dumps
-        for event in events:
-            seq = event["seq"]
-            self.last_seq = seq
-            if self.behind or not publisher.ready():
-                self.let_go(1)
-                continue
-            # The v1 event object as an event line has it, without "subscription" (a frame's
-            # events carry neither field).
-            payload = b'{"type":"event",' + dumps(event, separators=(",", ":")).encode()[1:]
-            await publisher.publish(seq, self.subject(event["watch"]), payload,
-                                    f"{instance}:{seq}")
+    def on_frame(self, line: bytes) -> None:
+        """A frame of our subscription's events: what fits in the window, in one write."""
+        messages = frame_messages(line, len(self.head))
+        if not messages:
+            return
+        self.last_seq = messages[-1][0]
+        taken = 0 if self.behind else min(len(messages), self.publisher.free())
+        if taken:
+            subject = self.subject
+            self.publisher.publish_events(self.instance.encode() + b":", [
+                (seq, subject(watch), payload) for seq, watch, payload in messages[:taken]])
+        if taken < len(messages):
+            self.let_go(len(messages) - taken)
 
-    async def on_notice(self, msg: dict[str, Any]) -> None:
+    def on_notice(self, msg: dict[str, Any]) -> None:
         if self.behind or not self.publisher.ready():
             self.let_go(0)
             return
         del msg["subscription"]
         watches = [msg["watch"]] if msg.get("watch") is not None else list(self.setup.watches)
         for watch in watches:
-            await self.publish_notice({**msg, "watch": watch}, watch)
+            self.publish_notice({**msg, "watch": watch}, watch)
 
-    async def publish_notice(self, notice: dict[str, Any], watch: str) -> None:
+    def publish_notice(self, notice: dict[str, Any], watch: str) -> None:
         seq = notice.get("seq", self.last_seq)
         msg_id = f"{self.instance}:{seq}:{notice['type']}:{watch}:{notice.get('reason', '')}"
-        await self.publisher.publish(None, notice_subject(self.subject(watch)),
-                                     json.dumps(notice, separators=(",", ":")).encode(), msg_id)
+        self.publisher.publish_notice(notice_subject(self.subject(watch).decode()).encode(),
+                                      json.dumps(notice, separators=(",", ":")).encode(),
+                                      msg_id.encode())
 
     async def watch_acks(self) -> None:
         """Give up a connection whose acknowledgements stopped coming."""

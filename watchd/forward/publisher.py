@@ -1,60 +1,43 @@
 """The NATS side of a forwarder: one connection at a time, publishes with pipelined
 JetStream acknowledgements, and the position they prove (the last acknowledged seq).
 
-Every message goes out with a reply subject of its own; JetStream answers each with an
-acknowledgement (or an error) there. Publishing never waits for them: up to WINDOW messages
-are in flight, and `acked` moves on over the ones acknowledged in a row from the oldest.
-A connection that breaks, an error acknowledgement, or one that does not come within
-ACK_TIMEOUT_S ends the connection: what was in flight is forgotten, and the forwarder
-publishes again from `acked` on a new one (JetStream drops the repeats by their
-Nats-Msg-Id). The client library's own reconnection is off: it would send, on the new
-connection, what it had buffered for the old one, out of order with what we publish again.
+Every message goes out with a reply subject of its own, `<inbox>.<token>`, the token one
+more than the last message's; JetStream answers each with an acknowledgement (or an error)
+there. Publishing never waits for them: up to WINDOW messages are in flight, and `acked`
+moves on over the ones acknowledged in a row from the oldest. A connection that breaks, an
+error acknowledgement, or one that does not come within ACK_TIMEOUT_S ends the connection:
+what was in flight is forgotten, and the forwarder publishes again from `acked` on a new one
+(JetStream drops the repeats by their Nats-Msg-Id). A connection is reached and its stream
+checked through the client library (watchd.forward.admin), then published on through our own
+(watchd.forward.wire): see docs/forwarding.md, "How it is built".
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
-
-import nats
-import nats.errors
-import nats.js.errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js.api import StorageType
+from collections.abc import Callable, Iterable
+from typing import Final
 
 from watchd.config.model import ForwardConfig
+from watchd.forward.admin import Unavailable, describe, reach
 from watchd.forward.subjects import capture
+from watchd.forward.wire import Reply, Wire, WireError
+from watchd.protocol.event_lines import MAX_BATCH
 
 log = logging.getLogger("watchd.forward")
 
-WINDOW: Final = 16384  # messages in flight at most
+WINDOW: Final = 65536  # messages in flight at most
+# `room` is cleared when fewer than this many more may be published: a frame of events (at
+# most MAX_BATCH) always fits while it is set. It is set again at WINDOW // 2 in flight.
+ROOM: Final = MAX_BATCH
 ACK_TIMEOUT_S: Final = 10.0
-CONNECT_TIMEOUT_S: Final = 5
 BACKOFF_S: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-# The duplicate window of a stream made by create_stream: a message published again within
-# it is dropped by its Nats-Msg-Id. It covers the longest wait between a publish and its
-# repeat that the backoff allows (30 s), a restart of the daemon and a reconnection, with
-# room to spare; the server keeps one id per message for this long.
-DUPLICATE_WINDOW_S: Final = 600.0
-
-
-@dataclass(slots=True)
-class _Flight:
-    seq: int | None  # None: a notice
-    at: float  # time.monotonic() when published
-    done: bool = False
-
-
-class Unavailable(Exception):
-    """No connection to publish on: the message says why, for people."""
+NOTICE: Final = -1  # the seq of a message in flight that is a notice, not an event
+MSG_ID_HEAD: Final = b"NATS/1.0\r\nNats-Msg-Id: "
 
 
 class Publisher:
@@ -63,19 +46,24 @@ class Publisher:
     def __init__(self, config: ForwardConfig, on_change: Callable[[], None]) -> None:
         self.config = config
         self.on_change = on_change  # the status changed
-        self.nc: Client | None = None
+        self.wire: Wire | None = None
         self.server: str | None = None
         self.last_error: str | None = None
         self.errors = 0
         self.acked: int | None = None  # the last seq acknowledged with every one before it
-        self.flights: deque[_Flight] = deque()
+        # In flight: the seq of each message (NOTICE for a notice) from the token `base` on;
+        # `done` holds the tokens acknowledged out of order, `sent` (token after a write, when).
+        self.seqs: deque[int] = deque()
+        self.base = 0
+        self.done: set[int] = set()
+        self.sent: deque[tuple[int, float]] = deque()
         self.events_in_flight = 0
-        self.by_token: dict[str, _Flight] = {}
-        self.token = 0
-        self.inbox = ""
+        # Events in flight on a connection given up: still not acknowledged (part of the
+        # lag) until the forwarder subscribes again from its position and hands them anew.
+        self.forgotten = 0
         self.lost = asyncio.Event()  # the current connection is to be given up
         self.up = asyncio.Event()  # a connection is ready to publish on
-        self.room = asyncio.Event()
+        self.room = asyncio.Event()  # connected or not, a frame's events fit in the window
         self.room.set()
 
     @property
@@ -84,11 +72,16 @@ class Publisher:
 
     @property
     def in_flight(self) -> int:
-        return len(self.flights)
+        return len(self.seqs)
 
     def ready(self) -> bool:
         """Connected, with room for another message in flight."""
-        return self.up.is_set() and len(self.flights) < WINDOW
+        return self.up.is_set() and len(self.seqs) < WINDOW
+
+    def free(self) -> int:
+        """How many more messages may be published now."""
+        # (Notices about every watch may take it past WINDOW by a few.)
+        return max(0, WINDOW - len(self.seqs)) if self.up.is_set() else 0
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -97,9 +90,9 @@ class Publisher:
         failures = 0
         while True:
             try:
-                await self._open()
+                wire = await self._open()
             except Exception as e:  # every failure is reported and retried
-                self.fail(str(e) if isinstance(e, Unavailable) else describe(e))
+                self.fail(str(e) if isinstance(e, Unavailable | WireError) else describe(e))
                 await self._close()
                 delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                 failures += 1
@@ -109,82 +102,36 @@ class Publisher:
                 continue
             failures = 0
             log.info("forward %s: connected to %s", self.config.name, self.server)
-            await self.lost.wait()
+            await self._serve(wire)
+            log.warning("forward %s: %s; connecting again", self.config.name, self.last_error)
             await self._close()
             await asyncio.sleep(BACKOFF_S[0])
 
-    async def _open(self) -> None:
-        cfg = self.config
+    async def _open(self) -> Wire:
         self.lost.clear()
-        self.nc = nc = Client()
-        loop = asyncio.get_running_loop()
-        failed: asyncio.Future[str] = loop.create_future()
-
-        async def on_error(e: Exception) -> None:
-            if not failed.done():
-                failed.set_result(describe(e))
-            elif self.up.is_set():
-                log.warning("forward %s: %s", cfg.name, describe(e))
-
-        async def on_closed() -> None:
-            if self.up.is_set():
-                self.fail("the connection to the NATS server was lost")
-
-        options: dict[str, Any] = {}
-        if cfg.credentials is not None:
-            options["user_credentials"] = cfg.credentials
-        if cfg.token is not None:
-            options["token"] = cfg.token
-        if cfg.user is not None:
-            options["user"], options["password"] = cfg.user, cfg.password
-        connect = loop.create_task(nc.connect(
-            list(cfg.urls), name=f"watchd forward {cfg.name}", allow_reconnect=False,
-            max_reconnect_attempts=0, connect_timeout=CONNECT_TIMEOUT_S, error_cb=on_error,
-            skip_subject_validation=True, disconnected_cb=on_closed, closed_cb=on_closed,
-            **options))
-        # The library tries the servers again and again by itself when a first connection
-        # fails: its first error ends the attempt, and the retries (with their backoff) are ours.
-        either: set[asyncio.Future[Any]] = {connect, failed}
-        await asyncio.wait(either, timeout=CONNECT_TIMEOUT_S * len(cfg.urls) + 1,
-                           return_when=asyncio.FIRST_COMPLETED)
-        if not connect.done() or connect.exception() is not None:
-            connect.cancel()
-            with contextlib.suppress(BaseException):
-                await connect
-            if failed.done():
-                raise Unavailable(failed.result())
-            error = connect.exception() if connect.done() and not connect.cancelled() else None
-            raise Unavailable(describe(error) if error else "cannot reach the NATS server: "
-                                  "no answer within the connect timeout")
-        if not failed.done():
-            failed.set_result("")  # errors from now on are the connection's
-        url = nc.connected_url
-        self.server = url.geturl() if url is not None else None
-        await self._check_stream(nc)
-        self.inbox = nc.new_inbox()
-        await nc.subscribe(self.inbox + ".*", cb=self._ack)
+        url = await reach(self.config)
+        wire = await Wire.open(url, self.config)
+        wire.subscribe()
+        self.wire = wire
+        self.server = url
         self.last_error = None
         self.up.set()
         self.on_change()
+        return wire
 
-    async def _check_stream(self, nc: Client) -> None:
-        cfg = self.config
-        js = nc.jetstream()
+    async def _serve(self, wire: Wire) -> None:
+        """Read the acknowledgements until the connection ends or is given up."""
+        reading = asyncio.ensure_future(wire.replies(self._acks))
+        # Its end is read below, or not at all when we are cancelled: never an unread error.
+        reading.add_done_callback(lambda task: task.cancelled() or task.exception())
+        lost = asyncio.ensure_future(self.lost.wait())
         try:
-            await js.stream_info(cfg.stream)
-            return
-        except nats.js.errors.NotFoundError:
-            if not cfg.create_stream:
-                raise Unavailable(
-                    f"stream {cfg.stream!r} not found on the server; create it (capturing "
-                    f"{' and '.join(capture(cfg.subject))}) or set create_stream = true"
-                ) from None
-        except nats.errors.NoRespondersError:
-            raise Unavailable("JetStream is not enabled on the server (no answer to "
-                                  "its API); enable it, or connect to one that has it") from None
-        await js.add_stream(name=cfg.stream, subjects=list(capture(cfg.subject)),
-                            storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S)
-        log.info("forward %s: created stream %s", cfg.name, cfg.stream)
+            await asyncio.wait({reading, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when we are cancelled: neither task outlives the connection
+            lost.cancel()
+            reading.cancel()
+        if reading.done() and not reading.cancelled() and (e := reading.exception()):
+            self.fail(str(e) if isinstance(e, WireError) else describe(e))
 
     def fail(self, message: str) -> None:
         """Give up the current connection (if any) for this reason."""
@@ -198,110 +145,138 @@ class Publisher:
 
     async def _close(self) -> None:
         self.up.clear()
-        self.flights.clear()
+        self.forgotten += self.events_in_flight
+        self.seqs.clear()
+        self.done.clear()
+        self.sent.clear()
+        self.base = 0
         self.events_in_flight = 0
-        self.by_token.clear()
         self.room.set()
         self.server = None
-        nc, self.nc = self.nc, None
-        if nc is not None and not nc.is_closed:
-            with contextlib.suppress(Exception):
-                await nc.close()
+        wire, self.wire = self.wire, None
+        if wire is not None:
+            await wire.close()
         self.on_change()
 
     # -- publishing ----------------------------------------------------------------------------
 
-    async def publish(self, seq: int | None, subject: str, payload: bytes, msg_id: str) -> None:
-        """Publish one message; its acknowledgement comes later (see `acked`)."""
-        nc = self.nc
-        assert nc is not None
-        self.token += 1
-        token = str(self.token)
-        flight = _Flight(seq, time.monotonic())
-        if seq is not None:
-            self.events_in_flight += 1
-        self.flights.append(flight)
-        self.by_token[token] = flight
-        if len(self.flights) >= WINDOW:
-            self.room.clear()
-        try:
-            await nc.publish(subject, payload, reply=f"{self.inbox}.{token}",
-                             headers={"Nats-Msg-Id": msg_id})
-        except Exception as e:  # a closed or broken connection
-            self.fail(describe(e))
+    def publish_events(self, msg_id: bytes, events: Iterable[tuple[int, bytes, bytes]]) -> None:
+        """Publish events, (seq, subject, payload) each, with Nats-Msg-Id `msg_id` + seq, in
+        one write; their acknowledgements come later (see `acked`). Call only when connected,
+        with free() room for them."""
+        wire = self.wire
+        assert wire is not None
+        head = MSG_ID_HEAD + msg_id
+        reply = wire.inbox
+        seqs = self.seqs
+        token = self.base + len(seqs)
+        frames = []
+        for seq, subject, payload in events:
+            number = b"%d" % seq
+            size = len(head) + len(number) + 4
+            frames.append(b"HPUB %b %b%d %d %d\r\n%b%b\r\n\r\n%b\r\n" % (
+                subject, reply, token, size, size + len(payload), head, number, payload))
+            seqs.append(seq)
+            token += 1
+        if frames:
+            self.events_in_flight += len(frames)
+            self._sent(wire, b"".join(frames), token)
 
-    async def _ack(self, msg: Msg) -> None:
-        flight = self.by_token.pop(msg.subject.rpartition(".")[2], None)
-        if flight is None:
-            return  # of a connection given up
-        problem = ack_problem(msg, self.config)
+    def publish_notice(self, subject: bytes, payload: bytes, msg_id: bytes) -> None:
+        """Publish one notice (a message with no seq of its own)."""
+        wire = self.wire
+        assert wire is not None
+        token = self.base + len(self.seqs)
+        head = MSG_ID_HEAD + msg_id + b"\r\n\r\n"
+        self.seqs.append(NOTICE)
+        self._sent(wire, b"HPUB %b %b%d %d %d\r\n%b%b\r\n" % (
+            subject, wire.inbox, token, len(head), len(head) + len(payload), head, payload),
+            token + 1)
+
+    def _sent(self, wire: Wire, data: bytes, end: int) -> None:
+        wire.write(data)
+        self.sent.append((end, time.monotonic()))
+        if len(self.seqs) > WINDOW - ROOM:
+            self.room.clear()
+
+    def _acks(self, stored: list[int], others: list[Reply]) -> None:
+        # The messages stored count before an error given up the connection for (they are
+        # before it in the window, or done out of order after it: either way, not past it).
+        problem = None
+        for reply in others:
+            if (said := ack_problem(reply, self.config)) is None:
+                stored.append(reply.token)
+            else:
+                problem = problem or said
+        seqs = self.seqs
+        done = self.done
+        base = self.base
+        end = base + len(seqs)
+        before = self.acked
+        acked = before
+        events = self.events_in_flight
+        for token in stored:
+            if token != base:
+                if base < token < end:
+                    done.add(token)  # out of order: counted when the ones before it are
+                continue
+            while True:
+                seq = seqs.popleft()
+                base += 1
+                if seq != NOTICE:
+                    acked = seq
+                    events -= 1
+                if not done or base not in done:
+                    break
+                done.discard(base)
+        self.base, self.acked, self.events_in_flight = base, acked, events
+        if len(seqs) < WINDOW // 2:
+            self.room.set()
         if problem is not None:
             self.fail(problem)
-            return
-        flight.done = True
-        flights = self.flights
-        moved = False
-        while flights and flights[0].done:
-            seq = flights.popleft().seq
-            if seq is not None:
-                self.acked = seq
-                self.events_in_flight -= 1
-                moved = True
-        if len(flights) < WINDOW // 2:
-            self.room.set()
-        if moved:
+        elif acked != before:
             self.on_change()
 
     def overdue(self) -> bool:
         """The oldest message in flight waits for its acknowledgement too long."""
-        return bool(self.flights) and time.monotonic() - self.flights[0].at > ACK_TIMEOUT_S
+        sent = self.sent
+        while sent and sent[0][0] <= self.base:
+            sent.popleft()  # acknowledged, every message of that write
+        return bool(sent) and time.monotonic() - sent[0][1] > ACK_TIMEOUT_S
 
     def position(self) -> int | None:
         """The last seq handed to the current connection (in flight or acknowledged)."""
-        for flight in reversed(self.flights):
-            if flight.seq is not None:
-                return flight.seq
+        for seq in reversed(self.seqs):
+            if seq != NOTICE:
+                return seq
         return self.acked
 
     async def drain(self, deadline: float) -> None:
         """Wait for the messages in flight to be acknowledged, at most `deadline` seconds."""
         end = time.monotonic() + deadline
-        while self.flights and self.up.is_set() and time.monotonic() < end:
+        while self.seqs and self.up.is_set() and time.monotonic() < end:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         await self._close()
 
 
-def ack_problem(msg: Msg, config: ForwardConfig) -> str | None:
-    """What an acknowledgement says went wrong, or None when the message is stored."""
-    data = msg.data
-    # The common case without a JSON parse: {"stream":"WATCHD","seq":17} (maybe with
-    # "duplicate":true); an error reply has an "error" member, a status reply no body.
-    if data.startswith(b'{"stream":') and b'"error"' not in data and not msg.headers:
-        return None
-    status = msg.headers.get("Status") if msg.headers else None
-    if status == "503":
+def ack_problem(reply: Reply, config: ForwardConfig) -> str | None:
+    """What a reply that is not a plain acknowledgement says went wrong, or None when the
+    message is stored all the same."""
+    if reply.status.startswith(b"NATS/1.0 503"):
         return (f"no stream captures the subject (stream {config.stream!r} must capture "
                 f"{' and '.join(capture(config.subject))})")
+    if reply.status and not reply.data:
+        return f"an unexpected reply: {reply.status[:100]!r}"
     try:
-        reply = json.loads(msg.data) if msg.data else {}
+        answer = json.loads(reply.data)
     except ValueError:
-        return f"an acknowledgement that is not JSON: {msg.data[:100]!r}"
-    error = reply.get("error") if isinstance(reply, dict) else None
+        return f"an acknowledgement that is not JSON: {reply.data[:100]!r}"
+    error = answer.get("error") if isinstance(answer, dict) else None
     if error:
         text = error.get("description", error) if isinstance(error, dict) else error
         return f"JetStream refused a message: {text}"
-    if not isinstance(reply, dict) or "seq" not in reply:
-        return f"an unexpected acknowledgement: {msg.data[:100]!r}"
+    if not isinstance(answer, dict) or "seq" not in answer:
+        return f"an unexpected acknowledgement: {reply.data[:100]!r}"
     return None
-
-
-def describe(e: BaseException) -> str:
-    """An exception of the client library as a line for people."""
-    text = str(e).strip() or type(e).__name__
-    if isinstance(e, nats.errors.NoServersError | TimeoutError | OSError):
-        return f"cannot reach the NATS server: {text}"
-    if "authorization" in text.lower() or "authentication" in text.lower():
-        return f"the NATS server refused the credentials: {text}"
-    return text
