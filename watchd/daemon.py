@@ -318,7 +318,14 @@ class Daemon:
         first_write = self.broker.publish_reads(watch, reads)
         if first_write is not None:
             self.metrics.latency.observe(first_write - reads[0][0])
+        if self.resync.raced:
+            self.resync.rescan_raced(self.broker, self.ask_rescan)
         self.hold.after_publish()
+
+    def ask_rescan(self, name: str) -> None:
+        watcher = self.supervisor.watcher  # gone meanwhile: its replacement's scan answers
+        if watcher is not None and not watcher.exited:
+            watcher.send(channel.Rescan(name))
 
     def on_watcher_message(self, message: channel.Notice) -> None:
         match message:

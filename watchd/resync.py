@@ -48,6 +48,7 @@ from watchd.index import (
     split,
     thaw,
 )
+from watchd.reasons import OverflowReason
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -98,6 +99,9 @@ class Resyncer:
     # Scans of a replacement watcher, held until the notice of its restart has gone out (they
     # come before its APPLIED, and nothing of it is published in between).
     held: list[tuple[str, AtRest | None, float]] = field(default_factory=list)
+    # Watches whose last resync's scan missed a directory that moved while it ran
+    # (TreeIndex.unseen): each is to be scanned again, its resync announced.
+    raced: list[str] = field(default_factory=list)
 
     def configure(self, watches: Iterable[WatchConfig], changed: Iterable[str]) -> None:
         """Take the watches as configured; `changed`: names whose watch is new or changed.
@@ -164,7 +168,21 @@ class Resyncer:
                 if out is reads:
                     out = list(reads)
                 out[i] = (when, kept)
+        if watch.index.unseen:
+            watch.index.unseen = False
+            self.raced.append(name)
         return out
+
+    def rescan_raced(self, broker: Broker, ask: Callable[[str], None]) -> None:
+        """Announce another resync of each watch in `raced`, after the events that showed
+        the race, and `ask` the watcher for its scan."""
+        names, self.raced = dict.fromkeys(self.raced), []
+        for name in names:
+            log.warning("watch %s: a directory moved while it was rescanned; resynchronizing",
+                        name)
+            self.lost(name)
+            broker.overflow(name, OverflowReason.SCAN_RACE, frozenset({name}))
+            ask(name)
 
     def lost(self, name: str) -> None:
         """An `overflow` with "resync": true was announced for a watch: its next scan is
