@@ -222,7 +222,10 @@ class Subscriber:
         while True:
             msg = self.follower.get(timeout)
             if msg is None:
-                raise TimeoutError(f"no message within {timeout} s, waiting for {marker}")
+                waiting = [] if seen else [f"the create of {marker}"]
+                waiting += [f"{self.pending} resynced notices owed"] if self.pending else []
+                raise TimeoutError(f"no message within {timeout} s, waiting for "
+                                   f"{' and '.join(waiting)} (last seq {self.last_seq})")
             if self.trace is not None:
                 self.trace.write(json.dumps(msg) + "\n")
             if msg["type"] == "event":

@@ -636,6 +636,22 @@ def test_overflow_at_since_is_replayed_even_with_no_event_after() -> None:
     assert broker.overflows == 2
 
 
+def test_every_resynced_is_replayed_even_alike() -> None:
+    # One scan answered two resyncs announced (the watcher died between a notice and its
+    # scan): a replay gives both `resynced`, as the live subscriber got them.
+    broker = make_broker()
+    publish(broker, "a", 1.0, creates("/a/1"))
+    broker.overflow("a", "kernel_queue", frozenset({"a"}))
+    broker.overflow(None, "watcher_restart", frozenset({"a"}))
+    broker.resynced("a", 0, 1.0)
+    broker.resynced("a", 0, 1.0)
+    sink, conn = join(broker)
+    sub(broker, conn, since=1)
+    assert [(m["type"], m.get("reason")) for m in sink.messages()[1:]] == [
+        ("overflow", "kernel_queue"), ("overflow", "watcher_restart"), ("resynced", None),
+        ("resynced", None)]
+
+
 def test_since_expired_names_the_oldest_seq_held() -> None:
     broker = make_broker(replay_buffer=4)
     publish(broker, "a", 1.0, creates(*(f"/a/{i}" for i in range(1, 11))))

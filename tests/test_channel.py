@@ -44,7 +44,7 @@ def test_every_record_comes_back_as_itself_with_its_enums() -> None:
     report = channel.WatchReport(channel.Phase.DEGRADED, 5, 2, "budget",
                                  channel.Limit.MAX_DIRECTORIES)
     to_watcher: list[channel.ToWatcher] = [
-        channel.Configure(3, (spec,), {"a": 5}), channel.Stop()]
+        channel.Configure(3, (spec,), {"a": 5}), channel.Stop(), channel.Rescan("a")]
     from_watcher: list[channel.Notice] = [
         channel.Hello(42), channel.Applied(3), channel.Heartbeat({"a": report}),
         channel.Lost("a", "/srv/a", LostReason.UNMOUNTED), channel.Restored("a", "/srv/a"),

@@ -502,6 +502,18 @@ def test_alike_notices_on_one_connection_are_two_occasions() -> None:
     assert admitted(core, event(5), resynced, resynced) == [event(5).data] + [resynced.data] * 2
 
 
+def test_each_copy_of_a_notice_at_the_resume_seq_comes_once() -> None:
+    # Two resyncs announced and answered by one scan: a `resynced` each, alike. A replay from
+    # their seq sends both again: each copy is dropped once, and a third (new) passes.
+    core = follow_core()
+    hello = {**HELLO, "instance": "i1", "seq": 0}
+    core.subscribed(hello, "a1", 0)
+    resynced = notice("resynced", 5, watch="w", changes=3, duration_ms=1.0)
+    assert admitted(core, event(5), resynced, resynced) == [event(5).data] + [resynced.data] * 2
+    core.subscribed({**hello, "seq": 5}, "a2", 5)  # the replay from 5
+    assert admitted(core, resynced, resynced, resynced) == [resynced.data]
+
+
 def test_notices_without_a_seq_always_pass() -> None:
     core = follow_core(since=10, instance="i1")
     dropped = notice("dropped", count=2, first_seq=11, last_seq=12)

@@ -16,8 +16,8 @@ from watchd.diff import diff
 from watchd.events import KIND_BITS, Kind
 from watchd.index import UNKNOWN_FILE, Dirs
 from watchd.protocol.event_lines import EventEncoder
-from watchd.replay import Held
-from watchd.restore import bring_forward, index_spec, usable_indexes
+from watchd.replay import Held, Marker
+from watchd.restore import bring_forward, index_spec, unanswered, usable_indexes
 from watchd.scan import scan
 
 ROOT = os.geteuid() == 0
@@ -170,3 +170,18 @@ def test_the_index_of_a_watch_no_longer_configured_is_removed(tmp_path: Path) ->
     # "b" is gone from the configuration, "a" starts over (its index not filled yet).
     assert not sf.write_all(state._blobs(0, [("a", "s", None)]))
     assert list((path / "index").iterdir()) == []
+
+
+def test_the_resyncs_a_previous_run_announced_and_did_not_answer_are_counted() -> None:
+    def over(watch: str | None, resync: set[str], reason: str = "kernel_queue") -> Marker:
+        return Marker(1, watch, reason, frozenset(resync))
+
+    def resynced(watch: str) -> Marker:
+        return Marker(1, watch, "", changes=0)
+
+    # A kernel overflow of a, then the watcher died before its scan: two notices, one answer.
+    assert unanswered([over("a", {"a"}), over(None, {"a", "b"}, "watcher_restart"),
+                       resynced("a"), resynced("b")]) == {"a": 1, "b": 0}
+    # A notice with "resync": false answers every one before it (its subscribers rescan).
+    assert unanswered([over("a", {"a"}), over("a", set()), over(None, {"b"})]) == {"a": 0, "b": 1}
+    assert unanswered([resynced("a"), over("a", {"a"})]) == {"a": 1}

@@ -36,6 +36,7 @@ class Tag(enum.StrEnum):
     PROGRESS = "progress"
     SCAN = "scan"
     FILL = "fill"
+    RESCAN = "rescan"
 
 
 # marshal takes no str subclass: the wire carries the tags' plain values.
@@ -113,6 +114,17 @@ class Stop:
 
     def wire(self) -> tuple[Any, ...]:
         return (Tag.STOP.value,)
+
+
+@dataclass(frozen=True, slots=True)
+class Rescan:
+    """Scan this watch again and send the Scan (None in it when that fails): a resync's scan
+    missed a directory that moved while it ran (watchd.resync), and a resync is announced."""
+
+    watch: str
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.RESCAN.value, self.watch)
 
 
 # -- watcher -> daemon ---------------------------------------------------------------------------
@@ -260,7 +272,7 @@ class Progress:
         return (Tag.PROGRESS.value, self.watch, self.directories)
 
 
-ToWatcher = Configure | Stop
+ToWatcher = Configure | Stop | Rescan
 # What the watcher says besides events, decoded into records by from_watcher. Events are told
 # apart by their tag and handed on as their fields (see watchd.supervisor).
 Notice = Hello | Applied | Heartbeat | Overflow | Lost | Restored | Progress | Scan | Fill
@@ -290,6 +302,7 @@ _TO_WATCHER: dict[str, Callable[[tuple[Any, ...]], ToWatcher]] = {
     Tag.CONFIG.value: lambda m: Configure(m[1], tuple(Spec(*s) for s in m[2]), m[3],
                                           tuple(m[4]), tuple(m[5])),
     Tag.STOP.value: lambda m: Stop(),
+    Tag.RESCAN.value: lambda m: Rescan(m[1]),
 }
 
 

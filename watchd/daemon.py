@@ -289,7 +289,6 @@ class Daemon:
         self.hold.release()  # its successor starts reading; the levels are looked at again then
         if not self.stopping.is_set():
             self.watches.all_pending()
-            self.resync.lost(None)  # the replacement's scans are compared with the indexes
 
     def watcher_replaced(self) -> int:
         self.hold.review()  # subscribers may still be behind the old one's events
@@ -319,7 +318,14 @@ class Daemon:
         first_write = self.broker.publish_reads(watch, reads)
         if first_write is not None:
             self.metrics.latency.observe(first_write - reads[0][0])
+        if self.resync.raced:
+            self.resync.rescan_raced(self.broker, self.ask_rescan)
         self.hold.after_publish()
+
+    def ask_rescan(self, name: str) -> None:
+        watcher = self.supervisor.watcher  # gone meanwhile: its replacement's scan answers
+        if watcher is not None and not watcher.exited:
+            watcher.send(channel.Rescan(name))
 
     def on_watcher_message(self, message: channel.Notice) -> None:
         match message:
@@ -334,7 +340,8 @@ class Daemon:
                 resyncing = self.resync.resyncing([watch]) if resync else frozenset()
                 log.warning("watch %s: %s; %s", watch, _LOSSES[reason],
                             "resynchronizing" if resyncing else "subscribers are told to rescan")
-                self.resync.lost(watch)
+                if resyncing:
+                    self.resync.lost(watch)
                 self.broker.overflow(watch, reason, resyncing)
             case channel.Scan(watch, dirs, seconds):
                 self.on_scan(watch, dirs, seconds)
@@ -342,7 +349,6 @@ class Daemon:
                 if self.resync.filled(watch, dirs, start, done) and self.state is not None:
                     self.state.save(self.broker.last_seq, self.index_snapshots)  # as after a scan
             case channel.Lost(watch, path, reason):
-                self.resync.lost(watch)
                 self.watches.on_lost(watch, path, reason)
             case channel.Restored(watch, path):
                 self.resync.restored(watch)
@@ -364,6 +370,8 @@ class Daemon:
         """
         held, self.resync.held = self.resync.held, []
         resyncing = self.resync.resyncing(name for name, _, _ in held)
+        for name in resyncing:
+            self.resync.lost(name)
         self.broker.overflow(None, OverflowReason.WATCHER_RESTART, resyncing)
         for name, dirs, seconds in held:
             self.on_scan(name, dirs, seconds)
@@ -376,6 +384,7 @@ class Daemon:
         if dirs is None:
             # The root could not be read after all: the resync announced will not come.
             log.warning("watch %s: cannot rescan; subscribers are told to rescan", name)
+            self.resync.abandoned(name)
             self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
             return
         result = self.resync.scanned(name, dirs, seconds)

@@ -306,6 +306,10 @@ class TreeIndex:
     # Cookies of moves whose source the index did not hold (replays, see apply), until their
     # IN_MOVED_TO comes.
     _orphans: dict[int, None] = field(default_factory=dict)
+    # A directory came by a replayed move to a destination the index lacks: the resync's scan
+    # saw it on neither side (it moved out of a part not scanned yet into one scanned already),
+    # so what it holds was published nowhere. The watch is to be scanned again (watchd.resync).
+    unseen: bool = False
 
     def __len__(self) -> int:
         return count(self.dirs)
@@ -423,6 +427,7 @@ class TreeIndex:
                 parent, name = split(path)
                 if name not in (self._open(parent) or ()):
                     out[i] = (IN_CREATE | (mask & IN_ISDIR), 0, path, None)
+                    self.unseen = self.unseen or bool(mask & IN_ISDIR)
                     continue
             del out[i]
         return out

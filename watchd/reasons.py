@@ -19,6 +19,8 @@ class OverflowReason(enum.StrEnum):
     UNMOUNT = "unmount"  # a file system mounted inside the watched tree was unmounted
     DAEMON_RESTART = "daemon_restart"  # the daemon resumed from its durable state
     FORWARD_GAP = "forward_gap"  # a forwarder's position left the journal (watchd.forward)
+    # A rescan missed a directory that moved while it ran: the watch is scanned again.
+    SCAN_RACE = "scan_race"
 
 
 class LostReason(enum.StrEnum):

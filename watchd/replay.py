@@ -157,9 +157,10 @@ class History:
         self.prune_markers()
 
     def mark(self, marker: Marker) -> None:
-        """Hold an overflow marker; the same occasion twice at one seq tells a re-subscriber
-        nothing new, and skipping it bounds the markers when overflows repeat."""
-        if not self._marked(marker):
+        """Hold a marker. The same overflow twice at one seq tells a re-subscriber nothing
+        new, and skipping it bounds the markers when overflows repeat; but every `resynced` is
+        held, alike or not: each answers an overflow of its own (see watchd.resync)."""
+        if marker.changes >= 0 or not self._marked(marker):
             self.markers.append(marker)
             self.prune_markers()
             if self.recorder is not None:

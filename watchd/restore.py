@@ -32,7 +32,7 @@ from watchd.events import Kind
 from watchd.index import IS_DIR, UNKNOWN_DIR, UNKNOWN_FILE, Dirs, split, subtree_keys
 from watchd.journal import parse_tail
 from watchd.reasons import OverflowReason
-from watchd.replay import Held
+from watchd.replay import Held, Marker
 from watchd.state import Resumed, State
 from watchd.statefiles import StoredIndex
 
@@ -139,14 +139,34 @@ def resume(broker: Broker, resync: Resyncer, watches: Iterable[WatchConfig],
     broker.history.restore(loaded.entries, loaded.markers, loaded.last_seq)
     watches = tuple(watches)
     usable = usable_indexes(watches, resumed.indexes, loaded.entries, loaded.last_seq)
+    owed = unanswered(loaded.markers)
     for name, dirs in usable.items():
-        resync.restore(name, dirs)
+        resync.restore(name, dirs, owed.get(name, 0))
     for watch in watches:
         resyncing = frozenset({watch.name}) if watch.name in usable else frozenset()
+        if resyncing:
+            resync.lost(watch.name)
         broker.overflow(watch.name, OverflowReason.DAEMON_RESTART, resyncing)
     log.info("resumed instance %s at seq %d (%d events held for since; %d of %d watches "
              "compared with their index)", resumed.instance, loaded.last_seq,
              len(broker.history), len(usable), len(watches))
+
+
+def unanswered(markers: Iterable[Marker]) -> dict[str, int]:
+    """Per watch, the `overflow` notices with "resync": true among a previous run's markers
+    that no `resynced` answered: that run stopped before their scan was published, and the
+    start-up scan answers them too (see watchd.resync's _Watch.owed). A notice that says
+    "resync": false to a watch's subscribers answers every one before it: they rescan."""
+    owed: dict[str, int] = {}
+    for marker in markers:
+        if marker.changes >= 0:  # a resynced
+            assert marker.watch is not None
+            owed[marker.watch] = max(0, owed.get(marker.watch, 0) - 1)
+            continue
+        names = owed.keys() | marker.resync if marker.watch is None else {marker.watch}
+        for name in names:
+            owed[name] = owed.get(name, 0) + 1 if name in marker.resync else 0
+    return owed
 
 
 def open_state(config: Config, environ: Mapping[str, str], *,

@@ -48,6 +48,7 @@ from watchd.index import (
     split,
     thaw,
 )
+from watchd.reasons import OverflowReason
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -64,20 +65,25 @@ BATCH_MAX = 1024  # synthetic events per publish, as the watcher's batches
 
 @dataclass(frozen=True, slots=True)
 class Resync:
-    """What to publish for one scan: the events (after the watch's `events` filter), and the
-    notice's figures; notice False for a scan that only filled the index."""
+    """What to publish for one scan: the events (after the watch's `events` filter), the
+    notice's figures, and how many `resynced` notices follow them (0 for a scan that only
+    filled the index)."""
 
     items: list[Item]
     changes: int
     duration_ms: float
-    notice: bool
+    notice: int
 
 
 @dataclass(slots=True)
 class _Watch:
     index: TreeIndex
     mask: int  # the kinds this watch reports
-    awaiting: bool = False  # a loss was announced: the next scan is compared and noticed
+    # `resynced` notices owed: one per `overflow` with "resync": true announced for it (and
+    # per watch_restored) since the last scan published. Two losses may share one scan (the
+    # watcher died between an overflow's notice and its scan; the daemon stopped there), but
+    # each notice a client was given is answered by a `resynced` of its own.
+    owed: int = 0
     scanned: bool = False  # the index holds a scan (until then, events alone say nothing)
     filling: bool = False  # a first scan comes in parts (channel.Fill), events applied between
     fill_started: float = 0.0
@@ -93,6 +99,9 @@ class Resyncer:
     # Scans of a replacement watcher, held until the notice of its restart has gone out (they
     # come before its APPLIED, and nothing of it is published in between).
     held: list[tuple[str, AtRest | None, float]] = field(default_factory=list)
+    # Watches whose last resync's scan missed a directory that moved while it ran
+    # (TreeIndex.unseen): each is to be scanned again, its resync announced.
+    raced: list[str] = field(default_factory=list)
 
     def configure(self, watches: Iterable[WatchConfig], changed: Iterable[str]) -> None:
         """Take the watches as configured; `changed`: names whose watch is new or changed.
@@ -159,13 +168,35 @@ class Resyncer:
                 if out is reads:
                     out = list(reads)
                 out[i] = (when, kept)
+        if watch.index.unseen:
+            watch.index.unseen = False
+            self.raced.append(name)
         return out
 
-    def lost(self, name: str | None) -> None:
-        """Events of a watch (every watch, for None) were lost: its next scan is a resync."""
-        for key, watch in self.watches.items():
-            if (name is None or key == name) and watch.scanned:
-                watch.awaiting = True
+    def rescan_raced(self, broker: Broker, ask: Callable[[str], None]) -> None:
+        """Announce another resync of each watch in `raced`, after the events that showed
+        the race, and `ask` the watcher for its scan."""
+        names, self.raced = dict.fromkeys(self.raced), []
+        for name in names:
+            log.warning("watch %s: a directory moved while it was rescanned; resynchronizing",
+                        name)
+            self.lost(name)
+            broker.overflow(name, OverflowReason.SCAN_RACE, frozenset({name}))
+            ask(name)
+
+    def lost(self, name: str) -> None:
+        """An `overflow` with "resync": true was announced for a watch: its next scan is
+        compared, and one more `resynced` follows the differences (see _Watch.owed)."""
+        watch = self.watches.get(name)
+        if watch is not None and watch.scanned:
+            watch.owed += 1
+
+    def abandoned(self, name: str) -> None:
+        """The resyncs announced for a watch will not come (its root could not be scanned):
+        the `overflow` with "resync": false sent instead answers every one of them."""
+        watch = self.watches.get(name)
+        if watch is not None:
+            watch.owed = 0
 
     def restored(self, name: str) -> None:
         """A root came back: its scan is compared with what was known (nothing, for a root
@@ -173,16 +204,17 @@ class Resyncer:
         watch = self.watches.get(name)
         if watch is not None:
             watch.scanned = True
-            watch.awaiting = True
+            watch.owed += 1
 
-    def restore(self, name: str, dirs: Listing) -> None:
+    def restore(self, name: str, dirs: Listing, owed: int = 0) -> None:
         """An index a previous run of the daemon kept (watchd.restore): the watch's first scan
-        is compared with it, and its `resynced` notice follows."""
+        is compared with it. `owed`: the `resynced` notices that run announced (an `overflow`
+        with "resync": true) and did not send; they follow that scan's differences."""
         watch = self.watches.get(name)
         if watch is not None:
             watch.index.replace(dirs)
             watch.scanned = True
-            watch.awaiting = True
+            watch.owed = owed
 
     def indexes(self) -> Iterator[tuple[str, Index | None]]:
         """Each watch's index as the published events describe it (None: not filled yet),
@@ -206,14 +238,13 @@ class Resyncer:
             watch.index.take(scan)
             watch.filling = False
             watch.scanned = True
-            watch.awaiting = False
-            return Resync([], 0, 0.0, notice=False)
+            watch.owed = 0
+            return Resync([], 0, 0.0, notice=0)
         keep_unentered(watch.index.dirs, scan)  # see there: a directory that moved mid-scan
         old, new = compared(watch.index, scan)
         result = diff(old, new, watch.index.root, self.cookies)
         watch.index.take(scan)
-        notice = watch.awaiting
-        watch.awaiting = False
+        notice, watch.owed = watch.owed, 0
         watch.resyncs += 1
         items = [item for item in result.items if item[0] & watch.mask & _KIND_BITS]
         took = (time.monotonic() - started + scan_s) * 1000
@@ -223,7 +254,7 @@ class Resyncer:
     def steps(self, broker: Broker, name: str, result: Resync,
               after: Callable[[], None]) -> list[Callable[[], None]]:
         """A resync's publication as steps: its events in batches, each followed by `after`
-        (the hold-back rule's look at the levels), then its notice (when a loss was announced).
+        (the hold-back rule's look at the levels), then its notices (one per loss announced).
 
         Run one at a time ahead of the watcher's next messages (WatcherProcess.defer), so that a
         resync of many changes is paced like a burst of kernel events: a client that keeps
@@ -239,8 +270,7 @@ class Resyncer:
             return step
 
         out = [batch(start) for start in range(0, len(items), BATCH_MAX)]
-        if result.notice:
-            out.append(lambda: broker.resynced(name, result.changes, result.duration_ms))
+        out += [lambda: broker.resynced(name, result.changes, result.duration_ms)] * result.notice
         return out
 
     def status(self, name: str) -> dict[str, int]:

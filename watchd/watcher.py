@@ -92,6 +92,8 @@ class Watcher:
                 self.send(channel.Applied(message.generation))
             elif isinstance(message, channel.Stop):
                 self.running = False
+            elif isinstance(message, channel.Rescan):
+                self.scan_again(message.watch)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -293,6 +295,13 @@ class Watcher:
         scanned = self.scan(watch)
         if scanned is not None:
             self.send(channel.Scan(name, *scanned))
+
+    def scan_again(self, name: str) -> None:
+        """The daemon asks for a scan (channel.Rescan): sent even when it fails, as None, since
+        the daemon announced a resync that it answers."""
+        watch = self.watches.get(name)
+        scanned = self.scan(watch) if watch is not None and watch.tree is not None else None
+        self.send(channel.Scan(name, *(scanned or (None, 0.0))))
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
         """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches.

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.fidelity import Faults, Restarts, Result, run, watcher_of
 from tests.e2e.test_follow_restarts import stop_daemon
 from tests.e2e.test_resilience import sysctl
-from tests.harness import Daemon, config, watch
+from tests.harness import Daemon, config, wait_for, watch
+from watchd.client import Backoff, Client, Follower
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,14 +50,16 @@ def assert_exact(result: Result) -> None:
     assert not result.repeats, "the follower yielded a seq twice"
 
 
-# Out of the default run until a defect it meets is fixed: with the subscriber a follower
-# (Client.follow, frames), about one run in three waits in vain after a watcher kill: the
-# follower subscribed, its socket empty, the marker's create never comes (the same with the
-# previous daemon code); and one run in six or so ends with a path missing. Run it with
-# WATCHD_SLOW=1 when working on that.
+# Out of the default run until a defect it meets is fixed, not pinned down yet: after a
+# directory moved while the watcher was stopped (its queue overflowed), its destination's
+# contents come as the tree walks it, and the resync that follows deletes some of them and
+# creates one of its subdirectories again, empty; about one run in four ends with paths
+# missing after op 300. (The follower that waited in vain, and the directory a rescan saw on
+# neither side, are fixed.) Run it with WATCHD_SLOW=1 when working on that.
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"),
-                    reason="set WATCHD_SLOW=1 (a known defect: the follower waits in vain)")
+                    reason="set WATCHD_SLOW=1 (a known defect: a directory moved while the "
+                    "watcher was stopped loses contents in the resync)")
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
 def test_events_describe_the_tree_through_overflows_and_kills(start_daemon, workdir: str) -> None:
     # The short version of `bench/fidelity.py --faults --flood 30` (it lowers a global sysctl:
@@ -75,11 +81,12 @@ def test_events_describe_the_tree_through_overflows_and_kills(start_daemon, work
     assert result.kills > 0 and result.restarts > 0, result
 
 
-# Out of the default run for the same defect, met more often here (3 runs of 3 on a quiet
-# machine), and at times a path is wrong after a restart. Run it with WATCHD_SLOW=1.
+# Out of the default run for the same defect, and paths left over after a restart (extra
+# entries after op 600, seen once in four runs). Run it with WATCHD_SLOW=1.
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"),
-                    reason="set WATCHD_SLOW=1 (a known defect after daemon restarts: see above)")
+                    reason="set WATCHD_SLOW=1 (known defects of recovery after moves: see "
+                    "above)")
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
 def test_events_describe_the_tree_through_overflows_kills_and_restarts(start_daemon,
                                                                        workdir: str) -> None:
@@ -123,3 +130,74 @@ def test_events_describe_the_tree_through_stops_and_kills_without_state(start_da
                      faults=faults)
     assert_exact(result)
     assert result.resyncs >= 3 and result.stops >= 2 and result.kills >= 1, result
+
+
+# A flat directory this large takes the watcher a while to scan, long enough for a kill sent
+# when the overflow notice reaches the client to land before the scan is sent.
+SLOW_SCAN_FILES = 20_000
+QUICK = Backoff(initial=0.02, maximum=0.3)
+
+
+def until(follower: Follower, wanted: Callable[[dict[str, Any]], bool],
+          timeout: float = 30) -> list[dict[str, Any]]:
+    """The follower's messages up to and with the first that is wanted."""
+    got: list[dict[str, Any]] = []
+    while not got or not wanted(got[-1]):
+        message = follower.get(timeout)
+        assert message is not None, f"nothing more within {timeout} s after {got[-3:]}"
+        got.append(message)
+    return got
+
+
+def overflow(reason: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m["type"] == "overflow" and m["reason"] == reason
+
+
+def is_resynced(m: dict[str, Any]) -> bool:
+    return bool(m["type"] == "resynced")
+
+
+def kill_in_its_scan(daemon: Daemon, follower: Follower, flood: Path) -> bool:
+    """Overflow the watcher's queue and kill it once the overflow notice (a resync announced)
+    reaches the follower, while it scans; False when its scan was out first after all."""
+    assert daemon.proc is not None
+    pid = watcher_of(daemon.proc.pid)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    for _ in range(40):  # 3 events each: more than the queue of 64 holds
+        with flood.open("ab") as f:
+            f.write(b"z")
+        os.utime(flood)
+    os.kill(pid, signal.SIGCONT)
+    announced = until(follower, overflow("kernel_queue"))[-1]
+    os.kill(pid, signal.SIGKILL)
+    assert announced["resync"] is True, announced
+    return not any(is_resynced(m) for m in until(follower, overflow("watcher_restart")))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
+def test_a_resync_the_watcher_died_before_answers_with_its_own_resynced(start_daemon,
+                                                                        workdir: str) -> None:
+    # The watcher announces a loss (an overflow with "resync": true) and dies before its scan
+    # is out; the replacement's watcher_restart notice announces another. The replacement's
+    # scan answers both, and each notice gets a `resynced` of its own: a client that waits for
+    # one per notice, as the protocol says, does not wait in vain.
+    root, _ = trees(workdir)
+    for i in range(SLOW_SCAN_FILES):
+        os.close(os.open(root / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    with sysctl("max_queued_events", 64):
+        daemon = start_daemon(config(watches=watch("t", root)))
+        wait_for(lambda: daemon.status()["watches"][0]["tracked"] >= SLOW_SCAN_FILES, 60,
+                 "the watch's first index")
+        with Client.follow(events=["create"], socket_path=daemon.socket,
+                           backoff=QUICK) as follower:
+            follower.start()
+            attempts = 1
+            while not kill_in_its_scan(daemon, follower, root / "flood"):
+                attempts += 1
+                assert attempts <= 5, "each kill came after the watcher's scan was out"
+            first = until(follower, is_resynced)
+            marker = root / "marker"
+            marker.touch()  # its create comes after every notice of the resync
+            rest = until(follower, lambda m: m.get("path") == str(marker))
+    assert sum(map(is_resynced, first + rest)) == 2, first + rest

@@ -15,7 +15,7 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,11 @@ QUICK = Backoff(initial=0.02, maximum=0.3)
 SYS_PIDFD_GETFD = 438  # the same number on every architecture (the unified syscall table)
 
 
-def restart(daemon: Daemon) -> None:
-    """SIGTERM the daemon and start it again on the same socket and configuration."""
+def restart(daemon: Daemon, meanwhile: Callable[[], object] = lambda: None) -> None:
+    """SIGTERM the daemon and start it again on the same socket and configuration; call
+    meanwhile while it is down."""
     assert daemon.stop() == 0
+    meanwhile()
     forget_ready(daemon)
     daemon.start()
 
@@ -64,8 +66,9 @@ def test_follow_across_a_restart(start_watching, watched: Path) -> None:
         (watched / "b").touch()
         before = take(follower, 2)
         assert created(before) == ["a", "b"]
-        restart(daemon)
-        (watched / "while-restarted").touch()  # the new daemon does not know it changed
+        # Changed while no daemon runs: the new one does not know it changed. (Touched after
+        # the start, it would be an event for a follower that subscribed before it.)
+        restart(daemon, meanwhile=(watched / "while-restarted").touch)
         notice = take(follower, 1)[0]
         (watched / "c").touch()
         after = take(follower, 1)

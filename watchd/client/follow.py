@@ -13,7 +13,7 @@ import dataclasses
 import enum
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,10 +107,12 @@ class FollowCore:
         self.retry_at = 0.0  # on the clock: not before then may the next attempt start
         self._clock = clock
         self._down_since: float | None = None
-        self._at_last: set[tuple[object, ...]] = set()  # notices handed out at last_seq
+        # Notices handed out at last_seq, each with its copies (two `resynced` alike answer two
+        # overflows).
+        self._at_last: Counter[tuple[object, ...]] = Counter()
         # Those of them handed out before the current connection: its replay may send each
-        # again, once. (Two alike on one connection are two occasions, and both pass.)
-        self._before: set[tuple[object, ...]] = set()
+        # copy again, once. (Two alike on one connection are two occasions, and both pass.)
+        self._before: Counter[tuple[object, ...]] = Counter()
         self._lost: Resumption | None = None  # why the next subscription cannot resume
         self.pending: deque[Message] = deque()  # synthesized notices to hand out first
 
@@ -140,7 +142,7 @@ class FollowCore:
         self._down_since = None
         self.instance = str(hello.get("instance")) if "instance" in hello else self.instance
         if self._lost is None:
-            self._before = set(self._at_last)
+            self._before = self._at_last.copy()
             return
         # Once the live subscription is in place: a rescan the caller starts when the notice
         # arrives, plus the events after it, is complete. Everything up to seq may be missing.
@@ -148,7 +150,7 @@ class FollowCore:
                             "reason": self._lost.value, "watch": None, "resync": False}
         self._lost = None
         self.last_seq = seq
-        self._at_last, self._before = {_notice_key(notice)}, set()
+        self._at_last, self._before = Counter([_notice_key(notice)]), Counter()
         self.pending.append(Message(encode(notice), notice))
 
     # --- messages ------------------------------------------------------------------------------
@@ -164,16 +166,16 @@ class FollowCore:
             key = _notice_key(data)
             if last is not None and seq < last:
                 return False
-            if seq == last and key in self._before:
-                self._before.discard(key)
+            if seq == last and self._before[key] > 0:
+                self._before[key] -= 1
                 return False
             if seq != last:
-                self._at_last, self._before = set(), set()
-            self._at_last.add(key)
+                self._at_last, self._before = Counter(), Counter()
+            self._at_last[key] += 1
         elif last is not None and seq <= last:
             return False
         else:
-            self._at_last, self._before = set(), set()
+            self._at_last, self._before = Counter(), Counter()
         self.last_seq = seq
         return True
 

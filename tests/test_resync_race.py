@@ -1,0 +1,70 @@
+"""A resync's scan misses a directory that moves while it runs, on both sides.
+
+The directory moves out of a directory the scan has not entered yet into one it has listed
+already: neither listing holds it, so the differences delete its contents, and the rename's
+kernel events that follow are a replay to the index (its source is gone) whose destination it
+lacks. Nothing published holds what the directory holds: the daemon must scan the watch again
+(Resyncer.raced), and that scan's differences make a client's picture exact.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from tests.picture import Picture, listing
+from tests.test_index import QUIET, _events, snap
+from tests.test_scan_race import as_messages
+from watchd.config.model import WatchConfig
+from watchd.index import IN_CREATE, IN_ISDIR, Recorder
+from watchd.inotify import InotifyFd
+from watchd.inotify.tree import Tree
+from watchd.resync import Resyncer
+from watchd.scan import scan_parts
+
+
+def test_a_directory_the_scan_saw_on_neither_side_is_scanned_again(tmp_path: pathlib.Path,
+                                                                   ) -> None:
+    root = tmp_path / "t"
+    # Whichever of p and q the scan enters first is the destination; the directory that moves
+    # is the one below the other, not entered yet then (in breadth- or depth-first order).
+    for side in ("p/x", "q/y"):
+        (root / side / "d" / "sub").mkdir(parents=True)
+        (root / side / "d" / "f").write_text("x")
+        (root / side / "d" / "sub" / "g").write_text("y")
+    moves = [(root / "p", root / "q" / "y" / "d"), (root / "q", root / "p" / "x" / "d")]
+    resync = Resyncer()
+    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
+    assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
+    picture = Picture(listing(root))  # a client's, in step with the index
+    recorder = Recorder()
+    with InotifyFd() as ino:
+        tree = Tree(ino, str(root), QUIET, synthetic=True)
+        tree.start()
+        resync.lost("w")  # a loss announced: the next scan is compared
+        dirs: dict[str, dict[str, int]] = {}
+        moved = None
+        for part in scan_parts(str(root), str(root), recursive=True, wanted=None, prune=None,
+                               part_size=1):
+            dirs.update(part)
+            for into, mover in moves:
+                if moved is None and str(into) in dirs and str(mover.parent) not in dirs:
+                    moved = into / "moved"
+                    mover.rename(moved)
+        assert moved is not None and str(moved) not in dirs, "no race made"
+        result = resync.scanned("w", dirs, 0.0)
+        assert result is not None
+        picture.apply_all(as_messages(result.items))
+        events = _events(ino, tree, root / "settle")
+        published = resync.track("w", [(0.0, events)], [recorder.records(events)])[0][1]
+    # The move's events come as the create of an empty directory: the index knows no more.
+    assert (IN_CREATE | IN_ISDIR, 0, str(moved), None) in published
+    assert resync.raced == ["w"]
+    picture.apply_all(as_messages(published))
+    assert str(moved / "f") not in picture.paths
+    # The daemon announces another resync (Resyncer.rescan_raced) and the watcher scans again.
+    resync.lost("w")
+    again = resync.scanned("w", snap(root), 0.0)
+    assert again is not None and again.notice == 1
+    picture.apply_all(as_messages(again.items))
+    assert picture.paths == listing(root)
+    assert resync.watches["w"].index.as_dirs() == snap(root)
