@@ -25,7 +25,10 @@ from watchd import channel
 from watchd.diff import SYNTHETIC, diff
 from watchd.events import DEFAULT_KINDS, kinds_mask
 from watchd.globs import glob_predicate
-from watchd.index import (
+from watchd.index import Dirs, TreeIndex, at_rest, count, freeze, thaw
+from watchd.inotify import IN_ACCESS, IN_ALL_EVENTS, IN_CLOSE_NOWRITE, IN_OPEN, InotifyFd
+from watchd.inotify.tree import Tree
+from watchd.records import (
     IN_ATTRIB,
     IN_CREATE,
     IN_DELETE,
@@ -35,18 +38,10 @@ from watchd.index import (
     IN_MOVED_TO,
     UNKNOWN_DIR,
     UNKNOWN_FILE,
-    Dirs,
     Item,
     Recorder,
-    TreeIndex,
-    at_rest,
-    count,
-    freeze,
     pack,
-    thaw,
 )
-from watchd.inotify import IN_ACCESS, IN_ALL_EVENTS, IN_CLOSE_NOWRITE, IN_OPEN, InotifyFd
-from watchd.inotify.tree import Tree
 from watchd.resync import compared
 from watchd.scan import scan
 from watchd.watcher import Watcher

@@ -16,9 +16,10 @@ from watchd import channel
 from watchd.channel import Spec
 from watchd.config.model import WatchConfig
 from watchd.fill import Fills
-from watchd.index import AtRest, Recorder, count, thawed
+from watchd.index import AtRest, count, thawed
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
+from watchd.records import Recorder
 from watchd.resync import Resyncer
 from watchd.scan import scan_parts
 from watchd.watcher_watch import Watch

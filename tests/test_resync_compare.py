@@ -10,7 +10,8 @@ import pytest
 
 from tests.test_index import _R, TANGLED, _d, _f, _random_dirs, paths, replay
 from watchd.diff import diff
-from watchd.index import IS_DIR, Dirs, TreeIndex, at_rest, freeze, join, split
+from watchd.index import Dirs, TreeIndex, at_rest, freeze, join, split
+from watchd.records import IS_DIR
 from watchd.resync import compared
 
 

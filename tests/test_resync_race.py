@@ -15,9 +15,9 @@ from tests.picture import Picture, listing
 from tests.test_index import QUIET, _events, snap
 from tests.test_scan_race import as_messages
 from watchd.config.model import WatchConfig
-from watchd.index import IN_CREATE, IN_ISDIR, Recorder
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
+from watchd.records import IN_CREATE, IN_ISDIR, Recorder
 from watchd.resync import Resyncer
 from watchd.scan import scan_parts
 

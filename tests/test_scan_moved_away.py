@@ -16,8 +16,9 @@ from tests.test_index import snap
 from tests.test_scan_race import _resync_race, _scanned_watch, settle_and_check
 from watchd.config.model import WatchConfig
 from watchd.fill import scan_whole
-from watchd.index import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO, Recorder, TreeIndex
+from watchd.index import TreeIndex
 from watchd.inotify import InotifyFd
+from watchd.records import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO, Recorder
 from watchd.resync import Resyncer
 
 

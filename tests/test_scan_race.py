@@ -19,7 +19,10 @@ from tests.test_index import QUIET, _events, snap
 from watchd.channel import Spec
 from watchd.config.model import WatchConfig
 from watchd.fill import scan_whole
-from watchd.index import (
+from watchd.index import thawed
+from watchd.inotify import InotifyFd
+from watchd.inotify.tree import Tree
+from watchd.records import (
     IN_CREATE,
     IN_DELETE,
     IN_ISDIR,
@@ -27,10 +30,7 @@ from watchd.index import (
     IN_MOVED_TO,
     Item,
     Recorder,
-    thawed,
 )
-from watchd.inotify import InotifyFd
-from watchd.inotify.tree import Tree
 from watchd.resync import Resync, Resyncer
 from watchd.scan import scan_parts
 from watchd.watcher_watch import Watch

@@ -14,8 +14,9 @@ from watchd import statefiles as sf
 from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import KIND_BITS, Kind
-from watchd.index import UNKNOWN_FILE, Dirs
+from watchd.index import Dirs
 from watchd.protocol.event_lines import EventEncoder
+from watchd.records import UNKNOWN_FILE
 from watchd.replay import Held, Marker
 from watchd.restore import bring_forward, index_spec, unanswered, usable_indexes
 from watchd.scan import scan

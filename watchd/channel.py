@@ -47,7 +47,7 @@ _EVENTS = Tag.EVENTS.value
 Item = tuple[int, int, str, str | None]
 # One read from the kernel: (wall-clock time, its items).
 Read = tuple[float, list[Item]]
-# The records of the paths a read named, for a watch with an index (watchd.index.Recorder):
+# The records of the paths a read named, for a watch with an index (watchd.records.Recorder):
 # {path: record}; None for a watch without one.
 Records = dict[str, int] | None
 

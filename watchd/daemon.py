@@ -25,6 +25,7 @@ from watchd import __version__, channel, flow
 from watchd.broker import Broker
 from watchd.config.load import load_config
 from watchd.config.model import Config, ConfigDiff, WatchConfig, diff_config
+from watchd.confirmations import Confirmations
 from watchd.errors import ConfigError
 from watchd.events import kinds_mask
 from watchd.forward.supervise import Forwarders
@@ -57,38 +58,6 @@ def watch_spec(watch: WatchConfig) -> channel.Spec:
     """The watch as the watcher process receives it."""
     return channel.Spec(watch.name, watch.path, watch.recursive, kinds_mask(watch.events),
                         tuple(watch.include), tuple(watch.exclude), watch.real_path)
-
-
-class Confirmations:
-    """Waiting for the watcher to confirm (APPLIED) a configuration, by its generation."""
-
-    def __init__(self, stopping: asyncio.Event) -> None:
-        self.stopping = stopping
-        self.waiters: dict[int, asyncio.Future[None]] = {}
-
-    async def wait(self, generation: int, *, deadline: float | None = None,
-                   meanwhile: Callable[[], None] | None = None) -> bool:
-        """True once the watcher applied `generation` or a later one; False at the deadline
-        or on stop. `meanwhile` runs every second until then."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self.waiters[generation] = future
-        give_up = None if deadline is None else loop.time() + deadline
-        while not future.done() and not self.stopping.is_set():
-            if give_up is not None and loop.time() >= give_up:
-                break
-            done, _ = await asyncio.wait({future}, timeout=1.0)
-            if not done and meanwhile is not None:
-                meanwhile()
-        return future.done()
-
-    def applied(self, generation: int) -> None:
-        """The watcher applied `generation`: it answers the waits for it and earlier ones."""
-        for gen in list(self.waiters):
-            if gen <= generation:
-                future = self.waiters.pop(gen)
-                if not future.done():
-                    future.set_result(None)
 
 
 class Daemon:
@@ -433,7 +402,7 @@ class Daemon:
             if self.stopping.is_set():
                 return  # STOPPING=1 is on its way; READY=1 now would contradict it
             if applied:
-                log.info("reload applied: %s", describe_diff(diff))
+                log.info("reload applied: %s", diff.describe())
                 self.notifier.ready(self.status.line())
             else:
                 log.warning("reload accepted, but the watcher has not confirmed it within %.0f s "
@@ -483,12 +452,3 @@ _LOSSES = {
     OverflowReason.WATCHER_RESTART: "the watcher was replaced",
     OverflowReason.UNMOUNT: "a file system mounted in it was unmounted",
 }
-
-
-def describe_diff(diff: ConfigDiff) -> str:
-    """A reload's changes, for the log."""
-    parts = [f"{len(diff.added)} added", f"{len(diff.removed)} removed",
-             f"{len(diff.changed)} changed"]
-    if diff.restart_needed:
-        parts.append("needs restart: " + ", ".join(diff.restart_needed))
-    return ", ".join(parts)

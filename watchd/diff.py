@@ -31,7 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from watchd.events import SYNTHETIC
-from watchd.index import (
+from watchd.index import AtRest, Dirs, Index, entries, freeze, join, split, subtree_keys
+from watchd.records import (
     IN_ATTRIB,
     IN_CREATE,
     IN_DELETE,
@@ -40,18 +41,10 @@ from watchd.index import (
     IN_MOVED_FROM,
     IN_MOVED_TO,
     IS_DIR,
-    AtRest,
-    Dirs,
-    Index,
     Item,
     attr_of,
     content_of,
-    entries,
-    freeze,
     inode,
-    join,
-    split,
-    subtree_keys,
 )
 
 _EMPTY: dict[str, int] = {}

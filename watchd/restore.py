@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING
 
 from watchd.config.model import Config, WatchConfig
 from watchd.events import Kind
-from watchd.index import IS_DIR, UNKNOWN_DIR, UNKNOWN_FILE, Dirs, split, subtree_keys
+from watchd.index import Dirs, split, subtree_keys
 from watchd.journal import parse_tail
 from watchd.reasons import OverflowReason
+from watchd.records import IS_DIR, UNKNOWN_DIR, UNKNOWN_FILE
 from watchd.replay import Held, Marker
 from watchd.state import Resumed, State
 from watchd.statefiles import StoredIndex

@@ -4,7 +4,7 @@ Where the index lives: in the daemon. The daemon is the one place that outlives 
 crash, and it is where events are published, so the index holds exactly the state "as of the
 last event the daemon published": each batch updates it just before it goes out (see
 TreeIndex.apply), with the records of the paths it names that the watcher took before sending
-it (watchd.index.Recorder: the system calls stay off the daemon's event path). The watcher
+it (watchd.records.Recorder: the system calls stay off the daemon's event path). The watcher
 also scans: once a watch's inotify watches are in place (established, re-established after an
 overflow, or in a replacement watcher), it sends the tree as it finds it (channel.SCAN); here
 that scan is compared with the index, and the differences are published as synthetic events,
@@ -34,13 +34,10 @@ from watchd.config.model import WatchConfig
 from watchd.diff import diff, keep_unentered
 from watchd.events import kinds_mask
 from watchd.index import (
-    IS_DIR,
     AtRest,
     Dirs,
     Index,
-    Item,
     Listing,
-    Records,
     TreeIndex,
     at_rest,
     entries,
@@ -49,6 +46,7 @@ from watchd.index import (
     thaw,
 )
 from watchd.reasons import OverflowReason
+from watchd.records import IS_DIR, Item, Records
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -153,7 +151,7 @@ class Resyncer:
     def track(self, name: str, reads: list[tuple[float, list[Item]]],
               records: list[Records | None]) -> list[tuple[float, list[Item]]]:
         """Events of a watch about to be published, and each read's records (the watcher's,
-        see watchd.index.Recorder): bring its index up to date. Returns the reads to publish:
+        see watchd.records.Recorder): bring its index up to date. Returns the reads to publish:
         `reads` itself, unless a move in them was a replay (see TreeIndex.apply)."""
         watch = self.watches.get(name)
         if watch is None or not (watch.scanned or watch.filling):

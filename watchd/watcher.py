@@ -307,7 +307,7 @@ class Watcher:
         """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches.
 
         For a watch the daemon keeps an index of, each batch goes with the records of the paths
-        it named (watchd.index.Recorder), taken here, now, before the daemon publishes it: the
+        it named (watchd.records.Recorder), taken here, now, before the daemon publishes it: the
         lstat runs on our core, not on the daemon's event path. Other watches cost no stat.
         """
         wanted = watch.wanted

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from watchd.channel import Limit, Phase, Spec, WatchReport
 from watchd.globs import glob_predicate
-from watchd.index import Recorder
 from watchd.inotify import InotifyFd
 from watchd.inotify.errors import DirectoryBudgetError
 from watchd.inotify.tree import Tree
+from watchd.records import Recorder
 
 LIMIT_RETRY_S = 10.0  # how often a tree stopped by the kernel's watch limit tries again
 BUDGET_RETRY_S = 2.0  # at most this often, a tree stopped by its own budget is rescanned

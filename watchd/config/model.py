@@ -166,6 +166,14 @@ class ConfigDiff:
     changed: tuple[tuple[WatchConfig, WatchConfig], ...]  # (old, new)
     restart_needed: tuple[str, ...]  # e.g. "daemon.socket": differs, but only a restart applies it
 
+    def describe(self) -> str:
+        """The changes, for the log."""
+        parts = [f"{len(self.added)} added", f"{len(self.removed)} removed",
+                 f"{len(self.changed)} changed"]
+        if self.restart_needed:
+            parts.append("needs restart: " + ", ".join(self.restart_needed))
+        return ", ".join(parts)
+
 
 def diff_config(old: Config, new: Config) -> ConfigDiff:
     """What differs between the running configuration and a reloaded one."""
