@@ -13,8 +13,8 @@ import pytest
 
 from bench.fidelity import Faults, Restarts, Result, run, watcher_of
 from tests.e2e.test_follow_restarts import stop_daemon
-from tests.e2e.test_resilience import sysctl
 from tests.harness import Daemon, config, wait_for, watch
+from tests.sysctl import sysctl
 from watchd.client import Backoff, Client, Follower
 
 pytestmark = pytest.mark.timeout(120)

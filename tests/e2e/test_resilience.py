@@ -7,35 +7,17 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import config, is_event, is_type, wait_for, watch
 from tests.picture import Picture, listing
+from tests.sysctl import sysctl
 
 pytestmark = pytest.mark.timeout(90)
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change inotify sysctls")
-
-
-@contextlib.contextmanager
-def sysctl(name: str, value: int) -> Iterator[int]:
-    """Set /proc/sys/fs/inotify/<name> for the duration; yields the old value."""
-    path = f"/proc/sys/fs/inotify/{name}"
-    with open(path) as f:
-        old = int(f.read())
-    try:
-        with open(path, "w") as f:
-            f.write(str(value))
-    except OSError as e:
-        pytest.skip(f"cannot write {path}: {e}")
-    try:
-        yield old
-    finally:
-        with open(path, "w") as f:
-            f.write(str(old))
 
 
 def inotify_watches_in_use() -> int:

@@ -1,0 +1,31 @@
+"""The tests' sysctl helper puts back a value that a killed run left lowered."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.sysctl import record_of, sysctl
+
+QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change inotify sysctls")
+def test_a_value_left_lowered_by_a_killed_run_is_restored(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHD_TEST_SYSCTL_DIR", str(tmp_path))
+    original = int(QUEUE.read_text())
+    try:
+        # A run that lowered the queue and was killed: its record is there, the value is low.
+        record_of("max_queued_events").write_text(str(original))
+        QUEUE.write_text("64")
+        with sysctl("max_queued_events", 128) as old:
+            assert old == original
+            assert int(QUEUE.read_text()) == 128
+            assert int(record_of("max_queued_events").read_text()) == original
+        assert int(QUEUE.read_text()) == original
+        assert not record_of("max_queued_events").exists()
+    finally:
+        QUEUE.write_text(str(original))
