@@ -232,6 +232,19 @@ def test_bad_credentials_are_reported_and_retried(start_daemon: Callable[..., Da
         assert forwarder(daemon)["last_error"] is None
 
 
+def test_the_password_of_a_url_is_never_shown(start_daemon: Callable[..., Daemon],
+                                              watched: Path, workdir: str) -> None:
+    with nats_server(workdir, extra=("--user", "fwd", "--pass", "s3cret")) as server:
+        url = f"nats://fwd:s3cret@127.0.0.1:{server.port}"
+        daemon = start_daemon(config(watches=watch("uploads", watched)) + forward(url))
+        assert wait_connected(daemon)["server"] == server.url
+        daemon.wait_log(f"connected to {server.url}")
+        server.stop()
+        lost = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0, "an error")
+        assert "s3cret" not in str(lost)
+        assert "s3cret" not in daemon.log_text()
+
+
 def test_an_unknown_stream_is_reported_and_retried(start_daemon: Callable[..., Daemon],
                                                    watched: Path, nats: NatsServer) -> None:
     daemon = start_daemon(config(watches=watch("uploads", watched))

@@ -25,7 +25,7 @@ from typing import Final
 from watchd.config.model import ForwardConfig
 from watchd.forward.admin import Unavailable, describe, reach
 from watchd.forward.subjects import capture
-from watchd.forward.wire import Reply, Wire, WireError
+from watchd.forward.wire import Reply, Wire, WireError, shown
 from watchd.protocol.event_lines import MAX_BATCH
 
 log = logging.getLogger("watchd.forward")
@@ -113,7 +113,7 @@ class Publisher:
         wire = await Wire.open(url, self.config)
         wire.subscribe()
         self.wire = wire
-        self.server = url
+        self.server = shown(url)
         self.last_error = None
         self.up.set()
         self.on_change()
