@@ -62,6 +62,7 @@ class Publisher:
         # lag) until the forwarder subscribes again from its position and hands them anew.
         self.forgotten = 0
         self.lost = asyncio.Event()  # the current connection is to be given up
+        self.proven = False  # a message was acknowledged on the current connection
         self.up = asyncio.Event()  # a connection is ready to publish on
         self.room = asyncio.Event()  # connected or not, a frame's events fit in the window
         self.room.set()
@@ -100,15 +101,24 @@ class Publisher:
                             self.last_error, delay)
                 await asyncio.sleep(delay)
                 continue
-            failures = 0
             log.info("forward %s: connected to %s", self.config.name, self.server)
+            since = time.monotonic()
             await self._serve(wire)
-            log.warning("forward %s: %s; connecting again", self.config.name, self.last_error)
+            # A connection counts as good once JetStream acknowledged a message on it (or it
+            # lasted a whole backoff): a server that takes the connection but refuses every
+            # publish is retried ever more slowly, not every half second.
+            if self.proven or time.monotonic() - since >= BACKOFF_S[-1]:
+                failures = 0
+            delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+            failures += 1
+            log.warning("forward %s: %s; connecting again in %.1f s", self.config.name,
+                        self.last_error, delay)
             await self._close()
-            await asyncio.sleep(BACKOFF_S[0])
+            await asyncio.sleep(delay)
 
     async def _open(self) -> Wire:
         self.lost.clear()
+        self.proven = False
         url = await reach(self.config)
         wire = await Wire.open(url, self.config)
         wire.subscribe()
@@ -208,6 +218,8 @@ class Publisher:
                 stored.append(reply.token)
             else:
                 problem = problem or said
+        if stored:
+            self.proven = True
         seqs = self.seqs
         done = self.done
         base = self.base
