@@ -178,3 +178,21 @@ def test_a_failed_open_closes_its_socket_and_hides_the_password(answer: bytes) -
     assert not [w for w in warned if issubclass(w.category, ResourceWarning)], warned
     assert after <= before, f"{after - before} sockets left open by 20 failed attempts"
     assert all("s3cret" not in error for error in errors), errors
+
+
+@pytest.mark.parametrize("sent", [b"MSG _INBOX.X.abc 1 2\r\nok\r\n", b"MSG x 1 y\r\n",
+                                  b"HMSG x 1 zz 16\r\n"])
+def test_a_malformed_message_is_a_protocol_error(sent: bytes) -> None:
+    async def read(port: int) -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        wire = Wire(reader, writer, {})
+        try:
+            with pytest.raises(WireError) as e:
+                await wire.replies(lambda ok, other: None)
+            return str(e.value)
+        finally:
+            await wire.close()
+
+    with bad_server(sent) as port:
+        message = asyncio.run(read(port))
+    assert message.startswith("the NATS server sent a malformed message: b'"), message

@@ -29,7 +29,7 @@ import time
 from typing import Any, Final
 
 from watchd.forward.frames import frame_messages
-from watchd.forward.publisher import ACK_TIMEOUT_S, Publisher
+from watchd.forward.publisher import ACK_TIMEOUT_S, Publisher, first_of
 from watchd.forward.setup import Setup, position_file
 from watchd.forward.subjects import notice_subject, render
 from watchd.protocol import OverflowReason
@@ -194,13 +194,8 @@ class Forwarder:
         """
         publisher = self.publisher
         while publisher.connected and not publisher.room.is_set():
-            room = asyncio.ensure_future(publisher.room.wait())
-            lost = asyncio.ensure_future(publisher.lost.wait())
-            try:
-                await asyncio.wait({room, lost}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                room.cancel()
-                lost.cancel()
+            await first_of(asyncio.ensure_future(publisher.room.wait()),
+                           asyncio.ensure_future(publisher.lost.wait()))
         if self.behind:
             await self.steer()
 

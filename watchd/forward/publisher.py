@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 from watchd.config.model import ForwardConfig
 from watchd.forward.admin import Unavailable, describe, reach
@@ -70,10 +70,6 @@ class Publisher:
     @property
     def connected(self) -> bool:
         return self.up.is_set()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.seqs)
 
     def ready(self) -> bool:
         """Connected, with room for another message in flight."""
@@ -134,12 +130,7 @@ class Publisher:
         reading = asyncio.ensure_future(wire.replies(self._acks))
         # Its end is read below, or not at all when we are cancelled: never an unread error.
         reading.add_done_callback(lambda task: task.cancelled() or task.exception())
-        lost = asyncio.ensure_future(self.lost.wait())
-        try:
-            await asyncio.wait({reading, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when we are cancelled: neither task outlives the connection
-            lost.cancel()
-            reading.cancel()
+        await first_of(reading, asyncio.ensure_future(self.lost.wait()))
         if reading.done() and not reading.cancelled() and (e := reading.exception()):
             self.fail(str(e) if isinstance(e, WireError) else describe(e))
 
@@ -271,6 +262,16 @@ class Publisher:
 
     async def close(self) -> None:
         await self._close()
+
+
+async def first_of(*waits: asyncio.Future[Any]) -> None:
+    """Wait until one of them is done, then cancel the others (also when we are cancelled:
+    none outlives the wait). A done one is left to be read."""
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def ack_problem(reply: Reply, config: ForwardConfig) -> str | None:

@@ -122,7 +122,6 @@ class Wire:
         self.writer = writer
         self.info = info
         self.inbox = b"_INBOX." + base64.b32encode(os.urandom(15)).rstrip(b"=") + b"."
-        self.pong = asyncio.Event()
 
     @classmethod
     async def open(cls, url: str, config: ForwardConfig) -> Wire:
@@ -194,7 +193,11 @@ class Wire:
 
     def _scan(self, buf: bytes, on_acks: Callable[[list[int], list[Reply]], None]) -> bytes:
         """Handle every whole operation in buf; the rest (a partial one) is returned."""
-        ok, other, controls, rest = scan(buf, len(self.inbox))
+        try:
+            ok, other, controls, rest = scan(buf, len(self.inbox))
+        except (ValueError, IndexError):  # a size or a token that is not a number, or missing
+            start = buf[:80]
+            raise WireError(f"the NATS server sent a malformed message: {start!r}") from None
         for line in controls:
             self._control(line)
         if ok or other:
@@ -204,12 +207,11 @@ class Wire:
     def _control(self, line: bytes) -> None:
         if line.startswith(b"PING"):
             self.writer.write(b"PONG\r\n")
-        elif line.startswith(b"PONG"):
-            self.pong.set()
         elif line.startswith(b"-ERR"):
             raise WireError(server_error(line))
-        # +OK (never asked for) and INFO (servers of a cluster: the next connection's
-        # attempt goes through the client library, which learns them) need nothing.
+        # PONG (we PING only at the start, see _await_pong), +OK (never asked for) and INFO
+        # (servers of a cluster: the next connection's attempt goes through the client
+        # library, which learns them) need nothing.
 
     async def close(self) -> None:
         self.writer.close()
