@@ -106,6 +106,10 @@ def test_a_bad_key_is_named_with_its_problem(extra: str, key: str, problem: str)
     ('name = "c"\ntype = "nats"\n', "forward[0].url", "missing"),
     ('name = "c"\ntype = "nats"\nurl = "http://a:1"\n', "forward[0].url", "not a NATS server"),
     ('name = "c"\ntype = "nats"\nurl = "nats://a:x"\n', "forward[0].url", "not a valid URL"),
+    ('name = "c"\ntype = "nats"\nurl = "ws://a:8080"\n', "forward[0].url",
+     "WebSocket URLs are not supported"),
+    ('name = "c"\ntype = "nats"\nurl = ["nats://a:1", "wss://a:443"]\n', "forward[0].url[1]",
+     "WebSocket URLs are not supported"),
     ('name = "c"\ntype = "nats"\nurl = []\n', "forward[0].url", "must not be empty"),
     ('name = "c"\ntype = "nats"\nurl = ["nats://a:1", 3]\n', "forward[0].url[1]", "a string"),
 ])
@@ -153,3 +157,13 @@ def test_the_daemon_runs_without_the_client_library() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_check_exits_78_for_a_websocket_url(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "ws.toml"
+    cfg.write_text(f'[daemon]\nsocket = "{tmp_path}/s"\n' + forward_toml(
+        head='name = "central"\ntype = "nats"\nurl = "wss://n1:443"\n'))
+    assert cli.main(["--config", str(cfg), "--check"]) == 78
+    _, err = capsys.readouterr()
+    assert f"{cfg}: forward[0].url: 'wss://n1:443': WebSocket URLs are not supported" in err

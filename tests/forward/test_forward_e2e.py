@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -232,6 +233,19 @@ def test_bad_credentials_are_reported_and_retried(start_daemon: Callable[..., Da
         assert forwarder(daemon)["last_error"] is None
 
 
+def test_the_password_of_a_url_is_never_shown(start_daemon: Callable[..., Daemon],
+                                              watched: Path, workdir: str) -> None:
+    with nats_server(workdir, extra=("--user", "fwd", "--pass", "s3cret")) as server:
+        url = f"nats://fwd:s3cret@127.0.0.1:{server.port}"
+        daemon = start_daemon(config(watches=watch("uploads", watched)) + forward(url))
+        assert wait_connected(daemon)["server"] == server.url
+        daemon.wait_log(f"connected to {server.url}")
+        server.stop()
+        lost = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0, "an error")
+        assert "s3cret" not in str(lost)
+        assert "s3cret" not in daemon.log_text()
+
+
 def test_an_unknown_stream_is_reported_and_retried(start_daemon: Callable[..., Daemon],
                                                    watched: Path, nats: NatsServer) -> None:
     daemon = start_daemon(config(watches=watch("uploads", watched))
@@ -300,12 +314,44 @@ def test_create_stream_adds_our_subjects_to_a_stream_that_lacks_them(
 
 def test_without_create_stream_a_stream_is_left_as_it_is(
         start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
-    add_stream(nats.url, "WATCHD", ["watchd.*.*"])
+    add_stream(nats.url, "WATCHD", ["watchd.*.*"])  # events, not notices
     daemon = start(create_stream=False)
-    wait_connected(daemon)
+    refused = wait_for(lambda: (f := forwarder(daemon))["errors"] >= 2 and f, 20.0,
+                       "two refused attempts")
+    assert refused["last_error"] == ("stream 'WATCHD' does not capture watchd.*.*._notice; "
+                                     "add it to its subjects or set create_stream = true")
+    assert not refused["connected"]
+    assert stream_subjects(nats.url) == ["watchd.*.*"]
+    update_stream(nats.url, "WATCHD", ["watchd.>"])  # captures both
+    wait_connected(daemon, 30.0)
     (watched / "x").write_bytes(b"")
     wait_stream_count(nats.url, 1)
-    assert stream_subjects(nats.url) == ["watchd.*.*"]
+    assert stream_subjects(nats.url) == ["watchd.>"]
+
+
+def test_a_server_that_refuses_every_publish_is_retried_ever_more_slowly(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
+    # The user may use JetStream's API and its inbox, but not publish our subjects: the
+    # server answers each publish with -ERR 'Permissions Violation ...'.
+    conf = os.path.join(workdir, "perms.conf")
+    with open(conf, "w") as f:
+        f.write('authorization { users = [ { user: fwd, password: pw, permissions: {\n'
+                '  publish: { allow: ["$JS.API.>", "_INBOX.>"] },\n'
+                '  subscribe: { allow: ["_INBOX.>"] } } } ] }\n')
+    with nats_server(workdir, extra=("-c", conf)) as server:
+        daemon = start_daemon(config(watches=watch("uploads", watched, events=["create"]))
+                              + forward(server.url, user="fwd", password="pw"))
+        wait_connected(daemon)
+        (watched / "x").write_bytes(b"")  # published again at each connection
+        first = wait_for(lambda: (f := forwarder(daemon))["errors"] >= 1 and f, 20.0,
+                         "a refused publish")
+        assert "Permissions Violation" in first["last_error"], first
+        # Backoff after each connection: 0.5, 1, 2 s; every 0.5 s would make 7 or more.
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            time.sleep(0.1)
+        assert forwarder(daemon)["errors"] - first["errors"] <= 4
+        daemon.wait_log("connecting again in 2.0 s")
 
 
 def test_a_credentials_file_authenticates_the_forwarder(
@@ -352,11 +398,12 @@ def test_an_error_acknowledgement_ends_the_connection_and_the_events_are_publish
 
 def test_a_subject_no_stream_captures_is_reported(
         start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
-    add_stream(nats.url, "WATCHD", ["watchd.*.*"])  # events, not notices
+    add_stream(nats.url, "WATCHD", ["watchd.*.*", "watchd.*.*._notice"])
     daemon = start(create_stream=False)
     wait_connected(daemon)
     (watched / "x").write_bytes(b"")
     wait_stream_count(nats.url, 1)
+    update_stream(nats.url, "WATCHD", ["watchd.*.*"])  # changed behind the forwarder's back
     watched.rename(watched.with_name("gone"))  # a watch_lost notice, to watchd.*.*._notice
     refused = wait_for(lambda: (f := forwarder(daemon))["last_error"] and f, 20.0, "an error")
     assert refused["last_error"] == (

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watchd.forward.subjects import capture, escape, notice_subject, render, unescape
+from watchd.forward.subjects import capture, covers, escape, notice_subject, render, unescape
 
 
 @pytest.mark.parametrize(("name", "token"), [
@@ -38,3 +38,18 @@ def test_render_and_the_notice_subject() -> None:
 def test_capture_makes_placeholders_wildcards() -> None:
     assert capture("watchd.{host}.{watch}") == ("watchd.*.*", "watchd.*.*._notice")
     assert capture("fleet.{watch}") == ("fleet.*", "fleet.*._notice")
+
+
+@pytest.mark.parametrize(("pattern", "subject", "want"), [
+    ("watchd.*.*", "watchd.*.*", True),
+    ("watchd.>", "watchd.*.*", True),
+    ("watchd.>", "watchd.*.*._notice", True),
+    (">", "watchd.*.*", True),
+    ("watchd.*.*", "watchd.*.*._notice", False),
+    ("watchd.web1.*", "watchd.*.*", False),
+    ("watchd.*", "watchd.*.*", False),
+    ("watchd.*.*.>", "watchd.*.*", False),
+    ("audit.>", "watchd.*.*", False),
+])
+def test_covers(pattern: str, subject: str, want: bool) -> None:
+    assert covers(pattern, subject) is want

@@ -3,12 +3,28 @@ sends, and the credentials file."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
+import os
+import socket
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from watchd.config.model import ForwardConfig
-from watchd.forward.wire import Reply, WireError, connect_options, read_credentials, scan
+from watchd.forward.wire import (
+    Reply,
+    Wire,
+    WireError,
+    connect_options,
+    read_credentials,
+    scan,
+    shown,
+)
 
 INBOX = b"_INBOX.ABC."
 
@@ -89,3 +105,94 @@ def test_the_credentials_in_connect(keys: dict[str, str], url_user: str | None,
     options = connect_options(config, {"nonce": "n"}, url_user, url_password)
     assert {k: options[k] for k in ("auth_token", "user", "pass") if k in options} == want
     assert options["headers"] and options["no_responders"] and not options["verbose"]
+
+
+def test_a_url_is_shown_without_its_password() -> None:
+    assert shown("nats://fwd:s3cret@n1:4222") == "nats://n1:4222"
+    assert shown("tls://t0k@n1:4222") == "tls://n1:4222"
+    assert shown("nats://n1:4222") == "nats://n1:4222"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@contextlib.contextmanager
+def bad_server(answer: bytes) -> Iterator[int]:
+    """A listener that answers each connection with `answer` (after CONNECT when it is an
+    -ERR), then keeps it open until the client closes it: the port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            if answer.startswith(b"-ERR"):
+                conn.sendall(b'INFO {"server_id":"X"}\r\n')
+                conn.recv(4096)  # CONNECT and PING
+            conn.sendall(answer)
+            while not stop.is_set() and conn.recv(4096):
+                pass
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 400 Bad Request\r\n", b"INFO {not json\r\n",
+    b"-ERR 'Authorization Violation'\r\n"])
+def test_a_failed_open_closes_its_socket_and_hides_the_password(answer: bytes) -> None:
+    config = ForwardConfig(name="central", urls=("nats://x:4222",))
+
+    async def attempts(port: int) -> tuple[int, int, list[str]]:
+        url = f"nats://fwd:s3cret@127.0.0.1:{port}"
+        errors = []
+        for _ in range(3):  # the first ones may open what a loop keeps for good
+            with pytest.raises(WireError) as e:
+                await Wire.open(url, config)
+        before = open_fds()
+        for _ in range(20):
+            with pytest.raises(WireError) as e:
+                await Wire.open(url, config)
+            errors.append(str(e.value))
+        await asyncio.sleep(0.05)  # a transport closes its socket at the loop's next turn
+        return before, open_fds(), errors
+
+    with bad_server(answer) as port, warnings.catch_warnings(record=True) as warned:
+        # A socket not closed is closed when its writer is collected, with a warning.
+        warnings.simplefilter("always", ResourceWarning)
+        before, after, errors = asyncio.run(attempts(port))
+        gc.collect()
+    assert not [w for w in warned if issubclass(w.category, ResourceWarning)], warned
+    assert after <= before, f"{after - before} sockets left open by 20 failed attempts"
+    assert all("s3cret" not in error for error in errors), errors
+
+
+@pytest.mark.parametrize("sent", [b"MSG _INBOX.X.abc 1 2\r\nok\r\n", b"MSG x 1 y\r\n",
+                                  b"HMSG x 1 zz 16\r\n"])
+def test_a_malformed_message_is_a_protocol_error(sent: bytes) -> None:
+    async def read(port: int) -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        wire = Wire(reader, writer, {})
+        try:
+            with pytest.raises(WireError) as e:
+                await wire.replies(lambda ok, other: None)
+            return str(e.value)
+        finally:
+            await wire.close()
+
+    with bad_server(sent) as port:
+        message = asyncio.run(read(port))
+    assert message.startswith("the NATS server sent a malformed message: b'"), message

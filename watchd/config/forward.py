@@ -17,7 +17,9 @@ _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 # JetStream stream names: no whitespace, '.', '*', '>' or path separators.
 _STREAM_RE: Final = re.compile(r"[^\s.*>/\\]+")
 TYPES: Final = ("nats",)
-URL_SCHEMES: Final = ("nats", "tls", "ws", "wss")
+URL_SCHEMES: Final = ("nats", "tls")
+# The forwarder publishes over a plain (or TLS) NATS connection of its own, not a WebSocket.
+WEBSOCKET_SCHEMES: Final = ("ws", "wss")
 EXTRA_HINT: Final = "pip install 'watchd[nats]'"
 
 
@@ -129,9 +131,12 @@ def _urls(r: _Reader, value: object, key: str) -> tuple[str, ...]:
             parts.port  # noqa: B018  # raises ValueError on a bad port
         except ValueError as e:
             raise r.error(where, f"{show(url)} is not a valid URL: {e}") from e
+        if parts.scheme in WEBSOCKET_SCHEMES:
+            raise r.error(where, f"{show(url)}: WebSocket URLs are not supported; give the "
+                          "server's NATS client port, as nats://HOST:PORT or tls://HOST:PORT")
         if parts.scheme not in URL_SCHEMES or not parts.hostname:
             raise r.error(where, f"{show(url)} is not a NATS server URL; expected "
-                          "nats://HOST:PORT (or tls://, ws://, wss://)")
+                          "nats://HOST:PORT (or tls://HOST:PORT)")
         urls.append(url)
     return tuple(urls)
 

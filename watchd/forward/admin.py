@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.js.api import StorageType
 
 from watchd.config.model import ForwardConfig
-from watchd.forward.subjects import capture
+from watchd.forward.subjects import capture, covers
 
 log = logging.getLogger("watchd.forward")
 
@@ -101,9 +101,15 @@ async def check_stream(nc: Client, config: ForwardConfig) -> None:
         raise Unavailable("JetStream is not enabled on the server (no answer to "
                               "its API); enable it, or connect to one that has it") from None
     have = list(info.config.subjects or [])
-    missing = [s for s in subjects if s not in have]
-    if not missing or not config.create_stream:
-        return  # a stream of the operator's own: its subjects are its business
+    missing = [s for s in subjects if not any(covers(h, s) for h in have)]
+    if not missing:
+        return
+    if not config.create_stream:
+        # Every publish would be refused (no stream captures it): not a connection to keep.
+        raise Unavailable(
+            f"stream {config.stream!r} does not capture {' and '.join(missing)}; add "
+            f"{'them' if len(missing) > 1 else 'it'} to its subjects or set "
+            "create_stream = true")
     # Add ours, keep every other: the stream may capture other publishers' subjects too.
     stream = info.config
     stream.subjects = have + missing

@@ -29,7 +29,7 @@ import time
 from typing import Any, Final
 
 from watchd.forward.frames import frame_messages
-from watchd.forward.publisher import ACK_TIMEOUT_S, Publisher
+from watchd.forward.publisher import ACK_TIMEOUT_S, Publisher, first_of
 from watchd.forward.setup import Setup, position_file
 from watchd.forward.subjects import notice_subject, render
 from watchd.protocol import OverflowReason
@@ -93,6 +93,7 @@ class Forwarder:
         self.skipped = 0  # events let go since the last subscribe (part of the lag)
         self.last_seq = 0  # the last seq seen on the subscription
         self.subjects: dict[str, bytes] = {}
+        self.notice_ids = NoticeIds()
         self.kick = asyncio.Event()
         self.reported = b""
         self.saved: int | None = None
@@ -193,13 +194,8 @@ class Forwarder:
         """
         publisher = self.publisher
         while publisher.connected and not publisher.room.is_set():
-            room = asyncio.ensure_future(publisher.room.wait())
-            lost = asyncio.ensure_future(publisher.lost.wait())
-            try:
-                await asyncio.wait({room, lost}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                room.cancel()
-                lost.cancel()
+            await first_of(asyncio.ensure_future(publisher.room.wait()),
+                           asyncio.ensure_future(publisher.lost.wait()))
         if self.behind:
             await self.steer()
 
@@ -237,6 +233,7 @@ class Forwarder:
         self.head = b"-"
         self.behind = False
         self.skipped = 0
+        self.notice_ids = NoticeIds()  # the subscription hands the notices again from since
         self.publisher.forgotten = 0  # handed again from the position, or part of a gap
         request: dict[str, Any] = {"op": "subscribe", "id": self.request, "batch": True}
         if cfg.watches is not None:
@@ -305,11 +302,11 @@ class Forwarder:
             self.publish_notice({**msg, "watch": watch}, watch)
 
     def publish_notice(self, notice: dict[str, Any], watch: str) -> None:
-        seq = notice.get("seq", self.last_seq)
-        msg_id = f"{self.instance}:{seq}:{notice['type']}:{watch}:{notice.get('reason', '')}"
+        msg_id = self.notice_ids.next(self.instance, notice.get("seq", self.last_seq),
+                                      notice["type"], watch, notice.get("reason", ""))
         self.publisher.publish_notice(notice_subject(self.subject(watch).decode()).encode(),
                                       json.dumps(notice, separators=(",", ":")).encode(),
-                                      msg_id.encode())
+                                      msg_id)
 
     async def watch_acks(self) -> None:
         """Give up a connection whose acknowledgements stopped coming."""
@@ -318,6 +315,30 @@ class Forwarder:
             if self.publisher.overdue():
                 self.publisher.fail("JetStream did not acknowledge a message within "
                                     f"{ACK_TIMEOUT_S:.0f} s")
+
+
+class NoticeIds:
+    """The Nats-Msg-Id of each notice: `<instance>:<seq>:<type>:<watch>:<reason>:<n>`, n the
+    notice's ordinal among the identical ones at that seq (0 for the first).
+
+    Without n, JetStream would drop the second of two identical notices at one seq (two
+    overflows with no event between) as a repeat. The ordinals count from the start of a
+    subscription, which hands every notice after `since` in the order it was made: a replay
+    from since <= seq numbers them as the first time, and the repeats are dropped.
+    """
+
+    def __init__(self) -> None:
+        self.seq: object = None
+        self.seen: dict[str, int] = {}
+
+    def next(self, instance: str, seq: object, kind: str, watch: str, reason: object) -> bytes:
+        if seq != self.seq:
+            self.seq = seq
+            self.seen.clear()  # ordinals are per seq
+        key = f"{instance}:{seq}:{kind}:{watch}:{reason}"
+        n = self.seen.get(key, 0)
+        self.seen[key] = n + 1
+        return f"{key}:{n}".encode()
 
 
 async def serve(setup: Setup, control: socket.socket) -> int:

@@ -20,12 +20,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 from watchd.config.model import ForwardConfig
 from watchd.forward.admin import Unavailable, describe, reach
 from watchd.forward.subjects import capture
-from watchd.forward.wire import Reply, Wire, WireError
+from watchd.forward.wire import Reply, Wire, WireError, shown
 from watchd.protocol.event_lines import MAX_BATCH
 
 log = logging.getLogger("watchd.forward")
@@ -62,6 +62,7 @@ class Publisher:
         # lag) until the forwarder subscribes again from its position and hands them anew.
         self.forgotten = 0
         self.lost = asyncio.Event()  # the current connection is to be given up
+        self.proven = False  # a message was acknowledged on the current connection
         self.up = asyncio.Event()  # a connection is ready to publish on
         self.room = asyncio.Event()  # connected or not, a frame's events fit in the window
         self.room.set()
@@ -69,10 +70,6 @@ class Publisher:
     @property
     def connected(self) -> bool:
         return self.up.is_set()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.seqs)
 
     def ready(self) -> bool:
         """Connected, with room for another message in flight."""
@@ -100,20 +97,29 @@ class Publisher:
                             self.last_error, delay)
                 await asyncio.sleep(delay)
                 continue
-            failures = 0
             log.info("forward %s: connected to %s", self.config.name, self.server)
+            since = time.monotonic()
             await self._serve(wire)
-            log.warning("forward %s: %s; connecting again", self.config.name, self.last_error)
+            # A connection counts as good once JetStream acknowledged a message on it (or it
+            # lasted a whole backoff): a server that takes the connection but refuses every
+            # publish is retried ever more slowly, not every half second.
+            if self.proven or time.monotonic() - since >= BACKOFF_S[-1]:
+                failures = 0
+            delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+            failures += 1
+            log.warning("forward %s: %s; connecting again in %.1f s", self.config.name,
+                        self.last_error, delay)
             await self._close()
-            await asyncio.sleep(BACKOFF_S[0])
+            await asyncio.sleep(delay)
 
     async def _open(self) -> Wire:
         self.lost.clear()
+        self.proven = False
         url = await reach(self.config)
         wire = await Wire.open(url, self.config)
         wire.subscribe()
         self.wire = wire
-        self.server = url
+        self.server = shown(url)
         self.last_error = None
         self.up.set()
         self.on_change()
@@ -124,12 +130,7 @@ class Publisher:
         reading = asyncio.ensure_future(wire.replies(self._acks))
         # Its end is read below, or not at all when we are cancelled: never an unread error.
         reading.add_done_callback(lambda task: task.cancelled() or task.exception())
-        lost = asyncio.ensure_future(self.lost.wait())
-        try:
-            await asyncio.wait({reading, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when we are cancelled: neither task outlives the connection
-            lost.cancel()
-            reading.cancel()
+        await first_of(reading, asyncio.ensure_future(self.lost.wait()))
         if reading.done() and not reading.cancelled() and (e := reading.exception()):
             self.fail(str(e) if isinstance(e, WireError) else describe(e))
 
@@ -208,6 +209,8 @@ class Publisher:
                 stored.append(reply.token)
             else:
                 problem = problem or said
+        if stored:
+            self.proven = True
         seqs = self.seqs
         done = self.done
         base = self.base
@@ -259,6 +262,16 @@ class Publisher:
 
     async def close(self) -> None:
         await self._close()
+
+
+async def first_of(*waits: asyncio.Future[Any]) -> None:
+    """Wait until one of them is done, then cancel the others (also when we are cancelled:
+    none outlives the wait). A done one is left to be read."""
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def ack_problem(reply: Reply, config: ForwardConfig) -> str | None:

@@ -85,3 +85,16 @@ def capture(template: str) -> tuple[str, str]:
     each placeholder as a wildcard token."""
     events = template.replace("{host}", "*").replace("{watch}", "*")
     return events, notice_subject(events)
+
+
+def covers(pattern: str, subject: str) -> bool:
+    """Whether every subject `subject` (which may hold wildcards) matches `pattern`: a
+    stream's subject and one it must capture. `*` covers one token (a literal or a `*`),
+    `>` the one or more tokens left."""
+    have, want = pattern.split("."), subject.split(".")
+    for i, part in enumerate(have):
+        if part == ">":
+            return len(want) > i
+        if i >= len(want) or part not in ("*", want[i]):
+            return False
+    return len(have) == len(want)

@@ -122,34 +122,39 @@ class Wire:
         self.writer = writer
         self.info = info
         self.inbox = b"_INBOX." + base64.b32encode(os.urandom(15)).rstrip(b"=") + b"."
-        self.pong = asyncio.Event()
 
     @classmethod
     async def open(cls, url: str, config: ForwardConfig) -> Wire:
         """Connect, say CONNECT, and wait for the server's PONG that says it took it."""
         parts = urlsplit(url if "://" in url else f"nats://{url}")
         host, port = parts.hostname or "127.0.0.1", parts.port or 4222
-        tls = parts.scheme in ("tls", "wss")
+        where = shown(url)
+        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 reader, writer = await asyncio.open_connection(host, port, limit=MAX_CONTROL_LINE)
                 line = await reader.readline()
                 if not line.startswith(b"INFO "):
-                    writer.close()
-                    raise WireError(f"not a NATS server at {url}: {line[:80]!r}")
+                    raise WireError(f"not a NATS server at {where}: {line[:80]!r}")
                 info = json.loads(line[5:])
-                if tls or info.get("tls_required"):
+                if parts.scheme == "tls" or info.get("tls_required"):
                     await writer.start_tls(ssl.create_default_context(), server_hostname=host)
                 wire = cls(reader, writer, info)
                 options = connect_options(config, info, parts.username, parts.password)
                 writer.write(b"CONNECT " + json.dumps(options).encode() + b"\r\nPING\r\n")
                 await wire._await_pong()
                 return wire
-        except TimeoutError:
-            raise WireError(f"cannot reach the NATS server at {url}: no answer within "
-                            f"{CONNECT_TIMEOUT_S:.0f} s") from None
-        except (OSError, ssl.SSLError, ValueError) as e:
-            raise WireError(f"cannot reach the NATS server at {url}: {e}") from e
+        except BaseException as e:
+            # Whatever ends the attempt (an error, a timeout, our cancellation), its socket
+            # goes with it: a retry per backoff step would otherwise keep one open each time.
+            if writer is not None:
+                writer.close()
+            if isinstance(e, TimeoutError):
+                raise WireError(f"cannot reach the NATS server at {where}: no answer within "
+                                f"{CONNECT_TIMEOUT_S:.0f} s") from None
+            if isinstance(e, OSError | ssl.SSLError | ValueError):
+                raise WireError(f"cannot reach the NATS server at {where}: {e}") from e
+            raise
 
     async def _await_pong(self) -> None:
         while True:
@@ -188,7 +193,11 @@ class Wire:
 
     def _scan(self, buf: bytes, on_acks: Callable[[list[int], list[Reply]], None]) -> bytes:
         """Handle every whole operation in buf; the rest (a partial one) is returned."""
-        ok, other, controls, rest = scan(buf, len(self.inbox))
+        try:
+            ok, other, controls, rest = scan(buf, len(self.inbox))
+        except (ValueError, IndexError):  # a size or a token that is not a number, or missing
+            start = buf[:80]
+            raise WireError(f"the NATS server sent a malformed message: {start!r}") from None
         for line in controls:
             self._control(line)
         if ok or other:
@@ -198,12 +207,11 @@ class Wire:
     def _control(self, line: bytes) -> None:
         if line.startswith(b"PING"):
             self.writer.write(b"PONG\r\n")
-        elif line.startswith(b"PONG"):
-            self.pong.set()
         elif line.startswith(b"-ERR"):
             raise WireError(server_error(line))
-        # +OK (never asked for) and INFO (servers of a cluster: the next connection's
-        # attempt goes through the client library, which learns them) need nothing.
+        # PONG (we PING only at the start, see _await_pong), +OK (never asked for) and INFO
+        # (servers of a cluster: the next connection's attempt goes through the client
+        # library, which learns them) need nothing.
 
     async def close(self) -> None:
         self.writer.close()
@@ -247,6 +255,14 @@ def scan(buf: bytes, prefix: int) -> tuple[list[int], list[Reply], list[bytes], 
             controls.append(buf[pos:eol])
             pos = eol + 2
     return ok, other, controls, buf[pos:]
+
+
+def shown(url: str) -> str:
+    """A URL as it may be shown (status, log, errors): without its user and password."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def server_error(line: bytes) -> str:
