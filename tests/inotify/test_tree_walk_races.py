@@ -80,6 +80,48 @@ def test_a_directory_found_by_listing_its_parent_again_comes_before_what_it_hold
             str(root / "new"), str(root / "new" / "inner"), str(root / "new" / "inner" / "f")}
 
 
+def _kinds(events: list[TreeEvent], root: Path) -> list[tuple[str, str, str | None]]:
+    """(kind, path below root, source below root) of each event, in order."""
+    def rel(path: str | None) -> str | None:
+        return None if path is None else os.path.relpath(path, root)
+    return [(next(k for bit, k in _KINDS.items() if e.mask & bit), rel(e.path) or "",
+             rel(e.src_path)) for e in events]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one_read", "rename_in_a_later_read"])
+@pytest.mark.parametrize("with_file", [False, True], ids=["empty", "holding_a_file"])
+def test_a_new_directory_whose_parent_is_renamed_before_its_walk_is_reported_once(
+        tmp_path: Path, split: bool, with_file: bool) -> None:
+    # Make a directory, fill it, rename it: the kernel's create of p/x is reported, but p is
+    # q before the tree can walk x, so p is listed again (as q) once the rename is read. That
+    # listing finds x unwatched; its create was reported already and must not come again.
+    root = tmp_path / "root"
+    (root / "p").mkdir(parents=True)
+    mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+    with InotifyFd() as ino:
+        tree = Tree(ino, root, mask, synthetic=True)
+        tree.start()
+        (root / "p" / "x").mkdir()
+        if with_file:
+            (root / "p" / "x" / "f").touch()  # before x is watched: only a listing finds it
+        events: list[TreeEvent] = []
+        if split:
+            first = ino.read_raw()  # the create of x; the rename is not queued yet
+            os.rename(root / "p", root / "q")
+            events += tree.handle(first)
+        else:
+            os.rename(root / "p", root / "q")
+        events += tree.handle(ino.read_raw())
+        expected = [("create", "p/x", None), ("moved_from", "p", None), ("moved_to", "q", "p")]
+        if with_file:
+            expected.append(("create", "q/x/f", None))
+        assert _kinds(events, root) == expected
+        assert not tree.overflowed
+        assert tree.directories == 3
+        (root / "q" / "x" / "g").touch()  # x is watched where it is now
+        assert _kinds(tree.handle(ino.read_raw()), root) == [("create", "q/x/g", None)]
+
+
 def _picture_of(events: list[TreeEvent], root: Path) -> set[str]:
     """A client's picture of the tree, after the tree's events alone (from an empty root)."""
     picture = Picture(set())
