@@ -44,8 +44,9 @@ Rules worth knowing:
   the rename's events were read) is not forgotten: its parent is listed again at the end of
   the batch, and of the following batches until that works, and what it holds unwatched is
   watched then (with synthetic creates: of a subdirectory found so, itself first, unless
-  the tree reported its own create or move in already). Past RESCAN_TRIES batches the tree
-  gives up and reports an overflow, so that the caller resyncs and its subscribers rescan.
+  the tree reported it already: its create or move in, or a listing). Past RESCAN_TRIES
+  batches the tree gives up and reports an overflow, so that the caller resyncs and its
+  subscribers rescan.
 * Once a batch has overflowed (the kernel's queue, or the tree's own accounting), nothing a
   listing finds is reported until resync(), which the caller runs next: reported after the
   overflow, it would describe the tree as it was before the resync.

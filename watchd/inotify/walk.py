@@ -235,6 +235,9 @@ class Walker:
                 # list it again, wherever it is then.
                 if f.wd >= 0:
                     rescan.setdefault(f.wd, 0)
+                    if announce and f.fresh:
+                        # Its listing reported the subdirectories left: not to be again.
+                        self._watches.reported.setdefault(f.wd, set()).update(f.subdirs, [name])
                 f.subdirs.clear()
                 continue
             prefix = f.prefix + name + "/"

@@ -74,9 +74,10 @@ class Watches:
         # Watched directories to list again at the end of the batch (see the tree's rules):
         # wd -> batches it has been out of reach.
         self.rescan: dict[int, int] = {}
-        # Of those, per wd: the new subdirectories whose kernel IN_CREATE or IN_MOVED_TO was
-        # reported but which the tree could not reach then. Listed again, they are watched but
-        # not reported a second time; a delete or move of the name forgets it.
+        # Of those, per wd: the new subdirectories reported already (their kernel IN_CREATE or
+        # IN_MOVED_TO, or a listing) but not walked, the tree could not reach them then. Listed
+        # again, they are watched but not reported a second time; a delete or move of the name
+        # forgets it.
         self.reported: dict[int, set[str]] = {}
         # Watched directories whose contents nobody has reported, to report where their
         # rename's events place them (see Tree.unreported).
