@@ -40,8 +40,10 @@ class Rescanner:
         """
         hit = self._reach.dir_fd(parent, parent_wd)
         if hit is None:
-            # Its path is out of date: see the tree's rules.
+            # Its path is out of date: see the tree's rules. Its own event was reported: the
+            # listing of the parent watches it, and reports only what it holds.
             self._watches.rescan.setdefault(parent_wd, 0)
+            self._watches.reported.setdefault(parent_wd, set()).add(name)
             return
         fd, dev = hit
         s = self._settings
@@ -112,12 +114,13 @@ class Rescanner:
         pid = os.getpid()
         for qfd, qwd in quiet:
             reach.set_mask(qfd, qwd, s.narrow, pid)
+        reported = self._watches.reported.pop(wd, None)
         # Only the subdirectories matter here: its files were reported by the kernel.
         subdirs = self._walker.entries(path_fd, prefix, wd, None, None)
         if subdirs:
             top = Frame(path_fd, "", prefix, dev, wd, subdirs=subdirs,
                         fresh=False, own=False, widen=False)
-            self._walker.walk(top, out, visited=None)
+            self._walker.walk(top, out, visited=None, reported=reported or ())
         for qfd, qwd in quiet:
             reach.set_mask(qfd, qwd, s.full, pid)
 

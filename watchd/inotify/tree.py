@@ -43,8 +43,10 @@ Rules worth knowing:
 * A new directory that the tree cannot reach (gone, or its parent's path changed before
   the rename's events were read) is not forgotten: its parent is listed again at the end of
   the batch, and of the following batches until that works, and what it holds unwatched is
-  watched then (with synthetic creates). Past RESCAN_TRIES batches the tree gives up and
-  reports an overflow, so that the caller resyncs and its subscribers rescan.
+  watched then (with synthetic creates: of a subdirectory found so, itself first, unless
+  the tree reported it already: its create or move in, or a listing). Past RESCAN_TRIES
+  batches the tree gives up and reports an overflow, so that the caller resyncs and its
+  subscribers rescan.
 * Once a batch has overflowed (the kernel's queue, or the tree's own accounting), nothing a
   listing finds is reported until resync(), which the caller runs next: reported after the
   overflow, it would describe the tree as it was before the resync.
@@ -363,6 +365,8 @@ class Tree:
         failed = self._walker.unreadable.failed
         if is_dir and failed and mask & (IN_DELETE | IN_MOVED_FROM):
             failed.pop(path + "/", None)  # an unreadable directory that went away
+        if is_dir and watches.reported and mask & (IN_DELETE | IN_MOVED_FROM):
+            watches.unreport(wd, name)
         src_path = None
         moved: list[int] | None = None
         if mask & IN_MOVED_FROM:
@@ -428,6 +432,7 @@ class Tree:
         if watches.rescan:
             if self.lost is not None:
                 watches.rescan.clear()  # the tree is gone: nothing of it to account for
+                watches.reported.clear()
             elif not self.overflowed:
                 self.overflowed = self._rescanner.run(out, overflowed=False)
             # Overflowed: the resync lists the whole tree. Listed now, what its directories
@@ -445,6 +450,7 @@ class Tree:
         self._walker.limit_error = None  # found again below if a limit still stands in the way
         watches = self._watches
         watches.rescan.clear()
+        watches.reported.clear()
         watches.unreported.clear()
         if self.lost is not None or watches.root_wd not in self._path_of \
                 or not self._settings.recursive:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from watchd.inotify import fs
 from watchd.inotify._binding import InotifyFd
@@ -172,6 +172,7 @@ class Walker:
         visited: set[tuple[int, int]] | None,
         seen: set[int] | None = None,
         rescan_missing: bool = False,
+        reported: Collection[str] = (),
     ) -> None:
         """Watch and list every directory below `top`, depth first, each watched before listed.
 
@@ -179,12 +180,13 @@ class Walker:
         watches are taken over at their current path and recorded there, and each new one is
         reported itself (its parent is not new); otherwise they are skipped. With
         rescan_missing, a subdirectory of the top that has vanished gets the top listed again
-        at the end of the batch.
+        at the end of the batch. `reported`: subdirectories of the top whose own create was
+        reported already (its kernel event): watched and listed, but not reported again.
         """
         frames = [top]
         self._stale.clear()
         try:
-            self._walk_frames(frames, out, visited, seen, rescan_missing)
+            self._walk_frames(frames, out, visited, seen, rescan_missing, reported=reported)
             if self._stale:
                 self._drop_stale()
         finally:
@@ -200,6 +202,8 @@ class Walker:
         visited: set[tuple[int, int]] | None,
         seen: set[int] | None,
         rescan_missing: bool,
+        *,
+        reported: Collection[str],
     ) -> None:
         """The loop of walk, over its stack of frames."""
         top = frames[0]
@@ -231,6 +235,9 @@ class Walker:
                 # list it again, wherever it is then.
                 if f.wd >= 0:
                     rescan.setdefault(f.wd, 0)
+                    if announce and f.fresh:
+                        # Its listing reported the subdirectories left: not to be again.
+                        self._watches.reported.setdefault(f.wd, set()).update(f.subdirs, [name])
                 f.subdirs.clear()
                 continue
             prefix = f.prefix + name + "/"
@@ -271,7 +278,8 @@ class Walker:
                         added += 1
                         if seen is not None:
                             seen.add(wd)
-                        if announce and not f.fresh and out is not None:
+                        if (announce and not f.fresh and out is not None
+                                and not (f is top and name in reported)):
                             self._announce(f.wd, name, prefix, out)
                         if progress is not None and not added % PROGRESS_EVERY:
                             progress(len(path_of))

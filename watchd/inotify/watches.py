@@ -51,8 +51,8 @@ class Watches:
     therefore only ever cleared, never replaced): not a value.
     """
 
-    __slots__ = ("_ino", "adrift", "moves", "path_of", "rescan", "root_wd", "skipped",
-                 "synth_cur", "synth_prev", "unreported", "wd_of")
+    __slots__ = ("_ino", "adrift", "moves", "path_of", "reported", "rescan", "root_wd",
+                 "skipped", "synth_cur", "synth_prev", "unreported", "wd_of")
 
     def __init__(self, ino: InotifyFd) -> None:
         self._ino = ino
@@ -74,6 +74,11 @@ class Watches:
         # Watched directories to list again at the end of the batch (see the tree's rules):
         # wd -> batches it has been out of reach.
         self.rescan: dict[int, int] = {}
+        # Of those, per wd: the new subdirectories reported already (their kernel IN_CREATE or
+        # IN_MOVED_TO, or a listing) but not walked, the tree could not reach them then. Listed
+        # again, they are watched but not reported a second time; a delete or move of the name
+        # forgets it.
+        self.reported: dict[int, set[str]] = {}
         # Watched directories whose contents nobody has reported, to report where their
         # rename's events place them (see Tree.unreported).
         self.unreported: set[int] = set()
@@ -93,6 +98,7 @@ class Watches:
         self.synth_cur.pop(wd, None)
         self.synth_prev.pop(wd, None)
         self.rescan.pop(wd, None)
+        self.reported.pop(wd, None)
         self.unreported.discard(wd)
 
     def rm(self, wd: int) -> None:
@@ -148,6 +154,7 @@ class Watches:
         self.synth_cur.clear()
         self.synth_prev.clear()
         self.rescan.clear()
+        self.reported.clear()
         self.unreported.clear()
         self.adrift.clear()
         self.skipped.clear()
@@ -180,6 +187,13 @@ class Watches:
             listed.discard(name)
             return True
         return False
+
+    def unreport(self, wd: int, name: str) -> None:
+        """Directory `name` in `wd` was deleted or moved away: a directory found under that
+        name later is another one, whose creation nobody has reported yet."""
+        names = self.reported.get(wd)
+        if names is not None:
+            names.discard(name)
 
     def end_batch(self) -> None:
         """The batch is read: what moved out of the tree goes, and listed names age."""
