@@ -70,7 +70,7 @@ def stopped_cleanly(path: Path, dirs: Dirs) -> None:
     assert state.start("inst", 0)
     assert state.journal is not None
     state.journal.events([held(1, Kind.CREATE, "/r/a")])
-    blobs = state._blobs(1, [("w", "spec", dirs)])
+    blobs = state._blobs(1, [("w", "spec", dirs, None)])
     assert not sf.write_all(blobs)
     state._write_meta("inst", clean=True, seq=1)
     state.journal.close()
@@ -166,10 +166,11 @@ def test_the_index_of_a_watch_no_longer_configured_is_removed(tmp_path: Path) ->
     state = opened(path)
     state.open({})
     assert state.start("abc", 0)
-    assert not sf.write_all(state._blobs(0, [("a", "s", {"/a": {}}), ("b", "s", {"/b": {}})]))
+    assert not sf.write_all(state._blobs(0, [("a", "s", {"/a": {}}, None),
+                                             ("b", "s", {"/b": {}}, None)]))
     assert len(list((path / "index").iterdir())) == 2
     # "b" is gone from the configuration, "a" starts over (its index not filled yet).
-    assert not sf.write_all(state._blobs(0, [("a", "s", None)]))
+    assert not sf.write_all(state._blobs(0, [("a", "s", None, None)]))
     assert list((path / "index").iterdir()) == []
 
 

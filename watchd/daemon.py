@@ -31,14 +31,13 @@ from watchd.events import kinds_mask
 from watchd.forward.supervise import Forwarders
 from watchd.handler import RequestHandler
 from watchd.holdback import HoldBack
-from watchd.index import Index
 from watchd.inotify.errors import effective_watch_limit
 from watchd.metrics import Metrics, MetricsBindError, MetricsServer, exposition
 from watchd.protocol import OverflowReason
 from watchd.restore import index_spec, open_state, resume
 from watchd.resync import Resyncer
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
-from watchd.state import new_instance
+from watchd.state import Snapshot, new_instance
 from watchd.status import ReloadRecord, Status
 from watchd.supervisor import Supervisor, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
@@ -130,10 +129,10 @@ class Daemon:
         """The state cannot be written any more: the history stops recording (see State.fail)."""
         self.broker.history.recorder = None
 
-    def index_snapshots(self) -> list[tuple[str, str, Index | None]]:
-        """Each watch's index, to store: (name, what the watch is, index or None)."""
+    def index_snapshots(self) -> list[Snapshot]:
+        """Each watch's index, to store (see watchd.state.Snapshot)."""
         specs = {w.name: index_spec(w) for w in self.config.watches}
-        return [(name, specs[name], dirs) for name, dirs in self.resync.indexes()]
+        return [(name, specs[name], dirs, seq) for name, dirs, seq in self.resync.indexes()]
 
     # -- the lifecycle -------------------------------------------------------------------------
 
@@ -356,7 +355,7 @@ class Daemon:
             self.resync.abandoned(name)
             self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
             return
-        result = self.resync.scanned(name, dirs, seconds)
+        result = self.resync.scanned(name, dirs, seconds, self.broker.last_seq)
         if result is None:
             return
         steps = self.resync.steps(self.broker, name, result, self.hold.after_publish)

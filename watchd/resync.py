@@ -71,6 +71,7 @@ class Resync:
     changes: int
     duration_ms: float
     notice: int
+    compared: bool = True  # False: a first scan, which only filled the index
 
 
 @dataclass(slots=True)
@@ -86,6 +87,11 @@ class _Watch:
     filling: bool = False  # a first scan comes in parts (channel.Fill), events applied between
     fill_started: float = 0.0
     resyncs: int = 0
+    # While a resync's events go out (in steps, see Resyncer.steps): the index as the events
+    # published before its scan describe it, and the last seq then. What is stored is this,
+    # never the scan: a crash meanwhile must find the differences not yet published.
+    published: tuple[Index, int] | None = None
+    publishing: int = 0  # resyncs of this watch whose steps have not all run
 
 
 @dataclass(slots=True)
@@ -214,19 +220,27 @@ class Resyncer:
             watch.scanned = True
             watch.owed = owed
 
-    def indexes(self) -> Iterator[tuple[str, Index | None]]:
+    def indexes(self) -> Iterator[tuple[str, Index | None, int | None]]:
         """Each watch's index as the published events describe it (None: not filled yet),
-        in the index's own layout (directories at rest stay so)."""
+        in the index's own layout (directories at rest stay so), and the seq it is as of
+        (None: the last one published). A watch whose resync is still going out gives the
+        index before that scan, as of the seq before its first synthetic event: the journal's
+        events after it bring it forward (watchd.restore) to exactly what was published."""
         for name, watch in self.watches.items():
-            yield name, (watch.index.dirs if watch.scanned else None)
+            if watch.published is not None:
+                yield name, watch.published[0], watch.published[1]
+            else:
+                yield name, (watch.index.dirs if watch.scanned else None), None
 
     def resyncing(self, names: Iterable[str]) -> frozenset[str]:
         """Of these watches, those whose next scan will be a resync."""
         return frozenset(n for n in names if n in self.watches and self.watches[n].scanned)
 
-    def scanned(self, name: str, dirs: Listing, scan_s: float) -> Resync | None:
+    def scanned(self, name: str, dirs: Listing, scan_s: float,
+                seq: int = 0) -> Resync | None:
         """A scan of a watch came (at rest, as the watcher sends it): compare it with the
-        index (None: not a watch with one)."""
+        index (None: not a watch with one). `seq`: the last one published; until the steps
+        of this resync have all run (see steps), the index stored is the one before it."""
         watch = self.watches.get(name)
         if watch is None:
             return None
@@ -237,10 +251,13 @@ class Resyncer:
             watch.filling = False
             watch.scanned = True
             watch.owed = 0
-            return Resync([], 0, 0.0, notice=0)
+            return Resync([], 0, 0.0, notice=0, compared=False)
         keep_unentered(watch.index.dirs, scan)  # see there: a directory that moved mid-scan
         old, new = compared(watch.index, scan)
         result = diff(old, new, watch.index.root, self.cookies)
+        if watch.published is None:
+            watch.published = (watch.index.dirs, seq)
+        watch.publishing += 1
         watch.index.take(scan)
         notice, watch.owed = watch.owed, 0
         watch.resyncs += 1
@@ -269,6 +286,9 @@ class Resyncer:
 
         out = [batch(start) for start in range(0, len(items), BATCH_MAX)]
         out += [lambda: broker.resynced(name, result.changes, result.duration_ms)] * result.notice
+        watch = self.watches.get(name)
+        if result.compared and watch is not None:
+            out.append(lambda: _published(watch))
         return out
 
     def status(self, name: str) -> dict[str, int]:
@@ -277,6 +297,15 @@ class Resyncer:
         if watch is None:
             return {"tracked": 0, "resyncs": 0}
         return {"tracked": len(watch.index), "resyncs": watch.resyncs}
+
+
+def _published(watch: _Watch) -> None:
+    """The last step of a resync ran: once none is left, the index is stored as it is."""
+    if watch.publishing == 0:
+        return
+    watch.publishing -= 1
+    if watch.publishing == 0:
+        watch.published = None
 
 
 def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:
