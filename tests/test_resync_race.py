@@ -64,7 +64,7 @@ def test_a_directory_the_scan_saw_on_neither_side_is_scanned_again(tmp_path: pat
     # The daemon announces another resync (Resyncer.rescan_raced) and the watcher scans again.
     resync.lost("w")
     again = resync.scanned("w", snap(root), 0.0)
-    assert again is not None and again.notice == 1
+    assert again is not None and again.resynced_owed == 1
     picture.apply_all(as_messages(again.items))
     assert picture.paths == listing(root)
     assert resync.watches["w"].index.as_dirs() == snap(root)

@@ -34,7 +34,7 @@ from watchd.holdback import HoldBack
 from watchd.inotify.errors import effective_watch_limit
 from watchd.metrics import Metrics, MetricsBindError, MetricsServer, exposition
 from watchd.protocol import OverflowReason
-from watchd.restore import index_spec, open_state, resume
+from watchd.restore import index_spec, open_state, restored_marker, resume
 from watchd.resync import Resyncer
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
 from watchd.state import Snapshot, new_instance
@@ -310,6 +310,8 @@ class Daemon:
                             "resynchronizing" if resyncing else "subscribers are told to rescan")
                 if resyncing:
                     self.resync.lost(watch)
+                else:  # "resync": false answers every resync announced before it
+                    self.resync.abandoned(watch)
                 self.broker.overflow(watch, reason, resyncing)
             case channel.Scan(watch, dirs, seconds):
                 self.on_scan(watch, dirs, seconds)
@@ -319,7 +321,10 @@ class Daemon:
             case channel.Lost(watch, path, reason):
                 self.watches.on_lost(watch, path, reason)
             case channel.Restored(watch, path):
-                self.resync.restored(watch)
+                if self.resync.restored(watch) and self.broker.history.recorder is not None:
+                    # On record, so that a crash before its `resynced` leaves it owed.
+                    self.broker.history.recorder.marker(restored_marker(self.broker.last_seq,
+                                                                         watch))
                 self.watches.on_restored(watch, path)
             case channel.Progress(watch, directories):
                 self.watches.on_progress(watch, directories)
@@ -338,8 +343,11 @@ class Daemon:
         """
         held, self.resync.held = self.resync.held, []
         resyncing = self.resync.resyncing(name for name, _, _ in held)
-        for name in resyncing:
-            self.resync.lost(name)
+        for name in self.resync.enabled():
+            if name in resyncing:
+                self.resync.lost(name)
+            else:  # told "resync": false, as every watch not in resyncing
+                self.resync.abandoned(name)
         self.broker.overflow(None, OverflowReason.WATCHER_RESTART, resyncing)
         for name, dirs, seconds in held:
             self.on_scan(name, dirs, seconds)

@@ -70,7 +70,7 @@ class Resync:
     items: list[Item]
     changes: int
     duration_ms: float
-    notice: int
+    resynced_owed: int
     compared: bool = True  # False: a first scan, which only filled the index
 
 
@@ -82,7 +82,7 @@ class _Watch:
     # per watch_restored) since the last scan published. Two losses may share one scan (the
     # watcher died between an overflow's notice and its scan; the daemon stopped there), but
     # each notice a client was given is answered by a `resynced` of its own.
-    owed: int = 0
+    resynced_owed: int = 0
     scanned: bool = False  # the index holds a scan (until then, events alone say nothing)
     filling: bool = False  # a first scan comes in parts (channel.Fill), events applied between
     fill_started: float = 0.0
@@ -190,25 +190,28 @@ class Resyncer:
 
     def lost(self, name: str) -> None:
         """An `overflow` with "resync": true was announced for a watch: its next scan is
-        compared, and one more `resynced` follows the differences (see _Watch.owed)."""
+        compared, and one more `resynced` follows the differences (see _Watch.resynced_owed)."""
         watch = self.watches.get(name)
         if watch is not None and watch.scanned:
-            watch.owed += 1
+            watch.resynced_owed += 1
 
     def abandoned(self, name: str) -> None:
         """The resyncs announced for a watch will not come (its root could not be scanned):
         the `overflow` with "resync": false sent instead answers every one of them."""
         watch = self.watches.get(name)
         if watch is not None:
-            watch.owed = 0
+            watch.resynced_owed = 0
 
-    def restored(self, name: str) -> None:
+    def restored(self, name: str) -> bool:
         """A root came back: its scan is compared with what was known (nothing, for a root
-        that was missing from the start: then all it holds is new)."""
+        that was missing from the start: then all it holds is new). True when a `resynced`
+        is owed for it (a watch with an index), to be kept on record like an overflow's."""
         watch = self.watches.get(name)
-        if watch is not None:
-            watch.scanned = True
-            watch.owed += 1
+        if watch is None:
+            return False
+        watch.scanned = True
+        watch.resynced_owed += 1
+        return True
 
     def restore(self, name: str, dirs: Listing, owed: int = 0) -> None:
         """An index a previous run of the daemon kept (watchd.restore): the watch's first scan
@@ -218,7 +221,7 @@ class Resyncer:
         if watch is not None:
             watch.index.replace(dirs)
             watch.scanned = True
-            watch.owed = owed
+            watch.resynced_owed = owed
 
     def indexes(self) -> Iterator[tuple[str, Index | None, int | None]]:
         """Each watch's index as the published events describe it (None: not filled yet),
@@ -250,8 +253,8 @@ class Resyncer:
             watch.index.take(scan)
             watch.filling = False
             watch.scanned = True
-            watch.owed = 0
-            return Resync([], 0, 0.0, notice=0, compared=False)
+            watch.resynced_owed = 0
+            return Resync([], 0, 0.0, resynced_owed=0, compared=False)
         keep_unentered(watch.index.dirs, scan)  # see there: a directory that moved mid-scan
         old, new = compared(watch.index, scan)
         result = diff(old, new, watch.index.root, self.cookies)
@@ -259,12 +262,12 @@ class Resyncer:
             watch.published = (watch.index.dirs, seq)
         watch.publishing += 1
         watch.index.take(scan)
-        notice, watch.owed = watch.owed, 0
+        owed, watch.resynced_owed = watch.resynced_owed, 0
         watch.resyncs += 1
         items = [item for item in result.items if item[0] & watch.mask & _KIND_BITS]
         took = (time.monotonic() - started + scan_s) * 1000
         log.info("watch %s: resynchronized in %.0f ms: %d changes", name, took, result.changes)
-        return Resync(items, result.changes, round(took, 3), notice)
+        return Resync(items, result.changes, round(took, 3), owed)
 
     def steps(self, broker: Broker, name: str, result: Resync,
               after: Callable[[], None]) -> list[Callable[[], None]]:
@@ -285,7 +288,8 @@ class Resyncer:
             return step
 
         out = [batch(start) for start in range(0, len(items), BATCH_MAX)]
-        out += [lambda: broker.resynced(name, result.changes, result.duration_ms)] * result.notice
+        notice = [lambda: broker.resynced(name, result.changes, result.duration_ms)]
+        out += notice * result.resynced_owed
         watch = self.watches.get(name)
         if result.compared and watch is not None:
             out.append(lambda: _published(watch))
