@@ -235,6 +235,8 @@ class Daemon:
             # Pinged from the loop itself and only while the watcher is alive and talking,
             # so a wedged loop or a hung watcher both get the service restarted by systemd.
             self.notifier.watchdog()
+        if self.resync.racing():  # rescans after a scan race that had to wait
+            self.resync.rescan_raced(self.broker, self.ask_rescan)
         if self.state is not None:
             self.state.tick(self.broker.last_seq, self.index_snapshots)
         line = self.status.line()

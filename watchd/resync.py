@@ -59,6 +59,11 @@ FIRST_COOKIE = 1 << 32
 # The kind bits a synthetic event is filtered by (the watch's `events`).
 _KIND_BITS = 0x00000FFF
 BATCH_MAX = 1024  # synthetic events per publish, as the watcher's batches
+# Rescans after a scan race (Resyncer.rescan_raced): a watch is rescanned again no sooner than
+# this after its last one, the wait doubling (to RESCAN_MAX_S) while races keep coming, so that
+# a user renaming a directory back and forth cannot keep the daemon scanning a whole tree.
+RESCAN_MIN_S = 1.0
+RESCAN_MAX_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,12 @@ class _Watch:
     # never the scan: a crash meanwhile must find the differences not yet published.
     published: tuple[Index, int] | None = None
     publishing: int = 0  # resyncs of this watch whose steps have not all run
+    # Scan races (see Resyncer.rescan_raced): a rescan asked whose scan has not come, a race
+    # seen since (answered by one more rescan), and when the next may be asked.
+    rescan_asked: bool = False
+    race_again: bool = False
+    rescan_next: float = 0.0
+    rescan_wait: float = RESCAN_MIN_S
 
 
 @dataclass(slots=True)
@@ -177,16 +188,40 @@ class Resyncer:
             self.raced.append(name)
         return out
 
-    def rescan_raced(self, broker: Broker, ask: Callable[[str], None]) -> None:
+    def rescan_raced(self, broker: Broker, ask: Callable[[str], None],
+                     now: float | None = None) -> None:
         """Announce another resync of each watch in `raced`, after the events that showed
-        the race, and `ask` the watcher for its scan."""
-        names, self.raced = dict.fromkeys(self.raced), []
-        for name in names:
+        the race, and `ask` the watcher for its scan; called again at each tick for those
+        that had to wait.
+
+        Bounded: a watch has at most one such rescan outstanding. A race seen while one is
+        (its scan may have begun before the move) is answered by exactly one more, once that
+        scan has come; and a rescan is asked no sooner than rescan_wait after the last, a wait
+        that doubles while races keep coming and starts over once they stop.
+        """
+        now = time.monotonic() if now is None else now
+        for name in dict.fromkeys(self.raced):
+            if (watch := self.watches.get(name)) is not None:
+                if (not watch.race_again and not watch.rescan_asked
+                        and now >= watch.rescan_next + RESCAN_MAX_S):
+                    watch.rescan_wait = RESCAN_MIN_S  # the first race in a while
+                watch.race_again = True
+        self.raced = []
+        for name, watch in self.watches.items():
+            if not watch.race_again or watch.rescan_asked or now < watch.rescan_next:
+                continue
             log.warning("watch %s: a directory moved while it was rescanned; resynchronizing",
                         name)
+            watch.race_again, watch.rescan_asked = False, True
+            watch.rescan_next = now + watch.rescan_wait
+            watch.rescan_wait = min(watch.rescan_wait * 2, RESCAN_MAX_S)
             self.lost(name)
             broker.overflow(name, OverflowReason.SCAN_RACE, frozenset({name}))
             ask(name)
+
+    def racing(self) -> bool:
+        """Whether a rescan after a race waits (for rescan_raced at the next tick)."""
+        return any(w.race_again for w in self.watches.values())
 
     def lost(self, name: str) -> None:
         """An `overflow` with "resync": true was announced for a watch: its next scan is
@@ -201,6 +236,7 @@ class Resyncer:
         watch = self.watches.get(name)
         if watch is not None:
             watch.resynced_owed = 0
+            watch.rescan_asked = False
 
     def restored(self, name: str) -> bool:
         """A root came back: its scan is compared with what was known (nothing, for a root
@@ -255,6 +291,7 @@ class Resyncer:
             watch.scanned = True
             watch.resynced_owed = 0
             return Resync([], 0, 0.0, resynced_owed=0, compared=False)
+        watch.rescan_asked = False  # whatever asked for it, a rescan after a race is answered
         keep_unentered(watch.index.dirs, scan)  # see there: a directory that moved mid-scan
         old, new = compared(watch.index, scan)
         result = diff(old, new, watch.index.root, self.cookies)
