@@ -12,6 +12,7 @@ from __future__ import annotations
 import pathlib
 
 from tests.picture import Picture, listing
+from tests.test_broker import FakeWatch, make_broker
 from tests.test_index import QUIET, _events, snap
 from tests.test_scan_race import as_messages
 from watchd.config.model import WatchConfig
@@ -64,7 +65,45 @@ def test_a_directory_the_scan_saw_on_neither_side_is_scanned_again(tmp_path: pat
     # The daemon announces another resync (Resyncer.rescan_raced) and the watcher scans again.
     resync.lost("w")
     again = resync.scanned("w", snap(root), 0.0)
-    assert again is not None and again.notice == 1
+    assert again is not None and again.resynced_owed == 1
     picture.apply_all(as_messages(again.items))
     assert picture.paths == listing(root)
     assert resync.watches["w"].index.as_dirs() == snap(root)
+
+
+def test_races_keep_one_rescan_outstanding_and_back_off(tmp_path: pathlib.Path) -> None:
+    # A user who renames a directory back and forth makes a race at every scan: each is
+    # answered, but by one rescan at a time, and less and less often.
+    root = tmp_path / "t"
+    (root / "d").mkdir(parents=True)
+    broker = make_broker(watches=(FakeWatch("w"),))
+    resync = Resyncer()
+    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
+    assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
+    asked: list[str] = []
+
+    def race(now: float) -> None:
+        resync.raced.append("w")
+        resync.rescan_raced(broker, asked.append, now=now)
+
+    race(100.0)
+    assert asked == ["w"] and broker.overflows == 1
+    for now in (100.1, 100.2, 500.0):  # while its scan has not come: no other
+        race(now)
+    assert asked == ["w"] and broker.overflows == 1
+    assert resync.scanned("w", snap(root), 0.0) is not None  # it comes, 0.5 s after the first
+    resync.rescan_raced(broker, asked.append, now=100.5)  # (the tick) too soon after it
+    assert asked == ["w"]
+    resync.rescan_raced(broker, asked.append, now=101.0)  # exactly one more for those races
+    resync.rescan_raced(broker, asked.append, now=101.1)
+    assert asked == ["w", "w"] and broker.overflows == 2
+    assert resync.scanned("w", snap(root), 0.0) is not None
+    race(101.5)  # the wait has doubled: 2 s after the last
+    race(102.9)
+    assert asked == ["w", "w"]
+    resync.rescan_raced(broker, asked.append, now=103.0)
+    assert asked == ["w", "w", "w"] and broker.overflows == 3
+    assert not resync.racing()
+    # Each announced resync is answered by one `resynced`.
+    last = resync.scanned("w", snap(root), 0.0)
+    assert last is not None and last.resynced_owed == 1

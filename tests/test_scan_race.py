@@ -57,7 +57,7 @@ def settle_and_check(resync: Resyncer, result: Resync | None, picture: Picture,
                      recorder: Recorder, ino: InotifyFd, tree: Tree, root: pathlib.Path) -> None:
     """Apply a resync's differences, then the kernel's events that follow them, to a client's
     picture: it, and the index, must be the tree as it is."""
-    assert result is not None and result.notice
+    assert result is not None and result.resynced_owed
     picture.apply_all(as_messages(result.items))
     events = _events(ino, tree, root / "settle")
     published = resync.track("w", [(0.0, events)], [recorder.records(events)])

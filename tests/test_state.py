@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import NOBODY
+from watchd import journal
 from watchd import state as st
 from watchd import statefiles as sf
 from watchd.config.model import WatchConfig
@@ -18,7 +19,14 @@ from watchd.index import Dirs
 from watchd.protocol.event_lines import EventEncoder
 from watchd.records import UNKNOWN_FILE
 from watchd.replay import Held, Marker
-from watchd.restore import bring_forward, index_spec, unanswered, usable_indexes
+from watchd.restore import (
+    bring_forward,
+    index_spec,
+    restored_marker,
+    unanswered,
+    usable_indexes,
+)
+from watchd.resync import Resyncer
 from watchd.scan import scan
 
 ROOT = os.geteuid() == 0
@@ -70,7 +78,7 @@ def stopped_cleanly(path: Path, dirs: Dirs) -> None:
     assert state.start("inst", 0)
     assert state.journal is not None
     state.journal.events([held(1, Kind.CREATE, "/r/a")])
-    blobs = state._blobs(1, [("w", "spec", dirs)])
+    blobs = state._blobs(1, [("w", "spec", dirs, None)])
     assert not sf.write_all(blobs)
     state._write_meta("inst", clean=True, seq=1)
     state.journal.close()
@@ -166,10 +174,11 @@ def test_the_index_of_a_watch_no_longer_configured_is_removed(tmp_path: Path) ->
     state = opened(path)
     state.open({})
     assert state.start("abc", 0)
-    assert not sf.write_all(state._blobs(0, [("a", "s", {"/a": {}}), ("b", "s", {"/b": {}})]))
+    assert not sf.write_all(state._blobs(0, [("a", "s", {"/a": {}}, None),
+                                             ("b", "s", {"/b": {}}, None)]))
     assert len(list((path / "index").iterdir())) == 2
     # "b" is gone from the configuration, "a" starts over (its index not filled yet).
-    assert not sf.write_all(state._blobs(0, [("a", "s", None)]))
+    assert not sf.write_all(state._blobs(0, [("a", "s", None, None)]))
     assert list((path / "index").iterdir()) == []
 
 
@@ -186,3 +195,25 @@ def test_the_resyncs_a_previous_run_announced_and_did_not_answer_are_counted() -
     # A notice with "resync": false answers every one before it (its subscribers rescan).
     assert unanswered([over("a", {"a"}), over("a", set()), over(None, {"b"})]) == {"a": 0, "b": 1}
     assert unanswered([resynced("a"), over("a", {"a"})]) == {"a": 1}
+
+
+def test_a_watch_restored_that_no_resynced_answered_is_owed_after_a_crash(tmp_path: Path,
+                                                                          ) -> None:
+    # Live, the watch_restored of a watch with an index is answered by a `resynced` of its
+    # own (Resyncer.restored); the journal keeps it, so a run resumed after a crash before that
+    # `resynced` owes it too.
+    resync = Resyncer()
+    resync.configure([WatchConfig(name="w", path=str(tmp_path)),
+                      WatchConfig(name="plain", path=str(tmp_path), resync=False)],
+                     changed=["w", "plain"])
+    assert resync.restored("w") is True
+    assert resync.restored("plain") is False
+    (tmp_path / "j").mkdir()
+    rec = journal.Journal(str(tmp_path / "j"), max_bytes=1 << 20, retain=lambda: 100,
+                          on_error=lambda _what, _error: None, on_rotate=lambda: None)
+    rec.open(0)
+    rec.marker(restored_marker(0, "w"))
+    rec.close()
+    markers = journal.load(str(tmp_path / "j")).markers
+    assert unanswered(markers) == {"w": 1}
+    assert unanswered([*markers, Marker(0, "w", "", changes=0)]) == {"w": 0}

@@ -31,14 +31,13 @@ from watchd.events import kinds_mask
 from watchd.forward.supervise import Forwarders
 from watchd.handler import RequestHandler
 from watchd.holdback import HoldBack
-from watchd.index import Index
 from watchd.inotify.errors import effective_watch_limit
 from watchd.metrics import Metrics, MetricsBindError, MetricsServer, exposition
 from watchd.protocol import OverflowReason
-from watchd.restore import index_spec, open_state, resume
+from watchd.restore import index_spec, open_state, restored_marker, resume
 from watchd.resync import Resyncer
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
-from watchd.state import new_instance
+from watchd.state import Snapshot, new_instance
 from watchd.status import ReloadRecord, Status
 from watchd.supervisor import Supervisor, WatcherProcess
 from watchd.systemd import Notifier, watchdog_interval
@@ -130,10 +129,10 @@ class Daemon:
         """The state cannot be written any more: the history stops recording (see State.fail)."""
         self.broker.history.recorder = None
 
-    def index_snapshots(self) -> list[tuple[str, str, Index | None]]:
-        """Each watch's index, to store: (name, what the watch is, index or None)."""
+    def index_snapshots(self) -> list[Snapshot]:
+        """Each watch's index, to store (see watchd.state.Snapshot)."""
         specs = {w.name: index_spec(w) for w in self.config.watches}
-        return [(name, specs[name], dirs) for name, dirs in self.resync.indexes()]
+        return [(name, specs[name], dirs, seq) for name, dirs, seq in self.resync.indexes()]
 
     # -- the lifecycle -------------------------------------------------------------------------
 
@@ -236,6 +235,8 @@ class Daemon:
             # Pinged from the loop itself and only while the watcher is alive and talking,
             # so a wedged loop or a hung watcher both get the service restarted by systemd.
             self.notifier.watchdog()
+        if self.resync.racing():  # rescans after a scan race that had to wait
+            self.resync.rescan_raced(self.broker, self.ask_rescan)
         if self.state is not None:
             self.state.tick(self.broker.last_seq, self.index_snapshots)
         line = self.status.line()
@@ -311,6 +312,8 @@ class Daemon:
                             "resynchronizing" if resyncing else "subscribers are told to rescan")
                 if resyncing:
                     self.resync.lost(watch)
+                else:  # "resync": false answers every resync announced before it
+                    self.resync.abandoned(watch)
                 self.broker.overflow(watch, reason, resyncing)
             case channel.Scan(watch, dirs, seconds):
                 self.on_scan(watch, dirs, seconds)
@@ -320,7 +323,10 @@ class Daemon:
             case channel.Lost(watch, path, reason):
                 self.watches.on_lost(watch, path, reason)
             case channel.Restored(watch, path):
-                self.resync.restored(watch)
+                if self.resync.restored(watch) and self.broker.history.recorder is not None:
+                    # On record, so that a crash before its `resynced` leaves it owed.
+                    self.broker.history.recorder.marker(restored_marker(self.broker.last_seq,
+                                                                         watch))
                 self.watches.on_restored(watch, path)
             case channel.Progress(watch, directories):
                 self.watches.on_progress(watch, directories)
@@ -339,8 +345,11 @@ class Daemon:
         """
         held, self.resync.held = self.resync.held, []
         resyncing = self.resync.resyncing(name for name, _, _ in held)
-        for name in resyncing:
-            self.resync.lost(name)
+        for name in self.resync.enabled():
+            if name in resyncing:
+                self.resync.lost(name)
+            else:  # told "resync": false, as every watch not in resyncing
+                self.resync.abandoned(name)
         self.broker.overflow(None, OverflowReason.WATCHER_RESTART, resyncing)
         for name, dirs, seconds in held:
             self.on_scan(name, dirs, seconds)
@@ -356,7 +365,7 @@ class Daemon:
             self.resync.abandoned(name)
             self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
             return
-        result = self.resync.scanned(name, dirs, seconds)
+        result = self.resync.scanned(name, dirs, seconds, self.broker.last_seq)
         if result is None:
             return
         steps = self.resync.steps(self.broker, name, result, self.hold.after_publish)

@@ -99,9 +99,22 @@ def _held(tail: bytes) -> Held:
 
 
 def _marker(body: bytes) -> Marker:
+    """A marker from its record; ValueError for one whose fields are not of their types (a
+    checksum says the bytes are as written, not that what wrote them was right)."""
     m = json.loads(body)
-    return Marker(int(m["seq"]), m["watch"], str(m["reason"]), frozenset(m["resync"]),
-                  int(m["changes"]), float(m["duration_ms"]))
+    if not isinstance(m, dict):
+        raise ValueError("a marker that is not a JSON object")
+    seq, watch, reason, resync = m["seq"], m["watch"], m["reason"], m["resync"]
+    changes, duration = m["changes"], m["duration_ms"]
+    if (type(seq) is not int or seq < 0 or not isinstance(reason, str)
+            or (watch is not None and not isinstance(watch, str))
+            or not isinstance(resync, list) or not all(isinstance(n, str) for n in resync)
+            or type(changes) is not int
+            or type(duration) not in (int, float)):
+        raise ValueError("a marker whose fields are not of their types")
+    if changes >= 0 and watch is None:
+        raise ValueError("a resynced marker without its watch")
+    return Marker(seq, watch, reason, frozenset(resync), changes, float(duration))
 
 
 def marker_body(marker: Marker) -> bytes:

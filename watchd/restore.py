@@ -132,12 +132,24 @@ def usable_indexes(watches: Iterable[WatchConfig], stored: dict[str, StoredIndex
     return out
 
 
+# The reason of a marker that only the journal holds: a `watch_restored` of a watch with an
+# index, which a `resynced` answers as it answers an overflow's resync (see unanswered). Not
+# part of the history: watch_restored is not replayed.
+RESTORED = "watch_restored"
+
+
+def restored_marker(seq: int, watch: str) -> Marker:
+    """The journal's record of a `watch_restored` that a `resynced` is to answer."""
+    return Marker(seq, watch, RESTORED, frozenset({watch}))
+
+
 def resume(broker: Broker, resync: Resyncer, watches: Iterable[WatchConfig],
            resumed: Resumed) -> None:
     """Take over a previous run's history and indexes, and tell each watch's subscribers
     what follows (see the module's docstring)."""
     loaded = resumed.loaded
-    broker.history.restore(loaded.entries, loaded.markers, loaded.last_seq)
+    notices = [m for m in loaded.markers if m.reason != RESTORED]
+    broker.history.restore(loaded.entries, notices, loaded.last_seq)
     watches = tuple(watches)
     usable = usable_indexes(watches, resumed.indexes, loaded.entries, loaded.last_seq)
     owed = unanswered(loaded.markers)
@@ -154,10 +166,11 @@ def resume(broker: Broker, resync: Resyncer, watches: Iterable[WatchConfig],
 
 
 def unanswered(markers: Iterable[Marker]) -> dict[str, int]:
-    """Per watch, the `overflow` notices with "resync": true among a previous run's markers
-    that no `resynced` answered: that run stopped before their scan was published, and the
-    start-up scan answers them too (see watchd.resync's _Watch.owed). A notice that says
-    "resync": false to a watch's subscribers answers every one before it: they rescan."""
+    """Per watch, the `overflow` notices with "resync": true (and the `watch_restored` of a
+    watch with an index: RESTORED) among a previous run's markers that no `resynced`
+    answered: that run stopped before their scan was published, and the start-up scan answers
+    them too (see watchd.resync's _Watch.resynced_owed). A notice that says "resync": false
+    to a watch's subscribers answers every one before it: they rescan."""
     owed: dict[str, int] = {}
     for marker in markers:
         if marker.changes >= 0:  # a resynced

@@ -59,6 +59,11 @@ FIRST_COOKIE = 1 << 32
 # The kind bits a synthetic event is filtered by (the watch's `events`).
 _KIND_BITS = 0x00000FFF
 BATCH_MAX = 1024  # synthetic events per publish, as the watcher's batches
+# Rescans after a scan race (Resyncer.rescan_raced): a watch is rescanned again no sooner than
+# this after its last one, the wait doubling (to RESCAN_MAX_S) while races keep coming, so that
+# a user renaming a directory back and forth cannot keep the daemon scanning a whole tree.
+RESCAN_MIN_S = 1.0
+RESCAN_MAX_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,8 @@ class Resync:
     items: list[Item]
     changes: int
     duration_ms: float
-    notice: int
+    resynced_owed: int
+    compared: bool = True  # False: a first scan, which only filled the index
 
 
 @dataclass(slots=True)
@@ -81,11 +87,22 @@ class _Watch:
     # per watch_restored) since the last scan published. Two losses may share one scan (the
     # watcher died between an overflow's notice and its scan; the daemon stopped there), but
     # each notice a client was given is answered by a `resynced` of its own.
-    owed: int = 0
+    resynced_owed: int = 0
     scanned: bool = False  # the index holds a scan (until then, events alone say nothing)
     filling: bool = False  # a first scan comes in parts (channel.Fill), events applied between
     fill_started: float = 0.0
     resyncs: int = 0
+    # While a resync's events go out (in steps, see Resyncer.steps): the index as the events
+    # published before its scan describe it, and the last seq then. What is stored is this,
+    # never the scan: a crash meanwhile must find the differences not yet published.
+    published: tuple[Index, int] | None = None
+    publishing: int = 0  # resyncs of this watch whose steps have not all run
+    # Scan races (see Resyncer.rescan_raced): a rescan asked whose scan has not come, a race
+    # seen since (answered by one more rescan), and when the next may be asked.
+    rescan_asked: bool = False
+    race_again: bool = False
+    rescan_next: float = 0.0
+    rescan_wait: float = RESCAN_MIN_S
 
 
 @dataclass(slots=True)
@@ -171,38 +188,66 @@ class Resyncer:
             self.raced.append(name)
         return out
 
-    def rescan_raced(self, broker: Broker, ask: Callable[[str], None]) -> None:
+    def rescan_raced(self, broker: Broker, ask: Callable[[str], None],
+                     now: float | None = None) -> None:
         """Announce another resync of each watch in `raced`, after the events that showed
-        the race, and `ask` the watcher for its scan."""
-        names, self.raced = dict.fromkeys(self.raced), []
-        for name in names:
+        the race, and `ask` the watcher for its scan; called again at each tick for those
+        that had to wait.
+
+        Bounded: a watch has at most one such rescan outstanding. A race seen while one is
+        (its scan may have begun before the move) is answered by exactly one more, once that
+        scan has come; and a rescan is asked no sooner than rescan_wait after the last, a wait
+        that doubles while races keep coming and starts over once they stop.
+        """
+        now = time.monotonic() if now is None else now
+        for name in dict.fromkeys(self.raced):
+            if (watch := self.watches.get(name)) is not None:
+                if (not watch.race_again and not watch.rescan_asked
+                        and now >= watch.rescan_next + RESCAN_MAX_S):
+                    watch.rescan_wait = RESCAN_MIN_S  # the first race in a while
+                watch.race_again = True
+        self.raced = []
+        for name, watch in self.watches.items():
+            if not watch.race_again or watch.rescan_asked or now < watch.rescan_next:
+                continue
             log.warning("watch %s: a directory moved while it was rescanned; resynchronizing",
                         name)
+            watch.race_again, watch.rescan_asked = False, True
+            watch.rescan_next = now + watch.rescan_wait
+            watch.rescan_wait = min(watch.rescan_wait * 2, RESCAN_MAX_S)
             self.lost(name)
             broker.overflow(name, OverflowReason.SCAN_RACE, frozenset({name}))
             ask(name)
 
+    def racing(self) -> bool:
+        """Whether a rescan after a race waits (for rescan_raced at the next tick)."""
+        return any(w.race_again for w in self.watches.values())
+
     def lost(self, name: str) -> None:
         """An `overflow` with "resync": true was announced for a watch: its next scan is
-        compared, and one more `resynced` follows the differences (see _Watch.owed)."""
+        compared, and one more `resynced` follows the differences (see _Watch.resynced_owed)."""
         watch = self.watches.get(name)
         if watch is not None and watch.scanned:
-            watch.owed += 1
+            watch.resynced_owed += 1
 
     def abandoned(self, name: str) -> None:
         """The resyncs announced for a watch will not come (its root could not be scanned):
         the `overflow` with "resync": false sent instead answers every one of them."""
         watch = self.watches.get(name)
         if watch is not None:
-            watch.owed = 0
+            watch.resynced_owed = 0
+            watch.rescan_asked = False
 
-    def restored(self, name: str) -> None:
+    def restored(self, name: str) -> bool:
         """A root came back: its scan is compared with what was known (nothing, for a root
-        that was missing from the start: then all it holds is new)."""
+        that was missing from the start: then all it holds is new). True when a `resynced`
+        is owed for it (a watch with an index), to be kept on record like an overflow's."""
         watch = self.watches.get(name)
-        if watch is not None:
-            watch.scanned = True
-            watch.owed += 1
+        if watch is None:
+            return False
+        watch.scanned = True
+        watch.resynced_owed += 1
+        return True
 
     def restore(self, name: str, dirs: Listing, owed: int = 0) -> None:
         """An index a previous run of the daemon kept (watchd.restore): the watch's first scan
@@ -212,21 +257,29 @@ class Resyncer:
         if watch is not None:
             watch.index.replace(dirs)
             watch.scanned = True
-            watch.owed = owed
+            watch.resynced_owed = owed
 
-    def indexes(self) -> Iterator[tuple[str, Index | None]]:
+    def indexes(self) -> Iterator[tuple[str, Index | None, int | None]]:
         """Each watch's index as the published events describe it (None: not filled yet),
-        in the index's own layout (directories at rest stay so)."""
+        in the index's own layout (directories at rest stay so), and the seq it is as of
+        (None: the last one published). A watch whose resync is still going out gives the
+        index before that scan, as of the seq before its first synthetic event: the journal's
+        events after it bring it forward (watchd.restore) to exactly what was published."""
         for name, watch in self.watches.items():
-            yield name, (watch.index.dirs if watch.scanned else None)
+            if watch.published is not None:
+                yield name, watch.published[0], watch.published[1]
+            else:
+                yield name, (watch.index.dirs if watch.scanned else None), None
 
     def resyncing(self, names: Iterable[str]) -> frozenset[str]:
         """Of these watches, those whose next scan will be a resync."""
         return frozenset(n for n in names if n in self.watches and self.watches[n].scanned)
 
-    def scanned(self, name: str, dirs: Listing, scan_s: float) -> Resync | None:
+    def scanned(self, name: str, dirs: Listing, scan_s: float,
+                seq: int = 0) -> Resync | None:
         """A scan of a watch came (at rest, as the watcher sends it): compare it with the
-        index (None: not a watch with one)."""
+        index (None: not a watch with one). `seq`: the last one published; until the steps
+        of this resync have all run (see steps), the index stored is the one before it."""
         watch = self.watches.get(name)
         if watch is None:
             return None
@@ -236,18 +289,22 @@ class Resyncer:
             watch.index.take(scan)
             watch.filling = False
             watch.scanned = True
-            watch.owed = 0
-            return Resync([], 0, 0.0, notice=0)
+            watch.resynced_owed = 0
+            return Resync([], 0, 0.0, resynced_owed=0, compared=False)
+        watch.rescan_asked = False  # whatever asked for it, a rescan after a race is answered
         keep_unentered(watch.index.dirs, scan)  # see there: a directory that moved mid-scan
         old, new = compared(watch.index, scan)
         result = diff(old, new, watch.index.root, self.cookies)
+        if watch.published is None:
+            watch.published = (watch.index.dirs, seq)
+        watch.publishing += 1
         watch.index.take(scan)
-        notice, watch.owed = watch.owed, 0
+        owed, watch.resynced_owed = watch.resynced_owed, 0
         watch.resyncs += 1
         items = [item for item in result.items if item[0] & watch.mask & _KIND_BITS]
         took = (time.monotonic() - started + scan_s) * 1000
         log.info("watch %s: resynchronized in %.0f ms: %d changes", name, took, result.changes)
-        return Resync(items, result.changes, round(took, 3), notice)
+        return Resync(items, result.changes, round(took, 3), owed)
 
     def steps(self, broker: Broker, name: str, result: Resync,
               after: Callable[[], None]) -> list[Callable[[], None]]:
@@ -268,7 +325,11 @@ class Resyncer:
             return step
 
         out = [batch(start) for start in range(0, len(items), BATCH_MAX)]
-        out += [lambda: broker.resynced(name, result.changes, result.duration_ms)] * result.notice
+        notice = [lambda: broker.resynced(name, result.changes, result.duration_ms)]
+        out += notice * result.resynced_owed
+        watch = self.watches.get(name)
+        if result.compared and watch is not None:
+            out.append(lambda: _published(watch))
         return out
 
     def status(self, name: str) -> dict[str, int]:
@@ -277,6 +338,15 @@ class Resyncer:
         if watch is None:
             return {"tracked": 0, "resyncs": 0}
         return {"tracked": len(watch.index), "resyncs": watch.resyncs}
+
+
+def _published(watch: _Watch) -> None:
+    """The last step of a resync ran: once none is left, the index is stored as it is."""
+    if watch.publishing == 0:
+        return
+    watch.publishing -= 1
+    if watch.publishing == 0:
+        watch.published = None
 
 
 def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:

@@ -65,6 +65,9 @@ META = "state.json"
 LOCK = "lock"
 JOURNAL = "journal"
 BAD = ".bad"
+# An index to store: (watch name, what the watch is, the index or None, the seq it is as of,
+# None for the last one published).
+Snapshot = tuple[str, str, Index | None, int | None]
 INDEX_INTERVAL_S = 60.0  # the indexes are written at most this often while events come
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # The directory's size is read again at most this often: anyone may ask for status, often.
@@ -270,7 +273,7 @@ class State:
     def _rotated(self) -> None:
         self.snapshot_due = True  # before the journal forgets the events after an index's seq
 
-    def tick(self, last_seq: int, indexes: Callable[[], Iterable[tuple[str, str, Index | None]]],
+    def tick(self, last_seq: int, indexes: Callable[[], Iterable[Snapshot]],
              ) -> None:
         """Once a second: the indexes, when due (written off the loop)."""
         if self.journal is None:
@@ -289,7 +292,7 @@ class State:
                 self._synced_fd(await loop.run_in_executor(None, fsync_close, fd), rec)
 
     def save(self, last_seq: int,
-             indexes: Callable[[], Iterable[tuple[str, str, Index | None]]]) -> None:
+             indexes: Callable[[], Iterable[Snapshot]]) -> None:
         """Store the indexes as of last_seq: serialized now, written off the loop (or at the
         next tick, when a write is still under way)."""
         if self._pending is not None or self.journal is None:
@@ -310,13 +313,14 @@ class State:
         for path, error in future.result():
             self.fail(path, error)
 
-    def _blobs(self, seq: int, indexes: Iterable[tuple[str, str, Index | None]],
+    def _blobs(self, seq: int, indexes: Iterable[Snapshot],
                ) -> list[tuple[str, bytes | None]]:
         """What to write for each index: its bytes, or None to remove a stale one (a watch
         whose index starts over, or one no longer configured)."""
         blobs: list[tuple[str, bytes | None]] = [
             (index_file(self.path, name), None if dirs is None
-             else encode_index(name, spec, seq, dirs)) for name, spec, dirs in indexes]
+             else encode_index(name, spec, seq if as_of is None else as_of, dirs))
+            for name, spec, dirs, as_of in indexes]
         wanted = {path for path, _ in blobs}
         with contextlib.suppress(OSError):
             for entry in os.listdir(os.path.join(self.path, INDEX)):
@@ -346,7 +350,7 @@ class State:
                       os.path.join(self.path, META), e.strerror)
 
     async def close(self, last_seq: int,
-                    indexes: Iterable[tuple[str, str, Index | None]]) -> None:
+                    indexes: Iterable[Snapshot]) -> None:
         """At a stop: the journal fsync'ed, every index written, then state.json as clean."""
         if self._pending is not None:
             with contextlib.suppress(Exception):

@@ -9,8 +9,10 @@ import contextlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import threading
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -395,3 +397,33 @@ def fill(path: Path) -> None:
                     os.write(fd, b"\0" * size)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("body", [
+    # A resynced of no watch, as the start-up count of unanswered resyncs would trip on.
+    b'{"seq":1,"watch":null,"reason":"","resync":[],"changes":0,"duration_ms":0}',
+    b'{"seq":1,"watch":7,"reason":"kernel_queue","resync":[],"changes":-1,"duration_ms":0}',
+    b'{"seq":1,"watch":"w","reason":"kernel_queue","resync":"w","changes":-1,"duration_ms":0}',
+    b'[1]',
+], ids=["resynced_of_no_watch", "watch_not_a_name", "resync_not_a_list", "not_an_object"])
+def test_a_well_formed_record_of_a_bad_marker_is_moved_aside(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str, body: bytes) -> None:
+    state = Path(workdir) / "state"
+    text = durable_config(state, watched)
+    d1 = start_daemon(text)
+    line, instance = write_files(d1, watched, 3)
+    line.close()
+    assert d1.stop() == 0
+    segment = sorted((state / "journal").glob("*.seg"))[-1]
+    kind = journal.KIND_MARKER
+    crc = zlib.crc32(body, zlib.crc32(bytes((kind,))))  # its checksum is right
+    with open(segment, "ab") as f:
+        f.write(struct.pack("<IIB", len(body), crc, kind) + body)
+
+    d2 = start_daemon(text)  # starts, fresh: the state is moved aside, named in a warning
+    d2.wait_log(str(segment))
+    assert Path(str(segment) + ".bad").exists()
+    line2, _ = d2.subscribe()
+    assert line2.hello["instance"] != instance and line2.hello["durable"] is True
+    (watched / "after").write_text("a")
+    line2.until(is_event(watched / "after", "create"))
