@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import pathlib
 
-from tests.picture import Picture, listing
+from tests.picture import listing
+from tests.resync_setup import as_messages, indexed, scanned_watch
 from tests.test_broker import FakeWatch, make_broker
-from tests.test_index import QUIET, _events, snap
-from tests.test_scan_race import as_messages
+from tests.test_index import _events, snap
 from watchd.config.model import WatchConfig
 from watchd.inotify import InotifyFd
-from watchd.inotify.tree import Tree
-from watchd.records import IN_CREATE, IN_ISDIR, Recorder
+from watchd.records import IN_CREATE, IN_ISDIR
 from watchd.resync import Resyncer
 from watchd.scan import scan_parts
 
@@ -33,14 +32,10 @@ def test_a_directory_the_scan_saw_on_neither_side_is_scanned_again(tmp_path: pat
         (root / side / "d" / "f").write_text("x")
         (root / side / "d" / "sub" / "g").write_text("y")
     moves = [(root / "p", root / "q" / "y" / "d"), (root / "q", root / "p" / "x" / "d")]
-    resync = Resyncer()
-    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
-    assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
-    picture = Picture(listing(root))  # a client's, in step with the index
-    recorder = Recorder()
+    lab = indexed(root)
+    resync, picture = lab.resync, lab.picture
     with InotifyFd() as ino:
-        tree = Tree(ino, str(root), QUIET, synthetic=True)
-        tree.start()
+        _, tree = scanned_watch(root, ino)
         resync.lost("w")  # a loss announced: the next scan is compared
         dirs: dict[str, dict[str, int]] = {}
         moved = None
@@ -56,7 +51,7 @@ def test_a_directory_the_scan_saw_on_neither_side_is_scanned_again(tmp_path: pat
         assert result is not None
         picture.apply_all(as_messages(result.items))
         events = _events(ino, tree, root / "settle")
-        published = resync.track("w", [(0.0, events)], [recorder.records(events)])[0][1]
+        published = resync.track("w", [(0.0, events)], [lab.recorder.records(events)])[0][1]
     # The move's events come as the create of an empty directory: the index knows no more.
     assert (IN_CREATE | IN_ISDIR, 0, str(moved), None) in published
     assert resync.raced == ["w"]

@@ -11,33 +11,27 @@ from __future__ import annotations
 import os
 import pathlib
 
-from tests.picture import Picture, listing
+from tests.resync_setup import indexed, scanned_watch, settle_and_check
 from tests.test_index import snap
-from tests.test_scan_race import _resync_race, _scanned_watch, settle_and_check
-from watchd.config.model import WatchConfig
+from tests.test_scan_race import _resync_race
 from watchd.fill import scan_whole
 from watchd.index import TreeIndex
 from watchd.inotify import InotifyFd
 from watchd.records import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO, Recorder
-from watchd.resync import Resyncer
 
 
 def test_a_new_directory_moved_away_before_the_scan_enters_it_keeps_its_contents(
         tmp_path: pathlib.Path) -> None:
     root = tmp_path / "t"
     root.mkdir()
-    resync = Resyncer()
-    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
-    assert resync.scanned("w", snap(root), 0.0) is not None  # the index: an empty root
-    picture = Picture(listing(root))
+    lab = indexed(root)  # the index: an empty root
     # Made while nobody watched: neither the index nor the client knows of it.
     (root / "d" / "sub").mkdir(parents=True)
     (root / "d" / "g").write_text("x")
     (root / "d" / "sub" / "leaf").write_text("y")
-    recorder = Recorder()
     with InotifyFd() as ino:
-        watch, tree = _scanned_watch(root, ino)  # its walk watches d and d/sub
-        resync.lost("w")
+        watch, tree = scanned_watch(root, ino)  # its walk watches d and d/sub
+        lab.resync.lost("w")
         moved: list[str] = []
 
         def rename_while_listing(name: str) -> bool:
@@ -53,8 +47,7 @@ def test_a_new_directory_moved_away_before_the_scan_enters_it_keeps_its_contents
         assert scanned is not None and moved, "the scan did not list d"
         assert "d" in scanned[0][str(root)][0].split("/")
         assert str(root / "d") not in scanned[0], "the scan entered d: no race made"
-        result = resync.scanned("w", scanned[0], 0.0)
-        settle_and_check(resync, result, picture, recorder, ino, tree, root)
+        settle_and_check(lab, lab.resync.scanned("w", scanned[0], 0.0), ino, tree)
 
 
 def test_a_create_replayed_under_a_directory_renamed_before_the_scan_is_taken_back(

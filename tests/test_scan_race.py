@@ -12,58 +12,13 @@ import os
 import pathlib
 import shutil
 from collections.abc import Callable
-from typing import Any
 
-from tests.picture import Picture, listing
-from tests.test_index import QUIET, _events, snap
-from watchd.channel import Spec
-from watchd.config.model import WatchConfig
+from tests.resync_setup import indexed, scanned_watch, settle_and_check
+from tests.test_index import snap
 from watchd.fill import scan_whole
 from watchd.index import thawed
 from watchd.inotify import InotifyFd
-from watchd.inotify.tree import Tree
-from watchd.records import (
-    IN_CREATE,
-    IN_DELETE,
-    IN_ISDIR,
-    IN_MOVED_FROM,
-    IN_MOVED_TO,
-    Item,
-    Recorder,
-)
-from watchd.resync import Resync, Resyncer
 from watchd.scan import scan_parts
-from watchd.watcher_watch import Watch
-
-KINDS = {IN_CREATE: "create", IN_DELETE: "delete", IN_MOVED_FROM: "moved_from",
-         IN_MOVED_TO: "moved_to"}
-
-
-def as_messages(items: list[Item]) -> list[dict[str, Any]]:
-    """The items a client would receive, as the messages tests.picture applies."""
-    out: list[dict[str, Any]] = []
-    for mask, cookie, path, src in items:
-        kind = next((name for bit, name in KINDS.items() if mask & bit), None)
-        if kind is not None:
-            msg = {"type": "event", "kind": kind, "path": path, "cookie": cookie,
-                   "is_dir": bool(mask & IN_ISDIR)}
-            if src is not None:
-                msg["src_path"] = src
-            out.append(msg)
-    return out
-
-
-def settle_and_check(resync: Resyncer, result: Resync | None, picture: Picture,
-                     recorder: Recorder, ino: InotifyFd, tree: Tree, root: pathlib.Path) -> None:
-    """Apply a resync's differences, then the kernel's events that follow them, to a client's
-    picture: it, and the index, must be the tree as it is."""
-    assert result is not None and result.resynced_owed
-    picture.apply_all(as_messages(result.items))
-    events = _events(ino, tree, root / "settle")
-    published = resync.track("w", [(0.0, events)], [recorder.records(events)])
-    picture.apply_all(as_messages(published[0][1]))
-    assert picture.paths == listing(root)
-    assert resync.watches["w"].index.as_dirs() == snap(root)
 
 
 def test_a_directory_moved_while_the_scan_ran_keeps_its_contents(tmp_path: pathlib.Path,
@@ -72,15 +27,10 @@ def test_a_directory_moved_while_the_scan_ran_keeps_its_contents(tmp_path: pathl
     (root / "a" / "d" / "sub").mkdir(parents=True)
     (root / "a" / "d" / "f").write_text("x")
     (root / "a" / "d" / "sub" / "g").write_text("y")
-    resync = Resyncer()
-    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
-    assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
-    picture = Picture(listing(root))  # a client's, in step with the index
-    recorder = Recorder()
+    lab = indexed(root)
     with InotifyFd() as ino:
-        tree = Tree(ino, str(root), QUIET, synthetic=True)
-        tree.start()
-        resync.lost("w")  # a loss: the next scan is compared
+        _, tree = scanned_watch(root, ino)
+        lab.resync.lost("w")  # a loss: the next scan is compared
         dirs: dict[str, dict[str, int]] = {}
         # One part per directory listed: between two, the walk holds the names still to enter.
         for part in scan_parts(str(root), str(root), recursive=True, wanted=None, prune=None,
@@ -89,15 +39,7 @@ def test_a_directory_moved_while_the_scan_ran_keeps_its_contents(tmp_path: pathl
             if str(root / "a") in part:  # a is listed, d is not entered yet
                 os.rename(root / "a" / "d", root / "e")
         assert str(root / "a" / "d") not in dirs, "the scan entered d: no race made"
-        result = resync.scanned("w", dirs, 0.0)
-        settle_and_check(resync, result, picture, recorder, ino, tree, root)
-
-
-def _scanned_watch(root: pathlib.Path, ino: InotifyFd) -> tuple[Watch, Tree]:
-    tree = Tree(ino, str(root), QUIET, synthetic=True)
-    tree.start()
-    spec = Spec("w", str(root), True, QUIET, (), (), str(root))
-    return Watch(spec=spec, ino=ino, tree=tree), tree
+        settle_and_check(lab, lab.resync.scanned("w", dirs, 0.0), ino, tree)
 
 
 def _resync_race(root: pathlib.Path, change: Callable[[], None],
@@ -105,20 +47,15 @@ def _resync_race(root: pathlib.Path, change: Callable[[], None],
     """A loss, then `change` made after the tree's walk (its events unread), the watcher's
     whole scan, `after_scan`, and only then the tree's events: applied in order, the
     synthetic events and the kernel's leave a client, and the index, with the tree as it is."""
-    resync = Resyncer()
-    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
-    assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
-    picture = Picture(listing(root))
-    recorder = Recorder()
+    lab = indexed(root)
     with InotifyFd() as ino:
-        watch, tree = _scanned_watch(root, ino)
-        resync.lost("w")
+        watch, tree = scanned_watch(root, ino)
+        lab.resync.lost("w")
         change()
         scanned = scan_whole(watch, lambda: None)
         assert scanned is not None
         after_scan()
-        result = resync.scanned("w", scanned[0], 0.0)
-        settle_and_check(resync, result, picture, recorder, ino, tree, root)
+        settle_and_check(lab, lab.resync.scanned("w", scanned[0], 0.0), ino, tree)
 
 
 def test_a_directory_made_after_the_walk_is_not_entered_by_the_scan(tmp_path: pathlib.Path,
@@ -169,7 +106,7 @@ def test_a_directory_watched_since_the_walk_is_entered(tmp_path: pathlib.Path) -
     (root / "a" / "d").mkdir(parents=True)
     (root / "a" / "d" / "f").write_text("x")
     with InotifyFd() as ino:
-        watch, tree = _scanned_watch(root, ino)
+        watch, tree = scanned_watch(root, ino)
         scanned = scan_whole(watch, lambda: None)
         assert scanned is not None
         assert thawed(scanned[0]) == snap(root)
