@@ -1,0 +1,100 @@
+"""A resync that cannot come: the `overflow` with "resync": false answers every one owed before it.
+
+Two ways the daemon learns that a watch with an index cannot be rescanned: a replacement
+watcher that could not establish it (its root is away), and the watcher itself reporting the
+loss with "resync": false (the root moved out in the very read that overflowed). Either way a
+client that applies events in order is told to rescan, and no `resynced` is owed for a resync
+announced before: the next one it gets answers the next loss, once, and no later.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_durable import resubscribe
+from tests.harness import Daemon, Message, config, is_event, is_type, watch
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def overflow(reason: str) -> Callable[[Message], bool]:
+    return lambda m: m.get("type") == "overflow" and m.get("reason") == reason
+
+
+def test_a_resync_owed_while_the_root_is_away_is_answered_by_the_watchers_restart(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
+    root, away = watched / "r", watched / "away"
+    root.mkdir()
+    (root / "f").write_text("f")
+    text = config(daemon_extra=f'state_directory = "{Path(workdir) / "state"}"',
+                  watches=watch("w", root))
+    d1 = start_daemon(text)
+    line, _ = d1.subscribe()
+    instance = line.hello["instance"]
+    (root / "g").write_text("g")
+    line.until(is_event(root / "g", "close_write"))
+    seq = d1.status()["seq"]
+    assert d1.stop() == 0  # an orderly stop: the index is stored with the state
+    root.rename(away)
+
+    # The index was kept: the restart's notice announces a resync, which the first scan would
+    # answer; but the root is away, and the watch waits for it.
+    d2 = start_daemon(text)
+    line, reply = resubscribe(d2, seq, instance)
+    assert reply["type"] == "subscribed", reply
+    restart = line.until(overflow("daemon_restart"), timeout=30)[-1]
+    assert restart["watch"] == "w" and restart["resync"] is True
+    # A replacement watcher cannot establish the watch either: its notice says "resync": false
+    # for it, which answers the resync announced above.
+    os.kill(d2.watcher_pid(), signal.SIGKILL)
+    got = line.until(overflow("watcher_restart"), timeout=30)
+    assert got[-1]["resync"] is False, got[-1]
+    assert not [m for m in got if m.get("type") == "resynced"]
+
+    away.rename(root)
+    got = line.until(is_type("watch_restored"), timeout=30)
+    got += line.until(is_type("resynced"), timeout=30)
+    (root / "sentinel").write_text("")
+    got += line.until(is_event(root / "sentinel", "create"), timeout=30)
+    # One `resynced`, for the root's return; none left over for the resync answered already.
+    assert [m["watch"] for m in got if m.get("type") == "resynced"] == ["w"]
+    assert d2.status()["watches"][0]["resyncs"] == 1
+
+
+def test_a_root_moved_away_in_the_read_that_overflowed_owes_no_resync(
+        start_daemon: Callable[..., Daemon], watched: Path) -> None:
+    root, away = watched / "r", watched / "away"
+    (root / "d").mkdir(parents=True)
+    # watcher_timeout: the test stops the watcher itself, for a while.
+    daemon = start_daemon(config(daemon_extra="watcher_timeout = 300", watches=watch("w", root)))
+    line, _ = daemon.subscribe()
+    queue = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    watcher = daemon.watcher_pid()
+    os.kill(watcher, signal.SIGSTOP)
+    try:
+        # The root's move first, then more events than the kernel's queue holds, on the watches
+        # the moved tree keeps: one read brings the move and the overflow together.
+        root.rename(away)
+        for i in range(queue + 100):
+            os.close(os.open(away / "d" / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    finally:
+        os.kill(watcher, signal.SIGCONT)
+    got = line.until(is_type("watch_lost"), timeout=60)
+    notices = [m for m in got if m.get("type") in {"overflow", "resynced"}]
+    assert [(m["type"], m.get("reason"), m.get("resync")) for m in notices] == [
+        ("overflow", "kernel_queue", False)], notices
+    # The tree back where it was: its differences from the index, and one `resynced` for the
+    # root's return alone.
+    away.rename(root)
+    got = line.until(is_type("watch_restored"), timeout=30)
+    got += line.until(is_type("resynced"), timeout=30)
+    (root / "sentinel").write_text("")
+    got += line.until(is_event(root / "sentinel", "create"), timeout=30)
+    assert [m["watch"] for m in got if m.get("type") == "resynced"] == ["w"]
+    status = daemon.status()["watches"][0]
+    assert status["resyncs"] == 1
