@@ -17,13 +17,24 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_durable import resubscribe
-from tests.harness import Daemon, Message, config, is_event, is_type, watch
+from tests.harness import Daemon, Line, Message, config, is_event, is_type, watch
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def overflow(reason: str) -> Callable[[Message], bool]:
     return lambda m: m.get("type") == "overflow" and m.get("reason") == reason
+
+
+def back_with_one_resynced(line: Line, away: Path, root: Path) -> None:
+    """Move the root back: watch_restored, then exactly one `resynced` before the events that
+    follow it (a sentinel's create)."""
+    away.rename(root)
+    got = line.until(is_type("watch_restored"), timeout=30)
+    got += line.until(is_type("resynced"), timeout=30)
+    (root / "sentinel").write_text("")
+    got += line.until(is_event(root / "sentinel", "create"), timeout=30)
+    assert [m["watch"] for m in got if m.get("type") == "resynced"] == ["w"]
 
 
 def test_a_resync_owed_while_the_root_is_away_is_answered_by_the_watchers_restart(
@@ -56,13 +67,8 @@ def test_a_resync_owed_while_the_root_is_away_is_answered_by_the_watchers_restar
     assert got[-1]["resync"] is False, got[-1]
     assert not [m for m in got if m.get("type") == "resynced"]
 
-    away.rename(root)
-    got = line.until(is_type("watch_restored"), timeout=30)
-    got += line.until(is_type("resynced"), timeout=30)
-    (root / "sentinel").write_text("")
-    got += line.until(is_event(root / "sentinel", "create"), timeout=30)
     # One `resynced`, for the root's return; none left over for the resync answered already.
-    assert [m["watch"] for m in got if m.get("type") == "resynced"] == ["w"]
+    back_with_one_resynced(line, away, root)
     assert d2.status()["watches"][0]["resyncs"] == 1
 
 
@@ -90,11 +96,5 @@ def test_a_root_moved_away_in_the_read_that_overflowed_owes_no_resync(
         ("overflow", "kernel_queue", False)], notices
     # The tree back where it was: its differences from the index, and one `resynced` for the
     # root's return alone.
-    away.rename(root)
-    got = line.until(is_type("watch_restored"), timeout=30)
-    got += line.until(is_type("resynced"), timeout=30)
-    (root / "sentinel").write_text("")
-    got += line.until(is_event(root / "sentinel", "create"), timeout=30)
-    assert [m["watch"] for m in got if m.get("type") == "resynced"] == ["w"]
-    status = daemon.status()["watches"][0]
-    assert status["resyncs"] == 1
+    back_with_one_resynced(line, away, root)
+    assert daemon.status()["watches"][0]["resyncs"] == 1

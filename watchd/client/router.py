@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import deque
-from types import TracebackType
 
 from watchd.client.errors import ClientError, JSONDict, ServerError
 from watchd.client.frames import Message
@@ -145,12 +144,7 @@ class Exchange:
     def __enter__(self) -> Exchange:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._router.abandon(self.rid)  # nothing to forget once the reply was taken
         if self._subscribing:
             self._router.subscribe_done(None)
