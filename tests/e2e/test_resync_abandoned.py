@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_durable import resubscribe
-from tests.harness import Daemon, Line, Message, config, is_event, is_type, watch
+from tests.e2e.test_follow import QUICK, restart, subscribed
+from tests.harness import Daemon, Message, Predicate, config, is_event, is_type, watch
+from watchd.client import Client, Follower
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,14 +27,27 @@ def overflow(reason: str) -> Callable[[Message], bool]:
     return lambda m: m.get("type") == "overflow" and m.get("reason") == reason
 
 
-def back_with_one_resynced(line: Line, away: Path, root: Path) -> None:
+Until = Callable[[Predicate], list[Message]]
+
+
+def follow_until(follower: Follower, predicate: Predicate, timeout: float = 30.0) -> list[Message]:
+    """A follower's messages up to the first that matches, each waited for with a deadline."""
+    got: list[Message] = []
+    while not got or not predicate(got[-1]):
+        message = follower.get(timeout=timeout)
+        assert message is not None, f"nothing matched within {timeout} s after {got[-3:]}"
+        got.append(message)
+    return got
+
+
+def back_with_one_resynced(until: Until, away: Path, root: Path) -> None:
     """Move the root back: watch_restored, then exactly one `resynced` before the events that
     follow it (a sentinel's create)."""
     away.rename(root)
-    got = line.until(is_type("watch_restored"), timeout=30)
-    got += line.until(is_type("resynced"), timeout=30)
+    got = until(is_type("watch_restored"))
+    got += until(is_type("resynced"))
     (root / "sentinel").write_text("")
-    got += line.until(is_event(root / "sentinel", "create"), timeout=30)
+    got += until(is_event(root / "sentinel", "create"))
     assert [m["watch"] for m in got if m.get("type") == "resynced"] == ["w"]
 
 
@@ -42,34 +56,30 @@ def test_a_resync_owed_while_the_root_is_away_is_answered_by_the_watchers_restar
     root, away = watched / "r", watched / "away"
     root.mkdir()
     (root / "f").write_text("f")
-    text = config(daemon_extra=f'state_directory = "{Path(workdir) / "state"}"',
-                  watches=watch("w", root))
-    d1 = start_daemon(text)
-    line, _ = d1.subscribe()
-    instance = line.hello["instance"]
-    (root / "g").write_text("g")
-    line.until(is_event(root / "g", "close_write"))
-    seq = d1.status()["seq"]
-    assert d1.stop() == 0  # an orderly stop: the index is stored with the state
-    root.rename(away)
+    daemon = start_daemon(config(daemon_extra=f'state_directory = "{Path(workdir) / "state"}"',
+                                 watches=watch("w", root)))
+    with Client.follow(socket_path=daemon.socket, backoff=QUICK) as follower:
+        subscribed(follower, daemon)
 
-    # The index was kept: the restart's notice announces a resync, which the first scan would
-    # answer; but the root is away, and the watch waits for it.
-    d2 = start_daemon(text)
-    line, reply = resubscribe(d2, seq, instance)
-    assert reply["type"] == "subscribed", reply
-    restart = line.until(overflow("daemon_restart"), timeout=30)[-1]
-    assert restart["watch"] == "w" and restart["resync"] is True
-    # A replacement watcher cannot establish the watch either: its notice says "resync": false
-    # for it, which answers the resync announced above.
-    os.kill(d2.watcher_pid(), signal.SIGKILL)
-    got = line.until(overflow("watcher_restart"), timeout=30)
-    assert got[-1]["resync"] is False, got[-1]
-    assert not [m for m in got if m.get("type") == "resynced"]
+        def until(predicate: Predicate) -> list[Message]:
+            return follow_until(follower, predicate)
 
-    # One `resynced`, for the root's return; none left over for the resync answered already.
-    back_with_one_resynced(line, away, root)
-    assert d2.status()["watches"][0]["resyncs"] == 1
+        (root / "g").write_text("g")
+        until(is_event(root / "g", "close_write"))
+        # The index is stored at the orderly stop, and kept: the restart's notice announces a
+        # resync, which the first scan would answer; but the root is away, and the watch waits.
+        restart(daemon, meanwhile=lambda: root.rename(away))
+        notice = until(overflow("daemon_restart"))[-1]
+        assert notice["watch"] == "w" and notice["resync"] is True, notice
+        # A replacement watcher cannot establish the watch either: its notice says "resync":
+        # false for it, which answers the resync announced above.
+        os.kill(daemon.watcher_pid(), signal.SIGKILL)
+        got = until(overflow("watcher_restart"))
+        assert got[-1]["resync"] is False, got[-1]
+        assert not [m for m in got if m.get("type") == "resynced"]
+        # One `resynced`, for the root's return; none left over for the resync answered already.
+        back_with_one_resynced(until, away, root)
+    assert daemon.status()["watches"][0]["resyncs"] == 1
 
 
 def test_a_root_moved_away_in_the_read_that_overflowed_owes_no_resync(
@@ -96,5 +106,5 @@ def test_a_root_moved_away_in_the_read_that_overflowed_owes_no_resync(
         ("overflow", "kernel_queue", False)], notices
     # The tree back where it was: its differences from the index, and one `resynced` for the
     # root's return alone.
-    back_with_one_resynced(line, away, root)
+    back_with_one_resynced(lambda predicate: line.until(predicate, timeout=30), away, root)
     assert daemon.status()["watches"][0]["resyncs"] == 1
