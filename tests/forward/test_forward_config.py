@@ -60,7 +60,8 @@ def test_every_key_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "nkeys", sys)  # (any module: it is only looked for)
     f = only_forward(f'credentials = "{creds}"\nsubject = "fleet.{{watch}}.{{host}}"\n'
                      'stream = "FLEET"\nwatches = ["up"]\nevents = ["create", "close_write"]\n'
-                     "create_stream = true\n")
+                     "create_stream = true\nping_interval = 2.5\n")
+    assert f.ping_interval == 2.5 and only_forward().ping_interval == 30.0
     assert f.credentials == str(creds) and f.subject == "fleet.{watch}.{host}"
     assert f.stream == "FLEET" and f.watches == ("up",) and f.create_stream
     assert f.events == frozenset({Kind.CREATE, Kind.CLOSE_WRITE})
@@ -90,6 +91,8 @@ def test_a_list_of_urls() -> None:
     ('user = "u"\n', "forward[0].password", "user and password go together"),
     ('credentials = "/no/such.creds"\n', "forward[0].credentials", "cannot read"),
     ('bogus = 1\n', "forward[0].bogus", "unknown key"),
+    ("ping_interval = 0\n", "forward[0].ping_interval", "greater than 0"),
+    ('ping_interval = "30s"\n', "forward[0].ping_interval", "expected a number of seconds"),
 ])
 def test_a_bad_key_is_named_with_its_problem(extra: str, key: str, problem: str) -> None:
     message = refused(forward_toml(extra))
@@ -167,3 +170,4 @@ def test_check_exits_78_for_a_websocket_url(tmp_path: Path,
     assert cli.main(["--config", str(cfg), "--check"]) == 78
     _, err = capsys.readouterr()
     assert f"{cfg}: forward[0].url: 'wss://n1:443': WebSocket URLs are not supported" in err
+

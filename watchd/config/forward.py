@@ -102,6 +102,8 @@ def _forward(r: _Reader, table: Mapping[str, object], prefix: str,
             values[key] = _events(r, item, full)
         elif key == "create_stream":
             values[key] = r.boolean(item, full)
+        elif key == "ping_interval":
+            values[key] = r.positive_number(item, full)
         elif key == "credentials":
             path = r.absolute_path(item, full)
             if not os.access(path, os.R_OK):

@@ -247,6 +247,14 @@ class Publisher:
             sent.popleft()  # acknowledged, every message of that write
         return bool(sent) and time.monotonic() - sent[0][1] > ACK_TIMEOUT_S
 
+    def keepalive(self) -> None:
+        """PING a quiet server; give the connection up when it does not answer in time."""
+        wire = self.wire
+        if wire is not None and self.up.is_set():
+            problem = wire.keepalive(self.config.ping_interval)
+            if problem is not None:
+                self.fail(problem)
+
     def position(self) -> int | None:
         """The last seq handed to the current connection (in flight or acknowledged)."""
         for seq in reversed(self.seqs):

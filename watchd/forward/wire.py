@@ -12,7 +12,9 @@ opened to the server it reached, with the same credentials.
 What the protocol asks of a client and is done here: CONNECT with the credentials (user and
 password, a token, or a credentials file: its JWT, and the server's nonce signed with its
 seed), TLS when the URL is tls:// or the server requires it, PONG to the server's PING, and
--ERR, which ends the connection.
+-ERR, which ends the connection. And a PING of our own when the server has been quiet for a
+while (`Wire.keepalive`): a connection whose other end is gone without a word (a server
+stopped, a link cut) otherwise looks connected for ever while nothing is published.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import re
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -122,6 +125,8 @@ class Wire:
         self.writer = writer
         self.info = info
         self.inbox = b"_INBOX." + base64.b32encode(os.urandom(15)).rstrip(b"=") + b"."
+        self.heard = time.monotonic()  # when the server last sent anything
+        self.pinged: float | None = None  # when we sent a PING it has not answered yet
 
     @classmethod
     async def open(cls, url: str, config: ForwardConfig) -> Wire:
@@ -182,11 +187,13 @@ class Wire:
         the replies that are not a plain acknowledgement (errors). Raises WireError.
         """
         reader = self.reader
+        monotonic = time.monotonic
         buf = b""
         while True:
             data = await reader.read(READ_SIZE)
             if not data:
                 raise WireError("the connection to the NATS server was lost")
+            self.heard = monotonic()
             buf = self._scan(buf + data if buf else data, on_acks)
             if len(buf) > MAX_CONTROL_LINE and b"\r\n" not in buf:
                 raise WireError("the NATS server sent a line too long to be a protocol line")
@@ -204,12 +211,31 @@ class Wire:
             on_acks(ok, other)
         return rest
 
+    def keepalive(self, interval: float) -> str | None:
+        """PING a server quiet for `interval` s; what is wrong when it stays quiet as long
+        again (a half-open connection: a server stopped or gone without a word), or None.
+
+        Anything the server sends counts as its answer: acknowledgements as much as a PONG.
+        """
+        now = time.monotonic()
+        if self.pinged is not None and self.heard >= self.pinged:
+            self.pinged = None
+        if self.pinged is None:
+            if now - self.heard >= interval:
+                self.pinged = now
+                self.writer.write(b"PING\r\n")
+            return None
+        if now - self.pinged < interval:
+            return None
+        return (f"the NATS server did not answer a PING within {interval:g} s (the "
+                "connection is lost or the server is stuck)")
+
     def _control(self, line: bytes) -> None:
         if line.startswith(b"PING"):
             self.writer.write(b"PONG\r\n")
         elif line.startswith(b"-ERR"):
             raise WireError(server_error(line))
-        # PONG (we PING only at the start, see _await_pong), +OK (never asked for) and INFO
+        # PONG (its arrival is what keepalive looks for), +OK (never asked for) and INFO
         # (servers of a cluster: the next connection's attempt goes through the client
         # library, which learns them) need nothing.
 
