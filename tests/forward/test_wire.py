@@ -196,3 +196,27 @@ def test_a_malformed_message_is_a_protocol_error(sent: bytes) -> None:
     with bad_server(sent) as port:
         message = asyncio.run(read(port))
     assert message.startswith("the NATS server sent a malformed message: b'"), message
+
+
+def test_the_acknowledgements_before_an_error_in_one_read_are_handled() -> None:
+    # A server that acknowledges three messages and then reports an error, in one write: the
+    # connection ends, and the three are stored all the same.
+    sent = msg(1, b'{"stream":"WATCHD","seq":7}') + msg(2, b'{"stream":"WATCHD","seq":8}') + (
+        b"-ERR 'Slow Consumer Detected'\r\n") + msg(3, b'{"stream":"WATCHD","seq":9}')
+
+    async def read(port: int) -> tuple[list[int], str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        wire = Wire(reader, writer, {})
+        wire.inbox = INBOX
+        acked: list[int] = []
+        try:
+            with pytest.raises(WireError) as e:
+                await wire.replies(lambda ok, other: acked.extend(ok))
+            return acked, str(e.value)
+        finally:
+            await wire.close()
+
+    with bad_server(sent) as port:
+        acked, error = asyncio.run(read(port))
+    assert error == "the NATS server reported an error: Slow Consumer Detected"
+    assert acked == [1, 2, 3]

@@ -205,10 +205,13 @@ class Wire:
         except (ValueError, IndexError):  # a size or a token that is not a number, or missing
             start = buf[:80]
             raise WireError(f"the NATS server sent a malformed message: {start!r}") from None
-        for line in controls:
-            self._control(line)
+        # The acknowledgements first: an -ERR among the controls ends the connection, and
+        # the messages acknowledged in the same read (before it or not) are stored all the
+        # same; dropping them would publish them again for nothing.
         if ok or other:
             on_acks(ok, other)
+        for line in controls:
+            self._control(line)
         return rest
 
     def keepalive(self, interval: float) -> str | None:
