@@ -171,3 +171,22 @@ def test_check_exits_78_for_a_websocket_url(tmp_path: Path,
     _, err = capsys.readouterr()
     assert f"{cfg}: forward[0].url: 'wss://n1:443': WebSocket URLs are not supported" in err
 
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("nats://fwd:s3cret@n1:x", "'nats://***@n1:x' is not a valid URL"),
+    ("nats://fwd:s3cret/x@n1:4222", "'nats://***@n1:4222' is not a valid URL"),
+    ("http://fwd:s3cret@n1:4222", "'http://***@n1:4222' is not a NATS server URL"),
+    ("wss://fwd:s3cret@n1:443", "'wss://***@n1:443': WebSocket URLs are not supported"),
+])
+def test_a_refused_url_is_shown_without_its_password(tmp_path: Path, url: str,
+                                                     shown: str) -> None:
+    cfg = tmp_path / "secret.toml"
+    cfg.write_text(f'[daemon]\nsocket = "{tmp_path}/s"\n' + forward_toml(
+        head=f'name = "central"\ntype = "nats"\nurl = ["nats://n0:4222", "{url}"]\n'))
+    # The daemon as it starts: the file refused, exit 78, and its message.
+    result = subprocess.run([sys.executable, "-m", "watchd", "--config", str(cfg)],
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 78, result.stderr
+    assert f"{cfg}: forward[0].url[1]: {shown}" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from watchd.config.model import ForwardConfig
+from watchd.forward.urls import shown
 from watchd.forward.wire import (
     Reply,
     Wire,
@@ -23,7 +24,6 @@ from watchd.forward.wire import (
     connect_options,
     read_credentials,
     scan,
-    shown,
 )
 
 INBOX = b"_INBOX.ABC."
@@ -111,6 +111,8 @@ def test_a_url_is_shown_without_its_password() -> None:
     assert shown("nats://fwd:s3cret@n1:4222") == "nats://n1:4222"
     assert shown("tls://t0k@n1:4222") == "tls://n1:4222"
     assert shown("nats://n1:4222") == "nats://n1:4222"
+    assert shown("nats://fwd:s3/cr#et@n1:4222") == "nats://n1:4222"  # not percent-encoded
+    assert shown("fwd:s3cret@n1:4222", "***@") == "***@n1:4222"
 
 
 def open_fds() -> int:

@@ -25,7 +25,8 @@ from typing import Any, Final
 from watchd.config.model import ForwardConfig
 from watchd.forward.admin import Unavailable, describe, reach
 from watchd.forward.subjects import capture
-from watchd.forward.wire import Reply, Wire, WireError, shown
+from watchd.forward.urls import shown
+from watchd.forward.wire import Reply, Wire, WireError
 from watchd.protocol.event_lines import MAX_BATCH
 
 log = logging.getLogger("watchd.forward")

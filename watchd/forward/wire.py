@@ -33,6 +33,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from watchd.config.model import ForwardConfig
+from watchd.forward.urls import shown
 
 READ_SIZE: Final = 1 << 18
 CONNECT_TIMEOUT_S: Final = 5.0
@@ -284,14 +285,6 @@ def scan(buf: bytes, prefix: int) -> tuple[list[int], list[Reply], list[bytes], 
             controls.append(buf[pos:eol])
             pos = eol + 2
     return ok, other, controls, buf[pos:]
-
-
-def shown(url: str) -> str:
-    """A URL as it may be shown (status, log, errors): without its user and password."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def server_error(line: bytes) -> str:
