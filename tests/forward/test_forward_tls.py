@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,68 +49,82 @@ def tls_options(pair: tuple[Path, Path]) -> tuple[str, ...]:
     return ("--tls", "--tlscert", str(pair[0]), "--tlskey", str(pair[1]))
 
 
+Pair = tuple[Path, Path]
+
+
+@dataclass(frozen=True)
+class Certificates:
+    ca: Path  # our authority's certificate
+    trusted: Pair  # a server's certificate and key, signed by it
+    untrusted: Pair  # the same, signed by another authority
+
+
 @pytest.fixture
-def certificates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                 ) -> dict[str, Path | tuple[Path, Path]]:
+def certificates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Certificates:
     """Our authority, trusted by the tests' own client (and by the daemon, which inherits
     our environment), and a server certificate signed by it and one signed by another."""
     ours = authority(tmp_path, "ours")
     theirs = authority(tmp_path, "theirs")
     # Where OpenSSL looks for the authorities it trusts, read at each new TLS context.
     monkeypatch.setenv("SSL_CERT_FILE", str(ours[0]))
-    return {"ca": ours[0], "trusted": server_certificate(tmp_path, ours, "trusted"),
-            "untrusted": server_certificate(tmp_path, theirs, "untrusted")}
+    return Certificates(ours[0], server_certificate(tmp_path, ours, "trusted"),
+                        server_certificate(tmp_path, theirs, "untrusted"))
 
 
-def test_a_tls_url_publishes_over_tls(start_daemon: Callable[..., Daemon], watched: Path,
-                                      workdir: str,
-                                      certificates: dict[str, Path | tuple[Path, Path]]) -> None:
-    server = NatsServer(workdir, extra=tls_options(certificates["trusted"]))  # type: ignore[arg-type]
-    server.start()
-    try:
+@pytest.fixture
+def tls_forward(start_daemon: Callable[..., Daemon], watched: Path, workdir: str
+                ) -> Iterator[Callable[[Pair], tuple[NatsServer, str, Daemon]]]:
+    """Start a nats-server with a certificate, and the daemon forwarding to its tls:// URL."""
+    servers: list[NatsServer] = []
+
+    def start(pair: Pair) -> tuple[NatsServer, str, Daemon]:
+        server = NatsServer(workdir, extra=tls_options(pair))
+        servers.append(server)
+        server.start()
         url = f"tls://127.0.0.1:{server.port}"
-        daemon = start_daemon(config(watches=watch("uploads", watched, events=["create"]))
-                              + forward(url))
-        status = wait_connected(daemon)
-        assert status["server"] == url and status["last_error"] is None
-        burst(watched, 100)
-        wait_stream_count(url, 100)
-        assert event_seqs(url) == list(range(1, 101))
-        # Both connections went over TLS: the server takes no other.
-        assert "TLS required for client connections" in server.log_text()
-    finally:
+        return server, url, start_daemon(
+            config(watches=watch("uploads", watched, events=["create"])) + forward(url))
+
+    yield start
+    for server in servers:
         server.kill()
+
+
+def test_a_tls_url_publishes_over_tls(
+        tls_forward: Callable[[Pair], tuple[NatsServer, str, Daemon]], watched: Path,
+        certificates: Certificates) -> None:
+    server, url, daemon = tls_forward(certificates.trusted)
+    status = wait_connected(daemon)
+    assert status["server"] == url and status["last_error"] is None
+    burst(watched, 100)
+    wait_stream_count(url, 100)
+    assert event_seqs(url) == list(range(1, 101))
+    # Both connections went over TLS: the server takes no other.
+    assert "TLS required for client connections" in server.log_text()
 
 
 def test_a_certificate_not_trusted_is_reported_and_retried(
-        start_daemon: Callable[..., Daemon], watched: Path, workdir: str,
-        certificates: dict[str, Path | tuple[Path, Path]]) -> None:
-    server = NatsServer(workdir, extra=tls_options(certificates["untrusted"]))  # type: ignore[arg-type]
+        tls_forward: Callable[[Pair], tuple[NatsServer, str, Daemon]], watched: Path,
+        certificates: Certificates) -> None:
+    server, url, daemon = tls_forward(certificates.untrusted)
+    pid = forward_pid(daemon)
+    status = wait_for(lambda: (f := forwarder(daemon))["errors"] >= 2 and f, 30.0,
+                      "two failed attempts")
+    assert not status["connected"] and status["server"] is None
+    assert str(status["last_error"]).startswith(
+        "the NATS server's TLS certificate is not trusted (unable to get local issuer "
+        "certificate): "), status
+    daemon.wait_log("forward central: the NATS server's TLS certificate is not trusted")
+    (watched / "early").write_bytes(b"")  # lag until it can publish
+    # The server gets a certificate the forwarder trusts: the same process goes on.
+    server.kill()
+    server.extra = tls_options(certificates.trusted)
     server.start()
-    try:
-        url = f"tls://127.0.0.1:{server.port}"
-        daemon = start_daemon(config(watches=watch("uploads", watched, events=["create"]))
-                              + forward(url))
-        pid = forward_pid(daemon)
-        status = wait_for(lambda: (f := forwarder(daemon))["errors"] >= 2 and f, 30.0,
-                          "two failed attempts")
-        assert not status["connected"] and status["server"] is None
-        assert str(status["last_error"]).startswith(
-            "the NATS server's TLS certificate is not trusted (unable to get local issuer "
-            "certificate): "), status
-        daemon.wait_log("forward central: the NATS server's TLS certificate is not trusted")
-        (watched / "early").write_bytes(b"")  # lag until it can publish
-        # The server gets a certificate the forwarder trusts: the same process goes on.
-        server.kill()
-        server.extra = tls_options(certificates["trusted"])  # type: ignore[arg-type]
-        server.start()
-        wait_connected(daemon, 60.0)
-        wait_stream_count(url, 1)
-        assert event_seqs(url) == [1]
-        assert forward_pid(daemon) == pid
-        assert "Traceback" not in daemon.log_text()
-    finally:
-        server.kill()
+    wait_connected(daemon, 60.0)
+    wait_stream_count(url, 1)
+    assert event_seqs(url) == [1]
+    assert forward_pid(daemon) == pid
+    assert "Traceback" not in daemon.log_text()
 
 
 def forward_pid(daemon: Daemon) -> int:
