@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import socket
 import threading
 import warnings
@@ -22,6 +23,7 @@ from watchd.forward.wire import (
     Wire,
     WireError,
     connect_options,
+    plain_acks,
     read_credentials,
     scan,
 )
@@ -50,16 +52,35 @@ WANT_OTHER = [Reply(3, b"", b'{"error":{"code":503,"err_code":10077,"description
 WANT_CONTROLS = [b"PING", b'INFO {"server_id":"X","connect_urls":["10.0.0.2:4222"]}']
 
 
-def test_a_scan_of_the_whole_stream() -> None:
-    assert scan(STREAM, len(INBOX)) == (WANT_OK, WANT_OTHER, WANT_CONTROLS, b"")
+PLAIN = plain_acks(INBOX)
 
 
-def test_the_stream_cut_anywhere_gives_the_same() -> None:
+@pytest.mark.parametrize("plain", [None, PLAIN], ids=["general", "fast"])
+def test_a_scan_of_the_whole_stream(plain: re.Pattern[bytes] | None) -> None:
+    assert scan(STREAM, len(INBOX), plain) == (WANT_OK, WANT_OTHER, WANT_CONTROLS, b"")
+
+
+@pytest.mark.parametrize("plain", [None, PLAIN], ids=["general", "fast"])
+def test_the_stream_cut_anywhere_gives_the_same(plain: re.Pattern[bytes] | None) -> None:
     for cut in range(1, len(STREAM)):  # as two reads of the socket would
-        ok, other, controls, rest = scan(STREAM[:cut], len(INBOX))
-        ok2, other2, controls2, rest2 = scan(rest + STREAM[cut:], len(INBOX))
+        ok, other, controls, rest = scan(STREAM[:cut], len(INBOX), plain)
+        ok2, other2, controls2, rest2 = scan(rest + STREAM[cut:], len(INBOX), plain)
         assert (ok + ok2, other + other2, controls + controls2, rest2) == (
             WANT_OK, WANT_OTHER, WANT_CONTROLS, b""), cut
+
+
+@pytest.mark.parametrize("data", [
+    b'{"stream":"WATCHD","seq":7}', b'{"stream":"WATCHD","seq":7,"duplicate":true}',
+    b'{"stream":"WATCHD","domain":"hub","seq":7}',  # not the fast path's shape: all the same
+    b'{"stream":"W\\"X","seq":7}', b'{"stream":"WATCHD","seq":7,"error":{"code":1}}',
+    b'{"error":{"code":503}}', b"{}", b"",
+])
+def test_the_fast_path_reads_each_reply_as_the_general_one(data: bytes) -> None:
+    stream = msg(41, data) * 3 + b"PING\r\n" + msg(42, data)
+    assert scan(stream, len(INBOX), PLAIN) == scan(stream, len(INBOX))
+    # And a token of another inbox's length is no acknowledgement of ours.
+    other = b"MSG _INBOX.ABCD41 1 %d\r\n%b\r\n" % (len(data), data)
+    assert scan(other, len(INBOX), PLAIN) == scan(other, len(INBOX))
 
 
 CREDS = """-----BEGIN NATS USER JWT-----

@@ -126,6 +126,7 @@ class Wire:
         self.writer = writer
         self.info = info
         self.inbox = b"_INBOX." + base64.b32encode(os.urandom(15)).rstrip(b"=") + b"."
+        self.plain = plain_acks(self.inbox)
         self.heard = time.monotonic()  # when the server last sent anything
         self.pinged: float | None = None  # when we sent a PING it has not answered yet
 
@@ -202,7 +203,7 @@ class Wire:
     def _scan(self, buf: bytes, on_acks: Callable[[list[int], list[Reply]], None]) -> bytes:
         """Handle every whole operation in buf; the rest (a partial one) is returned."""
         try:
-            ok, other, controls, rest = scan(buf, len(self.inbox))
+            ok, other, controls, rest = scan(buf, len(self.inbox), self.plain)
         except (ValueError, IndexError):  # a size or a token that is not a number, or missing
             start = buf[:80]
             raise WireError(f"the NATS server sent a malformed message: {start!r}") from None
@@ -249,16 +250,36 @@ class Wire:
             await self.writer.wait_closed()
 
 
-def scan(buf: bytes, prefix: int) -> tuple[list[int], list[Reply], list[bytes], bytes]:
+def plain_acks(inbox: bytes) -> re.Pattern[bytes]:
+    """What a run of plain acknowledgements to `inbox` looks like, one MSG each (see scan)."""
+    return re.compile(b"MSG " + re.escape(inbox) + rb'(\d+) 1 \d+\r\n\{"stream":"[^"\\\r\n]*",'
+                      rb'"seq":\d+(?:,"duplicate":true)?\}\r\n')
+
+
+def scan(buf: bytes, prefix: int, plain: re.Pattern[bytes] | None = None
+         ) -> tuple[list[int], list[Reply], list[bytes], bytes]:
     """The whole operations a server sent in buf: (tokens of plain acknowledgements, other
     replies, control lines, the rest of buf: a partial operation). A reply's subject is our
-    inbox, `prefix` bytes long, and its token."""
+    inbox, `prefix` bytes long, and its token.
+
+    With `plain` (plain_acks of the inbox), a run of plain acknowledgements, nearly all a
+    server sends, is read one regular-expression match each; anything else (and any
+    acknowledgement of another shape) goes the general way, an operation at a time.
+    """
     ok: list[int] = []
     other: list[Reply] = []
     controls: list[bytes] = []
     pos = 0
     find = buf.find
-    while (eol := find(b"\r\n", pos)) >= 0:
+    match = plain.match if plain is not None else None
+    append = ok.append
+    while True:
+        if match is not None:
+            while (m := match(buf, pos)) is not None:
+                append(int(m[1]))
+                pos = m.end()
+        if (eol := find(b"\r\n", pos)) < 0:
+            break
         if buf.startswith(b"MSG ", pos):
             # MSG <inbox><token> <sid> <size>: no spaces in the subject, and no reply subject.
             subject, _, size = buf[pos + 4:eol].partition(b" ")
