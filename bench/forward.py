@@ -55,13 +55,15 @@ def nats_binary() -> str:
 
 
 @contextlib.contextmanager
-def nats_server(cpus: str | None = None) -> Iterator[tuple[str, int]]:
-    """A local nats-server (on the CPUs `cpus`, as taskset -c reads them, if given)."""
+def nats_server(cpus: str | None = None, nice: int = 0) -> Iterator[tuple[str, int]]:
+    """A local nats-server (on the CPUs `cpus`, as taskset -c reads them, if given; `nice`
+    levels below us: a stand-in for a server on another machine, scheduled after ours)."""
     store = tempfile.mkdtemp(prefix="wd-nats.", dir="/dev/shm")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    pin = ["taskset", "-c", cpus] if cpus else []  # taskset execs: the pid is the server's
+    # taskset and nice exec: the pid is the server's.
+    pin = (["taskset", "-c", cpus] if cpus else []) + (["nice", "-n", str(nice)] if nice else [])
     proc = subprocess.Popen([*pin, nats_binary(), "-js", "-sd", store, "-a", "127.0.0.1", "-p",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -322,6 +324,8 @@ def main() -> None:
                         help="with --storage: its duplicate window in seconds")
     parser.add_argument("--server-cpus", metavar="LIST",
                         help="run the nats-server on these CPUs (taskset -c LIST)")
+    parser.add_argument("--server-nice", type=int, default=0, metavar="N",
+                        help="run the nats-server N nice levels below us")
     parser.add_argument("--cpus", metavar="LIST",
                         help="run this process, the daemon and the forwarder on these CPUs")
     args = parser.parse_args()
@@ -337,7 +341,7 @@ def main() -> None:
     modes = args.modes.split(",") if args.modes else (
         ["fwd", "off", "catchup"] + (["base", "basecatchup"] if args.base else []))
     events = 2 * args.files
-    with nats_server(args.server_cpus) as (url, server):
+    with nats_server(args.server_cpus, args.server_nice) as (url, server):
         for rep in range(args.reps):
             for i, mode in enumerate(modes if rep % 2 == 0 else modes[::-1]):
                 result = burst(None if mode == "off" else url, args.files, 10 * rep + i,
