@@ -174,7 +174,8 @@ def test_check_exits_78_for_a_websocket_url(tmp_path: Path,
 
 @pytest.mark.parametrize(("url", "shown"), [
     ("nats://fwd:s3cret@n1:x", "'nats://***@n1:x' is not a valid URL"),
-    ("nats://fwd:s3cret/x@n1:4222", "'nats://***@n1:4222' is not a valid URL"),
+    ("nats://fwd:s3cret/x@n1:4222", "'nats://***@n1:4222' is not a valid URL (check its "
+     "port; a password holding '/', '?' or '#' goes in the password key, not in the URL)"),
     ("http://fwd:s3cret@n1:4222", "'http://***@n1:4222' is not a NATS server URL"),
     ("wss://fwd:s3cret@n1:443", "'wss://***@n1:443': WebSocket URLs are not supported"),
 ])

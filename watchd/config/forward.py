@@ -136,8 +136,9 @@ def _urls(r: _Reader, value: object, key: str) -> tuple[str, ...]:
             parts.port  # noqa: B018  # raises ValueError on a bad port
         except ValueError as e:
             # The parser's words quote the part it failed on, which may be the password.
-            why = (" (check its port; a '/', '?' or '#' in the user or password is written "
-                   "%2F, %3F or %23)") if "@" in url else f": {e}"
+            # (The client library takes the URL's user and password as written, undecoded.)
+            why = (" (check its port; a password holding '/', '?' or '#' goes in the "
+                   "password key, not in the URL)") if "@" in url else f": {e}"
             raise r.error(where, f"{seen} is not a valid URL{why}; expected "
                           "nats://[USER:PASSWORD@]HOST:PORT") from None
         if parts.scheme in WEBSOCKET_SCHEMES:
