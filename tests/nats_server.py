@@ -92,6 +92,11 @@ class NatsServer:
 
         wait_for(stopped, 10.0, "nats-server stopped")
 
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)

@@ -12,8 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import deque
@@ -22,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from watchd import __version__, channel, childlog
-from watchd.systemd import child_environment
+from watchd.spawn import spawn
 
 log = logging.getLogger("watchd.supervisor")
 # Replacing the watcher is the service's own news: logged as the daemon, where operators look.
@@ -63,40 +61,21 @@ class WatcherProcess:
         self.writer = False
         self._exit_event = asyncio.Event()
         self.outbuf = bytearray()  # control frames the socket did not take yet
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            # exec, not fork: the child starts clean, with none of our threads, locks or loop.
-            # It gets no NOTIFY_SOCKET/WATCHDOG_*/LISTEN_*: only the main process talks to systemd.
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "watchd.watcher", "--fd", str(theirs.fileno()),
-                 "--log-level", log_level, "--daemon-version", __version__],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                # Its output goes to our log (see childlog), not to our stderr, which may be
-                # /dev/null in a detached daemon.
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                env=child_environment(os.environ), close_fds=True,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        child = spawn("watchd.watcher", "--log-level", log_level, "--daemon-version",
+                      __version__)
+        self.proc, self.sock, self.output = child.proc, child.sock, child.output
         self.pid = self.proc.pid
-        self.sock = ours
-        ours.setblocking(False)
-        assert self.proc.stdout is not None
-        self.output = self.proc.stdout.fileno()
         self.output_lines = childlog.LineSplitter()
-        os.set_blocking(self.output, False)
         try:
             self.pidfd = os.pidfd_open(self.pid)
         except OSError:
             self.proc.kill()
             self.proc.wait()
-            ours.close()
+            self.sock.close()
+            assert self.proc.stdout is not None
             self.proc.stdout.close()
             raise
-        loop.add_reader(ours.fileno(), self._readable)
+        loop.add_reader(self.sock.fileno(), self._readable)
         loop.add_reader(self.output, self._read_output)
         loop.add_reader(self.pidfd, self._died)
 

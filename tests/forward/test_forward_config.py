@@ -60,7 +60,8 @@ def test_every_key_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "nkeys", sys)  # (any module: it is only looked for)
     f = only_forward(f'credentials = "{creds}"\nsubject = "fleet.{{watch}}.{{host}}"\n'
                      'stream = "FLEET"\nwatches = ["up"]\nevents = ["create", "close_write"]\n'
-                     "create_stream = true\n")
+                     "create_stream = true\nping_interval = 2.5\n")
+    assert f.ping_interval == 2.5 and only_forward().ping_interval == 30.0
     assert f.credentials == str(creds) and f.subject == "fleet.{watch}.{host}"
     assert f.stream == "FLEET" and f.watches == ("up",) and f.create_stream
     assert f.events == frozenset({Kind.CREATE, Kind.CLOSE_WRITE})
@@ -90,6 +91,8 @@ def test_a_list_of_urls() -> None:
     ('user = "u"\n', "forward[0].password", "user and password go together"),
     ('credentials = "/no/such.creds"\n', "forward[0].credentials", "cannot read"),
     ('bogus = 1\n', "forward[0].bogus", "unknown key"),
+    ("ping_interval = 0\n", "forward[0].ping_interval", "greater than 0"),
+    ('ping_interval = "30s"\n', "forward[0].ping_interval", "expected a number of seconds"),
 ])
 def test_a_bad_key_is_named_with_its_problem(extra: str, key: str, problem: str) -> None:
     message = refused(forward_toml(extra))
@@ -167,3 +170,24 @@ def test_check_exits_78_for_a_websocket_url(tmp_path: Path,
     assert cli.main(["--config", str(cfg), "--check"]) == 78
     _, err = capsys.readouterr()
     assert f"{cfg}: forward[0].url: 'wss://n1:443': WebSocket URLs are not supported" in err
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("nats://fwd:s3cret@n1:x", "'nats://***@n1:x' is not a valid URL"),
+    ("nats://fwd:s3cret/x@n1:4222", "'nats://***@n1:4222' is not a valid URL (check its "
+     "port; a password holding '/', '?' or '#' goes in the password key, not in the URL)"),
+    ("http://fwd:s3cret@n1:4222", "'http://***@n1:4222' is not a NATS server URL"),
+    ("wss://fwd:s3cret@n1:443", "'wss://***@n1:443': WebSocket URLs are not supported"),
+])
+def test_a_refused_url_is_shown_without_its_password(tmp_path: Path, url: str,
+                                                     shown: str) -> None:
+    cfg = tmp_path / "secret.toml"
+    cfg.write_text(f'[daemon]\nsocket = "{tmp_path}/s"\n' + forward_toml(
+        head=f'name = "central"\ntype = "nats"\nurl = ["nats://n0:4222", "{url}"]\n'))
+    # The daemon as it starts: the file refused, exit 78, and its message.
+    result = subprocess.run([sys.executable, "-m", "watchd", "--config", str(cfg)],
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 78, result.stderr
+    assert f"{cfg}: forward[0].url[1]: {shown}" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import socket
 import threading
 import warnings
@@ -16,14 +17,15 @@ from pathlib import Path
 import pytest
 
 from watchd.config.model import ForwardConfig
+from watchd.forward.urls import shown
 from watchd.forward.wire import (
     Reply,
     Wire,
     WireError,
     connect_options,
+    plain_acks,
     read_credentials,
     scan,
-    shown,
 )
 
 INBOX = b"_INBOX.ABC."
@@ -50,16 +52,35 @@ WANT_OTHER = [Reply(3, b"", b'{"error":{"code":503,"err_code":10077,"description
 WANT_CONTROLS = [b"PING", b'INFO {"server_id":"X","connect_urls":["10.0.0.2:4222"]}']
 
 
-def test_a_scan_of_the_whole_stream() -> None:
-    assert scan(STREAM, len(INBOX)) == (WANT_OK, WANT_OTHER, WANT_CONTROLS, b"")
+PLAIN = plain_acks(INBOX)
 
 
-def test_the_stream_cut_anywhere_gives_the_same() -> None:
+@pytest.mark.parametrize("plain", [None, PLAIN], ids=["general", "fast"])
+def test_a_scan_of_the_whole_stream(plain: re.Pattern[bytes] | None) -> None:
+    assert scan(STREAM, len(INBOX), plain) == (WANT_OK, WANT_OTHER, WANT_CONTROLS, b"")
+
+
+@pytest.mark.parametrize("plain", [None, PLAIN], ids=["general", "fast"])
+def test_the_stream_cut_anywhere_gives_the_same(plain: re.Pattern[bytes] | None) -> None:
     for cut in range(1, len(STREAM)):  # as two reads of the socket would
-        ok, other, controls, rest = scan(STREAM[:cut], len(INBOX))
-        ok2, other2, controls2, rest2 = scan(rest + STREAM[cut:], len(INBOX))
+        ok, other, controls, rest = scan(STREAM[:cut], len(INBOX), plain)
+        ok2, other2, controls2, rest2 = scan(rest + STREAM[cut:], len(INBOX), plain)
         assert (ok + ok2, other + other2, controls + controls2, rest2) == (
             WANT_OK, WANT_OTHER, WANT_CONTROLS, b""), cut
+
+
+@pytest.mark.parametrize("data", [
+    b'{"stream":"WATCHD","seq":7}', b'{"stream":"WATCHD","seq":7,"duplicate":true}',
+    b'{"stream":"WATCHD","domain":"hub","seq":7}',  # not the fast path's shape: all the same
+    b'{"stream":"W\\"X","seq":7}', b'{"stream":"WATCHD","seq":7,"error":{"code":1}}',
+    b'{"error":{"code":503}}', b"{}", b"",
+])
+def test_the_fast_path_reads_each_reply_as_the_general_one(data: bytes) -> None:
+    stream = msg(41, data) * 3 + b"PING\r\n" + msg(42, data)
+    assert scan(stream, len(INBOX), PLAIN) == scan(stream, len(INBOX))
+    # And a token of another inbox's length is no acknowledgement of ours.
+    other = b"MSG _INBOX.ABCD41 1 %d\r\n%b\r\n" % (len(data), data)
+    assert scan(other, len(INBOX), PLAIN) == scan(other, len(INBOX))
 
 
 CREDS = """-----BEGIN NATS USER JWT-----
@@ -111,6 +132,8 @@ def test_a_url_is_shown_without_its_password() -> None:
     assert shown("nats://fwd:s3cret@n1:4222") == "nats://n1:4222"
     assert shown("tls://t0k@n1:4222") == "tls://n1:4222"
     assert shown("nats://n1:4222") == "nats://n1:4222"
+    assert shown("nats://fwd:s3/cr#et@n1:4222") == "nats://n1:4222"  # not percent-encoded
+    assert shown("fwd:s3cret@n1:4222", "***@") == "***@n1:4222"
 
 
 def open_fds() -> int:
@@ -196,3 +219,27 @@ def test_a_malformed_message_is_a_protocol_error(sent: bytes) -> None:
     with bad_server(sent) as port:
         message = asyncio.run(read(port))
     assert message.startswith("the NATS server sent a malformed message: b'"), message
+
+
+def test_the_acknowledgements_before_an_error_in_one_read_are_handled() -> None:
+    # A server that acknowledges three messages and then reports an error, in one write: the
+    # connection ends, and the three are stored all the same.
+    sent = msg(1, b'{"stream":"WATCHD","seq":7}') + msg(2, b'{"stream":"WATCHD","seq":8}') + (
+        b"-ERR 'Slow Consumer Detected'\r\n") + msg(3, b'{"stream":"WATCHD","seq":9}')
+
+    async def read(port: int) -> tuple[list[int], str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        wire = Wire(reader, writer, {})
+        wire.inbox = INBOX
+        acked: list[int] = []
+        try:
+            with pytest.raises(WireError) as e:
+                await wire.replies(lambda ok, other: acked.extend(ok))
+            return acked, str(e.value)
+        finally:
+            await wire.close()
+
+    with bad_server(sent) as port:
+        acked, error = asyncio.run(read(port))
+    assert error == "the NATS server reported an error: Slow Consumer Detected"
+    assert acked == [1, 2, 3]

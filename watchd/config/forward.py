@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from watchd.config.model import FORWARD_KEYS, ForwardConfig
 from watchd.config.parse import _events, _Reader, _type_name, show
 from watchd.forward.subjects import template_problem
+from watchd.forward.urls import shown
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 # JetStream stream names: no whitespace, '.', '*', '>' or path separators.
@@ -102,6 +103,8 @@ def _forward(r: _Reader, table: Mapping[str, object], prefix: str,
             values[key] = _events(r, item, full)
         elif key == "create_stream":
             values[key] = r.boolean(item, full)
+        elif key == "ping_interval":
+            values[key] = r.positive_number(item, full)
         elif key == "credentials":
             path = r.absolute_path(item, full)
             if not os.access(path, os.R_OK):
@@ -126,16 +129,23 @@ def _urls(r: _Reader, value: object, key: str) -> tuple[str, ...]:
     for i, item in enumerate(items):
         where = key if isinstance(value, str) else f"{key}[{i}]"
         url = r.string(item, where)
+        # A URL may hold a password: it is never part of a message (see shown).
+        seen = show(shown(url, "***@"))
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018  # raises ValueError on a bad port
         except ValueError as e:
-            raise r.error(where, f"{show(url)} is not a valid URL: {e}") from e
+            # The parser's words quote the part it failed on, which may be the password.
+            # (The client library takes the URL's user and password as written, undecoded.)
+            why = (" (check its port; a password holding '/', '?' or '#' goes in the "
+                   "password key, not in the URL)") if "@" in url else f": {e}"
+            raise r.error(where, f"{seen} is not a valid URL{why}; expected "
+                          "nats://[USER:PASSWORD@]HOST:PORT") from None
         if parts.scheme in WEBSOCKET_SCHEMES:
-            raise r.error(where, f"{show(url)}: WebSocket URLs are not supported; give the "
+            raise r.error(where, f"{seen}: WebSocket URLs are not supported; give the "
                           "server's NATS client port, as nats://HOST:PORT or tls://HOST:PORT")
         if parts.scheme not in URL_SCHEMES or not parts.hostname:
-            raise r.error(where, f"{show(url)} is not a NATS server URL; expected "
+            raise r.error(where, f"{seen} is not a NATS server URL; expected "
                           "nats://HOST:PORT (or tls://HOST:PORT)")
         urls.append(url)
     return tuple(urls)

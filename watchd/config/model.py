@@ -111,6 +111,9 @@ class ForwardConfig:
     token: str | None = None
     user: str | None = None
     password: str | None = None
+    # Seconds the publishing connection may be quiet before we PING the server; no answer
+    # within as long again, and the connection counts as lost (a half-open one).
+    ping_interval: float = 30.0
 
 
 # The keys a [[forward]] table may have ("url" is read into ForwardConfig.urls).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import Any, Final
 
 import nats
@@ -24,6 +25,7 @@ from watchd.forward.subjects import capture, covers
 log = logging.getLogger("watchd.forward")
 
 CONNECT_TIMEOUT_S: Final = 5
+CLOSE_TIMEOUT_S: Final = 1.0
 # The duplicate window of a stream made by create_stream: a message published again within
 # it is dropped by its Nats-Msg-Id. It covers the longest wait between a publish and its
 # repeat that the backoff allows (30 s), a restart of the daemon and a reconnection, with
@@ -78,8 +80,11 @@ async def reach(config: ForwardConfig) -> str:
         await check_stream(nc, config)
         return url.geturl()
     finally:
+        # Bounded: the library's close of a client whose TLS handshake failed never returns
+        # (it waits for its transport to close; the socket is closed by then).
         with contextlib.suppress(Exception):
-            await nc.close()
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await nc.close()
 
 
 async def check_stream(nc: Client, config: ForwardConfig) -> None:
@@ -125,6 +130,10 @@ async def check_stream(nc: Client, config: ForwardConfig) -> None:
 def describe(e: BaseException) -> str:
     """An exception of the client library as a line for people."""
     text = str(e).strip() or type(e).__name__
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (f"the NATS server's TLS certificate is not trusted ({e.verify_message}): "
+                "add its certificate authority to the system's trusted ones (or name a file "
+                "of them in SSL_CERT_FILE in the daemon's environment)")
     if isinstance(e, nats.errors.NoServersError | TimeoutError | OSError):
         return f"cannot reach the NATS server: {text}"
     if "authorization" in text.lower() or "authentication" in text.lower():

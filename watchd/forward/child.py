@@ -308,10 +308,14 @@ class Forwarder:
                                       json.dumps(notice, separators=(",", ":")).encode(),
                                       msg_id)
 
-    async def watch_acks(self) -> None:
-        """Give up a connection whose acknowledgements stopped coming."""
+    async def watch_connection(self) -> None:
+        """Give up a connection whose acknowledgements stopped coming, or that is quiet and
+        does not answer a PING."""
+        # A quarter of the ping interval: a dead connection is seen within 2.25 of them.
+        tick = min(1.0, self.setup.config.ping_interval / 4)
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(tick)
+            self.publisher.keepalive()
             if self.publisher.overdue():
                 self.publisher.fail("JetStream did not acknowledge a message within "
                                     f"{ACK_TIMEOUT_S:.0f} s")
@@ -360,7 +364,7 @@ async def serve(setup: Setup, control: socket.socket) -> int:
     loop.add_reader(control.fileno(), control_readable)
     tasks = [loop.create_task(forwarder.publisher.run()),
              loop.create_task(forwarder.report_forever()),
-             loop.create_task(forwarder.watch_acks())]
+             loop.create_task(forwarder.watch_connection())]
     reading = loop.create_task(forwarder.read_daemon())
     await asyncio.wait({stop, reading}, return_when=asyncio.FIRST_COMPLETED)
     status = 0

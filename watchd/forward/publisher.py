@@ -25,7 +25,8 @@ from typing import Any, Final
 from watchd.config.model import ForwardConfig
 from watchd.forward.admin import Unavailable, describe, reach
 from watchd.forward.subjects import capture
-from watchd.forward.wire import Reply, Wire, WireError, shown
+from watchd.forward.urls import shown
+from watchd.forward.wire import Reply, Wire, WireError
 from watchd.protocol.event_lines import MAX_BATCH
 
 log = logging.getLogger("watchd.forward")
@@ -246,6 +247,14 @@ class Publisher:
         while sent and sent[0][0] <= self.base:
             sent.popleft()  # acknowledged, every message of that write
         return bool(sent) and time.monotonic() - sent[0][1] > ACK_TIMEOUT_S
+
+    def keepalive(self) -> None:
+        """PING a quiet server; give the connection up when it does not answer in time."""
+        wire = self.wire
+        if wire is not None and self.up.is_set():
+            problem = wire.keepalive(self.config.ping_interval)
+            if problem is not None:
+                self.fail(problem)
 
     def position(self) -> int | None:
         """The last seq handed to the current connection (in flight or acknowledged)."""

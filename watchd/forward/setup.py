@@ -31,7 +31,8 @@ class Setup:
                   "stream": c.stream, "watches": None if c.watches is None else list(c.watches),
                   "events": None if c.events is None else sorted(c.events),
                   "create_stream": c.create_stream, "credentials": c.credentials,
-                  "token": c.token, "user": c.user, "password": c.password}
+                  "token": c.token, "user": c.user, "password": c.password,
+                  "ping_interval": c.ping_interval}
         return json.dumps({"config": config, "socket": self.socket, "host": self.host,
                            "watches": list(self.watches),
                            "state_directory": self.state_directory,
@@ -46,7 +47,7 @@ class Setup:
             stream=c["stream"], watches=None if c["watches"] is None else tuple(c["watches"]),
             events=None if c["events"] is None else frozenset(Kind(k) for k in c["events"]),
             create_stream=c["create_stream"], credentials=c["credentials"], token=c["token"],
-            user=c["user"], password=c["password"])
+            user=c["user"], password=c["password"], ping_interval=c["ping_interval"])
         resume = d["resume"]
         return cls(config, d["socket"], d["host"], tuple(d["watches"]), d["state_directory"],
                    None if resume is None else (resume[0], int(resume[1])))

@@ -15,8 +15,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -24,7 +22,7 @@ from typing import Any, Final
 from watchd import childlog
 from watchd.config.model import Config, ForwardConfig
 from watchd.forward.setup import Setup
-from watchd.systemd import child_environment
+from watchd.spawn import spawn
 
 log = logging.getLogger("watchd")
 
@@ -52,29 +50,13 @@ class ForwardProcess:
         self.status: dict[str, Any] = {}
         self.buffer = b""
         self.exited = asyncio.Event()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "watchd.forward", "--fd", str(theirs.fileno()),
-                 "--log-level", log_level],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                env=child_environment(os.environ), close_fds=True)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        child = spawn("watchd.forward", "--log-level", log_level)
+        self.proc, self.sock, self.output = child.proc, child.sock, child.output
         self.pid = self.proc.pid
-        self.sock = ours
         # The setup is one short line: a fresh socketpair's buffer always takes it.
-        ours.sendall(setup.to_json())
-        ours.setblocking(False)
-        assert self.proc.stdout is not None
-        self.output = self.proc.stdout.fileno()
-        os.set_blocking(self.output, False)
+        self.sock.sendall(setup.to_json())
         self.lines = childlog.LineSplitter()
-        self.loop.add_reader(ours.fileno(), self._read_status)
+        self.loop.add_reader(self.sock.fileno(), self._read_status)
         self.loop.add_reader(self.output, self._read_output)
 
     def _read_status(self) -> None:

@@ -12,7 +12,9 @@ opened to the server it reached, with the same credentials.
 What the protocol asks of a client and is done here: CONNECT with the credentials (user and
 password, a token, or a credentials file: its JWT, and the server's nonce signed with its
 seed), TLS when the URL is tls:// or the server requires it, PONG to the server's PING, and
--ERR, which ends the connection.
+-ERR, which ends the connection. And a PING of our own when the server has been quiet for a
+while (`Wire.keepalive`): a connection whose other end is gone without a word (a server
+stopped, a link cut) otherwise looks connected for ever while nothing is published.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import json
 import os
 import re
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from watchd.config.model import ForwardConfig
+from watchd.forward.urls import shown
 
 READ_SIZE: Final = 1 << 18
 CONNECT_TIMEOUT_S: Final = 5.0
@@ -122,6 +126,9 @@ class Wire:
         self.writer = writer
         self.info = info
         self.inbox = b"_INBOX." + base64.b32encode(os.urandom(15)).rstrip(b"=") + b"."
+        self.plain = plain_acks(self.inbox)
+        self.heard = time.monotonic()  # when the server last sent anything
+        self.pinged: float | None = None  # when we sent a PING it has not answered yet
 
     @classmethod
     async def open(cls, url: str, config: ForwardConfig) -> Wire:
@@ -182,11 +189,13 @@ class Wire:
         the replies that are not a plain acknowledgement (errors). Raises WireError.
         """
         reader = self.reader
+        monotonic = time.monotonic
         buf = b""
         while True:
             data = await reader.read(READ_SIZE)
             if not data:
                 raise WireError("the connection to the NATS server was lost")
+            self.heard = monotonic()
             buf = self._scan(buf + data if buf else data, on_acks)
             if len(buf) > MAX_CONTROL_LINE and b"\r\n" not in buf:
                 raise WireError("the NATS server sent a line too long to be a protocol line")
@@ -194,22 +203,44 @@ class Wire:
     def _scan(self, buf: bytes, on_acks: Callable[[list[int], list[Reply]], None]) -> bytes:
         """Handle every whole operation in buf; the rest (a partial one) is returned."""
         try:
-            ok, other, controls, rest = scan(buf, len(self.inbox))
+            ok, other, controls, rest = scan(buf, len(self.inbox), self.plain)
         except (ValueError, IndexError):  # a size or a token that is not a number, or missing
             start = buf[:80]
             raise WireError(f"the NATS server sent a malformed message: {start!r}") from None
-        for line in controls:
-            self._control(line)
+        # The acknowledgements first: an -ERR among the controls ends the connection, and
+        # the messages acknowledged in the same read (before it or not) are stored all the
+        # same; dropping them would publish them again for nothing.
         if ok or other:
             on_acks(ok, other)
+        for line in controls:
+            self._control(line)
         return rest
+
+    def keepalive(self, interval: float) -> str | None:
+        """PING a server quiet for `interval` s; what is wrong when it stays quiet as long
+        again (a half-open connection: a server stopped or gone without a word), or None.
+
+        Anything the server sends counts as its answer: acknowledgements as much as a PONG.
+        """
+        now = time.monotonic()
+        if self.pinged is not None and self.heard >= self.pinged:
+            self.pinged = None
+        if self.pinged is None:
+            if now - self.heard >= interval:
+                self.pinged = now
+                self.writer.write(b"PING\r\n")
+            return None
+        if now - self.pinged < interval:
+            return None
+        return (f"the NATS server did not answer a PING within {interval:g} s (the "
+                "connection is lost or the server is stuck)")
 
     def _control(self, line: bytes) -> None:
         if line.startswith(b"PING"):
             self.writer.write(b"PONG\r\n")
         elif line.startswith(b"-ERR"):
             raise WireError(server_error(line))
-        # PONG (we PING only at the start, see _await_pong), +OK (never asked for) and INFO
+        # PONG (its arrival is what keepalive looks for), +OK (never asked for) and INFO
         # (servers of a cluster: the next connection's attempt goes through the client
         # library, which learns them) need nothing.
 
@@ -219,16 +250,36 @@ class Wire:
             await self.writer.wait_closed()
 
 
-def scan(buf: bytes, prefix: int) -> tuple[list[int], list[Reply], list[bytes], bytes]:
+def plain_acks(inbox: bytes) -> re.Pattern[bytes]:
+    """What a run of plain acknowledgements to `inbox` looks like, one MSG each (see scan)."""
+    return re.compile(b"MSG " + re.escape(inbox) + rb'(\d+) 1 \d+\r\n\{"stream":"[^"\\\r\n]*",'
+                      rb'"seq":\d+(?:,"duplicate":true)?\}\r\n')
+
+
+def scan(buf: bytes, prefix: int, plain: re.Pattern[bytes] | None = None
+         ) -> tuple[list[int], list[Reply], list[bytes], bytes]:
     """The whole operations a server sent in buf: (tokens of plain acknowledgements, other
     replies, control lines, the rest of buf: a partial operation). A reply's subject is our
-    inbox, `prefix` bytes long, and its token."""
+    inbox, `prefix` bytes long, and its token.
+
+    With `plain` (plain_acks of the inbox), a run of plain acknowledgements, nearly all a
+    server sends, is read one regular-expression match each; anything else (and any
+    acknowledgement of another shape) goes the general way, an operation at a time.
+    """
     ok: list[int] = []
     other: list[Reply] = []
     controls: list[bytes] = []
     pos = 0
     find = buf.find
-    while (eol := find(b"\r\n", pos)) >= 0:
+    match = plain.match if plain is not None else None
+    append = ok.append
+    while True:
+        if match is not None:
+            while (m := match(buf, pos)) is not None:
+                append(int(m[1]))
+                pos = m.end()
+        if (eol := find(b"\r\n", pos)) < 0:
+            break
         if buf.startswith(b"MSG ", pos):
             # MSG <inbox><token> <sid> <size>: no spaces in the subject, and no reply subject.
             subject, _, size = buf[pos + 4:eol].partition(b" ")
@@ -255,14 +306,6 @@ def scan(buf: bytes, prefix: int) -> tuple[list[int], list[Reply], list[bytes], 
             controls.append(buf[pos:eol])
             pos = eol + 2
     return ok, other, controls, buf[pos:]
-
-
-def shown(url: str) -> str:
-    """A URL as it may be shown (status, log, errors): without its user and password."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def server_error(line: bytes) -> str:
