@@ -80,21 +80,23 @@ def test_connections_that_pause_in_one_publish_are_reviewed_once_after_it() -> N
     asyncio.run(main())
 
 
-def test_a_review_done_within_the_turn_answers_the_one_asked_for() -> None:
+def test_pauses_in_a_publish_are_reviewed_once_before_the_watchers_next_message() -> None:
     watcher = Watcher()
 
     async def main() -> None:
         parts = build(MANY, watcher)
         async with AsyncExitStack() as stack:
-            await subscribed(parts, stack, 2)
+            await subscribed(parts, stack, SUBSCRIBERS)
             await asyncio.sleep(0)
             reviews = counting_reviews(parts)
+            # What the daemon does with each message of the watcher: the hold, if any, must
+            # stop the messages that follow in the same read (supervisor._dispatch).
             parts.broker.publish_reads("open", [(1.0, BURST)])
-            parts.hold.review()  # as after a publish that filled a queue
+            parts.hold.after_publish()
             assert reviews() == 1
             assert watcher.paused
             await asyncio.sleep(0)
-            assert reviews() == 1  # the pauses' review was answered by that one
+            assert reviews() == 1  # that review answered the one the pauses asked for
 
     asyncio.run(main())
 

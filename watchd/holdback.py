@@ -52,8 +52,9 @@ class HoldBack:
         self.pending: asyncio.Handle | None = None
 
     def after_publish(self) -> None:
-        """Look again after a batch when a queue reached near_full, or some still is."""
-        if self.near_full or self.broker.near_full_reached:
+        """Look again after a batch when a queue reached near_full, or some still is, or a
+        connection paused or resumed meanwhile: a hold then stops the watcher's next message."""
+        if self.pending is not None or self.near_full or self.broker.near_full_reached:
             self.review()
 
     def flow_time(self) -> float:
@@ -65,9 +66,10 @@ class HoldBack:
 
         A connection asks whenever its writing pauses or resumes. A burst written to many
         connections pauses each of them in one publish; a review looks at every connection, so
-        reviewing at each pause would cost connections squared. One review when the turn ends
-        sees the same levels as the last of those would have, and it runs before the loop polls
-        again, so before the watcher's next batch is read.
+        reviewing at each pause would cost connections squared. One review sees the same
+        levels as the last of those would have: after_publish makes it at once when the pauses
+        came from a publish (before the watcher's next message), and otherwise it runs when
+        the turn ends, before the loop polls again.
         """
         if self.pending is None:
             self.pending = asyncio.get_running_loop().call_soon(self._review_pending)
