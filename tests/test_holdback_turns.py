@@ -8,8 +8,9 @@ before the test's task yields runs before the task resumes. Nothing here waits f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from tests.test_daemon_parts import CONFIG, Client, Parts, Watcher, build, connected
 from watchd.server import ClientProtocol
@@ -57,88 +58,87 @@ async def drain(client: Client, conn: ClientProtocol) -> None:
         await asyncio.wait_for(loop.sock_recv(client.sock, 1 << 20), 10)
 
 
-def test_connections_that_pause_in_one_publish_are_reviewed_once_after_it() -> None:
+@dataclass(frozen=True)
+class Burst:
+    """What a scenario after the burst looks at."""
+
+    parts: Parts
+    watcher: Watcher
+    clients: list[Client]
+    reviews: Callable[[], int]  # the hold-back's reviews since just before the burst
+
+
+def with_burst(subscribers: int, scenario: Callable[[Burst], Awaitable[None]]) -> None:
+    """Subscribe, then publish a burst that pauses every connection; then the scenario, on
+    the loop."""
     watcher = Watcher()
 
     async def main() -> None:
         parts = build(MANY, watcher)
         async with AsyncExitStack() as stack:
-            await subscribed(parts, stack, SUBSCRIBERS)
+            clients = await subscribed(parts, stack, subscribers)
             await asyncio.sleep(0)  # the reviews the subscribes asked for
             reviews = counting_reviews(parts)
             parts.broker.publish_reads("open", [(1.0, BURST)])
             assert all(c.paused for c in parts.clients)
-            # Nothing reviewed inside the publish; the hold is decided when the turn ends...
-            assert reviews() == 0
-            assert not watcher.paused
-            await asyncio.sleep(0)
-            # ...once for all of them, and before the loop polls for the watcher's next batch.
-            assert reviews() == 1
-            assert watcher.paused
-            assert parts.hold.clock.holding
+            await scenario(Burst(parts, watcher, clients, reviews))
 
     asyncio.run(main())
+
+
+def test_connections_that_pause_in_one_publish_are_reviewed_once_after_it() -> None:
+    async def scenario(b: Burst) -> None:
+        # Nothing reviewed inside the publish; the hold is decided when the turn ends...
+        assert b.reviews() == 0
+        assert not b.watcher.paused
+        await asyncio.sleep(0)
+        # ...once for all of them, and before the loop polls for the watcher's next batch.
+        assert b.reviews() == 1
+        assert b.watcher.paused
+        assert b.parts.hold.clock.holding
+
+    with_burst(SUBSCRIBERS, scenario)
 
 
 def test_pauses_in_a_publish_are_reviewed_once_before_the_watchers_next_message() -> None:
-    watcher = Watcher()
+    async def scenario(b: Burst) -> None:
+        # What the daemon does after each message of the watcher: the hold, if any, must stop
+        # the messages that follow in the same read (supervisor._dispatch).
+        b.parts.hold.after_publish()
+        assert b.reviews() == 1
+        assert b.watcher.paused
+        await asyncio.sleep(0)
+        assert b.reviews() == 1  # that review answered the one the pauses asked for
 
-    async def main() -> None:
-        parts = build(MANY, watcher)
-        async with AsyncExitStack() as stack:
-            await subscribed(parts, stack, SUBSCRIBERS)
-            await asyncio.sleep(0)
-            reviews = counting_reviews(parts)
-            # What the daemon does with each message of the watcher: the hold, if any, must
-            # stop the messages that follow in the same read (supervisor._dispatch).
-            parts.broker.publish_reads("open", [(1.0, BURST)])
-            parts.hold.after_publish()
-            assert reviews() == 1
-            assert watcher.paused
-            await asyncio.sleep(0)
-            assert reviews() == 1  # that review answered the one the pauses asked for
-
-    asyncio.run(main())
+    with_burst(SUBSCRIBERS, scenario)
 
 
 def test_a_hold_is_released_in_the_turn_after_a_paused_connection_resumes() -> None:
-    watcher = Watcher()
+    async def scenario(b: Burst) -> None:
+        await asyncio.sleep(0)
+        assert b.watcher.paused
+        (conn,) = b.parts.clients
+        await drain(b.clients[0], conn)
+        # The resume asked for a review before this task resumed: one turn and it is done.
+        await asyncio.sleep(0)
+        assert not b.watcher.paused
+        assert not b.parts.hold.clock.holding
 
-    async def main() -> None:
-        parts = build(MANY, watcher)
-        async with AsyncExitStack() as stack:
-            (client,) = await subscribed(parts, stack, 1)
-            (conn,) = parts.clients
-            parts.broker.publish_reads("open", [(1.0, BURST)])
-            await asyncio.sleep(0)
-            assert watcher.paused
-            await drain(client, conn)
-            # The resume asked for a review before this task resumed: one turn and it is done.
-            await asyncio.sleep(0)
-            assert not watcher.paused
-            assert not parts.hold.clock.holding
-
-    asyncio.run(main())
+    with_burst(1, scenario)
 
 
 def test_a_hold_is_released_in_the_turn_after_the_paused_connection_closes() -> None:
-    watcher = Watcher()
-
-    async def main() -> None:
-        parts = build(MANY, watcher)
-        async with AsyncExitStack() as stack:
-            await subscribed(parts, stack, 1)
-            (conn,) = parts.clients
-            parts.broker.publish_reads("open", [(1.0, BURST)])
+    async def scenario(b: Burst) -> None:
+        await asyncio.sleep(0)
+        assert b.watcher.paused
+        (conn,) = b.parts.clients
+        conn.abort()  # connection_lost comes in a later turn, then the review's turn
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while b.parts.clients:
+            assert loop.time() < deadline, "the aborted connection was never lost"
             await asyncio.sleep(0)
-            assert watcher.paused
-            conn.abort()  # connection_lost comes in a later turn, then the review's turn
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while parts.clients:
-                assert loop.time() < deadline, "the aborted connection was never lost"
-                await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            assert not watcher.paused
+        await asyncio.sleep(0)
+        assert not b.watcher.paused
 
-    asyncio.run(main())
+    with_burst(1, scenario)
