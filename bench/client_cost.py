@@ -10,6 +10,11 @@ shared machine, it does not move with the load, so two encodings compare exactly
 
     .venv/bin/python -m bench.client_cost                      # both decimals of `time`, watchman
     .venv/bin/python -m bench.client_cost --frames 64 150 256  # frame sizes
+    .venv/bin/python -m bench.client_cost --seconds             # CPU time, json.loads apart
+
+`--seconds` times the same reading in-process instead (CPU seconds, best of --rounds), and
+`json.loads` of the same lines alone: what a client of this kind spends per event at the least,
+whatever the daemon does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +77,12 @@ def adapter(peer: str, sock: socket.socket) -> Any:
     return reader
 
 
-def one(peer: str, events: int, frame: int, decimals: int, read: bool) -> None:
+def one(peer: str, events: int, frame: int, decimals: int, read: bool) -> float:
     """Build the bytes; with `read`, have the adapter read them as the harness's consumer does."""
     data = (watchman_bytes(events, frame) if peer == "watchman"
             else watchd_bytes(events, frame, decimals))
     if not read:
-        return
+        return len(data) / events
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     reader = adapter(peer, ours)
@@ -89,7 +96,28 @@ def one(peer: str, events: int, frame: int, decimals: int, read: bool) -> None:
             if "__sentinel__" in ev[2]:
                 break
     writer.join()
-    print(len(data) / events)
+    return len(data) / events
+
+
+def best_cpu_s(action: Callable[[], object], rounds: int) -> float:
+    """The least CPU time of `rounds` runs of action (the load only ever adds to it)."""
+    times = []
+    for _ in range(rounds):
+        start = time.process_time()
+        action()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+def seconds(peer: str, events: int, frame: int, decimals: int, rounds: int) -> tuple[float, float]:
+    """Microseconds per event: json.loads of the lines alone, and the adapter's whole read."""
+    data = (watchman_bytes(events, frame) if peer == "watchman"
+            else watchd_bytes(events, frame, decimals))
+    lines = data.splitlines()
+    loads = best_cpu_s(lambda: [json.loads(line) for line in lines], rounds)
+    read = best_cpu_s(lambda: one(peer, events, frame, decimals, True), rounds)
+    build = best_cpu_s(lambda: one(peer, events, frame, decimals, False), rounds)
+    return 1e6 * loads / events, 1e6 * max(0.0, read - build) / events
 
 
 def instructions(argv: list[str]) -> int:
@@ -109,15 +137,27 @@ def main() -> int:
                         help="events per frame (watchd) or files per PDU (watchman)")
     parser.add_argument("--decimals", type=int, nargs="+", default=[6, 5],
                         help="decimals of watchd's `time` (6 before, 5 now)")
+    parser.add_argument("--seconds", action="store_true",
+                        help="CPU time in-process instead of instructions under cachegrind")
+    parser.add_argument("--rounds", type=int, default=5, help="with --seconds: best of")
     parser.add_argument("--one", nargs=4, metavar=("PEER", "FRAME", "DECIMALS", "READ"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         peer, frame, decimals, read = args.one
-        one(peer, args.events, int(frame), int(decimals), read == "1")
+        print(one(peer, args.events, int(frame), int(decimals), read == "1"))
         return 0
     cases = [("watchd", frame, decimals) for frame in args.frames for decimals in args.decimals]
     cases += [("watchman", frame, 0) for frame in args.frames]
+    if args.seconds:
+        print("| client | per frame or PDU | decimals of time | json.loads µs per event "
+              "| the adapter's read µs per event |")
+        print("|---|---|---|---|---|")
+        for peer, frame, decimals in cases:
+            loads, read = seconds(peer, args.events, frame, decimals, args.rounds)
+            label = "-" if peer == "watchman" else str(decimals)
+            print(f"| {peer} | {frame} | {label} | {loads:.2f} | {read:.2f} |", flush=True)
+        return 0
     print("| client | per frame or PDU | decimals of time | instructions per event |")
     print("|---|---|---|---|")
     for peer, frame, decimals in cases:

@@ -5,9 +5,10 @@ The shared harness's watchd adapter (`peers/watchd.py`) subscribes N connections
 `"batch": true` and `events=create`, 10,000 files are created with its generator, and its own
 `read_batch` reads them, as in W5. Its `json` module is wrapped to count the frames it decodes,
 so the client is the harness's and the daemon is untouched. Printed per subscriber count:
-frames, events per frame (mean), the time from the generator's start to the last event, and
-the CPU time of the client and of the daemon with its watcher. With `--lines` each tree also
-runs with event lines (no "batch"), alternated with its frames.
+frames, events per frame (mean), how often the client woke (epoll returned) and how many
+connections it read in all, the time from the generator's start to the last event, and the CPU
+time of the client, of the daemon and of its watcher (medians of the repetitions). With
+`--lines` each tree also runs with event lines (no "batch"), alternated with its frames.
 
     .venv/bin/python -m bench.frame_fill --subs 1 10 100 --reps 3
     .venv/bin/python -m bench.frame_fill --tree /tmp/base --tree . --subs 10   # two trees
@@ -55,6 +56,26 @@ class CountingJson:
         return json.dumps(value)
 
 
+class CountingPoll:
+    """Stands in for the adapter's epoll object: counts the client's wakeups and the
+    connections found readable in them."""
+
+    def __init__(self, ep: Any) -> None:
+        self.ep = ep
+        self.wakeups = 0
+        self.ready = 0
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        ready: list[tuple[int, int]] = self.ep.poll(timeout)
+        if ready:
+            self.wakeups += 1
+            self.ready += len(ready)
+        return ready
+
+    def close(self) -> None:
+        self.ep.close()
+
+
 def adapter_module(harness: Path) -> ModuleType:
     sys.path.insert(0, str(harness))
     return importlib.import_module("peers.watchd")
@@ -90,7 +111,9 @@ def one(module: ModuleType, tree: Path, subs: int, files: int, fs: Path, gen: st
     peer.start(str(root))
     try:
         counter.frames = counter.events = 0
-        daemon_cpu0 = sum(cpu_s(pid) for pid in peer.pids())
+        poll = peer.ep = CountingPoll(peer.ep)
+        daemon, *watcher = peer.pids()
+        daemon_cpu0, watcher_cpu0 = cpu_s(daemon), sum(cpu_s(pid) for pid in watcher)
         client_cpu0 = time.process_time()
         t0 = time.monotonic_ns()
         subprocess.run([gen, "create", str(root), str(files)], check=True, capture_output=True)
@@ -112,7 +135,9 @@ def one(module: ModuleType, tree: Path, subs: int, files: int, fs: Path, gen: st
                     last = max(last, t)
         return {"gen_s": gen_s, "after_gen_s": (last - t0) / 1e9 - gen_s,
                 "client_cpu_s": time.process_time() - client_cpu0,
-                "daemon_cpu_s": sum(cpu_s(pid) for pid in peer.pids()) - daemon_cpu0,
+                "daemon_cpu_s": cpu_s(daemon) - daemon_cpu0,
+                "watcher_cpu_s": sum(cpu_s(pid) for pid in watcher) - watcher_cpu0,
+                "wakeups": poll.wakeups, "reads": poll.ready,
                 "frames": counter.frames, "events": counter.events,
                 "per_frame": counter.events / max(1, counter.frames),
                 "total_s": (last - t0) / 1e9,
@@ -147,15 +172,17 @@ def main() -> int:
                 mode = "frames" if batch else "lines"
                 results.setdefault((str(tree), mode, subs), []).append(r)
                 print(f"rep {rep} {tree} {mode} subs={subs}: {r}", file=sys.stderr, flush=True)
-    print("| tree | delivery | subscribers | frames (median) | events per frame (median) "
-          "| total s (median) | client CPU s | daemon+watcher CPU s | complete (min) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| tree | delivery | subscribers | frames | events per frame | client wakeups "
+          "| connections read | total s | client CPU s | daemon CPU s | watcher CPU s "
+          "| complete (min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (tree, mode, subs), rs in results.items():
         def median(key: str, rs: list[dict[str, float]] = rs) -> float:
             return statistics.median(r[key] for r in rs)
         print(f"| {tree} | {mode} | {subs} | {median('frames'):,.0f} | "
-              f"{median('per_frame'):.1f} | {median('total_s'):.3f} | "
-              f"{median('client_cpu_s'):.2f} | {median('daemon_cpu_s'):.2f} | "
+              f"{median('per_frame'):.1f} | {median('wakeups'):,.0f} | {median('reads'):,.0f} | "
+              f"{median('total_s'):.3f} | {median('client_cpu_s'):.2f} | "
+              f"{median('daemon_cpu_s'):.2f} | {median('watcher_cpu_s'):.2f} | "
               f"{100 * min(r['complete'] for r in rs):.1f}% |")
     return 0
 

@@ -127,8 +127,8 @@ class RequestHandler:
         self.broker.reply(conn, protocol.metrics(req_id, view, text))
 
     def review_hold_back(self) -> None:
-        """A subscriber's levels changed (see watchd.holdback)."""
-        self.hold.review()
+        """A subscriber's levels changed: the hold-back looks again when the turn is done."""
+        self.hold.review_soon()
 
     def flow_time(self) -> float:
         """Now on the flow clock (see watchd.flow)."""

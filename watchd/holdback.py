@@ -48,18 +48,41 @@ class HoldBack:
         self.spent = False  # the limit was reached; wait for a subscriber to catch up
         # Some queue was near full at the last review: every batch is worth a look until none is.
         self.near_full = False
+        # A review asked for by review_soon, to run once the loop's current turn is done.
+        self.pending: asyncio.Handle | None = None
 
     def after_publish(self) -> None:
-        """Look again after a batch when a queue reached near_full, or some still is."""
-        if self.near_full or self.broker.near_full_reached:
+        """Look again after a batch when a queue reached near_full, or some still is, or a
+        connection paused or resumed meanwhile: a hold then stops the watcher's next message."""
+        if self.pending is not None or self.near_full or self.broker.near_full_reached:
             self.review()
 
     def flow_time(self) -> float:
         """Now on the clock the hold-back rule judges by (see watchd.flow)."""
         return self.clock.now(time.monotonic())
 
+    def review_soon(self) -> None:
+        """Decide again once the loop's current turn is done, however often asked meanwhile.
+
+        A connection asks whenever its writing pauses or resumes. A burst written to many
+        connections pauses each of them in one publish; a review looks at every connection, so
+        reviewing at each pause would cost connections squared. One review sees the same
+        levels as the last of those would have: after_publish makes it at once when the pauses
+        came from a publish (before the watcher's next message), and otherwise it runs when
+        the turn ends, before the loop polls again.
+        """
+        if self.pending is None:
+            self.pending = asyncio.get_running_loop().call_soon(self._review_pending)
+
+    def _review_pending(self) -> None:
+        self.pending = None
+        self.review()
+
     def review(self) -> None:
         """Decide again: the levels, the subscribers or the watcher may have changed."""
+        if self.pending is not None:
+            self.pending.cancel()  # this look answers it
+            self.pending = None
         self.broker.take_near_full()  # this look answers the signal
         watcher = self.watcher()
         if watcher is None:
