@@ -25,7 +25,7 @@ from watchd.scan import scan_parts
 PART = 4096  # entries per part, as the watcher scans (watchd.fill.PART)
 
 
-def scan_once(root: str, entered: Callable[[int], bool] | None) -> tuple[int, float, float]:
+def scan_once(root: str, entered: Callable[..., bool] | None) -> tuple[int, float, float]:
     """One whole scan: (paths, user s, system s)."""
     before = resource.getrusage(resource.RUSAGE_SELF)
     dirs: AtRest = {}
@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("--entered", action="store_true",
                         help="enter only the directories a tree watches (the kernel asked)")
     args = parser.parse_args()
-    entered: Callable[[int], bool] | None = None
+    # Called as the other checkout's scan calls it (--against): its arguments may differ.
+    entered: Callable[..., bool] | None = None
     ino = None
     if args.entered:
         ino = InotifyFd()

@@ -64,21 +64,19 @@ Rules worth knowing:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from watchd.inotify import fs
 from watchd.inotify._binding import InotifyFd, RawTuple
-from watchd.inotify.errors import InotifyError, WatchLimitError
+from watchd.inotify.errors import WatchLimitError
 from watchd.inotify.flags import (
     IN_CREATE,
     IN_DELETE,
     IN_DELETE_SELF,
     IN_IGNORED,
     IN_ISDIR,
-    IN_MASK_ADD,
     IN_MASK_CREATE,
     IN_MOVE_SELF,
     IN_MOVED_FROM,
@@ -96,7 +94,7 @@ __all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
 # Events that need more than a lookup and a report (see Tree._slow).
 _SLOW = IN_ISDIR | IN_MOVED_FROM | IN_MOVED_TO | IN_IGNORED | IN_UNMOUNT | IN_Q_OVERFLOW
 _ROOT_LOSS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
-_WATCH_GONE = IN_IGNORED | IN_UNMOUNT  # of a directory below the root
+_WATCH_GONE = IN_IGNORED | IN_UNMOUNT | IN_DELETE_SELF  # of a directory below the root
 # Events that make, unmake or rename a name in a directory.
 _NAMING = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 
@@ -211,21 +209,17 @@ class Tree:
         prefix = self._path_of.get(wd)
         return None if prefix is None else dir_path(prefix)
 
-    def watches_dir(self, fd: int) -> bool:
-        """Whether the directory open as `fd` is one this tree watches: by its inode, the
-        kernel's answer, whatever path the tree has for it (its rename may be unread)."""
-        # Adding bits a watch has returns its wd and changes nothing; a watch made so on a
-        # directory the tree does not watch is removed at once (its IN_IGNORED names a wd
-        # the tree does not know, and is dropped).
-        got = self._ino.add_watch_raw(fs.proc_path(fd, os.getpid()),
-                                      self._settings.narrow | IN_MASK_ADD)
-        if got < 0:
-            return False  # past the watch limit, or no longer there: not one it watches
-        if got in self._path_of:
-            return True
-        with contextlib.suppress(InotifyError):
-            self._ino.rm_watch(got)
-        return False
+    def watches_dir(self, fd: int, st: os.stat_result) -> bool:
+        """Whether the directory open as `fd` (`st`: its fstat) is one this tree watches: by
+        its identity, whatever path the tree has for it (its rename may be unread). Past the
+        watch limit, or no longer there: not one it watches."""
+        return self._reach.watch_on(fd, st) >= 0
+
+    def distrust(self) -> None:
+        """Before a scan that asks watches_dir of every directory: the record of which
+        directory each watch is on is checked with the kernel again, once per device (see
+        Watches.vouched)."""
+        self._watches.distrust()
 
     def unreported(self, missed: Callable[[str], bool]) -> None:
         """After a scan that was to report what the tree's directories hold: the directories
@@ -259,7 +253,7 @@ class Tree:
             os.close(fd)
             raise
         root_prefix = reach.root_prefix
-        self._watches.remember(wd, root_prefix)
+        self._watches.remember(wd, root_prefix, st)
         self._watches.root_wd = wd
         out: list[TreeEvent] | None = [] if report else None
         if not s.recursive:
@@ -324,6 +318,11 @@ class Tree:
                     self.unmounted = True  # its IN_IGNORED follows, and forgets the watch
                 if mask & IN_IGNORED:
                     watches.forget(wd)
+                elif mask & IN_DELETE_SELF:
+                    watches.unlinked(wd)  # its inode number may soon be another directory's
+                    if mask & report:
+                        append(new(TreeEvent, (mask, cookie, dir_path(prefix), None, wd, name,
+                                               length)))
             elif mask & report:
                 path = dir_path(prefix)
                 append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
@@ -449,6 +448,7 @@ class Tree:
         self.overflowed = self.unmounted = False
         self._walker.limit_error = None  # found again below if a limit still stands in the way
         watches = self._watches
+        watches.distrust()  # events may have been lost: a file system may have been remounted
         watches.rescan.clear()
         watches.reported.clear()
         watches.unreported.clear()

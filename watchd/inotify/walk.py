@@ -158,6 +158,8 @@ class Walker:
             except OSError:
                 kind = 0
             self._fs_types[dev] = kind
+            if kind in fs.LOCAL_TIME_FS:
+                self._watches.timely.add(dev)
         return kind
 
     def visited_set(self, st: os.stat_result) -> set[tuple[int, int]] | None:
@@ -264,7 +266,7 @@ class Walker:
                     visited.add(key)
                 fresh = True
                 known = self._wd_of.get(prefix) if seen is not None else None
-                if known is not None and self._reach.is_watch(fd, known):
+                if known is not None and self._reach.is_watch(fd, known, st):
                     # A resync meets a directory it already watches: it keeps its watch,
                     # whatever limit stops new ones (they would otherwise be dropped below).
                     seen.add(known)  # type: ignore[union-attr]  # seen is set: see above
@@ -273,7 +275,7 @@ class Walker:
                     wd = -1
                     self.unwatched += 1
                 else:
-                    wd = add(fd, prefix, pid)
+                    wd = add(fd, prefix, pid, st)
                     if wd >= 0:
                         added += 1
                         if seen is not None:
@@ -287,8 +289,8 @@ class Walker:
                         counting = True
                         self.unwatched += 1
                     elif wd == -errno.EEXIST:
-                        adopted = (self._adopt(fd, prefix, pid) if seen is not None
-                                   else self._moved_here(fd, prefix, pid, f.along))
+                        adopted = (self._adopt(fd, prefix, pid, st) if seen is not None
+                                   else self._moved_here(fd, prefix, pid, f.along, st))
                         if adopted is None:
                             os.close(fd)
                             continue  # already watched on this fd (a bind mount, another tree)
@@ -327,7 +329,7 @@ class Walker:
         self._watches.synth_cur.setdefault(parent_wd, set()).add(name)
         out.append(synthetic_create(prefix[:-1], True))
 
-    def _add(self, fd: int, prefix: str, pid: int) -> int:
+    def _add(self, fd: int, prefix: str, pid: int, st: os.stat_result) -> int:
         """Watch a directory of a walk, open as `fd`, and record it at `prefix`; or -errno.
 
         The one place where a walk adds a watch. Narrow, and refusing an inode this fd already
@@ -340,15 +342,14 @@ class Walker:
             return -errno.ENOSPC  # past the tree's own budget, as past the kernel's limit
         wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), self._settings.narrow | IN_MASK_CREATE)
         if wd >= 0:
-            self._path_of[wd] = prefix
-            self._wd_of[prefix] = wd
+            self._watches.remember(wd, prefix, st)
         elif wd == -errno.ENOSPC and self.limit_error is None:
             error = error_for(errno.ENOSPC, dir_path(prefix), "inotify_add_watch")
             assert isinstance(error, WatchLimitError)
             self.limit_error = error
         return wd
 
-    def _adopt(self, fd: int, prefix: str, pid: int) -> int | None:
+    def _adopt(self, fd: int, prefix: str, pid: int, st: os.stat_result) -> int | None:
         """The wd of a directory this fd already watches; one of ours gets its new path."""
         # Adding bits it already has returns the existing wd and changes nothing.
         wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), self._settings.narrow | IN_MASK_ADD)
@@ -357,13 +358,13 @@ class Walker:
         old = self._path_of.get(wd)
         if old is None:
             return None  # watched by someone else on this fd
-        if old != prefix:
-            if self._wd_of.get(old) == wd:
-                del self._wd_of[old]
-            self._watches.remember(wd, prefix)
+        if old != prefix and self._wd_of.get(old) == wd:
+            del self._wd_of[old]
+        self._watches.remember(wd, prefix, st)
         return wd
 
-    def _moved_here(self, fd: int, prefix: str, pid: int, along: bool) -> int | None:
+    def _moved_here(self, fd: int, prefix: str, pid: int, along: bool,
+                    st: os.stat_result) -> int | None:
         """The wd of a directory that a walk (not a resync) meets already watched by this tree.
 
         Watched at another path that no longer leads to it, it has moved here, and its rename's
@@ -381,6 +382,8 @@ class Walker:
         # Adding bits it already has returns the existing wd and changes nothing.
         wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), s.narrow | IN_MASK_ADD)
         old = self._path_of.get(wd) if wd >= 0 else None
+        if old is not None:
+            self._watches.identify(wd, st)
         if old is None or (old == prefix and not along) or (
                 old != prefix and self._reach.leads_to(old, wd)):
             return None

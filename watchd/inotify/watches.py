@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import NamedTuple
 
 from watchd.inotify._binding import InotifyFd
 from watchd.inotify.errors import InotifyError
 from watchd.inotify.flags import IN_CREATE, IN_ISDIR
+
+# Watches.vouched's answers besides a wd: no watch of ours is on that directory, or ask the
+# kernel.
+NOT_OURS, UNSURE = -1, -2
+# How much older than its watch's confirmation a directory's ctime must be for the tree to vouch
+# for it (see Watches.vouched): the kernel stamps ctime from a clock that may lag the one read
+# here by a tick, and a clock may be slewed.
+CTIME_SLACK_NS = 1_000_000_000
+_NO_CLAIM = (-1, 0)
 
 
 class TreeEvent(NamedTuple):
@@ -51,8 +61,9 @@ class Watches:
     therefore only ever cleared, never replaced): not a value.
     """
 
-    __slots__ = ("_ino", "adrift", "moves", "path_of", "reported", "rescan", "root_wd",
-                 "skipped", "synth_cur", "synth_prev", "unreported", "wd_of")
+    __slots__ = ("_ino", "adrift", "by_inode", "inode_of", "moves", "path_of", "reported",
+                 "rescan", "root_wd", "skipped", "synth_cur", "synth_prev", "timely",
+                 "unreported", "verified", "wd_of")
 
     def __init__(self, ino: InotifyFd) -> None:
         self._ino = ino
@@ -82,19 +93,31 @@ class Watches:
         # Watched directories whose contents nobody has reported, to report where their
         # rename's events place them (see Tree.unreported).
         self.unreported: set[int] = set()
+        # Which directory each watch is on, by identity (st_dev, st_ino), so that a walk can
+        # tell a watched directory without asking the kernel (see vouched): (dev, ino) ->
+        # (wd, when the kernel last said so, less CTIME_SLACK_NS), and wd -> (dev, ino).
+        self.by_inode: dict[tuple[int, int], tuple[int, int]] = {}
+        self.inode_of: dict[int, tuple[int, int]] = {}
+        # Devices whose file systems stamp ctime from this machine's clock (see vouched), and of
+        # those, the ones where the kernel has confirmed a watch since the last distrust().
+        self.timely: set[int] = set()
+        self.verified: set[int] = set()
 
     # -- the maps ----------------------------------------------------------------------------
 
-    def remember(self, wd: int, prefix: str) -> None:
-        """Record watch `wd` as the directory at `prefix`."""
+    def remember(self, wd: int, prefix: str, st: os.stat_result) -> None:
+        """Record watch `wd` as the directory at `prefix`, `st` its fstat (the kernel has just
+        returned `wd` for it)."""
         self.path_of[wd] = prefix
         self.wd_of[prefix] = wd
+        self.identify(wd, st)
 
     def forget(self, wd: int) -> None:
         """Drop watch `wd` (gone with its directory, or removed) and all that waits on it."""
         prefix = self.path_of.pop(wd, None)
         if prefix is not None and self.wd_of.get(prefix) == wd:
             del self.wd_of[prefix]
+        self.unlinked(wd)
         self.synth_cur.pop(wd, None)
         self.synth_prev.pop(wd, None)
         self.rescan.pop(wd, None)
@@ -151,6 +174,9 @@ class Watches:
                     rm(wd)
         self.path_of.clear()
         self.wd_of.clear()
+        self.by_inode.clear()
+        self.inode_of.clear()
+        self.verified.clear()
         self.synth_cur.clear()
         self.synth_prev.clear()
         self.rescan.clear()
@@ -158,6 +184,64 @@ class Watches:
         self.unreported.clear()
         self.adrift.clear()
         self.skipped.clear()
+
+    # -- which directory each watch is on ------------------------------------------------------
+
+    def identify(self, wd: int, st: os.stat_result) -> None:
+        """The kernel says, now, that watch `wd` is on the directory of `st`."""
+        key = (st.st_dev, st.st_ino)
+        self.unlinked(wd)  # a wd stays on one inode; this only tidies a record that was wrong
+        other = self.by_inode.get(key, _NO_CLAIM)[0]
+        if other >= 0 and other != wd:
+            del self.inode_of[other]  # that watch went with its directory, unread
+        self.inode_of[wd] = key
+        self.by_inode[key] = (wd, time.time_ns() - CTIME_SLACK_NS)
+
+    def unlinked(self, wd: int) -> None:
+        """Watch `wd`'s directory was removed (IN_DELETE_SELF) or its watch went: its inode
+        number may be given to another directory."""
+        key = self.inode_of.pop(wd, None)
+        if key is not None and self.by_inode.get(key, _NO_CLAIM)[0] == wd:
+            del self.by_inode[key]
+
+    def vouched(self, st: os.stat_result) -> int:
+        """The wd of ours on the directory of `st` (an fstat of it, open), NOT_OURS, or UNSURE:
+        ask the kernel (then tell `checked` its answer).
+
+        Our record of identities misses nothing we watch, but may hold one whose directory was
+        removed meanwhile (its IN_DELETE_SELF unread, or lost in an overflow), and whose inode
+        number another directory has since been given (ext4 does so at once). That directory
+        was made after the removal, hence after the kernel confirmed our watch on the inode
+        (it was alive then: we held it open), and its ctime says so: the kernel sets ctime on
+        creation and on every change, and nobody can set it back. So a directory whose ctime
+        is older than the confirmation is the one confirmed. On devices whose time stamps come
+        from another clock (NFS, FUSE: not `timely`), and on each device until the kernel has
+        confirmed one claim there since distrust() (a file system unmounted and mounted again
+        comes back with the same identities, unwatched), the kernel is asked.
+        """
+        dev = st.st_dev
+        if dev not in self.verified:
+            return UNSURE
+        wd, confirmed = self.by_inode.get((dev, st.st_ino), _NO_CLAIM)
+        if wd < 0:
+            return NOT_OURS
+        return wd if st.st_ctime_ns < confirmed else UNSURE
+
+    def checked(self, st: os.stat_result, got: int) -> None:
+        """The kernel's answer for the directory of `st`: the wd of ours on it, or < 0: none."""
+        key = (st.st_dev, st.st_ino)
+        claim = self.by_inode.get(key, _NO_CLAIM)[0]
+        if got >= 0:
+            if claim == got and st.st_dev in self.timely:
+                self.verified.add(st.st_dev)
+            self.identify(got, st)
+        elif claim >= 0:
+            self.unlinked(claim)  # that watch is not on this directory: it went with another
+
+    def distrust(self) -> None:
+        """From now on, ask the kernel again on each device until it confirms one claim there
+        (see vouched): before a walk or a scan that relies on the record."""
+        self.verified.clear()
 
     # -- one batch of events -----------------------------------------------------------------
 
