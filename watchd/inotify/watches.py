@@ -261,6 +261,25 @@ class Watches:
                 self.adrift.pop(wd, None)
         return src
 
+    def pair(self, cookie: int, *, listed: bool) -> tuple[str | None, list[int] | None, bool]:
+        """An IN_MOVED_TO: the source path of its IN_MOVED_FROM (None: a move in), the
+        watches that moved with it, and whether events of theirs were left out meanwhile
+        (`skipped`). `listed`: a listing reported its name."""
+        src = self.move_to(cookie)
+        if src is None:
+            return None, None, False
+        src_path, moved = src
+        # A listing found the name the rename gave: its source was never reported. Moved in,
+        # not renamed: a client keeps what the name holds.
+        return (None if listed and not moved else src_path), moved, cookie in self.skipped
+
+    def moved_out(self, cookie: int) -> None:
+        """An IN_MOVED_TO to a name the tree does not watch (pruned): the watches that moved
+        with it leave the tree."""
+        src = self.move_to(cookie)
+        if src is not None and src[1]:
+            self.rm_all(src[1])
+
     def unlist(self, wd: int, name: str) -> bool:
         """Whether listing a new directory `wd` reported `name`; it is forgotten either way.
 
