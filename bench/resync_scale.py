@@ -21,8 +21,8 @@ this one, both in one run, for `--resyncs` resyncs each, and prints the ratios (
 --tree PATH keeps the tree there (built once, reused by later runs).
 
 --scan, instead: the CPU time of the scan alone (bench.scan_cpu, getrusage in the process that
-scans), entering every directory and entering only those a tree watches (the kernel asked per
-directory, as after a loss); with --against, both checkouts in turns.
+scans), entering every directory and entering only those a tree watches (Tree.watches_dir
+asked per directory, as after a loss); with --against, both checkouts in turns.
 
 --burst N, instead: the steady-state event path with and without the index, in turns: a W1
 burst (N files created, written and closed, then deleted) in an empty watched directory, read
@@ -253,7 +253,7 @@ def scan_cpu(work: Path, root: Path, source: str | None, *, entered: bool) -> di
 
 def compare_scans(work: Path, root: Path, args: argparse.Namespace) -> None:
     """The CPU of the scan alone, entering every directory and only the watched ones (the
-    kernel asked per directory), for this watchd and args.against's, in turns."""
+    tree asked per directory), for this watchd and args.against's, in turns."""
     sources: list[str | None] = [None] if args.against is None else [None, args.against]
     for source in sources:
         print(f"{source or 'this'}: {imported_from(work, source)}")

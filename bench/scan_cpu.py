@@ -4,8 +4,8 @@
 
 Prints one JSON line: the paths scanned and, per repetition, the user and system CPU seconds
 of one whole scan (getrusage). With --entered the scan enters only the directories a real
-tree (watchd.inotify.tree.Tree, one inotify watch per directory) watches, asking it of the
-kernel per directory as the watcher does after a loss (watchd.fill.scan_whole); without, it
+tree (watchd.inotify.tree.Tree, one inotify watch per directory) watches, asking the tree
+(Tree.watches_dir) as the watcher does after a loss (watchd.fill.scan_whole); without, it
 enters every directory. bench.resync_scale --scan runs this for two checkouts in turns.
 """
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("tree")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--entered", action="store_true",
-                        help="enter only the directories a tree watches (the kernel asked)")
+                        help="enter only the directories a tree watches (Tree.watches_dir)")
     args = parser.parse_args()
     # Called as the other checkout's scan calls it (--against): its arguments may differ.
     entered: Callable[..., bool] | None = None
