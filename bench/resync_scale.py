@@ -258,6 +258,7 @@ def compare_scans(work: Path, root: Path, args: argparse.Namespace) -> None:
     for source in sources:
         print(f"{source or 'this'}: {imported_from(work, source)}")
     cpu: dict[tuple[str | None, bool], list[tuple[float, float]]] = {}
+    walks: dict[str | None, list[float]] = {}  # the tree's own walk before a scan
     paths = 0
     for rep in range(args.resyncs):
         for source in (sources if rep % 2 == 0 else sources[::-1]):
@@ -265,6 +266,8 @@ def compare_scans(work: Path, root: Path, args: argparse.Namespace) -> None:
                 r = scan_cpu(work, root, source, entered=entered)
                 paths = r["paths"]
                 cpu.setdefault((source, entered), []).append((r["user"][0], r["sys"][0]))
+                if r.get("walk"):
+                    walks.setdefault(source, []).extend(r["walk"])
     per = 100_000 / paths
     medians: dict[tuple[str | None, bool], float] = {}
     for (source, entered), runs in cpu.items():
@@ -276,6 +279,9 @@ def compare_scans(work: Path, root: Path, args: argparse.Namespace) -> None:
               f"{'watched directories' if entered else 'every directory'}: median of "
               f"{len(runs)} {total:.2f} s CPU (user {user:.2f}, sys {system:.2f}); "
               f"{total * per:.2f} s per 100,000 paths", flush=True)
+    for source, runs_ in walks.items():
+        print(f"the tree's own walk of a resync (Tree.resync), {source or 'this'}: median of "
+              f"{len(runs_)} {statistics.median(runs_):.2f} s CPU")
     if args.against is not None:
         for entered in (False, True):
             print(f"ratio this / {args.against} "

@@ -6,7 +6,9 @@ Prints one JSON line: the paths scanned and, per repetition, the user and system
 of one whole scan (getrusage). With --entered the scan enters only the directories a real
 tree (watchd.inotify.tree.Tree, one inotify watch per directory) watches, asking the tree
 (Tree.watches_dir) as the watcher does after a loss (watchd.fill.scan_whole); without, it
-enters every directory. bench.resync_scale --scan runs this for two checkouts in turns.
+enters every directory. With --entered, "walk" is the CPU seconds of the tree's own walk of a
+resync (Tree.resync) before each scan. bench.resync_scale --scan runs this for two checkouts
+in turns.
 """
 
 from __future__ import annotations
@@ -48,17 +50,26 @@ def main() -> None:
     # Called as the other checkout's scan calls it (--against): its arguments may differ.
     entered: Callable[..., bool] | None = None
     ino = None
+    walks: list[float] = []
     if args.entered:
         ino = InotifyFd()
         tree = Tree(ino, args.tree, kinds_mask(DEFAULT_KINDS), recursive=True, synthetic=True,
                     real_root=args.tree, real_fs_only=True)
         tree.start()
         entered = tree.watches_dir
-    runs = [scan_once(args.tree, entered) for _ in range(args.reps)]
+    runs = []
+    for _ in range(args.reps):
+        if ino is not None:
+            # As after a loss: the tree's own walk (Tree.resync), then the scan.
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            tree.resync()
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            walks.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        runs.append(scan_once(args.tree, entered))
     if ino is not None:
         ino.close()
     print(json.dumps({"paths": runs[0][0], "user": [r[1] for r in runs],
-                      "sys": [r[2] for r in runs]}))
+                      "sys": [r[2] for r in runs], "walk": walks}))
 
 
 if __name__ == "__main__":
