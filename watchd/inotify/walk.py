@@ -225,8 +225,9 @@ class Walker:
         """Whether a walk leaves a directory alone: a pseudo file system mounted inside the
         tree (/proc and the like), or one met already through a link that loops."""
         dev = st.st_dev
-        if (dev != f.dev and self._settings.real_fs_only
-                and self.fs_type(dev, fd) in fs.PSEUDO_FS):
+        # The type of each file system met is kept (see entries), whether or not it is refused.
+        if (dev != f.dev and self.fs_type(dev, fd) in fs.PSEUDO_FS
+                and self._settings.real_fs_only):
             return True
         if w.visited is not None:
             key = (dev, st.st_ino)
