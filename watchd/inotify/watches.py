@@ -24,7 +24,16 @@ NOT_OURS, UNSURE = -1, -2
 # for it (see Watches.vouched): the kernel stamps ctime from a clock that may lag the one read
 # here by a tick, and a clock may be slewed.
 CTIME_SLACK_NS = 1_000_000_000
-_NO_CLAIM = (-1, 0)
+# A claim of by_inode, packed into one int to spare memory (a tuple of two ints costs three
+# objects per watched directory): the confirmation time above _WD_BITS, the wd below.
+_WD_BITS = 32
+_WD_MASK = (1 << _WD_BITS) - 1
+_NO_CLAIM = -1
+
+
+def identity(st: os.stat_result) -> int:
+    """A directory's identity (st_dev, st_ino) as one int, a key of Watches.by_inode."""
+    return st.st_dev << 64 | st.st_ino
 
 
 class TreeEvent(NamedTuple):
@@ -94,10 +103,10 @@ class Watches:
         # rename's events place them (see Tree.unreported).
         self.unreported: set[int] = set()
         # Which directory each watch is on, by identity (st_dev, st_ino), so that a walk can
-        # tell a watched directory without asking the kernel (see vouched): (dev, ino) ->
-        # (wd, when the kernel last said so, less CTIME_SLACK_NS), and wd -> (dev, ino).
-        self.by_inode: dict[tuple[int, int], tuple[int, int]] = {}
-        self.inode_of: dict[int, tuple[int, int]] = {}
+        # tell a watched directory without asking the kernel (see vouched): identity() -> when
+        # the kernel last said so (less CTIME_SLACK_NS) << _WD_BITS | wd, and wd -> identity.
+        self.by_inode: dict[int, int] = {}
+        self.inode_of: dict[int, int] = {}
         # Devices whose file systems stamp ctime from this machine's clock (see vouched), and of
         # those, the ones where the kernel has confirmed a watch since the last distrust().
         self.timely: set[int] = set()
@@ -189,19 +198,19 @@ class Watches:
 
     def identify(self, wd: int, st: os.stat_result) -> None:
         """The kernel says, now, that watch `wd` is on the directory of `st`."""
-        key = (st.st_dev, st.st_ino)
+        key = identity(st)
         self.unlinked(wd)  # a wd stays on one inode; this only tidies a record that was wrong
-        other = self.by_inode.get(key, _NO_CLAIM)[0]
-        if other >= 0 and other != wd:
-            del self.inode_of[other]  # that watch went with its directory, unread
+        claim = self.by_inode.get(key, _NO_CLAIM)
+        if claim >= 0 and claim & _WD_MASK != wd:
+            del self.inode_of[claim & _WD_MASK]  # that watch went with its directory, unread
         self.inode_of[wd] = key
-        self.by_inode[key] = (wd, time.time_ns() - CTIME_SLACK_NS)
+        self.by_inode[key] = (time.time_ns() - CTIME_SLACK_NS) << _WD_BITS | wd
 
     def unlinked(self, wd: int) -> None:
         """Watch `wd`'s directory was removed (IN_DELETE_SELF) or its watch went: its inode
         number may be given to another directory."""
         key = self.inode_of.pop(wd, None)
-        if key is not None and self.by_inode.get(key, _NO_CLAIM)[0] == wd:
+        if key is not None and self.by_inode.get(key, _NO_CLAIM) & _WD_MASK == wd:
             del self.by_inode[key]
 
     def vouched(self, st: os.stat_result) -> int:
@@ -222,15 +231,16 @@ class Watches:
         dev = st.st_dev
         if dev not in self.verified:
             return UNSURE
-        wd, confirmed = self.by_inode.get((dev, st.st_ino), _NO_CLAIM)
-        if wd < 0:
+        claim = self.by_inode.get(dev << 64 | st.st_ino, _NO_CLAIM)
+        if claim < 0:
             return NOT_OURS
-        return wd if st.st_ctime_ns < confirmed else UNSURE
+        return claim & _WD_MASK if st.st_ctime_ns < claim >> _WD_BITS else UNSURE
 
     def checked(self, st: os.stat_result, got: int) -> None:
         """The kernel's answer for the directory of `st`: the wd of ours on it, or < 0: none."""
-        key = (st.st_dev, st.st_ino)
-        claim = self.by_inode.get(key, _NO_CLAIM)[0]
+        claim = self.by_inode.get(identity(st), _NO_CLAIM)
+        if claim >= 0:
+            claim &= _WD_MASK
         if got >= 0:
             if claim == got and st.st_dev in self.timely:
                 self.verified.add(st.st_dev)
