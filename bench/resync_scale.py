@@ -21,8 +21,8 @@ this one, both in one run, for `--resyncs` resyncs each, and prints the ratios (
 --tree PATH keeps the tree there (built once, reused by later runs).
 
 --scan, instead: the CPU time of the scan alone (bench.scan_cpu, getrusage in the process that
-scans), entering every directory and entering only those a tree watches (the kernel asked per
-directory, as after a loss); with --against, both checkouts in turns.
+scans), entering every directory and entering only those a tree watches (Tree.watches_dir
+asked per directory, as after a loss); with --against, both checkouts in turns.
 
 --burst N, instead: the steady-state event path with and without the index, in turns: a W1
 burst (N files created, written and closed, then deleted) in an empty watched directory, read
@@ -253,11 +253,12 @@ def scan_cpu(work: Path, root: Path, source: str | None, *, entered: bool) -> di
 
 def compare_scans(work: Path, root: Path, args: argparse.Namespace) -> None:
     """The CPU of the scan alone, entering every directory and only the watched ones (the
-    kernel asked per directory), for this watchd and args.against's, in turns."""
+    tree asked per directory), for this watchd and args.against's, in turns."""
     sources: list[str | None] = [None] if args.against is None else [None, args.against]
     for source in sources:
         print(f"{source or 'this'}: {imported_from(work, source)}")
     cpu: dict[tuple[str | None, bool], list[tuple[float, float]]] = {}
+    walks: dict[str | None, list[float]] = {}  # the tree's own walk before a scan
     paths = 0
     for rep in range(args.resyncs):
         for source in (sources if rep % 2 == 0 else sources[::-1]):
@@ -265,6 +266,8 @@ def compare_scans(work: Path, root: Path, args: argparse.Namespace) -> None:
                 r = scan_cpu(work, root, source, entered=entered)
                 paths = r["paths"]
                 cpu.setdefault((source, entered), []).append((r["user"][0], r["sys"][0]))
+                if r.get("walk"):
+                    walks.setdefault(source, []).extend(r["walk"])
     per = 100_000 / paths
     medians: dict[tuple[str | None, bool], float] = {}
     for (source, entered), runs in cpu.items():
@@ -276,6 +279,9 @@ def compare_scans(work: Path, root: Path, args: argparse.Namespace) -> None:
               f"{'watched directories' if entered else 'every directory'}: median of "
               f"{len(runs)} {total:.2f} s CPU (user {user:.2f}, sys {system:.2f}); "
               f"{total * per:.2f} s per 100,000 paths", flush=True)
+    for source, runs_ in walks.items():
+        print(f"the tree's own walk of a resync (Tree.resync), {source or 'this'}: median of "
+              f"{len(runs_)} {statistics.median(runs_):.2f} s CPU")
     if args.against is not None:
         for entered in (False, True):
             print(f"ratio this / {args.against} "

@@ -11,6 +11,7 @@ applies the events that follow a part on top of it, and the index ends as the tr
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -73,12 +74,13 @@ def _listed_not_entered(dirs: AtRest, path: str) -> bool:
     return listed is not None and name in listed[0].split("/")
 
 
-def _entered(tree: Tree) -> Callable[[int], bool] | None:
+def _entered(tree: Tree) -> Callable[[int, os.stat_result], bool] | None:
     """Which directories a scan of the tree's watch enters (see watchd.scan.scan_parts): those
     the tree watches. Every one, while the tree is past its watch limit: those it could not
     watch have no events and no walk of their own, the scan is all that reports them."""
     if tree.unwatched or tree.limit_error is not None:
         return None
+    tree.distrust()
     return tree.watches_dir
 
 

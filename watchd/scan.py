@@ -40,7 +40,8 @@ def scan_parts(root: str, real_root: str, *, recursive: bool,
                wanted: Callable[[str], bool] | None,
                prune: Callable[[str], bool] | None,
                part_size: int = 1 << 62,
-               entered: Callable[[int], bool] | None = None) -> Generator[AtRest, None, None]:
+               entered: Callable[[int, os.stat_result], bool] | None = None,
+               ) -> Generator[AtRest, None, None]:
     """scan, in parts, each directory at rest: each part holds whole directories, about
     part_size entries in all (the last part may be empty). A caller can do other work between
     two parts, as the watcher does while it fills a watch's first index (see watchd.fill), or
@@ -50,8 +51,8 @@ def scan_parts(root: str, real_root: str, *, recursive: bool,
     the generator is closed before its end. Raises OSError (at the first part) when the root
     cannot be opened.
 
-    `entered`, given a subdirectory open as a descriptor, says whether to enter it (the
-    watcher's: whether its tree watches that directory). One it refuses is recorded in its
+    `entered`, given a subdirectory open as a descriptor and its fstat, says whether to enter
+    it (the watcher's: whether its tree watches that directory). One it refuses is recorded in its
     parent's listing but not entered, as one that went between the two listings: a
     directory made after the tree's walk, whose create is not read yet, has its contents
     reported by the tree's own walk of it when it is, and only that walk is exact (an entry
@@ -83,7 +84,7 @@ def scan_parts(root: str, real_root: str, *, recursive: bool,
                 st = os.fstat(child)
                 if (st.st_dev, st.st_ino) != (dev, ino):
                     raise FileNotFoundError  # replaced since it was listed: its events say so
-                if entered is not None and not entered(child):
+                if entered is not None and not entered(child, st):
                     raise FileNotFoundError  # not watched (yet): left to the tree's walk
                 grand, listed = _list(child, child_path, dirs, wanted, prune)
             except OSError:

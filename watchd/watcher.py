@@ -19,7 +19,6 @@ import gc
 import logging
 import operator
 import os
-import resource
 import select
 import signal
 import socket
@@ -43,16 +42,13 @@ from watchd.inotify.tree import Tree, TreeEvent
 from watchd.levels import DEFAULT_LOG_LEVEL
 from watchd.reasons import LostReason, OverflowReason
 from watchd.watcher_channel import ChannelEnd
+from watchd.watcher_nice import raise_priority
 from watchd.watcher_watch import Watch, name_filter
 
 log = logging.getLogger("watchd.watcher")
 
 HEARTBEAT_S = 1.0  # how often the daemon hears from us when nothing else happens
 PENDING_POLL_S = 1.0  # how often a pending root is looked for again
-# How far below the daemon's nice value we run, where allowed. The kernel queue is the one
-# place where events are lost for good; every stage after it buffers. So when the CPUs are
-# contended (a burst: the writer, we, the daemon and its clients), we must be scheduled first.
-NICE_BOOST = 10
 # After a read of fewer events than this, pause this long before looking again (see run).
 COALESCE_BELOW = 64
 COALESCE_S = 0.0001
@@ -93,7 +89,7 @@ class Watcher:
             elif isinstance(message, channel.Stop):
                 self.running = False
             elif isinstance(message, channel.Rescan):
-                self.scan_again(message.watch)
+                self.rescan(message.watch, owed=True)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -275,8 +271,7 @@ class Watcher:
             # is sent as None: the daemon then tells subscribers to rescan.
             self.send(channel.Overflow(watch.name, resync=True, reason=reason))
             tree.resync()
-            scanned = self.scan(watch)
-            self.send(channel.Scan(watch.name, *(scanned or (None, 0.0))))
+            self.rescan(watch.name, owed=True)
         else:
             self.send(channel.Overflow(watch.name, reason=reason))
             self.send_items(watch, tree.resync(), now)
@@ -287,21 +282,17 @@ class Watcher:
         self.fills.stop(watch.name)
         return scan_whole(watch, self.heartbeat)
 
-    def rescan(self, name: str) -> None:
-        """Send the daemon a scan of a watch that has an index (see watchd.resync)."""
+    def rescan(self, name: str, *, owed: bool = False) -> None:
+        """Send the daemon a scan of a watch that has an index (see watchd.resync). `owed`: a
+        resync was announced (by us after a loss, or by the daemon asking: channel.Rescan),
+        which the scan answers: it is sent even when it fails, as None, and the daemon then
+        tells subscribers to rescan."""
         watch = self.watches.get(name)
-        if watch is None or name not in self.channel.resync_on:
-            return
-        scanned = self.scan(watch)
-        if scanned is not None:
-            self.send(channel.Scan(name, *scanned))
-
-    def scan_again(self, name: str) -> None:
-        """The daemon asks for a scan (channel.Rescan): sent even when it fails, as None, since
-        the daemon announced a resync that it answers."""
-        watch = self.watches.get(name)
-        scanned = self.scan(watch) if watch is not None and watch.tree is not None else None
-        self.send(channel.Scan(name, *(scanned or (None, 0.0))))
+        scanned = None
+        if watch is not None and (owed or name in self.channel.resync_on):
+            scanned = self.scan(watch)  # None without a tree
+        if scanned is not None or owed:
+            self.send(channel.Scan(name, *(scanned or (None, 0.0))))
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
         """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches.
@@ -341,8 +332,7 @@ class Watcher:
                     # not as the creation of everything they hold.
                     self.send(channel.Overflow(watch.name, resync=True,
                                                reason=OverflowReason.WATCH_LIMIT))
-                    scanned = self.scan(watch)
-                    self.send(channel.Scan(watch.name, *(scanned or (None, 0.0))))
+                    self.rescan(watch.name, owed=True)
                     continue
                 self.send_items(watch, found, time.time())
             except Exception as e:
@@ -392,36 +382,6 @@ class Watcher:
                 time.sleep(COALESCE_S)
         for watch in self.watches.values():
             self.deactivate(watch)
-
-
-def priority_targets(current: int, rlimit_nice: int) -> list[int]:
-    """The nice values to try, best first: NICE_BOOST below current, then RLIMIT_NICE's floor.
-
-    Unprivileged, RLIMIT_NICE r allows going down to 20 - r (RLIM_INFINITY: anywhere).
-    """
-    wanted = max(-20, current - NICE_BOOST)
-    floor = wanted if rlimit_nice == resource.RLIM_INFINITY else max(wanted, 20 - rlimit_nice)
-    return [value for value in dict.fromkeys((wanted, floor)) if value < current]
-
-
-def raise_priority() -> int:
-    """Lower our nice value by NICE_BOOST where allowed; returns the value we run at.
-
-    Allowed with CAP_SYS_NICE (root) or by an RLIMIT_NICE that reaches far enough (systemd's
-    LimitNICE=, as the shipped unit sets); otherwise we stay at the daemon's priority.
-    """
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
-    for value in priority_targets(current, soft):
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, value)
-        except PermissionError:
-            continue
-        log.debug("watcher runs at nice %d, the daemon at %d", value, current)
-        return value
-    log.debug("watcher runs at the daemon's nice value %d (not allowed to lower it: no "
-              "CAP_SYS_NICE, RLIMIT_NICE %s)", current, soft)
-    return current
 
 
 def tune_gc() -> None:

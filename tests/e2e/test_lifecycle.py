@@ -22,7 +22,7 @@ from tests.harness import (
     wait_for,
     watch,
 )
-from watchd.watcher import priority_targets
+from watchd.watcher_nice import priority_targets
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -181,7 +181,7 @@ def test_an_unprivileged_watcher_stays_at_the_daemons_priority() -> None:
         os.setgid(NOBODY)
         os.setuid(NOBODY)
 
-    code = "from watchd.watcher import raise_priority; print(raise_priority())"
+    code = "from watchd.watcher_nice import raise_priority; print(raise_priority())"
     result = subprocess.run([python_for_nobody(), "-c", code], preexec_fn=drop,
                             env={"PYTHONPATH": str(REPO)}, cwd="/", capture_output=True,
                             text=True, timeout=30, check=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +18,14 @@ def ino() -> Iterator[InotifyFd]:
         yield fd
 
 
+def dir_stat(ino: int, dev: int = 1, ctime_ns: int = 0) -> os.stat_result:
+    """What an fstat of a directory with that identity and ctime returns."""
+    return os.stat_result((0o40755, ino, dev, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ctime_ns))
+
+
 def watched(watches: Watches, *prefixes: str) -> None:
     for wd, prefix in enumerate(prefixes, start=1):
-        watches.remember(wd, prefix)
+        watches.remember(wd, prefix, dir_stat(100 + wd))
     watches.root_wd = 1
 
 
@@ -50,7 +56,8 @@ def test_a_directory_moved_out_of_the_tree_is_forgotten_at_the_end_of_the_batch(
     (tmp_path / "a" / "b").mkdir(parents=True)
     watches = Watches(ino)
     for path in (tmp_path, tmp_path / "a", tmp_path / "a" / "b"):
-        watches.remember(ino.add_watch(str(path), IN_ALL_EVENTS), str(path) + "/")
+        watches.remember(ino.add_watch(str(path), IN_ALL_EVENTS), str(path) + "/",
+                         os.stat(path))
     watches.root_wd = watches.wd_of[str(tmp_path) + "/"]
     watches.move_from(5, str(tmp_path / "a"), is_dir=True)
     watches.end_batch()  # no IN_MOVED_TO came: it left the tree

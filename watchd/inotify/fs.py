@@ -56,6 +56,16 @@ LEAF_COUNT_FS = frozenset({
     0x58465342,  # xfs
 })
 
+# File systems whose time stamps come from this machine's clock (not a server's, as NFS, CIFS
+# or FUSE take them): a directory's ctime there tells when it last changed by that clock.
+LOCAL_TIME_FS = frozenset({
+    0x01021994,  # tmpfs
+    0x0000EF53,  # ext2, ext3, ext4
+    0x58465342,  # xfs
+    0x9123683E,  # btrfs
+    0xF2F52010,  # f2fs
+})
+
 _STATFS_SIZE = 256  # larger than struct statfs on every architecture
 
 

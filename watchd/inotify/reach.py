@@ -21,7 +21,7 @@ from watchd.inotify.errors import (
     error_for,
 )
 from watchd.inotify.flags import IN_MASK_ADD
-from watchd.inotify.watches import Watches
+from watchd.inotify.watches import UNSURE, Watches
 
 BATCH_FDS = 64  # directories of one handle() call kept open until its end, at most
 
@@ -119,8 +119,9 @@ class Reach:
             root = self.batch_fds.get(root_prefix)
             if root is None:
                 fd = self.open_root()
-                root = (fd, os.fstat(fd).st_dev, root_wd)
-                if not self.is_watch(fd, root_wd):
+                st = os.fstat(fd)
+                root = (fd, st.st_dev, root_wd)
+                if not self.is_watch(fd, root_wd, st):
                     os.close(fd)
                     return None
                 self.batch_fds[root_prefix] = root
@@ -128,10 +129,11 @@ class Reach:
                 return (root[0], root[1]) if wd == root_wd else None
             fd = fs.open_below(root[0], prefix[len(root_prefix):-1].split("/"),
                                follow=self._follow)
-            hit = (fd, os.fstat(fd).st_dev)
+            st = os.fstat(fd)
+            hit = (fd, st.st_dev)
         except OSError:
             return None
-        if not self.is_watch(fd, wd):
+        if not self.is_watch(fd, wd, st):
             os.close(fd)
             return None
         stale = self.batch_fds.pop(prefix, None)
@@ -158,15 +160,30 @@ class Reach:
         finally:
             os.close(fd)
 
-    def is_watch(self, fd: int, wd: int) -> bool:
-        """Whether the directory open as `fd` is the one that watch `wd` is on."""
+    def is_watch(self, fd: int, wd: int, st: os.stat_result | None = None) -> bool:
+        """Whether the directory open as `fd` (`st`: its fstat, if at hand) is the one that
+        watch `wd` is on."""
         # The path may name another directory than the watch's now (renamed, and its rename
-        # not read yet). Adding bits it has returns the wd of the inode the fd holds.
+        # not read yet): the directory is known by its identity, not by its path.
+        return self.watch_on(fd, os.fstat(fd) if st is None else st) == wd
+
+    def watch_on(self, fd: int, st: os.stat_result) -> int:
+        """The wd of this tree's watch on the directory open as `fd`, `st` its fstat; -1 for
+        none. From the tree's record where it can vouch for it (Watches.vouched), else from the
+        kernel: adding bits a watch has returns its wd and changes nothing."""
+        watches = self._watches
+        wd = watches.vouched(st)
+        if wd != UNSURE:
+            return wd
         got = self._ino.add_watch_raw(fs.proc_path(fd, os.getpid()), self._narrow | IN_MASK_ADD)
-        if got >= 0 and got != wd and got not in self._watches.path_of:
+        if got >= 0 and got not in watches.path_of:
+            # A watch made so on a directory the tree does not watch: undone at once (its
+            # IN_IGNORED names a wd the tree does not know, and is dropped).
             with contextlib.suppress(InotifyError):
-                self._ino.rm_watch(got)  # not a directory we watch: undo the watch just made
-        return got == wd
+                self._ino.rm_watch(got)
+            got = -1
+        watches.checked(st, got)
+        return max(got, -1)
 
     def set_mask(self, fd: int, wd: int, mask: int, pid: int) -> None:
         """Set the mask of watch `wd`, the directory open as `fd` (in process `pid`)."""

@@ -8,8 +8,9 @@ import os
 
 from watchd.inotify.flags import IN_CREATE, IN_Q_OVERFLOW
 from watchd.inotify.reach import Reach
+from watchd.inotify.settings import Settings
 from watchd.inotify.unreadable import log
-from watchd.inotify.walk import Frame, Settings, Walker
+from watchd.inotify.walk import Frame, Walker
 from watchd.inotify.watches import TreeEvent, Watches, dir_path
 
 RESCAN_TRIES = 8  # batches in which a directory to list again may stay out of reach

@@ -1,21 +1,18 @@
 """Recursive watching of one directory tree over an InotifyFd that the caller owns and reads.
 
-The tree keeps two maps and nothing else per directory: wd -> path prefix and prefix -> wd,
-where a prefix is the directory's absolute path with a trailing "/" (so that a rename
-rewrites every descendant with one `startswith` pass and never matches a sibling such as
-"/a/bc" when "/a/b" moves).
+Per directory the tree keeps the path prefix of its watch and its identity (st_dev, st_ino):
+see watchd.inotify.watches. Rules worth knowing:
 
-Rules worth knowing:
-
-* The tree is walked by file descriptor, never by path string. Each directory is opened
-  relative to its parent's fd with O_NOFOLLOW, watched through that fd (/proc/<pid>/fd/N,
-  which the kernel resolves to the very inode the fd holds), and listed from it. A symbolic
-  link swapped in for a directory (or for one of its parents) while the tree works is met as
-  a link and never followed, so the walk cannot leave the tree; and no path is ever longer
-  than one name, so trees deeper than PATH_MAX are watched too. To reach a directory named
-  in an event, the tree opens it from the root one name at a time, with O_NOFOLLOW each, and
-  checks that it is the directory of that event's watch. Fds are held only during a walk
-  (at most MAX_HELD_FDS at once, and those of one batch of events until its end).
+* The tree is walked by file descriptor, never by path string (docs/inotify.md, "How trees
+  are walked"): each directory is opened relative to its parent's fd with O_NOFOLLOW, watched
+  through that fd (/proc/<pid>/fd/N) and listed from it, so a symbolic link swapped in
+  meanwhile is never followed, and trees deeper than PATH_MAX are watched too. A directory
+  named in an event is opened from the root one name at a time, and checked to be the
+  directory of that event's watch. Fds are held only during a walk (at most MAX_HELD_FDS at
+  once, and those of one batch of events until its end).
+* Whether a directory is watched is told by its identity, whatever path the tree has for it:
+  from the tree's own record where it can vouch for it (Watches.vouched), from the kernel
+  otherwise, so that a resync's walk and scan do not ask the kernel per directory.
 * The root's last component is never followed (its parents are, unless `real_root` is
   given: then none is). A symbolic link at the root's path is refused like a file.
 * A new directory is watched before it is listed, so nothing created in it is missed.
@@ -64,21 +61,19 @@ Rules worth knowing:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from watchd.inotify import fs
 from watchd.inotify._binding import InotifyFd, RawTuple
-from watchd.inotify.errors import InotifyError, WatchLimitError
+from watchd.inotify.errors import WatchLimitError
 from watchd.inotify.flags import (
     IN_CREATE,
     IN_DELETE,
     IN_DELETE_SELF,
     IN_IGNORED,
     IN_ISDIR,
-    IN_MASK_ADD,
     IN_MASK_CREATE,
     IN_MOVE_SELF,
     IN_MOVED_FROM,
@@ -88,7 +83,8 @@ from watchd.inotify.flags import (
 )
 from watchd.inotify.reach import Reach
 from watchd.inotify.rescan import RESCAN_TRIES, Rescanner
-from watchd.inotify.walk import Frame, Settings, Walker
+from watchd.inotify.settings import Settings
+from watchd.inotify.walk import Frame, Walker
 from watchd.inotify.watches import TreeEvent, Watches, dir_path
 
 __all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
@@ -96,7 +92,7 @@ __all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
 # Events that need more than a lookup and a report (see Tree._slow).
 _SLOW = IN_ISDIR | IN_MOVED_FROM | IN_MOVED_TO | IN_IGNORED | IN_UNMOUNT | IN_Q_OVERFLOW
 _ROOT_LOSS = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
-_WATCH_GONE = IN_IGNORED | IN_UNMOUNT  # of a directory below the root
+_WATCH_GONE = IN_IGNORED | IN_UNMOUNT | IN_DELETE_SELF  # of a directory below the root
 # Events that make, unmake or rename a name in a directory.
 _NAMING = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 
@@ -211,21 +207,17 @@ class Tree:
         prefix = self._path_of.get(wd)
         return None if prefix is None else dir_path(prefix)
 
-    def watches_dir(self, fd: int) -> bool:
-        """Whether the directory open as `fd` is one this tree watches: by its inode, the
-        kernel's answer, whatever path the tree has for it (its rename may be unread)."""
-        # Adding bits a watch has returns its wd and changes nothing; a watch made so on a
-        # directory the tree does not watch is removed at once (its IN_IGNORED names a wd
-        # the tree does not know, and is dropped).
-        got = self._ino.add_watch_raw(fs.proc_path(fd, os.getpid()),
-                                      self._settings.narrow | IN_MASK_ADD)
-        if got < 0:
-            return False  # past the watch limit, or no longer there: not one it watches
-        if got in self._path_of:
-            return True
-        with contextlib.suppress(InotifyError):
-            self._ino.rm_watch(got)
-        return False
+    def watches_dir(self, fd: int, st: os.stat_result) -> bool:
+        """Whether the directory open as `fd` (`st`: its fstat) is one this tree watches: by
+        its identity, whatever path the tree has for it (its rename may be unread). Past the
+        watch limit, or no longer there: not one it watches."""
+        return self._reach.watch_on(fd, st) >= 0
+
+    def distrust(self) -> None:
+        """Before a scan that asks watches_dir of every directory: the record of which
+        directory each watch is on is checked with the kernel again, once per device (see
+        Watches.vouched)."""
+        self._watches.distrust()
 
     def unreported(self, missed: Callable[[str], bool]) -> None:
         """After a scan that was to report what the tree's directories hold: the directories
@@ -259,7 +251,7 @@ class Tree:
             os.close(fd)
             raise
         root_prefix = reach.root_prefix
-        self._watches.remember(wd, root_prefix)
+        self._watches.remember(wd, root_prefix, st)
         self._watches.root_wd = wd
         out: list[TreeEvent] | None = [] if report else None
         if not s.recursive:
@@ -324,6 +316,11 @@ class Tree:
                     self.unmounted = True  # its IN_IGNORED follows, and forgets the watch
                 if mask & IN_IGNORED:
                     watches.forget(wd)
+                elif mask & IN_DELETE_SELF:
+                    watches.unlinked(wd)  # its inode number may soon be another directory's
+                    if mask & report:
+                        append(new(TreeEvent, (mask, cookie, dir_path(prefix), None, wd, name,
+                                               length)))
             elif mask & report:
                 path = dir_path(prefix)
                 append(new(TreeEvent, (mask, cookie, path, None, wd, name, length)))
@@ -353,62 +350,58 @@ class Tree:
         s, watches = self._settings, self._watches
         if is_dir and s.prune is not None and s.prune(name):
             if mask & IN_MOVED_TO:
-                # A watched directory renamed to a pruned name leaves the tree.
-                src = watches.move_to(cookie)
-                if src is not None and src[1]:
-                    watches.rm_all(src[1])
+                watches.moved_out(cookie)  # a watched directory renamed to a pruned name
             return
         listed = bool(mask & _NAMING and (watches.synth_cur or watches.synth_prev)
                       and watches.unlist(wd, name))
         if listed and mask & IN_CREATE:
             return  # the listing of the new directory already reported it
-        failed = self._walker.unreadable.failed
-        if is_dir and failed and mask & (IN_DELETE | IN_MOVED_FROM):
-            failed.pop(path + "/", None)  # an unreadable directory that went away
-        if is_dir and watches.reported and mask & (IN_DELETE | IN_MOVED_FROM):
-            watches.unreport(wd, name)
-        src_path = None
+        if is_dir and mask & (IN_DELETE | IN_MOVED_FROM):
+            # Gone from here: a directory found under that name later is another one.
+            self._walker.unreadable.failed.pop(path + "/", None)
+            if watches.reported:
+                watches.unreport(wd, name)
+        src_path: str | None = None
         moved: list[int] | None = None
         if mask & IN_MOVED_FROM:
             watches.move_from(cookie, path, is_dir)
         elif mask & IN_MOVED_TO:
-            src = watches.move_to(cookie)
-            if src is not None:
-                src_path, moved = src
-                if listed and not moved:
-                    # The listing found the name the rename gave: its source was never
-                    # reported. Moved in, not renamed: a client keeps what the name holds.
-                    src_path = None
-                if cookie in watches.skipped and not self.overflowed:
-                    # The pair came after all, with events of the directory left out in
-                    # between (another process changed it during the rename): say they are
-                    # lost, so that the caller resyncs, rather than stay silent.
-                    self.overflowed = True
-                    out.append(TreeEvent(IN_Q_OVERFLOW, 0, "", None, -1, b"", 0))
+            src_path, moved, skipped = watches.pair(cookie, listed=listed)
+            if skipped and not self.overflowed:
+                # The pair came after all, with events of the directory left out in between
+                # (another process changed it during the rename): say they are lost, so that
+                # the caller resyncs, rather than stay silent.
+                self.overflowed = True
+                out.append(TreeEvent(IN_Q_OVERFLOW, 0, "", None, -1, b"", 0))
         if mask & s.report:
             out.append(TreeEvent(mask, cookie, path, src_path, wd, raw_name, length))
-        if not (s.recursive and mask & (IN_CREATE | IN_MOVED_TO)):
-            return
-        if not is_dir and not (s.follow and os.path.isdir(path)):
-            return
-        if self.lost is not None:
-            return
+        if (s.recursive and mask & (IN_CREATE | IN_MOVED_TO) and self.lost is None
+                and (is_dir or (s.follow and os.path.isdir(path)))):
+            self._new_dir(ev, prefix, name, (src_path, moved), out)
+
+    def _new_dir(self, ev: RawTuple, prefix: str, name: str,
+                 move: tuple[str | None, list[int] | None], out: list[TreeEvent]) -> None:
+        """A directory created or moved in (`move`: its source path and the watches that came
+        with it): its watches follow the rename, or it is watched and walked."""
+        wd, mask = ev[0], ev[1]
+        watches = self._watches
         # Once the tree has overflowed, what a listing finds is not reported: the resync that
         # follows reports the tree as it is then (see _end_batch).
-        found = out if s.synthetic and not self.overflowed else None
-        if moved and src_path is not None:
-            watches.rename(moved, src_path + "/", path + "/")
-            if watches.unreported and watches.wd_of.get(path + "/") in watches.unreported:
-                watches.unreported.discard(watches.wd_of[path + "/"])
-                # What it holds, under the name it has now.
-                self._rescanner.watch_new(wd, prefix, name, found, moved_in=True)
-            if watches.rescan and not self.overflowed:
-                # What waited for its parent's path to be right is listed now, so that its
-                # events come before those that follow the rename, not at the batch's end.
-                self.overflowed = self._rescanner.run(out, overflowed=self.overflowed,
-                                                      final=False)
-        else:
+        found = out if self._settings.synthetic and not self.overflowed else None
+        src_path, moved = move
+        if not (moved and src_path is not None):
             self._rescanner.watch_new(wd, prefix, name, found, moved_in=bool(mask & IN_MOVED_TO))
+            return
+        path = prefix + name
+        watches.rename(moved, src_path + "/", path + "/")
+        if watches.unreported and watches.wd_of.get(path + "/") in watches.unreported:
+            watches.unreported.discard(watches.wd_of[path + "/"])
+            # What it holds, under the name it has now.
+            self._rescanner.watch_new(wd, prefix, name, found, moved_in=True)
+        if watches.rescan and not self.overflowed:
+            # What waited for its parent's path to be right is listed now, so that its events
+            # come before those that follow the rename, not at the batch's end.
+            self.overflowed = self._rescanner.run(out, overflowed=self.overflowed, final=False)
 
     def _root_event(self, ev: RawTuple, out: list[TreeEvent]) -> None:
         """A deletion, move, unmount or IN_IGNORED of the root itself."""
@@ -449,6 +442,7 @@ class Tree:
         self.overflowed = self.unmounted = False
         self._walker.limit_error = None  # found again below if a limit still stands in the way
         watches = self._watches
+        watches.distrust()  # events may have been lost: a file system may have been remounted
         watches.rescan.clear()
         watches.reported.clear()
         watches.unreported.clear()

@@ -11,90 +11,25 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 from watchd.inotify import fs
 from watchd.inotify._binding import InotifyFd
 from watchd.inotify.errors import DirectoryBudgetError, WatchLimitError, error_for
 from watchd.inotify.flags import (
-    IN_ACCESS,
-    IN_ALL_EVENTS,
-    IN_CLOSE_NOWRITE,
     IN_CREATE,
-    IN_DELETE_SELF,
-    IN_EXCL_UNLINK,
     IN_MASK_ADD,
     IN_MASK_CREATE,
-    IN_MOVE_SELF,
-    IN_MOVED_FROM,
-    IN_MOVED_TO,
-    IN_ONESHOT,
-    IN_ONLYDIR,
-    IN_OPEN,
 )
 from watchd.inotify.reach import Reach
+from watchd.inotify.settings import Settings
 from watchd.inotify.unreadable import Unreadable
 from watchd.inotify.watches import TreeEvent, Watches, dir_path, synthetic_create
 
-# The bits the tree itself needs, whatever the caller asked for.
-_BOOKKEEPING = IN_CREATE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
-# Events that listing a directory causes on it and on its parent's watch.
-_LISTING_NOISE = IN_OPEN | IN_ACCESS | IN_CLOSE_NOWRITE
 PROGRESS_EVERY = 4096  # directories between two progress reports of a long scan
 # Directories a walk holds open at once: its deepest ones (one fd per level below the
 # walk's start). Shallower ones are closed and opened again from an ancestor when needed.
 MAX_HELD_FDS = 64
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Settings:
-    """What a tree watches and reports, and the watch masks that follow from it."""
-
-    report: int  # the event bits reported to the caller
-    full: int  # the mask of a watch
-    narrow: int  # `full` less what listing a directory causes, while it is listed (quiet)
-    quiet: bool
-    quiet_parent: bool
-    skip_leaves: bool  # a directory that cannot hold a subdirectory need not be listed
-    recursive: bool
-    synthetic: bool
-    follow: bool
-    real_fs_only: bool
-    prune: Callable[[str], bool] | None
-    progress: Callable[[int], None] | None  # told the directories watched, during a scan
-
-    @classmethod
-    def of(cls, mask: int, *, recursive: bool, prune: Callable[[str], bool] | None,
-           follow_symlinks: bool, synthetic: bool, quiet_listing: bool, quiet_parent: bool,
-           progress: Callable[[int], None] | None, real_fs_only: bool) -> Settings:
-        """The settings of Tree(..., mask, ...) (see its arguments)."""
-        report = int(mask) & IN_ALL_EVENTS
-        # ONESHOT and MASK_ADD would break the bookkeeping; the tree manages its own masks.
-        wanted = int(mask) & ~(IN_ONESHOT | IN_MASK_ADD | IN_MASK_CREATE)
-        # No IN_DONT_FOLLOW: watches are added through /proc/<pid>/fd/N, a link the kernel
-        # must follow to reach the directory, which the fd already pins.
-        full = wanted | _BOOKKEEPING | IN_ONLYDIR | IN_EXCL_UNLINK
-        quiet = quiet_listing and bool(report & _LISTING_NOISE)
-        # The parent's watch would report the listing of a new directory too; narrowing it for
-        # that moment hides it (quiet_parent=False keeps it, as the `inotify` package does).
-        quiet_parent = quiet and quiet_parent
-        return cls(
-            report=report,
-            full=full,
-            narrow=full & ~_LISTING_NOISE if quiet else full,
-            quiet=quiet,
-            quiet_parent=quiet_parent,
-            # Unless the listing is to be seen: the parent's watch reports it when it is not
-            # narrowed. (Nor when links are followed: a link to a directory does not count in
-            # the link count; see Walker.entries.)
-            skip_leaves=not follow_symlinks and (quiet_parent or not report & _LISTING_NOISE),
-            recursive=recursive,
-            synthetic=synthetic,
-            follow=follow_symlinks,
-            real_fs_only=real_fs_only,
-            prune=prune,
-            progress=progress,
-        )
 
 
 class Frame:
@@ -121,6 +56,22 @@ class Frame:
         # New to the caller as a whole: a subdirectory already watched at its path is listed
         # and reported again, with all it holds (see Walker._moved_here).
         self.along = along
+
+
+@dataclasses.dataclass(slots=True)
+class _Walk:
+    """One walk's state (see Walker.walk). Mutable, and private to it: not a value."""
+
+    frames: list[Frame]
+    out: list[TreeEvent] | None
+    visited: set[tuple[int, int]] | None
+    seen: set[int] | None
+    rescan_missing: bool
+    reported: Collection[str]
+    announce: bool
+    pid: int
+    counting: bool = False  # past the watch limit: only count what stays unwatched
+    added: int = 0
 
 
 class Walker:
@@ -158,6 +109,8 @@ class Walker:
             except OSError:
                 kind = 0
             self._fs_types[dev] = kind
+            if kind in fs.LOCAL_TIME_FS:
+                self._watches.timely.add(dev)
         return kind
 
     def visited_set(self, st: os.stat_result) -> set[tuple[int, int]] | None:
@@ -183,143 +136,146 @@ class Walker:
         at the end of the batch. `reported`: subdirectories of the top whose own create was
         reported already (its kernel event): watched and listed, but not reported again.
         """
-        frames = [top]
+        # A directory newly watched below one that is not new is reported itself, before what
+        # it holds: its kernel create may come after that, or not at all (the queue full).
+        announce = out is not None and bool(self._settings.report & IN_CREATE)
+        w = _Walk([top], out, visited, seen, rescan_missing, reported, announce, os.getpid())
         self._stale.clear()
         try:
-            self._walk_frames(frames, out, visited, seen, rescan_missing, reported=reported)
+            self._walk_frames(w)
             if self._stale:
                 self._drop_stale()
         finally:
-            for f in frames:  # left by an exception: nothing may keep their fds
+            for f in w.frames:  # left by an exception: nothing may keep their fds
                 if f.own and f.fd >= 0:
                     os.close(f.fd)
                     f.fd = -1
 
-    def _walk_frames(
-        self,
-        frames: list[Frame],
-        out: list[TreeEvent] | None,
-        visited: set[tuple[int, int]] | None,
-        seen: set[int] | None,
-        rescan_missing: bool,
-        *,
-        reported: Collection[str],
-    ) -> None:
+    def _walk_frames(self, w: _Walk) -> None:
         """The loop of walk, over its stack of frames."""
-        top = frames[0]
-        s = self._settings
-        add = self._add
-        # O_PATH: opening it is not reported to the parent's watch; entries opens it to list.
-        flags = fs.PATH_FLAGS_FOLLOW if s.follow else fs.PATH_FLAGS
-        real_fs_only = s.real_fs_only
-        quiet = s.quiet
-        progress = s.progress
-        path_of = self._path_of
-        rescan = self._watches.rescan
-        record = self.unreadable.record
-        # A directory newly watched below one that is not new is reported itself, before what
-        # it holds: its kernel create may come after that, or not at all (the queue full).
-        announce = out is not None and bool(s.report & IN_CREATE)
-        pid = os.getpid()
-        counting = False  # past the watch limit: only count what stays unwatched
-        added = 0
+        frames = w.frames
         while frames:
             f = frames[-1]
             if not f.subdirs:
                 frames.pop()
-                self._leave(f, frames, pid)
+                self._leave(f, frames, w.pid)
                 continue
             name = f.subdirs.pop()
             if f.fd < 0 and not self._reopen(frames):
-                # Renamed or removed meanwhile: its rename's events will place it; meanwhile
-                # list it again, wherever it is then.
-                if f.wd >= 0:
-                    rescan.setdefault(f.wd, 0)
-                    if announce and f.fresh:
-                        # Its listing reported the subdirectories left: not to be again.
-                        self._watches.reported.setdefault(f.wd, set()).update(f.subdirs, [name])
-                f.subdirs.clear()
+                self._out_of_reach(f, name, w.announce)
                 continue
-            prefix = f.prefix + name + "/"
-            try:
-                fd = os.open(name, flags, dir_fd=f.fd)
-            except OSError as e:
-                if e.errno == errno.ENOENT:
-                    if rescan_missing and f is top and f.wd >= 0:
-                        rescan.setdefault(f.wd, 0)
-                elif e.errno not in (errno.ENOTDIR, errno.ELOOP):
-                    record(prefix, e)
-                continue  # ENOTDIR: no longer a directory, or a symbolic link now
-            try:
-                st = os.fstat(fd)
-                dev = st.st_dev
-                if dev != f.dev and (self.fs_type(dev, fd) in fs.PSEUDO_FS and real_fs_only):
-                    os.close(fd)
-                    continue  # /proc and the like, mounted inside the tree
-                if visited is not None:
-                    key = (dev, st.st_ino)
-                    if key in visited:
-                        os.close(fd)
-                        continue
-                    visited.add(key)
-                fresh = True
-                known = self._wd_of.get(prefix) if seen is not None else None
-                if known is not None and self._reach.is_watch(fd, known):
-                    # A resync meets a directory it already watches: it keeps its watch,
-                    # whatever limit stops new ones (they would otherwise be dropped below).
-                    seen.add(known)  # type: ignore[union-attr]  # seen is set: see above
-                    wd, fresh = known, False
-                elif counting:
-                    wd = -1
-                    self.unwatched += 1
-                else:
-                    wd = add(fd, prefix, pid)
-                    if wd >= 0:
-                        added += 1
-                        if seen is not None:
-                            seen.add(wd)
-                        if (announce and not f.fresh and out is not None
-                                and not (f is top and name in reported)):
-                            self._announce(f.wd, name, prefix, out)
-                        if progress is not None and not added % PROGRESS_EVERY:
-                            progress(len(path_of))
-                    elif wd == -errno.ENOSPC:
-                        counting = True
-                        self.unwatched += 1
-                    elif wd == -errno.EEXIST:
-                        adopted = (self._adopt(fd, prefix, pid) if seen is not None
-                                   else self._moved_here(fd, prefix, pid, f.along))
-                        if adopted is None:
-                            os.close(fd)
-                            continue  # already watched on this fd (a bind mount, another tree)
-                        if seen is not None:
-                            seen.add(adopted)
-                        wd, fresh = adopted, seen is None  # see _moved_here
-                    else:
-                        os.close(fd)
-                        record(prefix, -wd)
-                        continue
-                watched = wd >= 0
-                subdirs = self.entries(fd, prefix, wd, out if fresh and watched else None, st)
-            except OSError as e:  # fstat, statfs: EMFILE, EIO... this directory's problem
+            self._visit(w, f, name)
+
+    def _out_of_reach(self, f: Frame, name: str, announce: bool) -> None:
+        """A frame's directory was renamed or removed meanwhile: its rename's events will
+        place it; meanwhile it is listed again, wherever it is then."""
+        if f.wd >= 0:
+            self._watches.rescan.setdefault(f.wd, 0)
+            if announce and f.fresh:
+                # Its listing reported the subdirectories left: not to be again.
+                self._watches.reported.setdefault(f.wd, set()).update(f.subdirs, [name])
+        f.subdirs.clear()
+
+    def _visit(self, w: _Walk, f: Frame, name: str) -> None:
+        """Watch and list the subdirectory `name` of frame `f`; a frame for it if it has
+        subdirectories of its own (or a mask to widen when left)."""
+        prefix = f.prefix + name + "/"
+        try:
+            # O_PATH: opening it is not reported to the parent's watch; entries opens it to list.
+            fd = os.open(name, fs.PATH_FLAGS_FOLLOW if self._settings.follow else fs.PATH_FLAGS,
+                         dir_fd=f.fd)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                if w.rescan_missing and f is w.frames[0] and f.wd >= 0:
+                    self._watches.rescan.setdefault(f.wd, 0)
+            elif e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                self.unreadable.record(prefix, e)
+            return  # ENOTDIR: no longer a directory, or a symbolic link now
+        try:
+            st = os.fstat(fd)
+            watched = (None if self._passed_by(w, f, fd, st)
+                       else self._watch(w, f, name, prefix, fd=fd, st=st))
+            if watched is None:
                 os.close(fd)
-                record(prefix, e)
-                continue
-            except BaseException:
-                os.close(fd)
-                raise
-            widen = quiet and fresh and watched
-            if not subdirs and not widen:
-                os.close(fd)  # a leaf: done with it (saves a frame per directory)
-                continue
-            frames.append(Frame(fd, name, prefix, dev, wd, subdirs=subdirs, fresh=fresh, own=True,
-                                widen=widen, along=fresh))
-            if len(frames) > MAX_HELD_FDS + 1:
-                # Keep the deepest directories open; the top stays open too (see _reopen).
-                spare = frames[-MAX_HELD_FDS - 1]
-                if spare.fd >= 0 and spare.own:
-                    os.close(spare.fd)
-                    spare.fd = -1
+                return
+            wd, fresh = watched
+            subdirs = self.entries(fd, prefix, wd, w.out if fresh and wd >= 0 else None, st)
+        except OSError as e:  # fstat, statfs: EMFILE, EIO... this directory's problem
+            os.close(fd)
+            self.unreadable.record(prefix, e)
+            return
+        except BaseException:
+            os.close(fd)
+            raise
+        widen = self._settings.quiet and fresh and wd >= 0
+        if not subdirs and not widen:
+            os.close(fd)  # a leaf: done with it (saves a frame per directory)
+            return
+        frames = w.frames
+        frames.append(Frame(fd, name, prefix, st.st_dev, wd, subdirs=subdirs, fresh=fresh,
+                            own=True, widen=widen, along=fresh))
+        if len(frames) > MAX_HELD_FDS + 1:
+            # Keep the deepest directories open; the top stays open too (see _reopen).
+            spare = frames[-MAX_HELD_FDS - 1]
+            if spare.fd >= 0 and spare.own:
+                os.close(spare.fd)
+                spare.fd = -1
+
+    def _passed_by(self, w: _Walk, f: Frame, fd: int, st: os.stat_result) -> bool:
+        """Whether a walk leaves a directory alone: a pseudo file system mounted inside the
+        tree (/proc and the like), or one met already through a link that loops."""
+        dev = st.st_dev
+        # The type of each file system met is kept (see entries), whether or not it is refused.
+        if (dev != f.dev and self.fs_type(dev, fd) in fs.PSEUDO_FS
+                and self._settings.real_fs_only):
+            return True
+        if w.visited is not None:
+            key = (dev, st.st_ino)
+            if key in w.visited:
+                return True
+            w.visited.add(key)
+        return False
+
+    def _watch(self, w: _Walk, f: Frame, name: str, prefix: str, *, fd: int,
+               st: os.stat_result) -> tuple[int, bool] | None:
+        """The watch of a walk's directory, open as `fd`, and whether it is new to the caller
+        (everything it holds to report); wd -1 past the watch limit; None: skip it."""
+        seen = w.seen
+        known = self._wd_of.get(prefix) if seen is not None else None
+        if known is not None and self._reach.is_watch(fd, known, st):
+            # A resync meets a directory it already watches: it keeps its watch, whatever
+            # limit stops new ones (they would otherwise be dropped below).
+            seen.add(known)  # type: ignore[union-attr]  # seen is set: see above
+            return known, False
+        if w.counting:
+            self.unwatched += 1
+            return -1, True
+        wd = self._add(fd, prefix, w.pid, st)
+        if wd >= 0:
+            w.added += 1
+            if seen is not None:
+                seen.add(wd)
+            if (w.announce and not f.fresh and w.out is not None
+                    and not (f is w.frames[0] and name in w.reported)):
+                self._announce(f.wd, name, prefix, w.out)
+            progress = self._settings.progress
+            if progress is not None and not w.added % PROGRESS_EVERY:
+                progress(len(self._path_of))
+            return wd, True
+        if wd == -errno.ENOSPC:
+            w.counting = True  # past the watch limit: only count what stays unwatched
+            self.unwatched += 1
+            return -1, True
+        if wd == -errno.EEXIST:
+            adopted = (self._adopt(fd, prefix, w.pid, st) if seen is not None
+                       else self._moved_here(fd, prefix, w.pid, f.along, st))
+            if adopted is None:
+                return None  # already watched on this fd (a bind mount, another tree)
+            if seen is not None:
+                seen.add(adopted)
+            return adopted, seen is None  # see _moved_here
+        self.unreadable.record(prefix, -wd)
+        return None
 
     def _announce(self, parent_wd: int, name: str, prefix: str, out: list[TreeEvent]) -> None:
         """Report a directory found unwatched under one already watched; its kernel create,
@@ -327,7 +283,7 @@ class Walker:
         self._watches.synth_cur.setdefault(parent_wd, set()).add(name)
         out.append(synthetic_create(prefix[:-1], True))
 
-    def _add(self, fd: int, prefix: str, pid: int) -> int:
+    def _add(self, fd: int, prefix: str, pid: int, st: os.stat_result) -> int:
         """Watch a directory of a walk, open as `fd`, and record it at `prefix`; or -errno.
 
         The one place where a walk adds a watch. Narrow, and refusing an inode this fd already
@@ -340,15 +296,14 @@ class Walker:
             return -errno.ENOSPC  # past the tree's own budget, as past the kernel's limit
         wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), self._settings.narrow | IN_MASK_CREATE)
         if wd >= 0:
-            self._path_of[wd] = prefix
-            self._wd_of[prefix] = wd
+            self._watches.remember(wd, prefix, st)
         elif wd == -errno.ENOSPC and self.limit_error is None:
             error = error_for(errno.ENOSPC, dir_path(prefix), "inotify_add_watch")
             assert isinstance(error, WatchLimitError)
             self.limit_error = error
         return wd
 
-    def _adopt(self, fd: int, prefix: str, pid: int) -> int | None:
+    def _adopt(self, fd: int, prefix: str, pid: int, st: os.stat_result) -> int | None:
         """The wd of a directory this fd already watches; one of ours gets its new path."""
         # Adding bits it already has returns the existing wd and changes nothing.
         wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), self._settings.narrow | IN_MASK_ADD)
@@ -357,13 +312,13 @@ class Walker:
         old = self._path_of.get(wd)
         if old is None:
             return None  # watched by someone else on this fd
-        if old != prefix:
-            if self._wd_of.get(old) == wd:
-                del self._wd_of[old]
-            self._watches.remember(wd, prefix)
+        if old != prefix and self._wd_of.get(old) == wd:
+            del self._wd_of[old]
+        self._watches.remember(wd, prefix, st)
         return wd
 
-    def _moved_here(self, fd: int, prefix: str, pid: int, along: bool) -> int | None:
+    def _moved_here(self, fd: int, prefix: str, pid: int, along: bool,
+                    st: os.stat_result) -> int | None:
         """The wd of a directory that a walk (not a resync) meets already watched by this tree.
 
         Watched at another path that no longer leads to it, it has moved here, and its rename's
@@ -381,6 +336,8 @@ class Walker:
         # Adding bits it already has returns the existing wd and changes nothing.
         wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), s.narrow | IN_MASK_ADD)
         old = self._path_of.get(wd) if wd >= 0 else None
+        if old is not None:
+            self._watches.identify(wd, st)
         if old is None or (old == prefix and not along) or (
                 old != prefix and self._reach.leads_to(old, wd)):
             return None

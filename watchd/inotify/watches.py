@@ -10,11 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import NamedTuple
 
 from watchd.inotify._binding import InotifyFd
 from watchd.inotify.errors import InotifyError
 from watchd.inotify.flags import IN_CREATE, IN_ISDIR
+
+# Watches.vouched's answers besides a wd: no watch of ours is on that directory, or ask the
+# kernel.
+NOT_OURS, UNSURE = -1, -2
+# How much older than its watch's confirmation a directory's ctime must be for the tree to vouch
+# for it (see Watches.vouched): the kernel stamps ctime from a clock that may lag the one read
+# here by a tick, and a clock may be slewed.
+CTIME_SLACK_NS = 1_000_000_000
+# A claim of by_inode, packed into one int to spare memory (a tuple of two ints costs three
+# objects per watched directory): the confirmation time above _WD_BITS, the wd below.
+_WD_BITS = 32
+_WD_MASK = (1 << _WD_BITS) - 1
+_NO_CLAIM = -1
+
+
+def identity(st: os.stat_result) -> int:
+    """A directory's identity (st_dev, st_ino) as one int, a key of Watches.by_inode."""
+    return st.st_dev << 64 | st.st_ino
 
 
 class TreeEvent(NamedTuple):
@@ -51,8 +70,9 @@ class Watches:
     therefore only ever cleared, never replaced): not a value.
     """
 
-    __slots__ = ("_ino", "adrift", "moves", "path_of", "reported", "rescan", "root_wd",
-                 "skipped", "synth_cur", "synth_prev", "unreported", "wd_of")
+    __slots__ = ("_ino", "adrift", "by_inode", "inode_of", "moves", "path_of", "reported",
+                 "rescan", "root_wd", "skipped", "synth_cur", "synth_prev", "timely",
+                 "unreported", "verified", "wd_of")
 
     def __init__(self, ino: InotifyFd) -> None:
         self._ino = ino
@@ -82,19 +102,31 @@ class Watches:
         # Watched directories whose contents nobody has reported, to report where their
         # rename's events place them (see Tree.unreported).
         self.unreported: set[int] = set()
+        # Which directory each watch is on, by identity (st_dev, st_ino), so that a walk can
+        # tell a watched directory without asking the kernel (see vouched): identity() -> when
+        # the kernel last said so (less CTIME_SLACK_NS) << _WD_BITS | wd, and wd -> identity.
+        self.by_inode: dict[int, int] = {}
+        self.inode_of: dict[int, int] = {}
+        # Devices whose file systems stamp ctime from this machine's clock (see vouched), and of
+        # those, the ones where the kernel has confirmed a watch since the last distrust().
+        self.timely: set[int] = set()
+        self.verified: set[int] = set()
 
     # -- the maps ----------------------------------------------------------------------------
 
-    def remember(self, wd: int, prefix: str) -> None:
-        """Record watch `wd` as the directory at `prefix`."""
+    def remember(self, wd: int, prefix: str, st: os.stat_result) -> None:
+        """Record watch `wd` as the directory at `prefix`, `st` its fstat (the kernel has just
+        returned `wd` for it)."""
         self.path_of[wd] = prefix
         self.wd_of[prefix] = wd
+        self.identify(wd, st)
 
     def forget(self, wd: int) -> None:
         """Drop watch `wd` (gone with its directory, or removed) and all that waits on it."""
         prefix = self.path_of.pop(wd, None)
         if prefix is not None and self.wd_of.get(prefix) == wd:
             del self.wd_of[prefix]
+        self.unlinked(wd)
         self.synth_cur.pop(wd, None)
         self.synth_prev.pop(wd, None)
         self.rescan.pop(wd, None)
@@ -151,6 +183,9 @@ class Watches:
                     rm(wd)
         self.path_of.clear()
         self.wd_of.clear()
+        self.by_inode.clear()
+        self.inode_of.clear()
+        self.verified.clear()
         self.synth_cur.clear()
         self.synth_prev.clear()
         self.rescan.clear()
@@ -158,6 +193,65 @@ class Watches:
         self.unreported.clear()
         self.adrift.clear()
         self.skipped.clear()
+
+    # -- which directory each watch is on ------------------------------------------------------
+
+    def identify(self, wd: int, st: os.stat_result) -> None:
+        """The kernel says, now, that watch `wd` is on the directory of `st`."""
+        key = identity(st)
+        self.unlinked(wd)  # a wd stays on one inode; this only tidies a record that was wrong
+        claim = self.by_inode.get(key, _NO_CLAIM)
+        if claim >= 0 and claim & _WD_MASK != wd:
+            del self.inode_of[claim & _WD_MASK]  # that watch went with its directory, unread
+        self.inode_of[wd] = key
+        self.by_inode[key] = (time.time_ns() - CTIME_SLACK_NS) << _WD_BITS | wd
+
+    def unlinked(self, wd: int) -> None:
+        """Watch `wd`'s directory was removed (IN_DELETE_SELF) or its watch went: its inode
+        number may be given to another directory."""
+        key = self.inode_of.pop(wd, None)
+        if key is not None and self.by_inode.get(key, _NO_CLAIM) & _WD_MASK == wd:
+            del self.by_inode[key]
+
+    def vouched(self, st: os.stat_result) -> int:
+        """The wd of ours on the directory of `st` (an fstat of it, open), NOT_OURS, or UNSURE:
+        ask the kernel (then tell `checked` its answer).
+
+        Our record of identities misses nothing we watch, but may hold one whose directory was
+        removed meanwhile (its IN_DELETE_SELF unread, or lost in an overflow), and whose inode
+        number another directory has since been given (ext4 does so at once). That directory
+        was made after the removal, hence after the kernel confirmed our watch on the inode
+        (it was alive then: we held it open), and its ctime says so: the kernel sets ctime on
+        creation and on every change, and nobody can set it back. So a directory whose ctime
+        is older than the confirmation is the one confirmed. On devices whose time stamps come
+        from another clock (NFS, FUSE: not `timely`), and on each device until the kernel has
+        confirmed one claim there since distrust() (a file system unmounted and mounted again
+        comes back with the same identities, unwatched), the kernel is asked.
+        """
+        dev = st.st_dev
+        if dev not in self.verified:
+            return UNSURE
+        claim = self.by_inode.get(dev << 64 | st.st_ino, _NO_CLAIM)
+        if claim < 0:
+            return NOT_OURS
+        return claim & _WD_MASK if st.st_ctime_ns < claim >> _WD_BITS else UNSURE
+
+    def checked(self, st: os.stat_result, got: int) -> None:
+        """The kernel's answer for the directory of `st`: the wd of ours on it, or < 0: none."""
+        claim = self.by_inode.get(identity(st), _NO_CLAIM)
+        if claim >= 0:
+            claim &= _WD_MASK
+        if got >= 0:
+            if claim == got and st.st_dev in self.timely:
+                self.verified.add(st.st_dev)
+            self.identify(got, st)
+        elif claim >= 0:
+            self.unlinked(claim)  # that watch is not on this directory: it went with another
+
+    def distrust(self) -> None:
+        """From now on, ask the kernel again on each device until it confirms one claim there
+        (see vouched): before a walk or a scan that relies on the record."""
+        self.verified.clear()
 
     # -- one batch of events -----------------------------------------------------------------
 
@@ -176,6 +270,25 @@ class Watches:
             for wd in src[1]:
                 self.adrift.pop(wd, None)
         return src
+
+    def pair(self, cookie: int, *, listed: bool) -> tuple[str | None, list[int] | None, bool]:
+        """An IN_MOVED_TO: the source path of its IN_MOVED_FROM (None: a move in), the
+        watches that moved with it, and whether events of theirs were left out meanwhile
+        (`skipped`). `listed`: a listing reported its name."""
+        src = self.move_to(cookie)
+        if src is None:
+            return None, None, False
+        src_path, moved = src
+        # A listing found the name the rename gave: its source was never reported. Moved in,
+        # not renamed: a client keeps what the name holds.
+        return (None if listed and not moved else src_path), moved, cookie in self.skipped
+
+    def moved_out(self, cookie: int) -> None:
+        """An IN_MOVED_TO to a name the tree does not watch (pruned): the watches that moved
+        with it leave the tree."""
+        src = self.move_to(cookie)
+        if src is not None and src[1]:
+            self.rm_all(src[1])
 
     def unlist(self, wd: int, name: str) -> bool:
         """Whether listing a new directory `wd` reported `name`; it is forgotten either way.
