@@ -161,8 +161,18 @@ class _Differ:
         new_dirs = _dir_records(self.new, self.root)
         by_ino = _unique_by_inode(new_dirs)
         same: dict[str, str] = {self.root: self.root} if self.root in self.new else {}
+        # A directory still at its path with its inode is itself, first: the index may hold
+        # its inode at a second path too (moved, its rename lost in an overflow, and reported
+        # by the walk of the directory it went to), and that stale path must not take it, or
+        # it would be emptied here and its contents reported nowhere.
+        for path, record in old_dirs.items():
+            dst = by_ino.get(_key(record)) if inode(record) else None
+            if dst == path:
+                same[path] = dst
         taken: set[str] = set(same.values())
         for path, record in old_dirs.items():
+            if path in same:
+                continue
             dst = by_ino.get(_key(record)) if inode(record) else None
             if dst is not None and dst not in taken:
                 same[path] = dst
