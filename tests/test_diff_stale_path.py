@@ -54,3 +54,21 @@ def test_a_stale_path_inside_the_directory_itself(tmp_path: pathlib.Path) -> Non
     got = simple(check(index, after, root))
     assert got == [("delete", str(root / "b" / "s" / p)) for p in ("f", "c")] + [
         ("delete", str(root / "b" / "s"))]
+
+
+def test_a_directory_held_at_two_stale_paths_and_moved_on_again(tmp_path: pathlib.Path) -> None:
+    # Reported at y/b, then renamed again (that rename lost too): neither path the index holds
+    # is where it is. The inode alone cannot say which of the two it was to a client, so it
+    # is not taken for either: both go, and it comes at z/c with everything it holds.
+    root = tmp_path / "t"
+    (root / "x" / "a" / "s" / "c").mkdir(parents=True)
+    (root / "x" / "a" / "s" / "f").write_text("1")
+    (root / "y").mkdir()
+    (root / "z").mkdir()
+    before = snap(root)
+    os.rename(root / "x" / "a", root / "y" / "b")
+    index = with_stale_path(before, snap(root), root / "y" / "b")
+    os.rename(root / "y" / "b", root / "z" / "c")
+    after = snap(root)
+    got = simple(check(index, after, root))  # check: applied in order, they give `after`
+    assert ("create", str(root / "z" / "c" / "s" / "f")) in got

@@ -170,8 +170,13 @@ class _Differ:
             if dst == path:
                 same[path] = dst
         taken: set[str] = set(same.values())
+        # Otherwise by inode, where the inode is one old path's: of two stale paths (the
+        # directory moved on again), neither can be said to be the one a client has there. A
+        # match here is published as a move of the old path, and that pair is only made for an
+        # inode one path has (see pair): matched without it, its contents went unreported.
+        unique = set(_unique_by_inode(old_dirs).values())
         for path, record in old_dirs.items():
-            if path in same:
+            if path in same or path not in unique:
                 continue
             dst = by_ino.get(_key(record)) if inode(record) else None
             if dst is not None and dst not in taken:
