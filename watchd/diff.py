@@ -161,8 +161,23 @@ class _Differ:
         new_dirs = _dir_records(self.new, self.root)
         by_ino = _unique_by_inode(new_dirs)
         same: dict[str, str] = {self.root: self.root} if self.root in self.new else {}
-        taken: set[str] = set(same.values())
+        # A directory still at its path with its inode is itself, first: the index may hold
+        # its inode at a second path too (moved, its rename lost in an overflow, and reported
+        # by the walk of the directory it went to), and that stale path must not take it, or
+        # it would be emptied here and its contents reported nowhere.
         for path, record in old_dirs.items():
+            dst = by_ino.get(_key(record)) if inode(record) else None
+            if dst == path:
+                same[path] = dst
+        taken: set[str] = set(same.values())
+        # Otherwise by inode, where the inode is one old path's: of two stale paths (the
+        # directory moved on again), neither can be said to be the one a client has there. A
+        # match here is published as a move of the old path, and that pair is only made for an
+        # inode one path has (see pair): matched without it, its contents went unreported.
+        unique = set(_unique_by_inode(old_dirs).values())
+        for path, record in old_dirs.items():
+            if path in same or path not in unique:
+                continue
             dst = by_ino.get(_key(record)) if inode(record) else None
             if dst is not None and dst not in taken:
                 same[path] = dst

@@ -175,6 +175,13 @@ class TreeIndex:
     def __len__(self) -> int:
         return count(self.dirs)
 
+    def moving_dirs(self) -> bool:
+        """Whether a directory an IN_MOVED_FROM took out waits for its IN_MOVED_TO (a pair split
+        between two batches). Stored meanwhile, the index would lack it, and the journal's
+        IN_MOVED_TO could not put it back (watchd.restore): what it holds would be unknown."""
+        return any(held[0] & IS_DIR for moving in (self._moving, self._moving_old)
+                   for held in moving.values())
+
     def as_dirs(self) -> Dirs:
         """The index in a scan's layout (a copy), to compare with one."""
         return thawed(self.dirs)

@@ -271,6 +271,11 @@ class Resyncer:
             else:
                 yield name, (watch.index.dirs if watch.scanned else None), None
 
+    def settled(self) -> bool:
+        """Whether every index can be stored as it is: none waits for the second half of a
+        directory's move (TreeIndex.moving_dirs)."""
+        return not any(w.index.moving_dirs() for w in self.watches.values())
+
     def resyncing(self, names: Iterable[str]) -> frozenset[str]:
         """Of these watches, those whose next scan will be a resync."""
         return frozenset(n for n in names if n in self.watches and self.watches[n].scanned)

@@ -12,8 +12,9 @@ Write and fsync policy.
   or a crash of the daemon loses nothing that was written: the page cache keeps it.
 * The indexes: written whole (tmp file, fsync, rename, fsync of the directory) at a stop,
   after the journal closes a segment, after a resync, and at most every INDEX_INTERVAL_S while
-  events come. At start, the journal's events after an index's seq are applied to it
-  (watchd.restore), so that it describes the tree as the last published event did.
+  events come; never between the two halves of a directory's move split between two batches
+  (a save waits for the next tick). At start, the journal's events after an index's seq are
+  applied to it (watchd.restore), so that it describes the tree as the last published event did.
 * state.json: written the same way at start ("clean": false) and at a stop ("clean": true,
   with the last seq).
 
@@ -115,6 +116,9 @@ class State:
         self.journal: journal.Journal | None = None
         self.restored_from: int | None = None
         self.on_fail: Callable[[], None] = lambda: None  # the daemon stops recording
+        # Whether the indexes can be stored now (Resyncer.settled): a save waits while one
+        # lacks a directory whose move is half published, until the next tick.
+        self.settled: Callable[[], bool] = lambda: True
         self._lock_fd = -1
         self._saved = time.monotonic()
         self._saved_seq = -1
@@ -294,8 +298,8 @@ class State:
     def save(self, last_seq: int,
              indexes: Callable[[], Iterable[Snapshot]]) -> None:
         """Store the indexes as of last_seq: serialized now, written off the loop (or at the
-        next tick, when a write is still under way)."""
-        if self._pending is not None or self.journal is None:
+        next tick, when a write is still under way or an index is not settled)."""
+        if self._pending is not None or self.journal is None or not self.settled():
             self.snapshot_due = True
             return
         blobs = self._blobs(last_seq, indexes())

@@ -75,23 +75,14 @@ def test_events_describe_the_tree_through_overflows_and_kills(start_daemon, work
     assert result.kills > 0 and result.restarts > 0, result
 
 
-# Out of the default run until a defect it meets is fixed, not pinned down yet: after a daemon
-# restart, a moved directory's contents are at times missing (2 of 3 runs of the merged code,
-# paths under a directory named `inner` missing after op 300 or 800), and once in four runs
-# paths left over (extra entries after op 600). Run it with WATCHD_SLOW=1.
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"),
-                    reason="set WATCHD_SLOW=1 (a known defect: a moved directory's contents "
-                    "missing after a daemon restart)")
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
-def test_events_describe_the_tree_through_overflows_kills_and_restarts(start_daemon,
-                                                                       workdir: str) -> None:
-    # The short version of `bench/fidelity.py --faults --flood 30 --restart-every N` (it
-    # lowers a global sysctl: run it under the suite's lock, as test_resilience.py): the
-    # kernel queue overflows while the watcher is stopped, the watcher is killed and replaced,
-    # the daemon is stopped or killed and started again (it resumes from its state directory;
-    # the subscriber follows it with Client.follow), and at every pause the tree rebuilt from
-    # the events alone (synthetic ones included) is the real tree, no rescan.
+def through_restarts(start_daemon, workdir: str, ops: int, pause_every: int, every: int,
+                     seed: int) -> Result:
+    """`bench/fidelity.py --faults --flood 30 --restart-every N`, shortened (it lowers a global
+    sysctl: run it under the suite's lock, as test_resilience.py): the kernel queue overflows
+    while the watcher is stopped, the watcher is killed and replaced, the daemon is stopped or
+    killed and started again (it resumes from its state directory; the subscriber follows it
+    with Client.follow), and at every pause the tree rebuilt from the events alone (synthetic
+    ones included) is the real tree, no rescan."""
     root, outside = trees(workdir)
     state = Path(workdir) / "state"
     with sysctl("max_queued_events", 64):  # replacements take it too: kept for the whole run
@@ -100,16 +91,44 @@ def test_events_describe_the_tree_through_overflows_kills_and_restarts(start_dae
         # Every stop overflows the queue (64 events): before the watcher is continued, a file
         # of the tree is changed 30 times (90 events), whatever the operations made meanwhile.
         faults = Faults(lambda: watcher_of(daemon.proc.pid) if daemon.proc else None,
-                        random.Random(11), every=15, kill_every=120,
+                        random.Random(seed + 6), every=15, kill_every=120,
                         flood_file=root / "flood", flood=30)
-        restarts = restarter(daemon, random.Random(12), every=200)
-        result = run(root, outside, daemon.socket, ops=800, pause_every=100, seed=5,
+        restarts = restarter(daemon, random.Random(seed + 7), every=every)
+        result = run(root, outside, daemon.socket, ops=ops, pause_every=pause_every, seed=seed,
                      faults=faults, restarts=restarts)
     assert_exact(result)
     assert result.stops > 0 and result.overflows > 0, result
-    assert result.kills > 0 and result.restarts > 0, result
     assert result.daemon_stops > 0 and result.daemon_kills > 0, result
     assert result.resumed == result.daemon_stops + result.daemon_kills, result
+    return result
+
+
+# Out of the default run until a defect it still meets is found: after the fixes of a
+# directory the index held at two paths (tests/test_resync_stale_path.py,
+# tests/test_diff_stale_path.py) and of an index stored between the halves of a move
+# (tests/test_state_split_move.py), it still failed 1 of 20 runs without load (paths under a
+# moved directory named `inner` missing after op 300) and 1 of 6 beside stress-ng --cpu 2.
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"),
+                    reason="set WATCHD_SLOW=1 (a known defect: a moved directory's contents "
+                    "missing at times, about one run in ten)")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
+def test_events_describe_the_tree_through_overflows_kills_and_restarts(start_daemon,
+                                                                       workdir: str) -> None:
+    result = through_restarts(start_daemon, workdir, ops=800, pause_every=100, every=200,
+                              seed=5)
+    assert result.kills > 0 and result.restarts > 0, result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"),
+                    reason="a long run (about a minute each): set WATCHD_SLOW=1")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_events_describe_the_tree_through_overflows_kills_and_restarts_long(
+        start_daemon, workdir: str, seed: int) -> None:
+    through_restarts(start_daemon, workdir, ops=3000, pause_every=100, every=300, seed=seed)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
