@@ -56,9 +56,9 @@ def overflowed(what: object) -> NoReturn:
     every event, instead of waiting out a deadline for a seq that a resync numbered otherwise.
 
     The queue's size is fs.inotify.max_queued_events when the watcher made its inotify instance.
-    At the default (16384) a few thousand events never fill it while the watcher reads, so an
-    overflow means that limit was lowered by something else on the machine while the daemon
-    started (or that the watcher stopped reading the kernel during a hold, which it must not)."""
+    At the default (16384) the 5000 events of the test below fit in it even unread, so an
+    overflow there means that limit was lowered by something else on the machine (it is global)
+    while the daemon started."""
     queue = Path("/proc/sys/fs/inotify/max_queued_events").read_text().strip()
     raise AssertionError(f"the kernel's inotify queue overflowed (fs.inotify.max_queued_events "
                          f"is {queue} now): not every event can be delivered; {what}")
