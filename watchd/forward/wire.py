@@ -252,7 +252,7 @@ class Wire:
 
 def plain_acks(inbox: bytes) -> re.Pattern[bytes]:
     """What a run of plain acknowledgements to `inbox` looks like, one MSG each (see scan)."""
-    return re.compile(b"MSG " + re.escape(inbox) + rb'(\d+) 1 \d+\r\n\{"stream":"[^"\\\r\n]*",'
+    return re.compile(b"MSG " + re.escape(inbox) + rb'(\d+) 1 (\d+)\r\n\{"stream":"[^"\\\r\n]*",'
                       rb'"seq":\d+(?:,"duplicate":true)?\}\r\n')
 
 
@@ -275,7 +275,8 @@ def scan(buf: bytes, prefix: int, plain: re.Pattern[bytes] | None = None
     append = ok.append
     while True:
         if match is not None:
-            while (m := match(buf, pos)) is not None:
+            # A size other than the body's (a broken server) is read the general way, by it.
+            while (m := match(buf, pos)) is not None and m.end() - m.end(2) - 4 == int(m[2]):
                 append(int(m[1]))
                 pos = m.end()
         if (eol := find(b"\r\n", pos)) < 0:
