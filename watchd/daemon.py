@@ -347,12 +347,11 @@ class Daemon:
         # A scan that failed (None: the root is away) is a resync that cannot come: the
         # notice says "resync": false for its watch, rather than true and then false.
         resyncing = self.resync.resyncing(name for name, dirs, _ in held if dirs is not None)
+        self.broker.overflow(None, OverflowReason.WATCHER_RESTART, resyncing)
         for name in self.resync.enabled():
             if name in resyncing:
                 self.resync.lost(name)
-        self.broker.overflow(None, OverflowReason.WATCHER_RESTART, resyncing)
-        for name in self.resync.enabled():
-            if name not in resyncing:  # told "resync": false, as every watch not in resyncing
+            else:  # told "resync": false, as every watch not in resyncing
                 self.abandon(name)
         for name, dirs, seconds in held:
             if dirs is not None:
@@ -364,9 +363,8 @@ class Daemon:
             self.resync.held.append((name, dirs, seconds))
             return
         if dirs is None:
-            # The root could not be read. For a watch with a complete index, that answers a
-            # resync announced: it will not come. For one without (the scan asked by abandon),
-            # nothing was announced: clients were told to rescan already.
+            # The root could not be read: a resync announced will not come. None was for a
+            # watch without a complete index (abandon's scan): its clients rescan already.
             if self.resync.resyncing([name]):
                 log.warning("watch %s: cannot rescan; subscribers are told to rescan", name)
                 self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
@@ -388,9 +386,8 @@ class Daemon:
                 step()
 
     def abandon(self, name: str) -> None:
-        """Clients were told "resync": false for a watch: its index is built again from a scan
-        of the tree as it is, taken without events (see Resyncer.abandoned), and the stale one
-        is no longer stored."""
+        """Clients were told "resync": false for a watch: its index starts over from a scan
+        taken without events (Resyncer.abandoned); the stale one is no longer stored."""
         if self.resync.abandoned(name):
             self.ask_rescan(name)
             if self.state is not None:

@@ -103,6 +103,8 @@ def test_a_resumed_daemon_whose_root_is_away_says_resync_false_then_reports_its_
             picture.apply_all(got)
             assert picture.paths == listing(root)
     assert daemon.status()["watches"][0]["resyncs"] == 1
+    # One failed scan told; the scan asked to start the index over failed too, silently.
+    assert daemon.log_text().count("cannot rescan") == 1
 
 
 def test_a_replacement_watcher_that_finds_the_root_away_says_resync_false_once(
