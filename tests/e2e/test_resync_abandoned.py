@@ -128,6 +128,16 @@ def test_a_replacement_watcher_that_finds_the_root_away_says_resync_false_once(
     assert {m["path"] for m in got if m.get("type") == "event"} >= listing(root)
     picture.apply_all(got)
     assert picture.paths == listing(root)
+    # The index is the tree again: a change the next loss hides is found by its resync.
+    watcher = daemon.watcher_pid()
+    os.kill(watcher, signal.SIGSTOP)
+    (root / "d" / "g").unlink()
+    os.kill(watcher, signal.SIGKILL)
+    got = line.until(overflow("watcher_restart"))
+    assert got[-1]["resync"] is True, got[-1]
+    got += line.until(is_type("resynced"))
+    picture.apply_all(got)
+    assert picture.paths == listing(root)
 
 
 def test_a_root_moved_away_in_the_read_that_overflowed_owes_no_resync(
