@@ -313,9 +313,9 @@ class Daemon:
                             "resynchronizing" if resyncing else "subscribers are told to rescan")
                 if resyncing:
                     self.resync.lost(watch)
-                else:  # "resync": false answers every resync announced before it
-                    self.resync.abandoned(watch)
                 self.broker.overflow(watch, reason, resyncing)
+                if not resyncing:  # "resync": false answers every resync announced before it
+                    self.abandon(watch)
             case channel.Scan(watch, dirs, seconds):
                 self.on_scan(watch, dirs, seconds)
             case channel.Fill(watch, dirs, start, done):
@@ -345,15 +345,18 @@ class Daemon:
         After every event published before it: the replay marker lands here too.
         """
         held, self.resync.held = self.resync.held, []
-        resyncing = self.resync.resyncing(name for name, _, _ in held)
+        # A scan that failed (None: the root is away) is a resync that cannot come: the
+        # notice says "resync": false for its watch, rather than true and then false.
+        resyncing = self.resync.resyncing(name for name, dirs, _ in held if dirs is not None)
+        self.broker.overflow(None, OverflowReason.WATCHER_RESTART, resyncing)
         for name in self.resync.enabled():
             if name in resyncing:
                 self.resync.lost(name)
             else:  # told "resync": false, as every watch not in resyncing
-                self.resync.abandoned(name)
-        self.broker.overflow(None, OverflowReason.WATCHER_RESTART, resyncing)
+                self.abandon(name)
         for name, dirs, seconds in held:
-            self.on_scan(name, dirs, seconds)
+            if dirs is not None:
+                self.on_scan(name, dirs, seconds)
 
     def on_scan(self, name: str, dirs: channel.AtRest | None, seconds: float) -> None:
         """A scan of a watch: held while a restart notice is owed, else compared at once."""
@@ -361,10 +364,12 @@ class Daemon:
             self.resync.held.append((name, dirs, seconds))
             return
         if dirs is None:
-            # The root could not be read after all: the resync announced will not come.
-            log.warning("watch %s: cannot rescan; subscribers are told to rescan", name)
-            self.resync.abandoned(name)
-            self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
+            # The root could not be read: a resync announced will not come. None was for a
+            # watch without a complete index (abandon's scan): its clients rescan already.
+            if self.resync.resyncing([name]):
+                log.warning("watch %s: cannot rescan; subscribers are told to rescan", name)
+                self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
+                self.abandon(name)
             return
         result = self.resync.scanned(name, dirs, seconds, self.broker.last_seq)
         if result is None:
@@ -380,6 +385,14 @@ class Daemon:
         else:
             for step in steps:  # no watcher to pace them with: nothing waits behind them
                 step()
+
+    def abandon(self, name: str) -> None:
+        """Clients were told "resync": false for a watch: its index starts over from a scan
+        taken without events (Resyncer.abandoned); the stale one is no longer stored."""
+        if self.resync.abandoned(name):
+            self.ask_rescan(name)
+            if self.state is not None:
+                self.state.save(self.broker.last_seq, self.index_snapshots)
 
     # -- reload --------------------------------------------------------------------------------
 

@@ -230,13 +230,28 @@ class Resyncer:
         if watch is not None and watch.scanned:
             watch.resynced_owed += 1
 
-    def abandoned(self, name: str) -> None:
+    def abandoned(self, name: str) -> bool:
         """The resyncs announced for a watch will not come (its root could not be scanned):
-        the `overflow` with "resync": false sent instead answers every one of them."""
+        the `overflow` with "resync": false sent instead answers every one of them.
+
+        Its subscribers rescan the tree as it is now, so the index must describe that tree, not
+        the one before the loss: a later resync compared with the old one would miss what
+        changed in between twice (made during this loss, undone during the next). The index
+        starts over, empty and incomplete, as before a first scan: a loss meanwhile is told
+        "resync": false, and the next scan only fills it. True when the caller is to ask the
+        watcher for that scan (the index was complete: a watch being re-based already is not
+        asked again, so a root that stays away costs one scan, not a loop of them)."""
         watch = self.watches.get(name)
-        if watch is not None:
-            watch.resynced_owed = 0
-            watch.rescan_asked = False
+        if watch is None:
+            return False
+        watch.resynced_owed = 0
+        watch.rescan_asked = watch.race_again = False  # the scan asked answers a race as well
+        if not watch.scanned:
+            return False
+        watch.index.replace({})
+        watch.scanned = False
+        watch.published = None  # nothing is stored for it until that scan (see indexes)
+        return True
 
     def restored(self, name: str) -> bool:
         """A root came back: its scan is compared with what was known (nothing, for a root

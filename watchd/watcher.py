@@ -127,7 +127,9 @@ class Watcher:
             if name in fill:
                 self.fills.start(self.watches[name])
             else:
-                self.rescan(name)
+                # Owed: the daemon has an index of it and announced its resync (a restart's
+                # notice), so a scan that fails is sent too, and the daemon says "resync": false.
+                self.rescan(name, owed=name in self.channel.resync_on)
 
     def activate(self, watch: Watch, *, announce: bool) -> None:
         """Try to establish a watch; on a missing root it stays pending."""

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_durable import resubscribe
 from tests.e2e.test_follow import QUICK, restart, subscribed
 from tests.harness import Daemon, Message, Predicate, config, is_event, is_type, watch
+from tests.picture import Picture, listing
 from watchd.client import Client, Follower
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,35 +54,90 @@ def back_with_one_resynced(until: Until, away: Path, root: Path) -> None:
     assert [m["watch"] for m in got if m.get("type") == "resynced"] == ["w"]
 
 
-def test_a_resync_owed_while_the_root_is_away_is_answered_by_the_watchers_restart(
+def resync_false(m: Message) -> bool:
+    return m.get("type") == "overflow" and m.get("watch") == "w" and m.get("resync") is False
+
+
+def notices(got: list[Message]) -> list[tuple[str, object, object]]:
+    return [(m["type"], m.get("reason"), m.get("resync")) for m in got
+            if m.get("type") in {"overflow", "resynced"}]
+
+
+def test_a_resumed_daemon_whose_root_is_away_says_resync_false_then_reports_its_return(
         start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
     root, away = watched / "r", watched / "away"
-    root.mkdir()
+    (root / "d").mkdir(parents=True)
     (root / "f").write_text("f")
+    (root / "d" / "g").write_text("g")
     daemon = start_daemon(config(daemon_extra=f'state_directory = "{Path(workdir) / "state"}"',
                                  watches=watch("w", root)))
+    raw, _ = daemon.subscribe()
     with Client.follow(socket_path=daemon.socket, backoff=QUICK) as follower:
         subscribed(follower, daemon)
-
-        def until(predicate: Predicate) -> list[Message]:
-            return follow_until(follower, predicate)
-
-        (root / "g").write_text("g")
-        until(is_event(root / "g", "close_write"))
+        (root / "h").write_text("h")
+        since = raw.until(is_event(root / "h", "close_write"))[-1]["seq"]
+        follow_until(follower, is_event(root / "h", "close_write"))
         # The index is stored at the orderly stop, and kept: the restart's notice announces a
-        # resync, which the first scan would answer; but the root is away, and the watch waits.
+        # resync, which the first scan would answer; but the root is away then.
         restart(daemon, meanwhile=lambda: root.rename(away))
-        notice = until(overflow("daemon_restart"))[-1]
-        assert notice["watch"] == "w" and notice["resync"] is True, notice
-        # A replacement watcher cannot establish the watch either: its notice says "resync":
-        # false for it, which answers the resync announced above.
-        os.kill(daemon.watcher_pid(), signal.SIGKILL)
-        got = until(overflow("watcher_restart"))
-        assert got[-1]["resync"] is False, got[-1]
-        assert not [m for m in got if m.get("type") == "resynced"]
-        # One `resynced`, for the root's return; none left over for the resync answered already.
-        back_with_one_resynced(until, away, root)
+        line, reply = resubscribe(daemon, since, raw.hello["instance"])
+        assert reply["type"] == "subscribed", reply
+        takes: list[Until] = [lambda p: line.until(p, timeout=30),
+                              lambda p: follow_until(follower, p)]
+        pictures = []
+        for until in takes:
+            # No wait in vain: the failed scan says "resync": false, after the true.
+            got = until(resync_false)
+            assert notices(got) == [("overflow", "daemon_restart", True),
+                                    ("overflow", got[-1]["reason"], False)], notices(got)
+            pictures.append(Picture(listing(root)))  # the client's rescan: nothing there
+        # The root back, unchanged: the index was built again from what the clients found
+        # (nothing), so all the root holds comes, as creates.
+        away.rename(root)
+        for until, picture in zip(takes, pictures, strict=True):
+            got = until(is_type("watch_restored"))
+            got += until(is_type("resynced"))
+            creates = {m["path"] for m in got
+                       if m.get("type") == "event" and m["kind"] == "create"}
+            assert creates == listing(root), got
+            picture.apply_all(got)
+            assert picture.paths == listing(root)
     assert daemon.status()["watches"][0]["resyncs"] == 1
+    # One failed scan told; the scan asked to start the index over failed too, silently.
+    assert daemon.log_text().count("cannot rescan") == 1
+
+
+def test_a_replacement_watcher_that_finds_the_root_away_says_resync_false_once(
+        start_daemon: Callable[..., Daemon], watched: Path) -> None:
+    root, away = watched / "r", watched / "away"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "g").write_text("g")
+    daemon = start_daemon(config(watches=watch("w", root)))
+    line, _ = daemon.subscribe()
+    root.rename(away)
+    line.until(is_type("watch_lost"))
+    # The index is complete, but the replacement cannot scan the root: its failed scan makes
+    # the restart's notice say "resync": false, with no second notice after it.
+    os.kill(daemon.watcher_pid(), signal.SIGKILL)
+    assert line.until(overflow("watcher_restart"))[-1]["resync"] is False
+    picture = Picture(listing(root))  # the client's rescan: nothing there
+    away.rename(root)
+    got = line.until(is_type("watch_restored"))
+    got += line.until(is_type("resynced"))
+    assert notices(got) == [("resynced", None, None)], notices(got)
+    assert {m["path"] for m in got if m.get("type") == "event"} >= listing(root)
+    picture.apply_all(got)
+    assert picture.paths == listing(root)
+    # The index is the tree again: a change the next loss hides is found by its resync.
+    watcher = daemon.watcher_pid()
+    os.kill(watcher, signal.SIGSTOP)
+    (root / "d" / "g").unlink()
+    os.kill(watcher, signal.SIGKILL)
+    got = line.until(overflow("watcher_restart"))
+    assert got[-1]["resync"] is True, got[-1]
+    got += line.until(is_type("resynced"))
+    picture.apply_all(got)
+    assert picture.paths == listing(root)
 
 
 def test_a_root_moved_away_in_the_read_that_overflowed_owes_no_resync(
