@@ -43,7 +43,7 @@ def test_a_directory_move_split_between_two_batches_is_stored_whole(tmp_path: Pa
                      retain=lambda: 100)
     assert state.open({"w": index_spec(watch)}) is None
     assert state.start("i", 0)
-    state.settled = resync.settled  # as the daemon wires it
+    state.unsettled = resync.unsettled  # as the daemon wires it
 
     def snapshots() -> list[st.Snapshot]:
         return [(name, index_spec(watch), dirs, seq) for name, dirs, seq in resync.indexes()]

@@ -88,7 +88,7 @@ class Daemon:
         if self.state is not None and self.state.journal is not None:
             self.broker.history.recorder = self.state.journal
             self.state.on_fail = self.recording_failed
-            self.state.settled = self.resync.settled
+            self.state.unsettled = self.resync.unsettled
         if resumed is not None:
             resume(self.broker, self.resync, config.watches, resumed)
         self.clients: set[ClientProtocol] = set()

@@ -164,6 +164,8 @@ class TreeIndex:
     # (see _Held). Kept for one more batch, as a pair may be split between two.
     _moving: dict[int, _Held] = field(default_factory=dict)
     _moving_old: dict[int, _Held] = field(default_factory=dict)
+    # The cookies of those that waited at the last tick (see expire_moves).
+    _waited: frozenset[int] = frozenset()
     # Cookies of moves whose source the index did not hold (replays, see apply), until their
     # IN_MOVED_TO comes.
     _orphans: dict[int, None] = field(default_factory=dict)
@@ -181,6 +183,18 @@ class TreeIndex:
         IN_MOVED_TO could not put it back (watchd.restore): what it holds would be unknown."""
         return any(held[0] & IS_DIR for moving in (self._moving, self._moving_old)
                    for held in moving.values())
+
+    def expire_moves(self) -> None:
+        """At a tick: a subtree that waited for its IN_MOVED_TO already at the previous tick
+        counts as moved out of the tree (or to a name not watched), and is dropped. Its pair is
+        not coming: the watcher pairs the two halves within a read, and a pair split between two
+        reads comes in two consecutive batches. Without this bound, a move out of the tree
+        followed by silence in the watch kept moving_dirs true, and so the index unstored, for
+        ever."""
+        for moving in (self._moving, self._moving_old):
+            for cookie in self._waited.intersection(moving):
+                del moving[cookie]
+        self._waited = frozenset(self._moving).union(self._moving_old)
 
     def as_dirs(self) -> Dirs:
         """The index in a scan's layout (a copy), to compare with one."""

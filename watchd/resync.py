@@ -286,10 +286,14 @@ class Resyncer:
             else:
                 yield name, (watch.index.dirs if watch.scanned else None), None
 
-    def settled(self) -> bool:
-        """Whether every index can be stored as it is: none waits for the second half of a
-        directory's move (TreeIndex.moving_dirs)."""
-        return not any(w.index.moving_dirs() for w in self.watches.values())
+    def unsettled(self, tick: bool = False) -> frozenset[str]:
+        """The watches whose index cannot be stored as it is: it waits for the second half of a
+        directory's move (TreeIndex.moving_dirs). At a tick (`tick`), first, a wait that began
+        before the previous tick ends (TreeIndex.expire_moves), so that none lasts for ever."""
+        if tick:
+            for watch in self.watches.values():
+                watch.index.expire_moves()
+        return frozenset(name for name, w in self.watches.items() if w.index.moving_dirs())
 
     def resyncing(self, names: Iterable[str]) -> frozenset[str]:
         """Of these watches, those whose next scan will be a resync."""

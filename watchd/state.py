@@ -12,9 +12,12 @@ Write and fsync policy.
   or a crash of the daemon loses nothing that was written: the page cache keeps it.
 * The indexes: written whole (tmp file, fsync, rename, fsync of the directory) at a stop,
   after the journal closes a segment, after a resync, and at most every INDEX_INTERVAL_S while
-  events come; never between the two halves of a directory's move split between two batches
-  (a save waits for the next tick). At start, the journal's events after an index's seq are
-  applied to it (watchd.restore), so that it describes the tree as the last published event did.
+  events come. An index that waits for the second half of a directory's move (split between
+  two batches) is not stored then: its previous file stays, and it is stored at the next tick
+  (the others are stored at once). A directory whose move waited since the previous tick counts
+  as moved out of the tree, so that no index waits more than two ticks. At start, the
+  journal's events after an index's seq are applied to it (watchd.restore), so that it
+  describes the tree as the last published event did.
 * state.json: written the same way at start ("clean": false) and at a stop ("clean": true,
   with the last seq).
 
@@ -116,9 +119,10 @@ class State:
         self.journal: journal.Journal | None = None
         self.restored_from: int | None = None
         self.on_fail: Callable[[], None] = lambda: None  # the daemon stops recording
-        # Whether the indexes can be stored now (Resyncer.settled): a save waits while one
-        # lacks a directory whose move is half published, until the next tick.
-        self.settled: Callable[[], bool] = lambda: True
+        # The watches whose index cannot be stored now (Resyncer.unsettled; True: at a tick,
+        # which bounds the wait): it lacks a directory whose move is half published.
+        self.unsettled: Callable[[bool], frozenset[str]] = lambda tick: frozenset()
+        self._owed: frozenset[str] = frozenset()  # their index, kept from a save: next tick
         self._lock_fd = -1
         self._saved = time.monotonic()
         self._saved_seq = -1
@@ -282,9 +286,12 @@ class State:
         """Once a second: the indexes, when due (written off the loop)."""
         if self.journal is None:
             return
+        self.unsettled(True)  # a wait since the previous tick ends now
         if self.snapshot_due or (last_seq != self._saved_seq
                                  and time.monotonic() - self._saved >= INDEX_INTERVAL_S):
             self.save(last_seq, indexes)
+        elif self._owed:
+            self.save(last_seq, indexes, only=self._owed)
 
     async def sync_forever(self) -> None:
         """Every fsync_interval: the journal's fsync, in a thread, when it was written to."""
@@ -295,18 +302,25 @@ class State:
             if fd is not None:
                 self._synced_fd(await loop.run_in_executor(None, fsync_close, fd), rec)
 
-    def save(self, last_seq: int,
-             indexes: Callable[[], Iterable[Snapshot]]) -> None:
-        """Store the indexes as of last_seq: serialized now, written off the loop (or at the
-        next tick, when a write is still under way or an index is not settled)."""
-        if self._pending is not None or self.journal is None or not self.settled():
+    def save(self, last_seq: int, indexes: Callable[[], Iterable[Snapshot]],
+             only: frozenset[str] | None = None) -> None:
+        """Store the indexes as of last_seq (or `only` these watches'): serialized now, written
+        off the loop (or at the next tick, when a write is still under way). A watch whose
+        index is not settled keeps its stored one, and is owed a save at the next tick."""
+        if self._pending is not None or self.journal is None:
             self.snapshot_due = True
             return
-        blobs = self._blobs(last_seq, indexes())
+        snapshots = list(indexes())
+        waiting = self.unsettled(False)
+        keep = waiting if only is None else waiting | {
+            name for name, *_ in snapshots if name not in only}
+        blobs = self._blobs(last_seq, snapshots, keep)
         self._pending = pending = asyncio.get_running_loop().run_in_executor(
             None, write_all, blobs)
         pending.add_done_callback(self._saved_all)
-        self._saved, self._saved_seq, self.snapshot_due = time.monotonic(), last_seq, False
+        self._owed = waiting if only is None else waiting & only
+        if only is None:
+            self._saved, self._saved_seq, self.snapshot_due = time.monotonic(), last_seq, False
 
     def _synced_fd(self, error: OSError | None, rec: journal.Journal) -> None:
         if error is not None:
@@ -318,14 +332,15 @@ class State:
             self.fail(path, error)
 
     def _blobs(self, seq: int, indexes: Iterable[Snapshot],
-               ) -> list[tuple[str, bytes | None]]:
+               keep: frozenset[str] = frozenset()) -> list[tuple[str, bytes | None]]:
         """What to write for each index: its bytes, or None to remove a stale one (a watch
-        whose index starts over, or one no longer configured)."""
+        whose index starts over, or one no longer configured). The files of the watches in
+        `keep` stay as they are."""
         blobs: list[tuple[str, bytes | None]] = [
             (index_file(self.path, name), None if dirs is None
              else encode_index(name, spec, seq if as_of is None else as_of, dirs))
-            for name, spec, dirs, as_of in indexes]
-        wanted = {path for path, _ in blobs}
+            for name, spec, dirs, as_of in indexes if name not in keep]
+        wanted = {path for path, _ in blobs} | {index_file(self.path, name) for name in keep}
         with contextlib.suppress(OSError):
             for entry in os.listdir(os.path.join(self.path, INDEX)):
                 path = os.path.join(self.path, INDEX, entry)
