@@ -16,9 +16,9 @@ import pathlib
 import pytest
 
 from tests.picture import Picture, listing
+from tests.resync_setup import as_messages
 from tests.sysctl import sysctl
 from tests.test_index import QUIET, _events, snap
-from tests.test_scan_race import as_messages
 from watchd.config.model import WatchConfig
 from watchd.inotify import IN_Q_OVERFLOW, InotifyFd
 from watchd.inotify.tree import Tree
