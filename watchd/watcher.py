@@ -241,7 +241,7 @@ class Watcher:
         now = time.time()
         events = tree.handle(raw)
         if tree.overflowed:
-            # The notice goes where the loss is: after what came before it, before the rest.
+            # The notice goes where the loss is: after what came before it.
             cut = next(i for i, ev in enumerate(events) if ev.mask & IN_Q_OVERFLOW)
             self.send_items(watch, events[:cut], now)
             if not self.resync(watch, OverflowReason.KERNEL_QUEUE, now):
