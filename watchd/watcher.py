@@ -243,11 +243,15 @@ class Watcher:
         now = time.time()
         events = tree.handle(raw)
         if tree.overflowed:
-            # The notice goes where the loss is: after what came before it, before the rest.
+            # The notice goes where the loss is: after what came before it.
             cut = next(i for i, ev in enumerate(events) if ev.mask & IN_Q_OVERFLOW)
             self.send_items(watch, events[:cut], now)
-            self.resync(watch, OverflowReason.KERNEL_QUEUE, now)
-            self.send_items(watch, events[cut + 1 :], now)
+            if not self.resync(watch, OverflowReason.KERNEL_QUEUE, now):
+                # With a scan, what was read after the loss is not sent: it happened before
+                # the scan, which shows it. Sent after it, a directory's moved_to would replace
+                # what the resync created with a bare directory (a tree lists nothing once it
+                # has overflowed), and what it holds would be reported nowhere.
+                self.send_items(watch, events[cut + 1 :], now)
         else:
             self.send_items(watch, events, now)
             if tree.unmounted and tree.lost is None:
@@ -262,9 +266,10 @@ class Watcher:
             self.send(channel.Lost(watch.name, watch.path, reason))
         return len(raw)
 
-    def resync(self, watch: Watch, reason: OverflowReason, now: float) -> None:
+    def resync(self, watch: Watch, reason: OverflowReason, now: float) -> bool:
         """After a loss (or an unmount) in an established watch: watch again what its tree
-        lacks, and tell the daemon, with a scan of it for a watch that has an index."""
+        lacks, and tell the daemon, with a scan of it for a watch that has an index (then
+        True)."""
         tree = watch.tree
         assert tree is not None
         if watch.name in self.channel.resync_on and tree.lost is None:
@@ -274,9 +279,10 @@ class Watcher:
             self.send(channel.Overflow(watch.name, resync=True, reason=reason))
             tree.resync()
             self.rescan(watch.name, owed=True)
-        else:
-            self.send(channel.Overflow(watch.name, reason=reason))
-            self.send_items(watch, tree.resync(), now)
+            return True
+        self.send(channel.Overflow(watch.name, reason=reason))
+        self.send_items(watch, tree.resync(), now)
+        return False
 
     def scan(self, watch: Watch) -> tuple[AtRest, float] | None:
         """The tree of an established watch at rest, and the seconds it took (see

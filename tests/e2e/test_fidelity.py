@@ -108,6 +108,8 @@ def through_restarts(start_daemon, workdir: str, ops: int, pause_every: int, eve
 # tests/test_diff_stale_path.py) and of an index stored between the halves of a move
 # (tests/test_state_split_move.py), it still failed 1 of 20 runs without load (paths under a
 # moved directory named `inner` missing after op 300) and 1 of 6 beside stress-ng --cpu 2.
+# One cause since found and fixed (tests/test_resync_after_cut.py); 1 of 13 runs still failed
+# after it, that one with a rescan notice in the run as well.
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"),
                     reason="set WATCHD_SLOW=1 (a known defect: a moved directory's contents "
