@@ -96,11 +96,10 @@ def test_a_directory_made_after_the_walk_is_not_watched(ino: InotifyFd, tmp_path
 
 def test_the_record_vouches_only_for_directories_older_than_its_claim(ino: InotifyFd) -> None:
     watches = Watches(ino)
-    watches.timely.add(1)
     old, new = dir_stat(5, ctime_ns=0), dir_stat(5, ctime_ns=time.time_ns())
     watches.remember(7, "/r/", old)
     assert watches.vouched(old) == UNSURE  # the device not confirmed since distrust()
-    watches.checked(old, 7)  # the kernel agrees
+    watches.checked(old, 7, timely=True)  # the kernel agrees
     assert watches.vouched(old) == 7
     assert watches.vouched(new) == UNSURE  # changed since: maybe another directory
     assert watches.vouched(dir_stat(6)) == NOT_OURS
@@ -112,18 +111,17 @@ def test_a_device_whose_time_stamps_are_not_ours_is_always_asked(ino: InotifyFd)
     watches = Watches(ino)  # device 1 not timely: NFS, FUSE...
     st = dir_stat(5, ctime_ns=0)
     watches.remember(7, "/r/", st)
-    watches.checked(st, 7)
+    watches.checked(st, 7, timely=False)
     assert watches.vouched(st) == UNSURE
 
 
 def test_a_claim_the_kernel_denies_or_gives_another_wd_is_dropped(ino: InotifyFd) -> None:
     watches = Watches(ino)
-    watches.timely.add(1)
     a, b = dir_stat(5, ctime_ns=0), dir_stat(6, ctime_ns=0)
     watches.remember(7, "/r/", a)
     watches.remember(8, "/r/x/", b)
-    watches.checked(a, 7)
-    watches.checked(b, -1)  # not watched after all (its watch went, its events lost)
+    watches.checked(a, 7, timely=True)
+    watches.checked(b, -1, timely=False)  # not watched after all (its watch went, its events lost)
     assert watches.vouched(b) == NOT_OURS
     watches.identify(9, a)  # the inode number is another watch's now: 7 went, unread
     assert watches.vouched(a) == 9

@@ -182,7 +182,10 @@ class Reach:
             with contextlib.suppress(InotifyError):
                 self._ino.rm_watch(got)
             got = -1
-        watches.checked(st, got)
+        # A device's file system type is asked at its first confirmation since distrust():
+        # its number may be another file system's now.
+        watches.checked(st, got, timely=got >= 0 and st.st_dev not in watches.verified
+                        and _timely(fd))
         return max(got, -1)
 
     def set_mask(self, fd: int, wd: int, mask: int, pid: int) -> None:
@@ -198,6 +201,14 @@ class Reach:
         for fd, _, _ in self.batch_fds.values():
             os.close(fd)
         self.batch_fds.clear()
+
+
+def _timely(fd: int) -> bool:
+    """Whether the file system of the file open as `fd` stamps ctime from this machine's clock."""
+    try:
+        return fs.fs_type(fd) in fs.LOCAL_TIME_FS
+    except OSError:
+        return False
 
 
 def _is_symlink(path: str) -> bool:

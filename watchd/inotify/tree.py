@@ -85,7 +85,7 @@ from watchd.inotify.reach import Reach
 from watchd.inotify.rescan import RESCAN_TRIES, Rescanner
 from watchd.inotify.settings import Settings
 from watchd.inotify.walk import Frame, Walker
-from watchd.inotify.watches import TreeEvent, Watches, dir_path
+from watchd.inotify.watches import Clock, TreeEvent, Watches, dir_path
 
 __all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
 
@@ -137,6 +137,7 @@ class Tree:
         real_root: str | None = None,
         real_fs_only: bool = False,
         max_directories: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._ino = ino
         self.root = os.path.abspath(os.fsdecode(root))
@@ -144,7 +145,7 @@ class Tree:
             mask, recursive=recursive, prune=prune, follow_symlinks=follow_symlinks,
             synthetic=synthetic, quiet_listing=quiet_listing, quiet_parent=quiet_parent,
             progress=progress, real_fs_only=real_fs_only)
-        self._watches = watches = Watches(ino)
+        self._watches = watches = Watches(ino, clock)  # clock: a test's, or the machine's
         # The map itself, not through `_watches`: handle() and the adapters' routing read it
         # per event. Watches only ever clears it, never replaces it.
         self._path_of = watches.path_of
@@ -314,6 +315,7 @@ class Tree:
             elif mask & _WATCH_GONE:
                 if mask & IN_UNMOUNT:
                     self.unmounted = True  # its IN_IGNORED follows, and forgets the watch
+                    watches.distrust()  # its device number may be another file system's now
                 if mask & IN_IGNORED:
                     watches.forget(wd)
                 elif mask & IN_DELETE_SELF:

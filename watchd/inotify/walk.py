@@ -89,7 +89,7 @@ class Walker:
         self._path_of, self._wd_of = watches.path_of, watches.wd_of  # one lookup less per dir
         self._reach = reach
         self._settings = settings
-        self._fs_types: dict[int, int] = {}  # st_dev -> statfs f_type
+        self._fs_types = watches.fs_types  # st_dev -> statfs f_type, cleared by the Watches
         # During a walk: wd -> old prefix of the watches below directories that moved here,
         # not met yet (see _moved_here).
         self._stale: dict[int, str] = {}
@@ -109,8 +109,6 @@ class Walker:
             except OSError:
                 kind = 0
             self._fs_types[dev] = kind
-            if kind in fs.LOCAL_TIME_FS:
-                self._watches.timely.add(dev)
         return kind
 
     def visited_set(self, st: os.stat_result) -> set[tuple[int, int]] | None:
@@ -140,6 +138,8 @@ class Walker:
         # it holds: its kernel create may come after that, or not at all (the queue full).
         announce = out is not None and bool(self._settings.report & IN_CREATE)
         w = _Walk([top], out, visited, seen, rescan_missing, reported, announce, os.getpid())
+        if top.dev not in self._fs_types:  # forgotten at a distrust(): whether leaves are listed
+            self.fs_type(top.dev, top.fd)
         self._stale.clear()
         try:
             self._walk_frames(w)
