@@ -15,7 +15,7 @@ from tests.test_index import snap
 from watchd import state as st
 from watchd import statefiles as sf
 from watchd.config.model import WatchConfig
-from watchd.records import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, Recorder
+from watchd.records import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO, Recorder
 from watchd.restore import index_spec
 from watchd.resync import Resyncer
 
@@ -114,3 +114,27 @@ def test_the_watch_a_directory_moved_out_of_is_stored_within_two_ticks(tmp_path:
     dirs = stored.dirs
     assert "d" not in dirs[a]
     assert a + "/d" not in dirs
+
+
+def test_a_late_second_half_after_the_wait_stopped_counting_is_still_a_move(tmp_path: Path,
+                                                                            ) -> None:
+    """A loop that stalled past two ticks between the halves of a split pair: the stored copy
+    stopped waiting for it, but the index still pairs it, so the move is published as one
+    (a client applying it keeps what the directory holds) and the index keeps it too."""
+    two = Two(tmp_path)
+    a = str(two.roots["a"])
+    src, dst = a + "/d", a + "/e"
+
+    async def run() -> None:
+        os.rename(src, dst)
+        two.publish("a", [(IN_MOVED_FROM | IN_ISDIR, 7, src, None)])
+        await two.tick(1, due=True)
+        await two.tick(1)
+        assert two.resync.unsettled(False) == frozenset()  # no longer holds a's storing back
+
+    asyncio.run(run())
+    batch = [(IN_MOVED_TO | IN_ISDIR, 7, dst, src)]
+    published = two.resync.track("a", [(0.0, batch)], [Recorder().records(batch)])
+    assert published == [(0.0, batch)]
+    dirs = two.resync.watches["a"].index.dirs
+    assert "e" in dirs[a] and "s" in dirs[dst]

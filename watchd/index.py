@@ -164,8 +164,10 @@ class TreeIndex:
     # (see _Held). Kept for one more batch, as a pair may be split between two.
     _moving: dict[int, _Held] = field(default_factory=dict)
     _moving_old: dict[int, _Held] = field(default_factory=dict)
-    # The cookies of those that waited at the last tick (see expire_moves).
+    # The cookies of those that waited at the last tick, and of those that waited at the two
+    # last (see expire_moves).
     _waited: frozenset[int] = frozenset()
+    _stale: frozenset[int] = frozenset()
     # Cookies of moves whose source the index did not hold (replays, see apply), until their
     # IN_MOVED_TO comes.
     _orphans: dict[int, None] = field(default_factory=dict)
@@ -180,21 +182,23 @@ class TreeIndex:
     def moving_dirs(self) -> bool:
         """Whether a directory an IN_MOVED_FROM took out waits for its IN_MOVED_TO (a pair split
         between two batches). Stored meanwhile, the index would lack it, and the journal's
-        IN_MOVED_TO could not put it back (watchd.restore): what it holds would be unknown."""
-        return any(held[0] & IS_DIR for moving in (self._moving, self._moving_old)
-                   for held in moving.values())
+        IN_MOVED_TO could not put it back (watchd.restore): what it holds would be unknown.
+        A wait older than a tick does not count (see expire_moves)."""
+        return any(held[0] & IS_DIR and cookie not in self._stale
+                   for moving in (self._moving, self._moving_old)
+                   for cookie, held in moving.items())
 
     def expire_moves(self) -> None:
-        """At a tick: a subtree that waited for its IN_MOVED_TO already at the previous tick
-        counts as moved out of the tree (or to a name not watched), and is dropped. Its pair is
-        not coming: the watcher pairs the two halves within a read, and a pair split between two
-        reads comes in two consecutive batches. Without this bound, a move out of the tree
-        followed by silence in the watch kept moving_dirs true, and so the index unstored, for
-        ever."""
-        for moving in (self._moving, self._moving_old):
-            for cookie in self._waited.intersection(moving):
-                del moving[cookie]
-        self._waited = frozenset(self._moving).union(self._moving_old)
+        """At a tick: a subtree that waited for its IN_MOVED_TO already at the previous tick no
+        longer keeps the index from being stored. Its pair is not likely to come (the watcher
+        pairs the two halves within a read, and a pair split between two reads comes in two
+        consecutive batches): a move out of the tree followed by silence in the watch would
+        otherwise keep the index unstored for ever. The subtree itself stays held, so that a
+        late IN_MOVED_TO (a loop that stalled) is still paired and published as a move: only
+        the stored copy lacks it, as for a move out of the tree."""
+        current = frozenset(self._moving).union(self._moving_old)
+        self._stale = self._waited & current
+        self._waited = current
 
     def as_dirs(self) -> Dirs:
         """The index in a scan's layout (a copy), to compare with one."""

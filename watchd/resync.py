@@ -289,7 +289,8 @@ class Resyncer:
     def unsettled(self, tick: bool = False) -> frozenset[str]:
         """The watches whose index cannot be stored as it is: it waits for the second half of a
         directory's move (TreeIndex.moving_dirs). At a tick (`tick`), first, a wait that began
-        before the previous tick ends (TreeIndex.expire_moves), so that none lasts for ever."""
+        before the previous tick stops counting (TreeIndex.expire_moves), so that none lasts for
+        ever."""
         if tick:
             for watch in self.watches.values():
                 watch.index.expire_moves()

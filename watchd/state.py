@@ -14,8 +14,9 @@ Write and fsync policy.
   after the journal closes a segment, after a resync, and at most every INDEX_INTERVAL_S while
   events come. An index that waits for the second half of a directory's move (split between
   two batches) is not stored then: its previous file stays, and it is stored at the next tick
-  (the others are stored at once). A directory whose move waited since the previous tick counts
-  as moved out of the tree, so that no index waits more than two ticks. At start, the
+  (the others are stored at once). A directory whose move waited since the previous tick is
+  stored as moved out of the tree (the live index still pairs a late second half), so that no
+  index waits more than two ticks. At start, the
   journal's events after an index's seq are applied to it (watchd.restore), so that it
   describes the tree as the last published event did.
 * state.json: written the same way at start ("clean": false) and at a stop ("clean": true,
