@@ -127,7 +127,7 @@ def count(dirs: Listing) -> int:
                for c in dirs.values())
 
 
-def walk(dirs: Index | Dirs, top: str) -> Iterator[tuple[str, int]]:
+def walk(dirs: Listing, top: str) -> Iterator[tuple[str, int]]:
     """(path, record) of everything below `top` in dirs, parents before children."""
     stack = [top]
     while stack:
@@ -142,7 +142,7 @@ def walk(dirs: Index | Dirs, top: str) -> Iterator[tuple[str, int]]:
                 stack.append(path)
 
 
-def subtree_keys(dirs: Index | Dirs, top: str) -> list[str]:
+def subtree_keys(dirs: Listing, top: str) -> list[str]:
     """The directory keys of `top` and of the directories below it that dirs holds."""
     keys = [top] if top in dirs else []
     keys.extend(path for path, record in walk(dirs, top) if record & IS_DIR and path in dirs)

@@ -43,10 +43,11 @@ from watchd.index import (
     entries,
     join,
     split,
+    subtree_keys,
     thaw,
 )
 from watchd.reasons import OverflowReason
-from watchd.records import IS_DIR, Item, Records
+from watchd.records import IS_DIR, Item, Records, inode
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -381,7 +382,8 @@ def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:
     them, after a loss) adds no difference of its own, so only the directories that differ
     or are on one side only go in, thawed, with what the diff looks them up by: their
     ancestors (a directory's record is in its parent) and their subdirectories (a
-    subdirectory's record may differ while its own listing does not). The diff of these
+    subdirectory's record may differ while its own listing does not), and all that is below
+    a subdirectory that is not the same directory on both sides. The diff of these
     equals the diff of everything: tests/test_resync_compare.py holds it to that.
     """
     old, root = index.dirs, index.root
@@ -391,6 +393,13 @@ def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:
         if kept is not None and kept != listed and thaw(kept) != thaw(listed):
             differ.add(key)
     wanted = set(differ)
+    # A subdirectory that is not one directory on both sides (on one side only, or another
+    # inode) may be matched elsewhere or not at all, and then all it holds is a difference,
+    # even where its own listings are alike: the index may hold it at a stale path too, with
+    # its contents, and without them here the diff took them for unchanged.
+    for top in _unlike_subdirs(old, scan, differ):
+        for side in (old, scan):
+            wanted.update(subtree_keys(side, top))
     for key in differ:
         for side in (old, scan):
             if (children := side.get(key)) is not None:
@@ -404,3 +413,22 @@ def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:
     # In the order of the whole layouts, so that the events come in the same order too.
     return ({key: thaw(c) for key, c in old.items() if key in wanted},
             {key: thaw(c) for key, c in scan.items() if key in wanted})
+
+
+def _unlike_subdirs(old: Index, scan: AtRest, differ: set[str]) -> list[str]:
+    """The subdirectories of the directories that differ that are not the same directory on
+    both sides: listed on one side only, or with another inode or type."""
+    out: list[str] = []
+    for key in differ:
+        before = dict(entries(old[key])) if key in old else {}
+        after = dict(entries(scan[key])) if key in scan else {}
+        for name in before.keys() | after.keys():
+            was, now = before.get(name), after.get(name)
+            if was is None or now is None:
+                unlike = (was or now or 0) & IS_DIR
+            else:
+                unlike = (was | now) & IS_DIR and (
+                    (was ^ now) & IS_DIR or inode(was) != inode(now))
+            if unlike:
+                out.append(join(key, name))
+    return out
