@@ -166,4 +166,7 @@ def test_a_root_moved_away_in_the_read_that_overflowed_owes_no_resync(
     # The tree back where it was: its differences from the index, and one `resynced` for the
     # root's return alone.
     back_with_one_resynced(lambda predicate: line.until(predicate, timeout=30), away, root)
-    assert daemon.status()["watches"][0]["resyncs"] == 1
+    # One comparison for the return; two when the scan the abandon asked for (to re-base the
+    # index) comes after the root's return: the first then answers it, the second finds
+    # nothing and owes no notice (one `resynced` all the same, checked above).
+    assert daemon.status()["watches"][0]["resyncs"] in (1, 2)
