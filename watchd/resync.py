@@ -397,9 +397,14 @@ def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:
     # inode) may be matched elsewhere or not at all, and then all it holds is a difference,
     # even where its own listings are alike: the index may hold it at a stale path too, with
     # its contents, and without them here the diff took them for unchanged.
-    for top in _unlike_subdirs(old, scan, differ):
-        for side in (old, scan):
-            wanted.update(subtree_keys(side, top))
+    # Each subtree walked once: the outermost first (shortest), those below it then found in
+    # it; walking each again would cost directories times depth (a deep new chain).
+    below: set[str] = set()
+    for top in sorted(_unlike_subdirs(old, scan, differ), key=len):
+        if top not in below:
+            for side in (old, scan):
+                below.update(subtree_keys(side, top))
+    wanted |= below
     for key in differ:
         for side in (old, scan):
             if (children := side.get(key)) is not None:

@@ -283,6 +283,7 @@ class Watches:
         another may take its device number), the kernel is asked.
         """
         dev = st.st_dev
+        self.now()  # a step of the clock seen here too, not only at a walk (it clears verified)
         if dev not in self.verified:
             return UNSURE
         claim = self.by_inode.get(dev << 64 | st.st_ino, _NO_CLAIM)
