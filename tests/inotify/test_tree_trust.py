@@ -112,3 +112,15 @@ def test_a_device_number_given_to_another_file_system_is_asked_about_again(
         assert tree._watches.vouched(os.stat(m / "y")) == UNSURE
     finally:
         subprocess.run(["umount", str(m)], check=False)
+
+
+def test_a_clock_step_is_seen_when_a_directory_is_vouched_for_between_walks(
+        ino: InotifyFd, tmp_path: Path) -> None:
+    # Nothing walks and nothing new is watched after the step: events handled meanwhile ask
+    # whether a directory is watched (Reach), and the step must be seen there too.
+    (tmp_path / "a" / "d").mkdir(parents=True)
+    clock = SteppedClock(ahead=STEP_NS)
+    tree = started(ino, tmp_path, clock)
+    clock.ahead = 0
+    made_again(tmp_path / "a" / "d", tmp_path / "a" / "e")
+    assert not watches_dir(tree, tmp_path / "a" / "e")
