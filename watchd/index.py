@@ -38,6 +38,7 @@ from watchd.records import (
     Item,
     Records,
     gone,
+    inode,
     named,
     pack,
 )
@@ -150,8 +151,9 @@ def subtree_keys(dirs: Listing, top: str) -> list[str]:
 
 
 # A subtree taken out by an IN_MOVED_FROM: (record, {key relative to it: children}, {path
-# relative to it: still to be looked at}).
-_Held = tuple[int, Index, dict[str, int]]
+# relative to it: still to be looked at}, whether the index held it only because the same batch
+# created it).
+_Held = tuple[int, Index, dict[str, int], bool]
 
 
 @dataclass(slots=True)
@@ -268,7 +270,8 @@ class TreeIndex:
             if mask & STAT_AFTER:
                 below = None
                 if mask & IN_MOVED_TO:
-                    if cookie in self._orphans:
+                    if cookie in self._orphans or (
+                            src_path is not None and self._replayed(cookie, path, records)):
                         replays = replays or []
                         replays.append(i)
                     else:
@@ -358,6 +361,7 @@ class TreeIndex:
         parent, name = split(path)
         children = self._open(parent)
         record = None if children is None else children.pop(name, None)
+        made_here = record is None  # held only as the batch's own create
         if record is None:
             if was_fresh is None:
                 return False
@@ -367,7 +371,7 @@ class TreeIndex:
             for key in subtree_keys(self.dirs, path):
                 moved[key[len(path):]] = self.dirs.pop(key)
         if cookie is not None:
-            self._moving[cookie] = (record, moved, below)
+            self._moving[cookie] = (record, moved, below, made_here)
         return True
 
     def _drop_below(self, path: str) -> bool:
@@ -378,6 +382,28 @@ class TreeIndex:
             del self.dirs[key]
         return True
 
+    def _replayed(self, cookie: int, path: str, records: Records) -> bool:
+        """Whether an IN_MOVED_TO is a replay (see apply) that its source does not tell: a
+        directory the batch itself created (the index did not hold it) moved to where the index
+        holds that very directory already (the inode the watcher found there now). Created,
+        filled and renamed while a resync scanned, the scan found it at its new name with what
+        it holds; the replayed create gave the index its old name, and published, the move
+        would replace what the scan's differences made with that bare directory. Its
+        IN_MOVED_FROM goes out (it takes the replayed create away from a client); this does
+        not, and the held subtree (the create's, bare) is dropped."""
+        held = self._moving.get(cookie) or self._moving_old.get(cookie)
+        if held is None or not held[3] or not held[0] & IS_DIR:
+            return False
+        parent, name = split(path)
+        there = (self._open(parent) or {}).get(name)
+        now = records.get(path)
+        if (there is None or now is None or not there & now & IS_DIR or not inode(now)
+                or inode(there) != inode(now)):
+            return False
+        if self._moving.pop(cookie, None) is None:
+            del self._moving_old[cookie]
+        return True
+
     def _moved_to(self, cookie: int, path: str, src_path: str | None) -> dict[str, int] | None:
         """Put a subtree taken out by its IN_MOVED_FROM back, at its new name; returns what was
         to be looked at below it (relative to it)."""
@@ -386,7 +412,7 @@ class TreeIndex:
         held = self._moving.pop(cookie, None) or self._moving_old.pop(cookie, None)
         if held is None:
             return None
-        record, moved, below = held
+        record, moved, below, _made_here = held
         parent, name = split(path)
         children = self._open(parent)
         if children is None:
