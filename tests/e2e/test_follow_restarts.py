@@ -136,10 +136,6 @@ def stop_daemon(daemon: Daemon, sig: signal.Signals) -> None:
     daemon.notify.messages.clear()  # so that start() waits for the new READY=1
 
 
-@pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"),
-                    reason="set WATCHD_SLOW=1 (a known defect: now and then a directory renamed "
-                    "during the churn reaches the follower without its contents, about one "
-                    "full-suite run in three; being traced)")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_follow_through_restarts_during_every_kind_of_change(
         start_daemon: Callable[..., Daemon], watched: Path, workdir: str,
