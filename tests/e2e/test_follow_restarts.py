@@ -180,3 +180,31 @@ def test_follow_through_restarts_during_every_kind_of_change(
     assert all(n["resync"] is True for n in notices), "told to rescan"
     assert {m["kind"] for m in messages if m["type"] == "event"} >= EVERY_KIND
     assert picture.synthetic > 0, "nothing changed while the daemon was down"
+
+
+def test_a_follower_handed_nothing_yet_resumes_from_where_it_subscribed(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
+    # The daemon goes down before the follower has been handed anything (on a loaded machine,
+    # before its first event reached it): the follower resumes from its subscription's seq,
+    # so the restart's notice and the start-up comparison's differences reach it.
+    state = Path(workdir) / "state"
+    daemon = start_daemon(config(daemon_extra=f'state_directory = "{state}"',
+                                 watches=watch("w", watched)))
+    follower = Client.follow(socket_path=daemon.socket, backoff=QUICK)
+    follower.start()
+    instance = follower.instance
+    reader = Reader(follower)
+    try:
+        stop_daemon(daemon, signal.SIGTERM)
+        (watched / "while-down").touch()
+        daemon.start()
+        reader.wait(lambda m: m["type"] == "resynced", "the start-up comparison's resynced",
+                    timeout=20)
+    finally:
+        reader.close()
+    assert follower.instance == instance
+    got = [(m["type"], m.get("reason"), m.get("resync"), m.get("kind"), m.get("path"))
+           for m in reader.messages]
+    assert got == [("overflow", "daemon_restart", True, None, None),
+                   ("event", None, None, "create", str(watched / "while-down")),
+                   ("resynced", None, None, None, None)]

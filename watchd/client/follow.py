@@ -143,6 +143,11 @@ class FollowCore:
         self.instance = str(hello.get("instance")) if "instance" in hello else self.instance
         if self._lost is None:
             self._before = self._at_last.copy()
+            if self.last_seq is None:
+                # Nothing handed out yet: what follows the subscription is ours, so a daemon
+                # restart before the first message resumes from here, not live (which would
+                # miss the restart's notice and what the daemon published meanwhile).
+                self.last_seq = seq
             return
         # Once the live subscription is in place: a rescan the caller starts when the notice
         # arrives, plus the events after it, is complete. Everything up to seq may be missing.
