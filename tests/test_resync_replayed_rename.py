@@ -74,3 +74,27 @@ def test_a_directory_made_and_renamed_after_the_scan_is_still_moved(
     lab.picture.apply_all(as_messages(published))
     assert lab.picture.paths == listing(root)
     assert lab.resync.watches["w"].index.as_dirs() == snap(root)
+
+
+def test_a_replayed_create_and_two_renames_keep_what_the_scan_found(
+        tmp_path: pathlib.Path) -> None:
+    # Renamed twice before the scan: the first rename's destination is not in the index (a
+    # real move, to a client too), the second's is, as the very directory the batch created.
+    root = tmp_path / "t"
+    (root / "stable").mkdir(parents=True)
+    lab = indexed(root)
+    d, between, renamed = root / "d", root / "between", root / "renamed"
+    fill(d)
+    d.rename(between)
+    between.rename(renamed)
+    lab.resync.lost("w")
+    result = lab.resync.scanned("w", snap(root), 0.0)
+    assert result is not None
+    lab.picture.apply_all(as_messages(result.items))
+    items = [*made_and_renamed(d, between),
+             (IN_MOVED_FROM | IN_ISDIR, COOKIE + 1, str(between), None),
+             (IN_MOVED_TO | IN_ISDIR, COOKIE + 1, str(renamed), str(between))]
+    published = lab.resync.track("w", [(0.0, items)], [lab.recorder.records(items)])[0][1]
+    lab.picture.apply_all(as_messages(published))
+    assert lab.picture.paths == listing(root)
+    assert lab.resync.watches["w"].index.as_dirs() == snap(root)

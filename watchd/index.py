@@ -173,6 +173,9 @@ class TreeIndex:
     # Cookies of moves whose source the index did not hold (replays, see apply), until their
     # IN_MOVED_TO comes.
     _orphans: dict[int, None] = field(default_factory=dict)
+    # Paths where this batch put back a directory it had itself created (see _replayed): a
+    # later move of it in the batch is one of the batch's own too.
+    _made_here: set[str] = field(default_factory=set)
     # A directory came by a replayed move to a destination the index lacks: the resync's scan
     # saw it on neither side (it moved out of a part not scanned yet into one scanned already),
     # so what it holds was published nowhere. The watch is to be scanned again (watchd.resync).
@@ -265,6 +268,7 @@ class TreeIndex:
     def _apply(self, items: list[Item], records: Records, complete: bool) -> list[Item]:
         """apply, for a batch that moves or removes paths: event by event."""
         fresh: dict[str, int] = {}  # path -> IN_ISDIR or 0, to be recorded
+        self._made_here.clear()
         replays: list[int] | None = None  # positions of moves that are replays
         for i, (mask, cookie, path, src_path) in enumerate(items):
             if mask & STAT_AFTER:
@@ -361,7 +365,7 @@ class TreeIndex:
         parent, name = split(path)
         children = self._open(parent)
         record = None if children is None else children.pop(name, None)
-        made_here = record is None  # held only as the batch's own create
+        made_here = record is None or path in self._made_here  # held only by the batch's doing
         if record is None:
             if was_fresh is None:
                 return False
@@ -412,7 +416,9 @@ class TreeIndex:
         held = self._moving.pop(cookie, None) or self._moving_old.pop(cookie, None)
         if held is None:
             return None
-        record, moved, below, _made_here = held
+        record, moved, below, made_here = held
+        if made_here:
+            self._made_here.add(path)
         parent, name = split(path)
         children = self._open(parent)
         if children is None:
