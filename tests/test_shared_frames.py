@@ -31,6 +31,22 @@ from watchd.protocol.event_lines import FRAME_HEAD
 LONG = SHARED_RUN + 8  # a run long enough to go out in frames of its own
 
 
+def two_batched(
+    client_queue: int = 1000,
+) -> tuple[Broker, tuple[FakeSink, Connection], tuple[FakeSink, Connection]]:
+    """A broker with two connections, each with a batched subscription and nothing to read."""
+    broker = make_broker(client_queue=client_queue)
+    a, b = join(broker), join(broker)
+    for sink, conn in (a, b):
+        sub(broker, conn, batch=True)
+        sink.take()
+    return broker, a, b
+
+
+def sid_of(conn: Connection) -> str:
+    return next(iter(conn.subs))
+
+
 def behind(*sinks: FakeSink) -> None:
     for sink in sinks:
         sink.open = False
@@ -53,10 +69,8 @@ def frames_of(messages: list[dict[str, Any]]) -> list[list[int]]:
 
 
 def test_connections_that_drain_the_same_run_write_the_same_frame_bodies() -> None:
-    broker = make_broker(client_queue=1000)
-    (a, conn_a), (b, conn_b) = join(broker), join(broker)
-    sid_a, sid_b = sub(broker, conn_a, batch=True), sub(broker, conn_b, batch=True)
-    a.take(), b.take()
+    broker, (a, conn_a), (b, conn_b) = two_batched()
+    sid_a, sid_b = sid_of(conn_a), sid_of(conn_b)
     behind(a, b)
     burst(broker, LONG)
     burst(broker, LONG, at=2.0)
@@ -103,11 +117,7 @@ def test_subscriptions_with_different_filters_never_get_each_others_frames() -> 
 
 
 def test_connections_at_different_positions_each_get_their_own_events_once() -> None:
-    broker = make_broker(client_queue=1000)
-    (a, conn_a), (b, conn_b) = join(broker), join(broker)
-    sub(broker, conn_a, batch=True)
-    sub(broker, conn_b, batch=True)
-    a.take(), b.take()
+    broker, (a, conn_a), (b, conn_b) = two_batched()
     behind(a)
     burst(broker, LONG)  # a queues it; b is written it at once
     behind(b)
@@ -120,11 +130,7 @@ def test_connections_at_different_positions_each_get_their_own_events_once() -> 
 
 
 def test_a_notice_keeps_its_place_between_shared_frames() -> None:
-    broker = make_broker(client_queue=1000)
-    (a, conn_a), (b, conn_b) = join(broker), join(broker)
-    sub(broker, conn_a, batch=True)
-    sub(broker, conn_b, batch=True)
-    a.take(), b.take()
+    broker, (a, conn_a), (b, conn_b) = two_batched()
     behind(a, b)
     burst(broker, LONG)
     broker.overflow("a", "kernel_queue")
@@ -141,11 +147,8 @@ def test_a_notice_keeps_its_place_between_shared_frames() -> None:
 
 
 def test_a_subscriber_short_of_room_gets_its_drops_told_and_the_others_all_events() -> None:
-    broker = make_broker(client_queue=LONG + 10)
-    (a, conn_a), (b, conn_b) = join(broker), join(broker)
-    sid_a = sub(broker, conn_a, batch=True)
-    sub(broker, conn_b, batch=True)
-    a.take(), b.take()
+    broker, (a, conn_a), (b, conn_b) = two_batched(client_queue=LONG + 10)
+    sid_a = sid_of(conn_a)
     behind(a, b)
     burst(broker, LONG)
     drain(broker, (b, conn_b))
