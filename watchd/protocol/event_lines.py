@@ -199,6 +199,6 @@ def frames(head: bytes, tails: list[bytes], max_batch: int) -> list[bytes]:
     if len(tails) <= max_batch:
         return [head, frame_body(tails), FRAME_END]
     chunks: list[bytes] = []
-    for start in range(0, len(tails), max_batch):
-        chunks += (head, frame_body(tails[start : start + max_batch]), FRAME_END)
+    for body in bodies(tails, max_batch):
+        chunks += (head, body, FRAME_END)
     return chunks
