@@ -194,3 +194,17 @@ def test_short_runs_of_a_connection_are_still_gathered_into_one_frame() -> None:
     msgs = sink.take()
     assert shape(msgs) == [("events", 5)]
     assert [e["path"] for e in events(unframe(msgs))] == [f"/a/{n}" for n in range(5)]
+
+
+def test_a_long_batched_replay_is_framed_whole_with_its_marker_in_place() -> None:
+    # A replay fills its run while it queues it: framed once it leaves the queue, whole.
+    broker = make_broker(client_queue=1000)
+    burst(broker, LONG)
+    broker.overflow(None, "kernel_queue")
+    burst(broker, LONG, at=2.0)
+    sink, conn = join(broker)
+    sid = sub(broker, conn, batch=True, since=1)
+    msgs = sink.take()
+    assert shape(msgs) == [("subscribed", 0), ("events", LONG - 1), ("overflow", 0),
+                           ("events", LONG)]
+    assert seqs(unframe(msgs), sid) == list(range(2, 2 * LONG + 1))
