@@ -248,11 +248,14 @@ class FanOut:
         for all of them, or as one run in a queue. Returns the events to be written now."""
         tails = [held[4] for held in matched]
         framed: list[bytes] | None = None
+        run: protocol.Run | None = None  # queued for every subscription that is behind
         now = 0
         for sub, sink_out in batched:
             assert sub.frame is not None
             if sink_out is None:
-                self._queue_run(sub, matched, tails)
+                if run is None:
+                    run = protocol.Run(tails)
+                self._queue_run(sub, matched, run)
                 continue
             if framed is None:
                 framed = protocol.frames(b"", tails, self.limits.max_batch)
@@ -260,7 +263,7 @@ class FanOut:
             now += len(tails)
         return now
 
-    def _queue_run(self, sub: Subscription, matched: list[Held], tails: list[bytes]) -> None:
+    def _queue_run(self, sub: Subscription, matched: list[Held], run: protocol.Run) -> None:
         """Queue a batched subscription's events for a connection that is behind, as one run;
         what does not fit in client_queue counts as dropped (the rule of _queue_event)."""
         assert sub.frame is not None
@@ -270,9 +273,10 @@ class FanOut:
         if room > 0:
             if sub.drop_count:
                 sub.settle()  # the gap is told before the events that come after it
-            run = tails if len(tails) <= room else tails[:room]
+            if len(run.tails) > room:
+                run = protocol.Run(run.tails[:room])  # its own: the others' frames hold more
             conn.queue.append((sub.frame, run))  # shared, never changed: see outbox._lines
-            conn.queued_events += len(run)
+            conn.queued_events += len(run.tails)
             if conn.queued_events >= limits.levels.near_full:
                 self.near_full_reached = True
         for held in matched[max(0, room) :]:

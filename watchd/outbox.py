@@ -12,12 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from watchd.flow import QueueLevels
-from watchd.protocol import DEFAULT_MAX_BATCH, EVENT_HEAD, frames
+from watchd.protocol import DEFAULT_MAX_BATCH, EVENT_HEAD, FRAME_END, frames
 from watchd.subscription import Connection, Queued
 
 # Lines handed to a sink per write while draining a queue: a transport that pauses part-way
 # is overfilled by at most this much, and the syscalls are still batched.
 FLUSH_LINES = 512
+# Events from which a queued run is sent in frames of its own, shared by the connections it was
+# queued for, rather than gathered with its neighbours into frames made per connection: past
+# this a frame's own cost to a client (its line and its object, about one event's) is small.
+SHARED_RUN = 32
 # Held events a replay looks at per turn of the loop and connection before it lets the others
 # have theirs: a replay never holds the loop for long, however selective its filter.
 REPLAY_STEP = 4096
@@ -100,13 +104,19 @@ class Outbox:
 
 
 def _lines(chunk: list[Queued], max_batch: int) -> tuple[int, list[bytes]]:
-    """How many events a run of queued items holds, and its bytes to send: the runs of a
-    batched subscription next to each other become frames of at most max_batch; a notice
-    between them ends a frame (it is never sent out of its place)."""
+    """How many events a run of queued items holds, and its bytes to send.
+
+    A run of SHARED_RUN events or more goes out in frames of its own, made once for every
+    connection it was queued for (protocol.Run). Shorter runs of a batched subscription next to
+    each other are gathered into frames of at most max_batch, made for this connection: a
+    client that fell behind a trickle of events gets them in few frames. A notice between runs
+    ends a frame (it is never sent out of its place).
+    """
     lines: list[bytes] = []
     events = 0
     head = b""  # of the frame being gathered in tails
     tails: list[bytes] = []
+    shared = min(SHARED_RUN, max_batch)
     for item in chunk:
         if isinstance(item, bytes):
             if tails:
@@ -116,13 +126,22 @@ def _lines(chunk: list[Queued], max_batch: int) -> tuple[int, list[bytes]]:
             # Event lines, and no other line, begin with EVENT_HEAD.
             events += item.startswith(EVENT_HEAD)
             continue
-        if item[0] is not head:
+        item_head, run = item
+        count = len(run.tails)
+        events += count
+        if count >= shared:
             if tails:
                 lines += frames(head, tails, max_batch)
                 tails = []
-            head = item[0]
-        tails += item[1]  # copied: a run may be shared by the subscriptions of one filter
-        events += len(item[1])
+            for body in run.bodies(max_batch):
+                lines += (item_head, body, FRAME_END)
+            continue
+        if item_head is not head:
+            if tails:
+                lines += frames(head, tails, max_batch)
+                tails = []
+            head = item_head
+        tails += run.tails  # copied: a run may be shared by the subscriptions of one filter
     if tails:
         lines += frames(head, tails, max_batch)
     return events, lines

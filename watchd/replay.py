@@ -288,7 +288,7 @@ class Replays:
         visible = sub.visible
         queue = conn.queue
         prefix, frame = sub.prefix, sub.frame
-        run: list[bytes] | None = None  # a batched subscription's events being queued, in order
+        run: list[bytes] | None = None  # a batched subscription's tails being queued, in order
         next_mark = history.next_marker(cur.marked)
         pos = cur.pos
         lines = 0
@@ -315,7 +315,7 @@ class Replays:
                     else:
                         if run is None:
                             run = []
-                            queue.append((frame, run))
+                            queue.append((frame, protocol.Run(run)))
                         run.append(tail)
                     conn.queued_events += 1
                     lines += 1

@@ -22,10 +22,11 @@ from watchd.protocol import ErrorCode, LostReason, ProtocolError, Subscribe
 KIND_BITS_ALL = kinds_mask(ALL_KINDS)
 
 # What waits in a connection's queue: a line ready to send, or a run of events of a batched
-# subscription as (its frame head, the events' tails), put in frames when the queue drains
-# (watchd.outbox), together with the runs of that subscription next to it. A run is one item
+# subscription as (its frame head, the run), put in frames when the queue drains
+# (watchd.outbox): a short run together with the short runs of that subscription next to it, a
+# longer one in the frames it shares with every connection it was queued for. A run is one item
 # however many events it holds: a publish queues one per subscription, not one per event.
-Queued = bytes | tuple[bytes, list[bytes]]
+Queued = bytes | tuple[bytes, protocol.Run]
 
 # Distinct filters kept compiled: subscriptions asking the same share one Filter (and so one
 # test per event, see Broker.publish_reads), and a request repeated costs no compiling.

@@ -161,11 +161,44 @@ def frame_body(tails: list[bytes]) -> bytes:
     return b"".join(tails).replace(b"\n", b",{")[:-2]
 
 
+def bodies(tails: list[bytes], max_batch: int) -> list[bytes]:
+    """The bodies of the frames that carry tails, at most max_batch events each."""
+    if len(tails) <= max_batch:
+        return [frame_body(tails)]
+    return [frame_body(tails[start : start + max_batch])
+            for start in range(0, len(tails), max_batch)]
+
+
+class Run:
+    """The events one publish queues for the batched subscriptions of one filter that are
+    behind: their tails, and the bodies of their frames, made by the first connection that
+    drains the run and written as they are by every other (the same bytes, not a join and a
+    replace per connection).
+
+    A replay fills a run of its own while it queues it; nothing is framed before the run
+    leaves a queue, and nothing is added to it after.
+    """
+
+    __slots__ = ("_bodies", "_max_batch", "tails")
+
+    def __init__(self, tails: list[bytes]) -> None:
+        self.tails = tails
+        self._bodies: list[bytes] = []
+        self._max_batch = 0  # of _bodies; 0: none made yet
+
+    def bodies(self, max_batch: int) -> list[bytes]:
+        """The bodies of its frames; a reload that changed daemon.max_batch makes them anew."""
+        if self._max_batch != max_batch:
+            self._bodies = bodies(self.tails, max_batch)
+            self._max_batch = max_batch
+        return self._bodies
+
+
 def frames(head: bytes, tails: list[bytes], max_batch: int) -> list[bytes]:
     """The chunks of the frames that carry tails, at most max_batch events each."""
     if len(tails) <= max_batch:
         return [head, frame_body(tails), FRAME_END]
     chunks: list[bytes] = []
-    for start in range(0, len(tails), max_batch):
-        chunks += (head, frame_body(tails[start : start + max_batch]), FRAME_END)
+    for body in bodies(tails, max_batch):
+        chunks += (head, body, FRAME_END)
     return chunks
