@@ -313,9 +313,8 @@ class Daemon:
                             "resynchronizing" if resyncing else "subscribers are told to rescan")
                 if resyncing:
                     self.resync.lost(watch)
-                self.broker.overflow(watch, reason, resyncing)
-                if not resyncing:  # "resync": false answers every resync announced before it
-                    self.abandon(watch)
+                # "resync": false answers every resync announced before it.
+                self.overflow(watch, reason, resyncing, () if resyncing else (watch,))
             case channel.Scan(watch, dirs, seconds):
                 self.on_scan(watch, dirs, seconds)
             case channel.Fill(watch, dirs, start, done):
@@ -348,12 +347,11 @@ class Daemon:
         # A scan that failed (None: the root is away) is a resync that cannot come: the
         # notice says "resync": false for its watch, rather than true and then false.
         resyncing = self.resync.resyncing(name for name, dirs, _ in held if dirs is not None)
-        self.broker.overflow(None, OverflowReason.WATCHER_RESTART, resyncing)
-        for name in self.resync.enabled():
-            if name in resyncing:
-                self.resync.lost(name)
-            else:  # told "resync": false, as every watch not in resyncing
-                self.abandon(name)
+        # Told "resync": false: every watch not in resyncing.
+        abandoned = tuple(n for n in self.resync.enabled() if n not in resyncing)
+        self.overflow(None, OverflowReason.WATCHER_RESTART, resyncing, abandoned)
+        for name in resyncing:
+            self.resync.lost(name)
         for name, dirs, seconds in held:
             if dirs is not None:
                 self.on_scan(name, dirs, seconds)
@@ -368,8 +366,7 @@ class Daemon:
             # watch without a complete index (abandon's scan): its clients rescan already.
             if self.resync.resyncing([name]):
                 log.warning("watch %s: cannot rescan; subscribers are told to rescan", name)
-                self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
-                self.abandon(name)
+                self.overflow(name, OverflowReason.KERNEL_QUEUE, frozenset(), (name,))
             return
         result = self.resync.scanned(name, dirs, seconds, self.broker.last_seq)
         if result is None:
@@ -385,6 +382,17 @@ class Daemon:
         else:
             for step in steps:  # no watcher to pace them with: nothing waits behind them
                 step()
+
+    def overflow(self, watch: str | None, reason: OverflowReason, resyncing: frozenset[str],
+                 abandoned: tuple[str, ...]) -> None:
+        """Publish a loss. The watches in `abandoned` are told "resync": false: their stored
+        indexes are removed before the notice is on record (State.forget: a crash in between
+        would leave an index the notice voided), and start over after it (abandon)."""
+        if self.state is not None:
+            self.state.forget(abandoned)
+        self.broker.overflow(watch, reason, resyncing)
+        for name in abandoned:
+            self.abandon(name)
 
     def abandon(self, name: str) -> None:
         """Clients were told "resync": false for a watch: its index starts over from a scan

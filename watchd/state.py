@@ -19,6 +19,11 @@ Write and fsync policy.
   index waits more than two ticks. At start, the
   journal's events after an index's seq are applied to it (watchd.restore), so that it
   describes the tree as the last published event did.
+* An index that a `"resync": false` notice voids (its subscribers rescan, and the index starts
+  over) is removed on the loop before the notice is published, so before the journal holds
+  the notice (State.forget). Not sorted out at a restart instead: the notice's seq is the last
+  event's, as is a save's, so the files cannot tell an index stored just before the notice
+  (void) from one stored just after it (good); removing first is exact, one unlink per loss.
 * state.json: written the same way at start ("clean": false) and at a stop ("clean": true,
   with the last seq).
 
@@ -53,6 +58,7 @@ from watchd.journal import StateError
 from watchd.statefiles import (
     INDEX,
     INDEX_SUFFIX,
+    Removals,
     StoredIndex,
     decode_index,
     directory_bytes,
@@ -130,6 +136,7 @@ class State:
         self.snapshot_due = False
         self._sized = (-math.inf, 0)  # (when, the directory's size): see SIZE_READ_S
         self._pending: asyncio.Future[list[tuple[str, OSError]]] | None = None
+        self._removals = Removals()  # of indexes voided while a write is under way
 
     @property
     def durable(self) -> bool:
@@ -316,12 +323,26 @@ class State:
         keep = waiting if only is None else waiting | {
             name for name, *_ in snapshots if name not in only}
         blobs = self._blobs(last_seq, snapshots, keep)
+        self._removals.begin()
         self._pending = pending = asyncio.get_running_loop().run_in_executor(
-            None, write_all, blobs)
+            None, write_all, blobs, self._removals.replace)
         pending.add_done_callback(self._saved_all)
         self._owed = waiting if only is None else waiting & only
         if only is None:
             self._saved, self._saved_seq, self.snapshot_due = time.monotonic(), last_seq, False
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Remove these watches' stored indexes now: their subscribers are about to be told
+        "resync": false (see the module's docstring). A write under way does not bring them
+        back; the next save stores what the watch's index has become."""
+        if self.journal is None:
+            return
+        for name in names:
+            path = index_file(self.path, name)
+            try:
+                self._removals.remove(path)
+            except OSError as e:
+                self.fail(path, e)  # the state is given up: no restart compares with it
 
     def _synced_fd(self, error: OSError | None, rec: journal.Journal) -> None:
         if error is not None:
