@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from watchd.index import Dirs, Index, thawed
 from watchd.journal import StateError
 
+META = "state.json"
+JOURNAL = "journal"
 INDEX = "index"
 INDEX_MAGIC = b"WDINDEX1"
 INDEX_SUFFIX = ".idx"
