@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from bench.sysctl import CannotSet, lowered
 from watchd.client import Backoff, Client
 
 NON_UTF8 = [b"caf\xe9", b"\xff\xfename", b"ok-\x80"]
@@ -530,19 +531,22 @@ def main() -> int:
     state = f'state_directory = "{work / "state"}"\n' if args.restart_every else ""
     cfg.write_text(f'[daemon]\nsocket = "{sock}"\nreplay_buffer = 1000\n{state}'
                    f'[[watch]]\nname = "t"\npath = "{root}"\n')
-    queue_path = Path("/proc/sys/fs/inotify/max_queued_events")
-    # Lowered for the whole run: each replacement watcher takes the limit in force when it
-    # starts. Run this under the lock the test suite takes for such changes. A SIGTERM or
-    # SIGHUP must restore it too: they unwind through the finally below.
-    old_queue = queue_path.read_text() if args.faults and args.queue else None
-    if old_queue is not None and old_queue.strip() == str(args.queue):
-        old_queue = None  # already so: nothing to change, nor to restore
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda *_: sys.exit(1))
+        signal.signal(signum, lambda *_: sys.exit(1))  # unwinds through the cleanup below
     daemon = DaemonProcess(cfg, sock)
-    try:
-        if old_queue is not None:
-            queue_path.write_text(str(args.queue))
+    with contextlib.ExitStack() as cleanup:
+        # Undone last to first, however the run ends (a SIGKILL: see bench.sysctl).
+        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+        cleanup.callback(daemon.stop)
+        if args.faults and args.queue:
+            # Lowered for the whole run: each replacement watcher takes the limit in force
+            # when it starts. Run this under the lock the test suite takes for such changes.
+            try:
+                cleanup.enter_context(lowered("max_queued_events", args.queue))
+            except CannotSet as e:
+                print(f"{e} (--faults lowers it: run as root, or give --queue 0)",
+                      file=sys.stderr)
+                return 1
         try:
             daemon.start()
         except RuntimeError as e:
@@ -556,17 +560,11 @@ def main() -> int:
                   if args.faults else None)
         restarts = (Restarts(daemon.stop, daemon.start, random.Random(args.seed + 2),
                              every=args.restart_every) if args.restart_every else None)
-        with contextlib.ExitStack() as stack:
-            trace = (stack.enter_context(args.trace.open("w", errors="backslashreplace"))
-                     if args.trace else None)
-            result = run(root, outside, sock, args.ops, args.pause_every, args.seed, faults,
-                         trace, restarts)
+        trace = (cleanup.enter_context(args.trace.open("w", errors="backslashreplace"))
+                 if args.trace else None)
+        result = run(root, outside, sock, args.ops, args.pause_every, args.seed, faults,
+                     trace, restarts)
         took = time.monotonic() - started
-    finally:
-        if old_queue is not None:
-            queue_path.write_text(old_queue)
-        daemon.stop()
-        shutil.rmtree(work, ignore_errors=True)
     report(result, args.seed, took)
     return 1 if result.differences or result.repeats else 0
 

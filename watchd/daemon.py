@@ -7,7 +7,8 @@ watch established (and, with durable state, its first scans are compared with th
 indexes), so a client that connects right after READY sees every later change.
 
 The parts: the broker (subscriptions and fan-out), the supervisor (the watcher process and its
-restarts), the watches' state, the hold-back rule's glue, the request handler and status.
+restarts), the watches' state, the hold-back rule's glue, lost events and their resyncs
+(watchd.losses), the request handler and status.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from watchd.forward.supervise import Forwarders
 from watchd.handler import RequestHandler
 from watchd.holdback import HoldBack
 from watchd.inotify.errors import effective_watch_limit
+from watchd.losses import Losses
 from watchd.metrics import Metrics, MetricsBindError, MetricsServer, exposition
-from watchd.protocol import OverflowReason
-from watchd.restore import index_spec, open_state, restored_marker, resume
+from watchd.restore import index_spec, open_state, resume
 from watchd.resync import Resyncer
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
 from watchd.state import Snapshot, new_instance
@@ -109,6 +110,9 @@ class Daemon:
             log_level=self.log_level)
         self.hold = HoldBack(self.broker, self.clients, lambda: self.supervisor.watcher,
                              exempt=self.forwarders.pids)
+        self.losses = Losses(self.broker, self.resync, self.state, self.supervisor,
+                             after_publish=self.hold.after_publish,
+                             snapshots=self.index_snapshots)
         self.status = Status(instance=self.instance, config_path=config.path,
                              broker=self.broker, watches=self.watches,
                              supervisor=self.supervisor, clients=self.clients,
@@ -237,7 +241,7 @@ class Daemon:
             # so a wedged loop or a hung watcher both get the service restarted by systemd.
             self.notifier.watchdog()
         if self.resync.racing():  # rescans after a scan race that had to wait
-            self.resync.rescan_raced(self.broker, self.ask_rescan)
+            self.losses.rescan_raced()
         if self.state is not None:
             self.state.tick(self.broker.last_seq, self.index_snapshots)
         line = self.status.line()
@@ -290,13 +294,8 @@ class Daemon:
         if first_write is not None:
             self.metrics.latency.observe(first_write - reads[0][0])
         if self.resync.raced:
-            self.resync.rescan_raced(self.broker, self.ask_rescan)
+            self.losses.rescan_raced()
         self.hold.after_publish()
-
-    def ask_rescan(self, name: str) -> None:
-        watcher = self.supervisor.watcher  # gone meanwhile: its replacement's scan answers
-        if watcher is not None and not watcher.exited:
-            watcher.send(channel.Rescan(name))
 
     def on_watcher_message(self, message: channel.Notice) -> None:
         match message:
@@ -304,30 +303,18 @@ class Daemon:
                 self.watches.on_heartbeat(reports)
             case channel.Applied(generation):
                 if self.supervisor.applied(generation):
-                    self.announce_restart()
+                    self.losses.announce_restart()
                 self.confirmations.applied(generation)
             case channel.Overflow(watch, resync, reason):
-                # A scan follows when the watcher could make one (see watchd.resync).
-                resyncing = self.resync.resyncing([watch]) if resync else frozenset()
-                log.warning("watch %s: %s; %s", watch, _LOSSES[reason],
-                            "resynchronizing" if resyncing else "subscribers are told to rescan")
-                if resyncing:
-                    self.resync.lost(watch)
-                self.broker.overflow(watch, reason, resyncing)
-                if not resyncing:  # "resync": false answers every resync announced before it
-                    self.abandon(watch)
+                self.losses.lost(watch, resync, reason)
             case channel.Scan(watch, dirs, seconds):
-                self.on_scan(watch, dirs, seconds)
-            case channel.Fill(watch, dirs, start, done):
-                if self.resync.filled(watch, dirs, start, done) and self.state is not None:
-                    self.state.save(self.broker.last_seq, self.index_snapshots)  # as after a scan
+                self.losses.on_scan(watch, dirs, seconds)
+            case channel.Fill():
+                self.losses.filled(message)
             case channel.Lost(watch, path, reason):
                 self.watches.on_lost(watch, path, reason)
             case channel.Restored(watch, path):
-                if self.resync.restored(watch) and self.broker.history.recorder is not None:
-                    # On record, so that a crash before its `resynced` leaves it owed.
-                    self.broker.history.recorder.marker(restored_marker(self.broker.last_seq,
-                                                                         watch))
+                self.losses.restored(watch)
                 self.watches.on_restored(watch, path)
             case channel.Progress(watch, directories):
                 self.watches.on_progress(watch, directories)
@@ -337,62 +324,6 @@ class Daemon:
                     self.still_scanning()
             case channel.Hello(pid):
                 log.debug("watcher process %d says hello", pid)
-
-    def announce_restart(self) -> None:
-        """The replacement watcher's watches are established: the notice, then the differences
-        its scans found (held until now: see on_scan).
-
-        After every event published before it: the replay marker lands here too.
-        """
-        held, self.resync.held = self.resync.held, []
-        # A scan that failed (None: the root is away) is a resync that cannot come: the
-        # notice says "resync": false for its watch, rather than true and then false.
-        resyncing = self.resync.resyncing(name for name, dirs, _ in held if dirs is not None)
-        self.broker.overflow(None, OverflowReason.WATCHER_RESTART, resyncing)
-        for name in self.resync.enabled():
-            if name in resyncing:
-                self.resync.lost(name)
-            else:  # told "resync": false, as every watch not in resyncing
-                self.abandon(name)
-        for name, dirs, seconds in held:
-            if dirs is not None:
-                self.on_scan(name, dirs, seconds)
-
-    def on_scan(self, name: str, dirs: channel.AtRest | None, seconds: float) -> None:
-        """A scan of a watch: held while a restart notice is owed, else compared at once."""
-        if self.supervisor.policy.notice_at is not None:
-            self.resync.held.append((name, dirs, seconds))
-            return
-        if dirs is None:
-            # The root could not be read: a resync announced will not come. None was for a
-            # watch without a complete index (abandon's scan): its clients rescan already.
-            if self.resync.resyncing([name]):
-                log.warning("watch %s: cannot rescan; subscribers are told to rescan", name)
-                self.broker.overflow(name, OverflowReason.KERNEL_QUEUE)
-                self.abandon(name)
-            return
-        result = self.resync.scanned(name, dirs, seconds, self.broker.last_seq)
-        if result is None:
-            return
-        steps = self.resync.steps(self.broker, name, result, self.hold.after_publish)
-        if (state := self.state) is not None:
-            # The index was replaced: stored once its differences are out, so that a crash
-            # finds it.
-            steps.append(lambda: state.save(self.broker.last_seq, self.index_snapshots))
-        watcher = self.supervisor.watcher
-        if watcher is not None and not watcher.exited:
-            watcher.defer(steps)
-        else:
-            for step in steps:  # no watcher to pace them with: nothing waits behind them
-                step()
-
-    def abandon(self, name: str) -> None:
-        """Clients were told "resync": false for a watch: its index starts over from a scan
-        taken without events (Resyncer.abandoned); the stale one is no longer stored."""
-        if self.resync.abandoned(name):
-            self.ask_rescan(name)
-            if self.state is not None:
-                self.state.save(self.broker.last_seq, self.index_snapshots)
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -467,11 +398,3 @@ class Daemon:
             *(w.name for w in diff.added),
             *(w.name for o, w in diff.changed if watch_spec(o) != watch_spec(w))])
 
-
-# What the log says of a loss the watcher reports.
-_LOSSES = {
-    OverflowReason.KERNEL_QUEUE: "the kernel event queue overflowed",
-    OverflowReason.WATCH_LIMIT: "every directory is watched again after a limit left some out",
-    OverflowReason.WATCHER_RESTART: "the watcher was replaced",
-    OverflowReason.UNMOUNT: "a file system mounted in it was unmounted",
-}

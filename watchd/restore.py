@@ -31,10 +31,11 @@ from watchd.config.model import Config, WatchConfig
 from watchd.events import Kind
 from watchd.index import Dirs, split, subtree_keys
 from watchd.journal import parse_tail
+from watchd.previous import Resumed
 from watchd.reasons import OverflowReason
 from watchd.records import IS_DIR, UNKNOWN_DIR, UNKNOWN_FILE
 from watchd.replay import Held, Marker
-from watchd.state import Resumed, State
+from watchd.state import State
 from watchd.statefiles import StoredIndex
 
 if TYPE_CHECKING:  # for hints only: the daemon wires these parts together

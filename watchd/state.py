@@ -19,6 +19,11 @@ Write and fsync policy.
   index waits more than two ticks. At start, the
   journal's events after an index's seq are applied to it (watchd.restore), so that it
   describes the tree as the last published event did.
+* An index that a `"resync": false` notice voids (its subscribers rescan, and the index starts
+  over) is removed on the loop before the notice is published, so before the journal holds
+  the notice (State.forget). Not sorted out at a restart instead: the notice's seq is the last
+  event's, as is a save's, so the files cannot tell an index stored just before the notice
+  (void) from one stored just after it (good); removing first is exact, one unlink per loss.
 * state.json: written the same way at start ("clean": false) and at a stop ("clean": true,
   with the last seq).
 
@@ -45,16 +50,17 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from watchd import journal
 from watchd.index import Index
 from watchd.journal import StateError
+from watchd.previous import FORMAT, Resumed, boot_id, read_previous
 from watchd.statefiles import (
     INDEX,
     INDEX_SUFFIX,
-    StoredIndex,
-    decode_index,
+    JOURNAL,
+    META,
+    Removals,
     directory_bytes,
     encode_index,
     fsync_close,
@@ -65,47 +71,13 @@ from watchd.statefiles import (
 
 log = logging.getLogger("watchd")
 
-FORMAT = 1
-META = "state.json"
 LOCK = "lock"
-JOURNAL = "journal"
-BAD = ".bad"
 # An index to store: (watch name, what the watch is, the index or None, the seq it is as of,
 # None for the last one published).
 Snapshot = tuple[str, str, Index | None, int | None]
 INDEX_INTERVAL_S = 60.0  # the indexes are written at most this often while events come
-BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # The directory's size is read again at most this often: anyone may ask for status, often.
 SIZE_READ_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """What a previous run left that this one takes over."""
-
-    instance: str
-    loaded: journal.Loaded
-    indexes: dict[str, StoredIndex]
-
-
-def boot_id() -> str:
-    try:
-        with open(BOOT_ID) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def move_aside(path: str, problem: str) -> None:
-    """Keep an unreadable file for a person to look at, out of the daemon's way."""
-    log.warning("state %s cannot be used (%s): moved to %s; starting with a new instance",
-                path, problem, path + BAD)
-    try:
-        os.replace(path, path + BAD)
-    except OSError as e:
-        log.warning("cannot move %s aside: %s; removing it", path, e.strerror)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
 
 
 class State:
@@ -130,6 +102,7 @@ class State:
         self.snapshot_due = False
         self._sized = (-math.inf, 0)  # (when, the directory's size): see SIZE_READ_S
         self._pending: asyncio.Future[list[tuple[str, OSError]]] | None = None
+        self._removals = Removals()  # of indexes voided while a write is under way
 
     @property
     def durable(self) -> bool:
@@ -147,7 +120,7 @@ class State:
             self._unusable(e)
             return None
         try:
-            resumed = self._read(specs)
+            resumed = read_previous(self.path, specs)
         except StateError as e:
             log.debug("state not resumed: %s", e)
             resumed = None
@@ -155,7 +128,9 @@ class State:
             log.warning("state %s cannot be read (%s); starting with a new instance",
                         self.path, e.strerror or e)
             resumed = None
-        if resumed is None:
+        if resumed is not None:
+            self.restored_from = resumed.loaded.last_seq
+        else:
             try:
                 self._wipe()
             except OSError as e:
@@ -206,60 +181,6 @@ class State:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-    def _read(self, specs: dict[str, str]) -> Resumed | None:
-        meta_path = os.path.join(self.path, META)
-        try:
-            with open(meta_path, "rb") as f:
-                meta = json.loads(f.read())
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise ValueError(f"not the state of this version (format {FORMAT})")
-            instance, clean, seq = meta["instance"], meta["clean"], meta["seq"]
-            if (not isinstance(instance, str) or not instance or type(seq) is not int
-                    or not isinstance(clean, bool)):
-                raise ValueError("no instance, seq or clean")
-        except FileNotFoundError:
-            return None  # a first start, or a state given up (see fail)
-        except (ValueError, KeyError, UnicodeDecodeError) as e:
-            move_aside(meta_path, str(e))
-            return None
-        if not clean and meta.get("boot_id") != boot_id():
-            log.warning("state %s: the machine stopped without a clean stop of watchd: the "
-                        "journal may lack events clients saw; starting with a new instance",
-                        self.path)
-            return None
-        try:
-            loaded = journal.load(os.path.join(self.path, JOURNAL))
-        except StateError as e:
-            move_aside(e.path, str(e).removeprefix(e.path + ": "))
-            return None
-        if clean and loaded.last_seq != seq:
-            log.warning("state %s: the journal ends at seq %d, the daemon stopped at %d; "
-                        "starting with a new instance", self.path, loaded.last_seq, seq)
-            return None
-        indexes = self._indexes(specs)
-        if indexes is None:
-            return None
-        self.restored_from = loaded.last_seq
-        return Resumed(instance, loaded, indexes)
-
-    def _indexes(self, specs: dict[str, str]) -> dict[str, StoredIndex] | None:
-        found: dict[str, StoredIndex] = {}
-        directory = os.path.join(self.path, INDEX)
-        for entry in os.listdir(directory):
-            if not entry.endswith(INDEX_SUFFIX):
-                continue
-            path = os.path.join(directory, entry)
-            with open(path, "rb") as f:
-                data = f.read()
-            try:
-                name, stored = decode_index(data, path)
-            except StateError as e:
-                move_aside(path, str(e).removeprefix(path + ": "))
-                return None
-            if name in specs:
-                found[name] = stored
-        return found
 
     def _wipe(self) -> None:
         """Forget a previous run's journal and indexes, and the temporary files of writes a
@@ -316,12 +237,26 @@ class State:
         keep = waiting if only is None else waiting | {
             name for name, *_ in snapshots if name not in only}
         blobs = self._blobs(last_seq, snapshots, keep)
+        self._removals.begin()
         self._pending = pending = asyncio.get_running_loop().run_in_executor(
-            None, write_all, blobs)
+            None, write_all, blobs, self._removals.replace)
         pending.add_done_callback(self._saved_all)
         self._owed = waiting if only is None else waiting & only
         if only is None:
             self._saved, self._saved_seq, self.snapshot_due = time.monotonic(), last_seq, False
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Remove these watches' stored indexes now: their subscribers are about to be told
+        "resync": false (see the module's docstring). A write under way does not bring them
+        back; the next save stores what the watch's index has become."""
+        if self.journal is None:
+            return
+        for name in names:
+            path = index_file(self.path, name)
+            try:
+                self._removals.remove(path)
+            except OSError as e:
+                self.fail(path, e)  # the state is given up: no restart compares with it
 
     def _synced_fd(self, error: OSError | None, rec: journal.Journal) -> None:
         if error is not None:

@@ -11,12 +11,16 @@ import contextlib
 import marshal
 import os
 import struct
+import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from watchd.index import Dirs, Index, thawed
 from watchd.journal import StateError
 
+META = "state.json"
+JOURNAL = "journal"
 INDEX = "index"
 INDEX_MAGIC = b"WDINDEX1"
 INDEX_SUFFIX = ".idx"
@@ -32,7 +36,10 @@ class StoredIndex:
     dirs: Dirs
 
 
-def write_atomic(path: str, data: bytes) -> None:
+Replace = Callable[[str, str], None]  # (tmp, path): puts a written file in its place
+
+
+def write_atomic(path: str, data: bytes, replace: Replace = os.replace) -> None:
     """Replace a file with data so that a crash leaves the old one or the new one, whole."""
     tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -47,7 +54,7 @@ def write_atomic(path: str, data: bytes) -> None:
             os.unlink(tmp)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    replace(tmp, path)
     dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
@@ -119,7 +126,39 @@ def fsync_close(fd: int) -> OSError | None:
     return None
 
 
-def write_all(blobs: list[tuple[str, bytes | None]]) -> list[tuple[str, OSError]]:
+class Removals:
+    """Files removed on the event loop while a thread may be writing them: such a write, of
+    bytes taken before the removal, must not put the file back. Each write's rename and each
+    removal hold the lock, so one of them is last: the removal, or a rename that it undoes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._removed: set[str] = set()
+
+    def begin(self) -> None:
+        """A new write starts, of bytes taken after every removal so far."""
+        with self._lock:
+            self._removed.clear()
+
+    def remove(self, path: str) -> None:
+        """Remove a file now, and keep the write under way from bringing it back."""
+        with self._lock:
+            self._removed.add(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def replace(self, tmp: str, path: str) -> None:
+        """os.replace, unless path was removed since the write began (then tmp goes)."""
+        with self._lock:
+            if path not in self._removed:
+                os.replace(tmp, path)
+                return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_all(blobs: list[tuple[str, bytes | None]],
+              replace: Replace = os.replace) -> list[tuple[str, OSError]]:
     """Write each file atomically (None: remove it); the errors, by file."""
     errors = []
     for path, data in blobs:
@@ -128,7 +167,7 @@ def write_all(blobs: list[tuple[str, bytes | None]]) -> list[tuple[str, OSError]
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             else:
-                write_atomic(path, data)
+                write_atomic(path, data, replace)
         except OSError as e:
             errors.append((path, e))
     return errors

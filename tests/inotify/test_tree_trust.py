@@ -50,15 +50,26 @@ def started(ino: InotifyFd, root: Path, clock: SteppedClock) -> Tree:
     return tree
 
 
+def stepped_back(ino: InotifyFd, root: Path) -> Tree:
+    """A tree of root/a/d whose claims were stamped while the wall clock ran 5 s ahead, and
+    the clock then stepped back (NTP, date -s): a directory made now looks older than them."""
+    (root / "a" / "d").mkdir(parents=True)
+    clock = SteppedClock(ahead=STEP_NS)
+    tree = started(ino, root, clock)
+    clock.ahead = 0
+    return tree
+
+
+def made_again_unseen(tree: Tree, root: Path) -> None:
+    """d removed and made again as e with its inode number, its removal's events unread (as
+    after an overflow): e's ctime is older than d's claim, and e is not watched."""
+    made_again(root / "a" / "d", root / "a" / "e")
+    assert not watches_dir(tree, root / "a" / "e")
+
+
 def test_a_clock_stepped_back_before_a_resync_has_the_kernel_asked_again(
         ino: InotifyFd, tmp_path: Path) -> None:
-    # The claims are stamped while the wall clock is 5 s ahead; it is then stepped back (NTP,
-    # date -s), and d is made again with its inode number, its removal's events unread (as
-    # after an overflow): its ctime is older than d's claim.
-    (tmp_path / "a" / "d").mkdir(parents=True)
-    clock = SteppedClock(ahead=STEP_NS)
-    tree = started(ino, tmp_path, clock)
-    clock.ahead = 0
+    tree = stepped_back(ino, tmp_path)
     made_again(tmp_path / "a" / "d", tmp_path / "a" / "e")
     tree.distrust()  # a resync or a scan begins
     assert watches_dir(tree, tmp_path / "a")
@@ -67,15 +78,11 @@ def test_a_clock_stepped_back_before_a_resync_has_the_kernel_asked_again(
 
 def test_a_clock_step_seen_when_a_watch_is_added_has_the_kernel_asked_again(
         ino: InotifyFd, tmp_path: Path) -> None:
-    (tmp_path / "a" / "d").mkdir(parents=True)
-    clock = SteppedClock(ahead=STEP_NS)
-    tree = started(ino, tmp_path, clock)
-    clock.ahead = 0
+    tree = stepped_back(ino, tmp_path)
     (tmp_path / "b").mkdir()
     tree.handle(ino.read_raw())  # b watched and stamped: the step is seen there
     assert tree.directories == 4
-    made_again(tmp_path / "a" / "d", tmp_path / "a" / "e")
-    assert not watches_dir(tree, tmp_path / "a" / "e")
+    made_again_unseen(tree, tmp_path)
 
 
 def mount(kind: str, path: Path) -> None:
@@ -118,9 +125,4 @@ def test_a_clock_step_is_seen_when_a_directory_is_vouched_for_between_walks(
         ino: InotifyFd, tmp_path: Path) -> None:
     # Nothing walks and nothing new is watched after the step: events handled meanwhile ask
     # whether a directory is watched (Reach), and the step must be seen there too.
-    (tmp_path / "a" / "d").mkdir(parents=True)
-    clock = SteppedClock(ahead=STEP_NS)
-    tree = started(ino, tmp_path, clock)
-    clock.ahead = 0
-    made_again(tmp_path / "a" / "d", tmp_path / "a" / "e")
-    assert not watches_dir(tree, tmp_path / "a" / "e")
+    made_again_unseen(stepped_back(ino, tmp_path), tmp_path)
