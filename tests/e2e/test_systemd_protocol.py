@@ -275,6 +275,8 @@ def test_a_long_scan_reports_progress_before_ready(start_watching, watched: Path
     ready = next(i for i, m in enumerate(msgs) if "READY=1" in fields(m))
     progress = [m for m in msgs[:ready] if "STATUS=Establishing watches" in m]
     assert progress, msgs[:ready]
-    assert f"EXTEND_TIMEOUT_USEC={30_000_000}" in fields(progress[0])
-    count = int(progress[0].split("Establishing watches: ")[1].split()[0])
-    assert 4096 <= count <= 9101
+    assert all(f"EXTEND_TIMEOUT_USEC={30_000_000}" in fields(m) for m in progress)
+    # The count is what the watcher has reported so far: on a loaded machine the first tick
+    # may come before its first report (0), never more than the tree holds, never going back.
+    counts = [int(m.split("Establishing watches: ")[1].split()[0]) for m in progress]
+    assert counts == sorted(counts) and counts[-1] <= 9101, counts
