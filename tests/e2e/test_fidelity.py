@@ -111,7 +111,7 @@ def through_restarts(start_daemon, workdir: str, ops: int, pause_every: int, eve
 # One cause since found and fixed (tests/test_resync_after_cut.py); 1 of 13 runs still failed
 # after it, that one with a rescan notice in the run as well. Another found and fixed since
 # (tests/test_resync_unheld_parent.py: keys of a directory a scan missed left behind by its
-# move). Still 1 of 3 runs failed after that (a moved-in directory's `inner` missing at a
+# move). Still 1 of 8 runs failed after that (a moved-in directory's `inner` missing at a
 # check), the mark of a race that the benchmark's runs of seed 506 showed with the index and
 # the scan dumped: a directory moved in after the watches were back in place, its event not
 # read yet, is listed by the rescan but not entered, so its contents come after `resynced` (by
