@@ -7,6 +7,7 @@ import itertools
 import os
 import pathlib
 import random
+from collections.abc import Iterator
 
 import pytest
 
@@ -202,14 +203,49 @@ def _chain(root: pathlib.Path, depth: int) -> None:
         os.close(fd)
 
 
+def _unchain(root: pathlib.Path) -> None:
+    """Remove a chain made by _chain a level at a time from its top: pytest's removal of old
+    temporary directories recurses a level per directory, past Python's recursion limit, and
+    would leave it (and fail the runs that try) for ever."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        top = "n0"
+        while True:
+            below = os.open(top, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            try:
+                names = os.listdir(below)
+                if "leaf" in names:
+                    os.unlink("leaf", dir_fd=below)
+            finally:
+                os.close(below)
+            sub = next((name for name in names if name != "leaf"), None)
+            lifted = "a" if top != "a" else "b"
+            if sub is not None:
+                os.rename(f"{top}/{sub}", lifted, src_dir_fd=fd, dst_dir_fd=fd)
+            os.rmdir(top, dir_fd=fd)
+            if sub is None:
+                return
+            top = lifted
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def deep_root(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    root = tmp_path / "t"
+    root.mkdir()
+    yield root
+    if (root / "n0").exists():
+        _unchain(root)
+
+
 def test_a_deep_new_chain_is_compared_in_work_linear_in_its_directories(
-        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        deep_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A local user makes a chain of 2,000 directories while the watcher is frozen: each of them
     # differs (new), and each climbed to the root to put its ancestors in took a parent per
     # level, every one a new path string: 2,000,000 of them, seconds of the daemon's loop in
     # which no client was served. Counted: the parents taken (as watchd.resync takes them).
-    root = tmp_path / "t"
-    root.mkdir()
+    root = deep_root
     index = TreeIndex(str(root))
     index.replace(snap(root))
     _chain(root, 2000)
