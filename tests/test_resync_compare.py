@@ -4,11 +4,15 @@ those of the comparison of everything, in the same order."""
 from __future__ import annotations
 
 import itertools
+import os
+import pathlib
 import random
+from collections.abc import Iterator
 
 import pytest
 
-from tests.test_index import _R, TANGLED, _d, _f, _random_dirs, paths, replay
+import watchd.resync
+from tests.test_index import _R, TANGLED, _d, _f, _random_dirs, paths, replay, snap
 from watchd.diff import diff
 from watchd.index import Dirs, TreeIndex, at_rest, freeze, join, split
 from watchd.records import IS_DIR
@@ -183,3 +187,79 @@ def test_random_stale_paths_compare_alike() -> None:
             _mutate(rng, new, inodes)
         items, _ = reduced(index, new)
         assert replay(paths(index), items, {_R}) == paths(new), seed
+
+
+def _chain(root: pathlib.Path, depth: int) -> None:
+    """A chain of `depth` new directories under root, a file at its end: made by descriptor,
+    as its paths are longer than the kernel takes whole."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(depth):
+            os.mkdir(f"n{i}", dir_fd=fd)
+            fd, parent = os.open(f"n{i}", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(parent)
+        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def _unchain(root: pathlib.Path) -> None:
+    """Remove a chain made by _chain a level at a time from its top: pytest's removal of old
+    temporary directories recurses a level per directory, past Python's recursion limit, and
+    would leave it (and fail the runs that try) for ever."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        top = "n0"
+        while True:
+            below = os.open(top, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            try:
+                names = os.listdir(below)
+                if "leaf" in names:
+                    os.unlink("leaf", dir_fd=below)
+            finally:
+                os.close(below)
+            sub = next((name for name in names if name != "leaf"), None)
+            lifted = "a" if top != "a" else "b"
+            if sub is not None:
+                os.rename(f"{top}/{sub}", lifted, src_dir_fd=fd, dst_dir_fd=fd)
+            os.rmdir(top, dir_fd=fd)
+            if sub is None:
+                return
+            top = lifted
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def deep_root(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    root = tmp_path / "t"
+    root.mkdir()
+    yield root
+    if (root / "n0").exists():
+        _unchain(root)
+
+
+def test_a_deep_new_chain_is_compared_in_work_linear_in_its_directories(
+        deep_root: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A local user makes a chain of 2,000 directories while the watcher is frozen: each of them
+    # differs (new), and each climbed to the root to put its ancestors in took a parent per
+    # level, every one a new path string: 2,000,000 of them, seconds of the daemon's loop in
+    # which no client was served. Counted: the parents taken (as watchd.resync takes them).
+    root = deep_root
+    index = TreeIndex(str(root))
+    index.replace(snap(root))
+    _chain(root, 2000)
+    scan = at_rest(snap(root))
+    parents = 0
+
+    def counted(path: str) -> tuple[str, str]:
+        nonlocal parents
+        parents += 1
+        return split(path)
+
+    monkeypatch.setattr(watchd.resync, "split", counted)
+    view_old, view_new = compared(index, scan)
+    assert len(view_new) == 2001
+    assert parents <= 2 * len(view_new), parents  # before: 2,001,000
+    got = diff(view_old, view_new, str(root), itertools.count(1 << 32))
+    assert len(got.items) == 2001 and replay(set(), got.items, {str(root)}) == paths(snap(root))

@@ -150,10 +150,30 @@ def subtree_keys(dirs: Listing, top: str) -> list[str]:
     return keys
 
 
+def _unlisted(dirs: Index, root: str) -> list[str]:
+    """The keys of dirs that their parent's listing does not name (without thawing it)."""
+    names: dict[str, set[str]] = {}
+    out: list[str] = []
+    for key in dirs:
+        if key == root:
+            continue
+        parent, name = split(key)
+        listed = names.get(parent)
+        if listed is None:
+            children = dirs.get(parent)
+            listed = names[parent] = (set() if children is None else set(children)
+                                      if isinstance(children, dict)
+                                      else set(children[0].split("/")))
+        if name not in listed:
+            out.append(key)
+    return out
+
+
 # A subtree taken out by an IN_MOVED_FROM: (record, {key relative to it: children}, {path
 # relative to it: still to be looked at}, whether the index held it only because the same batch
-# created it).
-_Held = tuple[int, Index, dict[str, int], bool]
+# created it, the keys of those children that no listing leads to (see TreeIndex._loose),
+# relative to it).
+_Held = tuple[int, Index, dict[str, int], bool, tuple[str, ...]]
 
 
 @dataclass(slots=True)
@@ -180,6 +200,12 @@ class TreeIndex:
     # saw it on neither side (it moved out of a part not scanned yet into one scanned already),
     # so what it holds was published nowhere. The watch is to be scanned again (watchd.resync).
     unseen: bool = False
+    # Keys made for a directory whose parent the index did not hold (an event below a
+    # directory such a scan missed, published all the same: a client keeps what it names), so
+    # that no listing leads to them. A client that is told the missed directory moved or went
+    # takes everything below its path away: so does the index, finding these by their path
+    # (see _keys_below). Since the last scan taken; some may be gone or reachable since.
+    _loose: set[str] = field(default_factory=set)
 
     def __len__(self) -> int:
         return count(self.dirs)
@@ -218,8 +244,10 @@ class TreeIndex:
         return opened
 
     def replace(self, dirs: Listing) -> None:
-        """Take a fresh scan as the index, its directories at rest."""
+        """Take a fresh scan, or an index kept by a previous run (which may hold keys no
+        listing leads to, see _loose), as the index, its directories at rest."""
         self.take(at_rest(dirs))
+        self._loose.update(_unlisted(self.dirs, self.root))
 
     def take(self, scan: AtRest) -> None:
         """Take a scan at rest as the index (its directories as they are)."""
@@ -227,11 +255,15 @@ class TreeIndex:
         self._moving.clear()
         self._moving_old.clear()
         self._orphans.clear()
+        self._loose.clear()
 
     def fill(self, part: Listing) -> None:
         """Take a part of a first scan (channel.Fill): its directories replace what the index
         held of them (what events put there before they were listed)."""
         self.dirs.update(at_rest(part))
+        # A scan lists a directory in its parent before it comes to it: those it came to are
+        # reached by listings now, whatever events made their keys before.
+        self._loose.difference_update(part)
 
     def apply(self, items: list[Item], records: Records, *, complete: bool = True,
               ) -> list[Item]:
@@ -349,8 +381,11 @@ class TreeIndex:
             if not name or path == root:
                 continue  # the root itself is not one of its entries
             children = dirs.get(parent or "/")
-            if not isinstance(children, dict):
-                children = dirs[parent or "/"] = {} if children is None else thaw(children)
+            if children is None:
+                children = dirs[parent or "/"] = {}
+                self._loose.add(parent or "/")
+            elif not isinstance(children, dict):
+                children = dirs[parent or "/"] = thaw(children)
             children[name] = record
             if record & IS_DIR and path not in dirs:
                 dirs[path] = {}
@@ -371,20 +406,39 @@ class TreeIndex:
                 return False
             record = UNKNOWN_DIR if was_fresh & IN_ISDIR else UNKNOWN_FILE
         moved: Index = {}
+        loose: tuple[str, ...] = ()
         if record & IS_DIR:
-            for key in subtree_keys(self.dirs, path):
+            keys, loose_keys = self._keys_below(path)
+            for key in keys:
                 moved[key[len(path):]] = self.dirs.pop(key)
+            loose = tuple(key[len(path):] for key in loose_keys)
         if cookie is not None:
-            self._moving[cookie] = (record, moved, below, made_here)
+            self._moving[cookie] = (record, moved, below, made_here, loose)
         return True
 
     def _drop_below(self, path: str) -> bool:
         """Drop what the index holds below `path` (not held itself); whether it held any."""
-        if path not in self.dirs:
-            return False
-        for key in subtree_keys(self.dirs, path):
+        keys, _ = self._keys_below(path)
+        for key in keys:
             del self.dirs[key]
-        return True
+        return bool(keys)
+
+    def _keys_below(self, path: str) -> tuple[list[str], list[str]]:
+        """The directory keys of `path` and of all that is below it: those its listings lead
+        to, and those made below it without a listing leading to them (see _loose), which a
+        client has there all the same; and, of these, the loose ones themselves."""
+        keys = subtree_keys(self.dirs, path)
+        if not self._loose:
+            return keys, []
+        prefix = path + "/"
+        loose = [key for key in self._loose if key.startswith(prefix)]
+        if not loose:
+            return keys, []
+        found = dict.fromkeys(keys)
+        for key in loose:
+            self._loose.discard(key)  # taken out: moved (and marked again) or dropped
+            found.update(dict.fromkeys(subtree_keys(self.dirs, key)))
+        return list(found), [key for key in loose if key in found]
 
     def _replayed(self, cookie: int, path: str, records: Records) -> bool:
         """Whether an IN_MOVED_TO is a replay (see apply) that its source does not tell: a
@@ -416,14 +470,16 @@ class TreeIndex:
         held = self._moving.pop(cookie, None) or self._moving_old.pop(cookie, None)
         if held is None:
             return None
-        record, moved, below, made_here = held
+        record, moved, below, made_here, loose = held
         if made_here:
             self._made_here.add(path)
         parent, name = split(path)
         children = self._open(parent)
         if children is None:
             children = self.dirs[parent] = {}
+            self._loose.add(parent)
         children[name] = record
         for rel, kept in moved.items():
             self.dirs[path + rel] = kept
+        self._loose.update(path + rel for rel in loose)
         return below

@@ -405,15 +405,18 @@ def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:
             for side in (old, scan):
                 below.update(subtree_keys(side, top))
     wanted |= below
+    # Each key climbed from once: its ancestors are in from then on. Climbing again from every
+    # key that differs would take each of a new chain's directories up to the root, a parent
+    # (a new string, hashed) per level: directories times depth.
+    climbed: set[str] = set()
     for key in differ:
         for side in (old, scan):
             if (children := side.get(key)) is not None:
                 wanted.update(join(key, name) for name, record in entries(children)
                               if record & IS_DIR)
-        while key != root and len(key) > len(root):
+        while key not in climbed and key != root and len(key) > len(root):
+            climbed.add(key)
             key = split(key)[0]
-            if key in wanted and key not in differ:
-                break  # its ancestors are in already
             wanted.add(key)
     # In the order of the whole layouts, so that the events come in the same order too.
     return ({key: thaw(c) for key, c in old.items() if key in wanted},
