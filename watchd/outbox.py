@@ -21,6 +21,9 @@ FLUSH_LINES = 512
 # Events from which a queued run is sent in frames of its own, shared by the connections it was
 # queued for, rather than gathered with its neighbours into frames made per connection: past
 # this a frame's own cost to a client (its line and its object, about one event's) is small.
+# Its bodies live as long as any connection still holds the run: a connection that never reads
+# keeps them beside the run's tails, at most one more copy of client_queue events per filter
+# shared by the connections behind (they share the one copy).
 SHARED_RUN = 32
 # Held events a replay looks at per turn of the loop and connection before it lets the others
 # have theirs: a replay never holds the loop for long, however selective its filter.

@@ -256,7 +256,7 @@ class State:
             try:
                 self._removals.remove(path)
             except OSError as e:
-                self.fail(path, e)  # the state is given up: no restart compares with it
+                self.fail(path, e, "remove")  # the state is given up: no restart compares with it
 
     def _synced_fd(self, error: OSError | None, rec: journal.Journal) -> None:
         if error is not None:
@@ -284,7 +284,7 @@ class State:
                     blobs.append((path, None))
         return blobs
 
-    def fail(self, what: str, error: OSError) -> None:
+    def fail(self, what: str, error: OSError, doing: str = "write") -> None:
         """A write failed: stop recording, and give up the state so that a restart does not
         resume an instance whose newest seqs are not on record."""
         rec = self.journal
@@ -292,9 +292,9 @@ class State:
             return
         self.journal = None
         rec.fail(what, error)
-        log.error("cannot write %s: %s; going on without durable state (clients that connect "
+        log.error("cannot %s %s: %s; going on without durable state (clients that connect "
                   "now are told \"durable\": false; a restart begins a new instance)",
-                  what, error.strerror or error)
+                  doing, what, error.strerror or error)
         self.on_fail()
         try:
             os.unlink(os.path.join(self.path, META))
