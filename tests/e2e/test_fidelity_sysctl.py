@@ -39,13 +39,37 @@ def records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         QUEUE.write_text(original)
 
 
-def lowering_run() -> tuple[subprocess.Popen[bytes], int]:
+@pytest.fixture
+def runs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The runs a test starts, ended whatever happens: one left running would go on with the
+    queue lowered under every test after it."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for run in started:
+        if run.poll() is None:
+            run.terminate()  # its own cleanup puts the queue back and stops its daemon
+            try:
+                run.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.communicate()
+
+
+def lowering_run(runs: list[subprocess.Popen[bytes]]) -> tuple[subprocess.Popen[bytes], int]:
     """bench.fidelity --faults, long enough to be interrupted; and its daemon's pid, once the
     queue is lowered and the daemon started (exec'd: a child just forked has the run's own
     command line)."""
-    run = subprocess.Popen([sys.executable, "-m", "bench.fidelity", "--ops", "1000000",
-                            "--faults", "--queue", str(LOW), "--stop-every", "1000000"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A command started in the background of a shell without job control (nohup, `&` in a
+    # script, as CI runners may do) inherits SIGINT ignored, and Python keeps it so: the run
+    # is to take it as a user's Ctrl-C. A handler is not inherited across exec, an ignore is.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "bench.fidelity", "--ops", "1000000",
+                                "--faults", "--queue", str(LOW), "--stop-every", "1000000"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    runs.append(run)
 
     def daemon() -> int | None:
         assert run.poll() is None, run.communicate()[1].decode()
@@ -71,9 +95,10 @@ def run_folder(daemon: int) -> Path | None:
     return config.parent
 
 
-def test_a_run_interrupted_with_ctrl_c_puts_the_queue_back(records: Path) -> None:
+def test_a_run_interrupted_with_ctrl_c_puts_the_queue_back(
+        records: Path, runs: list[subprocess.Popen[bytes]]) -> None:
     original = QUEUE.read_text()
-    run, _ = lowering_run()
+    run, _ = lowering_run(runs)
     run.send_signal(signal.SIGINT)
     run.communicate(timeout=60)
     assert QUEUE.read_text() == original
@@ -81,9 +106,9 @@ def test_a_run_interrupted_with_ctrl_c_puts_the_queue_back(records: Path) -> Non
 
 
 def test_a_run_killed_outright_leaves_the_value_it_found_for_the_next_run(
-        records: Path) -> None:
+        records: Path, runs: list[subprocess.Popen[bytes]]) -> None:
     original = QUEUE.read_text()
-    run, daemon = lowering_run()
+    run, daemon = lowering_run(runs)
     folder = run_folder(daemon)
     run.kill()
     run.communicate(timeout=60)
