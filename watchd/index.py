@@ -58,8 +58,10 @@ _UNKNOWNS = frozenset((UNKNOWN_FILE, UNKNOWN_DIR))
 _ORPHANS_MAX = 1024
 # Ticks after a scan during which its replays may still come (see TreeIndex._replayed): the
 # watcher reads the kernel's queue as soon as it has sent the scan, so what is older than the
-# scan comes in the reads that follow at once; four full ticks leave room for a loaded machine
-# (the other conditions of the rule, not this window, keep a real move from being dropped).
+# scan comes in the reads that follow at once. Only ticks with events applied count (a resync's
+# differences may go out for a while before the kernel's events that follow them), and four
+# full ones leave room for a loaded machine (the other conditions of the rule, not this window,
+# keep a real move from being dropped).
 REPLAY_TICKS = 5
 # Paths an event named since the scan, kept for _replayed; past this many the window closes
 # early (a burst that large is not the scan's replays alone).
@@ -188,6 +190,7 @@ class TreeIndex:
     # moved or removed since that scan: an entry they name is no longer the scan's.
     _replay_ticks: int = 0
     _touched: set[str] = field(default_factory=set)
+    _applied: bool = False  # a batch was applied since the last tick
     # A directory came by a replayed move to a destination the index lacks: the resync's scan
     # saw it on neither side (it moved out of a part not scanned yet into one scanned already),
     # so what it holds was published nowhere. The watch is to be scanned again (watchd.resync).
@@ -216,10 +219,11 @@ class TreeIndex:
         current = frozenset(self._moving).union(self._moving_old)
         self._stale = self._waited & current
         self._waited = current
-        if self._replay_ticks:
+        if self._replay_ticks and self._applied:
             self._replay_ticks -= 1
             if not self._replay_ticks:
                 self._touched.clear()
+        self._applied = False
 
     def as_dirs(self) -> Dirs:
         """The index in a scan's layout (a copy), to compare with one."""
@@ -272,6 +276,7 @@ class TreeIndex:
         known already (or, if not, it is published as a create). A modify or attrib replayed
         before it names a source the index does not hold either: it does not record it.
         """
+        self._applied = True
         if records and not any(map(_RESHAPES.__and__, map(_MASK, items))) and not (
                 complete and _UNKNOWNS.intersection(records.values())):
             # The common batch (creates, writes): nothing moves or goes, so the paths to record
