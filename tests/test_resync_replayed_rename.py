@@ -110,7 +110,7 @@ def test_a_replayed_create_and_two_renames_keep_what_the_scan_found(
 # directory made: the records, taken once the renames are done, then show "that very
 # directory" at the destination. No loss here, so nothing would ever repair a dropped move.
 
-TRIES = 50
+TRIES = 200
 
 
 def reused(lab_root: pathlib.Path, first: Callable[[], None], then: Callable[[], None],

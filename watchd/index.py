@@ -58,14 +58,14 @@ _UNKNOWNS = frozenset((UNKNOWN_FILE, UNKNOWN_DIR))
 _ORPHANS_MAX = 1024
 # Ticks after a scan during which its replays may still come (see TreeIndex._replayed): the
 # watcher reads the kernel's queue as soon as it has sent the scan, so what is older than the
-# scan comes in the reads that follow at once. Only ticks with events applied count (a resync's
-# differences may go out for a while before the kernel's events that follow them), and four
-# full ones leave room for a loaded machine (the other conditions of the rule, not this window,
-# keep a real move from being dropped).
-REPLAY_TICKS = 5
-# Paths an event named since the scan, kept for _replayed; past this many the window closes
-# early (a burst that large is not the scan's replays alone).
-_TOUCHED_MAX = 4096
+# scan comes in the reads that follow at once, but a long scan of a busy tree leaves a backlog
+# that takes a while to read. Only ticks with events applied count (a resync's differences may
+# go out for a while before the kernel's events that follow them), and there are many: the
+# other conditions of the rule, not this window, keep a real move from being dropped.
+REPLAY_TICKS = 30
+# Directories an event moved or removed since the scan, kept for _replayed; past this many the
+# window closes early (memory stays bounded whatever the tree does).
+_TOUCHED_MAX = 1 << 16
 
 
 def join(parent: str, name: str) -> str:
@@ -326,7 +326,7 @@ class TreeIndex:
                     if not stray:
                         replays = replays or []
                         replays.append(i)
-            if self._replay_ticks and mask & _RESHAPES:
+            if self._replay_ticks and mask & _RESHAPES and mask & IN_ISDIR:
                 self._touch(path)
         if replays is not None:
             items = self._without_replays(items, replays)
@@ -414,7 +414,8 @@ class TreeIndex:
         return True
 
     def _touch(self, path: str) -> None:
-        """An event moved or removed `path` (see _replayed)."""
+        """An event moved or removed the directory at `path`, or moved one onto it (see
+        _replayed: only a directory can be its destination)."""
         self._touched.add(path)
         if len(self._touched) > _TOUCHED_MAX:
             self._replay_ticks = 0
