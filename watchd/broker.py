@@ -231,7 +231,8 @@ class Broker:
         )
         conn.subs[sid] = sub
         self._routes_changed()
-        conn.queue.append(protocol.subscribed(req.id, sid, self.last_seq))
+        held = self._history.held_at(self.last_seq, sub.visible)
+        conn.queue.append(protocol.subscribed(req.id, sid, self.last_seq, held))
         if req.since is not None:
             # The replay reads the history up to the newest event, live ones included, and only
             # then hands the subscription to publish: every seq after `since` once, in order.

@@ -56,6 +56,16 @@ _MASK = operator.itemgetter(0)
 _UNKNOWNS = frozenset((UNKNOWN_FILE, UNKNOWN_DIR))
 
 _ORPHANS_MAX = 1024
+# Ticks after a scan during which its replays may still come (see TreeIndex._replayed): the
+# watcher reads the kernel's queue as soon as it has sent the scan, so what is older than the
+# scan comes in the reads that follow at once, but a long scan of a busy tree leaves a backlog
+# that takes a while to read. Only ticks with events applied count (a resync's differences may
+# go out for a while before the kernel's events that follow them), and there are many: the
+# other conditions of the rule, not this window, keep a real move from being dropped.
+REPLAY_TICKS = 30
+# Directories an event moved or removed since the scan, kept for _replayed; past this many the
+# window closes early (memory stays bounded whatever the tree does).
+_TOUCHED_MAX = 1 << 16
 
 
 def join(parent: str, name: str) -> str:
@@ -196,6 +206,11 @@ class TreeIndex:
     # Paths where this batch put back a directory it had itself created (see _replayed): a
     # later move of it in the batch is one of the batch's own too.
     _made_here: set[str] = field(default_factory=set)
+    # Ticks left in which a scan's replays may come (see _replayed), and the paths an event
+    # moved or removed since that scan: an entry they name is no longer the scan's.
+    _replay_ticks: int = 0
+    _touched: set[str] = field(default_factory=set)
+    _applied: bool = False  # a batch was applied since the last tick
     # A directory came by a replayed move to a destination the index lacks: the resync's scan
     # saw it on neither side (it moved out of a part not scanned yet into one scanned already),
     # so what it holds was published nowhere. The watch is to be scanned again (watchd.resync).
@@ -230,6 +245,11 @@ class TreeIndex:
         current = frozenset(self._moving).union(self._moving_old)
         self._stale = self._waited & current
         self._waited = current
+        if self._replay_ticks and self._applied:
+            self._replay_ticks -= 1
+            if not self._replay_ticks:
+                self._touched.clear()
+        self._applied = False
 
     def as_dirs(self) -> Dirs:
         """The index in a scan's layout (a copy), to compare with one."""
@@ -245,9 +265,11 @@ class TreeIndex:
 
     def replace(self, dirs: Listing) -> None:
         """Take a fresh scan, or an index kept by a previous run (which may hold keys no
-        listing leads to, see _loose), as the index, its directories at rest."""
+        listing leads to, see _loose), as the index, its directories at rest (an index kept by
+        a previous run, or none: no scan that events may replay, see _replayed)."""
         self.take(at_rest(dirs))
         self._loose.update(_unlisted(self.dirs, self.root))
+        self._replay_ticks = 0
 
     def take(self, scan: AtRest) -> None:
         """Take a scan at rest as the index (its directories as they are)."""
@@ -256,6 +278,8 @@ class TreeIndex:
         self._moving_old.clear()
         self._orphans.clear()
         self._loose.clear()
+        self._replay_ticks = REPLAY_TICKS
+        self._touched.clear()
 
     def fill(self, part: Listing) -> None:
         """Take a part of a first scan (channel.Fill): its directories replace what the index
@@ -284,6 +308,7 @@ class TreeIndex:
         known already (or, if not, it is published as a create). A modify or attrib replayed
         before it names a source the index does not hold either: it does not record it.
         """
+        self._applied = True
         if records and not any(map(_RESHAPES.__and__, map(_MASK, items))) and not (
                 complete and _UNKNOWNS.intersection(records.values())):
             # The common batch (creates, writes): nothing moves or goes, so the paths to record
@@ -333,6 +358,8 @@ class TreeIndex:
                     if not stray:
                         replays = replays or []
                         replays.append(i)
+            if self._replay_ticks and mask & _RESHAPES and mask & IN_ISDIR:
+                self._touch(path)
         if replays is not None:
             items = self._without_replays(items, replays)
         if fresh:
@@ -440,6 +467,14 @@ class TreeIndex:
             found.update(dict.fromkeys(subtree_keys(self.dirs, key)))
         return list(found), [key for key in loose if key in found]
 
+    def _touch(self, path: str) -> None:
+        """An event moved or removed the directory at `path`, or moved one onto it (see
+        _replayed: only a directory can be its destination)."""
+        self._touched.add(path)
+        if len(self._touched) > _TOUCHED_MAX:
+            self._replay_ticks = 0
+            self._touched.clear()
+
     def _replayed(self, cookie: int, path: str, records: Records) -> bool:
         """Whether an IN_MOVED_TO is a replay (see apply) that its source does not tell: a
         directory the batch itself created (the index did not hold it) moved to where the index
@@ -448,7 +483,19 @@ class TreeIndex:
         it holds; the replayed create gave the index its old name, and published, the move
         would replace what the scan's differences made with that bare directory. Its
         IN_MOVED_FROM goes out (it takes the replayed create away from a client); this does
-        not, and the held subtree (the create's, bare) is dropped."""
+        not, and the held subtree (the create's, bare) is dropped.
+
+        The inode alone does not tell that directory: ext4 gives a freed inode number to the
+        next directory made, so `mkdir tmp; mv tmp dest; mkdir d; mv d dest` (tmp's rename
+        frees the inode of the dest the index holds, d gets it) would look the same with the
+        records taken after the last rename. So the rule holds only where a replay can be: in
+        the ticks that follow a scan, for a destination that is still the scan's (no event
+        since moved it, removed it or moved something onto it), and for a directory whose
+        entries made by the batch are all in the scan's (the scan found it after them).
+        Dropping a real move then replaces nothing a client sees: an empty directory over an
+        empty one, as a rename onto a directory needs it empty."""
+        if not self._replay_ticks or path in self._touched:
+            return False
         held = self._moving.get(cookie) or self._moving_old.get(cookie)
         if held is None or not held[3] or not held[0] & IS_DIR:
             return False
@@ -456,10 +503,23 @@ class TreeIndex:
         there = (self._open(parent) or {}).get(name)
         now = records.get(path)
         if (there is None or now is None or not there & now & IS_DIR or not inode(now)
-                or inode(there) != inode(now)):
+                or inode(there) != inode(now) or not self._holds_all(path, held)):
             return False
         if self._moving.pop(cookie, None) is None:
             del self._moving_old[cookie]
+        return True
+
+    def _holds_all(self, path: str, held: _Held) -> bool:
+        """Whether the index holds, below `path`, every entry a held subtree has below it."""
+        _record, moved, below, _made, _loose = held
+        rels = list(below)
+        rels.extend(key + "/" + name for key, children in moved.items()
+                    for name, _rec in entries(children))
+        for rel in rels:
+            parent, name = split(path + rel)
+            children = self.dirs.get(parent)
+            if children is None or name not in dict(entries(children)):
+                return False
         return True
 
     def _moved_to(self, cookie: int, path: str, src_path: str | None) -> dict[str, int] | None:
