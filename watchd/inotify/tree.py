@@ -216,16 +216,9 @@ class Tree:
 
     def watch_to_scan(self, fd: int, st: os.stat_result, path: str) -> bool:
         """Whether a resync's scan may enter the directory open as `fd` (`st`: its fstat), at
-        `path`: one the tree watches (see watches_dir), or one it watches now.
-
-        A directory that came (made, or moved in) after the tree's watches were set up, whose
-        event is not read yet, is watched here, at `path`, before the scan lists it, as the
-        tree's own walk would: what the scan lists is published before `resynced`, and every
-        change after the listing has its event. When its create or move in is read, the tree's
-        walk finds it watched at that path: after a create it lists nothing again, after a
-        move in it reports what it holds once more (creates of what a client has). Past the
-        watch limit, or if it cannot be watched: not entered (see watchd.scan.scan_parts).
-        """
+        `path`: one the tree watches (see watches_dir), or one it watches now, before the scan
+        lists it, its coming still unread (docs/inotify.md, "A resync's scan"). Past the watch
+        limit, or if it cannot be watched: not entered (see watchd.scan.scan_parts)."""
         if self._reach.watch_on(fd, st) >= 0:
             return True
         if path == self._reach.root or not path.startswith(self._reach.root_prefix):
