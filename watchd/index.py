@@ -160,7 +160,26 @@ def subtree_keys(dirs: Listing, top: str) -> list[str]:
     return keys
 
 
-def _unlisted(dirs: Index, root: str) -> list[str]:
+def keys_below(dirs: Listing, loose: set[str], path: str) -> tuple[list[str], list[str]]:
+    """The directory keys of `path` and of all that is below it in dirs: those its listings
+    lead to, and those below it that `loose` names (keys no listing leads to, see
+    TreeIndex._loose), with what their own listings lead to; and, of these, the loose ones
+    themselves, which are taken out of `loose` (moved, to be marked again, or dropped)."""
+    keys = subtree_keys(dirs, path)
+    if not loose:
+        return keys, []
+    prefix = path + "/"
+    below = [key for key in loose if key.startswith(prefix)]
+    if not below:
+        return keys, []
+    found = dict.fromkeys(keys)
+    for key in below:
+        loose.discard(key)
+        found.update(dict.fromkeys(subtree_keys(dirs, key)))
+    return list(found), [key for key in below if key in found]
+
+
+def unlisted(dirs: Listing, root: str) -> list[str]:
     """The keys of dirs that their parent's listing does not name (without thawing it)."""
     names: dict[str, set[str]] = {}
     out: list[str] = []
@@ -268,7 +287,7 @@ class TreeIndex:
         listing leads to, see _loose), as the index, its directories at rest (an index kept by
         a previous run, or none: no scan that events may replay, see _replayed)."""
         self.take(at_rest(dirs))
-        self._loose.update(_unlisted(self.dirs, self.root))
+        self._loose.update(unlisted(self.dirs, self.root))
         self._replay_ticks = 0
 
     def take(self, scan: AtRest) -> None:
@@ -454,18 +473,7 @@ class TreeIndex:
         """The directory keys of `path` and of all that is below it: those its listings lead
         to, and those made below it without a listing leading to them (see _loose), which a
         client has there all the same; and, of these, the loose ones themselves."""
-        keys = subtree_keys(self.dirs, path)
-        if not self._loose:
-            return keys, []
-        prefix = path + "/"
-        loose = [key for key in self._loose if key.startswith(prefix)]
-        if not loose:
-            return keys, []
-        found = dict.fromkeys(keys)
-        for key in loose:
-            self._loose.discard(key)  # taken out: moved (and marked again) or dropped
-            found.update(dict.fromkeys(subtree_keys(self.dirs, key)))
-        return list(found), [key for key in loose if key in found]
+        return keys_below(self.dirs, self._loose, path)
 
     def _touch(self, path: str) -> None:
         """An event moved or removed the directory at `path`, or moved one onto it (see

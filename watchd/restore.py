@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from watchd.config.model import Config, WatchConfig
 from watchd.events import Kind
-from watchd.index import Dirs, split, subtree_keys
+from watchd.index import Dirs, keys_below, split, unlisted
 from watchd.journal import parse_tail
 from watchd.previous import Resumed
 from watchd.reasons import OverflowReason
@@ -63,50 +63,79 @@ def bring_forward(stored: StoredIndex, name: str, entries: list[Held],
     oldest = entries[0][0] if entries else last_seq + 1
     if stored.seq + 1 < oldest:
         return None
-    dirs = stored.dirs
-    moving: dict[int, tuple[int, Dirs, str]] = {}
+    forward = Forward(stored.dirs)
     start = stored.seq + 1 - oldest
     for _seq, watch, _bit, path, tail in entries[max(start, 0):]:
         if watch == name:
-            apply_event(dirs, moving, path, tail)
-    return dirs
+            forward.apply(path, tail)
+    return forward.dirs
 
 
-def apply_event(dirs: Dirs, moving: dict[int, tuple[int, Dirs, str]], path: str,
-                tail: bytes) -> None:
-    """One journal event onto an index, without looking at the tree."""
-    event = parse_tail(tail)
-    kind, is_dir, cookie = event["kind"], bool(event["is_dir"]), event["cookie"]
-    parent, name = split(path)
-    if kind in _PRESENT:
-        _put(dirs, parent, name, UNKNOWN_DIR if is_dir else UNKNOWN_FILE, path)
-    elif kind in (Kind.DELETE, Kind.MOVED_FROM):
-        record = dirs.get(parent, {}).pop(name, None)
-        subtree: Dirs = {}
-        if record is not None and record & IS_DIR:
-            for key in subtree_keys(dirs, path):
-                subtree[key[len(path):]] = dirs.pop(key)
-        if kind == Kind.MOVED_FROM and record is not None:
-            moving[cookie] = (record, subtree, path)
-    elif kind == Kind.MOVED_TO:
-        held = moving.pop(cookie, None)
-        if held is None or event.get("src_path") != held[2]:
-            _put(dirs, parent, name, UNKNOWN_DIR if is_dir else UNKNOWN_FILE, path)
-            return
-        record, subtree, _src = held
-        _put(dirs, parent, name, record, path)
-        for rel, children in subtree.items():
-            dirs[path + rel] = children
+# A directory a journal's moved_from took out, until its moved_to: (record, {key relative to
+# it: children}, its path, the keys of those children that no listing leads to, relative to it).
+_Moving = tuple[int, Dirs, str, tuple[str, ...]]
 
 
-def _put(dirs: Dirs, parent: str, name: str, record: int, path: str) -> None:
-    old = dirs.setdefault(parent, {}).get(name)
-    if old is not None and old & IS_DIR and not record & IS_DIR:
-        for key in subtree_keys(dirs, path):
-            del dirs[key]
-    dirs[parent][name] = record
-    if record & IS_DIR:
-        dirs.setdefault(path, {})
+class Forward:
+    """An index brought forward by journal events, as a client applying them has the tree.
+
+    A client keeps what an event names even where it was told nothing of the parents (an
+    event below a directory a resync's scan missed), and takes everything below a path that
+    is deleted or moved. The index holds such entries under keys that no listing leads to
+    (loose: as the daemon's own index does, watchd.index.TreeIndex._loose), and a delete or
+    move takes them too (watchd.index.keys_below)."""
+
+    def __init__(self, dirs: Dirs) -> None:
+        self.dirs = dirs
+        # The root is the one key every other one is below: the shortest.
+        self.loose = set(unlisted(dirs, min(dirs, key=len))) if dirs else set[str]()
+        self.moving: dict[int, _Moving] = {}
+
+    def apply(self, path: str, tail: bytes) -> None:
+        """One journal event onto the index, without looking at the tree."""
+        event = parse_tail(tail)
+        kind, is_dir, cookie = event["kind"], bool(event["is_dir"]), event["cookie"]
+        unknown = UNKNOWN_DIR if is_dir else UNKNOWN_FILE
+        if kind in _PRESENT:
+            self._put(path, unknown)
+        elif kind in (Kind.DELETE, Kind.MOVED_FROM):
+            parent, name = split(path)
+            record = self.dirs.get(parent, {}).pop(name, None)
+            subtree, loose = self._take(path) if is_dir or (
+                record is not None and record & IS_DIR) else ({}, ())
+            if kind == Kind.MOVED_FROM and (record is not None or subtree):
+                self.moving[cookie] = (unknown if record is None else record, subtree, path,
+                                       loose)
+        elif kind == Kind.MOVED_TO:
+            held = self.moving.pop(cookie, None)
+            if held is None or event.get("src_path") != held[2]:
+                self._put(path, unknown)
+                return
+            record, subtree, _src, loose = held
+            self._take(path)  # a rename replaces what had the name
+            self._put(path, record)
+            self.dirs.update((path + rel, children) for rel, children in subtree.items())
+            self.loose.update(path + rel for rel in loose)
+
+    def _take(self, path: str) -> tuple[Dirs, tuple[str, ...]]:
+        """Take out the directory keys of path and of everything below it (loose ones
+        included), relative to it; and which of these were loose."""
+        keys, loose = keys_below(self.dirs, self.loose, path)
+        taken = {key[len(path):]: self.dirs.pop(key) for key in keys}
+        return taken, tuple(key[len(path):] for key in loose)
+
+    def _put(self, path: str, record: int) -> None:
+        parent, name = split(path)
+        children = self.dirs.get(parent)
+        if children is None:
+            children = self.dirs[parent] = {}
+            self.loose.add(parent)  # no listing leads to it (see the class)
+        old = children.get(name)
+        if old is not None and old & IS_DIR and not record & IS_DIR:
+            self._take(path)
+        children[name] = record
+        if record & IS_DIR:
+            self.dirs.setdefault(path, {})
 
 
 def usable_indexes(watches: Iterable[WatchConfig], stored: dict[str, StoredIndex],
