@@ -35,7 +35,8 @@ from collections.abc import Callable
 
 from watchd import channel
 from watchd.diff import diff
-from watchd.index import Dirs, TreeIndex, at_rest, count, thaw
+from watchd.index import TreeIndex
+from watchd.listing import Dirs, at_rest, count, thaw
 from watchd.records import Item, Recorder
 from watchd.resync import compared
 from watchd.scan import scan

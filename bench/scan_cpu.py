@@ -19,9 +19,9 @@ import resource
 from collections.abc import Callable
 
 from watchd.events import DEFAULT_KINDS, kinds_mask
-from watchd.index import AtRest
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
+from watchd.listing import AtRest
 from watchd.scan import scan_parts
 
 PART = 4096  # entries per part, as the watcher scans (watchd.fill.PART)

@@ -7,7 +7,7 @@ import os
 import pathlib
 
 from tests.test_index import check, simple, snap
-from watchd.index import Dirs
+from watchd.listing import Dirs
 
 
 def with_stale_path(before: Dirs, after: Dirs, new_top: pathlib.Path) -> Dirs:

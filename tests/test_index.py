@@ -25,9 +25,10 @@ from watchd import channel
 from watchd.diff import SYNTHETIC, diff
 from watchd.events import DEFAULT_KINDS, kinds_mask
 from watchd.globs import glob_predicate
-from watchd.index import Dirs, TreeIndex, at_rest, count, freeze, thaw
+from watchd.index import TreeIndex
 from watchd.inotify import IN_ACCESS, IN_ALL_EVENTS, IN_CLOSE_NOWRITE, IN_OPEN, InotifyFd
 from watchd.inotify.tree import Tree
+from watchd.listing import Dirs, at_rest, count, freeze, thaw
 from watchd.records import (
     IN_ATTRIB,
     IN_CREATE,

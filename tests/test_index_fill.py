@@ -17,9 +17,9 @@ from watchd import channel
 from watchd.channel import Spec
 from watchd.config.model import WatchConfig
 from watchd.fill import Fills
-from watchd.index import AtRest, count, thawed
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
+from watchd.listing import AtRest, count, thawed
 from watchd.records import Recorder
 from watchd.resync import Resyncer
 from watchd.scan import scan_parts

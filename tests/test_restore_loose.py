@@ -21,7 +21,7 @@ from tests.test_index import snap
 from watchd import statefiles as sf
 from watchd.config.model import WatchConfig
 from watchd.events import KIND_BITS, Kind
-from watchd.index import Dirs, join
+from watchd.listing import Dirs, join
 from watchd.protocol.event_lines import EventEncoder
 from watchd.records import IN_CREATE, IN_DELETE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO, Recorder
 from watchd.replay import Held

@@ -14,7 +14,8 @@ import pytest
 import watchd.resync
 from tests.test_index import _R, TANGLED, _d, _f, _random_dirs, paths, replay, snap
 from watchd.diff import diff
-from watchd.index import Dirs, TreeIndex, at_rest, freeze, join, split
+from watchd.index import TreeIndex
+from watchd.listing import Dirs, at_rest, freeze, join, split
 from watchd.records import IS_DIR
 from watchd.resync import compared
 

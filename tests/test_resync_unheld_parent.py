@@ -23,9 +23,9 @@ from tests.picture import Picture
 from tests.resync_setup import as_messages
 from tests.test_index import QUIET, _events, paths, snap
 from watchd.config.model import WatchConfig
-from watchd.index import Dirs, subtree_keys
 from watchd.inotify import InotifyFd
 from watchd.inotify.tree import Tree
+from watchd.listing import Dirs, subtree_keys
 from watchd.records import Recorder
 from watchd.resync import Resyncer
 

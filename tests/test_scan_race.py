@@ -17,8 +17,8 @@ from tests.picture import Picture, listing
 from tests.resync_setup import as_messages, indexed, scanned_watch, settle_and_check
 from tests.test_index import _events, snap
 from watchd.fill import scan_whole
-from watchd.index import thawed
 from watchd.inotify import InotifyFd
+from watchd.listing import thawed
 from watchd.scan import scan_parts
 
 

@@ -15,7 +15,7 @@ from watchd import statefiles as sf
 from watchd.config.model import WatchConfig
 from watchd.diff import diff
 from watchd.events import KIND_BITS, Kind
-from watchd.index import Dirs
+from watchd.listing import Dirs
 from watchd.protocol.event_lines import EventEncoder
 from watchd.records import UNKNOWN_FILE
 from watchd.replay import Held, Marker

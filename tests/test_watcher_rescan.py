@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.test_index import watching
 from watchd import channel
-from watchd.index import thawed
+from watchd.listing import thawed
 
 
 def sent(theirs: socket.socket, reader: channel.FrameReader) -> list[tuple[Any, ...]]:

@@ -206,7 +206,7 @@ class Overflow:
         return (Tag.OVERFLOW.value, self.watch, self.resync, self.reason.value)
 
 
-# A scan (watchd.index.AtRest): {directory: (its names joined by "/", its records packed)}.
+# A scan (watchd.listing.AtRest): {directory: (its names joined by "/", its records packed)}.
 AtRest = dict[str, tuple[str, bytes]]
 
 

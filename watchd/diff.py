@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from watchd.events import SYNTHETIC
-from watchd.index import AtRest, Dirs, Index, entries, freeze, join, split, subtree_keys
+from watchd.listing import AtRest, Dirs, Index, entries, freeze, join, split, subtree_keys
 from watchd.records import (
     IN_ATTRIB,
     IN_CREATE,

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from watchd import channel
 from watchd.globs import glob_predicate
-from watchd.index import AtRest
 from watchd.inotify import IN_DELETE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO
 from watchd.inotify.tree import Tree, TreeEvent
+from watchd.listing import AtRest
 from watchd.scan import scan_parts
 from watchd.watcher_watch import Watch
 

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 
 from watchd.config.model import Config, WatchConfig
 from watchd.events import Kind
-from watchd.index import Dirs, keys_below, split, unlisted
 from watchd.journal import parse_tail
+from watchd.listing import Dirs, keys_below, split, unlisted
 from watchd.previous import Resumed
 from watchd.reasons import OverflowReason
 from watchd.records import IS_DIR, UNKNOWN_DIR, UNKNOWN_FILE
@@ -83,7 +83,7 @@ class Forward:
     event below a directory a resync's scan missed), and takes everything below a path that
     is deleted or moved. The index holds such entries under keys that no listing leads to
     (loose: as the daemon's own index does, watchd.index.TreeIndex._loose), and a delete or
-    move takes them too (watchd.index.keys_below)."""
+    move takes them too (watchd.listing.keys_below)."""
 
     def __init__(self, dirs: Dirs) -> None:
         self.dirs = dirs

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING
 from watchd.config.model import WatchConfig
 from watchd.diff import diff, keep_unentered
 from watchd.events import kinds_mask
-from watchd.index import (
+from watchd.index import TreeIndex
+from watchd.listing import (
     AtRest,
     Dirs,
     Index,
     Listing,
-    TreeIndex,
     at_rest,
     entries,
     join,

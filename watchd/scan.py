@@ -2,7 +2,7 @@
 
 A scan is `{directory path: children}`: every directory listed has a key, even an empty one;
 the root's key is the watch's path. The watcher builds each directory's children at rest
-(watchd.index.Frozen: its names joined, its records packed), the form the daemon keeps: the
+(watchd.listing.Frozen: its names joined, its records packed), the form the daemon keeps: the
 daemon then compares a directory of the scan with the index's by one equality of a str and a
 bytes, and takes the scan as the next index as it is (see watchd.resync.compared).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Generator
 
-from watchd.index import AtRest, Dirs, join, record_bytes, thawed
+from watchd.listing import AtRest, Dirs, join, record_bytes, thawed
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _S_IFMT, _S_IFDIR = 0o170000, 0o040000

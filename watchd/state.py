@@ -52,8 +52,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from watchd import journal
-from watchd.index import Index
 from watchd.journal import StateError
+from watchd.listing import Index
 from watchd.previous import FORMAT, Resumed, boot_id, read_previous
 from watchd.statefiles import (
     INDEX,

@@ -16,8 +16,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from watchd.index import Dirs, Index, thawed
 from watchd.journal import StateError
+from watchd.listing import Dirs, Index, thawed
 
 META = "state.json"
 JOURNAL = "journal"
@@ -68,7 +68,7 @@ def index_file(directory: str, name: str) -> str:
 
 
 def encode_index(name: str, spec: str, seq: int, dirs: Index) -> bytes:
-    # As the index holds it: directories at rest stay so (watchd.index.freeze), about half
+    # As the index holds it: directories at rest stay so (watchd.listing.freeze), about half
     # the bytes of a dict each.
     body = marshal.dumps((name, spec, seq, dirs))
     return INDEX_MAGIC + _INDEX_HEAD.pack(zlib.crc32(body), len(body)) + body

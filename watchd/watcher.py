@@ -30,7 +30,6 @@ from watchd import __version__, channel
 from watchd.channel import Spec
 from watchd.fill import Fills, scan_whole
 from watchd.globs import glob_predicate
-from watchd.index import AtRest
 from watchd.inotify import (
     IN_Q_OVERFLOW,
     InotifyError,
@@ -40,6 +39,7 @@ from watchd.inotify import (
 )
 from watchd.inotify.tree import Tree, TreeEvent
 from watchd.levels import DEFAULT_LOG_LEVEL
+from watchd.listing import AtRest
 from watchd.reasons import LostReason, OverflowReason
 from watchd.watcher_channel import ChannelEnd
 from watchd.watcher_nice import raise_priority
