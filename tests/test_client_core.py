@@ -514,26 +514,6 @@ def test_each_copy_of_a_notice_at_the_resume_seq_comes_once() -> None:
     assert admitted(core, resynced, resynced, resynced) == [resynced.data]
 
 
-def test_a_follower_resumed_from_its_subscription_skips_the_notices_held_before_it() -> None:
-    # Subscribed live at 7, where the daemon held two notices already (the reply's "held"):
-    # a since replay from 7 sends them first; they are older than the follower.
-    core = follow_core()
-    hello = {**HELLO, "instance": "i1", "seq": 7}
-    assert core.greeted(hello) == Resume(None, None)
-    core.subscribed(hello, "a1", 7, held=2)
-    old = notice("overflow", 7, reason="daemon_restart", watch="w", resync=True)
-    old_end = notice("resynced", 7, watch="w", changes=0, duration_ms=1.0)
-    assert admitted(core, old) == [old.data]  # live: one of its own, alike
-    assert core.greeted(hello) == Resume(7, "i1")
-    core.subscribed(hello, "a2", 7)
-    assert admitted(core, old, old_end, old, old_end, event(8)) == [old_end.data, event(8).data]
-    # Past that seq, nothing is skipped any more.
-    assert core.greeted({**hello, "seq": 8}) == Resume(8, "i1")
-    core.subscribed({**hello, "seq": 8}, "a3", 8)
-    later = notice("overflow", 8, reason="kernel_queue", watch="w", resync=True)
-    assert admitted(core, event(8), later) == [later.data]
-
-
 def test_notices_without_a_seq_always_pass() -> None:
     core = follow_core(since=10, instance="i1")
     dropped = notice("dropped", count=2, first_seq=11, last_seq=12)

@@ -7,7 +7,7 @@ from collections import deque
 
 import pytest
 
-from watchd.replay import Held, History, Marker
+from watchd.replay import Held, History
 
 
 def held(seq: int) -> Held:
@@ -42,18 +42,3 @@ def test_the_history_holds_what_a_bounded_deque_holds(seed: int) -> None:
             start = rng.randint(oldest - 2, seq + 2)
             stop = rng.randint(start, seq + 3)
             assert history.between(start, stop) == [e for e in model if start <= e[0] < stop]
-
-
-def test_an_overflow_after_its_resynced_at_one_seq_is_held_again() -> None:
-    # Two daemon restarts with no event between: the second's notice is a loss of its own,
-    # which a subscriber since the first must be sent; the subscribe reply counts them.
-    history = History(10)
-    restart = Marker(0, "w", "daemon_restart", frozenset({"w"}))
-    history.mark(restart)
-    history.mark(restart)  # the same, not answered yet: held once
-    assert history.held_at(0, frozenset({"w"})) == 1
-    history.mark(Marker(0, "w", "resynced", changes=0))
-    history.mark(restart)
-    assert list(history.markers)[-1] == restart
-    assert history.held_at(0, frozenset({"w"})) == 3
-    assert history.held_at(0, frozenset({"other"})) == 0

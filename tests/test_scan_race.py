@@ -13,9 +13,8 @@ import pathlib
 import shutil
 from collections.abc import Callable
 
-from tests.picture import Picture, listing
-from tests.resync_setup import as_messages, indexed, scanned_watch, settle_and_check
-from tests.test_index import _events, snap
+from tests.resync_setup import indexed, scanned_watch, settle_and_check
+from tests.test_index import snap
 from watchd.fill import scan_whole
 from watchd.inotify import InotifyFd
 from watchd.listing import thawed
@@ -44,12 +43,10 @@ def test_a_directory_moved_while_the_scan_ran_keeps_its_contents(tmp_path: pathl
 
 
 def _resync_race(root: pathlib.Path, change: Callable[[], None],
-                 after_scan: Callable[[], None], *still_watched: pathlib.Path) -> None:
+                 after_scan: Callable[[], None]) -> None:
     """A loss, then `change` made after the tree's walk (its events unread), the watcher's
-    whole scan, `after_scan`, and only then the tree's events: at `resynced` (the
-    synthetic events applied) a client has the tree as the scan found it, and applied in
-    order, the synthetic events and the kernel's leave it, and the index, with the tree as
-    it is."""
+    whole scan, `after_scan`, and only then the tree's events: applied in order, the
+    synthetic events and the kernel's leave a client, and the index, with the tree as it is."""
     lab = indexed(root)
     with InotifyFd() as ino:
         watch, tree = scanned_watch(root, ino)
@@ -57,23 +54,14 @@ def _resync_race(root: pathlib.Path, change: Callable[[], None],
         change()
         scanned = scan_whole(watch, lambda: None)
         assert scanned is not None
-        at_scan = listing(root)
         after_scan()
-        result = lab.resync.scanned("w", scanned[0], 0.0)
-        assert result is not None
-        at_resynced = Picture(lab.picture.paths)
-        at_resynced.apply_all(as_messages(result.items))
-        assert at_resynced.paths == at_scan, "the resync did not publish what the scan found"
-        settle_and_check(lab, result, ino, tree)
-        for d in still_watched:  # its later changes have events
-            _events(ino, tree, d / "later")
+        settle_and_check(lab, lab.resync.scanned("w", scanned[0], 0.0), ino, tree)
 
 
-def test_a_directory_made_after_the_walk_is_watched_and_entered_by_the_scan(
-        tmp_path: pathlib.Path) -> None:
-    """What it holds is published before `resynced`; its entries removed after the scan, before
-    the tree reads the directory's create, have their events (the scan watched it before it
-    listed it): a client does not keep them."""
+def test_a_directory_made_after_the_walk_is_not_entered_by_the_scan(tmp_path: pathlib.Path,
+                                                                     ) -> None:
+    """Its entry, removed before the tree reads the directory's create, has no event: had
+    the scan listed it, a client would keep it for good."""
     root = tmp_path / "t"
     (root / "a").mkdir(parents=True)
     d = root / "a" / "d"
@@ -92,8 +80,8 @@ def test_a_directory_made_after_the_walk_is_watched_and_entered_by_the_scan(
 
 def test_a_directory_deleted_and_made_again_loses_its_old_contents(tmp_path: pathlib.Path,
                                                                     ) -> None:
-    """The new directory (another inode) is not watched yet: the scan watches it and lists
-    what it holds, and what the old one held goes as deletes."""
+    """The new directory (another inode) is not watched yet: it is not entered, and what the
+    old one held goes as deletes."""
     root = tmp_path / "t"
     d = root / "a" / "d"
     (d / "sub").mkdir(parents=True)
@@ -123,53 +111,3 @@ def test_a_directory_watched_since_the_walk_is_entered(tmp_path: pathlib.Path) -
         assert scanned is not None
         assert thawed(scanned[0]) == snap(root)
         assert tree.directories == 3  # the scan left no watch of its own behind
-
-
-def test_a_directory_moved_in_after_the_walk_is_published_before_resynced(
-        tmp_path: pathlib.Path) -> None:
-    """Moved into the tree, contents and all, after the tree's walk, its IN_MOVED_TO unread:
-    the scan watches and enters it, so what it holds is in the differences, and the changes
-    made in it after the scan come as events. The tree's walk of it, when its move in is
-    read, reports what it holds again: creates of what a client has."""
-    root, outside = tmp_path / "t", tmp_path / "outside"
-    (root / "a").mkdir(parents=True)
-    (outside / "sub" / "deep").mkdir(parents=True)
-    (outside / "f").write_text("x")
-    (outside / "sub" / "g").write_text("y")
-    (outside / "sub" / "deep" / "h").write_text("z")
-    d = root / "a" / "d"
-
-    def after_scan() -> None:
-        (d / "f").unlink()
-        (d / "sub" / "deep" / "h").unlink()
-        (d / "sub" / "new").write_text("n")
-
-    _resync_race(root, lambda: outside.rename(d), after_scan, d, d / "sub" / "deep")
-
-
-def _filled(d: pathlib.Path, name: str) -> None:
-    (d / "sub").mkdir(parents=True)
-    (d / name).write_text("x")
-    (d / "sub" / name).write_text("y")
-
-
-def test_a_directory_moved_in_where_one_moved_out_keeps_its_watches(
-        tmp_path: pathlib.Path) -> None:
-    """The IN_MOVED_FROM of the directory that left, read after the scan, does not take the
-    watches the scan set on the one that came to the same path: its later changes have
-    events."""
-    root, outside = tmp_path / "t", tmp_path / "outside"
-    d = root / "a" / "d"
-    _filled(d, "old")
-    _filled(outside / "new", "new")
-
-    def change() -> None:
-        d.rename(outside / "old")
-        (outside / "new").rename(d)
-
-    def after_scan() -> None:
-        (d / "new").unlink()
-        (d / "sub" / "more").write_text("z")
-
-    _resync_race(root, change, after_scan, d, d / "sub")
-

@@ -231,8 +231,7 @@ class Broker:
         )
         conn.subs[sid] = sub
         self._routes_changed()
-        held = self._history.held_at(self.last_seq, sub.visible)
-        conn.queue.append(protocol.subscribed(req.id, sid, self.last_seq, held))
+        conn.queue.append(protocol.subscribed(req.id, sid, self.last_seq))
         if req.since is not None:
             # The replay reads the history up to the newest event, live ones included, and only
             # then hands the subscription to publish: every seq after `since` once, in order.

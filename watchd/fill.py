@@ -53,7 +53,7 @@ def scan_whole(watch: Watch, alive: Callable[[], None]) -> tuple[AtRest, float] 
     try:
         for part in scan_parts(spec.path, spec.real_path, recursive=spec.recursive,
                                wanted=watch.wanted, prune=glob_predicate(spec.exclude),
-                               part_size=PART, entered=_entered(watch.tree, watching=True)):
+                               part_size=PART, entered=_entered(watch.tree)):
             dirs.update(part)
             if time.monotonic() - beat >= BEAT_S:
                 alive()
@@ -74,24 +74,14 @@ def _listed_not_entered(dirs: AtRest, path: str) -> bool:
     return listed is not None and name in listed[0].split("/")
 
 
-def _entered(tree: Tree, *, watching: bool
-             ) -> Callable[[int, os.stat_result, str], bool] | None:
-    """Which directories a scan of the tree's watch enters (see watchd.scan.scan_parts).
-
-    Those the tree watches; `watching` (a whole scan, after a loss), those it does not watch
-    yet too, once it watches them (Tree.watch_to_scan): what they hold is in the scan, hence
-    published before `resynced`. A fill enters only those the tree watches: it publishes
-    nothing, and the contents of a directory whose create is not read yet come from the
-    tree's walk of it when it is (a walk that would list nothing, the directory being
-    watched already). Every one, while the tree is past its watch limit: those it could not
-    watch have no events and no walk of their own, the scan is all that reports them.
-    """
+def _entered(tree: Tree) -> Callable[[int, os.stat_result], bool] | None:
+    """Which directories a scan of the tree's watch enters (see watchd.scan.scan_parts): those
+    the tree watches. Every one, while the tree is past its watch limit: those it could not
+    watch have no events and no walk of their own, the scan is all that reports them."""
     if tree.unwatched or tree.limit_error is not None:
         return None
     tree.distrust()
-    if watching:
-        return tree.watch_to_scan
-    return lambda fd, st, _path: tree.watches_dir(fd, st)
+    return tree.watches_dir
 
 
 @dataclass(slots=True)
@@ -125,8 +115,7 @@ class Fills:
         spec = watch.spec
         self.parts[name] = scan_parts(spec.path, spec.real_path, recursive=spec.recursive,
                                       wanted=watch.wanted, prune=glob_predicate(spec.exclude),
-                                      part_size=PART,
-                                      entered=_entered(watch.tree, watching=False))
+                                      part_size=PART, entered=_entered(watch.tree))
         self.send(channel.Fill(name, {}, start=True, done=False))
         for _ in range(AT_ONCE + 1):
             if not self.part(watch):

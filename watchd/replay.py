@@ -179,25 +179,13 @@ class History:
             self.recorder = recorder
 
     def _marked(self, marker: Marker) -> bool:
-        """Whether this very marker is already held (markers at one seq are at the right end),
-        and not answered since: an overflow after a `resynced` is a loss of its own (a second
-        daemon restart with no event in between), which a subscriber since the first must get."""
+        """Whether this very marker is already held (markers at one seq are at the right end)."""
         for held in reversed(self.markers):
-            if held.seq != marker.seq or held.changes >= 0:
+            if held.seq != marker.seq:
                 return False
             if held == marker:
                 return True
         return False
-
-    def held_at(self, seq: int, visible: frozenset[str]) -> int:
-        """How many notices a `since` replay from seq sends first to a subscription that receives
-        the `visible` watches: the markers held at seq (see Replays._markers)."""
-        count = 0
-        for held in reversed(self.markers):
-            if held.seq != seq:
-                break
-            count += held.watch is None or held.watch in visible
-        return count
 
     def prune_markers(self) -> None:
         """Forget overflow markers that lie before every `since` still accepted."""

@@ -40,7 +40,7 @@ def scan_parts(root: str, real_root: str, *, recursive: bool,
                wanted: Callable[[str], bool] | None,
                prune: Callable[[str], bool] | None,
                part_size: int = 1 << 62,
-               entered: Callable[[int, os.stat_result, str], bool] | None = None,
+               entered: Callable[[int, os.stat_result], bool] | None = None,
                ) -> Generator[AtRest, None, None]:
     """scan, in parts, each directory at rest: each part holds whole directories, about
     part_size entries in all (the last part may be empty). A caller can do other work between
@@ -51,14 +51,12 @@ def scan_parts(root: str, real_root: str, *, recursive: bool,
     the generator is closed before its end. Raises OSError (at the first part) when the root
     cannot be opened.
 
-    `entered`, given a subdirectory open as a descriptor, its fstat and its path, says
-    whether to enter it: the watcher's, whether its tree watches that directory (a fill), or
-    watches it now (a resync: see Tree.watch_to_scan). A directory is listed only once it is
-    watched: an entry removed after its listing then has an event, where one listed from an
-    unwatched directory would stay for good. One it refuses is recorded in its parent's
-    listing but not entered, as one that went between the two listings: a directory made
-    after the tree's walk, whose create is not read yet, has its contents reported by the
-    tree's own walk of it when it is.
+    `entered`, given a subdirectory open as a descriptor and its fstat, says whether to enter
+    it (the watcher's: whether its tree watches that directory). One it refuses is recorded in its
+    parent's listing but not entered, as one that went between the two listings: a
+    directory made after the tree's walk, whose create is not read yet, has its contents
+    reported by the tree's own walk of it when it is, and only that walk is exact (an entry
+    removed before then has no event: listed here, it would stay for good).
     """
     fd = os.open(real_root, _O_DIR)
     dirs: AtRest = {}
@@ -86,7 +84,7 @@ def scan_parts(root: str, real_root: str, *, recursive: bool,
                 st = os.fstat(child)
                 if (st.st_dev, st.st_ino) != (dev, ino):
                     raise FileNotFoundError  # replaced since it was listed: its events say so
-                if entered is not None and not entered(child, st, child_path):
+                if entered is not None and not entered(child, st):
                     raise FileNotFoundError  # not watched (yet): left to the tree's walk
                 grand, listed = _list(child, child_path, dirs, wanted, prune)
             except OSError:

@@ -208,38 +208,3 @@ def test_a_follower_handed_nothing_yet_resumes_from_where_it_subscribed(
     assert got == [("overflow", "daemon_restart", True, None, None),
                    ("event", None, None, "create", str(watched / "while-down")),
                    ("resynced", None, None, None, None)]
-
-
-def test_a_follower_resumed_from_where_it_subscribed_yields_no_older_notice(
-        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
-    # A restart before the follower subscribes leaves its notices at the seq the follower
-    # starts from; a second restart before the follower's first message makes it resume from
-    # that seq, and the replay sends them again: only the second restart's are the follower's.
-    state = Path(workdir) / "state"
-    daemon = start_daemon(config(daemon_extra=f'state_directory = "{state}"',
-                                 watches=watch("w", watched)))
-    stop_daemon(daemon, signal.SIGTERM)
-    daemon.start()
-    with Client(daemon.socket) as client:
-        # The first restart's notices are out (the follower's subscription comes after them).
-        sub = client.subscribe(since=0)
-        assert [m["type"] for m in (sub.get(20), sub.get(20))] == ["overflow", "resynced"]
-    follower = Client.follow(socket_path=daemon.socket, backoff=QUICK)
-    follower.start()
-    reader = Reader(follower)
-    try:
-        stop_daemon(daemon, signal.SIGTERM)
-        (watched / "while-down").touch()
-        daemon.start()
-        reader.wait(lambda m: m["type"] == "resynced", "the second restart's resynced",
-                    timeout=20)
-        (watched / "after").touch()
-        reader.wait(lambda m: m.get("path") == str(watched / "after"), "the create after it")
-    finally:
-        reader.close()
-    got = [(m["type"], m.get("reason"), m.get("kind"), m.get("path"))
-           for m in reader.messages if m.get("kind") != "close_write"]
-    assert got == [("overflow", "daemon_restart", None, None),
-                   ("event", None, "create", str(watched / "while-down")),
-                   ("resynced", None, None, None),
-                   ("event", None, "create", str(watched / "after"))]

@@ -246,9 +246,8 @@ class AsyncMessages(AsyncIterator[JSONDict]):
 class AsyncSubscription(SubscriptionState, AsyncMessages):
     """The messages of one subscription, as dicts, for `async for`."""
 
-    def __init__(self, client: AsyncClient, subscription: str, seq: int, since: int | None,
-                 held: int = 0) -> None:
-        super().__init__(subscription, seq, since, held)
+    def __init__(self, client: AsyncClient, subscription: str, seq: int, since: int | None) -> None:
+        super().__init__(subscription, seq, since)
         self.client = client
 
     async def get_message(self, timeout: float | None = None) -> Message | None:

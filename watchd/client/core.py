@@ -175,10 +175,9 @@ class ClientCore:
 class SubscriptionState:
     """What a subscription knows of itself, the same in both clients."""
 
-    def __init__(self, subscription: str, seq: int, since: int | None, held: int = 0) -> None:
+    def __init__(self, subscription: str, seq: int, since: int | None) -> None:
         self.subscription = subscription
         self.seq = seq  # the daemon's last seq when it confirmed
-        self.held = held  # the notices at seq held before it (the reply's "held")
         self.last_seq = since  # seq of the newest event or overflow handed out (for since=)
 
     def _note(self, message: Message | None) -> Message | None:

@@ -114,14 +114,6 @@ class FollowCore:
         # copy again, once. (Two alike on one connection are two occasions, and both pass.)
         self._before: Counter[tuple[object, ...]] = Counter()
         self._lost: Resumption | None = None  # why the next subscription cannot resume
-        # Where last_seq is the seq a subscription started at (nothing handed out after it):
-        # the notices the daemon held at it then (the reply's "held"). A `since` replay from it
-        # sends those first, and they are older than this follower: the first that many
-        # notices at last_seq on a resumed connection (_skip) are not handed out. Counted, not
-        # matched by content: one alike may come after them, a loss of its own.
-        self._older = 0
-        self._skip = 0
-        self._resuming = False  # the current connection subscribed with since
         self.pending: deque[Message] = deque()  # synthesized notices to hand out first
 
     # --- a connection's start ----------------------------------------------------------------
@@ -135,7 +127,6 @@ class FollowCore:
         if self.last_seq is not None and (other or behind):
             # Another daemon, or one without the seqs we saw: ours mean nothing to it.
             self._lost = Resumption.DAEMON_RESTART
-        self._resuming = self._lost is None and self.last_seq is not None
         if self._lost is not None:
             return Resume(None, None)
         return Resume(self.last_seq, self.instance if self.last_seq is not None else None)
@@ -143,30 +134,27 @@ class FollowCore:
     def since_expired(self) -> Resume:
         """The daemon answered since_expired: subscribe live, and tell the caller to rescan."""
         self._lost = Resumption.SINCE_EXPIRED
-        self._resuming = False
         return Resume(None, None)
 
-    def subscribed(self, hello: JSONDict, subscription: str, seq: int, held: int = 0) -> None:
-        """The subscription is confirmed, with the daemon's last seq at that moment and the
-        notices it held at that seq (see _older)."""
+    def subscribed(self, hello: JSONDict, subscription: str, seq: int) -> None:
+        """The subscription is confirmed, with the daemon's last seq at that moment."""
         self.failures = 0
         self._down_since = None
         self.instance = str(hello.get("instance")) if "instance" in hello else self.instance
         if self._lost is None:
             self._before = self._at_last.copy()
-            self._skip = self._older if self._resuming else 0
             if self.last_seq is None:
                 # Nothing handed out yet: what follows the subscription is ours, so a daemon
                 # restart before the first message resumes from here, not live (which would
                 # miss the restart's notice and what the daemon published meanwhile).
-                self.last_seq, self._older = seq, held
+                self.last_seq = seq
             return
         # Once the live subscription is in place: a rescan the caller starts when the notice
         # arrives, plus the events after it, is complete. Everything up to seq may be missing.
         notice: JSONDict = {"type": "overflow", "subscription": subscription, "seq": seq,
                             "reason": self._lost.value, "watch": None, "resync": False}
         self._lost = None
-        self.last_seq, self._older, self._skip = seq, held, 0
+        self.last_seq = seq
         self._at_last, self._before = Counter([_notice_key(notice)]), Counter()
         self.pending.append(Message(encode(notice), notice))
 
@@ -183,26 +171,18 @@ class FollowCore:
             key = _notice_key(data)
             if last is not None and seq < last:
                 return False
-            if seq == last and self._skip > 0:
-                self._skip -= 1
-                return False
             if seq == last and self._before[key] > 0:
                 self._before[key] -= 1
                 return False
             if seq != last:
-                self._past_last()
+                self._at_last, self._before = Counter(), Counter()
             self._at_last[key] += 1
         elif last is not None and seq <= last:
             return False
         else:
-            self._past_last()
+            self._at_last, self._before = Counter(), Counter()
         self.last_seq = seq
         return True
-
-    def _past_last(self) -> None:
-        """A message after last_seq is handed out: what was known of last_seq no longer counts."""
-        self._at_last, self._before = Counter(), Counter()
-        self._older = self._skip = 0
 
     # --- failures ------------------------------------------------------------------------------
 
@@ -297,8 +277,7 @@ class FollowerState:
 
     def _subscribed(self, hello: JSONDict, subscription: SubscriptionState) -> None:
         """The attempt succeeded: the cursor goes on from this subscription."""
-        self._core.subscribed(hello, subscription.subscription, subscription.seq,
-                              subscription.held)
+        self._core.subscribed(hello, subscription.subscription, subscription.seq)
 
     def _schedule(self, error: ClientError) -> None:
         """Set the wait before the next attempt (tell on_retry), or raise error."""

@@ -69,12 +69,10 @@ def confirmation(reply: JSONDict) -> tuple[str, int]:
     return str(reply["subscription"]), int(reply.get("seq", 0))
 
 
-def subscribed(reply: JSONDict, request: SubscribeRequest,
-               ) -> tuple[str, int, int | None, int]:
-    """A Subscription's id, seq, last_seq and held from the confirmation of request."""
+def subscribed(reply: JSONDict, request: SubscribeRequest) -> tuple[str, int, int | None]:
+    """A Subscription's id, seq and last_seq from the confirmation of request."""
     # Until an event comes, the point to resume from is where the caller asked to start.
-    held = reply.get("held", 0)
-    return (*confirmation(reply), request.since, held if isinstance(held, int) else 0)
+    return (*confirmation(reply), request.since)
 
 
 # --- requests -----------------------------------------------------------------------------------

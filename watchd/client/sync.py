@@ -229,9 +229,8 @@ class Messages(Iterator[JSONDict]):
 class Subscription(SubscriptionState, Messages):
     """The messages of one subscription, as dicts; iterating blocks until the next one."""
 
-    def __init__(self, client: Client, subscription: str, seq: int, since: int | None,
-                 held: int = 0) -> None:
-        super().__init__(subscription, seq, since, held)
+    def __init__(self, client: Client, subscription: str, seq: int, since: int | None) -> None:
+        super().__init__(subscription, seq, since)
         self.client = client
 
     def get_message(self, timeout: float | None = None) -> Message | None:

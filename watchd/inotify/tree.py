@@ -214,17 +214,6 @@ class Tree:
         watch limit, or no longer there: not one it watches."""
         return self._reach.watch_on(fd, st) >= 0
 
-    def watch_to_scan(self, fd: int, st: os.stat_result, path: str) -> bool:
-        """Whether a resync's scan may enter the directory open as `fd` (`st`: its fstat), at
-        `path`: one the tree watches (see watches_dir), or one it watches now, before the scan
-        lists it, its coming still unread (docs/inotify.md, "A resync's scan"). Past the watch
-        limit, or if it cannot be watched: not entered (see watchd.scan.scan_parts)."""
-        if self._reach.watch_on(fd, st) >= 0:
-            return True
-        if path == self._reach.root or not path.startswith(self._reach.root_prefix):
-            return False
-        return self._walker.watch_one(fd, path + "/", st) >= 0
-
     def distrust(self) -> None:
         """Before a scan that asks watches_dir of every directory: the record of which
         directory each watch is on is checked with the kernel again, once per device (see
@@ -403,9 +392,7 @@ class Tree:
         found = out if self._settings.synthetic and not self.overflowed else None
         src_path, moved = move
         if not (moved and src_path is not None):
-            again = bool(watches.scanned) and watches.take_scanned(prefix + name + "/")
-            self._rescanner.watch_new(wd, prefix, name, found,
-                                      moved_in=again or bool(mask & IN_MOVED_TO))
+            self._rescanner.watch_new(wd, prefix, name, found, moved_in=bool(mask & IN_MOVED_TO))
             return
         path = prefix + name
         watches.rename(moved, src_path + "/", path + "/")
@@ -461,7 +448,6 @@ class Tree:
         watches.rescan.clear()
         watches.reported.clear()
         watches.unreported.clear()
-        watches.scanned.clear()  # the walk below meets them, or drops them
         if self.lost is not None or watches.root_wd not in self._path_of \
                 or not self._settings.recursive:
             return []

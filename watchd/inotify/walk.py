@@ -303,17 +303,6 @@ class Walker:
             self.limit_error = error
         return wd
 
-    def watch_one(self, fd: int, prefix: str, st: os.stat_result) -> int:
-        """Watch one directory found outside a walk (by a resync's scan, see Tree.watch_to_scan),
-        open as `fd`, at `prefix`, with its full mask at once; or -errno (see _add)."""
-        pid = os.getpid()
-        wd = self._add(fd, prefix, pid, st)
-        if wd >= 0:
-            self._watches.scanned.add(wd)
-            if self._settings.quiet:
-                self._reach.set_mask(fd, wd, self._settings.full, pid)
-        return wd
-
     def _adopt(self, fd: int, prefix: str, pid: int, st: os.stat_result) -> int | None:
         """The wd of a directory this fd already watches; one of ours gets its new path."""
         # Adding bits it already has returns the existing wd and changes nothing.

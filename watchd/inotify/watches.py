@@ -102,8 +102,8 @@ class Watches:
     """
 
     __slots__ = ("_clock", "_ino", "_offset", "adrift", "by_inode", "fs_types", "inode_of",
-                 "moves", "path_of", "reported", "rescan", "root_wd", "scanned", "skipped",
-                 "synth_cur", "synth_prev", "unreported", "verified", "wd_of")
+                 "moves", "path_of", "reported", "rescan", "root_wd", "skipped", "synth_cur",
+                 "synth_prev", "unreported", "verified", "wd_of")
 
     def __init__(self, ino: InotifyFd, clock: Clock | None = None) -> None:
         self._ino = ino
@@ -136,10 +136,6 @@ class Watches:
         # Watched directories whose contents nobody has reported, to report where their
         # rename's events place them (see Tree.unreported).
         self.unreported: set[int] = set()
-        # Watches a resync's scan added (see Tree.watch_to_scan) that no walk of the tree has
-        # met yet: their directory came after the tree's walk, and the event of its coming is
-        # still queued, with whatever happened at that path before it (see take_scanned).
-        self.scanned: set[int] = set()
         # Which directory each watch is on, by identity (st_dev, st_ino), so that a walk can
         # tell a watched directory without asking the kernel (see vouched): identity() -> when
         # the kernel last said so (less CTIME_SLACK_NS) << _WD_BITS | wd, and wd -> identity.
@@ -162,18 +158,8 @@ class Watches:
         self.wd_of[prefix] = wd
         self.identify(wd, st)
 
-    def take_scanned(self, prefix: str) -> bool:
-        """Whether a resync's scan watched the directory at `prefix` (or below it) before the
-        event of its coming, just read, was: what it holds is reported again (the events
-        before this one may have taken away what the scan published). From now on its
-        watches are the tree's like any: the events that follow came after the scan."""
-        found = [wd for wd in self.scanned if self.path_of.get(wd, "").startswith(prefix)]
-        self.scanned.difference_update(found)
-        return bool(found)
-
     def forget(self, wd: int) -> None:
         """Drop watch `wd` (gone with its directory, or removed) and all that waits on it."""
-        self.scanned.discard(wd)
         prefix = self.path_of.pop(wd, None)
         if prefix is not None and self.wd_of.get(prefix) == wd:
             del self.wd_of[prefix]
@@ -332,9 +318,6 @@ class Watches:
         """An IN_MOVED_FROM: keep its source (and a directory's watches) for its IN_MOVED_TO;
         until it comes, a directory's watches are adrift."""
         moved = self.below(path + "/") if is_dir else None
-        if moved and self.scanned:
-            # Queued before the scan watched what is at that path now: another directory left.
-            moved = [wd for wd in moved if wd not in self.scanned]
         self.moves[cookie] = (path, moved)
         if moved:
             self.adrift.update(dict.fromkeys(moved, cookie))

@@ -55,14 +55,9 @@ def pong(id: JsonScalar) -> bytes:
     return encode({"type": "pong", "id": id})
 
 
-def subscribed(id: JsonScalar, sid: str, seq: int, held: int = 0) -> bytes:
-    """The reply to a subscribe that succeeded; seq is the last seq assigned, held the notices
-    at seq that a `since` replay from it would send (left out when none)."""
-    reply: dict[str, JsonScalar] = {"type": "subscribed", "id": id, "subscription": sid,
-                                    "seq": seq}
-    if held:
-        reply["held"] = held
-    return encode(reply)
+def subscribed(id: JsonScalar, sid: str, seq: int) -> bytes:
+    """The reply to a subscribe that succeeded; seq is the last seq assigned."""
+    return encode({"type": "subscribed", "id": id, "subscription": sid, "seq": seq})
 
 
 def unsubscribed(id: JsonScalar, sid: str) -> bytes:
