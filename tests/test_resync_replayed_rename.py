@@ -42,23 +42,44 @@ def made_and_renamed(d: pathlib.Path, to: pathlib.Path) -> list[Item]:
             (IN_MOVED_TO | IN_ISDIR, COOKIE, str(to), str(d))]
 
 
-def test_a_replayed_create_and_rename_keep_what_the_scan_found(tmp_path: pathlib.Path) -> None:
+def after_a_loss(lab: Indexed) -> list[Item]:
+    """The watch's loss and its scan of the tree as it is now; the differences, applied to the
+    client's picture, are returned."""
+    lab.resync.lost("w")
+    result = lab.resync.scanned("w", snap(lab.root), 0.0)
+    assert result is not None
+    lab.picture.apply_all(as_messages(result.items))
+    return result.items
+
+
+def tracked(lab: Indexed, items: list[Item]) -> list[Item]:
+    """One read of events through the index, its records taken now; what goes out is applied
+    to the client's picture, which must then hold the tree's paths, as must the index."""
+    out = lab.resync.track("w", [(0.0, items)], [lab.recorder.records(items)])[0][1]
+    lab.picture.apply_all(as_messages(out))
+    assert lab.picture.paths == listing(lab.root)
+    assert lab.resync.watches["w"].index.as_dirs() == snap(lab.root)
+    return out
+
+
+def renamed_before_the_scan(tmp_path: pathlib.Path) -> tuple[Indexed, pathlib.Path, pathlib.Path]:
+    """`d` made, filled and renamed `renamed` after the index was filled, then a loss and its
+    scan (applied to the client's picture)."""
     root = tmp_path / "t"
     (root / "stable").mkdir(parents=True)
     lab = indexed(root)
     d, renamed = root / "d", root / "renamed"
     fill(d)
     d.rename(renamed)
-    lab.resync.lost("w")
-    result = lab.resync.scanned("w", snap(root), 0.0)
-    assert result is not None
-    lab.picture.apply_all(as_messages(result.items))
+    after_a_loss(lab)
+    return lab, d, renamed
+
+
+def test_a_replayed_create_and_rename_keep_what_the_scan_found(tmp_path: pathlib.Path) -> None:
+    lab, d, renamed = renamed_before_the_scan(tmp_path)
+    root = lab.root
     assert lab.picture.paths == listing(root)
-    items = made_and_renamed(d, renamed)
-    published = lab.resync.track("w", [(0.0, items)], [lab.recorder.records(items)])[0][1]
-    lab.picture.apply_all(as_messages(published))
-    assert lab.picture.paths == listing(root)
-    assert lab.resync.watches["w"].index.as_dirs() == snap(root)
+    tracked(lab, made_and_renamed(d, renamed))
 
 
 def test_a_directory_made_and_renamed_after_the_scan_is_still_moved(
@@ -67,18 +88,12 @@ def test_a_directory_made_and_renamed_after_the_scan_is_still_moved(
     root = tmp_path / "t"
     (root / "stable").mkdir(parents=True)
     lab = indexed(root)
-    lab.resync.lost("w")
-    result = lab.resync.scanned("w", snap(root), 0.0)
-    assert result is not None and result.items == []
+    assert after_a_loss(lab) == []
     d, renamed = root / "d", root / "renamed"
     d.mkdir()
     d.rename(renamed)
     items = made_and_renamed(d, renamed)
-    published = lab.resync.track("w", [(0.0, items)], [lab.recorder.records(items)])[0][1]
-    assert published == items
-    lab.picture.apply_all(as_messages(published))
-    assert lab.picture.paths == listing(root)
-    assert lab.resync.watches["w"].index.as_dirs() == snap(root)
+    assert tracked(lab, items) == items
 
 
 def test_a_replayed_create_and_two_renames_keep_what_the_scan_found(
@@ -92,17 +107,10 @@ def test_a_replayed_create_and_two_renames_keep_what_the_scan_found(
     fill(d)
     d.rename(between)
     between.rename(renamed)
-    lab.resync.lost("w")
-    result = lab.resync.scanned("w", snap(root), 0.0)
-    assert result is not None
-    lab.picture.apply_all(as_messages(result.items))
-    items = [*made_and_renamed(d, between),
-             (IN_MOVED_FROM | IN_ISDIR, COOKIE + 1, str(between), None),
-             (IN_MOVED_TO | IN_ISDIR, COOKIE + 1, str(renamed), str(between))]
-    published = lab.resync.track("w", [(0.0, items)], [lab.recorder.records(items)])[0][1]
-    lab.picture.apply_all(as_messages(published))
-    assert lab.picture.paths == listing(root)
-    assert lab.resync.watches["w"].index.as_dirs() == snap(root)
+    after_a_loss(lab)
+    tracked(lab, [*made_and_renamed(d, between),
+                  (IN_MOVED_FROM | IN_ISDIR, COOKIE + 1, str(between), None),
+                  (IN_MOVED_TO | IN_ISDIR, COOKIE + 1, str(renamed), str(between))])
 
 
 # The rule must not take a real move for a replay when ext4 gives the inode number of the
@@ -143,13 +151,19 @@ def published(lab: Indexed, reads: list[list[Item]]) -> None:
     assert not watch.index.unseen and not lab.resync.raced  # no needless rescan
 
 
+def with_dest(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A tree with `stable` and an empty `dest`."""
+    root = tmp_path / "t"
+    (root / "stable").mkdir(parents=True)
+    (root / "dest").mkdir()
+    return root
+
+
 def test_a_move_onto_a_reused_inode_split_between_reads_is_published(
         tmp_path: pathlib.Path) -> None:
     # mkdir tmp; mv tmp dest; mkdir d (dest's old inode); echo x > d/f; mv d dest, the read
     # ending between moved_from d and moved_to dest.
-    root = tmp_path / "t"
-    (root / "stable").mkdir(parents=True)
-    (root / "dest").mkdir()
+    root = with_dest(tmp_path)
     tmp, d, dest = root / "tmp", root / "d", root / "dest"
 
     def first() -> None:
@@ -174,9 +188,7 @@ def test_a_filled_directory_moved_over_a_reused_inode_is_published(
         tmp_path: pathlib.Path, split: bool) -> None:
     # mkdir tmp; echo x > tmp/f; mv tmp dest; mv dest elsewhere; mkdir dest (the old inode):
     # tmp's move onto dest is real (it holds f, the scan's dest did not).
-    root = tmp_path / "t"
-    (root / "stable").mkdir(parents=True)
-    (root / "dest").mkdir()
+    root = with_dest(tmp_path)
     tmp, dest, elsewhere = root / "tmp", root / "dest", root / "elsewhere"
 
     def first() -> None:
@@ -205,15 +217,7 @@ def test_past_the_ticks_after_a_scan_a_move_is_never_taken_for_its_replay(
     # The events of the first test above, once the ticks after the scan are over (those with
     # events applied: a tick with none does not count): none of them can be older than it,
     # so they go out as they are.
-    root = tmp_path / "t"
-    (root / "stable").mkdir(parents=True)
-    lab = indexed(root)
-    d, renamed = root / "d", root / "renamed"
-    fill(d)
-    d.rename(renamed)
-    lab.resync.lost("w")
-    result = lab.resync.scanned("w", snap(root), 0.0)
-    assert result is not None
+    lab, d, renamed = renamed_before_the_scan(tmp_path)
     for _ in range(REPLAY_TICKS):
         lab.resync.unsettled(tick=True)  # no events: the window stays open
         lab.resync.track("w", [(0.0, [])], [{}])
