@@ -37,8 +37,8 @@ from watchd import channel
 from watchd.diff import diff
 from watchd.index import TreeIndex
 from watchd.listing import Dirs, at_rest, count, thaw
+from watchd.narrowed import compared
 from watchd.records import Item, Recorder
-from watchd.resync import compared
 from watchd.scan import scan
 
 _EXTENSIONS = (".py", ".c", ".h", ".js", ".ts", ".txt", ".md", ".json", ".go", ".rs")

@@ -29,6 +29,7 @@ from watchd.index import TreeIndex
 from watchd.inotify import IN_ACCESS, IN_ALL_EVENTS, IN_CLOSE_NOWRITE, IN_OPEN, InotifyFd
 from watchd.inotify.tree import Tree
 from watchd.listing import Dirs, at_rest, count, freeze, thaw
+from watchd.narrowed import compared
 from watchd.records import (
     IN_ATTRIB,
     IN_CREATE,
@@ -43,7 +44,6 @@ from watchd.records import (
     Recorder,
     pack,
 )
-from watchd.resync import compared
 from watchd.scan import scan
 from watchd.watcher import Watcher
 

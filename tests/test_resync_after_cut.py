@@ -41,6 +41,13 @@ class OneRead:
     def read_raw(self) -> list[RawTuple]:
         return self.raw
 
+    @property
+    def closed(self) -> bool:
+        return self.ino.closed
+
+    def queued(self) -> int:
+        return self.ino.queued()
+
 
 def publish(resync: Resyncer, picture: Picture, messages: list[tuple[Any, ...]]) -> None:
     """What the daemon does with the watcher's messages for a watch with an index, and a

@@ -1,4 +1,4 @@
-"""A resync compares only the directories that differ (watchd.resync.compared): its events are
+"""A resync compares only the directories that differ (watchd.narrowed.compared): its events are
 those of the comparison of everything, in the same order."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-import watchd.resync
+import watchd.narrowed
 from tests.test_index import _R, TANGLED, _d, _f, _random_dirs, paths, replay, snap
 from watchd.diff import diff
 from watchd.index import TreeIndex
 from watchd.listing import Dirs, at_rest, freeze, join, split
+from watchd.narrowed import compared
 from watchd.records import IS_DIR
-from watchd.resync import compared
 
 
 def reduced(old: Dirs, new: Dirs) -> tuple[list[tuple[int, int, str, str | None]], int]:
@@ -245,7 +245,7 @@ def test_a_deep_new_chain_is_compared_in_work_linear_in_its_directories(
     # A local user makes a chain of 2,000 directories while the watcher is frozen: each of them
     # differs (new), and each climbed to the root to put its ancestors in took a parent per
     # level, every one a new path string: 2,000,000 of them, seconds of the daemon's loop in
-    # which no client was served. Counted: the parents taken (as watchd.resync takes them).
+    # which no client was served. Counted: the parents taken (as watchd.narrowed takes them).
     root = deep_root
     index = TreeIndex(str(root))
     index.replace(snap(root))
@@ -258,7 +258,7 @@ def test_a_deep_new_chain_is_compared_in_work_linear_in_its_directories(
         parents += 1
         return split(path)
 
-    monkeypatch.setattr(watchd.resync, "split", counted)
+    monkeypatch.setattr(watchd.narrowed, "split", counted)
     view_old, view_new = compared(index, scan)
     assert len(view_new) == 2001
     assert parents <= 2 * len(view_new), parents  # before: 2,001,000

@@ -21,8 +21,8 @@ import pytest
 
 from tests.picture import listing
 from tests.resync_setup import Indexed, as_messages, indexed
+from tests.test_broker import make_broker
 from tests.test_index import paths, snap
-from watchd.index import REPLAY_TICKS
 from watchd.records import IN_CREATE, IN_ISDIR, IN_MOVED_FROM, IN_MOVED_TO, Item
 
 COOKIE = 4242
@@ -212,16 +212,16 @@ def test_a_filled_directory_moved_over_a_reused_inode_is_published(
     published(lab, [items[:2], items[2:]] if split else [items])
 
 
-def test_past_the_ticks_after_a_scan_a_move_is_never_taken_for_its_replay(
+def test_once_the_watcher_caught_up_a_move_is_never_taken_for_its_replay(
         tmp_path: pathlib.Path) -> None:
-    # The events of the first test above, once the ticks after the scan are over (those with
-    # events applied: a tick with none does not count): none of them can be older than it,
-    # so they go out as they are.
+    # The events of the first test above, once the watcher has said that every event older
+    # than the scan is out (channel.Caught): none of them can be older than it, so they go out
+    # as they are. Ticks alone, with or without events, do not close the window.
     lab, d, renamed = renamed_before_the_scan(tmp_path)
-    for _ in range(REPLAY_TICKS):
-        lab.resync.unsettled(tick=True)  # no events: the window stays open
-        lab.resync.track("w", [(0.0, [])], [{}])
+    for _ in range(100):
         lab.resync.unsettled(tick=True)
+        lab.resync.track("w", [(0.0, [])], [{}])
+    lab.resync.caught(make_broker(), "w")  # nothing owed: it publishes nothing
     items = made_and_renamed(d, renamed)
     out = lab.resync.track("w", [(0.0, items)], [lab.recorder.records(items)])
     assert out[0][1] == items

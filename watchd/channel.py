@@ -37,6 +37,7 @@ class Tag(enum.StrEnum):
     SCAN = "scan"
     FILL = "fill"
     RESCAN = "rescan"
+    CAUGHT = "caught"
 
 
 # marshal takes no str subclass: the wire carries the tags' plain values.
@@ -224,6 +225,19 @@ class Scan:
 
 
 @dataclass(frozen=True, slots=True)
+class Caught:
+    """The watcher has read, and sent, every event the kernel held for a watch when its last
+    Scan was made: what came before the scan (replays of what it shows, and the coming of a
+    directory it listed but could not enter) is all out. The resync's `resynced` notices wait
+    for this (watchd.resync)."""
+
+    watch: str
+
+    def wire(self) -> tuple[Any, ...]:
+        return (Tag.CAUGHT.value, self.watch)
+
+
+@dataclass(frozen=True, slots=True)
 class Fill:
     """A part of a watch's first scan, made while its events flow: whole directories, listed
     after the events sent before this part. `start`: the first part (what the index held is
@@ -275,7 +289,8 @@ class Progress:
 ToWatcher = Configure | Stop | Rescan
 # What the watcher says besides events, decoded into records by from_watcher. Events are told
 # apart by their tag and handed on as their fields (see watchd.supervisor).
-Notice = Hello | Applied | Heartbeat | Overflow | Lost | Restored | Progress | Scan | Fill
+Notice = (Hello | Applied | Heartbeat | Overflow | Lost | Restored | Progress | Scan | Caught
+          | Fill)
 FromWatcher = Events | Notice
 Message = ToWatcher | FromWatcher
 
@@ -293,6 +308,7 @@ _FROM_WATCHER: dict[str, Callable[[tuple[Any, ...]], Notice]] = {
     Tag.OVERFLOW.value: lambda m: Overflow(m[1], bool(m[2]), OverflowReason(
         m[3] if len(m) > 3 else OverflowReason.KERNEL_QUEUE)),
     Tag.SCAN.value: lambda m: Scan(m[1], m[2], m[3]),
+    Tag.CAUGHT.value: lambda m: Caught(m[1]),
     Tag.FILL.value: lambda m: Fill(m[1], m[2], bool(m[3]), bool(m[4])),
     Tag.LOST.value: lambda m: Lost(m[1], m[2], LostReason(m[3])),
     Tag.RESTORED.value: lambda m: Restored(m[1], m[2]),

@@ -309,6 +309,8 @@ class Daemon:
                 self.losses.lost(watch, resync, reason)
             case channel.Scan(watch, dirs, seconds):
                 self.losses.on_scan(watch, dirs, seconds)
+            case channel.Caught(watch):
+                self.losses.on_caught(watch)
             case channel.Fill():
                 self.losses.filled(message)
             case channel.Lost(watch, path, reason):

@@ -58,13 +58,8 @@ _MASK = operator.itemgetter(0)
 _UNKNOWNS = frozenset((UNKNOWN_FILE, UNKNOWN_DIR))
 
 _ORPHANS_MAX = 1024
-# Ticks after a scan during which its replays may still come (see TreeIndex._replayed): the
-# watcher reads the kernel's queue as soon as it has sent the scan, so what is older than the
-# scan comes in the reads that follow at once, but a long scan of a busy tree leaves a backlog
-# that takes a while to read. Only ticks with events applied count (a resync's differences may
-# go out for a while before the kernel's events that follow them), and there are many: the
-# other conditions of the rule, not this window, keep a real move from being dropped.
-REPLAY_TICKS = 30
+# A scan's replays (see TreeIndex._replayed) may come until the watcher says it has read every
+# event the kernel held when the scan ended (channel.Caught, TreeIndex.caught): not one later.
 # Directories an event moved or removed since the scan, kept for _replayed; past this many the
 # window closes early (memory stays bounded whatever the tree does).
 _TOUCHED_MAX = 1 << 16
@@ -97,11 +92,10 @@ class TreeIndex:
     # Paths where this batch put back a directory it had itself created (see _replayed): a
     # later move of it in the batch is one of the batch's own too.
     _made_here: set[str] = field(default_factory=set)
-    # Ticks left in which a scan's replays may come (see _replayed), and the paths an event
-    # moved or removed since that scan: an entry they name is no longer the scan's.
-    _replay_ticks: int = 0
+    # Whether a scan's replays may still come (see _replayed), and the paths an event moved or
+    # removed since that scan: an entry they name is no longer the scan's.
+    _replaying: bool = False
     _touched: set[str] = field(default_factory=set)
-    _applied: bool = False  # a batch was applied since the last tick
     # A directory came by a replayed move to a destination the index lacks: the resync's scan
     # saw it on neither side (it moved out of a part not scanned yet into one scanned already),
     # so what it holds was published nowhere. The watch is to be scanned again (watchd.resync).
@@ -136,11 +130,6 @@ class TreeIndex:
         current = frozenset(self._moving).union(self._moving_old)
         self._stale = self._waited & current
         self._waited = current
-        if self._replay_ticks and self._applied:
-            self._replay_ticks -= 1
-            if not self._replay_ticks:
-                self._touched.clear()
-        self._applied = False
 
     def as_dirs(self) -> Dirs:
         """The index in a scan's layout (a copy), to compare with one."""
@@ -160,7 +149,7 @@ class TreeIndex:
         a previous run, or none: no scan that events may replay, see _replayed)."""
         self.take(at_rest(dirs))
         self._loose.update(unlisted(self.dirs, self.root))
-        self._replay_ticks = 0
+        self._replaying = False
 
     def take(self, scan: AtRest) -> None:
         """Take a scan at rest as the index (its directories as they are)."""
@@ -169,7 +158,13 @@ class TreeIndex:
         self._moving_old.clear()
         self._orphans.clear()
         self._loose.clear()
-        self._replay_ticks = REPLAY_TICKS
+        self._replaying = True
+        self._touched.clear()
+
+    def caught(self) -> None:
+        """Every event older than the last scan taken has been applied (channel.Caught): from
+        now on none is a replay of what it shows."""
+        self._replaying = False
         self._touched.clear()
 
     def fill(self, part: Listing) -> None:
@@ -199,7 +194,6 @@ class TreeIndex:
         known already (or, if not, it is published as a create). A modify or attrib replayed
         before it names a source the index does not hold either: it does not record it.
         """
-        self._applied = True
         if records and not any(map(_RESHAPES.__and__, map(_MASK, items))) and not (
                 complete and _UNKNOWNS.intersection(records.values())):
             # The common batch (creates, writes): nothing moves or goes, so the paths to record
@@ -249,7 +243,7 @@ class TreeIndex:
                     if not stray:
                         replays = replays or []
                         replays.append(i)
-            if self._replay_ticks and mask & _RESHAPES and mask & IN_ISDIR:
+            if self._replaying and mask & _RESHAPES and mask & IN_ISDIR:
                 self._touch(path)
         if replays is not None:
             items = self._without_replays(items, replays)
@@ -352,7 +346,7 @@ class TreeIndex:
         _replayed: only a directory can be its destination)."""
         self._touched.add(path)
         if len(self._touched) > _TOUCHED_MAX:
-            self._replay_ticks = 0
+            self._replaying = False
             self._touched.clear()
 
     def _replayed(self, cookie: int, path: str, records: Records) -> bool:
@@ -368,13 +362,14 @@ class TreeIndex:
         The inode alone does not tell that directory: ext4 gives a freed inode number to the
         next directory made, so `mkdir tmp; mv tmp dest; mkdir d; mv d dest` (tmp's rename
         frees the inode of the dest the index holds, d gets it) would look the same with the
-        records taken after the last rename. So the rule holds only where a replay can be: in
-        the ticks that follow a scan, for a destination that is still the scan's (no event
-        since moved it, removed it or moved something onto it), and for a directory whose
-        entries made by the batch are all in the scan's (the scan found it after them).
+        records taken after the last rename. So the rule holds only where a replay can be:
+        until the events older than the scan are all applied (caught), for a destination
+        that is still the scan's (no event since moved it, removed it or moved something
+        onto it), and for a directory whose entries made by the batch are all in the scan's
+        (the scan found it after them).
         Dropping a real move then replaces nothing a client sees: an empty directory over an
         empty one, as a rename onto a directory needs it empty."""
-        if not self._replay_ticks or path in self._touched:
+        if not self._replaying or path in self._touched:
             return False
         held = self._moving.get(cookie) or self._moving_old.get(cookie)
         if held is None or not held[3] or not held[0] & IS_DIR:

@@ -101,6 +101,9 @@ class Losses:
         for name, dirs, seconds in held:
             if dirs is not None:
                 self.on_scan(name, dirs, seconds)
+        caught, self.resync.held_caught = self.resync.held_caught, set()
+        for name in caught:
+            self.on_caught(name)
 
     def on_scan(self, name: str, dirs: channel.AtRest | None, seconds: float) -> None:
         """A scan of a watch: held while a restart notice is owed, else compared at once."""
@@ -128,6 +131,21 @@ class Losses:
         else:
             for step in steps:  # no watcher to pace them with: nothing waits behind them
                 step()
+
+    def on_caught(self, name: str) -> None:
+        """The watcher has sent every event older than a watch's last scan: the resync's
+        notices go out (Resyncer.caught), after its differences."""
+        if self.supervisor.policy.notice_at is not None:
+            self.resync.held_caught.add(name)  # its scan is held: so is this
+            return
+        def step() -> None:
+            self.resync.caught(self.broker, name)
+
+        watcher = self.supervisor.watcher
+        if watcher is not None and not watcher.exited:
+            watcher.defer([step])  # behind the differences' steps, if any wait
+        else:
+            step()
 
     def overflow(self, watch: str | None, reason: OverflowReason, resyncing: frozenset[str],
                  abandoned: tuple[str, ...]) -> None:

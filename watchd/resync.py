@@ -7,8 +7,9 @@ TreeIndex.apply), with the records of the paths it names that the watcher took b
 it (watchd.records.Recorder: the system calls stay off the daemon's event path). The watcher
 also scans: once a watch's inotify watches are in place (established, re-established after an
 overflow, or in a replacement watcher), it sends the tree as it finds it (channel.SCAN); here
-that scan is compared with the index, and the differences are published as synthetic events,
-then a `resynced` notice.
+that scan is compared with the index, and the differences are published as synthetic events;
+then, once the watcher has sent every event older than the scan (channel.Caught), a `resynced`
+notice.
 
 The rule for what happens during the rescan: the scan starts after the watches are in place,
 so every change from then on is also in the kernel's queue, and its events are published after
@@ -34,20 +35,10 @@ from watchd.config.model import WatchConfig
 from watchd.diff import diff, keep_unentered
 from watchd.events import kinds_mask
 from watchd.index import TreeIndex
-from watchd.listing import (
-    AtRest,
-    Dirs,
-    Index,
-    Listing,
-    at_rest,
-    entries,
-    join,
-    split,
-    subtree_keys,
-    thaw,
-)
+from watchd.listing import AtRest, Index, Listing, at_rest
+from watchd.narrowed import compared
 from watchd.reasons import OverflowReason
-from watchd.records import IS_DIR, Item, Records, inode
+from watchd.records import Item, Records
 
 if TYPE_CHECKING:
     from watchd.broker import Broker
@@ -89,6 +80,11 @@ class _Watch:
     # watcher died between an overflow's notice and its scan; the daemon stopped there), but
     # each notice a client was given is answered by a `resynced` of its own.
     resynced_owed: int = 0
+    # Of those, the ones whose differences are out: they wait for the watcher's word that
+    # every event older than the scan is out too (Resyncer.caught), with the figures of the
+    # last scan (changes, duration_ms).
+    awaiting: int = 0
+    figures: tuple[int, float] = (0, 0.0)
     scanned: bool = False  # the index holds a scan (until then, events alone say nothing)
     filling: bool = False  # a first scan comes in parts (channel.Fill), events applied between
     fill_started: float = 0.0
@@ -115,6 +111,8 @@ class Resyncer:
     # Scans of a replacement watcher, held until the notice of its restart has gone out (they
     # come before its APPLIED, and nothing of it is published in between).
     held: list[tuple[str, AtRest | None, float]] = field(default_factory=list)
+    # The catch-ups (channel.Caught) that came while scans were held, by watch.
+    held_caught: set[str] = field(default_factory=set)
     # Watches whose last resync's scan missed a directory that moved while it ran
     # (TreeIndex.unseen): each is to be scanned again, its resync announced.
     raced: list[str] = field(default_factory=list)
@@ -135,6 +133,7 @@ class Resyncer:
                             else _Watch(TreeIndex(w.path), kinds_mask(w.events)))
         self.watches = kept
         self.held = [h for h in self.held if h[0] in kept]
+        self.held_caught.intersection_update(kept)
 
     def enabled(self) -> list[str]:
         """The watches with an index, for the watcher's configuration."""
@@ -245,7 +244,7 @@ class Resyncer:
         watch = self.watches.get(name)
         if watch is None:
             return False
-        watch.resynced_owed = 0
+        watch.resynced_owed = watch.awaiting = 0
         watch.rescan_asked = watch.race_again = False  # the scan asked answers a race as well
         if not watch.scanned:
             return False
@@ -273,7 +272,7 @@ class Resyncer:
         if watch is not None:
             watch.index.replace(dirs)
             watch.scanned = True
-            watch.resynced_owed = owed
+            watch.resynced_owed, watch.awaiting = owed, 0
 
     def indexes(self) -> Iterator[tuple[str, Index | None, int | None]]:
         """Each watch's index as the published events describe it (None: not filled yet),
@@ -335,7 +334,8 @@ class Resyncer:
     def steps(self, broker: Broker, name: str, result: Resync,
               after: Callable[[], None]) -> list[Callable[[], None]]:
         """A resync's publication as steps: its events in batches, each followed by `after`
-        (the hold-back rule's look at the levels), then its notices (one per loss announced).
+        (the hold-back rule's look at the levels); then its notices (one per loss announced)
+        wait for the watcher's catch-up (see caught).
 
         Run one at a time ahead of the watcher's next messages (WatcherProcess.defer), so that a
         resync of many changes is paced like a burst of kernel events: a client that keeps
@@ -351,12 +351,30 @@ class Resyncer:
             return step
 
         out = [batch(start) for start in range(0, len(items), BATCH_MAX)]
-        notice = [lambda: broker.resynced(name, result.changes, result.duration_ms)]
-        out += notice * result.resynced_owed
         watch = self.watches.get(name)
-        if result.compared and watch is not None:
+        if watch is None:
+            return out
+        out.append(lambda: _awaiting(watch, result))
+        if result.compared:
             out.append(lambda: _published(watch))
         return out
+
+    def caught(self, broker: Broker, name: str) -> None:
+        """The watcher has sent every event older than the watch's last scan (channel.Caught):
+        the `resynced` notices waiting go out.
+
+        Not before: what the scan listed but could not enter (a directory that came while it
+        ran, its coming unread) is reported by those events, and a client that applied them
+        has the tree as the scan found it (docs/protocol.md). And from now on no event is a
+        replay of what the scan shows (TreeIndex.caught).
+        """
+        watch = self.watches.get(name)
+        if watch is None:
+            return
+        watch.index.caught()
+        owed, watch.awaiting = watch.awaiting, 0
+        for _ in range(owed):
+            broker.resynced(name, *watch.figures)
 
     def status(self, name: str) -> dict[str, int]:
         """The per-watch status fields: paths in the index, resyncs so far."""
@@ -366,6 +384,13 @@ class Resyncer:
         return {"tracked": len(watch.index), "resyncs": watch.resyncs}
 
 
+def _awaiting(watch: _Watch, result: Resync) -> None:
+    """A resync's differences are out: its notices wait for the watcher's catch-up."""
+    if result.resynced_owed:
+        watch.awaiting += result.resynced_owed
+        watch.figures = (result.changes, result.duration_ms)
+
+
 def _published(watch: _Watch) -> None:
     """The last step of a resync ran: once none is left, the index is stored as it is."""
     if watch.publishing == 0:
@@ -373,70 +398,3 @@ def _published(watch: _Watch) -> None:
     watch.publishing -= 1
     if watch.publishing == 0:
         watch.published = None
-
-
-def compared(index: TreeIndex, scan: AtRest) -> tuple[Dirs, Dirs]:
-    """An index and a scan as two Dirs for watchd.diff, holding only what it needs.
-
-    A directory listed alike in both (at rest, one equality of a str and a bytes: most of
-    them, after a loss) adds no difference of its own, so only the directories that differ
-    or are on one side only go in, thawed, with what the diff looks them up by: their
-    ancestors (a directory's record is in its parent) and their subdirectories (a
-    subdirectory's record may differ while its own listing does not), and all that is below
-    a subdirectory that is not the same directory on both sides. The diff of these
-    equals the diff of everything: tests/test_resync_compare.py holds it to that.
-    """
-    old, root = index.dirs, index.root
-    differ = old.keys() ^ scan.keys()
-    for key, listed in scan.items():
-        kept = old.get(key)
-        if kept is not None and kept != listed and thaw(kept) != thaw(listed):
-            differ.add(key)
-    wanted = set(differ)
-    # A subdirectory that is not one directory on both sides (on one side only, or another
-    # inode) may be matched elsewhere or not at all, and then all it holds is a difference,
-    # even where its own listings are alike: the index may hold it at a stale path too, with
-    # its contents, and without them here the diff took them for unchanged.
-    # Each subtree walked once: the outermost first (shortest), those below it then found in
-    # it; walking each again would cost directories times depth (a deep new chain).
-    below: set[str] = set()
-    for top in sorted(_unlike_subdirs(old, scan, differ), key=len):
-        if top not in below:
-            for side in (old, scan):
-                below.update(subtree_keys(side, top))
-    wanted |= below
-    # Each key climbed from once: its ancestors are in from then on. Climbing again from every
-    # key that differs would take each of a new chain's directories up to the root, a parent
-    # (a new string, hashed) per level: directories times depth.
-    climbed: set[str] = set()
-    for key in differ:
-        for side in (old, scan):
-            if (children := side.get(key)) is not None:
-                wanted.update(join(key, name) for name, record in entries(children)
-                              if record & IS_DIR)
-        while key not in climbed and key != root and len(key) > len(root):
-            climbed.add(key)
-            key = split(key)[0]
-            wanted.add(key)
-    # In the order of the whole layouts, so that the events come in the same order too.
-    return ({key: thaw(c) for key, c in old.items() if key in wanted},
-            {key: thaw(c) for key, c in scan.items() if key in wanted})
-
-
-def _unlike_subdirs(old: Index, scan: AtRest, differ: set[str]) -> list[str]:
-    """The subdirectories of the directories that differ that are not the same directory on
-    both sides: listed on one side only, or with another inode or type."""
-    out: list[str] = []
-    for key in differ:
-        before = dict(entries(old[key])) if key in old else {}
-        after = dict(entries(scan[key])) if key in scan else {}
-        for name in before.keys() | after.keys():
-            was, now = before.get(name), after.get(name)
-            if was is None or now is None:
-                unlike = (was or now or 0) & IS_DIR
-            else:
-                unlike = (was | now) & IS_DIR and (
-                    (was ^ now) & IS_DIR or inode(was) != inode(now))
-            if unlike:
-                out.append(join(key, name))
-    return out

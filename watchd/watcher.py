@@ -180,6 +180,7 @@ class Watcher:
             self.send(channel.Overflow(name, scanned is not None))
             if scanned is not None:
                 self.send(channel.Scan(name, *scanned))
+                watch.scan_sent()
         elif restoring:
             self.send(channel.Restored(name, path))
             if resync:
@@ -204,6 +205,7 @@ class Watcher:
         self.fills.stop(watch.name)
         if watch.ino is None:
             return
+        watch.catch_read = False  # nothing more is read: a catch-up owed is due now
         self.by_fd.pop(watch.ino.fileno(), None)
         self.epoll.unregister(watch.ino.fileno())
         # Closing the fd drops every watch on it at once; no rm_watch per directory needed.
@@ -237,6 +239,7 @@ class Watcher:
         ino, tree = watch.ino, watch.tree
         assert ino is not None
         assert tree is not None
+        awaited = watch.awaited()
         raw = ino.read_raw()
         if not raw:
             return 0
@@ -258,6 +261,7 @@ class Watcher:
                 # A file system mounted in the tree went: the directory underneath is watched
                 # again, and what changed (its contents for the mounted ones) is published.
                 self.resync(watch, OverflowReason.UNMOUNT, now)
+        watch.read_done(awaited)
         if self.fills:
             self.fills.check(watch, events)
         if tree.lost is not None:
@@ -301,6 +305,15 @@ class Watcher:
             scanned = self.scan(watch)  # None without a tree
         if scanned is not None or owed:
             self.send(channel.Scan(name, *(scanned or (None, 0.0))))
+        if scanned is not None and watch is not None:
+            watch.scan_sent()
+
+    def send_caught(self) -> None:
+        """At the end of a turn of the loop, after all it sent: the catch-ups now due (see
+        Watch.scan_sent)."""
+        for watch in self.watches.values():
+            if watch.catch_up_due():
+                self.send(channel.Caught(watch.name))
 
     def send_items(self, watch: Watch, events: list[TreeEvent], now: float) -> None:
         """Ship tree events to the daemon as (mask, cookie, path, src_path), in bounded batches.
@@ -380,9 +393,11 @@ class Watcher:
                     watch = self.by_fd.get(fd)
                     if watch is not None:
                         read += self.read_watch(watch)
-            if self.fills:
+            filling = bool(self.fills)
+            if filling:
                 self.fills.step(self.watches)
-            elif 0 < read < COALESCE_BELOW:
+            self.send_caught()
+            if not filling and 0 < read < COALESCE_BELOW:
                 # Events are trickling in: what we read is already on its way, so a short pause
                 # delays nothing read, and lets the next events gather into one read instead of
                 # a wake-up each. At a higher priority than the writer, waking for every few

@@ -62,6 +62,12 @@ class Watch:
     retry_at: float = 0.0  # monotonic time before which a failed watch is not tried again
     limit_retry_at: float = 0.0  # monotonic; see limit_retry_due
     recorder: Recorder = field(default_factory=Recorder)  # records for the index (resync)
+    # Whole scans sent; the number of the last one while its catch-up (channel.Caught) is
+    # owed, else 0; and whether that waits for a read of the kernel's queue (see
+    # Watcher.caught_up).
+    scans: int = 0
+    catching: int = 0
+    catch_read: bool = False
 
     @property
     def name(self) -> str:
@@ -74,6 +80,41 @@ class Watch:
     @property
     def real_path(self) -> str:
         return self.spec.real_path
+
+    def scan_sent(self) -> None:
+        """A whole scan of the watch went to the daemon: it is to be told (channel.Caught, see
+        catch_up_due) once every event queued before the scan ended is read and sent.
+
+        Those events may still change what a client has at the scan's `resynced`: a directory
+        that came while the scan ran, its coming not read yet, is listed but not entered (see
+        watchd.fill.scan_whole), and what it holds is reported by the tree's walk when its
+        IN_CREATE or IN_MOVED_TO is read; and the daemon's index takes their moves for replays
+        of what the scan shows until then. One read takes the whole queue (InotifyFd.read_raw),
+        so the next read of the watch is that point, when anything was queued; a scan before
+        it waits for a read of its own. Events read before the scan and sent after it (those
+        the channel held back, see WatcherChannel.send_events) go out in the same turn of the
+        loop, before the catch-up.
+        """
+        self.scans += 1
+        self.catching = self.scans
+        ino = self.ino
+        self.catch_read = ino is not None and not ino.closed and ino.queued() > 0
+
+    def awaited(self) -> int:
+        """Before a read: the scan whose catch-up waits for it (0: none)."""
+        return self.catching if self.catch_read else 0
+
+    def read_done(self, awaited: int) -> None:
+        """After a read and the sends of what it held (`awaited`: as before it)."""
+        if awaited and self.catching == awaited:  # no scan since: it took all that was queued
+            self.catch_read = False
+
+    def catch_up_due(self) -> bool:
+        """At the end of a turn of the watcher's loop: whether to send the catch-up now."""
+        if self.catching and not self.catch_read:
+            self.catching = 0
+            return True
+        return False
 
     def failed(self, error: Exception, now: float) -> None:
         """Record an unexpected error (the caller drops its tree): back off, longer each time."""

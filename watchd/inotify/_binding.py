@@ -188,8 +188,14 @@ class InotifyFd:
         """Read and parse every queued event in one read; [] when nothing is queued."""
         return list(map(_as_raw_event, self.read_raw()))
 
+    def queued(self) -> int:
+        """How many bytes of events the kernel holds for the next read (FIONREAD)."""
+        return int.from_bytes(fcntl.ioctl(self.fileno(), termios.FIONREAD, _FIONREAD_ARG),
+                              "little")
+
     def read_raw(self) -> list[RawTuple]:
-        """read_events as plain tuples (see parse_raw)."""
+        """read_events as plain tuples (see parse_raw). One read takes every event queued when
+        it starts (watchd.watcher relies on it: see Watcher.caught_up)."""
         fd = self.fileno()
         queued = int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, _FIONREAD_ARG), "little")
         try:
