@@ -109,6 +109,7 @@ class Losses:
         """A scan of a watch: held while a restart notice is owed, else compared at once."""
         if self.supervisor.policy.notice_at is not None:
             self.resync.held.append((name, dirs, seconds))
+            self.resync.held_caught.discard(name)  # a catch-up answers the last scan before it
             return
         if dirs is None:
             # The root could not be read: a resync announced will not come. None was for a
