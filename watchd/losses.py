@@ -139,6 +139,7 @@ class Losses:
         if self.supervisor.policy.notice_at is not None:
             self.resync.held_caught.add(name)  # its scan is held: so is this
             return
+
         def step() -> None:
             self.resync.caught(self.broker, name)
 
