@@ -103,24 +103,12 @@ def through_restarts(start_daemon, workdir: str, ops: int, pause_every: int, eve
     return result
 
 
-# Out of the default run until a defect it still meets is found: after the fixes of a
-# directory the index held at two paths (tests/test_resync_stale_path.py,
-# tests/test_diff_stale_path.py) and of an index stored between the halves of a move
-# (tests/test_state_split_move.py), it still failed 1 of 20 runs without load (paths under a
-# moved directory named `inner` missing after op 300) and 1 of 6 beside stress-ng --cpu 2.
-# One cause since found and fixed (tests/test_resync_after_cut.py); 1 of 13 runs still failed
-# after it, that one with a rescan notice in the run as well. Another found and fixed since
-# (tests/test_resync_unheld_parent.py: keys of a directory a scan missed left behind by its
-# move). Still 1 of 8 runs failed after that (a moved-in directory's `inner` missing at a
-# check), the mark of a race that the benchmark's runs of seed 506 showed with the index and
-# the scan dumped: a directory moved in after the watches were back in place, its event not
-# read yet, is listed by the rescan but not entered, so its contents come after `resynced` (by
-# the tree's walk, or by the next resync when the watcher was stopped again mid-rescan and its
-# event lost), while the check is made at that `resynced`.
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("WATCHD_SLOW"),
-                    reason="set WATCHD_SLOW=1 (a known race: a directory moved in during a "
-                    "rescan, listed but not entered, has its contents after the resync)")
+# What this run found, each fixed with a test of its own: a directory the index held at two
+# paths (tests/test_resync_stale_path.py, tests/test_diff_stale_path.py), an index stored
+# between the halves of a move (tests/test_state_split_move.py), a moved-in directory read
+# after an overflow (tests/test_resync_after_cut.py), keys a scan missed left behind by a move
+# (tests/test_resync_unheld_parent.py), and a directory moved in while a rescan ran, listed
+# but not entered, whose contents came after `resynced` (tests/test_watcher_caught_up.py).
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to lower fs.inotify.max_queued_events")
 def test_events_describe_the_tree_through_overflows_kills_and_restarts(start_daemon,
                                                                        workdir: str) -> None:
