@@ -19,9 +19,11 @@ from tests.picture import Picture, listing
 from tests.resync_setup import as_messages
 from tests.test_broker import FakeWatch, join, make_broker, sub
 from tests.test_index import watching
+from tests.test_resync_after_cut import OneRead
 from tests.test_watcher_rescan import sent
 from watchd import channel
 from watchd.config.model import WatchConfig
+from watchd.events import DEFAULT_KINDS, kinds_mask
 from watchd.resync import Resyncer
 from watchd.watcher import Watcher
 
@@ -184,9 +186,9 @@ def test_resynced_waits_for_the_catch_up_and_answers_every_loss(
         messages = sent(theirs, reader)
         client.take(messages)  # the scan alone
         assert str(tmp_path / "g") in client.picture.paths
-        assert client.resync.watches["w"].awaiting == 2 and not client.resynced()
+        assert len(client.resync.watches["w"].awaiting) == 2 and not client.resynced()
         client.take(turn(watcher, theirs, reader, until=CAUGHT))
-        assert client.resync.watches["w"].awaiting == 0
+        assert not client.resync.watches["w"].awaiting
         assert client.at_resynced == listing(tmp_path)
         notices = client.resynced()
         assert [(n["watch"], n["changes"]) for n in notices] == [("w", 1), ("w", 1)]
@@ -194,8 +196,105 @@ def test_resynced_waits_for_the_catch_up_and_answers_every_loss(
         client.resync.lost("w")
         watcher.rescan("w")
         client.take(sent(theirs, reader))
-        assert client.resync.watches["w"].awaiting == 1
+        assert len(client.resync.watches["w"].awaiting) == 1
         client.resync.abandoned("w")  # "resync": false answers it
-        assert client.resync.watches["w"].awaiting == 0
+        assert not client.resync.watches["w"].awaiting
         client.take(turn(watcher, theirs, reader, until=CAUGHT))
         assert len(client.resynced()) == 2
+
+
+def test_a_directory_the_tree_reaches_a_batch_later_is_whole_at_resynced(
+        tmp_path: pathlib.Path) -> None:
+    """The directory moved in while the scan ran, its parent renamed between the read that
+    holds its IN_MOVED_TO and the tree's handling of it: the tree reaches it only at the end
+    of a later batch (the rename's own events), and the catch-up waits for that."""
+    root, outside = tmp_path / "t", tmp_path / "o"
+    (root / "a").mkdir(parents=True)
+    filled(outside)
+    reader = channel.FrameReader()
+    with watching(root) as (watcher, theirs):
+        client = Client(root)
+        client.take(turn(watcher, theirs, reader))
+        watch = watcher.watches["w"]
+        assert watch.tree is not None and watch.ino is not None
+        watcher.send(channel.Overflow("w", resync=True))
+        watch.tree.resync()
+        outside.rename(root / "a" / "d")
+        watcher.rescan("w", owed=True)
+        client.take(sent(theirs, reader))
+        ino = watch.ino
+        raw = ino.read_raw()  # the read: d's IN_MOVED_TO, and its parent renamed right after
+        (root / "a").rename(root / "b")
+        watch.ino = OneRead(ino, raw)  # type: ignore[assignment]
+        try:
+            watcher.read_watch(watch)
+        finally:
+            watch.ino = ino
+        watcher.send_caught()
+        first = sent(theirs, reader)
+        assert CAUGHT not in tags(first), "caught up before the tree reached the directory"
+        client.take(first)
+        client.take(turn(watcher, theirs, reader, until=CAUGHT))
+        assert client.at_resynced == listing(root)
+        assert str(root / "b" / "d" / "sub" / "deep" / "h") in client.at_resynced
+
+
+def test_two_resyncs_answered_by_one_catch_up_keep_their_own_figures(
+        tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "t"
+    (root / "a").mkdir(parents=True)
+    reader = channel.FrameReader()
+    with watching(root) as (watcher, theirs):
+        client = Client(root)
+        client.take(turn(watcher, theirs, reader))
+        for name in ("new1", "new2", "new3"):
+            (root / "a" / name).write_text(name)  # queued: the catch-up waits for a read
+        for _ in range(2):  # a second loss before the watcher's next read
+            client.resync.lost("w")
+            watcher.rescan("w", owed=True)
+            client.take(sent(theirs, reader))
+        client.take(turn(watcher, theirs, reader, until=CAUGHT))
+        assert [n["changes"] for n in client.resynced()] == [3, 0]
+
+
+def test_a_watch_replaced_or_removed_by_a_reload_sends_the_catch_up_it_owed(
+        tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "t"
+    (root / "a").mkdir(parents=True)
+    reader = channel.FrameReader()
+    with watching(root) as (watcher, theirs):
+        turn(watcher, theirs, reader)
+        filled(root / "a" / "d")  # queued: the catch-up waits for a read
+        watcher.rescan("w", owed=True)
+        assert tags(sent(theirs, reader)) == [channel.Tag.SCAN]
+        # The same watch with another include: its old tree goes, what it had queued read.
+        spec = channel.Spec("w", str(root), True, kinds_mask(DEFAULT_KINDS), ("*",), (),
+                            str(root))
+        watcher.apply([spec], fill=frozenset({"w"}))
+        got = tags(sent(theirs, reader))
+        assert got.count(CAUGHT) == 1 and got.index(channel.Tag.EVENTS) < got.index(CAUGHT)
+        (root / "a" / "d" / "more").write_text("")  # queued for the new tree
+        watcher.rescan("w", owed=True)
+        watcher.apply([])  # removed
+        assert tags(sent(theirs, reader)).count(CAUGHT) == 1
+
+
+def test_a_watch_that_fails_owes_no_catch_up(tmp_path: pathlib.Path) -> None:
+    """What it read last was not all sent: the scan made when it is established again (after
+    its loss's notice) answers the resync instead."""
+    root = tmp_path / "t"
+    (root / "a").mkdir(parents=True)
+    reader = channel.FrameReader()
+    with watching(root) as (watcher, theirs):
+        turn(watcher, theirs, reader)
+        (root / "a" / "f").write_text("")
+        watcher.rescan("w", owed=True)
+        watch = watcher.watches["w"]
+        watcher.fail(watch, RuntimeError("a failure of the test"))
+        watcher.send_caught()
+        assert CAUGHT not in tags(sent(theirs, reader))
+        watch.retry_at = 0.0
+        watcher.poll_pending()
+        watcher.send_caught()
+        got = tags(sent(theirs, reader))
+        assert got[:2] == [channel.Tag.OVERFLOW, channel.Tag.SCAN] and got[-1] == CAUGHT, got

@@ -396,7 +396,9 @@ class Daemon:
         self.broker.set_watches(new.watches)
         self.forwarders.apply(new)
         # A watch the watcher establishes anew is scanned anew: its index starts over.
-        self.resync.configure(new.watches, changed=[
+        unfinished = self.resync.configure(new.watches, changed=[
             *(w.name for w in diff.added),
             *(w.name for o, w in diff.changed if watch_spec(o) != watch_spec(w))])
+        for name in unfinished:
+            self.losses.reload_cut(name)
 

@@ -221,6 +221,9 @@ class TreeIndex:
                         replays = replays or []
                         replays.append(i)
                     else:
+                        # A rename replaces what had the name, and all below it, as a client
+                        # has it (keys no listing leads to included, see _loose).
+                        self._drop_below(path)
                         below = self._moved_to(cookie, path, src_path)
                 made = fresh.get(path, 0) & _MADE or mask & (IN_CREATE | IN_MOVED_TO)
                 named(fresh, mask, path, below)

@@ -133,6 +133,13 @@ class Losses:
             for step in steps:  # no watcher to pace them with: nothing waits behind them
                 step()
 
+    def reload_cut(self, name: str) -> None:
+        """A reload changed a watch (or turned its resync off) while a resync of it was under
+        way: the notice "resync": false answers what was announced (see Resyncer.configure)."""
+        log.warning("watch %s: changed while it was resynchronized; subscribers are told to "
+                    "rescan", name)
+        self.overflow(name, OverflowReason.RELOAD, frozenset(), (name,))
+
     def on_caught(self, name: str) -> None:
         """The watcher has sent every event older than a watch's last scan: the resync's
         notices go out (Resyncer.caught), after its differences."""

@@ -21,6 +21,9 @@ class OverflowReason(enum.StrEnum):
     FORWARD_GAP = "forward_gap"  # a forwarder's position left the journal (watchd.forward)
     # A rescan missed a directory that moved while it ran: the watch is scanned again.
     SCAN_RACE = "scan_race"
+    # A reload changed a watch (or turned its resync off) while a resync of it was under way:
+    # that resync cannot finish, as its index starts over.
+    RELOAD = "reload"
 
 
 class LostReason(enum.StrEnum):

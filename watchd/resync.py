@@ -80,11 +80,10 @@ class _Watch:
     # watcher died between an overflow's notice and its scan; the daemon stopped there), but
     # each notice a client was given is answered by a `resynced` of its own.
     resynced_owed: int = 0
-    # Of those, the ones whose differences are out: they wait for the watcher's word that
-    # every event older than the scan is out too (Resyncer.caught), with the figures of the
-    # last scan (changes, duration_ms).
-    awaiting: int = 0
-    figures: tuple[int, float] = (0, 0.0)
+    # Of those, the ones whose scan came, each with its figures (changes, duration_ms): they
+    # wait for the watcher's word that every event older than the scan is out too
+    # (Resyncer.caught).
+    awaiting: list[tuple[int, float]] = field(default_factory=list)
     scanned: bool = False  # the index holds a scan (until then, events alone say nothing)
     filling: bool = False  # a first scan comes in parts (channel.Fill), events applied between
     fill_started: float = 0.0
@@ -117,23 +116,30 @@ class Resyncer:
     # (TreeIndex.unseen): each is to be scanned again, its resync announced.
     raced: list[str] = field(default_factory=list)
 
-    def configure(self, watches: Iterable[WatchConfig], changed: Iterable[str]) -> None:
+    def configure(self, watches: Iterable[WatchConfig], changed: Iterable[str]) -> list[str]:
         """Take the watches as configured; `changed`: names whose watch is new or changed.
 
         A watch that is new or changed (other path, include, exclude, events...) starts afresh:
-        its next scan only fills the index. One that is unchanged keeps its index.
+        its next scan only fills the index. One that is unchanged keeps its index. Returns the
+        watches, still configured, whose resync was under way and now cannot finish (changed,
+        or without an index now): their subscribers are to be told "resync": false.
         """
         fresh = set(changed)
         kept: dict[str, _Watch] = {}
+        unfinished: list[str] = []
         for w in watches:
+            old = self.watches.get(w.name)
+            if old is not None and (old.resynced_owed or old.awaiting) and (
+                    not w.resync or w.name in fresh):
+                unfinished.append(w.name)
             if not w.resync:
                 continue
-            old = self.watches.get(w.name)
             kept[w.name] = (old if old is not None and w.name not in fresh
                             else _Watch(TreeIndex(w.path), kinds_mask(w.events)))
         self.watches = kept
         self.held = [h for h in self.held if h[0] in kept]
         self.held_caught.intersection_update(kept)
+        return unfinished
 
     def enabled(self) -> list[str]:
         """The watches with an index, for the watcher's configuration."""
@@ -244,7 +250,8 @@ class Resyncer:
         watch = self.watches.get(name)
         if watch is None:
             return False
-        watch.resynced_owed = watch.awaiting = 0
+        watch.resynced_owed = 0
+        watch.awaiting.clear()
         watch.rescan_asked = watch.race_again = False  # the scan asked answers a race as well
         if not watch.scanned:
             return False
@@ -272,7 +279,8 @@ class Resyncer:
         if watch is not None:
             watch.index.replace(dirs)
             watch.scanned = True
-            watch.resynced_owed, watch.awaiting = owed, 0
+            watch.resynced_owed = owed
+            watch.awaiting.clear()
 
     def indexes(self) -> Iterator[tuple[str, Index | None, int | None]]:
         """Each watch's index as the published events describe it (None: not filled yet),
@@ -329,6 +337,9 @@ class Resyncer:
         items = [item for item in result.items if item[0] & watch.mask & _KIND_BITS]
         took = (time.monotonic() - started + scan_s) * 1000
         log.info("watch %s: resynchronized in %.0f ms: %d changes", name, took, result.changes)
+        # Its notices wait for the watcher's catch-up (see caught), which the daemon takes only
+        # once this resync's steps have run (they are ahead of the watcher's next messages).
+        watch.awaiting += [(result.changes, round(took, 3))] * owed
         return Resync(items, result.changes, round(took, 3), owed)
 
     def steps(self, broker: Broker, name: str, result: Resync,
@@ -352,10 +363,7 @@ class Resyncer:
 
         out = [batch(start) for start in range(0, len(items), BATCH_MAX)]
         watch = self.watches.get(name)
-        if watch is None:
-            return out
-        out.append(lambda: _awaiting(watch, result))
-        if result.compared:
+        if result.compared and watch is not None:
             out.append(lambda: _published(watch))
         return out
 
@@ -372,9 +380,9 @@ class Resyncer:
         if watch is None:
             return
         watch.index.caught()
-        owed, watch.awaiting = watch.awaiting, 0
-        for _ in range(owed):
-            broker.resynced(name, *watch.figures)
+        owed, watch.awaiting = watch.awaiting, []
+        for changes, duration_ms in owed:
+            broker.resynced(name, changes, duration_ms)
 
     def status(self, name: str) -> dict[str, int]:
         """The per-watch status fields: paths in the index, resyncs so far."""
@@ -382,13 +390,6 @@ class Resyncer:
         if watch is None:
             return {"tracked": 0, "resyncs": 0}
         return {"tracked": len(watch.index), "resyncs": watch.resyncs}
-
-
-def _awaiting(watch: _Watch, result: Resync) -> None:
-    """A resync's differences are out: its notices wait for the watcher's catch-up."""
-    if result.resynced_owed:
-        watch.awaiting += result.resynced_owed
-        watch.figures = (result.changes, result.duration_ms)
 
 
 def _published(watch: _Watch) -> None:

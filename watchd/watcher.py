@@ -205,12 +205,16 @@ class Watcher:
         self.fills.stop(watch.name)
         if watch.ino is None:
             return
-        watch.catch_read = False  # nothing more is read: a catch-up owed is due now
         self.by_fd.pop(watch.ino.fileno(), None)
         self.epoll.unregister(watch.ino.fileno())
         # Closing the fd drops every watch on it at once; no rm_watch per directory needed.
         watch.ino.close()
         watch.ino = watch.tree = None
+        # Nothing more is read: a catch-up owed is due now, and sent here (a watch removed or
+        # replaced is no longer there at the turn's end).
+        watch.catch_read = False
+        if watch.catch_up_due():
+            self.send(channel.Caught(watch.name))
 
     def poll_pending(self) -> None:
         now = time.monotonic()

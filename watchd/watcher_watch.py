@@ -64,7 +64,7 @@ class Watch:
     recorder: Recorder = field(default_factory=Recorder)  # records for the index (resync)
     # Whole scans sent; the number of the last one while its catch-up (channel.Caught) is
     # owed, else 0; and whether that waits for a read of the kernel's queue (see
-    # Watcher.caught_up).
+    # scan_sent).
     scans: int = 0
     catching: int = 0
     catch_read: bool = False
@@ -90,10 +90,11 @@ class Watch:
         watchd.fill.scan_whole), and what it holds is reported by the tree's walk when its
         IN_CREATE or IN_MOVED_TO is read; and the daemon's index takes their moves for replays
         of what the scan shows until then. One read takes the whole queue (InotifyFd.read_raw),
-        so the next read of the watch is that point, when anything was queued; a scan before
-        it waits for a read of its own. Events read before the scan and sent after it (those
-        the channel held back, see WatcherChannel.send_events) go out in the same turn of the
-        loop, before the catch-up.
+        so the next read of the watch is that point, when anything was queued (see read_done);
+        a scan before it waits for a read of its own. Events read before the scan and sent
+        after it (those the channel held back, see WatcherChannel.send_events) go out in the
+        same turn of the loop, before the catch-up. A watch that fails owes none: the scan
+        that follows its loss's notice answers (see failed).
         """
         self.scans += 1
         self.catching = self.scans
@@ -105,8 +106,12 @@ class Watch:
         return self.catching if self.catch_read else 0
 
     def read_done(self, awaited: int) -> None:
-        """After a read and the sends of what it held (`awaited`: as before it)."""
-        if awaited and self.catching == awaited:  # no scan since: it took all that was queued
+        """After a read and the sends of what it held (`awaited`: as before it). With no scan
+        since, it took all that was queued; but what the tree could not reach yet (a parent
+        renamed after the read began) is listed in a later batch, which the rename's own
+        events bring, or the tree gives up and reports an overflow: the catch-up waits."""
+        if awaited and self.catching == awaited and not (
+                self.tree is not None and self.tree.relisting):
             self.catch_read = False
 
     def catch_up_due(self) -> bool:
@@ -119,6 +124,7 @@ class Watch:
     def failed(self, error: Exception, now: float) -> None:
         """Record an unexpected error (the caller drops its tree): back off, longer each time."""
         self.lost_events = self.lost_events or self.ino is not None
+        self.catching = 0  # what it read last was not all sent: not caught up
         self.failures += 1
         delay = retry_delay(self.failures)
         self.retry_at = now + delay

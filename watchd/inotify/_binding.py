@@ -195,7 +195,7 @@ class InotifyFd:
 
     def read_raw(self) -> list[RawTuple]:
         """read_events as plain tuples (see parse_raw). One read takes every event queued when
-        it starts (watchd.watcher relies on it: see Watcher.caught_up)."""
+        it starts (watchd.watcher relies on it: see Watch.scan_sent)."""
         fd = self.fileno()
         queued = int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, _FIONREAD_ARG), "little")
         try:

@@ -181,6 +181,12 @@ class Tree:
         return len(self._walker.unreadable)
 
     @property
+    def relisting(self) -> bool:
+        """Whether directories out of reach wait to be listed again at the end of the next
+        batches (their parent's path changed before the rename's events were read)."""
+        return bool(self._watches.rescan)
+
+    @property
     def unwatched(self) -> int:
         """How many directories are left unwatched past the watch limit."""
         return self._walker.unwatched

@@ -1,0 +1,57 @@
+"""A reload that changes a watch, or turns its resync off, while a resync of it is under way:
+the `overflow` with "resync": true that was announced is still answered, by an `overflow` with
+"resync": false and reason "reload" (the watch's index starts over, so that resync cannot
+finish), never left without its `resynced`."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Daemon, config, wait_for, watch
+
+pytestmark = pytest.mark.timeout(120)
+QUEUE = 500  # the subscriber's queue: the resync's 4,000 creates fill it, and hold it back
+
+
+def resyncs(daemon: Daemon) -> int:
+    return int(next(w for w in daemon.status()["watches"] if w["name"] == "w")["resyncs"])
+
+
+def answered(messages: list[dict[str, Any]]) -> None:
+    """Each `overflow` with "resync": true is answered, by `resynced` or by an `overflow` with
+    "resync": false; here, by the latter, for the reload."""
+    notices = [m for m in messages if m["type"] in ("overflow", "resynced")]
+    kinds = [(m["type"], m.get("resync"), m.get("reason")) for m in notices]
+    assert kinds == [("overflow", True, "watcher_restart"), ("overflow", False, "reload")], kinds
+
+
+@pytest.mark.parametrize("change", [{"include": ["*"]}, {"resync": False}],
+                         ids=["include", "resync-off"])
+def test_a_reload_during_a_resync_answers_its_notice(start_daemon, watched: Path,
+                                                     change: dict[str, Any]) -> None:
+    spot = watched / "spot"
+    spot.mkdir()
+    extra = f"client_queue = {QUEUE}\nwatcher_timeout = 4"
+    daemon = start_daemon(config(daemon_extra=extra, watches=watch("w", watched)))
+    line, _ = daemon.subscribe()
+    watcher = daemon.watcher_pid()
+    os.kill(watcher, signal.SIGSTOP)
+    for i in range(QUEUE * 8):
+        (spot / f"file-{i:05}").write_bytes(b"x")
+    os.kill(watcher, signal.SIGKILL)
+    # The replacement's scan is compared: its differences go out in steps that the subscriber,
+    # not reading yet, holds back (and the watcher's catch-up behind them), for up to 4 s (the
+    # watcher_timeout, which also bounds the hold).
+    wait_for(lambda: resyncs(daemon) >= 1, timeout=30)
+    # Its READY=1 waits for the watcher's confirmation, which the hold keeps behind them.
+    daemon.reload(config(daemon_extra=extra, watches=watch("w", watched, **change)), timeout=60)
+    got = line.until(lambda m: m["type"] == "overflow" and m.get("reason") == "reload",
+                     timeout=60)
+    (watched / "settle").write_text("")
+    got += line.until(lambda m: m.get("path") == str(watched / "settle"), timeout=60)
+    answered(got)
