@@ -11,7 +11,7 @@ see watchd.inotify.watches. Rules worth knowing:
   directory of that event's watch. Fds are held only during a walk (at most MAX_HELD_FDS at
   once, and those of one batch of events until its end).
 * Whether a directory is watched is told by its identity, whatever path the tree has for it:
-  from the tree's own record where it can vouch for it (Watches.vouched), from the kernel
+  from the tree's own record where it can vouch for it (Identities.vouched), from the kernel
   otherwise, so that a resync's walk and scan do not ask the kernel per directory.
 * The root's last component is never followed (its parents are, unless `real_root` is
   given: then none is). A symbolic link at the root's path is refused like a file.
@@ -81,11 +81,12 @@ from watchd.inotify.flags import (
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
 )
+from watchd.inotify.identities import Clock
 from watchd.inotify.reach import Reach
 from watchd.inotify.rescan import RESCAN_TRIES, Rescanner
 from watchd.inotify.settings import Settings
 from watchd.inotify.walk import Frame, Walker
-from watchd.inotify.watches import Clock, TreeEvent, Watches, dir_path
+from watchd.inotify.watches import TreeEvent, Watches, dir_path
 
 __all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
 
@@ -217,7 +218,7 @@ class Tree:
     def distrust(self) -> None:
         """Before a scan that asks watches_dir of every directory: the record of which
         directory each watch is on is checked with the kernel again, once per device (see
-        Watches.vouched)."""
+        Identities.vouched)."""
         self._watches.distrust()
 
     def unreported(self, missed: Callable[[str], bool]) -> None:
@@ -319,7 +320,8 @@ class Tree:
                 if mask & IN_IGNORED:
                     watches.forget(wd)
                 elif mask & IN_DELETE_SELF:
-                    watches.unlinked(wd)  # its inode number may soon be another directory's
+                    # Its inode number may soon be another directory's.
+                    watches.identities.unlinked(wd)
                     if mask & report:
                         append(new(TreeEvent, (mask, cookie, dir_path(prefix), None, wd, name,
                                                length)))

@@ -337,7 +337,7 @@ class Walker:
         wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), s.narrow | IN_MASK_ADD)
         old = self._path_of.get(wd) if wd >= 0 else None
         if old is not None:
-            self._watches.identify(wd, st)
+            self._watches.identities.identify(wd, st)
         if old is None or (old == prefix and not along) or (
                 old != prefix and self._reach.leads_to(old, wd)):
             return None
