@@ -81,11 +81,12 @@ from watchd.inotify.flags import (
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
 )
+from watchd.inotify.frames import Frame
 from watchd.inotify.identities import Clock
 from watchd.inotify.reach import Reach
 from watchd.inotify.rescan import RESCAN_TRIES, Rescanner
 from watchd.inotify.settings import Settings
-from watchd.inotify.walk import Frame, Walker
+from watchd.inotify.walk import Walker
 from watchd.inotify.watches import TreeEvent, Watches, dir_path
 
 __all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
