@@ -1,5 +1,5 @@
 """Which directories a tree watches, told by their identity (st_dev, st_ino) without asking
-the kernel per directory (Tree.watches_dir, Watches.vouched), on real directories with real
+the kernel per directory (Tree.watches_dir, Identities.vouched), on real directories with real
 watches: removed, moved, and an inode number given to another directory with the removal's
 events unread, as ext4 does at once.
 """
@@ -96,35 +96,38 @@ def test_a_directory_made_after_the_walk_is_not_watched(ino: InotifyFd, tmp_path
 
 def test_the_record_vouches_only_for_directories_older_than_its_claim(ino: InotifyFd) -> None:
     watches = Watches(ino)
+    ids = watches.identities
     old, new = dir_stat(5, ctime_ns=0), dir_stat(5, ctime_ns=time.time_ns())
     watches.remember(7, "/r/", old)
-    assert watches.vouched(old) == UNSURE  # the device not confirmed since distrust()
-    watches.checked(old, 7, timely=True)  # the kernel agrees
-    assert watches.vouched(old) == 7
-    assert watches.vouched(new) == UNSURE  # changed since: maybe another directory
-    assert watches.vouched(dir_stat(6)) == NOT_OURS
+    assert ids.vouched(old) == UNSURE  # the device not confirmed since distrust()
+    ids.checked(old, 7, timely=True)  # the kernel agrees
+    assert ids.vouched(old) == 7
+    assert ids.vouched(new) == UNSURE  # changed since: maybe another directory
+    assert ids.vouched(dir_stat(6)) == NOT_OURS
     watches.distrust()
-    assert watches.vouched(old) == UNSURE
+    assert ids.vouched(old) == UNSURE
 
 
 def test_a_device_whose_time_stamps_are_not_ours_is_always_asked(ino: InotifyFd) -> None:
     watches = Watches(ino)  # device 1 not timely: NFS, FUSE...
+    ids = watches.identities
     st = dir_stat(5, ctime_ns=0)
     watches.remember(7, "/r/", st)
-    watches.checked(st, 7, timely=False)
-    assert watches.vouched(st) == UNSURE
+    ids.checked(st, 7, timely=False)
+    assert ids.vouched(st) == UNSURE
 
 
 def test_a_claim_the_kernel_denies_or_gives_another_wd_is_dropped(ino: InotifyFd) -> None:
     watches = Watches(ino)
+    ids = watches.identities
     a, b = dir_stat(5, ctime_ns=0), dir_stat(6, ctime_ns=0)
     watches.remember(7, "/r/", a)
     watches.remember(8, "/r/x/", b)
-    watches.checked(a, 7, timely=True)
-    watches.checked(b, -1, timely=False)  # not watched after all (its watch went, its events lost)
-    assert watches.vouched(b) == NOT_OURS
-    watches.identify(9, a)  # the inode number is another watch's now: 7 went, unread
-    assert watches.vouched(a) == 9
-    assert 7 not in watches.inode_of
+    ids.checked(a, 7, timely=True)
+    ids.checked(b, -1, timely=False)  # not watched after all (its watch went, its events lost)
+    assert ids.vouched(b) == NOT_OURS
+    ids.identify(9, a)  # the inode number is another watch's now: 7 went, unread
+    assert ids.vouched(a) == 9
+    assert 7 not in ids.inode_of
     watches.forget(9)
-    assert watches.vouched(a) == NOT_OURS
+    assert ids.vouched(a) == NOT_OURS

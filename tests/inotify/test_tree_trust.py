@@ -1,5 +1,5 @@
 """When a tree stops vouching for directories by its record of identities, and asks the kernel
-again (Watches.vouched): the wall clock stepped back, a device number given to another file
+again (Identities.vouched): the wall clock stepped back, a device number given to another file
 system. Real inotify, real directories, real mounts; the clock is the machine's, read ahead
 by a set amount where a test steps it.
 """
@@ -105,7 +105,8 @@ def test_a_device_number_given_to_another_file_system_is_asked_about_again(
         tree = started(ino, tmp_path, clock)
         assert watches_dir(tree, m / "x")
         dev = os.stat(m).st_dev
-        assert tree._watches.vouched(os.stat(m / "y")) >= 0  # tmpfs: its time stamps are trusted
+        # tmpfs: its time stamps are trusted.
+        assert tree._watches.identities.vouched(os.stat(m / "y")) >= 0
         subprocess.run(["umount", str(m)], check=True)
         mount("ramfs", m)
         if os.stat(m).st_dev != dev:
@@ -116,7 +117,7 @@ def test_a_device_number_given_to_another_file_system_is_asked_about_again(
         assert tree.unmounted
         tree.resync()  # watches the ramfs's directories
         assert watches_dir(tree, m / "x")  # the kernel confirms a claim on the device
-        assert tree._watches.vouched(os.stat(m / "y")) == UNSURE
+        assert tree._watches.identities.vouched(os.stat(m / "y")) == UNSURE
     finally:
         subprocess.run(["umount", str(m)], check=False)
 

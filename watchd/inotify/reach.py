@@ -21,7 +21,8 @@ from watchd.inotify.errors import (
     error_for,
 )
 from watchd.inotify.flags import IN_MASK_ADD
-from watchd.inotify.watches import UNSURE, Watches
+from watchd.inotify.identities import UNSURE
+from watchd.inotify.watches import Watches
 
 BATCH_FDS = 64  # directories of one handle() call kept open until its end, at most
 
@@ -169,10 +170,11 @@ class Reach:
 
     def watch_on(self, fd: int, st: os.stat_result) -> int:
         """The wd of this tree's watch on the directory open as `fd`, `st` its fstat; -1 for
-        none. From the tree's record where it can vouch for it (Watches.vouched), else from the
+        none. From the tree's record where it can vouch for it (Identities.vouched), else from the
         kernel: adding bits a watch has returns its wd and changes nothing."""
         watches = self._watches
-        wd = watches.vouched(st)
+        identities = watches.identities
+        wd = identities.vouched(st)
         if wd != UNSURE:
             return wd
         got = self._ino.add_watch_raw(fs.proc_path(fd, os.getpid()), self._narrow | IN_MASK_ADD)
@@ -184,8 +186,8 @@ class Reach:
             got = -1
         # A device's file system type is asked at its first confirmation since distrust():
         # its number may be another file system's now.
-        watches.checked(st, got, timely=got >= 0 and st.st_dev not in watches.verified
-                        and _timely(fd))
+        identities.checked(st, got, timely=got >= 0 and st.st_dev not in identities.verified
+                           and _timely(fd))
         return max(got, -1)
 
     def set_mask(self, fd: int, wd: int, mask: int, pid: int) -> None:

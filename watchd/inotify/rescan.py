@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 
 from watchd.inotify.flags import IN_CREATE, IN_Q_OVERFLOW
+from watchd.inotify.frames import Frame
 from watchd.inotify.reach import Reach
 from watchd.inotify.settings import Settings
 from watchd.inotify.unreadable import log
-from watchd.inotify.walk import Frame, Walker
+from watchd.inotify.walk import Walker
 from watchd.inotify.watches import TreeEvent, Watches, dir_path
 
 RESCAN_TRIES = 8  # batches in which a directory to list again may stay out of reach
@@ -37,7 +38,7 @@ class Rescanner:
         """Watch a directory that appeared under `parent`, and everything in it.
 
         moved_in: an IN_MOVED_TO that took no watches along; what the directory holds is
-        reported even if it is watched already (see Walker._moved_here).
+        reported even if it is watched already (see Known.moved_here).
         """
         hit = self._reach.dir_fd(parent, parent_wd)
         if hit is None:

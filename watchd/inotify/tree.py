@@ -11,7 +11,7 @@ see watchd.inotify.watches. Rules worth knowing:
   directory of that event's watch. Fds are held only during a walk (at most MAX_HELD_FDS at
   once, and those of one batch of events until its end).
 * Whether a directory is watched is told by its identity, whatever path the tree has for it:
-  from the tree's own record where it can vouch for it (Watches.vouched), from the kernel
+  from the tree's own record where it can vouch for it (Identities.vouched), from the kernel
   otherwise, so that a resync's walk and scan do not ask the kernel per directory.
 * The root's last component is never followed (its parents are, unless `real_root` is
   given: then none is). A symbolic link at the root's path is refused like a file.
@@ -65,7 +65,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from watchd.inotify import fs
 from watchd.inotify._binding import InotifyFd, RawTuple
 from watchd.inotify.errors import WatchLimitError
 from watchd.inotify.flags import (
@@ -74,18 +73,19 @@ from watchd.inotify.flags import (
     IN_DELETE_SELF,
     IN_IGNORED,
     IN_ISDIR,
-    IN_MASK_CREATE,
     IN_MOVE_SELF,
     IN_MOVED_FROM,
     IN_MOVED_TO,
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
 )
+from watchd.inotify.identities import Clock
 from watchd.inotify.reach import Reach
 from watchd.inotify.rescan import RESCAN_TRIES, Rescanner
 from watchd.inotify.settings import Settings
-from watchd.inotify.walk import Frame, Walker
-from watchd.inotify.watches import Clock, TreeEvent, Watches, dir_path
+from watchd.inotify.start import start_tree
+from watchd.inotify.walk import Walker
+from watchd.inotify.watches import TreeEvent, Watches, dir_path
 
 __all__ = ["RESCAN_TRIES", "Tree", "TreeEvent"]
 
@@ -223,7 +223,7 @@ class Tree:
     def distrust(self) -> None:
         """Before a scan that asks watches_dir of every directory: the record of which
         directory each watch is on is checked with the kernel again, once per device (see
-        Watches.vouched)."""
+        Identities.vouched)."""
         self._watches.distrust()
 
     def unreported(self, missed: Callable[[str], bool]) -> None:
@@ -246,33 +246,8 @@ class Tree:
         With report, what is already there comes back as synthetic creates: for a root that
         reappeared, whose contents nobody has been told about.
         """
-        s, reach, walker = self._settings, self._reach, self._walker
-        fd = reach.open_root_checked()
-        try:
-            st = os.fstat(fd)
-            walker.fs_type(st.st_dev, fd)
-            wd = self._ino.add_watch_raw(fs.proc_path(fd, os.getpid()), s.narrow | IN_MASK_CREATE)
-            if wd < 0:
-                raise reach.root_error(-wd)
-        except BaseException:
-            os.close(fd)
-            raise
-        root_prefix = reach.root_prefix
-        self._watches.remember(wd, root_prefix, st)
-        self._watches.root_wd = wd
-        out: list[TreeEvent] | None = [] if report else None
-        if not s.recursive:
-            if out is not None:
-                walker.entries(fd, root_prefix, wd, out, None)
-            if s.quiet:
-                reach.set_mask(fd, wd, s.full, os.getpid())
-            os.close(fd)
-            return out or []
-        subdirs = walker.entries(fd, root_prefix, wd, out, st)
-        top = Frame(fd, "", root_prefix, st.st_dev, wd, subdirs=subdirs,
-                    fresh=True, own=True, widen=s.quiet)
-        walker.walk(top, out, visited=walker.visited_set(st))
-        return out or []
+        return start_tree(self._ino, self._watches, self._reach, self._walker, self._settings,
+                          report=report)
 
     def close(self) -> None:
         """Remove every watch of this tree (the fd stays open: it is the caller's)."""
@@ -325,7 +300,8 @@ class Tree:
                 if mask & IN_IGNORED:
                     watches.forget(wd)
                 elif mask & IN_DELETE_SELF:
-                    watches.unlinked(wd)  # its inode number may soon be another directory's
+                    # Its inode number may soon be another directory's.
+                    watches.identities.unlinked(wd)
                     if mask & report:
                         append(new(TreeEvent, (mask, cookie, dir_path(prefix), None, wd, name,
                                                length)))

@@ -16,46 +16,19 @@ from collections.abc import Collection
 from watchd.inotify import fs
 from watchd.inotify._binding import InotifyFd
 from watchd.inotify.errors import DirectoryBudgetError, WatchLimitError, error_for
-from watchd.inotify.flags import (
-    IN_CREATE,
-    IN_MASK_ADD,
-    IN_MASK_CREATE,
-)
+from watchd.inotify.flags import IN_CREATE, IN_MASK_CREATE
+from watchd.inotify.frames import MAX_HELD_FDS, Frame, reopen
+from watchd.inotify.known import Known
+from watchd.inotify.listdir import list_dir
 from watchd.inotify.reach import Reach
 from watchd.inotify.settings import Settings
 from watchd.inotify.unreadable import Unreadable
 from watchd.inotify.watches import TreeEvent, Watches, dir_path, synthetic_create
 
+# MAX_HELD_FDS is named here too: a walk's limit, which the tests read from this module.
+__all__ = ["MAX_HELD_FDS", "PROGRESS_EVERY", "Walker"]
+
 PROGRESS_EVERY = 4096  # directories between two progress reports of a long scan
-# Directories a walk holds open at once: its deepest ones (one fd per level below the
-# walk's start). Shallower ones are closed and opened again from an ancestor when needed.
-MAX_HELD_FDS = 64
-
-
-class Frame:
-    """One directory of a walk: open (fd >= 0, or closed to spare fds), with subdirs to visit.
-
-    Mutable, and private to one walk: not a value.
-    """
-
-    __slots__ = ("along", "dev", "fd", "fresh", "name", "own", "prefix", "subdirs", "wd",
-                 "widen")
-
-    def __init__(self, fd: int, name: str, prefix: str, dev: int, wd: int, *,
-                 subdirs: list[str], fresh: bool, own: bool, widen: bool,
-                 along: bool = False) -> None:
-        self.fd = fd
-        self.name = name  # its name in the parent frame's directory
-        self.prefix = prefix
-        self.dev = dev
-        self.wd = wd  # < 0: not watched (past the watch limit)
-        self.subdirs = subdirs  # names still to visit, visited from the end
-        self.fresh = fresh  # watched by this walk: everything it holds is new
-        self.own = own  # the walk closes fd when it leaves the frame
-        self.widen = widen  # added narrow: set the full mask when leaving the frame
-        # New to the caller as a whole: a subdirectory already watched at its path is listed
-        # and reported again, with all it holds (see Walker._moved_here).
-        self.along = along
 
 
 @dataclasses.dataclass(slots=True)
@@ -80,7 +53,7 @@ class Walker:
     Mutable (counters, a cache of file system types): not a value.
     """
 
-    __slots__ = ("_fs_types", "_ino", "_path_of", "_reach", "_settings", "_stale", "_watches",
+    __slots__ = ("_fs_types", "_ino", "_known", "_path_of", "_reach", "_settings", "_watches",
                  "_wd_of", "limit_error", "max_directories", "unreadable", "unwatched")
 
     def __init__(self, ino: InotifyFd, watches: Watches, reach: Reach, settings: Settings) -> None:
@@ -90,9 +63,7 @@ class Walker:
         self._reach = reach
         self._settings = settings
         self._fs_types = watches.fs_types  # st_dev -> statfs f_type, cleared by the Watches
-        # During a walk: wd -> old prefix of the watches below directories that moved here,
-        # not met yet (see _moved_here).
-        self._stale: dict[int, str] = {}
+        self._known = Known(ino, watches, reach, settings)  # directories the fd watches already
         self.unreadable = Unreadable(reach.root)
         self.unwatched = 0  # directories left unwatched past the watch limit
         self.limit_error: WatchLimitError | None = None
@@ -140,11 +111,10 @@ class Walker:
         w = _Walk([top], out, visited, seen, rescan_missing, reported, announce, os.getpid())
         if top.dev not in self._fs_types:  # forgotten at a distrust(): whether leaves are listed
             self.fs_type(top.dev, top.fd)
-        self._stale.clear()
+        self._known.begin()
         try:
             self._walk_frames(w)
-            if self._stale:
-                self._drop_stale()
+            self._known.end()
         finally:
             for f in w.frames:  # left by an exception: nothing may keep their fds
                 if f.own and f.fd >= 0:
@@ -161,7 +131,7 @@ class Walker:
                 self._leave(f, frames, w.pid)
                 continue
             name = f.subdirs.pop()
-            if f.fd < 0 and not self._reopen(frames):
+            if f.fd < 0 and not reopen(frames, follow=self._settings.follow):
                 self._out_of_reach(f, name, w.announce)
                 continue
             self._visit(w, f, name)
@@ -215,7 +185,7 @@ class Walker:
         frames.append(Frame(fd, name, prefix, st.st_dev, wd, subdirs=subdirs, fresh=fresh,
                             own=True, widen=widen, along=fresh))
         if len(frames) > MAX_HELD_FDS + 1:
-            # Keep the deepest directories open; the top stays open too (see _reopen).
+            # Keep the deepest directories open; the top stays open too (see reopen).
             spare = frames[-MAX_HELD_FDS - 1]
             if spare.fd >= 0 and spare.own:
                 os.close(spare.fd)
@@ -267,13 +237,13 @@ class Walker:
             self.unwatched += 1
             return -1, True
         if wd == -errno.EEXIST:
-            adopted = (self._adopt(fd, prefix, w.pid, st) if seen is not None
-                       else self._moved_here(fd, prefix, w.pid, f.along, st))
+            adopted = (self._known.adopt(fd, prefix, w.pid, st) if seen is not None
+                       else self._known.moved_here(fd, prefix, w.pid, f.along, st))
             if adopted is None:
                 return None  # already watched on this fd (a bind mount, another tree)
             if seen is not None:
                 seen.add(adopted)
-            return adopted, seen is None  # see _moved_here
+            return adopted, seen is None  # see Known.moved_here
         self.unreadable.record(prefix, -wd)
         return None
 
@@ -303,76 +273,9 @@ class Walker:
             self.limit_error = error
         return wd
 
-    def _adopt(self, fd: int, prefix: str, pid: int, st: os.stat_result) -> int | None:
-        """The wd of a directory this fd already watches; one of ours gets its new path."""
-        # Adding bits it already has returns the existing wd and changes nothing.
-        wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), self._settings.narrow | IN_MASK_ADD)
-        if wd < 0:
-            return None
-        old = self._path_of.get(wd)
-        if old is None:
-            return None  # watched by someone else on this fd
-        if old != prefix and self._wd_of.get(old) == wd:
-            del self._wd_of[old]
-        self._watches.remember(wd, prefix, st)
-        return wd
-
-    def _moved_here(self, fd: int, prefix: str, pid: int, along: bool,
-                    st: os.stat_result) -> int | None:
-        """The wd of a directory that a walk (not a resync) meets already watched by this tree.
-
-        Watched at another path that no longer leads to it, it has moved here, and its rename's
-        events are not read yet, or will never come (this directory was not watched when it
-        moved in): its watch moves here at once, and the walk reports what it holds, as for a
-        new directory. The watches below it move as the walk meets them; those it does not
-        meet have left it since, and are removed when the walk ends (see _drop_stale): at the
-        old paths their events would name what a client no longer has. Otherwise (reached by
-        both paths: a bind mount) it is skipped. At its own path it is skipped too, unless
-        `along`: it came with a parent that moved here, or it moved in itself, reported by an
-        IN_MOVED_TO after a listing had reported it, which a client applies as a bare
-        directory that replaces the tree the listing described.
-        """
-        s = self._settings
-        # Adding bits it already has returns the existing wd and changes nothing.
-        wd = self._ino.add_watch_raw(fs.proc_path(fd, pid), s.narrow | IN_MASK_ADD)
-        old = self._path_of.get(wd) if wd >= 0 else None
-        if old is not None:
-            self._watches.identify(wd, st)
-        if old is None or (old == prefix and not along) or (
-                old != prefix and self._reach.leads_to(old, wd)):
-            return None
-        if old != prefix:
-            stale = self._stale
-            if stale.pop(wd, None) is None:  # not below one that moved here in this walk
-                path_of = self._path_of
-                stale.update((d, path_of[d]) for d in self._watches.below(old) if d != wd)
-            self._watches.relocate(wd, old, prefix)
-        if s.quiet:
-            self._reach.set_mask(fd, wd, s.narrow, pid)  # listed as new: widened when left
-        return wd
-
-    def _drop_stale(self) -> None:
-        """Remove the watches below directories that moved here that the walk did not meet."""
-        path_of = self._path_of
-        self._watches.rm_all([wd for wd, p in self._stale.items() if path_of.get(wd) == p])
-        self._stale.clear()
-
-    def _reopen(self, frames: list[Frame]) -> bool:
-        """Open the last frame's directory again, from its nearest ancestor frame still open."""
-        last = len(frames) - 1
-        i = last - 1
-        while frames[i].fd < 0:
-            i -= 1  # frames[0] is never closed
-        names = [frames[j].name for j in range(i + 1, last + 1)]
-        try:
-            frames[last].fd = fs.open_below(frames[i].fd, names, follow=self._settings.follow)
-        except OSError:
-            return False
-        return True
-
     def _leave(self, f: Frame, frames: list[Frame], pid: int) -> None:
         """Done with a frame: widen its watch where it was added narrow, and close it."""
-        if f.widen and (f.fd >= 0 or self._reopen([*frames, f])):
+        if f.widen and (f.fd >= 0 or reopen([*frames, f], follow=self._settings.follow)):
             self._reach.set_mask(f.fd, f.wd, self._settings.full, pid)
         if f.own and f.fd >= 0:
             os.close(f.fd)
@@ -391,35 +294,8 @@ class Walker:
         if (out is None and st is not None and st.st_nlink == 2 and s.skip_leaves
                 and self._fs_types.get(st.st_dev) in fs.LEAF_COUNT_FS):
             return []  # no subdirectory, and no entry to report: no need to list it
-        follow = s.follow
-        prune = s.prune
         names: set[str] | None = None
         if out is not None and s.report & IN_CREATE:
             names = self._watches.synth_cur.setdefault(wd, set())
-        subdirs: list[str] = []
-        try:
-            # Opened for reading just for the listing: its open and close are reported to its
-            # watch and its parent's while those are still narrow.
-            lfd = os.open(".", fs.DIR_FLAGS, dir_fd=fd)
-            try:
-                # Not closed before the end: an entry's stat (a link followed, or a file system
-                # that gives no d_type) is made relative to it.
-                with os.scandir(lfd) as it:
-                    for entry in it:
-                        name = entry.name
-                        try:
-                            is_dir = entry.is_dir(follow_symlinks=follow)
-                        except OSError:
-                            is_dir = False
-                        if is_dir:
-                            if prune is not None and prune(name):
-                                continue
-                            subdirs.append(name)
-                        if names is not None and out is not None:
-                            names.add(name)
-                            out.append(synthetic_create(prefix + name, is_dir))
-            finally:
-                os.close(lfd)
-        except OSError as e:
-            self.unreadable.record(prefix, e)  # what was listed before the error is kept
-        return subdirs
+        return list_dir(fd, prefix, follow=s.follow, prune=s.prune, names=names, out=out,
+                        unreadable=self.unreadable)
