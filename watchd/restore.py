@@ -108,11 +108,13 @@ class Forward:
                                        loose)
         elif kind == Kind.MOVED_TO:
             held = self.moving.pop(cookie, None)
+            # A rename replaces what had the name, and all below it (loose keys too): from a
+            # source a client does not know (moved in from outside), it has a bare directory.
+            self._take(path)
             if held is None or event.get("src_path") != held[2]:
                 self._put(path, unknown)
                 return
             record, subtree, _src, loose = held
-            self._take(path)  # a rename replaces what had the name
             self._put(path, record)
             self.dirs.update((path + rel, children) for rel, children in subtree.items())
             self.loose.update(path + rel for rel in loose)
