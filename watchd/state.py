@@ -24,6 +24,7 @@ Write and fsync policy.
   the notice (State.forget). Not sorted out at a restart instead: the notice's seq is the last
   event's, as is a save's, so the files cannot tell an index stored just before the notice
   (void) from one stored just after it (good); removing first is exact, one unlink per loss.
+  So is an index the resume's own `daemon_restart` notice voids (watchd.restore.open_state).
 * state.json: written the same way at start ("clean": false) and at a stop ("clean": true,
   with the last seq).
 
