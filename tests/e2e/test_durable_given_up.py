@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_durable_abandon import rescanning
+from tests.e2e.test_durable_abandon import rescanning, stored_watch
 from tests.e2e.test_follow import QUICK, forget_ready, subscribed
 from tests.e2e.test_resync_abandoned import follow_until
-from tests.harness import Daemon, config, is_event, is_type, wait_for, watch
+from tests.harness import Daemon, is_event, is_type
 from tests.picture import Picture, listing
 from watchd.client import Client
 from watchd.statefiles import META, index_file
@@ -52,15 +52,9 @@ def immutable(*paths: str) -> Iterator[None]:
 
 def test_a_state_whose_void_index_and_state_file_cannot_be_removed_is_not_resumed(
         start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
-    root, away = watched / "r", watched / "away"
-    (root / "d").mkdir(parents=True)
-    (root / "d" / "g").write_text("g")
-    (root / "f").write_text("f")
-    state = Path(workdir) / "state"
-    daemon = start_daemon(config(daemon_extra=f'state_directory = "{state}"',
-                                 watches=watch("w", root)))
+    daemon, root, state = stored_watch(start_daemon, watched, workdir)
+    away = watched / "away"
     stored, meta = index_file(str(state), "w"), str(state / META)
-    wait_for(lambda: os.path.exists(stored), 20, "the watch's index stored")
     with Client.follow(socket_path=daemon.socket, backoff=QUICK) as follower:
         subscribed(follower, daemon)
         instance = follower.instance
