@@ -166,12 +166,12 @@ def usable_indexes(watches: Iterable[WatchConfig], stored: dict[str, StoredIndex
             continue
         index = stored.get(watch.name)
         why = unusable(watch, index, entries, last_seq)
-        if why is not None or index is None:
+        dirs = None if why is not None or index is None else bring_forward(
+            index, watch.name, entries, last_seq)
+        if dirs is None:
             log.warning("watch %s: %s; its subscribers are told to rescan", watch.name, why)
-            continue
-        dirs = bring_forward(index, watch.name, entries, last_seq)
-        assert dirs is not None  # it reaches the journal (unusable)
-        out[watch.name] = dirs
+        else:
+            out[watch.name] = dirs
     return out
 
 
