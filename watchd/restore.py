@@ -17,7 +17,8 @@ differs from anything a scan finds, so the start-up comparison reports it again 
 or `attrib` for a path that had not changed, at most; applied in order, every event still ends
 in the tree as it is). A watch whose index is missing, was taken of another configuration of
 the watch, or is older than what the journal holds, gets `"resync": false`: its subscribers
-must rescan it.
+must rescan it, and its stored index is removed before that notice is published (open_state),
+so that no later start compares with it.
 """
 
 from __future__ import annotations
@@ -54,17 +55,33 @@ def index_spec(watch: WatchConfig) -> str:
                        list(watch.include), list(watch.exclude)])
 
 
+def reaches(stored: StoredIndex, entries: list[Held], last_seq: int) -> bool:
+    """Whether the journal holds every event after a stored index's seq (an index newer than
+    the journal's last event is not one of its run's)."""
+    oldest = entries[0][0] if entries else last_seq + 1
+    return oldest <= stored.seq + 1 <= last_seq + 1
+
+
+def unusable(watch: WatchConfig, stored: StoredIndex | None, entries: list[Held],
+             last_seq: int) -> str | None:
+    """Why a watch's stored index cannot be compared with its first scan (None: it can)."""
+    if stored is None:
+        return "no index was kept"
+    if stored.spec != index_spec(watch):
+        return "its configuration changed"
+    if not reaches(stored, entries, last_seq):
+        return "its index is older than the journal"
+    return None
+
+
 def bring_forward(stored: StoredIndex, name: str, entries: list[Held],
                   last_seq: int) -> Dirs | None:
     """The stored index with the journal's later events of its watch applied; None when the
     journal no longer holds all of them (or the index is newer than the journal)."""
-    if stored.seq > last_seq:
-        return None
-    oldest = entries[0][0] if entries else last_seq + 1
-    if stored.seq + 1 < oldest:
+    if not reaches(stored, entries, last_seq):
         return None
     forward = Forward(stored.dirs)
-    start = stored.seq + 1 - oldest
+    start = stored.seq + 1 - (entries[0][0] if entries else last_seq + 1)
     for _seq, watch, _bit, path, tail in entries[max(start, 0):]:
         if watch == name:
             forward.apply(path, tail)
@@ -108,11 +125,13 @@ class Forward:
                                        loose)
         elif kind == Kind.MOVED_TO:
             held = self.moving.pop(cookie, None)
+            # A rename replaces what had the name, and all below it (loose keys too): from a
+            # source a client does not know (moved in from outside), it has a bare directory.
+            self._take(path)
             if held is None or event.get("src_path") != held[2]:
                 self._put(path, unknown)
                 return
             record, subtree, _src, loose = held
-            self._take(path)  # a rename replaces what had the name
             self._put(path, record)
             self.dirs.update((path + rel, children) for rel, children in subtree.items())
             self.loose.update(path + rel for rel in loose)
@@ -143,23 +162,28 @@ def usable_indexes(watches: Iterable[WatchConfig], stored: dict[str, StoredIndex
     """The watches whose index can be compared with their first scan, brought up to date."""
     out: dict[str, Dirs] = {}
     for watch in watches:
-        index = stored.get(watch.name)
         if not watch.resync:
             continue
-        why = None
-        if index is None:
-            why = "no index was kept"
-        elif index.spec != index_spec(watch):
-            why = "its configuration changed"
-        else:
-            dirs = bring_forward(index, watch.name, entries, last_seq)
-            if dirs is None:
-                why = "its index is older than the journal"
-            else:
-                out[watch.name] = dirs
-        if why is not None:
+        index = stored.get(watch.name)
+        why = unusable(watch, index, entries, last_seq)
+        dirs = None if why is not None or index is None else bring_forward(
+            index, watch.name, entries, last_seq)
+        if dirs is None:
             log.warning("watch %s: %s; its subscribers are told to rescan", watch.name, why)
+        else:
+            out[watch.name] = dirs
     return out
+
+
+def voided(watches: Iterable[WatchConfig], resumed: Resumed) -> list[str]:
+    """The watches whose stored index the resume's notices void: each is told "resync": false
+    (resume), and its subscribers rescan; compared after a later restart, the index would
+    describe the tree before their rescan."""
+    loaded = resumed.loaded
+    return [watch.name for watch in watches
+            if (index := resumed.indexes.get(watch.name)) is not None
+            and (not watch.resync
+                 or unusable(watch, index, loaded.entries, loaded.last_seq) is not None)]
 
 
 # The reason of a marker that only the journal holds: a `watch_restored` of a watch with an
@@ -232,4 +256,9 @@ def open_state(config: Config, environ: Mapping[str, str], *,
         # It cannot be written: resumed, its next seqs would be on record nowhere.
         state.restored_from = None
         return state, None
+    if resumed is not None:
+        # Removed before resume publishes the notices that void them, as at any abandon
+        # (State.forget): the next save is a while away, and a crash before it must not find
+        # them.
+        state.forget(voided(config.watches, resumed))
     return state, resumed

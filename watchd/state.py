@@ -1,7 +1,8 @@
 """The durable state directory: what lets clients resume across a restart of the daemon.
 
     <state_directory>/          mode 0700, owned by the daemon's user
-      lock                      flock'ed while a daemon uses the directory
+      lock                      flock'ed while a daemon uses the directory; empty, but for a
+                                note that a run gave the state up without removing state.json
       state.json                {"format", "instance", "boot_id", "clean", "seq"}
       journal/<seq>.seg         the replay journal (watchd.journal)
       index/<hex name>.idx      each watch's index, with the seq it is as of
@@ -24,6 +25,7 @@ Write and fsync policy.
   the notice (State.forget). Not sorted out at a restart instead: the notice's seq is the last
   event's, as is a save's, so the files cannot tell an index stored just before the notice
   (void) from one stored just after it (good); removing first is exact, one unlink per loss.
+  So is an index the resume's own `daemon_restart` notice voids (watchd.restore.open_state).
 * state.json: written the same way at start ("clean": false) and at a stop ("clean": true,
   with the last seq).
 
@@ -34,7 +36,9 @@ fsync, which clients may have seen: so a state that was not closed cleanly in an
 is not resumed: the daemon starts with a new instance (clients get since_expired and rescan).
 State that cannot be read is moved aside (to NAME.bad) with a warning, and the daemon starts
 fresh with a new instance; one it cannot write (a read-only or full file system) is logged as
-an error, and the daemon goes on without durable state ("durable": false in hello).
+an error, and the daemon goes on without durable state ("durable": false in hello): it removes
+state.json, or, when that fails too, notes in the lock file (open for writing, so no directory
+write is needed) that the state was given up; a start that finds the note begins a new instance.
 """
 
 from __future__ import annotations
@@ -64,7 +68,9 @@ from watchd.statefiles import (
     directory_bytes,
     encode_index,
     fsync_close,
+    given_up,
     index_file,
+    note_given_up,
     write_all,
     write_atomic,
 )
@@ -119,8 +125,10 @@ class State:
         except OSError as e:
             self._unusable(e)
             return None
+        left: list[str] = []
         try:
-            resumed = read_previous(self.path, specs)
+            left = given_up(self._lock_fd)
+            resumed = None if left else read_previous(self.path, specs)
         except StateError as e:
             log.debug("state not resumed: %s", e)
             resumed = None
@@ -128,6 +136,9 @@ class State:
             log.warning("state %s cannot be read (%s); starting with a new instance",
                         self.path, e.strerror or e)
             resumed = None
+        if left:
+            log.warning("state %s: a previous run gave it up and could not remove %s; "
+                        "starting with a new instance", self.path, " nor ".join(left))
         if resumed is not None:
             self.restored_from = resumed.loaded.last_seq
         else:
@@ -154,6 +165,11 @@ class State:
         self.instance = instance
         self.journal = rec
         self._saved_seq = last_seq
+        try:
+            os.ftruncate(self._lock_fd, 0)  # a note that the state was given up is answered
+        except OSError as e:
+            log.warning("cannot empty %s: %s; the next start begins a new instance",
+                        os.path.join(self.path, LOCK), e.strerror)
         return True
 
     def _prepare(self) -> None:
@@ -296,13 +312,27 @@ class State:
                   "now are told \"durable\": false; a restart begins a new instance)",
                   doing, what, error.strerror or error)
         self.on_fail()
+        meta = os.path.join(self.path, META)
         try:
-            os.unlink(os.path.join(self.path, META))
+            os.unlink(meta)
         except FileNotFoundError:
             pass
         except OSError as e:
-            log.error("cannot remove %s: %s; remove it before watchd starts again",
-                      os.path.join(self.path, META), e.strerror)
+            self._note_given_up([what, meta] if doing == "remove" else [meta], e)
+
+    def _note_given_up(self, left: list[str], error: OSError) -> None:
+        """state.json cannot be removed: the lock file says instead that the state was given
+        up (a restart that resumed it would reuse seqs, and compare with a voided index)."""
+        meta = left[-1]
+        try:
+            note_given_up(self._lock_fd, left)
+        except OSError as e:
+            log.error("cannot remove %s: %s, nor note in %s that the state was given up: %s; "
+                      "remove %s before watchd starts again", meta, error.strerror,
+                      os.path.join(self.path, LOCK), e.strerror, meta)
+            return
+        log.error("cannot remove %s: %s; noted in %s: the next start begins a new instance",
+                  meta, error.strerror, os.path.join(self.path, LOCK))
 
     async def close(self, last_seq: int,
                     indexes: Iterable[Snapshot]) -> None:

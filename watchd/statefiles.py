@@ -13,7 +13,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from watchd.journal import StateError
@@ -113,6 +113,28 @@ def directory_bytes(path: str) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(parent, name)).st_size
     return total
+
+
+# The lock file's content (it is otherwise empty): written by a run that gave its state up
+# and could not remove state.json (State.fail), one line per file it left. The lock is open for
+# writing while a daemon runs, so this write needs neither a writable directory nor state.json
+# itself; a start that finds it does not resume the state (State.open).
+_GIVEN_UP = b"given up, left: "
+
+
+def note_given_up(fd: int, paths: Iterable[str]) -> None:
+    """Note in the open lock file that the state was given up, leaving these files."""
+    data = b"".join(_GIVEN_UP + os.fsencode(path) + b"\n" for path in paths)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+    os.fsync(fd)
+
+
+def given_up(fd: int) -> list[str]:
+    """The files that a run which gave the state up noted as left (none: it did not)."""
+    data = os.pread(fd, 1 << 16, 0)
+    return [os.fsdecode(line[len(_GIVEN_UP):]) for line in data.splitlines()
+            if line.startswith(_GIVEN_UP)]
 
 
 def fsync_close(fd: int) -> OSError | None:

@@ -62,9 +62,11 @@ def rescanning(picture: Picture, root: Path, got: list[Message]) -> None:
         picture.apply(message)
 
 
-def test_a_crash_at_the_abandon_leaves_no_index_that_the_notice_voided(
-        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
-    root, away = watched / "r", watched / "away"
+def stored_watch(start_daemon: Callable[..., Daemon], watched: Path,
+                 workdir: str) -> tuple[Daemon, Path, Path]:
+    """A daemon with durable state (in workdir/state) and a watch "w" of watched/r, which
+    holds d/g and f, once the watch's index is stored; the root and the state directory."""
+    root = watched / "r"
     (root / "d").mkdir(parents=True)
     (root / "d" / "g").write_text("g")
     (root / "f").write_text("f")
@@ -73,6 +75,13 @@ def test_a_crash_at_the_abandon_leaves_no_index_that_the_notice_voided(
                                  watches=watch("w", root)))
     stored = index_file(str(state), "w")
     wait_for(lambda: os.path.exists(stored), 20, "the watch's index stored")
+    return daemon, root, state
+
+
+def test_a_crash_at_the_abandon_leaves_no_index_that_the_notice_voided(
+        start_daemon: Callable[..., Daemon], watched: Path, workdir: str) -> None:
+    daemon, root, state = stored_watch(start_daemon, watched, workdir)
+    away, stored = watched / "away", index_file(str(state), "w")
     assert daemon.proc is not None
     with Client.follow(socket_path=daemon.socket, backoff=QUICK) as follower:
         subscribed(follower, daemon)
