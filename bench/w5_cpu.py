@@ -15,7 +15,14 @@ from the client, and a client busy all the time is the limit.
     .venv/bin/python -m bench.w5_cpu --tree /tmp/base --tree .  # two watchd trees alternated
 
 `--no-resync` adds a watchd run whose watch has `resync = false` (no index, so the watcher
-makes no lstat per path): a measurement of what the index costs on this workload.
+makes no lstat per path): a measurement of what the index costs on this workload. `--procs 1 2`
+runs the client as one process and as two that share the connections (forked after the
+subscribes, each reading its share), as separate clients would; `--gc on off` with and without
+Python's cyclic garbage collector in the client. Notices the client got (`overflow`,
+`dropped`, ...) are counted, and the daemon's log of such a run is kept in /tmp.
+
+Anything else on the machine that lowers `fs.inotify.max_queued_events` meanwhile overflows
+the kernel queue in these runs: run it under `flock /tmp/watchd-suite.lock`.
 """
 
 from __future__ import annotations
