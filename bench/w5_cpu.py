@@ -254,8 +254,9 @@ def main() -> int:
     parser.add_argument("--no-watchman", action="store_true")
     parser.add_argument(
         "--cmd",
-        help="WATCHD_CMD for the (one) tree instead of its .venv/bin/watchd, "
-        "e.g. to run the daemon under a profiler",
+        help="WATCHD_CMD instead of the tree's .venv/bin/watchd, {tree} standing for the "
+        "tree: e.g. the daemon under a profiler, or 'env PYTHONPATH={tree} python -m watchd "
+        "--config {config}' for a tree without a venv of its own",
     )
     parser.add_argument(
         "--procs",
@@ -303,8 +304,8 @@ def main() -> int:
             for run in runs if rep % 2 == 0 else runs[::-1]:
                 if run.tree is not None:
                     os.environ["WATCHD_CMD"] = (
-                        args.cmd or f"{run.tree}/.venv/bin/watchd --config {{config}}"
-                    )
+                        args.cmd or "{tree}/.venv/bin/watchd --config {config}"
+                    ).replace("{tree}", str(run.tree))
                     watchd.CONFIG = config + ("" if run.resync else "resync = false\n")  # type: ignore[attr-defined]
                 r = one(run.module, run.opts, subs, args.files, args.fs, gen, run.client)
                 name = run.name + run.client.label()
