@@ -44,7 +44,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.frame_fill import HARNESS, SENTINEL, cpu_s, gen_binary
+from bench.frame_fill import HARNESS, cpu_s, gen_binary, read_all
 
 
 @dataclass(frozen=True)
@@ -113,26 +113,6 @@ class Notices:
 
     def dumps(self, value: Any) -> str:
         return json.dumps(value)
-
-
-def read_all(peer: Any, root: Path, subs: list[int], t0: int) -> tuple[int, dict[int, int]]:
-    """Reads until each of subs saw a sentinel; the time of the last workload event."""
-    seen = dict.fromkeys(subs, 0)
-    done: set[int] = set()
-    last = t0
-    deadline = time.monotonic() + 120
-    sentinel_at = time.monotonic() + 0.5
-    while len(done) < len(subs) and time.monotonic() < deadline:
-        if time.monotonic() > sentinel_at:  # as the harness: after the generator, retried
-            (root / f"{SENTINEL}{os.getpid()}.{int(sentinel_at * 1000)}").touch()
-            sentinel_at = time.monotonic() + 3
-        for t, kind, path, sub in peer.read_batch(0.2):
-            if SENTINEL in path:
-                done.add(sub)
-            elif kind in ("create", "modify"):
-                seen[sub] += 1
-                last = max(last, t)
-    return last, seen
 
 
 def own_share(peer: Any, k: int, procs: int) -> list[int]:
