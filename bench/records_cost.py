@@ -16,10 +16,9 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from bench.client_cost import best_cpu_s
 from watchd.inotify.flags import IN_CLOSE_WRITE, IN_CREATE, IN_MODIFY
 from watchd.records import Item, Recorder
 
@@ -35,15 +34,6 @@ def reads(root: Path, files: int, per_read: int) -> list[list[Item]]:
     return [items[start : start + step] for start in range(0, len(items), step)]
 
 
-def least_cpu_s(action: Callable[[], object], reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        start = time.process_time()
-        action()
-        best = min(best, time.process_time() - start)
-    return best
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10000)
@@ -54,8 +44,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="records-cost.", dir=args.fs))
     try:
         batches = reads(root, args.files, args.per_read)
-        recorded = least_cpu_s(lambda: [Recorder().records(b) for b in batches], args.reps)
-        named = least_cpu_s(lambda: [Recorder().named(b) for b in batches], args.reps)
+        recorded = best_cpu_s(lambda: [Recorder().records(b) for b in batches], args.reps)
+        named = best_cpu_s(lambda: [Recorder().named(b) for b in batches], args.reps)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"{args.files:,} files in reads of {args.per_read}: Recorder.records "
