@@ -11,10 +11,15 @@ shared machine, it does not move with the load, so two encodings compare exactly
     .venv/bin/python -m bench.client_cost                      # both decimals of `time`, watchman
     .venv/bin/python -m bench.client_cost --frames 64 150 256  # frame sizes
     .venv/bin/python -m bench.client_cost --seconds             # CPU time, json.loads apart
+    .venv/bin/python -m bench.client_cost --members             # what each member costs
 
 `--seconds` times the same reading in-process instead (CPU seconds, best of --rounds), and
 `json.loads` of the same lines alone: what a client of this kind spends per event at the least,
 whatever the daemon does.
+
+`--members` counts the frames of 150 with one member of the event object left out at a time,
+then with only `kind` and `path` (a client's cost for each member the contract puts in an
+event; frames re-encoded compactly from the daemon's own), beside watchman's PDUs.
 """
 
 from __future__ import annotations
@@ -49,6 +54,19 @@ def watchd_bytes(events: int, frame: int, decimals: int) -> bytes:
     return b"".join(frames(frame_head("s1"), tails, frame))
 
 
+def without(data: bytes, drop: list[str]) -> bytes:
+    """Frames with the members in drop left out of every event ("+kind,path": all but these)."""
+    keep = drop[0][1:].split(",") if drop and drop[0].startswith("+") else None
+    lines = []
+    for line in data.splitlines():
+        frame = json.loads(line)
+        for event in frame["events"]:
+            for member in [m for m in event if (m not in keep if keep else m in drop)]:
+                del event[member]
+        lines.append(json.dumps(frame, separators=(",", ":")).encode() + b"\n")
+    return b"".join(lines)
+
+
 def watchman_bytes(events: int, frame: int) -> bytes:
     """W5's file entries in subscription PDUs of `frame` files, as watchman 4.9 sends them."""
     pdus = []
@@ -77,10 +95,13 @@ def adapter(peer: str, sock: socket.socket) -> Any:
     return reader
 
 
-def one(peer: str, events: int, frame: int, decimals: int, read: bool) -> float:
+def one(peer: str, events: int, frame: int, decimals: int, read: bool,
+        drop: list[str] | None = None) -> float:
     """Build the bytes; with `read`, have the adapter read them as the harness's consumer does."""
     data = (watchman_bytes(events, frame) if peer == "watchman"
             else watchd_bytes(events, frame, decimals))
+    if drop:
+        data = without(data, drop)
     if not read:
         return len(data) / events
     ours, theirs = socket.socketpair()
@@ -130,6 +151,29 @@ def instructions(argv: list[str]) -> int:
     return int(found.group(1).replace(",", ""))
 
 
+MEMBERS = ("", "seq", "time", "watch", "kind", "is_dir", "mask", "cookie", "+kind,path")
+
+
+def members(events: int) -> int:
+    """Instructions per event of the harness's client with each member left out in turn."""
+    print("| event object | bytes per event | instructions per event | ÷ all members |")
+    print("|---|---|---|---|")
+    full = 0.0
+    for drop in (*MEMBERS, "watchman"):
+        peer = "watchman" if drop == "watchman" else "watchd"
+        argv = ["--events", str(events), "--drop", "" if peer == "watchman" else drop,
+                "--one", peer, "150", "5"]
+        base, read = (instructions([*argv, flag]) for flag in ("0", "1"))
+        size = float(subprocess.run([sys.executable, "-m", "bench.client_cost", *argv, "0"],
+                                    capture_output=True, text=True, check=True).stdout)
+        cost = (read - base) / events
+        full = full or cost
+        label = {"": "all members (as sent)", "watchman": "watchman's file entry (PDUs of 150)",
+                 "+kind,path": "only kind and path"}.get(drop, f"without {drop}")
+        print(f"| {label} | {size:.0f} | {cost:,.0f} | {cost / full:.2f} |", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10240)
@@ -140,13 +184,19 @@ def main() -> int:
     parser.add_argument("--seconds", action="store_true",
                         help="CPU time in-process instead of instructions under cachegrind")
     parser.add_argument("--rounds", type=int, default=5, help="with --seconds: best of")
+    parser.add_argument("--members", action="store_true",
+                        help="each member of the event object left out in turn (instructions)")
     parser.add_argument("--one", nargs=4, metavar=("PEER", "FRAME", "DECIMALS", "READ"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--drop", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    drop = [m for m in args.drop.split(",") if m] if not args.drop.startswith("+") else [args.drop]
     if args.one:
         peer, frame, decimals, read = args.one
-        print(one(peer, args.events, int(frame), int(decimals), read == "1"))
+        print(one(peer, args.events, int(frame), int(decimals), read == "1", drop))
         return 0
+    if args.members:
+        return members(args.events)
     cases = [("watchd", frame, decimals) for frame in args.frames for decimals in args.decimals]
     cases += [("watchman", frame, 0) for frame in args.frames]
     if args.seconds:

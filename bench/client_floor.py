@@ -9,6 +9,11 @@ its last receipt. That is a floor for any server measured through that client: W
 subscribers moves 3,000,000 lines (create, modify and close_write for each of 10,000 files).
 
     .venv/bin/python -m bench.client_floor --subs 100 --lines 30000
+    .venv/bin/python -m bench.client_floor --subs 100 --lines 10000 --creates --batch 256 \
+        --only kind,path      # frames whose events hold only these members
+
+`--only` is no protocol of watchd's: it measures what a subscription asking for fewer members
+would cost the same client.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from bench.client_cost import without
 from watchd.events import KIND_BITS, Kind
 from watchd.protocol import EventEncoder, event_prefix, frame_head, frames
 
@@ -35,10 +41,11 @@ KINDS = (Kind.CREATE, Kind.MODIFY, Kind.CLOSE_WRITE)
 HEAD = event_prefix("s1")  # an event line is its subscription's head and the shared tail
 
 
-def event_lines(root: str, count: int, batch: int = 0, creates: bool = False) -> bytes:
+def event_lines(root: str, count: int, batch: int = 0, creates: bool = False,
+                only: str = "") -> bytes:
     """count events for subscription s1 as watchd writes them: three kinds per file (or, with
     `creates`, a create per file, W5's subscription), as lines or, with `batch`, in frames of
-    that many events."""
+    that many events (with `only`, holding only those members, named with commas)."""
     encoder = EventEncoder()
     now = time.time()
     kinds = (Kind.CREATE,) if creates else KINDS
@@ -49,7 +56,8 @@ def event_lines(root: str, count: int, batch: int = 0, creates: bool = False) ->
     tails.append(encoder.tail(count, now, "bench", "create", f"{root}/__sentinel__0",
                               KIND_BITS[Kind.CREATE], 0, None))
     if batch:
-        return b"".join(frames(frame_head("s1"), tails, batch))
+        framed = b"".join(frames(frame_head("s1"), tails, batch))
+        return without(framed, ["+" + only]) if only else framed
     return b"".join(HEAD + tail for tail in tails)
 
 
@@ -67,11 +75,11 @@ def serve_one(conn: socket.socket, payload: bytes) -> None:
         sel.select()  # until the client closes
 
 
-def serve(config: str, lines: int, batch: int, creates: bool) -> int:
+def serve(config: str, lines: int, batch: int, creates: bool, only: str) -> int:
     """The stand-in server: WATCHD_CMD for the harness's watchd adapter."""
     with open(config, "rb") as f:
         cfg = tomllib.load(f)
-    payload = event_lines(cfg["watch"][0]["path"], lines, batch, creates)
+    payload = event_lines(cfg["watch"][0]["path"], lines, batch, creates, only)
     server = socket.socket(socket.AF_UNIX)
     server.bind(cfg["daemon"]["socket"])
     server.listen(1024)
@@ -84,12 +92,13 @@ def serve(config: str, lines: int, batch: int, creates: bool) -> int:
         threading.Thread(target=serve_one, args=(conn, payload), daemon=True).start()
 
 
-def measure(harness: Path, subs: int, lines: int, batch: int = 0, creates: bool = False
-            ) -> dict[str, float]:
+def measure(harness: Path, subs: int, lines: int, batch: int = 0, creates: bool = False,
+            only: str = "") -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="wd-floor."))
     out = work / "events.pkl"
     cmd = (f"{shlex.quote(sys.executable)} -m bench.client_floor --serve {{config}} "
-           f"--lines {lines} --batch {batch}" + (" --creates" if creates else ""))
+           f"--lines {lines} --batch {batch}" + (" --creates" if creates else "")
+           + (f" --only {shlex.quote(only)}" if only else ""))
     env = dict(os.environ, WATCHD_CMD=cmd, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     spec = f"watchd:subs={subs}" + (",batch=1" if batch else "")
     result = subprocess.run([sys.executable, str(harness / "consumer.py"), "--peer",
@@ -115,12 +124,17 @@ def main() -> int:
                         help="frames of this many events instead of event lines")
     parser.add_argument("--creates", action="store_true",
                         help="a create per file (W5's events=create) instead of three kinds")
+    parser.add_argument("--only", default="",
+                        help="with --batch: events of only these members (kind,path)")
     parser.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only and not args.batch:
+        parser.error("--only needs --batch")
     if args.serve:
-        return serve(args.serve, args.lines, args.batch, args.creates)
-    r = measure(args.harness, args.subs, args.lines, args.batch, args.creates)
+        return serve(args.serve, args.lines, args.batch, args.creates, args.only)
+    r = measure(args.harness, args.subs, args.lines, args.batch, args.creates, args.only)
     form = f"frames of {args.batch}" if args.batch else "lines"
+    form += f" of {args.only} only" if args.only else ""
     print(f"the harness's client took {r['span_s']:.2f} s from its first to its last receipt of "
           f"{r['lines']:,} ready-made events ({form}) on {args.subs} connection(s): "
           f"{r['us_per_line']:.2f} µs an event")

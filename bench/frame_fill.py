@@ -96,6 +96,27 @@ def gen_binary(harness: Path) -> str:
     raise SystemExit(f"no generator: run {harness}/run.sh once (it builds build/gen)")
 
 
+def read_all(peer: Any, root: Path, subs: list[int], t0: int) -> tuple[int, dict[int, int]]:
+    """Reads until each of subs saw a sentinel (created as the harness does, after the
+    generator, retried): the time of the last workload event, and each subscriber's events."""
+    seen = dict.fromkeys(subs, 0)
+    done: set[int] = set()
+    last = t0
+    deadline = time.monotonic() + 120
+    sentinel_at = time.monotonic() + 0.5
+    while len(done) < len(subs) and time.monotonic() < deadline:
+        if time.monotonic() > sentinel_at:  # as the harness: after the generator, retried
+            (root / f"{SENTINEL}{os.getpid()}.{int(sentinel_at * 1000)}").touch()
+            sentinel_at = time.monotonic() + 3
+        for t, kind, path, sub in peer.read_batch(0.2):
+            if SENTINEL in path:
+                done.add(sub)
+            elif kind in ("create", "modify"):
+                seen[sub] += 1
+                last = max(last, t)
+    return last, seen
+
+
 def one(module: ModuleType, tree: Path, subs: int, files: int, fs: Path, gen: str,
         batch: bool = True) -> dict[str, float]:
     counter = CountingJson()
@@ -118,21 +139,7 @@ def one(module: ModuleType, tree: Path, subs: int, files: int, fs: Path, gen: st
         t0 = time.monotonic_ns()
         subprocess.run([gen, "create", str(root), str(files)], check=True, capture_output=True)
         gen_s = (time.monotonic_ns() - t0) / 1e9
-        seen = [0] * subs
-        done: set[int] = set()
-        last = t0
-        deadline = time.monotonic() + 120
-        sentinel_at = time.monotonic() + 0.5
-        while len(done) < subs and time.monotonic() < deadline:
-            if time.monotonic() > sentinel_at:  # as the harness: after the generator, retried
-                (root / f"{SENTINEL}{int(sentinel_at)}").touch()
-                sentinel_at = time.monotonic() + 3
-            for t, _, path, sub in peer.read_batch(0.2):
-                if SENTINEL in path:
-                    done.add(sub)
-                else:
-                    seen[sub] += 1
-                    last = max(last, t)
+        last, seen = read_all(peer, root, list(range(subs)), t0)
         return {"gen_s": gen_s, "after_gen_s": (last - t0) / 1e9 - gen_s,
                 "client_cpu_s": time.process_time() - client_cpu0,
                 "daemon_cpu_s": cpu_s(daemon) - daemon_cpu0,
@@ -141,7 +148,7 @@ def one(module: ModuleType, tree: Path, subs: int, files: int, fs: Path, gen: st
                 "frames": counter.frames, "events": counter.events,
                 "per_frame": counter.events / max(1, counter.frames),
                 "total_s": (last - t0) / 1e9,
-                "complete": sum(min(n, files) for n in seen) / (subs * files)}
+                "complete": sum(min(n, files) for n in seen.values()) / (subs * files)}
     finally:
         peer.stop()
         shutil.rmtree(root, ignore_errors=True)
