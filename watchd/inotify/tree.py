@@ -1,7 +1,7 @@
 """Recursive watching of one directory tree over an InotifyFd that the caller owns and reads.
 
-Per directory the tree keeps the path prefix of its watch and its identity (st_dev, st_ino):
-see watchd.inotify.watches. Rules worth knowing:
+Per directory the tree keeps the path prefix of its watch (watchd.inotify.watches) and its
+identity, (st_dev, st_ino) (watchd.inotify.identities). Rules worth knowing:
 
 * The tree is walked by file descriptor, never by path string (docs/inotify.md, "How trees
   are walked"): each directory is opened relative to its parent's fd with O_NOFOLLOW, watched

@@ -17,7 +17,7 @@ from watchd.inotify.errors import InotifyError
 from watchd.inotify.flags import IN_CREATE, IN_ISDIR
 from watchd.inotify.identities import NOT_OURS, UNSURE, Clock, Identities
 
-# Re-exported: the tree and the tests have them from here.
+# Re-exported: tests of the tree's identities have them from here.
 __all__ = ["NOT_OURS", "UNSURE", "Clock", "TreeEvent", "Watches", "dir_path", "synthetic_create"]
 
 
