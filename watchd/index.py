@@ -221,9 +221,13 @@ class TreeIndex:
                         replays = replays or []
                         replays.append(i)
                     else:
-                        # A rename replaces what had the name, and all below it, as a client
-                        # has it (keys no listing leads to included, see _loose).
-                        self._drop_below(path)
+                        if mask & IN_ISDIR:
+                            # A rename replaces what had the name, and all below it, as a
+                            # client has it (keys no listing leads to included, see _loose).
+                            # Only a directory can be renamed onto one: a file's rename does
+                            # not look through the loose keys (one per directory in a watch
+                            # with `include` patterns).
+                            self._drop_below(path)
                         below = self._moved_to(cookie, path, src_path)
                 made = fresh.get(path, 0) & _MADE or mask & (IN_CREATE | IN_MOVED_TO)
                 named(fresh, mask, path, below)

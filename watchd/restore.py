@@ -127,7 +127,11 @@ class Forward:
             held = self.moving.pop(cookie, None)
             # A rename replaces what had the name, and all below it (loose keys too): from a
             # source a client does not know (moved in from outside), it has a bare directory.
-            self._take(path)
+            # Only a directory can be renamed onto one (and _put takes what a file replaces):
+            # a file's rename does not look through the loose keys, which a watch with
+            # `include` patterns has one of per directory.
+            if is_dir:
+                self._take(path)
             if held is None or event.get("src_path") != held[2]:
                 self._put(path, unknown)
                 return
