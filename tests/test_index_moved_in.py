@@ -12,11 +12,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.picture import Picture, listing
-from tests.test_index import paths, snap
-from watchd.config.model import WatchConfig
-from watchd.records import IN_CREATE, IN_ISDIR, IN_MOVED_TO, Recorder
-from watchd.resync import Resyncer
+from tests.test_index import paths
+from tests.test_restore_moved_in import held_below
+from watchd.records import IN_ISDIR, IN_MOVED_TO, Recorder
 
 
 def test_a_directory_moved_in_over_another_takes_what_the_index_held_below_it(
@@ -25,19 +23,7 @@ def test_a_directory_moved_in_over_another_takes_what_the_index_held_below_it(
     (root / "d").mkdir(parents=True)
     (outside / "x" / "y").mkdir(parents=True)
     (outside / "x" / "y" / "z").write_text("z")
-    resync = Resyncer()
-    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
-    assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
-    # Below d, a directory a resync's scan missed (its events published, kept under keys no
-    # listing leads to), and one it lists.
-    (root / "d" / "m" / "a").mkdir(parents=True)
-    (root / "d" / "m" / "a" / "g").write_text("g")
-    (root / "d" / "k").mkdir()
-    live = [(IN_CREATE | IN_ISDIR, 0, str(root / "d" / "m" / "a"), None),
-            (IN_CREATE, 0, str(root / "d" / "m" / "a" / "g"), None),
-            (IN_CREATE | IN_ISDIR, 0, str(root / "d" / "k"), None)]
-    resync.track("w", [(0.0, live)], [Recorder().records(live)])
-    client = Picture(listing(root) - {str(root / "d" / "m")})
+    resync, client = held_below(root)
     index = resync.watches["w"].index
     assert paths(index.as_dirs()) == client.paths
     # Their removal unheard of, a directory from outside replaces d.

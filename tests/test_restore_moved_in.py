@@ -30,18 +30,13 @@ from watchd.restore import bring_forward, index_spec
 from watchd.resync import Resyncer
 
 
-def test_a_directory_moved_in_over_another_takes_what_the_index_held_below_it(
-        tmp_path: Path) -> None:
-    root, outside = tmp_path / "t", tmp_path / "outside"
-    (root / "d").mkdir(parents=True)
-    (outside / "x" / "y").mkdir(parents=True)
-    (outside / "x" / "y" / "z").write_text("z")
-    watch = WatchConfig(name="w", path=str(root))
+def held_below(root: Path) -> tuple[Resyncer, Picture]:
+    """A watch "w" of root whose index holds, below root/d, a directory a resync's scan missed
+    (the events below it published, kept under keys no listing leads to) and one it lists; and
+    a client's picture in step with it."""
     resync = Resyncer()
-    resync.configure([watch], changed=["w"])
+    resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
     assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
-    # Below d, a directory a resync's scan missed: the events below it are published, and
-    # the index keeps them under keys no listing leads to; beside it, one it lists.
     (root / "d" / "m" / "a").mkdir(parents=True)
     (root / "d" / "m" / "a" / "g").write_text("g")
     (root / "d" / "k").mkdir()
@@ -49,7 +44,17 @@ def test_a_directory_moved_in_over_another_takes_what_the_index_held_below_it(
             (IN_CREATE, 0, str(root / "d" / "m" / "a" / "g"), None),
             (IN_CREATE | IN_ISDIR, 0, str(root / "d" / "k"), None)]
     resync.track("w", [(0.0, live)], [Recorder().records(live)])
-    client = Picture(listing(root) - {str(root / "d" / "m")})
+    return resync, Picture(listing(root) - {str(root / "d" / "m")})
+
+
+def test_a_directory_moved_in_over_another_takes_what_the_index_held_below_it(
+        tmp_path: Path) -> None:
+    root, outside = tmp_path / "t", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    (outside / "x" / "y").mkdir(parents=True)
+    (outside / "x" / "y" / "z").write_text("z")
+    watch = WatchConfig(name="w", path=str(root))
+    resync, client = held_below(root)
     (_name, index, _seq), = resync.indexes()
     assert index is not None
     _, stored = sf.decode_index(sf.encode_index("w", index_spec(watch), 0, index), "w.idx")

@@ -11,8 +11,12 @@ of it, when its coming is read: the `resynced` notices wait until that read is o
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import socket
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from tests.picture import Picture, listing
@@ -26,6 +30,7 @@ from watchd.config.model import WatchConfig
 from watchd.events import DEFAULT_KINDS, kinds_mask
 from watchd.resync import Resyncer
 from watchd.watcher import Watcher
+from watchd.watcher_watch import Watch
 
 CAUGHT = channel.Tag.CAUGHT.value
 
@@ -98,6 +103,39 @@ def filled(d: pathlib.Path) -> None:
     (d / "sub" / "deep" / "h").write_text("z")
 
 
+@dataclass
+class Race:
+    """A watch after a loss (its notice sent, its tree watching again) whose scan was made
+    with a directory, contents and all, moved in between the two (t/a/d, its IN_MOVED_TO
+    unread)."""
+
+    root: pathlib.Path
+    watcher: Watcher
+    theirs: socket.socket
+    reader: channel.FrameReader
+    client: Client
+    watch: Watch
+
+
+@contextlib.contextmanager
+def moved_in_mid_scan(tmp_path: pathlib.Path) -> Iterator[Race]:
+    root, outside = tmp_path / "t", tmp_path / "o"
+    (root / "a").mkdir(parents=True)
+    filled(outside)
+    reader = channel.FrameReader()
+    with watching(root) as (watcher, theirs):
+        client = Client(root)
+        client.take(turn(watcher, theirs, reader))  # the first index
+        watch = watcher.watches["w"]
+        assert watch.tree is not None and watch.ino is not None
+        # A loss, as Watcher.resync answers one, with the move in between its two halves.
+        watcher.send(channel.Overflow("w", resync=True))
+        watch.tree.resync()
+        outside.rename(root / "a" / "d")
+        watcher.rescan("w", owed=True)
+        yield Race(root, watcher, theirs, reader, client, watch)
+
+
 def test_an_idle_watch_is_caught_up_in_the_turn_of_its_scan(tmp_path: pathlib.Path) -> None:
     (tmp_path / "d").mkdir()
     reader = channel.FrameReader()
@@ -114,20 +152,9 @@ def test_a_directory_moved_in_while_the_scan_ran_is_whole_at_resynced(
         tmp_path: pathlib.Path) -> None:
     """Its contents come from the tree's walk when its IN_MOVED_TO is read, after the scan's
     differences: the catch-up follows them, and so does `resynced`."""
-    root, outside = tmp_path / "t", tmp_path / "o"
-    (root / "a").mkdir(parents=True)
-    filled(outside)
-    reader = channel.FrameReader()
-    with watching(root) as (watcher, theirs):
-        client = Client(root)
-        client.take(turn(watcher, theirs, reader))  # the first index
-        watch = watcher.watches["w"]
-        assert watch.tree is not None
-        # A loss, as Watcher.resync answers one, with the move in between its two halves.
-        watcher.send(channel.Overflow("w", resync=True))
-        watch.tree.resync()
-        outside.rename(root / "a" / "d")
-        watcher.rescan("w", owed=True)
+    with moved_in_mid_scan(tmp_path) as race:
+        root, watcher, theirs, reader, client = (race.root, race.watcher, race.theirs,
+                                                 race.reader, race.client)
         at_scan = listing(root)
         watcher.send_caught()
         messages = sent(theirs, reader)
@@ -148,8 +175,8 @@ def test_a_directory_moved_in_while_the_scan_ran_is_whole_at_resynced(
         deadline = time.monotonic() + 10
         while str(root / "settle") not in client.picture.paths:
             assert time.monotonic() < deadline, "the settle file's create never came"
-            assert watch.ino is not None
-            watch.ino.wait_readable(0.05)
+            assert race.watch.ino is not None
+            race.watch.ino.wait_readable(0.05)
             client.take(turn(watcher, theirs, reader))
         assert client.picture.paths == listing(root)
 
@@ -208,28 +235,19 @@ def test_a_directory_the_tree_reaches_a_batch_later_is_whole_at_resynced(
     """The directory moved in while the scan ran, its parent renamed between the read that
     holds its IN_MOVED_TO and the tree's handling of it: the tree reaches it only at the end
     of a later batch (the rename's own events), and the catch-up waits for that."""
-    root, outside = tmp_path / "t", tmp_path / "o"
-    (root / "a").mkdir(parents=True)
-    filled(outside)
-    reader = channel.FrameReader()
-    with watching(root) as (watcher, theirs):
-        client = Client(root)
-        client.take(turn(watcher, theirs, reader))
-        watch = watcher.watches["w"]
-        assert watch.tree is not None and watch.ino is not None
-        watcher.send(channel.Overflow("w", resync=True))
-        watch.tree.resync()
-        outside.rename(root / "a" / "d")
-        watcher.rescan("w", owed=True)
+    with moved_in_mid_scan(tmp_path) as race:
+        root, watcher, theirs, reader, client = (race.root, race.watcher, race.theirs,
+                                                 race.reader, race.client)
         client.take(sent(theirs, reader))
-        ino = watch.ino
+        ino = race.watch.ino
+        assert ino is not None
         raw = ino.read_raw()  # the read: d's IN_MOVED_TO, and its parent renamed right after
         (root / "a").rename(root / "b")
-        watch.ino = OneRead(ino, raw)  # type: ignore[assignment]
+        race.watch.ino = OneRead(ino, raw)  # type: ignore[assignment]
         try:
-            watcher.read_watch(watch)
+            watcher.read_watch(race.watch)
         finally:
-            watch.ino = ino
+            race.watch.ino = ino
         watcher.send_caught()
         first = sent(theirs, reader)
         assert CAUGHT not in tags(first), "caught up before the tree reached the directory"
