@@ -138,7 +138,17 @@ class Losses:
         way: the notice "resync": false answers what was announced (see Resyncer.configure)."""
         log.warning("watch %s: changed while it was resynchronized; subscribers are told to "
                     "rescan", name)
-        self.overflow(name, OverflowReason.RELOAD, frozenset(), (name,))
+
+        def step() -> None:
+            self.overflow(name, OverflowReason.RELOAD, frozenset(), (name,))
+
+        # Behind what that resync has still to publish (its steps, deferred): after the notice,
+        # a client rescans, and those differences would describe the tree before it.
+        watcher = self.supervisor.watcher
+        if watcher is not None and not watcher.exited:
+            watcher.defer([step])
+        else:
+            step()
 
     def on_caught(self, name: str) -> None:
         """The watcher has sent every event older than a watch's last scan: the resync's

@@ -57,3 +57,8 @@ def test_a_reload_during_a_resync_answers_its_notice(start_daemon, watched: Path
     (watched / "settle").write_text("")
     got += line.until(lambda m: m.get("path") == str(watched / "settle"), timeout=60)
     answered(got)
+    # The cut resync's differences that had not gone out yet go before the notice, not after
+    # it: a client that rescans at the notice has the tree, and a move pair described from
+    # before it would empty a directory of that picture.
+    cut = next(i for i, m in enumerate(got) if m.get("reason") == "reload")
+    assert not [m for m in got[cut + 1:] if m.get("path", "").startswith(str(spot))]
