@@ -85,6 +85,9 @@ class _Watch:
     # (Resyncer.caught).
     awaiting: list[tuple[int, float]] = field(default_factory=list)
     scanned: bool = False  # the index holds a scan (until then, events alone say nothing)
+    # A reload changed the watch: a scan that comes before its first index begins (a Fill
+    # that starts it, or watch_restored) was made for the old one, and is not taken.
+    stale_scans: bool = False
     filling: bool = False  # a first scan comes in parts (channel.Fill), events applied between
     fill_started: float = 0.0
     resyncs: int = 0
@@ -134,10 +137,13 @@ class Resyncer:
                 unfinished.append(w.name)
             if not w.resync:
                 continue
-            kept[w.name] = (old if old is not None and w.name not in fresh
-                            else _Watch(TreeIndex(w.path), kinds_mask(w.events)))
+            if old is not None and w.name not in fresh:
+                kept[w.name] = old
+            else:
+                kept[w.name] = _Watch(TreeIndex(w.path), kinds_mask(w.events),
+                                      stale_scans=old is not None)
         self.watches = kept
-        self.held = [h for h in self.held if h[0] in kept]
+        self.held = [h for h in self.held if h[0] in kept and h[0] not in fresh]
         self.held_caught.intersection_update(kept)
         return unfinished
 
@@ -157,6 +163,7 @@ class Resyncer:
         if watch is None or watch.scanned:
             return False  # a whole scan came first (a loss): it filled the index
         if start:
+            watch.stale_scans = False
             watch.index.replace({})
             watch.filling = True
             watch.fill_started = time.monotonic()
@@ -268,6 +275,7 @@ class Resyncer:
         if watch is None:
             return False
         watch.scanned = True
+        watch.stale_scans = False
         watch.resynced_owed += 1
         return True
 
@@ -311,10 +319,11 @@ class Resyncer:
     def scanned(self, name: str, dirs: Listing, scan_s: float,
                 seq: int = 0) -> Resync | None:
         """A scan of a watch came (at rest, as the watcher sends it): compare it with the
-        index (None: not a watch with one). `seq`: the last one published; until the steps
+        index (None: not a watch with one, or a scan of the watch as it was before a reload
+        changed it, see _Watch.stale_scans). `seq`: the last one published; until the steps
         of this resync have all run (see steps), the index stored is the one before it."""
         watch = self.watches.get(name)
-        if watch is None:
+        if watch is None or watch.stale_scans:
             return None
         started = time.monotonic()
         scan = at_rest(dirs)
