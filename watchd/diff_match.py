@@ -123,6 +123,14 @@ class _Matcher:
                     and same.get(split(path)[0]) == split(path)[0]):
                 same[path] = path
                 taken.add(path)
+        # A directory that no listing names on either side (a watch's `include` patterns list
+        # only the names they take, so its directories are known by their keys alone) is, to a
+        # client, its path: the same where its parent is.
+        for path in sorted(self.old.keys() & self.new.keys(), key=depth):
+            if (path not in same and path not in old_dirs and path not in new_dirs
+                    and path not in taken and same.get(split(path)[0]) == split(path)[0]):
+                same[path] = path
+                taken.add(path)
         # One that stays at its path in a directory that went (replaced by another under its
         # name) is gone with it to a client, and made anew in the other.
         for path in sorted(same, key=depth):
