@@ -60,5 +60,7 @@ def test_a_reload_during_a_resync_answers_its_notice(start_daemon, watched: Path
     # The cut resync's differences that had not gone out yet go before the notice, not after
     # it: a client that rescans at the notice has the tree, and a move pair described from
     # before it would empty a directory of that picture.
+    # (Kernel events may follow it: under load the daemon may find the stopped watcher hung
+    # and replace it while files are still being made.)
     cut = next(i for i, m in enumerate(got) if m.get("reason") == "reload")
-    assert not [m for m in got[cut + 1:] if m.get("path", "").startswith(str(spot))]
+    assert not [m for m in got[cut + 1:] if m.get("synthetic")]
