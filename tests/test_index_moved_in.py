@@ -19,11 +19,7 @@ from watchd.records import IN_ISDIR, IN_MOVED_TO, Recorder
 
 def test_a_directory_moved_in_over_another_takes_what_the_index_held_below_it(
         tmp_path: Path) -> None:
-    root, outside = tmp_path / "t", tmp_path / "outside"
-    (root / "d").mkdir(parents=True)
-    (outside / "x" / "y").mkdir(parents=True)
-    (outside / "x" / "y" / "z").write_text("z")
-    resync, client = held_below(root)
+    root, outside, resync, client = held_below(tmp_path)
     index = resync.watches["w"].index
     assert paths(index.as_dirs()) == client.paths
     # Their removal unheard of, a directory from outside replaces d.

@@ -30,10 +30,15 @@ from watchd.restore import bring_forward, index_spec
 from watchd.resync import Resyncer
 
 
-def held_below(root: Path) -> tuple[Resyncer, Picture]:
-    """A watch "w" of root whose index holds, below root/d, a directory a resync's scan missed
-    (the events below it published, kept under keys no listing leads to) and one it lists; and
-    a client's picture in step with it."""
+def held_below(tmp_path: Path) -> tuple[Path, Path, Resyncer, Picture]:
+    """A tree t (with t/d) and, outside it, a directory x holding y/z; a watch "w" of t whose
+    index holds, below t/d, a directory a resync's scan missed (the events below it published,
+    kept under keys no listing leads to) and one it lists; and a client's picture in step with
+    it."""
+    root, outside = tmp_path / "t", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    (outside / "x" / "y").mkdir(parents=True)
+    (outside / "x" / "y" / "z").write_text("z")
     resync = Resyncer()
     resync.configure([WatchConfig(name="w", path=str(root))], changed=["w"])
     assert resync.scanned("w", snap(root), 0.0) is not None  # the first: fills the index
@@ -44,17 +49,13 @@ def held_below(root: Path) -> tuple[Resyncer, Picture]:
             (IN_CREATE, 0, str(root / "d" / "m" / "a" / "g"), None),
             (IN_CREATE | IN_ISDIR, 0, str(root / "d" / "k"), None)]
     resync.track("w", [(0.0, live)], [Recorder().records(live)])
-    return resync, Picture(listing(root) - {str(root / "d" / "m")})
+    return root, outside, resync, Picture(listing(root) - {str(root / "d" / "m")})
 
 
 def test_a_directory_moved_in_over_another_takes_what_the_index_held_below_it(
         tmp_path: Path) -> None:
-    root, outside = tmp_path / "t", tmp_path / "outside"
-    (root / "d").mkdir(parents=True)
-    (outside / "x" / "y").mkdir(parents=True)
-    (outside / "x" / "y" / "z").write_text("z")
+    root, outside, resync, client = held_below(tmp_path)
     watch = WatchConfig(name="w", path=str(root))
-    resync, client = held_below(root)
     (_name, index, _seq), = resync.indexes()
     assert index is not None
     _, stored = sf.decode_index(sf.encode_index("w", index_spec(watch), 0, index), "w.idx")
