@@ -7,8 +7,9 @@ watch established (and, with durable state, its first scans are compared with th
 indexes), so a client that connects right after READY sees every later change.
 
 The parts: the broker (subscriptions and fan-out), the supervisor (the watcher process and its
-restarts), the watches' state, the hold-back rule's glue, lost events and their resyncs
-(watchd.losses), the request handler and status.
+restarts), the link (what the watcher is told and what it says: watchd.link), the watches'
+state, the hold-back rule's glue, lost events and their resyncs (watchd.losses), the request
+handler and status.
 """
 
 from __future__ import annotations
@@ -20,19 +21,17 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 
-from watchd import __version__, channel, flow
+from watchd import __version__, flow
 from watchd.broker import Broker
 from watchd.config.load import load_config
-from watchd.config.model import Config, ConfigDiff, WatchConfig, diff_config
+from watchd.config.model import Config, ConfigDiff, diff_config
 from watchd.confirmations import Confirmations
 from watchd.errors import ConfigError
-from watchd.events import kinds_mask
 from watchd.forward.supervise import Forwarders
 from watchd.handler import RequestHandler
 from watchd.holdback import HoldBack
-from watchd.inotify.errors import effective_watch_limit
+from watchd.link import WatcherLink, watch_spec
 from watchd.losses import Losses
 from watchd.metrics import Metrics, MetricsBindError, MetricsServer, exposition
 from watchd.restore import index_spec, open_state, resume
@@ -40,7 +39,7 @@ from watchd.resync import Resyncer
 from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
 from watchd.state import Snapshot, new_instance
 from watchd.status import ReloadRecord, Status
-from watchd.supervisor import Supervisor, WatcherProcess
+from watchd.supervisor import Supervisor
 from watchd.systemd import Notifier, watchdog_interval
 from watchd.watcher import tune_gc
 from watchd.watchstate import Watches
@@ -48,16 +47,8 @@ from watchd.watchstate import Watches
 log = logging.getLogger("watchd")
 
 TICK_S = 1.0  # supervision, watchdog and STATUS= cadence
-EXTEND_TIMEOUT_USEC = 30_000_000  # asked for while a scan is still running
-PROGRESS_INTERVAL_S = 1.0  # at most this often a STATUS= line of a long scan
 SHUTDOWN_GRACE_S = 2.0  # for clients to read what was buffered for them at a stop
 RELOAD_WAIT_S = 30.0  # how long a reload waits for the watcher before READY=1 all the same
-
-
-def watch_spec(watch: WatchConfig) -> channel.Spec:
-    """The watch as the watcher process receives it."""
-    return channel.Spec(watch.name, watch.path, watch.recursive, kinds_mask(watch.events),
-                        tuple(watch.include), tuple(watch.exclude), watch.real_path)
 
 
 class Daemon:
@@ -94,16 +85,18 @@ class Daemon:
             resume(self.broker, self.resync, config.watches, resumed)
         self.clients: set[ClientProtocol] = set()
         self.history = ReloadRecord()
-        self.generation = 0
         self.stopping = asyncio.Event()
         self.confirmations = Confirmations(self.stopping)
         self.owned_socket_path: str | None = None
         self.server: asyncio.AbstractServer | None = None
         self.last_status = ""
-        self.last_progress = -PROGRESS_INTERVAL_S
         self.watchdog_s = watchdog_interval()
-        self.supervisor = Supervisor(self.spawn_watcher, self.stopping,
-                                     on_exit=self.watcher_gone, on_replaced=self.watcher_replaced)
+        # Looked up when called (from run on): the link is built last, on the parts that are
+        # built on the supervisor.
+        self.supervisor = Supervisor(
+            lambda on_exit: self.link.spawn_watcher(on_exit), self.stopping,  # noqa: PLW0108
+            on_exit=lambda: self.link.watcher_gone(),  # noqa: PLW0108
+            on_replaced=lambda: self.link.watcher_replaced())  # noqa: PLW0108
         self.forwarders = Forwarders(
             socket_path=self.socket_path,
             state_directory=self.state.path if self.state is not None else None,
@@ -124,6 +117,11 @@ class Daemon:
                                  settings=lambda: self.config.daemon, clients=self.clients,
                                  status=self.status, hold=self.hold, durable=self.durable,
                                  metrics=self.metrics)
+        self.link = WatcherLink(
+            config=lambda: self.config, log_level=self.log_level, notifier=notifier,
+            stopping=self.stopping, broker=self.broker, resync=self.resync,
+            supervisor=self.supervisor, watches=self.watches, hold=self.hold, losses=self.losses,
+            metrics=self.metrics, confirmations=self.confirmations)
 
     # -- durable state (watchd.state) ----------------------------------------------------------
 
@@ -155,7 +153,8 @@ class Daemon:
         # Supervision runs from the start: a watcher that hangs in its first scan is replaced too.
         ticker = loop.create_task(self.tick_forever())
         syncer = loop.create_task(self.state.sync_forever()) if self.state is not None else None
-        await self.confirmations.wait(self.send_config(), meanwhile=self.still_scanning)
+        await self.confirmations.wait(self.link.send_config(),
+                                      meanwhile=self.link.still_scanning)
         if not self.stopping.is_set():
             assert self.server is not None
             await self.server.start_serving()
@@ -248,85 +247,6 @@ class Daemon:
         if line != self.last_status and self.notifier.status(line):
             self.last_status = line
 
-    # -- the watcher ---------------------------------------------------------------------------
-
-    def spawn_watcher(self, on_exit: Callable[[WatcherProcess], None]) -> WatcherProcess:
-        watcher = WatcherProcess(asyncio.get_running_loop(), self.log_level(),
-                                 self.on_events, self.on_watcher_message, on_exit)
-        watcher.merge_max = self.merge_limit()
-        return watcher
-
-    def merge_limit(self) -> int:
-        """Events per merged batch: half the room a queue keeps before it counts as near full."""
-        return min(channel.MERGE_MAX, self.broker.levels.headroom // 2) or 1
-
-    def watcher_gone(self) -> None:
-        self.hold.release()  # its successor starts reading; the levels are looked at again then
-        if not self.stopping.is_set():
-            self.watches.all_pending()
-
-    def watcher_replaced(self) -> int:
-        self.hold.review()  # subscribers may still be behind the old one's events
-        return self.send_config()
-
-    def send_config(self) -> int:
-        self.generation += 1
-        watcher = self.supervisor.watcher
-        if watcher is not None and not watcher.exited:
-            specs = tuple(watch_spec(w) for w in self.config.watches)
-            budgets = self.config.directory_budgets(effective_watch_limit())
-            watcher.send(channel.Configure(self.generation, specs, budgets,
-                                           tuple(self.resync.enabled()),
-                                           tuple(self.resync.to_fill())))
-        return self.generation
-
-    def still_scanning(self) -> None:
-        """A large tree takes a while to scan: say so, and ask systemd for more time."""
-        self.notifier.extend_timeout(
-            EXTEND_TIMEOUT_USEC, f"Establishing watches: {self.watches.directories()} directories")
-
-    def on_events(self, watch: str, reads: list[channel.Read],
-                  records: list[channel.Records]) -> None:
-        """The hot path: the watcher's reads, to the subscribers (and their records, taken by
-        the watcher, to the watch's index)."""
-        reads = self.resync.track(watch, reads, records)
-        first_write = self.broker.publish_reads(watch, reads)
-        if first_write is not None:
-            self.metrics.latency.observe(first_write - reads[0][0])
-        if self.resync.raced:
-            self.losses.rescan_raced()
-        self.hold.after_publish()
-
-    def on_watcher_message(self, message: channel.Notice) -> None:
-        match message:
-            case channel.Heartbeat(reports):
-                self.watches.on_heartbeat(reports)
-            case channel.Applied(generation):
-                if self.supervisor.applied(generation):
-                    self.losses.announce_restart()
-                self.confirmations.applied(generation)
-            case channel.Overflow(watch, resync, reason):
-                self.losses.lost(watch, resync, reason)
-            case channel.Scan(watch, dirs, seconds):
-                self.losses.on_scan(watch, dirs, seconds)
-            case channel.Caught(watch):
-                self.losses.on_caught(watch)
-            case channel.Fill():
-                self.losses.filled(message)
-            case channel.Lost(watch, path, reason):
-                self.watches.on_lost(watch, path, reason)
-            case channel.Restored(watch, path):
-                self.losses.restored(watch)
-                self.watches.on_restored(watch, path)
-            case channel.Progress(watch, directories):
-                self.watches.on_progress(watch, directories)
-                now = time.monotonic()
-                if now - self.last_progress >= PROGRESS_INTERVAL_S:
-                    self.last_progress = now
-                    self.still_scanning()
-            case channel.Hello(pid):
-                log.debug("watcher process %d says hello", pid)
-
     # -- reload --------------------------------------------------------------------------------
 
     async def reload(self, lock: asyncio.Lock) -> None:
@@ -353,7 +273,7 @@ class Daemon:
                 self.refuse_reload(f"{path}: daemon.replay_buffer: not enough memory for "
                                    f"{new.daemon.replay_buffer} events; choose a smaller history")
                 return
-            generation = self.send_config()
+            generation = self.link.send_config()
             applied = await self.confirmations.wait(generation, deadline=RELOAD_WAIT_S)
             if self.stopping.is_set():
                 return  # STOPPING=1 is on its way; READY=1 now would contradict it
@@ -387,7 +307,7 @@ class Daemon:
         self.history.last_reload_error = None
         self.history.restart_needed = diff.restart_needed
         if self.supervisor.watcher is not None:
-            self.supervisor.watcher.merge_max = self.merge_limit()
+            self.supervisor.watcher.merge_max = self.link.merge_limit()
         self.hold.review()  # the levels may have moved
         if d.log_level != old.daemon.log_level and self.log_level_override is None:
             # The watcher process takes it at its next start.
