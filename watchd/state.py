@@ -121,7 +121,7 @@ class State:
         """Take the directory and what a previous run left in it; returns what to resume, or
         None to start afresh. On return, durable says whether recording works; call start."""
         try:
-            self._prepare()
+            self._lock_fd = lock_directory(self.path)
         except OSError as e:
             self._unusable(e)
             return None
@@ -143,7 +143,8 @@ class State:
             self.restored_from = resumed.loaded.last_seq
         else:
             try:
-                self._wipe()
+                wipe(self.path)
+                self.restored_from = None
             except OSError as e:
                 self._unusable(e)
         return resumed
@@ -172,42 +173,12 @@ class State:
                         os.path.join(self.path, LOCK), e.strerror)
         return True
 
-    def _prepare(self) -> None:
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        st = os.lstat(self.path)
-        if not os.path.isdir(self.path) or os.path.islink(self.path):
-            raise OSError(errno.ENOTDIR, "not a directory")
-        if st.st_uid != os.geteuid():
-            raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by the daemon's user")
-        if st.st_mode & 0o777 != 0o700:
-            os.chmod(self.path, 0o700)
-        for sub in (JOURNAL, INDEX):
-            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(self.path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(fd)
-            raise OSError(errno.EBUSY, "another watchd uses it") from e
-        self._lock_fd = fd
-
     def _unusable(self, e: OSError) -> None:
         log.error("state directory %s: %s; going on without durable state (clients cannot "
                   "resume across a restart)", self.path, e.strerror or e)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-    def _wipe(self) -> None:
-        """Forget a previous run's journal and indexes, and the temporary files of writes a
-        crash interrupted (the files moved aside stay)."""
-        for sub, suffixes in (("", (".tmp",)), (JOURNAL, (journal.SUFFIX,)),
-                              (INDEX, (INDEX_SUFFIX, ".tmp"))):
-            directory = os.path.join(self.path, sub)
-            for entry in os.listdir(directory):
-                if entry.endswith(suffixes):
-                    os.unlink(os.path.join(directory, entry))
-        self.restored_from = None
 
     def _write_meta(self, instance: str, *, clean: bool, seq: int) -> None:
         meta = {"format": FORMAT, "instance": instance, "boot_id": boot_id(), "clean": clean,
@@ -318,21 +289,8 @@ class State:
         except FileNotFoundError:
             pass
         except OSError as e:
-            self._note_given_up([what, meta] if doing == "remove" else [meta], e)
-
-    def _note_given_up(self, left: list[str], error: OSError) -> None:
-        """state.json cannot be removed: the lock file says instead that the state was given
-        up (a restart that resumed it would reuse seqs, and compare with a voided index)."""
-        meta = left[-1]
-        try:
-            note_given_up(self._lock_fd, left)
-        except OSError as e:
-            log.error("cannot remove %s: %s, nor note in %s that the state was given up: %s; "
-                      "remove %s before watchd starts again", meta, error.strerror,
-                      os.path.join(self.path, LOCK), e.strerror, meta)
-            return
-        log.error("cannot remove %s: %s; noted in %s: the next start begins a new instance",
-                  meta, error.strerror, os.path.join(self.path, LOCK))
+            record_given_up(self.path, self._lock_fd,
+                            [what, meta] if doing == "remove" else [meta], e)
 
     async def close(self, last_seq: int,
                     indexes: Iterable[Snapshot]) -> None:
@@ -370,6 +328,53 @@ class State:
         return {"state_directory": self.path, "durable": self.durable,
                 "journal_bytes": self.journal.size if self.journal is not None else 0,
                 "state_bytes": self._sized[1], "restored_from": self.restored_from}
+
+
+def record_given_up(path: str, lock_fd: int, left: list[str], error: OSError) -> None:
+    """state.json cannot be removed: the lock file says instead that the state was given
+    up (a restart that resumed it would reuse seqs, and compare with a voided index)."""
+    meta = left[-1]
+    try:
+        note_given_up(lock_fd, left)
+    except OSError as e:
+        log.error("cannot remove %s: %s, nor note in %s that the state was given up: %s; "
+                  "remove %s before watchd starts again", meta, error.strerror,
+                  os.path.join(path, LOCK), e.strerror, meta)
+        return
+    log.error("cannot remove %s: %s; noted in %s: the next start begins a new instance",
+              meta, error.strerror, os.path.join(path, LOCK))
+
+
+def lock_directory(path: str) -> int:
+    """Make the state directory (and check whose it is), and lock it; returns the lock's fd."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise OSError(errno.ENOTDIR, "not a directory")
+    if st.st_uid != os.geteuid():
+        raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by the daemon's user")
+    if st.st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)
+    for sub in (JOURNAL, INDEX):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        os.close(fd)
+        raise OSError(errno.EBUSY, "another watchd uses it") from e
+    return fd
+
+
+def wipe(path: str) -> None:
+    """Forget a previous run's journal and indexes, and the temporary files of writes a
+    crash interrupted (the files moved aside stay)."""
+    for sub, suffixes in (("", (".tmp",)), (JOURNAL, (journal.SUFFIX,)),
+                          (INDEX, (INDEX_SUFFIX, ".tmp"))):
+        directory = os.path.join(path, sub)
+        for entry in os.listdir(directory):
+            if entry.endswith(suffixes):
+                os.unlink(os.path.join(directory, entry))
 
 
 def new_instance() -> str:
