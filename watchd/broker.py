@@ -7,7 +7,7 @@ discarded and each subscription is told exactly which seqs it missed, so a slow 
 the others and never misses anything silently.
 
 Subscriptions and their filters are in watchd.subscription; the replay history and `since`
-replays in watchd.replay.
+replays in watchd.replay; the notices in watchd.notices.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from watchd.channel import Item
 from watchd.counters import Counters
 from watchd.fanout import FanOut
 from watchd.flow import QueueLevels
+from watchd.notices import Notices
 from watchd.outbox import FLUSH_LINES, REPLAY_STEP, Outbox, QueueLimits
 from watchd.protocol import (
     DEFAULT_MAX_BATCH,
@@ -27,7 +28,7 @@ from watchd.protocol import (
     ProtocolError,
     Subscribe,
 )
-from watchd.replay import History, Marker, Replays
+from watchd.replay import History, Replays
 from watchd.subscription import (
     Connection,
     Filter,
@@ -92,6 +93,14 @@ class Broker:
         # Returns when the first client write began (wall clock), None if none was written to.
         self.publish_reads: Callable[[str, list[tuple[float, list[Item]]]], float | None] = (
             self._fanout.publish)
+        # The notices to subscribers, handed on as the methods of their own part (as above: no
+        # call in between): overflow, resynced, watch_lost, watch_restored, watch_degraded.
+        notices = Notices(self._conns, self._history, self._counts, self._outbox.pump)
+        self.overflow = notices.overflow
+        self.resynced = notices.resynced
+        self.watch_lost = notices.watch_lost
+        self.watch_restored = notices.watch_restored
+        self.watch_degraded = notices.watch_degraded
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -306,56 +315,7 @@ class Broker:
         """stats() as a peer that sees only some watches may read them (see Counters.stats)."""
         return self._counts.stats(self._conns, self.last_seq, self.oldest, (uid, visible))
 
-    # --- events and notices ----------------------------------------------------------------------
-
-    def overflow(self, watch: str | None, reason: str,
-                 resync: frozenset[str] = frozenset()) -> None:
-        """Tell the subscribers of a watch (all, for None) that events may have been lost here;
-        for the watches in `resync`, that the differences follow (see resynced)."""
-        self._counts.overflow(watch, reason)
-        self._mark(Marker(self.last_seq, watch, reason, resync))
-
-    def resynced(self, watch: str, changes: int, duration_ms: float) -> None:
-        """Tell a watch's subscribers that the synthetic events of its resync are all out."""
-        self._mark(Marker(self.last_seq, watch, "", changes=changes, duration_ms=duration_ms))
-
-    def _mark(self, marker: Marker) -> None:
-        """Hold a notice in the history and send it to the live subscribers concerned."""
-        self._history.mark(marker)
-        # A replay under way meets the marker in the history, in its place among the events.
-        self._notify(marker.watch, lambda sub: marker.line(sub.sid, sub.visible),
-                     live_only=True)
-
-    def watch_lost(self, watch: str, path: str, reason: str) -> None:
-        """Tell a watch's subscribers that its root went away (call before a reload removes it)."""
-        self._notify(watch, lambda sub: protocol.watch_lost(sub.sid, watch, path, reason))
-
-    def watch_restored(self, watch: str, path: str) -> None:
-        """Tell a watch's subscribers that its root is watched again."""
-        self._notify(watch, lambda sub: protocol.watch_restored(sub.sid, watch, path))
-
-    def watch_degraded(self, watch: str, unwatched: int, reason: str) -> None:
-        """Tell a watch's subscribers that a limit leaves some of its directories unwatched."""
-        self._notify(watch, lambda sub: protocol.watch_degraded(sub.sid, watch, unwatched, reason))
-
     # --- internals -------------------------------------------------------------------------------
-
-    def _notify(
-        self, watch: str | None, line_for: Callable[[Subscription], bytes], *,
-        live_only: bool = False
-    ) -> None:
-        """Queue a notice to every subscription concerned by a watch (all of them for None);
-        live_only leaves out replays under way."""
-        for conn in self._conns:
-            touched = False
-            for sub in conn.subs.values():
-                if live_only and sub.replay is not None:
-                    continue
-                if watch is None or watch in sub.visible:
-                    sub.notice(line_for(sub))
-                    touched = True
-            if touched:
-                self._outbox.pump(conn)
 
     def _routes_changed(self) -> None:
         self._fanout.routes.clear()
