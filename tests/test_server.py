@@ -42,8 +42,7 @@ async def serving(config_text: str) -> AsyncIterator[tuple[Daemon, Callable[[int
     listen.listen(64)
     daemon = Daemon(parse_config(config_text, "test.toml"), Notifier(None), listen)
     await daemon.start_server(asyncio.get_running_loop())
-    assert daemon.server is not None
-    await daemon.server.start_serving()
+    await daemon.listener.serve()
     clients: list[Client] = []
 
     def connect(uid: int) -> Client:
@@ -55,7 +54,7 @@ async def serving(config_text: str) -> AsyncIterator[tuple[Daemon, Callable[[int
     finally:
         for c in clients:
             c.close()
-        daemon.server.close()
+        daemon.listener.close()
         for client in list(daemon.clients):
             client.abort()
         await asyncio.sleep(0)  # let the aborted transports report their loss

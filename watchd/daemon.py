@@ -36,7 +36,7 @@ from watchd.losses import Losses
 from watchd.metrics import Metrics, MetricsBindError, MetricsServer, exposition
 from watchd.restore import index_spec, open_state, resume
 from watchd.resync import Resyncer
-from watchd.server import ClientProtocol, TurnBudget, bind_socket, raise_fd_limit
+from watchd.server import ClientProtocol, Listener, TurnBudget, raise_fd_limit
 from watchd.state import Snapshot, new_instance
 from watchd.status import ReloadRecord, Status
 from watchd.supervisor import Supervisor
@@ -59,7 +59,7 @@ class Daemon:
         self.config = config
         self.log_level_override = log_level  # --log-level wins over daemon.log_level
         self.notifier = notifier
-        self.listen = listen  # a socket passed by systemd, or None to bind daemon.socket
+        self.listener = Listener(listen)
         d = config.daemon
         self.state, resumed = open_state(config, os.environ,
                                          retain=lambda: self.config.daemon.replay_buffer)
@@ -87,8 +87,6 @@ class Daemon:
         self.history = ReloadRecord()
         self.stopping = asyncio.Event()
         self.confirmations = Confirmations(self.stopping)
-        self.owned_socket_path: str | None = None
-        self.server: asyncio.AbstractServer | None = None
         self.last_status = ""
         self.watchdog_s = watchdog_interval()
         # Looked up when called (from run on): the link is built last, on the parts that are
@@ -98,7 +96,7 @@ class Daemon:
             on_exit=lambda: self.link.watcher_gone(),  # noqa: PLW0108
             on_replaced=lambda: self.link.watcher_replaced())  # noqa: PLW0108
         self.forwarders = Forwarders(
-            socket_path=self.socket_path,
+            socket_path=self.listener.socket_path,
             state_directory=self.state.path if self.state is not None else None,
             log_level=self.log_level)
         self.hold = HoldBack(self.broker, self.clients, lambda: self.supervisor.watcher,
@@ -156,11 +154,10 @@ class Daemon:
         await self.confirmations.wait(self.link.send_config(),
                                       meanwhile=self.link.still_scanning)
         if not self.stopping.is_set():
-            assert self.server is not None
-            await self.server.start_serving()
+            await self.listener.serve()
             self.forwarders.apply(self.config)
             self.notifier.ready(self.status.line())
-            log.info("watchd %s ready on %s: %s", __version__, self.socket_name(),
+            log.info("watchd %s ready on %s: %s", __version__, self.listener.socket_name(),
                      self.status.line())
             await self.stopping.wait()
         ticker.cancel()
@@ -172,26 +169,21 @@ class Daemon:
     async def start_server(self, loop: asyncio.AbstractEventLoop) -> None:
         raise_fd_limit()  # each client holds a descriptor; load_config checked the hard limit
         loop.set_exception_handler(self.handler.on_loop_exception)
-        sock = self.listen
-        if sock is None:
-            d = self.config.daemon
-            sock = bind_socket(d.socket, d.socket_mode, d.socket_group)
-            self.owned_socket_path = d.socket
-        sock.setblocking(False)
+        d = self.config.daemon
         # Bound (or taken over) now, served only once the watches are established: a client that
         # connects early waits in the listen queue instead of missing its first changes.
         # max_line_bytes is read per connection, so a reload applies it to later connections.
         budget = TurnBudget()  # one for every connection
-        self.server = await loop.create_unix_server(
+        await self.listener.open(
+            loop, d.socket, d.socket_mode, d.socket_group,
             lambda: ClientProtocol(self.broker, self.handler, self.config.daemon.max_line_bytes,
-                                   self.clients, budget), sock=sock, start_serving=False)
+                                   self.clients, budget))
         await self.metrics_http.listen(self.config.daemon.metrics)
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
         log.info("stopping")
-        if self.server is not None:
-            self.server.close()  # stop accepting first
+        self.listener.close()  # stop accepting first
         await self.metrics_http.close()
         self.hold.release()
         await self.supervisor.stop()
@@ -200,9 +192,7 @@ class Daemon:
             await self.state.close(self.broker.last_seq, self.index_snapshots())
         for client in list(self.clients):
             client.close()  # flushes what is buffered, then closes
-        if self.owned_socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.owned_socket_path)
+        self.listener.remove()
         # Give the clients a moment to take what was still buffered for them.
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         while self.clients and time.monotonic() < deadline:
@@ -210,18 +200,6 @@ class Daemon:
         for client in list(self.clients):
             client.abort()
         log.info("stopped")
-
-    def socket_path(self) -> str:
-        """Where the daemon's socket is, for its forwarders to connect to."""
-        if self.owned_socket_path is not None:
-            return self.owned_socket_path
-        return str(self.listen.getsockname()) if self.listen is not None else ""
-
-    def socket_name(self) -> str:
-        if self.owned_socket_path is not None:
-            return self.owned_socket_path
-        name = self.listen.getsockname() if self.listen is not None else ""
-        return f"{name} (from systemd)"
 
     def log_level(self) -> str:
         return self.log_level_override or self.config.daemon.log_level

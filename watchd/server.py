@@ -21,6 +21,7 @@ import socket
 import stat
 import struct
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from watchd import flow, protocol
@@ -31,6 +32,7 @@ from watchd.requests import LineHandler, Requests, TurnBudget
 __all__ = [
     "ClientProtocol",
     "Handler",
+    "Listener",
     "ServerError",
     "TurnBudget",
     "bind_socket",
@@ -307,6 +309,54 @@ def bind_socket(path: str, mode: int, group: int | None) -> socket.socket:
         raise ServerError(f"cannot set up the socket {path}: {e.strerror} "
                           f"(group {_group_name(group)}, mode {mode:04o})") from e
     return sock
+
+
+class Listener:
+    """The daemon's listening socket: bound (or taken over from systemd), served only once the
+    watches are established, closed at a stop and then, if bound here, removed."""
+
+    def __init__(self, listen: socket.socket | None) -> None:
+        self.listen = listen  # a socket passed by systemd, or None to bind daemon.socket
+        self.owned_socket_path: str | None = None
+        self.server: asyncio.AbstractServer | None = None
+
+    async def open(self, loop: asyncio.AbstractEventLoop, path: str, mode: int,
+                   group: int | None, factory: Callable[[], asyncio.Protocol]) -> None:
+        """Bind the socket at path (unless systemd passed one); not served yet (see serve)."""
+        sock = self.listen
+        if sock is None:
+            sock = bind_socket(path, mode, group)
+            self.owned_socket_path = path
+        sock.setblocking(False)
+        self.server = await loop.create_unix_server(factory, sock=sock, start_serving=False)
+
+    async def serve(self) -> None:
+        """Accept connections from now on (those that came meanwhile waited in the queue)."""
+        assert self.server is not None
+        await self.server.start_serving()
+
+    def close(self) -> None:
+        """Stop accepting."""
+        if self.server is not None:
+            self.server.close()
+
+    def remove(self) -> None:
+        """Remove the socket file, if bound here."""
+        if self.owned_socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.owned_socket_path)
+
+    def socket_path(self) -> str:
+        """Where the daemon's socket is, for its forwarders to connect to."""
+        if self.owned_socket_path is not None:
+            return self.owned_socket_path
+        return str(self.listen.getsockname()) if self.listen is not None else ""
+
+    def socket_name(self) -> str:
+        if self.owned_socket_path is not None:
+            return self.owned_socket_path
+        name = self.listen.getsockname() if self.listen is not None else ""
+        return f"{name} (from systemd)"
 
 
 def _group_name(gid: int | None) -> str:
