@@ -16,13 +16,14 @@ WIRING = frozenset({"watchd.server", "watchd.daemon", "watchd.holdback", "watchd
                     "watchd.supervisor", "watchd.status", "watchd.watchstate", "watchd.link",
                     "watchd.cli"})
 # Modules below the wiring: values, rules and encoders it puts together.
-LOW = ("watchd.flow", "watchd.replay", "watchd.subscription", "watchd.fanout", "watchd.notices",
-       "watchd.broker", "watchd.channel", "watchd.events", "watchd.reasons", "watchd.protocol",
-       "watchd.config", "watchd.requests")
+LOW = ("watchd.flow", "watchd.replay", "watchd.subscription", "watchd.subscribe", "watchd.fanout",
+       "watchd.notices", "watchd.broker", "watchd.channel", "watchd.events", "watchd.reasons",
+       "watchd.protocol", "watchd.config", "watchd.requests")
 # What a client has no use for: the daemon's own modules and the watcher's.
 DAEMON_SIDE = WIRING | {"watchd.broker", "watchd.fanout", "watchd.notices", "watchd.replay",
-                        "watchd.subscription", "watchd.flow", "watchd.channel", "watchd.requests",
-                        "watchd.watcher", "watchd.systemd", "watchd.childlog", "watchd.config"}
+                        "watchd.subscription", "watchd.subscribe", "watchd.flow", "watchd.channel",
+                        "watchd.requests", "watchd.watcher", "watchd.systemd", "watchd.childlog",
+                        "watchd.config"}
 CLIENT_SIDE = ("watchd.client", "watchd.watchctl")
 # The part of the inotify layer that talks to the kernel (ctypes, ioctl): the watcher's alone.
 BINDING = "watchd.inotify._binding"

@@ -7,38 +7,30 @@ discarded and each subscription is told exactly which seqs it missed, so a slow 
 the others and never misses anything silently.
 
 Subscriptions and their filters are in watchd.subscription; the replay history and `since`
-replays in watchd.replay; the notices in watchd.notices.
+replays in watchd.replay; opening and ending subscriptions in watchd.subscribe; the notices in
+watchd.notices.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from watchd import protocol
 from watchd.channel import Item
 from watchd.counters import Counters
 from watchd.fanout import FanOut
 from watchd.flow import QueueLevels
 from watchd.notices import Notices
 from watchd.outbox import FLUSH_LINES, REPLAY_STEP, Outbox, QueueLimits
-from watchd.protocol import (
-    DEFAULT_MAX_BATCH,
-    ErrorCode,
-    JsonScalar,
-    ProtocolError,
-    Subscribe,
-)
+from watchd.protocol import DEFAULT_MAX_BATCH
 from watchd.replay import History, Replays
+from watchd.subscribe import Subscriptions
 from watchd.subscription import (
     Connection,
     Filter,
-    FilterCache,
     Peer,
     Sink,
     Subscription,
     WatchInfo,
-    check_watches,
-    quote,
 )
 
 __all__ = [
@@ -71,10 +63,6 @@ class Broker:
         defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.instance = instance
-        self.max_subscriptions = max_subscriptions
-        self.max_patterns = max_patterns
-        self.max_paths = max_paths
-        self._filters = FilterCache()
         self._counts = Counters()
         self._watches: dict[str, WatchInfo] = {}
         self._conns: dict[Connection, None] = {}  # insertion-ordered set
@@ -85,7 +73,6 @@ class Broker:
         self._outbox = Outbox(self._limits, self._replays.step, defer)
         self._fanout = FanOut(self._conns, self._history, self._replays, self._counts,
                               limits=self._limits, pump=self._outbox.pump)
-        self._sids = 0
         # Number, serialize, hold and fan out reads of one watch in a row, each (time, items).
         # A daemon that fell behind finds many small batches waiting; handing them on together
         # costs one write per connection instead of one per batch. The fan-out's own method,
@@ -101,6 +88,12 @@ class Broker:
         self.watch_lost = notices.watch_lost
         self.watch_restored = notices.watch_restored
         self.watch_degraded = notices.watch_degraded
+        # Subscribing and unsubscribing, handed on the same way (see watchd.subscribe).
+        self._subscriptions = subscriptions = Subscriptions(
+            instance, self._history, self._replays, self._outbox.pump, self._routes_changed,
+            max_subscriptions=max_subscriptions, max_patterns=max_patterns, max_paths=max_paths)
+        self.subscribe = subscriptions.subscribe
+        self.unsubscribe = subscriptions.unsubscribe
 
     # --- configuration ---------------------------------------------------------------------------
 
@@ -111,6 +104,7 @@ class Broker:
         one that gets such a watch back, watch_restored.
         """
         old, self._watches = self._watches, {w.name: w for w in watches}
+        self._subscriptions.watches = self._watches
         for conn in self._conns:
             # A list, not any() over a generator: every subscription is reviewed.
             told = [sub.review(old, self._watches) for sub in conn.subs.values()]
@@ -137,9 +131,10 @@ class Broker:
             self._replays.before_evict(len(self._history) - replay_buffer)
             self._history.resize(replay_buffer)
         self._limits.set(client_queue, max_batch)
-        self.max_subscriptions = max_subscriptions
-        self.max_patterns = max_patterns
-        self.max_paths = max_paths
+        subscriptions = self._subscriptions
+        subscriptions.max_subscriptions = max_subscriptions
+        subscriptions.max_patterns = max_patterns
+        subscriptions.max_paths = max_paths
         # A larger queue may let lagging connections report their gaps now.
         for conn in self._conns:
             self._outbox.pump(conn)
@@ -212,57 +207,6 @@ class Broker:
         """The connection's sink is writable again: drain its queue and report its gaps."""
         if not conn.closed:
             self._outbox.pump(conn)
-
-    # --- subscriptions ---------------------------------------------------------------------------
-
-    def subscribe(self, conn: Connection, req: Subscribe) -> str:
-        """Add a subscription; queue `subscribed` then the replayed events; return its sid."""
-        check_watches(conn.peer, req, self._watches)
-        if len(conn.subs) >= self.max_subscriptions:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"this connection already holds {len(conn.subs)} subscriptions, the most allowed "
-                "(daemon.max_subscriptions); unsubscribe one or open another connection",
-                req.id,
-            )
-        if req.since is not None:
-            self._history.check_since(req.since, req.instance, self.instance, req.id)
-        flt = self._filters.get(req, self.max_patterns, self.max_paths)
-        self._sids += 1
-        sid = f"s{self._sids}"
-        sub = Subscription(
-            sid=sid,
-            conn=conn,
-            filter=flt,
-            prefix=protocol.event_prefix(sid),
-            visible=flt.visible(conn.peer, self._watches),
-            frame=protocol.frame_head(sid) if req.batch else None,
-        )
-        conn.subs[sid] = sub
-        self._routes_changed()
-        conn.queue.append(protocol.subscribed(req.id, sid, self.last_seq))
-        if req.since is not None:
-            # The replay reads the history up to the newest event, live ones included, and only
-            # then hands the subscription to publish: every seq after `since` once, in order.
-            self._replays.start(sub, req.since)
-        self._outbox.pump(conn)
-        return sid
-
-    def unsubscribe(self, conn: Connection, sid: str, req_id: JsonScalar) -> None:
-        """End one of the connection's subscriptions and queue `unsubscribed`."""
-        sub = conn.subs.pop(sid, None)
-        if sub is None:
-            raise ProtocolError(
-                ErrorCode.UNKNOWN_SUBSCRIPTION,
-                f'"subscription": {quote(sid)} is not a subscription of this connection',
-                req_id,
-            )
-        self._routes_changed()
-        if sub.replay is not None:
-            self._replays.end(sub)
-        # Its gap, if any, is still news to the client.
-        sub.notice(protocol.unsubscribed(req_id, sid))
-        self._outbox.pump(conn)
 
     # --- counters --------------------------------------------------------------------------------
 
