@@ -66,6 +66,7 @@ class WatcherLink:
         self.last_progress = -PROGRESS_INTERVAL_S
 
     def spawn_watcher(self, on_exit: Callable[[WatcherProcess], None]) -> WatcherProcess:
+        """A new watcher process, its events and notices to this link (the supervisor's spawn)."""
         watcher = WatcherProcess(asyncio.get_running_loop(), self.log_level(),
                                  self.on_events, self.on_watcher_message, on_exit)
         watcher.merge_max = self.merge_limit()
@@ -76,15 +77,18 @@ class WatcherLink:
         return min(channel.MERGE_MAX, self.broker.levels.headroom // 2) or 1
 
     def watcher_gone(self) -> None:
+        """The watcher process is gone (the supervisor's on_exit)."""
         self.hold.release()  # its successor starts reading; the levels are looked at again then
         if not self.stopping.is_set():
             self.watches.all_pending()
 
     def watcher_replaced(self) -> int:
+        """A replacement was started: it gets the configuration; returns its generation."""
         self.hold.review()  # subscribers may still be behind the old one's events
         return self.send_config()
 
     def send_config(self) -> int:
+        """The configuration in force to the watcher, under a new generation, returned."""
         self.generation += 1
         watcher = self.supervisor.watcher
         if watcher is not None and not watcher.exited:
@@ -114,6 +118,7 @@ class WatcherLink:
         self.hold.after_publish()
 
     def on_watcher_message(self, message: channel.Notice) -> None:
+        """A notice of the watcher's, to the part it concerns."""
         match message:
             case channel.Heartbeat(reports):
                 self.watches.on_heartbeat(reports)

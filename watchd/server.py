@@ -353,6 +353,7 @@ class Listener:
         return str(self.listen.getsockname()) if self.listen is not None else ""
 
     def socket_name(self) -> str:
+        """The socket as the log names it."""
         if self.owned_socket_path is not None:
             return self.owned_socket_path
         name = self.listen.getsockname() if self.listen is not None else ""
