@@ -83,6 +83,10 @@ class Filter:
     paths: frozenset[str] | None  # exact paths; below any of them is `prefixes`
     prefixes: tuple[str, ...]  # each path with a trailing "/"
     glob: GlobSet | None  # matched on the base name
+    # The event members asked for; None: all. Not a filter of events, but a subscription's
+    # shape: grouped with the filters, what is projected once serves every subscription
+    # asking the same (see FanOut.publish).
+    fields: frozenset[str] | None = None
 
     @classmethod
     def of(cls, req: Subscribe) -> Filter:
@@ -97,12 +101,19 @@ class Filter:
             paths=None if paths is None else frozenset(paths),
             prefixes=() if paths is None else tuple(p + "/" for p in paths),
             glob=glob,
+            fields=req.fields,
         )
 
     @property
     def simple(self) -> bool:
-        """True when only the watch names (and the ACL) decide: every event of a watch matches."""
-        return self.kinds == KIND_BITS_ALL and self.paths is None and self.glob is None
+        """True when only the watch names (and the ACL) decide: every event of a watch matches,
+        as it is encoded for everyone."""
+        return (self.kinds == KIND_BITS_ALL and self.paths is None and self.glob is None
+                and self.fields is None)
+
+    def shape(self, tail: bytes) -> bytes:
+        """An event's tail as this filter's subscriptions get it: the members they asked for."""
+        return tail if self.fields is None else protocol.project(tail, self.fields)
 
     def matches(self, bit: int, path: str) -> bool:
         """Whether an event of this kind bit on this path passes the kind, path and glob filters."""
@@ -144,8 +155,8 @@ class FilterCache:
                     req.id,
                 )
         key_of = tuple(
-            None if v is None else tuple(v)
-            for v in (req.watch, req.events, req.paths, req.glob)
+            v if v is None or isinstance(v, frozenset) else tuple(v)
+            for v in (req.watch, req.events, req.paths, req.glob, req.fields)
         )
         flt = self._filters.get(key_of)
         if flt is None:

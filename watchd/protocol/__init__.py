@@ -7,8 +7,10 @@ cutting of a byte stream into lines. Users import from here.
 """
 
 from watchd.protocol.event_lines import (
+    ALWAYS_MEMBERS,
     DEFAULT_MAX_BATCH,
     EVENT_HEAD,
+    EVENT_MEMBERS,
     FRAME_END,
     MAX_BATCH,
     EventEncoder,
@@ -18,6 +20,7 @@ from watchd.protocol.event_lines import (
     frame_head,
     frames,
     mask_names,
+    project,
 )
 from watchd.protocol.framing import LineFramer, LineTooLong
 from watchd.protocol.messages import (
@@ -59,8 +62,10 @@ from watchd.protocol.wire import (
 from watchd.reasons import LostReason, OverflowReason  # the values its notices carry
 
 __all__ = [
+    "ALWAYS_MEMBERS",
     "DEFAULT_MAX_BATCH",
     "EVENT_HEAD",
+    "EVENT_MEMBERS",
     "FEATURES",
     "FRAME_END",
     "MAX_BATCH",
@@ -97,6 +102,7 @@ __all__ = [
     "normalise_path",
     "overflow",
     "pong",
+    "project",
     "resynced",
     "status",
     "subscribed",
