@@ -18,7 +18,10 @@ from the client, and a client busy all the time is the limit.
 makes no lstat per path): a measurement of what the index costs on this workload. `--procs 1 2`
 runs the client as one process and as two that share the connections (forked after the
 subscribes, each reading its share), as separate clients would; `--gc on off` with and without
-Python's cyclic garbage collector in the client. Notices the client got (`overflow`,
+Python's cyclic garbage collector in the client; `--parser json orjson` with the adapters'
+own `json.loads` and with a compiled parser in its place (both peers' clients alike; orjson is in
+the `bench` extra: `.venv/bin/pip install -e '.[bench]'`), which shows how much of each peer's
+time is its client's decoding. Notices the client got (`overflow`,
 `dropped`, ...) are counted, and the daemon's log of such a run is kept in /tmp.
 
 Anything else on the machine that lowers `fs.inotify.max_queued_events` meanwhile overflows
@@ -53,12 +56,16 @@ class Client:
 
     procs: int = 1
     gc: bool = True
+    parser: str = "json"  # what decodes the lines: the stdlib's json, or orjson
+    fields: str = ""  # watchd's subscription asks for these event members only (a+b); "": all
 
     def label(self) -> str:
         return "".join(
             (
                 f", {self.procs} client processes" if self.procs > 1 else "",
                 "" if self.gc else ", client gc off",
+                "" if self.parser == "json" else f", client parser {self.parser}",
+                f", fields {self.fields}" if self.fields else "",
             )
         )
 
@@ -101,17 +108,23 @@ class Notices:
     """Stands in for the adapter's `json` module: counts the notices it decodes by type (the
     adapter keeps no `dropped` notice; a subscriber short of events shows why here)."""
 
-    def __init__(self) -> None:
+    def __init__(self, parser: str = "json", fields: str = "") -> None:
         self.seen: dict[str, int] = {}
+        self._loads = importlib.import_module(parser).loads
+        self._fields = fields.split("+") if fields else None
 
     def loads(self, line: bytes) -> Any:
-        message = json.loads(line)
+        message = self._loads(line)
         kind = message.get("type") if isinstance(message, dict) else None
         if kind in ("dropped", "overflow", "watch_lost", "resynced"):
             self.seen[kind] = self.seen.get(kind, 0) + 1
         return message
 
     def dumps(self, value: Any) -> str:
+        """The adapter's requests; its subscribe with "fields" added where asked for (the
+        adapter's request is otherwise sent as it is)."""
+        if self._fields is not None and isinstance(value, dict) and value.get("op") == "subscribe":
+            value = {**value, "fields": self._fields}
         return json.dumps(value)
 
 
@@ -171,7 +184,7 @@ def one(
     root = fs / f"w5cpu-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    notices = Notices()
+    notices = Notices(client.parser, client.fields if module.__name__.endswith("watchd") else "")
     module.json = notices  # type: ignore[attr-defined]
     peer = module.Adapter(dict(opts, subs=str(subs)))
     peer.start(str(root))
@@ -252,6 +265,20 @@ def main() -> int:
         default=["on"],
         help="the client's cyclic garbage collector (each value a variant)",
     )
+    parser.add_argument(
+        "--parser",
+        choices=("json", "orjson"),
+        nargs="+",
+        default=["json"],
+        help="what the client decodes lines with (each value a variant, for both peers)",
+    )
+    parser.add_argument(
+        "--fields",
+        nargs="+",
+        default=[""],
+        help="watchd's subscription asks for these event members only, joined by + (each "
+        "value a variant; '' for all of them, as the harness's adapter asks)",
+    )
     parser.add_argument("--harness", type=Path, default=HARNESS)
     parser.add_argument("--fs", type=Path, default=Path("/tmp/benchfs"))
     args = parser.parse_args()
@@ -259,11 +286,19 @@ def main() -> int:
     gen = gen_binary(args.harness)
     watchd = adapter(args.harness, "watchd")
     config = watchd.CONFIG
-    clients = [Client(procs, on == "on") for procs in args.procs for on in args.gc]
+    clients = [
+        Client(procs, on == "on", parser, fields)
+        for procs in args.procs
+        for on in args.gc
+        for parser in args.parser
+        for fields in args.fields
+    ]
     runs: list[Run] = []
     if not args.no_watchman:
         runs += [
-            Run("watchman", adapter(args.harness, "watchman"), {}, client) for client in clients
+            Run("watchman", adapter(args.harness, "watchman"), {}, client)
+            for client in clients
+            if not client.fields  # watchman's adapter asks for its own fields
         ]
     for tree in trees:
         for resync in [True, False] if args.no_resync else [True]:
