@@ -21,7 +21,10 @@ subscribes, each reading its share), as separate clients would; `--gc on off` wi
 Python's cyclic garbage collector in the client; `--parser json orjson` with the adapters'
 own `json.loads` and with a compiled parser in its place (both peers' clients alike; orjson is in
 the `bench` extra: `.venv/bin/pip install -e '.[bench]'`), which shows how much of each peer's
-time is its client's decoding. Notices the client got (`overflow`,
+time is its client's decoding; `--fields kind+path` with the adapter's subscribe asking for
+those members only (watchd's "fields", as the watchman adapter names its own); `--beside yes`
+with the client reading while the generator runs, as the harness's consumer does (by default
+it reads after, which keeps the generator's time apart). Notices the client got (`overflow`,
 `dropped`, ...) are counted, and the daemon's log of such a run is kept in /tmp.
 
 Anything else on the machine that lowers `fs.inotify.max_queued_events` meanwhile overflows
@@ -58,6 +61,7 @@ class Client:
     gc: bool = True
     parser: str = "json"  # what decodes the lines: the stdlib's json, or orjson
     fields: str = ""  # watchd's subscription asks for these event members only (a+b); "": all
+    beside: bool = False  # reads while the generator runs, as the harness's consumer does
 
     def label(self) -> str:
         return "".join(
@@ -66,6 +70,7 @@ class Client:
                 "" if self.gc else ", client gc off",
                 "" if self.parser == "json" else f", client parser {self.parser}",
                 f", fields {self.fields}" if self.fields else "",
+                ", read beside the generator" if self.beside else "",
             )
         )
 
@@ -138,7 +143,8 @@ def own_share(peer: Any, k: int, procs: int) -> list[int]:
     return mine
 
 
-def read_split(peer: Any, root: Path, procs: int, t0: int) -> tuple[int, dict[int, int], float]:
+def read_split(peer: Any, root: Path, procs: int, t0: int,
+               gen_pid: int | None = None) -> tuple[int, dict[int, int], float]:
     """The reading shared by `procs` processes (this one and procs - 1 forked), each with its
     own share of the connections, as separate clients would be: the last event's time, the
     events each subscriber saw, and the CPU time of all the readers."""
@@ -149,14 +155,14 @@ def read_split(peer: Any, root: Path, procs: int, t0: int) -> tuple[int, dict[in
         if os.fork() == 0:  # a reader of its own share; never stops the peer
             os.close(rfd)
             cpu0 = time.process_time()
-            last, seen = read_all(peer, root, own_share(peer, k, procs), t0)
+            last, seen = read_all(peer, root, own_share(peer, k, procs), t0, gen_pid)
             notices = getattr(sys.modules[type(peer).__module__], "json", None)
             counts = notices.seen if isinstance(notices, Notices) else {}
             os.write(wfd, json.dumps([last, seen, time.process_time() - cpu0, counts]).encode())
             os._exit(0)
         os.close(wfd)
         pipes.append(rfd)
-    last, seen = read_all(peer, root, own_share(peer, 0, procs), t0)
+    last, seen = read_all(peer, root, own_share(peer, 0, procs), t0, gen_pid)
     cpu = time.process_time() - cpu0
     for rfd in pipes:
         with os.fdopen(rfd, "rb") as f:
@@ -196,9 +202,17 @@ def one(
         if not client.gc:
             gc.disable()
         t0 = time.monotonic_ns()
-        subprocess.run([gen, "create", str(root), str(files)], check=True, capture_output=True)
-        gen_cpu = children_cpu_s() - gen0
-        last, seen, client_cpu = read_split(peer, root, client.procs, t0)
+        argv = [gen, "create", str(root), str(files)]
+        if client.beside:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            last, seen, client_cpu = read_split(peer, root, client.procs, t0, proc.pid)
+            if proc.wait() != 0:
+                raise RuntimeError(f"the generator exited with {proc.returncode}")
+            gen_cpu = children_cpu_s() - gen0
+        else:
+            subprocess.run(argv, check=True, capture_output=True)
+            gen_cpu = children_cpu_s() - gen0
+            last, seen, client_cpu = read_split(peer, root, client.procs, t0)
         complete = sum(min(n, files) for n in seen.values()) / (subs * files)
         if notices.seen or complete < 1:
             keep_log(peer, notices, seen)
@@ -279,6 +293,14 @@ def main() -> int:
         help="watchd's subscription asks for these event members only, joined by + (each "
         "value a variant; '' for all of them, as the harness's adapter asks)",
     )
+    parser.add_argument(
+        "--beside",
+        choices=("no", "yes"),
+        nargs="+",
+        default=["no"],
+        help="read while the generator runs, as the harness's consumer does (yes), or after it "
+        "(no: the generator's time apart from the reading); each value a variant",
+    )
     parser.add_argument("--harness", type=Path, default=HARNESS)
     parser.add_argument("--fs", type=Path, default=Path("/tmp/benchfs"))
     args = parser.parse_args()
@@ -287,11 +309,12 @@ def main() -> int:
     watchd = adapter(args.harness, "watchd")
     config = watchd.CONFIG
     clients = [
-        Client(procs, on == "on", parser, fields)
+        Client(procs, on == "on", parser, fields, beside == "yes")
         for procs in args.procs
         for on in args.gc
         for parser in args.parser
         for fields in args.fields
+        for beside in args.beside
     ]
     runs: list[Run] = []
     if not args.no_watchman:
