@@ -200,11 +200,16 @@ class FanOut:
                         chunks += _headed(head, framed)
                 route.conn.sink.write(chunks)
                 delivered += len(tails) * len(route.subs)
+        shapes: protocol.Shapes | None = None  # what filters with fields get, made once
         if general:
             for seq, _, bit, path, tail in batch:
                 for flt, targets in general:
                     if flt.matches(bit, path):
-                        shaped = tail if flt.fields is None else flt.shape(tail)
+                        shaped = tail
+                        if flt.fields is not None:
+                            if shapes is None:
+                                shapes = protocol.Shapes()
+                            shaped = shapes.of(flt.fields, seq, tail)
                         for sub, sink_out in targets:
                             if sink_out is None:
                                 self._queue_event(sub, seq, shaped)
@@ -219,7 +224,12 @@ class FanOut:
                 # A pass of its own, so that the loop above stays as it was for lines.
                 matched = [held for held in batch if flt.matches(held[2], held[3])]
                 if matched:
-                    delivered += self._frame(flt, matched, batched)
+                    tails = [held[4] for held in matched]
+                    if flt.fields is not None:
+                        if shapes is None:
+                            shapes = protocol.Shapes()
+                        tails = [shapes.of(flt.fields, held[0], held[4]) for held in matched]
+                    delivered += self._frame(tails, matched, batched)
         for conn, chunks in outs:
             if chunks:
                 if first is None:
@@ -243,13 +253,11 @@ class FanOut:
                 routes.append(_Route(conn, subs, prefixes, heads, simple))
         return tuple(routes)
 
-    def _frame(self, flt: Filter, matched: list[Held],
+    def _frame(self, tails: list[bytes], matched: list[Held],
                batched: list[tuple[Subscription, list[bytes] | None]]) -> int:
-        """Hand the events one filter matched to its batched subscriptions: as frames made once
-        for all of them, or as one run in a queue. Returns the events to be written now."""
-        tails = [held[4] for held in matched]
-        if flt.fields is not None:
-            tails = list(map(flt.shape, tails))
+        """Hand the events one filter matched (their tails as its subscriptions get them) to its
+        batched subscriptions: as frames made once for all of them, or as one run in a queue.
+        Returns the events to be written now."""
         framed: list[bytes] | None = None
         run: protocol.Run | None = None  # queued for every subscription that is behind
         now = 0

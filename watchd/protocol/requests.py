@@ -151,16 +151,18 @@ class _Fields:
         return frozenset(kinds)
 
     def members(self, name: str) -> frozenset[str] | None:
-        """Event members, each once; None when absent or naming them all (the same events)."""
+        """Event members (a name listed twice counts once, as in the other lists); None when
+        absent or naming them all (the same events)."""
         items = self.strings(name, absent="get every member")
         if items is None:
             return None
         for i, item in enumerate(items):
+            if item in ("type", "subscription"):
+                raise self.bad(f'"{name}"[{i}]: {show(item)} is not an event member: every '
+                               f"event line carries it; expected some of {_MEMBER_LIST}")
             if item not in EVENT_MEMBERS:
                 raise self.bad(f'"{name}"[{i}]: unknown event member {show(item)}; expected '
                                f"some of {_MEMBER_LIST}")
-            if item in items[:i]:
-                raise self.bad(f'"{name}"[{i}]: {show(item)} is listed twice')
         if ALWAYS_MEMBERS.isdisjoint(items):
             raise self.bad(f'"{name}": name at least one member every event has '
                            f'({_ALWAYS_LIST}); "synthetic" and "src_path" are on some only')
