@@ -96,16 +96,32 @@ def gen_binary(harness: Path) -> str:
     raise SystemExit(f"no generator: run {harness}/run.sh once (it builds build/gen)")
 
 
-def read_all(peer: Any, root: Path, subs: list[int], t0: int) -> tuple[int, dict[int, int]]:
+def running(pid: int | None) -> bool:
+    """Whether process pid (the generator, reading beside it) has not exited yet; works in a
+    forked reader too, which cannot wait for it."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def read_all(peer: Any, root: Path, subs: list[int], t0: int,
+             gen_pid: int | None = None) -> tuple[int, dict[int, int]]:
     """Reads until each of subs saw a sentinel (created as the harness does, after the
-    generator, retried): the time of the last workload event, and each subscriber's events."""
+    generator, retried): the time of the last workload event, and each subscriber's events.
+    gen_pid: a generator still running, read beside (the sentinels wait for its end)."""
     seen = dict.fromkeys(subs, 0)
     done: set[int] = set()
     last = t0
     deadline = time.monotonic() + 120
     sentinel_at = time.monotonic() + 0.5
     while len(done) < len(subs) and time.monotonic() < deadline:
-        if time.monotonic() > sentinel_at:  # as the harness: after the generator, retried
+        if running(gen_pid):
+            sentinel_at = time.monotonic() + 0.5
+        elif time.monotonic() > sentinel_at:  # as the harness: after the generator, retried
             (root / f"{SENTINEL}{os.getpid()}.{int(sentinel_at * 1000)}").touch()
             sentinel_at = time.monotonic() + 3
         for t, kind, path, sub in peer.read_batch(0.2):

@@ -18,7 +18,13 @@ from the client, and a client busy all the time is the limit.
 makes no lstat per path): a measurement of what the index costs on this workload. `--procs 1 2`
 runs the client as one process and as two that share the connections (forked after the
 subscribes, each reading its share), as separate clients would; `--gc on off` with and without
-Python's cyclic garbage collector in the client. Notices the client got (`overflow`,
+Python's cyclic garbage collector in the client; `--parser json orjson` with the adapters'
+own `json.loads` and with a compiled parser in its place (both peers' clients alike; orjson is in
+the `bench` extra: `.venv/bin/pip install -e '.[bench]'`), which shows how much of each peer's
+time is its client's decoding; `--fields kind+path` with the adapter's subscribe asking for
+those members only (watchd's "fields", as the watchman adapter names its own); `--beside yes`
+with the client reading while the generator runs, as the harness's consumer does (by default
+it reads after, which keeps the generator's time apart). Notices the client got (`overflow`,
 `dropped`, ...) are counted, and the daemon's log of such a run is kept in /tmp.
 
 Anything else on the machine that lowers `fs.inotify.max_queued_events` meanwhile overflows
@@ -53,12 +59,18 @@ class Client:
 
     procs: int = 1
     gc: bool = True
+    parser: str = "json"  # what decodes the lines: the stdlib's json, or orjson
+    fields: str = ""  # watchd's subscription asks for these event members only (a+b); "": all
+    beside: bool = False  # reads while the generator runs, as the harness's consumer does
 
     def label(self) -> str:
         return "".join(
             (
                 f", {self.procs} client processes" if self.procs > 1 else "",
                 "" if self.gc else ", client gc off",
+                "" if self.parser == "json" else f", client parser {self.parser}",
+                f", fields {self.fields}" if self.fields else "",
+                ", read beside the generator" if self.beside else "",
             )
         )
 
@@ -101,17 +113,23 @@ class Notices:
     """Stands in for the adapter's `json` module: counts the notices it decodes by type (the
     adapter keeps no `dropped` notice; a subscriber short of events shows why here)."""
 
-    def __init__(self) -> None:
+    def __init__(self, parser: str = "json", fields: str = "") -> None:
         self.seen: dict[str, int] = {}
+        self._loads = importlib.import_module(parser).loads
+        self._fields = fields.split("+") if fields else None
 
     def loads(self, line: bytes) -> Any:
-        message = json.loads(line)
+        message = self._loads(line)
         kind = message.get("type") if isinstance(message, dict) else None
         if kind in ("dropped", "overflow", "watch_lost", "resynced"):
             self.seen[kind] = self.seen.get(kind, 0) + 1
         return message
 
     def dumps(self, value: Any) -> str:
+        """The adapter's requests; its subscribe with "fields" added where asked for (the
+        adapter's request is otherwise sent as it is)."""
+        if self._fields is not None and isinstance(value, dict) and value.get("op") == "subscribe":
+            value = {**value, "fields": self._fields}
         return json.dumps(value)
 
 
@@ -125,7 +143,8 @@ def own_share(peer: Any, k: int, procs: int) -> list[int]:
     return mine
 
 
-def read_split(peer: Any, root: Path, procs: int, t0: int) -> tuple[int, dict[int, int], float]:
+def read_split(peer: Any, root: Path, procs: int, t0: int,
+               gen_pid: int | None = None) -> tuple[int, dict[int, int], float]:
     """The reading shared by `procs` processes (this one and procs - 1 forked), each with its
     own share of the connections, as separate clients would be: the last event's time, the
     events each subscriber saw, and the CPU time of all the readers."""
@@ -136,14 +155,14 @@ def read_split(peer: Any, root: Path, procs: int, t0: int) -> tuple[int, dict[in
         if os.fork() == 0:  # a reader of its own share; never stops the peer
             os.close(rfd)
             cpu0 = time.process_time()
-            last, seen = read_all(peer, root, own_share(peer, k, procs), t0)
+            last, seen = read_all(peer, root, own_share(peer, k, procs), t0, gen_pid)
             notices = getattr(sys.modules[type(peer).__module__], "json", None)
             counts = notices.seen if isinstance(notices, Notices) else {}
             os.write(wfd, json.dumps([last, seen, time.process_time() - cpu0, counts]).encode())
             os._exit(0)
         os.close(wfd)
         pipes.append(rfd)
-    last, seen = read_all(peer, root, own_share(peer, 0, procs), t0)
+    last, seen = read_all(peer, root, own_share(peer, 0, procs), t0, gen_pid)
     cpu = time.process_time() - cpu0
     for rfd in pipes:
         with os.fdopen(rfd, "rb") as f:
@@ -171,7 +190,7 @@ def one(
     root = fs / f"w5cpu-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    notices = Notices()
+    notices = Notices(client.parser, client.fields if module.__name__.endswith("watchd") else "")
     module.json = notices  # type: ignore[attr-defined]
     peer = module.Adapter(dict(opts, subs=str(subs)))
     peer.start(str(root))
@@ -183,9 +202,17 @@ def one(
         if not client.gc:
             gc.disable()
         t0 = time.monotonic_ns()
-        subprocess.run([gen, "create", str(root), str(files)], check=True, capture_output=True)
-        gen_cpu = children_cpu_s() - gen0
-        last, seen, client_cpu = read_split(peer, root, client.procs, t0)
+        argv = [gen, "create", str(root), str(files)]
+        if client.beside:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            last, seen, client_cpu = read_split(peer, root, client.procs, t0, proc.pid)
+            if proc.wait() != 0:
+                raise RuntimeError(f"the generator exited with {proc.returncode}")
+            gen_cpu = children_cpu_s() - gen0
+        else:
+            subprocess.run(argv, check=True, capture_output=True)
+            gen_cpu = children_cpu_s() - gen0
+            last, seen, client_cpu = read_split(peer, root, client.procs, t0)
         complete = sum(min(n, files) for n in seen.values()) / (subs * files)
         if notices.seen or complete < 1:
             keep_log(peer, notices, seen)
@@ -252,6 +279,28 @@ def main() -> int:
         default=["on"],
         help="the client's cyclic garbage collector (each value a variant)",
     )
+    parser.add_argument(
+        "--parser",
+        choices=("json", "orjson"),
+        nargs="+",
+        default=["json"],
+        help="what the client decodes lines with (each value a variant, for both peers)",
+    )
+    parser.add_argument(
+        "--fields",
+        nargs="+",
+        default=[""],
+        help="watchd's subscription asks for these event members only, joined by + (each "
+        "value a variant; '' for all of them, as the harness's adapter asks)",
+    )
+    parser.add_argument(
+        "--beside",
+        choices=("no", "yes"),
+        nargs="+",
+        default=["no"],
+        help="read while the generator runs, as the harness's consumer does (yes), or after it "
+        "(no: the generator's time apart from the reading); each value a variant",
+    )
     parser.add_argument("--harness", type=Path, default=HARNESS)
     parser.add_argument("--fs", type=Path, default=Path("/tmp/benchfs"))
     args = parser.parse_args()
@@ -259,11 +308,20 @@ def main() -> int:
     gen = gen_binary(args.harness)
     watchd = adapter(args.harness, "watchd")
     config = watchd.CONFIG
-    clients = [Client(procs, on == "on") for procs in args.procs for on in args.gc]
+    clients = [
+        Client(procs, on == "on", parser, fields, beside == "yes")
+        for procs in args.procs
+        for on in args.gc
+        for parser in args.parser
+        for fields in args.fields
+        for beside in args.beside
+    ]
     runs: list[Run] = []
     if not args.no_watchman:
         runs += [
-            Run("watchman", adapter(args.harness, "watchman"), {}, client) for client in clients
+            Run("watchman", adapter(args.harness, "watchman"), {}, client)
+            for client in clients
+            if not client.fields  # watchman's adapter asks for its own fields
         ]
     for tree in trees:
         for resync in [True, False] if args.no_resync else [True]:

@@ -125,8 +125,8 @@ def test_bad_json(line: bytes, message: str) -> None:
         ({"op": "ping", "extra": 1}, 'unknown field "extra" for "ping"; allowed: "id", "op"'),
         (
             {"op": "subscribe", "path": ["/a"]},
-            'unknown field "path" for "subscribe"; allowed: "batch", "events", "glob", "id",'
-            ' "instance", "op", "paths", "since", "watch"',
+            'unknown field "path" for "subscribe"; allowed: "batch", "events", "fields", "glob",'
+            ' "id", "instance", "op", "paths", "since", "watch"',
         ),
         ({"op": "unsubscribe"}, '"subscription": missing; expected a string'),
         ({"op": "unsubscribe", "subscription": 5}, '"subscription": expected a string, got an'),
@@ -260,10 +260,10 @@ def test_hello_has_the_contract_keys_in_order() -> None:
     line = protocol.hello("0.1.0", 42, "inst", 0)
     assert line == (
         b'{"type":"hello","protocol":1,"server":"watchd","version":"0.1.0",'
-        b'"pid":42,"instance":"inst","seq":0,"durable":false,"features":["batch"]}\n'
+        b'"pid":42,"instance":"inst","seq":0,"durable":false,"features":["batch","fields"]}\n'
     )
     assert protocol.hello("0.1.0", 42, "inst", 7, durable=True).endswith(
-        b'"seq":7,"durable":true,"features":["batch"]}\n')
+        b'"seq":7,"durable":true,"features":["batch","fields"]}\n')
 
 
 def test_batch_false_is_the_default_and_is_left_out_when_encoded() -> None:

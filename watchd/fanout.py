@@ -200,16 +200,22 @@ class FanOut:
                         chunks += _headed(head, framed)
                 route.conn.sink.write(chunks)
                 delivered += len(tails) * len(route.subs)
+        shapes: protocol.Shapes | None = None  # what filters with fields get, made once
         if general:
             for seq, _, bit, path, tail in batch:
                 for flt, targets in general:
                     if flt.matches(bit, path):
+                        shaped = tail
+                        if flt.fields is not None:
+                            if shapes is None:
+                                shapes = protocol.Shapes()
+                            shaped = shapes.of(flt.fields, seq, tail)
                         for sub, sink_out in targets:
                             if sink_out is None:
-                                self._queue_event(sub, seq, tail)
+                                self._queue_event(sub, seq, shaped)
                             else:
                                 sink_out.append(sub.prefix)
-                                sink_out.append(tail)
+                                sink_out.append(shaped)
             # Two chunks per event line (prefix, tail): counted once per connection, not per
             # event and subscriber. Frames are added to these lists only below.
             delivered += sum(len(chunks) for _, chunks in outs) >> 1
@@ -218,7 +224,12 @@ class FanOut:
                 # A pass of its own, so that the loop above stays as it was for lines.
                 matched = [held for held in batch if flt.matches(held[2], held[3])]
                 if matched:
-                    delivered += self._frame(matched, batched)
+                    tails = [held[4] for held in matched]
+                    if flt.fields is not None:
+                        if shapes is None:
+                            shapes = protocol.Shapes()
+                        tails = [shapes.of(flt.fields, held[0], held[4]) for held in matched]
+                    delivered += self._frame(tails, matched, batched)
         for conn, chunks in outs:
             if chunks:
                 if first is None:
@@ -242,11 +253,11 @@ class FanOut:
                 routes.append(_Route(conn, subs, prefixes, heads, simple))
         return tuple(routes)
 
-    def _frame(self, matched: list[Held], batched: list[tuple[Subscription, list[bytes] | None]]
-               ) -> int:
-        """Hand the events one filter matched to its batched subscriptions: as frames made once
-        for all of them, or as one run in a queue. Returns the events to be written now."""
-        tails = [held[4] for held in matched]
+    def _frame(self, tails: list[bytes], matched: list[Held],
+               batched: list[tuple[Subscription, list[bytes] | None]]) -> int:
+        """Hand the events one filter matched (their tails as its subscriptions get them) to its
+        batched subscriptions: as frames made once for all of them, or as one run in a queue.
+        Returns the events to be written now."""
         framed: list[bytes] | None = None
         run: protocol.Run | None = None  # queued for every subscription that is behind
         now = 0

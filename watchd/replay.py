@@ -288,6 +288,7 @@ class Replays:
         visible = sub.visible
         queue = conn.queue
         prefix, frame = sub.prefix, sub.frame
+        shaped = flt.fields is not None  # only the members the subscription asked for
         run: list[bytes] | None = None  # a batched subscription's tails being queued, in order
         next_mark = history.next_marker(cur.marked)
         pos = cur.pos
@@ -310,6 +311,8 @@ class Replays:
                     if sub.drop_count:
                         sub.settle()
                         run = None
+                    if shaped:
+                        tail = flt.shape(tail)
                     if frame is None:
                         queue.append(prefix + tail)
                     else:

@@ -20,6 +20,7 @@ from watchd.protocol import ErrorCode, LostReason, ProtocolError, Subscribe
 
 # Every kind bit; each event's mask carries exactly one of them.
 KIND_BITS_ALL = kinds_mask(ALL_KINDS)
+ALL_MEMBERS = frozenset(protocol.EVENT_MEMBERS)
 
 # What waits in a connection's queue: a line ready to send, or a run of events of a batched
 # subscription as (its frame head, the run), put in frames when the queue drains
@@ -83,10 +84,14 @@ class Filter:
     paths: frozenset[str] | None  # exact paths; below any of them is `prefixes`
     prefixes: tuple[str, ...]  # each path with a trailing "/"
     glob: GlobSet | None  # matched on the base name
+    # The event members asked for, in the order of protocol.EVENT_MEMBERS; None: all. Not a
+    # filter of events but their shape, kept here so that subscriptions are grouped by it too.
+    fields: protocol.Fields | None = None
 
     @classmethod
-    def of(cls, req: Subscribe) -> Filter:
-        """The filter of a subscribe request."""
+    def of(cls, req: Subscribe, fields: protocol.Fields | None = None) -> Filter:
+        """The filter of a subscribe request; fields: its shape where the caller keeps one
+        (see FilterCache), else made here."""
         paths = req.paths
         if paths is not None and "/" in paths:
             paths = None  # everything lies below the root
@@ -97,12 +102,19 @@ class Filter:
             paths=None if paths is None else frozenset(paths),
             prefixes=() if paths is None else tuple(p + "/" for p in paths),
             glob=glob,
+            fields=fields if fields is not None else shape_of(req.fields),
         )
 
     @property
     def simple(self) -> bool:
-        """True when only the watch names (and the ACL) decide: every event of a watch matches."""
-        return self.kinds == KIND_BITS_ALL and self.paths is None and self.glob is None
+        """True when only the watch names (and the ACL) decide: every event of a watch matches,
+        as it is encoded for everyone."""
+        return (self.kinds == KIND_BITS_ALL and self.paths is None and self.glob is None
+                and self.fields is None)
+
+    def shape(self, tail: bytes) -> bytes:
+        """An event's tail as this filter's subscriptions get it: the members they asked for."""
+        return tail if self.fields is None else protocol.project(tail, self.fields)
 
     def matches(self, bit: int, path: str) -> bool:
         """Whether an event of this kind bit on this path passes the kind, path and glob filters."""
@@ -123,11 +135,21 @@ class Filter:
         )
 
 
+def shape_of(fields: frozenset[str] | None) -> protocol.Fields | None:
+    """A request's fields; None (every member) for all of them."""
+    if fields is None or fields >= ALL_MEMBERS:
+        return None
+    return protocol.Fields.of(fields)
+
+
 class FilterCache:
     """Compiled filters of recent requests, within the caps on patterns and paths."""
 
     def __init__(self) -> None:
         self._filters: dict[tuple[object, ...], Filter] = {}  # see FILTER_CACHE
+        # One shape per distinct set of fields (at most some thousand exist): filters that differ
+        # otherwise share it, and so what a publish makes of each event for it.
+        self._shapes: dict[frozenset[str], protocol.Fields | None] = {}
 
     def get(self, req: Subscribe, max_patterns: int, max_paths: int) -> Filter:
         """The request's filter, compiled once per distinct request; a request past a cap is
@@ -144,14 +166,19 @@ class FilterCache:
                     req.id,
                 )
         key_of = tuple(
-            None if v is None else tuple(v)
-            for v in (req.watch, req.events, req.paths, req.glob)
+            v if v is None or isinstance(v, frozenset) else tuple(v)
+            for v in (req.watch, req.events, req.paths, req.glob, req.fields)
         )
         flt = self._filters.get(key_of)
         if flt is None:
             if len(self._filters) >= FILTER_CACHE:
                 del self._filters[next(iter(self._filters))]  # the oldest
-            flt = self._filters[key_of] = Filter.of(req)
+            fields = None
+            if req.fields is not None:
+                fields = self._shapes.get(req.fields)
+                if fields is None:
+                    fields = self._shapes[req.fields] = shape_of(req.fields)
+            flt = self._filters[key_of] = Filter.of(req, fields)
         return flt
 
 

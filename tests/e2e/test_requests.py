@@ -29,7 +29,7 @@ def test_hello_comes_first_with_every_field(daemon) -> None:
     assert hello["pid"] == daemon.proc.pid
     assert isinstance(hello["instance"], str) and hello["instance"]
     assert hello["seq"] == 0
-    assert hello["features"] == ["batch"]
+    assert hello["features"] == ["batch", "fields"]
     assert list(hello) == ["type", "protocol", "server", "version", "pid", "instance", "seq",
                            "durable", "features"]
     assert hello["durable"] is False  # no state directory in this configuration

@@ -122,10 +122,13 @@ class AsyncClient:
         glob: str | Iterable[str] | None = None,
         since: int | None = None,
         instance: str | None = None,
+        *,
+        fields: str | Iterable[str] | None = None,
     ) -> AsyncSubscription:
-        """Subscribe; returns, once the daemon confirmed, an async iterator of message dicts."""
+        """Subscribe; returns, once the daemon confirmed, an async iterator of message dicts.
+        fields: as for the synchronous Client.subscribe."""
         return await self.subscribe_to(
-            subscribe_request(watch, events, paths, glob, since, instance)
+            subscribe_request(watch, events, paths, glob, since, instance, fields=fields)
         )
 
     async def subscribe_to(self, request: SubscribeRequest) -> AsyncSubscription:

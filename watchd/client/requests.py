@@ -95,6 +95,7 @@ class SubscribeRequest:
     since: int | None = None
     instance: str | None = None
     batch: bool | None = None  # frames of events; asked for where the daemon offers them
+    fields: tuple[str, ...] | None = None  # the event members wanted; None: all
 
     def line(self) -> bytes:
         """The wire line: op and id first, then the filters given, in protocol order."""
@@ -109,6 +110,7 @@ class SubscribeRequest:
             since=self.since,
             instance=self.instance,
             batch=self.batch,
+            fields=self.fields,
         )
 
 
@@ -124,6 +126,7 @@ def subscribe_request(  # noqa: PLR0917 -- the filters, in the documented order
     since: int | None,
     instance: str | None,
     batch: bool = False,
+    fields: str | Iterable[str] | None = None,
 ) -> SubscribeRequest:
     """A subscribe request from the public arguments; absent filters are left out."""
     path_list: tuple[str, ...] | None = None
@@ -139,6 +142,7 @@ def subscribe_request(  # noqa: PLR0917 -- the filters, in the documented order
         since=since,
         instance=instance,
         batch=batch or None,
+        fields=None if fields is None else _as_tuple(fields),
     )
 
 

@@ -106,9 +106,16 @@ class Client:
         glob: str | Iterable[str] | None = None,
         since: int | None = None,
         instance: str | None = None,
+        *,
+        fields: str | Iterable[str] | None = None,
     ) -> Subscription:
-        """Subscribe; returns, once the daemon confirmed, an iterator of event and notice dicts."""
-        return self.subscribe_to(subscribe_request(watch, events, paths, glob, since, instance))
+        """Subscribe; returns, once the daemon confirmed, an iterator of event and notice dicts.
+
+        fields: the event members wanted (see docs/protocol.md), where the daemon offers them
+        (its hello lists "fields"); events then carry those alone, besides type and
+        subscription. None: every member."""
+        return self.subscribe_to(
+            subscribe_request(watch, events, paths, glob, since, instance, fields=fields))
 
     def subscribe_to(self, request: SubscribeRequest) -> Subscription:
         """Subscribe with a request built by watchd.client.core.subscribe_request; in frames

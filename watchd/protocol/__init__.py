@@ -7,17 +7,22 @@ cutting of a byte stream into lines. Users import from here.
 """
 
 from watchd.protocol.event_lines import (
+    ALWAYS_MEMBERS,
     DEFAULT_MAX_BATCH,
     EVENT_HEAD,
+    EVENT_MEMBERS,
     FRAME_END,
     MAX_BATCH,
     EventEncoder,
+    Fields,
     Run,
+    Shapes,
     event_prefix,
     frame_body,
     frame_head,
     frames,
     mask_names,
+    project,
 )
 from watchd.protocol.framing import LineFramer, LineTooLong
 from watchd.protocol.messages import (
@@ -59,14 +64,17 @@ from watchd.protocol.wire import (
 from watchd.reasons import LostReason, OverflowReason  # the values its notices carry
 
 __all__ = [
+    "ALWAYS_MEMBERS",
     "DEFAULT_MAX_BATCH",
     "EVENT_HEAD",
+    "EVENT_MEMBERS",
     "FEATURES",
     "FRAME_END",
     "MAX_BATCH",
     "PROTOCOL_VERSION",
     "ErrorCode",
     "EventEncoder",
+    "Fields",
     "JsonScalar",
     "LineFramer",
     "LineTooLong",
@@ -77,6 +85,7 @@ __all__ = [
     "ProtocolError",
     "Request",
     "Run",
+    "Shapes",
     "Status",
     "Subscribe",
     "Unsubscribe",
@@ -97,6 +106,7 @@ __all__ = [
     "normalise_path",
     "overflow",
     "pong",
+    "project",
     "resynced",
     "status",
     "subscribed",

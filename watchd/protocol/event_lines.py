@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
+from operator import itemgetter
 from typing import Final
 
 from watchd.events import SYNTHETIC
@@ -26,6 +29,15 @@ FRAME_END: Final = b"]}\n"
 DEFAULT_MAX_BATCH: Final = 256
 # The most daemon.max_batch may be: frames of typical events stay below a megabyte.
 MAX_BATCH: Final = 4096
+
+# The members an event object may have, in the order the daemon writes them. A subscription may
+# ask for some of them only ("fields"); its events then carry those of them they have.
+EVENT_MEMBERS: Final = (
+    "seq", "time", "watch", "kind", "path", "is_dir", "mask", "synthetic", "cookie", "src_path",
+)
+# The members every event has ("synthetic" and "src_path" only some): a subscription's fields
+# name at least one of them, so that no event of it is an empty object.
+ALWAYS_MEMBERS: Final = frozenset(EVENT_MEMBERS) - {"synthetic", "src_path"}
 
 # The bits named in an event's "mask": the kind bits and those the kernel adds to them,
 # in ascending order (the order a Flag iterates its bits in).
@@ -135,6 +147,84 @@ class EventEncoder:
                 f',{_mask_fragment(mask)},"cookie":',
             )
         return parts
+
+
+# Where each member after "seq" begins in a tail, with the member's place in EVENT_MEMBERS.
+# Inside an encoded string every '"' is escaped, so a raw '"' never follows a ','; and the names
+# in "mask" are no member names: each mark occurs once, where its member begins.
+_MARKS: Final = tuple(
+    (place, b',"' + name.encode("ascii") + b'":')
+    for place, name in enumerate(EVENT_MEMBERS) if place
+)
+
+
+def members(tail: bytes) -> list[bytes]:
+    """An event's tail (EventEncoder.tail) cut into its members, each '"name":value' exactly as
+    written, at its place in EVENT_MEMBERS (b"" for one the event does not have): one search per
+    member name, nothing decoded."""
+    found = [b""] * len(EVENT_MEMBERS)
+    place, start = 0, 0
+    for next_place, mark in _MARKS:
+        at = tail.find(mark, start)
+        if at >= 0:
+            found[place] = tail[start:at]
+            place, start = next_place, at + 1
+    found[place] = tail[start:-2]  # up to the object's '}' and the newline
+    return found
+
+
+# eq=False: compared and hashed by identity, cheap where each event's shapes are looked up; the
+# broker keeps one per distinct set of names (see subscription.FilterCache).
+@dataclass(frozen=True, slots=True, eq=False)
+class Fields:
+    """The event members a subscription asked for, in the order events have them; never all of
+    them, and always one that every event has (so that no event of it is an empty object: a
+    line's subscription part ends with a comma)."""
+
+    names: tuple[str, ...]
+    # The members' places, picked from members() in C (see shaped).
+    pick: Callable[[list[bytes]], tuple[bytes, ...]] = field(compare=False, repr=False)
+
+    @classmethod
+    def of(cls, wanted: Iterable[str]) -> Fields:
+        chosen = set(wanted)
+        names = tuple(name for name in EVENT_MEMBERS if name in chosen)
+        places = [EVENT_MEMBERS.index(name) for name in names]
+        picker = itemgetter(*places, places[0])  # two at least: always a tuple
+        return cls(names, lambda parts: picker(parts)[:-1])
+
+
+def shaped(parts: list[bytes], fields: Fields) -> bytes:
+    """The tail of an event cut into parts (members()) with only the members in fields that it
+    has."""
+    return b",".join(filter(None, fields.pick(parts))) + b"}\n"
+
+
+def project(tail: bytes, fields: Fields) -> bytes:
+    """An event's tail with only the members in fields (see shaped)."""
+    return shaped(members(tail), fields)
+
+
+class Shapes:
+    """The projections of one publish's events: each event cut once, and joined once for each
+    set of fields asked for, however many filters (and subscriptions) ask for the same."""
+
+    __slots__ = ("_cut", "_joined")
+
+    def __init__(self) -> None:
+        self._cut: dict[int, list[bytes]] = {}  # seq -> members
+        self._joined: dict[tuple[int, Fields], bytes] = {}
+
+    def of(self, fields: Fields, seq: int, tail: bytes) -> bytes:
+        """The tail of event seq with only the members in fields."""
+        key = (seq, fields)
+        out = self._joined.get(key)
+        if out is None:
+            parts = self._cut.get(seq)
+            if parts is None:
+                parts = self._cut[seq] = members(tail)
+            out = self._joined[key] = shaped(parts, fields)
+        return out
 
 
 def event_prefix(sid: str) -> bytes:

@@ -16,8 +16,9 @@ from watchd.protocol.wire import (
 )
 
 # What this server understands beyond protocol v1's base, listed in hello's "features":
-# "batch": a subscribe may ask for its events in frames ({"type":"events"}).
-FEATURES: Final = ("batch",)
+# "batch": a subscribe may ask for its events in frames ({"type":"events"}); "fields": it may
+# ask for some members of each event only.
+FEATURES: Final = ("batch", "fields")
 
 
 def decode_message(line: bytes) -> dict[str, object]:

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Final, TypeGuard
 
 from watchd.events import KIND_LIST, Kind
+from watchd.protocol.event_lines import ALWAYS_MEMBERS, EVENT_MEMBERS
 from watchd.protocol.wire import (
     ErrorCode,
     JsonScalar,
@@ -54,6 +55,8 @@ class Subscribe:
     since: int | None = None
     instance: str | None = None
     batch: bool = False  # events in frames ({"type":"events"}) instead of one line each
+    # The event members wanted (see event_lines.EVENT_MEMBERS); None: all of them.
+    fields: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class Unsubscribe:
 
 Request = Ping | Status | Metrics | Subscribe | Unsubscribe
 
+_MEMBER_LIST: Final = ", ".join(EVENT_MEMBERS)
+_ALWAYS_LIST: Final = ", ".join(m for m in EVENT_MEMBERS if m in ALWAYS_MEMBERS)
 _OPS: Final = ("ping", "status", "metrics", "subscribe", "unsubscribe")
 _FIELDS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
@@ -73,7 +78,10 @@ _FIELDS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "status": frozenset({"op", "id"}),
         "metrics": frozenset({"op", "id"}),
         "subscribe": frozenset(
-            {"op", "id", "watch", "events", "paths", "glob", "since", "instance", "batch"}
+            {
+                "op", "id", "watch", "events", "paths", "glob", "since", "instance", "batch",
+                "fields",
+            }
         ),
         "unsubscribe": frozenset({"op", "id", "subscription"}),
     }
@@ -111,7 +119,8 @@ class _Fields:
             raise self.bad(f'"{name}": must not be empty')
         return value
 
-    def strings(self, name: str, *, single_ok: bool = False) -> tuple[str, ...] | None:
+    def strings(self, name: str, *, single_ok: bool = False,
+                absent: str = "match everything") -> tuple[str, ...] | None:
         if name not in self.obj:
             return None
         value = self.obj[name]
@@ -121,7 +130,7 @@ class _Fields:
         if not isinstance(value, list):
             raise self.bad(f'"{name}": expected {expected}, got {type_name(value)}')
         if not value:
-            raise self.bad(f'"{name}": must not be empty; leave it out to match everything')
+            raise self.bad(f'"{name}": must not be empty; leave it out to {absent}')
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 raise self.bad(f'"{name}"[{i}]: expected a string, got {type_name(item)}')
@@ -140,6 +149,25 @@ class _Fields:
                     f'"{name}"[{i}]: unknown event kind {show(item)}; expected one of {KIND_LIST}'
                 ) from e
         return frozenset(kinds)
+
+    def members(self, name: str) -> frozenset[str] | None:
+        """Event members (a name listed twice counts once, as in the other lists); None when
+        absent or naming them all (the same events)."""
+        items = self.strings(name, absent="get every member")
+        if items is None:
+            return None
+        for i, item in enumerate(items):
+            if item in ("type", "subscription"):
+                raise self.bad(f'"{name}"[{i}]: {show(item)} is not an event member: every '
+                               f"event line carries it; expected some of {_MEMBER_LIST}")
+            if item not in EVENT_MEMBERS:
+                raise self.bad(f'"{name}"[{i}]: unknown event member {show(item)}; expected '
+                               f"some of {_MEMBER_LIST}")
+        if ALWAYS_MEMBERS.isdisjoint(items):
+            raise self.bad(f'"{name}": name at least one member every event has '
+                           f'({_ALWAYS_LIST}); "synthetic" and "src_path" are on some only')
+        wanted = frozenset(items)
+        return None if len(wanted) == len(EVENT_MEMBERS) else wanted
 
     def paths(self, name: str) -> tuple[str, ...] | None:
         items = self.strings(name)
@@ -229,6 +257,7 @@ def decode_request(line: bytes) -> Request:
         since=fields.seq("since"),
         instance=fields.string("instance"),
         batch=fields.boolean("batch"),
+        fields=fields.members("fields"),
     )
 
 
@@ -255,6 +284,9 @@ def encode_request(request: Request) -> bytes:
                 since=request.since,
                 instance=request.instance,
                 batch=request.batch or None,
+                fields=None if request.fields is None else [
+                    m for m in EVENT_MEMBERS if m in request.fields
+                ],
             )
     if request.id is not None:
         obj["id"] = request.id
@@ -271,6 +303,7 @@ def encode_subscribe(
     since: int | None = None,
     instance: str | None = None,
     batch: bool | None = None,
+    fields: Sequence[str] | None = None,
 ) -> bytes:
     """A subscribe line: op and id first, then the filters given (None: left out).
 
@@ -286,6 +319,7 @@ def encode_subscribe(
         "since": since,
         "instance": instance,
         "batch": batch,
+        "fields": fields,
     }
     for name, value in filters.items():
         if value is not None:
