@@ -28,6 +28,7 @@ from watchd.broker import Broker
 from watchd.events import KIND_BITS, SYNTHETIC, Kind
 from watchd.inotify.flags import IN_ISDIR
 from watchd.protocol import ErrorCode, ProtocolError, decode_request, event_lines
+from watchd.subscription import FILTER_CACHE
 
 FIELDS = frozenset({"kind", "path", "src_path"})
 
@@ -119,6 +120,21 @@ def test_subscriptions_asking_the_same_share_one_filter_and_others_differ() -> N
     assert filters[first] is filters[again]
     assert filters[other] is not filters[first]
     assert filters[full].simple and not filters[first].simple
+
+
+def test_a_set_of_fields_keeps_one_shape_while_filters_come_and_go() -> None:
+    """Shapes are told apart by identity: a set keeps its own for good, another set never gets
+    it, however many filters the cache has dropped meanwhile."""
+    broker = make_broker(max_subscriptions=64)
+    _, conn = join(broker)
+    first = conn.subs[sub(broker, conn, fields=frozenset({"path"}))].filter.fields
+    for i in range(FILTER_CACHE + 5):  # evicts the first filter from the cache
+        sid = sub(broker, conn, id=i, glob=(f"x{i}",), fields=frozenset({"seq", "path"}))
+        broker.unsubscribe(conn, sid, i)
+    again = conn.subs[sub(broker, conn, glob=("y",), fields=frozenset({"path"}))].filter.fields
+    other = conn.subs[sub(broker, conn, fields=frozenset({"kind"}))].filter.fields
+    assert again is first and first is not None
+    assert other is not first and other is not None and other.names == ("kind",)
 
 
 def test_notices_are_not_shaped() -> None:

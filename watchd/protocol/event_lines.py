@@ -150,8 +150,9 @@ class EventEncoder:
 
 
 # Where each member after "seq" begins in a tail, with the member's place in EVENT_MEMBERS.
-# Inside an encoded string every '"' is escaped, so a raw '"' never follows a ','; and the names
-# in "mask" are no member names: each mark occurs once, where its member begins.
+# A raw '":' occurs only after a member's name: inside an encoded string every '"' is escaped,
+# and a string's closing quote is followed by ',', '}' or ']' (the names in "mask"). So each
+# mark occurs once, where its member begins.
 _MARKS: Final = tuple(
     (place, b',"' + name.encode("ascii") + b'":')
     for place, name in enumerate(EVENT_MEMBERS) if place
