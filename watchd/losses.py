@@ -32,6 +32,7 @@ _LOSSES = {
     OverflowReason.WATCH_LIMIT: "every directory is watched again after a limit left some out",
     OverflowReason.WATCHER_RESTART: "the watcher was replaced",
     OverflowReason.UNMOUNT: "a file system mounted in it was unmounted",
+    OverflowReason.WATCH_FAILED: "it failed (see the watcher's log) and events were lost",
 }
 
 

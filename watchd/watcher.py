@@ -177,7 +177,7 @@ class Watcher:
             # that its watches are in place again, so that their rescan misses nothing.
             watch.lost_events = False
             scanned = self.scan(watch) if resync else None
-            self.send(channel.Overflow(name, scanned is not None))
+            self.send(channel.Overflow(name, scanned is not None, OverflowReason.WATCH_FAILED))
             if scanned is not None:
                 self.send(channel.Scan(name, *scanned))
                 watch.scan_sent()
@@ -219,9 +219,14 @@ class Watcher:
     def poll_pending(self) -> None:
         now = time.monotonic()
         for watch in self.watches.values():
+            if watch.ino is not None:
+                continue
             # Not only a directory: whatever is there (a link, a file) is tried, so that the
             # reason it is refused is logged.
-            if watch.ino is None and now >= watch.retry_at and os.path.lexists(watch.real_path):
+            if not os.path.lexists(watch.real_path):
+                for message in watch.root_gone():
+                    self.send(message)
+            elif now >= watch.retry_at:
                 self.activate(watch, announce=True)
 
     # -- events ------------------------------------------------------------------------------
