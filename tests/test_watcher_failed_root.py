@@ -24,7 +24,9 @@ from tests.test_watcher_caught_up import CAUGHT, tags, turn
 from tests.test_watcher_rescan import sent
 from watchd import channel
 from watchd.config.model import WatchConfig
+from watchd.events import DEFAULT_KINDS, kinds_mask
 from watchd.losses import Losses
+from watchd.reasons import OverflowReason
 from watchd.resync import Resyncer
 from watchd.supervisor import Supervisor
 from watchd.watcher import Watcher
@@ -152,3 +154,15 @@ def test_a_failed_watch_whose_root_is_there_again_at_its_retry_answers_by_its_re
                                       ("resynced", None), ("resynced", None)]
         assert [m["reason"] for m in f.daemon.sink.messages() if m["type"] == "overflow"] == [
             "kernel_queue", "watch_failed"]
+
+
+def test_a_failed_watch_that_a_reload_changes_tells_its_loss(tmp_path: pathlib.Path) -> None:
+    """The changed watch starts afresh, without a notice of its own: the loss the failed one
+    owed (told once it was back) is told before it."""
+    with failed_mid_resync(tmp_path) as f:
+        changed = channel.Spec("w", str(f.root), True, kinds_mask(DEFAULT_KINDS), ("*",), (),
+                               str(f.root))
+        f.watcher.apply([changed], fill=frozenset({"w"}))
+        got = [m for m in sent(f.theirs, f.reader) if m[0] == channel.Tag.OVERFLOW]
+        assert [channel.from_watcher(m) for m in got] == [
+            channel.Overflow("w", False, OverflowReason.WATCH_FAILED)]

@@ -111,6 +111,10 @@ class Watcher:
                     to_scan.append(name)
                 continue
             to_scan.append(name)
+            if old is not None and old.lost_events:
+                # It failed, its loss owed until it was back (see activate): told now, as the
+                # changed watch starts afresh, with no notice of its own.
+                self.send(channel.Overflow(name, reason=OverflowReason.WATCH_FAILED))
             # A changed watch is not a lost one coming back: no watch_restored for it.
             watch = Watch(spec=spec)
             self.watches[name] = watch
