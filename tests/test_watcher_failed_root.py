@@ -51,24 +51,25 @@ class Daemon:
         sub(self.broker, conn)
 
     def take(self, messages: list[tuple[Any, ...]]) -> None:
+        losses, watches = self.losses, self.watches
         for raw in messages:
             if raw[0] == channel.Tag.EVENTS:
                 self.broker.publish_reads("w", self.resync.track("w", raw[2], raw[3]))
                 continue
-            match channel.from_watcher(raw):
-                case channel.Overflow(watch, resync, reason):
-                    self.losses.lost(watch, resync, reason)
-                case channel.Scan(watch, dirs, seconds):
-                    self.losses.on_scan(watch, dirs, seconds)
-                case channel.Caught(watch):
-                    self.losses.on_caught(watch)
-                case channel.Fill() as fill:
-                    self.losses.filled(fill)
-                case channel.Lost(watch, path, reason):
-                    self.watches.on_lost(watch, path, reason)
-                case channel.Restored(watch, path):
-                    self.losses.restored(watch)
-                    self.watches.on_restored(watch, path)
+            m: Any = channel.from_watcher(raw)
+            if isinstance(m, channel.Overflow):
+                losses.lost(m.watch, m.resync, m.reason)
+            elif isinstance(m, channel.Scan):
+                losses.on_scan(m.watch, m.dirs, m.seconds)
+            elif isinstance(m, channel.Caught):
+                losses.on_caught(m.watch)
+            elif isinstance(m, channel.Restored):
+                losses.restored(m.watch)
+                watches.on_restored(m.watch, m.path)
+            elif isinstance(m, channel.Lost):
+                watches.on_lost(m.watch, m.path, m.reason)
+            elif isinstance(m, channel.Fill):
+                losses.filled(m)
 
     def notices(self) -> list[tuple[Any, ...]]:
         """What the subscriber was told besides events: (type, resync or reason)."""
