@@ -188,7 +188,10 @@ class Watcher:
         elif restoring:
             self.send(channel.Restored(name, path))
             if resync:
-                self.rescan(name)  # the differences from what the daemon knew, not everything
+                # The differences from what the daemon knew, not everything. Owed: the daemon
+                # owes a `resynced` for the return, so a scan that fails (the root went again)
+                # is sent too, and "resync": false answers it.
+                self.rescan(name, owed=True)
             else:
                 self.send_items(watch, existing, time.time())
         watch.was_active = True
