@@ -123,6 +123,7 @@ def test_a_failed_watch_whose_root_is_deleted_answers_its_resync(tmp_path: pathl
         assert f.daemon.notices() == [("overflow", True), ("overflow", False),
                                       ("watch_lost", "deleted")]
         assert f.daemon.sink.messages()[-2]["reason"] == "watch_failed"
+        assert watch.report().problem is None  # pending as any root that went
         # Told once, however long the root stays away.
         watch.retry_at = 0.0
         f.watcher.poll_pending()

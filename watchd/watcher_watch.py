@@ -141,6 +141,7 @@ class Watch:
         if not self.lost_events:
             return []
         self.lost_events = False
+        self.problem = None  # pending as any root that went, no longer for its failure
         return [Overflow(self.name, reason=OverflowReason.WATCH_FAILED),
                 Lost(self.name, self.path, LostReason.DELETED)]
 
