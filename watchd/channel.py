@@ -194,8 +194,8 @@ class Heartbeat:
 @dataclass(frozen=True, slots=True)
 class Overflow:
     """Events of the watch were lost (`reason`: the kernel's queue or the watcher's own buffer
-    overflowed, a file system mounted in it was unmounted, or a limit left directories
-    unwatched until now); resync: a Scan of it follows."""
+    overflowed, a file system mounted in it was unmounted, a limit left directories
+    unwatched until now, or the watch failed); resync: a Scan of it follows."""
 
     watch: str
     resync: bool = False

@@ -290,6 +290,7 @@ class Daemon:
         if d.log_level != old.daemon.log_level and self.log_level_override is None:
             # The watcher process takes it at its next start.
             logging.getLogger("watchd").setLevel(d.log_level.upper())
+        self.losses.reload_removed(w.name for w in diff.removed)
         self.watches.reconfigure(new.watches, diff.removed)
         self.broker.set_watches(new.watches)
         self.forwarders.apply(new)

@@ -11,7 +11,7 @@ be stored or voided.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from watchd import channel
@@ -32,6 +32,7 @@ _LOSSES = {
     OverflowReason.WATCH_LIMIT: "every directory is watched again after a limit left some out",
     OverflowReason.WATCHER_RESTART: "the watcher was replaced",
     OverflowReason.UNMOUNT: "a file system mounted in it was unmounted",
+    OverflowReason.WATCH_FAILED: "it failed (see the watcher's log) and events were lost",
 }
 
 
@@ -149,6 +150,15 @@ class Losses:
             watcher.defer([step])
         else:
             step()
+
+    def reload_removed(self, names: Iterable[str]) -> None:
+        """A reload removes these watches: one whose resync was under way gets no `resynced`;
+        the notice "resync": false answers it, now, while its subscribers still receive it
+        (before its watch_lost)."""
+        for name in names:
+            if self.resync.under_way(name):
+                log.warning("watch %s: removed while it was resynchronized", name)
+                self.broker.overflow(name, OverflowReason.RELOAD)
 
     def on_caught(self, name: str) -> None:
         """The watcher has sent every event older than a watch's last scan: the resync's

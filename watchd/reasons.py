@@ -24,6 +24,9 @@ class OverflowReason(enum.StrEnum):
     # A reload changed a watch (or turned its resync off) while a resync of it was under way:
     # that resync cannot finish, as its index starts over.
     RELOAD = "reload"
+    # The watcher met an unexpected error in a watch and dropped its inotify watches, to try
+    # again later: events were lost from then until the watch is back (or its root is gone).
+    WATCH_FAILED = "watch_failed"
 
 
 class LostReason(enum.StrEnum):

@@ -159,8 +159,10 @@ class History:
     def mark(self, marker: Marker) -> None:
         """Hold a marker. The same overflow twice at one seq tells a re-subscriber nothing
         new, and skipping it bounds the markers when overflows repeat; but every `resynced` is
-        held, alike or not: each answers an overflow of its own (see watchd.resync)."""
-        if marker.changes >= 0 or not self._marked(marker):
+        held, alike or not: each answers an overflow of its own (see watchd.resync), and so is
+        every overflow that announces a resync, so that a replay pairs them as the live
+        subscribers got them (those are bounded by the scans they wait for)."""
+        if marker.changes >= 0 or marker.resync or not self._marked(marker):
             self.markers.append(marker)
             self.prune_markers()
             if self.recorder is not None:

@@ -132,8 +132,7 @@ class Resyncer:
         unfinished: list[str] = []
         for w in watches:
             old = self.watches.get(w.name)
-            if old is not None and (old.resynced_owed or old.awaiting) and (
-                    not w.resync or w.name in fresh):
+            if self.under_way(w.name) and (not w.resync or w.name in fresh):
                 unfinished.append(w.name)
             if not w.resync:
                 continue
@@ -146,6 +145,11 @@ class Resyncer:
         self.held = [h for h in self.held if h[0] in kept and h[0] not in fresh]
         self.held_caught.intersection_update(kept)
         return unfinished
+
+    def under_way(self, name: str) -> bool:
+        """Whether a resync announced for the watch is still to be answered."""
+        watch = self.watches.get(name)
+        return watch is not None and bool(watch.resynced_owed or watch.awaiting)
 
     def enabled(self) -> list[str]:
         """The watches with an index, for the watcher's configuration."""

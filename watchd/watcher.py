@@ -111,6 +111,10 @@ class Watcher:
                     to_scan.append(name)
                 continue
             to_scan.append(name)
+            if old is not None and old.lost_events:
+                # It failed, its loss owed until it was back (see activate): told now, as the
+                # changed watch starts afresh, with no notice of its own.
+                self.send(channel.Overflow(name, reason=OverflowReason.WATCH_FAILED))
             # A changed watch is not a lost one coming back: no watch_restored for it.
             watch = Watch(spec=spec)
             self.watches[name] = watch
@@ -177,14 +181,17 @@ class Watcher:
             # that its watches are in place again, so that their rescan misses nothing.
             watch.lost_events = False
             scanned = self.scan(watch) if resync else None
-            self.send(channel.Overflow(name, scanned is not None))
+            self.send(channel.Overflow(name, scanned is not None, OverflowReason.WATCH_FAILED))
             if scanned is not None:
                 self.send(channel.Scan(name, *scanned))
                 watch.scan_sent()
         elif restoring:
             self.send(channel.Restored(name, path))
             if resync:
-                self.rescan(name)  # the differences from what the daemon knew, not everything
+                # The differences from what the daemon knew, not everything. Owed: the daemon
+                # owes a `resynced` for the return, so a scan that fails (the root went again)
+                # is sent too, and "resync": false answers it.
+                self.rescan(name, owed=True)
             else:
                 self.send_items(watch, existing, time.time())
         watch.was_active = True
@@ -219,9 +226,14 @@ class Watcher:
     def poll_pending(self) -> None:
         now = time.monotonic()
         for watch in self.watches.values():
+            if watch.ino is not None:
+                continue
             # Not only a directory: whatever is there (a link, a file) is tried, so that the
             # reason it is refused is logged.
-            if watch.ino is None and now >= watch.retry_at and os.path.lexists(watch.real_path):
+            if not os.path.lexists(watch.real_path):
+                for message in watch.root_gone():
+                    self.send(message)
+            elif now >= watch.retry_at:
                 self.activate(watch, announce=True)
 
     # -- events ------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from watchd.channel import Limit, Phase, Spec, WatchReport
+from watchd.channel import Limit, Lost, Overflow, Phase, Spec, WatchReport
 from watchd.globs import glob_predicate
 from watchd.inotify import InotifyFd
 from watchd.inotify.errors import DirectoryBudgetError
 from watchd.inotify.tree import Tree
+from watchd.reasons import LostReason, OverflowReason
 from watchd.records import Recorder
 
 LIMIT_RETRY_S = 10.0  # how often a tree stopped by the kernel's watch limit tries again
@@ -129,6 +130,20 @@ class Watch:
         delay = retry_delay(self.failures)
         self.retry_at = now + delay
         self.problem = f"failed ({type(error).__name__}: {error}); retrying in {delay:.0f} s"
+
+    def root_gone(self) -> list[Overflow | Lost]:
+        """What to tell the daemon when the root is not there while the watch is not
+        established. For one that failed while active, its loss: told once its watches are in
+        place again (see Watcher.activate), it is told now, with "resync": false (a resync
+        announced before the failure cannot come), then the root's loss, so that its return is
+        a watch_restored like any root's. Nothing for the others (nothing was lost, or it was
+        told already)."""
+        if not self.lost_events:
+            return []
+        self.lost_events = False
+        self.problem = None  # pending as any root that went, no longer for its failure
+        return [Overflow(self.name, reason=OverflowReason.WATCH_FAILED),
+                Lost(self.name, self.path, LostReason.DELETED)]
 
     def limit_retry_due(self, now: float) -> bool:
         """Whether to watch again what a limit left unwatched, now (and if so, when next).

@@ -64,3 +64,33 @@ def test_a_reload_during_a_resync_answers_its_notice(start_daemon, watched: Path
     # and replace it while files are still being made.)
     cut = next(i for i, m in enumerate(got) if m.get("reason") == "reload")
     assert not [m for m in got[cut + 1:] if m.get("synthetic")]
+
+
+def test_a_reload_that_removes_a_watch_during_its_resync_answers_its_notice(
+        start_daemon, watched: Path) -> None:
+    """Removed, the watch has no `resynced` to come: "resync": false (reason "reload") answers
+    the notice, before its watch_lost."""
+    spot, other = watched / "spot", watched.parent / "other"
+    spot.mkdir()
+    other.mkdir()
+    # The hold (up to watcher_timeout) keeps the resync under way until the reload.
+    extra = f"client_queue = {QUEUE}\nwatcher_timeout = 10"
+    kept = watch("o", other)
+    daemon = start_daemon(config(daemon_extra=extra, watches=watch("w", watched) + kept))
+    line, _ = daemon.subscribe()
+    watcher = daemon.watcher_pid()
+    os.kill(watcher, signal.SIGSTOP)
+    for i in range(QUEUE * 8):
+        (spot / f"file-{i:05}").write_bytes(b"x")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(watcher, signal.SIGKILL)
+    wait_for(lambda: resyncs(daemon) >= 1, timeout=30)
+    daemon.reload(config(daemon_extra=extra, watches=kept), timeout=60)
+    got = line.until(lambda m: m["type"] == "watch_lost", timeout=60)
+    (other / "settle").write_text("")
+    got += line.until(lambda m: m.get("path") == str(other / "settle"), timeout=60)
+    notices = [(m["type"], m.get("resync"), m.get("reason")) for m in got
+               if m["type"] in ("overflow", "resynced", "watch_lost")
+               and m.get("watch") in ("w", None)]
+    assert notices == [("overflow", True, "watcher_restart"), ("overflow", False, "reload"),
+                       ("watch_lost", None, "removed")], notices
