@@ -33,3 +33,24 @@ def test_an_overflow_without_resync_repeated_at_one_seq_is_held_once() -> None:
     replayed, conn = join(broker)
     sub(broker, conn, since=1)
     assert [m["type"] for m in replayed.messages()[1:]] == ["overflow"]
+
+
+def test_an_answer_repeated_at_one_seq_is_replayed_after_each_announcement() -> None:
+    """A loss announced, its rescan failing (root away: "resync": false), the root back unchanged
+    (resynced), the same again, nothing published in between: each announcement keeps its
+    answer in the replay, as live (else the journal, too, holds one unanswered)."""
+    broker = make_broker()
+    live, conn = join(broker)
+    sub(broker, conn)
+    publish(broker, "a", 1.0, creates("/a/1"))
+    broker.overflow("a", "kernel_queue", frozenset({"a"}))
+    broker.overflow("a", "kernel_queue")
+    broker.resynced("a", 0, 1.0)
+    broker.overflow("a", "kernel_queue", frozenset({"a"}))
+    broker.overflow("a", "kernel_queue")
+    told = [(m["type"], m.get("resync")) for m in live.messages()[2:]]
+    assert told == [("overflow", True), ("overflow", False), ("resynced", None),
+                    ("overflow", True), ("overflow", False)]
+    replayed, conn2 = join(broker)
+    sub(broker, conn2, since=1)
+    assert [(m["type"], m.get("resync")) for m in replayed.messages()[1:]] == told

@@ -181,12 +181,16 @@ class History:
             self.recorder = recorder
 
     def _marked(self, marker: Marker) -> bool:
-        """Whether this very marker is already held (markers at one seq are at the right end)."""
+        """Whether this very marker is already held, with no announcement of a resync or answer
+        to one after it (markers at one seq are at the right end): past such a marker, an alike
+        overflow is a new answer, and a replay without it would leave the resync unanswered."""
         for held in reversed(self.markers):
             if held.seq != marker.seq:
                 return False
             if held == marker:
                 return True
+            if held.resync or held.changes >= 0:
+                return False
         return False
 
     def prune_markers(self) -> None:
