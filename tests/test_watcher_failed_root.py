@@ -10,6 +10,7 @@ an unexpected error cannot be made to happen in a daemon run as a subprocess.
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import shutil
 import time
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from tests.test_broker import FakeWatch, join, make_broker, sub
 from tests.test_index import watching
@@ -168,3 +171,32 @@ def test_a_failed_watch_that_a_reload_changes_tells_its_loss(tmp_path: pathlib.P
         got = [m for m in sent(f.theirs, f.reader) if m[0] == channel.Tag.OVERFLOW]
         assert [channel.from_watcher(m) for m in got] == [
             channel.Overflow("w", False, OverflowReason.WATCH_FAILED)]
+
+
+@pytest.mark.parametrize("replacement", ["file", "symlink"])
+def test_a_failed_watch_whose_root_is_no_directory_at_its_retry_answers_its_resync(
+        tmp_path: pathlib.Path, replacement: str) -> None:
+    """A file or a link where the root was (an atomic swap of a deployed directory): as a
+    deleted root, its loss is told at the retry that finds it, and its return, as a directory,
+    is looked for at the next poll, not after the failure's back-off."""
+    with failed_mid_resync(tmp_path) as f:
+        watch = f.watcher.watches["w"]
+        shutil.rmtree(f.root)
+        if replacement == "file":
+            f.root.write_text("not a directory")
+        else:
+            (tmp_path / "elsewhere").mkdir()
+            os.symlink(tmp_path / "elsewhere", f.root)
+        watch.retry_at = 0.0  # its retry is due
+        f.watcher.poll_pending()
+        f.watcher.send_caught()
+        f.daemon.take(sent(f.theirs, f.reader))
+        assert f.daemon.notices() == [("overflow", True), ("overflow", False),
+                                      ("watch_lost", "deleted")]
+        assert f.daemon.sink.messages()[-2]["reason"] == "watch_failed"
+        assert watch.report().problem is not None  # says why the path is refused
+        f.root.unlink()
+        (f.root / "b").mkdir(parents=True)
+        f.watcher.poll_pending()
+        f.daemon.take(turn(f.watcher, f.theirs, f.reader, until=CAUGHT))
+        assert f.daemon.notices()[3:] == [("watch_restored", None), ("resynced", None)]

@@ -156,11 +156,13 @@ class Watcher:
             existing = tree.start(report=restoring and not resync)
         except PathNotFoundError:
             ino.close()  # and every watch on it
+            self.root_gone(watch)
             self.pending(watch, None)
             return
         except InotifyError as e:
             # Also a symbolic link or a pseudo file system where the directory was.
             ino.close()
+            self.root_gone(watch)
             self.pending(watch, str(e))
             return
         except Exception as e:
@@ -203,6 +205,12 @@ class Watcher:
         self.deactivate(watch)
         log.warning("watch %s: %s", watch.name, watch.problem)
 
+    def root_gone(self, watch: Watch) -> None:
+        """The root is not a directory we can watch (gone, or a file or a link in its place):
+        a watch that failed while active tells its loss now (see Watch.root_gone)."""
+        for message in watch.root_gone():
+            self.send(message)
+
     def pending(self, watch: Watch, problem: str | None) -> None:
         if problem is not None and problem != watch.problem:
             log.warning("watch %s: %s; will retry", watch.name, problem)
@@ -231,8 +239,7 @@ class Watcher:
             # Not only a directory: whatever is there (a link, a file) is tried, so that the
             # reason it is refused is logged.
             if not os.path.lexists(watch.real_path):
-                for message in watch.root_gone():
-                    self.send(message)
+                self.root_gone(watch)
             elif now >= watch.retry_at:
                 self.activate(watch, announce=True)
 

@@ -142,6 +142,9 @@ class Watch:
             return []
         self.lost_events = False
         self.problem = None  # pending as any root that went, no longer for its failure
+        # Its return is looked for at the next poll, as any root's, not after the back-off.
+        self.failures = 0
+        self.retry_at = 0.0
         return [Overflow(self.name, reason=OverflowReason.WATCH_FAILED),
                 Lost(self.name, self.path, LostReason.DELETED)]
 
