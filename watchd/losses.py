@@ -158,6 +158,11 @@ class Losses:
         for name in names:
             if self.resync.under_way(name):
                 log.warning("watch %s: removed while it was resynchronized", name)
+                if self.state is not None:
+                    # Its stored index goes before the notice that voids it is on record, as
+                    # at any "resync": false (see overflow): a crash in between, then a start
+                    # with the watch back, would compare with it.
+                    self.state.forget((name,))
                 self.broker.overflow(name, OverflowReason.RELOAD)
 
     def on_caught(self, name: str) -> None:
