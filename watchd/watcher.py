@@ -162,7 +162,8 @@ class Watcher:
         except InotifyError as e:
             # Also a symbolic link or a pseudo file system where the directory was.
             ino.close()
-            self.root_gone(watch)
+            if os.path.islink(spec.real_path) or not os.path.isdir(spec.real_path):
+                self.root_gone(watch)  # a file or a link in its place: the root went
             self.pending(watch, str(e))
             return
         except Exception as e:
@@ -206,8 +207,10 @@ class Watcher:
         log.warning("watch %s: %s", watch.name, watch.problem)
 
     def root_gone(self, watch: Watch) -> None:
-        """The root is not a directory we can watch (gone, or a file or a link in its place):
-        a watch that failed while active tells its loss now (see Watch.root_gone)."""
+        """The root went (nothing, or a file or a link, in its place): a watch that failed while
+        active tells its loss now (see Watch.root_gone). A directory that cannot be watched
+        (a pseudo file system mounted on it, a limit) is no root gone: its loss is told once it
+        is watched again."""
         for message in watch.root_gone():
             self.send(message)
 

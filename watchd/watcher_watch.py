@@ -132,12 +132,12 @@ class Watch:
         self.problem = f"failed ({type(error).__name__}: {error}); retrying in {delay:.0f} s"
 
     def root_gone(self) -> list[Overflow | Lost]:
-        """What to tell the daemon when the root is not there while the watch is not
-        established. For one that failed while active, its loss: told once its watches are in
-        place again (see Watcher.activate), it is told now, with "resync": false (a resync
-        announced before the failure cannot come), then the root's loss, so that its return is
-        a watch_restored like any root's. Nothing for the others (nothing was lost, or it was
-        told already)."""
+        """What to tell the daemon when the root went (nothing, or a file or a link, in its
+        place) while the watch is not established. For one that failed while active, its loss:
+        told once its watches are in place again (see Watcher.activate), it is told now, with
+        "resync": false (a resync announced before the failure cannot come), then the root's
+        loss, so that its return is a watch_restored like any root's. Nothing for the others
+        (nothing was lost, or it was told already)."""
         if not self.lost_events:
             return []
         self.lost_events = False
