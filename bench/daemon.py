@@ -24,8 +24,9 @@ class Running:
 
 
 @contextmanager
-def running(fs: Path, name: str, profile_var: str) -> Iterator[Running]:
-    """A daemon watching a new directory under fs as watch `name`, ready to serve.
+def running(fs: Path, name: str, profile_var: str, watch_extra: str = "") -> Iterator[Running]:
+    """A daemon watching a new directory under fs as watch `name`, ready to serve;
+    watch_extra: more keys of the watch's table (TOML lines).
 
     If the environment variable profile_var names a file, the daemon runs under cProfile
     and writes its profile there.
@@ -36,7 +37,7 @@ def running(fs: Path, name: str, profile_var: str) -> Iterator[Running]:
     sock = str(work / "w.sock")
     cfg = work / "w.toml"
     cfg.write_text(f'[daemon]\nsocket = "{sock}"\nlog_level = "warning"\n'
-                   f'[[watch]]\nname = "{name}"\npath = "{root}"\n')
+                   f'[[watch]]\nname = "{name}"\npath = "{root}"\n{watch_extra}')
     profile = os.environ.get(profile_var)
     extra = ["-m", "cProfile", "-o", profile] if profile else []
     proc = subprocess.Popen([sys.executable, *extra, "-m", "watchd", "--config", str(cfg)])

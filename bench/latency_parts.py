@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench.fidelity import wait_ready
+from bench.daemon import running
 
 RATE = 200  # files per second, as W2
 
@@ -69,20 +66,10 @@ def latency_buckets(sock_path: str) -> list[str]:
 
 
 def run(files: int, fs: Path, resync: bool) -> None:
-    work = Path(tempfile.mkdtemp(prefix="wd-latency.", dir="/tmp"))
-    root = fs / f"latency-{os.getpid()}"
-    root.mkdir(parents=True)
-    sock_path = str(work / "w.sock")
-    cfg = work / "w.toml"
-    cfg.write_text(f'[daemon]\nsocket = "{sock_path}"\nlog_level = "warning"\n'
-                   f'[[watch]]\nname = "latency"\npath = "{root}"\n'
-                   + ("" if resync else "resync = false\n"))
-    proc = subprocess.Popen([sys.executable, "-m", "watchd", "--config", str(cfg)])
-    try:
-        if not wait_ready(sock_path, proc):
-            raise RuntimeError("watchd did not start")
+    extra = "" if resync else "resync = false\n"
+    with running(fs, "latency", "LATENCY_PROFILE", watch_extra=extra) as daemon:
         sock = socket.socket(socket.AF_UNIX)
-        sock.connect(sock_path)
+        sock.connect(daemon.socket)
         first = sock.makefile("rb")
         first.readline()
         sock.sendall(b'{"op":"subscribe","id":1,"events":["create"]}\n')
@@ -98,7 +85,7 @@ def run(files: int, fs: Path, resync: bool) -> None:
                 time.sleep(min(0.001, due - now))
             name = f"l_{i}"
             created[name] = time.time()
-            fd = os.open(root / name, os.O_CREAT | os.O_WRONLY)
+            fd = os.open(daemon.root / name, os.O_CREAT | os.O_WRONLY)
             os.write(fd, b"x")
             os.close(fd)
         thread.join(30)
@@ -112,12 +99,7 @@ def run(files: int, fs: Path, resync: bool) -> None:
             print(f"  {label:24} {quantile(values, 0.5):.3f} / {quantile(values, 0.99):.3f}"
                   f" / {max(values):.3f}")
         print("  the daemon's read -> first write, cumulative:", ", ".join(
-            latency_buckets(sock_path)))
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(root, ignore_errors=True)
+            latency_buckets(daemon.socket)))
 
 
 def main() -> int:

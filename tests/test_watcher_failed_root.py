@@ -115,17 +115,23 @@ def failed_mid_resync(tmp_path: pathlib.Path) -> Iterator[Failed]:
         yield Failed(root, watcher, theirs, reader, daemon)
 
 
+def poll_tells_the_loss(f: Failed) -> None:
+    """A poll of the pending roots answers the announced resync with the failed watch's loss,
+    "resync": false, then the root's."""
+    f.watcher.poll_pending()
+    f.watcher.send_caught()
+    f.daemon.take(sent(f.theirs, f.reader))
+    assert f.daemon.notices() == [("overflow", True), ("overflow", False),
+                                  ("watch_lost", "deleted")]
+    assert f.daemon.sink.messages()[-2]["reason"] == "watch_failed"
+
+
 def test_a_failed_watch_whose_root_is_deleted_answers_its_resync(tmp_path: pathlib.Path) -> None:
     with failed_mid_resync(tmp_path) as f:
         watch = f.watcher.watches["w"]
         shutil.rmtree(f.root)
         watch.retry_at = time.monotonic() + 60  # told while it waits, not at its retry
-        f.watcher.poll_pending()
-        f.watcher.send_caught()
-        f.daemon.take(sent(f.theirs, f.reader))
-        assert f.daemon.notices() == [("overflow", True), ("overflow", False),
-                                      ("watch_lost", "deleted")]
-        assert f.daemon.sink.messages()[-2]["reason"] == "watch_failed"
+        poll_tells_the_loss(f)
         assert watch.report().problem is None  # pending as any root that went
         # Told once, however long the root stays away.
         watch.retry_at = 0.0
@@ -188,12 +194,7 @@ def test_a_failed_watch_whose_root_is_no_directory_at_its_retry_answers_its_resy
             (tmp_path / "elsewhere").mkdir()
             os.symlink(tmp_path / "elsewhere", f.root)
         watch.retry_at = 0.0  # its retry is due
-        f.watcher.poll_pending()
-        f.watcher.send_caught()
-        f.daemon.take(sent(f.theirs, f.reader))
-        assert f.daemon.notices() == [("overflow", True), ("overflow", False),
-                                      ("watch_lost", "deleted")]
-        assert f.daemon.sink.messages()[-2]["reason"] == "watch_failed"
+        poll_tells_the_loss(f)
         assert watch.report().problem is not None  # says why the path is refused
         f.root.unlink()
         (f.root / "b").mkdir(parents=True)
